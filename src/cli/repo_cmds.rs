@@ -1,0 +1,100 @@
+//! `init`, `verify`, `rebuild-index`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use super::{parse_size, RepoArg};
+use rewindfs::repo::{self, Repository, DEFAULT_COMPRESSION};
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// Directory to create the repository in (new or empty).
+    #[arg(long, env = "REWINDFS_REPO", value_name = "DIR")]
+    repo: PathBuf,
+    /// Block size: a power of two from 64K to 8M. Changes are tracked and
+    /// deduplicated per block.
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
+    block_size: u32,
+    /// zstd compression level (0 = off, 1-19). Blocks that do not shrink by
+    /// ~3% are stored raw.
+    #[arg(long, value_name = "LEVEL", default_value_t = DEFAULT_COMPRESSION)]
+    compression: i32,
+}
+
+pub fn init(a: InitArgs) -> Result<i32> {
+    let c = Repository::init(&a.repo, a.block_size, a.compression)
+        .with_context(|| format!("creating repository {}", a.repo.display()))?;
+    println!(
+        "created repository {} (block size {}, zstd level {})",
+        a.repo.display(),
+        super::human_bytes(c.block_size as u64),
+        c.compression_level
+    );
+    Ok(0)
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    repo: RepoArg,
+    /// Also read every chunk and check its hashes (reads the whole repository).
+    #[arg(long)]
+    read_data: bool,
+}
+
+pub fn verify(a: VerifyArgs) -> Result<i32> {
+    let repo = a.repo.open()?;
+    let r = rewindfs::verify::verify(&repo, a.read_data).context("verifying")?;
+    for p in &r.problems {
+        println!("problem: {p}");
+    }
+    for (id, files) in &r.damaged {
+        println!("snapshot {id} is damaged:");
+        for f in files {
+            println!("  {f}");
+        }
+    }
+    let what = if a.read_data {
+        "checked data of"
+    } else {
+        "checked references to"
+    };
+    if r.ok() {
+        println!(
+            "ok: {} snapshots, {what} {} chunks",
+            r.snapshots, r.chunks_checked
+        );
+        Ok(0)
+    } else {
+        eprintln!(
+            "error: {} of {} snapshots are damaged",
+            r.damaged.len(),
+            r.snapshots
+        );
+        Ok(1)
+    }
+}
+
+#[derive(Args)]
+pub struct RebuildArgs {
+    #[command(flatten)]
+    repo: RepoArg,
+}
+
+pub fn rebuild(a: RebuildArgs) -> Result<i32> {
+    let r = repo::rebuild_index(&a.repo.repo)
+        .with_context(|| format!("rebuilding the index of {}", a.repo.repo.display()))?;
+    if let Some(old) = &r.moved_to {
+        println!("moved the old index to {}", old.display());
+    }
+    for d in &r.damaged {
+        println!("damaged: {d}");
+    }
+    println!(
+        "indexed {} blobs from {} packs and {} snapshots",
+        r.blobs, r.packs, r.snapshots
+    );
+    Ok(0)
+}

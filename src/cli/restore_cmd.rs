@@ -1,0 +1,69 @@
+//! `restore`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use super::{browse::load, human_bytes, RepoArg};
+use rewindfs::restore::{restore as run_restore, RestoreOptions};
+use rewindfs::snapshot::manifest::normalize_user_path;
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    repo: RepoArg,
+    /// Snapshot: id, name, `latest`, or `@TIME`.
+    snap: String,
+    /// A file or directory inside the snapshot (default: everything). It is
+    /// restored as DIR/<its name>.
+    path: Option<String>,
+    /// Target directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    to: PathBuf,
+    /// Replace files that already exist in the target.
+    #[arg(long)]
+    overwrite: bool,
+    /// Worker threads (default: one per core).
+    #[arg(long, default_value_t = 0, hide = true)]
+    threads: usize,
+}
+
+pub fn restore(a: RestoreArgs) -> Result<i32> {
+    let repo = a.repo.open()?;
+    let (rec, tree) = load(&repo, &a.snap)?;
+    let sub = normalize_user_path(a.path.as_deref().unwrap_or("/"))?;
+    let r = run_restore(
+        &repo,
+        &tree,
+        &sub,
+        &a.to,
+        &RestoreOptions {
+            overwrite: a.overwrite,
+            threads: a.threads,
+            progress: true,
+        },
+    )
+    .with_context(|| format!("restoring snapshot {} to {}", rec.id, a.to.display()))?;
+    for f in &r.failed {
+        eprintln!("error: not restored: {f}");
+    }
+    println!(
+        "restored {} files ({}), {} directories, {} symlinks from snapshot {} to {}",
+        r.files - r.failed.len() as u64,
+        human_bytes(r.bytes),
+        r.dirs,
+        r.symlinks,
+        rec.id,
+        a.to.display()
+    );
+    if r.failed.is_empty() {
+        Ok(0)
+    } else {
+        eprintln!(
+            "error: {} files could not be restored (damaged data)",
+            r.failed.len()
+        );
+        Ok(1)
+    }
+}

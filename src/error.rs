@@ -1,0 +1,136 @@
+//! The library's error type.
+//!
+//! Every fallible operation in the library returns [`Result`]. The CLI adds
+//! context with `anyhow` at its edge; the FUSE layer maps errors to errnos
+//! with [`Error::errno`].
+
+use std::io;
+use std::path::PathBuf;
+
+/// Errors that rewindfs reports.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O error with the operation and path it happened on.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// An fsync failed. Per the durability rules it is never retried: the
+    /// operation that needed it fails and whatever it was writing is not
+    /// referenced by anything.
+    #[error("fsync of {} failed ({source}); the write was not committed and will not be retried", path.display())]
+    FsyncFailed {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The path is not a rewindfs repository.
+    #[error("{} is not a rewindfs repository (no config file); create one with `rewindfs init --repo {}`", path.display(), path.display())]
+    NotARepository { path: PathBuf },
+
+    /// The repository was written by an incompatible format version.
+    #[error("repository {} has format version {found}, this rewindfs supports version {supported}", path.display())]
+    UnsupportedFormat {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+
+    /// Another process holds the repository.
+    #[error("repository {} is in use by another rewindfs process{holder}", path.display())]
+    Locked { path: PathBuf, holder: String },
+
+    /// The repository already exists.
+    #[error("{} already contains a rewindfs repository", path.display())]
+    AlreadyExists { path: PathBuf },
+
+    /// The sled index could not be opened or used.
+    #[error("the index at {} is damaged ({detail}); the packs are intact: run `rewindfs rebuild-index` to recreate it", path.display())]
+    IndexCorrupt { path: PathBuf, detail: String },
+
+    /// Another sled error.
+    #[error("index error: {0}")]
+    Index(String),
+
+    /// Stored data failed a check (hash, header, size).
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+
+    /// A referenced chunk is not in the index.
+    #[error("chunk {0} is not in the repository")]
+    MissingChunk(String),
+
+    /// A snapshot selector matched nothing.
+    #[error("no snapshot matches {0:?}")]
+    UnknownSnapshot(String),
+
+    /// A path is not present in a snapshot.
+    #[error("{path:?} does not exist in snapshot {snapshot}")]
+    NotFound { snapshot: String, path: String },
+
+    /// Bad input from the user.
+    #[error("{0}")]
+    InvalidInput(String),
+
+    /// An earlier failure (such as a failed fsync) made this writer unusable.
+    #[error("writer is unusable after an earlier failure: {0}")]
+    Poisoned(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Build an [`Error::Io`] from an operation name and path.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The errno a FUSE handler answers for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            Error::NotFound { .. } | Error::UnknownSnapshot(_) => libc::ENOENT,
+            Error::InvalidInput(_) => libc::EINVAL,
+            Error::Locked { .. } => libc::EBUSY,
+            _ => libc::EIO,
+        }
+    }
+}
+
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Corruption { .. } => Error::IndexCorrupt {
+                path: PathBuf::from("index"),
+                detail: e.to_string(),
+            },
+            other => Error::Index(other.to_string()),
+        }
+    }
+}
+
+/// Attach an operation and a path to an `io::Result`.
+pub trait IoContext<T> {
+    fn ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::io(op, path, e))
+    }
+}
+
+impl<T> IoContext<T> for rustix::io::Result<T> {
+    fn ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::io(op, path, e.into()))
+    }
+}

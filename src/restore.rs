@@ -1,0 +1,563 @@
+//! Restore a snapshot (or part of it) into a directory.
+//!
+//! Everything is created through directory file descriptors: each parent is
+//! opened component by component from the target with `O_NOFOLLOW |
+//! O_DIRECTORY`, and every entry is created with `*at` calls and `O_EXCL`/
+//! `O_NOFOLLOW`. A name from a manifest is a single checked component, so
+//! no name (`..`, `/`, a symlink planted in the target) can make the
+//! restore write outside the target directory.
+//!
+//! Content is read, verified (blake3) and written by a pool of workers.
+//! A file whose data cannot be read or verified is removed and reported;
+//! the other files restore.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::{bounded, unbounded};
+use parking_lot::Mutex;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+
+use crate::error::{Error, IoContext, Result};
+use crate::repo::Repository;
+use crate::snapshot::manifest::{display_path, Meta, Node};
+use crate::snapshot::Tree;
+use crate::store::ChunkId;
+use crate::util::sys;
+
+const UNIT_BLOCKS: u64 = 8;
+
+#[derive(Clone, Debug, Default)]
+pub struct RestoreOptions {
+    /// Replace existing files (directories are merged, never deleted).
+    pub overwrite: bool,
+    /// Worker threads (0: one per core).
+    pub threads: usize,
+    /// Show a progress bar on stderr (only if it is a terminal).
+    pub progress: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct RestoreReport {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub specials: u64,
+    pub bytes: u64,
+    /// Files that could not be restored (their data is damaged), with why.
+    pub failed: Vec<String>,
+}
+
+struct FileJob {
+    file: File,
+    parent: Arc<OwnedFd>,
+    name: Vec<u8>,
+    display: String,
+    meta: Meta,
+    blocks: Vec<ChunkId>,
+    size: u64,
+    remaining: AtomicUsize,
+    failed: Mutex<Option<String>>,
+}
+
+struct Unit {
+    job: Arc<FileJob>,
+    first: u64,
+    count: u64,
+}
+
+/// What a restore writes: (destination path relative to the target, entry).
+type Plan<'t> = Vec<(Vec<u8>, &'t Meta, &'t Node)>;
+
+fn plan<'t>(tree: &'t Tree, sub: &[u8]) -> Result<(Plan<'t>, Option<&'t Meta>)> {
+    let Some((meta, node)) = tree.get(sub) else {
+        return Err(Error::NotFound {
+            snapshot: String::new(),
+            path: display_path(sub),
+        });
+    };
+    let mut out = Vec::new();
+    if sub.is_empty() {
+        for (p, (m, n)) in tree.descendants(b"") {
+            out.push((p.clone(), m, n));
+        }
+        return Ok((out, Some(meta)));
+    }
+    let base = sub.rsplit(|b| *b == b'/').next().unwrap_or(sub).to_vec();
+    out.push((base.clone(), meta, node));
+    if matches!(node, Node::Dir) {
+        let cut = sub.len();
+        for (p, (m, n)) in tree.descendants(sub) {
+            out.push(([&base[..], &p[cut..]].concat(), m, n));
+        }
+    }
+    Ok((out, None))
+}
+
+fn ts(ns: i64) -> Timespec {
+    Timespec {
+        tv_sec: ns.div_euclid(1_000_000_000),
+        tv_nsec: ns.rem_euclid(1_000_000_000) as _,
+    }
+}
+
+fn times(meta: &Meta) -> Timestamps {
+    Timestamps {
+        last_access: ts(meta.mtime_ns),
+        last_modification: ts(meta.mtime_ns),
+    }
+}
+
+fn owner(meta: &Meta) -> (Option<rustix::fs::Uid>, Option<rustix::fs::Gid>) {
+    let uid = (meta.uid != u32::MAX).then(|| rustix::fs::Uid::from_raw(meta.uid));
+    let gid = (meta.gid != u32::MAX).then(|| rustix::fs::Gid::from_raw(meta.gid));
+    (uid, gid)
+}
+
+/// Apply ownership (when root), xattrs, mode and times to an open entry.
+fn apply_meta_fd<Fd: AsFd>(fd: Fd, meta: &Meta, as_root: bool) -> std::io::Result<()> {
+    let fd = fd.as_fd();
+    if as_root {
+        let (u, g) = owner(meta);
+        rustix::fs::fchown(fd, u, g)?;
+    }
+    for (k, v) in &meta.xattrs {
+        match rustix::fs::fsetxattr(fd, &k[..], v, rustix::fs::XattrFlags::empty()) {
+            Ok(()) => {}
+            // Not permitted for this namespace (e.g. trusted.* as a user),
+            // or unsupported by the target filesystem.
+            Err(rustix::io::Errno::PERM | rustix::io::Errno::NOTSUP) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.perm()))?;
+    rustix::fs::futimens(fd, &times(meta))?;
+    Ok(())
+}
+
+struct Creator<'a> {
+    target: Arc<OwnedFd>,
+    dirs: HashMap<Vec<u8>, Arc<OwnedFd>>,
+    overwrite: bool,
+    as_root: bool,
+    report: &'a mut RestoreReport,
+}
+
+fn split_parent(p: &[u8]) -> (&[u8], &[u8]) {
+    match p.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&p[..i], &p[i + 1..]),
+        None => (&[], p),
+    }
+}
+
+impl Creator<'_> {
+    /// A directory (relative to the target), opened without following
+    /// symlinks at any component.
+    fn dir(&mut self, rel: &[u8]) -> Result<Arc<OwnedFd>> {
+        if rel.is_empty() {
+            return Ok(self.target.clone());
+        }
+        if let Some(fd) = self.dirs.get(rel) {
+            return Ok(fd.clone());
+        }
+        let (parent, name) = split_parent(rel);
+        let pfd = self.dir(parent)?;
+        let fd = Arc::new(sys::open_dir_at(&*pfd, name).ctx("open directory", display_path(rel))?);
+        if self.dirs.len() > 1024 {
+            self.dirs.clear();
+        }
+        self.dirs.insert(rel.to_vec(), fd.clone());
+        Ok(fd)
+    }
+
+    /// Make room for a new non-directory entry `name` in `parent`.
+    fn clear_slot(&self, parent: &OwnedFd, name: &[u8], rel: &[u8]) -> Result<()> {
+        match sys::lstat_at(parent, name) {
+            Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(Error::io("stat", display_path(rel), e.into())),
+            Ok(_) if !self.overwrite => Err(Error::InvalidInput(format!(
+                "{} already exists in the target (use --overwrite to replace files)",
+                display_path(rel)
+            ))),
+            Ok(st) if sys::file_type(st.st_mode) == libc::S_IFDIR => {
+                rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR).map_err(|_| {
+                    Error::InvalidInput(format!(
+                    "{} is a non-empty directory in the target; refusing to replace it with a file",
+                    display_path(rel)
+                ))
+                })
+            }
+            Ok(_) => rustix::fs::unlinkat(parent, name, AtFlags::empty())
+                .ctx("remove", display_path(rel)),
+        }
+    }
+
+    fn mkdir(&mut self, rel: &[u8]) -> Result<()> {
+        let (parent, name) = split_parent(rel);
+        let pfd = self.dir(parent)?;
+        match rustix::fs::mkdirat(&*pfd, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => {
+                let st = sys::lstat_at(&*pfd, name).ctx("stat", display_path(rel))?;
+                if sys::file_type(st.st_mode) != libc::S_IFDIR {
+                    if !self.overwrite {
+                        return Err(Error::InvalidInput(format!(
+                            "{} already exists in the target (use --overwrite to replace files)",
+                            display_path(rel)
+                        )));
+                    }
+                    rustix::fs::unlinkat(&*pfd, name, AtFlags::empty())
+                        .ctx("remove", display_path(rel))?;
+                    rustix::fs::mkdirat(&*pfd, name, Mode::from_raw_mode(0o700))
+                        .ctx("create directory", display_path(rel))?;
+                }
+            }
+            Err(e) => return Err(Error::io("create directory", display_path(rel), e.into())),
+        }
+        self.report.dirs += 1;
+        Ok(())
+    }
+
+    fn create_file(&mut self, rel: &[u8]) -> Result<(Arc<OwnedFd>, File)> {
+        let (parent, name) = split_parent(rel);
+        let pfd = self.dir(parent)?;
+        self.clear_slot(&pfd, name, rel)?;
+        let fd = rustix::fs::openat(
+            &*pfd,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .ctx("create", display_path(rel))?;
+        Ok((pfd, File::from(fd)))
+    }
+
+    fn link(&mut self, from: &[u8], rel: &[u8]) -> Result<()> {
+        let (fparent, fname) = split_parent(from);
+        let ffd = self.dir(fparent)?;
+        let (parent, name) = split_parent(rel);
+        let pfd = self.dir(parent)?;
+        self.clear_slot(&pfd, name, rel)?;
+        rustix::fs::linkat(&*ffd, fname, &*pfd, name, AtFlags::empty())
+            .ctx("link", display_path(rel))
+    }
+
+    fn symlink(&mut self, rel: &[u8], target: &[u8], meta: &Meta) -> Result<()> {
+        let (parent, name) = split_parent(rel);
+        let pfd = self.dir(parent)?;
+        self.clear_slot(&pfd, name, rel)?;
+        rustix::fs::symlinkat(target, &*pfd, name).ctx("create symlink", display_path(rel))?;
+        if self.as_root {
+            let (u, g) = owner(meta);
+            rustix::fs::chownat(&*pfd, name, u, g, AtFlags::SYMLINK_NOFOLLOW)
+                .ctx("chown", display_path(rel))?;
+        }
+        rustix::fs::utimensat(&*pfd, name, &times(meta), AtFlags::SYMLINK_NOFOLLOW)
+            .ctx("set times", display_path(rel))?;
+        self.report.symlinks += 1;
+        Ok(())
+    }
+
+    fn special(&mut self, rel: &[u8], meta: &Meta, rdev: u64) -> Result<()> {
+        let (parent, name) = split_parent(rel);
+        let pfd = self.dir(parent)?;
+        self.clear_slot(&pfd, name, rel)?;
+        let ft = FileType::from_raw_mode(meta.mode);
+        rustix::fs::mknodat(&*pfd, name, ft, Mode::from_raw_mode(0o600), rdev)
+            .ctx("create special file", display_path(rel))?;
+        // Open without following (O_PATH cannot set times; a FIFO opened
+        // non-blocking for reading, a device with O_PATH then via /proc is
+        // overkill: set metadata by name, the entry was just created).
+        if self.as_root {
+            let (u, g) = owner(meta);
+            rustix::fs::chownat(&*pfd, name, u, g, AtFlags::SYMLINK_NOFOLLOW)
+                .ctx("chown", display_path(rel))?;
+        }
+        rustix::fs::chmodat(
+            &*pfd,
+            name,
+            Mode::from_raw_mode(meta.perm()),
+            AtFlags::empty(),
+        )
+        .ctx("chmod", display_path(rel))?;
+        rustix::fs::utimensat(&*pfd, name, &times(meta), AtFlags::SYMLINK_NOFOLLOW)
+            .ctx("set times", display_path(rel))?;
+        self.report.specials += 1;
+        Ok(())
+    }
+}
+
+fn progress_bar(total: u64, enabled: bool) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !enabled || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        pb.set_style(style);
+    }
+    pb
+}
+
+/// Restore `sub` (a path in the tree, `""` for everything) of `tree` into
+/// `target`. A file restores as `target/<its name>`, a directory as
+/// `target/<its name>/...`, the whole snapshot as `target/...`.
+pub fn restore(
+    repo: &Repository,
+    tree: &Tree,
+    sub: &[u8],
+    target: &Path,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport> {
+    let (plan, root_meta) = plan(tree, sub)?;
+    for (p, _, _) in &plan {
+        for c in p.split(|b| *b == b'/') {
+            if !sys::is_safe_name(c) {
+                return Err(Error::Corrupt(format!(
+                    "unsafe name {:?} in snapshot; refusing to restore",
+                    String::from_utf8_lossy(p)
+                )));
+            }
+        }
+    }
+    let created_target = if target.exists() {
+        if !target.is_dir() {
+            return Err(Error::InvalidInput(format!(
+                "{} exists and is not a directory",
+                target.display()
+            )));
+        }
+        false
+    } else {
+        std::fs::create_dir_all(target).ctx("create directory", target)?;
+        true
+    };
+    let target_fd = Arc::new(
+        rustix::fs::openat(
+            rustix::fs::CWD,
+            target,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ctx("open", target)?,
+    );
+    // Nothing below a name that does not exist yet can exist: checking the
+    // top-level names is enough to refuse before writing anything.
+    if !opts.overwrite {
+        let mut clashes = Vec::new();
+        for (p, _, _) in &plan {
+            if !p.contains(&b'/') {
+                match sys::lstat_at(&*target_fd, p) {
+                    Err(rustix::io::Errno::NOENT) => {}
+                    _ => clashes.push(display_path(p)),
+                }
+            }
+        }
+        if !clashes.is_empty() {
+            let more = if clashes.len() > 5 {
+                format!(" and {} more", clashes.len() - 5)
+            } else {
+                String::new()
+            };
+            clashes.truncate(5);
+            return Err(Error::InvalidInput(format!(
+                "{} already exist{} in {}{more}; use --overwrite to replace files",
+                clashes.join(", "),
+                if clashes.len() == 1 { "s" } else { "" },
+                target.display()
+            )));
+        }
+    }
+
+    let as_root = rustix::process::geteuid().is_root();
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        opts.threads
+    };
+    let total: u64 = plan
+        .iter()
+        .map(|(_, _, n)| {
+            if let Node::File { size, .. } = n {
+                *size
+            } else {
+                0
+            }
+        })
+        .sum();
+    let pb = progress_bar(total, opts.progress);
+    let bs = tree.block_size as u64;
+    let mut report = RestoreReport::default();
+    let written = AtomicU64::new(0);
+    let (unit_tx, unit_rx) = bounded::<Unit>(threads * 4);
+    let (fail_tx, fail_rx) = unbounded::<String>();
+
+    let result = std::thread::scope(|s| -> Result<()> {
+        for _ in 0..threads {
+            let unit_rx = unit_rx.clone();
+            let fail_tx = fail_tx.clone();
+            let (pb, written) = (&pb, &written);
+            s.spawn(move || {
+                for u in unit_rx.iter() {
+                    let n = write_unit(repo, &u, bs, as_root);
+                    written.fetch_add(n, Ordering::Relaxed);
+                    pb.inc(n);
+                    if let Some(why) = finish_if_last(&u.job, as_root) {
+                        let _ = fail_tx.send(why);
+                    }
+                }
+            });
+        }
+        drop(fail_tx);
+        let mut c = Creator {
+            target: target_fd.clone(),
+            dirs: HashMap::new(),
+            overwrite: opts.overwrite,
+            as_root,
+            report: &mut report,
+        };
+        let mut links: HashMap<u64, Vec<u8>> = HashMap::new();
+        let mut dirs_meta: Vec<(Vec<u8>, &Meta)> = Vec::new();
+        let r = (|| -> Result<()> {
+            for (rel, meta, node) in &plan {
+                match node {
+                    Node::Dir => {
+                        c.mkdir(rel)?;
+                        dirs_meta.push((rel.clone(), meta));
+                    }
+                    Node::Symlink { target } => c.symlink(rel, target, meta)?,
+                    Node::Special { rdev } => c.special(rel, meta, *rdev)?,
+                    Node::File { size, link, .. } => {
+                        c.report.files += 1;
+                        c.report.bytes += size;
+                        if let Some(l) = link {
+                            if let Some(first) = links.get(l) {
+                                c.link(first, rel)?;
+                                continue;
+                            }
+                            links.insert(*l, rel.clone());
+                        }
+                        let (parent, file) = c.create_file(rel)?;
+                        file.set_len(*size).ctx("truncate", display_path(rel))?;
+                        let blocks = Tree::blocks_of(node).to_vec();
+                        let n = blocks.len() as u64;
+                        let units = n.div_ceil(UNIT_BLOCKS);
+                        let job = Arc::new(FileJob {
+                            file,
+                            parent,
+                            name: split_parent(rel).1.to_vec(),
+                            display: display_path(rel),
+                            meta: (*meta).clone(),
+                            blocks,
+                            size: *size,
+                            remaining: AtomicUsize::new(units.max(1) as usize),
+                            failed: Mutex::new(None),
+                        });
+                        if units == 0 {
+                            if let Some(why) = finish_if_last(&job, as_root) {
+                                return Err(Error::InvalidInput(why));
+                            }
+                        }
+                        for u in 0..units {
+                            let first = u * UNIT_BLOCKS;
+                            let unit = Unit {
+                                job: job.clone(),
+                                first,
+                                count: UNIT_BLOCKS.min(n - first),
+                            };
+                            if unit_tx.send(unit).is_err() {
+                                return Err(Error::Poisoned("restore workers stopped".into()));
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })();
+        drop(unit_tx);
+        for why in fail_rx.iter() {
+            c.report.failed.push(why);
+        }
+        r?;
+        // Directory metadata last, deepest first, so creating children
+        // does not disturb their times.
+        for (rel, meta) in dirs_meta.iter().rev() {
+            let fd = c.dir(rel)?;
+            apply_meta_fd(&*fd, meta, as_root).ctx("set metadata", display_path(rel))?;
+        }
+        if let (Some(meta), true) = (root_meta, created_target) {
+            apply_meta_fd(&*target_fd, meta, as_root).ctx("set metadata", target)?;
+        }
+        Ok(())
+    });
+    pb.finish_and_clear();
+    result?;
+    report.failed.sort();
+    Ok(report)
+}
+
+/// Read, verify and write one unit. Returns the bytes written.
+fn write_unit(repo: &Repository, u: &Unit, bs: u64, _as_root: bool) -> u64 {
+    let job = &u.job;
+    if job.failed.lock().is_some() {
+        return 0;
+    }
+    let mut n = 0;
+    for b in u.first..u.first + u.count {
+        let id = &job.blocks[b as usize];
+        let off = b * bs;
+        let want = (job.size - off).min(bs) as usize;
+        let data = match repo.read_blob(id) {
+            Ok(d) => d,
+            Err(e) => {
+                job.failed
+                    .lock()
+                    .get_or_insert(format!("{}: block {b} at offset {off}: {e}", job.display));
+                return n;
+            }
+        };
+        if data.len() != want {
+            job.failed.lock().get_or_insert(format!(
+                "{}: block {b} is {} bytes, expected {want}",
+                job.display,
+                data.len()
+            ));
+            return n;
+        }
+        // All-zero blocks stay holes (the file was sized with set_len).
+        if data.iter().any(|x| *x != 0) {
+            if let Err(e) = job.file.write_all_at(&data, off) {
+                job.failed
+                    .lock()
+                    .get_or_insert(format!("{}: write: {e}", job.display));
+                return n;
+            }
+        }
+        n += want as u64;
+    }
+    n
+}
+
+/// Called after each unit: the last one sets the file's metadata, or
+/// removes the file if any of its blocks failed. Returns a failure text.
+fn finish_if_last(job: &Arc<FileJob>, as_root: bool) -> Option<String> {
+    if job.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+        return None;
+    }
+    if let Some(why) = job.failed.lock().clone() {
+        // Never leave wrong bytes behind.
+        let _ = rustix::fs::unlinkat(&*job.parent, &job.name[..], AtFlags::empty());
+        return Some(why);
+    }
+    if let Err(e) = apply_meta_fd(&job.file, &job.meta, as_root) {
+        return Some(format!("{}: set metadata: {e}", job.display));
+    }
+    None
+}

@@ -1,0 +1,12 @@
+//! Snapshots: the model (full, incremental, differential), manifests, chain
+//! resolution into trees, selection by id/name/time, and scan-mode capture.
+
+pub mod manifest;
+pub mod model;
+pub mod scan;
+pub mod select;
+pub mod tree;
+
+pub use manifest::{Blocks, Entry, Manifest, Meta, Node};
+pub use model::{Kind, SnapshotRecord, Stats};
+pub use tree::Tree;

@@ -1,0 +1,297 @@
+//! Resolved trees: what a snapshot contains once its chain is applied.
+//!
+//! In a [`Tree`] every file has a complete block list (`Blocks::Full`).
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use super::manifest::{check_path, Blocks, Entry, Manifest, Meta, Node};
+use crate::error::{Error, Result};
+use crate::store::ChunkId;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tree {
+    pub block_size: u32,
+    pub entries: BTreeMap<Vec<u8>, (Meta, Node)>,
+}
+
+/// The children's key prefix of `path` (`""` for the root).
+fn child_prefix(path: &[u8]) -> Vec<u8> {
+    if path.is_empty() {
+        Vec::new()
+    } else {
+        let mut p = path.to_vec();
+        p.push(b'/');
+        p
+    }
+}
+
+impl Tree {
+    pub fn get(&self, path: &[u8]) -> Option<&(Meta, Node)> {
+        self.entries.get(path)
+    }
+
+    /// Blocks of a resolved file (always `Full` in a tree).
+    pub fn blocks_of(node: &Node) -> &[ChunkId] {
+        match node {
+            Node::File {
+                blocks: Blocks::Full(b),
+                ..
+            } => b,
+            _ => &[],
+        }
+    }
+
+    /// Every entry below `path` (not `path` itself), in path order.
+    pub fn descendants<'a>(
+        &'a self,
+        path: &[u8],
+    ) -> impl Iterator<Item = (&'a Vec<u8>, &'a (Meta, Node))> + 'a {
+        let prefix = child_prefix(path);
+        let root = path.is_empty();
+        self.entries
+            .range::<Vec<u8>, _>((Bound::Included(prefix.clone()), Bound::Unbounded))
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+            .filter(move |(k, _)| !(root && k.is_empty()))
+    }
+
+    /// The direct children of `path`: (name, entry).
+    pub fn children<'a>(
+        &'a self,
+        path: &[u8],
+    ) -> impl Iterator<Item = (&'a [u8], &'a (Meta, Node))> + 'a {
+        let skip = child_prefix(path).len();
+        self.descendants(path).filter_map(move |(k, v)| {
+            let rest = &k[skip..];
+            (!rest.contains(&b'/')).then_some((rest, v))
+        })
+    }
+
+    fn remove_subtree(&mut self, path: &[u8]) {
+        let doomed: Vec<Vec<u8>> = self.descendants(path).map(|(k, _)| k.clone()).collect();
+        for k in doomed {
+            self.entries.remove(&k);
+        }
+    }
+
+    /// Apply a manifest: removals, then new and changed entries.
+    pub fn apply(&mut self, m: &Manifest) -> Result<()> {
+        if self.block_size != 0 && m.block_size != self.block_size {
+            return Err(Error::Corrupt(format!(
+                "manifest block size {} differs from its base's {}",
+                m.block_size, self.block_size
+            )));
+        }
+        self.block_size = m.block_size;
+        let bs = m.block_size as u64;
+        if bs == 0 {
+            return Err(Error::Corrupt("manifest has block size 0".into()));
+        }
+        for p in &m.removed {
+            check_path(p)?;
+            if p.is_empty() {
+                return Err(Error::Corrupt("manifest removes the root".into()));
+            }
+            self.remove_subtree(p);
+            self.entries.remove(p);
+        }
+        for Entry { path, meta, node } in &m.entries {
+            check_path(path)?;
+            if !matches!(node, Node::Dir) {
+                self.remove_subtree(path);
+            }
+            let node = match node {
+                Node::File {
+                    size,
+                    blocks: Blocks::Patch(changes),
+                    link,
+                } => {
+                    let mut list = match self.entries.get(path) {
+                        Some((
+                            _,
+                            Node::File {
+                                blocks: Blocks::Full(b),
+                                ..
+                            },
+                        )) => b.clone(),
+                        _ => Vec::new(),
+                    };
+                    let n = size.div_ceil(bs) as usize;
+                    let old = list.len().min(n);
+                    list.truncate(n);
+                    let mut filled = vec![false; n.saturating_sub(old)];
+                    list.resize(n, ChunkId([0; 32]));
+                    for (i, id) in changes {
+                        let i = *i as usize;
+                        if i >= n {
+                            return Err(Error::Corrupt(format!(
+                                "manifest patches block {i} of a {n}-block file"
+                            )));
+                        }
+                        list[i] = *id;
+                        if i >= old {
+                            filled[i - old] = true;
+                        }
+                    }
+                    if filled.iter().any(|f| !f) {
+                        return Err(Error::Corrupt(format!(
+                            "manifest extends {:?} without giving every new block",
+                            String::from_utf8_lossy(path)
+                        )));
+                    }
+                    Node::File {
+                        size: *size,
+                        blocks: Blocks::Full(list),
+                        link: *link,
+                    }
+                }
+                Node::File {
+                    size,
+                    blocks: Blocks::Full(b),
+                    ..
+                } if b.len() as u64 != size.div_ceil(bs) => {
+                    return Err(Error::Corrupt(format!(
+                        "{:?}: {} blocks for {size} bytes",
+                        String::from_utf8_lossy(path),
+                        b.len()
+                    )))
+                }
+                other => other.clone(),
+            };
+            self.entries.insert(path.clone(), (meta.clone(), node));
+        }
+        Ok(())
+    }
+
+    /// Number of regular files and their total size.
+    pub fn file_totals(&self) -> (u64, u64) {
+        let mut n = 0;
+        let mut bytes = 0;
+        for (_, node) in self.entries.values() {
+            if let Node::File { size, .. } = node {
+                n += 1;
+                bytes += size;
+            }
+        }
+        (n, bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::manifest::MANIFEST_FORMAT;
+
+    fn meta(mode: u32) -> Meta {
+        Meta {
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            ino: 0,
+            xattrs: vec![],
+        }
+    }
+
+    fn id(n: u8) -> ChunkId {
+        ChunkId([n; 32])
+    }
+
+    fn file(path: &str, size: u64, blocks: Blocks) -> Entry {
+        Entry {
+            path: path.as_bytes().to_vec(),
+            meta: meta(0o100644),
+            node: Node::File {
+                size,
+                blocks,
+                link: None,
+            },
+        }
+    }
+
+    fn dir(path: &str) -> Entry {
+        Entry {
+            path: path.as_bytes().to_vec(),
+            meta: meta(0o40755),
+            node: Node::Dir,
+        }
+    }
+
+    #[test]
+    fn apply_patch_remove_and_children() {
+        let mut t = Tree::default();
+        let full = Manifest {
+            format: MANIFEST_FORMAT,
+            block_size: 4,
+            removed: vec![],
+            entries: vec![
+                dir(""),
+                dir("d"),
+                file("d/a", 10, Blocks::Full(vec![id(1), id(2), id(3)])),
+                dir("d/sub"),
+                file("d/sub/x", 0, Blocks::Full(vec![])),
+                file("e", 4, Blocks::Full(vec![id(9)])),
+            ],
+        };
+        t.apply(&full).unwrap();
+        let names: Vec<&[u8]> = t.children(b"").map(|(n, _)| n).collect();
+        assert_eq!(names, vec![&b"d"[..], b"e"]);
+        let names: Vec<&[u8]> = t.children(b"d").map(|(n, _)| n).collect();
+        assert_eq!(names, vec![&b"a"[..], b"sub"]);
+
+        let inc = Manifest {
+            format: MANIFEST_FORMAT,
+            block_size: 4,
+            removed: vec![b"d/sub".to_vec()],
+            entries: vec![
+                // grow to 5 blocks: block 1 changes, 3 and 4 are new
+                file(
+                    "d/a",
+                    20,
+                    Blocks::Patch(vec![(1, id(7)), (3, id(8)), (4, id(8))]),
+                ),
+                // shrink
+                file("e", 0, Blocks::Patch(vec![])),
+            ],
+        };
+        t.apply(&inc).unwrap();
+        assert!(t.get(b"d/sub").is_none());
+        assert!(t.get(b"d/sub/x").is_none());
+        assert_eq!(
+            Tree::blocks_of(&t.get(b"d/a").unwrap().1),
+            &[id(1), id(7), id(3), id(8), id(8)]
+        );
+        assert!(Tree::blocks_of(&t.get(b"e").unwrap().1).is_empty());
+
+        // A patch that grows a file without naming the new blocks is corrupt.
+        let bad = Manifest {
+            format: MANIFEST_FORMAT,
+            block_size: 4,
+            removed: vec![],
+            entries: vec![file("e", 8, Blocks::Patch(vec![(0, id(1))]))],
+        };
+        assert!(t.clone().apply(&bad).is_err());
+    }
+
+    #[test]
+    fn file_replacing_dir_drops_children() {
+        let mut t = Tree::default();
+        t.apply(&Manifest {
+            format: MANIFEST_FORMAT,
+            block_size: 4,
+            removed: vec![],
+            entries: vec![dir(""), dir("x"), file("x/y", 1, Blocks::Full(vec![id(1)]))],
+        })
+        .unwrap();
+        t.apply(&Manifest {
+            format: MANIFEST_FORMAT,
+            block_size: 4,
+            removed: vec![],
+            entries: vec![file("x", 1, Blocks::Full(vec![id(2)]))],
+        })
+        .unwrap();
+        assert!(t.get(b"x/y").is_none());
+        assert_eq!(t.entries.len(), 2);
+    }
+}

@@ -1,0 +1,325 @@
+//! Blob format: an 88-byte header followed by the stored payload.
+//!
+//! ```text
+//! offset size field
+//!      0    4 magic "RWBL"
+//!      4    1 kind   (1 = chunk of file data, 2 = manifest part)
+//!      5    1 codec  (0 = raw, 1 = zstd)
+//!      6    2 flags  (0; reserved)
+//!      8    4 raw_len    u32 LE, length of the content
+//!     12    4 stored_len u32 LE, length of the payload that follows
+//!     16   32 id         blake3 of the content (the chunk's address)
+//!     48   32 stored_sum blake3 of the payload as stored
+//!     80    8 header_sum first 8 bytes of blake3(header[0..80])
+//!     88    . payload
+//! ```
+//! Reading verifies `header_sum`, then `stored_sum` before decompressing,
+//! caps the decompressed size at `raw_len` (itself capped at
+//! [`MAX_RAW_LEN`]), and finally checks that blake3 of the result is `id`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+pub const BLOB_MAGIC: [u8; 4] = *b"RWBL";
+pub const HEADER_LEN: usize = 88;
+/// No blob holds more than this many bytes of content (the largest block
+/// size is 8 MiB; manifest parts are cut at 4 MiB).
+pub const MAX_RAW_LEN: usize = 8 << 20;
+/// Compression must save at least this fraction (1/32, about 3%) or the
+/// block is stored raw.
+const MIN_SAVING_DIVISOR: usize = 32;
+
+/// A blake3 content address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    pub fn of(data: &[u8]) -> ChunkId {
+        ChunkId(*blake3::hash(data).as_bytes())
+    }
+
+    pub fn to_hex(&self) -> String {
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+
+    pub fn from_hex(s: &str) -> Result<ChunkId> {
+        let bytes = s.as_bytes();
+        if bytes.len() != 64 {
+            return Err(Error::Corrupt(format!("bad chunk id {s:?}")));
+        }
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            let hi = (bytes[2 * i] as char).to_digit(16);
+            let lo = (bytes[2 * i + 1] as char).to_digit(16);
+            match (hi, lo) {
+                (Some(h), Some(l)) => *o = (h * 16 + l) as u8,
+                _ => return Err(Error::Corrupt(format!("bad chunk id {s:?}"))),
+            }
+        }
+        Ok(ChunkId(out))
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", &self.to_hex()[..16])
+    }
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.to_hex())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum BlobKind {
+    Chunk = 1,
+    Manifest = 2,
+}
+
+impl BlobKind {
+    fn from_u8(v: u8) -> Result<BlobKind> {
+        match v {
+            1 => Ok(BlobKind::Chunk),
+            2 => Ok(BlobKind::Manifest),
+            _ => Err(Error::Corrupt(format!("unknown blob kind {v}"))),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum Codec {
+    Raw = 0,
+    Zstd = 1,
+}
+
+impl Codec {
+    pub fn from_u8(v: u8) -> Result<Codec> {
+        match v {
+            0 => Ok(Codec::Raw),
+            1 => Ok(Codec::Zstd),
+            _ => Err(Error::Corrupt(format!(
+                "unknown codec {v} (written by a newer rewindfs?)"
+            ))),
+        }
+    }
+}
+
+/// The parsed header of a blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobHeader {
+    pub kind: BlobKind,
+    pub codec: Codec,
+    pub raw_len: u32,
+    pub stored_len: u32,
+    pub id: ChunkId,
+    pub stored_sum: [u8; 32],
+}
+
+impl BlobHeader {
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[0..4].copy_from_slice(&BLOB_MAGIC);
+        h[4] = self.kind as u8;
+        h[5] = self.codec as u8;
+        h[8..12].copy_from_slice(&self.raw_len.to_le_bytes());
+        h[12..16].copy_from_slice(&self.stored_len.to_le_bytes());
+        h[16..48].copy_from_slice(&self.id.0);
+        h[48..80].copy_from_slice(&self.stored_sum);
+        let sum = blake3::hash(&h[0..80]);
+        h[80..88].copy_from_slice(&sum.as_bytes()[0..8]);
+        h
+    }
+
+    pub fn decode(h: &[u8]) -> Result<BlobHeader> {
+        if h.len() < HEADER_LEN {
+            return Err(Error::Corrupt("blob header truncated".into()));
+        }
+        if h[0..4] != BLOB_MAGIC {
+            return Err(Error::Corrupt("blob header has a bad magic".into()));
+        }
+        let sum = blake3::hash(&h[0..80]);
+        if h[80..88] != sum.as_bytes()[0..8] {
+            return Err(Error::Corrupt("blob header checksum mismatch".into()));
+        }
+        let raw_len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+        let stored_len = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
+        if raw_len as usize > MAX_RAW_LEN || stored_len as usize > MAX_RAW_LEN + 4096 {
+            return Err(Error::Corrupt(format!(
+                "blob header claims {raw_len} bytes (cap {MAX_RAW_LEN})"
+            )));
+        }
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&h[16..48]);
+        let mut stored_sum = [0u8; 32];
+        stored_sum.copy_from_slice(&h[48..80]);
+        Ok(BlobHeader {
+            kind: BlobKind::from_u8(h[4])?,
+            codec: Codec::from_u8(h[5])?,
+            raw_len,
+            stored_len,
+            id: ChunkId(id),
+            stored_sum,
+        })
+    }
+}
+
+/// A blob ready to be appended to a pack.
+pub struct EncodedBlob {
+    pub header: BlobHeader,
+    pub payload: Vec<u8>,
+}
+
+impl EncodedBlob {
+    /// Total bytes this blob occupies in a pack.
+    pub fn encoded_len(&self) -> u64 {
+        HEADER_LEN as u64 + self.payload.len() as u64
+    }
+}
+
+/// Encode `data` whose blake3 is `id`. Compresses with zstd at `level`
+/// (0 disables compression) and keeps the raw form when compression does
+/// not save at least ~3%.
+pub fn encode(kind: BlobKind, id: ChunkId, data: &[u8], level: i32) -> Result<EncodedBlob> {
+    if data.len() > MAX_RAW_LEN {
+        return Err(Error::InvalidInput(format!(
+            "blob of {} bytes exceeds the {MAX_RAW_LEN} byte cap",
+            data.len()
+        )));
+    }
+    let mut payload = None;
+    if level > 0 && data.len() >= 64 {
+        let limit = data.len() - data.len() / MIN_SAVING_DIVISOR;
+        // Compress into a buffer no larger than the useful size: zstd
+        // gives up (Err) as soon as the output would not fit, which is
+        // exactly the "does not save ~3%" case.
+        let mut buf = vec![0u8; limit];
+        if let Ok(n) = zstd::bulk::compress_to_buffer(data, &mut buf[..], level) {
+            buf.truncate(n);
+            payload = Some((Codec::Zstd, buf));
+        }
+    }
+    let (codec, payload) = payload.unwrap_or_else(|| (Codec::Raw, data.to_vec()));
+    let stored_sum = if codec == Codec::Raw {
+        id.0
+    } else {
+        *blake3::hash(&payload).as_bytes()
+    };
+    Ok(EncodedBlob {
+        header: BlobHeader {
+            kind,
+            codec,
+            raw_len: data.len() as u32,
+            stored_len: payload.len() as u32,
+            id,
+            stored_sum,
+        },
+        payload,
+    })
+}
+
+/// Verify and decode a payload read from a pack. `expect` is the id the
+/// caller wants; any mismatch is an error, never wrong bytes.
+pub fn decode(header: &BlobHeader, payload: &[u8], expect: &ChunkId) -> Result<Vec<u8>> {
+    if header.id != *expect {
+        return Err(Error::Corrupt(format!(
+            "blob holds {} but {} was expected",
+            header.id, expect
+        )));
+    }
+    if payload.len() != header.stored_len as usize {
+        return Err(Error::Corrupt(format!(
+            "chunk {expect}: payload is {} bytes, header says {}",
+            payload.len(),
+            header.stored_len
+        )));
+    }
+    if *blake3::hash(payload).as_bytes() != header.stored_sum {
+        return Err(Error::Corrupt(format!(
+            "chunk {expect}: stored bytes do not match their checksum"
+        )));
+    }
+    let raw = match header.codec {
+        Codec::Raw => payload.to_vec(),
+        Codec::Zstd => {
+            let cap = header.raw_len as usize;
+            let out = zstd::bulk::decompress(payload, cap)
+                .map_err(|e| Error::Corrupt(format!("chunk {expect}: zstd: {e}")))?;
+            if out.len() != cap {
+                return Err(Error::Corrupt(format!(
+                    "chunk {expect}: decompressed to {} bytes, expected {cap}",
+                    out.len()
+                )));
+            }
+            let got = ChunkId::of(&out);
+            if got != *expect {
+                return Err(Error::Corrupt(format!(
+                    "chunk {expect}: content hash mismatch after decompression"
+                )));
+            }
+            out
+        }
+    };
+    Ok(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_compressible_and_random() {
+        let text = b"hello world ".repeat(10_000);
+        let id = ChunkId::of(&text);
+        let b = encode(BlobKind::Chunk, id, &text, 3).unwrap();
+        assert_eq!(b.header.codec, Codec::Zstd);
+        let h = BlobHeader::decode(&b.header.encode()).unwrap();
+        assert_eq!(h, b.header);
+        assert_eq!(decode(&h, &b.payload, &id).unwrap(), text);
+
+        let mut rnd = vec![0u8; 100_000];
+        let mut x: u64 = 12345;
+        for v in rnd.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *v = x as u8;
+        }
+        let id = ChunkId::of(&rnd);
+        let b = encode(BlobKind::Chunk, id, &rnd, 3).unwrap();
+        assert_eq!(b.header.codec, Codec::Raw);
+        assert_eq!(decode(&b.header, &b.payload, &id).unwrap(), rnd);
+    }
+
+    #[test]
+    fn flipped_bytes_are_detected() {
+        let text = b"abcdefgh".repeat(5000);
+        let id = ChunkId::of(&text);
+        let b = encode(BlobKind::Chunk, id, &text, 3).unwrap();
+        let mut bad = b.payload.clone();
+        bad[3] ^= 1;
+        assert!(decode(&b.header, &bad, &id).is_err());
+        let mut hdr = b.header.encode();
+        hdr[9] ^= 1;
+        assert!(BlobHeader::decode(&hdr).is_err());
+        let other = ChunkId::of(b"x");
+        assert!(decode(&b.header, &b.payload, &other).is_err());
+    }
+
+    #[test]
+    fn hex_roundtrip() {
+        let id = ChunkId::of(b"abc");
+        assert_eq!(ChunkId::from_hex(&id.to_hex()).unwrap(), id);
+        assert!(ChunkId::from_hex("zz").is_err());
+    }
+}

@@ -1,0 +1,490 @@
+//! Pack files: append-only sequences of blobs.
+//!
+//! A pack starts with a 16-byte header (`"RWPACK\0\0"`, format version u32
+//! LE, 4 zero bytes) and is followed by blobs (see [`super::blob`]). A
+//! writer never appends to a pack that an earlier process wrote: a torn
+//! tail left by a crash is therefore never built upon, and scanning stops
+//! (or resynchronises) at it.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use super::blob::{self, BlobHeader, BlobKind, ChunkId, Codec, EncodedBlob, HEADER_LEN};
+use crate::error::{Error, IoContext, Result};
+use crate::util::durable;
+
+pub const PACK_MAGIC: [u8; 8] = *b"RWPACK\0\0";
+pub const PACK_HEADER_LEN: u64 = 16;
+pub const PACK_VERSION: u32 = 1;
+
+/// Where a blob lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    pub pack: u64,
+    /// Offset of the blob header in the pack.
+    pub offset: u64,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub codec: Codec,
+    pub kind: BlobKind,
+}
+
+impl Location {
+    /// Fixed 26-byte encoding used as the index value.
+    pub fn encode(&self) -> [u8; 26] {
+        let mut v = [0u8; 26];
+        v[0..8].copy_from_slice(&self.pack.to_le_bytes());
+        v[8..16].copy_from_slice(&self.offset.to_le_bytes());
+        v[16..20].copy_from_slice(&self.stored_len.to_le_bytes());
+        v[20..24].copy_from_slice(&self.raw_len.to_le_bytes());
+        v[24] = self.codec as u8;
+        v[25] = self.kind as u8;
+        v
+    }
+
+    pub fn decode(v: &[u8]) -> Result<Location> {
+        if v.len() != 26 {
+            return Err(Error::Corrupt("index entry has a bad length".into()));
+        }
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&v[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        let u32_at = |i: usize| {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(&v[i..i + 4]);
+            u32::from_le_bytes(b)
+        };
+        Ok(Location {
+            pack: u64_at(0),
+            offset: u64_at(8),
+            stored_len: u32_at(16),
+            raw_len: u32_at(20),
+            codec: Codec::from_u8(v[24])?,
+            kind: match v[25] {
+                1 => BlobKind::Chunk,
+                2 => BlobKind::Manifest,
+                k => return Err(Error::Corrupt(format!("index entry has blob kind {k}"))),
+            },
+        })
+    }
+}
+
+pub fn pack_file_name(id: u64) -> String {
+    format!("{id:016x}.pack")
+}
+
+pub fn parse_pack_file_name(name: &str) -> Option<u64> {
+    let hex = name.strip_suffix(".pack")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// All pack ids present in `dir`, sorted.
+pub fn list_packs(dir: &Path) -> Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for e in std::fs::read_dir(dir).ctx("read directory", dir)? {
+        let e = e.ctx("read directory", dir)?;
+        if let Some(id) = e.file_name().to_str().and_then(parse_pack_file_name) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Appends blobs to pack files, rotating at a target size.
+pub struct PackWriter {
+    dir: PathBuf,
+    target_size: u64,
+    next_id: u64,
+    current: Option<OpenPack>,
+    /// Packs created since the last directory fsync.
+    dir_dirty: bool,
+    /// Packs finished (rotated away) since the last [`PackWriter::sync`].
+    finished: Vec<u64>,
+    poisoned: Option<String>,
+}
+
+struct OpenPack {
+    id: u64,
+    file: File,
+    path: PathBuf,
+    len: u64,
+    synced_len: u64,
+}
+
+impl PackWriter {
+    /// A writer that creates new packs in `dir`, starting after the
+    /// highest id present.
+    pub fn new(dir: &Path, target_size: u64) -> Result<PackWriter> {
+        let next_id = list_packs(dir)?.last().map_or(1, |m| m + 1);
+        Ok(PackWriter {
+            dir: dir.to_path_buf(),
+            target_size,
+            next_id,
+            current: None,
+            dir_dirty: false,
+            finished: Vec::new(),
+            poisoned: None,
+        })
+    }
+
+    fn check(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(why) => Err(Error::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn poison<T>(&mut self, e: Error) -> Result<T> {
+        self.poisoned = Some(e.to_string());
+        Err(e)
+    }
+
+    /// Append a blob. It is not durable until [`PackWriter::sync`] returns.
+    pub fn append(&mut self, b: &EncodedBlob) -> Result<Location> {
+        self.check()?;
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.len >= self.target_size)
+        {
+            if let Err(e) = self.finish_current() {
+                return self.poison(e);
+            }
+        }
+        if self.current.is_none() {
+            if let Err(e) = self.open_new() {
+                return self.poison(e);
+            }
+        }
+        let Some(cur) = self.current.as_mut() else {
+            return Err(Error::Poisoned("no open pack".into()));
+        };
+        let offset = cur.len;
+        let header = b.header.encode();
+        let res = cur
+            .file
+            .write_all(&header)
+            .and_then(|_| cur.file.write_all(&b.payload));
+        if let Err(e) = res {
+            let err = Error::io("write pack", cur.path.clone(), e);
+            return self.poison(err);
+        }
+        cur.len += b.encoded_len();
+        Ok(Location {
+            pack: cur.id,
+            offset,
+            stored_len: b.header.stored_len,
+            raw_len: b.header.raw_len,
+            codec: b.header.codec,
+            kind: b.header.kind,
+        })
+    }
+
+    fn open_new(&mut self) -> Result<()> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let path = self.dir.join(pack_file_name(id));
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .ctx("create pack", &path)?;
+        let mut hdr = [0u8; PACK_HEADER_LEN as usize];
+        hdr[0..8].copy_from_slice(&PACK_MAGIC);
+        hdr[8..12].copy_from_slice(&PACK_VERSION.to_le_bytes());
+        file.write_all(&hdr).ctx("write pack", &path)?;
+        self.dir_dirty = true;
+        self.current = Some(OpenPack {
+            id,
+            file,
+            path,
+            len: PACK_HEADER_LEN,
+            synced_len: 0,
+        });
+        Ok(())
+    }
+
+    fn finish_current(&mut self) -> Result<()> {
+        if let Some(cur) = self.current.take() {
+            if cur.synced_len != cur.len {
+                durable::fsync_file(&cur.file, &cur.path)?;
+            }
+            self.finished.push(cur.id);
+        }
+        Ok(())
+    }
+
+    /// Make everything appended so far durable: fsync the open pack and,
+    /// if packs were created, the pack directory. Returns the ids of packs
+    /// that are complete (no more appends) and durable.
+    pub fn sync(&mut self) -> Result<Vec<u64>> {
+        self.check()?;
+        if let Some(cur) = self.current.as_mut() {
+            if cur.synced_len != cur.len {
+                if let Err(e) = durable::fsync_file(&cur.file, &cur.path) {
+                    return self.poison(e);
+                }
+                cur.synced_len = cur.len;
+            }
+        }
+        if self.dir_dirty {
+            let dir = self.dir.clone();
+            if let Err(e) = durable::fsync_dir(&dir) {
+                return self.poison(e);
+            }
+            self.dir_dirty = false;
+        }
+        Ok(std::mem::take(&mut self.finished))
+    }
+
+    /// Sync and close the open pack. Returns the packs now complete.
+    pub fn close(&mut self) -> Result<Vec<u64>> {
+        self.check()?;
+        if let Err(e) = self.finish_current() {
+            return self.poison(e);
+        }
+        self.sync()
+    }
+
+    /// The id of the pack currently being appended to.
+    pub fn current_pack(&self) -> Option<u64> {
+        self.current.as_ref().map(|c| c.id)
+    }
+}
+
+/// Reads blobs from packs, keeping their files open.
+pub struct PackReader {
+    dir: PathBuf,
+    files: Mutex<HashMap<u64, Arc<File>>>,
+}
+
+impl PackReader {
+    pub fn new(dir: &Path) -> PackReader {
+        PackReader {
+            dir: dir.to_path_buf(),
+            files: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn pack_path(&self, id: u64) -> PathBuf {
+        self.dir.join(pack_file_name(id))
+    }
+
+    fn file(&self, id: u64) -> Result<Arc<File>> {
+        if let Some(f) = self.files.lock().get(&id) {
+            return Ok(f.clone());
+        }
+        let path = self.pack_path(id);
+        let f = Arc::new(File::open(&path).ctx("open pack", &path)?);
+        let mut files = self.files.lock();
+        if files.len() > 256 {
+            files.clear();
+        }
+        files.insert(id, f.clone());
+        Ok(f)
+    }
+
+    /// Read, verify and decode the blob `id` at `loc`.
+    pub fn read(&self, loc: &Location, id: &ChunkId) -> Result<Vec<u8>> {
+        let f = self.file(loc.pack)?;
+        let total = HEADER_LEN + loc.stored_len as usize;
+        let mut buf = vec![0u8; total];
+        f.read_exact_at(&mut buf, loc.offset)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => Error::Corrupt(format!(
+                    "chunk {id}: pack {} ends before the blob at offset {}",
+                    pack_file_name(loc.pack),
+                    loc.offset
+                )),
+                _ => Error::io("read pack", self.pack_path(loc.pack), e),
+            })?;
+        let header = BlobHeader::decode(&buf[..HEADER_LEN]).map_err(|e| {
+            Error::Corrupt(format!(
+                "chunk {id} in pack {} at offset {}: {e}",
+                pack_file_name(loc.pack),
+                loc.offset
+            ))
+        })?;
+        blob::decode(&header, &buf[HEADER_LEN..], id).map_err(|e| {
+            Error::Corrupt(format!(
+                "{e} (pack {} offset {})",
+                pack_file_name(loc.pack),
+                loc.offset
+            ))
+        })
+    }
+}
+
+/// One blob found while scanning a pack.
+#[derive(Debug, Clone)]
+pub struct ScannedBlob {
+    pub header: BlobHeader,
+    pub location: Location,
+}
+
+/// The result of scanning a pack's headers.
+#[derive(Debug, Default)]
+pub struct PackScan {
+    pub blobs: Vec<ScannedBlob>,
+    /// Byte ranges that did not parse (corruption or a torn tail).
+    pub damaged: Vec<(u64, u64)>,
+}
+
+/// Scan the blob headers of a pack (payloads are skipped, not verified).
+/// A damaged header is reported and scanning resynchronises on the next
+/// valid header, so one bad byte does not hide the rest of the pack.
+pub fn scan_pack(path: &Path, id: u64) -> Result<PackScan> {
+    let f = File::open(path).ctx("open pack", path)?;
+    let len = f.metadata().ctx("stat pack", path)?.len();
+    let mut out = PackScan::default();
+    let mut hdr = [0u8; PACK_HEADER_LEN as usize];
+    if len < PACK_HEADER_LEN || f.read_exact_at(&mut hdr, 0).is_err() || hdr[0..8] != PACK_MAGIC {
+        out.damaged.push((0, len));
+        return Ok(out);
+    }
+    let mut off = PACK_HEADER_LEN;
+    let mut h = [0u8; HEADER_LEN];
+    let mut bad_start: Option<u64> = None;
+    while off + HEADER_LEN as u64 <= len {
+        f.read_exact_at(&mut h, off).ctx("read pack", path)?;
+        match BlobHeader::decode(&h) {
+            Ok(header) if off + HEADER_LEN as u64 + header.stored_len as u64 <= len => {
+                if let Some(s) = bad_start.take() {
+                    out.damaged.push((s, off));
+                }
+                out.blobs.push(ScannedBlob {
+                    header,
+                    location: Location {
+                        pack: id,
+                        offset: off,
+                        stored_len: header.stored_len,
+                        raw_len: header.raw_len,
+                        codec: header.codec,
+                        kind: header.kind,
+                    },
+                });
+                off += HEADER_LEN as u64 + header.stored_len as u64;
+            }
+            _ => {
+                bad_start.get_or_insert(off);
+                off = match find_magic(&f, off + 1, len)? {
+                    Some(next) => next,
+                    None => len,
+                };
+            }
+        }
+    }
+    if off < len {
+        bad_start.get_or_insert(off);
+    }
+    if let Some(s) = bad_start {
+        out.damaged.push((s, len));
+    }
+    Ok(out)
+}
+
+fn find_magic(f: &File, from: u64, len: u64) -> Result<Option<u64>> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = from;
+    while pos < len {
+        let n = ((len - pos) as usize).min(buf.len());
+        f.read_exact_at(&mut buf[..n], pos)
+            .map_err(|e| Error::io("read pack", PathBuf::new(), e))?;
+        if let Some(i) = buf[..n].windows(4).position(|w| w == blob::BLOB_MAGIC) {
+            return Ok(Some(pos + i as u64));
+        }
+        if n < 4 {
+            break;
+        }
+        pos += (n - 3) as u64;
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::blob::encode;
+
+    #[test]
+    fn write_read_scan_and_resync() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = PackWriter::new(dir.path(), 1 << 20).unwrap();
+        let mut locs = Vec::new();
+        for i in 0..5u32 {
+            let data = format!("blob number {i} ").repeat(100 + i as usize);
+            let id = ChunkId::of(data.as_bytes());
+            let b = encode(BlobKind::Chunk, id, data.as_bytes(), 3).unwrap();
+            locs.push((id, w.append(&b).unwrap(), data));
+        }
+        let done = w.close().unwrap();
+        assert_eq!(done, vec![1]);
+        let r = PackReader::new(dir.path());
+        for (id, loc, data) in &locs {
+            assert_eq!(r.read(loc, id).unwrap(), data.as_bytes());
+        }
+        let path = dir.path().join(pack_file_name(1));
+        let scan = scan_pack(&path, 1).unwrap();
+        assert_eq!(scan.blobs.len(), 5);
+        assert!(scan.damaged.is_empty());
+
+        // Damage the second blob's header: the others are still found.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[locs[1].1.offset as usize + 10] ^= 0xff;
+        // And append a torn tail.
+        bytes.extend_from_slice(&blob::BLOB_MAGIC);
+        bytes.extend_from_slice(&[0u8; 20]);
+        std::fs::write(&path, &bytes).unwrap();
+        let scan = scan_pack(&path, 1).unwrap();
+        assert_eq!(scan.blobs.len(), 4);
+        assert_eq!(scan.damaged.len(), 2);
+        let r = PackReader::new(dir.path());
+        assert!(r.read(&locs[1].1, &locs[1].0).is_err());
+        assert_eq!(
+            r.read(&locs[2].1, &locs[2].0).unwrap(),
+            locs[2].2.as_bytes()
+        );
+    }
+
+    #[test]
+    fn rotates_at_target_size_and_never_reuses_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = PackWriter::new(dir.path(), 1000).unwrap();
+        for i in 0..4u8 {
+            let data = vec![i; 900];
+            let b = encode(BlobKind::Chunk, ChunkId::of(&data), &data, 0).unwrap();
+            w.append(&b).unwrap();
+        }
+        w.close().unwrap();
+        assert_eq!(list_packs(dir.path()).unwrap(), vec![1, 2, 3, 4]);
+        let w2 = PackWriter::new(dir.path(), 1000).unwrap();
+        assert_eq!(w2.next_id, 5);
+    }
+
+    #[test]
+    fn location_roundtrip() {
+        let l = Location {
+            pack: 7,
+            offset: 1234,
+            stored_len: 99,
+            raw_len: 100,
+            codec: Codec::Zstd,
+            kind: BlobKind::Manifest,
+        };
+        assert_eq!(Location::decode(&l.encode()).unwrap(), l);
+    }
+}

@@ -1,0 +1,5 @@
+//! Small helpers shared by several modules.
+
+pub mod durable;
+pub mod sys;
+pub mod time;

@@ -1,0 +1,110 @@
+//! Thin, safe helpers over rustix for the file-descriptor based tree walks
+//! of capture and restore.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+
+use crate::snapshot::manifest::Meta;
+
+fn stat_ns(sec: i64, nsec: u64) -> i64 {
+    sec.saturating_mul(1_000_000_000)
+        .saturating_add(nsec as i64)
+}
+
+pub fn mtime_ns(st: &rustix::fs::Stat) -> i64 {
+    stat_ns(st.st_mtime, st.st_mtime_nsec)
+}
+
+pub fn ctime_ns(st: &rustix::fs::Stat) -> i64 {
+    stat_ns(st.st_ctime, st.st_ctime_nsec)
+}
+
+/// The metadata kept in manifests, from a `stat` (xattrs filled separately).
+pub fn meta_of(st: &rustix::fs::Stat) -> Meta {
+    Meta {
+        mode: st.st_mode,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mtime_ns: mtime_ns(st),
+        ctime_ns: ctime_ns(st),
+        ino: st.st_ino,
+        xattrs: Vec::new(),
+    }
+}
+
+pub const S_IFMT: u32 = libc::S_IFMT;
+
+pub fn file_type(mode: u32) -> u32 {
+    mode & S_IFMT
+}
+
+/// Extended attributes of an open file, sorted by name. Filesystems that do
+/// not support xattrs give an empty list.
+pub fn read_xattrs<Fd: AsFd>(fd: Fd) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let fd = fd.as_fd();
+    let mut names = vec![0u8; 1024];
+    let n = loop {
+        match rustix::fs::flistxattr(fd, &mut names[..]) {
+            Ok(n) => break n,
+            Err(rustix::io::Errno::RANGE) => {
+                let need = rustix::fs::flistxattr_query(fd)?;
+                names.resize(need.max(names.len() * 2), 0);
+            }
+            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut out = Vec::new();
+    for name in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
+        let mut val = vec![0u8; 256];
+        let len = loop {
+            match rustix::fs::fgetxattr(fd, name, &mut val[..]) {
+                Ok(len) => break Some(len),
+                Err(rustix::io::Errno::RANGE) => {
+                    let need = rustix::fs::fgetxattr_query(fd, name)?;
+                    val.resize(need.max(val.len() * 2), 0);
+                }
+                // Removed between list and get.
+                Err(rustix::io::Errno::NODATA) => break None,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if let Some(len) = len {
+            val.truncate(len);
+            out.push((name.to_vec(), val));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Open a directory below `dir` without following a symlink at `name`.
+pub fn open_dir_at<Fd: AsFd>(dir: Fd, name: &[u8]) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Open a regular file below `dir` for reading, without following a
+/// symlink and without updating its atime where permitted.
+pub fn open_file_for_read_at<Fd: AsFd>(dir: Fd, name: &[u8]) -> rustix::io::Result<OwnedFd> {
+    let dir = dir.as_fd();
+    let base = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    match rustix::fs::openat(dir, name, base | OFlags::NOATIME, Mode::empty()) {
+        Err(rustix::io::Errno::PERM) => rustix::fs::openat(dir, name, base, Mode::empty()),
+        other => other,
+    }
+}
+
+pub fn lstat_at<Fd: AsFd>(dir: Fd, name: &[u8]) -> rustix::io::Result<rustix::fs::Stat> {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+}
+
+/// Is a name safe to create inside a directory (one component)?
+pub fn is_safe_name(name: &[u8]) -> bool {
+    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
+}

@@ -1,0 +1,99 @@
+//! Verification: the index, every snapshot's references, and (optionally)
+//! every chunk's data.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::error::Result;
+use crate::repo::Repository;
+use crate::snapshot::manifest::{display_path, Node};
+use crate::snapshot::Tree;
+use crate::store::ChunkId;
+
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub snapshots: u64,
+    pub chunks_checked: u64,
+    /// Problems not tied to one snapshot.
+    pub problems: Vec<String>,
+    /// Damaged snapshots: id -> damaged file paths (or other reasons).
+    pub damaged: BTreeMap<u64, Vec<String>>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty() && self.damaged.is_empty()
+    }
+}
+
+/// Check every snapshot: its chain resolves, every referenced chunk is in
+/// the index and inside its pack; with `read_data`, every chunk is read
+/// and its hashes verified.
+pub fn verify(repo: &Repository, read_data: bool) -> Result<VerifyReport> {
+    let mut report = VerifyReport::default();
+    let all = repo.snapshots()?;
+    // chunk -> result of checking it (None = fine)
+    let mut checked: HashMap<ChunkId, Option<String>> = HashMap::new();
+    let mut pack_len: HashMap<u64, Option<u64>> = HashMap::new();
+    let mut check = |id: &ChunkId| -> Option<String> {
+        if let Some(r) = checked.get(id) {
+            return r.clone();
+        }
+        let r = match repo.index().get_chunk(id) {
+            Err(e) => Some(e.to_string()),
+            Ok(None) => Some(format!("chunk {id} is not in the index")),
+            Ok(Some(loc)) => {
+                let len = *pack_len.entry(loc.pack).or_insert_with(|| {
+                    std::fs::metadata(repo.pack_reader().pack_path(loc.pack))
+                        .ok()
+                        .map(|m| m.len())
+                });
+                match len {
+                    None => Some(format!("chunk {id}: its pack {} is missing", loc.pack)),
+                    Some(l) if l < loc.offset + 88 + loc.stored_len as u64 => {
+                        Some(format!("chunk {id}: its pack {} is truncated", loc.pack))
+                    }
+                    Some(_) if read_data => repo
+                        .pack_reader()
+                        .read(&loc, id)
+                        .err()
+                        .map(|e| e.to_string()),
+                    Some(_) => None,
+                }
+            }
+        };
+        checked.insert(*id, r.clone());
+        r
+    };
+    for rec in &all {
+        report.snapshots += 1;
+        let mut bad: Vec<String> = Vec::new();
+        let tree = match repo.resolve(rec) {
+            Ok(t) => t,
+            Err(e) => {
+                report
+                    .damaged
+                    .insert(rec.id, vec![format!("cannot resolve: {e}")]);
+                continue;
+            }
+        };
+        for (path, (_, node)) in &tree.entries {
+            if let Node::File { .. } = node {
+                let mut seen = HashSet::new();
+                for id in Tree::blocks_of(node) {
+                    if !seen.insert(*id) {
+                        continue;
+                    }
+                    if let Some(why) = check(id) {
+                        bad.push(format!("{}: {why}", display_path(path)));
+                        break;
+                    }
+                }
+            }
+        }
+        if !bad.is_empty() {
+            report.damaged.insert(rec.id, bad);
+        }
+    }
+    report.chunks_checked = checked.len() as u64;
+    Ok(report)
+}
