@@ -537,11 +537,19 @@ impl ChunkWriter<'_> {
         };
         self.repo.index.insert_chunks(&entries)?;
         self.repo.index.flush()?;
+        self.packs.lock().mark_committed();
         if !finished.is_empty() {
             self.repo.index.mark_packs_indexed(&finished)?;
             self.repo.index.flush()?;
         }
         Ok(())
+    }
+
+    /// After a failed capture: drop what was written since the last
+    /// commit (see [`PackWriter::abort`]).
+    pub fn abort(&self) {
+        self.pending.lock().clear();
+        self.packs.lock().abort();
     }
 
     /// Close the open pack (it will get no more blobs) and mark it indexed.

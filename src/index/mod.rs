@@ -37,6 +37,7 @@ impl Index {
             .cache_capacity(cache_bytes)
             .open()
             .map_err(map)?;
+        restrict_permissions(path);
         let chunks = db.open_tree("chunks").map_err(map)?;
         let packs = db.open_tree("packs").map_err(map)?;
         let snapshots = db.open_tree("snapshots").map_err(map)?;
@@ -160,6 +161,27 @@ impl Index {
     pub fn flush(&self) -> Result<()> {
         self.db.flush().map_err(|e| self.map(e))?;
         Ok(())
+    }
+}
+
+/// sled creates its files with the process umask; the repository keeps
+/// everything 0700/0600.
+fn restrict_permissions(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let mode = if md.is_dir() { 0o700 } else { 0o600 };
+        if md.permissions().mode() & 0o777 != mode {
+            let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode));
+        }
+        if md.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                stack.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
     }
 }
 

@@ -25,6 +25,17 @@ use crate::store::{BlobKind, ChunkId};
 use crate::util::sys::{self, file_type};
 use crate::util::time;
 
+/// A file whose ctime is this close to (or after) the start of a capture
+/// may change again within the same timestamp tick without its (size,
+/// mtime, ctime) changing. Such "racily clean" entries are recorded with
+/// [`RACY_CTIME`] so that the next scan re-reads them instead of trusting
+/// their stat. One second covers coarse kernel clocks and NFS.
+const RACY_MARGIN_NS: i64 = 1_000_000_000;
+
+/// The `ctime_ns` recorded for a racily clean file: never equal to a
+/// real ctime, so the next scan always re-reads the file.
+pub const RACY_CTIME: i64 = -1;
+
 /// Blocks per work unit: large enough to keep reads sequential, small
 /// enough to spread one big file over every worker.
 const UNIT_BLOCKS: u64 = 8;
@@ -104,26 +115,65 @@ pub fn snapshot_dir(repo: &Repository, source: &Path, opts: &ScanOptions) -> Res
         rustix::fs::Mode::empty(),
     )
     .ctx("open source directory", source)?;
-    let repo_id = std::fs::metadata(repo.root()).ok().map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        (m.dev(), m.ino())
-    });
-
     let writer = repo.writer()?;
+    let result = capture(
+        repo,
+        source,
+        opts,
+        &writer,
+        root_fd,
+        Base {
+            kind,
+            record: base_rec,
+            tree: base,
+        },
+        time_ns,
+    );
+    if result.is_err() {
+        // Give the space of unreferenced blobs back (a full disk, say).
+        writer.abort();
+    }
+    let (record, warnings) = result?;
+    Ok(ScanResult {
+        record,
+        requested: opts.kind,
+        warnings,
+    })
+}
+
+/// What a capture is compared with.
+struct Base {
+    kind: Kind,
+    record: Option<SnapshotRecord>,
+    tree: Option<Tree>,
+}
+
+fn capture(
+    repo: &Repository,
+    source: &Path,
+    opts: &ScanOptions,
+    writer: &ChunkWriter<'_>,
+    root_fd: OwnedFd,
+    base: Base,
+    time_ns: i64,
+) -> Result<(SnapshotRecord, Vec<String>)> {
+    let kind = base.kind;
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
         opts.threads
     };
     let bs = repo.config.block_size as u64;
+    let repo_id = std::fs::metadata(repo.root()).ok().map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        (m.dev(), m.ino())
+    });
     let (unit_tx, unit_rx) = bounded::<Unit>(threads * 4);
     let (done_tx, done_rx) = unbounded::<Result<UnitDone>>();
-
     let walk = std::thread::scope(|s| -> Result<Walk> {
         for _ in 0..threads {
             let unit_rx = unit_rx.clone();
             let done_tx = done_tx.clone();
-            let writer = &writer;
             s.spawn(move || {
                 let mut buf = vec![0u8; bs as usize];
                 for unit in unit_rx.iter() {
@@ -135,7 +185,13 @@ pub fn snapshot_dir(repo: &Repository, source: &Path, opts: &ScanOptions) -> Res
             });
         }
         drop(done_tx);
-        let mut w = Walk::new(base.as_ref(), kind, repo_id, bs);
+        let mut w = Walk::new(
+            base.tree.as_ref(),
+            kind,
+            repo_id,
+            bs,
+            time_ns - RACY_MARGIN_NS,
+        );
         let walked = w.walk(root_fd, &unit_tx);
         drop(unit_tx);
         // Collect every unit, even after an error, so workers finish.
@@ -155,15 +211,15 @@ pub fn snapshot_dir(repo: &Repository, source: &Path, opts: &ScanOptions) -> Res
     })?;
 
     let (manifest, mut stats, warnings) =
-        walk.finish(base.as_ref(), kind, repo.config.block_size)?;
+        walk.finish(base.tree.as_ref(), kind, repo.config.block_size)?;
     stats.changed_entries = manifest.entries.len() as u64;
     stats.removed_entries = manifest.removed.len() as u64;
-    let (parent, full) = match (&base_rec, kind) {
-        (None, _) => (None, None),
-        (Some(b), _) => (Some(b.id), Some(b.full)),
+    let (parent, full) = match &base.record {
+        None => (None, None),
+        Some(b) => (Some(b.id), Some(b.full)),
     };
     let record = repo.commit_snapshot(
-        &writer,
+        writer,
         &manifest,
         SnapshotDraft {
             kind,
@@ -176,11 +232,7 @@ pub fn snapshot_dir(repo: &Repository, source: &Path, opts: &ScanOptions) -> Res
         },
     )?;
     writer.close()?;
-    Ok(ScanResult {
-        record,
-        requested: opts.kind,
-        warnings,
-    })
+    Ok((record, warnings))
 }
 
 fn process_unit(
@@ -244,6 +296,8 @@ struct Walk<'b> {
     kind: Kind,
     repo_id: Option<(u64, u64)>,
     bs: u64,
+    /// Files with a ctime at or after this are recorded as racy.
+    racy_after: i64,
     seen: HashSet<Vec<u8>>,
     entries: Vec<Entry>,
     jobs: Vec<PendingFile>,
@@ -256,12 +310,19 @@ struct Walk<'b> {
 }
 
 impl<'b> Walk<'b> {
-    fn new(base: Option<&'b Tree>, kind: Kind, repo_id: Option<(u64, u64)>, bs: u64) -> Self {
+    fn new(
+        base: Option<&'b Tree>,
+        kind: Kind,
+        repo_id: Option<(u64, u64)>,
+        bs: u64,
+        racy_after: i64,
+    ) -> Self {
         Walk {
             base,
             kind,
             repo_id,
             bs,
+            racy_after,
             seen: HashSet::new(),
             entries: Vec::new(),
             jobs: Vec::new(),
@@ -397,6 +458,7 @@ impl<'b> Walk<'b> {
             if let Some(&job) = self.link_jobs.get(&ino) {
                 let mut meta = meta;
                 meta.xattrs = self.jobs[job].meta.xattrs.clone();
+                meta.ctime_ns = self.jobs[job].meta.ctime_ns;
                 self.followers.push((path, meta, job));
                 return Ok(());
             }
@@ -423,6 +485,9 @@ impl<'b> Walk<'b> {
         let size = st.st_size as u64;
         let mut meta = sys::meta_of(&st);
         meta.xattrs = sys::read_xattrs(&fd).ctx("read xattrs", display_path(&path))?;
+        if meta.ctime_ns >= self.racy_after {
+            meta.ctime_ns = RACY_CTIME;
+        }
         let job = self.jobs.len();
         let nblocks = size.div_ceil(self.bs);
         let nunits = nblocks.div_ceil(UNIT_BLOCKS);

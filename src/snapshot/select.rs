@@ -20,7 +20,12 @@ pub fn select<'a>(
         return all.iter().max_by_key(|r| r.id).ok_or_else(unknown);
     }
     if let Some(t) = spec.strip_prefix('@') {
-        let at = time::parse_point_in_time(t, now_ns)?;
+        let mut at = time::parse_point_in_time(t, now_ns)?;
+        // A time given to the second means "up to the end of that second":
+        // the time shown by `snapshots` selects that snapshot.
+        if !t.trim().starts_with('-') && !t.contains('.') {
+            at += 999_999_999;
+        }
         return all
             .iter()
             .filter(|r| r.time_ns <= at)
@@ -70,6 +75,11 @@ mod tests {
         assert_eq!(select(&all, "2", 0).unwrap().id, 2);
         assert_eq!(select(&all, &all[0].name, 0).unwrap().id, 1);
         assert_eq!(select(&all, "@1970-01-01T00:04:10Z", 0).unwrap().id, 2);
+        let late = vec![rec(1, 100 * s + 500_000_000)];
+        assert_eq!(
+            select(&late, &format!("@{}", late[0].time), 0).unwrap().id,
+            1
+        );
         assert_eq!(select(&all, "@-100s", 350 * s).unwrap().id, 2);
         assert!(select(&all, "@1970-01-01T00:00:10Z", 0).is_err());
         assert!(select(&all, "9", 0).is_err());

@@ -113,6 +113,9 @@ pub struct PackWriter {
     dir_dirty: bool,
     /// Packs finished (rotated away) since the last [`PackWriter::sync`].
     finished: Vec<u64>,
+    /// Packs this writer created: (id, path, length the index may point
+    /// into, i.e. as of the last [`PackWriter::mark_committed`]).
+    session: Vec<(u64, PathBuf, u64)>,
     poisoned: Option<String>,
 }
 
@@ -136,6 +139,7 @@ impl PackWriter {
             current: None,
             dir_dirty: false,
             finished: Vec::new(),
+            session: Vec::new(),
             poisoned: None,
         })
     }
@@ -208,6 +212,7 @@ impl PackWriter {
         hdr[8..12].copy_from_slice(&PACK_VERSION.to_le_bytes());
         file.write_all(&hdr).ctx("write pack", &path)?;
         self.dir_dirty = true;
+        self.session.push((id, path.clone(), 0));
         self.current = Some(OpenPack {
             id,
             file,
@@ -258,6 +263,45 @@ impl PackWriter {
             return self.poison(e);
         }
         self.sync()
+    }
+
+    /// Record that everything synced so far is referenced by the index:
+    /// [`PackWriter::abort`] keeps it.
+    pub fn mark_committed(&mut self) {
+        let cur = self.current.as_ref().map(|c| (c.id, c.synced_len));
+        for (id, _, committed) in &mut self.session {
+            match cur {
+                Some((cid, synced)) if cid == *id => *committed = synced,
+                // Finished packs were fully synced when they were rotated.
+                _ => *committed = u64::MAX,
+            }
+        }
+    }
+
+    /// Give back the space of blobs nobody references after a failed
+    /// capture (disk full, say): packs of this writer holding nothing
+    /// committed are removed, the open pack is cut back to its committed
+    /// length. The writer is unusable afterwards.
+    pub fn abort(&mut self) {
+        self.current = None;
+        for (id, path, committed) in self.session.drain(..) {
+            let r = if committed <= PACK_HEADER_LEN {
+                std::fs::remove_file(&path)
+            } else if committed != u64::MAX {
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_len(committed).and_then(|_| f.sync_all()))
+            } else {
+                Ok(())
+            };
+            if let Err(e) = r {
+                tracing::warn!(pack = id, "could not reclaim uncommitted pack data: {e}");
+            }
+        }
+        let _ = durable::fsync_dir(&self.dir);
+        self.poisoned
+            .get_or_insert_with(|| "capture aborted".to_string());
     }
 
     /// The id of the pack currently being appended to.

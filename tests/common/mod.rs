@@ -1,0 +1,163 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rewindfs"))
+}
+
+/// Run the CLI with `REWINDFS_REPO=repo`.
+pub fn cli(repo: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("REWINDFS_REPO", repo)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run rewindfs")
+}
+
+/// Run the CLI and insist on success; returns stdout.
+pub fn ok(repo: &Path, args: &[&str]) -> String {
+    let o = cli(repo, args);
+    assert!(
+        o.status.success(),
+        "rewindfs {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// What a restore must reproduce of one entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Model {
+    pub kind: char,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i64,
+    pub size: u64,
+    pub content: Option<[u8; 32]>,
+    pub target: Option<Vec<u8>>,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// For hard links: the first path (in sorted order) of the inode.
+    pub link: Option<String>,
+}
+
+/// The tree under `root` (not including `root` itself), as a model.
+pub fn model(root: &Path) -> BTreeMap<String, Model> {
+    let mut out = BTreeMap::new();
+    let mut first_path: BTreeMap<u64, String> = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    let mut all = Vec::new();
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                stack.push(p.clone());
+            }
+            all.push((p, md));
+        }
+    }
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    for (p, md) in all {
+        let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let ft = md.file_type();
+        let kind = if ft.is_dir() {
+            'd'
+        } else if ft.is_symlink() {
+            'l'
+        } else if ft.is_file() {
+            'f'
+        } else {
+            's'
+        };
+        let content = ft
+            .is_file()
+            .then(|| *blake3::hash(&std::fs::read(&p).unwrap()).as_bytes());
+        let target = ft.is_symlink().then(|| {
+            std::fs::read_link(&p)
+                .unwrap()
+                .into_os_string()
+                .into_encoded_bytes()
+        });
+        let link = if ft.is_file() && md.nlink() > 1 {
+            Some(first_path.entry(md.ino()).or_insert(rel.clone()).clone())
+        } else {
+            None
+        };
+        let xattrs = if ft.is_symlink() {
+            Vec::new()
+        } else {
+            xattrs(&p)
+        };
+        out.insert(
+            rel,
+            Model {
+                kind,
+                mode: md.mode(),
+                uid: md.uid(),
+                gid: md.gid(),
+                mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                size: if ft.is_file() { md.len() } else { 0 },
+                content,
+                target,
+                xattrs,
+                link,
+            },
+        );
+    }
+    out
+}
+
+fn xattrs(p: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let f = match std::fs::File::open(p) {
+        Ok(f) => f,
+        Err(_) => return Vec::new(),
+    };
+    let mut names = vec![0u8; 4096];
+    let n = rustix::fs::flistxattr(&f, &mut names[..]).unwrap_or(0);
+    let mut out = Vec::new();
+    for name in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
+        let mut v = vec![0u8; 65536];
+        let len = rustix::fs::fgetxattr(&f, name, &mut v[..]).unwrap();
+        v.truncate(len);
+        out.push((name.to_vec(), v));
+    }
+    out.sort();
+    out
+}
+
+/// Assert two models are equal, with a readable first difference.
+pub fn assert_same(expected: &BTreeMap<String, Model>, got: &BTreeMap<String, Model>, what: &str) {
+    for (k, v) in expected {
+        match got.get(k) {
+            None => panic!("{what}: {k} is missing"),
+            Some(g) if g != v => panic!("{what}: {k} differs:\nexpected {v:?}\n     got {g:?}"),
+            _ => {}
+        }
+    }
+    for k in got.keys() {
+        assert!(expected.contains_key(k), "{what}: {k} should not be there");
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
