@@ -15,18 +15,20 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
 use crate::index::Index;
 use crate::snapshot::manifest::{Manifest, MANIFEST_PART_LEN};
 use crate::snapshot::{Kind, SnapshotRecord, Stats, Tree};
-use crate::store::pack::{self, list_packs, scan_pack, Location, PackReader, PackWriter};
-use crate::store::{blob, BlobKind, ChunkId};
+use crate::store::pack::{self, list_packs, scan_pack, PackReader, PackWriter};
+use crate::store::{BlobKind, ChunkId};
 use crate::util::{durable, time};
+
+mod writer;
+
+pub use writer::ChunkWriter;
 
 pub const FORMAT_VERSION: u32 = 1;
 pub const DEFAULT_BLOCK_SIZE: u32 = 1 << 20;
@@ -399,17 +401,13 @@ impl Repository {
         Ok(tree)
     }
 
+    /// A writer for one capture (it runs its own pack-writing thread).
     pub fn writer(&self) -> Result<ChunkWriter<'_>> {
-        Ok(ChunkWriter {
-            repo: self,
-            packs: Mutex::new(PackWriter::new(
-                &self.packs_dir(),
-                self.config.pack_target_size,
-            )?),
-            pending: Mutex::new(HashMap::new()),
-            stored_bytes: AtomicU64::new(0),
-            new_chunks: AtomicU64::new(0),
-        })
+        ChunkWriter::new(
+            &self.index,
+            PackWriter::new(&self.packs_dir(), self.config.pack_target_size)?,
+            self.config.compression_level,
+        )
     }
 
     /// Store the manifest, make everything durable, then write the record:
@@ -476,100 +474,6 @@ pub struct SnapshotDraft {
     pub label: Option<String>,
     pub source: String,
     pub stats: Stats,
-}
-
-/// Stores chunks for one capture: deduplicates against the index and
-/// against chunks in flight, appends to packs, and on [`commit`] makes the
-/// packs durable before the index points at them.
-///
-/// [`commit`]: ChunkWriter::commit
-pub struct ChunkWriter<'r> {
-    repo: &'r Repository,
-    packs: Mutex<PackWriter>,
-    /// Chunks written by this writer and not yet indexed (`None`: a worker
-    /// is writing it right now).
-    pending: Mutex<HashMap<ChunkId, Option<Location>>>,
-    stored_bytes: AtomicU64,
-    new_chunks: AtomicU64,
-}
-
-impl ChunkWriter<'_> {
-    /// Store `data` (whose blake3 is `id`) unless it is already stored.
-    /// Returns whether it was new. Safe to call from many threads.
-    pub fn store(&self, kind: BlobKind, id: ChunkId, data: &[u8]) -> Result<bool> {
-        if self.repo.index.contains_chunk(&id)? {
-            return Ok(false);
-        }
-        {
-            let mut p = self.pending.lock();
-            if p.contains_key(&id) {
-                return Ok(false);
-            }
-            p.insert(id, None);
-        }
-        let level = match kind {
-            BlobKind::Manifest => self.repo.config.compression_level.max(3),
-            BlobKind::Chunk => self.repo.config.compression_level,
-        };
-        let encoded = blob::encode(kind, id, data, level)?;
-        let loc = self.packs.lock().append(&encoded)?;
-        self.pending.lock().insert(id, Some(loc));
-        self.stored_bytes
-            .fetch_add(encoded.encoded_len(), Ordering::Relaxed);
-        self.new_chunks.fetch_add(1, Ordering::Relaxed);
-        Ok(true)
-    }
-
-    /// fsync the packs (and their directory), then insert the new chunks
-    /// into the index and flush it.
-    pub fn commit(&self) -> Result<()> {
-        let finished = self.packs.lock().sync()?;
-        let entries: Vec<(ChunkId, Location)> = {
-            let mut p = self.pending.lock();
-            let ready: Vec<(ChunkId, Location)> = p
-                .iter()
-                .filter_map(|(id, loc)| loc.map(|l| (*id, l)))
-                .collect();
-            for (id, _) in &ready {
-                p.remove(id);
-            }
-            ready
-        };
-        self.repo.index.insert_chunks(&entries)?;
-        self.repo.index.flush()?;
-        self.packs.lock().mark_committed();
-        if !finished.is_empty() {
-            self.repo.index.mark_packs_indexed(&finished)?;
-            self.repo.index.flush()?;
-        }
-        Ok(())
-    }
-
-    /// After a failed capture: drop what was written since the last
-    /// commit (see [`PackWriter::abort`]).
-    pub fn abort(&self) {
-        self.pending.lock().clear();
-        self.packs.lock().abort();
-    }
-
-    /// Close the open pack (it will get no more blobs) and mark it indexed.
-    pub fn close(&self) -> Result<()> {
-        let finished = self.packs.lock().close()?;
-        self.commit()?;
-        if !finished.is_empty() {
-            self.repo.index.mark_packs_indexed(&finished)?;
-            self.repo.index.flush()?;
-        }
-        Ok(())
-    }
-
-    pub fn stored_bytes(&self) -> u64 {
-        self.stored_bytes.load(Ordering::Relaxed)
-    }
-
-    pub fn new_chunks(&self) -> u64 {
-        self.new_chunks.load(Ordering::Relaxed)
-    }
 }
 
 /// Recreate the index from `packs/` and `snapshots/`. The old index is

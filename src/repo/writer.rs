@@ -1,0 +1,187 @@
+//! The chunk writer of one capture: deduplicate, compress, append to packs
+//! on a dedicated thread, and commit durably.
+//!
+//! Capture workers call [`ChunkWriter::store`] from many threads: it checks
+//! the index and the chunks in flight, compresses on the calling thread
+//! (so both cores compress), and hands the blob to the pack thread over a
+//! bounded channel, so disk writes overlap with hashing and compression.
+//! [`ChunkWriter::commit`] is the barrier: the pack thread fsyncs and
+//! returns every location it appended before that point; only then does
+//! the index learn about them.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Sender};
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::index::Index;
+use crate::store::pack::{Location, PackWriter};
+use crate::store::{blob, BlobKind, ChunkId, EncodedBlob};
+
+/// Blobs queued for the pack thread (each up to a block).
+const QUEUE: usize = 8;
+
+type Synced = Result<(Vec<u64>, Vec<(ChunkId, Location)>)>;
+
+enum Msg {
+    Blob(EncodedBlob),
+    /// fsync; reply with the packs now complete and what was appended.
+    Sync(Sender<Synced>),
+    /// Close the open pack, then as `Sync`.
+    Close(Sender<Synced>),
+    /// Everything synced so far is referenced by the index.
+    Committed,
+    Abort(Sender<()>),
+}
+
+pub struct ChunkWriter<'r> {
+    index: &'r Index,
+    level: i32,
+    tx: Option<Sender<Msg>>,
+    thread: Option<JoinHandle<()>>,
+    /// Chunks claimed by this writer and not yet in the index.
+    in_flight: Arc<Mutex<HashSet<ChunkId>>>,
+    stored_bytes: AtomicU64,
+    new_chunks: AtomicU64,
+}
+
+fn pack_thread(mut packs: PackWriter, rx: crossbeam_channel::Receiver<Msg>) {
+    let mut appended: Vec<(ChunkId, Location)> = Vec::new();
+    for msg in rx.iter() {
+        match msg {
+            Msg::Blob(b) => {
+                // An error poisons the PackWriter; the next Sync reports it.
+                if let Ok(loc) = packs.append(&b) {
+                    appended.push((b.header.id, loc));
+                }
+            }
+            Msg::Sync(reply) => {
+                let r = packs.sync().map(|done| (done, std::mem::take(&mut appended)));
+                let _ = reply.send(r);
+            }
+            Msg::Close(reply) => {
+                let r = packs.close().map(|done| (done, std::mem::take(&mut appended)));
+                let _ = reply.send(r);
+            }
+            Msg::Committed => packs.mark_committed(),
+            Msg::Abort(reply) => {
+                appended.clear();
+                packs.abort();
+                let _ = reply.send(());
+            }
+        }
+    }
+}
+
+impl<'r> ChunkWriter<'r> {
+    pub fn new(index: &'r Index, packs: PackWriter, level: i32) -> Result<ChunkWriter<'r>> {
+        let (tx, rx) = bounded(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("pack-writer".into())
+            .spawn(move || pack_thread(packs, rx))
+            .map_err(|e| Error::Poisoned(format!("cannot start the pack writer: {e}")))?;
+        Ok(ChunkWriter {
+            index,
+            level,
+            tx: Some(tx),
+            thread: Some(thread),
+            in_flight: Arc::new(Mutex::new(HashSet::new())),
+            stored_bytes: AtomicU64::new(0),
+            new_chunks: AtomicU64::new(0),
+        })
+    }
+
+    fn send(&self, m: Msg) -> Result<()> {
+        self.tx
+            .as_ref()
+            .and_then(|tx| tx.send(m).ok())
+            .ok_or_else(|| Error::Poisoned("the pack writer stopped".into()))
+    }
+
+    fn roundtrip(&self, make: impl FnOnce(Sender<Synced>) -> Msg) -> Synced {
+        let (rtx, rrx) = bounded(1);
+        self.send(make(rtx))?;
+        rrx.recv()
+            .map_err(|_| Error::Poisoned("the pack writer stopped".into()))?
+    }
+
+    /// Store `data` (whose blake3 is `id`) unless it is already stored or
+    /// in flight. Returns whether it was new. Safe from many threads.
+    pub fn store(&self, kind: BlobKind, id: ChunkId, data: &[u8]) -> Result<bool> {
+        if self.index.contains_chunk(&id)? || !self.in_flight.lock().insert(id) {
+            return Ok(false);
+        }
+        let level = match kind {
+            BlobKind::Manifest => self.level.max(3),
+            BlobKind::Chunk => self.level,
+        };
+        let encoded = blob::encode(kind, id, data, level)?;
+        self.stored_bytes
+            .fetch_add(encoded.encoded_len(), Ordering::Relaxed);
+        self.new_chunks.fetch_add(1, Ordering::Relaxed);
+        self.send(Msg::Blob(encoded))?;
+        Ok(true)
+    }
+
+    fn publish(&self, (finished, appended): (Vec<u64>, Vec<(ChunkId, Location)>)) -> Result<()> {
+        self.index.insert_chunks(&appended)?;
+        self.index.flush()?;
+        self.send(Msg::Committed)?;
+        {
+            let mut f = self.in_flight.lock();
+            for (id, _) in &appended {
+                f.remove(id);
+            }
+        }
+        if !finished.is_empty() {
+            self.index.mark_packs_indexed(&finished)?;
+            self.index.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Make everything stored so far durable (packs fsynced, then indexed).
+    pub fn commit(&self) -> Result<()> {
+        let synced = self.roundtrip(Msg::Sync)?;
+        self.publish(synced)
+    }
+
+    /// As [`commit`](Self::commit), and close the open pack: it gets no
+    /// more blobs and is marked indexed.
+    pub fn close(&self) -> Result<()> {
+        let synced = self.roundtrip(Msg::Close)?;
+        self.publish(synced)
+    }
+
+    /// After a failed capture: give back the space of what was written
+    /// since the last commit (see [`PackWriter::abort`]).
+    pub fn abort(&self) {
+        let (rtx, rrx) = bounded(1);
+        if self.send(Msg::Abort(rtx)).is_ok() {
+            let _ = rrx.recv();
+        }
+        self.in_flight.lock().clear();
+    }
+
+    /// Bytes appended to packs by this writer (headers included).
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn new_chunks(&self) -> u64 {
+        self.new_chunks.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for ChunkWriter<'_> {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
