@@ -5,11 +5,17 @@
 //! - [`index`]: the sled index over packs and snapshot records (rebuildable)
 //! - [`repo`]: a repository: config, lock, chunk writer, snapshot commit
 //! - [`snapshot`]: the snapshot model, manifests, chain resolution, scan capture
+//! - [`journal`]: the change journal of the live mount (dirty blocks per file)
+//! - [`fs`]: the FUSE filesystems (live passthrough mount)
 //! - [`restore`]: safe restore through directory file descriptors
 //! - [`verify`]: checks of the index, references and chunk data
 
+pub mod control;
+pub mod daemon;
 pub mod error;
+pub mod fs;
 pub mod index;
+pub mod journal;
 pub mod repo;
 pub mod restore;
 pub mod snapshot;

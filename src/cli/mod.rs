@@ -1,6 +1,7 @@
 //! The command line: one file per command group, clap derive.
 
 mod browse;
+mod mount_cmds;
 mod repo_cmds;
 mod restore_cmd;
 mod snapshot_cmds;
@@ -59,6 +60,12 @@ pub enum Command {
     Verify(repo_cmds::VerifyArgs),
     /// Recreate the index from the pack files and snapshot records.
     RebuildIndex(repo_cmds::RebuildArgs),
+    /// Serve a data directory through FUSE, recording every change.
+    Mount(mount_cmds::MountArgs),
+    /// Unmount a live mount cleanly (flushing its change journal).
+    Umount(mount_cmds::UmountArgs),
+    /// Show the state of the live mount of a repository.
+    Status(mount_cmds::StatusArgs),
 }
 
 /// Run a command. Returns the process exit code for outcomes that are not
@@ -73,6 +80,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Restore(a) => restore_cmd::restore(a),
         Command::Verify(a) => repo_cmds::verify(a),
         Command::RebuildIndex(a) => repo_cmds::rebuild(a),
+        Command::Mount(a) => mount_cmds::mount(a),
+        Command::Umount(a) => mount_cmds::umount(a),
+        Command::Status(a) => mount_cmds::status(a),
     }
 }
 

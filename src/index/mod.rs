@@ -7,6 +7,7 @@
 //!   when the repository is opened
 //! - `snapshots`: snapshot id (u64 BE) -> the snapshot record (JSON, as in
 //!   `snapshots/*.json`)
+//! - `journal`:   the live mount's change journal (see `journal`)
 //! - default tree: `schema_version` -> u32 LE
 //!
 //! Nothing in the index is the only copy of anything: `rebuild-index`
@@ -94,6 +95,11 @@ impl Index {
             .compare_and_swap(id.0, None as Option<&[u8]>, Some(&loc.encode()[..]))
             .map_err(|e| self.map(e))?;
         Ok(r.is_ok())
+    }
+
+    /// The tree holding the live mount's change journal.
+    pub fn journal_tree(&self) -> Result<sled::Tree> {
+        self.db.open_tree("journal").map_err(|e| self.map(e))
     }
 
     pub fn chunk_count(&self) -> usize {

@@ -60,11 +60,15 @@ fn pack_thread(mut packs: PackWriter, rx: crossbeam_channel::Receiver<Msg>) {
                 }
             }
             Msg::Sync(reply) => {
-                let r = packs.sync().map(|done| (done, std::mem::take(&mut appended)));
+                let r = packs
+                    .sync()
+                    .map(|done| (done, std::mem::take(&mut appended)));
                 let _ = reply.send(r);
             }
             Msg::Close(reply) => {
-                let r = packs.close().map(|done| (done, std::mem::take(&mut appended)));
+                let r = packs
+                    .close()
+                    .map(|done| (done, std::mem::take(&mut appended)));
                 let _ = reply.send(r);
             }
             Msg::Committed => packs.mark_committed(),

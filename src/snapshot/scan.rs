@@ -24,6 +24,7 @@ use crate::repo::{ChunkWriter, Repository, SnapshotDraft};
 use crate::store::{BlobKind, ChunkId};
 use crate::util::sys::{self, file_type};
 use crate::util::time;
+use crate::util::walk::walk;
 
 /// A file whose ctime is this close to (or after) the start of a capture
 /// may change again within the same timestamp tick without its (size,
@@ -343,77 +344,46 @@ impl<'b> Walk<'b> {
         meta.xattrs = sys::read_xattrs(&root).ctx("read xattrs", "/")?;
         self.add_simple(Vec::new(), meta, Node::Dir);
         self.stats.dirs += 1;
-        let mut stack: Vec<(OwnedFd, Vec<u8>)> = vec![(root, Vec::new())];
-        while let Some((dfd, dpath)) = stack.pop() {
-            let mut names = Vec::new();
-            let dir =
-                rustix::fs::Dir::read_from(&dfd).ctx("read directory", display_path(&dpath))?;
-            for e in dir {
-                let e = e.ctx("read directory", display_path(&dpath))?;
-                let n = e.file_name().to_bytes();
-                if n != b"." && n != b".." {
-                    names.push(n.to_vec());
-                }
-            }
-            names.sort();
-            for name in names {
-                let path = if dpath.is_empty() {
-                    name.clone()
-                } else {
-                    [&dpath[..], b"/", &name[..]].concat()
-                };
-                let st = match sys::lstat_at(&dfd, &name) {
-                    Ok(st) => st,
-                    Err(rustix::io::Errno::NOENT) => continue,
-                    Err(e) => return Err(Error::io("stat", display_path(&path), e.into())),
-                };
-                let mut meta = sys::meta_of(&st);
-                match file_type(st.st_mode) {
-                    libc::S_IFDIR => {
-                        if self.repo_id == Some((st.st_dev, st.st_ino)) {
-                            continue;
-                        }
-                        let fd = match sys::open_dir_at(&dfd, &name) {
-                            Ok(fd) => fd,
-                            Err(rustix::io::Errno::NOENT) => continue,
-                            Err(e) => {
-                                return Err(Error::io(
-                                    "open directory",
-                                    display_path(&path),
-                                    e.into(),
-                                ))
-                            }
-                        };
+        walk(root, |e| {
+            let path = e.path.to_vec();
+            let st = e.stat;
+            let mut meta = sys::meta_of(st);
+            match file_type(st.st_mode) {
+                libc::S_IFDIR => {
+                    if self.repo_id == Some((st.st_dev, st.st_ino)) {
+                        return Ok(false);
+                    }
+                    if let Some(fd) = e.dir_fd {
                         meta.xattrs =
-                            sys::read_xattrs(&fd).ctx("read xattrs", display_path(&path))?;
-                        self.stats.dirs += 1;
-                        self.add_simple(path.clone(), meta, Node::Dir);
-                        stack.push((fd, path));
+                            sys::read_xattrs(fd).ctx("read xattrs", display_path(&path))?;
                     }
-                    libc::S_IFREG => self.add_file(&dfd, &name, path, &st, units)?,
-                    libc::S_IFLNK => {
-                        let target = match rustix::fs::readlinkat(&dfd, &name[..], Vec::new()) {
-                            Ok(t) => t.into_bytes(),
-                            Err(rustix::io::Errno::NOENT) => continue,
-                            Err(e) => {
-                                return Err(Error::io("readlink", display_path(&path), e.into()))
-                            }
-                        };
-                        self.stats.symlinks += 1;
-                        self.add_simple(path, meta, Node::Symlink { target });
-                    }
-                    libc::S_IFIFO | libc::S_IFCHR | libc::S_IFBLK => {
-                        let rdev = st.st_rdev;
-                        self.add_simple(path, meta, Node::Special { rdev });
-                    }
-                    _ => {
-                        self.warnings
-                            .push(format!("{}: sockets are not captured", display_path(&path)));
-                    }
+                    self.stats.dirs += 1;
+                    self.add_simple(path, meta, Node::Dir);
+                    return Ok(true);
+                }
+                libc::S_IFREG => self.add_file(e.dir, e.name, path, st, units)?,
+                libc::S_IFLNK => {
+                    let target = match rustix::fs::readlinkat(e.dir, e.name, Vec::new()) {
+                        Ok(t) => t.into_bytes(),
+                        Err(rustix::io::Errno::NOENT) => return Ok(false),
+                        Err(err) => {
+                            return Err(Error::io("readlink", display_path(&path), err.into()))
+                        }
+                    };
+                    self.stats.symlinks += 1;
+                    self.add_simple(path, meta, Node::Symlink { target });
+                }
+                libc::S_IFIFO | libc::S_IFCHR | libc::S_IFBLK => {
+                    let rdev = st.st_rdev;
+                    self.add_simple(path, meta, Node::Special { rdev });
+                }
+                _ => {
+                    self.warnings
+                        .push(format!("{}: sockets are not captured", display_path(&path)));
                 }
             }
-        }
-        Ok(())
+            Ok(false)
+        })
     }
 
     /// Directories, symlinks and special files: recorded when new or

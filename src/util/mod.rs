@@ -3,3 +3,4 @@
 pub mod durable;
 pub mod sys;
 pub mod time;
+pub mod walk;

@@ -1,0 +1,188 @@
+//! `mount`, `umount`, `status`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use super::human_bytes;
+use rewindfs::control::{self, CallError, Request};
+use rewindfs::daemon::{self, DaemonStatus, MountRequest};
+use rewindfs::fs::MountConfig;
+
+#[derive(Args)]
+pub struct MountArgs {
+    /// The data directory to serve and protect.
+    backing: PathBuf,
+    /// Where to mount it (an existing, empty directory).
+    mountpoint: PathBuf,
+    /// Repository (default: BACKING/.rewindfs, created on first mount and
+    /// hidden from the mounted view). Put it on another disk with this.
+    #[arg(long, value_name = "DIR")]
+    repo: Option<PathBuf>,
+    /// Stay in the foreground (logs on stderr) instead of daemonizing.
+    #[arg(long)]
+    foreground: bool,
+    /// Let other users use the mount (as root; the kernel checks permissions).
+    #[arg(long)]
+    allow_other: bool,
+    /// Let the kernel cache writes (faster small writes; snapshots then
+    /// first make the kernel send its dirty pages).
+    #[arg(long)]
+    writeback_cache: bool,
+    /// Serve read-only opens with kernel FUSE passthrough (Linux 6.9+, root).
+    /// A file opened for writing while such reads are open is then recorded
+    /// as entirely changed.
+    #[arg(long)]
+    passthrough_reads: bool,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+}
+
+pub fn mount(a: MountArgs) -> Result<i32> {
+    let foreground = a.foreground;
+    let req = MountRequest {
+        backing: a.backing,
+        mountpoint: a.mountpoint.clone(),
+        repo: a.repo,
+        foreground,
+        config: MountConfig {
+            allow_other: a.allow_other,
+            writeback_cache: a.writeback_cache,
+            passthrough_reads: a.passthrough_reads,
+            threads: a.threads,
+            ..MountConfig::default()
+        },
+    };
+    daemon::mount(req)?;
+    if !foreground {
+        println!("mounted on {}", a.mountpoint.display());
+    }
+    Ok(0)
+}
+
+#[derive(Args)]
+pub struct UmountArgs {
+    /// The mountpoint of a live mount.
+    mountpoint: PathBuf,
+}
+
+pub fn umount(a: UmountArgs) -> Result<i32> {
+    let mp = a
+        .mountpoint
+        .canonicalize()
+        .unwrap_or_else(|_| a.mountpoint.clone());
+    let mounts = daemon::mounts();
+    let Some((_, fstype, source)) = mounts.iter().find(|(m, _, _)| *m == mp) else {
+        bail!("{} is not mounted", mp.display());
+    };
+    if !fstype.starts_with("fuse") {
+        bail!("{} is a {fstype} mount, not a rewindfs mount", mp.display());
+    }
+    let repo = PathBuf::from(source);
+    match control::call(&repo, &Request::Unmount, Duration::from_secs(10)) {
+        Ok(_) => {
+            // Wait for the daemon to flush and let go of the repository.
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(60) {
+                if !control::socket_path(&repo).exists() && !daemon::is_mountpoint(&mp) {
+                    println!("unmounted {}", mp.display());
+                    return Ok(0);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            bail!(
+                "the daemon did not finish unmounting {} within 60 s",
+                mp.display()
+            );
+        }
+        Err(_) => {
+            // No daemon (it died): remove the stale mount.
+            let r = rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::empty())
+                .or_else(|_| rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::DETACH));
+            match r {
+                Ok(()) => {
+                    println!("unmounted {} (its daemon was not running)", mp.display());
+                    Ok(0)
+                }
+                Err(e) => {
+                    let st = std::process::Command::new("fusermount3")
+                        .arg("-u")
+                        .arg(&mp)
+                        .status();
+                    if st.map(|s| s.success()).unwrap_or(false) {
+                        println!("unmounted {}", mp.display());
+                        return Ok(0);
+                    }
+                    bail!("cannot unmount {}: {e}", mp.display())
+                }
+            }
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Repository of the mount.
+    #[arg(long, env = "REWINDFS_REPO", value_name = "DIR")]
+    repo: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn status(a: StatusArgs) -> Result<i32> {
+    let resp = match control::call(&a.repo, &Request::Status, Duration::from_secs(10)) {
+        Ok(r) => r,
+        Err(CallError::NotRunning) => {
+            if a.json {
+                println!("{}", serde_json::json!({"mounted": false, "repo": a.repo}));
+            } else {
+                println!("repository {}: not mounted", a.repo.display());
+            }
+            return Ok(0);
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("asking the daemon of {}", a.repo.display()))
+        }
+    };
+    let v = resp.status.unwrap_or_default();
+    if a.json {
+        let mut v = v;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("mounted".into(), true.into());
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    let s: DaemonStatus = serde_json::from_value(v)?;
+    println!("mountpoint:     {}", s.mountpoint);
+    println!("backing:        {}", s.backing);
+    println!("repository:     {}", s.repo);
+    println!(
+        "daemon:         pid {}, since {}{}",
+        s.pid,
+        s.started,
+        if s.unclean_start {
+            " (after an unclean stop)"
+        } else {
+            ""
+        }
+    );
+    println!("startup check:  {}", s.startup_check);
+    println!(
+        "changes:        {} files, {} blocks ({}) not in a snapshot yet",
+        s.dirty_files,
+        s.dirty_blocks,
+        human_bytes(s.dirty_bytes)
+    );
+    println!(
+        "oldest change:  {}",
+        s.oldest_change.as_deref().unwrap_or("-")
+    );
+    println!("journal:        {} records", s.journal_records);
+    println!("snapshots:      {}", s.snapshots);
+    Ok(0)
+}

@@ -1,0 +1,533 @@
+//! The mount daemon: checks the setup, opens the repository and the
+//! journal, mounts, serves the control socket, persists the journal, and
+//! on unmount (or SIGTERM/SIGINT) flushes everything and leaves a clean
+//! shutdown marker behind.
+//!
+//! Without `--foreground` the process forks before any thread exists; the
+//! child does all the work and reports success (or the first error) to
+//! the parent through a pipe, so `rewindfs mount` returns 0 only once the
+//! mount is live, and prints one clear line otherwise.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::control::{self, Request, Response};
+use crate::error::{Error, IoContext, Result};
+use crate::fs::{self, MountConfig};
+use crate::journal::recover::{mark_changes_since, RecoverReport};
+use crate::journal::{FileKey, Journal, JournalStats};
+use crate::repo::{Repository, DEFAULT_BLOCK_SIZE, DEFAULT_COMPRESSION};
+use crate::util::{durable, time};
+
+/// Persist journal records this often.
+const PERSIST_EVERY: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Debug)]
+pub struct MountRequest {
+    pub backing: PathBuf,
+    pub mountpoint: PathBuf,
+    /// Default: `BACKING/.rewindfs`.
+    pub repo: Option<PathBuf>,
+    pub foreground: bool,
+    pub config: MountConfig,
+}
+
+/// Checked, absolute paths of a mount.
+#[derive(Clone, Debug)]
+pub struct MountPaths {
+    pub backing: PathBuf,
+    pub mountpoint: PathBuf,
+    pub repo: PathBuf,
+}
+
+fn is_under(p: &Path, dir: &Path) -> bool {
+    p == dir || p.starts_with(dir)
+}
+
+/// Refuse nonsensical setups with one clear message.
+pub fn check_paths(req: &MountRequest) -> Result<MountPaths> {
+    let bad = |m: String| Err(Error::InvalidInput(m));
+    let backing = match req.backing.canonicalize() {
+        Ok(p) if p.is_dir() => p,
+        Ok(_) => return bad(format!("{} is not a directory", req.backing.display())),
+        Err(_) => {
+            return bad(format!(
+                "backing directory {} does not exist",
+                req.backing.display()
+            ))
+        }
+    };
+    let mountpoint = match std::fs::metadata(&req.mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return bad(format!(
+                "{} is a stale FUSE mount (its daemon died); run `rewindfs umount {}` first",
+                req.mountpoint.display(),
+                req.mountpoint.display()
+            ))
+        }
+        Err(_) => {
+            return bad(format!(
+                "mountpoint {} does not exist",
+                req.mountpoint.display()
+            ))
+        }
+        Ok(m) if !m.is_dir() => {
+            return bad(format!(
+                "mountpoint {} is not a directory",
+                req.mountpoint.display()
+            ))
+        }
+        Ok(_) => req
+            .mountpoint
+            .canonicalize()
+            .ctx("resolve", &req.mountpoint)?,
+    };
+    if is_under(&mountpoint, &backing) {
+        return bad(format!(
+            "mountpoint {} is inside the backing directory {} (or equal to it)",
+            mountpoint.display(),
+            backing.display()
+        ));
+    }
+    if is_under(&backing, &mountpoint) {
+        return bad(format!(
+            "backing directory {} is inside the mountpoint {}: the mount would hide it",
+            backing.display(),
+            mountpoint.display()
+        ));
+    }
+    if is_mountpoint(&mountpoint) {
+        return bad(format!(
+            "mountpoint {} is busy: something is already mounted there",
+            mountpoint.display()
+        ));
+    }
+    let repo = match &req.repo {
+        None => backing.join(".rewindfs"),
+        Some(r) => {
+            let parent = r
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let parent = parent.canonicalize().map_err(|_| {
+                Error::InvalidInput(format!(
+                    "the parent of repository {} does not exist",
+                    r.display()
+                ))
+            })?;
+            match r.file_name() {
+                Some(n) => parent.join(n),
+                None => parent,
+            }
+        }
+    };
+    if is_under(&repo, &mountpoint) {
+        return bad(format!(
+            "repository {} is inside the mountpoint {}",
+            repo.display(),
+            mountpoint.display()
+        ));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return bad("/dev/fuse is missing: load the fuse module (modprobe fuse) or run where FUSE is available".into());
+    }
+    Ok(MountPaths {
+        backing,
+        mountpoint,
+        repo,
+    })
+}
+
+/// Mount points from /proc/self/mountinfo: (mount point, fs type, source).
+pub fn mounts() -> Vec<(PathBuf, String, String)> {
+    let Ok(s) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    s.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            let mp = unescape_mountinfo(f.get(4)?);
+            Some((
+                PathBuf::from(mp),
+                f.get(sep + 1)?.to_string(),
+                unescape_mountinfo(f.get(sep + 2)?),
+            ))
+        })
+        .collect()
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn is_mountpoint(p: &Path) -> bool {
+    mounts().iter().any(|(m, _, _)| m == p)
+}
+
+/// What `rewindfs status` shows for a running mount.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub mountpoint: String,
+    pub backing: String,
+    pub repo: String,
+    pub started: String,
+    /// The previous mount did not stop cleanly.
+    pub unclean_start: bool,
+    /// The mount-time comparison with the latest snapshot.
+    pub startup_check: String,
+    pub dirty_files: u64,
+    pub dirty_blocks: u64,
+    /// Dirty blocks times the block size (an upper bound).
+    pub dirty_bytes: u64,
+    pub oldest_change: Option<String>,
+    pub journal_records: u64,
+    pub block_size: u32,
+    pub passthrough_reads: bool,
+    pub writeback_cache: bool,
+    pub snapshots: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Marker {
+    pid: u32,
+    mountpoint: String,
+    backing: String,
+    started: String,
+}
+
+fn marker_path(repo: &Path) -> PathBuf {
+    repo.join("mounted")
+}
+
+/// Open (creating on first use) the repository of a mount.
+fn open_repo(repo: &Path) -> Result<Repository> {
+    if !repo.join("config.json").exists() {
+        Repository::init(repo, DEFAULT_BLOCK_SIZE, DEFAULT_COMPRESSION)?;
+    }
+    Repository::open(repo)
+}
+
+/// Everything the daemon's threads share.
+struct Shared {
+    paths: MountPaths,
+    repo: Arc<Repository>,
+    journal: Arc<Journal>,
+    started: String,
+    unclean: bool,
+    startup: Mutex<String>,
+    cfg: MountConfig,
+    passthrough: AtomicBool,
+    stop: AtomicBool,
+    unmount: Mutex<Option<fuser::SessionUnmounter>>,
+}
+
+impl Shared {
+    fn status(&self) -> DaemonStatus {
+        let JournalStats {
+            dirty_files,
+            dirty_blocks,
+            oldest_change_ns,
+            records,
+        } = self.journal.stats();
+        DaemonStatus {
+            pid: std::process::id(),
+            mountpoint: self.paths.mountpoint.display().to_string(),
+            backing: self.paths.backing.display().to_string(),
+            repo: self.paths.repo.display().to_string(),
+            started: self.started.clone(),
+            unclean_start: self.unclean,
+            startup_check: self.startup.lock().clone(),
+            dirty_files,
+            dirty_blocks,
+            dirty_bytes: dirty_blocks * self.journal.block_size(),
+            oldest_change: oldest_change_ns.map(time::rfc3339),
+            journal_records: records,
+            block_size: self.repo.config.block_size,
+            passthrough_reads: self.passthrough.load(Ordering::Relaxed),
+            writeback_cache: self.cfg.writeback_cache,
+            snapshots: self.repo.snapshots().map(|s| s.len() as u64).unwrap_or(0),
+        }
+    }
+
+    /// Ask the kernel to unmount; the session then ends. A busy mount is
+    /// detached lazily (it goes away when the last user closes).
+    fn request_unmount(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut u = self.unmount.lock();
+        if let Some(u) = u.as_mut() {
+            if let Err(e) = u.unmount() {
+                tracing::warn!("unmount: {e}; detaching lazily");
+                let _ = rustix::mount::unmount(
+                    &self.paths.mountpoint,
+                    rustix::mount::UnmountFlags::DETACH,
+                );
+            }
+        }
+    }
+
+    fn handle(&self, req: Request) -> Response {
+        match req {
+            Request::Status => match serde_json::to_value(self.status()) {
+                Ok(v) => Response {
+                    ok: true,
+                    error: None,
+                    status: Some(v),
+                },
+                Err(e) => Response::error(e.to_string()),
+            },
+            Request::Unmount => {
+                self.request_unmount();
+                Response::ok()
+            }
+        }
+    }
+}
+
+/// `rewindfs mount`: check, fork (unless foreground), run.
+pub fn mount(req: MountRequest) -> Result<()> {
+    let paths = check_paths(&req)?;
+    if req.foreground {
+        return run(paths, req.config, None);
+    }
+    let (rd, wr) = rustix::pipe::pipe().map_err(|e| Error::io("pipe", "", e.into()))?;
+    // SAFETY: fork is called before this process has started any thread
+    // (the CLI parses arguments and checks paths on the main thread only),
+    // so the child is a complete copy; both sides continue with plain
+    // syscalls.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Error::io("fork", "", std::io::Error::last_os_error()));
+    }
+    if pid > 0 {
+        drop(wr);
+        let mut msg = String::new();
+        let _ = std::fs::File::from(rd).read_to_string(&mut msg);
+        return match msg.strip_prefix("ok") {
+            Some(_) => Ok(()),
+            None if msg.is_empty() => Err(Error::InvalidInput(
+                "the mount daemon exited before the mount was live (see REPO/daemon.log)".into(),
+            )),
+            None => Err(Error::InvalidInput(msg.trim().to_string())),
+        };
+    }
+    drop(rd);
+    let _ = rustix::process::setsid();
+    let wr = Arc::new(Mutex::new(Some(wr)));
+    let report = wr.clone();
+    let r = run(paths, req.config, Some(report));
+    if let Err(e) = &r {
+        if let Some(w) = wr.lock().take() {
+            let _ = std::fs::File::from(w).write_all(format!("{e}\n").as_bytes());
+        }
+    }
+    std::process::exit(if r.is_ok() { 0 } else { 1 });
+}
+
+/// Point stdin/stdout at /dev/null and stderr (the log) at REPO/daemon.log.
+fn detach_stdio(repo: &Path) {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(repo.join("daemon.log"));
+    if let Ok(null) = null {
+        let _ = rustix::stdio::dup2_stdin(null.as_fd());
+        let _ = rustix::stdio::dup2_stdout(null.as_fd());
+        if log.is_err() {
+            let _ = rustix::stdio::dup2_stderr(null.as_fd());
+        }
+    }
+    if let Ok(log) = log {
+        let _ = rustix::stdio::dup2_stderr(log.as_fd());
+    }
+}
+
+fn run(
+    paths: MountPaths,
+    cfg: MountConfig,
+    report: Option<Arc<Mutex<Option<OwnedFd>>>>,
+) -> Result<()> {
+    let repo = Arc::new(open_repo(&paths.repo)?);
+    let journal = Arc::new(Journal::open(
+        repo.index().journal_tree()?,
+        repo.config.block_size,
+    )?);
+    let marker = marker_path(&paths.repo);
+    let unclean = marker.exists();
+    if unclean {
+        tracing::warn!("the previous mount did not stop cleanly; checking the backing directory against the latest snapshot");
+    }
+    let started = time::rfc3339(time::now_ns());
+    let m = Marker {
+        pid: std::process::id(),
+        mountpoint: paths.mountpoint.display().to_string(),
+        backing: paths.backing.display().to_string(),
+        started: started.clone(),
+    };
+    durable::write_atomic(
+        &marker,
+        &serde_json::to_vec(&m).map_err(|e| Error::InvalidInput(e.to_string()))?,
+    )?;
+
+    let hidden = if paths.repo.starts_with(&paths.backing) {
+        let st =
+            rustix::fs::stat(&paths.repo).map_err(|e| Error::io("stat", &paths.repo, e.into()))?;
+        Some(FileKey::of(&st))
+    } else {
+        None
+    };
+    let mut cfg = cfg;
+    let repo_str = paths.repo.display().to_string();
+    if !repo_str.contains(|c: char| c == ',' || c.is_whitespace()) {
+        cfg.fsname = repo_str;
+    }
+    let (mut session, livefs) = fs::mount_live(
+        &paths.backing,
+        &paths.mountpoint,
+        journal.clone(),
+        &cfg,
+        hidden,
+    )
+    .map_err(|e| Error::io("mount on", &paths.mountpoint, e))?;
+    let shared = Arc::new(Shared {
+        paths: paths.clone(),
+        repo: repo.clone(),
+        journal: journal.clone(),
+        started,
+        unclean,
+        startup: Mutex::new("running".into()),
+        passthrough: AtomicBool::new(livefs.passthrough_enabled()),
+        cfg: cfg.clone(),
+        stop: AtomicBool::new(false),
+        unmount: Mutex::new(Some(session.unmount_callable())),
+    });
+
+    // Journal persister.
+    let persister = {
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || {
+                while !s.stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(PERSIST_EVERY);
+                    if let Err(e) = s.journal.persist() {
+                        tracing::error!("persisting the journal: {e}");
+                    }
+                }
+            })
+            .map_err(|e| Error::io("start thread", "", e))?
+    };
+    // Control socket.
+    {
+        let s = shared.clone();
+        control::serve(&paths.repo, Arc::new(move |req| s.handle(req)))?;
+    }
+    // Signals.
+    {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+            .map_err(|e| Error::io("install signal handlers", "", e))?;
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    tracing::info!("signal {sig}: unmounting");
+                    s.request_unmount();
+                }
+            })
+            .map_err(|e| Error::io("start thread", "", e))?;
+    }
+    // Mount-time check against the latest snapshot.
+    {
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("startup-check".into())
+            .spawn(move || {
+                let msg = match startup_check(&s.repo, &s.paths.backing, &s.journal, hidden) {
+                    Ok(None) => "done: no snapshot yet".to_string(),
+                    Ok(Some(r)) => format!(
+                        "done: {} entries checked, {} files and {} directories changed since the latest snapshot",
+                        r.entries_checked, r.files_marked, r.dirs_marked
+                    ),
+                    Err(e) => {
+                        tracing::error!("mount-time check: {e}");
+                        format!("failed: {e}")
+                    }
+                };
+                *s.startup.lock() = msg;
+            })
+            .map_err(|e| Error::io("start thread", "", e))?;
+    }
+
+    if let Some(r) = report {
+        if let Some(w) = r.lock().take() {
+            let _ = std::fs::File::from(w).write_all(b"ok\n");
+        }
+        detach_stdio(&paths.repo);
+    }
+    tracing::info!(
+        "mounted {} on {} (repository {})",
+        paths.backing.display(),
+        paths.mountpoint.display(),
+        paths.repo.display()
+    );
+    let result = session.run();
+    shared.stop.store(true, Ordering::SeqCst);
+    let _ = persister.join();
+    let _ = std::fs::remove_file(control::socket_path(&paths.repo));
+    journal.flush()?;
+    std::fs::remove_file(&marker).ctx("remove", &marker)?;
+    durable::fsync_dir(&paths.repo)?;
+    tracing::info!("unmounted {}", paths.mountpoint.display());
+    result.map_err(|e| Error::io("serve", &paths.mountpoint, e))
+}
+
+fn startup_check(
+    repo: &Repository,
+    backing: &Path,
+    journal: &Journal,
+    hidden: Option<FileKey>,
+) -> Result<Option<RecoverReport>> {
+    let all = repo.snapshots()?;
+    let Some(latest) = all.iter().max_by_key(|r| r.id) else {
+        return Ok(None);
+    };
+    let tree = repo.resolve(latest)?;
+    let root = rustix::fs::openat(
+        rustix::fs::CWD,
+        backing,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ctx("open", backing)?;
+    let r = mark_changes_since(root, &tree, journal, hidden)?;
+    journal.flush()?;
+    Ok(Some(r))
+}

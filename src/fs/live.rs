@@ -1,0 +1,969 @@
+//! The live filesystem: every operation passes through to the backing
+//! directory and every change is recorded in the journal.
+//!
+//! Operations return `Result<_, Errno>` and never panic; the fuser adapter
+//! (`adapter.rs`) only matches and replies. All backing access goes through
+//! the `O_PATH` descriptors of the inode table and `*at` calls with
+//! `O_NOFOLLOW`; the few calls that have no such form go through
+//! `/proc/self/fd/N` of the node's own descriptor, never through a path
+//! built from names.
+//!
+//! Invariant: a handler does the backing syscall, records the change, and
+//! replies. No hashing or compression happens here.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use fuser::{Errno, FileAttr, FileType, TimeOrNow};
+use parking_lot::{Mutex, RwLock};
+use rustix::fs::{AtFlags, Mode, OFlags};
+
+use super::creds::{as_caller, Caller};
+use super::inode::{Inode, InodeTable, ROOT};
+use crate::journal::{FileKey, Journal};
+use crate::util::time;
+
+/// The name reserved at the root for the snapshot views.
+pub const SNAPSHOTS_DIR: &str = ".snapshots";
+
+pub type FsResult<T> = Result<T, Errno>;
+
+fn errno(e: rustix::io::Errno) -> Errno {
+    Errno::from_i32(e.raw_os_error())
+}
+
+fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Options of a live mount.
+#[derive(Clone, Debug)]
+pub struct LiveOptions {
+    /// Serve read-only opens with kernel passthrough.
+    pub passthrough_reads: bool,
+    /// Attribute and entry cache time.
+    pub ttl: Duration,
+    /// A backing directory hidden from the mount (the repository when it
+    /// lives inside the backing directory).
+    pub hidden: Option<FileKey>,
+}
+
+impl Default for LiveOptions {
+    fn default() -> Self {
+        LiveOptions {
+            passthrough_reads: false,
+            ttl: Duration::from_secs(1),
+            hidden: None,
+        }
+    }
+}
+
+/// An entry reply: node id and attributes.
+pub struct Entry {
+    pub attr: FileAttr,
+}
+
+/// An open file or directory.
+pub struct Handle {
+    pub inode: Arc<Inode>,
+    pub file: File,
+    pub writable: bool,
+    /// Counted as a passthrough open of its inode.
+    passthrough: std::sync::atomic::AtomicBool,
+    /// The kernel backing id this open uses (kept alive while open).
+    backing: Mutex<Option<Arc<fuser::BackingId>>>,
+    dir: Option<Mutex<rustix::fs::Dir>>,
+}
+
+impl Handle {
+    fn new(inode: Arc<Inode>, file: File, writable: bool) -> Handle {
+        Handle {
+            inode,
+            file,
+            writable,
+            passthrough: std::sync::atomic::AtomicBool::new(false),
+            backing: Mutex::new(None),
+            dir: None,
+        }
+    }
+}
+
+/// How an open should be answered.
+pub enum OpenReply {
+    Plain {
+        fh: u64,
+        keep_cache: bool,
+    },
+    /// Kernel passthrough with this backing id (created by the adapter
+    /// through the reply, then registered with [`LiveFs::set_backing`]).
+    Passthrough {
+        fh: u64,
+        backing: Arc<fuser::BackingId>,
+    },
+    /// Passthrough wanted: the adapter must register `file` as backing.
+    NeedBacking {
+        fh: u64,
+    },
+}
+
+pub struct LiveFs {
+    pub inodes: InodeTable,
+    handles: RwLock<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    pub journal: Arc<Journal>,
+    pub opts: LiveOptions,
+    /// Set once the session exists; used to drop stale kernel attributes.
+    pub notifier: Arc<OnceLock<fuser::Notifier>>,
+    passthrough_ok: std::sync::atomic::AtomicBool,
+}
+
+pub fn to_system_time(sec: i64, nsec: u64) -> SystemTime {
+    time::ns_to_system_time(
+        sec.saturating_mul(1_000_000_000)
+            .saturating_add(nsec as i64),
+    )
+}
+
+pub fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+pub fn attr_of(nodeid: u64, st: &rustix::fs::Stat) -> FileAttr {
+    FileAttr {
+        ino: fuser::INodeNo(nodeid),
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: to_system_time(st.st_atime, st.st_atime_nsec),
+        mtime: to_system_time(st.st_mtime, st.st_mtime_nsec),
+        ctime: to_system_time(st.st_ctime, st.st_ctime_nsec),
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: file_type(st.st_mode),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}
+
+fn name_bytes(name: &OsStr) -> FsResult<&[u8]> {
+    let b = name.as_bytes();
+    if b.is_empty() || b.contains(&b'/') || b.contains(&0) {
+        return Err(Errno::EINVAL);
+    }
+    Ok(b)
+}
+
+fn timespec(t: Option<TimeOrNow>) -> rustix::fs::Timespec {
+    match t {
+        None => rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT as _,
+        },
+        Some(TimeOrNow::Now) => rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW as _,
+        },
+        Some(TimeOrNow::SpecificTime(st)) => {
+            let ns = time::system_time_to_ns(st);
+            rustix::fs::Timespec {
+                tv_sec: ns.div_euclid(1_000_000_000),
+                tv_nsec: ns.rem_euclid(1_000_000_000) as _,
+            }
+        }
+    }
+}
+
+/// Open flags passed through to the backing file. O_APPEND is dropped
+/// (the kernel sends the offsets; a backing O_APPEND would ignore them),
+/// O_DIRECT is dropped (request buffers are not aligned), O_CREAT/O_EXCL/
+/// O_NOCTTY have no meaning on an existing object.
+fn backing_open_flags(flags: i32) -> OFlags {
+    let keep = flags
+        & !(libc::O_APPEND
+            | libc::O_DIRECT
+            | libc::O_CREAT
+            | libc::O_EXCL
+            | libc::O_NOCTTY
+            | libc::O_NOFOLLOW);
+    OFlags::from_bits_retain(keep as u32) | OFlags::CLOEXEC
+}
+
+fn writable(flags: i32) -> bool {
+    matches!(flags & libc::O_ACCMODE, libc::O_WRONLY | libc::O_RDWR)
+}
+
+impl LiveFs {
+    /// A live filesystem over the backing directory `root` (an `O_PATH`
+    /// or directory descriptor).
+    pub fn new(root: OwnedFd, journal: Arc<Journal>, opts: LiveOptions) -> std::io::Result<LiveFs> {
+        let st = rustix::fs::fstat(&root)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(std::io::Error::other("backing root is not a directory"));
+        }
+        Ok(LiveFs {
+            inodes: InodeTable::new(root, FileKey::of(&st)),
+            handles: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            journal,
+            passthrough_ok: std::sync::atomic::AtomicBool::new(opts.passthrough_reads),
+            opts,
+            notifier: Arc::new(OnceLock::new()),
+        })
+    }
+
+    pub fn disable_passthrough(&self) {
+        self.passthrough_ok.store(false, Ordering::Relaxed);
+    }
+
+    pub fn passthrough_enabled(&self) -> bool {
+        self.passthrough_ok.load(Ordering::Relaxed)
+    }
+
+    fn node(&self, nodeid: u64) -> FsResult<Arc<Inode>> {
+        self.inodes.get(nodeid).ok_or(Errno::ESTALE)
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        self.handles.read().get(&fh).cloned().ok_or(Errno::EBADF)
+    }
+
+    fn add_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.write().insert(fh, Arc::new(h));
+        fh
+    }
+
+    fn stat_node(&self, n: &Inode) -> FsResult<rustix::fs::Stat> {
+        rustix::fs::fstat(&n.fd).map_err(errno)
+    }
+
+    pub fn attr(&self, n: &Inode) -> FsResult<FileAttr> {
+        Ok(attr_of(n.nodeid, &self.stat_node(n)?))
+    }
+
+    /// Is `name` in `parent` a name the mount hides or reserves?
+    fn reserved(&self, parent: &Inode, name: &[u8]) -> bool {
+        parent.nodeid == ROOT && name == SNAPSHOTS_DIR.as_bytes()
+    }
+
+    /// Refuse mutations that name the hidden repository or the reserved
+    /// `.snapshots` entry.
+    fn check_mutable(&self, parent: &Inode, name: &[u8]) -> FsResult<()> {
+        if self.reserved(parent, name) {
+            return Err(Errno::EPERM);
+        }
+        if let Some(hidden) = self.opts.hidden {
+            if let Ok(st) = rustix::fs::statat(&parent.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                if FileKey::of(&st) == hidden {
+                    return Err(Errno::EPERM);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn is_hidden(&self, st: &rustix::fs::Stat) -> bool {
+        self.opts.hidden == Some(FileKey::of(st))
+    }
+
+    /// Drop the kernel's cached attributes of a node (after changes the
+    /// kernel cannot see, such as nlink and ctime after link/unlink/rename).
+    fn invalidate(&self, nodeid: u64) {
+        if let Some(n) = self.notifier.get() {
+            let _ = n.inval_inode(fuser::INodeNo(nodeid), -1, 0);
+        }
+    }
+
+    /// The node currently at `parent/name`, if the kernel knows it.
+    fn known_child(&self, parent: &Inode, name: &[u8]) -> Option<Arc<Inode>> {
+        let st = rustix::fs::statat(&parent.fd, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        self.inodes.find(&FileKey::of(&st))
+    }
+
+    // ---- lookups ----------------------------------------------------
+
+    fn do_lookup(&self, parent: &Inode, name: &[u8]) -> FsResult<Entry> {
+        let fd = rustix::fs::openat(
+            &parent.fd,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno)?;
+        let st = rustix::fs::fstat(&fd).map_err(errno)?;
+        if self.is_hidden(&st) {
+            return Err(Errno::ENOENT);
+        }
+        let n = self.inodes.lookup(fd, &st);
+        Ok(Entry {
+            attr: attr_of(n.nodeid, &st),
+        })
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Entry> {
+        let p = self.node(parent)?;
+        let name = name_bytes(name)?;
+        if self.reserved(&p, name) {
+            return Err(Errno::ENOENT);
+        }
+        self.do_lookup(&p, name)
+    }
+
+    pub fn forget(&self, nodeid: u64, n: u64) {
+        self.inodes.forget(nodeid, n);
+    }
+
+    pub fn getattr(&self, nodeid: u64, fh: Option<u64>) -> FsResult<FileAttr> {
+        if let Some(fh) = fh {
+            if let Ok(h) = self.handle(fh) {
+                let st = rustix::fs::fstat(&h.file).map_err(errno)?;
+                return Ok(attr_of(nodeid, &st));
+            }
+        }
+        self.attr(&*self.node(nodeid)?)
+    }
+
+    // ---- attributes -------------------------------------------------
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn setattr(
+        &self,
+        nodeid: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        fh: Option<u64>,
+    ) -> FsResult<FileAttr> {
+        let n = self.node(nodeid)?;
+        let proc = n.proc_path();
+        let is_link = n.kind == libc::S_IFLNK;
+        if uid.is_some() || gid.is_some() {
+            let u = uid.map(rustix::fs::Uid::from_raw);
+            let g = gid.map(rustix::fs::Gid::from_raw);
+            rustix::fs::chownat(&n.fd, "", u, g, AtFlags::EMPTY_PATH).map_err(errno)?;
+        }
+        if let Some(mode) = mode {
+            if is_link {
+                return Err(Errno::EOPNOTSUPP);
+            }
+            rustix::fs::chmodat(
+                rustix::fs::CWD,
+                proc.as_str(),
+                Mode::from_raw_mode(mode & 0o7777),
+                AtFlags::empty(),
+            )
+            .map_err(errno)?;
+        }
+        if let Some(size) = size {
+            let handle = fh
+                .and_then(|fh| self.handle(fh).ok())
+                .filter(|h| h.writable);
+            let old = self.stat_node(&n)?.st_size as u64;
+            match handle {
+                Some(h) => rustix::fs::ftruncate(&h.file, size).map_err(errno)?,
+                None => {
+                    let f = rustix::fs::openat(
+                        rustix::fs::CWD,
+                        proc.as_str(),
+                        OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NONBLOCK,
+                        Mode::empty(),
+                    )
+                    .map_err(errno)?;
+                    rustix::fs::ftruncate(&f, size).map_err(errno)?;
+                }
+            }
+            self.journal.record_resize(&n.key, old, size);
+        }
+        if atime.is_some() || mtime.is_some() {
+            let ts = rustix::fs::Timestamps {
+                last_access: timespec(atime),
+                last_modification: timespec(mtime),
+            };
+            rustix::fs::utimensat(rustix::fs::CWD, proc.as_str(), &ts, AtFlags::empty())
+                .map_err(errno)?;
+        }
+        if mode.is_some() || uid.is_some() || gid.is_some() || atime.is_some() || mtime.is_some() {
+            self.journal.record_meta(&n.key);
+        }
+        self.attr(&n)
+    }
+
+    pub fn readlink(&self, nodeid: u64) -> FsResult<Vec<u8>> {
+        let n = self.node(nodeid)?;
+        rustix::fs::readlinkat(&n.fd, "", Vec::new())
+            .map(|c| c.into_bytes())
+            .map_err(errno)
+    }
+
+    // ---- namespace --------------------------------------------------
+
+    fn created(&self, parent: &Inode, name: &[u8]) -> FsResult<Entry> {
+        let e = self.do_lookup(parent, name)?;
+        if let Some(n) = self.inodes.get(e.attr.ino.0) {
+            self.journal.record_created(&n.key);
+        }
+        self.journal.record_entries(&parent.key);
+        Ok(e)
+    }
+
+    pub fn mknod(
+        &self,
+        c: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> FsResult<Entry> {
+        let p = self.node(parent)?;
+        let name = name_bytes(name)?;
+        self.check_mutable(&p, name)?;
+        {
+            let _as = as_caller(c)?;
+            let ft = rustix::fs::FileType::from_raw_mode(mode);
+            rustix::fs::mknodat(
+                &p.fd,
+                name,
+                ft,
+                Mode::from_raw_mode(mode & 0o7777),
+                rdev as u64,
+            )
+            .map_err(errno)?;
+        }
+        self.created(&p, name)
+    }
+
+    pub fn mkdir(&self, c: Caller, parent: u64, name: &OsStr, mode: u32) -> FsResult<Entry> {
+        let p = self.node(parent)?;
+        let name = name_bytes(name)?;
+        self.check_mutable(&p, name)?;
+        {
+            let _as = as_caller(c)?;
+            rustix::fs::mkdirat(&p.fd, name, Mode::from_raw_mode(mode & 0o7777)).map_err(errno)?;
+        }
+        self.created(&p, name)
+    }
+
+    pub fn symlink(&self, c: Caller, parent: u64, name: &OsStr, target: &[u8]) -> FsResult<Entry> {
+        let p = self.node(parent)?;
+        let name = name_bytes(name)?;
+        self.check_mutable(&p, name)?;
+        {
+            let _as = as_caller(c)?;
+            rustix::fs::symlinkat(target, &p.fd, name).map_err(errno)?;
+        }
+        self.created(&p, name)
+    }
+
+    fn remove(&self, parent: u64, name: &OsStr, flags: AtFlags) -> FsResult<()> {
+        let p = self.node(parent)?;
+        let name = name_bytes(name)?;
+        self.check_mutable(&p, name)?;
+        let victim = self.known_child(&p, name);
+        rustix::fs::unlinkat(&p.fd, name, flags).map_err(errno)?;
+        self.journal.record_entries(&p.key);
+        if let Some(v) = victim {
+            self.journal.record_meta(&v.key);
+            self.invalidate(v.nodeid);
+        }
+        Ok(())
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.remove(parent, name, AtFlags::empty())
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.remove(parent, name, AtFlags::REMOVEDIR)
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> FsResult<()> {
+        let p = self.node(parent)?;
+        let np = self.node(newparent)?;
+        let name = name_bytes(name)?;
+        let newname = name_bytes(newname)?;
+        self.check_mutable(&p, name)?;
+        self.check_mutable(&np, newname)?;
+        let moved = self.known_child(&p, name);
+        let replaced = self.known_child(&np, newname);
+        let rflags = rustix::fs::RenameFlags::from_bits_retain(flags);
+        if rflags.is_empty() {
+            rustix::fs::renameat(&p.fd, name, &np.fd, newname).map_err(errno)?;
+        } else {
+            rustix::fs::renameat_with(&p.fd, name, &np.fd, newname, rflags).map_err(errno)?;
+        }
+        self.journal.record_entries(&p.key);
+        self.journal.record_entries(&np.key);
+        for n in moved.iter().chain(replaced.iter()) {
+            self.journal.record_meta(&n.key);
+            self.invalidate(n.nodeid);
+        }
+        Ok(())
+    }
+
+    pub fn link(&self, nodeid: u64, newparent: u64, newname: &OsStr) -> FsResult<Entry> {
+        let n = self.node(nodeid)?;
+        let np = self.node(newparent)?;
+        let newname = name_bytes(newname)?;
+        self.check_mutable(&np, newname)?;
+        rustix::fs::linkat(
+            rustix::fs::CWD,
+            n.proc_path().as_str(),
+            &np.fd,
+            newname,
+            AtFlags::SYMLINK_FOLLOW,
+        )
+        .map_err(errno)?;
+        self.journal.record_entries(&np.key);
+        self.journal.record_meta(&n.key);
+        self.invalidate(n.nodeid);
+        self.do_lookup(&np, newname)
+    }
+
+    // ---- files ------------------------------------------------------
+
+    /// Decide how to serve an open of `n` and count it.
+    fn open_mode(&self, n: &Inode, write: bool) -> (bool, Option<Arc<fuser::BackingId>>) {
+        let mut m = n.opens.lock();
+        let existing = m.backing.as_ref().and_then(|w| w.upgrade());
+        if m.passthrough > 0 {
+            if let Some(b) = existing {
+                // The kernel requires passthrough for every open of a file
+                // that has passthrough opens. A writer then bypasses the
+                // daemon, so the whole file is treated as changed.
+                if write {
+                    self.journal.record_all_from(&n.key, 0);
+                    tracing::info!(ino = n.key.ino, "writable open of a file open for passthrough reads: whole file marked changed");
+                }
+                m.passthrough += 1;
+                return (true, Some(b));
+            }
+        }
+        if !write && m.cached == 0 && self.passthrough_enabled() && n.kind == libc::S_IFREG {
+            m.passthrough += 1;
+            return (true, None);
+        }
+        m.cached += 1;
+        (false, None)
+    }
+
+    fn reopen(&self, n: &Inode, flags: i32) -> FsResult<File> {
+        let fd = rustix::fs::openat(
+            rustix::fs::CWD,
+            n.proc_path().as_str(),
+            backing_open_flags(flags) | OFlags::NONBLOCK,
+            Mode::empty(),
+        )
+        .map_err(errno)?;
+        // Clear O_NONBLOCK (used only so a FIFO open cannot hang).
+        let f = File::from(fd);
+        let fl = rustix::fs::fcntl_getfl(&f).map_err(errno)?;
+        if (flags & libc::O_NONBLOCK) == 0 {
+            rustix::fs::fcntl_setfl(&f, fl - OFlags::NONBLOCK).map_err(errno)?;
+        }
+        Ok(f)
+    }
+
+    pub fn open(&self, nodeid: u64, flags: i32) -> FsResult<OpenReply> {
+        let n = self.node(nodeid)?;
+        let write = writable(flags);
+        let old_size = if write && flags & libc::O_TRUNC != 0 {
+            Some(self.stat_node(&n)?.st_size as u64)
+        } else {
+            None
+        };
+        let file = self.reopen(&n, flags)?;
+        if let Some(old) = old_size {
+            if old != 0 {
+                self.journal.record_resize(&n.key, old, 0);
+            }
+        }
+        let (pt, backing) = self.open_mode(&n, write);
+        let h = Handle::new(n.clone(), file, write);
+        h.passthrough.store(pt, Ordering::Relaxed);
+        *h.backing.lock() = backing.clone();
+        let fh = self.add_handle(h);
+        Ok(match (pt, backing) {
+            (true, Some(b)) => OpenReply::Passthrough { fh, backing: b },
+            (true, None) => OpenReply::NeedBacking { fh },
+            (false, _) => OpenReply::Plain {
+                fh,
+                keep_cache: true,
+            },
+        })
+    }
+
+    /// The file of a handle (for registering a passthrough backing id).
+    pub fn handle_file(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        self.handle(fh)
+    }
+
+    /// Record the backing id created for a passthrough open.
+    pub fn set_backing(&self, fh: u64, id: Arc<fuser::BackingId>) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        h.inode.opens.lock().backing = Some(Arc::downgrade(&id));
+        *h.backing.lock() = Some(id);
+        Ok(())
+    }
+
+    /// Passthrough could not be set up for this open: serve it normally,
+    /// and stop trying passthrough on this mount.
+    pub fn passthrough_failed(&self, fh: u64) {
+        self.disable_passthrough();
+        if let Ok(h) = self.handle(fh) {
+            if h.passthrough.swap(false, Ordering::Relaxed) {
+                let mut m = h.inode.opens.lock();
+                m.passthrough = m.passthrough.saturating_sub(1);
+                m.cached += 1;
+            }
+        }
+    }
+
+    pub fn create(
+        &self,
+        c: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> FsResult<(Entry, u64)> {
+        let p = self.node(parent)?;
+        let name = name_bytes(name)?;
+        self.check_mutable(&p, name)?;
+        let file = {
+            let _as = as_caller(c)?;
+            let fd = rustix::fs::openat(
+                &p.fd,
+                name,
+                backing_open_flags(flags) | OFlags::CREATE | OFlags::NOFOLLOW,
+                Mode::from_raw_mode(mode & 0o7777),
+            )
+            .map_err(errno)?;
+            File::from(fd)
+        };
+        let e = self.created(&p, name)?;
+        let n = self.node(e.attr.ino.0)?;
+        n.opens.lock().cached += 1;
+        let fh = self.add_handle(Handle::new(n, file, writable(flags)));
+        Ok((e, fh))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let h = self.handle(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            match h.file.read_at(&mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_errno(e)),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let h = self.handle(fh)?;
+        let mut done = 0;
+        while done < data.len() {
+            match h.file.write_at(&data[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if done > 0 {
+                        break;
+                    }
+                    return Err(io_errno(e));
+                }
+            }
+        }
+        self.journal.record_write(&h.inode.key, offset, done as u64);
+        Ok(done as u32)
+    }
+
+    pub fn release(&self, fh: u64) {
+        let removed = self.handles.write().remove(&fh);
+        if let Some(h) = removed {
+            let mut m = h.inode.opens.lock();
+            if h.passthrough.load(Ordering::Relaxed) {
+                m.passthrough = m.passthrough.saturating_sub(1);
+            } else if h.dir.is_none() {
+                m.cached = m.cached.saturating_sub(1);
+            }
+        }
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        if datasync {
+            rustix::fs::fdatasync(&h.file).map_err(errno)
+        } else {
+            rustix::fs::fsync(&h.file).map_err(errno)
+        }
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
+        let old = rustix::fs::fstat(&h.file).map_err(errno)?.st_size as u64;
+        rustix::fs::fallocate(&h.file, flags, offset, length).map_err(errno)?;
+        let new = rustix::fs::fstat(&h.file).map_err(errno)?.st_size as u64;
+        use rustix::fs::FallocateFlags as F;
+        let key = &h.inode.key;
+        if flags.intersects(F::COLLAPSE_RANGE | F::INSERT_RANGE) {
+            self.journal.record_all_from(key, offset);
+        } else if flags.intersects(F::PUNCH_HOLE | F::ZERO_RANGE) {
+            let end = (offset + length).min(old.max(new));
+            if end > offset {
+                self.journal.record_range(key, offset, end - offset);
+            }
+        }
+        if new != old {
+            self.journal.record_resize(key, old, new);
+        }
+        Ok(())
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {
+        let h = self.handle(fh)?;
+        let pos = match whence {
+            libc::SEEK_DATA => rustix::fs::SeekFrom::Data(offset as u64),
+            libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(offset as u64),
+            libc::SEEK_SET => rustix::fs::SeekFrom::Start(offset as u64),
+            libc::SEEK_END => rustix::fs::SeekFrom::End(offset),
+            _ => return Err(Errno::EINVAL),
+        };
+        rustix::fs::seek(&h.file, pos)
+            .map(|p| p as i64)
+            .map_err(errno)
+    }
+
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> FsResult<u32> {
+        let hi = self.handle(fh_in)?;
+        let ho = self.handle(fh_out)?;
+        let (mut a, mut b) = (off_in, off_out);
+        let n = rustix::fs::copy_file_range(
+            &hi.file,
+            Some(&mut a),
+            &ho.file,
+            Some(&mut b),
+            len.min(u32::MAX as u64) as usize,
+        )
+        .map_err(errno)?;
+        self.journal.record_range(&ho.inode.key, off_out, n as u64);
+        Ok(n as u32)
+    }
+
+    // ---- directories ------------------------------------------------
+
+    pub fn opendir(&self, nodeid: u64) -> FsResult<u64> {
+        let n = self.node(nodeid)?;
+        let fd = rustix::fs::openat(
+            rustix::fs::CWD,
+            n.proc_path().as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno)?;
+        let file = File::from(fd);
+        let dir = rustix::fs::Dir::read_from(&file).map_err(errno)?;
+        let mut h = Handle::new(n, file, false);
+        h.dir = Some(Mutex::new(dir));
+        Ok(self.add_handle(h))
+    }
+
+    /// Directory entries from `offset` (a cookie from an earlier entry),
+    /// calling `add(name, backing ino, type, next offset)` until it
+    /// returns true (buffer full).
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(&[u8], u64, u32, u64) -> bool,
+    ) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        let Some(dir) = &h.dir else {
+            return Err(Errno::ENOTDIR);
+        };
+        let mut dir = dir.lock();
+        if offset == 0 {
+            dir.rewind();
+        } else {
+            dir.seek(offset as i64).map_err(errno)?;
+        }
+        let at_root = h.inode.nodeid == ROOT;
+        while let Some(e) = dir.read() {
+            let e = e.map_err(errno)?;
+            let name = e.file_name().to_bytes();
+            if at_root && name == SNAPSHOTS_DIR.as_bytes() {
+                continue;
+            }
+            if let Some(hidden) = self.opts.hidden {
+                if e.ino() == hidden.ino && name != b"." && name != b".." {
+                    if let Ok(st) = rustix::fs::statat(&h.file, name, AtFlags::SYMLINK_NOFOLLOW) {
+                        if self.is_hidden(&st) {
+                            continue;
+                        }
+                    }
+                }
+            }
+            let t = match e.file_type() {
+                rustix::fs::FileType::Directory => libc::S_IFDIR,
+                rustix::fs::FileType::Symlink => libc::S_IFLNK,
+                rustix::fs::FileType::Fifo => libc::S_IFIFO,
+                rustix::fs::FileType::CharacterDevice => libc::S_IFCHR,
+                rustix::fs::FileType::BlockDevice => libc::S_IFBLK,
+                rustix::fs::FileType::Socket => libc::S_IFSOCK,
+                _ => libc::S_IFREG,
+            };
+            if add(name, e.ino(), t, e.offset() as u64) {
+                // Not taken: the next call starts from this entry again.
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Look up a directory entry for readdirplus (counts a lookup).
+    pub fn lookup_in_dir_handle(&self, fh: u64, name: &[u8]) -> FsResult<Entry> {
+        let h = self.handle(fh)?;
+        if name == b"." || name == b".." {
+            // Not counted as lookups; the kernel does not instantiate them.
+            let (st, id) = if name == b"." {
+                (self.stat_node(&h.inode)?, h.inode.nodeid)
+            } else {
+                let st =
+                    rustix::fs::statat(&h.file, "..", AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
+                let id = if h.inode.nodeid == ROOT {
+                    ROOT
+                } else {
+                    st.st_ino.max(2)
+                };
+                (st, id)
+            };
+            return Ok(Entry {
+                attr: attr_of(id, &st),
+            });
+        }
+        self.do_lookup(&h.inode, name)
+    }
+
+    pub fn fsyncdir(&self, fh: u64) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        rustix::fs::fsync(&h.file).map_err(errno)
+    }
+
+    pub fn statfs(&self) -> FsResult<rustix::fs::StatVfs> {
+        let root = self.inodes.root();
+        rustix::fs::fstatvfs(&root.fd).map_err(errno)
+    }
+
+    // ---- xattrs -----------------------------------------------------
+
+    fn xattr_target(&self, nodeid: u64) -> FsResult<(Arc<Inode>, String)> {
+        let n = self.node(nodeid)?;
+        if n.kind == libc::S_IFLNK {
+            // user.* attributes are not permitted on symlinks.
+            return Err(Errno::EPERM);
+        }
+        let p = n.proc_path();
+        Ok((n, p))
+    }
+
+    pub fn setxattr(&self, nodeid: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
+        let (n, p) = self.xattr_target(nodeid)?;
+        let f = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
+        rustix::fs::setxattr(p.as_str(), name, value, f).map_err(errno)?;
+        self.journal.record_meta(&n.key);
+        Ok(())
+    }
+
+    /// `size == 0` asks for the length only.
+    pub fn getxattr(&self, nodeid: u64, name: &OsStr, size: u32) -> FsResult<Vec<u8>> {
+        let n = self.node(nodeid)?;
+        if n.kind == libc::S_IFLNK {
+            return Err(Errno::NO_XATTR);
+        }
+        let p = n.proc_path();
+        let mut buf = vec![0u8; size as usize];
+        if size == 0 {
+            let len = rustix::fs::getxattr_query(p.as_str(), name).map_err(errno)?;
+            return Ok(vec![0u8; len]);
+        }
+        let len = rustix::fs::getxattr(p.as_str(), name, &mut buf[..]).map_err(errno)?;
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    pub fn listxattr(&self, nodeid: u64, size: u32) -> FsResult<Vec<u8>> {
+        let n = self.node(nodeid)?;
+        if n.kind == libc::S_IFLNK {
+            return Ok(Vec::new());
+        }
+        let p = n.proc_path();
+        if size == 0 {
+            let len = rustix::fs::listxattr_query(p.as_str()).map_err(errno)?;
+            return Ok(vec![0u8; len]);
+        }
+        let mut buf = vec![0u8; size as usize];
+        let len = rustix::fs::listxattr(p.as_str(), &mut buf[..]).map_err(errno)?;
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    pub fn removexattr(&self, nodeid: u64, name: &OsStr) -> FsResult<()> {
+        let (n, p) = self.xattr_target(nodeid)?;
+        rustix::fs::removexattr(p.as_str(), name).map_err(errno)?;
+        self.journal.record_meta(&n.key);
+        Ok(())
+    }
+
+    pub fn access(&self, nodeid: u64, mask: i32) -> FsResult<()> {
+        let n = self.node(nodeid)?;
+        let access = rustix::fs::Access::from_bits_retain(mask as u32);
+        rustix::fs::accessat(
+            rustix::fs::CWD,
+            n.proc_path().as_str(),
+            access,
+            AtFlags::empty(),
+        )
+        .map_err(errno)
+    }
+}

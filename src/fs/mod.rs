@@ -1,0 +1,108 @@
+//! The FUSE filesystems: the live passthrough mount (and, later, the
+//! snapshot views).
+//!
+//! - `live.rs`: the filesystem core, `Result<_, Errno>` per operation
+//! - `adapter.rs`: `impl fuser::Filesystem`, match-and-reply only
+//! - `inode.rs`: node ids ⇄ backing objects (`O_PATH` fds), lookup counts
+//! - `creds.rs`: acting as the caller when creating objects
+
+pub mod adapter;
+pub mod creds;
+pub mod inode;
+pub mod live;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{Config, MountOption, Session, SessionACL};
+
+use crate::journal::Journal;
+pub use adapter::LiveAdapter;
+pub use live::{LiveFs, LiveOptions};
+
+/// How to mount a live filesystem.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    /// Let other users use the mount (`allow_other`; the kernel then checks
+    /// permissions: `default_permissions` is always on).
+    pub allow_other: bool,
+    pub writeback_cache: bool,
+    pub passthrough_reads: bool,
+    /// FUSE worker threads.
+    pub threads: usize,
+    pub ttl: Duration,
+    /// Shown as the mount's source in /proc/mounts.
+    pub fsname: String,
+}
+
+impl Default for MountConfig {
+    fn default() -> Self {
+        MountConfig {
+            allow_other: false,
+            writeback_cache: false,
+            passthrough_reads: false,
+            threads: 4,
+            ttl: Duration::from_secs(1),
+            fsname: "rewindfs".into(),
+        }
+    }
+}
+
+/// Open the backing directory as an `O_PATH` descriptor.
+pub fn open_backing_root(backing: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    Ok(rustix::fs::openat(
+        rustix::fs::CWD,
+        backing,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Mount a live filesystem of `backing` on `mountpoint`. The session is
+/// returned unstarted: run it (`Session::run`) or spawn it.
+pub fn mount_live(
+    backing: &Path,
+    mountpoint: &Path,
+    journal: Arc<Journal>,
+    cfg: &MountConfig,
+    hidden: Option<crate::journal::FileKey>,
+) -> std::io::Result<(Session<LiveAdapter>, Arc<LiveFs>)> {
+    let root = open_backing_root(backing)?;
+    // The kernel has already applied the caller's umask to the modes it
+    // sends; the daemon's own umask must not be applied a second time.
+    rustix::process::umask(rustix::fs::Mode::empty());
+    let fs = Arc::new(LiveFs::new(
+        root,
+        journal,
+        LiveOptions {
+            passthrough_reads: cfg.passthrough_reads,
+            ttl: cfg.ttl,
+            hidden,
+        },
+    )?);
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(cfg.fsname.clone()),
+        MountOption::Subtype("rewindfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::Suid,
+        MountOption::Dev,
+    ];
+    config.acl = if cfg.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(cfg.threads.max(1));
+    config.clone_fd = true;
+    let adapter = LiveAdapter {
+        fs: fs.clone(),
+        writeback_cache: cfg.writeback_cache,
+    };
+    let notifier = fs.notifier.clone();
+    let session = Session::new(adapter, mountpoint, &config)?;
+    let _ = notifier.set(session.notifier());
+    Ok((session, fs))
+}

@@ -1,0 +1,77 @@
+//! A depth-first walk of a directory tree through directory descriptors
+//! (`openat` with `O_NOFOLLOW`), so a concurrent rename cannot lead it
+//! outside the tree. Entries that vanish while walking are skipped.
+
+use std::os::fd::OwnedFd;
+
+use crate::error::{Error, IoContext, Result};
+use crate::snapshot::manifest::display_path;
+use crate::util::sys;
+
+/// One entry met by [`walk`].
+pub struct WalkEntry<'a> {
+    /// The directory holding the entry.
+    pub dir: &'a OwnedFd,
+    pub name: &'a [u8],
+    /// Path relative to the root (`a/b/c`).
+    pub path: &'a [u8],
+    pub stat: &'a rustix::fs::Stat,
+    /// For a directory: its own descriptor (opened without following).
+    pub dir_fd: Option<&'a OwnedFd>,
+}
+
+/// Walk everything below `root`, calling `visit` for each entry in name
+/// order within each directory. For a directory, `visit` returns whether
+/// to descend into it.
+pub fn walk(root: OwnedFd, mut visit: impl FnMut(&WalkEntry<'_>) -> Result<bool>) -> Result<()> {
+    let mut stack: Vec<(OwnedFd, Vec<u8>)> = vec![(root, Vec::new())];
+    while let Some((dfd, dpath)) = stack.pop() {
+        let mut names = Vec::new();
+        let dir = rustix::fs::Dir::read_from(&dfd).ctx("read directory", display_path(&dpath))?;
+        for e in dir {
+            let e = e.ctx("read directory", display_path(&dpath))?;
+            let n = e.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                names.push(n.to_vec());
+            }
+        }
+        names.sort();
+        let mut subdirs = Vec::new();
+        for name in names {
+            let path = if dpath.is_empty() {
+                name.clone()
+            } else {
+                [&dpath[..], b"/", &name[..]].concat()
+            };
+            let st = match sys::lstat_at(&dfd, &name) {
+                Ok(st) => st,
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(Error::io("stat", display_path(&path), e.into())),
+            };
+            let sub = if sys::file_type(st.st_mode) == libc::S_IFDIR {
+                match sys::open_dir_at(&dfd, &name) {
+                    Ok(fd) => Some(fd),
+                    Err(rustix::io::Errno::NOENT) => continue,
+                    Err(e) => {
+                        return Err(Error::io("open directory", display_path(&path), e.into()))
+                    }
+                }
+            } else {
+                None
+            };
+            let descend = visit(&WalkEntry {
+                dir: &dfd,
+                name: &name,
+                path: &path,
+                stat: &st,
+                dir_fd: sub.as_ref(),
+            })?;
+            if let (Some(fd), true) = (sub, descend) {
+                subdirs.push((fd, path));
+            }
+        }
+        // Reverse so the stack pops subdirectories in name order.
+        stack.extend(subdirs.into_iter().rev());
+    }
+    Ok(())
+}

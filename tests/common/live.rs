@@ -1,0 +1,165 @@
+//! A live FUSE mount for tests, with a guard that always unmounts (also
+//! when the test panics). Without FUSE the test fails with a clear message.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rewindfs::fs::{mount_live, LiveFs, MountConfig};
+use rewindfs::journal::Journal;
+
+pub const BS: u32 = 64 << 10;
+
+/// Fail loudly (never skip) when FUSE cannot be used here.
+pub fn require_fuse() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "FUSE is not available (/dev/fuse is missing): this test needs a real FUSE mount"
+    );
+    assert!(
+        rustix::process::geteuid().is_root() || which("fusermount3"),
+        "FUSE mounts need root or fusermount3 (apt-get install fuse3)"
+    );
+}
+
+fn which(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).exists()))
+        .unwrap_or(false)
+}
+
+pub struct TestMount {
+    pub tmp: tempfile::TempDir,
+    pub backing: PathBuf,
+    pub mnt: PathBuf,
+    pub journal: Arc<Journal>,
+    pub fs: Arc<LiveFs>,
+    _db: sled::Db,
+    session: Option<fuser::BackgroundSession>,
+}
+
+impl TestMount {
+    pub fn new() -> TestMount {
+        Self::with(MountConfig::default())
+    }
+
+    pub fn with(cfg: MountConfig) -> TestMount {
+        require_fuse();
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let backing = tmp.path().join("backing");
+        let mnt = tmp.path().join("mnt");
+        std::fs::create_dir(&backing).unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        let db = sled::open(tmp.path().join("journal")).unwrap();
+        let journal = Arc::new(Journal::open(db.open_tree("journal").unwrap(), BS).unwrap());
+        let (session, fs) = mount_live(&backing, &mnt, journal.clone(), &cfg, None)
+            .unwrap_or_else(|e| panic!("mounting FUSE on {} failed: {e}", mnt.display()));
+        let session = session.spawn().expect("start the FUSE session");
+        TestMount {
+            tmp,
+            backing,
+            mnt,
+            journal,
+            fs,
+            _db: db,
+            session: Some(session),
+        }
+    }
+
+    pub fn m(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    pub fn b(&self, rel: &str) -> PathBuf {
+        self.backing.join(rel)
+    }
+
+    /// The journal's dirty blocks of the backing file `rel`.
+    pub fn dirty_blocks(&self, rel: &str) -> Vec<u64> {
+        let key = key_of(&self.b(rel));
+        self.journal
+            .dirty()
+            .get(&key)
+            .map(|d| d.blocks.keys().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+pub fn key_of(p: &Path) -> rewindfs::journal::FileKey {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::symlink_metadata(p).unwrap();
+    rewindfs::journal::FileKey {
+        dev: md.dev(),
+        ino: md.ino(),
+    }
+}
+
+impl Drop for TestMount {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            if s.umount_and_join().is_err() {
+                let _ = rustix::mount::unmount(&self.mnt, rustix::mount::UnmountFlags::DETACH);
+            }
+        }
+    }
+}
+
+/// A mount made by the `rewindfs mount` daemon; unmounted on drop.
+pub struct DaemonMount {
+    pub mnt: PathBuf,
+}
+
+impl DaemonMount {
+    /// Run `rewindfs mount BACKING MNT ARGS...` and insist it succeeds.
+    pub fn start(backing: &Path, mnt: &Path, args: &[&str]) -> DaemonMount {
+        require_fuse();
+        let o = std::process::Command::new(super::bin())
+            .arg("mount")
+            .arg(backing)
+            .arg(mnt)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "rewindfs mount failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        DaemonMount {
+            mnt: mnt.to_path_buf(),
+        }
+    }
+
+    /// Unmount now (and insist it works).
+    pub fn umount(mut self) {
+        let o = std::process::Command::new(super::bin())
+            .arg("umount")
+            .arg(&self.mnt)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "rewindfs umount failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        self.mnt = PathBuf::new();
+    }
+}
+
+impl Drop for DaemonMount {
+    fn drop(&mut self) {
+        if self.mnt.as_os_str().is_empty() {
+            return;
+        }
+        let ok = std::process::Command::new(super::bin())
+            .arg("umount")
+            .arg(&self.mnt)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !ok {
+            let _ = rustix::mount::unmount(&self.mnt, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
