@@ -27,6 +27,23 @@ run() { echo "\$ rewindfs $*"; "$bin" "$@"; }
 run init
 run snapshot --source "$data" --kind full --label initial
 
+if [ -e /dev/fuse ]; then
+  echo "== live mount: serve the dataset through FUSE and write through it"
+  mnt="$work/mnt"; mkdir -p "$mnt"
+  run mount "$data" "$mnt" --repo "$REWINDFS_REPO"
+  trap '"$bin" umount "$mnt" >/dev/null 2>&1 || true; cleanup' EXIT
+  ls "$mnt"
+  dd if=/dev/urandom of="$mnt/checkpoints/step-2.bin" bs=1M seek=3 count=2 conv=notrunc status=none
+  echo "appended through the mount" >> "$mnt/shards/shard-1.txt"
+  sleep 0.3
+  run status
+  run umount "$mnt"
+  trap cleanup EXIT
+  run snapshot --source "$data" --kind incremental --label live-writes
+else
+  echo "== /dev/fuse is missing: skipping the live mount part of the demo"
+fi
+
 echo "== change 1 MiB inside a checkpoint, append to a shard, add a file"
 dd if=/dev/urandom of="$data/checkpoints/step-1.bin" bs=1M seek=7 count=1 conv=notrunc status=none
 echo "one more sample" >> "$data/shards/shard-7.txt"

@@ -3,11 +3,15 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    use std::io::IsTerminal;
+    // Quiet by default: our warnings only (sled's own corruption reports
+    // are summarised by ours). RUST_LOG raises it.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sled=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = cli::Cli::parse();
     let code = match cli::run(cli) {

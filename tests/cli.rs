@@ -253,6 +253,29 @@ fn rebuild_index_gives_the_same_snapshots_and_restores() {
         .to_string_lossy()
         .starts_with("index.old-")));
     assert_eq!(ok(&repo, &["snapshots", "--json"]), before);
+
+    // A damaged index (sled can refuse to open after a kill) is moved
+    // aside and rebuilt on open, with a warning; nothing is deleted.
+    let db = repo.join("index/db");
+    let mut bytes = fs::read(&db).unwrap();
+    for b in bytes.iter_mut().skip(100).take(4000) {
+        *b = 0xff;
+    }
+    fs::write(&db, bytes).unwrap();
+    let o = cli(&repo, &["snapshots", "--json"]);
+    assert!(o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stdout), before);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("index was damaged") && err.contains("rebuilt"),
+        "{err}"
+    );
+    assert!(fs::read_dir(&repo).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with("index.damaged-")));
+    ok(&repo, &["verify", "--read-data"]);
 }
 
 #[test]

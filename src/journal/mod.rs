@@ -455,7 +455,7 @@ mod tests {
             j.record_resize(&k, 100, 300);
             j.flush().unwrap();
             let st = j.stats();
-            assert_eq!((st.dirty_files, st.dirty_blocks), (1, 4));
+            assert_eq!((st.dirty_files, st.dirty_blocks), (1, 3));
             // 3 blocks + block 0 again (no new record) + file record = 4 records
             assert_eq!(st.records, 4);
         }

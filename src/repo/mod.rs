@@ -218,7 +218,23 @@ impl Repository {
         let config = read_config(root)?;
         let _lock = lock(root)?;
         let index_path = root.join("index");
-        let index = Index::open(&index_path, INDEX_CACHE_BYTES)?;
+        let index = match Index::open(&index_path, INDEX_CACHE_BYTES) {
+            Ok(i) => i,
+            // sled 0.34 can refuse to open after a kill. The index holds
+            // nothing that the packs and records do not: keep the damaged
+            // one aside for inspection and rebuild.
+            Err(Error::IndexCorrupt { detail, .. }) => {
+                let (index, report) = rebuild_locked(root, "index.damaged")?;
+                tracing::warn!(
+                    "the index was damaged ({detail}); moved it to {} and rebuilt it from {} packs and {} snapshot records",
+                    report.moved_to.as_deref().unwrap_or(Path::new("?")).display(),
+                    report.packs,
+                    report.snapshots
+                );
+                index
+            }
+            Err(e) => return Err(e),
+        };
         let repo = Repository {
             root: root.to_path_buf(),
             packs: PackReader::new(&root.join("packs")),
@@ -481,12 +497,18 @@ pub struct SnapshotDraft {
 pub fn rebuild_index(root: &Path) -> Result<RebuildReport> {
     read_config(root)?;
     let _lock = lock(root)?;
+    rebuild_locked(root, "index.old").map(|(_, r)| r)
+}
+
+/// Rebuild with the repository lock held; the old index (if any) is
+/// renamed to `<aside_prefix>-<time>`.
+fn rebuild_locked(root: &Path, aside_prefix: &str) -> Result<(Index, RebuildReport)> {
     let index_path = root.join("index");
     let mut moved_to = None;
     if index_path.exists() {
         let aside = root.join(format!(
-            "index.old-{}",
-            time::rfc3339(time::now_ns()).replace(':', ".")
+            "{aside_prefix}-{}",
+            time::rfc3339_nanos(time::now_ns()).replace(':', ".")
         ));
         std::fs::rename(&index_path, &aside).ctx("move aside", &index_path)?;
         durable::fsync_dir(root)?;
@@ -535,7 +557,7 @@ pub fn rebuild_index(root: &Path) -> Result<RebuildReport> {
         }
     }
     index.flush()?;
-    Ok(report)
+    Ok((index, report))
 }
 
 #[derive(Debug, Default)]

@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Small filesystem workloads for scripts/bench-live.sh; prints seconds.
+
+fsops.py meta DIR N         create, stat and unlink N files
+fsops.py randwrite FILE N   N random 4 KiB pwrites into FILE (256 MiB), then fsync
+fsops.py stat DIR N         stat N existing files (created first, not timed)
+"""
+import os
+import random
+import sys
+import time
+
+
+def meta(d, n):
+    t = time.perf_counter()
+    for i in range(n):
+        p = os.path.join(d, f"f{i}")
+        with open(p, "wb") as f:
+            f.write(b"x")
+        os.stat(p)
+    for i in range(n):
+        os.unlink(os.path.join(d, f"f{i}"))
+    return time.perf_counter() - t
+
+
+def stat(d, n):
+    os.makedirs(os.path.join(d, "s"), exist_ok=True)
+    for i in range(n):
+        with open(os.path.join(d, "s", f"f{i}"), "wb") as f:
+            f.write(b"x")
+    t = time.perf_counter()
+    for _ in range(3):
+        for i in range(n):
+            os.stat(os.path.join(d, "s", f"f{i}"))
+    return time.perf_counter() - t
+
+
+def randwrite(path, n):
+    size = 256 << 20
+    with open(path, "wb") as f:
+        f.truncate(size)
+    rng = random.Random(1)
+    buf = os.urandom(4096)
+    fd = os.open(path, os.O_WRONLY)
+    t = time.perf_counter()
+    for _ in range(n):
+        os.pwrite(fd, buf, rng.randrange(0, size // 4096) * 4096)
+    os.fsync(fd)
+    el = time.perf_counter() - t
+    os.close(fd)
+    return el
+
+
+if __name__ == "__main__":
+    what, target, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    print(f"{ {'meta': meta, 'stat': stat, 'randwrite': randwrite}[what](target, n):.3f}")
