@@ -7,6 +7,10 @@
 #   SIZE_MIB=256 FILES=2000 scripts/bench-live.sh   # quick
 #
 # Needs root (drops the page cache, mounts) and bindfs (apt).
+#
+# Every target gets a fresh ext4 filesystem (a loop-mounted image): ext4
+# slows down inode allocation near recently deleted inodes, so targets
+# sharing one filesystem would be penalised for running later.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -39,14 +43,28 @@ run_case() { # name dir
   echo "$name $w $rc $rw_ $meta $st $rand"
 }
 
+img=$WORK/fs.img
+fsdir=$WORK/fs
+mkdir -p "$fsdir"
+fresh_fs() {
+  umount "$fsdir" 2>/dev/null || true
+  rm -f "$img"
+  truncate -s $(( SIZE_MIB * 3 + 2048 ))M "$img"
+  mkfs.ext4 -q -F "$img"
+  mount -o loop "$img" "$fsdir"
+}
+cleanup() { umount "$fsdir" 2>/dev/null || true; rm -f "$img"; }
+trap cleanup EXIT
+
 results=()
 # native
-rm -rf "$WORK/native"; mkdir -p "$WORK/native"
-results+=("$(run_case native "$WORK/native")")
+fresh_fs; mkdir -p "$fsdir/native"
+results+=("$(run_case native "$fsdir/native")")
 # rewindfs variants
 for v in default passthrough writeback; do
-  b=$WORK/b-$v; m=$WORK/m-$v; r=$WORK/r-$v
-  rm -rf "$b" "$r"; mkdir -p "$b" "$m"
+  fresh_fs
+  b=$fsdir/b; m=$WORK/m-$v; r=$fsdir/r
+  mkdir -p "$b" "$m"
   case $v in
     default) extra=() ;;
     passthrough) extra=(--passthrough-reads) ;;
@@ -57,14 +75,15 @@ for v in default passthrough writeback; do
   "$rw" umount "$m" >/dev/null
 done
 # bindfs
-b=$WORK/b-bindfs; m=$WORK/m-bindfs
-rm -rf "$b"; mkdir -p "$b" "$m"
+fresh_fs
+b=$fsdir/b; m=$WORK/m-bindfs
+mkdir -p "$b" "$m"
 bindfs "$b" "$m"
 results+=("$(run_case bindfs "$m")")
 fusermount3 -u "$m" || umount "$m"
 
 {
-  echo "$(nproc) cores, $(uname -r), $(date -u +%Y-%m-%d). Sequential: $SIZE_MIB MiB with dd bs=1M; metadata: $FILES files; random: $RANDW x 4 KiB pwrite + fsync into a 256 MiB file. Seconds (lower is better); ratio to native in parentheses."
+  echo "$(nproc) cores, $(uname -r), $(date -u +%Y-%m-%d), each target on a fresh loop-mounted ext4. Sequential: $SIZE_MIB MiB with dd bs=1M; metadata: $FILES files; random: $RANDW x 4 KiB pwrite + fsync into a 256 MiB file. Seconds (lower is better); ratio to native in parentheses."
   echo
   echo "| target | write+fsync | read cold | read warm | create+stat+unlink | stat x3 | 4 KiB random writes |"
   echo "| --- | --- | --- | --- | --- | --- | --- |"
