@@ -13,6 +13,7 @@
 pub mod control;
 pub mod daemon;
 pub mod error;
+pub mod flusher;
 pub mod fs;
 pub mod index;
 pub mod journal;

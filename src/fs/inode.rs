@@ -36,8 +36,9 @@ pub struct OpenModes {
 pub struct Inode {
     pub nodeid: u64,
     pub key: FileKey,
-    /// `O_PATH` descriptor of the backing object.
-    pub fd: OwnedFd,
+    /// `O_PATH` descriptor of the backing object (shared with pins that
+    /// keep it reachable for a snapshot after the kernel forgets it).
+    pub fd: Arc<OwnedFd>,
     /// `S_IFMT` bits.
     pub kind: u32,
     lookups: AtomicU64,
@@ -69,7 +70,7 @@ impl InodeTable {
         let root = Arc::new(Inode {
             nodeid: ROOT,
             key: root_key,
-            fd: root_fd,
+            fd: Arc::new(root_fd),
             kind: libc::S_IFDIR,
             lookups: AtomicU64::new(1),
             opens: Mutex::new(OpenModes::default()),
@@ -132,7 +133,7 @@ impl InodeTable {
         let n = Arc::new(Inode {
             nodeid,
             key,
-            fd,
+            fd: Arc::new(fd),
             kind: st.st_mode & libc::S_IFMT,
             lookups: AtomicU64::new(1),
             opens: Mutex::new(OpenModes::default()),

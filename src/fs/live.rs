@@ -27,6 +27,7 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 
 use super::creds::{as_caller, Caller};
 use super::inode::{Inode, InodeTable, ROOT};
+use crate::flusher::cow::Cow;
 use crate::journal::{FileKey, Journal};
 use crate::util::time;
 
@@ -122,6 +123,14 @@ pub struct LiveFs {
     /// Set once the session exists; used to drop stale kernel attributes.
     pub notifier: Arc<OnceLock<fuser::Notifier>>,
     passthrough_ok: std::sync::atomic::AtomicBool,
+    /// Every change holds this shared; a snapshot cut holds it exclusive
+    /// for a moment, so the cut sits between whole operations.
+    pub gate: RwLock<()>,
+    /// Copy-before-write state of the capture in progress, if any.
+    pub cow: Arc<Cow>,
+    /// Descriptors of directories whose entries changed in the current
+    /// epoch, so the cut can look at them even if the kernel forgot them.
+    dir_pins: Mutex<HashMap<FileKey, Arc<OwnedFd>>>,
 }
 
 pub fn to_system_time(sec: i64, nsec: u64) -> SystemTime {
@@ -206,6 +215,21 @@ fn backing_open_flags(flags: i32) -> OFlags {
     OFlags::from_bits_retain(keep as u32) | OFlags::CLOEXEC
 }
 
+/// Read `len` bytes at `off` (zeros past the end of the file).
+pub fn read_full(f: &File, off: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut v = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match f.read_at(&mut v[got..], off + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(v)
+}
+
 fn writable(flags: i32) -> bool {
     matches!(flags & libc::O_ACCMODE, libc::O_WRONLY | libc::O_RDWR)
 }
@@ -226,7 +250,77 @@ impl LiveFs {
             passthrough_ok: std::sync::atomic::AtomicBool::new(opts.passthrough_reads),
             opts,
             notifier: Arc::new(OnceLock::new()),
+            gate: RwLock::new(()),
+            cow: Arc::new(Cow::default()),
+            dir_pins: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Keep a directory reachable until the next cut.
+    pub fn pin_dir(&self, key: FileKey, fd: Arc<OwnedFd>) {
+        self.dir_pins.lock().entry(key).or_insert(fd);
+    }
+
+    /// The pinned directories (the cut takes them with the frozen epoch).
+    pub fn take_dir_pins(&self) -> HashMap<FileKey, Arc<OwnedFd>> {
+        std::mem::take(&mut *self.dir_pins.lock())
+    }
+
+    /// Record a directory entry change and keep the directory reachable.
+    fn entry_changed(&self, dir: &Inode, name: &[u8]) {
+        self.journal.record_entry(&dir.key, name);
+        self.pin_dir(dir.key, dir.fd.clone());
+    }
+
+    /// During a capture: keep `parent/name` reachable before it is renamed
+    /// or removed.
+    fn pin_before_move(&self, parent: &Inode, name: &[u8]) {
+        let Some(c) = self.cow.get() else { return };
+        if let Ok(fd) = rustix::fs::openat(
+            &parent.fd,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            if let Ok(st) = rustix::fs::fstat(&fd) {
+                c.pin_moved(FileKey::of(&st), Arc::new(fd));
+            }
+        }
+    }
+
+    /// During a capture: save the blocks `[first, last]` of a regular file
+    /// that the snapshot still needs, before they change.
+    fn cow_change(&self, n: &Inode, first: u64, last: u64) -> FsResult<()> {
+        let Some(c) = self.cow.get() else {
+            return Ok(());
+        };
+        if n.kind != libc::S_IFREG {
+            return Ok(());
+        }
+        let file: std::cell::OnceCell<File> = std::cell::OnceCell::new();
+        let proc = n.proc_path();
+        let reader = |off: u64, len: usize| -> std::io::Result<Vec<u8>> {
+            if file.get().is_none() {
+                let fd = rustix::fs::openat(
+                    rustix::fs::CWD,
+                    proc.as_str(),
+                    OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK,
+                    Mode::empty(),
+                )?;
+                let _ = file.set(File::from(fd));
+            }
+            let f = file
+                .get()
+                .ok_or_else(|| std::io::Error::other("no reader"))?;
+            read_full(f, off, len)
+        };
+        let size_now = || -> std::io::Result<u64> { Ok(rustix::fs::fstat(&n.fd)?.st_size as u64) };
+        c.before_change(&n.key, first, last, &reader, &size_now)
+            .map_err(io_errno)
+    }
+
+    fn block_of(&self, offset: u64) -> u64 {
+        offset / self.journal.block_size()
     }
 
     pub fn disable_passthrough(&self) {
@@ -356,6 +450,7 @@ impl LiveFs {
         fh: Option<u64>,
     ) -> FsResult<FileAttr> {
         let n = self.node(nodeid)?;
+        let _gate = self.gate.read();
         let proc = n.proc_path();
         let is_link = n.kind == libc::S_IFLNK;
         if uid.is_some() || gid.is_some() {
@@ -380,6 +475,9 @@ impl LiveFs {
                 .and_then(|fh| self.handle(fh).ok())
                 .filter(|h| h.writable);
             let old = self.stat_node(&n)?.st_size as u64;
+            if size < old {
+                self.cow_change(&n, self.block_of(size), u64::MAX)?;
+            }
             match handle {
                 Some(h) => rustix::fs::ftruncate(&h.file, size).map_err(errno)?,
                 None => {
@@ -423,7 +521,7 @@ impl LiveFs {
         if let Some(n) = self.inodes.get(e.attr.ino.0) {
             self.journal.record_created(&n.key);
         }
-        self.journal.record_entries(&parent.key);
+        self.entry_changed(parent, name);
         Ok(e)
     }
 
@@ -437,6 +535,7 @@ impl LiveFs {
     ) -> FsResult<Entry> {
         let p = self.node(parent)?;
         let name = name_bytes(name)?;
+        let _gate = self.gate.read();
         self.check_mutable(&p, name)?;
         {
             let _as = as_caller(c)?;
@@ -456,6 +555,7 @@ impl LiveFs {
     pub fn mkdir(&self, c: Caller, parent: u64, name: &OsStr, mode: u32) -> FsResult<Entry> {
         let p = self.node(parent)?;
         let name = name_bytes(name)?;
+        let _gate = self.gate.read();
         self.check_mutable(&p, name)?;
         {
             let _as = as_caller(c)?;
@@ -467,6 +567,7 @@ impl LiveFs {
     pub fn symlink(&self, c: Caller, parent: u64, name: &OsStr, target: &[u8]) -> FsResult<Entry> {
         let p = self.node(parent)?;
         let name = name_bytes(name)?;
+        let _gate = self.gate.read();
         self.check_mutable(&p, name)?;
         {
             let _as = as_caller(c)?;
@@ -478,10 +579,12 @@ impl LiveFs {
     fn remove(&self, parent: u64, name: &OsStr, flags: AtFlags) -> FsResult<()> {
         let p = self.node(parent)?;
         let name = name_bytes(name)?;
+        let _gate = self.gate.read();
         self.check_mutable(&p, name)?;
         let victim = self.known_child(&p, name);
+        self.pin_before_move(&p, name);
         rustix::fs::unlinkat(&p.fd, name, flags).map_err(errno)?;
-        self.journal.record_entries(&p.key);
+        self.entry_changed(&p, name);
         if let Some(v) = victim {
             self.journal.record_meta(&v.key);
             self.invalidate(v.nodeid);
@@ -509,18 +612,21 @@ impl LiveFs {
         let np = self.node(newparent)?;
         let name = name_bytes(name)?;
         let newname = name_bytes(newname)?;
+        let _gate = self.gate.read();
         self.check_mutable(&p, name)?;
         self.check_mutable(&np, newname)?;
         let moved = self.known_child(&p, name);
         let replaced = self.known_child(&np, newname);
+        self.pin_before_move(&p, name);
+        self.pin_before_move(&np, newname);
         let rflags = rustix::fs::RenameFlags::from_bits_retain(flags);
         if rflags.is_empty() {
             rustix::fs::renameat(&p.fd, name, &np.fd, newname).map_err(errno)?;
         } else {
             rustix::fs::renameat_with(&p.fd, name, &np.fd, newname, rflags).map_err(errno)?;
         }
-        self.journal.record_entries(&p.key);
-        self.journal.record_entries(&np.key);
+        self.entry_changed(&p, name);
+        self.entry_changed(&np, newname);
         for n in moved.iter().chain(replaced.iter()) {
             self.journal.record_meta(&n.key);
             self.invalidate(n.nodeid);
@@ -532,6 +638,7 @@ impl LiveFs {
         let n = self.node(nodeid)?;
         let np = self.node(newparent)?;
         let newname = name_bytes(newname)?;
+        let _gate = self.gate.read();
         self.check_mutable(&np, newname)?;
         rustix::fs::linkat(
             rustix::fs::CWD,
@@ -541,7 +648,7 @@ impl LiveFs {
             AtFlags::SYMLINK_FOLLOW,
         )
         .map_err(errno)?;
-        self.journal.record_entries(&np.key);
+        self.entry_changed(&np, newname);
         self.journal.record_meta(&n.key);
         self.invalidate(n.nodeid);
         self.do_lookup(&np, newname)
@@ -594,7 +701,10 @@ impl LiveFs {
     pub fn open(&self, nodeid: u64, flags: i32) -> FsResult<OpenReply> {
         let n = self.node(nodeid)?;
         let write = writable(flags);
-        let old_size = if write && flags & libc::O_TRUNC != 0 {
+        let truncating = write && flags & libc::O_TRUNC != 0;
+        let _gate = truncating.then(|| self.gate.read());
+        let old_size = if truncating {
+            self.cow_change(&n, 0, u64::MAX)?;
             Some(self.stat_node(&n)?.st_size as u64)
         } else {
             None
@@ -656,7 +766,14 @@ impl LiveFs {
     ) -> FsResult<(Entry, u64)> {
         let p = self.node(parent)?;
         let name = name_bytes(name)?;
+        let _gate = self.gate.read();
         self.check_mutable(&p, name)?;
+        if flags & libc::O_TRUNC != 0 {
+            // O_CREAT|O_TRUNC of an existing file destroys its content.
+            if let Some(n) = self.known_child(&p, name) {
+                self.cow_change(&n, 0, u64::MAX)?;
+            }
+        }
         let file = {
             let _as = as_caller(c)?;
             let fd = rustix::fs::openat(
@@ -693,6 +810,11 @@ impl LiveFs {
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let h = self.handle(fh)?;
+        let _gate = self.gate.read();
+        if !data.is_empty() {
+            let last = self.block_of(offset + data.len() as u64 - 1);
+            self.cow_change(&h.inode, self.block_of(offset), last)?;
+        }
         let mut done = 0;
         while done < data.len() {
             match h.file.write_at(&data[done..], offset + done as u64) {
@@ -734,8 +856,18 @@ impl LiveFs {
 
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
         let h = self.handle(fh)?;
+        let _gate = self.gate.read();
         let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
         let old = rustix::fs::fstat(&h.file).map_err(errno)?.st_size as u64;
+        {
+            use rustix::fs::FallocateFlags as F;
+            if flags.intersects(F::COLLAPSE_RANGE | F::INSERT_RANGE) {
+                self.cow_change(&h.inode, self.block_of(offset), u64::MAX)?;
+            } else if flags.intersects(F::PUNCH_HOLE | F::ZERO_RANGE) && length > 0 {
+                let last = self.block_of(offset + length - 1);
+                self.cow_change(&h.inode, self.block_of(offset), last)?;
+            }
+        }
         rustix::fs::fallocate(&h.file, flags, offset, length).map_err(errno)?;
         let new = rustix::fs::fstat(&h.file).map_err(errno)?.st_size as u64;
         use rustix::fs::FallocateFlags as F;
@@ -778,6 +910,11 @@ impl LiveFs {
     ) -> FsResult<u32> {
         let hi = self.handle(fh_in)?;
         let ho = self.handle(fh_out)?;
+        let _gate = self.gate.read();
+        if len > 0 {
+            let last = self.block_of(off_out + len - 1);
+            self.cow_change(&ho.inode, self.block_of(off_out), last)?;
+        }
         let (mut a, mut b) = (off_in, off_out);
         let n = rustix::fs::copy_file_range(
             &hi.file,
@@ -909,6 +1046,7 @@ impl LiveFs {
 
     pub fn setxattr(&self, nodeid: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
         let (n, p) = self.xattr_target(nodeid)?;
+        let _gate = self.gate.read();
         let f = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
         rustix::fs::setxattr(p.as_str(), name, value, f).map_err(errno)?;
         self.journal.record_meta(&n.key);
@@ -950,6 +1088,7 @@ impl LiveFs {
 
     pub fn removexattr(&self, nodeid: u64, name: &OsStr) -> FsResult<()> {
         let (n, p) = self.xattr_target(nodeid)?;
+        let _gate = self.gate.read();
         rustix::fs::removexattr(p.as_str(), name).map_err(errno)?;
         self.journal.record_meta(&n.key);
         Ok(())

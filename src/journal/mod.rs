@@ -16,9 +16,14 @@
 //! Key encoding (tree `journal`, all integers big-endian):
 //! - `B` epoch u64, dev u64, ino u64, block u64 -> first_ns i64, last_ns i64
 //! - `F` epoch u64, dev u64, ino u64 -> [`FileRecord`] (see `encode`)
+//! - `N` epoch u64, dev u64, ino u64, name -> empty: a directory entry that
+//!   was created, removed or renamed
 //!
-//! Epochs let a snapshot freeze the current set while new writes go to the
-//! next epoch.
+//! Epochs let a snapshot freeze the current set ([`Journal::take_epoch`])
+//! while new changes go to the next epoch; the frozen epoch's records are
+//! deleted once the snapshot is committed ([`Journal::drop_through`]) or
+//! merged back if it fails ([`Journal::restore`]). On open, every epoch
+//! found is merged.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -71,6 +76,9 @@ pub struct FileRecord {
     pub entries: bool,
     /// Created since the last snapshot.
     pub created: bool,
+    /// Directory entries changed but their names are unknown (found by the
+    /// mount-time check): the whole directory must be listed.
+    pub all_names: bool,
 }
 
 impl FileRecord {
@@ -79,7 +87,10 @@ impl FileRecord {
         v[0..8].copy_from_slice(&self.first_ns.to_be_bytes());
         v[8..16].copy_from_slice(&self.last_ns.to_be_bytes());
         v[16..24].copy_from_slice(&self.truncated_to.unwrap_or(u64::MAX).to_be_bytes());
-        v[24] = self.meta as u8 | (self.entries as u8) << 1 | (self.created as u8) << 2;
+        v[24] = self.meta as u8
+            | (self.entries as u8) << 1
+            | (self.created as u8) << 2
+            | (self.all_names as u8) << 3;
         v
     }
 
@@ -97,6 +108,7 @@ impl FileRecord {
             meta: v[24] & 1 != 0,
             entries: v[24] & 2 != 0,
             created: v[24] & 4 != 0,
+            all_names: v[24] & 8 != 0,
         })
     }
 
@@ -113,15 +125,37 @@ impl FileRecord {
 pub struct FileDirty {
     pub file: FileRecord,
     pub blocks: BTreeMap<u64, BlockTimes>,
+    /// Directories: names of entries created, removed or renamed.
+    pub names: std::collections::BTreeSet<Vec<u8>>,
+}
+
+impl FileDirty {
+    /// Merge another record of the same file (an older epoch).
+    pub fn merge(&mut self, o: &FileDirty) {
+        merge_file(&mut self.file, &o.file);
+        for (b, t) in &o.blocks {
+            let e = self.blocks.entry(*b).or_insert(*t);
+            e.first_ns = e.first_ns.min(t.first_ns);
+            e.last_ns = e.last_ns.max(t.last_ns);
+        }
+        self.names.extend(o.names.iter().cloned());
+    }
+}
+
+/// What is queued for persistence: a block, the file record, or a name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Rec {
+    Block(u64),
+    File,
+    Name(Vec<u8>),
 }
 
 #[derive(Default)]
 struct Shard {
     files: HashMap<FileKey, FileDirty>,
-    /// Records to persist: (file, Some(block)) or (file, None) for the
-    /// file record. A record is queued at most once until persisted.
-    queue: Vec<(FileKey, Option<u64>)>,
-    queued: std::collections::HashSet<(FileKey, Option<u64>)>,
+    /// Records to persist. A record is queued at most once until persisted.
+    queue: Vec<(FileKey, Rec)>,
+    queued: std::collections::HashSet<(FileKey, Rec)>,
 }
 
 pub struct Journal {
@@ -153,6 +187,16 @@ fn file_key(epoch: u64, key: &FileKey) -> [u8; 25] {
     k[1..9].copy_from_slice(&epoch.to_be_bytes());
     k[9..17].copy_from_slice(&key.dev.to_be_bytes());
     k[17..25].copy_from_slice(&key.ino.to_be_bytes());
+    k
+}
+
+fn name_key(epoch: u64, key: &FileKey, name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(25 + name.len());
+    k.push(b'N');
+    k.extend_from_slice(&epoch.to_be_bytes());
+    k.extend_from_slice(&key.dev.to_be_bytes());
+    k.extend_from_slice(&key.ino.to_be_bytes());
+    k.extend_from_slice(name);
     k
 }
 
@@ -197,10 +241,14 @@ impl Journal {
                     let r = FileRecord::decode(&v)?;
                     merge_file(&mut fd.file, &r);
                 }
+                (b'N', n) if n > 25 => {
+                    fd.names.insert(k[25..].to_vec());
+                }
                 _ => {}
             }
         }
-        j.epoch.store(max_epoch, Ordering::SeqCst);
+        // New changes go to a fresh epoch: everything loaded is older.
+        j.epoch.store(max_epoch + 1, Ordering::SeqCst);
         Ok(j)
     }
 
@@ -212,18 +260,14 @@ impl Journal {
         self.epoch.load(Ordering::SeqCst)
     }
 
-    fn with_file<R>(
-        &self,
-        key: &FileKey,
-        f: impl FnOnce(&mut FileDirty, &mut Vec<Option<u64>>) -> R,
-    ) -> R {
+    fn with_file<R>(&self, key: &FileKey, f: impl FnOnce(&mut FileDirty, &mut Vec<Rec>) -> R) -> R {
         let mut shard = self.shards[shard_of(key)].lock();
         let shard = &mut *shard;
         let fd = shard.files.entry(*key).or_default();
         let mut touched = Vec::new();
         let r = f(fd, &mut touched);
         for t in touched {
-            if shard.queued.insert((*key, t)) {
+            if shard.queued.insert((*key, t.clone())) {
                 shard.queue.push((*key, t));
             }
         }
@@ -245,7 +289,7 @@ impl Journal {
                     last_ns: t,
                 });
                 e.last_ns = t;
-                touched.push(Some(b));
+                touched.push(Rec::Block(b));
             }
         });
     }
@@ -273,9 +317,9 @@ impl Journal {
                     last_ns: t,
                 });
                 e.last_ns = t;
-                touched.push(Some(b));
+                touched.push(Rec::Block(b));
             }
-            touched.push(None);
+            touched.push(Rec::File);
         });
     }
 
@@ -286,7 +330,7 @@ impl Journal {
         self.with_file(key, |fd, touched| {
             fd.file.touch(t);
             fd.file.truncated_to = Some(fd.file.truncated_to.map_or(offset, |x| x.min(offset)));
-            touched.push(None);
+            touched.push(Rec::File);
         });
     }
 
@@ -296,17 +340,31 @@ impl Journal {
         self.with_file(key, |fd, touched| {
             fd.file.touch(t);
             fd.file.meta = true;
-            touched.push(None);
+            touched.push(Rec::File);
         });
     }
 
-    /// A directory's entries changed.
-    pub fn record_entries(&self, dir: &FileKey) {
+    /// The entry `name` of a directory was created, removed or renamed.
+    pub fn record_entry(&self, dir: &FileKey, name: &[u8]) {
         let t = time::now_ns();
         self.with_file(dir, |fd, touched| {
             fd.file.touch(t);
             fd.file.entries = true;
-            touched.push(None);
+            if fd.names.insert(name.to_vec()) {
+                touched.push(Rec::Name(name.to_vec()));
+            }
+            touched.push(Rec::File);
+        });
+    }
+
+    /// A directory's entries changed in ways not known by name.
+    pub fn record_all_entries(&self, dir: &FileKey) {
+        let t = time::now_ns();
+        self.with_file(dir, |fd, touched| {
+            fd.file.touch(t);
+            fd.file.entries = true;
+            fd.file.all_names = true;
+            touched.push(Rec::File);
         });
     }
 
@@ -316,7 +374,7 @@ impl Journal {
         self.with_file(key, |fd, touched| {
             fd.file.touch(t);
             fd.file.created = true;
-            touched.push(None);
+            touched.push(Rec::File);
         });
     }
 
@@ -338,7 +396,7 @@ impl Journal {
                     continue;
                 };
                 match what {
-                    Some(b) => {
+                    Rec::Block(b) => {
                         if let Some(t) = fd.blocks.get(&b) {
                             let mut v = [0u8; 16];
                             v[0..8].copy_from_slice(&t.first_ns.to_be_bytes());
@@ -347,8 +405,12 @@ impl Journal {
                             n += 1;
                         }
                     }
-                    None => {
+                    Rec::File => {
                         batch.insert(&file_key(epoch, &key)[..], &fd.file.encode()[..]);
+                        n += 1;
+                    }
+                    Rec::Name(name) => {
+                        batch.insert(name_key(epoch, &key, &name), &[][..]);
                         n += 1;
                     }
                 }
@@ -367,6 +429,55 @@ impl Journal {
         self.persist()?;
         self.tree.flush().map_err(|e| Error::Index(e.to_string()))?;
         Ok(())
+    }
+
+    /// Freeze the current epoch: persist what is queued, hand over every
+    /// dirty file's state, and start a new epoch. The caller must make sure
+    /// no change is being recorded at the same time (the filesystem's cut
+    /// gate), so the frozen set is exactly the changes made before.
+    pub fn take_epoch(&self) -> Result<(u64, HashMap<FileKey, FileDirty>)> {
+        self.persist()?;
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst);
+        let mut out = HashMap::new();
+        for s in &self.shards {
+            let mut shard = s.lock();
+            out.extend(shard.files.drain());
+            shard.queue.clear();
+            shard.queued.clear();
+        }
+        Ok((epoch, out))
+    }
+
+    /// A snapshot of a frozen set failed: merge it back into the current
+    /// epoch so the changes wait for the next snapshot. (Its persisted
+    /// records stay under their old epoch until a snapshot succeeds.)
+    pub fn restore(&self, frozen: HashMap<FileKey, FileDirty>) {
+        for (key, fd) in frozen {
+            let mut shard = self.shards[shard_of(&key)].lock();
+            shard.files.entry(key).or_default().merge(&fd);
+        }
+    }
+
+    /// A snapshot including every change up to epoch `epoch` is committed:
+    /// delete the persisted records of that epoch and older ones.
+    pub fn drop_through(&self, epoch: u64) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for r in self.tree.iter() {
+            let (k, _) = r.map_err(|e| Error::Index(e.to_string()))?;
+            if k.len() >= 9 && be64(&k[1..9]) <= epoch {
+                batch.remove(k);
+            }
+        }
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| Error::Index(e.to_string()))?;
+        self.tree.flush().map_err(|e| Error::Index(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Is anything recorded in the current epoch?
+    pub fn is_empty(&self) -> bool {
+        self.shards.iter().all(|s| s.lock().files.is_empty())
     }
 
     /// A copy of every dirty file's state.
@@ -403,7 +514,7 @@ impl Journal {
     }
 }
 
-fn merge_file(into: &mut FileRecord, r: &FileRecord) {
+pub(crate) fn merge_file(into: &mut FileRecord, r: &FileRecord) {
     if into.first_ns == 0 || (r.first_ns != 0 && r.first_ns < into.first_ns) {
         into.first_ns = r.first_ns;
     }
@@ -415,6 +526,7 @@ fn merge_file(into: &mut FileRecord, r: &FileRecord) {
     into.meta |= r.meta;
     into.entries |= r.entries;
     into.created |= r.created;
+    into.all_names |= r.all_names;
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

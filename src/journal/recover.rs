@@ -68,7 +68,7 @@ pub fn mark_changes_since(
                     };
                 if !same {
                     if is_dir {
-                        journal.record_entries(&key);
+                        journal.record_all_entries(&key);
                         journal.record_meta(&key);
                         r.dirs_marked += 1;
                     } else {
@@ -98,7 +98,7 @@ pub fn mark_changes_since(
             !seen.contains(&child)
         });
         if gone {
-            journal.record_entries(&key);
+            journal.record_all_entries(&key);
             r.dirs_marked += 1;
         }
     }

@@ -1,0 +1,330 @@
+//! Copy-before-write: while a snapshot is being captured, the first change
+//! to a block the snapshot still needs saves the block's old content first.
+//!
+//! The cut (see `cut.rs`) registers, per file, which blocks the snapshot
+//! will read ([`Need::Blocks`]) or that it needs every block below the
+//! file's size at the cut ([`Need::All`], full snapshots). Writers call
+//! [`CowSet::before_change`] before any write, truncation, hole punching
+//! or range shift; the capture calls [`CowSet::read_block`], which returns
+//! the saved content if a writer got there first. Both hold the file's
+//! lock for the block, so a block is saved or read exactly once, and never
+//! torn.
+//!
+//! Saved blocks live in memory up to [`MEMORY_LIMIT`], then in a spill file
+//! in the repository (`REPO/cow-spill.tmp`, removed after the capture).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::journal::FileKey;
+
+/// Saved blocks kept in memory before spilling to disk.
+pub const MEMORY_LIMIT: u64 = 256 << 20;
+
+/// Which blocks of a file the snapshot reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Exactly these blocks.
+    Blocks(BTreeSet<u64>),
+    /// Every block below the file's size at the cut.
+    All,
+}
+
+enum Saved {
+    Mem(Vec<u8>),
+    Spilled { offset: u64, len: usize },
+}
+
+struct FileCow {
+    need: Need,
+    /// Size at the cut (blocks at or past it are not needed). `None` for
+    /// files the cut did not stat (full snapshots): set on first touch,
+    /// before the change, which is then the size at the cut.
+    cut_size: Option<u64>,
+    /// Blocks saved by writers.
+    saved: HashMap<u64, Saved>,
+    /// Blocks the capture already read (no longer needed).
+    read: BTreeSet<u64>,
+}
+
+impl FileCow {
+    fn needed(&self, b: u64, bs: u64) -> bool {
+        let Some(size) = self.cut_size else {
+            return false;
+        };
+        if b * bs >= size || self.saved.contains_key(&b) || self.read.contains(&b) {
+            return false;
+        }
+        match &self.need {
+            Need::All => true,
+            Need::Blocks(set) => set.contains(&b),
+        }
+    }
+}
+
+/// The copy-before-write state of one capture.
+pub struct CowSet {
+    block_size: u64,
+    /// Full snapshots need every block of every file, even files the cut
+    /// did not register.
+    all_files: bool,
+    files: RwLock<HashMap<FileKey, Arc<Mutex<FileCow>>>>,
+    mem_bytes: AtomicU64,
+    spill_path: PathBuf,
+    spill: Mutex<Option<(File, u64)>>,
+    /// Objects renamed or removed since the cut.
+    moved: Mutex<HashMap<FileKey, Arc<std::os::fd::OwnedFd>>>,
+    /// Blocks saved by writers (for status and tests).
+    pub saved_blocks: AtomicU64,
+}
+
+impl CowSet {
+    pub fn new(block_size: u64, all_files: bool, spill_dir: &Path) -> CowSet {
+        CowSet {
+            block_size,
+            all_files,
+            files: RwLock::new(HashMap::new()),
+            mem_bytes: AtomicU64::new(0),
+            spill_path: spill_dir.join("cow-spill.tmp"),
+            spill: Mutex::new(None),
+            moved: Mutex::new(HashMap::new()),
+            saved_blocks: AtomicU64::new(0),
+        }
+    }
+
+    /// Register a file the snapshot reads (at the cut).
+    pub fn register(&self, key: FileKey, need: Need, cut_size: u64) {
+        self.files.write().insert(
+            key,
+            Arc::new(Mutex::new(FileCow {
+                need,
+                cut_size: Some(cut_size),
+                saved: HashMap::new(),
+                read: BTreeSet::new(),
+            })),
+        );
+    }
+
+    fn entry(&self, key: &FileKey) -> Option<Arc<Mutex<FileCow>>> {
+        if let Some(f) = self.files.read().get(key) {
+            return Some(f.clone());
+        }
+        if !self.all_files {
+            return None;
+        }
+        let mut files = self.files.write();
+        Some(
+            files
+                .entry(*key)
+                .or_insert_with(|| {
+                    Arc::new(Mutex::new(FileCow {
+                        need: Need::All,
+                        cut_size: None,
+                        saved: HashMap::new(),
+                        read: BTreeSet::new(),
+                    }))
+                })
+                .clone(),
+        )
+    }
+
+    fn save(&self, data: Vec<u8>) -> std::io::Result<Saved> {
+        let len = data.len() as u64;
+        if self.mem_bytes.fetch_add(len, Ordering::Relaxed) + len <= MEMORY_LIMIT {
+            return Ok(Saved::Mem(data));
+        }
+        self.mem_bytes.fetch_sub(len, Ordering::Relaxed);
+        let mut spill = self.spill.lock();
+        if spill.is_none() {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&self.spill_path)?;
+            *spill = Some((f, 0));
+        }
+        let Some((f, end)) = spill.as_mut() else {
+            return Err(std::io::Error::other("spill file unavailable"));
+        };
+        let offset = *end;
+        f.write_all(&data)?;
+        *end += len;
+        Ok(Saved::Spilled {
+            offset,
+            len: data.len(),
+        })
+    }
+
+    /// A full capture is about to read a file the cut did not register:
+    /// its size now is its size at the cut (any change since went through
+    /// [`CowSet::before_change`], which would have registered it).
+    pub fn ensure(&self, key: &FileKey, cut_size: u64) {
+        if let Some(f) = self.entry(key) {
+            let mut f = f.lock();
+            if f.cut_size.is_none() {
+                f.cut_size = Some(cut_size);
+            }
+        }
+    }
+
+    /// Blocks `[first, last]` of `key` are about to change. `reader` reads
+    /// the file's current (pre-change) content; `size_now` gives its size.
+    pub fn before_change(
+        &self,
+        key: &FileKey,
+        first: u64,
+        last: u64,
+        reader: &dyn Fn(u64, usize) -> std::io::Result<Vec<u8>>,
+        size_now: &dyn Fn() -> std::io::Result<u64>,
+    ) -> std::io::Result<()> {
+        let Some(f) = self.entry(key) else {
+            return Ok(());
+        };
+        let mut f = f.lock();
+        if f.cut_size.is_none() {
+            f.cut_size = Some(size_now()?);
+        }
+        let bs = self.block_size;
+        let end = match f.cut_size {
+            Some(s) => s.div_ceil(bs).min(last.saturating_add(1)),
+            None => 0,
+        };
+        for b in first..end {
+            if f.needed(b, bs) {
+                let len = (f.cut_size.unwrap_or(0) - b * bs).min(bs) as usize;
+                let data = reader(b * bs, len)?;
+                let saved = self.save(data)?;
+                f.saved.insert(b, saved);
+                self.saved_blocks.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Read block `b` of `key` for the snapshot: the saved content if a
+    /// writer saved it, else `read_now` (under the file's lock, so no write
+    /// can change the block meanwhile).
+    pub fn read_block(
+        &self,
+        key: &FileKey,
+        b: u64,
+        read_now: impl FnOnce() -> std::io::Result<Vec<u8>>,
+    ) -> std::io::Result<Vec<u8>> {
+        let Some(f) = self.entry(key) else {
+            return read_now();
+        };
+        let mut f = f.lock();
+        if let Some(s) = f.saved.remove(&b) {
+            f.read.insert(b);
+            return match s {
+                Saved::Mem(v) => {
+                    self.mem_bytes.fetch_sub(v.len() as u64, Ordering::Relaxed);
+                    Ok(v)
+                }
+                Saved::Spilled { offset, len } => {
+                    let spill = self.spill.lock();
+                    let Some((file, _)) = spill.as_ref() else {
+                        return Err(std::io::Error::other("spill file missing"));
+                    };
+                    let mut v = vec![0u8; len];
+                    file.read_exact_at(&mut v, offset)?;
+                    Ok(v)
+                }
+            };
+        }
+        let v = read_now()?;
+        f.read.insert(b);
+        Ok(v)
+    }
+
+    /// The capture is over: drop saved data and the spill file.
+    pub fn finish(&self) {
+        self.files.write().clear();
+        self.moved.lock().clear();
+        *self.spill.lock() = None;
+        let _ = std::fs::remove_file(&self.spill_path);
+    }
+}
+
+impl CowSet {
+    /// An object is about to be renamed or removed: keep a descriptor so
+    /// the capture can still reach it (and, through it, what is below it).
+    pub fn pin_moved(&self, key: FileKey, fd: Arc<std::os::fd::OwnedFd>) {
+        self.moved.lock().entry(key).or_insert(fd);
+    }
+
+    pub fn moved(&self, key: &FileKey) -> Option<Arc<std::os::fd::OwnedFd>> {
+        self.moved.lock().get(key).cloned()
+    }
+}
+
+/// The filesystem's handle on the current capture (if any).
+#[derive(Default)]
+pub struct Cow {
+    current: RwLock<Option<Arc<CowSet>>>,
+}
+
+impl Cow {
+    pub fn get(&self) -> Option<Arc<CowSet>> {
+        self.current.read().clone()
+    }
+
+    pub fn set(&self, c: Option<Arc<CowSet>>) {
+        *self.current.write() = c;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saves_once_and_hands_saved_content_to_the_capture() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = CowSet::new(4, false, dir.path());
+        let k = FileKey { dev: 1, ino: 2 };
+        c.register(k, Need::Blocks([1, 2].into_iter().collect()), 10);
+        let content = std::cell::RefCell::new(b"aaaabbbbcc".to_vec());
+        let reader =
+            |off: u64, len: usize| Ok(content.borrow()[off as usize..off as usize + len].to_vec());
+        // A write to blocks 0..=1: block 1 is needed and saved, block 0 is not.
+        c.before_change(&k, 0, 1, &reader, &|| Ok(10)).unwrap();
+        content.borrow_mut()[0..8].copy_from_slice(b"XXXXYYYY");
+        c.before_change(&k, 1, 1, &reader, &|| Ok(10)).unwrap(); // already saved
+        assert_eq!(c.saved_blocks.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            c.read_block(&k, 1, || Ok(b"new!".to_vec())).unwrap(),
+            b"bbbb"
+        );
+        // Block 2 (short, the cut size ends inside it) is read live.
+        assert_eq!(c.read_block(&k, 2, || Ok(b"cc".to_vec())).unwrap(), b"cc");
+        // After the capture read it, a write does not save it again.
+        c.before_change(&k, 2, 2, &reader, &|| Ok(10)).unwrap();
+        assert_eq!(c.saved_blocks.load(Ordering::Relaxed), 1);
+        // An unregistered file is not touched (incremental capture).
+        let other = FileKey { dev: 1, ino: 3 };
+        c.before_change(&other, 0, 5, &reader, &|| Ok(10)).unwrap();
+        assert_eq!(c.saved_blocks.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn full_captures_save_any_file_on_first_touch() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = CowSet::new(4, true, dir.path());
+        let k = FileKey { dev: 1, ino: 9 };
+        let reader = |off: u64, len: usize| Ok(vec![off as u8; len]);
+        c.before_change(&k, 0, 0, &reader, &|| Ok(6)).unwrap();
+        assert_eq!(c.read_block(&k, 0, || Ok(vec![])).unwrap(), vec![0u8; 4]);
+        // Past the size at the cut: nothing to save.
+        c.before_change(&k, 2, 3, &reader, &|| Ok(6)).unwrap();
+        assert_eq!(c.saved_blocks.load(Ordering::Relaxed), 1);
+    }
+}
