@@ -7,8 +7,17 @@
 //! ```text
 //! {"cmd":"status"}   -> {"ok":true,"status":{...}}
 //! {"cmd":"unmount"}  -> {"ok":true}            (then the daemon unmounts and exits)
+//! {"cmd":"snapshot","kind":"incremental","label":null}
+//!                    -> {"ok":true,"snapshot":{...record...}}   (once committed)
+//! {"cmd":"cli","args":["ls","latest"],"cwd":"/home/x"}
+//!                    -> frames until the exit frame (see below)
 //! ```
 //! Errors: `{"ok":false,"error":"..."}`.
+//!
+//! A `cli` request runs a repository command (snapshots, ls, cat, restore,
+//! verify, scan snapshot) inside the daemon, which holds the repository.
+//! Its output comes back as frames: one tag byte (`o` stdout, `e` stderr,
+//! `x` exit), a u32 BE length, the payload (for `x`: the exit code, i32 BE).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -25,6 +34,14 @@ use crate::error::{Error, IoContext, Result};
 pub enum Request {
     Status,
     Unmount,
+    Snapshot {
+        kind: Option<String>,
+        label: Option<String>,
+    },
+    Cli {
+        args: Vec<String>,
+        cwd: String,
+    },
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -34,6 +51,8 @@ pub struct Response {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<serde_json::Value>,
 }
 
 impl Response {
@@ -48,7 +67,7 @@ impl Response {
         Response {
             ok: false,
             error: Some(msg.into()),
-            status: None,
+            ..Default::default()
         }
     }
 }
@@ -57,7 +76,34 @@ pub fn socket_path(repo: &Path) -> PathBuf {
     repo.join("control.sock")
 }
 
-pub type Handler = Arc<dyn Fn(Request) -> Response + Send + Sync>;
+/// Answers a request. It may stream its answer itself (for `cli`) and
+/// return `None`.
+pub type Handler = Arc<dyn Fn(Request, &mut dyn Write) -> Option<Response> + Send + Sync>;
+
+/// Write one output frame.
+pub fn write_frame(w: &mut dyn Write, tag: u8, payload: &[u8]) -> std::io::Result<()> {
+    let mut h = [0u8; 5];
+    h[0] = tag;
+    h[1..5].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+    w.write_all(&h)?;
+    w.write_all(payload)
+}
+
+/// A writer that sends everything written as frames with one tag.
+pub struct FrameWriter<'a> {
+    pub inner: &'a mut dyn Write,
+    pub tag: u8,
+}
+
+impl Write for FrameWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        write_frame(self.inner, self.tag, buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
 
 /// Listen on the repository's socket and answer requests on a thread.
 /// A leftover socket file is replaced (the caller holds the repository
@@ -89,13 +135,16 @@ fn answer(conn: UnixStream, handler: Handler) {
     if reader.read_line(&mut line).is_err() {
         return;
     }
+    let mut w = &conn;
     let resp = match serde_json::from_str::<Request>(line.trim()) {
-        Ok(req) => handler(req),
-        Err(e) => Response::error(format!("bad request: {e}")),
+        Ok(req) => handler(req, &mut w),
+        Err(e) => Some(Response::error(format!("bad request: {e}"))),
     };
-    if let Ok(mut s) = serde_json::to_string(&resp) {
-        s.push('\n');
-        let _ = (&conn).write_all(s.as_bytes());
+    if let Some(resp) = resp {
+        if let Ok(mut s) = serde_json::to_string(&resp) {
+            s.push('\n');
+            let _ = (&conn).write_all(s.as_bytes());
+        }
     }
 }
 
@@ -112,6 +161,63 @@ pub enum CallError {
     Io(#[from] std::io::Error),
     #[error("the daemon answered: {0}")]
     Failed(String),
+}
+
+fn connect(repo: &Path, timeout: Option<Duration>) -> std::result::Result<UnixStream, CallError> {
+    let path = socket_path(repo);
+    let conn = match UnixStream::connect(&path) {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CallError::NotRunning),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Err(CallError::Stale(path))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    conn.set_read_timeout(timeout)?;
+    Ok(conn)
+}
+
+/// Is a daemon answering on the repository's socket?
+pub fn daemon_running(repo: &Path) -> bool {
+    connect(repo, Some(Duration::from_secs(1))).is_ok()
+}
+
+/// Run a repository command in the daemon, copying its output to `out`
+/// and `err`. Returns its exit code.
+pub fn call_cli(
+    repo: &Path,
+    args: Vec<String>,
+    cwd: String,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> std::result::Result<i32, CallError> {
+    let conn = connect(repo, None)?;
+    let mut s =
+        serde_json::to_string(&Request::Cli { args, cwd }).map_err(std::io::Error::other)?;
+    s.push('\n');
+    (&conn).write_all(s.as_bytes())?;
+    let mut r = BufReader::new(&conn);
+    loop {
+        let mut h = [0u8; 5];
+        if let Err(e) = std::io::Read::read_exact(&mut r, &mut h) {
+            return Err(CallError::Failed(format!(
+                "the daemon closed the connection ({e})"
+            )));
+        }
+        let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+        let mut payload = vec![0u8; len];
+        std::io::Read::read_exact(&mut r, &mut payload)?;
+        match h[0] {
+            b'o' => out.write_all(&payload)?,
+            b'e' => err.write_all(&payload)?,
+            b'x' if len == 4 => {
+                return Ok(i32::from_be_bytes([
+                    payload[0], payload[1], payload[2], payload[3],
+                ]))
+            }
+            _ => return Err(CallError::Failed("bad frame from the daemon".into())),
+        }
+    }
 }
 
 /// Send one request to the daemon of `repo`.

@@ -18,8 +18,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::control::{self, Request, Response};
+use crate::control::{self, FrameWriter, Request, Response};
 use crate::error::{Error, IoContext, Result};
+use crate::flusher::{policy::PolicyConfig, Flusher, FlusherCtx, FlusherStatus, Policy};
 use crate::fs::{self, MountConfig};
 use crate::journal::recover::{mark_changes_since, RecoverReport};
 use crate::journal::{FileKey, Journal, JournalStats};
@@ -29,7 +30,12 @@ use crate::util::{durable, time};
 /// Persist journal records this often.
 const PERSIST_EVERY: Duration = Duration::from_millis(100);
 
-#[derive(Clone, Debug)]
+/// Runs a forwarded CLI command inside the daemon (provided by the binary):
+/// (args, client's cwd, repository, stdout, stderr) -> exit code.
+pub type CliHook =
+    Arc<dyn Fn(&[String], &Path, &Repository, &mut dyn Write, &mut dyn Write) -> i32 + Send + Sync>;
+
+#[derive(Clone)]
 pub struct MountRequest {
     pub backing: PathBuf,
     pub mountpoint: PathBuf,
@@ -37,6 +43,9 @@ pub struct MountRequest {
     pub repo: Option<PathBuf>,
     pub foreground: bool,
     pub config: MountConfig,
+    /// Snapshot policy from the command line (wins over the repository's).
+    pub policy: PolicyConfig,
+    pub cli_hook: Option<CliHook>,
 }
 
 /// Checked, absolute paths of a mount.
@@ -208,6 +217,7 @@ pub struct DaemonStatus {
     pub passthrough_reads: bool,
     pub writeback_cache: bool,
     pub snapshots: u64,
+    pub flusher: Option<FlusherStatus>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -242,6 +252,8 @@ struct Shared {
     passthrough: AtomicBool,
     stop: AtomicBool,
     unmount: Mutex<Option<fuser::SessionUnmounter>>,
+    flusher: Flusher,
+    cli_hook: Option<CliHook>,
 }
 
 impl Shared {
@@ -269,6 +281,7 @@ impl Shared {
             passthrough_reads: self.passthrough.load(Ordering::Relaxed),
             writeback_cache: self.cfg.writeback_cache,
             snapshots: self.repo.snapshots().map(|s| s.len() as u64).unwrap_or(0),
+            flusher: Some(self.flusher.status.lock().clone()),
         }
     }
 
@@ -288,13 +301,13 @@ impl Shared {
         }
     }
 
-    fn handle(&self, req: Request) -> Response {
-        match req {
+    fn handle(&self, req: Request, w: &mut dyn Write) -> Option<Response> {
+        Some(match req {
             Request::Status => match serde_json::to_value(self.status()) {
                 Ok(v) => Response {
                     ok: true,
-                    error: None,
                     status: Some(v),
+                    ..Default::default()
                 },
                 Err(e) => Response::error(e.to_string()),
             },
@@ -302,15 +315,51 @@ impl Shared {
                 self.request_unmount();
                 Response::ok()
             }
-        }
+            Request::Snapshot { kind, label } => {
+                let kind = match kind.as_deref().map(str::parse).transpose() {
+                    Ok(k) => k,
+                    Err(e) => return Some(Response::error(format!("{e}"))),
+                };
+                match self.flusher.snapshot(kind, label) {
+                    Ok(rec) => Response {
+                        ok: true,
+                        snapshot: serde_json::to_value(&rec).ok(),
+                        ..Default::default()
+                    },
+                    Err(e) => Response::error(e.to_string()),
+                }
+            }
+            Request::Cli { args, cwd } => {
+                let Some(hook) = &self.cli_hook else {
+                    return Some(Response::error("this daemon does not run commands"));
+                };
+                // stdout streams as it comes (cat, ls of big trees);
+                // stderr is sent after it.
+                let mut err: Vec<u8> = Vec::new();
+                let code = {
+                    let mut o = FrameWriter {
+                        inner: w,
+                        tag: b'o',
+                    };
+                    hook(&args, Path::new(&cwd), &self.repo, &mut o, &mut err)
+                };
+                if !err.is_empty() {
+                    let _ = control::write_frame(w, b'e', &err);
+                }
+                let _ = control::write_frame(w, b'x', &code.to_be_bytes());
+                return None;
+            }
+        })
     }
 }
 
 /// `rewindfs mount`: check, fork (unless foreground), run.
 pub fn mount(req: MountRequest) -> Result<()> {
     let paths = check_paths(&req)?;
+    // Bad policy flags are refused before anything starts.
+    Policy::layered(&[&req.policy])?;
     if req.foreground {
-        return run(paths, req.config, None);
+        return run(paths, &req, None);
     }
     let (rd, wr) = rustix::pipe::pipe().map_err(|e| Error::io("pipe", "", e.into()))?;
     // SAFETY: fork is called before this process has started any thread
@@ -337,7 +386,7 @@ pub fn mount(req: MountRequest) -> Result<()> {
     let _ = rustix::process::setsid();
     let wr = Arc::new(Mutex::new(Some(wr)));
     let report = wr.clone();
-    let r = run(paths, req.config, Some(report));
+    let r = run(paths, &req, Some(report));
     if let Err(e) = &r {
         if let Some(w) = wr.lock().take() {
             let _ = std::fs::File::from(w).write_all(format!("{e}\n").as_bytes());
@@ -370,10 +419,13 @@ fn detach_stdio(repo: &Path) {
 
 fn run(
     paths: MountPaths,
-    cfg: MountConfig,
+    req: &MountRequest,
     report: Option<Arc<Mutex<Option<OwnedFd>>>>,
 ) -> Result<()> {
+    let cfg = req.config.clone();
     let repo = Arc::new(open_repo(&paths.repo)?);
+    let stored = repo.config.policy.clone().unwrap_or_default();
+    let policy = Policy::layered(&[&stored, &req.policy])?;
     let journal = Arc::new(Journal::open(
         repo.index().journal_tree()?,
         repo.config.block_size,
@@ -415,7 +467,19 @@ fn run(
         hidden,
     )
     .map_err(|e| Error::io("mount on", &paths.mountpoint, e))?;
+    let flusher = Flusher::start(FlusherCtx {
+        repo: repo.clone(),
+        fs: livefs.clone(),
+        backing: paths.backing.clone(),
+        mountpoint: paths.mountpoint.clone(),
+        hidden,
+        writeback_cache: cfg.writeback_cache,
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        policy: policy.clone(),
+    })?;
     let shared = Arc::new(Shared {
+        flusher,
+        cli_hook: req.cli_hook.clone(),
         paths: paths.clone(),
         repo: repo.clone(),
         journal: journal.clone(),
@@ -446,7 +510,10 @@ fn run(
     // Control socket.
     {
         let s = shared.clone();
-        control::serve(&paths.repo, Arc::new(move |req| s.handle(req)))?;
+        control::serve(
+            &paths.repo,
+            Arc::new(move |req, w: &mut dyn Write| s.handle(req, w)),
+        )?;
     }
     // Signals.
     {
@@ -499,6 +566,14 @@ fn run(
         paths.repo.display()
     );
     let result = session.run();
+    // Unmounted: nothing can change any more. Take the last snapshot.
+    match shared.flusher.stop(policy.snapshot_on_unmount) {
+        Ok(Some(rec)) => tracing::info!("snapshot {} taken at unmount", rec.id),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!("the snapshot at unmount failed (its changes stay in the journal): {e}")
+        }
+    }
     shared.stop.store(true, Ordering::SeqCst);
     let _ = persister.join();
     let _ = std::fs::remove_file(control::socket_path(&paths.repo));

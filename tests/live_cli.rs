@@ -74,7 +74,15 @@ fn mount_status_umount_and_a_locked_repository() {
     fs::write(backing.join("a.txt"), b"hello").unwrap();
     let repo = backing.join(".rewindfs");
 
-    let m = DaemonMount::start(&backing, &mnt, &[]);
+    let quiet = [
+        "--every",
+        "off",
+        "--full-every",
+        "off",
+        "--snapshot-on-unmount",
+        "false",
+    ];
+    let m = DaemonMount::start(&backing, &mnt, &quiet);
     // The repository is created inside the backing dir and hidden.
     assert!(repo.join("config.json").exists());
     let names: Vec<String> = fs::read_dir(&mnt)
@@ -137,7 +145,17 @@ fn sigterm_unmounts_and_flushes_the_journal() {
     let repo = tmp.path().join("repo");
     fs::create_dir_all(&backing).unwrap();
     fs::create_dir(&mnt).unwrap();
-    let m = DaemonMount::start(&backing, &mnt, &["--repo", repo.to_str().unwrap()]);
+    let args = [
+        "--repo",
+        repo.to_str().unwrap(),
+        "--every",
+        "off",
+        "--full-every",
+        "off",
+        "--snapshot-on-unmount",
+        "false",
+    ];
+    let m = DaemonMount::start(&backing, &mnt, &args);
     fs::write(mnt.join("x"), vec![1u8; 100]).unwrap();
     let pid = status(&repo)["pid"].as_u64().unwrap();
     Command::new("kill")
@@ -154,7 +172,7 @@ fn sigterm_unmounts_and_flushes_the_journal() {
     assert!(!repo.join("mounted").exists());
     std::mem::forget(m);
     // The journal survived: the next mount still knows the change.
-    let m = DaemonMount::start(&backing, &mnt, &["--repo", repo.to_str().unwrap()]);
+    let m = DaemonMount::start(&backing, &mnt, &args);
     let s = status(&repo);
     assert_eq!(s["dirty_blocks"], 1);
     assert_eq!(s["unclean_start"], false);
@@ -181,7 +199,11 @@ fn offline_changes_and_unclean_stops_are_found_at_mount_time() {
     fs::write(backing.join("d/new"), b"new").unwrap();
     fs::remove_file(backing.join("d/f4")).unwrap();
     let r = repo.to_str().unwrap();
-    let m = DaemonMount::start(&backing, &mnt, &["--repo", r]);
+    let m = DaemonMount::start(
+        &backing,
+        &mnt,
+        &["--repo", r, "--snapshot-on-unmount", "false"],
+    );
     wait_for("the startup check", || {
         status(&repo)["startup_check"]
             .as_str()

@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::RepoArg;
+use super::{Out, RepoArg};
 use rewindfs::repo::Repository;
 use rewindfs::snapshot::manifest::{display_path, normalize_user_path, Meta, Node};
 use rewindfs::snapshot::{select::select, SnapshotRecord, Tree};
@@ -71,14 +71,25 @@ fn line(name: &str, meta: &Meta, node: &Node) -> String {
     s
 }
 
-pub fn ls(a: LsArgs) -> Result<i32> {
-    let repo = a.repo.open()?;
-    let (rec, tree) = load(&repo, &a.snap)?;
+impl LsArgs {
+    pub fn repo(&self) -> &RepoArg {
+        &self.repo
+    }
+}
+
+impl CatArgs {
+    pub fn repo(&self) -> &RepoArg {
+        &self.repo
+    }
+}
+
+pub fn ls(repo: &Repository, a: LsArgs, o: &mut Out) -> Result<i32> {
+    let (rec, tree) = load(repo, &a.snap)?;
     let p = normalize_user_path(&a.path)?;
     let Some((meta, node)) = tree.get(&p) else {
         anyhow::bail!("{} does not exist in snapshot {}", display_path(&p), rec.id);
     };
-    let mut out = std::io::stdout().lock();
+    let out = &mut o.out;
     if matches!(node, Node::Dir) {
         for (name, (m, n)) in tree.children(&p) {
             writeln!(out, "{}", line(&String::from_utf8_lossy(name), m, n))?;
@@ -99,9 +110,8 @@ pub struct CatArgs {
     path: String,
 }
 
-pub fn cat(a: CatArgs) -> Result<i32> {
-    let repo = a.repo.open()?;
-    let (rec, tree) = load(&repo, &a.snap)?;
+pub fn cat(repo: &Repository, a: CatArgs, o: &mut Out) -> Result<i32> {
+    let (rec, tree) = load(repo, &a.snap)?;
     let p = normalize_user_path(&a.path)?;
     let node = match tree.get(&p) {
         Some((_, n @ Node::File { .. })) => n,
@@ -112,7 +122,7 @@ pub fn cat(a: CatArgs) -> Result<i32> {
         ),
         None => anyhow::bail!("{} does not exist in snapshot {}", display_path(&p), rec.id),
     };
-    let mut out = std::io::stdout().lock();
+    let out = &mut o.out;
     for (i, id) in Tree::blocks_of(node).iter().enumerate() {
         let data = repo
             .read_blob(id)

@@ -6,12 +6,25 @@ mod repo_cmds;
 mod restore_cmd;
 mod snapshot_cmds;
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use rewindfs::control::{self, Request};
 use rewindfs::repo::Repository;
+
+/// Where a command writes: the terminal, or frames back to a client of
+/// the daemon.
+pub struct Out<'a> {
+    pub out: &'a mut dyn Write,
+    pub err: &'a mut dyn Write,
+    /// Output goes to a terminal (progress bars allowed).
+    pub terminal: bool,
+}
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +53,120 @@ impl RepoArg {
         Repository::open(&self.repo)
             .with_context(|| format!("opening repository {}", self.repo.display()))
     }
+}
+
+/// Run a repository command here, or in the daemon that holds the
+/// repository (sled allows one process per database).
+fn with_repo(repo: &RepoArg, f: impl FnOnce(&Repository, &mut Out) -> Result<i32>) -> Result<i32> {
+    if control::daemon_running(&repo.repo) {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let cwd = std::env::current_dir()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let code = control::call_cli(
+            &repo.repo,
+            args,
+            cwd,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )
+        .with_context(|| format!("asking the mount daemon of {}", repo.repo.display()))?;
+        return Ok(code);
+    }
+    let r = repo.open()?;
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    use std::io::IsTerminal;
+    let terminal = stderr.is_terminal();
+    let mut o = Out {
+        out: &mut stdout.lock(),
+        err: &mut stderr.lock(),
+        terminal,
+    };
+    f(&r, &mut o)
+}
+
+/// Run a repository command inside the daemon (for `control`'s `cli`
+/// requests): `args` without the program name, relative paths resolved
+/// against the client's `cwd`.
+pub fn run_in_daemon(args: &[String], cwd: &Path, repo: &Repository, o: &mut Out) -> i32 {
+    let argv = std::iter::once("rewindfs".to_string()).chain(args.iter().cloned());
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = write!(o.err, "{e}");
+            return 2;
+        }
+    };
+    let abs = |p: PathBuf| if p.is_absolute() { p } else { cwd.join(p) };
+    let r = match cli.command {
+        Command::Snapshot(mut a) => {
+            a.source = a.source.map(abs);
+            snapshot_cmds::snapshot(repo, a, o)
+        }
+        Command::Snapshots(a) => snapshot_cmds::list(repo, a, o),
+        Command::Ls(a) => browse::ls(repo, a, o),
+        Command::Cat(a) => browse::cat(repo, a, o),
+        Command::Restore(mut a) => {
+            a.to = abs(a.to);
+            restore_cmd::restore(repo, a, o)
+        }
+        Command::Verify(a) => repo_cmds::verify(repo, a, o),
+        _ => Err(anyhow::anyhow!(
+            "this command cannot run while the repository is mounted; unmount it first"
+        )),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(o.err, "error: {e:#}");
+            1
+        }
+    }
+}
+
+/// The hook the daemon uses to run forwarded commands.
+pub fn daemon_hook() -> rewindfs::daemon::CliHook {
+    Arc::new(
+        |args: &[String],
+         cwd: &Path,
+         repo: &Repository,
+         out: &mut dyn Write,
+         err: &mut dyn Write| {
+            let mut o = Out {
+                out,
+                err,
+                terminal: false,
+            };
+            run_in_daemon(args, cwd, repo, &mut o)
+        },
+    )
+}
+
+/// `rewindfs snapshot` without `--source`: ask the live mount.
+fn live_snapshot(a: &snapshot_cmds::SnapshotArgs) -> Result<i32> {
+    let repo = &a.repo().repo;
+    let resp = control::call(
+        repo,
+        &Request::Snapshot {
+            kind: Some(a.kind.clone()),
+            label: a.label.clone(),
+        },
+        Duration::from_secs(24 * 3600),
+    )
+    .map_err(|e| match e {
+        control::CallError::NotRunning => anyhow::anyhow!(
+            "no live mount holds {}: give --source DIR to snapshot a directory by scanning it",
+            repo.display()
+        ),
+        e => anyhow::anyhow!("asking the mount daemon of {}: {e}", repo.display()),
+    })?;
+    let rec: rewindfs::snapshot::SnapshotRecord = serde_json::from_value(
+        resp.snapshot
+            .ok_or_else(|| anyhow::anyhow!("the daemon did not return the snapshot"))?,
+    )?;
+    println!("{}", snapshot_cmds::describe(&rec));
+    Ok(0)
 }
 
 #[derive(Subcommand)]
@@ -73,13 +200,40 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Init(a) => repo_cmds::init(a),
-        Command::Snapshot(a) => snapshot_cmds::snapshot(a),
-        Command::Snapshots(a) => snapshot_cmds::list(a),
-        Command::Ls(a) => browse::ls(a),
-        Command::Cat(a) => browse::cat(a),
-        Command::Restore(a) => restore_cmd::restore(a),
-        Command::Verify(a) => repo_cmds::verify(a),
-        Command::RebuildIndex(a) => repo_cmds::rebuild(a),
+        Command::Snapshot(a) if a.source.is_none() => live_snapshot(&a),
+        Command::Snapshot(a) => {
+            let r = a.repo().clone();
+            with_repo(&r, |repo, o| snapshot_cmds::snapshot(repo, a, o))
+        }
+        Command::Snapshots(a) => {
+            let r = a.repo().clone();
+            with_repo(&r, |repo, o| snapshot_cmds::list(repo, a, o))
+        }
+        Command::Ls(a) => {
+            let r = a.repo().clone();
+            with_repo(&r, |repo, o| browse::ls(repo, a, o))
+        }
+        Command::Cat(a) => {
+            let r = a.repo().clone();
+            with_repo(&r, |repo, o| browse::cat(repo, a, o))
+        }
+        Command::Restore(a) => {
+            let r = a.repo().clone();
+            with_repo(&r, |repo, o| restore_cmd::restore(repo, a, o))
+        }
+        Command::Verify(a) => {
+            let r = a.repo().clone();
+            with_repo(&r, |repo, o| repo_cmds::verify(repo, a, o))
+        }
+        Command::RebuildIndex(a) => {
+            if control::daemon_running(&a.repo().repo) {
+                anyhow::bail!(
+                    "{} is mounted; unmount it before rebuilding its index",
+                    a.repo().repo.display()
+                );
+            }
+            repo_cmds::rebuild(a)
+        }
         Command::Mount(a) => mount_cmds::mount(a),
         Command::Umount(a) => mount_cmds::umount(a),
         Command::Status(a) => mount_cmds::status(a),

@@ -9,6 +9,7 @@ use clap::Args;
 use super::human_bytes;
 use rewindfs::control::{self, CallError, Request};
 use rewindfs::daemon::{self, DaemonStatus, MountRequest};
+use rewindfs::flusher::policy::PolicyConfig;
 use rewindfs::fs::MountConfig;
 
 #[derive(Args)]
@@ -39,6 +40,29 @@ pub struct MountArgs {
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4)]
     threads: usize,
+    /// Take an incremental snapshot this often when something changed
+    /// (e.g. 15m; `off` to disable). Default 15m, or the repository's policy.
+    #[arg(long, value_name = "DUR")]
+    every: Option<String>,
+    /// Take a differential snapshot this often (default off).
+    #[arg(long, value_name = "DUR")]
+    differential_every: Option<String>,
+    /// Take a full snapshot this often (default 24h). The first snapshot of
+    /// a repository is always full.
+    #[arg(long, value_name = "DUR")]
+    full_every: Option<String>,
+    /// When a file matching GLOB (relative to the mount root, or its name)
+    /// is closed after writing, or renamed into a matching name, take a
+    /// snapshot labelled with it once it has been quiet for --settle.
+    /// Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    on_close: Vec<String>,
+    /// How long on-close files must be quiet before their snapshot (default 2s).
+    #[arg(long, value_name = "DUR")]
+    settle: Option<String>,
+    /// Snapshot pending changes when unmounting (default true).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    snapshot_on_unmount: Option<bool>,
 }
 
 pub fn mount(a: MountArgs) -> Result<i32> {
@@ -55,6 +79,15 @@ pub fn mount(a: MountArgs) -> Result<i32> {
             threads: a.threads,
             ..MountConfig::default()
         },
+        policy: PolicyConfig {
+            every: a.every,
+            differential_every: a.differential_every,
+            full_every: a.full_every,
+            on_close: a.on_close,
+            settle: a.settle,
+            snapshot_on_unmount: a.snapshot_on_unmount,
+        },
+        cli_hook: Some(super::daemon_hook()),
     };
     daemon::mount(req)?;
     if !foreground {

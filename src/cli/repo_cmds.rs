@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::{parse_size, RepoArg};
+use super::{parse_size, Out, RepoArg};
 use rewindfs::repo::{self, Repository, DEFAULT_COMPRESSION};
 
 #[derive(Args)]
@@ -44,16 +44,27 @@ pub struct VerifyArgs {
     read_data: bool,
 }
 
-pub fn verify(a: VerifyArgs) -> Result<i32> {
-    let repo = a.repo.open()?;
-    let r = rewindfs::verify::verify(&repo, a.read_data).context("verifying")?;
+impl VerifyArgs {
+    pub fn repo(&self) -> &RepoArg {
+        &self.repo
+    }
+}
+
+impl RebuildArgs {
+    pub fn repo(&self) -> &RepoArg {
+        &self.repo
+    }
+}
+
+pub fn verify(repo: &Repository, a: VerifyArgs, o: &mut Out) -> Result<i32> {
+    let r = rewindfs::verify::verify(repo, a.read_data).context("verifying")?;
     for p in &r.problems {
-        println!("problem: {p}");
+        writeln!(o.out, "problem: {p}")?;
     }
     for (id, files) in &r.damaged {
-        println!("snapshot {id} is damaged:");
+        writeln!(o.out, "snapshot {id} is damaged:")?;
         for f in files {
-            println!("  {f}");
+            writeln!(o.out, "  {f}")?;
         }
     }
     let what = if a.read_data {

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::{browse::load, human_bytes, RepoArg};
+use super::{browse::load, human_bytes, Out, RepoArg};
+use rewindfs::repo::Repository;
 use rewindfs::restore::{restore as run_restore, RestoreOptions};
 use rewindfs::snapshot::manifest::normalize_user_path;
 
@@ -20,7 +21,7 @@ pub struct RestoreArgs {
     path: Option<String>,
     /// Target directory (created if missing).
     #[arg(long, value_name = "DIR")]
-    to: PathBuf,
+    pub to: PathBuf,
     /// Replace files that already exist in the target.
     #[arg(long)]
     overwrite: bool,
@@ -29,26 +30,32 @@ pub struct RestoreArgs {
     threads: usize,
 }
 
-pub fn restore(a: RestoreArgs) -> Result<i32> {
-    let repo = a.repo.open()?;
-    let (rec, tree) = load(&repo, &a.snap)?;
+impl RestoreArgs {
+    pub fn repo(&self) -> &RepoArg {
+        &self.repo
+    }
+}
+
+pub fn restore(repo: &Repository, a: RestoreArgs, o: &mut Out) -> Result<i32> {
+    let (rec, tree) = load(repo, &a.snap)?;
     let sub = normalize_user_path(a.path.as_deref().unwrap_or("/"))?;
     let r = run_restore(
-        &repo,
+        repo,
         &tree,
         &sub,
         &a.to,
         &RestoreOptions {
             overwrite: a.overwrite,
             threads: a.threads,
-            progress: true,
+            progress: o.terminal,
         },
     )
     .with_context(|| format!("restoring snapshot {} to {}", rec.id, a.to.display()))?;
     for f in &r.failed {
-        eprintln!("error: not restored: {f}");
+        writeln!(o.err, "error: not restored: {f}")?;
     }
-    println!(
+    writeln!(
+        o.out,
         "restored {} files ({}), {} directories, {} symlinks from snapshot {} to {}",
         r.files - r.failed.len() as u64,
         human_bytes(r.bytes),
@@ -56,7 +63,7 @@ pub fn restore(a: RestoreArgs) -> Result<i32> {
         r.symlinks,
         rec.id,
         a.to.display()
-    );
+    )?;
     if r.failed.is_empty() {
         Ok(0)
     } else {

@@ -6,7 +6,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
 
-use super::{human_bytes, RepoArg};
+use super::{human_bytes, Out, RepoArg};
+use rewindfs::repo::Repository;
 use rewindfs::snapshot::scan::{snapshot_dir, ScanOptions};
 use rewindfs::snapshot::Kind;
 
@@ -14,48 +15,31 @@ use rewindfs::snapshot::Kind;
 pub struct SnapshotArgs {
     #[command(flatten)]
     repo: RepoArg,
-    /// Directory to capture.
+    /// Directory to capture by scanning it. Without it, the running live
+    /// mount of the repository takes the snapshot (from its change journal).
     #[arg(long, value_name = "DIR")]
-    source: PathBuf,
+    pub source: Option<PathBuf>,
     /// full: every file; incremental: changes since the previous snapshot;
     /// differential: changes since the last full. The first snapshot is always full.
     #[arg(long, default_value = "incremental", value_parser = ["full", "incremental", "differential"])]
-    kind: String,
+    pub kind: String,
     /// A label to remember this snapshot by.
     #[arg(long, value_name = "TEXT")]
-    label: Option<String>,
+    pub label: Option<String>,
     /// Worker threads (default: one per core).
     #[arg(long, default_value_t = 0, hide = true)]
     threads: usize,
 }
 
-pub fn snapshot(a: SnapshotArgs) -> Result<i32> {
-    let repo = a.repo.open()?;
-    let kind: Kind = a.kind.parse()?;
-    if !a.source.is_dir() {
-        anyhow::bail!("source {} is not a directory", a.source.display());
+impl SnapshotArgs {
+    pub fn repo(&self) -> &RepoArg {
+        &self.repo
     }
-    let r = snapshot_dir(
-        &repo,
-        &a.source,
-        &ScanOptions {
-            kind,
-            label: a.label,
-            threads: a.threads,
-        },
-    )
-    .with_context(|| format!("taking a snapshot of {}", a.source.display()))?;
-    for w in &r.warnings {
-        eprintln!("warning: {w}");
-    }
-    let rec = &r.record;
-    if r.requested != rec.kind {
-        eprintln!(
-            "note: the first snapshot of a repository is full (asked for {})",
-            r.requested.as_str()
-        );
-    }
-    println!(
+}
+
+/// Print one line about a committed snapshot.
+pub fn describe(rec: &rewindfs::snapshot::SnapshotRecord) -> String {
+    format!(
         "snapshot {} ({}, {}): {} files, {} logical, {} changed blocks, {} added",
         rec.id,
         rec.kind.as_str(),
@@ -64,7 +48,39 @@ pub fn snapshot(a: SnapshotArgs) -> Result<i32> {
         human_bytes(rec.stats.logical_bytes),
         rec.stats.changed_blocks,
         human_bytes(rec.stats.stored_bytes)
-    );
+    )
+}
+
+pub fn snapshot(repo: &Repository, a: SnapshotArgs, o: &mut Out) -> Result<i32> {
+    let kind: Kind = a.kind.parse()?;
+    let Some(source) = a.source else {
+        anyhow::bail!("no --source given and no live mount holds this repository");
+    };
+    if !source.is_dir() {
+        anyhow::bail!("source {} is not a directory", source.display());
+    }
+    let r = snapshot_dir(
+        repo,
+        &source,
+        &ScanOptions {
+            kind,
+            label: a.label,
+            threads: a.threads,
+        },
+    )
+    .with_context(|| format!("taking a snapshot of {}", source.display()))?;
+    for w in &r.warnings {
+        writeln!(o.err, "warning: {w}")?;
+    }
+    let rec = &r.record;
+    if r.requested != rec.kind {
+        writeln!(
+            o.err,
+            "note: the first snapshot of a repository is full (asked for {})",
+            r.requested.as_str()
+        )?;
+    }
+    writeln!(o.out, "{}", describe(rec))?;
     Ok(0)
 }
 
@@ -92,8 +108,13 @@ struct JsonSnapshot<'a> {
     source: &'a str,
 }
 
-pub fn list(a: ListArgs) -> Result<i32> {
-    let repo = a.repo.open()?;
+impl ListArgs {
+    pub fn repo(&self) -> &RepoArg {
+        &self.repo
+    }
+}
+
+pub fn list(repo: &Repository, a: ListArgs, o: &mut Out) -> Result<i32> {
     let all = repo.snapshots()?;
     if a.json {
         let v: Vec<JsonSnapshot> = all
@@ -112,19 +133,21 @@ pub fn list(a: ListArgs) -> Result<i32> {
                 source: &r.source,
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        writeln!(o.out, "{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(0);
     }
     if all.is_empty() {
-        println!("no snapshots yet");
+        writeln!(o.out, "no snapshots yet")?;
         return Ok(0);
     }
-    println!(
+    writeln!(
+        o.out,
         "{:>5}  {:<12}  {:>6}  {:<20}  {:>8}  {:>10}  {:>10}  LABEL",
         "ID", "KIND", "PARENT", "TIME", "FILES", "LOGICAL", "ADDED"
-    );
+    )?;
     for r in &all {
-        println!(
+        writeln!(
+            o.out,
             "{:>5}  {:<12}  {:>6}  {:<20}  {:>8}  {:>10}  {:>10}  {}",
             r.id,
             r.kind.as_str(),
@@ -134,7 +157,7 @@ pub fn list(a: ListArgs) -> Result<i32> {
             human_bytes(r.stats.logical_bytes),
             human_bytes(r.stats.stored_bytes),
             r.label.as_deref().unwrap_or("")
-        );
+        )?;
     }
     Ok(0)
 }

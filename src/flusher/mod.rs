@@ -1,5 +1,451 @@
-//! The background flusher: turns the change journal into snapshots.
+//! The background flusher: turns the change journal into snapshots, on a
+//! schedule and on events, at a cost that grows with the bytes changed.
 //!
+//! - `cut.rs`: the cut (freeze the journal, look at what changed, register
+//!   copy-before-write)
+//! - `capture.rs`: the tree at the cut, reading only the blocks that changed
 //! - `cow.rs`: copy-before-write of blocks a capture still needs
+//! - `policy.rs`: cadences and on-close globs
+//!
+//! One thread runs the scheduler and takes snapshots one at a time;
+//! requests (from the control socket) and filesystem events reach it over
+//! a channel. A failed snapshot gives its changes back to the journal and
+//! is retried with exponential backoff; the mount is never taken down.
 
+pub mod capture;
 pub mod cow;
+pub mod cut;
+pub mod policy;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::fs::live::FsEvent;
+use crate::fs::LiveFs;
+use crate::journal::FileKey;
+use crate::repo::{Repository, SnapshotDraft};
+use crate::snapshot::manifest::{Blocks, Entry, Manifest, MANIFEST_FORMAT};
+use crate::snapshot::{Kind, SnapshotRecord, Tree};
+use crate::util::time;
+pub use policy::Policy;
+
+/// What `status` shows about the flusher.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FlusherStatus {
+    /// idle, cut, capturing, committing, backoff
+    pub state: String,
+    pub last_snapshot: Option<u64>,
+    pub last_snapshot_time: Option<String>,
+    pub next_scheduled: Option<String>,
+    pub next_kind: Option<String>,
+    pub last_error: Option<String>,
+    /// Of the last snapshot: how long the cut held writers, in ms.
+    pub last_cut_ms: Option<f64>,
+    pub last_duration_ms: Option<f64>,
+    /// Bytes read per second by the last capture.
+    pub last_throughput: Option<f64>,
+    pub last_bytes_read: Option<u64>,
+    pub snapshots_taken: u64,
+    /// On-close snapshot waiting for its files to settle (label).
+    pub pending_on_close: Option<String>,
+}
+
+enum Cmd {
+    Snapshot {
+        kind: Option<Kind>,
+        label: Option<String>,
+        reply: Sender<Result<SnapshotRecord>>,
+    },
+    Event(FsEvent),
+    Stop {
+        final_snapshot: bool,
+        reply: Sender<Result<Option<SnapshotRecord>>>,
+    },
+}
+
+/// What the flusher works on.
+pub struct FlusherCtx {
+    pub repo: Arc<Repository>,
+    pub fs: Arc<LiveFs>,
+    pub backing: PathBuf,
+    pub mountpoint: PathBuf,
+    pub hidden: Option<FileKey>,
+    pub writeback_cache: bool,
+    pub threads: usize,
+    pub policy: Policy,
+}
+
+pub struct Flusher {
+    tx: Sender<Cmd>,
+    pub status: Arc<Mutex<FlusherStatus>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Cached trees: the latest snapshot's (the base of the next one) and the
+/// latest full one's (the base of differentials).
+#[derive(Default)]
+struct Trees {
+    latest: Option<(u64, Tree)>,
+    full: Option<(u64, Tree)>,
+}
+
+impl Flusher {
+    pub fn start(ctx: FlusherCtx) -> Result<Flusher> {
+        let (tx, rx) = bounded::<Cmd>(1024);
+        let (ev_tx, ev_rx) = bounded::<FsEvent>(4096);
+        let _ = ctx.fs.events.set(ev_tx);
+        let status = Arc::new(Mutex::new(FlusherStatus {
+            state: "idle".into(),
+            ..Default::default()
+        }));
+        let st = status.clone();
+        let thread = std::thread::Builder::new()
+            .name("flusher".into())
+            .spawn(move || run(ctx, rx, ev_rx, st))
+            .map_err(|e| Error::io("start flusher", "", e))?;
+        Ok(Flusher {
+            tx,
+            status,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Take a snapshot now and wait for it to be committed.
+    pub fn snapshot(&self, kind: Option<Kind>, label: Option<String>) -> Result<SnapshotRecord> {
+        let (reply, rx) = bounded(1);
+        self.tx
+            .send(Cmd::Snapshot { kind, label, reply })
+            .map_err(|_| Error::Poisoned("the flusher stopped".into()))?;
+        rx.recv()
+            .map_err(|_| Error::Poisoned("the flusher stopped".into()))?
+    }
+
+    /// Stop the scheduler, taking a last snapshot of pending changes if
+    /// asked (the filesystem must be unmounted: nothing can change).
+    pub fn stop(&self, final_snapshot: bool) -> Result<Option<SnapshotRecord>> {
+        let (reply, rx) = bounded(1);
+        if self
+            .tx
+            .send(Cmd::Stop {
+                final_snapshot,
+                reply,
+            })
+            .is_err()
+        {
+            return Ok(None);
+        }
+        let r = rx
+            .recv()
+            .unwrap_or(Err(Error::Poisoned("the flusher stopped".into())));
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+        r
+    }
+}
+
+fn run(
+    ctx: FlusherCtx,
+    rx: Receiver<Cmd>,
+    ev_rx: Receiver<FsEvent>,
+    status: Arc<Mutex<FlusherStatus>>,
+) {
+    let mut trees = Trees::default();
+    let mut sched = policy::Schedule::new(&ctx.policy);
+    if let Ok(all) = ctx.repo.snapshots() {
+        sched.load(&all);
+        if let Some(l) = all.iter().max_by_key(|r| r.id) {
+            let mut s = status.lock();
+            s.last_snapshot = Some(l.id);
+            s.last_snapshot_time = Some(l.time.clone());
+        }
+    }
+    let mut backoff = Duration::ZERO;
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        let due = sched.next_due(now, retry_at);
+        {
+            let mut s = status.lock();
+            s.next_scheduled = due.map(|(t, _)| {
+                time::rfc3339(time::now_ns() + t.saturating_duration_since(now).as_nanos() as i64)
+            });
+            s.next_kind = due.map(|(_, k)| k.as_str().to_string());
+            s.pending_on_close = sched.pending_label();
+        }
+        let timeout = due
+            .map(|(t, _)| t.saturating_duration_since(now))
+            .unwrap_or(Duration::from_secs(3600))
+            .min(Duration::from_millis(250));
+        let cmd = crossbeam_channel::select! {
+            recv(rx) -> m => m.ok(),
+            recv(ev_rx) -> e => e.ok().map(Cmd::Event),
+            default(timeout) => None,
+        };
+        match cmd {
+            Some(Cmd::Snapshot { kind, label, reply }) => {
+                let r = take(&ctx, &mut trees, &status, kind, label, false);
+                if let Ok(rec) = &r {
+                    sched.taken(rec, Instant::now());
+                }
+                let _ = reply.send(r);
+            }
+            Some(Cmd::Event(e)) => sched.event(&e, Instant::now()),
+            Some(Cmd::Stop {
+                final_snapshot,
+                reply,
+            }) => {
+                let r = if final_snapshot && !ctx.fs.journal.is_empty() {
+                    take(
+                        &ctx,
+                        &mut trees,
+                        &status,
+                        Some(Kind::Incremental),
+                        Some("unmount".into()),
+                        true,
+                    )
+                    .map(Some)
+                } else {
+                    Ok(None)
+                };
+                let _ = reply.send(r);
+                return;
+            }
+            None => {}
+        }
+        // Scheduled work.
+        let now = Instant::now();
+        let Some((at, due)) = sched.next(now, retry_at) else {
+            continue;
+        };
+        if at > now {
+            continue;
+        }
+        let (kind, label) = match due {
+            policy::Due::Cadence(k) => (k, None),
+            policy::Due::Retry => (Kind::Incremental, None),
+            policy::Due::OnClose => match sched.take_on_close(&ctx.fs.journal, now) {
+                Some(l) => (Kind::Incremental, Some(l)),
+                None => continue,
+            },
+        };
+        retry_at = None;
+        if !sched.never_taken() && ctx.fs.journal.is_empty() && label.is_none() {
+            // Nothing changed: no snapshot, but the cadence starts over.
+            sched.skipped(kind, now);
+            continue;
+        }
+        match take(&ctx, &mut trees, &status, Some(kind), label.clone(), false) {
+            Ok(rec) => {
+                sched.taken(&rec, Instant::now());
+                backoff = Duration::ZERO;
+            }
+            Err(e) => {
+                backoff = (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(300));
+                retry_at = Some(Instant::now() + backoff);
+                if let Some(l) = label {
+                    sched.restore_on_close(l, Instant::now());
+                }
+                tracing::error!("snapshot failed (retrying in {backoff:?}): {e}");
+                let mut s = status.lock();
+                s.state = "backoff".into();
+                s.last_error = Some(format!("{}: {e}", time::rfc3339(time::now_ns())));
+            }
+        }
+    }
+}
+
+/// Syncfs the mount so the kernel sends writes it buffered (writeback
+/// cache) before the cut.
+fn syncfs(mountpoint: &std::path::Path) {
+    if let Ok(f) = std::fs::File::open(mountpoint) {
+        let _ = rustix::fs::syncfs(&f);
+    }
+}
+
+fn tree_of(repo: &Repository, id: u64, cache: &mut Option<(u64, Tree)>) -> Result<Tree> {
+    if let Some((cid, t)) = cache {
+        if *cid == id {
+            return Ok(t.clone());
+        }
+    }
+    let all = repo.snapshots()?;
+    let rec = all
+        .iter()
+        .find(|r| r.id == id)
+        .ok_or_else(|| Error::UnknownSnapshot(id.to_string()))?;
+    let t = repo.resolve(rec)?;
+    *cache = Some((id, t.clone()));
+    Ok(t)
+}
+
+/// Take one snapshot of the live filesystem.
+fn take(
+    ctx: &FlusherCtx,
+    trees: &mut Trees,
+    status: &Mutex<FlusherStatus>,
+    kind: Option<Kind>,
+    label: Option<String>,
+    unmounting: bool,
+) -> Result<SnapshotRecord> {
+    let t0 = Instant::now();
+    let repo = &ctx.repo;
+    let all = repo.snapshots()?;
+    let latest = all.iter().max_by_key(|r| r.id).cloned();
+    let kind = match (&latest, kind) {
+        (None, _) => Kind::Full,
+        (_, Some(k)) => k,
+        (_, None) => Kind::Incremental,
+    };
+    let base = match &latest {
+        Some(r) => tree_of(repo, r.id, &mut trees.latest)?,
+        None => Tree::default(),
+    };
+    if ctx.writeback_cache && !unmounting {
+        syncfs(&ctx.mountpoint);
+    }
+    status.lock().state = "cut".into();
+    let index = cut::BaseIndex::new(&base);
+    let full = kind == Kind::Full;
+    let info = cut::cut(&cut::CutRequest {
+        fs: &ctx.fs,
+        backing: &ctx.backing,
+        base: &index,
+        full,
+        spill_dir: repo.root().to_path_buf(),
+        hidden: ctx.hidden,
+    })?;
+    let cut_ms = info.held.as_secs_f64() * 1e3;
+    status.lock().state = "capturing".into();
+    let writer = repo.writer()?;
+    let root = crate::fs::open_backing_root(&ctx.backing)
+        .map_err(|e| Error::io("open", &ctx.backing, e))?;
+    let root_dev = rustix::fs::fstat(&root).map(|s| s.st_dev).unwrap_or(0);
+    let result = (|| -> Result<(SnapshotRecord, Tree, u64)> {
+        let captured = capture::capture(&capture::CaptureRequest {
+            root: &root,
+            root_dev,
+            base: &index,
+            cut: &info,
+            full,
+            writer: &writer,
+            block_size: repo.config.block_size as u64,
+            threads: ctx.threads,
+            racy_after: (!unmounting).then(|| info.time_ns - 1_000_000_000),
+        })?;
+        status.lock().state = "committing".into();
+        let (parent, full_id, removed, entries, changed) = match (kind, &latest) {
+            (Kind::Full, _) | (_, None) => {
+                let entries: Vec<Entry> = captured
+                    .tree
+                    .entries
+                    .iter()
+                    .map(|(p, (m, n))| Entry {
+                        path: p.clone(),
+                        meta: m.clone(),
+                        node: n.clone(),
+                    })
+                    .collect();
+                let blocks = entries
+                    .iter()
+                    .map(|e| match &e.node {
+                        crate::snapshot::Node::File {
+                            blocks: Blocks::Full(b),
+                            ..
+                        } => b.len() as u64,
+                        _ => 0,
+                    })
+                    .sum();
+                (None, None, Vec::new(), entries, blocks)
+            }
+            (Kind::Incremental, Some(l)) => {
+                let (r, e, b) = captured.tree.diff_from(&base);
+                (Some(l.id), Some(l.full), r, e, b)
+            }
+            (Kind::Differential, Some(_)) => {
+                let last_full = all
+                    .iter()
+                    .filter(|r| r.kind == Kind::Full)
+                    .max_by_key(|r| r.id)
+                    .ok_or_else(|| {
+                        Error::Corrupt("no full snapshot to be differential to".into())
+                    })?;
+                let ft = tree_of(repo, last_full.id, &mut trees.full)?;
+                let (r, e, b) = captured.tree.diff_from(&ft);
+                (Some(last_full.id), Some(last_full.id), r, e, b)
+            }
+        };
+        let mut stats = captured.stats.clone();
+        stats.changed_blocks = changed;
+        stats.changed_entries = entries.len() as u64;
+        stats.removed_entries = removed.len() as u64;
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            block_size: repo.config.block_size,
+            removed,
+            entries,
+        };
+        let rec = repo.commit_snapshot(
+            &writer,
+            &manifest,
+            SnapshotDraft {
+                kind,
+                parent,
+                full: full_id,
+                time_ns: info.time_ns,
+                label: label.clone(),
+                source: ctx.backing.display().to_string(),
+                stats,
+            },
+        )?;
+        writer.close()?;
+        Ok((rec, captured.tree, captured.bytes_read))
+    })();
+    ctx.fs.cow.set(None);
+    info.cow.finish();
+    match result {
+        Ok((rec, tree, bytes)) => {
+            // Committed: the frozen changes are in it.
+            if let Err(e) = ctx.fs.journal.drop_through(info.epoch) {
+                tracing::warn!("clearing the journal after snapshot {}: {e}", rec.id);
+            }
+            if rec.kind == Kind::Full {
+                trees.full = Some((rec.id, tree.clone()));
+            }
+            trees.latest = Some((rec.id, tree));
+            let secs = t0.elapsed().as_secs_f64();
+            let mut s = status.lock();
+            s.state = "idle".into();
+            s.last_snapshot = Some(rec.id);
+            s.last_snapshot_time = Some(rec.time.clone());
+            s.last_cut_ms = Some(cut_ms);
+            s.last_duration_ms = Some(secs * 1e3);
+            s.last_bytes_read = Some(bytes);
+            s.last_throughput = Some(bytes as f64 / secs.max(1e-9));
+            s.snapshots_taken += 1;
+            s.last_error = None;
+            tracing::info!(
+                "snapshot {} ({}): cut held writers {cut_ms:.2} ms, {bytes} bytes read in {secs:.2} s",
+                rec.id,
+                rec.kind.as_str()
+            );
+            Ok(rec)
+        }
+        Err(e) => {
+            writer.abort();
+            // The changes wait for the next snapshot.
+            ctx.fs.journal.restore(info.frozen);
+            for (k, fd) in info.pins {
+                ctx.fs.pin_dir(k, fd);
+            }
+            status.lock().state = "idle".into();
+            Err(e)
+        }
+    }
+}

@@ -66,6 +66,16 @@ impl Default for LiveOptions {
     }
 }
 
+/// Events the flusher's scheduler listens to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FsEvent {
+    /// A file written through this handle was closed (path relative to the
+    /// mount root).
+    ClosedAfterWrite { key: FileKey, path: Vec<u8> },
+    /// A file was renamed to `path`.
+    RenamedTo { key: FileKey, path: Vec<u8> },
+}
+
 /// An entry reply: node id and attributes.
 pub struct Entry {
     pub attr: FileAttr,
@@ -76,6 +86,8 @@ pub struct Handle {
     pub inode: Arc<Inode>,
     pub file: File,
     pub writable: bool,
+    /// Something was written through this handle.
+    wrote: std::sync::atomic::AtomicBool,
     /// Counted as a passthrough open of its inode.
     passthrough: std::sync::atomic::AtomicBool,
     /// The kernel backing id this open uses (kept alive while open).
@@ -89,6 +101,7 @@ impl Handle {
             inode,
             file,
             writable,
+            wrote: std::sync::atomic::AtomicBool::new(false),
             passthrough: std::sync::atomic::AtomicBool::new(false),
             backing: Mutex::new(None),
             dir: None,
@@ -131,6 +144,11 @@ pub struct LiveFs {
     /// Descriptors of directories whose entries changed in the current
     /// epoch, so the cut can look at them even if the kernel forgot them.
     dir_pins: Mutex<HashMap<FileKey, Arc<OwnedFd>>>,
+    /// Where to send `FsEvent`s (set by the daemon when it schedules
+    /// snapshots on close).
+    pub events: OnceLock<crossbeam_channel::Sender<FsEvent>>,
+    /// Absolute path of the backing directory (for event paths).
+    root_path: std::path::PathBuf,
 }
 
 pub fn to_system_time(sec: i64, nsec: u64) -> SystemTime {
@@ -242,7 +260,13 @@ impl LiveFs {
         if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
             return Err(std::io::Error::other("backing root is not a directory"));
         }
+        let root_path = {
+            use std::os::fd::AsRawFd;
+            std::fs::read_link(format!("/proc/self/fd/{}", root.as_raw_fd())).unwrap_or_default()
+        };
         Ok(LiveFs {
+            root_path,
+            events: OnceLock::new(),
             inodes: InodeTable::new(root, FileKey::of(&st)),
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -254,6 +278,22 @@ impl LiveFs {
             cow: Arc::new(Cow::default()),
             dir_pins: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The path (relative to the mount root) of an open descriptor.
+    fn rel_path_of(&self, fd: &impl std::os::fd::AsRawFd) -> Option<Vec<u8>> {
+        use std::os::unix::ffi::OsStrExt;
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+        let rel = link.strip_prefix(&self.root_path).ok()?;
+        Some(rel.as_os_str().as_bytes().to_vec())
+    }
+
+    fn emit(&self, e: impl FnOnce() -> Option<FsEvent>) {
+        if let Some(tx) = self.events.get() {
+            if let Some(ev) = e() {
+                let _ = tx.try_send(ev);
+            }
+        }
     }
 
     /// Keep a directory reachable until the next cut.
@@ -627,6 +667,17 @@ impl LiveFs {
         }
         self.entry_changed(&p, name);
         self.entry_changed(&np, newname);
+        if let Some(m) = &moved {
+            self.emit(|| {
+                let dir = self.rel_path_of(&*np.fd)?;
+                let path = if dir.is_empty() {
+                    newname.to_vec()
+                } else {
+                    [&dir[..], b"/", newname].concat()
+                };
+                Some(FsEvent::RenamedTo { key: m.key, path })
+            });
+        }
         for n in moved.iter().chain(replaced.iter()) {
             self.journal.record_meta(&n.key);
             self.invalidate(n.nodeid);
@@ -830,11 +881,24 @@ impl LiveFs {
             }
         }
         self.journal.record_write(&h.inode.key, offset, done as u64);
+        if done > 0 {
+            h.wrote.store(true, Ordering::Relaxed);
+        }
         Ok(done as u32)
     }
 
     pub fn release(&self, fh: u64) {
         let removed = self.handles.write().remove(&fh);
+        if let Some(h) = &removed {
+            if h.wrote.load(Ordering::Relaxed) {
+                self.emit(|| {
+                    Some(FsEvent::ClosedAfterWrite {
+                        key: h.inode.key,
+                        path: self.rel_path_of(&h.file)?,
+                    })
+                });
+            }
+        }
         if let Some(h) = removed {
             let mut m = h.inode.opens.lock();
             if h.passthrough.load(Ordering::Relaxed) {

@@ -47,6 +47,9 @@ pub struct RepoConfig {
     pub pack_target_size: u64,
     pub repo_id: String,
     pub created: String,
+    /// Snapshot policy of live mounts (command-line flags win).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::flusher::policy::PolicyConfig>,
 }
 
 impl RepoConfig {
@@ -75,6 +78,7 @@ impl RepoConfig {
             pack_target_size: DEFAULT_PACK_TARGET,
             repo_id: ChunkId::of(seed.as_bytes()).to_hex()[..32].to_string(),
             created: time::rfc3339(now),
+            policy: None,
         })
     }
 }

@@ -1,0 +1,485 @@
+//! The cut: the instant a snapshot describes.
+//!
+//! With the filesystem's gate held exclusively (no change is in flight,
+//! none starts), the cut freezes the journal's epoch, looks at the entries
+//! of directories whose entries changed (by name, through descriptors kept
+//! for them), stats every changed object, and registers copy-before-write
+//! for the blocks the snapshot will read. It walks nothing else: its cost
+//! grows with the number of changes, not with the size of the dataset.
+
+use std::collections::{BTreeSet, HashMap};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustix::fs::{Mode, OFlags};
+
+use super::cow::{CowSet, Need};
+use crate::error::{Error, Result};
+use crate::fs::LiveFs;
+use crate::journal::{FileDirty, FileKey};
+use crate::snapshot::manifest::{Meta, Node};
+use crate::snapshot::Tree;
+use crate::util::{sys, time};
+
+/// An object as it was at the cut.
+#[derive(Clone, Debug)]
+pub struct ObjState {
+    pub key: FileKey,
+    pub meta: Meta,
+    pub kind: ObjKind,
+    pub nlink: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ObjKind {
+    Dir,
+    File { size: u64 },
+    Symlink { target: Vec<u8> },
+    Special { rdev: u64 },
+}
+
+/// A directory entry as it was at the cut (`child: None`: absent).
+#[derive(Clone, Debug)]
+pub struct Edge {
+    /// Path of the entry at the cut.
+    pub path: Vec<u8>,
+    pub child: Option<ObjState>,
+}
+
+pub struct CutInfo {
+    pub epoch: u64,
+    pub time_ns: i64,
+    pub frozen: HashMap<FileKey, FileDirty>,
+    /// Entries that changed, shallow paths first.
+    pub edges: Vec<Edge>,
+    /// The state at the cut of every changed object still present.
+    pub states: HashMap<FileKey, ObjState>,
+    /// Blocks to read per file (what copy-before-write protects).
+    pub needs: HashMap<FileKey, (Need, u64)>,
+    pub cow: Arc<CowSet>,
+    /// Pins taken with the frozen epoch (given back if the snapshot fails).
+    pub pins: HashMap<FileKey, Arc<OwnedFd>>,
+    /// How long the gate was held.
+    pub held: Duration,
+}
+
+/// What the cut needs to know about the latest snapshot.
+pub struct BaseIndex<'t> {
+    pub tree: &'t Tree,
+    /// Inode number -> paths in the tree.
+    pub by_ino: HashMap<u64, Vec<Vec<u8>>>,
+}
+
+impl<'t> BaseIndex<'t> {
+    pub fn new(tree: &'t Tree) -> BaseIndex<'t> {
+        let mut by_ino: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
+        for (p, (m, _)) in &tree.entries {
+            by_ino.entry(m.ino).or_default().push(p.clone());
+        }
+        BaseIndex { tree, by_ino }
+    }
+
+    /// The tree's entry for an inode (the first path), if any.
+    pub fn entry_of(&self, ino: u64) -> Option<(&'t Vec<u8>, &'t (Meta, Node))> {
+        let p = self.by_ino.get(&ino)?.first()?;
+        self.tree.entries.get_key_value(p)
+    }
+}
+
+fn io(op: &'static str, e: rustix::io::Errno) -> Error {
+    Error::io(op, "", e.into())
+}
+
+/// Stat an object through an `O_PATH` descriptor (xattrs included).
+pub fn state_of(fd: &OwnedFd, key_hint: Option<FileKey>) -> Result<ObjState> {
+    let st = rustix::fs::fstat(fd).map_err(|e| io("stat", e))?;
+    let key = FileKey::of(&st);
+    if let Some(h) = key_hint {
+        if h != key {
+            return Err(Error::NotFound {
+                snapshot: String::new(),
+                path: format!("inode {}", h.ino),
+            });
+        }
+    }
+    let mut meta = sys::meta_of(&st);
+    let t = sys::file_type(st.st_mode);
+    let kind = match t {
+        libc::S_IFDIR => ObjKind::Dir,
+        libc::S_IFREG => ObjKind::File {
+            size: st.st_size as u64,
+        },
+        libc::S_IFLNK => ObjKind::Symlink {
+            target: rustix::fs::readlinkat(fd, "", Vec::new())
+                .map_err(|e| io("readlink", e))?
+                .into_bytes(),
+        },
+        _ => ObjKind::Special { rdev: st.st_rdev },
+    };
+    if matches!(t, libc::S_IFDIR | libc::S_IFREG) {
+        use std::os::fd::AsRawFd;
+        let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        let flags = if t == libc::S_IFDIR {
+            OFlags::RDONLY | OFlags::DIRECTORY
+        } else {
+            OFlags::RDONLY | OFlags::NONBLOCK
+        };
+        if let Ok(f) = rustix::fs::openat(
+            rustix::fs::CWD,
+            proc.as_str(),
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            meta.xattrs = sys::read_xattrs(&f).unwrap_or_default();
+        }
+    }
+    Ok(ObjState {
+        key,
+        meta,
+        kind,
+        nlink: st.st_nlink as u64,
+    })
+}
+
+fn open_path_at(dir: &OwnedFd, name: &[u8]) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Walk `comps` from `start`, checking that component `i` is the inode
+/// `expect(i)` says (so a rename cannot substitute another object).
+pub fn walk_verified(
+    start: &OwnedFd,
+    comps: &[&[u8]],
+    expect: impl Fn(usize) -> Option<u64>,
+) -> Option<OwnedFd> {
+    let mut cur =
+        rustix::fs::openat(start, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    for (i, comp) in comps.iter().enumerate() {
+        let next = open_path_at(&cur, comp).ok()?;
+        let st = rustix::fs::fstat(&next).ok()?;
+        if Some(st.st_ino) != expect(i) {
+            return None;
+        }
+        cur = next;
+    }
+    Some(cur)
+}
+
+/// Open `path` below `root`, each component checked against `tree`.
+pub fn open_verified(root: &OwnedFd, tree: &Tree, path: &[u8]) -> Option<OwnedFd> {
+    if path.is_empty() {
+        return walk_verified(root, &[], |_| None);
+    }
+    let comps: Vec<&[u8]> = path.split(|b| *b == b'/').collect();
+    walk_verified(root, &comps, |i| {
+        tree.get(&comps[..=i].join(&b'/')).map(|(m, _)| m.ino)
+    })
+}
+
+/// The path of a directory at the cut, from its descriptor.
+fn path_of(fd: &OwnedFd, backing: &Path) -> Option<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    if link.as_os_str().as_bytes().ends_with(b" (deleted)") {
+        return None;
+    }
+    let rel = link.strip_prefix(backing).ok()?;
+    Some(rel.as_os_str().as_bytes().to_vec())
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.is_empty() {
+        name.to_vec()
+    } else {
+        [dir, b"/", name].concat()
+    }
+}
+
+/// Which blocks of a changed file the snapshot must read: the written
+/// blocks, every block from the lower of the base and cut sizes on (its
+/// extent changed) when the size changed, and every block from the lowest
+/// size the file was truncated to. A file the base does not have is read
+/// entirely.
+pub fn need_of(fd: &FileDirty, base_size: Option<u64>, cut_size: u64, block_size: u64) -> Need {
+    let Some(base_size) = base_size else {
+        return Need::All;
+    };
+    let n = cut_size.div_ceil(block_size);
+    let mut set: BTreeSet<u64> = fd.blocks.keys().copied().filter(|b| *b < n).collect();
+    if cut_size != base_size {
+        set.extend(base_size.min(cut_size) / block_size..n);
+    }
+    if let Some(t) = fd.file.truncated_to {
+        set.extend(t / block_size..n);
+    }
+    Need::Blocks(set)
+}
+
+pub struct CutRequest<'a> {
+    pub fs: &'a LiveFs,
+    pub backing: &'a Path,
+    pub base: &'a BaseIndex<'a>,
+    /// Full snapshots need every block of every file.
+    pub full: bool,
+    pub spill_dir: PathBuf,
+    /// The repository directory if it is inside the backing directory.
+    pub hidden: Option<FileKey>,
+}
+
+/// Take the cut.
+pub fn cut(req: &CutRequest<'_>) -> Result<CutInfo> {
+    let fs = req.fs;
+    let bs = fs.journal.block_size();
+    let gate = fs.gate.write();
+    let t0 = Instant::now();
+    let time_ns = time::now_ns();
+    let result = (|| -> Result<CutInfo> {
+        let (epoch, frozen) = fs.journal.take_epoch()?;
+        let pins = fs.take_dir_pins();
+        let root = fs.inodes.root();
+        let mut states: HashMap<FileKey, ObjState> = HashMap::new();
+        let mut edges: Vec<Edge> = Vec::new();
+
+        // An O_PATH descriptor for a changed object, however we can get it.
+        let find_fd = |key: &FileKey| -> Option<Arc<OwnedFd>> {
+            if *key == root.key {
+                return Some(root.fd.clone());
+            }
+            if let Some(p) = pins.get(key) {
+                return Some(p.clone());
+            }
+            if let Some(n) = fs.inodes.find(key) {
+                return Some(n.fd.clone());
+            }
+            let path = req.base.by_ino.get(&key.ino)?.first()?;
+            open_verified(&root.fd, req.base.tree, path).map(Arc::new)
+        };
+
+        // Directories whose entries changed: look at those entries. With
+        // no base (the repository's first snapshot) that is everything.
+        let everything = FileDirty {
+            file: crate::journal::FileRecord {
+                entries: true,
+                all_names: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut dirs: Vec<(&FileKey, &FileDirty)> = frozen
+            .iter()
+            .filter(|(k, d)| {
+                (d.file.entries || !d.names.is_empty())
+                    && !(req.base.tree.entries.is_empty() && **k == root.key)
+            })
+            .collect();
+        if req.base.tree.entries.is_empty() {
+            dirs.push((&root.key, &everything));
+        }
+        dirs.sort_by_key(|(k, _)| **k);
+        let mut listed: Vec<(Vec<u8>, Arc<OwnedFd>)> = Vec::new();
+        for (key, d) in dirs {
+            let Some(dfd) = find_fd(key) else { continue };
+            let Some(dpath) = (if *key == root.key {
+                Some(Vec::new())
+            } else {
+                path_of(&dfd, req.backing)
+            }) else {
+                continue;
+            };
+            let mut names: BTreeSet<Vec<u8>> = d.names.clone();
+            if d.file.all_names {
+                names.extend(list_names(&dfd)?);
+                names.extend(req.base.tree.children(&dpath).map(|(n, _)| n.to_vec()));
+            }
+            for name in names {
+                edge_at(
+                    &dfd,
+                    &dpath,
+                    &name,
+                    req,
+                    &mut edges,
+                    &mut states,
+                    &mut listed,
+                )?;
+            }
+        }
+        // New directories: everything below them is new.
+        while let Some((dpath, dfd)) = listed.pop() {
+            for name in list_names(&dfd)? {
+                edge_at(
+                    &dfd,
+                    &dpath,
+                    &name,
+                    req,
+                    &mut edges,
+                    &mut states,
+                    &mut listed,
+                )?;
+            }
+        }
+        // The root, and every other changed object: its state now.
+        states.insert(root.key, state_of(&root.fd, Some(root.key))?);
+        for key in frozen.keys() {
+            if states.contains_key(key) {
+                continue;
+            }
+            if let Some(fd) = find_fd(key) {
+                if let Ok(s) = state_of(&fd, Some(*key)) {
+                    states.insert(*key, s);
+                }
+            }
+        }
+        // Copy-before-write for the blocks the snapshot will read.
+        let cow = Arc::new(CowSet::new(bs, req.full, &req.spill_dir));
+        let mut needs = HashMap::new();
+        for (key, st) in &states {
+            let ObjKind::File { size } = st.kind else {
+                continue;
+            };
+            let need = if req.full {
+                Need::All
+            } else {
+                let d = frozen.get(key).cloned().unwrap_or_default();
+                let base = req.base.entry_of(key.ino).and_then(|(_, (_, n))| match n {
+                    Node::File { size, .. } => Some(*size),
+                    _ => None,
+                });
+                need_of(&d, base, size, bs)
+            };
+            cow.register(*key, need.clone(), size);
+            needs.insert(*key, (need, size));
+        }
+        fs.cow.set(Some(cow.clone()));
+        edges.sort_by(|a, b| {
+            let da = a.path.iter().filter(|c| **c == b'/').count();
+            let db = b.path.iter().filter(|c| **c == b'/').count();
+            (da, &a.path).cmp(&(db, &b.path))
+        });
+        Ok(CutInfo {
+            epoch,
+            time_ns,
+            frozen,
+            edges,
+            states,
+            needs,
+            cow,
+            pins,
+            held: Duration::ZERO,
+        })
+    })();
+    let held = t0.elapsed();
+    drop(gate);
+    let mut info = result?;
+    info.held = held;
+    Ok(info)
+}
+
+fn list_names(dfd: &OwnedFd) -> Result<Vec<Vec<u8>>> {
+    use std::os::fd::AsRawFd;
+    let proc = format!("/proc/self/fd/{}", dfd.as_raw_fd());
+    let d = rustix::fs::openat(
+        rustix::fs::CWD,
+        proc.as_str(),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io("open directory", e))?;
+    let mut out = Vec::new();
+    for e in rustix::fs::Dir::read_from(&d).map_err(|e| io("read directory", e))? {
+        let e = e.map_err(|e| io("read directory", e))?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            out.push(n.to_vec());
+        }
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn edge_at(
+    dfd: &OwnedFd,
+    dpath: &[u8],
+    name: &[u8],
+    req: &CutRequest<'_>,
+    edges: &mut Vec<Edge>,
+    states: &mut HashMap<FileKey, ObjState>,
+    listed: &mut Vec<(Vec<u8>, Arc<OwnedFd>)>,
+) -> Result<()> {
+    let path = join(dpath, name);
+    if dpath.is_empty() && name == crate::fs::live::SNAPSHOTS_DIR.as_bytes() {
+        return Ok(());
+    }
+    let child = match open_path_at(dfd, name) {
+        Ok(fd) => {
+            let s = state_of(&fd, None)?;
+            if Some(s.key) == req.hidden {
+                return Ok(());
+            }
+            if s.kind == ObjKind::Dir {
+                let known = matches!(req.base.entry_of(s.key.ino), Some((_, (_, Node::Dir))));
+                if !known {
+                    listed.push((path.clone(), Arc::new(fd)));
+                }
+            }
+            states.insert(s.key, s.clone());
+            Some(s)
+        }
+        Err(rustix::io::Errno::NOENT) => None,
+        Err(e) => return Err(io("stat", e)),
+    };
+    edges.push(Edge { path, child });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dirty(blocks: &[u64], truncated_to: Option<u64>) -> FileDirty {
+        let mut d = FileDirty::default();
+        for b in blocks {
+            d.blocks.insert(
+                *b,
+                crate::journal::BlockTimes {
+                    first_ns: 1,
+                    last_ns: 1,
+                },
+            );
+        }
+        d.file.truncated_to = truncated_to;
+        d
+    }
+
+    fn set(v: &[u64]) -> Need {
+        Need::Blocks(v.iter().copied().collect())
+    }
+
+    #[test]
+    fn needed_blocks() {
+        assert_eq!(need_of(&dirty(&[1], None), None, 10, 4), Need::All);
+        assert_eq!(need_of(&dirty(&[1], None), Some(10), 10, 4), set(&[1]));
+        // Grown from 10 (partial block 2) to 14: blocks 2 and 3.
+        assert_eq!(need_of(&dirty(&[], None), Some(10), 14, 4), set(&[2, 3]));
+        // Grown from 8 (block-aligned) to 14: blocks 2 and 3 are new.
+        assert_eq!(need_of(&dirty(&[], None), Some(8), 14, 4), set(&[2, 3]));
+        // Shrunk from 14 to 10: block 2 is shorter.
+        assert_eq!(need_of(&dirty(&[], None), Some(14), 10, 4), set(&[2]));
+        // Shrunk to a block boundary: nothing to read.
+        assert_eq!(need_of(&dirty(&[], None), Some(16), 8, 4), set(&[]));
+        // Truncated to 5 and grown back to the same size: blocks 1 on.
+        assert_eq!(
+            need_of(&dirty(&[0], Some(5)), Some(16), 16, 4),
+            set(&[0, 1, 2, 3])
+        );
+        // Writes past the cut size do not count.
+        assert_eq!(need_of(&dirty(&[9], None), Some(16), 16, 4), set(&[]));
+    }
+}

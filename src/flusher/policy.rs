@@ -1,0 +1,388 @@
+//! When to take snapshots: cadences per kind, and on-close globs.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::fs::live::FsEvent;
+use crate::journal::{FileKey, Journal};
+use crate::snapshot::{Kind, SnapshotRecord};
+use crate::util::time;
+
+/// Snapshot policy of a live mount. Durations are humantime strings
+/// (`15m`, `24h`, `2s`); `off` (or absent) disables a cadence.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PolicyConfig {
+    pub every: Option<String>,
+    pub differential_every: Option<String>,
+    pub full_every: Option<String>,
+    pub on_close: Vec<String>,
+    pub settle: Option<String>,
+    pub snapshot_on_unmount: Option<bool>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub every: Option<Duration>,
+    pub differential_every: Option<Duration>,
+    pub full_every: Option<Duration>,
+    pub on_close: Vec<String>,
+    pub settle: Duration,
+    pub snapshot_on_unmount: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            every: Some(Duration::from_secs(15 * 60)),
+            differential_every: None,
+            full_every: Some(Duration::from_secs(24 * 3600)),
+            on_close: Vec::new(),
+            settle: Duration::from_secs(2),
+            snapshot_on_unmount: true,
+        }
+    }
+}
+
+/// Parse a duration (`15m`, `1h 30m`, `500ms`), or `off`/`0` for none.
+pub fn parse_cadence(s: &str) -> Result<Option<Duration>> {
+    match s.trim() {
+        "off" | "none" | "0" | "never" => Ok(None),
+        t => humantime::parse_duration(t).map(Some).map_err(|e| {
+            Error::InvalidInput(format!(
+                "bad duration {s:?}: {e} (use e.g. 15m, 24h, 2s or off)"
+            ))
+        }),
+    }
+}
+
+impl Policy {
+    /// Start from the defaults, apply the repository's stored policy, then
+    /// the command line's (which wins).
+    pub fn layered(layers: &[&PolicyConfig]) -> Result<Policy> {
+        let mut p = Policy::default();
+        for l in layers {
+            if let Some(v) = &l.every {
+                p.every = parse_cadence(v)?;
+            }
+            if let Some(v) = &l.differential_every {
+                p.differential_every = parse_cadence(v)?;
+            }
+            if let Some(v) = &l.full_every {
+                p.full_every = parse_cadence(v)?;
+            }
+            if !l.on_close.is_empty() {
+                p.on_close = l.on_close.clone();
+            }
+            if let Some(v) = &l.settle {
+                p.settle = parse_cadence(v)?.unwrap_or(Duration::ZERO);
+            }
+            if let Some(v) = l.snapshot_on_unmount {
+                p.snapshot_on_unmount = v;
+            }
+        }
+        for g in &p.on_close {
+            globset::Glob::new(g)
+                .map_err(|e| Error::InvalidInput(format!("bad --on-close glob {g:?}: {e}")))?;
+        }
+        Ok(p)
+    }
+}
+
+/// Why a snapshot is due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Due {
+    Cadence(Kind),
+    OnClose,
+    Retry,
+}
+
+struct Pending {
+    labels: Vec<String>,
+    keys: Vec<FileKey>,
+    last_event: Instant,
+}
+
+pub struct Schedule {
+    policy: Policy,
+    globs: Option<globset::GlobSet>,
+    never: bool,
+    last_any: Option<Instant>,
+    last_diff: Option<Instant>,
+    last_full: Option<Instant>,
+    pending: Option<Pending>,
+}
+
+fn rank(k: Kind) -> u8 {
+    match k {
+        Kind::Full => 3,
+        Kind::Differential => 2,
+        Kind::Incremental => 1,
+    }
+}
+
+impl Schedule {
+    pub fn new(policy: &Policy) -> Schedule {
+        let globs = (!policy.on_close.is_empty()).then(|| {
+            let mut b = globset::GlobSetBuilder::new();
+            for g in &policy.on_close {
+                if let Ok(g) = globset::Glob::new(g) {
+                    b.add(g);
+                }
+            }
+            b.build().ok()
+        });
+        Schedule {
+            policy: policy.clone(),
+            globs: globs.flatten(),
+            never: true,
+            last_any: None,
+            last_diff: None,
+            last_full: None,
+            pending: None,
+        }
+    }
+
+    /// Learn the times of the repository's snapshots.
+    pub fn load(&mut self, all: &[SnapshotRecord]) {
+        let now = Instant::now();
+        let now_ns = time::now_ns();
+        let at = |r: &SnapshotRecord| {
+            let ago = Duration::from_nanos((now_ns - r.time_ns).max(0) as u64);
+            now.checked_sub(ago).unwrap_or(now)
+        };
+        for r in all {
+            self.never = false;
+            let t = at(r);
+            self.last_any = Some(self.last_any.map_or(t, |x| x.max(t)));
+            match r.kind {
+                Kind::Full => self.last_full = Some(self.last_full.map_or(t, |x| x.max(t))),
+                Kind::Differential => self.last_diff = Some(self.last_diff.map_or(t, |x| x.max(t))),
+                Kind::Incremental => {}
+            }
+        }
+    }
+
+    pub fn never_taken(&self) -> bool {
+        self.never
+    }
+
+    /// The next thing due, and when.
+    pub fn next(&self, now: Instant, retry_at: Option<Instant>) -> Option<(Instant, Due)> {
+        if let Some(r) = retry_at {
+            return Some((r, Due::Retry));
+        }
+        if self.never && (self.policy.every.is_some() || self.policy.full_every.is_some()) {
+            // A repository without snapshots is not protected yet.
+            return Some((now, Due::Cadence(Kind::Full)));
+        }
+        let mut c: Vec<(Instant, Due)> = Vec::new();
+        if let (Some(e), Some(l)) = (self.policy.every, self.last_any) {
+            c.push((l + e, Due::Cadence(Kind::Incremental)));
+        }
+        if let (Some(e), Some(l)) = (
+            self.policy.differential_every,
+            self.last_diff.max(self.last_full),
+        ) {
+            c.push((l + e, Due::Cadence(Kind::Differential)));
+        }
+        if let (Some(e), Some(l)) = (self.policy.full_every, self.last_full.or(self.last_any)) {
+            c.push((l + e, Due::Cadence(Kind::Full)));
+        }
+        if let Some(p) = &self.pending {
+            c.push((p.last_event + self.policy.settle, Due::OnClose));
+        }
+        // Among what is already due, the biggest kind wins.
+        let due_now: Vec<&(Instant, Due)> = c.iter().filter(|(t, _)| *t <= now).collect();
+        if let Some(best) = due_now.iter().max_by_key(|(_, d)| match d {
+            Due::Cadence(k) => rank(*k),
+            _ => 0,
+        }) {
+            return Some(**best);
+        }
+        c.into_iter().min_by_key(|(t, _)| *t)
+    }
+
+    /// For status: when the next snapshot may happen and of which kind.
+    pub fn next_due(&self, now: Instant, retry_at: Option<Instant>) -> Option<(Instant, Kind)> {
+        self.next(now, retry_at).map(|(t, d)| {
+            (
+                t,
+                match d {
+                    Due::Cadence(k) => k,
+                    _ => Kind::Incremental,
+                },
+            )
+        })
+    }
+
+    pub fn pending_label(&self) -> Option<String> {
+        self.pending.as_ref().map(|p| p.labels.join(", "))
+    }
+
+    /// A filesystem event: a matching file closed after writing, or renamed
+    /// into a matching name.
+    pub fn event(&mut self, e: &FsEvent, now: Instant) {
+        let Some(globs) = &self.globs else { return };
+        let (key, path) = match e {
+            FsEvent::ClosedAfterWrite { key, path } | FsEvent::RenamedTo { key, path } => {
+                (key, path)
+            }
+        };
+        let p = String::from_utf8_lossy(path).into_owned();
+        let base = p.rsplit('/').next().unwrap_or(&p).to_string();
+        if !(globs.is_match(&p) || globs.is_match(&base)) {
+            return;
+        }
+        let pending = self.pending.get_or_insert(Pending {
+            labels: Vec::new(),
+            keys: Vec::new(),
+            last_event: now,
+        });
+        if !pending.labels.contains(&p) {
+            pending.labels.push(p);
+        }
+        if !pending.keys.contains(key) {
+            pending.keys.push(*key);
+        }
+        pending.last_event = now;
+    }
+
+    /// The on-close snapshot may be taken if its files were quiet for the
+    /// settle time: returns its label, or postpones it.
+    pub fn take_on_close(&mut self, journal: &Journal, now: Instant) -> Option<String> {
+        let p = self.pending.as_mut()?;
+        let dirty = journal.dirty();
+        let now_ns = time::now_ns();
+        let settle_ns = self.policy.settle.as_nanos() as i64;
+        let last_write = p
+            .keys
+            .iter()
+            .filter_map(|k| dirty.get(k))
+            .flat_map(|d| d.blocks.values().map(|b| b.last_ns).chain([d.file.last_ns]))
+            .max()
+            .unwrap_or(0);
+        if now_ns - last_write < settle_ns {
+            // Still being written: wait for it to settle.
+            let ago = Duration::from_nanos((now_ns - last_write).max(0) as u64);
+            p.last_event = now.checked_sub(ago).unwrap_or(now);
+            return None;
+        }
+        self.pending.take().map(|p| p.labels.join(", "))
+    }
+
+    /// An on-close snapshot failed: wait again.
+    pub fn restore_on_close(&mut self, label: String, now: Instant) {
+        let p = self.pending.get_or_insert(Pending {
+            labels: Vec::new(),
+            keys: Vec::new(),
+            last_event: now,
+        });
+        p.labels.insert(0, label);
+    }
+
+    pub fn taken(&mut self, rec: &SnapshotRecord, now: Instant) {
+        self.never = false;
+        self.last_any = Some(now);
+        match rec.kind {
+            Kind::Full => {
+                self.last_full = Some(now);
+                self.last_diff = Some(now);
+            }
+            Kind::Differential => self.last_diff = Some(now),
+            Kind::Incremental => {}
+        }
+    }
+
+    /// A cadence came due with nothing changed: no snapshot, and the
+    /// cadence starts over.
+    pub fn skipped(&mut self, kind: Kind, now: Instant) {
+        self.last_any = Some(now);
+        match kind {
+            Kind::Full => self.last_full = Some(now),
+            Kind::Differential => self.last_diff = Some(now),
+            Kind::Incremental => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layering_and_parsing() {
+        let repo = PolicyConfig {
+            every: Some("5m".into()),
+            full_every: Some("off".into()),
+            ..Default::default()
+        };
+        let flags = PolicyConfig {
+            every: Some("1s".into()),
+            on_close: vec!["*.safetensors".into()],
+            ..Default::default()
+        };
+        let p = Policy::layered(&[&repo, &flags]).unwrap();
+        assert_eq!(p.every, Some(Duration::from_secs(1)));
+        assert_eq!(p.full_every, None);
+        assert_eq!(p.settle, Duration::from_secs(2));
+        assert!(p.snapshot_on_unmount);
+        assert!(Policy::layered(&[&PolicyConfig {
+            every: Some("soon".into()),
+            ..Default::default()
+        }])
+        .is_err());
+    }
+
+    #[test]
+    fn due_order_and_on_close_matching() {
+        let p = Policy {
+            every: Some(Duration::from_secs(10)),
+            full_every: Some(Duration::from_secs(100)),
+            on_close: vec!["*.safetensors".into()],
+            ..Policy::default()
+        };
+        let mut s = Schedule::new(&p);
+        let t0 = Instant::now();
+        assert_eq!(s.next(t0, None), Some((t0, Due::Cadence(Kind::Full))));
+        s.never = false;
+        s.last_any = Some(t0);
+        s.last_full = Some(t0);
+        assert_eq!(
+            s.next(t0, None),
+            Some((
+                t0 + Duration::from_secs(10),
+                Due::Cadence(Kind::Incremental)
+            ))
+        );
+        // Both due: the full one wins.
+        let later = t0 + Duration::from_secs(200);
+        assert_eq!(
+            s.next(later, None).map(|x| x.1),
+            Some(Due::Cadence(Kind::Full))
+        );
+        let k = FileKey { dev: 1, ino: 2 };
+        s.event(
+            &FsEvent::ClosedAfterWrite {
+                key: k,
+                path: b"ckpt/step1.bin".to_vec(),
+            },
+            t0,
+        );
+        assert!(s.pending_label().is_none());
+        s.event(
+            &FsEvent::RenamedTo {
+                key: k,
+                path: b"ckpt/model.safetensors".to_vec(),
+            },
+            t0,
+        );
+        assert_eq!(s.pending_label().as_deref(), Some("ckpt/model.safetensors"));
+        assert_eq!(
+            s.next(t0, None),
+            Some((t0 + Duration::from_secs(2), Due::OnClose))
+        );
+    }
+}
