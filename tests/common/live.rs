@@ -163,3 +163,112 @@ impl Drop for DaemonMount {
         }
     }
 }
+
+/// A live mount with a repository and a flusher in this process, for
+/// snapshot tests (no automatic cadence: snapshots are taken on request).
+pub struct FlushedMount {
+    pub repo: Arc<rewindfs::repo::Repository>,
+    pub flusher: Option<rewindfs::flusher::Flusher>,
+    pub fs: Arc<LiveFs>,
+    pub backing: PathBuf,
+    pub mnt: PathBuf,
+    pub tmp: tempfile::TempDir,
+    session: Option<fuser::BackgroundSession>,
+}
+
+impl FlushedMount {
+    pub fn new(block_size: u32) -> FlushedMount {
+        Self::with(block_size, MountConfig::default(), |_| {})
+    }
+
+    /// `prepare` fills the backing directory before the mount.
+    pub fn with(block_size: u32, cfg: MountConfig, prepare: impl FnOnce(&Path)) -> FlushedMount {
+        require_fuse();
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let backing = tmp.path().join("backing");
+        let mnt = tmp.path().join("mnt");
+        let repo_dir = tmp.path().join("repo");
+        std::fs::create_dir(&backing).unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        prepare(&backing);
+        rewindfs::repo::Repository::init(&repo_dir, block_size, 3).unwrap();
+        let repo = Arc::new(rewindfs::repo::Repository::open(&repo_dir).unwrap());
+        let journal =
+            Arc::new(Journal::open(repo.index().journal_tree().unwrap(), block_size).unwrap());
+        let (session, fs) = mount_live(&backing, &mnt, journal, &cfg, None)
+            .unwrap_or_else(|e| panic!("mounting FUSE on {} failed: {e}", mnt.display()));
+        let session = session.spawn().expect("start the FUSE session");
+        let flusher = rewindfs::flusher::Flusher::start(rewindfs::flusher::FlusherCtx {
+            repo: repo.clone(),
+            fs: fs.clone(),
+            backing: backing.canonicalize().unwrap(),
+            mountpoint: mnt.clone(),
+            hidden: None,
+            writeback_cache: cfg.writeback_cache,
+            threads: 2,
+            policy: rewindfs::flusher::Policy {
+                every: None,
+                differential_every: None,
+                full_every: None,
+                on_close: Vec::new(),
+                settle: std::time::Duration::from_secs(1),
+                snapshot_on_unmount: false,
+            },
+        })
+        .unwrap();
+        FlushedMount {
+            repo,
+            flusher: Some(flusher),
+            fs,
+            backing,
+            mnt,
+            tmp,
+            session: Some(session),
+        }
+    }
+
+    pub fn snapshot(&self, kind: rewindfs::snapshot::Kind) -> rewindfs::snapshot::SnapshotRecord {
+        self.flusher
+            .as_ref()
+            .unwrap()
+            .snapshot(Some(kind), None)
+            .expect("snapshot")
+    }
+
+    /// The content of every regular file of a snapshot.
+    pub fn files_of(&self, id: u64) -> std::collections::BTreeMap<String, Vec<u8>> {
+        let rec = self
+            .repo
+            .snapshots()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.id == id)
+            .unwrap();
+        let tree = self.repo.resolve(&rec).unwrap();
+        let mut out = std::collections::BTreeMap::new();
+        for (p, (_, node)) in &tree.entries {
+            if let rewindfs::snapshot::Node::File { size, .. } = node {
+                let mut data = Vec::with_capacity(*size as usize);
+                for id in rewindfs::snapshot::Tree::blocks_of(node) {
+                    data.extend(self.repo.read_blob(id).unwrap());
+                }
+                assert_eq!(data.len() as u64, *size);
+                out.insert(String::from_utf8_lossy(p).into_owned(), data);
+            }
+        }
+        out
+    }
+}
+
+impl Drop for FlushedMount {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            if s.umount_and_join().is_err() {
+                let _ = rustix::mount::unmount(&self.mnt, rustix::mount::UnmountFlags::DETACH);
+            }
+        }
+        if let Some(f) = self.flusher.take() {
+            let _ = f.stop(false);
+        }
+    }
+}
