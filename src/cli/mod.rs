@@ -59,7 +59,15 @@ impl RepoArg {
 /// repository (sled allows one process per database).
 fn with_repo(repo: &RepoArg, f: impl FnOnce(&Repository, &mut Out) -> Result<i32>) -> Result<i32> {
     if control::daemon_running(&repo.repo) {
-        let args: Vec<String> = std::env::args().skip(1).collect();
+        let mut args: Vec<String> = std::env::args().skip(1).collect();
+        // The repository may have come from REWINDFS_REPO: the daemon's
+        // parser needs it spelled out (it uses its own repository anyway).
+        if !args
+            .iter()
+            .any(|a| a == "--repo" || a.starts_with("--repo="))
+        {
+            args.push(format!("--repo={}", repo.repo.display()));
+        }
         let cwd = std::env::current_dir()
             .map(|p| p.display().to_string())
             .unwrap_or_default();

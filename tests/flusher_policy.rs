@@ -1,0 +1,136 @@
+//! Cadences and events through the real daemon: `--every 1s` takes no
+//! snapshot when idle and takes them when something changed; `--on-close
+//! '*.safetensors'` takes one snapshot per completed checkpoint file (both
+//! written in place and saved to a temporary name then renamed).
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::live::DaemonMount;
+use common::ok;
+
+fn snapshots(repo: &Path) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(&ok(repo, &["snapshots", "--json"])).unwrap();
+    v.as_array().unwrap().clone()
+}
+
+fn wait_for_count(repo: &Path, n: usize, within: Duration) -> Vec<serde_json::Value> {
+    let t0 = Instant::now();
+    loop {
+        let s = snapshots(repo);
+        if s.len() >= n {
+            return s;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "expected {n} snapshots, have {}",
+            s.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn every_1s_takes_nothing_when_idle_and_snapshots_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (backing, mnt, repo) = (
+        tmp.path().join("b"),
+        tmp.path().join("m"),
+        tmp.path().join("r"),
+    );
+    fs::create_dir_all(&backing).unwrap();
+    fs::create_dir_all(&mnt).unwrap();
+    fs::write(backing.join("data"), b"initial").unwrap();
+    let r = repo.to_str().unwrap();
+    let m = DaemonMount::start(&backing, &mnt, &["--repo", r, "--every", "1s"]);
+    // The repository's first snapshot comes right away, and is full.
+    let s = wait_for_count(&repo, 1, Duration::from_secs(10));
+    assert_eq!(s[0]["kind"], "full");
+    // Idle for 3 s: nothing new.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        snapshots(&repo).len(),
+        1,
+        "idle cadences must not take snapshots"
+    );
+    // A change: the next cadence snapshots it.
+    fs::write(mnt.join("data"), b"changed").unwrap();
+    let s = wait_for_count(&repo, 2, Duration::from_secs(10));
+    assert_eq!(s[1]["kind"], "incremental");
+    assert_eq!(ok(&repo, &["cat", "2", "data"]), "changed");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(snapshots(&repo).len(), 2);
+    let st: serde_json::Value = serde_json::from_str(&ok(&repo, &["status", "--json"])).unwrap();
+    assert_eq!(st["flusher"]["last_snapshot"], 2);
+    assert!(st["flusher"]["next_scheduled"].is_string(), "{st}");
+    m.umount();
+    // Nothing changed since snapshot 2: unmounting adds none.
+    assert_eq!(snapshots(&repo).len(), 2);
+}
+
+#[test]
+fn on_close_takes_one_snapshot_per_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (backing, mnt, repo) = (
+        tmp.path().join("b"),
+        tmp.path().join("m"),
+        tmp.path().join("r"),
+    );
+    fs::create_dir_all(backing.join("ckpt")).unwrap();
+    fs::create_dir_all(&mnt).unwrap();
+    let r = repo.to_str().unwrap();
+    let m = DaemonMount::start(
+        &backing,
+        &mnt,
+        &[
+            "--repo",
+            r,
+            "--every",
+            "off",
+            "--full-every",
+            "off",
+            "--on-close",
+            "*.safetensors",
+            "--settle",
+            "500ms",
+        ],
+    );
+    ok(&repo, &["snapshot", "--kind", "full", "--label", "start"]);
+    // Checkpoint 1: written in place, closed.
+    fs::write(mnt.join("ckpt/model-1.safetensors"), vec![1u8; 300_000]).unwrap();
+    // Other files do not trigger anything.
+    fs::write(mnt.join("ckpt/notes.txt"), b"x").unwrap();
+    let s = wait_for_count(&repo, 2, Duration::from_secs(10));
+    assert_eq!(s[1]["label"], "ckpt/model-1.safetensors");
+    // Checkpoint 2: saved to a temporary name, then renamed into place.
+    fs::write(mnt.join("ckpt/.tmp-save"), vec![2u8; 300_000]).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        snapshots(&repo).len(),
+        2,
+        "the temporary file must not trigger a snapshot"
+    );
+    fs::rename(
+        mnt.join("ckpt/.tmp-save"),
+        mnt.join("ckpt/model-2.safetensors"),
+    )
+    .unwrap();
+    let s = wait_for_count(&repo, 3, Duration::from_secs(10));
+    assert_eq!(s[2]["label"], "ckpt/model-2.safetensors");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(snapshots(&repo).len(), 3, "one snapshot per checkpoint");
+    // Each snapshot holds its complete checkpoint.
+    let out = ok(&repo, &["ls", "3", "ckpt"]);
+    assert!(
+        out.contains("model-2.safetensors") && !out.contains(".tmp-save"),
+        "{out}"
+    );
+    assert_eq!(
+        ok(&repo, &["cat", "2", "ckpt/model-1.safetensors"]).len(),
+        300_000
+    );
+    m.umount();
+}
