@@ -42,6 +42,11 @@ pub enum Request {
         args: Vec<String>,
         cwd: String,
     },
+    /// Configure a fault injection point (test builds with `failpoints`).
+    Failpoint {
+        name: String,
+        actions: String,
+    },
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -22,7 +22,6 @@ use crate::control::{self, FrameWriter, Request, Response};
 use crate::error::{Error, IoContext, Result};
 use crate::flusher::{policy::PolicyConfig, Flusher, FlusherCtx, FlusherStatus, Policy};
 use crate::fs::{self, MountConfig};
-use crate::journal::recover::{mark_changes_since, RecoverReport};
 use crate::journal::{FileKey, Journal, JournalStats};
 use crate::repo::{Repository, DEFAULT_BLOCK_SIZE, DEFAULT_COMPRESSION};
 use crate::util::{durable, time};
@@ -247,7 +246,7 @@ struct Shared {
     journal: Arc<Journal>,
     started: String,
     unclean: bool,
-    startup: Mutex<String>,
+    startup: Arc<Mutex<String>>,
     cfg: MountConfig,
     passthrough: AtomicBool,
     stop: AtomicBool,
@@ -328,6 +327,17 @@ impl Shared {
                     },
                     Err(e) => Response::error(e.to_string()),
                 }
+            }
+            Request::Failpoint { name, actions } => {
+                if !cfg!(feature = "failpoints") {
+                    return Some(Response::error("this build has no fault injection points"));
+                }
+                #[cfg(feature = "failpoints")]
+                if let Err(e) = fail::cfg(name.clone(), &actions) {
+                    return Some(Response::error(e));
+                }
+                let _ = (&name, &actions);
+                Response::ok()
             }
             Request::Cli { args, cwd } => {
                 let Some(hook) = &self.cli_hook else {
@@ -467,7 +477,9 @@ fn run(
         hidden,
     )
     .map_err(|e| Error::io("mount on", &paths.mountpoint, e))?;
+    let startup = Arc::new(Mutex::new("running".to_string()));
     let flusher = Flusher::start(FlusherCtx {
+        startup: startup.clone(),
         repo: repo.clone(),
         fs: livefs.clone(),
         backing: paths.backing.clone(),
@@ -485,7 +497,7 @@ fn run(
         journal: journal.clone(),
         started,
         unclean,
-        startup: Mutex::new("running".into()),
+        startup,
         passthrough: AtomicBool::new(livefs.passthrough_enabled()),
         cfg: cfg.clone(),
         stop: AtomicBool::new(false),
@@ -531,28 +543,6 @@ fn run(
             })
             .map_err(|e| Error::io("start thread", "", e))?;
     }
-    // Mount-time check against the latest snapshot.
-    {
-        let s = shared.clone();
-        std::thread::Builder::new()
-            .name("startup-check".into())
-            .spawn(move || {
-                let msg = match startup_check(&s.repo, &s.paths.backing, &s.journal, hidden) {
-                    Ok(None) => "done: no snapshot yet".to_string(),
-                    Ok(Some(r)) => format!(
-                        "done: {} entries checked, {} files and {} directories changed since the latest snapshot",
-                        r.entries_checked, r.files_marked, r.dirs_marked
-                    ),
-                    Err(e) => {
-                        tracing::error!("mount-time check: {e}");
-                        format!("failed: {e}")
-                    }
-                };
-                *s.startup.lock() = msg;
-            })
-            .map_err(|e| Error::io("start thread", "", e))?;
-    }
-
     if let Some(r) = report {
         if let Some(w) = r.lock().take() {
             let _ = std::fs::File::from(w).write_all(b"ok\n");
@@ -582,27 +572,4 @@ fn run(
     durable::fsync_dir(&paths.repo)?;
     tracing::info!("unmounted {}", paths.mountpoint.display());
     result.map_err(|e| Error::io("serve", &paths.mountpoint, e))
-}
-
-fn startup_check(
-    repo: &Repository,
-    backing: &Path,
-    journal: &Journal,
-    hidden: Option<FileKey>,
-) -> Result<Option<RecoverReport>> {
-    let all = repo.snapshots()?;
-    let Some(latest) = all.iter().max_by_key(|r| r.id) else {
-        return Ok(None);
-    };
-    let tree = repo.resolve(latest)?;
-    let root = rustix::fs::openat(
-        rustix::fs::CWD,
-        backing,
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
-    .ctx("open", backing)?;
-    let r = mark_changes_since(root, &tree, journal, hidden)?;
-    journal.flush()?;
-    Ok(Some(r))
 }

@@ -13,6 +13,8 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = cli::Cli::parse();
     let code = match cli::run(cli) {
         Ok(code) => code,

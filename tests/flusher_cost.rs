@@ -18,42 +18,71 @@ fn one_changed_block_costs_one_block() {
     let m = FlushedMount::with(BS, Default::default(), |b| {
         let f = fs::File::create(b.join("sparse.bin")).unwrap();
         f.set_len(4 << 30).unwrap();
-        f.write_all_at(b"some real data in the middle", 2 << 30).unwrap();
+        f.write_all_at(b"some real data in the middle", 2 << 30)
+            .unwrap();
         for d in 0..100 {
             let dir = b.join(format!("d{d:03}"));
             fs::create_dir(&dir).unwrap();
             for i in 0..100 {
-                fs::write(dir.join(format!("s{i:03}.txt")), format!("sample {d} {i}\n")).unwrap();
+                fs::write(
+                    dir.join(format!("s{i:03}.txt")),
+                    format!("sample {d} {i}\n"),
+                )
+                .unwrap();
             }
         }
     });
     let full = m.snapshot(Kind::Full);
     assert_eq!(full.stats.files, 10_001);
     // Change one block of the big sparse file, through the mount.
-    let f = fs::OpenOptions::new().write(true).open(m.mnt.join("sparse.bin")).unwrap();
-    f.write_all_at(&vec![7u8; 1000], (3u64 << 30) + 12345).unwrap();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.mnt.join("sparse.bin"))
+        .unwrap();
+    f.write_all_at(&vec![7u8; 1000], (3u64 << 30) + 12345)
+        .unwrap();
     drop(f);
     let inc = m.snapshot(Kind::Incremental);
     eprintln!(
         "incremental: {} bytes stored, manifest {} bytes, {} changed blocks, {} entries",
-        inc.stats.stored_bytes, inc.manifest_len, inc.stats.changed_blocks, inc.stats.changed_entries
+        inc.stats.stored_bytes,
+        inc.manifest_len,
+        inc.stats.changed_blocks,
+        inc.stats.changed_entries
     );
     assert_eq!(inc.stats.changed_blocks, 1);
     // One (compressible) block plus the manifest: far below one raw block.
-    assert!(inc.stats.stored_bytes < BS as u64, "stored {}", inc.stats.stored_bytes);
-    assert!(inc.manifest_len < 4096, "manifest {} bytes", inc.manifest_len);
+    assert!(
+        inc.stats.stored_bytes < BS as u64,
+        "stored {}",
+        inc.stats.stored_bytes
+    );
+    assert!(
+        inc.manifest_len < 4096,
+        "manifest {} bytes",
+        inc.manifest_len
+    );
     assert_eq!(inc.stats.files, 10_001);
     let st = m.flusher.as_ref().unwrap().status.lock().clone();
-    assert_eq!(st.last_bytes_read, Some(BS as u64), "only the changed block is read");
+    assert_eq!(
+        st.last_bytes_read,
+        Some(BS as u64),
+        "only the changed block is read"
+    );
     // And the snapshot is right (checked block by block, not 4 GiB at once).
     let tree = m.repo.resolve(&inc).unwrap();
     let block = |path: &[u8], i: usize| {
         let (_, node) = tree.get(path).unwrap();
-        m.repo.read_blob(&rewindfs::snapshot::Tree::blocks_of(node)[i]).unwrap()
+        m.repo
+            .read_blob(&rewindfs::snapshot::Tree::blocks_of(node)[i])
+            .unwrap()
     };
     let changed = block(b"sparse.bin", 3 << 10);
     assert_eq!(&changed[12345..13345], &vec![7u8; 1000][..]);
     assert!(changed[..12345].iter().all(|b| *b == 0));
-    assert_eq!(&block(b"sparse.bin", 2 << 10)[..28], b"some real data in the middle");
+    assert_eq!(
+        &block(b"sparse.bin", 2 << 10)[..28],
+        b"some real data in the middle"
+    );
     assert_eq!(block(b"d042/s017.txt", 0), b"sample 42 17\n");
 }

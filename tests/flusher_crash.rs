@@ -43,7 +43,11 @@ fn kill_9_under_load_loses_nothing() {
     eprintln!("CRASH_SEED={seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let tmp = tempfile::tempdir().unwrap();
-    let (backing, mnt, repo) = (tmp.path().join("b"), tmp.path().join("m"), tmp.path().join("r"));
+    let (backing, mnt, repo) = (
+        tmp.path().join("b"),
+        tmp.path().join("m"),
+        tmp.path().join("r"),
+    );
     fs::create_dir_all(backing.join("small")).unwrap();
     fs::create_dir_all(&mnt).unwrap();
     for f in 0..FILES {
@@ -51,7 +55,16 @@ fn kill_9_under_load_loses_nothing() {
     }
     ok(&repo, &["init", "--block-size", "64K"]);
     let r = repo.to_str().unwrap();
-    let args = ["--repo", r, "--every", "300ms", "--differential-every", "1s", "--full-every", "3s"];
+    let args = [
+        "--repo",
+        r,
+        "--every",
+        "300ms",
+        "--differential-every",
+        "1s",
+        "--full-every",
+        "3s",
+    ];
     // Per file: records written (offset = index * REC) and acknowledged.
     let mut written = [0u64; FILES];
     let mut acked: Vec<Vec<(u64, u64)>> = vec![Vec::new(); FILES];
@@ -65,7 +78,11 @@ fn kill_9_under_load_loses_nothing() {
             let h = s.spawn(|| {
                 let mut wr = rand::rngs::StdRng::seed_from_u64(wseed);
                 let files: Vec<_> = (0..FILES)
-                    .map(|f| OpenOptions::new().write(true).open(mnt.join(format!("f{f}"))))
+                    .map(|f| {
+                        OpenOptions::new()
+                            .write(true)
+                            .open(mnt.join(format!("f{f}")))
+                    })
                     .collect();
                 let mut out: Vec<(usize, u64, bool)> = Vec::new(); // (file, seq, acked)
                 let mut seq = written;
@@ -73,7 +90,10 @@ fn kill_9_under_load_loses_nothing() {
                 while !stop.load(Ordering::Relaxed) {
                     let f = wr.gen_range(0..FILES);
                     let Ok(file) = &files[f] else { break };
-                    if file.write_all_at(&record(iter, seq[f]), seq[f] * REC as u64).is_err() {
+                    if file
+                        .write_all_at(&record(iter, seq[f]), seq[f] * REC as u64)
+                        .is_err()
+                    {
                         break;
                     }
                     unacked[f].push(seq[f]);
@@ -89,13 +109,21 @@ fn kill_9_under_load_loses_nothing() {
                     }
                     if wr.gen_range(0..20) == 0 {
                         let p = mnt.join(format!("small/s{}", wr.gen_range(0..50)));
-                        let _ = if wr.gen() { fs::write(&p, record(iter, 0)) } else { fs::remove_file(&p) };
+                        let _ = if wr.gen() {
+                            fs::write(&p, record(iter, 0))
+                        } else {
+                            fs::remove_file(&p)
+                        };
                     }
                 }
                 (out, seq)
             });
             std::thread::sleep(Duration::from_millis(rng.gen_range(100..1500)));
-            Command::new("kill").arg("-KILL").arg(pid.to_string()).status().unwrap();
+            Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status()
+                .unwrap();
             let t0 = Instant::now();
             while Path::new(&format!("/proc/{pid}")).exists() {
                 assert!(t0.elapsed() < Duration::from_secs(10));
@@ -116,11 +144,18 @@ fn kill_9_under_load_loses_nothing() {
 
         // Remount, snapshot, check.
         let m = DaemonMount::start(&backing, &mnt, &args);
-        ok(&repo, &["snapshot", "--label", &format!("after kill {iter}")]);
+        ok(
+            &repo,
+            &["snapshot", "--label", &format!("after kill {iter}")],
+        );
         m.umount();
         let out = tmp.path().join(format!("check{iter}"));
         ok(&repo, &["restore", "latest", "--to", out.to_str().unwrap()]);
-        assert_same(&model(&backing), &model(&out), &format!("iteration {iter}: latest vs backing"));
+        assert_same(
+            &model(&backing),
+            &model(&out),
+            &format!("iteration {iter}: latest vs backing"),
+        );
         for (f, recs) in acked.iter().enumerate() {
             let data = fs::read(out.join(format!("f{f}"))).unwrap();
             for (it, s) in recs {
@@ -133,18 +168,35 @@ fn kill_9_under_load_loses_nothing() {
         }
         fs::remove_dir_all(&out).unwrap();
     }
-    let list: serde_json::Value = serde_json::from_str(&ok(&repo, &["snapshots", "--json"])).unwrap();
-    let ids: Vec<u64> = list.as_array().unwrap().iter().map(|s| s["id"].as_u64().unwrap()).collect();
-    let kinds: BTreeMap<String, usize> = list.as_array().unwrap().iter().fold(BTreeMap::new(), |mut m, s| {
-        *m.entry(s["kind"].as_str().unwrap().to_string()).or_default() += 1;
-        m
-    });
-    eprintln!("{kills} kills, {} snapshots committed: {kinds:?}", ids.len());
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&repo, &["snapshots", "--json"])).unwrap();
+    let ids: Vec<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_u64().unwrap())
+        .collect();
+    let kinds: BTreeMap<String, usize> =
+        list.as_array()
+            .unwrap()
+            .iter()
+            .fold(BTreeMap::new(), |mut m, s| {
+                *m.entry(s["kind"].as_str().unwrap().to_string())
+                    .or_default() += 1;
+                m
+            });
+    eprintln!(
+        "{kills} kills, {} snapshots committed: {kinds:?}",
+        ids.len()
+    );
     let v = ok(&repo, &["verify", "--read-data"]);
     assert!(v.starts_with("ok:"), "{v}");
     for id in ids {
         let out = tmp.path().join(format!("r{id}"));
-        ok(&repo, &["restore", &id.to_string(), "--to", out.to_str().unwrap()]);
+        ok(
+            &repo,
+            &["restore", &id.to_string(), "--to", out.to_str().unwrap()],
+        );
         fs::remove_dir_all(&out).unwrap();
     }
 }

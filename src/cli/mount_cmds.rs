@@ -117,17 +117,18 @@ pub fn umount(a: UmountArgs) -> Result<i32> {
     let repo = PathBuf::from(source);
     match control::call(&repo, &Request::Unmount, Duration::from_secs(10)) {
         Ok(_) => {
-            // Wait for the daemon to flush and let go of the repository.
+            // Wait for the daemon to take its last snapshot, flush, and
+            // let go of the repository (its lock is free once it exited).
             let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(60) {
-                if !control::socket_path(&repo).exists() && !daemon::is_mountpoint(&mp) {
+            while t0.elapsed() < Duration::from_secs(600) {
+                if !daemon::is_mountpoint(&mp) && repo_lock_free(&repo) {
                     println!("unmounted {}", mp.display());
                     return Ok(0);
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
             bail!(
-                "the daemon did not finish unmounting {} within 60 s",
+                "the daemon did not finish unmounting {} within 10 minutes",
                 mp.display()
             );
         }
@@ -154,6 +155,14 @@ pub fn umount(a: UmountArgs) -> Result<i32> {
             }
         }
     }
+}
+
+/// Can the repository's lock be taken (no process holds it)?
+fn repo_lock_free(repo: &std::path::Path) -> bool {
+    let Ok(f) = std::fs::File::open(repo.join("lock")) else {
+        return true;
+    };
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared).is_ok()
 }
 
 #[derive(Args)]

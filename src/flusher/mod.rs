@@ -71,6 +71,9 @@ enum Cmd {
 
 /// What the flusher works on.
 pub struct FlusherCtx {
+    /// Where to report the mount-time check (run first, before any
+    /// snapshot, so none misses what changed while not mounted).
+    pub startup: Arc<Mutex<String>>,
     pub repo: Arc<Repository>,
     pub fs: Arc<LiveFs>,
     pub backing: PathBuf,
@@ -156,6 +159,18 @@ fn run(
     ev_rx: Receiver<FsEvent>,
     status: Arc<Mutex<FlusherStatus>>,
 ) {
+    let msg = match startup_check(&ctx) {
+        Ok(None) => "done: no snapshot yet".to_string(),
+        Ok(Some(r)) => format!(
+            "done: {} entries checked, {} files and {} directories changed since the latest snapshot",
+            r.entries_checked, r.files_marked, r.dirs_marked
+        ),
+        Err(e) => {
+            tracing::error!("mount-time check: {e}");
+            format!("failed: {e}")
+        }
+    };
+    *ctx.startup.lock() = msg;
     let mut trees = Trees::default();
     let mut sched = policy::Schedule::new(&ctx.policy);
     if let Ok(all) = ctx.repo.snapshots() {
@@ -259,6 +274,26 @@ fn run(
             }
         }
     }
+}
+
+/// Compare the backing directory with the latest snapshot and mark what
+/// differs in the journal (see `journal::recover`).
+fn startup_check(ctx: &FlusherCtx) -> Result<Option<crate::journal::recover::RecoverReport>> {
+    let all = ctx.repo.snapshots()?;
+    let Some(latest) = all.iter().max_by_key(|r| r.id) else {
+        return Ok(None);
+    };
+    let tree = ctx.repo.resolve(latest)?;
+    let root = rustix::fs::openat(
+        rustix::fs::CWD,
+        &ctx.backing,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| Error::io("open", &ctx.backing, e.into()))?;
+    let r = crate::journal::recover::mark_changes_since(root, &tree, &ctx.fs.journal, ctx.hidden)?;
+    ctx.fs.journal.flush()?;
+    Ok(Some(r))
 }
 
 /// Syncfs the mount so the kernel sends writes it buffered (writeback

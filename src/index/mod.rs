@@ -81,6 +81,7 @@ impl Index {
 
     /// Insert locations. Call only after the packs holding them are durable.
     pub fn insert_chunks(&self, entries: &[(ChunkId, Location)]) -> Result<()> {
+        crate::util::fault::inject("index-insert")?;
         let mut batch = sled::Batch::default();
         for (id, loc) in entries {
             batch.insert(&id.0[..], &loc.encode()[..]);
@@ -165,6 +166,7 @@ impl Index {
 
     /// Make every change so far durable.
     pub fn flush(&self) -> Result<()> {
+        crate::util::fault::inject("index-flush")?;
         self.db.flush().map_err(|e| self.map(e))?;
         Ok(())
     }

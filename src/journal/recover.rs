@@ -9,7 +9,7 @@
 //! New entries are marked created, and directories whose entries differ
 //! are marked, so that removals are found too.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 
 use super::{FileKey, Journal};
@@ -36,7 +36,16 @@ pub fn mark_changes_since(
     let mut r = RecoverReport::default();
     let root_st = rustix::fs::fstat(&root).map_err(|e| crate::Error::io("stat", "/", e.into()))?;
     let root_key = FileKey::of(&root_st);
-    // Directories (by path) whose set of entries we must compare.
+    // The root itself: its entries changed if its times did.
+    if let Some((m, _)) = tree.get(b"") {
+        if m.mtime_ns != sys::mtime_ns(&root_st) || m.ctime_ns != sys::ctime_ns(&root_st) {
+            journal.record_all_entries(&root_key);
+            r.dirs_marked += 1;
+        }
+    }
+    // Directories by path (to find an entry's parent).
+    let mut dir_key_of: HashMap<Vec<u8>, FileKey> = HashMap::new();
+    dir_key_of.insert(Vec::new(), root_key);
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
     let mut dir_keys: Vec<(Vec<u8>, FileKey)> = vec![(Vec::new(), root_key)];
     walk(root, |e| {
@@ -48,9 +57,17 @@ pub fn mark_changes_since(
         r.entries_checked += 1;
         seen.insert(e.path.to_vec());
         let is_dir = sys::file_type(st.st_mode) == libc::S_IFDIR;
+        let parent = e
+            .path
+            .iter()
+            .rposition(|c| *c == b'/')
+            .map_or(Vec::new(), |i| e.path[..i].to_vec());
         match tree.get(e.path) {
             None => {
                 journal.record_created(&key);
+                if let Some(pk) = dir_key_of.get(&parent) {
+                    journal.record_entry(pk, e.name);
+                }
                 if sys::file_type(st.st_mode) == libc::S_IFREG {
                     journal.record_all_from(&key, 0);
                 }
@@ -67,6 +84,12 @@ pub fn mark_changes_since(
                         _ => true,
                     };
                 if !same {
+                    if !same_kind || m.ino != st.st_ino {
+                        // Replaced by another object: the entry changed.
+                        if let Some(pk) = dir_key_of.get(&parent) {
+                            journal.record_entry(pk, e.name);
+                        }
+                    }
                     if is_dir {
                         journal.record_all_entries(&key);
                         journal.record_meta(&key);
@@ -83,6 +106,7 @@ pub fn mark_changes_since(
         }
         if is_dir {
             dir_keys.push((e.path.to_vec(), key));
+            dir_key_of.insert(e.path.to_vec(), key);
         }
         Ok(is_dir)
     })?;

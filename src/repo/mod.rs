@@ -474,6 +474,7 @@ impl Repository {
             stats,
         };
         let json = rec.to_json()?;
+        crate::util::fault::inject("manifest-commit")?;
         durable::write_atomic(
             &self.snapshots_dir().join(SnapshotRecord::file_name(id)),
             &json,

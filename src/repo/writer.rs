@@ -132,9 +132,11 @@ impl<'r> ChunkWriter<'r> {
     }
 
     fn publish(&self, (finished, appended): (Vec<u64>, Vec<(ChunkId, Location)>)) -> Result<()> {
+        // From here on the index may point into what was synced, even if
+        // the insert or the flush below fails: an abort must keep it.
+        self.send(Msg::Committed)?;
         self.index.insert_chunks(&appended)?;
         self.index.flush()?;
-        self.send(Msg::Committed)?;
         {
             let mut f = self.in_flight.lock();
             for (id, _) in &appended {

@@ -199,6 +199,9 @@ impl PackWriter {
             return Err(Error::Poisoned("no open pack".into()));
         };
         let offset = cur.len;
+        if let Err(e) = crate::util::fault::inject("pack-write") {
+            return self.poison(e);
+        }
         let header = b.header.encode();
         let res = cur
             .file
@@ -267,7 +270,9 @@ impl PackWriter {
         self.check()?;
         if let Some(cur) = self.current.as_mut() {
             if cur.synced_len != cur.len {
-                if let Err(e) = durable::fsync_file(&cur.file, &cur.path) {
+                if let Err(e) = crate::util::fault::inject("pack-fsync")
+                    .and_then(|_| durable::fsync_file(&cur.file, &cur.path))
+                {
                     return self.poison(e);
                 }
                 cur.synced_len = cur.len;

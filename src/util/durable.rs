@@ -22,6 +22,7 @@ pub fn fsync_file(file: &File, path: &Path) -> Result<()> {
 
 /// fsync a directory so that entries created or renamed in it are durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
+    super::fault::inject("dir-fsync")?;
     let f = File::open(dir).ctx("open directory", dir)?;
     fsync_file(&f, dir)
 }
@@ -61,6 +62,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         f.write_all(bytes).ctx("write", &tmp)?;
         fsync_file(&f, &tmp)?;
         drop(f);
+        super::fault::inject("rename")?;
         std::fs::rename(&tmp, path).ctx("rename", path)?;
         fsync_dir(dir)
     })();

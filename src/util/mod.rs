@@ -1,6 +1,7 @@
 //! Small helpers shared by several modules.
 
 pub mod durable;
+pub mod fault;
 pub mod sys;
 pub mod time;
 pub mod walk;

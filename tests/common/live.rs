@@ -199,6 +199,7 @@ impl FlushedMount {
             .unwrap_or_else(|e| panic!("mounting FUSE on {} failed: {e}", mnt.display()));
         let session = session.spawn().expect("start the FUSE session");
         let flusher = rewindfs::flusher::Flusher::start(rewindfs::flusher::FlusherCtx {
+            startup: Default::default(),
             repo: repo.clone(),
             fs: fs.clone(),
             backing: backing.canonicalize().unwrap(),
