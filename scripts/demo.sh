@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# rewindfs demo: build, create a sample dataset, snapshot it (full, then
-# incremental and differential after changes), browse, restore, verify.
+# rewindfs demo: build, mount a sample dataset, write through the mount
+# (a checkpoint saved the usual way, in-place edits, a deletion), let
+# rewindfs snapshot it (on close, on request, at unmount), browse old
+# versions, restore one, verify. Without FUSE it shows scan mode instead.
 # Everything happens under a temporary directory (or $DEMO_DIR) and is
 # removed at the end unless KEEP=1.
 set -euo pipefail
@@ -11,11 +13,15 @@ cargo build --release --quiet
 bin="$PWD/target/release/rewindfs"
 
 work="${DEMO_DIR:-$(mktemp -d /tmp/rewindfs-demo.XXXXXX)}"
-cleanup() { if [ "${KEEP:-0}" != 1 ]; then rm -rf "$work"; else echo "kept $work"; fi; }
+mnt="$work/mnt"
+cleanup() {
+  "$bin" umount "$mnt" >/dev/null 2>&1 || true
+  if [ "${KEEP:-0}" != 1 ]; then rm -rf "$work"; else echo "kept $work"; fi
+}
 trap cleanup EXIT
 data="$work/dataset"
 export REWINDFS_REPO="$work/repo"
-mkdir -p "$data/checkpoints" "$data/shards"
+mkdir -p "$data/checkpoints" "$data/shards" "$mnt"
 
 echo "== sample dataset in $data"
 for i in 1 2; do head -c $((32 << 20)) /dev/urandom > "$data/checkpoints/step-$i.bin"; done
@@ -23,46 +29,65 @@ for i in $(seq 1 200); do seq 1 50 | sed "s/^/shard $i sample /" > "$data/shards
 ln -s checkpoints/step-2.bin "$data/latest.bin"
 
 run() { echo "\$ rewindfs $*"; "$bin" "$@"; }
+wait_snapshots() { # wait until there are $1 snapshots
+  for _ in $(seq 1 100); do
+    [ "$("$bin" snapshots --json | grep -c '"id"')" -ge "$1" ] && return 0
+    sleep 0.1
+  done
+  echo "timed out waiting for snapshot $1"; return 1
+}
 
 run init
-run snapshot --source "$data" --kind full --label initial
 
 if [ -e /dev/fuse ]; then
-  echo "== live mount: serve the dataset through FUSE and write through it"
-  mnt="$work/mnt"; mkdir -p "$mnt"
-  run mount "$data" "$mnt" --repo "$REWINDFS_REPO"
-  trap '"$bin" umount "$mnt" >/dev/null 2>&1 || true; cleanup' EXIT
-  ls "$mnt"
-  dd if=/dev/urandom of="$mnt/checkpoints/step-2.bin" bs=1M seek=3 count=2 conv=notrunc status=none
-  echo "appended through the mount" >> "$mnt/shards/shard-1.txt"
-  sleep 0.3
+  echo "== mount: the first (full) snapshot is taken right away"
+  run mount "$data" "$mnt" --every 15m --on-close '*.bin' --settle 1s
+  wait_snapshots 1
+
+  echo "== a training job saves checkpoint 3 the usual way: temporary file, then rename"
+  head -c $((8 << 20)) /dev/urandom > "$mnt/checkpoints/.step-3.tmp"
+  mv "$mnt/checkpoints/.step-3.tmp" "$mnt/checkpoints/step-3.bin"
+  wait_snapshots 2
+  echo "   (an on-close snapshot, labelled with the checkpoint)"
+
+  echo "== change 2 MiB inside checkpoint 1 and append to a shard, then snapshot on request"
+  dd if=/dev/urandom of="$mnt/checkpoints/step-1.bin" bs=1M seek=7 count=2 conv=notrunc status=none
+  echo "one more sample" >> "$mnt/shards/shard-7.txt"
+  run snapshot --label after-edits
+
+  echo "== delete a shard; a differential snapshot (changes since the last full)"
+  rm "$mnt/shards/shard-9.txt"
+  run snapshot --kind differential
+
+  echo "== browse and restore while mounted (the daemon answers for the repository)"
+  run snapshots
+  run ls latest /checkpoints
+  echo "\$ rewindfs cat 1 shards/shard-9.txt | tail -n 1"
+  "$bin" cat 1 shards/shard-9.txt | tail -n 1
+  run restore 1 checkpoints/step-1.bin --to "$work/old"
+  if cmp -s "$work/old/step-1.bin" "$mnt/checkpoints/step-1.bin"; then
+    echo "unexpected: the old version equals the current one"; exit 1
+  fi
+  echo "the restored step-1.bin is the version from before the edit"
   run status
+  echo "== unmount (pending changes get a last snapshot)"
+  echo "late change" >> "$mnt/shards/shard-1.txt"
   run umount "$mnt"
-  trap cleanup EXIT
-  run snapshot --source "$data" --kind incremental --label live-writes
 else
-  echo "== /dev/fuse is missing: skipping the live mount part of the demo"
+  echo "== /dev/fuse is missing: scan mode instead of the live mount"
+  run snapshot --source "$data" --kind full --label initial
+  dd if=/dev/urandom of="$data/checkpoints/step-1.bin" bs=1M seek=7 count=2 conv=notrunc status=none
+  echo "one more sample" >> "$data/shards/shard-7.txt"
+  run snapshot --source "$data" --label after-edits
+  rm "$data/shards/shard-9.txt"
+  run snapshot --source "$data" --kind differential
+  run ls latest /checkpoints
+  run restore 1 checkpoints/step-1.bin --to "$work/old"
 fi
 
-echo "== change 1 MiB inside a checkpoint, append to a shard, add a file"
-dd if=/dev/urandom of="$data/checkpoints/step-1.bin" bs=1M seek=7 count=1 conv=notrunc status=none
-echo "one more sample" >> "$data/shards/shard-7.txt"
-head -c $((8 << 20)) /dev/urandom > "$data/checkpoints/step-3.bin"
-run snapshot --source "$data" --kind incremental --label after-step-3
-
-echo "== delete a shard"
-rm "$data/shards/shard-9.txt"
-run snapshot --source "$data" --kind differential
-
 run snapshots
-run ls latest /checkpoints
-echo "\$ rewindfs cat 1 shards/shard-7.txt | tail -n 2"
-"$bin" cat 1 shards/shard-7.txt | tail -n 2
-
-echo "== restore snapshot 1 and compare with what it captured"
-run restore 1 --to "$work/restored"
-cmp "$work/restored/shards/shard-9.txt" <("$bin" cat 1 shards/shard-9.txt) && echo "shard-9 restored from snapshot 1"
-run restore latest checkpoints/step-1.bin --to "$work/one-file"
-cmp "$work/one-file/step-1.bin" "$data/checkpoints/step-1.bin" && echo "step-1.bin restored from the latest snapshot matches the dataset"
+echo "== restore the latest snapshot and compare with the dataset"
+run restore latest --to "$work/restored"
+diff -r "$data" "$work/restored" && echo "the latest snapshot equals the dataset"
 run verify --read-data
 echo "== demo finished"

@@ -20,7 +20,7 @@ pub struct MountArgs {
     mountpoint: PathBuf,
     /// Repository (default: BACKING/.rewindfs, created on first mount and
     /// hidden from the mounted view). Put it on another disk with this.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, env = "REWINDFS_REPO", value_name = "DIR")]
     repo: Option<PathBuf>,
     /// Stay in the foreground (logs on stderr) instead of daemonizing.
     #[arg(long)]
@@ -226,5 +226,37 @@ pub fn status(a: StatusArgs) -> Result<i32> {
     );
     println!("journal:        {} records", s.journal_records);
     println!("snapshots:      {}", s.snapshots);
+    if let Some(f) = &s.flusher {
+        println!(
+            "last snapshot:  {}",
+            match (&f.last_snapshot, &f.last_snapshot_time) {
+                (Some(id), Some(t)) => format!("{id} at {t}"),
+                _ => "-".into(),
+            }
+        );
+        println!(
+            "next:          {}",
+            match (&f.next_kind, &f.next_scheduled) {
+                (Some(k), Some(t)) => format!(" {k} at {t}"),
+                _ => " -".into(),
+            }
+        );
+        if let Some(l) = &f.pending_on_close {
+            println!("on close:       waiting for {l} to settle");
+        }
+        let mut flusher = f.state.clone();
+        if let (Some(c), Some(d), Some(tp)) = (f.last_cut_ms, f.last_duration_ms, f.last_throughput)
+        {
+            flusher.push_str(&format!(
+                "; last snapshot: cut {c:.2} ms, {:.0} ms in all, {}/s",
+                d,
+                human_bytes(tp as u64)
+            ));
+        }
+        println!("flusher:        {flusher}");
+        if let Some(e) = &f.last_error {
+            println!("last error:     {e}");
+        }
+    }
     Ok(0)
 }

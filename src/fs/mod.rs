@@ -49,6 +49,34 @@ impl Default for MountConfig {
     }
 }
 
+/// Every object the kernel knows holds a descriptor: raise the open-file
+/// limit as far as allowed (as root up to `fs.nr_open`), so large datasets
+/// do not run out. Returns the limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let cur = getrlimit(Resource::Nofile);
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let want = Rlimit {
+        current: Some(nr_open),
+        maximum: Some(nr_open),
+    };
+    if setrlimit(Resource::Nofile, want).is_err() {
+        // Not root: the soft limit up to the hard one.
+        let hard = cur.maximum;
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: hard,
+                maximum: hard,
+            },
+        );
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
 /// Open the backing directory as an `O_PATH` descriptor.
 pub fn open_backing_root(backing: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
     use rustix::fs::{Mode, OFlags};
@@ -69,6 +97,8 @@ pub fn mount_live(
     cfg: &MountConfig,
     hidden: Option<crate::journal::FileKey>,
 ) -> std::io::Result<(Session<LiveAdapter>, Arc<LiveFs>)> {
+    let limit = raise_fd_limit();
+    tracing::debug!("open file limit: {limit}");
     let root = open_backing_root(backing)?;
     // The kernel has already applied the caller's umask to the modes it
     // sends; the daemon's own umask must not be applied a second time.
