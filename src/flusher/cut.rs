@@ -251,16 +251,18 @@ pub fn cut(req: &CutRequest<'_>) -> Result<CutInfo> {
         // An O_PATH descriptor for a changed object, however we can get it.
         let find_fd = |key: &FileKey| -> Option<Arc<OwnedFd>> {
             if *key == root.key {
-                return Some(root.fd.clone());
+                return root.fd().ok();
             }
             if let Some(p) = pins.get(key) {
                 return Some(p.clone());
             }
             if let Some(n) = fs.inodes.find(key) {
-                return Some(n.fd.clone());
+                if let Ok(fd) = n.fd() {
+                    return Some(fd);
+                }
             }
             let path = req.base.by_ino.get(&key.ino)?.first()?;
-            open_verified(&root.fd, req.base.tree, path).map(Arc::new)
+            open_verified(&*root.fd().ok()?, req.base.tree, path).map(Arc::new)
         };
 
         // Directories whose entries changed: look at those entries. With
@@ -326,7 +328,10 @@ pub fn cut(req: &CutRequest<'_>) -> Result<CutInfo> {
             }
         }
         // The root, and every other changed object: its state now.
-        states.insert(root.key, state_of(&root.fd, Some(root.key))?);
+        let root_fd = root
+            .fd()
+            .map_err(|e| Error::io("open", "backing root", e))?;
+        states.insert(root.key, state_of(&root_fd, Some(root.key))?);
         for key in frozen.keys() {
             if states.contains_key(key) {
                 continue;

@@ -233,6 +233,15 @@ fn backing_open_flags(flags: i32) -> OFlags {
     OFlags::from_bits_retain(keep as u32) | OFlags::CLOEXEC
 }
 
+/// How many node descriptors to keep cached: the open-file limit minus a
+/// reserve for open files, pins, packs and the index.
+fn fd_budget() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1 << 20);
+    (limit.saturating_sub(4096) as usize).max(limit as usize / 2)
+}
+
 /// Read `len` bytes at `off` (zeros past the end of the file).
 pub fn read_full(f: &File, off: u64, len: usize) -> std::io::Result<Vec<u8>> {
     let mut v = vec![0u8; len];
@@ -267,7 +276,7 @@ impl LiveFs {
         Ok(LiveFs {
             root_path,
             events: OnceLock::new(),
-            inodes: InodeTable::new(root, FileKey::of(&st)),
+            inodes: InodeTable::new(root, FileKey::of(&st), fd_budget()),
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             journal,
@@ -307,17 +316,20 @@ impl LiveFs {
     }
 
     /// Record a directory entry change and keep the directory reachable.
-    fn entry_changed(&self, dir: &Inode, name: &[u8]) {
+    fn entry_changed(&self, dir: &Arc<Inode>, name: &[u8]) {
         self.journal.record_entry(&dir.key, name);
-        self.pin_dir(dir.key, dir.fd.clone());
+        if let Ok(fd) = dir.fd() {
+            self.pin_dir(dir.key, fd);
+        }
     }
 
     /// During a capture: keep `parent/name` reachable before it is renamed
     /// or removed.
-    fn pin_before_move(&self, parent: &Inode, name: &[u8]) {
+    fn pin_before_move(&self, parent: &Arc<Inode>, name: &[u8]) {
         let Some(c) = self.cow.get() else { return };
+        let Ok(pfd) = parent.fd() else { return };
         if let Ok(fd) = rustix::fs::openat(
-            &parent.fd,
+            &*pfd,
             name,
             OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
@@ -330,7 +342,7 @@ impl LiveFs {
 
     /// During a capture: save the blocks `[first, last]` of a regular file
     /// that the snapshot still needs, before they change.
-    fn cow_change(&self, n: &Inode, first: u64, last: u64) -> FsResult<()> {
+    fn cow_change(&self, n: &Arc<Inode>, first: u64, last: u64) -> FsResult<()> {
         let Some(c) = self.cow.get() else {
             return Ok(());
         };
@@ -338,7 +350,7 @@ impl LiveFs {
             return Ok(());
         }
         let file: std::cell::OnceCell<File> = std::cell::OnceCell::new();
-        let proc = n.proc_path();
+        let proc = n.proc_path().map_err(io_errno)?;
         let reader = |off: u64, len: usize| -> std::io::Result<Vec<u8>> {
             if file.get().is_none() {
                 let fd = rustix::fs::openat(
@@ -354,7 +366,8 @@ impl LiveFs {
                 .ok_or_else(|| std::io::Error::other("no reader"))?;
             read_full(f, off, len)
         };
-        let size_now = || -> std::io::Result<u64> { Ok(rustix::fs::fstat(&n.fd)?.st_size as u64) };
+        let size_now =
+            || -> std::io::Result<u64> { Ok(rustix::fs::fstat(&*n.fd()?)?.st_size as u64) };
         c.before_change(&n.key, first, last, &reader, &size_now)
             .map_err(io_errno)
     }
@@ -385,27 +398,31 @@ impl LiveFs {
         fh
     }
 
-    fn stat_node(&self, n: &Inode) -> FsResult<rustix::fs::Stat> {
-        rustix::fs::fstat(&n.fd).map_err(errno)
+    fn stat_node(&self, n: &Arc<Inode>) -> FsResult<rustix::fs::Stat> {
+        rustix::fs::fstat(&*n.fd().map_err(io_errno)?).map_err(errno)
     }
 
-    pub fn attr(&self, n: &Inode) -> FsResult<FileAttr> {
+    pub fn attr(&self, n: &Arc<Inode>) -> FsResult<FileAttr> {
         Ok(attr_of(n.nodeid, &self.stat_node(n)?))
     }
 
     /// Is `name` in `parent` a name the mount hides or reserves?
-    fn reserved(&self, parent: &Inode, name: &[u8]) -> bool {
+    fn reserved(&self, parent: &Arc<Inode>, name: &[u8]) -> bool {
         parent.nodeid == ROOT && name == SNAPSHOTS_DIR.as_bytes()
     }
 
     /// Refuse mutations that name the hidden repository or the reserved
     /// `.snapshots` entry.
-    fn check_mutable(&self, parent: &Inode, name: &[u8]) -> FsResult<()> {
+    fn check_mutable(&self, parent: &Arc<Inode>, name: &[u8]) -> FsResult<()> {
         if self.reserved(parent, name) {
             return Err(Errno::EPERM);
         }
         if let Some(hidden) = self.opts.hidden {
-            if let Ok(st) = rustix::fs::statat(&parent.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            if let Ok(st) = rustix::fs::statat(
+                &*parent.fd().map_err(io_errno)?,
+                name,
+                AtFlags::SYMLINK_NOFOLLOW,
+            ) {
                 if FileKey::of(&st) == hidden {
                     return Err(Errno::EPERM);
                 }
@@ -427,16 +444,16 @@ impl LiveFs {
     }
 
     /// The node currently at `parent/name`, if the kernel knows it.
-    fn known_child(&self, parent: &Inode, name: &[u8]) -> Option<Arc<Inode>> {
-        let st = rustix::fs::statat(&parent.fd, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+    fn known_child(&self, parent: &Arc<Inode>, name: &[u8]) -> Option<Arc<Inode>> {
+        let st = rustix::fs::statat(&*parent.fd().ok()?, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
         self.inodes.find(&FileKey::of(&st))
     }
 
     // ---- lookups ----------------------------------------------------
 
-    fn do_lookup(&self, parent: &Inode, name: &[u8]) -> FsResult<Entry> {
+    fn do_lookup(&self, parent: &Arc<Inode>, name: &[u8]) -> FsResult<Entry> {
         let fd = rustix::fs::openat(
-            &parent.fd,
+            &*parent.fd().map_err(io_errno)?,
             name,
             OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
@@ -472,7 +489,7 @@ impl LiveFs {
                 return Ok(attr_of(nodeid, &st));
             }
         }
-        self.attr(&*self.node(nodeid)?)
+        self.attr(&self.node(nodeid)?)
     }
 
     // ---- attributes -------------------------------------------------
@@ -491,12 +508,13 @@ impl LiveFs {
     ) -> FsResult<FileAttr> {
         let n = self.node(nodeid)?;
         let _gate = self.gate.read();
-        let proc = n.proc_path();
+        let proc = n.proc_path().map_err(io_errno)?;
         let is_link = n.kind == libc::S_IFLNK;
         if uid.is_some() || gid.is_some() {
             let u = uid.map(rustix::fs::Uid::from_raw);
             let g = gid.map(rustix::fs::Gid::from_raw);
-            rustix::fs::chownat(&n.fd, "", u, g, AtFlags::EMPTY_PATH).map_err(errno)?;
+            rustix::fs::chownat(&*n.fd().map_err(io_errno)?, "", u, g, AtFlags::EMPTY_PATH)
+                .map_err(errno)?;
         }
         if let Some(mode) = mode {
             if is_link {
@@ -549,14 +567,14 @@ impl LiveFs {
 
     pub fn readlink(&self, nodeid: u64) -> FsResult<Vec<u8>> {
         let n = self.node(nodeid)?;
-        rustix::fs::readlinkat(&n.fd, "", Vec::new())
+        rustix::fs::readlinkat(&*n.fd().map_err(io_errno)?, "", Vec::new())
             .map(|c| c.into_bytes())
             .map_err(errno)
     }
 
     // ---- namespace --------------------------------------------------
 
-    fn created(&self, parent: &Inode, name: &[u8]) -> FsResult<Entry> {
+    fn created(&self, parent: &Arc<Inode>, name: &[u8]) -> FsResult<Entry> {
         let e = self.do_lookup(parent, name)?;
         if let Some(n) = self.inodes.get(e.attr.ino.0) {
             self.journal.record_created(&n.key);
@@ -581,7 +599,7 @@ impl LiveFs {
             let _as = as_caller(c)?;
             let ft = rustix::fs::FileType::from_raw_mode(mode);
             rustix::fs::mknodat(
-                &p.fd,
+                &*p.fd().map_err(io_errno)?,
                 name,
                 ft,
                 Mode::from_raw_mode(mode & 0o7777),
@@ -599,7 +617,12 @@ impl LiveFs {
         self.check_mutable(&p, name)?;
         {
             let _as = as_caller(c)?;
-            rustix::fs::mkdirat(&p.fd, name, Mode::from_raw_mode(mode & 0o7777)).map_err(errno)?;
+            rustix::fs::mkdirat(
+                &*p.fd().map_err(io_errno)?,
+                name,
+                Mode::from_raw_mode(mode & 0o7777),
+            )
+            .map_err(errno)?;
         }
         self.created(&p, name)
     }
@@ -611,7 +634,7 @@ impl LiveFs {
         self.check_mutable(&p, name)?;
         {
             let _as = as_caller(c)?;
-            rustix::fs::symlinkat(target, &p.fd, name).map_err(errno)?;
+            rustix::fs::symlinkat(target, &*p.fd().map_err(io_errno)?, name).map_err(errno)?;
         }
         self.created(&p, name)
     }
@@ -623,7 +646,7 @@ impl LiveFs {
         self.check_mutable(&p, name)?;
         let victim = self.known_child(&p, name);
         self.pin_before_move(&p, name);
-        rustix::fs::unlinkat(&p.fd, name, flags).map_err(errno)?;
+        rustix::fs::unlinkat(&*p.fd().map_err(io_errno)?, name, flags).map_err(errno)?;
         self.entry_changed(&p, name);
         if let Some(v) = victim {
             self.journal.record_meta(&v.key);
@@ -661,15 +684,28 @@ impl LiveFs {
         self.pin_before_move(&np, newname);
         let rflags = rustix::fs::RenameFlags::from_bits_retain(flags);
         if rflags.is_empty() {
-            rustix::fs::renameat(&p.fd, name, &np.fd, newname).map_err(errno)?;
+            rustix::fs::renameat(
+                &*p.fd().map_err(io_errno)?,
+                name,
+                &*np.fd().map_err(io_errno)?,
+                newname,
+            )
+            .map_err(errno)?;
         } else {
-            rustix::fs::renameat_with(&p.fd, name, &np.fd, newname, rflags).map_err(errno)?;
+            rustix::fs::renameat_with(
+                &*p.fd().map_err(io_errno)?,
+                name,
+                &*np.fd().map_err(io_errno)?,
+                newname,
+                rflags,
+            )
+            .map_err(errno)?;
         }
         self.entry_changed(&p, name);
         self.entry_changed(&np, newname);
         if let Some(m) = &moved {
             self.emit(|| {
-                let dir = self.rel_path_of(&*np.fd)?;
+                let dir = self.rel_path_of(&*np.fd().ok()?)?;
                 let path = if dir.is_empty() {
                     newname.to_vec()
                 } else {
@@ -693,8 +729,8 @@ impl LiveFs {
         self.check_mutable(&np, newname)?;
         rustix::fs::linkat(
             rustix::fs::CWD,
-            n.proc_path().as_str(),
-            &np.fd,
+            n.proc_path().map_err(io_errno)?.as_str(),
+            &*np.fd().map_err(io_errno)?,
             newname,
             AtFlags::SYMLINK_FOLLOW,
         )
@@ -708,7 +744,7 @@ impl LiveFs {
     // ---- files ------------------------------------------------------
 
     /// Decide how to serve an open of `n` and count it.
-    fn open_mode(&self, n: &Inode, write: bool) -> (bool, Option<Arc<fuser::BackingId>>) {
+    fn open_mode(&self, n: &Arc<Inode>, write: bool) -> (bool, Option<Arc<fuser::BackingId>>) {
         let mut m = n.opens.lock();
         let existing = m.backing.as_ref().and_then(|w| w.upgrade());
         if m.passthrough > 0 {
@@ -732,10 +768,10 @@ impl LiveFs {
         (false, None)
     }
 
-    fn reopen(&self, n: &Inode, flags: i32) -> FsResult<File> {
+    fn reopen(&self, n: &Arc<Inode>, flags: i32) -> FsResult<File> {
         let fd = rustix::fs::openat(
             rustix::fs::CWD,
-            n.proc_path().as_str(),
+            n.proc_path().map_err(io_errno)?.as_str(),
             backing_open_flags(flags) | OFlags::NONBLOCK,
             Mode::empty(),
         )
@@ -828,7 +864,7 @@ impl LiveFs {
         let file = {
             let _as = as_caller(c)?;
             let fd = rustix::fs::openat(
-                &p.fd,
+                &*p.fd().map_err(io_errno)?,
                 name,
                 backing_open_flags(flags) | OFlags::CREATE | OFlags::NOFOLLOW,
                 Mode::from_raw_mode(mode & 0o7777),
@@ -998,7 +1034,7 @@ impl LiveFs {
         let n = self.node(nodeid)?;
         let fd = rustix::fs::openat(
             rustix::fs::CWD,
-            n.proc_path().as_str(),
+            n.proc_path().map_err(io_errno)?.as_str(),
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
@@ -1093,18 +1129,18 @@ impl LiveFs {
 
     pub fn statfs(&self) -> FsResult<rustix::fs::StatVfs> {
         let root = self.inodes.root();
-        rustix::fs::fstatvfs(&root.fd).map_err(errno)
+        rustix::fs::fstatvfs(&*root.fd().map_err(io_errno)?).map_err(errno)
     }
 
     // ---- xattrs -----------------------------------------------------
 
-    fn xattr_target(&self, nodeid: u64) -> FsResult<(Arc<Inode>, String)> {
+    fn xattr_target(&self, nodeid: u64) -> FsResult<(Arc<Inode>, super::inode::ProcPath)> {
         let n = self.node(nodeid)?;
         if n.kind == libc::S_IFLNK {
             // user.* attributes are not permitted on symlinks.
             return Err(Errno::EPERM);
         }
-        let p = n.proc_path();
+        let p = n.proc_path().map_err(io_errno)?;
         Ok((n, p))
     }
 
@@ -1123,7 +1159,7 @@ impl LiveFs {
         if n.kind == libc::S_IFLNK {
             return Err(Errno::NO_XATTR);
         }
-        let p = n.proc_path();
+        let p = n.proc_path().map_err(io_errno)?;
         let mut buf = vec![0u8; size as usize];
         if size == 0 {
             let len = rustix::fs::getxattr_query(p.as_str(), name).map_err(errno)?;
@@ -1139,7 +1175,7 @@ impl LiveFs {
         if n.kind == libc::S_IFLNK {
             return Ok(Vec::new());
         }
-        let p = n.proc_path();
+        let p = n.proc_path().map_err(io_errno)?;
         if size == 0 {
             let len = rustix::fs::listxattr_query(p.as_str()).map_err(errno)?;
             return Ok(vec![0u8; len]);
@@ -1163,7 +1199,7 @@ impl LiveFs {
         let access = rustix::fs::Access::from_bits_retain(mask as u32);
         rustix::fs::accessat(
             rustix::fs::CWD,
-            n.proc_path().as_str(),
+            n.proc_path().map_err(io_errno)?.as_str(),
             access,
             AtFlags::empty(),
         )

@@ -8,6 +8,7 @@
 
 pub mod adapter;
 pub mod creds;
+pub mod handle;
 pub mod inode;
 pub mod live;
 
