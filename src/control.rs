@@ -7,6 +7,9 @@
 //! ```text
 //! {"cmd":"status"}   -> {"ok":true,"status":{...}}
 //! {"cmd":"unmount"}  -> {"ok":true}            (then the daemon unmounts and exits)
+//! {"cmd":"unmount","mountpoint":"/mnt/s"}  -> {"ok":true}  (one snapshot mount)
+//! {"cmd":"mount-snapshot","snap":"latest","mountpoint":"/mnt/s","all":false}
+//!                    -> {"ok":true}            (once the read-only mount is live)
 //! {"cmd":"snapshot","kind":"incremental","label":null}
 //!                    -> {"ok":true,"snapshot":{...record...}}   (once committed)
 //! {"cmd":"cli","args":["ls","latest"],"cwd":"/home/x"}
@@ -33,7 +36,20 @@ use crate::error::{Error, IoContext, Result};
 #[serde(tag = "cmd", rename_all = "kebab-case")]
 pub enum Request {
     Status,
-    Unmount,
+    /// Unmount `mountpoint` (a snapshot mount), or everything the daemon
+    /// serves (and stop).
+    Unmount {
+        #[serde(default)]
+        mountpoint: Option<String>,
+    },
+    /// Serve a read-only snapshot mount.
+    MountSnapshot {
+        snap: String,
+        mountpoint: String,
+        all: bool,
+        #[serde(default)]
+        allow_other: bool,
+    },
     Snapshot {
         kind: Option<String>,
         label: Option<String>,

@@ -217,6 +217,12 @@ pub struct DaemonStatus {
     pub writeback_cache: bool,
     pub snapshots: u64,
     pub flusher: Option<FlusherStatus>,
+    /// Read-only snapshot mounts served by the daemon.
+    #[serde(default)]
+    pub mounts: Vec<String>,
+    /// This daemon serves the live mount (not only snapshot mounts).
+    #[serde(default)]
+    pub live: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -253,6 +259,9 @@ struct Shared {
     unmount: Mutex<Option<fuser::SessionUnmounter>>,
     flusher: Flusher,
     cli_hook: Option<CliHook>,
+    views: Arc<crate::fs::snapshot_view::Views>,
+    /// Read-only snapshot mounts served by this daemon.
+    extra: crate::views_daemon::ExtraMounts,
 }
 
 impl Shared {
@@ -281,6 +290,8 @@ impl Shared {
             writeback_cache: self.cfg.writeback_cache,
             snapshots: self.repo.snapshots().map(|s| s.len() as u64).unwrap_or(0),
             flusher: Some(self.flusher.status.lock().clone()),
+            mounts: self.extra.mountpoints(),
+            live: true,
         }
     }
 
@@ -310,9 +321,35 @@ impl Shared {
                 },
                 Err(e) => Response::error(e.to_string()),
             },
-            Request::Unmount => {
+            Request::Unmount { mountpoint } => {
+                if let Some(mp) = &mountpoint {
+                    if self.extra.unmount(Path::new(mp)) {
+                        return Some(Response::ok());
+                    }
+                    let same = Path::new(mp).canonicalize().ok().as_deref()
+                        == Some(self.paths.mountpoint.as_path());
+                    if !same {
+                        return Some(Response::error(format!(
+                            "{mp} is not served by this daemon"
+                        )));
+                    }
+                }
                 self.request_unmount();
                 Response::ok()
+            }
+            Request::MountSnapshot {
+                snap,
+                mountpoint,
+                all,
+                allow_other,
+            } => {
+                match self
+                    .extra
+                    .mount(&self.views, &snap, all, Path::new(&mountpoint), allow_other)
+                {
+                    Ok(()) => Response::ok(),
+                    Err(e) => Response::error(e.to_string()),
+                }
             }
             Request::Snapshot { kind, label } => {
                 let kind = match kind.as_deref().map(str::parse).transpose() {
@@ -406,7 +443,7 @@ pub fn mount(req: MountRequest) -> Result<()> {
 }
 
 /// Point stdin/stdout at /dev/null and stderr (the log) at REPO/daemon.log.
-fn detach_stdio(repo: &Path) {
+pub fn detach_stdio(repo: &Path) {
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -469,12 +506,15 @@ fn run(
     if !repo_str.contains(|c: char| c == ',' || c.is_whitespace()) {
         cfg.fsname = repo_str;
     }
+    let views =
+        crate::fs::snapshot_view::Views::new(repo.clone(), cfg.chunk_cache, Default::default());
     let (mut session, livefs) = fs::mount_live(
         &paths.backing,
         &paths.mountpoint,
         journal.clone(),
         &cfg,
         hidden,
+        Some(views.clone()),
     )
     .map_err(|e| Error::io("mount on", &paths.mountpoint, e))?;
     let startup = Arc::new(Mutex::new("running".to_string()));
@@ -490,6 +530,8 @@ fn run(
         policy: policy.clone(),
     })?;
     let shared = Arc::new(Shared {
+        views: views.clone(),
+        extra: Default::default(),
         flusher,
         cli_hook: req.cli_hook.clone(),
         paths: paths.clone(),
@@ -556,6 +598,7 @@ fn run(
         paths.repo.display()
     );
     let result = session.run();
+    shared.extra.unmount_all();
     // Unmounted: nothing can change any more. Take the last snapshot.
     match shared.flusher.stop(policy.snapshot_on_unmount) {
         Ok(Some(rec)) => tracing::info!("snapshot {} taken at unmount", rec.id),

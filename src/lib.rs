@@ -23,5 +23,6 @@ pub mod snapshot;
 pub mod store;
 pub mod util;
 pub mod verify;
+pub mod views_daemon;
 
 pub use error::{Error, Result};

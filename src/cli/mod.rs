@@ -197,7 +197,9 @@ pub enum Command {
     RebuildIndex(repo_cmds::RebuildArgs),
     /// Serve a data directory through FUSE, recording every change.
     Mount(mount_cmds::MountArgs),
-    /// Unmount a live mount cleanly (flushing its change journal).
+    /// Mount one snapshot (or all of them) read-only.
+    MountSnapshot(mount_cmds::MountSnapshotArgs),
+    /// Unmount a live or snapshot mount cleanly (flushing the change journal).
     Umount(mount_cmds::UmountArgs),
     /// Show the state of the live mount of a repository.
     Status(mount_cmds::StatusArgs),
@@ -243,13 +245,14 @@ pub fn run(cli: Cli) -> Result<i32> {
             repo_cmds::rebuild(a)
         }
         Command::Mount(a) => mount_cmds::mount(a),
+        Command::MountSnapshot(a) => mount_cmds::mount_snapshot(a),
         Command::Umount(a) => mount_cmds::umount(a),
         Command::Status(a) => mount_cmds::status(a),
     }
 }
 
-/// Parse sizes like `1M`, `64KiB`, `1048576`.
-pub fn parse_size(s: &str) -> std::result::Result<u32, String> {
+/// Parse sizes like `256M`, `4G` (up to u64).
+pub fn parse_size_u64(s: &str) -> std::result::Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -261,7 +264,14 @@ pub fn parse_size(s: &str) -> std::result::Result<u32, String> {
         "g" | "gb" | "gib" => 1 << 30,
         u => return Err(format!("bad size unit {u:?} in {s:?} (use K, M or G)")),
     };
-    u32::try_from(n * mult).map_err(|_| format!("size {s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// Parse sizes like `1M`, `64KiB`, `1048576`.
+pub fn parse_size(s: &str) -> std::result::Result<u32, String> {
+    let v = parse_size_u64(s)?;
+    u32::try_from(v).map_err(|_| format!("size {s:?} is too large"))
 }
 
 pub fn human_bytes(n: u64) -> String {

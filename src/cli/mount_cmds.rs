@@ -40,6 +40,13 @@ pub struct MountArgs {
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4)]
     threads: usize,
+    /// Whether MOUNTPOINT/.snapshots is listed in the root directory (it is
+    /// always reachable by name, like ZFS's .zfs).
+    #[arg(long, default_value = "hidden", value_parser = ["hidden", "visible"])]
+    snapdir: String,
+    /// Memory for verified chunks of snapshot reads.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = super::parse_size_u64)]
+    chunk_cache: u64,
     /// Take an incremental snapshot this often when something changed
     /// (e.g. 15m; `off` to disable). Default 15m, or the repository's policy.
     #[arg(long, value_name = "DUR")]
@@ -77,6 +84,8 @@ pub fn mount(a: MountArgs) -> Result<i32> {
             writeback_cache: a.writeback_cache,
             passthrough_reads: a.passthrough_reads,
             threads: a.threads,
+            snapdir_visible: a.snapdir == "visible",
+            chunk_cache: a.chunk_cache,
             ..MountConfig::default()
         },
         policy: PolicyConfig {
@@ -92,6 +101,56 @@ pub fn mount(a: MountArgs) -> Result<i32> {
     daemon::mount(req)?;
     if !foreground {
         println!("mounted on {}", a.mountpoint.display());
+    }
+    Ok(0)
+}
+
+#[derive(Args)]
+pub struct MountSnapshotArgs {
+    /// `SNAP MOUNTPOINT`, or `MOUNTPOINT` with --all. SNAP is an id, a
+    /// name, `latest` or `@TIME`.
+    #[arg(value_name = "SNAP MOUNTPOINT", num_args = 1..=2, required = true)]
+    args: Vec<String>,
+    /// Mount the whole .snapshots tree (every snapshot, `latest`, `@TIME`).
+    #[arg(long)]
+    all: bool,
+    /// Repository.
+    #[arg(long, env = "REWINDFS_REPO", value_name = "DIR")]
+    repo: PathBuf,
+    /// Let other users read the mount.
+    #[arg(long)]
+    allow_other: bool,
+    /// Stay in the foreground instead of daemonizing (when no live mount
+    /// holds the repository).
+    #[arg(long)]
+    foreground: bool,
+    /// Memory for verified chunks (when this command starts the daemon).
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = super::parse_size_u64)]
+    chunk_cache: u64,
+}
+
+pub fn mount_snapshot(a: MountSnapshotArgs) -> Result<i32> {
+    let (snap, mp) = match (a.all, a.args.as_slice()) {
+        (true, [mp]) => ("latest".to_string(), PathBuf::from(mp)),
+        (false, [snap, mp]) => (snap.clone(), PathBuf::from(mp)),
+        (true, _) => bail!("with --all, give only the MOUNTPOINT"),
+        (false, _) => bail!("give SNAP and MOUNTPOINT (or --all MOUNTPOINT)"),
+    };
+    let foreground = a.foreground;
+    rewindfs::views_daemon::mount_snapshot(
+        rewindfs::views_daemon::SnapMountRequest {
+            repo: a.repo,
+            snap,
+            mountpoint: mp.clone(),
+            all: a.all,
+            allow_other: a.allow_other,
+            foreground,
+            chunk_cache: a.chunk_cache,
+        },
+        Some(super::daemon_hook()),
+    )?;
+    if !foreground {
+        println!("mounted read-only on {}", mp.display());
     }
     Ok(0)
 }
@@ -115,13 +174,25 @@ pub fn umount(a: UmountArgs) -> Result<i32> {
         bail!("{} is a {fstype} mount, not a rewindfs mount", mp.display());
     }
     let repo = PathBuf::from(source);
-    match control::call(&repo, &Request::Unmount, Duration::from_secs(10)) {
+    // Ours to wait for: the daemon's exit if this is its live mount (or
+    // its last snapshot mount), else just this mount going away.
+    let status = control::call(&repo, &Request::Status, Duration::from_secs(10))
+        .ok()
+        .and_then(|r| r.status);
+    let whole_daemon = status.as_ref().is_some_and(|s| {
+        s["mountpoint"].as_str() == Some(&mp.display().to_string())
+            || (s["live"] == false && s["mounts"].as_array().is_some_and(|m| m.len() <= 1))
+    });
+    let req = Request::Unmount {
+        mountpoint: Some(mp.display().to_string()),
+    };
+    match control::call(&repo, &req, Duration::from_secs(10)) {
         Ok(_) => {
             // Wait for the daemon to take its last snapshot, flush, and
             // let go of the repository (its lock is free once it exited).
             let t0 = Instant::now();
             while t0.elapsed() < Duration::from_secs(600) {
-                if !daemon::is_mountpoint(&mp) && repo_lock_free(&repo) {
+                if !daemon::is_mountpoint(&mp) && (!whole_daemon || repo_lock_free(&repo)) {
                     println!("unmounted {}", mp.display());
                     return Ok(0);
                 }

@@ -8,14 +8,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{
-    AccessFlags, CopyFileRangeFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use super::creds::Caller;
-use super::live::{file_type, LiveFs, OpenReply};
+use super::live::{file_type, LiveFs, OpenReply, SNAPSHOTS_DIR};
+use super::snapshot_view::{is_view, Views, FH_TAG, SNAPDIR};
+use super::view_adapter::{self as va, RootMap};
+
+/// Offset cookie of the synthetic `.snapshots` entry listed first in the
+/// root (`--snapdir visible`); the real entries restart from 0 after it.
+const SNAPDIR_COOKIE: u64 = 0x7fff_ffff_ffff_fff0;
+const MAP: RootMap = RootMap { root: 0 };
 
 /// Largest read/write request: 1 MiB (max_pages 256).
 pub const MAX_IO: u32 = 1 << 20;
@@ -23,6 +30,10 @@ pub const MAX_IO: u32 = 1 << 20;
 pub struct LiveAdapter {
     pub fs: Arc<LiveFs>,
     pub writeback_cache: bool,
+    /// The snapshot views served under `.snapshots`.
+    pub views: Option<Arc<Views>>,
+    /// List `.snapshots` in the root (it is always reachable by name).
+    pub snapdir_visible: bool,
 }
 
 fn caller(req: &Request) -> Caller {
@@ -36,6 +47,15 @@ fn caller(req: &Request) -> Caller {
 impl LiveAdapter {
     fn ttl(&self) -> Duration {
         self.fs.opts.ttl
+    }
+
+    /// The views, if `ino` is one of their nodes.
+    fn view(&self, ino: u64) -> Option<&Views> {
+        if is_view(ino) {
+            self.views.as_deref()
+        } else {
+            None
+        }
     }
 }
 
@@ -67,6 +87,18 @@ impl Filesystem for LiveAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if let Some(v) = self.view(parent.0) {
+            return va::lookup(v, MAP, parent.0, name, reply);
+        }
+        if let (Some(v), true) = (
+            &self.views,
+            parent.0 == INodeNo::ROOT.0 && name.as_bytes() == SNAPSHOTS_DIR.as_bytes(),
+        ) {
+            return match v.getattr(SNAPDIR) {
+                Ok((a, ttl)) => reply.entry(&ttl, &a, Generation(0)),
+                Err(e) => reply.error(e),
+            };
+        }
         match self.fs.lookup(parent.0, name) {
             Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
             Err(e) => reply.error(e),
@@ -74,10 +106,16 @@ impl Filesystem for LiveAdapter {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        if is_view(ino.0) {
+            return;
+        }
         self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some(v) = self.view(ino.0) {
+            return va::getattr(v, MAP, ino.0, reply);
+        }
         match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(a) => reply.attr(&self.ttl(), &a),
             Err(e) => reply.error(e),
@@ -102,6 +140,9 @@ impl Filesystem for LiveAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        if is_view(ino.0) {
+            return reply.error(Errno::EROFS);
+        }
         match self
             .fs
             .setattr(ino.0, mode, uid, gid, size, atime, mtime, fh.map(|f| f.0))
@@ -112,6 +153,9 @@ impl Filesystem for LiveAdapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        if let Some(v) = self.view(ino.0) {
+            return va::readlink(v, MAP, ino.0, reply);
+        }
         match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e),
@@ -128,6 +172,9 @@ impl Filesystem for LiveAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        if is_view(parent.0) {
+            return reply.error(Errno::EROFS);
+        }
         match self.fs.mknod(caller(req), parent.0, name, mode, rdev) {
             Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
             Err(e) => reply.error(e),
@@ -143,6 +190,9 @@ impl Filesystem for LiveAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        if is_view(parent.0) {
+            return reply.error(Errno::EROFS);
+        }
         match self.fs.mkdir(caller(req), parent.0, name, mode) {
             Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
             Err(e) => reply.error(e),
@@ -150,6 +200,9 @@ impl Filesystem for LiveAdapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if is_view(parent.0) {
+            return reply.error(Errno::EROFS);
+        }
         match self.fs.unlink(parent.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -157,6 +210,9 @@ impl Filesystem for LiveAdapter {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if is_view(parent.0) {
+            return reply.error(Errno::EROFS);
+        }
         match self.fs.rmdir(parent.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -171,6 +227,9 @@ impl Filesystem for LiveAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        if is_view(parent.0) {
+            return reply.error(Errno::EROFS);
+        }
         match self.fs.symlink(
             caller(req),
             parent.0,
@@ -192,6 +251,9 @@ impl Filesystem for LiveAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        if is_view(parent.0) || is_view(newparent.0) {
+            return reply.error(Errno::EROFS);
+        }
         match self
             .fs
             .rename(parent.0, name, newparent.0, newname, flags.bits())
@@ -209,6 +271,9 @@ impl Filesystem for LiveAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        if is_view(ino.0) || is_view(newparent.0) {
+            return reply.error(Errno::EROFS);
+        }
         match self.fs.link(ino.0, newparent.0, newname) {
             Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
             Err(e) => reply.error(e),
@@ -216,6 +281,9 @@ impl Filesystem for LiveAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if let Some(v) = self.view(ino.0) {
+            return va::open(v, MAP, ino.0, flags.0, reply);
+        }
         match self.fs.open(ino.0, flags.0) {
             Ok(OpenReply::Plain { fh, keep_cache }) => {
                 let f = if keep_cache {
@@ -261,6 +329,11 @@ impl Filesystem for LiveAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if fh.0 & FH_TAG != 0 {
+            if let Some(v) = &self.views {
+                return va::read(v, fh.0, offset, size, reply);
+            }
+        }
         match self.fs.read(fh.0, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(e),
@@ -279,6 +352,9 @@ impl Filesystem for LiveAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if fh.0 & FH_TAG != 0 {
+            return reply.error(Errno::EROFS);
+        }
         match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
@@ -306,6 +382,12 @@ impl Filesystem for LiveAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if fh.0 & FH_TAG != 0 {
+            if let Some(v) = &self.views {
+                v.release(fh.0);
+            }
+            return reply.ok();
+        }
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -318,6 +400,9 @@ impl Filesystem for LiveAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        if fh.0 & FH_TAG != 0 {
+            return reply.ok();
+        }
         match self.fs.fsync(fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -325,6 +410,9 @@ impl Filesystem for LiveAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if is_view(ino.0) {
+            return reply.opened(FileHandle(FH_TAG), FopenFlags::empty());
+        }
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
@@ -334,11 +422,29 @@ impl Filesystem for LiveAdapter {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        if let Some(v) = self.view(ino.0) {
+            return va::readdir(v, MAP, ino.0, offset, reply);
+        }
+        let mut offset = offset;
+        if self.snapdir_visible && self.views.is_some() && ino.0 == INodeNo::ROOT.0 {
+            if offset == 0 {
+                if reply.add(
+                    INodeNo(SNAPDIR),
+                    SNAPDIR_COOKIE,
+                    fuser::FileType::Directory,
+                    SNAPSHOTS_DIR,
+                ) {
+                    return reply.ok();
+                }
+            } else if offset == SNAPDIR_COOKIE {
+                offset = 0;
+            }
+        }
         let r = self.fs.readdir(fh.0, offset, |name, ino, kind, next| {
             reply.add(INodeNo(ino), next, file_type(kind), OsStr::from_bytes(name))
         });
@@ -351,11 +457,34 @@ impl Filesystem for LiveAdapter {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        if let Some(v) = self.view(ino.0) {
+            return va::readdirplus(v, MAP, ino.0, offset, reply);
+        }
+        let mut offset = offset;
+        if let (true, Some(v), true) = (self.snapdir_visible, &self.views, ino.0 == INodeNo::ROOT.0)
+        {
+            if offset == 0 {
+                if let Ok((a, ttl)) = v.getattr(SNAPDIR) {
+                    if reply.add(
+                        a.ino,
+                        SNAPDIR_COOKIE,
+                        SNAPSHOTS_DIR,
+                        &ttl,
+                        &a,
+                        Generation(0),
+                    ) {
+                        return reply.ok();
+                    }
+                }
+            } else if offset == SNAPDIR_COOKIE {
+                offset = 0;
+            }
+        }
         let ttl = self.ttl();
         let fs = &self.fs;
         let r = fs.readdir(fh.0, offset, |name, _ino, _kind, next| {
@@ -411,6 +540,9 @@ impl Filesystem for LiveAdapter {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        if let Some(v) = self.view(_ino.0) {
+            return va::statfs(v, reply);
+        }
         match self.fs.statfs() {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -436,6 +568,9 @@ impl Filesystem for LiveAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if is_view(ino.0) {
+            return reply.error(Errno::EROFS);
+        }
         match self.fs.setxattr(ino.0, name, value, flags) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -443,6 +578,9 @@ impl Filesystem for LiveAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if let Some(v) = self.view(ino.0) {
+            return va::getxattr(v, MAP, ino.0, name, size, reply);
+        }
         match self.fs.getxattr(ino.0, name, size) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) => reply.data(&v),
@@ -451,6 +589,9 @@ impl Filesystem for LiveAdapter {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if let Some(v) = self.view(ino.0) {
+            return va::listxattr(v, MAP, ino.0, size, reply);
+        }
         match self.fs.listxattr(ino.0, size) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) => reply.data(&v),
@@ -459,6 +600,9 @@ impl Filesystem for LiveAdapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if is_view(ino.0) {
+            return reply.error(Errno::EROFS);
+        }
         match self.fs.removexattr(ino.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -466,6 +610,13 @@ impl Filesystem for LiveAdapter {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        if is_view(ino.0) {
+            return if mask.bits() & libc::W_OK != 0 {
+                reply.error(Errno::EROFS)
+            } else {
+                reply.ok()
+            };
+        }
         match self.fs.access(ino.0, mask.bits()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -482,6 +633,9 @@ impl Filesystem for LiveAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        if is_view(parent.0) {
+            return reply.error(Errno::EROFS);
+        }
         match self.fs.create(caller(req), parent.0, name, mode, flags) {
             Ok((e, fh)) => reply.created(
                 &self.ttl(),
@@ -504,6 +658,9 @@ impl Filesystem for LiveAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        if fh.0 & FH_TAG != 0 {
+            return reply.error(Errno::EROFS);
+        }
         match self.fs.fallocate(fh.0, offset, length, mode) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -519,6 +676,12 @@ impl Filesystem for LiveAdapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        if fh.0 & FH_TAG != 0 {
+            if let Some(v) = &self.views {
+                let size = v.getattr(_ino.0).map(|(a, _)| a.size).unwrap_or(0);
+                return va::lseek(v, fh.0, offset, whence, size, reply);
+            }
+        }
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(e),
@@ -538,6 +701,14 @@ impl Filesystem for LiveAdapter {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        if fh_out.0 & FH_TAG != 0 {
+            return reply.error(Errno::EROFS);
+        }
+        if fh_in.0 & FH_TAG != 0 {
+            // Copying out of a snapshot: let the kernel fall back to
+            // read + write.
+            return reply.error(Errno::EXDEV);
+        }
         match self
             .fs
             .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)

@@ -7,10 +7,13 @@
 //! - `creds.rs`: acting as the caller when creating objects
 
 pub mod adapter;
+pub mod chunk_cache;
 pub mod creds;
 pub mod handle;
 pub mod inode;
 pub mod live;
+pub mod snapshot_view;
+pub mod view_adapter;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -35,6 +38,10 @@ pub struct MountConfig {
     pub ttl: Duration,
     /// Shown as the mount's source in /proc/mounts.
     pub fsname: String,
+    /// List `.snapshots` in the root directory.
+    pub snapdir_visible: bool,
+    /// Bytes of verified chunks kept for snapshot reads.
+    pub chunk_cache: u64,
 }
 
 impl Default for MountConfig {
@@ -46,6 +53,8 @@ impl Default for MountConfig {
             threads: 4,
             ttl: Duration::from_secs(1),
             fsname: "rewindfs".into(),
+            snapdir_visible: false,
+            chunk_cache: 256 << 20,
         }
     }
 }
@@ -97,6 +106,7 @@ pub fn mount_live(
     journal: Arc<Journal>,
     cfg: &MountConfig,
     hidden: Option<crate::journal::FileKey>,
+    views: Option<Arc<snapshot_view::Views>>,
 ) -> std::io::Result<(Session<LiveAdapter>, Arc<LiveFs>)> {
     let limit = raise_fd_limit();
     tracing::debug!("open file limit: {limit}");
@@ -131,6 +141,8 @@ pub fn mount_live(
     let adapter = LiveAdapter {
         fs: fs.clone(),
         writeback_cache: cfg.writeback_cache,
+        views,
+        snapdir_visible: cfg.snapdir_visible,
     };
     let notifier = fs.notifier.clone();
     let session = Session::new(adapter, mountpoint, &config)?;

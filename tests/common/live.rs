@@ -52,7 +52,7 @@ impl TestMount {
         std::fs::create_dir(&mnt).unwrap();
         let db = sled::open(tmp.path().join("journal")).unwrap();
         let journal = Arc::new(Journal::open(db.open_tree("journal").unwrap(), BS).unwrap());
-        let (session, fs) = mount_live(&backing, &mnt, journal.clone(), &cfg, None)
+        let (session, fs) = mount_live(&backing, &mnt, journal.clone(), &cfg, None, None)
             .unwrap_or_else(|e| panic!("mounting FUSE on {} failed: {e}", mnt.display()));
         let session = session.spawn().expect("start the FUSE session");
         TestMount {
@@ -195,7 +195,9 @@ impl FlushedMount {
         let repo = Arc::new(rewindfs::repo::Repository::open(&repo_dir).unwrap());
         let journal =
             Arc::new(Journal::open(repo.index().journal_tree().unwrap(), block_size).unwrap());
-        let (session, fs) = mount_live(&backing, &mnt, journal, &cfg, None)
+        let views =
+            rewindfs::fs::snapshot_view::Views::new(repo.clone(), 64 << 20, Default::default());
+        let (session, fs) = mount_live(&backing, &mnt, journal, &cfg, None, Some(views))
             .unwrap_or_else(|e| panic!("mounting FUSE on {} failed: {e}", mnt.display()));
         let session = session.spawn().expect("start the FUSE session");
         let flusher = rewindfs::flusher::Flusher::start(rewindfs::flusher::FlusherCtx {

@@ -1,0 +1,317 @@
+//! Read-only snapshot mounts (`rewindfs mount-snapshot`).
+//!
+//! Whoever holds the repository serves them: the live mount's daemon when
+//! there is one (the CLI asks it over the control socket), otherwise a
+//! small daemon of its own, which serves any further snapshot mounts of
+//! that repository and exits when its last one is unmounted.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::control::{self, FrameWriter, Request, Response};
+use crate::daemon::CliHook;
+use crate::error::{Error, IoContext, Result};
+use crate::fs::snapshot_view::{Views, SNAPDIR};
+use crate::fs::view_adapter::mount_views;
+use crate::repo::Repository;
+use crate::snapshot::select::select;
+use crate::util::time;
+
+/// What to mount.
+#[derive(Clone, Debug)]
+pub struct SnapMountRequest {
+    pub repo: PathBuf,
+    /// Snapshot selector (ignored with `all`).
+    pub snap: String,
+    pub mountpoint: PathBuf,
+    /// The whole `.snapshots` tree instead of one snapshot.
+    pub all: bool,
+    pub allow_other: bool,
+    pub foreground: bool,
+    pub chunk_cache: u64,
+}
+
+/// The snapshot mounts a process serves.
+#[derive(Default)]
+pub struct ExtraMounts {
+    mounts: Mutex<HashMap<PathBuf, fuser::BackgroundSession>>,
+}
+
+impl ExtraMounts {
+    /// Mount `snap` (or all snapshots) of the views on `mountpoint`.
+    pub fn mount(
+        &self,
+        views: &Arc<Views>,
+        snap: &str,
+        all: bool,
+        mountpoint: &Path,
+        allow_other: bool,
+    ) -> Result<()> {
+        let mp = check_mountpoint(mountpoint)?;
+        let root = if all {
+            SNAPDIR
+        } else {
+            let list = views.repo.snapshots()?;
+            let rec = select(&list, snap, time::now_ns())?;
+            crate::fs::snapshot_view::VIEW_BASE + (rec.id << 32)
+        };
+        let fsname = views.repo.root().display().to_string();
+        let fsname = if fsname.contains(|c: char| c == ',' || c.is_whitespace()) {
+            "rewindfs".to_string()
+        } else {
+            fsname
+        };
+        let session = mount_views(views.clone(), root, &mp, &fsname, allow_other)
+            .map_err(|e| Error::io("mount on", &mp, e))?;
+        let bg = session.spawn().map_err(|e| Error::io("serve", &mp, e))?;
+        self.mounts.lock().insert(mp, bg);
+        Ok(())
+    }
+
+    /// Unmount one of our mounts. Returns false if it is not ours.
+    pub fn unmount(&self, mountpoint: &Path) -> bool {
+        let mp = mountpoint
+            .canonicalize()
+            .unwrap_or_else(|_| mountpoint.to_path_buf());
+        let Some(bg) = self.mounts.lock().remove(&mp) else {
+            return false;
+        };
+        if bg.umount_and_join().is_err() {
+            let _ = rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::DETACH);
+        }
+        true
+    }
+
+    pub fn unmount_all(&self) {
+        let all: Vec<PathBuf> = self.mounts.lock().keys().cloned().collect();
+        for mp in all {
+            self.unmount(&mp);
+        }
+    }
+
+    pub fn mountpoints(&self) -> Vec<String> {
+        self.mounts
+            .lock()
+            .keys()
+            .map(|p| p.display().to_string())
+            .collect()
+    }
+
+    /// Drop mounts whose session ended (unmounted with plain umount).
+    pub fn reap(&self) {
+        self.mounts.lock().retain(|_, bg| !bg.guard.is_finished());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.mounts.lock().is_empty()
+    }
+}
+
+fn check_mountpoint(mp: &Path) -> Result<PathBuf> {
+    let m = std::fs::metadata(mp)
+        .map_err(|_| Error::InvalidInput(format!("mountpoint {} does not exist", mp.display())))?;
+    if !m.is_dir() {
+        return Err(Error::InvalidInput(format!(
+            "mountpoint {} is not a directory",
+            mp.display()
+        )));
+    }
+    let mp = mp.canonicalize().ctx("resolve", mp)?;
+    if crate::daemon::is_mountpoint(&mp) {
+        return Err(Error::InvalidInput(format!(
+            "mountpoint {} is busy: something is already mounted there",
+            mp.display()
+        )));
+    }
+    Ok(mp)
+}
+
+/// `rewindfs mount-snapshot`: through the daemon holding the repository,
+/// or in a daemon of its own.
+pub fn mount_snapshot(req: SnapMountRequest, cli_hook: Option<CliHook>) -> Result<()> {
+    if control::daemon_running(&req.repo) {
+        let mp = check_mountpoint(&req.mountpoint)?;
+        control::call(
+            &req.repo,
+            &Request::MountSnapshot {
+                snap: req.snap.clone(),
+                mountpoint: mp.display().to_string(),
+                all: req.all,
+                allow_other: req.allow_other,
+            },
+            Duration::from_secs(600),
+        )
+        .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        return Ok(());
+    }
+    check_mountpoint(&req.mountpoint)?;
+    if !Path::new("/dev/fuse").exists() {
+        return Err(Error::InvalidInput(
+            "/dev/fuse is missing: FUSE is not available here".into(),
+        ));
+    }
+    if req.foreground {
+        return serve(req, cli_hook, None);
+    }
+    let (rd, wr) = rustix::pipe::pipe().map_err(|e| Error::io("pipe", "", e.into()))?;
+    // SAFETY: no thread has been started in this process yet (the CLI
+    // only parsed its arguments), so the child is a complete copy.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Error::io("fork", "", std::io::Error::last_os_error()));
+    }
+    if pid > 0 {
+        drop(wr);
+        let mut msg = String::new();
+        let _ = std::fs::File::from(rd).read_to_string(&mut msg);
+        return match msg.strip_prefix("ok") {
+            Some(_) => Ok(()),
+            None if msg.is_empty() => Err(Error::InvalidInput(
+                "the snapshot mount daemon exited before the mount was live".into(),
+            )),
+            None => Err(Error::InvalidInput(msg.trim().to_string())),
+        };
+    }
+    drop(rd);
+    let _ = rustix::process::setsid();
+    let report = Arc::new(Mutex::new(Some(wr)));
+    let r = serve(req, cli_hook, Some(report.clone()));
+    if let Err(e) = &r {
+        if let Some(w) = report.lock().take() {
+            let _ = std::fs::File::from(w).write_all(format!("{e}\n").as_bytes());
+        }
+    }
+    std::process::exit(if r.is_ok() { 0 } else { 1 });
+}
+
+struct SnapDaemon {
+    repo: Arc<Repository>,
+    views: Arc<Views>,
+    mounts: ExtraMounts,
+    stop: AtomicBool,
+    cli_hook: Option<CliHook>,
+}
+
+impl SnapDaemon {
+    fn handle(&self, req: Request, w: &mut dyn Write) -> Option<Response> {
+        Some(match req {
+            Request::Status => Response {
+                ok: true,
+                status: Some(serde_json::json!({
+                    "pid": std::process::id(),
+                    "repo": self.repo.root().display().to_string(),
+                    "live": false,
+                    "mounts": self.mounts.mountpoints(),
+                    "chunk_cache_bytes": self.views.chunks.bytes(),
+                })),
+                ..Default::default()
+            },
+            Request::Unmount { mountpoint } => {
+                match mountpoint {
+                    Some(mp) => {
+                        if !self.mounts.unmount(Path::new(&mp)) {
+                            return Some(Response::error(format!("{mp} is not served by this daemon")));
+                        }
+                    }
+                    None => self.mounts.unmount_all(),
+                }
+                if self.mounts.is_empty() {
+                    self.stop.store(true, Ordering::SeqCst);
+                }
+                Response::ok()
+            }
+            Request::MountSnapshot {
+                snap,
+                mountpoint,
+                all,
+                allow_other,
+            } => match self.mounts.mount(&self.views, &snap, all, Path::new(&mountpoint), allow_other) {
+                Ok(()) => Response::ok(),
+                Err(e) => Response::error(e.to_string()),
+            },
+            Request::Cli { args, cwd } => {
+                let Some(hook) = &self.cli_hook else {
+                    return Some(Response::error("this daemon does not run commands"));
+                };
+                let mut err: Vec<u8> = Vec::new();
+                let code = {
+                    let mut o = FrameWriter { inner: w, tag: b'o' };
+                    hook(&args, Path::new(&cwd), &self.repo, &mut o, &mut err)
+                };
+                if !err.is_empty() {
+                    let _ = control::write_frame(w, b'e', &err);
+                }
+                let _ = control::write_frame(w, b'x', &code.to_be_bytes());
+                return None;
+            }
+            Request::Snapshot { .. } => Response::error(
+                "no live mount holds this repository (only snapshot mounts): give --source DIR to snapshot by scanning",
+            ),
+            Request::Failpoint { .. } => Response::error("not supported by a snapshot mount"),
+        })
+    }
+}
+
+fn serve(
+    req: SnapMountRequest,
+    cli_hook: Option<CliHook>,
+    report: Option<Arc<Mutex<Option<OwnedFd>>>>,
+) -> Result<()> {
+    let repo = Arc::new(Repository::open(&req.repo)?);
+    let views = Views::new(repo.clone(), req.chunk_cache, Default::default());
+    let d = Arc::new(SnapDaemon {
+        repo: repo.clone(),
+        views: views.clone(),
+        mounts: ExtraMounts::default(),
+        stop: AtomicBool::new(false),
+        cli_hook,
+    });
+    d.mounts
+        .mount(&views, &req.snap, req.all, &req.mountpoint, req.allow_other)?;
+    {
+        let d2 = d.clone();
+        control::serve(
+            repo.root(),
+            Arc::new(move |r, w: &mut dyn Write| d2.handle(r, w)),
+        )?;
+    }
+    {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+            .map_err(|e| Error::io("install signal handlers", "", e))?;
+        let d2 = d.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if signals.forever().next().is_some() {
+                    d2.mounts.unmount_all();
+                    d2.stop.store(true, Ordering::SeqCst);
+                }
+            })
+            .map_err(|e| Error::io("start thread", "", e))?;
+    }
+    if let Some(r) = report {
+        if let Some(w) = r.lock().take() {
+            let _ = std::fs::File::from(w).write_all(b"ok\n");
+        }
+        crate::daemon::detach_stdio(repo.root());
+    }
+    // Until the last mount is gone (rewindfs umount, plain umount, signal).
+    while !d.stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+        d.mounts.reap();
+        if d.mounts.is_empty() {
+            break;
+        }
+    }
+    d.mounts.unmount_all();
+    let _ = std::fs::remove_file(control::socket_path(repo.root()));
+    Ok(())
+}
