@@ -62,7 +62,12 @@ impl ExtraMounts {
             let rec = select(&list, snap, time::now_ns())?;
             crate::fs::snapshot_view::VIEW_BASE + (rec.id << 32)
         };
-        let fsname = views.repo.root().display().to_string();
+        let repo_root = views.repo.root();
+        let fsname = repo_root
+            .canonicalize()
+            .unwrap_or_else(|_| repo_root.to_path_buf())
+            .display()
+            .to_string();
         let fsname = if fsname.contains(|c: char| c == ',' || c.is_whitespace()) {
             "rewindfs".to_string()
         } else {
@@ -313,5 +318,7 @@ fn serve(
     }
     d.mounts.unmount_all();
     let _ = std::fs::remove_file(control::socket_path(repo.root()));
+    // Let a control connection that asked for the last unmount get its answer.
+    std::thread::sleep(Duration::from_millis(200));
     Ok(())
 }

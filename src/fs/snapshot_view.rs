@@ -189,7 +189,7 @@ impl Default for ViewOptions {
         ViewOptions {
             ttl: Duration::from_secs(3600),
             short_ttl: Duration::from_secs(1),
-            readahead_blocks: 8,
+            readahead_blocks: 16,
             trees_cached: 8,
         }
     }
@@ -496,7 +496,7 @@ impl Views {
             Arc::new(ViewFile {
                 tree: t,
                 idx,
-                last_end: AtomicU64::new(u64::MAX),
+                last_end: AtomicU64::new(0),
             }),
         );
         Ok(fh)
@@ -550,9 +550,11 @@ impl Views {
             }
             out.extend_from_slice(&data[lo..hi]);
         }
-        // Sequential reading: load the next blocks ahead.
-        let prev = f.last_end.swap(end, Ordering::Relaxed);
-        if prev == offset || offset == 0 {
+        // Sequential reading (the kernel's readahead sends requests a bit
+        // out of order): load the next blocks ahead.
+        let prev = f.last_end.fetch_max(end, Ordering::Relaxed);
+        let near = prev == u64::MAX || offset.abs_diff(prev) <= 8 * bs;
+        if near || offset == 0 {
             for b in
                 last + 1..(last + 1 + self.opts.readahead_blocks as u64).min(blocks.len() as u64)
             {
