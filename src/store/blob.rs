@@ -4,7 +4,7 @@
 //! offset size field
 //!      0    4 magic "RWBL"
 //!      4    1 kind   (1 = chunk of file data, 2 = manifest part)
-//!      5    1 codec  (0 = raw, 1 = zstd)
+//!      5    1 codec  (0 = raw, 1 = zstd, 2 = byte planes)
 //!      6    2 flags  (0; reserved)
 //!      8    4 raw_len    u32 LE, length of the content
 //!     12    4 stored_len u32 LE, length of the payload that follows
@@ -101,6 +101,8 @@ impl BlobKind {
 pub enum Codec {
     Raw = 0,
     Zstd = 1,
+    /// Byte planes, each raw or zstd (see `planes.rs`).
+    Planes = 2,
 }
 
 impl Codec {
@@ -108,6 +110,7 @@ impl Codec {
         match v {
             0 => Ok(Codec::Raw),
             1 => Ok(Codec::Zstd),
+            2 => Ok(Codec::Planes),
             _ => Err(Error::Corrupt(format!(
                 "unknown codec {v} (written by a newer rewindfs?)"
             ))),
@@ -198,7 +201,16 @@ pub fn encode(kind: BlobKind, id: ChunkId, data: &[u8], level: i32) -> Result<En
         )));
     }
     let mut payload = None;
-    if level > 0 && data.len() >= 64 && worth_compressing(data) {
+    // Tensors: split into byte planes when that beats plain zstd.
+    if level > 0 && kind == BlobKind::Chunk {
+        if let Some((stride, mask)) = super::planes::plan(data) {
+            let p = super::planes::encode(data, stride, &mask, level);
+            if p.len() <= data.len() - data.len() / MIN_SAVING_DIVISOR {
+                payload = Some((Codec::Planes, p));
+            }
+        }
+    }
+    if payload.is_none() && level > 0 && data.len() >= 64 && worth_compressing(data) {
         let limit = data.len() - data.len() / MIN_SAVING_DIVISOR;
         // Compress into a buffer no larger than the useful size: zstd
         // gives up (Err) as soon as the output would not fit, which is
@@ -267,10 +279,15 @@ pub fn decode(header: &BlobHeader, payload: &[u8], expect: &ChunkId) -> Result<V
     }
     let raw = match header.codec {
         Codec::Raw => payload.to_vec(),
-        Codec::Zstd => {
+        Codec::Zstd | Codec::Planes => {
             let cap = header.raw_len as usize;
-            let out = zstd::bulk::decompress(payload, cap)
-                .map_err(|e| Error::Corrupt(format!("chunk {expect}: zstd: {e}")))?;
+            let out = if header.codec == Codec::Zstd {
+                zstd::bulk::decompress(payload, cap)
+                    .map_err(|e| Error::Corrupt(format!("chunk {expect}: zstd: {e}")))?
+            } else {
+                super::planes::decode(payload, cap)
+                    .map_err(|e| Error::Corrupt(format!("chunk {expect}: {e}")))?
+            };
             if out.len() != cap {
                 return Err(Error::Corrupt(format!(
                     "chunk {expect}: decompressed to {} bytes, expected {cap}",

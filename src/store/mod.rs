@@ -5,6 +5,7 @@
 
 pub mod blob;
 pub mod pack;
+pub mod planes;
 
 pub use blob::{BlobKind, ChunkId, Codec, EncodedBlob};
 pub use pack::{PackReader, PackWriter};

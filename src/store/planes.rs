@@ -1,0 +1,243 @@
+//! The byte-plane codec (codec id 2) for tensors.
+//!
+//! Model weights barely compress as a byte stream (fp32 ~1.08x with zstd),
+//! but their bytes are not alike: in each little-endian float the high
+//! byte (sign and exponent) takes few values while the low mantissa bytes
+//! are noise. Splitting a block into `stride` planes (plane k holds bytes
+//! k, k+stride, k+2*stride, ...) and compressing only the planes that
+//! compress gives a better ratio at a fraction of the work, for writing
+//! and for reading.
+//!
+//! Payload (format 1):
+//! ```text
+//! u8 version = 1, u8 stride (2..=8), u16 zero
+//! stride times: u8 codec (0 raw, 1 zstd), u32 LE stored length, bytes
+//! tail: raw_len % stride bytes, raw
+//! ```
+//! Plane k has `raw_len / stride` bytes.
+
+use crate::error::{Error, Result};
+
+const VERSION: u8 = 1;
+
+/// Compression must save at least 1/32 of a plane to be kept.
+const MIN_SAVING_DIVISOR: usize = 32;
+
+fn split(data: &[u8], stride: usize) -> Vec<Vec<u8>> {
+    let n = data.len() / stride;
+    let mut planes = vec![vec![0u8; n]; stride];
+    for (k, plane) in planes.iter_mut().enumerate() {
+        for (dst, chunk) in plane
+            .iter_mut()
+            .zip(data[..n * stride].chunks_exact(stride))
+        {
+            *dst = chunk[k];
+        }
+    }
+    planes
+}
+
+fn compress_if_worth(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    if data.len() < 64 {
+        return None;
+    }
+    let limit = data.len() - data.len() / MIN_SAVING_DIVISOR;
+    let mut out = vec![0u8; limit];
+    let n = zstd::bulk::compress_to_buffer(data, &mut out[..], level).ok()?;
+    out.truncate(n);
+    Some(out)
+}
+
+/// Which planes of a block split with `stride` are worth compressing, and
+/// the estimated compressed size, from a sample.
+fn probe_stride(sample: &[u8], stride: usize) -> (usize, Vec<bool>) {
+    let mut total = 0;
+    let mut use_zstd = Vec::with_capacity(stride);
+    for p in split(sample, stride) {
+        match compress_if_worth(&p, 1) {
+            Some(c) => {
+                total += c.len();
+                use_zstd.push(true);
+            }
+            None => {
+                total += p.len();
+                use_zstd.push(false);
+            }
+        }
+    }
+    (total, use_zstd)
+}
+
+/// A plan for a block: the stride and which planes to compress, when
+/// splitting beats plain zstd on a sample of the block by 5% or more.
+pub fn plan(data: &[u8]) -> Option<(usize, Vec<bool>)> {
+    const SAMPLE: usize = 32 << 10;
+    if data.len() < 4 * SAMPLE {
+        return None;
+    }
+    let start = (data.len() / 2) & !4095;
+    let sample = &data[start..start + SAMPLE];
+    let plain = compress_if_worth(sample, 1).map_or(sample.len(), |c| c.len());
+    let mut best: Option<(usize, usize, Vec<bool>)> = None;
+    for stride in [4usize, 2] {
+        let (size, mask) = probe_stride(sample, stride);
+        if !mask.iter().any(|m| *m) {
+            continue;
+        }
+        if size * 20 < plain * 19 && best.as_ref().is_none_or(|b| size < b.1) {
+            best = Some((stride, size, mask));
+        }
+    }
+    best.map(|(s, _, m)| (s, m))
+}
+
+/// Encode a block with the plan from [`plan`]. Planes are compressed at
+/// zstd level 1 at most: the planes worth compressing (exponents) shrink
+/// about as much at level 1, several times faster.
+pub fn encode(data: &[u8], stride: usize, mask: &[bool], level: i32) -> Vec<u8> {
+    let level = level.min(1);
+    let mut out = Vec::with_capacity(data.len());
+    out.extend_from_slice(&[VERSION, stride as u8, 0, 0]);
+    for (k, plane) in split(data, stride).into_iter().enumerate() {
+        let packed = if mask.get(k).copied().unwrap_or(false) {
+            compress_if_worth(&plane, level)
+        } else {
+            None
+        };
+        match packed {
+            Some(c) => {
+                out.push(1);
+                out.extend_from_slice(&(c.len() as u32).to_le_bytes());
+                out.extend_from_slice(&c);
+            }
+            None => {
+                out.push(0);
+                out.extend_from_slice(&(plane.len() as u32).to_le_bytes());
+                out.extend_from_slice(&plane);
+            }
+        }
+    }
+    let n = data.len() / stride;
+    out.extend_from_slice(&data[n * stride..]);
+    out
+}
+
+/// Decode a payload into `raw_len` bytes; every length is checked against
+/// `raw_len` before anything is allocated or decompressed.
+pub fn decode(payload: &[u8], raw_len: usize) -> Result<Vec<u8>> {
+    let bad = |w: &str| Error::Corrupt(format!("byte-plane payload: {w}"));
+    if payload.len() < 4 || payload[0] != VERSION {
+        return Err(bad("unknown version"));
+    }
+    let stride = payload[1] as usize;
+    if !(2..=8).contains(&stride) {
+        return Err(bad("bad stride"));
+    }
+    let n = raw_len / stride;
+    let tail = raw_len - n * stride;
+    let mut pos = 4;
+    let mut planes = Vec::with_capacity(stride);
+    for _ in 0..stride {
+        if pos + 5 > payload.len() {
+            return Err(bad("truncated"));
+        }
+        let codec = payload[pos];
+        let len = u32::from_le_bytes([
+            payload[pos + 1],
+            payload[pos + 2],
+            payload[pos + 3],
+            payload[pos + 4],
+        ]) as usize;
+        pos += 5;
+        if pos + len > payload.len() {
+            return Err(bad("truncated plane"));
+        }
+        let bytes = &payload[pos..pos + len];
+        pos += len;
+        let plane = match codec {
+            0 if len == n => bytes.to_vec(),
+            1 => {
+                let p = zstd::bulk::decompress(bytes, n).map_err(|e| bad(&format!("zstd: {e}")))?;
+                if p.len() != n {
+                    return Err(bad("plane has the wrong length"));
+                }
+                p
+            }
+            _ => return Err(bad("bad plane")),
+        };
+        planes.push(plane);
+    }
+    if payload.len() - pos != tail {
+        return Err(bad("bad tail"));
+    }
+    let mut out = vec![0u8; raw_len];
+    for (k, plane) in planes.iter().enumerate() {
+        for (chunk, b) in out[..n * stride].chunks_exact_mut(stride).zip(plane) {
+            chunk[k] = *b;
+        }
+    }
+    out[n * stride..].copy_from_slice(&payload[pos..]);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn floats(n: usize, seed: u32) -> Vec<u8> {
+        // Weights-like: normal(0, 0.02) floats (Box-Muller), so mantissas
+        // are noise and exponents cluster, as in real checkpoints.
+        let mut x = (seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut uniform = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        };
+        let mut out = Vec::with_capacity(n * 4);
+        for _ in 0..n {
+            let (u1, u2) = (uniform(), uniform());
+            let v = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * 0.02;
+            out.extend_from_slice(&(v as f32).to_le_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn planes_roundtrip_with_tails() {
+        for (len, stride) in [(1 << 20, 4), (1 << 20 | 3, 4), (300_001, 2), (65, 4)] {
+            let mut data = floats(len / 4 + 1, len as u32);
+            data.truncate(len);
+            let mask = vec![true; stride];
+            let enc = encode(&data, stride, &mask, 3);
+            assert_eq!(
+                decode(&enc, len).unwrap(),
+                data,
+                "len {len} stride {stride}"
+            );
+        }
+    }
+
+    #[test]
+    fn floats_get_a_plan_and_shrink_text_does_not() {
+        let data = floats(1 << 18, 7);
+        let (stride, mask) = plan(&data).expect("fp32 data should be split");
+        assert_eq!(stride, 4);
+        let enc = encode(&data, stride, &mask, 3);
+        let plain = zstd::bulk::compress(&data, 3).unwrap();
+        assert!(enc.len() < plain.len(), "{} vs {}", enc.len(), plain.len());
+        let text = b"the quick brown fox jumps over the lazy dog ".repeat(30_000);
+        assert!(plan(&text).is_none());
+    }
+
+    #[test]
+    fn bad_payloads_are_errors() {
+        let data = floats(1 << 16, 3);
+        let enc = encode(&data, 4, &[true; 4], 3);
+        assert!(decode(&enc, data.len() + 1).is_err());
+        assert!(decode(&enc[..enc.len() - 1], data.len()).is_err());
+        let mut bad = enc.clone();
+        bad[1] = 9;
+        assert!(decode(&bad, data.len()).is_err());
+    }
+}
