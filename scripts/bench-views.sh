@@ -24,6 +24,9 @@ command -v borg >/dev/null || need+=(borgbackup)
 python3 -c 'import numpy, safetensors' 2>/dev/null || pip install -q numpy safetensors
 cargo build --release --quiet
 rw=$root/target/release/rewindfs
+# numpy (imported by the helper) would otherwise start BLAS threads that
+# spin on the 2 cores the daemon needs.
+export OPENBLAS_NUM_THREADS=1
 vb="python3 scripts/lib/views_bench.py"
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 mkdir -p "$WORK" "$(dirname "$OUT")"

@@ -54,7 +54,7 @@ pub fn verify(repo: &Repository, read_data: bool) -> Result<VerifyReport> {
                     }
                     Some(_) if read_data => repo
                         .pack_reader()
-                        .read(&loc, id)
+                        .scrub(&loc, id)
                         .err()
                         .map(|e| e.to_string()),
                     Some(_) => None,

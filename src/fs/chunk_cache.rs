@@ -1,7 +1,7 @@
 //! A bounded cache of verified chunks for snapshot reads, with a small
 //! pool of prefetch workers.
 //!
-//! Chunks are read from packs, verified (both hashes) and decompressed by
+//! Chunks are read from packs, decompressed and verified (content hash) by
 //! `Repository::read_blob`; the cache holds at most `capacity` bytes and
 //! drops the least recently used chunks first. Concurrent requests for the
 //! same chunk wait for one load.

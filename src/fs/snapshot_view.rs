@@ -506,7 +506,7 @@ impl Views {
         self.handles.write().remove(&fh);
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> VResult<Vec<u8>> {
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> VResult<ReadData> {
         let f = self.handles.read().get(&fh).cloned().ok_or(Errno::EBADF)?;
         let n = &f.tree.nodes[f.idx as usize];
         let VKind::File {
@@ -517,13 +517,16 @@ impl Views {
             return Err(Errno::EISDIR);
         };
         if offset >= *fsize {
-            return Ok(Vec::new());
+            return Ok(ReadData::Owned(Vec::new()));
         }
         let end = (offset + size as u64).min(*fsize);
+        tracing::trace!(fh, offset, size, "view read");
         let bs = f.tree.record.block_size as u64;
-        let mut out = Vec::with_capacity((end - offset) as usize);
         let first = offset / bs;
         let last = (end - 1) / bs;
+        // Within one block (the usual case: the kernel asks for aligned
+        // 1 MiB), the reply is a slice of the cached chunk, not a copy.
+        let mut out = ReadData::Owned(Vec::new());
         for b in first..=last {
             let id = blocks.get(b as usize).ok_or(Errno::EIO)?;
             let data = self.chunks.get(id).map_err(|e| {
@@ -548,7 +551,19 @@ impl Views {
             if hi > data.len() || lo > hi {
                 return Err(Errno::EIO);
             }
-            out.extend_from_slice(&data[lo..hi]);
+            out = match out {
+                ReadData::Owned(v) if v.is_empty() && first == last => {
+                    ReadData::Shared { data, lo, hi }
+                }
+                ReadData::Owned(mut v) => {
+                    if v.capacity() == 0 {
+                        v.reserve_exact((end - offset) as usize);
+                    }
+                    v.extend_from_slice(&data[lo..hi]);
+                    ReadData::Owned(v)
+                }
+                shared @ ReadData::Shared { .. } => shared,
+            };
         }
         // Sequential reading (the kernel's readahead sends requests a bit
         // out of order): load the next blocks ahead.
@@ -595,6 +610,27 @@ impl Views {
     pub fn statfs(&self) -> VResult<rustix::fs::StatVfs> {
         let f = std::fs::File::open(self.repo.root()).map_err(|_| Errno::EIO)?;
         rustix::fs::fstatvfs(&f).map_err(|e| Errno::from_i32(e.raw_os_error()))
+    }
+}
+
+/// The bytes of a snapshot read: a slice of one cached chunk, or a copy
+/// assembled from several.
+pub enum ReadData {
+    Shared {
+        data: Arc<Vec<u8>>,
+        lo: usize,
+        hi: usize,
+    },
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for ReadData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ReadData::Shared { data, lo, hi } => &data[*lo..*hi],
+            ReadData::Owned(v) => v,
+        }
     }
 }
 

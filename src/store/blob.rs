@@ -13,9 +13,12 @@
 //!     80    8 header_sum first 8 bytes of blake3(header[0..80])
 //!     88    . payload
 //! ```
-//! Reading verifies `header_sum`, then `stored_sum` before decompressing,
-//! caps the decompressed size at `raw_len` (itself capped at
-//! [`MAX_RAW_LEN`]), and finally checks that blake3 of the result is `id`.
+//! Reading verifies `header_sum`, caps the decompressed size at `raw_len`
+//! (itself capped at [`MAX_RAW_LEN`]), and checks that blake3 of the result
+//! is `id`: one hash per read, and never wrong bytes. `stored_sum` lets a
+//! scrub ([`Check::Full`], `rewindfs verify --read-data`) also name damage
+//! to a payload before decoding it, and a rebuild check payloads without
+//! decompressing them.
 
 use std::fmt;
 
@@ -256,9 +259,26 @@ fn worth_compressing(data: &[u8]) -> bool {
     zstd::bulk::compress_to_buffer(sample, &mut out[..], 1).is_ok()
 }
 
+/// How much [`decode`] checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// The content hash of the decoded bytes (enough for never returning
+    /// wrong bytes: the decoders are bounded by `raw_len` and reject
+    /// malformed input).
+    Content,
+    /// Also the checksum of the stored payload, before decoding.
+    Full,
+}
+
 /// Verify and decode a payload read from a pack. `expect` is the id the
-/// caller wants; any mismatch is an error, never wrong bytes.
-pub fn decode(header: &BlobHeader, payload: &[u8], expect: &ChunkId) -> Result<Vec<u8>> {
+/// caller wants; any mismatch is an error, never wrong bytes. A raw
+/// payload is returned as is, without a copy.
+pub fn decode(
+    header: &BlobHeader,
+    payload: Vec<u8>,
+    expect: &ChunkId,
+    check: Check,
+) -> Result<Vec<u8>> {
     if header.id != *expect {
         return Err(Error::Corrupt(format!(
             "blob holds {} but {} was expected",
@@ -272,20 +292,30 @@ pub fn decode(header: &BlobHeader, payload: &[u8], expect: &ChunkId) -> Result<V
             header.stored_len
         )));
     }
-    if *blake3::hash(payload).as_bytes() != header.stored_sum {
+    if check == Check::Full
+        && header.codec != Codec::Raw
+        && *blake3::hash(&payload).as_bytes() != header.stored_sum
+    {
         return Err(Error::Corrupt(format!(
             "chunk {expect}: stored bytes do not match their checksum"
         )));
     }
     let raw = match header.codec {
-        Codec::Raw => payload.to_vec(),
+        Codec::Raw => {
+            if payload.len() != header.raw_len as usize || ChunkId::of(&payload) != *expect {
+                return Err(Error::Corrupt(format!(
+                    "chunk {expect}: stored bytes do not match their checksum"
+                )));
+            }
+            payload
+        }
         Codec::Zstd | Codec::Planes => {
             let cap = header.raw_len as usize;
             let out = if header.codec == Codec::Zstd {
-                zstd::bulk::decompress(payload, cap)
+                zstd_decompress(&payload, cap)
                     .map_err(|e| Error::Corrupt(format!("chunk {expect}: zstd: {e}")))?
             } else {
-                super::planes::decode(payload, cap)
+                super::planes::decode(&payload, cap)
                     .map_err(|e| Error::Corrupt(format!("chunk {expect}: {e}")))?
             };
             if out.len() != cap {
@@ -306,6 +336,37 @@ pub fn decode(header: &BlobHeader, payload: &[u8], expect: &ChunkId) -> Result<V
     Ok(raw)
 }
 
+thread_local! {
+    /// One zstd decompression context per thread: creating one costs an
+    /// allocation of ~100 KiB, more than decoding a small plane.
+    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Decompress a zstd frame of at most `cap` bytes with this thread's
+/// context. Errors on malformed input or output larger than `cap`.
+pub fn zstd_decompress(src: &[u8], cap: usize) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(cap);
+    zstd_decompress_into(src, &mut out)?;
+    Ok(out)
+}
+
+/// Like [`zstd_decompress`], into `out`'s spare capacity (`out` is
+/// cleared first; its capacity is the cap).
+fn zstd_decompress_into(src: &[u8], out: &mut Vec<u8>) -> std::io::Result<usize> {
+    out.clear();
+    DCTX.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match c.as_mut() {
+            Some(d) => d.decompress_to_buffer(src, out),
+            None => Err(std::io::Error::other("no zstd context")),
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,7 +379,10 @@ mod tests {
         assert_eq!(b.header.codec, Codec::Zstd);
         let h = BlobHeader::decode(&b.header.encode()).unwrap();
         assert_eq!(h, b.header);
-        assert_eq!(decode(&h, &b.payload, &id).unwrap(), text);
+        assert_eq!(
+            decode(&h, b.payload.clone(), &id, Check::Full).unwrap(),
+            text
+        );
 
         let mut rnd = vec![0u8; 100_000];
         let mut x: u64 = 12345;
@@ -331,7 +395,10 @@ mod tests {
         let id = ChunkId::of(&rnd);
         let b = encode(BlobKind::Chunk, id, &rnd, 3).unwrap();
         assert_eq!(b.header.codec, Codec::Raw);
-        assert_eq!(decode(&b.header, &b.payload, &id).unwrap(), rnd);
+        assert_eq!(
+            decode(&b.header, b.payload.clone(), &id, Check::Content).unwrap(),
+            rnd
+        );
     }
 
     #[test]
@@ -341,12 +408,13 @@ mod tests {
         let b = encode(BlobKind::Chunk, id, &text, 3).unwrap();
         let mut bad = b.payload.clone();
         bad[3] ^= 1;
-        assert!(decode(&b.header, &bad, &id).is_err());
+        assert!(decode(&b.header, bad.clone(), &id, Check::Full).is_err());
+        assert!(decode(&b.header, bad, &id, Check::Content).is_err());
         let mut hdr = b.header.encode();
         hdr[9] ^= 1;
         assert!(BlobHeader::decode(&hdr).is_err());
         let other = ChunkId::of(b"x");
-        assert!(decode(&b.header, &b.payload, &other).is_err());
+        assert!(decode(&b.header, b.payload.clone(), &other, Check::Content).is_err());
     }
 
     #[test]

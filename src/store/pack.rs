@@ -16,7 +16,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::blob::{self, BlobHeader, BlobKind, ChunkId, Codec, EncodedBlob, HEADER_LEN};
+use super::blob::{self, BlobHeader, BlobKind, Check, ChunkId, Codec, EncodedBlob, HEADER_LEN};
 use crate::error::{Error, IoContext, Result};
 use crate::util::durable;
 
@@ -374,28 +374,43 @@ impl PackReader {
         Ok(f)
     }
 
-    /// Read, verify and decode the blob `id` at `loc`.
+    /// Read, verify and decode the blob `id` at `loc` (content hash).
     pub fn read(&self, loc: &Location, id: &ChunkId) -> Result<Vec<u8>> {
+        self.read_checked(loc, id, Check::Content)
+    }
+
+    /// Read the blob `id` at `loc`, checking its stored checksum too (for
+    /// scrubs: damage is named before decoding).
+    pub fn scrub(&self, loc: &Location, id: &ChunkId) -> Result<Vec<u8>> {
+        self.read_checked(loc, id, Check::Full)
+    }
+
+    fn read_checked(&self, loc: &Location, id: &ChunkId, check: Check) -> Result<Vec<u8>> {
         let f = self.file(loc.pack)?;
-        let total = HEADER_LEN + loc.stored_len as usize;
-        let mut buf = vec![0u8; total];
-        f.read_exact_at(&mut buf, loc.offset)
-            .map_err(|e| match e.kind() {
+        let read_at = |buf: &mut [u8], at: u64| {
+            f.read_exact_at(buf, at).map_err(|e| match e.kind() {
                 std::io::ErrorKind::UnexpectedEof => Error::Corrupt(format!(
                     "chunk {id}: pack {} ends before the blob at offset {}",
                     pack_file_name(loc.pack),
                     loc.offset
                 )),
                 _ => Error::io("read pack", self.pack_path(loc.pack), e),
-            })?;
-        let header = BlobHeader::decode(&buf[..HEADER_LEN]).map_err(|e| {
+            })
+        };
+        // Header and payload into separate buffers, so that a raw payload
+        // is handed back without a copy.
+        let mut head = [0u8; HEADER_LEN];
+        read_at(&mut head, loc.offset)?;
+        let mut payload = vec![0u8; loc.stored_len as usize];
+        read_at(&mut payload, loc.offset + HEADER_LEN as u64)?;
+        let header = BlobHeader::decode(&head).map_err(|e| {
             Error::Corrupt(format!(
                 "chunk {id} in pack {} at offset {}: {e}",
                 pack_file_name(loc.pack),
                 loc.offset
             ))
         })?;
-        blob::decode(&header, &buf[HEADER_LEN..], id).map_err(|e| {
+        blob::decode(&header, payload, id, check).map_err(|e| {
             Error::Corrupt(format!(
                 "{e} (pack {} offset {})",
                 pack_file_name(loc.pack),

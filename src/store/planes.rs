@@ -136,7 +136,9 @@ pub fn decode(payload: &[u8], raw_len: usize) -> Result<Vec<u8>> {
     let n = raw_len / stride;
     let tail = raw_len - n * stride;
     let mut pos = 4;
-    let mut planes = Vec::with_capacity(stride);
+    // Raw planes are used in place, compressed ones decoded.
+    let mut spans: Vec<(bool, usize)> = Vec::with_capacity(stride);
+    let mut decoded: Vec<Vec<u8>> = Vec::new();
     for _ in 0..stride {
         if pos + 5 > payload.len() {
             return Err(bad("truncated"));
@@ -153,31 +155,64 @@ pub fn decode(payload: &[u8], raw_len: usize) -> Result<Vec<u8>> {
             return Err(bad("truncated plane"));
         }
         let bytes = &payload[pos..pos + len];
-        pos += len;
-        let plane = match codec {
-            0 if len == n => bytes.to_vec(),
+        match codec {
+            0 if len == n => spans.push((false, pos)),
             1 => {
-                let p = zstd::bulk::decompress(bytes, n).map_err(|e| bad(&format!("zstd: {e}")))?;
-                if p.len() != n {
+                let plane = super::blob::zstd_decompress(bytes, n)
+                    .map_err(|e| bad(&format!("zstd: {e}")))?;
+                if plane.len() != n {
                     return Err(bad("plane has the wrong length"));
                 }
-                p
+                spans.push((true, decoded.len()));
+                decoded.push(plane);
             }
             _ => return Err(bad("bad plane")),
-        };
-        planes.push(plane);
+        }
+        pos += len;
     }
     if payload.len() - pos != tail {
         return Err(bad("bad tail"));
     }
+    let planes: Vec<&[u8]> = spans
+        .iter()
+        .map(|&(was_compressed, at)| {
+            if was_compressed {
+                &decoded[at][..]
+            } else {
+                &payload[at..at + n]
+            }
+        })
+        .collect();
     let mut out = vec![0u8; raw_len];
-    for (k, plane) in planes.iter().enumerate() {
-        for (chunk, b) in out[..n * stride].chunks_exact_mut(stride).zip(plane) {
-            chunk[k] = *b;
-        }
-    }
+    interleave(&planes, &mut out[..n * stride]);
     out[n * stride..].copy_from_slice(&payload[pos..]);
     Ok(out)
+}
+
+/// Write plane k's bytes to positions k, k+stride, ... of `out`, in one
+/// pass over `out` (the common fp32 and 16-bit cases unrolled).
+fn interleave(planes: &[&[u8]], out: &mut [u8]) {
+    match planes {
+        [a, b, c, d] => {
+            let src = a.iter().zip(b.iter()).zip(c.iter()).zip(d.iter());
+            for (o, (((a, b), c), d)) in out.chunks_exact_mut(4).zip(src) {
+                o.copy_from_slice(&[*a, *b, *c, *d]);
+            }
+        }
+        [a, b] => {
+            for (o, (a, b)) in out.chunks_exact_mut(2).zip(a.iter().zip(b.iter())) {
+                o.copy_from_slice(&[*a, *b]);
+            }
+        }
+        _ => {
+            let stride = planes.len();
+            for (i, o) in out.chunks_exact_mut(stride).enumerate() {
+                for (k, p) in planes.iter().enumerate() {
+                    o[k] = p[i];
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
