@@ -517,6 +517,7 @@ fn run(
         Some(views.clone()),
     )
     .map_err(|e| Error::io("mount on", &paths.mountpoint, e))?;
+    fs::readahead::raise_after_init(paths.mountpoint.clone(), fs::readahead::READAHEAD_KIB);
     let startup = Arc::new(Mutex::new("running".to_string()));
     let flusher = Flusher::start(FlusherCtx {
         startup: startup.clone(),

@@ -76,6 +76,7 @@ impl ExtraMounts {
         let session = mount_views(views.clone(), root, &mp, &fsname, allow_other)
             .map_err(|e| Error::io("mount on", &mp, e))?;
         let bg = session.spawn().map_err(|e| Error::io("serve", &mp, e))?;
+        crate::fs::readahead::raise_after_init(mp.clone(), crate::fs::readahead::READAHEAD_KIB);
         self.mounts.lock().insert(mp, bg);
         Ok(())
     }

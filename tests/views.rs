@@ -279,6 +279,7 @@ fn mount_snapshot_with_and_without_a_live_mount() {
         .unwrap()
         .to_string();
     assert!(line.contains("ro,nosuid,nodev"), "{line}");
+    assert_raised_readahead(&s1);
     // Commands still work (the snapshot daemon answers them).
     assert!(ok(&repo, &["snapshots"]).contains("full"));
     ok(&repo, &["umount", s1.to_str().unwrap()]);
@@ -288,9 +289,11 @@ fn mount_snapshot_with_and_without_a_live_mount() {
         &mnt,
         &["--repo", r, "--every", "off", "--full-every", "off"],
     );
+    assert_raised_readahead(&mnt);
     fs::write(mnt.join("f"), b"v2").unwrap();
     ok(&repo, &["snapshot"]);
     ok(&repo, &["mount-snapshot", "--all", s2.to_str().unwrap()]);
+    assert_raised_readahead(&s2);
     assert_eq!(fs::read(s2.join("latest/f")).unwrap(), b"v2");
     let names: BTreeMap<String, ()> = fs::read_dir(&s2)
         .unwrap()
@@ -302,4 +305,31 @@ fn mount_snapshot_with_and_without_a_live_mount() {
     assert_eq!(fs::read(mnt.join("f")).unwrap(), b"v2");
     assert_eq!(fs::read(mnt.join(".snapshots/latest/f")).unwrap(), b"v2");
     live.umount();
+}
+
+/// The daemon raises the kernel's readahead window of its mounts after
+/// INIT (root only: others keep the 128 KiB default).
+fn assert_raised_readahead(mp: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let dev = fs::metadata(mp).unwrap().dev();
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    // SAFETY: geteuid has no preconditions.
+    let want = if unsafe { libc::geteuid() } == 0 {
+        rewindfs::fs::readahead::READAHEAD_KIB
+    } else {
+        128
+    };
+    let mut got = 0;
+    for _ in 0..100 {
+        got = fs::read_to_string(&path).unwrap().trim().parse().unwrap();
+        if got == want {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("{path}: read_ahead_kb is {got}, expected {want}");
 }

@@ -5,6 +5,7 @@
 //! - `adapter.rs`: `impl fuser::Filesystem`, match-and-reply only
 //! - `inode.rs`: node ids ⇄ backing objects (`O_PATH` fds), lookup counts
 //! - `creds.rs`: acting as the caller when creating objects
+//! - `readahead.rs`: raising the kernel's readahead window after INIT
 
 pub mod adapter;
 pub mod chunk_cache;
@@ -12,6 +13,7 @@ pub mod creds;
 pub mod handle;
 pub mod inode;
 pub mod live;
+pub mod readahead;
 pub mod snapshot_view;
 pub mod view_adapter;
 
