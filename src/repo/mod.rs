@@ -355,6 +355,16 @@ impl Repository {
         self.packs.read(&loc, id)
     }
 
+    /// [`Repository::read_blob`] into `spare`'s allocation when it is
+    /// large enough.
+    pub fn read_blob_into(&self, id: &ChunkId, spare: Vec<u8>) -> Result<Vec<u8>> {
+        let loc = self
+            .index
+            .get_chunk(id)?
+            .ok_or_else(|| Error::MissingChunk(id.to_hex()))?;
+        self.packs.read_into(&loc, id, spare)
+    }
+
     pub fn load_manifest(&self, rec: &SnapshotRecord) -> Result<Manifest> {
         let mut bytes = Vec::with_capacity(rec.manifest_len as usize);
         for id in rec.manifest_ids()? {

@@ -279,6 +279,18 @@ pub fn decode(
     expect: &ChunkId,
     check: Check,
 ) -> Result<Vec<u8>> {
+    decode_into(header, payload, expect, check, Vec::new())
+}
+
+/// [`decode`], decompressing into `out`'s allocation (if it is large
+/// enough; `out` may be empty).
+pub fn decode_into(
+    header: &BlobHeader,
+    payload: Vec<u8>,
+    expect: &ChunkId,
+    check: Check,
+    out: Vec<u8>,
+) -> Result<Vec<u8>> {
     if header.id != *expect {
         return Err(Error::Corrupt(format!(
             "blob holds {} but {} was expected",
@@ -311,13 +323,18 @@ pub fn decode(
         }
         Codec::Zstd | Codec::Planes => {
             let cap = header.raw_len as usize;
-            let out = if header.codec == Codec::Zstd {
-                zstd_decompress(&payload, cap)
-                    .map_err(|e| Error::Corrupt(format!("chunk {expect}: zstd: {e}")))?
+            let mut out = if out.capacity() >= cap {
+                out
             } else {
-                super::planes::decode(&payload, cap)
-                    .map_err(|e| Error::Corrupt(format!("chunk {expect}: {e}")))?
+                Vec::with_capacity(cap)
             };
+            if header.codec == Codec::Zstd {
+                zstd_decompress_into(&payload, &mut out)
+                    .map_err(|e| Error::Corrupt(format!("chunk {expect}: zstd: {e}")))?;
+            } else {
+                super::planes::decode_into(&payload, cap, &mut out)
+                    .map_err(|e| Error::Corrupt(format!("chunk {expect}: {e}")))?;
+            }
             if out.len() != cap {
                 return Err(Error::Corrupt(format!(
                     "chunk {expect}: decompressed to {} bytes, expected {cap}",

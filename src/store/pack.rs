@@ -376,16 +376,29 @@ impl PackReader {
 
     /// Read, verify and decode the blob `id` at `loc` (content hash).
     pub fn read(&self, loc: &Location, id: &ChunkId) -> Result<Vec<u8>> {
-        self.read_checked(loc, id, Check::Content)
+        self.read_checked(loc, id, Check::Content, Vec::new())
+    }
+
+    /// Like [`PackReader::read`], decoding into `spare`'s allocation when
+    /// it is large enough (readers that recycle buffers keep the
+    /// allocator from spreading them over its arenas).
+    pub fn read_into(&self, loc: &Location, id: &ChunkId, spare: Vec<u8>) -> Result<Vec<u8>> {
+        self.read_checked(loc, id, Check::Content, spare)
     }
 
     /// Read the blob `id` at `loc`, checking its stored checksum too (for
     /// scrubs: damage is named before decoding).
     pub fn scrub(&self, loc: &Location, id: &ChunkId) -> Result<Vec<u8>> {
-        self.read_checked(loc, id, Check::Full)
+        self.read_checked(loc, id, Check::Full, Vec::new())
     }
 
-    fn read_checked(&self, loc: &Location, id: &ChunkId, check: Check) -> Result<Vec<u8>> {
+    fn read_checked(
+        &self,
+        loc: &Location,
+        id: &ChunkId,
+        check: Check,
+        spare: Vec<u8>,
+    ) -> Result<Vec<u8>> {
         let f = self.file(loc.pack)?;
         let read_at = |buf: &mut [u8], at: u64| {
             f.read_exact_at(buf, at).map_err(|e| match e.kind() {
@@ -401,8 +414,6 @@ impl PackReader {
         // is handed back without a copy.
         let mut head = [0u8; HEADER_LEN];
         read_at(&mut head, loc.offset)?;
-        let mut payload = vec![0u8; loc.stored_len as usize];
-        read_at(&mut payload, loc.offset + HEADER_LEN as u64)?;
         let header = BlobHeader::decode(&head).map_err(|e| {
             Error::Corrupt(format!(
                 "chunk {id} in pack {} at offset {}: {e}",
@@ -410,7 +421,25 @@ impl PackReader {
                 loc.offset
             ))
         })?;
-        blob::decode(&header, payload, id, check).map_err(|e| {
+        let len = loc.stored_len as usize;
+        // `spare` holds the result: a raw payload is read straight into
+        // it, a compressed one is decoded into it. One much larger than
+        // the content is not used (it would hold memory for nothing).
+        let need = header.raw_len as usize;
+        let spare = if spare.capacity() >= need && spare.capacity() <= 2 * need.max(4096) {
+            spare
+        } else {
+            Vec::new()
+        };
+        let (mut payload, out) = if header.codec == Codec::Raw && spare.capacity() >= len {
+            (spare, Vec::new())
+        } else {
+            (Vec::new(), spare)
+        };
+        payload.clear();
+        payload.resize(len, 0);
+        read_at(&mut payload, loc.offset + HEADER_LEN as u64)?;
+        blob::decode_into(&header, payload, id, check, out).map_err(|e| {
             Error::Corrupt(format!(
                 "{e} (pack {} offset {})",
                 pack_file_name(loc.pack),

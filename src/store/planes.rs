@@ -125,6 +125,13 @@ pub fn encode(data: &[u8], stride: usize, mask: &[bool], level: i32) -> Vec<u8> 
 /// Decode a payload into `raw_len` bytes; every length is checked against
 /// `raw_len` before anything is allocated or decompressed.
 pub fn decode(payload: &[u8], raw_len: usize) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    decode_into(payload, raw_len, &mut out)?;
+    Ok(out)
+}
+
+/// [`decode`] into `out` (cleared first; its allocation is reused).
+pub fn decode_into(payload: &[u8], raw_len: usize, out: &mut Vec<u8>) -> Result<()> {
     let bad = |w: &str| Error::Corrupt(format!("byte-plane payload: {w}"));
     if payload.len() < 4 || payload[0] != VERSION {
         return Err(bad("unknown version"));
@@ -183,10 +190,11 @@ pub fn decode(payload: &[u8], raw_len: usize) -> Result<Vec<u8>> {
             }
         })
         .collect();
-    let mut out = vec![0u8; raw_len];
+    out.clear();
+    out.resize(raw_len, 0);
     interleave(&planes, &mut out[..n * stride]);
     out[n * stride..].copy_from_slice(&payload[pos..]);
-    Ok(out)
+    Ok(())
 }
 
 /// Write plane k's bytes to positions k, k+stride, ... of `out`, in one
