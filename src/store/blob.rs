@@ -279,18 +279,62 @@ pub fn decode(
     expect: &ChunkId,
     check: Check,
 ) -> Result<Vec<u8>> {
-    decode_into(header, payload, expect, check, Vec::new())
+    if header.codec == Codec::Raw {
+        check_stored(header, &payload, expect, check)?;
+        return Ok(payload);
+    }
+    decode_ref(header, &payload, expect, check, Vec::new())
 }
 
-/// [`decode`], decompressing into `out`'s allocation (if it is large
-/// enough; `out` may be empty).
-pub fn decode_into(
+/// [`decode`] from a borrowed payload into `out`'s allocation (used if it
+/// is large enough; `out` may be empty). A raw payload is copied.
+pub fn decode_ref(
     header: &BlobHeader,
-    payload: Vec<u8>,
+    payload: &[u8],
     expect: &ChunkId,
     check: Check,
     out: Vec<u8>,
 ) -> Result<Vec<u8>> {
+    check_stored(header, payload, expect, check)?;
+    let cap = header.raw_len as usize;
+    let mut out = if out.capacity() >= cap {
+        out
+    } else {
+        Vec::with_capacity(cap)
+    };
+    match header.codec {
+        Codec::Raw => {
+            out.clear();
+            out.extend_from_slice(payload);
+            return Ok(out);
+        }
+        Codec::Zstd => {
+            zstd_decompress_into(payload, &mut out)
+                .map_err(|e| Error::Corrupt(format!("chunk {expect}: zstd: {e}")))?;
+        }
+        Codec::Planes => {
+            super::planes::decode_into(payload, cap, &mut out)
+                .map_err(|e| Error::Corrupt(format!("chunk {expect}: {e}")))?;
+        }
+    }
+    if out.len() != cap {
+        return Err(Error::Corrupt(format!(
+            "chunk {expect}: decompressed to {} bytes, expected {cap}",
+            out.len()
+        )));
+    }
+    if ChunkId::of(&out) != *expect {
+        return Err(Error::Corrupt(format!(
+            "chunk {expect}: content hash mismatch after decompression"
+        )));
+    }
+    Ok(out)
+}
+
+/// The checks made before decoding: the right blob, the right length,
+/// the stored checksum when asked for, and for a raw payload (which is
+/// the content) its content hash.
+fn check_stored(header: &BlobHeader, payload: &[u8], expect: &ChunkId, check: Check) -> Result<()> {
     if header.id != *expect {
         return Err(Error::Corrupt(format!(
             "blob holds {} but {} was expected",
@@ -304,53 +348,16 @@ pub fn decode_into(
             header.stored_len
         )));
     }
-    if check == Check::Full
-        && header.codec != Codec::Raw
-        && *blake3::hash(&payload).as_bytes() != header.stored_sum
-    {
+    let bad_sum = match header.codec {
+        Codec::Raw => payload.len() != header.raw_len as usize || ChunkId::of(payload) != *expect,
+        _ => check == Check::Full && *blake3::hash(payload).as_bytes() != header.stored_sum,
+    };
+    if bad_sum {
         return Err(Error::Corrupt(format!(
             "chunk {expect}: stored bytes do not match their checksum"
         )));
     }
-    let raw = match header.codec {
-        Codec::Raw => {
-            if payload.len() != header.raw_len as usize || ChunkId::of(&payload) != *expect {
-                return Err(Error::Corrupt(format!(
-                    "chunk {expect}: stored bytes do not match their checksum"
-                )));
-            }
-            payload
-        }
-        Codec::Zstd | Codec::Planes => {
-            let cap = header.raw_len as usize;
-            let mut out = if out.capacity() >= cap {
-                out
-            } else {
-                Vec::with_capacity(cap)
-            };
-            if header.codec == Codec::Zstd {
-                zstd_decompress_into(&payload, &mut out)
-                    .map_err(|e| Error::Corrupt(format!("chunk {expect}: zstd: {e}")))?;
-            } else {
-                super::planes::decode_into(&payload, cap, &mut out)
-                    .map_err(|e| Error::Corrupt(format!("chunk {expect}: {e}")))?;
-            }
-            if out.len() != cap {
-                return Err(Error::Corrupt(format!(
-                    "chunk {expect}: decompressed to {} bytes, expected {cap}",
-                    out.len()
-                )));
-            }
-            let got = ChunkId::of(&out);
-            if got != *expect {
-                return Err(Error::Corrupt(format!(
-                    "chunk {expect}: content hash mismatch after decompression"
-                )));
-            }
-            out
-        }
-    };
-    Ok(raw)
+    Ok(())
 }
 
 thread_local! {
@@ -432,6 +439,31 @@ mod tests {
         assert!(BlobHeader::decode(&hdr).is_err());
         let other = ChunkId::of(b"x");
         assert!(decode(&b.header, b.payload.clone(), &other, Check::Content).is_err());
+    }
+
+    #[test]
+    fn decoding_into_a_used_buffer_gives_only_the_content() {
+        let text = b"tensor ".repeat(3000);
+        let mut x: u32 = 99;
+        let floats: Vec<u8> = (0..65_536)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                ((x as f32 / u32::MAX as f32 - 0.5) * 0.02).to_le_bytes()
+            })
+            .collect();
+        let mut codecs = Vec::new();
+        for data in [&text[..], &floats[..], &b"x"[..]] {
+            let id = ChunkId::of(data);
+            let b = encode(BlobKind::Chunk, id, data, 3).unwrap();
+            codecs.push(b.header.codec);
+            // A recycled buffer: longer than the content, full of garbage.
+            let used = vec![0xAB; data.len() * 2 + 10];
+            let got = decode_ref(&b.header, &b.payload, &id, Check::Content, used).unwrap();
+            assert_eq!(got, data, "codec {:?}", b.header.codec);
+        }
+        assert_eq!(codecs, [Codec::Zstd, Codec::Planes, Codec::Raw]);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::blob::{self, BlobHeader, BlobKind, Check, ChunkId, Codec, EncodedBlob, HEADER_LEN};
 use crate::error::{Error, IoContext, Result};
+use crate::util::bytes::set_len_keeping;
 use crate::util::durable;
 
 pub const PACK_MAGIC: [u8; 8] = *b"RWPACK\0\0";
@@ -431,23 +432,43 @@ impl PackReader {
         } else {
             Vec::new()
         };
-        let (mut payload, out) = if header.codec == Codec::Raw && spare.capacity() >= len {
-            (spare, Vec::new())
-        } else {
-            (Vec::new(), spare)
-        };
-        payload.clear();
-        payload.resize(len, 0);
-        read_at(&mut payload, loc.offset + HEADER_LEN as u64)?;
-        blob::decode_into(&header, payload, id, check, out).map_err(|e| {
+        let at = loc.offset + HEADER_LEN as u64;
+        let context = |e: Error| {
             Error::Corrupt(format!(
                 "{e} (pack {} offset {})",
                 pack_file_name(loc.pack),
                 loc.offset
             ))
-        })
+        };
+        // Buffers are not zeroed before a read: the read overwrites all of
+        // them or fails (and the result is not used).
+        if header.codec == Codec::Raw {
+            let mut payload = spare;
+            set_len_keeping(&mut payload, len);
+            read_at(&mut payload, at)?;
+            return blob::decode(&header, payload, id, check).map_err(context);
+        }
+        // A compressed payload goes through this thread's scratch buffer.
+        let mut scratch = SCRATCH.with(|c| std::mem::take(&mut *c.borrow_mut()));
+        set_len_keeping(&mut scratch, len);
+        let r = read_at(&mut scratch, at)
+            .and_then(|()| blob::decode_ref(&header, &scratch, id, check, spare).map_err(context));
+        if scratch.capacity() <= SCRATCH_KEEP {
+            SCRATCH.with(|c| *c.borrow_mut() = scratch);
+        }
+        r
     }
 }
+
+thread_local! {
+    /// Per-thread buffer for compressed payloads on their way to the
+    /// decoder.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Scratch buffers larger than this are not kept (a rare 8 MiB block
+/// should not pin 8 MiB in every reader thread).
+const SCRATCH_KEEP: usize = 2 << 20;
 
 /// One blob found while scanning a pack.
 #[derive(Debug, Clone)]

@@ -190,8 +190,9 @@ pub fn decode_into(payload: &[u8], raw_len: usize, out: &mut Vec<u8>) -> Result<
             }
         })
         .collect();
-    out.clear();
-    out.resize(raw_len, 0);
+    // Interleave and tail overwrite every byte: a recycled buffer is not
+    // zeroed first.
+    crate::util::bytes::set_len_keeping(out, raw_len);
     interleave(&planes, &mut out[..n * stride]);
     out[n * stride..].copy_from_slice(&payload[pos..]);
     Ok(())

@@ -1,5 +1,6 @@
 //! Small helpers shared by several modules.
 
+pub mod bytes;
 pub mod durable;
 pub mod fault;
 pub mod sys;
