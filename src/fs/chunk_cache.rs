@@ -205,7 +205,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (src, root) = (tmp.path().join("src"), tmp.path().join("repo"));
         std::fs::create_dir_all(&src).unwrap();
-        let bs = 64 << 10;
+        // Blocks of 128 KiB: the smallest the byte-plane encoder considers.
+        let bs = 128 << 10;
         let mut x: u64 = 7;
         let mut noise = vec![0u8; 5 * bs + 100];
         for b in noise.iter_mut() {
@@ -214,8 +215,13 @@ mod tests {
             x ^= x << 17;
             *b = x as u8;
         }
-        let floats: Vec<u8> = (0..(4 * bs / 4))
-            .flat_map(|i| ((i as f32 * 0.37).sin() * 0.02).to_le_bytes())
+        let floats: Vec<u8> = (0..bs)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.02).to_le_bytes()
+            })
             .collect();
         std::fs::write(src.join("noise"), &noise).unwrap();
         std::fs::write(src.join("text"), b"checkpoint step ".repeat(20_000)).unwrap();
@@ -232,6 +238,24 @@ mod tests {
         };
         let rec = snapshot_dir(&repo, &src, &opts).unwrap().record;
         let tree = repo.resolve(&rec).unwrap();
+        let mut codecs = std::collections::BTreeSet::new();
+        for e in std::fs::read_dir(root.join("packs")).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            if let Some(pack) = crate::store::pack::parse_pack_file_name(&name) {
+                for b in crate::store::pack::scan_pack(&e.path(), pack)
+                    .unwrap()
+                    .blobs
+                {
+                    codecs.insert(b.header.codec as u8);
+                }
+            }
+        }
+        assert_eq!(
+            codecs.into_iter().collect::<Vec<_>>(),
+            [0, 1, 2],
+            "raw, zstd, planes"
+        );
         let mut blocks: Vec<(ChunkId, Vec<u8>)> = Vec::new();
         for (path, (_, node)) in &tree.entries {
             if !matches!(node, Node::File { .. }) {
