@@ -2,7 +2,8 @@
 # rewindfs demo: build, mount a sample dataset, write through the mount
 # (a checkpoint saved the usual way, in-place edits, a deletion), let
 # rewindfs snapshot it (on close, on request, at unmount), browse old
-# versions, restore one, verify. Without FUSE it shows scan mode instead.
+# versions (rewindfs ls/cat, the .snapshots folders, a snapshot mount),
+# restore one, verify. Without FUSE it shows scan mode instead.
 # Everything happens under a temporary directory (or $DEMO_DIR) and is
 # removed at the end unless KEEP=1.
 set -euo pipefail
@@ -69,6 +70,27 @@ if [ -e /dev/fuse ]; then
     echo "unexpected: the old version equals the current one"; exit 1
   fi
   echo "the restored step-1.bin is the version from before the edit"
+
+  echo "== every snapshot is a read-only folder under .snapshots (not listed in the root)"
+  echo "\$ ls $mnt/.snapshots"
+  ls "$mnt/.snapshots"
+  first=$(ls "$mnt/.snapshots" | head -n 1)
+  echo "\$ ls -l $mnt/.snapshots/latest/checkpoints"
+  ls -l "$mnt/.snapshots/latest/checkpoints"
+  echo "\$ tail -n 1 $mnt/.snapshots/$first/shards/shard-9.txt    (deleted since)"
+  tail -n 1 "$mnt/.snapshots/$first/shards/shard-9.txt"
+  cmp "$mnt/.snapshots/$first/checkpoints/step-1.bin" "$work/old/step-1.bin"
+  echo "the old step-1.bin read from .snapshots/$first equals the restored one"
+  echo "\$ touch $mnt/.snapshots/latest/new-file"
+  if touch "$mnt/.snapshots/latest/new-file"; then
+    echo "unexpected: a snapshot accepted a new file"; exit 1
+  fi
+  echo "== one snapshot as a read-only mount of its own"
+  mkdir -p "$work/snap1"
+  run mount-snapshot 1 "$work/snap1"
+  echo "\$ ls $work/snap1/checkpoints"
+  ls "$work/snap1/checkpoints"
+  run umount "$work/snap1"
   run status
   echo "== unmount (pending changes get a last snapshot)"
   echo "late change" >> "$mnt/shards/shard-1.txt"
