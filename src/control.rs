@@ -247,16 +247,7 @@ pub fn call(
     req: &Request,
     timeout: Duration,
 ) -> std::result::Result<Response, CallError> {
-    let path = socket_path(repo);
-    let conn = match UnixStream::connect(&path) {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CallError::NotRunning),
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            return Err(CallError::Stale(path))
-        }
-        Err(e) => return Err(e.into()),
-    };
-    conn.set_read_timeout(Some(timeout))?;
+    let conn = connect(repo, Some(timeout))?;
     let mut s = serde_json::to_string(req).map_err(std::io::Error::other)?;
     s.push('\n');
     (&conn).write_all(s.as_bytes())?;

@@ -408,6 +408,37 @@ pub fn mount(req: MountRequest) -> Result<()> {
     if req.foreground {
         return run(paths, &req, None);
     }
+    fork_daemon(
+        "the mount daemon exited before the mount was live (see REPO/daemon.log)",
+        |ready| run(paths, &req, Some(ready)),
+    )
+}
+
+/// The child's end of a forked daemon's readiness pipe.
+pub struct Readiness(Mutex<Option<OwnedFd>>);
+
+impl Readiness {
+    /// Tell the waiting parent the mount is live, then point stdio at
+    /// /dev/null and REPO/daemon.log.
+    pub fn ready(&self, repo: &Path) {
+        if let Some(w) = self.0.lock().take() {
+            let _ = std::fs::File::from(w).write_all(b"ok\n");
+        }
+        detach_stdio(repo);
+    }
+
+    /// Hand a start-up error to the parent (once; nothing after `ready`).
+    fn fail(&self, e: &Error) {
+        if let Some(w) = self.0.lock().take() {
+            let _ = std::fs::File::from(w).write_all(format!("{e}\n").as_bytes());
+        }
+    }
+}
+
+/// Fork a daemon that runs `child`. The parent returns once the child
+/// calls [`Readiness::ready`] (Ok) or fails (its error), or with `exited`
+/// if the child dies first; the child never returns.
+pub fn fork_daemon(exited: &str, child: impl FnOnce(&Readiness) -> Result<()>) -> Result<()> {
     let (rd, wr) = rustix::pipe::pipe().map_err(|e| Error::io("pipe", "", e.into()))?;
     // SAFETY: fork is called before this process has started any thread
     // (the CLI parses arguments and checks paths on the main thread only),
@@ -423,21 +454,16 @@ pub fn mount(req: MountRequest) -> Result<()> {
         let _ = std::fs::File::from(rd).read_to_string(&mut msg);
         return match msg.strip_prefix("ok") {
             Some(_) => Ok(()),
-            None if msg.is_empty() => Err(Error::InvalidInput(
-                "the mount daemon exited before the mount was live (see REPO/daemon.log)".into(),
-            )),
+            None if msg.is_empty() => Err(Error::InvalidInput(exited.into())),
             None => Err(Error::InvalidInput(msg.trim().to_string())),
         };
     }
     drop(rd);
     let _ = rustix::process::setsid();
-    let wr = Arc::new(Mutex::new(Some(wr)));
-    let report = wr.clone();
-    let r = run(paths, &req, Some(report));
+    let ready = Readiness(Mutex::new(Some(wr)));
+    let r = child(&ready);
     if let Err(e) = &r {
-        if let Some(w) = wr.lock().take() {
-            let _ = std::fs::File::from(w).write_all(format!("{e}\n").as_bytes());
-        }
+        ready.fail(e);
     }
     std::process::exit(if r.is_ok() { 0 } else { 1 });
 }
@@ -464,11 +490,7 @@ pub fn detach_stdio(repo: &Path) {
     }
 }
 
-fn run(
-    paths: MountPaths,
-    req: &MountRequest,
-    report: Option<Arc<Mutex<Option<OwnedFd>>>>,
-) -> Result<()> {
+fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Result<()> {
     let cfg = req.config.clone();
     let repo = Arc::new(open_repo(&paths.repo)?);
     let stored = repo.config.policy.clone().unwrap_or_default();
@@ -586,11 +608,8 @@ fn run(
             })
             .map_err(|e| Error::io("start thread", "", e))?;
     }
-    if let Some(r) = report {
-        if let Some(w) = r.lock().take() {
-            let _ = std::fs::File::from(w).write_all(b"ok\n");
-        }
-        detach_stdio(&paths.repo);
+    if let Some(r) = ready {
+        r.ready(&paths.repo);
     }
     tracing::info!(
         "mounted {} on {} (repository {})",

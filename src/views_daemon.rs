@@ -6,8 +6,7 @@
 //! that repository and exits when its last one is unmounted.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -166,35 +165,10 @@ pub fn mount_snapshot(req: SnapMountRequest, cli_hook: Option<CliHook>) -> Resul
     if req.foreground {
         return serve(req, cli_hook, None);
     }
-    let (rd, wr) = rustix::pipe::pipe().map_err(|e| Error::io("pipe", "", e.into()))?;
-    // SAFETY: no thread has been started in this process yet (the CLI
-    // only parsed its arguments), so the child is a complete copy.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(Error::io("fork", "", std::io::Error::last_os_error()));
-    }
-    if pid > 0 {
-        drop(wr);
-        let mut msg = String::new();
-        let _ = std::fs::File::from(rd).read_to_string(&mut msg);
-        return match msg.strip_prefix("ok") {
-            Some(_) => Ok(()),
-            None if msg.is_empty() => Err(Error::InvalidInput(
-                "the snapshot mount daemon exited before the mount was live".into(),
-            )),
-            None => Err(Error::InvalidInput(msg.trim().to_string())),
-        };
-    }
-    drop(rd);
-    let _ = rustix::process::setsid();
-    let report = Arc::new(Mutex::new(Some(wr)));
-    let r = serve(req, cli_hook, Some(report.clone()));
-    if let Err(e) = &r {
-        if let Some(w) = report.lock().take() {
-            let _ = std::fs::File::from(w).write_all(format!("{e}\n").as_bytes());
-        }
-    }
-    std::process::exit(if r.is_ok() { 0 } else { 1 });
+    crate::daemon::fork_daemon(
+        "the snapshot mount daemon exited before the mount was live (see REPO/daemon.log)",
+        |ready| serve(req, cli_hook, Some(ready)),
+    )
 }
 
 struct SnapDaemon {
@@ -268,7 +242,7 @@ impl SnapDaemon {
 fn serve(
     req: SnapMountRequest,
     cli_hook: Option<CliHook>,
-    report: Option<Arc<Mutex<Option<OwnedFd>>>>,
+    ready: Option<&crate::daemon::Readiness>,
 ) -> Result<()> {
     let repo = Arc::new(Repository::open(&req.repo)?);
     let views = Views::new(repo.clone(), req.chunk_cache, Default::default());
@@ -303,11 +277,8 @@ fn serve(
             })
             .map_err(|e| Error::io("start thread", "", e))?;
     }
-    if let Some(r) = report {
-        if let Some(w) = r.lock().take() {
-            let _ = std::fs::File::from(w).write_all(b"ok\n");
-        }
-        crate::daemon::detach_stdio(repo.root());
+    if let Some(r) = ready {
+        r.ready(repo.root());
     }
     // Until the last mount is gone (rewindfs umount, plain umount, signal).
     while !d.stop.load(Ordering::SeqCst) {

@@ -348,11 +348,7 @@ impl Repository {
 
     /// Read a blob (chunk or manifest part) by id, verified.
     pub fn read_blob(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let loc = self
-            .index
-            .get_chunk(id)?
-            .ok_or_else(|| Error::MissingChunk(id.to_hex()))?;
-        self.packs.read(&loc, id)
+        self.read_blob_into(id, Vec::new())
     }
 
     /// [`Repository::read_blob`] into `spare`'s allocation when it is

@@ -567,21 +567,10 @@ impl<'b> Walk<'b> {
             });
         }
         entries.sort_by(|a, b| a.path.cmp(&b.path));
-        let mut removed: Vec<Vec<u8>> = Vec::new();
-        if let (Some(t), true) = (base, kind != Kind::Full) {
-            for p in t.entries.keys() {
-                if self.seen.contains(p) {
-                    continue;
-                }
-                if removed
-                    .last()
-                    .is_some_and(|r| p.len() > r.len() && p.starts_with(r) && p[r.len()] == b'/')
-                {
-                    continue;
-                }
-                removed.push(p.clone());
-            }
-        }
+        let removed = match (base, kind != Kind::Full) {
+            (Some(t), true) => t.topmost_absent(|p| self.seen.contains(p)),
+            _ => Vec::new(),
+        };
         Ok((
             Manifest {
                 format: MANIFEST_FORMAT,

@@ -163,14 +163,12 @@ impl Tree {
         Ok(())
     }
 
-    /// The manifest parts that turn `base` into `self`: removed paths (top
-    /// most only) and new or changed entries (files as a `Patch` against
-    /// the same path in `base` when it was a file there). Also returns the
-    /// number of blocks patched or listed.
-    pub fn diff_from(&self, base: &Tree) -> (Vec<Vec<u8>>, Vec<Entry>, u64) {
+    /// The paths of this tree for which `present` is false, top most only
+    /// (a removed directory stands for everything below it), in order.
+    pub fn topmost_absent(&self, present: impl Fn(&Vec<u8>) -> bool) -> Vec<Vec<u8>> {
         let mut removed: Vec<Vec<u8>> = Vec::new();
-        for p in base.entries.keys() {
-            if self.entries.contains_key(p) {
+        for p in self.entries.keys() {
+            if present(p) {
                 continue;
             }
             if removed
@@ -181,6 +179,15 @@ impl Tree {
             }
             removed.push(p.clone());
         }
+        removed
+    }
+
+    /// The manifest parts that turn `base` into `self`: removed paths (top
+    /// most only) and new or changed entries (files as a `Patch` against
+    /// the same path in `base` when it was a file there). Also returns the
+    /// number of blocks patched or listed.
+    pub fn diff_from(&self, base: &Tree) -> (Vec<Vec<u8>>, Vec<Entry>, u64) {
+        let removed = base.topmost_absent(|p| self.entries.contains_key(p));
         let mut entries = Vec::new();
         let mut blocks = 0;
         for (p, (meta, node)) in &self.entries {

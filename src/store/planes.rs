@@ -122,15 +122,9 @@ pub fn encode(data: &[u8], stride: usize, mask: &[bool], level: i32) -> Vec<u8> 
     out
 }
 
-/// Decode a payload into `raw_len` bytes; every length is checked against
-/// `raw_len` before anything is allocated or decompressed.
-pub fn decode(payload: &[u8], raw_len: usize) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    decode_into(payload, raw_len, &mut out)?;
-    Ok(out)
-}
-
-/// [`decode`] into `out` (cleared first; its allocation is reused).
+/// Decode a payload into `out`, which becomes `raw_len` bytes long (its
+/// allocation is reused); every length is checked against `raw_len`
+/// before anything is decompressed.
 pub fn decode_into(payload: &[u8], raw_len: usize, out: &mut Vec<u8>) -> Result<()> {
     let bad = |w: &str| Error::Corrupt(format!("byte-plane payload: {w}"));
     if payload.len() < 4 || payload[0] != VERSION {
@@ -227,6 +221,12 @@ fn interleave(planes: &[&[u8]], out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decode(payload: &[u8], raw_len: usize) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        decode_into(payload, raw_len, &mut out)?;
+        Ok(out)
+    }
 
     fn floats(n: usize, seed: u32) -> Vec<u8> {
         // Weights-like: normal(0, 0.02) floats (Box-Muller), so mantissas
