@@ -9,17 +9,12 @@ use std::os::unix::fs::FileExt;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{assert_same, bin, bytes, model, ok, Model};
-use rand::{Rng, SeedableRng};
+use common::{assert_same, bin, bytes, crash_rng, model, ok, Model};
+use rand::Rng;
 
 #[test]
 fn kill_9_during_snapshots_loses_nothing_committed() {
-    let seed: u64 = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("CRASH_SEED={seed}");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rng = crash_rng();
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
     let src = tmp.path().join("src");

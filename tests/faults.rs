@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::live::DaemonMount;
-use common::{assert_same, cli, model, ok};
+use common::{assert_same, cli, model, mount_dirs, ok, status};
 use rewindfs::control::{self, Request};
 
 const POINTS: [&str; 7] = [
@@ -27,14 +27,7 @@ const POINTS: [&str; 7] = [
 
 fn case(point: &str, mode: &str) {
     eprintln!("fault injection: {point} {mode}");
-    let tmp = tempfile::tempdir().unwrap();
-    let (backing, mnt, repo) = (
-        tmp.path().join("b"),
-        tmp.path().join("m"),
-        tmp.path().join("r"),
-    );
-    fs::create_dir_all(&backing).unwrap();
-    fs::create_dir_all(&mnt).unwrap();
+    let (tmp, backing, mnt, repo) = mount_dirs();
     fs::write(backing.join("a"), vec![1u8; 200_000]).unwrap();
     ok(&repo, &["init", "--block-size", "64K"]);
     ok(&repo, &["snapshot", "--source", backing.to_str().unwrap()]);
@@ -53,10 +46,7 @@ fn case(point: &str, mode: &str) {
     let m = DaemonMount::start(&backing, &mnt, &args);
     fs::write(mnt.join("a"), vec![2u8; 300_000]).unwrap();
     fs::write(mnt.join("b"), b"new file").unwrap();
-    let pid = serde_json::from_str::<serde_json::Value>(&ok(&repo, &["status", "--json"])).unwrap()
-        ["pid"]
-        .as_u64()
-        .unwrap();
+    let pid = status(&repo)["pid"].as_u64().unwrap();
     control::call(
         &repo,
         &Request::Failpoint {

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::live::DaemonMount;
-use common::{assert_same, model, ok};
+use common::{assert_same, crash_rng, model, mount_dirs, ok, status};
 use rand::{Rng, SeedableRng};
 
 const FILES: usize = 4;
@@ -30,26 +30,11 @@ fn record(iter: u64, seq: u64) -> Vec<u8> {
     r
 }
 
-fn status(repo: &Path) -> serde_json::Value {
-    serde_json::from_str(&ok(repo, &["status", "--json"])).unwrap()
-}
-
 #[test]
 fn kill_9_under_load_loses_nothing() {
-    let seed: u64 = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("CRASH_SEED={seed}");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let tmp = tempfile::tempdir().unwrap();
-    let (backing, mnt, repo) = (
-        tmp.path().join("b"),
-        tmp.path().join("m"),
-        tmp.path().join("r"),
-    );
+    let mut rng = crash_rng();
+    let (tmp, backing, mnt, repo) = mount_dirs();
     fs::create_dir_all(backing.join("small")).unwrap();
-    fs::create_dir_all(&mnt).unwrap();
     for f in 0..FILES {
         fs::write(backing.join(format!("f{f}")), b"").unwrap();
     }

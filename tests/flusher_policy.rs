@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::live::DaemonMount;
-use common::ok;
+use common::{mount_dirs, ok, status};
 
 fn snapshots(repo: &Path) -> Vec<serde_json::Value> {
     let v: serde_json::Value = serde_json::from_str(&ok(repo, &["snapshots", "--json"])).unwrap();
@@ -35,14 +35,7 @@ fn wait_for_count(repo: &Path, n: usize, within: Duration) -> Vec<serde_json::Va
 
 #[test]
 fn every_1s_takes_nothing_when_idle_and_snapshots_changes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (backing, mnt, repo) = (
-        tmp.path().join("b"),
-        tmp.path().join("m"),
-        tmp.path().join("r"),
-    );
-    fs::create_dir_all(&backing).unwrap();
-    fs::create_dir_all(&mnt).unwrap();
+    let (_tmp, backing, mnt, repo) = mount_dirs();
     fs::write(backing.join("data"), b"initial").unwrap();
     let r = repo.to_str().unwrap();
     let m = DaemonMount::start(&backing, &mnt, &["--repo", r, "--every", "1s"]);
@@ -63,7 +56,7 @@ fn every_1s_takes_nothing_when_idle_and_snapshots_changes() {
     assert_eq!(ok(&repo, &["cat", "2", "data"]), "changed");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(snapshots(&repo).len(), 2);
-    let st: serde_json::Value = serde_json::from_str(&ok(&repo, &["status", "--json"])).unwrap();
+    let st = status(&repo);
     assert_eq!(st["flusher"]["last_snapshot"], 2);
     assert!(st["flusher"]["next_scheduled"].is_string(), "{st}");
     m.umount();
@@ -73,14 +66,8 @@ fn every_1s_takes_nothing_when_idle_and_snapshots_changes() {
 
 #[test]
 fn on_close_takes_one_snapshot_per_checkpoint() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (backing, mnt, repo) = (
-        tmp.path().join("b"),
-        tmp.path().join("m"),
-        tmp.path().join("r"),
-    );
+    let (_tmp, backing, mnt, repo) = mount_dirs();
     fs::create_dir_all(backing.join("ckpt")).unwrap();
-    fs::create_dir_all(&mnt).unwrap();
     let r = repo.to_str().unwrap();
     let m = DaemonMount::start(
         &backing,

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::live::{require_fuse, DaemonMount};
-use common::{bin, ok};
+use common::{bin, ok, status};
 
 fn mount_err(backing: &Path, mnt: &Path, extra: &[&str]) -> String {
     let o = Command::new(bin())
@@ -22,10 +22,6 @@ fn mount_err(backing: &Path, mnt: &Path, extra: &[&str]) -> String {
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert_eq!(err.lines().count(), 1, "one clear line: {err}");
     err
-}
-
-fn status(repo: &Path) -> serde_json::Value {
-    serde_json::from_str(&ok(repo, &["status", "--json"])).unwrap()
 }
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {

@@ -9,19 +9,12 @@ use std::fs;
 use std::process::Command;
 
 use common::live::require_fuse;
-use common::{bin, ok};
+use common::{bin, mount_dirs, ok};
 
 #[test]
 fn thousands_of_files_with_a_small_descriptor_limit() {
     require_fuse();
-    let tmp = tempfile::tempdir().unwrap();
-    let (backing, mnt, repo) = (
-        tmp.path().join("b"),
-        tmp.path().join("m"),
-        tmp.path().join("r"),
-    );
-    fs::create_dir_all(&backing).unwrap();
-    fs::create_dir_all(&mnt).unwrap();
+    let (_tmp, backing, mnt, repo) = mount_dirs();
     let script = format!(
         "ulimit -n 400 && exec {} mount {} {} --repo {} --every off --full-every off",
         bin().display(),

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::live::{DaemonMount, FlushedMount};
-use common::{assert_same, bytes, model, ok};
+use common::{assert_same, bytes, model, mount_dirs, ok};
 use rewindfs::snapshot::{Kind, SnapshotRecord};
 
 const BS: u32 = 64 << 10;
@@ -251,14 +251,9 @@ fn a_damaged_chunk_gives_eio_on_its_range_only() {
 
 #[test]
 fn mount_snapshot_with_and_without_a_live_mount() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (backing, mnt, repo) = (
-        tmp.path().join("b"),
-        tmp.path().join("m"),
-        tmp.path().join("r"),
-    );
+    let (tmp, backing, mnt, repo) = mount_dirs();
     let (s1, s2) = (tmp.path().join("s1"), tmp.path().join("s2"));
-    for d in [&backing, &mnt, &s1, &s2] {
+    for d in [&s1, &s2] {
         fs::create_dir_all(d).unwrap();
     }
     fs::write(backing.join("f"), b"v1").unwrap();

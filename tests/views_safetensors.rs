@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use common::bin;
 use common::live::DaemonMount;
+use common::{bin, mount_dirs};
 
 #[test]
 fn safetensors_loads_an_old_checkpoint_from_a_snapshot() {
@@ -22,14 +21,7 @@ fn safetensors_loads_an_old_checkpoint_from_a_snapshot() {
         probe.status.success(),
         "numpy and safetensors are not installed: pip install numpy safetensors (as .ci/run does)"
     );
-    let tmp = tempfile::tempdir().unwrap();
-    let (backing, mnt, repo) = (
-        tmp.path().join("b"),
-        tmp.path().join("m"),
-        tmp.path().join("r"),
-    );
-    fs::create_dir_all(&backing).unwrap();
-    fs::create_dir_all(&mnt).unwrap();
+    let (_tmp, backing, mnt, repo) = mount_dirs();
     let r = repo.to_str().unwrap();
     let m = DaemonMount::start(
         &backing,

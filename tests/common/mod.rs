@@ -163,3 +163,35 @@ pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
     v.truncate(len);
     v
 }
+
+/// A temporary directory holding `b` (a backing directory) and `m` (a
+/// mountpoint), both created, and the path `r` for a repository. The
+/// directory lives as long as the returned `TempDir`.
+pub fn mount_dirs() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (backing, mnt, repo) = (
+        tmp.path().join("b"),
+        tmp.path().join("m"),
+        tmp.path().join("r"),
+    );
+    std::fs::create_dir_all(&backing).unwrap();
+    std::fs::create_dir_all(&mnt).unwrap();
+    (tmp, backing, mnt, repo)
+}
+
+/// `rewindfs status --json` of the daemon holding `repo`.
+pub fn status(repo: &Path) -> serde_json::Value {
+    serde_json::from_str(&ok(repo, &["status", "--json"])).unwrap()
+}
+
+/// The random generator of a crash test: seeded from `CRASH_SEED` or at
+/// random, and the seed printed so that a failure can be replayed.
+pub fn crash_rng() -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    let seed: u64 = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("CRASH_SEED={seed}");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
