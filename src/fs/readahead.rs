@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 /// Four full-size (1 MiB) requests ahead: snapshot files are usually read
 /// whole (datasets, checkpoints) and each request costs a hash and a
 /// decode, so several in flight keep both the daemon's threads and the
-/// disk busy. (Measured on a 1 GiB safetensors load from a snapshot:
-/// 2.4 s at 128 KiB, 1.6 s at 1 MiB, 1.5 s at 4 MiB.) Random readers are
-/// not hurt: the kernel starts a window at a few times the request size
-/// and only grows it for sequential access.
+/// disk busy (a 1 GiB safetensors load from a snapshot: 2.4 s at 128 KiB,
+/// 1.6 s at 1 MiB, 1.5 s at 4 MiB; commands in docs/benchmarks.md). The
+/// kernel sizes a file's first window from the request and grows it only
+/// on sequential access, so random readers do not read 4 MiB each.
 pub const READAHEAD_KIB: u32 = 4096;
 
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
