@@ -414,6 +414,22 @@ pub fn mount(req: MountRequest) -> Result<()> {
     )
 }
 
+/// Run `f` on a thread of its own at the first SIGTERM, SIGINT or SIGHUP.
+pub fn on_first_signal(f: impl FnOnce(i32) + Send + 'static) -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| Error::io("install signal handlers", "", e))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                f(sig);
+            }
+        })
+        .map_err(|e| Error::io("start thread", "", e))?;
+    Ok(())
+}
+
 /// The child's end of a forked daemon's readiness pipe.
 pub struct Readiness(Mutex<Option<OwnedFd>>);
 
@@ -594,19 +610,11 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
     }
     // Signals.
     {
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
-            .map_err(|e| Error::io("install signal handlers", "", e))?;
         let s = shared.clone();
-        std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                if let Some(sig) = signals.forever().next() {
-                    tracing::info!("signal {sig}: unmounting");
-                    s.request_unmount();
-                }
-            })
-            .map_err(|e| Error::io("start thread", "", e))?;
+        on_first_signal(move |sig| {
+            tracing::info!("signal {sig}: unmounting");
+            s.request_unmount();
+        })?;
     }
     if let Some(r) = ready {
         r.ready(&paths.repo);

@@ -263,19 +263,11 @@ fn serve(
         )?;
     }
     {
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
-            .map_err(|e| Error::io("install signal handlers", "", e))?;
         let d2 = d.clone();
-        std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                if signals.forever().next().is_some() {
-                    d2.mounts.unmount_all();
-                    d2.stop.store(true, Ordering::SeqCst);
-                }
-            })
-            .map_err(|e| Error::io("start thread", "", e))?;
+        crate::daemon::on_first_signal(move |_| {
+            d2.mounts.unmount_all();
+            d2.stop.store(true, Ordering::SeqCst);
+        })?;
     }
     if let Some(r) = ready {
         r.ready(repo.root());
