@@ -99,17 +99,14 @@ fn plan<'t>(tree: &'t Tree, sub: &[u8]) -> Result<(Plan<'t>, Option<&'t Meta>)> 
     Ok((out, None))
 }
 
-fn ts(ns: i64) -> Timespec {
-    Timespec {
-        tv_sec: ns.div_euclid(1_000_000_000),
-        tv_nsec: ns.rem_euclid(1_000_000_000) as _,
-    }
-}
-
 fn times(meta: &Meta) -> Timestamps {
+    let t = Timespec {
+        tv_sec: meta.mtime.sec,
+        tv_nsec: meta.mtime.nsec.min(999_999_999) as _,
+    };
     Timestamps {
-        last_access: ts(meta.mtime_ns),
-        last_modification: ts(meta.mtime_ns),
+        last_access: t,
+        last_modification: t,
     }
 }
 

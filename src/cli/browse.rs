@@ -61,7 +61,7 @@ fn line(name: &str, meta: &Meta, node: &Node) -> String {
         meta.uid,
         meta.gid,
         size,
-        time::rfc3339(meta.mtime_ns),
+        time::rfc3339_parts(meta.mtime.sec, meta.mtime.nsec),
         name
     );
     if let Node::Symlink { target } = node {

@@ -301,5 +301,29 @@ mod tests {
         assert!(parse_size("1T").is_err());
         assert!(parse_size("x").is_err());
         assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert!(parse_size_u64("99999999999999999999G").is_err());
+        assert!(parse_size_u64("18446744073709551615G").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn sizes_parse_or_err(s in "\\PC{0,24}", n in proptest::num::u64::ANY, unit in "(|b|k|K|kib|M|MiB|g|G|t)") {
+            let _ = parse_size(&s);
+            let _ = parse_size_u64(&s);
+            if let Ok(v) = parse_size_u64(&format!("{n}{unit}")) {
+                proptest::prop_assert!(v >= n);
+            }
+        }
+
+        #[test]
+        fn human_bytes_never_panics(n in proptest::num::u64::ANY) {
+            let _ = human_bytes(n);
+        }
+
+        #[test]
+        fn any_command_line_parses_or_errs(args in proptest::collection::vec("\\PC{0,12}", 0..6)) {
+            let argv = std::iter::once("rewindfs".to_string()).chain(args);
+            let _ = Cli::try_parse_from(argv);
+        }
     }
 }

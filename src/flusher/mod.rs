@@ -205,7 +205,7 @@ fn run(
         };
         match cmd {
             Some(Cmd::Snapshot { kind, label, reply }) => {
-                let r = take(&ctx, &mut trees, &status, kind, label, false);
+                let r = guarded_take(&ctx, &mut trees, &status, kind, label, false);
                 if let Ok(rec) = &r {
                     sched.taken(rec, Instant::now());
                 }
@@ -217,7 +217,7 @@ fn run(
                 reply,
             }) => {
                 let r = if final_snapshot && !ctx.fs.journal.is_empty() {
-                    take(
+                    guarded_take(
                         &ctx,
                         &mut trees,
                         &status,
@@ -256,7 +256,7 @@ fn run(
             sched.skipped(kind, now);
             continue;
         }
-        match take(&ctx, &mut trees, &status, Some(kind), label.clone(), false) {
+        match guarded_take(&ctx, &mut trees, &status, Some(kind), label.clone(), false) {
             Ok(rec) => {
                 sched.taken(&rec, Instant::now());
                 backoff = Duration::ZERO;
@@ -318,6 +318,42 @@ fn tree_of(repo: &Repository, id: u64, cache: &mut Option<(u64, Tree)>) -> Resul
     let t = repo.resolve(rec)?;
     *cache = Some((id, t.clone()));
     Ok(t)
+}
+
+/// [`take`], recording any failure in the status (whoever asked for the
+/// snapshot), and surviving a panic: the frozen changes it may have lost
+/// are found again by re-running the mount-time comparison, and
+/// copy-before-write is switched off.
+fn guarded_take(
+    ctx: &FlusherCtx,
+    trees: &mut Trees,
+    status: &Mutex<FlusherStatus>,
+    kind: Option<Kind>,
+    label: Option<String>,
+    unmounting: bool,
+) -> Result<SnapshotRecord> {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        take(ctx, trees, status, kind, label, unmounting)
+    }));
+    let r = match r {
+        Ok(r) => r,
+        Err(p) => {
+            ctx.fs.cow.set(None);
+            *trees = Trees::default();
+            let msg = crate::fs::guard::panic_message(&*p);
+            tracing::error!("the snapshot panicked ({msg}); checking the backing directory again so that no change is lost");
+            if let Err(e) = startup_check(ctx) {
+                tracing::error!("re-checking after the panic: {e}");
+            }
+            Err(Error::Poisoned(format!("the snapshot panicked: {msg}")))
+        }
+    };
+    if let Err(e) = &r {
+        let mut s = status.lock();
+        s.state = "idle".into();
+        s.last_error = Some(format!("{}: {e}", time::rfc3339(time::now_ns())));
+    }
+    r
 }
 
 /// Take one snapshot of the live filesystem.

@@ -46,15 +46,27 @@ impl Default for Policy {
     }
 }
 
+/// The longest cadence accepted (longer ones are surely a typo, and
+/// would overflow the scheduler's clock arithmetic).
+pub const MAX_CADENCE: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+
 /// Parse a duration (`15m`, `1h 30m`, `500ms`), or `off`/`0` for none.
 pub fn parse_cadence(s: &str) -> Result<Option<Duration>> {
     match s.trim() {
         "off" | "none" | "0" | "never" => Ok(None),
-        t => humantime::parse_duration(t).map(Some).map_err(|e| {
-            Error::InvalidInput(format!(
-                "bad duration {s:?}: {e} (use e.g. 15m, 24h, 2s or off)"
-            ))
-        }),
+        t => {
+            let d = humantime::parse_duration(t).map_err(|e| {
+                Error::InvalidInput(format!(
+                    "bad duration {s:?}: {e} (use e.g. 15m, 24h, 2s or off)"
+                ))
+            })?;
+            if d > MAX_CADENCE {
+                return Err(Error::InvalidInput(format!(
+                    "duration {s:?} is longer than 10 years; use off to disable"
+                )));
+            }
+            Ok(Some(d))
+        }
     }
 }
 
@@ -384,5 +396,39 @@ mod tests {
             s.next(t0, None),
             Some((t0 + Duration::from_secs(2), Due::OnClose))
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn durations_parse_or_err_and_stay_bounded(s in "\\PC{0,24}", n in proptest::num::u64::ANY, unit in "(ns|ms|s|m|h|d|w|y)") {
+            for input in [s.clone(), format!("{n}{unit}"), format!("{n}{unit} {s}")] {
+                if let Ok(Some(d)) = parse_cadence(&input) {
+                    proptest::prop_assert!(d <= MAX_CADENCE);
+                }
+            }
+        }
+
+        #[test]
+        fn any_policy_schedules_without_panicking(every in "(off|[0-9]{1,12}(s|m|h|d|y))", full in "(off|[0-9]{1,12}(s|m|h|d|y))", glob in "\\PC{0,12}") {
+            let cfg = PolicyConfig {
+                every: Some(every),
+                full_every: Some(full),
+                differential_every: Some("3650d".into()),
+                on_close: vec![glob],
+                settle: Some("1s".into()),
+                snapshot_on_unmount: None,
+            };
+            if let Ok(p) = Policy::layered(&[&cfg]) {
+                let mut s = Schedule::new(&p);
+                let t0 = Instant::now();
+                let _ = s.next(t0, None);
+                s.never = false;
+                s.last_any = Some(t0);
+                s.last_full = Some(t0);
+                s.last_diff = Some(t0);
+                let _ = s.next(t0, Some(t0 + Duration::from_secs(300)));
+                let _ = s.next_due(t0, None);
+            }
+        }
     }
 }

@@ -152,10 +152,7 @@ pub struct LiveFs {
 }
 
 pub fn to_system_time(sec: i64, nsec: u64) -> SystemTime {
-    time::ns_to_system_time(
-        sec.saturating_mul(1_000_000_000)
-            .saturating_add(nsec as i64),
-    )
+    time::parts_to_system_time(sec, nsec.min(999_999_999) as u32)
 }
 
 pub fn file_type(mode: u32) -> FileType {
@@ -209,10 +206,10 @@ fn timespec(t: Option<TimeOrNow>) -> rustix::fs::Timespec {
             tv_nsec: libc::UTIME_NOW as _,
         },
         Some(TimeOrNow::SpecificTime(st)) => {
-            let ns = time::system_time_to_ns(st);
+            let (sec, nsec) = time::system_time_to_parts(st);
             rustix::fs::Timespec {
-                tv_sec: ns.div_euclid(1_000_000_000),
-                tv_nsec: ns.rem_euclid(1_000_000_000) as _,
+                tv_sec: sec,
+                tv_nsec: nsec as _,
             }
         }
     }

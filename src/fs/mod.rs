@@ -10,6 +10,7 @@
 pub mod adapter;
 pub mod chunk_cache;
 pub mod creds;
+pub mod guard;
 pub mod handle;
 pub mod inode;
 pub mod live;
@@ -109,7 +110,7 @@ pub fn mount_live(
     cfg: &MountConfig,
     hidden: Option<crate::journal::FileKey>,
     views: Option<Arc<snapshot_view::Views>>,
-) -> std::io::Result<(Session<LiveAdapter>, Arc<LiveFs>)> {
+) -> std::io::Result<(Session<guard::Guarded<LiveAdapter>>, Arc<LiveFs>)> {
     let limit = raise_fd_limit();
     tracing::debug!("open file limit: {limit}");
     let root = open_backing_root(backing)?;
@@ -147,7 +148,7 @@ pub fn mount_live(
         snapdir_visible: cfg.snapdir_visible,
     };
     let notifier = fs.notifier.clone();
-    let session = Session::new(adapter, mountpoint, &config)?;
+    let session = Session::new(guard::Guarded(adapter), mountpoint, &config)?;
     let _ = notifier.set(session.notifier());
     Ok((session, fs))
 }

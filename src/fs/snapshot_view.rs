@@ -304,6 +304,7 @@ impl Views {
     fn entry_attr(&self, t: &ViewTree, idx: u32) -> FileAttr {
         let n = &t.nodes[idx as usize];
         let m = &n.meta;
+        let mtime = time::parts_to_system_time(m.mtime.sec, m.mtime.nsec);
         let (kind, size, rdev) = match &n.kind {
             VKind::Dir(_) => (FileType::Directory, 4096, 0),
             VKind::File { size, .. } => (FileType::RegularFile, *size, 0),
@@ -314,9 +315,9 @@ impl Views {
             ino: fuser::INodeNo(node_of(t.record.id, idx)),
             size,
             blocks: size.div_ceil(512),
-            atime: ts(m.mtime_ns),
-            mtime: ts(m.mtime_ns),
-            ctime: ts(m.mtime_ns),
+            atime: mtime,
+            mtime,
+            ctime: mtime,
             crtime: SystemTime::UNIX_EPOCH,
             kind,
             perm: (m.mode & 0o7777) as u16,

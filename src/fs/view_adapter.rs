@@ -359,7 +359,7 @@ pub fn mount_views(
     mountpoint: &Path,
     fsname: &str,
     allow_other: bool,
-) -> std::io::Result<Session<ViewAdapter>> {
+) -> std::io::Result<Session<super::guard::Guarded<ViewAdapter>>> {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(fsname.to_string()),
@@ -377,10 +377,10 @@ pub fn mount_views(
     config.n_threads = Some(4);
     config.clone_fd = true;
     Session::new(
-        ViewAdapter {
+        super::guard::Guarded(ViewAdapter {
             views,
             map: RootMap { root },
-        },
+        }),
         mountpoint,
         &config,
     )

@@ -38,7 +38,7 @@ pub fn mark_changes_since(
     let root_key = FileKey::of(&root_st);
     // The root itself: its entries changed if its times did.
     if let Some((m, _)) = tree.get(b"") {
-        if m.mtime_ns != sys::mtime_ns(&root_st) || m.ctime_ns != sys::ctime_ns(&root_st) {
+        if m.mtime != sys::mtime(&root_st) || m.ctime_ns != sys::ctime_ns(&root_st) {
             journal.record_all_entries(&root_key);
             r.dirs_marked += 1;
         }
@@ -78,7 +78,7 @@ pub fn mark_changes_since(
                 let same = same_kind
                     && m.ino == st.st_ino
                     && m.ctime_ns == sys::ctime_ns(st)
-                    && m.mtime_ns == sys::mtime_ns(st)
+                    && m.mtime == sys::mtime(st)
                     && match node {
                         Node::File { size, .. } => *size == st.st_size as u64,
                         _ => true,

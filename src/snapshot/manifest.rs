@@ -4,6 +4,8 @@
 //! Encoding (format [`MANIFEST_FORMAT`]): the [`Manifest`] struct in
 //! postcard 1.x (a documented, stable serde wire format), cut into parts of
 //! at most [`MANIFEST_PART_LEN`] bytes, each stored as a `Manifest` blob.
+//! Format 1 (mtime as `i64` nanoseconds, which ends in 2262) is still read;
+//! format 2 keeps mtime as seconds and nanoseconds.
 //!
 //! Paths are byte strings relative to the captured root (`""` is the root,
 //! components joined by `/`); names may be any bytes except `/` and NUL.
@@ -13,8 +15,29 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::store::ChunkId;
 
-pub const MANIFEST_FORMAT: u32 = 1;
+pub const MANIFEST_FORMAT: u32 = 2;
+/// The first format, still readable.
+pub const MANIFEST_FORMAT_V1: u32 = 1;
 pub const MANIFEST_PART_LEN: usize = 4 << 20;
+
+/// A file timestamp: seconds since the Unix epoch and nanoseconds, the
+/// whole range a filesystem stores.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Time {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+impl Time {
+    pub fn from_ns(ns: i64) -> Time {
+        Time {
+            sec: ns.div_euclid(1_000_000_000),
+            nsec: ns.rem_euclid(1_000_000_000) as u32,
+        }
+    }
+}
 
 /// Metadata of one entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,7 +46,7 @@ pub struct Meta {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
-    pub mtime_ns: i64,
+    pub mtime: Time,
     /// Change detection only: `ctime` and inode number at capture.
     pub ctime_ns: i64,
     pub ino: u64,
@@ -41,7 +64,7 @@ impl Meta {
         self.mode == o.mode
             && self.uid == o.uid
             && self.gid == o.gid
-            && self.mtime_ns == o.mtime_ns
+            && self.mtime == o.mtime
             && self.xattrs == o.xattrs
     }
 }
@@ -93,21 +116,87 @@ pub struct Manifest {
     pub entries: Vec<Entry>,
 }
 
+/// Format 1 of [`Meta`], [`Entry`] and [`Manifest`] (read only).
+mod v1 {
+    use super::*;
+
+    #[derive(Deserialize)]
+    pub struct Meta {
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        mtime_ns: i64,
+        ctime_ns: i64,
+        ino: u64,
+        xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Entry {
+        path: Vec<u8>,
+        meta: Meta,
+        node: Node,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Manifest {
+        format: u32,
+        block_size: u32,
+        removed: Vec<Vec<u8>>,
+        entries: Vec<Entry>,
+    }
+
+    impl From<Manifest> for super::Manifest {
+        fn from(m: Manifest) -> Self {
+            super::Manifest {
+                format: m.format,
+                block_size: m.block_size,
+                removed: m.removed,
+                entries: m
+                    .entries
+                    .into_iter()
+                    .map(|e| super::Entry {
+                        path: e.path,
+                        meta: super::Meta {
+                            mode: e.meta.mode,
+                            uid: e.meta.uid,
+                            gid: e.meta.gid,
+                            mtime: Time::from_ns(e.meta.mtime_ns),
+                            ctime_ns: e.meta.ctime_ns,
+                            ino: e.meta.ino,
+                            xattrs: e.meta.xattrs,
+                        },
+                        node: e.node,
+                    })
+                    .collect(),
+            }
+        }
+    }
+}
+
 impl Manifest {
     pub fn encode(&self) -> Result<Vec<u8>> {
         postcard::to_stdvec(self)
             .map_err(|e| Error::InvalidInput(format!("encoding manifest: {e}")))
     }
 
+    /// Decode a manifest of any supported format. Lengths inside are
+    /// bounded by the input (postcard never preallocates more than the
+    /// bytes left can hold).
     pub fn decode(bytes: &[u8]) -> Result<Manifest> {
-        let m: Manifest = postcard::from_bytes(bytes)
-            .map_err(|e| Error::Corrupt(format!("manifest does not decode: {e}")))?;
-        if m.format != MANIFEST_FORMAT {
-            return Err(Error::Corrupt(format!(
-                "manifest format {} is not supported (expected {MANIFEST_FORMAT})",
-                m.format
-            )));
-        }
+        let bad = |e: postcard::Error| Error::Corrupt(format!("manifest does not decode: {e}"));
+        let (format, _) = postcard::take_from_bytes::<u32>(bytes).map_err(bad)?;
+        let m: Manifest = match format {
+            MANIFEST_FORMAT => postcard::from_bytes(bytes).map_err(bad)?,
+            MANIFEST_FORMAT_V1 => postcard::from_bytes::<v1::Manifest>(bytes)
+                .map_err(bad)?
+                .into(),
+            f => {
+                return Err(Error::Corrupt(format!(
+                    "manifest format {f} is not supported (expected {MANIFEST_FORMAT})"
+                )))
+            }
+        };
         Ok(m)
     }
 }
@@ -129,28 +218,71 @@ pub fn check_path(p: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Turn a path given by a user (`/a/b/`, `./a//b`) into the stored form.
-pub fn normalize_user_path(p: &str) -> Result<Vec<u8>> {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in p.split('/') {
+/// Turn a path given by a user (`/a/b/`, `./a//b`; any bytes but NUL, so
+/// names that are not UTF-8 can be addressed) into the stored form.
+pub fn normalize_user_path(p: impl AsRef<std::ffi::OsStr>) -> Result<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = p.as_ref().as_bytes();
+    if p.contains(&0) {
+        return Err(Error::InvalidInput("a path must not contain NUL".into()));
+    }
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for c in p.split(|b| *b == b'/') {
         match c {
-            "" | "." => {}
-            ".." => {
+            b"" | b"." => {}
+            b".." => {
                 return Err(Error::InvalidInput(format!(
-                    "path {p:?} must not contain '..'"
+                    "path {} must not contain '..'",
+                    escape(p)
                 )))
             }
             c => parts.push(c),
         }
     }
-    Ok(parts.join("/").into_bytes())
+    Ok(parts.join(&b'/'))
 }
 
+/// A name or path made safe to print on one line of a terminal: bytes
+/// that are not printable UTF-8 (control characters, escape sequences,
+/// invalid UTF-8) are shown as `\n`, `\t`, `\\` or `\xHH`, the way GNU ls
+/// quotes names on a terminal.
+pub fn escape(b: &[u8]) -> String {
+    let mut out = String::with_capacity(b.len());
+    for chunk in b.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                c if c.is_control() || is_format_char(c) => {
+                    let mut buf = [0u8; 4];
+                    for byte in c.encode_utf8(&mut buf).bytes() {
+                        out.push_str(&format!("\\x{byte:02x}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    out
+}
+
+/// Invisible characters that reorder or hide text on a terminal
+/// (bidirectional overrides, zero-width characters).
+fn is_format_char(c: char) -> bool {
+    matches!(c as u32, 0x200b..=0x200f | 0x202a..=0x202e | 0x2060..=0x2069 | 0xfeff)
+}
+
+/// A stored path for messages and listings, escaped (see [`escape`]).
 pub fn display_path(p: &[u8]) -> String {
     if p.is_empty() {
         "/".to_string()
     } else {
-        String::from_utf8_lossy(p).into_owned()
+        escape(p)
     }
 }
 
@@ -163,6 +295,21 @@ mod tests {
         assert_eq!(normalize_user_path("/a//b/./").unwrap(), b"a/b");
         assert_eq!(normalize_user_path("/").unwrap(), b"");
         assert!(normalize_user_path("a/../b").is_err());
+        assert!(normalize_user_path("a\0b").is_err());
+        use std::os::unix::ffi::OsStrExt;
+        let raw = std::ffi::OsStr::from_bytes(b"/d/\xff\xfe");
+        assert_eq!(normalize_user_path(raw).unwrap(), b"d/\xff\xfe");
+    }
+
+    #[test]
+    fn escapes_what_a_terminal_would_act_on() {
+        assert_eq!(escape(b"plain name.txt"), "plain name.txt");
+        assert_eq!(escape("caf\u{e9}".as_bytes()), "caf\u{e9}");
+        assert_eq!(escape(b"a\nb"), "a\\nb");
+        assert_eq!(escape(b"\x1b[31mred"), "\\x1b[31mred");
+        assert_eq!(escape(b"\xff"), "\\xff");
+        assert_eq!(escape(b"back\\slash"), "back\\\\slash");
+        assert_eq!(escape("\u{202e}txt".as_bytes()), "\\xe2\\x80\\xaetxt");
     }
 
     #[test]
@@ -186,7 +333,7 @@ mod tests {
                     mode: 0o100644,
                     uid: 1,
                     gid: 2,
-                    mtime_ns: 3,
+                    mtime: Time { sec: 3, nsec: 9 },
                     ctime_ns: 4,
                     ino: 5,
                     xattrs: vec![(b"user.a".to_vec(), b"v".to_vec())],
@@ -199,5 +346,95 @@ mod tests {
             }],
         };
         assert_eq!(Manifest::decode(&m.encode().unwrap()).unwrap(), m);
+    }
+
+    #[test]
+    fn format_1_is_still_read() {
+        #[derive(Serialize)]
+        struct MetaV1 {
+            mode: u32,
+            uid: u32,
+            gid: u32,
+            mtime_ns: i64,
+            ctime_ns: i64,
+            ino: u64,
+            xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+        }
+        #[derive(Serialize)]
+        struct EntryV1 {
+            path: Vec<u8>,
+            meta: MetaV1,
+            node: Node,
+        }
+        #[derive(Serialize)]
+        struct ManifestV1 {
+            format: u32,
+            block_size: u32,
+            removed: Vec<Vec<u8>>,
+            entries: Vec<EntryV1>,
+        }
+        let old = ManifestV1 {
+            format: 1,
+            block_size: 4096,
+            removed: vec![],
+            entries: vec![EntryV1 {
+                path: b"f".to_vec(),
+                meta: MetaV1 {
+                    mode: 0o100644,
+                    uid: 1,
+                    gid: 2,
+                    mtime_ns: -1_500_000_000,
+                    ctime_ns: 4,
+                    ino: 5,
+                    xattrs: vec![],
+                },
+                node: Node::Dir,
+            }],
+        };
+        let m = Manifest::decode(&postcard::to_stdvec(&old).unwrap()).unwrap();
+        assert_eq!(
+            m.entries[0].meta.mtime,
+            Time {
+                sec: -2,
+                nsec: 500_000_000
+            }
+        );
+        assert_eq!(m.entries[0].meta.ino, 5);
+    }
+
+    #[test]
+    fn hostile_bytes_never_panic_or_overallocate() {
+        let m = Manifest {
+            format: MANIFEST_FORMAT,
+            block_size: 4096,
+            removed: vec![],
+            entries: vec![],
+        };
+        let mut b = m.encode().unwrap();
+        // Claim 2^62 entries.
+        b.truncate(b.len() - 1);
+        b.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f]);
+        assert!(Manifest::decode(&b).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_decode_or_err(b in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let _ = Manifest::decode(&b);
+        }
+
+        #[test]
+        fn user_paths_normalize_or_err(p in proptest::collection::vec(proptest::num::u8::ANY, 0..40)) {
+            use std::os::unix::ffi::OsStrExt;
+            if let Ok(n) = normalize_user_path(std::ffi::OsStr::from_bytes(&p)) {
+                proptest::prop_assert!(check_path(&n).is_ok());
+            }
+        }
+
+        #[test]
+        fn escaped_text_has_no_control_characters(b in proptest::collection::vec(proptest::num::u8::ANY, 0..40)) {
+            let e = escape(&b);
+            proptest::prop_assert!(!e.chars().any(|c| c.is_control()));
+        }
     }
 }

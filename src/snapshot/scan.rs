@@ -61,7 +61,7 @@ pub struct ScanResult {
 struct FileJob {
     file: File,
     size: u64,
-    mtime_ns: i64,
+    mtime: crate::snapshot::manifest::Time,
     path: Vec<u8>,
     remaining: AtomicUsize,
     unstable: AtomicBool,
@@ -269,7 +269,7 @@ fn process_unit(
     let mut finished_unstable = None;
     if job.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
         let changed = match rustix::fs::fstat(&job.file) {
-            Ok(st) => st.st_size as u64 != job.size || sys::mtime_ns(&st) != job.mtime_ns,
+            Ok(st) => st.st_size as u64 != job.size || sys::mtime(&st) != job.mtime,
             Err(_) => true,
         };
         finished_unstable = Some(changed || job.unstable.load(Ordering::Relaxed));
@@ -417,7 +417,7 @@ impl<'b> Walk<'b> {
             if let Some((bm, Node::File { size: bsize, .. })) = self.base_entry(&path) {
                 if bm.ino == meta.ino
                     && bm.ctime_ns == meta.ctime_ns
-                    && bm.mtime_ns == meta.mtime_ns
+                    && bm.mtime == meta.mtime
                     && *bsize == size
                 {
                     return Ok(());
@@ -478,7 +478,7 @@ impl<'b> Walk<'b> {
         let fj = Arc::new(FileJob {
             file: File::from(fd),
             size,
-            mtime_ns: meta.mtime_ns,
+            mtime: meta.mtime,
             path,
             remaining: AtomicUsize::new(nunits as usize),
             unstable: AtomicBool::new(false),

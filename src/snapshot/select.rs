@@ -20,12 +20,21 @@ pub fn select<'a>(
         return all.iter().max_by_key(|r| r.id).ok_or_else(unknown);
     }
     if let Some(t) = spec.strip_prefix('@') {
-        let mut at = time::parse_point_in_time(t, now_ns)?;
+        let at = match time::parse_point_in_time(t, now_ns)? {
+            time::PointInTime::At(at) => at,
+            time::PointInTime::OutOfRange => {
+                return Err(Error::UnknownSnapshot(format!(
+                    "{spec} (that time is out of range: snapshots are between 1677 and 2262)"
+                )))
+            }
+        };
         // A time given to the second means "up to the end of that second":
         // the time shown by `snapshots` selects that snapshot.
-        if !t.trim().starts_with('-') && !t.contains('.') {
-            at += 999_999_999;
-        }
+        let at = if !t.trim().starts_with('-') && !t.contains('.') {
+            at.saturating_add(999_999_999)
+        } else {
+            at
+        };
         return all
             .iter()
             .filter(|r| r.time_ns <= at)
@@ -84,5 +93,35 @@ mod tests {
         assert!(select(&all, "@1970-01-01T00:00:10Z", 0).is_err());
         assert!(select(&all, "9", 0).is_err());
         assert!(select(&[], "latest", 0).is_err());
+        // Out of range: no snapshot, never `latest` by wrap-around.
+        let now = time::now_ns();
+        let recent = vec![rec(1, now - 10 * s)];
+        for spec in [
+            "@-60y",
+            "@-57y",
+            "@-292y",
+            "@-584y",
+            "@-999999999y",
+            "@9999-12-31T23:59:59Z",
+            "@0000-01-01T00:00:00Z",
+        ] {
+            assert!(
+                matches!(select(&recent, spec, now), Err(Error::UnknownSnapshot(_))),
+                "{spec}"
+            );
+        }
+        assert_eq!(select(&recent, "@2200-01-01T00:00:00Z", now).unwrap().id, 1);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_spec_selects_or_errs(spec in "\\PC{0,30}", at in proptest::option::of("[-@0-9a-zA-Z:. TZ+]{0,30}")) {
+            let s = 1_000_000_000i64;
+            let all = vec![rec(1, 100 * s), rec(2, 200 * s)];
+            let spec = match at { Some(a) => format!("@{a}"), None => spec };
+            if let Ok(r) = select(&all, &spec, 300 * s) {
+                proptest::prop_assert!(r.id == 1 || r.id == 2);
+            }
+        }
     }
 }

@@ -256,7 +256,7 @@ mod tests {
             mode,
             uid: 0,
             gid: 0,
-            mtime_ns: 0,
+            mtime: Default::default(),
             ctime_ns: 0,
             ino: 0,
             xattrs: vec![],

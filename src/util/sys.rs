@@ -5,15 +5,19 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
-use crate::snapshot::manifest::Meta;
+use crate::snapshot::manifest::{Meta, Time};
 
 fn stat_ns(sec: i64, nsec: u64) -> i64 {
     sec.saturating_mul(1_000_000_000)
         .saturating_add(nsec as i64)
 }
 
-pub fn mtime_ns(st: &rustix::fs::Stat) -> i64 {
-    stat_ns(st.st_mtime, st.st_mtime_nsec)
+/// The mtime of a stat, at full range and precision.
+pub fn mtime(st: &rustix::fs::Stat) -> Time {
+    Time {
+        sec: st.st_mtime,
+        nsec: (st.st_mtime_nsec as u32).min(999_999_999),
+    }
 }
 
 pub fn ctime_ns(st: &rustix::fs::Stat) -> i64 {
@@ -26,7 +30,7 @@ pub fn meta_of(st: &rustix::fs::Stat) -> Meta {
         mode: st.st_mode,
         uid: st.st_uid,
         gid: st.st_gid,
-        mtime_ns: mtime_ns(st),
+        mtime: mtime(st),
         ctime_ns: ctime_ns(st),
         ino: st.st_ino,
         xattrs: Vec::new(),
