@@ -1,8 +1,14 @@
 //! The control socket: how the CLI talks to the daemon that holds a
 //! repository (sled allows one process per database).
 //!
-//! `REPO/control.sock`, mode 0600. One JSON request per line, one JSON
-//! response per line:
+//! `REPO/control.sock`, mode 0600 from the moment it exists (the socket's
+//! mode is set before `bind`, and it is bound through the repository's
+//! directory descriptor, so a repository path of any length works). The
+//! daemon answers only peers whose uid (`SO_PEERCRED`) is its own euid or
+//! root; the CLI talks only to a daemon running as root or as itself.
+//! Commands run for a client act with the client's identity (fsuid,
+//! fsgid, groups) and umask. One JSON request per line (at most 1 MiB),
+//! one JSON response per line:
 //!
 //! ```text
 //! {"cmd":"status"}   -> {"ok":true,"status":{...}}
@@ -12,7 +18,8 @@
 //!                    -> {"ok":true}            (once the read-only mount is live)
 //! {"cmd":"snapshot","kind":"incremental","label":null}
 //!                    -> {"ok":true,"snapshot":{...record...}}   (once committed)
-//! {"cmd":"cli","args":["ls","latest"],"cwd":"/home/x"}
+//! {"cmd":"cli","args":[[108,115],[108,97,116,101,115,116]],"cwd":[47],"umask":18}
+//!                    (arguments and cwd as bytes: any file name passes)
 //!                    -> frames until the exit frame (see below)
 //! ```
 //! Errors: `{"ok":false,"error":"..."}`.
@@ -22,7 +29,8 @@
 //! Its output comes back as frames: one tag byte (`o` stdout, `e` stderr,
 //! `x` exit), a u32 BE length, the payload (for `x`: the exit code, i32 BE).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,7 +38,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
+use crate::util::dirfd::Dir;
+
+/// The socket's name in the repository directory.
+pub const SOCKET: &str = "control.sock";
+/// The longest request line read.
+pub const MAX_REQUEST: u64 = 1 << 20;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
@@ -49,14 +63,19 @@ pub enum Request {
         all: bool,
         #[serde(default)]
         allow_other: bool,
+        #[serde(default)]
+        nonempty: bool,
     },
     Snapshot {
         kind: Option<String>,
         label: Option<String>,
     },
     Cli {
-        args: Vec<String>,
-        cwd: String,
+        args: Vec<Vec<u8>>,
+        cwd: Vec<u8>,
+        /// The client's umask (what directories a restore creates honour).
+        #[serde(default)]
+        umask: Option<u32>,
     },
     /// Configure a fault injection point (test builds with `failpoints`).
     Failpoint {
@@ -93,13 +112,32 @@ impl Response {
     }
 }
 
-pub fn socket_path(repo: &Path) -> PathBuf {
-    repo.join("control.sock")
+/// Who is on the other end of a connection (`SO_PEERCRED`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
 }
 
-/// Answers a request. It may stream its answer itself (for `cli`) and
-/// return `None`.
-pub type Handler = Arc<dyn Fn(Request, &mut dyn Write) -> Option<Response> + Send + Sync>;
+fn peer_of(fd: impl AsFd) -> std::io::Result<Peer> {
+    let c = rustix::net::sockopt::socket_peercred(fd)?;
+    Ok(Peer {
+        uid: c.uid.as_raw(),
+        gid: c.gid.as_raw(),
+        pid: c.pid.as_raw_nonzero().get() as u32,
+    })
+}
+
+/// Whether `uid` may talk to (or be trusted as) the other side: root, or
+/// the same user as this process.
+pub fn peer_allowed(uid: u32) -> bool {
+    uid == 0 || uid == rustix::process::geteuid().as_raw()
+}
+
+/// Answers a request from a peer (already checked). It may stream its
+/// answer itself (for `cli`) and return `None`.
+pub type Handler = Arc<dyn Fn(Request, Peer, &mut dyn Write) -> Option<Response> + Send + Sync>;
 
 /// Write one output frame.
 pub fn write_frame(w: &mut dyn Write, tag: u8, payload: &[u8]) -> std::io::Result<()> {
@@ -126,40 +164,84 @@ impl Write for FrameWriter<'_> {
     }
 }
 
+/// A unix socket named `name` in `dir`, bound through the directory's
+/// descriptor, mode 0600 from its creation.
+fn bind_in(dir: &Dir, name: &str) -> Result<UnixListener> {
+    let path = dir.join(name);
+    let fd: OwnedFd = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| Error::io("create socket", &path, e.into()))?;
+    // The inode bind creates takes the socket's mode: no moment at 0777.
+    rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o600))
+        .map_err(|e| Error::io("chmod socket", &path, e.into()))?;
+    let at = dir.proc_path().join(name);
+    let addr = rustix::net::SocketAddrUnix::new(&at)
+        .map_err(|e| Error::io("socket address", &path, e.into()))?;
+    rustix::net::bind(&fd, &addr).map_err(|e| Error::io("bind", &path, e.into()))?;
+    rustix::net::listen(&fd, 64).map_err(|e| Error::io("listen on", &path, e.into()))?;
+    Ok(UnixListener::from(fd))
+}
+
 /// Listen on the repository's socket and answer requests on a thread.
 /// A leftover socket file is replaced (the caller holds the repository
-/// lock, so no other daemon uses it).
-pub fn serve(repo: &Path, handler: Handler) -> Result<std::thread::JoinHandle<()>> {
-    let path = socket_path(repo);
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).ctx("listen on", &path)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).ctx("chmod", &path)?;
+/// lock, so no other daemon uses it). Connections from a uid other than
+/// ours or root are refused before a byte is read.
+pub fn serve(repo: &Dir, handler: Handler) -> Result<std::thread::JoinHandle<()>> {
+    repo.remove_file(SOCKET)?;
+    let listener = bind_in(repo, SOCKET)?;
+    let path = repo.join(SOCKET);
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
+                let peer = match peer_of(&conn) {
+                    Ok(p) if peer_allowed(p.uid) => p,
+                    Ok(p) => {
+                        tracing::warn!(
+                            uid = p.uid,
+                            pid = p.pid,
+                            "refused a control connection from another user"
+                        );
+                        let _ = (&conn).write_all(
+                            b"{\"ok\":false,\"error\":\"permission denied: only root and the user running the daemon may use it\"}\n",
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!("control connection without peer credentials: {e}");
+                        continue;
+                    }
+                };
                 let h = handler.clone();
                 let _ = std::thread::Builder::new()
                     .name("control-conn".into())
-                    .spawn(move || answer(conn, h));
+                    .spawn(move || answer(conn, peer, h));
             }
         })
         .map_err(|e| Error::io("start control thread", &path, e))
 }
 
-fn answer(conn: UnixStream, handler: Handler) {
+/// Parse one request line (bounded by the reader).
+pub fn parse_request(line: &str) -> std::result::Result<Request, String> {
+    serde_json::from_str::<Request>(line.trim()).map_err(|e| format!("bad request: {e}"))
+}
+
+fn answer(conn: UnixStream, peer: Peer, handler: Handler) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut reader = BufReader::new(&conn);
+    let mut reader = BufReader::new((&conn).take(MAX_REQUEST));
     let mut line = String::new();
     if reader.read_line(&mut line).is_err() {
         return;
     }
     let mut w = &conn;
-    let resp = match serde_json::from_str::<Request>(line.trim()) {
-        Ok(req) => handler(req, &mut w),
-        Err(e) => Some(Response::error(format!("bad request: {e}"))),
+    let resp = match parse_request(&line) {
+        Ok(req) => handler(req, peer, &mut w),
+        Err(e) => Some(Response::error(e)),
     };
     if let Some(resp) = resp {
         if let Ok(mut s) = serde_json::to_string(&resp) {
@@ -180,13 +262,27 @@ pub enum CallError {
     Stale(PathBuf),
     #[error("control socket: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the process answering on {path} runs as uid {uid}, neither root nor you: not talking to it")]
+    Untrusted { path: PathBuf, uid: u32 },
     #[error("the daemon answered: {0}")]
     Failed(String),
 }
 
 fn connect(repo: &Path, timeout: Option<Duration>) -> std::result::Result<UnixStream, CallError> {
-    let path = socket_path(repo);
-    let conn = match UnixStream::connect(&path) {
+    let path = repo.join(SOCKET);
+    // Through the directory's descriptor: any path length works.
+    let dir = match rustix::fs::openat(
+        rustix::fs::CWD,
+        repo,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        Ok(d) => d,
+        Err(rustix::io::Errno::NOENT) => return Err(CallError::NotRunning),
+        Err(e) => return Err(std::io::Error::from(e).into()),
+    };
+    let at = format!("/proc/self/fd/{}/{SOCKET}", dir.as_raw_fd());
+    let conn = match UnixStream::connect(&at) {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CallError::NotRunning),
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
@@ -194,6 +290,13 @@ fn connect(repo: &Path, timeout: Option<Duration>) -> std::result::Result<UnixSt
         }
         Err(e) => return Err(e.into()),
     };
+    let server = peer_of(&conn)?;
+    if !peer_allowed(server.uid) {
+        return Err(CallError::Untrusted {
+            path,
+            uid: server.uid,
+        });
+    }
     conn.set_read_timeout(timeout)?;
     Ok(conn)
 }
@@ -207,14 +310,21 @@ pub fn daemon_running(repo: &Path) -> bool {
 /// and `err`. Returns its exit code.
 pub fn call_cli(
     repo: &Path,
-    args: Vec<String>,
-    cwd: String,
+    args: Vec<Vec<u8>>,
+    cwd: Vec<u8>,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> std::result::Result<i32, CallError> {
     let conn = connect(repo, None)?;
-    let mut s =
-        serde_json::to_string(&Request::Cli { args, cwd }).map_err(std::io::Error::other)?;
+    // Read the umask without changing it for long (single-threaded CLI).
+    let umask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    rustix::process::umask(umask);
+    let mut s = serde_json::to_string(&Request::Cli {
+        args,
+        cwd,
+        umask: Some(umask.as_raw_mode()),
+    })
+    .map_err(std::io::Error::other)?;
     s.push('\n');
     (&conn).write_all(s.as_bytes())?;
     let mut r = BufReader::new(&conn);
@@ -226,6 +336,9 @@ pub fn call_cli(
             )));
         }
         let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+        if len > 64 << 20 {
+            return Err(CallError::Failed("bad frame from the daemon".into()));
+        }
         let mut payload = vec![0u8; len];
         std::io::Read::read_exact(&mut r, &mut payload)?;
         match h[0] {
@@ -252,10 +365,76 @@ pub fn call(
     s.push('\n');
     (&conn).write_all(s.as_bytes())?;
     let mut line = String::new();
-    BufReader::new(&conn).read_line(&mut line)?;
+    BufReader::new((&conn).take(64 << 20)).read_line(&mut line)?;
     let resp: Response = serde_json::from_str(line.trim()).map_err(std::io::Error::other)?;
     if !resp.ok {
         return Err(CallError::Failed(resp.error.unwrap_or_default()));
     }
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_roundtrip() {
+        let r = Request::Cli {
+            args: vec![b"ls".to_vec(), b"\xff".to_vec()],
+            cwd: b"/".to_vec(),
+            umask: Some(0o022),
+        };
+        let line = serde_json::to_string(&r).unwrap();
+        assert_eq!(parse_request(&line).unwrap(), r);
+        // Old clients without a umask still parse.
+        assert_eq!(
+            parse_request(r#"{"cmd":"cli","args":[],"cwd":[47]}"#).unwrap(),
+            Request::Cli {
+                args: vec![],
+                cwd: b"/".to_vec(),
+                umask: None
+            }
+        );
+        assert!(parse_request("{\"cmd\":\"rm -rf\"}").is_err());
+    }
+
+    #[test]
+    fn a_long_repository_path_still_serves() {
+        let t = tempfile::tempdir().unwrap();
+        let mut p = t.path().to_path_buf();
+        while p.as_os_str().len() < 200 {
+            p.push("a-rather-long-directory-name");
+        }
+        std::fs::create_dir_all(&p).unwrap();
+        let dir = Dir::open_path(&p).unwrap();
+        let h: Handler = Arc::new(|_req, peer, _w| {
+            Some(Response {
+                ok: true,
+                error: Some(format!("uid {}", peer.uid)),
+                ..Default::default()
+            })
+        });
+        serve(&dir, h).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::symlink_metadata(p.join(SOCKET))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let r = call(&p, &Request::Status, Duration::from_secs(5)).unwrap();
+        let me = rustix::process::geteuid().as_raw();
+        assert_eq!(r.error.as_deref(), Some(format!("uid {me}").as_str()));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_line_parses_or_errs(line in "\\PC{0,200}") {
+            let _ = parse_request(&line);
+        }
+
+        #[test]
+        fn json_shaped_lines_parse_or_err(cmd in "(status|unmount|mount-snapshot|snapshot|cli|failpoint|x)", body in "[a-z\":,\\[\\]{} 0-9]{0,60}") {
+            let _ = parse_request(&format!("{{\"cmd\":\"{cmd}\",{body}}}"));
+        }
+    }
 }

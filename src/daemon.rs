@@ -18,21 +18,88 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::control::{self, FrameWriter, Request, Response};
+use crate::control::{self, FrameWriter, Peer, Request, Response};
 use crate::error::{Error, IoContext, Result};
 use crate::flusher::{policy::PolicyConfig, Flusher, FlusherCtx, FlusherStatus, Policy};
+use crate::fs::creds::{as_caller, Caller};
 use crate::fs::{self, MountConfig};
 use crate::journal::{FileKey, Journal, JournalStats};
 use crate::repo::{Repository, DEFAULT_BLOCK_SIZE, DEFAULT_COMPRESSION};
-use crate::util::{durable, time};
+use crate::util::dirfd::Dir;
+use crate::util::time;
 
 /// Persist journal records this often.
 const PERSIST_EVERY: Duration = Duration::from_millis(100);
 
 /// Runs a forwarded CLI command inside the daemon (provided by the binary):
-/// (args, client's cwd, repository, stdout, stderr) -> exit code.
-pub type CliHook =
-    Arc<dyn Fn(&[String], &Path, &Repository, &mut dyn Write, &mut dyn Write) -> i32 + Send + Sync>;
+/// (args, client's cwd, repository, client, stdout, stderr) -> exit code.
+/// It runs on a thread acting as the client (see [`run_cli_request`]).
+pub type CliHook = Arc<
+    dyn Fn(&[Vec<u8>], &Path, &Repository, Caller, &mut dyn Write, &mut dyn Write) -> i32
+        + Send
+        + Sync,
+>;
+
+/// The marker of a running mount in the repository directory: present
+/// after an unclean stop.
+pub const MARKER: &str = "mounted";
+/// The daemon's log in the repository directory.
+pub const LOG: &str = "daemon.log";
+
+/// Answer a `cli` request: run the command through `hook` on this thread,
+/// acting as the client (its fsuid, fsgid, groups and umask), so that it
+/// can do nothing the client could not do itself; stream its output.
+pub fn run_cli_request(
+    hook: Option<&CliHook>,
+    repo: &Repository,
+    peer: Peer,
+    args: &[Vec<u8>],
+    cwd: &[u8],
+    umask: Option<u32>,
+    w: &mut dyn Write,
+) -> Option<Response> {
+    let Some(hook) = hook else {
+        return Some(Response::error("this daemon does not run commands"));
+    };
+    let caller = Caller {
+        uid: peer.uid,
+        gid: peer.gid,
+        pid: peer.pid,
+        umask,
+    };
+    let _acting = match as_caller(caller) {
+        Ok(g) => g,
+        Err(e) => {
+            return Some(Response::error(format!(
+                "cannot act as uid {}: {e:?}",
+                peer.uid
+            )))
+        }
+    };
+    // stdout streams as it comes (cat, ls of big trees); stderr is sent
+    // after it.
+    let mut err: Vec<u8> = Vec::new();
+    let code = {
+        let mut o = FrameWriter {
+            inner: w,
+            tag: b'o',
+        };
+        use std::os::unix::ffi::OsStrExt;
+        hook(
+            args,
+            Path::new(std::ffi::OsStr::from_bytes(cwd)),
+            repo,
+            caller,
+            &mut o,
+            &mut err,
+        )
+    };
+    if !err.is_empty() {
+        let _ = control::write_frame(w, b'e', &err);
+    }
+    let _ = control::write_frame(w, b'x', &code.to_be_bytes());
+    None
+}
 
 #[derive(Clone)]
 pub struct MountRequest {
@@ -117,8 +184,32 @@ pub fn check_paths(req: &MountRequest) -> Result<MountPaths> {
             mountpoint.display()
         ));
     }
+    check_mountpoint_empty(&mountpoint, req.config.nonempty)?;
+    if let Some(r) = repository_at_or_above(&backing) {
+        return bad(format!(
+            "{} is {}a rewindfs repository ({}); mounting it would expose its packs and control socket. Mount the data directory instead",
+            backing.display(),
+            if r == backing { "" } else { "inside " },
+            r.display()
+        ));
+    }
     let repo = match &req.repo {
-        None => backing.join(".rewindfs"),
+        None => {
+            // The default repository lives in BACKING: whoever owns
+            // BACKING could replace it.
+            let owner = std::fs::metadata(&backing).ctx("stat", &backing)?;
+            use std::os::unix::fs::MetadataExt;
+            let euid = rustix::process::geteuid().as_raw();
+            if owner.uid() != euid {
+                return bad(format!(
+                    "{} is owned by uid {}, not by you (uid {euid}): the default repository {}/.rewindfs would be in that user's hands. Keep the repository where only you can write, e.g. `--repo /var/lib/rewindfs/NAME`",
+                    backing.display(),
+                    owner.uid(),
+                    backing.display()
+                ));
+            }
+            backing.join(".rewindfs")
+        }
         Some(r) => {
             let parent = r
                 .parent()
@@ -151,6 +242,59 @@ pub fn check_paths(req: &MountRequest) -> Result<MountPaths> {
         mountpoint,
         repo,
     })
+}
+
+/// Refuse a mountpoint with entries in it (they would be hidden while
+/// mounted), unless asked to mount over them.
+pub fn check_mountpoint_empty(mountpoint: &Path, nonempty: bool) -> Result<()> {
+    if nonempty {
+        return Ok(());
+    }
+    let mut it = std::fs::read_dir(mountpoint).ctx("read directory", mountpoint)?;
+    if it.next().is_some() {
+        return Err(Error::InvalidInput(format!(
+            "mountpoint {} is not empty (its contents would be hidden while mounted); use an empty directory, or --nonempty to mount over them",
+            mountpoint.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The rewindfs repository `dir` is, or is inside, if any: a directory
+/// with a `config.json` holding a rewindfs format version and a `packs`
+/// directory.
+pub fn repository_at_or_above(dir: &Path) -> Option<PathBuf> {
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if looks_like_repository(d) {
+            return Some(d.to_path_buf());
+        }
+        cur = d.parent();
+    }
+    None
+}
+
+fn looks_like_repository(d: &Path) -> bool {
+    #[derive(Deserialize)]
+    struct Probe {
+        format_version: u32,
+        repo_id: String,
+    }
+    let Ok(md) = std::fs::symlink_metadata(d.join(crate::repo::PACKS)) else {
+        return false;
+    };
+    if !md.is_dir() {
+        return false;
+    }
+    let Ok(dir) = Dir::open_path(d) else {
+        return false;
+    };
+    match dir.read(crate::repo::CONFIG, 1 << 20) {
+        Ok(Some(b)) => serde_json::from_slice::<Probe>(&b)
+            .map(|p| p.format_version > 0 && !p.repo_id.is_empty())
+            .unwrap_or(false),
+        _ => false,
+    }
 }
 
 /// Mount points from /proc/self/mountinfo: (mount point, fs type, source).
@@ -233,16 +377,15 @@ struct Marker {
     started: String,
 }
 
-fn marker_path(repo: &Path) -> PathBuf {
-    repo.join("mounted")
-}
-
 /// Open (creating on first use) the repository of a mount.
 fn open_repo(repo: &Path) -> Result<Repository> {
-    if !repo.join("config.json").exists() {
-        Repository::init(repo, DEFAULT_BLOCK_SIZE, DEFAULT_COMPRESSION)?;
+    match Repository::open(repo) {
+        Err(Error::NotARepository { .. }) => {
+            Repository::init(repo, DEFAULT_BLOCK_SIZE, DEFAULT_COMPRESSION)?;
+            Repository::open(repo)
+        }
+        other => other,
     }
-    Repository::open(repo)
 }
 
 /// Everything the daemon's threads share.
@@ -311,7 +454,7 @@ impl Shared {
         }
     }
 
-    fn handle(&self, req: Request, w: &mut dyn Write) -> Option<Response> {
+    fn handle(&self, req: Request, peer: Peer, w: &mut dyn Write) -> Option<Response> {
         Some(match req {
             Request::Status => match serde_json::to_value(self.status()) {
                 Ok(v) => Response {
@@ -342,10 +485,16 @@ impl Shared {
                 mountpoint,
                 all,
                 allow_other,
+                nonempty,
             } => {
-                match self
-                    .extra
-                    .mount(&self.views, &snap, all, Path::new(&mountpoint), allow_other)
+                match self.extra.mount(
+                    &self.views,
+                    &snap,
+                    all,
+                    Path::new(&mountpoint),
+                    allow_other,
+                    nonempty,
+                )
                 {
                     Ok(()) => Response::ok(),
                     Err(e) => Response::error(e.to_string()),
@@ -376,25 +525,16 @@ impl Shared {
                 let _ = (&name, &actions);
                 Response::ok()
             }
-            Request::Cli { args, cwd } => {
-                let Some(hook) = &self.cli_hook else {
-                    return Some(Response::error("this daemon does not run commands"));
-                };
-                // stdout streams as it comes (cat, ls of big trees);
-                // stderr is sent after it.
-                let mut err: Vec<u8> = Vec::new();
-                let code = {
-                    let mut o = FrameWriter {
-                        inner: w,
-                        tag: b'o',
-                    };
-                    hook(&args, Path::new(&cwd), &self.repo, &mut o, &mut err)
-                };
-                if !err.is_empty() {
-                    let _ = control::write_frame(w, b'e', &err);
-                }
-                let _ = control::write_frame(w, b'x', &code.to_be_bytes());
-                return None;
+            Request::Cli { args, cwd, umask } => {
+                return run_cli_request(
+                    self.cli_hook.as_ref(),
+                    &self.repo,
+                    peer,
+                    &args,
+                    &cwd,
+                    umask,
+                    w,
+                )
             }
         })
     }
@@ -436,7 +576,7 @@ pub struct Readiness(Mutex<Option<OwnedFd>>);
 impl Readiness {
     /// Tell the waiting parent the mount is live, then point stdio at
     /// /dev/null and REPO/daemon.log.
-    pub fn ready(&self, repo: &Path) {
+    pub fn ready(&self, repo: &Dir) {
         if let Some(w) = self.0.lock().take() {
             let _ = std::fs::File::from(w).write_all(b"ok\n");
         }
@@ -484,24 +624,36 @@ pub fn fork_daemon(exited: &str, child: impl FnOnce(&Readiness) -> Result<()>) -
     std::process::exit(if r.is_ok() { 0 } else { 1 });
 }
 
-/// Point stdin/stdout at /dev/null and stderr (the log) at REPO/daemon.log.
-pub fn detach_stdio(repo: &Path) {
+/// Point stdin/stdout at /dev/null and stderr (the log) at REPO/daemon.log
+/// (opened through the repository's descriptor, never a symlink, 0600).
+pub fn detach_stdio(repo: &Dir) {
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/null");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(repo.join("daemon.log"));
+    let log = repo
+        .open_file(
+            LOG,
+            rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::APPEND | rustix::fs::OFlags::CREATE,
+            0o600,
+        )
+        .ok()
+        .filter(|f| {
+            // Only a regular file of ours; tighten an old log's mode.
+            let ok = rustix::fs::fstat(f).is_ok_and(|st| {
+                st.st_mode & libc::S_IFMT == libc::S_IFREG
+                    && st.st_uid == rustix::process::geteuid().as_raw()
+            });
+            ok && rustix::fs::fchmod(f, rustix::fs::Mode::from_raw_mode(0o600)).is_ok()
+        });
     if let Ok(null) = null {
         let _ = rustix::stdio::dup2_stdin(null.as_fd());
         let _ = rustix::stdio::dup2_stdout(null.as_fd());
-        if log.is_err() {
+        if log.is_none() {
             let _ = rustix::stdio::dup2_stderr(null.as_fd());
         }
     }
-    if let Ok(log) = log {
+    if let Some(log) = log {
         let _ = rustix::stdio::dup2_stderr(log.as_fd());
     }
 }
@@ -515,27 +667,13 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
         repo.index().journal_tree()?,
         repo.config.block_size,
     )?);
-    let marker = marker_path(&paths.repo);
-    let unclean = marker.exists();
+    let unclean = repo.dir().stat_at(MARKER).is_ok();
     if unclean {
         tracing::warn!("the previous mount did not stop cleanly; checking the backing directory against the latest snapshot");
     }
     let started = time::rfc3339(time::now_ns());
-    let m = Marker {
-        pid: std::process::id(),
-        mountpoint: paths.mountpoint.display().to_string(),
-        backing: paths.backing.display().to_string(),
-        started: started.clone(),
-    };
-    durable::write_atomic(
-        &marker,
-        &serde_json::to_vec(&m).map_err(|e| Error::InvalidInput(e.to_string()))?,
-    )?;
-
     let hidden = if paths.repo.starts_with(&paths.backing) {
-        let st =
-            rustix::fs::stat(&paths.repo).map_err(|e| Error::io("stat", &paths.repo, e.into()))?;
-        Some(FileKey::of(&st))
+        Some(FileKey::of(&repo.dir().stat()?))
     } else {
         None
     };
@@ -555,6 +693,23 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
         Some(views.clone()),
     )
     .map_err(|e| Error::io("mount on", &paths.mountpoint, e))?;
+    // Mounted (no request is served before `run`): from here until a
+    // clean stop, the marker says a mount is running. Any start-up
+    // failure below removes it again (and unmounts, dropping `session`).
+    let m = Marker {
+        pid: std::process::id(),
+        mountpoint: paths.mountpoint.display().to_string(),
+        backing: paths.backing.display().to_string(),
+        started: started.clone(),
+    };
+    repo.dir().write_atomic(
+        MARKER,
+        &serde_json::to_vec(&m).map_err(|e| Error::InvalidInput(e.to_string()))?,
+    )?;
+    let mut marker = MarkerGuard {
+        repo: &repo,
+        armed: !unclean,
+    };
     fs::readahead::raise_after_init(paths.mountpoint.clone(), fs::readahead::READAHEAD_KIB);
     let startup = Arc::new(Mutex::new("running".to_string()));
     let flusher = Flusher::start(FlusherCtx {
@@ -604,8 +759,8 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
     {
         let s = shared.clone();
         control::serve(
-            &paths.repo,
-            Arc::new(move |req, w: &mut dyn Write| s.handle(req, w)),
+            repo.dir(),
+            Arc::new(move |req, peer, w: &mut dyn Write| s.handle(req, peer, w)),
         )?;
     }
     // Signals.
@@ -617,8 +772,10 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
         })?;
     }
     if let Some(r) = ready {
-        r.ready(&paths.repo);
+        r.ready(repo.dir());
     }
+    // Running: the marker stays until the clean stop below.
+    marker.armed = false;
     tracing::info!(
         "mounted {} on {} (repository {})",
         paths.backing.display(),
@@ -637,10 +794,27 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
     }
     shared.stop.store(true, Ordering::SeqCst);
     let _ = persister.join();
-    let _ = std::fs::remove_file(control::socket_path(&paths.repo));
+    let _ = repo.dir().remove_file(control::SOCKET);
     journal.flush()?;
-    std::fs::remove_file(&marker).ctx("remove", &marker)?;
-    durable::fsync_dir(&paths.repo)?;
+    repo.dir().remove_file(MARKER)?;
+    repo.dir().fsync()?;
     tracing::info!("unmounted {}", paths.mountpoint.display());
     result.map_err(|e| Error::io("serve", &paths.mountpoint, e))
+}
+
+/// Removes the running-mount marker again if start-up fails after it was
+/// written (a marker left by an earlier unclean stop is kept: that stop
+/// still needs its check).
+struct MarkerGuard<'r> {
+    repo: &'r Repository,
+    armed: bool,
+}
+
+impl Drop for MarkerGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.repo.dir().remove_file(MARKER);
+            let _ = self.repo.dir().fsync();
+        }
+    }
 }

@@ -41,6 +41,11 @@ pub enum Error {
         supported: u32,
     },
 
+    /// A repository another user could write or replace (see
+    /// `repo::trust`).
+    #[error("refusing to use repository {}: {why}", path.display())]
+    Untrusted { path: PathBuf, why: String },
+
     /// Another process holds the repository.
     #[error("repository {} is in use by another rewindfs process{holder}", path.display())]
     Locked { path: PathBuf, holder: String },
@@ -101,6 +106,7 @@ impl Error {
             Error::NotFound { .. } | Error::UnknownSnapshot(_) => libc::ENOENT,
             Error::InvalidInput(_) => libc::EINVAL,
             Error::Locked { .. } => libc::EBUSY,
+            Error::Untrusted { .. } => libc::EPERM,
             _ => libc::EIO,
         }
     }

@@ -7,11 +7,25 @@
 //! no name (`..`, `/`, a symlink planted in the target) can make the
 //! restore write outside the target directory.
 //!
+//! Restoring as root into a directory other users can write is safe:
+//! every metadata call (owner, mode, xattrs, times) is made on a
+//! descriptor of the object restore itself created, checked after
+//! creation to be of the type it made and owned by the restoring user
+//! (which nobody else can forge). A swapped-in symlink, FIFO or directory
+//! is refused, never chmod'ed or chown'ed. Directories restore merges
+//! into (that existed before) keep their own metadata.
+//!
+//! Owners, setuid/setgid bits and device nodes are restored only when
+//! [`RestoreOptions::owners`] says so (root restoring from a trusted
+//! repository); otherwise files belong to the restoring user, setuid and
+//! setgid bits are dropped and device nodes are skipped (like tar without
+//! `-p`).
+//!
 //! Content is read, verified (blake3) and written by a pool of workers.
 //! A file whose data cannot be read or verified is removed and reported;
 //! the other files restore.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
@@ -36,6 +50,9 @@ const UNIT_BLOCKS: u64 = 8;
 pub struct RestoreOptions {
     /// Replace existing files (directories are merged, never deleted).
     pub overwrite: bool,
+    /// Restore owners and setuid/setgid bits, and create device nodes
+    /// (root restoring from a trusted repository).
+    pub owners: bool,
     /// Worker threads (0: one per core).
     pub threads: usize,
     /// Show a progress bar on stderr (only if it is a terminal).
@@ -51,6 +68,9 @@ pub struct RestoreReport {
     pub bytes: u64,
     /// Files that could not be restored (their data is damaged), with why.
     pub failed: Vec<String>,
+    /// Entries deliberately not restored (device nodes without
+    /// [`RestoreOptions::owners`]), with why.
+    pub skipped: Vec<String>,
 }
 
 struct FileJob {
@@ -63,6 +83,9 @@ struct FileJob {
     size: u64,
     remaining: AtomicUsize,
     failed: Mutex<Option<String>>,
+    /// Further names (hard links) given to the file: removed with it if
+    /// its data cannot be restored.
+    links: Mutex<Vec<(Arc<OwnedFd>, Vec<u8>)>>,
 }
 
 struct Unit {
@@ -116,15 +139,18 @@ fn owner(meta: &Meta) -> (Option<rustix::fs::Uid>, Option<rustix::fs::Gid>) {
     (uid, gid)
 }
 
-/// Apply ownership (when root), xattrs, mode and times to an open entry.
-fn apply_meta_fd<Fd: AsFd>(fd: Fd, meta: &Meta, as_root: bool) -> std::io::Result<()> {
-    let fd = fd.as_fd();
-    if as_root {
-        let (u, g) = owner(meta);
-        rustix::fs::fchown(fd, u, g)?;
+/// The permission bits to restore: setuid and setgid only with `owners`.
+fn perm(meta: &Meta, owners: bool) -> u32 {
+    if owners {
+        meta.perm()
+    } else {
+        meta.perm() & !(libc::S_ISUID | libc::S_ISGID)
     }
+}
+
+fn set_xattrs(meta: &Meta, mut set: impl FnMut(&[u8], &[u8]) -> rustix::io::Result<()>) -> std::io::Result<()> {
     for (k, v) in &meta.xattrs {
-        match rustix::fs::fsetxattr(fd, &k[..], v, rustix::fs::XattrFlags::empty()) {
+        match set(k, v) {
             Ok(()) => {}
             // Not permitted for this namespace (e.g. trusted.* as a user),
             // or unsupported by the target filesystem.
@@ -132,16 +158,90 @@ fn apply_meta_fd<Fd: AsFd>(fd: Fd, meta: &Meta, as_root: bool) -> std::io::Resul
             Err(e) => return Err(e.into()),
         }
     }
-    rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.perm()))?;
+    Ok(())
+}
+
+/// Apply ownership (with `owners`), xattrs, mode and times to an open
+/// file or directory.
+fn apply_meta_fd<Fd: AsFd>(fd: Fd, meta: &Meta, owners: bool) -> std::io::Result<()> {
+    let fd = fd.as_fd();
+    if owners {
+        let (u, g) = owner(meta);
+        rustix::fs::fchown(fd, u, g)?;
+    }
+    set_xattrs(meta, |k, v| {
+        rustix::fs::fsetxattr(fd, k, v, rustix::fs::XattrFlags::empty())
+    })?;
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(perm(meta, owners)))?;
     rustix::fs::futimens(fd, &times(meta))?;
+    Ok(())
+}
+
+/// Apply metadata through an `O_PATH` descriptor (symlinks, FIFOs and
+/// device nodes cannot be opened for real without side effects): owner
+/// and times on the descriptor itself, mode and xattrs through
+/// `/proc/self/fd/N`, which names this very inode, not a path.
+fn apply_meta_opath(fd: &OwnedFd, meta: &Meta, owners: bool, symlink: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if owners {
+        let (u, g) = owner(meta);
+        rustix::fs::chownat(fd, "", u, g, AtFlags::EMPTY_PATH)?;
+    }
+    if !symlink {
+        let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        set_xattrs(meta, |k, v| {
+            rustix::fs::setxattr(proc.as_str(), k, v, rustix::fs::XattrFlags::empty())
+        })?;
+        rustix::fs::chmodat(
+            rustix::fs::CWD,
+            proc.as_str(),
+            Mode::from_raw_mode(perm(meta, owners)),
+            AtFlags::empty(),
+        )?;
+    }
+    rustix::fs::utimensat(fd, "", &times(meta), AtFlags::EMPTY_PATH)?;
+    Ok(())
+}
+
+/// Open what restore just created at `parent/name` without following
+/// it, and check it is that: of type `kind`, owned by this thread's
+/// filesystem uid (nobody else can create an object owned by it), with
+/// one link. A planted symlink or another user's object fails.
+fn open_created(parent: &OwnedFd, name: &[u8], kind: u32, rel: &[u8]) -> Result<OwnedFd> {
+    let fd = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx("open", display_path(rel))?;
+    check_ours(&fd, kind, rel)?;
+    Ok(fd)
+}
+
+/// See [`open_created`].
+fn check_ours(fd: &OwnedFd, kind: u32, rel: &[u8]) -> Result<()> {
+    let st = rustix::fs::fstat(fd).ctx("stat", display_path(rel))?;
+    let me = crate::fs::creds::current_fsuid();
+    let links_ok = kind == libc::S_IFDIR || st.st_nlink == 1;
+    if sys::file_type(st.st_mode) != kind || st.st_uid != me || !links_ok {
+        return Err(Error::InvalidInput(format!(
+            "{} was replaced while it was restored (now {:o}, owned by uid {}); refusing to touch it",
+            display_path(rel),
+            st.st_mode,
+            st.st_uid
+        )));
+    }
     Ok(())
 }
 
 struct Creator<'a> {
     target: Arc<OwnedFd>,
     dirs: HashMap<Vec<u8>, Arc<OwnedFd>>,
+    /// Directories this restore created (only those get metadata).
+    created: HashSet<Vec<u8>>,
     overwrite: bool,
-    as_root: bool,
+    owners: bool,
     report: &'a mut RestoreReport,
 }
 
@@ -164,7 +264,11 @@ impl Creator<'_> {
         }
         let (parent, name) = split_parent(rel);
         let pfd = self.dir(parent)?;
-        let fd = Arc::new(sys::open_dir_at(&*pfd, name).ctx("open directory", display_path(rel))?);
+        let fd = sys::open_dir_at(&*pfd, name).ctx("open directory", display_path(rel))?;
+        if self.created.contains(rel) {
+            check_ours(&fd, libc::S_IFDIR, rel)?;
+        }
+        let fd = Arc::new(fd);
         if self.dirs.len() > 1024 {
             self.dirs.clear();
         }
@@ -198,7 +302,9 @@ impl Creator<'_> {
         let (parent, name) = split_parent(rel);
         let pfd = self.dir(parent)?;
         match rustix::fs::mkdirat(&*pfd, name, Mode::from_raw_mode(0o700)) {
-            Ok(()) => {}
+            Ok(()) => {
+                self.created.insert(rel.to_vec());
+            }
             Err(rustix::io::Errno::EXIST) => {
                 let st = sys::lstat_at(&*pfd, name).ctx("stat", display_path(rel))?;
                 if sys::file_type(st.st_mode) != libc::S_IFDIR {
@@ -212,6 +318,7 @@ impl Creator<'_> {
                         .ctx("remove", display_path(rel))?;
                     rustix::fs::mkdirat(&*pfd, name, Mode::from_raw_mode(0o700))
                         .ctx("create directory", display_path(rel))?;
+                    self.created.insert(rel.to_vec());
                 }
             }
             Err(e) => return Err(Error::io("create directory", display_path(rel), e.into())),
@@ -234,14 +341,32 @@ impl Creator<'_> {
         Ok((pfd, File::from(fd)))
     }
 
-    fn link(&mut self, from: &[u8], rel: &[u8]) -> Result<()> {
-        let (fparent, fname) = split_parent(from);
-        let ffd = self.dir(fparent)?;
+    /// Another name for a file this restore created, linked through its
+    /// own descriptor (not through the first name, which may have been
+    /// replaced since).
+    fn link(&mut self, first: &FileJob, rel: &[u8]) -> Result<()> {
+        use std::os::fd::AsRawFd;
         let (parent, name) = split_parent(rel);
         let pfd = self.dir(parent)?;
         self.clear_slot(&pfd, name, rel)?;
-        rustix::fs::linkat(&*ffd, fname, &*pfd, name, AtFlags::empty())
-            .ctx("link", display_path(rel))
+        let proc = format!("/proc/self/fd/{}", first.file.as_raw_fd());
+        // Under the lock: a failure that finishes meanwhile either sees
+        // this link in the list or is seen here.
+        let mut links = first.links.lock();
+        rustix::fs::linkat(
+            rustix::fs::CWD,
+            proc.as_str(),
+            &*pfd,
+            name,
+            AtFlags::SYMLINK_FOLLOW,
+        )
+        .ctx("link", display_path(rel))?;
+        if first.remaining.load(Ordering::Acquire) == 0 && first.failed.lock().is_some() {
+            let _ = rustix::fs::unlinkat(&*pfd, name, AtFlags::empty());
+        } else {
+            links.push((pfd, name.to_vec()));
+        }
+        Ok(())
     }
 
     fn symlink(&mut self, rel: &[u8], target: &[u8], meta: &Meta) -> Result<()> {
@@ -249,41 +374,29 @@ impl Creator<'_> {
         let pfd = self.dir(parent)?;
         self.clear_slot(&pfd, name, rel)?;
         rustix::fs::symlinkat(target, &*pfd, name).ctx("create symlink", display_path(rel))?;
-        if self.as_root {
-            let (u, g) = owner(meta);
-            rustix::fs::chownat(&*pfd, name, u, g, AtFlags::SYMLINK_NOFOLLOW)
-                .ctx("chown", display_path(rel))?;
-        }
-        rustix::fs::utimensat(&*pfd, name, &times(meta), AtFlags::SYMLINK_NOFOLLOW)
-            .ctx("set times", display_path(rel))?;
+        let fd = open_created(&pfd, name, libc::S_IFLNK, rel)?;
+        apply_meta_opath(&fd, meta, self.owners, true).ctx("set metadata", display_path(rel))?;
         self.report.symlinks += 1;
         Ok(())
     }
 
     fn special(&mut self, rel: &[u8], meta: &Meta, rdev: u64) -> Result<()> {
+        let t = sys::file_type(meta.mode);
+        if matches!(t, libc::S_IFCHR | libc::S_IFBLK) && !self.owners {
+            self.report.skipped.push(format!(
+                "{}: device node (restored only by root from a trusted repository)",
+                display_path(rel)
+            ));
+            return Ok(());
+        }
         let (parent, name) = split_parent(rel);
         let pfd = self.dir(parent)?;
         self.clear_slot(&pfd, name, rel)?;
         let ft = FileType::from_raw_mode(meta.mode);
         rustix::fs::mknodat(&*pfd, name, ft, Mode::from_raw_mode(0o600), rdev)
             .ctx("create special file", display_path(rel))?;
-        // Open without following (O_PATH cannot set times; a FIFO opened
-        // non-blocking for reading, a device with O_PATH then via /proc is
-        // overkill: set metadata by name, the entry was just created).
-        if self.as_root {
-            let (u, g) = owner(meta);
-            rustix::fs::chownat(&*pfd, name, u, g, AtFlags::SYMLINK_NOFOLLOW)
-                .ctx("chown", display_path(rel))?;
-        }
-        rustix::fs::chmodat(
-            &*pfd,
-            name,
-            Mode::from_raw_mode(meta.perm()),
-            AtFlags::empty(),
-        )
-        .ctx("chmod", display_path(rel))?;
-        rustix::fs::utimensat(&*pfd, name, &times(meta), AtFlags::SYMLINK_NOFOLLOW)
-            .ctx("set times", display_path(rel))?;
+        let fd = open_created(&pfd, name, t, rel)?;
+        apply_meta_opath(&fd, meta, self.owners, false).ctx("set metadata", display_path(rel))?;
         self.report.specials += 1;
         Ok(())
     }
@@ -373,7 +486,7 @@ pub fn restore(
         }
     }
 
-    let as_root = rustix::process::geteuid().is_root();
+    let owners = opts.owners;
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
@@ -403,10 +516,10 @@ pub fn restore(
             let (pb, written) = (&pb, &written);
             s.spawn(move || {
                 for u in unit_rx.iter() {
-                    let n = write_unit(repo, &u, bs, as_root);
+                    let n = write_unit(repo, &u, bs);
                     written.fetch_add(n, Ordering::Relaxed);
                     pb.inc(n);
-                    if let Some(why) = finish_if_last(&u.job, as_root) {
+                    if let Some(why) = finish_if_last(&u.job, owners) {
                         let _ = fail_tx.send(why);
                     }
                 }
@@ -416,11 +529,12 @@ pub fn restore(
         let mut c = Creator {
             target: target_fd.clone(),
             dirs: HashMap::new(),
+            created: HashSet::new(),
             overwrite: opts.overwrite,
-            as_root,
+            owners,
             report: &mut report,
         };
-        let mut links: HashMap<u64, Vec<u8>> = HashMap::new();
+        let mut links: HashMap<u64, Arc<FileJob>> = HashMap::new();
         let mut dirs_meta: Vec<(Vec<u8>, &Meta)> = Vec::new();
         let r = (|| -> Result<()> {
             for (rel, meta, node) in &plan {
@@ -434,12 +548,9 @@ pub fn restore(
                     Node::File { size, link, .. } => {
                         c.report.files += 1;
                         c.report.bytes += size;
-                        if let Some(l) = link {
-                            if let Some(first) = links.get(l) {
-                                c.link(first, rel)?;
-                                continue;
-                            }
-                            links.insert(*l, rel.clone());
+                        if let Some(first) = link.and_then(|l| links.get(&l)) {
+                            c.link(first, rel)?;
+                            continue;
                         }
                         let (parent, file) = c.create_file(rel)?;
                         file.set_len(*size).ctx("truncate", display_path(rel))?;
@@ -456,9 +567,13 @@ pub fn restore(
                             size: *size,
                             remaining: AtomicUsize::new(units.max(1) as usize),
                             failed: Mutex::new(None),
+                            links: Mutex::new(Vec::new()),
                         });
+                        if let Some(l) = link {
+                            links.insert(*l, job.clone());
+                        }
                         if units == 0 {
-                            if let Some(why) = finish_if_last(&job, as_root) {
+                            if let Some(why) = finish_if_last(&job, owners) {
                                 return Err(Error::InvalidInput(why));
                             }
                         }
@@ -484,13 +599,17 @@ pub fn restore(
         }
         r?;
         // Directory metadata last, deepest first, so creating children
-        // does not disturb their times.
+        // does not disturb their times. Only directories this restore
+        // created (opening them checks they still are ours).
         for (rel, meta) in dirs_meta.iter().rev() {
+            if !c.created.contains(rel) {
+                continue;
+            }
             let fd = c.dir(rel)?;
-            apply_meta_fd(&*fd, meta, as_root).ctx("set metadata", display_path(rel))?;
+            apply_meta_fd(&*fd, meta, owners).ctx("set metadata", display_path(rel))?;
         }
         if let (Some(meta), true) = (root_meta, created_target) {
-            apply_meta_fd(&*target_fd, meta, as_root).ctx("set metadata", target)?;
+            apply_meta_fd(&*target_fd, meta, owners).ctx("set metadata", target)?;
         }
         Ok(())
     });
@@ -501,7 +620,7 @@ pub fn restore(
 }
 
 /// Read, verify and write one unit. Returns the bytes written.
-fn write_unit(repo: &Repository, u: &Unit, bs: u64, _as_root: bool) -> u64 {
+fn write_unit(repo: &Repository, u: &Unit, bs: u64) -> u64 {
     let job = &u.job;
     if job.failed.lock().is_some() {
         return 0;
@@ -544,16 +663,19 @@ fn write_unit(repo: &Repository, u: &Unit, bs: u64, _as_root: bool) -> u64 {
 
 /// Called after each unit: the last one sets the file's metadata, or
 /// removes the file if any of its blocks failed. Returns a failure text.
-fn finish_if_last(job: &Arc<FileJob>, as_root: bool) -> Option<String> {
+fn finish_if_last(job: &Arc<FileJob>, owners: bool) -> Option<String> {
     if job.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
         return None;
     }
     if let Some(why) = job.failed.lock().clone() {
-        // Never leave wrong bytes behind.
+        // Never leave wrong bytes behind, under any of its names.
         let _ = rustix::fs::unlinkat(&*job.parent, &job.name[..], AtFlags::empty());
+        for (dir, name) in job.links.lock().iter() {
+            let _ = rustix::fs::unlinkat(&**dir, &name[..], AtFlags::empty());
+        }
         return Some(why);
     }
-    if let Err(e) = apply_meta_fd(&job.file, &job.meta, as_root) {
+    if let Err(e) = apply_meta_fd(&job.file, &job.meta, owners) {
         return Some(format!("{}: set metadata: {e}", job.display));
     }
     None

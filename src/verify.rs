@@ -31,6 +31,13 @@ impl VerifyReport {
 pub fn verify(repo: &Repository, read_data: bool) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let all = repo.snapshots()?;
+    // Records that could not be read are damaged snapshots too.
+    for (id, why) in repo.damaged_records() {
+        report.snapshots += 1;
+        report
+            .damaged
+            .insert(id, vec![format!("its record is damaged: {why}")]);
+    }
     // chunk -> result of checking it (None = fine)
     let mut checked: HashMap<ChunkId, Option<String>> = HashMap::new();
     let mut pack_len: HashMap<u64, Option<u64>> = HashMap::new();
@@ -42,11 +49,9 @@ pub fn verify(repo: &Repository, read_data: bool) -> Result<VerifyReport> {
             Err(e) => Some(e.to_string()),
             Ok(None) => Some(format!("chunk {id} is not in the index")),
             Ok(Some(loc)) => {
-                let len = *pack_len.entry(loc.pack).or_insert_with(|| {
-                    std::fs::metadata(repo.pack_reader().pack_path(loc.pack))
-                        .ok()
-                        .map(|m| m.len())
-                });
+                let len = *pack_len
+                    .entry(loc.pack)
+                    .or_insert_with(|| repo.pack_reader().pack_len(loc.pack));
                 match len {
                     None => Some(format!("chunk {id}: its pack {} is missing", loc.pack)),
                     Some(l) if l < loc.offset + 88 + loc.stored_len as u64 => {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::control::{self, FrameWriter, Request, Response};
+use crate::control::{self, Request, Response};
 use crate::daemon::CliHook;
 use crate::error::{Error, IoContext, Result};
 use crate::fs::snapshot_view::{Views, SNAPDIR};
@@ -35,6 +35,8 @@ pub struct SnapMountRequest {
     pub allow_other: bool,
     pub foreground: bool,
     pub chunk_cache: u64,
+    /// Mount over a mountpoint that has entries.
+    pub nonempty: bool,
 }
 
 /// The snapshot mounts a process serves.
@@ -52,8 +54,9 @@ impl ExtraMounts {
         all: bool,
         mountpoint: &Path,
         allow_other: bool,
+        nonempty: bool,
     ) -> Result<()> {
-        let mp = check_mountpoint(mountpoint)?;
+        let mp = check_mountpoint(mountpoint, nonempty)?;
         let root = if all {
             SNAPDIR
         } else {
@@ -119,7 +122,7 @@ impl ExtraMounts {
     }
 }
 
-fn check_mountpoint(mp: &Path) -> Result<PathBuf> {
+fn check_mountpoint(mp: &Path, nonempty: bool) -> Result<PathBuf> {
     let m = std::fs::metadata(mp)
         .map_err(|_| Error::InvalidInput(format!("mountpoint {} does not exist", mp.display())))?;
     if !m.is_dir() {
@@ -135,6 +138,7 @@ fn check_mountpoint(mp: &Path) -> Result<PathBuf> {
             mp.display()
         )));
     }
+    crate::daemon::check_mountpoint_empty(&mp, nonempty)?;
     Ok(mp)
 }
 
@@ -142,7 +146,7 @@ fn check_mountpoint(mp: &Path) -> Result<PathBuf> {
 /// or in a daemon of its own.
 pub fn mount_snapshot(req: SnapMountRequest, cli_hook: Option<CliHook>) -> Result<()> {
     if control::daemon_running(&req.repo) {
-        let mp = check_mountpoint(&req.mountpoint)?;
+        let mp = check_mountpoint(&req.mountpoint, req.nonempty)?;
         control::call(
             &req.repo,
             &Request::MountSnapshot {
@@ -150,13 +154,14 @@ pub fn mount_snapshot(req: SnapMountRequest, cli_hook: Option<CliHook>) -> Resul
                 mountpoint: mp.display().to_string(),
                 all: req.all,
                 allow_other: req.allow_other,
+                nonempty: req.nonempty,
             },
             Duration::from_secs(600),
         )
         .map_err(|e| Error::InvalidInput(e.to_string()))?;
         return Ok(());
     }
-    check_mountpoint(&req.mountpoint)?;
+    check_mountpoint(&req.mountpoint, req.nonempty)?;
     if !Path::new("/dev/fuse").exists() {
         return Err(Error::InvalidInput(
             "/dev/fuse is missing: FUSE is not available here".into(),
@@ -180,7 +185,7 @@ struct SnapDaemon {
 }
 
 impl SnapDaemon {
-    fn handle(&self, req: Request, w: &mut dyn Write) -> Option<Response> {
+    fn handle(&self, req: Request, peer: crate::control::Peer, w: &mut dyn Write) -> Option<Response> {
         Some(match req {
             Request::Status => Response {
                 ok: true,
@@ -212,24 +217,21 @@ impl SnapDaemon {
                 mountpoint,
                 all,
                 allow_other,
-            } => match self.mounts.mount(&self.views, &snap, all, Path::new(&mountpoint), allow_other) {
+                nonempty,
+            } => match self.mounts.mount(&self.views, &snap, all, Path::new(&mountpoint), allow_other, nonempty) {
                 Ok(()) => Response::ok(),
                 Err(e) => Response::error(e.to_string()),
             },
-            Request::Cli { args, cwd } => {
-                let Some(hook) = &self.cli_hook else {
-                    return Some(Response::error("this daemon does not run commands"));
-                };
-                let mut err: Vec<u8> = Vec::new();
-                let code = {
-                    let mut o = FrameWriter { inner: w, tag: b'o' };
-                    hook(&args, Path::new(&cwd), &self.repo, &mut o, &mut err)
-                };
-                if !err.is_empty() {
-                    let _ = control::write_frame(w, b'e', &err);
-                }
-                let _ = control::write_frame(w, b'x', &code.to_be_bytes());
-                return None;
+            Request::Cli { args, cwd, umask } => {
+                return crate::daemon::run_cli_request(
+                    self.cli_hook.as_ref(),
+                    &self.repo,
+                    peer,
+                    &args,
+                    &cwd,
+                    umask,
+                    w,
+                )
             }
             Request::Snapshot { .. } => Response::error(
                 "no live mount holds this repository (only snapshot mounts): give --source DIR to snapshot by scanning",
@@ -253,13 +255,19 @@ fn serve(
         stop: AtomicBool::new(false),
         cli_hook,
     });
-    d.mounts
-        .mount(&views, &req.snap, req.all, &req.mountpoint, req.allow_other)?;
+    d.mounts.mount(
+        &views,
+        &req.snap,
+        req.all,
+        &req.mountpoint,
+        req.allow_other,
+        req.nonempty,
+    )?;
     {
         let d2 = d.clone();
         control::serve(
-            repo.root(),
-            Arc::new(move |r, w: &mut dyn Write| d2.handle(r, w)),
+            repo.dir(),
+            Arc::new(move |r, peer, w: &mut dyn Write| d2.handle(r, peer, w)),
         )?;
     }
     {
@@ -270,7 +278,7 @@ fn serve(
         })?;
     }
     if let Some(r) = ready {
-        r.ready(repo.root());
+        r.ready(repo.dir());
     }
     // Until the last mount is gone (rewindfs umount, plain umount, signal).
     while !d.stop.load(Ordering::SeqCst) {
@@ -281,7 +289,7 @@ fn serve(
         }
     }
     d.mounts.unmount_all();
-    let _ = std::fs::remove_file(control::socket_path(repo.root()));
+    let _ = repo.dir().remove_file(control::SOCKET);
     // Let a control connection that asked for the last unmount get its answer.
     std::thread::sleep(Duration::from_millis(200));
     Ok(())

@@ -299,6 +299,9 @@ fn run_case(initial: Vec<(usize, u32, u64)>, rounds: Vec<(Vec<Op>, Kind)>) {
             &out,
             &RestoreOptions {
                 threads: 2,
+                // Root restoring from its own repository: owners and
+                // setuid bits come back too.
+                owners: true,
                 ..Default::default()
             },
         )

@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::{Out, RepoArg};
 use rewindfs::repo::Repository;
-use rewindfs::snapshot::manifest::{display_path, normalize_user_path, Meta, Node};
+use rewindfs::snapshot::manifest::{display_path, escape, normalize_user_path, Meta, Node};
 use rewindfs::snapshot::{select::select, SnapshotRecord, Tree};
 use rewindfs::util::time;
 
@@ -26,25 +26,40 @@ pub struct LsArgs {
     repo: RepoArg,
     /// Snapshot: id, name, `latest`, or `@TIME` (RFC 3339 or relative like `@-2h`).
     snap: String,
-    /// Directory (or file) inside the snapshot.
+    /// Directory (or file) inside the snapshot (any bytes: names that are
+    /// not UTF-8 can be given as they are).
     #[arg(default_value = "/")]
-    path: String,
+    path: std::ffi::OsString,
 }
 
-fn mode_string(m: &Meta) -> String {
-    let t = match m.mode & libc::S_IFMT {
+/// The mode column of `ls -l`: type, then rwx with the setuid, setgid
+/// and sticky bits shown as s/S, s/S and t/T.
+pub fn mode_string(mode: u32) -> String {
+    let t = match mode & libc::S_IFMT {
         libc::S_IFDIR => 'd',
         libc::S_IFLNK => 'l',
         libc::S_IFIFO => 'p',
         libc::S_IFCHR => 'c',
         libc::S_IFBLK => 'b',
-        _ => '-',
+        libc::S_IFSOCK => 's',
+        libc::S_IFREG => '-',
+        _ => '?',
     };
     let mut s = String::from(t);
-    let bits = ['r', 'w', 'x'];
-    for i in 0..9 {
-        let on = m.mode & (1 << (8 - i)) != 0;
-        s.push(if on { bits[i % 3] } else { '-' });
+    for (shift, special, set, unset) in [
+        (6, libc::S_ISUID, 's', 'S'),
+        (3, libc::S_ISGID, 's', 'S'),
+        (0, libc::S_ISVTX, 't', 'T'),
+    ] {
+        let bits = (mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(match (bits & 1 != 0, mode & special != 0) {
+            (true, true) => set,
+            (false, true) => unset,
+            (true, false) => 'x',
+            (false, false) => '-',
+        });
     }
     s
 }
@@ -57,7 +72,7 @@ fn line(name: &str, meta: &Meta, node: &Node) -> String {
     };
     let mut s = format!(
         "{} {:>6} {:>6} {:>12} {} {}",
-        mode_string(meta),
+        mode_string(meta.mode),
         meta.uid,
         meta.gid,
         size,
@@ -66,7 +81,7 @@ fn line(name: &str, meta: &Meta, node: &Node) -> String {
     );
     if let Node::Symlink { target } = node {
         s.push_str(" -> ");
-        s.push_str(&String::from_utf8_lossy(target));
+        s.push_str(&escape(target));
     }
     s
 }
@@ -92,7 +107,7 @@ pub fn ls(repo: &Repository, a: LsArgs, o: &mut Out) -> Result<i32> {
     let out = &mut o.out;
     if matches!(node, Node::Dir) {
         for (name, (m, n)) in tree.children(&p) {
-            writeln!(out, "{}", line(&String::from_utf8_lossy(name), m, n))?;
+            writeln!(out, "{}", line(&escape(name), m, n))?;
         }
     } else {
         writeln!(out, "{}", line(&display_path(&p), meta, node))?;
@@ -106,8 +121,8 @@ pub struct CatArgs {
     repo: RepoArg,
     /// Snapshot: id, name, `latest`, or `@TIME`.
     snap: String,
-    /// File inside the snapshot.
-    path: String,
+    /// File inside the snapshot (any bytes).
+    path: std::ffi::OsString,
 }
 
 pub fn cat(repo: &Repository, a: CatArgs, o: &mut Out) -> Result<i32> {

@@ -15,6 +15,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use rewindfs::control::{self, Request};
+use rewindfs::fs::creds::Caller;
 use rewindfs::repo::Repository;
 
 /// Where a command writes: the terminal, or frames back to a client of
@@ -24,6 +25,9 @@ pub struct Out<'a> {
     pub err: &'a mut dyn Write,
     /// Output goes to a terminal (progress bars allowed).
     pub terminal: bool,
+    /// Who the command runs for: root may restore owners, setuid bits
+    /// and device files (from a trusted repository).
+    pub caller_is_root: bool,
 }
 
 #[derive(Parser)]
@@ -48,28 +52,55 @@ pub struct RepoArg {
     pub repo: PathBuf,
 }
 
-impl RepoArg {
-    pub fn open(&self) -> Result<Repository> {
-        Repository::open(&self.repo)
-            .with_context(|| format!("opening repository {}", self.repo.display()))
-    }
+/// What a command does to the repository.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Use {
+    Read,
+    Write,
 }
 
 /// Run a repository command here, or in the daemon that holds the
 /// repository (sled allows one process per database).
-fn with_repo(repo: &RepoArg, f: impl FnOnce(&Repository, &mut Out) -> Result<i32>) -> Result<i32> {
-    if control::daemon_running(&repo.repo) {
-        let mut args: Vec<String> = std::env::args().skip(1).collect();
+///
+/// Only a trusted repository (see `repo::trust`) is written to or has
+/// its daemon asked. A command that only reads may read a repository
+/// that fails the trust checks, or sits on read-only media: it then
+/// opens it without writing anything, says so on stderr, and treats its
+/// content as untrusted data.
+fn with_repo(
+    repo: &RepoArg,
+    usage: Use,
+    f: impl FnOnce(&Repository, &mut Out) -> Result<i32>,
+) -> Result<i32> {
+    use rewindfs::repo::trust;
+    let trusted = match trust::open_trusted(&repo.repo, trust::Open::Existing) {
+        Ok(_) => true,
+        Err(e @ rewindfs::Error::Untrusted { .. }) if usage == Use::Write => {
+            return Err(e).context("this command writes to the repository");
+        }
+        Err(rewindfs::Error::Untrusted { .. }) => false,
+        Err(e) => {
+            return Err(e).with_context(|| format!("opening repository {}", repo.repo.display()))
+        }
+    };
+    if trusted && control::daemon_running(&repo.repo) {
+        use std::os::unix::ffi::OsStrExt;
+        let mut args: Vec<Vec<u8>> = std::env::args_os()
+            .skip(1)
+            .map(|a| a.as_bytes().to_vec())
+            .collect();
         // The repository may have come from REWINDFS_REPO: the daemon's
         // parser needs it spelled out (it uses its own repository anyway).
         if !args
             .iter()
-            .any(|a| a == "--repo" || a.starts_with("--repo="))
+            .any(|a| a == b"--repo" || a.starts_with(b"--repo="))
         {
-            args.push(format!("--repo={}", repo.repo.display()));
+            let mut a = b"--repo=".to_vec();
+            a.extend_from_slice(repo.repo.as_os_str().as_bytes());
+            args.push(a);
         }
         let cwd = std::env::current_dir()
-            .map(|p| p.display().to_string())
+            .map(|p| p.as_os_str().as_bytes().to_vec())
             .unwrap_or_default();
         let code = control::call_cli(
             &repo.repo,
@@ -81,7 +112,17 @@ fn with_repo(repo: &RepoArg, f: impl FnOnce(&Repository, &mut Out) -> Result<i32
         .with_context(|| format!("asking the mount daemon of {}", repo.repo.display()))?;
         return Ok(code);
     }
-    let r = repo.open()?;
+    let open = |p: &Path| -> Result<(Repository, Option<String>)> {
+        match usage {
+            Use::Write => Ok((Repository::open(p)?, None)),
+            Use::Read => Ok(Repository::open_for_reading(p)?),
+        }
+    };
+    let (r, note) =
+        open(&repo.repo).with_context(|| format!("opening repository {}", repo.repo.display()))?;
+    if let Some(n) = note {
+        eprintln!("warning: {n}");
+    }
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     use std::io::IsTerminal;
@@ -90,6 +131,7 @@ fn with_repo(repo: &RepoArg, f: impl FnOnce(&Repository, &mut Out) -> Result<i32
         out: &mut stdout.lock(),
         err: &mut stderr.lock(),
         terminal,
+        caller_is_root: rustix::process::geteuid().is_root(),
     };
     f(&r, &mut o)
 }
@@ -97,8 +139,12 @@ fn with_repo(repo: &RepoArg, f: impl FnOnce(&Repository, &mut Out) -> Result<i32
 /// Run a repository command inside the daemon (for `control`'s `cli`
 /// requests): `args` without the program name, relative paths resolved
 /// against the client's `cwd`.
-pub fn run_in_daemon(args: &[String], cwd: &Path, repo: &Repository, o: &mut Out) -> i32 {
-    let argv = std::iter::once("rewindfs".to_string()).chain(args.iter().cloned());
+pub fn run_in_daemon(args: &[Vec<u8>], cwd: &Path, repo: &Repository, o: &mut Out) -> i32 {
+    use std::os::unix::ffi::OsStrExt;
+    let argv = std::iter::once(std::ffi::OsString::from("rewindfs")).chain(
+        args.iter()
+            .map(|a| std::ffi::OsStr::from_bytes(a).to_os_string()),
+    );
     let cli = match Cli::try_parse_from(argv) {
         Ok(c) => c,
         Err(e) => {
@@ -133,18 +179,21 @@ pub fn run_in_daemon(args: &[String], cwd: &Path, repo: &Repository, o: &mut Out
     }
 }
 
-/// The hook the daemon uses to run forwarded commands.
+/// The hook the daemon uses to run forwarded commands (on a thread that
+/// acts as the client).
 pub fn daemon_hook() -> rewindfs::daemon::CliHook {
     Arc::new(
-        |args: &[String],
+        |args: &[Vec<u8>],
          cwd: &Path,
          repo: &Repository,
+         caller: Caller,
          out: &mut dyn Write,
          err: &mut dyn Write| {
             let mut o = Out {
                 out,
                 err,
                 terminal: false,
+                caller_is_root: caller.uid == 0,
             };
             run_in_daemon(args, cwd, repo, &mut o)
         },
@@ -213,27 +262,27 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Snapshot(a) if a.source.is_none() => live_snapshot(&a),
         Command::Snapshot(a) => {
             let r = a.repo().clone();
-            with_repo(&r, |repo, o| snapshot_cmds::snapshot(repo, a, o))
+            with_repo(&r, Use::Write, |repo, o| snapshot_cmds::snapshot(repo, a, o))
         }
         Command::Snapshots(a) => {
             let r = a.repo().clone();
-            with_repo(&r, |repo, o| snapshot_cmds::list(repo, a, o))
+            with_repo(&r, Use::Read, |repo, o| snapshot_cmds::list(repo, a, o))
         }
         Command::Ls(a) => {
             let r = a.repo().clone();
-            with_repo(&r, |repo, o| browse::ls(repo, a, o))
+            with_repo(&r, Use::Read, |repo, o| browse::ls(repo, a, o))
         }
         Command::Cat(a) => {
             let r = a.repo().clone();
-            with_repo(&r, |repo, o| browse::cat(repo, a, o))
+            with_repo(&r, Use::Read, |repo, o| browse::cat(repo, a, o))
         }
         Command::Restore(a) => {
             let r = a.repo().clone();
-            with_repo(&r, |repo, o| restore_cmd::restore(repo, a, o))
+            with_repo(&r, Use::Read, |repo, o| restore_cmd::restore(repo, a, o))
         }
         Command::Verify(a) => {
             let r = a.repo().clone();
-            with_repo(&r, |repo, o| repo_cmds::verify(repo, a, o))
+            with_repo(&r, Use::Read, |repo, o| repo_cmds::verify(repo, a, o))
         }
         Command::RebuildIndex(a) => {
             if control::daemon_running(&a.repo().repo) {

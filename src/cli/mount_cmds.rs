@@ -25,9 +25,21 @@ pub struct MountArgs {
     /// Stay in the foreground (logs on stderr) instead of daemonizing.
     #[arg(long)]
     foreground: bool,
-    /// Let other users use the mount (as root; the kernel checks permissions).
+    /// Let other users use the mount (as root; the kernel checks
+    /// permissions, POSIX ACLs included).
     #[arg(long)]
     allow_other: bool,
+    /// Honour setuid/setgid bits and file capabilities of programs in the
+    /// mount. Off by default (the mount is `nosuid`); `.snapshots` never
+    /// honours them.
+    #[arg(long)]
+    suid: bool,
+    /// Honour device nodes in the mount. Off by default (`nodev`).
+    #[arg(long)]
+    dev: bool,
+    /// Mount even if MOUNTPOINT has entries (they are hidden while mounted).
+    #[arg(long)]
+    nonempty: bool,
     /// Let the kernel cache writes (faster small writes; snapshots then
     /// first make the kernel send its dirty pages).
     #[arg(long)]
@@ -86,6 +98,9 @@ pub fn mount(a: MountArgs) -> Result<i32> {
             threads: a.threads,
             snapdir_visible: a.snapdir == "visible",
             chunk_cache: a.chunk_cache,
+            suid: a.suid,
+            dev: a.dev,
+            nonempty: a.nonempty,
             ..MountConfig::default()
         },
         policy: PolicyConfig {
@@ -127,6 +142,9 @@ pub struct MountSnapshotArgs {
     /// Memory for verified chunks (when this command starts the daemon).
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = super::parse_size_u64)]
     chunk_cache: u64,
+    /// Mount even if MOUNTPOINT has entries (they are hidden while mounted).
+    #[arg(long)]
+    nonempty: bool,
 }
 
 pub fn mount_snapshot(a: MountSnapshotArgs) -> Result<i32> {
@@ -146,6 +164,7 @@ pub fn mount_snapshot(a: MountSnapshotArgs) -> Result<i32> {
             allow_other: a.allow_other,
             foreground,
             chunk_cache: a.chunk_cache,
+            nonempty: a.nonempty,
         },
         Some(super::daemon_hook()),
     )?;
@@ -239,7 +258,17 @@ pub fn umount(a: UmountArgs) -> Result<i32> {
 
 /// Can the repository's lock be taken (no process holds it)?
 fn repo_lock_free(repo: &std::path::Path) -> bool {
-    let Ok(f) = std::fs::File::open(repo.join("lock")) else {
+    // Never a symlink, never blocking on a FIFO.
+    let lock = rustix::fs::openat(
+        rustix::fs::CWD,
+        &repo.join(rewindfs::repo::LOCK),
+        rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::NONBLOCK
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    );
+    let Ok(f) = lock else {
         return true;
     };
     rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared).is_ok()

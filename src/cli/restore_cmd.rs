@@ -17,8 +17,9 @@ pub struct RestoreArgs {
     /// Snapshot: id, name, `latest`, or `@TIME`.
     snap: String,
     /// A file or directory inside the snapshot (default: everything). It is
-    /// restored as DIR/<its name>.
-    path: Option<String>,
+    /// restored as DIR/<its name>. Any bytes: names that are not UTF-8 can
+    /// be given as they are.
+    path: Option<std::ffi::OsString>,
     /// Target directory (created if missing).
     #[arg(long, value_name = "DIR")]
     pub to: PathBuf,
@@ -38,7 +39,7 @@ impl RestoreArgs {
 
 pub fn restore(repo: &Repository, a: RestoreArgs, o: &mut Out) -> Result<i32> {
     let (rec, tree) = load(repo, &a.snap)?;
-    let sub = normalize_user_path(a.path.as_deref().unwrap_or("/"))?;
+    let sub = normalize_user_path(a.path.as_deref().unwrap_or("/".as_ref()))?;
     let r = run_restore(
         repo,
         &tree,
@@ -46,6 +47,7 @@ pub fn restore(repo: &Repository, a: RestoreArgs, o: &mut Out) -> Result<i32> {
         &a.to,
         &RestoreOptions {
             overwrite: a.overwrite,
+            owners: o.caller_is_root && repo.trusted(),
             threads: a.threads,
             progress: o.terminal,
         },
@@ -53,6 +55,9 @@ pub fn restore(repo: &Repository, a: RestoreArgs, o: &mut Out) -> Result<i32> {
     .with_context(|| format!("restoring snapshot {} to {}", rec.id, a.to.display()))?;
     for f in &r.failed {
         writeln!(o.err, "error: not restored: {f}")?;
+    }
+    for f in &r.skipped {
+        writeln!(o.err, "warning: skipped {f}")?;
     }
     writeln!(
         o.out,

@@ -76,7 +76,7 @@ pub fn snapshot(repo: &Repository, a: SnapshotArgs, o: &mut Out) -> Result<i32> 
     if r.requested != rec.kind {
         writeln!(
             o.err,
-            "note: the first snapshot of a repository is full (asked for {})",
+            "note: took a full snapshot (asked for {}): the first snapshot of a repository, and the first after its block size changed, are full",
             r.requested.as_str()
         )?;
     }

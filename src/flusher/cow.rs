@@ -11,19 +11,20 @@
 //! torn.
 //!
 //! Saved blocks live in memory up to [`MEMORY_LIMIT`], then in a spill file
-//! in the repository (`REPO/cow-spill.tmp`, removed after the capture).
+//! in the repository directory (an `O_TMPFILE` file: it has no name and
+//! vanishes with the capture, even after kill -9).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
 use crate::journal::FileKey;
+use crate::util::dirfd::Dir;
 
 /// Saved blocks kept in memory before spilling to disk.
 pub const MEMORY_LIMIT: u64 = 256 << 20;
@@ -77,7 +78,9 @@ pub struct CowSet {
     all_files: bool,
     files: RwLock<HashMap<FileKey, Arc<Mutex<FileCow>>>>,
     mem_bytes: AtomicU64,
-    spill_path: PathBuf,
+    /// Where saved blocks spill once memory is used up: an unnamed
+    /// (`O_TMPFILE`) file in the repository directory.
+    spill_dir: Option<Dir>,
     spill: Mutex<Option<(File, u64)>>,
     /// Objects renamed or removed since the cut.
     moved: Mutex<HashMap<FileKey, Arc<std::os::fd::OwnedFd>>>,
@@ -86,13 +89,13 @@ pub struct CowSet {
 }
 
 impl CowSet {
-    pub fn new(block_size: u64, all_files: bool, spill_dir: &Path) -> CowSet {
+    pub fn new(block_size: u64, all_files: bool, spill_dir: Option<Dir>) -> CowSet {
         CowSet {
             block_size,
             all_files,
             files: RwLock::new(HashMap::new()),
             mem_bytes: AtomicU64::new(0),
-            spill_path: spill_dir.join("cow-spill.tmp"),
+            spill_dir,
             spill: Mutex::new(None),
             moved: Mutex::new(HashMap::new()),
             saved_blocks: AtomicU64::new(0),
@@ -143,12 +146,13 @@ impl CowSet {
         self.mem_bytes.fetch_sub(len, Ordering::Relaxed);
         let mut spill = self.spill.lock();
         if spill.is_none() {
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&self.spill_path)?;
+            let dir = self
+                .spill_dir
+                .as_ref()
+                .ok_or_else(|| std::io::Error::other("no directory to spill saved blocks to"))?;
+            let f = dir
+                .tmpfile(0o600)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
             *spill = Some((f, 0));
         }
         let Some((f, end)) = spill.as_mut() else {
@@ -250,7 +254,6 @@ impl CowSet {
         self.files.write().clear();
         self.moved.lock().clear();
         *self.spill.lock() = None;
-        let _ = std::fs::remove_file(&self.spill_path);
     }
 }
 
@@ -289,7 +292,7 @@ mod tests {
     #[test]
     fn saves_once_and_hands_saved_content_to_the_capture() {
         let dir = tempfile::tempdir().unwrap();
-        let c = CowSet::new(4, false, dir.path());
+        let c = CowSet::new(4, false, Dir::open_path(dir.path()).ok());
         let k = FileKey { dev: 1, ino: 2 };
         c.register(k, Need::Blocks([1, 2].into_iter().collect()), 10);
         let content = std::cell::RefCell::new(b"aaaabbbbcc".to_vec());
@@ -318,7 +321,7 @@ mod tests {
     #[test]
     fn full_captures_save_any_file_on_first_touch() {
         let dir = tempfile::tempdir().unwrap();
-        let c = CowSet::new(4, true, dir.path());
+        let c = CowSet::new(4, true, Dir::open_path(dir.path()).ok());
         let k = FileKey { dev: 1, ino: 9 };
         let reader = |off: u64, len: usize| Ok(vec![off as u8; len]);
         c.before_change(&k, 0, 0, &reader, &|| Ok(6)).unwrap();

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -229,7 +229,7 @@ pub struct CutRequest<'a> {
     pub base: &'a BaseIndex<'a>,
     /// Full snapshots need every block of every file.
     pub full: bool,
-    pub spill_dir: PathBuf,
+    pub spill_dir: Option<crate::util::dirfd::Dir>,
     /// The repository directory if it is inside the backing directory.
     pub hidden: Option<FileKey>,
 }
@@ -313,6 +313,15 @@ pub fn cut(req: &CutRequest<'_>) -> Result<CutInfo> {
                 )?;
             }
         }
+        // A directory created directly in the backing directory (not
+        // through the mount) and then written into through the mount: the
+        // journal knows the new entries but not the directory. Add its
+        // topmost unknown ancestor as a new directory (listed in full
+        // below), so the snapshot never holds an entry without its parent.
+        let root_fd = root
+            .fd()
+            .map_err(|e| Error::io("open", "backing root", e))?;
+        add_missing_parents(&root_fd, req, &mut edges, &mut states, &mut listed)?;
         // New directories: everything below them is new.
         while let Some((dpath, dfd)) = listed.pop() {
             for name in list_names(&dfd)? {
@@ -328,9 +337,6 @@ pub fn cut(req: &CutRequest<'_>) -> Result<CutInfo> {
             }
         }
         // The root, and every other changed object: its state now.
-        let root_fd = root
-            .fd()
-            .map_err(|e| Error::io("open", "backing root", e))?;
         states.insert(root.key, state_of(&root_fd, Some(root.key))?);
         for key in frozen.keys() {
             if states.contains_key(key) {
@@ -343,7 +349,8 @@ pub fn cut(req: &CutRequest<'_>) -> Result<CutInfo> {
             }
         }
         // Copy-before-write for the blocks the snapshot will read.
-        let cow = Arc::new(CowSet::new(bs, req.full, &req.spill_dir));
+        let spill = req.spill_dir.as_ref().and_then(|d| d.try_clone().ok());
+        let cow = Arc::new(CowSet::new(bs, req.full, spill));
         let mut needs = HashMap::new();
         for (key, st) in &states {
             let ObjKind::File { size } = st.kind else {
@@ -385,6 +392,91 @@ pub fn cut(req: &CutRequest<'_>) -> Result<CutInfo> {
     let mut info = result?;
     info.held = held;
     Ok(info)
+}
+
+/// Is `dir` a directory of the tree at the cut, as far as the base and
+/// the edges found so far tell?
+fn dir_present(dir: &[u8], base: &Tree, edges: &[Edge]) -> bool {
+    if dir.is_empty() {
+        return true;
+    }
+    let edge_kind = |p: &[u8]| {
+        edges
+            .iter()
+            .rev()
+            .find(|e| e.path == p)
+            .map(|e| matches!(&e.child, Some(s) if s.kind == ObjKind::Dir))
+    };
+    // The directory itself, then every ancestor: an edge decides, else
+    // the base.
+    let mut p: &[u8] = dir;
+    loop {
+        match edge_kind(p) {
+            Some(false) => return false,
+            Some(true) => {}
+            None if p == dir => {
+                if !matches!(base.get(p), Some((_, Node::Dir))) {
+                    return false;
+                }
+            }
+            None => {}
+        }
+        match p.iter().rposition(|c| *c == b'/') {
+            Some(i) => p = &p[..i],
+            None => return true,
+        }
+    }
+}
+
+/// See the call in [`cut`].
+fn add_missing_parents(
+    root_fd: &OwnedFd,
+    req: &CutRequest<'_>,
+    edges: &mut Vec<Edge>,
+    states: &mut HashMap<FileKey, ObjState>,
+    listed: &mut Vec<(Vec<u8>, Arc<OwnedFd>)>,
+) -> Result<()> {
+    let parents: BTreeSet<Vec<u8>> = edges
+        .iter()
+        .filter(|e| e.child.is_some())
+        .filter_map(|e| e.path.iter().rposition(|c| *c == b'/').map(|i| e.path[..i].to_vec()))
+        .collect();
+    for parent in parents {
+        if dir_present(&parent, req.base.tree, edges) {
+            continue;
+        }
+        // The topmost missing ancestor (its own parent is present).
+        let comps: Vec<&[u8]> = parent.split(|c| *c == b'/').collect();
+        let Some(k) = (1..=comps.len()).find(|&k| {
+            let p = comps[..k].join(&b'/');
+            !dir_present(&p, req.base.tree, edges)
+        }) else {
+            continue;
+        };
+        let above = comps[..k - 1].join(&b'/');
+        // Reach `above` from the root without following symlinks.
+        let mut fd = rustix::fs::openat(root_fd, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| io("open", e))?;
+        let mut reachable = true;
+        for c in &comps[..k - 1] {
+            match open_path_at(&fd, c) {
+                Ok(next) => fd = next,
+                Err(_) => {
+                    reachable = false;
+                    break;
+                }
+            }
+        }
+        if !reachable {
+            continue;
+        }
+        tracing::debug!(
+            dir = %crate::snapshot::manifest::display_path(&comps[..k].join(&b'/')),
+            "a directory made outside the mount holds new entries: capturing it whole"
+        );
+        edge_at(&fd, &above, comps[k - 1], req, edges, states, listed)?;
+    }
+    Ok(())
 }
 
 fn list_names(dfd: &OwnedFd) -> Result<Vec<Vec<u8>>> {

@@ -369,11 +369,18 @@ fn take(
     let repo = &ctx.repo;
     let all = repo.snapshots()?;
     let latest = all.iter().max_by_key(|r| r.id).cloned();
-    let kind = match (&latest, kind) {
+    let mut kind = match (&latest, kind) {
         (None, _) => Kind::Full,
         (_, Some(k)) => k,
         (_, None) => Kind::Incremental,
     };
+    if kind != Kind::Full {
+        if let Some(why) = crate::snapshot::scan::block_size_break(&all, kind, repo.config.block_size)
+        {
+            tracing::warn!("{why}: taking a full snapshot");
+            kind = Kind::Full;
+        }
+    }
     let base = match &latest {
         Some(r) => tree_of(repo, r.id, &mut trees.latest)?,
         None => Tree::default(),
@@ -389,7 +396,7 @@ fn take(
         backing: &ctx.backing,
         base: &index,
         full,
-        spill_dir: repo.root().to_path_buf(),
+        spill_dir: repo.dir().try_clone().ok(),
         hidden: ctx.hidden,
     })?;
     let cut_ms = info.held.as_secs_f64() * 1e3;

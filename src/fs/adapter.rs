@@ -34,6 +34,11 @@ pub struct LiveAdapter {
     pub views: Option<Arc<Views>>,
     /// List `.snapshots` in the root (it is always reachable by name).
     pub snapdir_visible: bool,
+    /// The kernel sends creation modes without applying the umask
+    /// (FUSE_DONT_MASK): the handler applies the caller's umask, so that
+    /// a parent's default ACL replaces it exactly as on the backing
+    /// filesystem.
+    pub dont_mask: bool,
 }
 
 fn caller(req: &Request) -> Caller {
@@ -41,6 +46,17 @@ fn caller(req: &Request) -> Caller {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
+        umask: None,
+    }
+}
+
+impl LiveAdapter {
+    /// The caller of a creation, with the umask the backing call must use.
+    fn creator(&self, req: &Request, umask: u32) -> Caller {
+        Caller {
+            umask: Some(if self.dont_mask { umask } else { 0 }),
+            ..caller(req)
+        }
     }
 }
 
@@ -63,15 +79,23 @@ impl Filesystem for LiveAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_IO);
         let _ = config.set_max_readahead(MAX_IO);
+        // POSIX ACLs: the kernel enforces them (with default_permissions,
+        // always on) from the system.posix_acl_* xattrs we pass through.
         let mut want = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_POSIX_ACL
+            | InitFlags::FUSE_DONT_MASK;
         if self.writeback_cache {
             want |= InitFlags::FUSE_WRITEBACK_CACHE;
         }
         let have = config.capabilities();
         let _ = config.add_capabilities(want & have);
+        self.dont_mask = have.contains(InitFlags::FUSE_DONT_MASK);
+        if !have.contains(InitFlags::FUSE_POSIX_ACL) {
+            tracing::warn!("the kernel does not offer FUSE_POSIX_ACL: POSIX ACLs are not enforced on this mount");
+        }
         if self.fs.passthrough_enabled() {
             let ok = have.contains(InitFlags::FUSE_PASSTHROUGH)
                 && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -168,14 +192,17 @@ impl Filesystem for LiveAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
         if is_view(parent.0) {
             return reply.error(Errno::EROFS);
         }
-        match self.fs.mknod(caller(req), parent.0, name, mode, rdev) {
+        match self
+            .fs
+            .mknod(self.creator(req, umask), parent.0, name, mode, rdev)
+        {
             Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -187,13 +214,13 @@ impl Filesystem for LiveAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         if is_view(parent.0) {
             return reply.error(Errno::EROFS);
         }
-        match self.fs.mkdir(caller(req), parent.0, name, mode) {
+        match self.fs.mkdir(self.creator(req, umask), parent.0, name, mode) {
             Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -231,7 +258,7 @@ impl Filesystem for LiveAdapter {
             return reply.error(Errno::EROFS);
         }
         match self.fs.symlink(
-            caller(req),
+            self.creator(req, 0),
             parent.0,
             link_name,
             target.as_os_str().as_bytes(),
@@ -629,14 +656,17 @@ impl Filesystem for LiveAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         if is_view(parent.0) {
             return reply.error(Errno::EROFS);
         }
-        match self.fs.create(caller(req), parent.0, name, mode, flags) {
+        match self
+            .fs
+            .create(self.creator(req, umask), parent.0, name, mode, flags)
+        {
             Ok((e, fh)) => reply.created(
                 &self.ttl(),
                 &e.attr,

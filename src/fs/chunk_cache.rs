@@ -239,16 +239,10 @@ mod tests {
         let rec = snapshot_dir(&repo, &src, &opts).unwrap().record;
         let tree = repo.resolve(&rec).unwrap();
         let mut codecs = std::collections::BTreeSet::new();
-        for e in std::fs::read_dir(root.join("packs")).unwrap() {
-            let e = e.unwrap();
-            let name = e.file_name().into_string().unwrap();
-            if let Some(pack) = crate::store::pack::parse_pack_file_name(&name) {
-                for b in crate::store::pack::scan_pack(&e.path(), pack)
-                    .unwrap()
-                    .blobs
-                {
-                    codecs.insert(b.header.codec as u8);
-                }
+        let packs = crate::util::dirfd::Dir::open_path(&root.join("packs")).unwrap();
+        for pack in crate::store::pack::list_packs(&packs).unwrap() {
+            for b in crate::store::pack::scan_pack(&packs, pack).unwrap().blobs {
+                codecs.insert(b.header.codec as u8);
             }
         }
         assert_eq!(

@@ -1,4 +1,5 @@
-//! Acting as the caller for operations that create objects.
+//! Acting as the caller: for creations in the live mount, and for
+//! commands the daemon runs on behalf of a client.
 //!
 //! When the daemon runs as root and serves other users (`allow_other`),
 //! creating files as root would give them the wrong owner. For the span of
@@ -8,6 +9,13 @@
 //! the caller's, so the backing filesystem assigns ownership, applies a
 //! set-gid parent directory and checks permissions exactly as it would for
 //! the caller. The guard switches back when dropped.
+//!
+//! The umask is per thread too: a thread that acts for a caller first
+//! gets its own filesystem context (`unshare(CLONE_FS)`, once), so setting
+//! the caller's umask never touches the daemon's other threads. The
+//! daemon's process umask is never changed.
+
+use std::cell::Cell;
 
 use fuser::Errno;
 
@@ -17,10 +25,13 @@ pub struct Caller {
     pub uid: u32,
     pub gid: u32,
     pub pid: u32,
+    /// The umask creations must honour (`None`: leave this thread's).
+    pub umask: Option<u32>,
 }
 
 pub struct CallerGuard {
-    active: bool,
+    ids: bool,
+    umask: Option<u32>,
 }
 
 fn setfsuid(uid: u32) -> i64 {
@@ -32,6 +43,12 @@ fn setfsuid(uid: u32) -> i64 {
 fn setfsgid(gid: u32) -> i64 {
     // SAFETY: as for setfsuid.
     unsafe { libc::syscall(libc::SYS_setfsgid, gid as libc::c_long) }
+}
+
+/// This thread's filesystem uid (the owner of what it creates).
+pub fn current_fsuid() -> u32 {
+    // setfsuid(-1) changes nothing and returns the current fsuid.
+    setfsuid(u32::MAX) as u32
 }
 
 /// Supplementary groups of a process, from `/proc/PID/status`.
@@ -49,29 +66,102 @@ pub fn groups_of(pid: u32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// Act as `c` for filesystem access until the guard is dropped. A no-op
-/// unless this process is root and the caller is not.
+thread_local! {
+    /// This thread has its own filesystem context (umask, cwd).
+    static PRIVATE_FS: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Give this thread its own umask and working directory, once. Threads
+/// it starts afterwards share them. False if the kernel refused.
+pub fn private_fs_context() -> bool {
+    PRIVATE_FS.with(|p| {
+        if let Some(ok) = p.get() {
+            return ok;
+        }
+        // SAFETY: CLONE_FS only separates this thread's umask, cwd and
+        // root from the other threads'; file descriptor tables are not
+        // touched (the hazard `unshare_unsafe` documents is CLONE_FILES).
+        let ok = unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }
+            .map_err(|e| tracing::warn!("unshare(CLONE_FS): {e}; creations keep the daemon's umask"))
+            .is_ok();
+        p.set(Some(ok));
+        ok
+    })
+}
+
+/// Set this thread's umask (its own, see [`private_fs_context`]).
+/// Returns the previous one, or `None` if the thread has no private
+/// context (then nothing changed).
+pub fn set_thread_umask(mask: u32) -> Option<u32> {
+    if !private_fs_context() {
+        return None;
+    }
+    Some(rustix::process::umask(rustix::fs::Mode::from_raw_mode(mask & 0o777)).as_raw_mode())
+}
+
+/// Act as `c` for filesystem access until the guard is dropped: its
+/// umask when given, and (when this process is root and the caller is
+/// not) its fsuid, fsgid and groups.
 pub fn as_caller(c: Caller) -> Result<CallerGuard, Errno> {
+    let umask = c.umask.and_then(set_thread_umask);
     if !rustix::process::geteuid().is_root() || (c.uid == 0 && c.gid == 0) {
-        return Ok(CallerGuard { active: false });
+        return Ok(CallerGuard { ids: false, umask });
     }
     let groups: Vec<rustix::fs::Gid> = groups_of(c.pid)
         .into_iter()
         .filter(|g| *g != u32::MAX)
         .map(rustix::fs::Gid::from_raw)
         .collect();
+    let guard = CallerGuard { ids: true, umask };
     rustix::thread::set_thread_groups(&groups).map_err(|e| Errno::from_i32(e.raw_os_error()))?;
     setfsgid(c.gid);
     setfsuid(c.uid);
-    Ok(CallerGuard { active: true })
+    Ok(guard)
 }
 
 impl Drop for CallerGuard {
     fn drop(&mut self) {
-        if self.active {
+        if self.ids {
             setfsuid(0);
             setfsgid(0);
             let _ = rustix::thread::set_thread_groups(&[]);
         }
+        if let Some(m) = self.umask {
+            set_thread_umask(m);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_umask_leaves_the_process_alone() {
+        let before = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+        rustix::process::umask(before);
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().to_path_buf();
+        std::thread::spawn(move || {
+            let _g = as_caller(Caller {
+                uid: 0,
+                gid: 0,
+                pid: std::process::id(),
+                umask: Some(0o077),
+            })
+            .unwrap();
+            std::fs::create_dir(p.join("private")).unwrap();
+        })
+        .join()
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(t.path().join("private"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(m & 0o777, 0o700);
+        // This thread (and the process) still has its umask.
+        let now = rustix::process::umask(before);
+        assert_eq!(now, before);
     }
 }

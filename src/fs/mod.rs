@@ -45,6 +45,13 @@ pub struct MountConfig {
     pub snapdir_visible: bool,
     /// Bytes of verified chunks kept for snapshot reads.
     pub chunk_cache: u64,
+    /// Honour setuid/setgid bits and file capabilities of programs in
+    /// the mount (off: `nosuid`). Snapshot views never honour them.
+    pub suid: bool,
+    /// Honour device nodes in the mount (off: `nodev`).
+    pub dev: bool,
+    /// Mount over a mountpoint that has entries.
+    pub nonempty: bool,
 }
 
 impl Default for MountConfig {
@@ -58,6 +65,9 @@ impl Default for MountConfig {
             fsname: "rewindfs".into(),
             snapdir_visible: false,
             chunk_cache: 256 << 20,
+            suid: false,
+            dev: false,
+            nonempty: false,
         }
     }
 }
@@ -114,9 +124,6 @@ pub fn mount_live(
     let limit = raise_fd_limit();
     tracing::debug!("open file limit: {limit}");
     let root = open_backing_root(backing)?;
-    // The kernel has already applied the caller's umask to the modes it
-    // sends; the daemon's own umask must not be applied a second time.
-    rustix::process::umask(rustix::fs::Mode::empty());
     let fs = Arc::new(LiveFs::new(
         root,
         journal,
@@ -131,8 +138,16 @@ pub fn mount_live(
         MountOption::FSName(cfg.fsname.clone()),
         MountOption::Subtype("rewindfs".into()),
         MountOption::DefaultPermissions,
-        MountOption::Suid,
-        MountOption::Dev,
+        if cfg.suid {
+            MountOption::Suid
+        } else {
+            MountOption::NoSuid
+        },
+        if cfg.dev {
+            MountOption::Dev
+        } else {
+            MountOption::NoDev
+        },
     ];
     config.acl = if cfg.allow_other {
         SessionACL::All
@@ -146,6 +161,7 @@ pub fn mount_live(
         writeback_cache: cfg.writeback_cache,
         views,
         snapdir_visible: cfg.snapdir_visible,
+        dont_mask: false,
     };
     let notifier = fs.notifier.clone();
     let session = Session::new(guard::Guarded(adapter), mountpoint, &config)?;

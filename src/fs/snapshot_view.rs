@@ -14,6 +14,14 @@
 //! gives EIO (and is logged with snapshot, path and chunk), never wrong
 //! bytes. Everything is read-only (EROFS). Snapshots are immutable, so the
 //! kernel may cache their pages and attributes for long.
+//!
+//! Nothing in a view grants privilege, whatever the mount's options: the
+//! setuid and setgid bits are not shown, device nodes are shown with
+//! device number 0 (no driver behind them), and `security.capability`
+//! (file capabilities) is hidden. A setuid-root program deleted from the
+//! live tree long ago therefore cannot be run as root from
+//! `.snapshots/`. `rewindfs ls` and `restore` still see and restore the
+//! real bits.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::OsStr;
@@ -309,7 +317,15 @@ impl Views {
             VKind::Dir(_) => (FileType::Directory, 4096, 0),
             VKind::File { size, .. } => (FileType::RegularFile, *size, 0),
             VKind::Symlink(tg) => (FileType::Symlink, tg.len() as u64, 0),
-            VKind::Special(r) => (super::live::file_type(m.mode), 0, *r as u32),
+            VKind::Special(r) => {
+                let kind = super::live::file_type(m.mode);
+                // A device node names no device here (see the module doc).
+                let rdev = match kind {
+                    FileType::CharDevice | FileType::BlockDevice => 0,
+                    _ => *r as u32,
+                };
+                (kind, 0, rdev)
+            }
         };
         FileAttr {
             ino: fuser::INodeNo(node_of(t.record.id, idx)),
@@ -320,7 +336,7 @@ impl Views {
             ctime: mtime,
             crtime: SystemTime::UNIX_EPOCH,
             kind,
-            perm: (m.mode & 0o7777) as u16,
+            perm: (m.mode & 0o1777) as u16,
             nlink: n.nlink,
             uid: m.uid,
             gid: m.gid,
@@ -589,7 +605,7 @@ impl Views {
         n.meta
             .xattrs
             .iter()
-            .find(|(k, _)| k.as_slice() == name.as_bytes())
+            .find(|(k, _)| k.as_slice() == name.as_bytes() && shown_xattr(k))
             .map(|(_, v)| v.clone())
             .ok_or(Errno::NO_XATTR)
     }
@@ -601,7 +617,7 @@ impl Views {
         let t = self.tree(id)?;
         let n = t.nodes.get(idx as usize).ok_or(Errno::ENOENT)?;
         let mut out = Vec::new();
-        for (k, _) in &n.meta.xattrs {
+        for (k, _) in n.meta.xattrs.iter().filter(|(k, _)| shown_xattr(k)) {
             out.extend_from_slice(k);
             out.push(0);
         }
@@ -609,9 +625,14 @@ impl Views {
     }
 
     pub fn statfs(&self) -> VResult<rustix::fs::StatVfs> {
-        let f = std::fs::File::open(self.repo.root()).map_err(|_| Errno::EIO)?;
-        rustix::fs::fstatvfs(&f).map_err(|e| Errno::from_i32(e.raw_os_error()))
+        rustix::fs::fstatvfs(self.repo.dir()).map_err(|e| Errno::from_i32(e.raw_os_error()))
     }
+}
+
+/// Extended attributes a view shows: all but file capabilities, which
+/// would grant privilege to whoever runs the file.
+fn shown_xattr(name: &[u8]) -> bool {
+    name != b"security.capability"
 }
 
 /// The bytes of a snapshot read: a slice of one cached chunk, or a copy

@@ -218,6 +218,14 @@ pub struct ViewAdapter {
 impl Filesystem for ViewAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_readahead(super::adapter::MAX_IO);
+        // ACLs captured with the files are enforced by the kernel (from
+        // the system.posix_acl_* xattrs the views serve).
+        if config
+            .add_capabilities(fuser::InitFlags::FUSE_POSIX_ACL)
+            .is_err()
+        {
+            tracing::warn!("the kernel does not offer FUSE_POSIX_ACL: POSIX ACLs are not enforced on this snapshot mount");
+        }
         Ok(())
     }
 

@@ -13,32 +13,55 @@
 //! Nothing in the index is the only copy of anything: `rebuild-index`
 //! recreates it from `packs/` and `snapshots/`.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+
+use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
 use crate::store::pack::Location;
 use crate::store::ChunkId;
+use crate::util::dirfd::Dir;
 
 pub const SCHEMA_VERSION: u32 = 1;
 
 pub struct Index {
+    /// For messages.
     path: PathBuf,
-    db: sled::Db,
-    chunks: sled::Tree,
-    packs: sled::Tree,
-    snapshots: sled::Tree,
+    backend: Backend,
+}
+
+enum Backend {
+    Sled {
+        /// Holds the index directory open: sled reaches it as
+        /// `/proc/self/fd/N`, never by a path another process could change.
+        _dir: Dir,
+        db: sled::Db,
+        chunks: sled::Tree,
+        packs: sled::Tree,
+        snapshots: sled::Tree,
+    },
+    /// A throw-away index in memory, for repositories this process must
+    /// not (or cannot) write: read-only media, another user's repository.
+    Memory {
+        chunks: RwLock<HashMap<ChunkId, Location>>,
+        packs: RwLock<HashSet<u64>>,
+        snapshots: RwLock<BTreeMap<u64, Vec<u8>>>,
+    },
 }
 
 impl Index {
-    /// Open (or create) the index at `path`.
-    pub fn open(path: &Path, cache_bytes: u64) -> Result<Index> {
-        let map = |e: sled::Error| map_sled(path, e);
+    /// Open (or create) the sled index in the directory `dir` (already
+    /// checked by the repository).
+    pub fn open(dir: Dir, cache_bytes: u64) -> Result<Index> {
+        let path = dir.path().to_path_buf();
+        let map = |e: sled::Error| map_sled(&path, e);
         let db = sled::Config::new()
-            .path(path)
+            .path(dir.proc_path())
             .cache_capacity(cache_bytes)
             .open()
             .map_err(map)?;
-        restrict_permissions(path);
+        restrict_permissions(&dir, 0);
         let chunks = db.open_tree("chunks").map_err(map)?;
         let packs = db.open_tree("packs").map_err(map)?;
         let snapshots = db.open_tree("snapshots").map_err(map)?;
@@ -50,18 +73,33 @@ impl Index {
             Some(v) if v.as_ref() == SCHEMA_VERSION.to_le_bytes() => {}
             Some(_) => {
                 return Err(Error::IndexCorrupt {
-                    path: path.to_path_buf(),
+                    path,
                     detail: "unknown index schema version".into(),
                 })
             }
         }
         Ok(Index {
-            path: path.to_path_buf(),
-            db,
-            chunks,
-            packs,
-            snapshots,
+            path,
+            backend: Backend::Sled {
+                _dir: dir,
+                db,
+                chunks,
+                packs,
+                snapshots,
+            },
         })
+    }
+
+    /// An empty index in memory (filled by the caller from the packs).
+    pub fn memory(path: &Path) -> Index {
+        Index {
+            path: path.to_path_buf(),
+            backend: Backend::Memory {
+                chunks: RwLock::new(HashMap::new()),
+                packs: RwLock::new(HashSet::new()),
+                snapshots: RwLock::new(BTreeMap::new()),
+            },
+        }
     }
 
     fn map(&self, e: sled::Error) -> Error {
@@ -69,126 +107,209 @@ impl Index {
     }
 
     pub fn get_chunk(&self, id: &ChunkId) -> Result<Option<Location>> {
-        match self.chunks.get(id.0).map_err(|e| self.map(e))? {
-            Some(v) => Ok(Some(Location::decode(&v)?)),
-            None => Ok(None),
+        match &self.backend {
+            Backend::Sled { chunks, .. } => match chunks.get(id.0).map_err(|e| self.map(e))? {
+                Some(v) => Ok(Some(Location::decode(&v)?)),
+                None => Ok(None),
+            },
+            Backend::Memory { chunks, .. } => Ok(chunks.read().get(id).copied()),
         }
     }
 
     pub fn contains_chunk(&self, id: &ChunkId) -> Result<bool> {
-        self.chunks.contains_key(id.0).map_err(|e| self.map(e))
+        match &self.backend {
+            Backend::Sled { chunks, .. } => chunks.contains_key(id.0).map_err(|e| self.map(e)),
+            Backend::Memory { chunks, .. } => Ok(chunks.read().contains_key(id)),
+        }
     }
 
     /// Insert locations. Call only after the packs holding them are durable.
     pub fn insert_chunks(&self, entries: &[(ChunkId, Location)]) -> Result<()> {
         crate::util::fault::inject("index-insert")?;
-        let mut batch = sled::Batch::default();
-        for (id, loc) in entries {
-            batch.insert(&id.0[..], &loc.encode()[..]);
+        match &self.backend {
+            Backend::Sled { chunks, .. } => {
+                let mut batch = sled::Batch::default();
+                for (id, loc) in entries {
+                    batch.insert(&id.0[..], &loc.encode()[..]);
+                }
+                chunks.apply_batch(batch).map_err(|e| self.map(e))
+            }
+            Backend::Memory { chunks, .. } => {
+                let mut c = chunks.write();
+                for (id, loc) in entries {
+                    c.insert(*id, *loc);
+                }
+                Ok(())
+            }
         }
-        self.chunks.apply_batch(batch).map_err(|e| self.map(e))
     }
 
     /// Insert a location unless the id is already indexed.
     pub fn insert_chunk_if_absent(&self, id: &ChunkId, loc: &Location) -> Result<bool> {
-        let r = self
-            .chunks
-            .compare_and_swap(id.0, None as Option<&[u8]>, Some(&loc.encode()[..]))
-            .map_err(|e| self.map(e))?;
-        Ok(r.is_ok())
+        match &self.backend {
+            Backend::Sled { chunks, .. } => {
+                let r = chunks
+                    .compare_and_swap(id.0, None as Option<&[u8]>, Some(&loc.encode()[..]))
+                    .map_err(|e| self.map(e))?;
+                Ok(r.is_ok())
+            }
+            Backend::Memory { chunks, .. } => {
+                let mut c = chunks.write();
+                if c.contains_key(id) {
+                    return Ok(false);
+                }
+                c.insert(*id, *loc);
+                Ok(true)
+            }
+        }
     }
 
     /// The tree holding the live mount's change journal.
     pub fn journal_tree(&self) -> Result<sled::Tree> {
-        self.db.open_tree("journal").map_err(|e| self.map(e))
+        match &self.backend {
+            Backend::Sled { db, .. } => db.open_tree("journal").map_err(|e| self.map(e)),
+            Backend::Memory { .. } => Err(Error::InvalidInput(
+                "the repository is open read-only: it has no change journal".into(),
+            )),
+        }
     }
 
     pub fn chunk_count(&self) -> usize {
-        self.chunks.len()
+        match &self.backend {
+            Backend::Sled { chunks, .. } => chunks.len(),
+            Backend::Memory { chunks, .. } => chunks.read().len(),
+        }
     }
 
-    /// Iterate over all indexed chunks.
-    pub fn chunks(&self) -> impl Iterator<Item = Result<(ChunkId, Location)>> + '_ {
-        self.chunks.iter().map(move |r| {
-            let (k, v) = r.map_err(|e| self.map(e))?;
-            let mut id = [0u8; 32];
-            if k.len() != 32 {
-                return Err(Error::Corrupt("index key has a bad length".into()));
+    /// All indexed chunks.
+    pub fn chunks(&self) -> Result<Vec<(ChunkId, Location)>> {
+        match &self.backend {
+            Backend::Sled { chunks, .. } => chunks
+                .iter()
+                .map(|r| {
+                    let (k, v) = r.map_err(|e| self.map(e))?;
+                    let id: [u8; 32] = k
+                        .as_ref()
+                        .try_into()
+                        .map_err(|_| Error::Corrupt("index key has a bad length".into()))?;
+                    Ok((ChunkId(id), Location::decode(&v)?))
+                })
+                .collect(),
+            Backend::Memory { chunks, .. } => {
+                Ok(chunks.read().iter().map(|(k, v)| (*k, *v)).collect())
             }
-            id.copy_from_slice(&k);
-            Ok((ChunkId(id), Location::decode(&v)?))
-        })
+        }
     }
 
     pub fn mark_packs_indexed(&self, ids: &[u64]) -> Result<()> {
-        for id in ids {
-            self.packs
-                .insert(id.to_be_bytes(), &b"indexed"[..])
-                .map_err(|e| self.map(e))?;
+        match &self.backend {
+            Backend::Sled { packs, .. } => {
+                for id in ids {
+                    packs
+                        .insert(id.to_be_bytes(), &b"indexed"[..])
+                        .map_err(|e| self.map(e))?;
+                }
+            }
+            Backend::Memory { packs, .. } => packs.write().extend(ids.iter().copied()),
         }
         Ok(())
     }
 
     pub fn is_pack_indexed(&self, id: u64) -> Result<bool> {
-        self.packs
-            .contains_key(id.to_be_bytes())
-            .map_err(|e| self.map(e))
+        match &self.backend {
+            Backend::Sled { packs, .. } => packs
+                .contains_key(id.to_be_bytes())
+                .map_err(|e| self.map(e)),
+            Backend::Memory { packs, .. } => Ok(packs.read().contains(&id)),
+        }
     }
 
     pub fn put_snapshot(&self, id: u64, record_json: &[u8]) -> Result<()> {
-        self.snapshots
-            .insert(id.to_be_bytes(), record_json)
-            .map_err(|e| self.map(e))?;
+        match &self.backend {
+            Backend::Sled { snapshots, .. } => {
+                snapshots
+                    .insert(id.to_be_bytes(), record_json)
+                    .map_err(|e| self.map(e))?;
+            }
+            Backend::Memory { snapshots, .. } => {
+                snapshots.write().insert(id, record_json.to_vec());
+            }
+        }
         Ok(())
     }
 
     pub fn remove_snapshot(&self, id: u64) -> Result<()> {
-        self.snapshots
-            .remove(id.to_be_bytes())
-            .map_err(|e| self.map(e))?;
+        match &self.backend {
+            Backend::Sled { snapshots, .. } => {
+                snapshots
+                    .remove(id.to_be_bytes())
+                    .map_err(|e| self.map(e))?;
+            }
+            Backend::Memory { snapshots, .. } => {
+                snapshots.write().remove(&id);
+            }
+        }
         Ok(())
     }
 
     /// All snapshot records as (id, JSON), in id order.
     pub fn snapshots(&self) -> Result<Vec<(u64, Vec<u8>)>> {
-        let mut out = Vec::new();
-        for r in self.snapshots.iter() {
-            let (k, v) = r.map_err(|e| self.map(e))?;
-            let mut b = [0u8; 8];
-            if k.len() != 8 {
-                return Err(Error::Corrupt("snapshot key has a bad length".into()));
-            }
-            b.copy_from_slice(&k);
-            out.push((u64::from_be_bytes(b), v.to_vec()));
+        match &self.backend {
+            Backend::Sled { snapshots, .. } => snapshots
+                .iter()
+                .map(|r| {
+                    let (k, v) = r.map_err(|e| self.map(e))?;
+                    let b: [u8; 8] = k
+                        .as_ref()
+                        .try_into()
+                        .map_err(|_| Error::Corrupt("snapshot key has a bad length".into()))?;
+                    Ok((u64::from_be_bytes(b), v.to_vec()))
+                })
+                .collect(),
+            Backend::Memory { snapshots, .. } => Ok(snapshots
+                .read()
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect()),
         }
-        Ok(out)
     }
 
     /// Make every change so far durable.
     pub fn flush(&self) -> Result<()> {
         crate::util::fault::inject("index-flush")?;
-        self.db.flush().map_err(|e| self.map(e))?;
+        if let Backend::Sled { db, .. } = &self.backend {
+            db.flush().map_err(|e| self.map(e))?;
+        }
         Ok(())
     }
 }
 
 /// sled creates its files with the process umask; the repository keeps
-/// everything 0700/0600.
-fn restrict_permissions(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let Ok(md) = std::fs::symlink_metadata(&p) else {
+/// everything 0700/0600. Walked through descriptors, never following a
+/// symlink.
+fn restrict_permissions(dir: &Dir, depth: u32) {
+    let _ = dir.chmod(0o700);
+    if depth > 4 {
+        return;
+    }
+    let Ok(names) = dir.names() else { return };
+    for name in names {
+        let Ok(name) = std::str::from_utf8(&name) else {
             continue;
         };
-        let mode = if md.is_dir() { 0o700 } else { 0o600 };
-        if md.permissions().mode() & 0o777 != mode {
-            let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode));
-        }
-        if md.is_dir() {
-            if let Ok(rd) = std::fs::read_dir(&p) {
-                stack.extend(rd.flatten().map(|e| e.path()));
+        let Ok(st) = dir.stat_at(name) else { continue };
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => {
+                if let Ok(sub) = dir.open_dir(name) {
+                    restrict_permissions(&sub, depth + 1);
+                }
             }
+            libc::S_IFREG if st.st_mode & 0o7777 != 0o600 => {
+                if let Ok(f) = dir.open_file(name, rustix::fs::OFlags::RDONLY, 0) {
+                    let _ = rustix::fs::fchmod(&f, rustix::fs::Mode::from_raw_mode(0o600));
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -215,7 +336,14 @@ mod tests {
     #[test]
     fn chunks_packs_snapshots() {
         let dir = tempfile::tempdir().unwrap();
-        let idx = Index::open(&dir.path().join("index"), 1 << 20).unwrap();
+        let d = Dir::open_path(dir.path()).unwrap();
+        let on_disk = Index::open(d.ensure_dir("index", 0o700).unwrap(), 1 << 20).unwrap();
+        for idx in [on_disk, Index::memory(dir.path())] {
+            check_index(idx);
+        }
+    }
+
+    fn check_index(idx: Index) {
         let id = ChunkId::of(b"x");
         let loc = Location {
             pack: 1,

@@ -1,7 +1,7 @@
 //! A repository: config, lock, packs, snapshot records and the index.
 //!
 //! ```text
-//! REPO/
+//! REPO/                0700, owned by the user running rewindfs
 //!   config.json        format version, block size, compression level
 //!   lock               flock()ed by the process that holds the repository
 //!   packs/*.pack       blobs (the truth)
@@ -9,23 +9,33 @@
 //!                      its record is durable)
 //!   index/             sled index (a cache; `rebuild-index` recreates it)
 //! ```
+//!
+//! Every file and directory is reached through the descriptor of the
+//! directory holding it, with `O_NOFOLLOW` ([`Dir`]); the repository
+//! directory itself is opened through [`trust::open_trusted`], which
+//! refuses one another user could write or replace. Nothing here follows
+//! a path that someone else can change.
 
-use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use parking_lot::Mutex;
+use rustix::fs::OFlags;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
 use crate::index::Index;
 use crate::snapshot::manifest::{Manifest, MANIFEST_PART_LEN};
+use crate::snapshot::model::MAX_RECORD_BYTES;
 use crate::snapshot::{Kind, SnapshotRecord, Stats, Tree};
-use crate::store::pack::{self, list_packs, scan_pack, PackReader, PackWriter};
+use crate::store::pack::{list_packs, scan_pack, PackReader, PackWriter};
 use crate::store::{BlobKind, ChunkId};
-use crate::util::{durable, time};
+use crate::util::dirfd::Dir;
+use crate::util::time;
 
+pub mod trust;
 mod writer;
 
 pub use writer::ChunkWriter;
@@ -37,6 +47,14 @@ pub const MAX_BLOCK_SIZE: u32 = 8 << 20;
 pub const DEFAULT_COMPRESSION: i32 = 3;
 pub const DEFAULT_PACK_TARGET: u64 = 64 << 20;
 const INDEX_CACHE_BYTES: u64 = 64 << 20;
+/// File and directory names of a repository.
+pub const CONFIG: &str = "config.json";
+pub const LOCK: &str = "lock";
+pub const PACKS: &str = "packs";
+pub const SNAPSHOTS: &str = "snapshots";
+pub const INDEX: &str = "index";
+/// The largest config.json read.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoConfig {
@@ -54,17 +72,7 @@ pub struct RepoConfig {
 
 impl RepoConfig {
     pub fn new(block_size: u32, compression_level: i32) -> Result<RepoConfig> {
-        if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size)
-        {
-            return Err(Error::InvalidInput(format!(
-                "block size {block_size} must be a power of two from 64 KiB to 8 MiB"
-            )));
-        }
-        if !(0..=19).contains(&compression_level) {
-            return Err(Error::InvalidInput(format!(
-                "compression level {compression_level} must be 0 (off) to 19"
-            )));
-        }
+        check_params(block_size, compression_level)?;
         let now = time::now_ns();
         let seed = format!(
             "{now}-{}-{:?}",
@@ -83,29 +91,49 @@ impl RepoConfig {
     }
 }
 
+fn check_params(block_size: u32, compression_level: i32) -> Result<()> {
+    if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
+        return Err(Error::InvalidInput(format!(
+            "block size {block_size} must be a power of two from 64 KiB to 8 MiB"
+        )));
+    }
+    if !(0..=19).contains(&compression_level) {
+        return Err(Error::InvalidInput(format!(
+            "compression level {compression_level} must be 0 (off) to 19"
+        )));
+    }
+    Ok(())
+}
+
+/// How a repository was opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Trusted and locked: everything may be written.
+    ReadWrite,
+    /// Nothing is written (read-only media, or a repository that failed
+    /// the trust checks); the index lives in memory.
+    ReadOnly { trusted: bool },
+}
+
 pub struct Repository {
-    root: PathBuf,
+    dir: Dir,
+    snapshots_dir: Dir,
     pub config: RepoConfig,
     index: Index,
     packs: PackReader,
-    _lock: File,
+    access: Access,
+    /// Records that could not be read or failed validation: id -> why.
+    damaged: Mutex<BTreeMap<u64, String>>,
+    _lock: Option<File>,
 }
 
-fn config_path(root: &Path) -> PathBuf {
-    root.join("config.json")
-}
-
-fn read_config(root: &Path) -> Result<RepoConfig> {
-    let p = config_path(root);
-    let bytes = match std::fs::read(&p) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::NotARepository {
-                path: root.to_path_buf(),
-            })
-        }
-        Err(e) => return Err(Error::io("read", p, e)),
-    };
+fn read_config(dir: &Dir) -> Result<RepoConfig> {
+    let p = dir.join(CONFIG);
+    let bytes = dir
+        .read(CONFIG, MAX_CONFIG_BYTES)?
+        .ok_or_else(|| Error::NotARepository {
+            path: dir.path().to_path_buf(),
+        })?;
     #[derive(Deserialize)]
     struct Version {
         format_version: u32,
@@ -114,39 +142,40 @@ fn read_config(root: &Path) -> Result<RepoConfig> {
         .map_err(|e| Error::Corrupt(format!("{}: {e}", p.display())))?;
     if v.format_version != FORMAT_VERSION {
         return Err(Error::UnsupportedFormat {
-            path: root.to_path_buf(),
+            path: dir.path().to_path_buf(),
             found: v.format_version,
             supported: FORMAT_VERSION,
         });
     }
     let c: RepoConfig = serde_json::from_slice(&bytes)
         .map_err(|e| Error::Corrupt(format!("{}: {e}", p.display())))?;
-    RepoConfig::new(c.block_size, c.compression_level)?;
+    check_params(c.block_size, c.compression_level)
+        .map_err(|e| Error::Corrupt(format!("{}: {e}", p.display())))?;
+    if c.pack_target_size < 1 << 20 || c.pack_target_size > 1 << 34 {
+        return Err(Error::Corrupt(format!(
+            "{}: pack_target_size {} is out of range (1 MiB to 16 GiB)",
+            p.display(),
+            c.pack_target_size
+        )));
+    }
     Ok(c)
 }
 
 /// Take the repository lock, or say who holds it.
-fn lock(root: &Path) -> Result<File> {
-    let p = root.join("lock");
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&p)
-        .ctx("open", &p)?;
+fn lock(dir: &Dir) -> Result<File> {
+    let p = dir.join(LOCK);
+    let mut f = dir.open_file(LOCK, OFlags::RDWR | OFlags::CREATE, 0o600)?;
     match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {}
         Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
             let mut s = String::new();
-            let _ = f.read_to_string(&mut s);
-            let holder = match s.trim() {
-                "" => String::new(),
-                pid => format!(" (pid {pid})"),
+            let _ = (&mut f).take(64).read_to_string(&mut s);
+            let holder = match s.trim().parse::<u32>() {
+                Ok(pid) => format!(" (pid {pid})"),
+                Err(_) => String::new(),
             };
             return Err(Error::Locked {
-                path: root.to_path_buf(),
+                path: dir.path().to_path_buf(),
                 holder,
             });
         }
@@ -158,77 +187,101 @@ fn lock(root: &Path) -> Result<File> {
     Ok(f)
 }
 
+/// Open a subdirectory of a trusted repository and check it.
+fn trusted_subdir(dir: &Dir, name: &str) -> Result<Dir> {
+    let d = dir.open_dir(name)?;
+    trust::check_subdir(&d)?;
+    Ok(d)
+}
+
+/// Is this error one a read-only open can get around (the repository is
+/// another user's, or on read-only media, or not writable by us)?
+fn calls_for_read_only(e: &Error) -> bool {
+    match e {
+        Error::Untrusted { .. } => true,
+        Error::Io { source, .. } | Error::FsyncFailed { source, .. } => matches!(
+            source.raw_os_error(),
+            Some(libc::EROFS | libc::EACCES | libc::EPERM)
+        ),
+        Error::Index(m) => m.contains("Read-only") || m.contains("denied"),
+        _ => false,
+    }
+}
+
 impl Repository {
-    /// Create a repository in `root` (created, or an existing empty
-    /// directory).
+    /// Create a repository in `root` (created with mode 0700, or an
+    /// existing empty directory that passes the trust checks).
     pub fn init(root: &Path, block_size: u32, compression_level: i32) -> Result<RepoConfig> {
         let config = RepoConfig::new(block_size, compression_level)?;
-        if config_path(root).exists() {
+        if root.exists() && !root.is_dir() {
+            return Err(Error::InvalidInput(format!(
+                "{} exists and is not a directory",
+                root.display()
+            )));
+        }
+        let dir = trust::open_trusted(root, trust::Open::CreateIfMissing)?;
+        if dir.stat_at(CONFIG).is_ok() {
             return Err(Error::AlreadyExists {
-                path: root.to_path_buf(),
+                path: dir.path().to_path_buf(),
             });
         }
-        if root.exists() {
-            if !root.is_dir() {
-                return Err(Error::InvalidInput(format!(
-                    "{} exists and is not a directory",
-                    root.display()
-                )));
-            }
-            let mut it = std::fs::read_dir(root).ctx("read directory", root)?;
-            if it.next().is_some() {
-                return Err(Error::InvalidInput(format!(
-                    "{} is not empty; a repository needs a new or empty directory",
-                    root.display()
-                )));
-            }
-        } else {
-            if let Some(parent) = root.parent() {
-                if !parent.as_os_str().is_empty() && !parent.is_dir() {
-                    return Err(Error::InvalidInput(format!(
-                        "parent directory {} does not exist",
-                        parent.display()
-                    )));
-                }
-            }
-            durable::create_private_dir(root)?;
+        if !dir.names()?.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "{} is not empty; a repository needs a new or empty directory",
+                dir.path().display()
+            )));
         }
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
-            .ctx("chmod", root)?;
-        let _lock = lock(root)?;
-        for d in ["packs", "snapshots"] {
-            durable::create_private_dir(&root.join(d))?;
-        }
-        let index = Index::open(&root.join("index"), INDEX_CACHE_BYTES)?;
+        dir.chmod(0o700)?;
+        let _lock = lock(&dir)?;
+        dir.ensure_dir(PACKS, 0o700)?;
+        dir.ensure_dir(SNAPSHOTS, 0o700)?;
+        let index = Index::open(dir.ensure_dir(INDEX, 0o700)?, INDEX_CACHE_BYTES)?;
         index.flush()?;
         drop(index);
         let bytes =
             serde_json::to_vec_pretty(&config).map_err(|e| Error::InvalidInput(e.to_string()))?;
         // The config is written last: a directory without it is not a
         // repository, so a crash during init leaves nothing half-made.
-        durable::write_atomic(&config_path(root), &bytes)?;
-        if let Some(parent) = root.parent() {
-            if !parent.as_os_str().is_empty() {
-                durable::fsync_dir(parent)?;
+        dir.write_atomic(CONFIG, &bytes)?;
+        if let Some(parent) = dir.path().parent() {
+            // Best effort: makes the new directory's entry durable.
+            if let Ok(p) = Dir::open_path(parent) {
+                let _ = p.fsync();
             }
         }
         Ok(config)
     }
 
-    /// Open a repository, taking its lock and bringing the index up to date
-    /// with the packs and snapshot records on disk.
+    /// Open a repository for reading and writing: it must pass the trust
+    /// checks; takes its lock and brings the index up to date with the
+    /// packs and snapshot records on disk.
     pub fn open(root: &Path) -> Result<Repository> {
-        let config = read_config(root)?;
-        let _lock = lock(root)?;
-        let index_path = root.join("index");
-        let index = match Index::open(&index_path, INDEX_CACHE_BYTES) {
+        let dir = trust::open_trusted(root, trust::Open::Existing)?;
+        let config = read_config(&dir)?;
+        let _lock = lock(&dir)?;
+        let packs_dir = trusted_subdir(&dir, PACKS)?;
+        let snapshots_dir = trusted_subdir(&dir, SNAPSHOTS)?;
+        let index = match dir.open_dir(INDEX) {
+            Ok(d) => {
+                trust::check_subdir(&d)?;
+                Index::open(d, INDEX_CACHE_BYTES)
+            }
+            Err(_) => {
+                // A missing index is rebuilt from the packs.
+                Err(Error::IndexCorrupt {
+                    path: dir.join(INDEX),
+                    detail: "it is missing".into(),
+                })
+            }
+        };
+        let index = match index {
             Ok(i) => i,
             // sled 0.34 can refuse to open after a kill. The index holds
             // nothing that the packs and records do not: keep the damaged
             // one aside for inspection and rebuild.
             Err(Error::IndexCorrupt { detail, .. }) => {
-                let (index, report) = rebuild_locked(root, "index.damaged")?;
+                let (index, report) =
+                    rebuild_locked(&dir, &packs_dir, &snapshots_dir, "index.damaged")?;
                 tracing::warn!(
                     "the index was damaged ({detail}); moved it to {} and rebuilt it from {} packs and {} snapshot records",
                     report.moved_to.as_deref().unwrap_or(Path::new("?")).display(),
@@ -240,26 +293,102 @@ impl Repository {
             Err(e) => return Err(e),
         };
         let repo = Repository {
-            root: root.to_path_buf(),
-            packs: PackReader::new(&root.join("packs")),
+            packs: PackReader::new(packs_dir),
+            snapshots_dir,
+            dir,
             config,
             index,
-            _lock,
+            access: Access::ReadWrite,
+            damaged: Mutex::new(BTreeMap::new()),
+            _lock: Some(_lock),
         };
         repo.reconcile()?;
         Ok(repo)
     }
 
+    /// Open a repository without writing anything to it: no lock file,
+    /// no index (one is built in memory from the packs), nothing created.
+    /// For read-only media and for repositories this process does not
+    /// trust (another user's): the result says which.
+    pub fn open_read_only(root: &Path) -> Result<Repository> {
+        let (dir, trusted) = match trust::open_trusted(root, trust::Open::Existing) {
+            Ok(d) => (d, true),
+            Err(Error::Untrusted { .. }) => {
+                let abs = root.canonicalize().ctx("resolve", root)?;
+                (Dir::open_path(&abs)?, false)
+            }
+            Err(e) => return Err(e),
+        };
+        let config = read_config(&dir)?;
+        // A shared lock where the lock file can be opened: a writer that
+        // is not a daemon (a scan snapshot) is waited out by nothing, but
+        // packs are append-only and records atomic, so reading is safe.
+        let lock = dir.open_read(LOCK).ok().flatten().filter(|f| {
+            rustix::fs::flock(f, rustix::fs::FlockOperation::NonBlockingLockShared).is_ok()
+        });
+        let packs_dir = dir.open_dir(PACKS)?;
+        let snapshots_dir = dir.open_dir(SNAPSHOTS)?;
+        let index = Index::memory(&dir.join(INDEX));
+        let report = fill_index(&index, &packs_dir, &snapshots_dir)?;
+        let repo = Repository {
+            packs: PackReader::new(packs_dir),
+            snapshots_dir,
+            dir,
+            config,
+            index,
+            access: Access::ReadOnly { trusted },
+            damaged: Mutex::new(report.damaged_records),
+            _lock: lock,
+        };
+        Ok(repo)
+    }
+
+    /// Open for a command that only reads: read-write when possible (the
+    /// persistent index is faster), read-only otherwise. Returns a note
+    /// for the user when it fell back, and why.
+    pub fn open_for_reading(root: &Path) -> Result<(Repository, Option<String>)> {
+        match Repository::open(root) {
+            Ok(r) => Ok((r, None)),
+            Err(e) if calls_for_read_only(&e) => {
+                let r = Repository::open_read_only(root)?;
+                let how = match r.access {
+                    Access::ReadOnly { trusted: false } => "reading it as untrusted data: nothing is written to it, and a restore from it creates no setuid, setgid or device files and sets no owners",
+                    _ => "reading it without writing (the index is rebuilt in memory)",
+                };
+                Ok((r, Some(format!("{e}; {how}"))))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn root(&self) -> &Path {
-        &self.root
+        self.dir.path()
     }
 
-    pub fn packs_dir(&self) -> PathBuf {
-        self.root.join("packs")
+    /// The repository directory.
+    pub fn dir(&self) -> &Dir {
+        &self.dir
     }
 
-    pub fn snapshots_dir(&self) -> PathBuf {
-        self.root.join("snapshots")
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
+    /// Whether what the repository holds may be trusted as much as the
+    /// user running rewindfs (owners, setuid bits and device files are
+    /// restored only then).
+    pub fn trusted(&self) -> bool {
+        self.access != Access::ReadOnly { trusted: false }
+    }
+
+    fn writable(&self) -> Result<()> {
+        match self.access {
+            Access::ReadWrite => Ok(()),
+            Access::ReadOnly { .. } => Err(Error::InvalidInput(format!(
+                "repository {} is open read-only",
+                self.root().display()
+            ))),
+        }
     }
 
     pub fn index(&self) -> &Index {
@@ -272,18 +401,27 @@ impl Repository {
 
     /// Index the blobs of packs that are not marked indexed (written by a
     /// process that stopped before marking them), and sync the snapshot
-    /// list with `snapshots/`.
+    /// list with `snapshots/`. A pack that cannot be read, or a record
+    /// that cannot be read or fails validation, is reported and skipped:
+    /// the rest of the repository stays usable.
     fn reconcile(&self) -> Result<()> {
         let mut changed = false;
         let mut newly = Vec::new();
-        for id in list_packs(&self.packs_dir())? {
+        let packs_dir = self.packs.dir();
+        for id in list_packs(packs_dir)? {
             if self.index.is_pack_indexed(id)? {
                 continue;
             }
-            let scan = scan_pack(&self.packs_dir().join(pack::pack_file_name(id)), id)?;
+            let scan = match scan_pack(packs_dir, id) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("pack {id} cannot be read and is skipped: {e}");
+                    continue;
+                }
+            };
             for (start, end) in &scan.damaged {
                 tracing::warn!(
-                    pack = %pack::pack_file_name(id),
+                    pack = id,
                     "bytes {start}..{end} do not parse as blobs (torn write or damage); ignored"
                 );
             }
@@ -300,16 +438,24 @@ impl Repository {
         }
         let on_disk = self.list_record_files()?;
         let indexed: HashMap<u64, Vec<u8>> = self.index.snapshots()?.into_iter().collect();
-        for (id, path) in &on_disk {
-            if !indexed.contains_key(id) {
-                let bytes = std::fs::read(path).ctx("read", path)?;
-                SnapshotRecord::from_json(&bytes)?;
-                self.index.put_snapshot(*id, &bytes)?;
-                changed = true;
+        let mut damaged = self.damaged.lock();
+        for id in &on_disk {
+            if indexed.contains_key(id) {
+                continue;
+            }
+            match read_record(&self.snapshots_dir, *id) {
+                Ok((_, bytes)) => {
+                    self.index.put_snapshot(*id, &bytes)?;
+                    changed = true;
+                }
+                Err(e) => {
+                    tracing::warn!("snapshot {id} is damaged and left out: {e}");
+                    damaged.insert(*id, e.to_string());
+                }
             }
         }
         for id in indexed.keys() {
-            if !on_disk.contains_key(id) {
+            if !on_disk.contains(id) {
                 self.index.remove_snapshot(*id)?;
                 changed = true;
             }
@@ -320,30 +466,44 @@ impl Repository {
         Ok(())
     }
 
-    fn list_record_files(&self) -> Result<HashMap<u64, PathBuf>> {
-        let dir = self.snapshots_dir();
-        let mut out = HashMap::new();
-        for e in std::fs::read_dir(&dir).ctx("read directory", &dir)? {
-            let e = e.ctx("read directory", &dir)?;
-            let name = e.file_name();
-            let Some(name) = name.to_str() else { continue };
+    /// Ids of the record files in `snapshots/` (whether or not they
+    /// parse). Leftover temporary files of a crashed commit are removed
+    /// when we hold the lock.
+    fn list_record_files(&self) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for name in self.snapshots_dir.names()? {
+            let Ok(name) = std::str::from_utf8(&name) else {
+                continue;
+            };
             if let Some(id) = SnapshotRecord::parse_file_name(name) {
-                out.insert(id, e.path());
-            } else if name.starts_with(".tmp.") {
+                out.push(id);
+            } else if name.starts_with(".tmp.") && self.access == Access::ReadWrite {
                 // An uncommitted record from a crashed run (we hold the lock).
-                let _ = std::fs::remove_file(e.path());
+                let _ = self.snapshots_dir.remove_file(name);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// All snapshots whose records are sound, in id order.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotRecord>> {
+        let mut out = Vec::new();
+        for (id, json) in self.index.snapshots()? {
+            match SnapshotRecord::from_json_as(&json, id) {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    self.damaged.lock().entry(id).or_insert_with(|| e.to_string());
+                }
             }
         }
         Ok(out)
     }
 
-    /// All snapshots, in id order.
-    pub fn snapshots(&self) -> Result<Vec<SnapshotRecord>> {
-        self.index
-            .snapshots()?
-            .into_iter()
-            .map(|(_, json)| SnapshotRecord::from_json(&json))
-            .collect()
+    /// Snapshots whose records are damaged (unreadable, unparsable or
+    /// failing validation): id -> why. `verify` names them.
+    pub fn damaged_records(&self) -> BTreeMap<u64, String> {
+        self.damaged.lock().clone()
     }
 
     /// Read a blob (chunk or manifest part) by id, verified.
@@ -361,14 +521,25 @@ impl Repository {
         self.packs.read_into(&loc, id, spare)
     }
 
+    /// The manifest of a snapshot. Its length was checked against its
+    /// parts when the record was read; memory grows with the bytes
+    /// actually read, never with what a record claims.
     pub fn load_manifest(&self, rec: &SnapshotRecord) -> Result<Manifest> {
-        let mut bytes = Vec::with_capacity(rec.manifest_len as usize);
-        for id in rec.manifest_ids()? {
-            bytes.extend_from_slice(
-                &self
-                    .read_blob(&id)
-                    .map_err(|e| Error::Corrupt(format!("manifest of snapshot {}: {e}", rec.id)))?,
-            );
+        let ids = rec.manifest_ids()?;
+        let cap = rec.manifest_len.min(64 << 20) as usize;
+        let mut bytes = Vec::with_capacity(cap);
+        for id in ids {
+            let part = self
+                .read_blob(&id)
+                .map_err(|e| Error::Corrupt(format!("manifest of snapshot {}: {e}", rec.id)))?;
+            if (bytes.len() + part.len()) as u64 > rec.manifest_len || part.len() > MANIFEST_PART_LEN
+            {
+                return Err(Error::Corrupt(format!(
+                    "manifest of snapshot {} is longer than its record says ({} bytes)",
+                    rec.id, rec.manifest_len
+                )));
+            }
+            bytes.extend_from_slice(&part);
         }
         if bytes.len() as u64 != rec.manifest_len {
             return Err(Error::Corrupt(format!(
@@ -378,7 +549,14 @@ impl Repository {
                 rec.manifest_len
             )));
         }
-        Manifest::decode(&bytes)
+        let m = Manifest::decode(&bytes)?;
+        if m.block_size != rec.block_size {
+            return Err(Error::Corrupt(format!(
+                "manifest of snapshot {} has block size {}, its record says {}",
+                rec.id, m.block_size, rec.block_size
+            )));
+        }
+        Ok(m)
     }
 
     /// The chain a snapshot needs, oldest (the full) first.
@@ -399,10 +577,13 @@ impl Repository {
                 ))
             })?;
             cur = by_id.get(&pid).copied().ok_or_else(|| {
-                Error::Corrupt(format!(
-                    "snapshot {} needs snapshot {pid}, which is missing",
-                    rec.id
-                ))
+                let why = self
+                    .damaged
+                    .lock()
+                    .get(&pid)
+                    .map(|w| format!(", whose record is damaged ({w})"))
+                    .unwrap_or_else(|| ", which is missing".to_string());
+                Error::Corrupt(format!("snapshot {} needs snapshot {pid}{why}", rec.id))
             })?;
             if chain.len() > all.len() {
                 return Err(Error::Corrupt(format!(
@@ -429,9 +610,10 @@ impl Repository {
 
     /// A writer for one capture (it runs its own pack-writing thread).
     pub fn writer(&self) -> Result<ChunkWriter<'_>> {
+        self.writable()?;
         ChunkWriter::new(
             &self.index,
-            PackWriter::new(&self.packs_dir(), self.config.pack_target_size)?,
+            PackWriter::new(self.packs.dir().try_clone()?, self.config.pack_target_size)?,
             self.config.compression_level,
         )
     }
@@ -444,6 +626,17 @@ impl Repository {
         manifest: &Manifest,
         draft: SnapshotDraft,
     ) -> Result<SnapshotRecord> {
+        self.writable()?;
+        if draft
+            .label
+            .as_ref()
+            .is_some_and(|l| l.len() > crate::snapshot::model::MAX_LABEL)
+        {
+            return Err(Error::InvalidInput(format!(
+                "a label may be at most {} bytes",
+                crate::snapshot::model::MAX_LABEL
+            )));
+        }
         let bytes = manifest.encode()?;
         let mut parts = Vec::new();
         for part in bytes.chunks(MANIFEST_PART_LEN) {
@@ -454,15 +647,23 @@ impl Repository {
         writer.commit()?;
         let id = self
             .list_record_files()?
-            .keys()
-            .copied()
+            .into_iter()
             .chain(self.index.snapshots()?.into_iter().map(|(id, _)| id))
+            .chain(self.damaged.lock().keys().copied())
             .max()
             .unwrap_or(0)
             + 1;
         let mut stats = draft.stats;
         stats.stored_bytes = writer.stored_bytes();
         stats.new_chunks = writer.new_chunks();
+        let mut source = draft.source;
+        if source.len() > 4096 {
+            let mut cut = 4096;
+            while !source.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            source.truncate(cut);
+        }
         let rec = SnapshotRecord {
             format: crate::snapshot::model::RECORD_FORMAT,
             id,
@@ -473,22 +674,30 @@ impl Repository {
             time_ns: draft.time_ns,
             label: draft.label,
             name: time::snapshot_name(draft.time_ns, id),
-            source: draft.source,
-            block_size: self.config.block_size,
+            source,
+            block_size: manifest.block_size,
             manifest: parts,
             manifest_len: bytes.len() as u64,
             stats,
         };
+        rec.validate()?;
         let json = rec.to_json()?;
         crate::util::fault::inject("manifest-commit")?;
-        durable::write_atomic(
-            &self.snapshots_dir().join(SnapshotRecord::file_name(id)),
-            &json,
-        )?;
+        self.snapshots_dir
+            .write_atomic(&SnapshotRecord::file_name(id), &json)?;
         self.index.put_snapshot(id, &json)?;
         self.index.flush()?;
         Ok(rec)
     }
+}
+
+/// Read and validate `snapshots/<id>.json`.
+fn read_record(dir: &Dir, id: u64) -> Result<(SnapshotRecord, Vec<u8>)> {
+    let bytes = dir
+        .read(&SnapshotRecord::file_name(id), MAX_RECORD_BYTES)?
+        .ok_or_else(|| Error::Corrupt(format!("snapshot record {id} vanished")))?;
+    let rec = SnapshotRecord::from_json_as(&bytes, id)?;
+    Ok((rec, bytes))
 }
 
 /// What the capture knows of a snapshot before it is committed.
@@ -506,38 +715,56 @@ pub struct SnapshotDraft {
 /// Recreate the index from `packs/` and `snapshots/`. The old index is
 /// moved aside (never deleted).
 pub fn rebuild_index(root: &Path) -> Result<RebuildReport> {
-    read_config(root)?;
-    let _lock = lock(root)?;
-    rebuild_locked(root, "index.old").map(|(_, r)| r)
+    let dir = trust::open_trusted(root, trust::Open::Existing)?;
+    read_config(&dir)?;
+    let _lock = lock(&dir)?;
+    let packs = trusted_subdir(&dir, PACKS)?;
+    let snapshots = trusted_subdir(&dir, SNAPSHOTS)?;
+    rebuild_locked(&dir, &packs, &snapshots, "index.old").map(|(_, r)| r)
 }
 
 /// Rebuild with the repository lock held; the old index (if any) is
 /// renamed to `<aside_prefix>-<time>`.
-fn rebuild_locked(root: &Path, aside_prefix: &str) -> Result<(Index, RebuildReport)> {
-    let index_path = root.join("index");
+fn rebuild_locked(
+    dir: &Dir,
+    packs: &Dir,
+    snapshots: &Dir,
+    aside_prefix: &str,
+) -> Result<(Index, RebuildReport)> {
     let mut moved_to = None;
-    if index_path.exists() {
-        let aside = root.join(format!(
+    if dir.stat_at(INDEX).is_ok() {
+        let aside = format!(
             "{aside_prefix}-{}",
             time::rfc3339_nanos(time::now_ns()).replace(':', ".")
-        ));
-        std::fs::rename(&index_path, &aside).ctx("move aside", &index_path)?;
-        durable::fsync_dir(root)?;
-        moved_to = Some(aside);
+        );
+        dir.rename(INDEX, &aside)?;
+        dir.fsync()?;
+        moved_to = Some(dir.join(&aside));
     }
-    let index = Index::open(&index_path, INDEX_CACHE_BYTES)?;
-    let mut report = RebuildReport {
-        moved_to,
-        ..Default::default()
-    };
-    let packs_dir = root.join("packs");
-    let ids = list_packs(&packs_dir)?;
+    let index = Index::open(dir.ensure_dir(INDEX, 0o700)?, INDEX_CACHE_BYTES)?;
+    let mut report = fill_index(&index, packs, snapshots)?;
+    report.moved_to = moved_to;
+    Ok((index, report))
+}
+
+/// Index every blob of every pack and every sound snapshot record.
+/// Unreadable packs and damaged records are reported, not fatal.
+fn fill_index(index: &Index, packs: &Dir, snapshots: &Dir) -> Result<RebuildReport> {
+    let mut report = RebuildReport::default();
+    let ids = list_packs(packs)?;
+    let mut done = Vec::new();
     for id in &ids {
-        let scan = scan_pack(&packs_dir.join(pack::pack_file_name(*id)), *id)?;
+        let scan = match scan_pack(packs, *id) {
+            Ok(s) => s,
+            Err(e) => {
+                report.damaged.push(format!("pack {id}: {e}"));
+                continue;
+            }
+        };
         for (s, e) in &scan.damaged {
             report.damaged.push(format!(
                 "{}: bytes {s}..{e} unreadable",
-                pack::pack_file_name(*id)
+                packs.join(&crate::store::pack::pack_file_name(*id)).display()
             ));
         }
         for b in &scan.blobs {
@@ -546,29 +773,32 @@ fn rebuild_locked(root: &Path, aside_prefix: &str) -> Result<(Index, RebuildRepo
             }
         }
         report.packs += 1;
+        done.push(*id);
     }
     index.flush()?;
-    index.mark_packs_indexed(&ids)?;
-    let snaps = root.join("snapshots");
-    for e in std::fs::read_dir(&snaps).ctx("read directory", &snaps)? {
-        let e = e.ctx("read directory", &snaps)?;
-        let name = e.file_name();
-        let Some(id) = name.to_str().and_then(SnapshotRecord::parse_file_name) else {
+    index.mark_packs_indexed(&done)?;
+    for name in snapshots.names()? {
+        let Some(id) = std::str::from_utf8(&name)
+            .ok()
+            .and_then(SnapshotRecord::parse_file_name)
+        else {
             continue;
         };
-        let bytes = std::fs::read(e.path()).ctx("read", e.path())?;
-        match SnapshotRecord::from_json(&bytes) {
-            Ok(_) => {
+        match read_record(snapshots, id) {
+            Ok((_, bytes)) => {
                 index.put_snapshot(id, &bytes)?;
                 report.snapshots += 1;
             }
-            Err(err) => report
-                .damaged
-                .push(format!("{}: {err}", e.path().display())),
+            Err(err) => {
+                report
+                    .damaged
+                    .push(format!("snapshot {id}: {err}"));
+                report.damaged_records.insert(id, err.to_string());
+            }
         }
     }
     index.flush()?;
-    Ok((index, report))
+    Ok(report)
 }
 
 #[derive(Debug, Default)]
@@ -578,4 +808,6 @@ pub struct RebuildReport {
     pub blobs: u64,
     pub snapshots: u64,
     pub damaged: Vec<String>,
+    /// Snapshot records left out: id -> why.
+    pub damaged_records: BTreeMap<u64, String>,
 }

@@ -10,6 +10,11 @@ use crate::error::{Error, Result};
 use crate::store::ChunkId;
 
 pub const RECORD_FORMAT: u32 = 1;
+/// The longest label a snapshot may carry (bytes).
+pub const MAX_LABEL: usize = 4096;
+/// The largest record file read (a real one is about 1 KiB plus 70
+/// bytes per manifest part).
+pub const MAX_RECORD_BYTES: u64 = 16 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -108,16 +113,79 @@ impl SnapshotRecord {
         Ok(v)
     }
 
+    /// Parse and check a record (see [`SnapshotRecord::validate`]).
     pub fn from_json(bytes: &[u8]) -> Result<SnapshotRecord> {
         let r: SnapshotRecord = serde_json::from_slice(bytes)
             .map_err(|e| Error::Corrupt(format!("snapshot record does not parse: {e}")))?;
-        if r.format != RECORD_FORMAT {
+        r.validate()?;
+        Ok(r)
+    }
+
+    /// Parse the record stored as `snapshots/<id>.json`: as
+    /// [`SnapshotRecord::from_json`], and its id must be `id`.
+    pub fn from_json_as(bytes: &[u8], id: u64) -> Result<SnapshotRecord> {
+        let r = Self::from_json(bytes)?;
+        if r.id != id {
             return Err(Error::Corrupt(format!(
-                "snapshot record {} has format {}, expected {RECORD_FORMAT}",
-                r.id, r.format
+                "the record of snapshot {id} says it is snapshot {}",
+                r.id
             )));
         }
         Ok(r)
+    }
+
+    /// Everything a reader relies on: the format, the name (derived from
+    /// time and id, so it is a safe directory name), the time, the chain
+    /// links, the block size, and a manifest length the listed parts can
+    /// hold. A record that fails is damaged; it never reaches a reader.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |why: String| Err(Error::Corrupt(format!("snapshot record {}: {why}", self.id)));
+        if self.format != RECORD_FORMAT {
+            return bad(format!(
+                "has format {}, expected {RECORD_FORMAT}",
+                self.format
+            ));
+        }
+        if self.id == 0 {
+            return bad("has id 0".into());
+        }
+        if self.time != crate::util::time::rfc3339(self.time_ns) {
+            return bad(format!(
+                "its time {:?} does not match time_ns {}",
+                self.time, self.time_ns
+            ));
+        }
+        if self.name != crate::util::time::snapshot_name(self.time_ns, self.id) {
+            return bad(format!(
+                "its name {:?} is not derived from its time and id",
+                crate::snapshot::manifest::escape(self.name.as_bytes())
+            ));
+        }
+        match (self.kind, self.parent) {
+            (Kind::Full, None) if self.full == self.id => {}
+            (Kind::Full, _) => return bad("is full but names a parent".into()),
+            (_, Some(p)) if p < self.id && self.full <= p => {}
+            (_, _) => return bad("is not full and has no earlier parent".into()),
+        }
+        let bs = self.block_size as usize;
+        if !bs.is_power_of_two() || !(4096..=crate::store::blob::MAX_RAW_LEN).contains(&bs) {
+            return bad(format!("has block size {}", self.block_size));
+        }
+        let part = crate::snapshot::manifest::MANIFEST_PART_LEN as u64;
+        let parts = self.manifest.len() as u64;
+        if self.manifest_len > parts.saturating_mul(part) || self.manifest_len < parts.saturating_sub(1).saturating_mul(part) + u64::from(parts > 0) {
+            return bad(format!(
+                "its manifest of {} parts cannot be {} bytes long",
+                parts, self.manifest_len
+            ));
+        }
+        for h in &self.manifest {
+            ChunkId::from_hex(h)?;
+        }
+        if self.label.as_ref().is_some_and(|l| l.len() > MAX_LABEL) || self.source.len() > 4096 {
+            return bad("has an over-long label or source".into());
+        }
+        Ok(())
     }
 
     pub fn file_name(id: u64) -> String {
@@ -130,5 +198,72 @@ impl SnapshotRecord {
             return None;
         }
         digits.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::time;
+
+    fn good() -> SnapshotRecord {
+        let t = 1_700_000_000_123_456_789;
+        SnapshotRecord {
+            format: RECORD_FORMAT,
+            id: 3,
+            kind: Kind::Incremental,
+            parent: Some(2),
+            full: 1,
+            time: time::rfc3339(t),
+            time_ns: t,
+            label: Some("epoch 3".into()),
+            name: time::snapshot_name(t, 3),
+            source: "/data".into(),
+            block_size: 1 << 20,
+            manifest: vec![ChunkId::of(b"m").to_hex()],
+            manifest_len: 1234,
+            stats: Stats::default(),
+        }
+    }
+
+    #[test]
+    fn good_records_pass_and_hostile_fields_do_not() {
+        let r = good();
+        let json = r.to_json().unwrap();
+        assert_eq!(SnapshotRecord::from_json_as(&json, 3).unwrap(), r);
+        assert!(SnapshotRecord::from_json_as(&json, 4).is_err());
+        let cases: Vec<Box<dyn Fn(&mut SnapshotRecord)>> = vec![
+            Box::new(|r| r.name = "../../etc".into()),
+            Box::new(|r| r.name = "x/y".into()),
+            Box::new(|r| r.time = "yesterday".into()),
+            Box::new(|r| r.manifest_len = 1_000_000_000_000_000_000),
+            Box::new(|r| r.manifest_len = 0),
+            Box::new(|r| r.block_size = 3),
+            Box::new(|r| r.block_size = 1 << 30),
+            Box::new(|r| r.parent = Some(3)),
+            Box::new(|r| r.parent = None),
+            Box::new(|r| r.kind = Kind::Full),
+            Box::new(|r| r.manifest = vec!["zz".into()]),
+            Box::new(|r| r.label = Some("x".repeat(MAX_LABEL + 1))),
+            Box::new(|r| r.format = 9),
+        ];
+        for (i, f) in cases.iter().enumerate() {
+            let mut r = good();
+            f(&mut r);
+            assert!(r.validate().is_err(), "case {i} passed");
+        }
+        assert!(SnapshotRecord::from_json(b"{not json").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_parse_or_err(b in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = SnapshotRecord::from_json(&b);
+        }
+
+        #[test]
+        fn any_file_name_parses_or_not(s in "\\PC{0,20}") {
+            let _ = SnapshotRecord::parse_file_name(&s);
+        }
     }
 }

@@ -95,11 +95,28 @@ pub fn base_for(kind: Kind, all: &[SnapshotRecord]) -> Option<&SnapshotRecord> {
     }
 }
 
+/// Why a snapshot of `kind` cannot be based on the existing chain with
+/// the repository's `block_size` (someone changed `block_size` in
+/// config.json): a chain's manifests must share one block size. `None`
+/// when it can.
+pub fn block_size_break(all: &[SnapshotRecord], kind: Kind, block_size: u32) -> Option<String> {
+    let base = base_for(kind, all)?;
+    (base.block_size != block_size).then(|| {
+        format!(
+            "the repository's block size is {block_size} but snapshot {} was taken with {}",
+            base.id, base.block_size
+        )
+    })
+}
+
 /// Take a snapshot of `source` by scanning it.
 pub fn snapshot_dir(repo: &Repository, source: &Path, opts: &ScanOptions) -> Result<ScanResult> {
     let time_ns = time::now_ns();
     let all = repo.snapshots()?;
     let kind = if all.is_empty() {
+        Kind::Full
+    } else if let Some(why) = block_size_break(&all, opts.kind, repo.config.block_size) {
+        tracing::warn!("{why}: taking a full snapshot");
         Kind::Full
     } else {
         opts.kind
@@ -165,10 +182,7 @@ fn capture(
         opts.threads
     };
     let bs = repo.config.block_size as u64;
-    let repo_id = std::fs::metadata(repo.root()).ok().map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        (m.dev(), m.ino())
-    });
+    let repo_id = repo.dir().stat().ok().map(|st| (st.st_dev, st.st_ino));
     let (unit_tx, unit_rx) = bounded::<Unit>(threads * 4);
     let (done_tx, done_rx) = unbounded::<Result<UnitDone>>();
     let walk = std::thread::scope(|s| -> Result<Walk> {

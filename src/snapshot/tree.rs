@@ -116,7 +116,18 @@ impl Tree {
                         )) => b.clone(),
                         _ => Vec::new(),
                     };
-                    let n = size.div_ceil(bs) as usize;
+                    // Every block past the base's list must be given, so a
+                    // size the patch cannot back is corrupt: checked before
+                    // anything is allocated from it.
+                    let n64 = size.div_ceil(bs);
+                    if n64 > list.len() as u64 + changes.len() as u64 {
+                        return Err(Error::Corrupt(format!(
+                            "{}: {size} bytes, but only {} blocks known",
+                            crate::snapshot::manifest::display_path(path),
+                            list.len() + changes.len()
+                        )));
+                    }
+                    let n = n64 as usize;
                     let old = list.len().min(n);
                     list.truncate(n);
                     let mut filled = vec![false; n.saturating_sub(old)];
@@ -332,6 +343,15 @@ mod tests {
             &[id(1), id(7), id(3), id(8), id(8)]
         );
         assert!(Tree::blocks_of(&t.get(b"e").unwrap().1).is_empty());
+
+        // A size no patch could back is refused before allocating.
+        let absurd = Manifest {
+            format: MANIFEST_FORMAT,
+            block_size: 4,
+            removed: vec![],
+            entries: vec![file("e", 1 << 62, Blocks::Patch(vec![(0, id(1))]))],
+        };
+        assert!(t.clone().apply(&absurd).is_err());
 
         // A patch that grows a file without naming the new blocks is corrupt.
         let bad = Manifest {

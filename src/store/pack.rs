@@ -7,10 +7,10 @@
 //! (or resynchronises) at it.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::blob::{self, BlobHeader, BlobKind, Check, ChunkId, Codec, EncodedBlob, HEADER_LEN};
 use crate::error::{Error, IoContext, Result};
 use crate::util::bytes::set_len_keeping;
+use crate::util::dirfd::Dir;
 use crate::util::durable;
 
 pub const PACK_MAGIC: [u8; 8] = *b"RWPACK\0\0";
@@ -92,21 +93,19 @@ pub fn parse_pack_file_name(name: &str) -> Option<u64> {
 }
 
 /// All pack ids present in `dir`, sorted.
-pub fn list_packs(dir: &Path) -> Result<Vec<u64>> {
-    let mut ids = Vec::new();
-    for e in std::fs::read_dir(dir).ctx("read directory", dir)? {
-        let e = e.ctx("read directory", dir)?;
-        if let Some(id) = e.file_name().to_str().and_then(parse_pack_file_name) {
-            ids.push(id);
-        }
-    }
+pub fn list_packs(dir: &Dir) -> Result<Vec<u64>> {
+    let mut ids: Vec<u64> = dir
+        .names()?
+        .iter()
+        .filter_map(|n| std::str::from_utf8(n).ok().and_then(parse_pack_file_name))
+        .collect();
     ids.sort_unstable();
     Ok(ids)
 }
 
 /// Appends blobs to pack files, rotating at a target size.
 pub struct PackWriter {
-    dir: PathBuf,
+    dir: Dir,
     target_size: u64,
     next_id: u64,
     current: Option<OpenPack>,
@@ -114,9 +113,9 @@ pub struct PackWriter {
     dir_dirty: bool,
     /// Packs finished (rotated away) since the last [`PackWriter::sync`].
     finished: Vec<u64>,
-    /// Packs this writer created: (id, path, length the index may point
-    /// into, i.e. as of the last [`PackWriter::mark_committed`]).
-    session: Vec<(u64, PathBuf, u64)>,
+    /// Packs this writer created: (id, length the index may point into,
+    /// i.e. as of the last [`PackWriter::mark_committed`]).
+    session: Vec<(u64, u64)>,
     poisoned: Option<String>,
 }
 
@@ -153,10 +152,10 @@ fn start_writeback(file: &File, from: u64, to: u64) {
 impl PackWriter {
     /// A writer that creates new packs in `dir`, starting after the
     /// highest id present.
-    pub fn new(dir: &Path, target_size: u64) -> Result<PackWriter> {
-        let next_id = list_packs(dir)?.last().map_or(1, |m| m + 1);
+    pub fn new(dir: Dir, target_size: u64) -> Result<PackWriter> {
+        let next_id = list_packs(&dir)?.last().map_or(1, |m| m + 1);
         Ok(PackWriter {
-            dir: dir.to_path_buf(),
+            dir,
             target_size,
             next_id,
             current: None,
@@ -230,19 +229,15 @@ impl PackWriter {
     fn open_new(&mut self) -> Result<()> {
         let id = self.next_id;
         self.next_id += 1;
-        let path = self.dir.join(pack_file_name(id));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .ctx("create pack", &path)?;
+        let name = pack_file_name(id);
+        let path = self.dir.join(&name);
+        let mut file = self.dir.create_new(&name, 0o600)?;
         let mut hdr = [0u8; PACK_HEADER_LEN as usize];
         hdr[0..8].copy_from_slice(&PACK_MAGIC);
         hdr[8..12].copy_from_slice(&PACK_VERSION.to_le_bytes());
         file.write_all(&hdr).ctx("write pack", &path)?;
         self.dir_dirty = true;
-        self.session.push((id, path.clone(), 0));
+        self.session.push((id, 0));
         self.current = Some(OpenPack {
             id,
             file,
@@ -280,8 +275,7 @@ impl PackWriter {
             }
         }
         if self.dir_dirty {
-            let dir = self.dir.clone();
-            if let Err(e) = durable::fsync_dir(&dir) {
+            if let Err(e) = self.dir.fsync() {
                 return self.poison(e);
             }
             self.dir_dirty = false;
@@ -302,7 +296,7 @@ impl PackWriter {
     /// [`PackWriter::abort`] keeps it.
     pub fn mark_committed(&mut self) {
         let cur = self.current.as_ref().map(|c| (c.id, c.synced_len));
-        for (id, _, committed) in &mut self.session {
+        for (id, committed) in &mut self.session {
             match cur {
                 Some((cid, synced)) if cid == *id => *committed = synced,
                 // Finished packs were fully synced when they were rotated.
@@ -317,14 +311,18 @@ impl PackWriter {
     /// length. The writer is unusable afterwards.
     pub fn abort(&mut self) {
         self.current = None;
-        for (id, path, committed) in self.session.drain(..) {
+        for (id, committed) in std::mem::take(&mut self.session) {
+            let name = pack_file_name(id);
             let r = if committed <= PACK_HEADER_LEN {
-                std::fs::remove_file(&path)
+                self.dir.remove_file(&name)
             } else if committed != u64::MAX {
-                OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .and_then(|f| f.set_len(committed).and_then(|_| f.sync_all()))
+                self.dir
+                    .open_file(&name, rustix::fs::OFlags::WRONLY, 0)
+                    .and_then(|f| {
+                        f.set_len(committed)
+                            .and_then(|_| f.sync_all())
+                            .map_err(|e| Error::io("truncate", self.dir.join(&name), e))
+                    })
             } else {
                 Ok(())
             };
@@ -332,7 +330,7 @@ impl PackWriter {
                 tracing::warn!(pack = id, "could not reclaim uncommitted pack data: {e}");
             }
         }
-        let _ = durable::fsync_dir(&self.dir);
+        let _ = self.dir.fsync();
         self.poisoned
             .get_or_insert_with(|| "capture aborted".to_string());
     }
@@ -345,20 +343,35 @@ impl PackWriter {
 
 /// Reads blobs from packs, keeping their files open.
 pub struct PackReader {
-    dir: PathBuf,
+    dir: Dir,
     files: Mutex<HashMap<u64, Arc<File>>>,
 }
 
 impl PackReader {
-    pub fn new(dir: &Path) -> PackReader {
+    pub fn new(dir: Dir) -> PackReader {
         PackReader {
-            dir: dir.to_path_buf(),
+            dir,
             files: Mutex::new(HashMap::new()),
         }
     }
 
+    /// The pack directory.
+    pub fn dir(&self) -> &Dir {
+        &self.dir
+    }
+
+    /// The path of a pack, for messages.
     pub fn pack_path(&self, id: u64) -> PathBuf {
-        self.dir.join(pack_file_name(id))
+        self.dir.join(&pack_file_name(id))
+    }
+
+    /// The length of a pack, `None` if it is missing.
+    pub fn pack_len(&self, id: u64) -> Option<u64> {
+        self.dir
+            .stat_at(&pack_file_name(id))
+            .ok()
+            .filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
+            .map(|st| st.st_size as u64)
     }
 
     fn file(&self, id: u64) -> Result<Arc<File>> {
@@ -366,7 +379,17 @@ impl PackReader {
             return Ok(f.clone());
         }
         let path = self.pack_path(id);
-        let f = Arc::new(File::open(&path).ctx("open pack", &path)?);
+        let f = Arc::new(
+            self.dir
+                .open_read(&pack_file_name(id))?
+                .ok_or_else(|| {
+                    Error::io(
+                        "open pack",
+                        &path,
+                        std::io::Error::from(std::io::ErrorKind::NotFound),
+                    )
+                })?,
+        );
         let mut files = self.files.lock();
         if files.len() > 256 {
             files.clear();
@@ -485,12 +508,21 @@ pub struct PackScan {
     pub damaged: Vec<(u64, u64)>,
 }
 
-/// Scan the blob headers of a pack (payloads are skipped, not verified).
-/// A damaged header is reported and scanning resynchronises on the next
-/// valid header, so one bad byte does not hide the rest of the pack.
-pub fn scan_pack(path: &Path, id: u64) -> Result<PackScan> {
-    let f = File::open(path).ctx("open pack", path)?;
-    let len = f.metadata().ctx("stat pack", path)?.len();
+/// Scan the blob headers of pack `id` in `dir` (payloads are skipped,
+/// not verified). A damaged header is reported and scanning
+/// resynchronises on the next valid header, so one bad byte (or a torn
+/// tail) does not hide the rest of the pack.
+pub fn scan_pack(dir: &Dir, id: u64) -> Result<PackScan> {
+    let name = pack_file_name(id);
+    let path = dir.join(&name);
+    let f = dir.open_read(&name)?.ok_or_else(|| {
+        Error::io(
+            "open pack",
+            &path,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        )
+    })?;
+    let len = f.metadata().ctx("stat pack", &path)?.len();
     let mut out = PackScan::default();
     let mut hdr = [0u8; PACK_HEADER_LEN as usize];
     if len < PACK_HEADER_LEN || f.read_exact_at(&mut hdr, 0).is_err() || hdr[0..8] != PACK_MAGIC {
@@ -501,7 +533,7 @@ pub fn scan_pack(path: &Path, id: u64) -> Result<PackScan> {
     let mut h = [0u8; HEADER_LEN];
     let mut bad_start: Option<u64> = None;
     while off + HEADER_LEN as u64 <= len {
-        f.read_exact_at(&mut h, off).ctx("read pack", path)?;
+        f.read_exact_at(&mut h, off).ctx("read pack", &path)?;
         match BlobHeader::decode(&h) {
             Ok(header) if off + HEADER_LEN as u64 + header.stored_len as u64 <= len => {
                 if let Some(s) = bad_start.take() {
@@ -563,8 +595,9 @@ mod tests {
 
     #[test]
     fn write_read_scan_and_resync() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut w = PackWriter::new(dir.path(), 1 << 20).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Dir::open_path(tmp.path()).unwrap();
+        let mut w = PackWriter::new(dir.try_clone().unwrap(), 1 << 20).unwrap();
         let mut locs = Vec::new();
         for i in 0..5u32 {
             let data = format!("blob number {i} ").repeat(100 + i as usize);
@@ -574,12 +607,12 @@ mod tests {
         }
         let done = w.close().unwrap();
         assert_eq!(done, vec![1]);
-        let r = PackReader::new(dir.path());
+        let r = PackReader::new(dir.try_clone().unwrap());
         for (id, loc, data) in &locs {
             assert_eq!(r.read(loc, id).unwrap(), data.as_bytes());
         }
-        let path = dir.path().join(pack_file_name(1));
-        let scan = scan_pack(&path, 1).unwrap();
+        let path = tmp.path().join(pack_file_name(1));
+        let scan = scan_pack(&dir, 1).unwrap();
         assert_eq!(scan.blobs.len(), 5);
         assert!(scan.damaged.is_empty());
 
@@ -590,10 +623,10 @@ mod tests {
         bytes.extend_from_slice(&blob::BLOB_MAGIC);
         bytes.extend_from_slice(&[0u8; 20]);
         std::fs::write(&path, &bytes).unwrap();
-        let scan = scan_pack(&path, 1).unwrap();
+        let scan = scan_pack(&dir, 1).unwrap();
         assert_eq!(scan.blobs.len(), 4);
         assert_eq!(scan.damaged.len(), 2);
-        let r = PackReader::new(dir.path());
+        let r = PackReader::new(dir.try_clone().unwrap());
         assert!(r.read(&locs[1].1, &locs[1].0).is_err());
         assert_eq!(
             r.read(&locs[2].1, &locs[2].0).unwrap(),
@@ -603,16 +636,17 @@ mod tests {
 
     #[test]
     fn rotates_at_target_size_and_never_reuses_ids() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut w = PackWriter::new(dir.path(), 1000).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Dir::open_path(tmp.path()).unwrap();
+        let mut w = PackWriter::new(dir.try_clone().unwrap(), 1000).unwrap();
         for i in 0..4u8 {
             let data = vec![i; 900];
             let b = encode(BlobKind::Chunk, ChunkId::of(&data), &data, 0).unwrap();
             w.append(&b).unwrap();
         }
         w.close().unwrap();
-        assert_eq!(list_packs(dir.path()).unwrap(), vec![1, 2, 3, 4]);
-        let w2 = PackWriter::new(dir.path(), 1000).unwrap();
+        assert_eq!(list_packs(&dir).unwrap(), vec![1, 2, 3, 4]);
+        let w2 = PackWriter::new(dir, 1000).unwrap();
         assert_eq!(w2.next_id, 5);
     }
 

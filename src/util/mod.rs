@@ -1,6 +1,7 @@
 //! Small helpers shared by several modules.
 
 pub mod bytes;
+pub mod dirfd;
 pub mod durable;
 pub mod fault;
 pub mod sys;
