@@ -494,8 +494,7 @@ impl Shared {
                     Path::new(&mountpoint),
                     allow_other,
                     nonempty,
-                )
-                {
+                ) {
                     Ok(()) => Response::ok(),
                     Err(e) => Response::error(e.to_string()),
                 }
@@ -708,9 +707,10 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
     )?;
     let mut marker = MarkerGuard {
         repo: &repo,
-        armed: !unclean,
+        mountpoint: &paths.mountpoint,
+        armed: true,
+        keep_marker: unclean,
     };
-    fs::readahead::raise_after_init(paths.mountpoint.clone(), fs::readahead::READAHEAD_KIB);
     let startup = Arc::new(Mutex::new("running".to_string()));
     let flusher = Flusher::start(FlusherCtx {
         startup: startup.clone(),
@@ -774,8 +774,11 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
     if let Some(r) = ready {
         r.ready(repo.dir());
     }
-    // Running: the marker stays until the clean stop below.
+    // Running: the marker stays until the clean stop below. (The
+    // readahead thread waits for INIT: started only now, so that a failed
+    // start never leaves it holding the mount busy.)
     marker.armed = false;
+    fs::readahead::raise_after_init(paths.mountpoint.clone(), fs::readahead::READAHEAD_KIB);
     tracing::info!(
         "mounted {} on {} (repository {})",
         paths.backing.display(),
@@ -802,19 +805,28 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
     result.map_err(|e| Error::io("serve", &paths.mountpoint, e))
 }
 
-/// Removes the running-mount marker again if start-up fails after it was
-/// written (a marker left by an earlier unclean stop is kept: that stop
-/// still needs its check).
+/// Undoes a start that fails after the mount was made: removes the
+/// running-mount marker again (one left by an earlier unclean stop is
+/// kept: that stop still needs its check) and makes sure the mount is
+/// gone (the session's own unmount can find it busy).
 struct MarkerGuard<'r> {
     repo: &'r Repository,
+    mountpoint: &'r Path,
     armed: bool,
+    keep_marker: bool,
 }
 
 impl Drop for MarkerGuard<'_> {
     fn drop(&mut self) {
-        if self.armed {
+        if !self.armed {
+            return;
+        }
+        if !self.keep_marker {
             let _ = self.repo.dir().remove_file(MARKER);
             let _ = self.repo.dir().fsync();
+        }
+        if is_mountpoint(self.mountpoint) {
+            let _ = rustix::mount::unmount(self.mountpoint, rustix::mount::UnmountFlags::DETACH);
         }
     }
 }

@@ -148,7 +148,10 @@ fn perm(meta: &Meta, owners: bool) -> u32 {
     }
 }
 
-fn set_xattrs(meta: &Meta, mut set: impl FnMut(&[u8], &[u8]) -> rustix::io::Result<()>) -> std::io::Result<()> {
+fn set_xattrs(
+    meta: &Meta,
+    mut set: impl FnMut(&[u8], &[u8]) -> rustix::io::Result<()>,
+) -> std::io::Result<()> {
     for (k, v) in &meta.xattrs {
         match set(k, v) {
             Ok(()) => {}
@@ -679,4 +682,70 @@ fn finish_if_last(job: &Arc<FileJob>, owners: bool) -> Option<String> {
         return Some(format!("{}: set metadata: {e}", job.display));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn dir_fd(p: &Path) -> OwnedFd {
+        sys::open_dir_at(rustix::fs::CWD, p.as_os_str().as_encoded_bytes()).unwrap()
+    }
+
+    fn fifo(p: &Path) {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            p,
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn what_restore_did_not_create_is_never_touched() {
+        let t = tempfile::tempdir().unwrap();
+        let d = dir_fd(t.path());
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, b"secret").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // A symlink swapped in where a FIFO was made.
+        std::os::unix::fs::symlink(&victim, t.path().join("swapped")).unwrap();
+        assert!(open_created(&d, b"swapped", libc::S_IFIFO, b"swapped").is_err());
+        // Another user's FIFO.
+        fifo(&t.path().join("theirs"));
+        std::os::unix::fs::lchown(t.path().join("theirs"), Some(65534), Some(65534)).unwrap();
+        assert!(open_created(&d, b"theirs", libc::S_IFIFO, b"theirs").is_err());
+        // A second name of an existing object (a hard link to it).
+        fifo(&t.path().join("one"));
+        std::fs::hard_link(t.path().join("one"), t.path().join("two")).unwrap();
+        assert!(open_created(&d, b"two", libc::S_IFIFO, b"two").is_err());
+        // Our own new FIFO: metadata lands on it, without setuid unless
+        // owners are restored.
+        fifo(&t.path().join("mine"));
+        let fd = open_created(&d, b"mine", libc::S_IFIFO, b"mine").unwrap();
+        let meta = Meta {
+            mode: libc::S_IFIFO | 0o4751,
+            uid: 0,
+            gid: 0,
+            mtime: crate::snapshot::manifest::Time {
+                sec: 12345,
+                nsec: 6,
+            },
+            ctime_ns: 0,
+            ino: 1,
+            xattrs: vec![],
+        };
+        apply_meta_opath(&fd, &meta, false, false).unwrap();
+        let m = std::fs::symlink_metadata(t.path().join("mine")).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o751);
+        assert_eq!(m.mtime(), 12345);
+        apply_meta_opath(&fd, &meta, true, false).unwrap();
+        let m = std::fs::symlink_metadata(t.path().join("mine")).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o4751);
+        let v = std::fs::metadata(&victim).unwrap();
+        assert_eq!(v.mode() & 0o7777, 0o600);
+    }
 }

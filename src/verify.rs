@@ -31,12 +31,16 @@ impl VerifyReport {
 pub fn verify(repo: &Repository, read_data: bool) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let all = repo.snapshots()?;
-    // Records that could not be read are damaged snapshots too.
-    for (id, why) in repo.damaged_records() {
-        report.snapshots += 1;
+    // Records that cannot be read (or changed on disk) are damaged
+    // snapshots too.
+    let bad_records = repo.check_record_files()?;
+    for (id, why) in &bad_records {
+        if !all.iter().any(|r| r.id == *id) {
+            report.snapshots += 1;
+        }
         report
             .damaged
-            .insert(id, vec![format!("its record is damaged: {why}")]);
+            .insert(*id, vec![format!("its record is damaged: {why}")]);
     }
     // chunk -> result of checking it (None = fine)
     let mut checked: HashMap<ChunkId, Option<String>> = HashMap::new();
@@ -71,6 +75,9 @@ pub fn verify(repo: &Repository, read_data: bool) -> Result<VerifyReport> {
     };
     for rec in &all {
         report.snapshots += 1;
+        if bad_records.contains_key(&rec.id) {
+            continue;
+        }
         let mut bad: Vec<String> = Vec::new();
         let tree = match repo.resolve(rec) {
             Ok(t) => t,

@@ -185,7 +185,12 @@ struct SnapDaemon {
 }
 
 impl SnapDaemon {
-    fn handle(&self, req: Request, peer: crate::control::Peer, w: &mut dyn Write) -> Option<Response> {
+    fn handle(
+        &self,
+        req: Request,
+        peer: crate::control::Peer,
+        w: &mut dyn Write,
+    ) -> Option<Response> {
         Some(match req {
             Request::Status => Response {
                 ok: true,

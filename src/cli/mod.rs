@@ -262,7 +262,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Snapshot(a) if a.source.is_none() => live_snapshot(&a),
         Command::Snapshot(a) => {
             let r = a.repo().clone();
-            with_repo(&r, Use::Write, |repo, o| snapshot_cmds::snapshot(repo, a, o))
+            with_repo(&r, Use::Write, |repo, o| {
+                snapshot_cmds::snapshot(repo, a, o)
+            })
         }
         Command::Snapshots(a) => {
             let r = a.repo().clone();

@@ -411,15 +411,14 @@ fn dir_present(dir: &[u8], base: &Tree, edges: &[Edge]) -> bool {
     // the base.
     let mut p: &[u8] = dir;
     loop {
-        match edge_kind(p) {
-            Some(false) => return false,
-            Some(true) => {}
-            None if p == dir => {
-                if !matches!(base.get(p), Some((_, Node::Dir))) {
-                    return false;
-                }
-            }
-            None => {}
+        let here = edge_kind(p).unwrap_or_else(|| {
+            // Not an edge: the base decides for the directory itself; an
+            // ancestor without an edge is as in the base (present, since
+            // the directory is below it).
+            p != dir || matches!(base.get(p), Some((_, Node::Dir)))
+        });
+        if !here {
+            return false;
         }
         match p.iter().rposition(|c| *c == b'/') {
             Some(i) => p = &p[..i],
@@ -439,7 +438,12 @@ fn add_missing_parents(
     let parents: BTreeSet<Vec<u8>> = edges
         .iter()
         .filter(|e| e.child.is_some())
-        .filter_map(|e| e.path.iter().rposition(|c| *c == b'/').map(|i| e.path[..i].to_vec()))
+        .filter_map(|e| {
+            e.path
+                .iter()
+                .rposition(|c| *c == b'/')
+                .map(|i| e.path[..i].to_vec())
+        })
         .collect();
     for parent in parents {
         if dir_present(&parent, req.base.tree, edges) {
@@ -455,8 +459,9 @@ fn add_missing_parents(
         };
         let above = comps[..k - 1].join(&b'/');
         // Reach `above` from the root without following symlinks.
-        let mut fd = rustix::fs::openat(root_fd, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| io("open", e))?;
+        let mut fd =
+            rustix::fs::openat(root_fd, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+                .map_err(|e| io("open", e))?;
         let mut reachable = true;
         for c in &comps[..k - 1] {
             match open_path_at(&fd, c) {

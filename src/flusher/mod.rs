@@ -375,7 +375,8 @@ fn take(
         (_, None) => Kind::Incremental,
     };
     if kind != Kind::Full {
-        if let Some(why) = crate::snapshot::scan::block_size_break(&all, kind, repo.config.block_size)
+        if let Some(why) =
+            crate::snapshot::scan::block_size_break(&all, kind, repo.config.block_size)
         {
             tracing::warn!("{why}: taking a full snapshot");
             kind = Kind::Full;

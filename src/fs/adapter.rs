@@ -220,7 +220,10 @@ impl Filesystem for LiveAdapter {
         if is_view(parent.0) {
             return reply.error(Errno::EROFS);
         }
-        match self.fs.mkdir(self.creator(req, umask), parent.0, name, mode) {
+        match self
+            .fs
+            .mkdir(self.creator(req, umask), parent.0, name, mode)
+        {
             Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
             Err(e) => reply.error(e),
         }

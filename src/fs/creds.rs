@@ -82,7 +82,9 @@ pub fn private_fs_context() -> bool {
         // root from the other threads'; file descriptor tables are not
         // touched (the hazard `unshare_unsafe` documents is CLONE_FILES).
         let ok = unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }
-            .map_err(|e| tracing::warn!("unshare(CLONE_FS): {e}; creations keep the daemon's umask"))
+            .map_err(|e| {
+                tracing::warn!("unshare(CLONE_FS): {e}; creations keep the daemon's umask")
+            })
             .is_ok();
         p.set(Some(ok));
         ok

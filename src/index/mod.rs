@@ -55,6 +55,7 @@ impl Index {
     /// checked by the repository).
     pub fn open(dir: Dir, cache_bytes: u64) -> Result<Index> {
         let path = dir.path().to_path_buf();
+        check_entries(&dir, 0)?;
         let map = |e: sled::Error| map_sled(&path, e);
         let db = sled::Config::new()
             .path(dir.proc_path())
@@ -282,6 +283,36 @@ impl Index {
         }
         Ok(())
     }
+}
+
+/// sled opens the files inside the index directory by name: refuse an
+/// index holding anything but plain files and directories (a symlink
+/// would make it write wherever that points). Nobody but the owner can
+/// put one there in a trusted repository; this is the second line. The
+/// caller rebuilds such an index (the odd one is moved aside).
+fn check_entries(dir: &Dir, depth: u32) -> Result<()> {
+    for name in dir.names()? {
+        let shown = dir.join(&String::from_utf8_lossy(&name));
+        let st = dir
+            .stat_at(&String::from_utf8_lossy(&name))
+            .map_err(|e| Error::io("stat", &shown, e.into()))?;
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG => {}
+            libc::S_IFDIR if depth < 4 => {
+                let Ok(n) = std::str::from_utf8(&name) else {
+                    continue;
+                };
+                check_entries(&dir.open_dir(n)?, depth + 1)?;
+            }
+            _ => {
+                return Err(Error::IndexCorrupt {
+                    path: shown.clone(),
+                    detail: format!("{} is not a plain file or directory", shown.display()),
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 /// sled creates its files with the process umask; the repository keeps

@@ -493,7 +493,10 @@ impl Repository {
             match SnapshotRecord::from_json_as(&json, id) {
                 Ok(r) => out.push(r),
                 Err(e) => {
-                    self.damaged.lock().entry(id).or_insert_with(|| e.to_string());
+                    self.damaged
+                        .lock()
+                        .entry(id)
+                        .or_insert_with(|| e.to_string());
                 }
             }
         }
@@ -504,6 +507,32 @@ impl Repository {
     /// failing validation): id -> why. `verify` names them.
     pub fn damaged_records(&self) -> BTreeMap<u64, String> {
         self.damaged.lock().clone()
+    }
+
+    /// Read every record file and check it (for `verify`): id -> why, for
+    /// records that cannot be read, fail validation, or no longer match
+    /// their indexed copy (the file is the truth: `rebuild-index` then
+    /// leaves such a snapshot out).
+    pub fn check_record_files(&self) -> Result<BTreeMap<u64, String>> {
+        let indexed: HashMap<u64, Vec<u8>> = self.index.snapshots()?.into_iter().collect();
+        let mut out = self.damaged_records();
+        for id in self.list_record_files()? {
+            match read_record(&self.snapshots_dir, id) {
+                Err(e) => {
+                    out.insert(id, e.to_string());
+                }
+                Ok((_, bytes)) => {
+                    if indexed.get(&id).is_some_and(|i| *i != bytes) {
+                        out.insert(
+                            id,
+                            "its record file changed after it was indexed (run `rewindfs rebuild-index`)"
+                                .into(),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Read a blob (chunk or manifest part) by id, verified.
@@ -532,7 +561,8 @@ impl Repository {
             let part = self
                 .read_blob(&id)
                 .map_err(|e| Error::Corrupt(format!("manifest of snapshot {}: {e}", rec.id)))?;
-            if (bytes.len() + part.len()) as u64 > rec.manifest_len || part.len() > MANIFEST_PART_LEN
+            if (bytes.len() + part.len()) as u64 > rec.manifest_len
+                || part.len() > MANIFEST_PART_LEN
             {
                 return Err(Error::Corrupt(format!(
                     "manifest of snapshot {} is longer than its record says ({} bytes)",
@@ -764,7 +794,9 @@ fn fill_index(index: &Index, packs: &Dir, snapshots: &Dir) -> Result<RebuildRepo
         for (s, e) in &scan.damaged {
             report.damaged.push(format!(
                 "{}: bytes {s}..{e} unreadable",
-                packs.join(&crate::store::pack::pack_file_name(*id)).display()
+                packs
+                    .join(&crate::store::pack::pack_file_name(*id))
+                    .display()
             ));
         }
         for b in &scan.blobs {
@@ -790,9 +822,7 @@ fn fill_index(index: &Index, packs: &Dir, snapshots: &Dir) -> Result<RebuildRepo
                 report.snapshots += 1;
             }
             Err(err) => {
-                report
-                    .damaged
-                    .push(format!("snapshot {id}: {err}"));
+                report.damaged.push(format!("snapshot {id}: {err}"));
                 report.damaged_records.insert(id, err.to_string());
             }
         }

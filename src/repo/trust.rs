@@ -10,8 +10,9 @@
 //!   and not writable by group or others;
 //! - every directory above it is owned by root or the euid and not
 //!   writable by group or others, except a sticky directory such as
-//!   `/tmp`, where the entry below it must then be owned by the euid
-//!   (nobody else can rename or remove it there).
+//!   `/tmp`, where the entry below it must then be owned by the euid (or
+//!   root): in a sticky directory only the entry's owner (and root) can
+//!   rename or remove it.
 //!
 //! The walk opens each component from `/` down with `O_NOFOLLOW` and
 //! checks the object it opened (not a path looked up again), and it hands
@@ -182,7 +183,7 @@ pub fn open_trusted(path: &Path, how: Open) -> Result<Dir> {
             Err(e) => return Err(Error::io("open directory", &next_path, e.into())),
         };
         let st = rustix::fs::fstat(&next).map_err(|e| Error::io("stat", &next_path, e.into()))?;
-        if writable_by_others && sticky && st.st_uid != euid {
+        if writable_by_others && sticky && !owner_ok(st.st_uid, euid) {
             return Err(refuse(
                 &abs,
                 format!(
@@ -218,7 +219,10 @@ pub fn open_trusted(path: &Path, how: Open) -> Result<Dir> {
         ));
     }
     if comps.is_empty() {
-        return Err(refuse(&abs, "the root directory cannot be a repository".into()));
+        return Err(refuse(
+            &abs,
+            "the root directory cannot be a repository".into(),
+        ));
     }
     Ok(Dir::from_fd(cur, abs))
 }

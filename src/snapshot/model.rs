@@ -139,7 +139,12 @@ impl SnapshotRecord {
     /// links, the block size, and a manifest length the listed parts can
     /// hold. A record that fails is damaged; it never reaches a reader.
     pub fn validate(&self) -> Result<()> {
-        let bad = |why: String| Err(Error::Corrupt(format!("snapshot record {}: {why}", self.id)));
+        let bad = |why: String| {
+            Err(Error::Corrupt(format!(
+                "snapshot record {}: {why}",
+                self.id
+            )))
+        };
         if self.format != RECORD_FORMAT {
             return bad(format!(
                 "has format {}, expected {RECORD_FORMAT}",
@@ -173,7 +178,10 @@ impl SnapshotRecord {
         }
         let part = crate::snapshot::manifest::MANIFEST_PART_LEN as u64;
         let parts = self.manifest.len() as u64;
-        if self.manifest_len > parts.saturating_mul(part) || self.manifest_len < parts.saturating_sub(1).saturating_mul(part) + u64::from(parts > 0) {
+        if self.manifest_len > parts.saturating_mul(part)
+            || self.manifest_len
+                < parts.saturating_sub(1).saturating_mul(part) + u64::from(parts > 0)
+        {
             return bad(format!(
                 "its manifest of {} parts cannot be {} bytes long",
                 parts, self.manifest_len
@@ -232,7 +240,8 @@ mod tests {
         let json = r.to_json().unwrap();
         assert_eq!(SnapshotRecord::from_json_as(&json, 3).unwrap(), r);
         assert!(SnapshotRecord::from_json_as(&json, 4).is_err());
-        let cases: Vec<Box<dyn Fn(&mut SnapshotRecord)>> = vec![
+        type Edit = Box<dyn Fn(&mut SnapshotRecord)>;
+        let cases: Vec<Edit> = vec![
             Box::new(|r| r.name = "../../etc".into()),
             Box::new(|r| r.name = "x/y".into()),
             Box::new(|r| r.time = "yesterday".into()),

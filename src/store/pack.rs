@@ -379,17 +379,13 @@ impl PackReader {
             return Ok(f.clone());
         }
         let path = self.pack_path(id);
-        let f = Arc::new(
-            self.dir
-                .open_read(&pack_file_name(id))?
-                .ok_or_else(|| {
-                    Error::io(
-                        "open pack",
-                        &path,
-                        std::io::Error::from(std::io::ErrorKind::NotFound),
-                    )
-                })?,
-        );
+        let f = Arc::new(self.dir.open_read(&pack_file_name(id))?.ok_or_else(|| {
+            Error::io(
+                "open pack",
+                &path,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            )
+        })?);
         let mut files = self.files.lock();
         if files.len() > 256 {
             files.clear();

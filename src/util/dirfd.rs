@@ -160,11 +160,7 @@ impl Dir {
 
     /// Create a new file (failing if the name exists) with `mode`.
     pub fn create_new(&self, name: &str, mode: u32) -> Result<File> {
-        self.open_file(
-            name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
-            mode,
-        )
+        self.open_file(name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, mode)
     }
 
     /// An unnamed file in this directory (`O_TMPFILE`), gone when closed.
