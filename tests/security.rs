@@ -451,13 +451,15 @@ fn setuid_and_devices_grant_nothing() {
 
 // ---- 3. restore through planted symlinks ------------------------------
 
-/// Attacker role: watch DIR and replace every new entry with a symlink to
-/// VICTIM, as fast as inotify reports them. Prints `ready`, then runs
-/// until killed; the number of swaps is written to COUNT every 50.
+/// Attacker role: watch DIR and swap every new entry for a symlink to
+/// VICTIM the moment inotify reports it: one `renameat2(RENAME_EXCHANGE)`
+/// with a symlink prepared in advance, on a busy-polled inotify queue (no
+/// wake-up latency). Prints `ready`, then runs until killed; the number
+/// of swaps is written to COUNT from time to time.
 fn attacker_swap(args: &[String]) {
     let (dir, victim, count) = (&args[0], &args[1], &args[2]);
     use rustix::fs::inotify;
-    let ino = inotify::init(inotify::CreateFlags::CLOEXEC).unwrap();
+    let ino = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK).unwrap();
     inotify::add_watch(&ino, dir.as_str(), inotify::WatchFlags::CREATE).unwrap();
     let dfd = rustix::fs::openat(
         rustix::fs::CWD,
@@ -466,30 +468,65 @@ fn attacker_swap(args: &[String]) {
         rustix::fs::Mode::empty(),
     )
     .unwrap();
+    let decoy = |i: u64| format!("decoy{i}");
+    const POOL: u64 = 64;
+    for i in 0..POOL {
+        let _ = rustix::fs::symlinkat(victim.as_str(), &dfd, decoy(i).as_str());
+    }
+    let mut next = 0u64;
     println!("ready");
     std::io::stdout().flush().unwrap();
     let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 64 << 10];
     let mut reader = inotify::Reader::new(&ino, &mut buf);
     let mut swaps = 0u64;
     loop {
-        let Ok(ev) = reader.next() else { continue };
-        let Some(name) = ev.file_name() else { continue };
-        let name = name.to_bytes().to_vec();
-        if name.ends_with(b".moved") {
+        let name = match reader.next() {
+            Ok(ev) => match ev.file_name() {
+                Some(n) => n.to_bytes().to_vec(),
+                None => continue,
+            },
+            Err(_) => {
+                std::hint::spin_loop();
+                continue;
+            }
+        };
+        if name.starts_with(b"decoy") {
             continue;
         }
-        let mut moved = name.clone();
-        moved.extend_from_slice(b".moved");
-        if rustix::fs::renameat(&dfd, &name[..], &dfd, &moved[..]).is_ok()
-            && rustix::fs::symlinkat(victim.as_str(), &dfd, &name[..]).is_ok()
+        let d = decoy(next);
+        if rustix::fs::renameat_with(
+            &dfd,
+            d.as_str(),
+            &dfd,
+            &name[..],
+            rustix::fs::RenameFlags::EXCHANGE,
+        )
+        .is_ok()
         {
             swaps += 1;
-            if swaps % 50 == 1 {
+            // The decoy's name now holds what restore made; prepare a
+            // fresh decoy for later.
+            let _ = rustix::fs::symlinkat(victim.as_str(), &dfd, decoy(next + POOL).as_str());
+            next += 1;
+            if swaps % 64 == 1 {
                 let _ = std::fs::write(count, swaps.to_string());
             }
         }
     }
 }
+
+/// An attacker process, killed when the test ends (or fails).
+struct Attacker(std::process::Child);
+
+impl Drop for Attacker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Restores raced by the attacker (each makes 180 entries).
+const ROUNDS: usize = 150;
 
 fn restore_into_a_users_directory_cannot_be_redirected() {
     let t = scratch();
@@ -530,14 +567,16 @@ fn restore_into_a_users_directory_cannot_be_redirected() {
     std::fs::write(&count, "0").unwrap();
     chown_user(&count);
 
-    let mut attacker = as_user(world().dir.path().join("attacker"))
-        .env("REWINDFS_ATTACKER", "swap")
-        .args([&target, &victim, &count])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut attacker = Attacker(
+        as_user(world().dir.path().join("attacker"))
+            .env("REWINDFS_ATTACKER", "swap")
+            .args([&target, &victim, &count])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut ready = String::new();
-    BufReader::new(attacker.stdout.take().unwrap())
+    BufReader::new(attacker.0.stdout.take().unwrap())
         .read_line(&mut ready)
         .unwrap();
     assert_eq!(ready.trim(), "ready");
@@ -545,9 +584,9 @@ fn restore_into_a_users_directory_cannot_be_redirected() {
     let mut refused = 0;
     let backing = mkdir(&t.path().join("data"), 0o755);
     let mnt = mkdir(&t.path().join("mnt"), 0o755);
-    for round in 0..40 {
+    for round in 0..ROUNDS {
         // The last rounds go through a mount's daemon.
-        let daemon = (round >= 30).then(|| mount(&backing, &mnt, &repo, &[]));
+        let daemon = (round >= ROUNDS - 10).then(|| mount(&backing, &mnt, &repo, &[]));
         let o = cli(&[
             &"restore",
             &"1",
@@ -571,8 +610,7 @@ fn restore_into_a_users_directory_cannot_be_redirected() {
         );
         assert_eq!(vm.uid(), 0, "round {round}: the victim was chown'ed");
     }
-    let _ = attacker.kill();
-    let _ = attacker.wait();
+    drop(attacker);
     assert_eq!(std::fs::read(&victim).unwrap(), b"secret");
     let swaps: u64 = std::fs::read_to_string(&count)
         .unwrap()
