@@ -459,7 +459,8 @@ fn setuid_and_devices_grant_nothing() {
 fn attacker_swap(args: &[String]) {
     let (dir, victim, count) = (&args[0], &args[1], &args[2]);
     use rustix::fs::inotify;
-    let ino = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK).unwrap();
+    let ino =
+        inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK).unwrap();
     inotify::add_watch(&ino, dir.as_str(), inotify::WatchFlags::CREATE).unwrap();
     let dfd = rustix::fs::openat(
         rustix::fs::CWD,
