@@ -268,9 +268,8 @@ fn run(
                     sched.restore_on_close(l, Instant::now());
                 }
                 tracing::error!("snapshot failed (retrying in {backoff:?}): {e}");
-                let mut s = status.lock();
-                s.state = "backoff".into();
-                s.last_error = Some(format!("{}: {e}", time::rfc3339(time::now_ns())));
+                // (`guarded_take` has recorded the error.)
+                status.lock().state = "backoff".into();
             }
         }
     }
