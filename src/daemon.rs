@@ -633,7 +633,10 @@ pub fn detach_stdio(repo: &Dir) {
     let log = repo
         .open_file(
             LOG,
-            rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::APPEND | rustix::fs::OFlags::CREATE,
+            rustix::fs::OFlags::WRONLY
+                | rustix::fs::OFlags::APPEND
+                | rustix::fs::OFlags::CREATE
+                | rustix::fs::OFlags::NONBLOCK,
             0o600,
         )
         .ok()

@@ -345,6 +345,17 @@ fn restrict_permissions(dir: &Dir, depth: u32) {
     }
 }
 
+impl Drop for Index {
+    /// Files sled created while open got the process umask: bring them to
+    /// 0600 too (best effort; the directory is 0700 anyway).
+    fn drop(&mut self) {
+        if let Backend::Sled { _dir, db, .. } = &self.backend {
+            let _ = db.flush();
+            restrict_permissions(_dir, 0);
+        }
+    }
+}
+
 fn map_sled(path: &Path, e: sled::Error) -> Error {
     match e {
         sled::Error::Corruption { .. } => Error::IndexCorrupt {

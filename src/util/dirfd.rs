@@ -115,18 +115,28 @@ impl Dir {
         .map_err(|e| io("open", self.join(name), e))
     }
 
-    /// Open an existing file for reading; `None` if it does not exist.
+    /// Open an existing regular file for reading; `None` if it does not
+    /// exist. Anything else at the name (a FIFO, which would block the
+    /// open, a device, a directory) is an error.
     pub fn open_read(&self, name: &str) -> Result<Option<File>> {
-        match rustix::fs::openat(
+        let fd = match rustix::fs::openat(
             &self.fd,
             name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
             Mode::empty(),
         ) {
-            Ok(fd) => Ok(Some(File::from(fd))),
-            Err(rustix::io::Errno::NOENT) => Ok(None),
-            Err(e) => Err(io("open", self.join(name), e)),
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(io("open", self.join(name), e)),
+        };
+        let st = rustix::fs::fstat(&fd).map_err(|e| io("stat", self.join(name), e))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(Error::Corrupt(format!(
+                "{} is not a regular file",
+                self.join(name).display()
+            )));
         }
+        Ok(Some(File::from(fd)))
     }
 
     /// Read a whole file of at most `max` bytes; `None` if it does not
@@ -308,5 +318,15 @@ mod tests {
         // Replacing through the symlink name creates nothing outside.
         d.write_atomic("f", b"mine").unwrap();
         assert_eq!(std::fs::read(outside.path().join("secret")).unwrap(), b"x");
+        // A FIFO where a file is read fails at once instead of blocking.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &t.path().join("fifo"),
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        assert!(d.read("fifo", 100).is_err());
     }
 }
