@@ -321,7 +321,7 @@ mod tests {
         // A FIFO where a file is read fails at once instead of blocking.
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &t.path().join("fifo"),
+            t.path().join("fifo"),
             rustix::fs::FileType::Fifo,
             Mode::from_raw_mode(0o600),
             0,
