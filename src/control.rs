@@ -262,26 +262,51 @@ pub enum CallError {
     Stale(PathBuf),
     #[error("control socket: {0}")]
     Io(#[from] std::io::Error),
-    #[error("the process answering on {path} runs as uid {uid}, neither root nor you: not talking to it")]
+    #[error("{path} (or the process answering on it) belongs to uid {uid}, neither root nor you: not talking to it")]
     Untrusted { path: PathBuf, uid: u32 },
     #[error("the daemon answered: {0}")]
     Failed(String),
 }
 
 fn connect(repo: &Path, timeout: Option<Duration>) -> std::result::Result<UnixStream, CallError> {
+    use rustix::fs::{Mode, OFlags};
     let path = repo.join(SOCKET);
-    // Through the directory's descriptor: any path length works.
+    // The directory and the socket must be root's or ours (another user
+    // could point a symlink, or a socket of their own, at a daemon), and
+    // the socket is reached through descriptors: any path length works.
+    let owned = |fd: &OwnedFd, kind: u32| -> std::result::Result<(), CallError> {
+        let st = rustix::fs::fstat(fd).map_err(std::io::Error::from)?;
+        if st.st_mode & libc::S_IFMT != kind || !peer_allowed(st.st_uid) {
+            return Err(CallError::Untrusted {
+                path: path.clone(),
+                uid: st.st_uid,
+            });
+        }
+        Ok(())
+    };
     let dir = match rustix::fs::openat(
         rustix::fs::CWD,
         repo,
-        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
     ) {
         Ok(d) => d,
         Err(rustix::io::Errno::NOENT) => return Err(CallError::NotRunning),
         Err(e) => return Err(std::io::Error::from(e).into()),
     };
-    let at = format!("/proc/self/fd/{}/{SOCKET}", dir.as_raw_fd());
+    owned(&dir, libc::S_IFDIR)?;
+    let sock = match rustix::fs::openat(
+        &dir,
+        SOCKET,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(s) => s,
+        Err(rustix::io::Errno::NOENT) => return Err(CallError::NotRunning),
+        Err(e) => return Err(std::io::Error::from(e).into()),
+    };
+    owned(&sock, libc::S_IFSOCK)?;
+    let at = format!("/proc/self/fd/{}", sock.as_raw_fd());
     let conn = match UnixStream::connect(&at) {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CallError::NotRunning),

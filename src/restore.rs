@@ -25,12 +25,12 @@
 //! A file whose data cannot be read or verified is removed and reported;
 //! the other files restore.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{bounded, unbounded};
@@ -83,9 +83,27 @@ struct FileJob {
     size: u64,
     remaining: AtomicUsize,
     failed: Mutex<Option<String>>,
-    /// Further names (hard links) given to the file: removed with it if
-    /// its data cannot be restored.
-    links: Mutex<Vec<(Arc<OwnedFd>, Vec<u8>)>>,
+    /// For a file with hard links: its further names.
+    linked: Option<Arc<Linked>>,
+}
+
+/// The further names (hard links) given to a restored file: removed with
+/// it if its data cannot be restored.
+#[derive(Default)]
+struct Linked {
+    names: Mutex<Vec<(Arc<OwnedFd>, Vec<u8>)>>,
+    /// Set (under `names`' lock) once the file is known to have failed.
+    failed: AtomicBool,
+}
+
+/// Where the first name of a hard-linked file is, and which inode it
+/// must be (the file itself is not kept open: a tree of many hard-linked
+/// files would run out of descriptors).
+struct LinkSource {
+    parent: Arc<OwnedFd>,
+    name: Vec<u8>,
+    key: (u64, u64),
+    linked: Arc<Linked>,
 }
 
 struct Unit {
@@ -180,6 +198,13 @@ fn apply_meta_fd<Fd: AsFd>(fd: Fd, meta: &Meta, owners: bool) -> std::io::Result
     Ok(())
 }
 
+fn replaced(rel: &[u8]) -> Error {
+    Error::InvalidInput(format!(
+        "{} was replaced while it was restored; refusing to touch it",
+        display_path(rel)
+    ))
+}
+
 /// Apply metadata through an `O_PATH` descriptor (symlinks, FIFOs and
 /// device nodes cannot be opened for real without side effects): owner
 /// and times on the descriptor itself, mode and xattrs through
@@ -206,24 +231,11 @@ fn apply_meta_opath(fd: &OwnedFd, meta: &Meta, owners: bool, symlink: bool) -> s
     Ok(())
 }
 
-/// Open what restore just created at `parent/name` without following
-/// it, and check it is that: of type `kind`, owned by this thread's
-/// filesystem uid (nobody else can create an object owned by it), with
-/// one link. A planted symlink or another user's object fails.
-fn open_created(parent: &OwnedFd, name: &[u8], kind: u32, rel: &[u8]) -> Result<OwnedFd> {
-    let fd = rustix::fs::openat(
-        parent,
-        name,
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .ctx("open", display_path(rel))?;
-    check_ours(&fd, kind, rel)?;
-    Ok(fd)
-}
-
-/// See [`open_created`].
-fn check_ours(fd: &OwnedFd, kind: u32, rel: &[u8]) -> Result<()> {
+/// Check that `fd` is what restore just created: of type `kind`, owned by
+/// this thread's filesystem uid (nobody else can create an object owned
+/// by it), with one link. A planted symlink or another user's object
+/// fails. Returns its (device, inode).
+fn check_ours(fd: &OwnedFd, kind: u32, rel: &[u8]) -> Result<(u64, u64)> {
     let st = rustix::fs::fstat(fd).ctx("stat", display_path(rel))?;
     let me = crate::fs::creds::current_fsuid();
     let links_ok = kind == libc::S_IFDIR || st.st_nlink == 1;
@@ -235,14 +247,140 @@ fn check_ours(fd: &OwnedFd, kind: u32, rel: &[u8]) -> Result<()> {
             st.st_uid
         )));
     }
-    Ok(())
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// Open the directory a restore writes into, creating what is missing,
+/// one component at a time from `/` (or the working directory) without
+/// following a symlink another user could have made: a symlink on the
+/// way is followed only if it belongs to root or to the restoring user,
+/// as with the kernel's protected_symlinks. Directories it creates get
+/// the caller's umask and are checked to be ours. Returns the directory
+/// and whether it was created.
+fn open_target(target: &Path) -> Result<(OwnedFd, bool)> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Component;
+    let me = crate::fs::creds::current_fsuid();
+    let dir_at = |at: &OwnedFd, name: &[u8]| {
+        rustix::fs::openat(
+            at,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    let root = || {
+        rustix::fs::openat(
+            rustix::fs::CWD,
+            "/",
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    let mut cur = if target.is_absolute() {
+        root()
+    } else {
+        rustix::fs::openat(
+            rustix::fs::CWD,
+            ".",
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    }
+    .ctx("open", target)?;
+    let push_path = |q: &mut VecDeque<Vec<u8>>, p: &Path| {
+        for c in p.components().rev() {
+            match c {
+                Component::Normal(n) => q.push_front(n.as_bytes().to_vec()),
+                Component::ParentDir => q.push_front(b"..".to_vec()),
+                _ => {}
+            }
+        }
+    };
+    let mut queue = VecDeque::new();
+    push_path(&mut queue, target);
+    let mut created = false;
+    let mut steps = 0;
+    while let Some(c) = queue.pop_front() {
+        steps += 1;
+        if steps > 4096 {
+            return Err(Error::InvalidInput(format!(
+                "{}: too many symbolic links on the way",
+                target.display()
+            )));
+        }
+        created = false;
+        match rustix::fs::openat(
+            &cur,
+            &c[..],
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => {
+                let st = rustix::fs::fstat(&fd).ctx("stat", target)?;
+                match sys::file_type(st.st_mode) {
+                    libc::S_IFDIR => cur = fd,
+                    libc::S_IFLNK if st.st_uid == 0 || st.st_uid == me => {
+                        let link = rustix::fs::readlinkat(&fd, "", Vec::new())
+                            .ctx("read symlink", target)?;
+                        let link = Path::new(std::ffi::OsStr::from_bytes(link.as_bytes()));
+                        if link.is_absolute() {
+                            cur = root().ctx("open", "/")?;
+                        }
+                        push_path(&mut queue, link);
+                    }
+                    libc::S_IFLNK => {
+                        return Err(Error::InvalidInput(format!(
+                            "{}: the way there crosses a symlink ({}) owned by uid {}, which could lead anywhere; give the real path",
+                            target.display(),
+                            String::from_utf8_lossy(&c),
+                            st.st_uid
+                        )))
+                    }
+                    _ => {
+                        return Err(Error::InvalidInput(format!(
+                            "{}: {} is not a directory",
+                            target.display(),
+                            String::from_utf8_lossy(&c)
+                        )))
+                    }
+                }
+            }
+            Err(rustix::io::Errno::NOENT) if c != b".." => {
+                match rustix::fs::mkdirat(&cur, &c[..], Mode::from_raw_mode(0o777)) {
+                    Ok(()) => {
+                        let fd = dir_at(&cur, &c).ctx("open", target)?;
+                        check_ours(&fd, libc::S_IFDIR, &c)?;
+                        cur = fd;
+                        created = true;
+                    }
+                    // Made meanwhile: look again.
+                    Err(rustix::io::Errno::EXIST) => queue.push_front(c),
+                    Err(e) => return Err(Error::io("create directory", target, e.into())),
+                }
+            }
+            Err(e) => return Err(Error::io("open", target, e.into())),
+        }
+    }
+    let fd = rustix::fs::openat(
+        &cur,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx("open", target)?;
+    Ok((fd, created))
 }
 
 struct Creator<'a> {
     target: Arc<OwnedFd>,
     dirs: HashMap<Vec<u8>, Arc<OwnedFd>>,
-    /// Directories this restore created (only those get metadata).
-    created: HashSet<Vec<u8>>,
+    /// Directories this restore created (only those get metadata), with
+    /// their (device, inode): a reopened one must still be that one.
+    created: HashMap<Vec<u8>, (u64, u64)>,
+    /// Every object this restore created: one turning up again under
+    /// another name was swapped there.
+    seen: HashSet<(u64, u64)>,
     overwrite: bool,
     owners: bool,
     report: &'a mut RestoreReport,
@@ -268,8 +406,10 @@ impl Creator<'_> {
         let (parent, name) = split_parent(rel);
         let pfd = self.dir(parent)?;
         let fd = sys::open_dir_at(&*pfd, name).ctx("open directory", display_path(rel))?;
-        if self.created.contains(rel) {
-            check_ours(&fd, libc::S_IFDIR, rel)?;
+        if let Some(key) = self.created.get(rel) {
+            if check_ours(&fd, libc::S_IFDIR, rel)? != *key {
+                return Err(replaced(rel));
+            }
         }
         let fd = Arc::new(fd);
         if self.dirs.len() > 1024 {
@@ -301,33 +441,75 @@ impl Creator<'_> {
         }
     }
 
+    /// Record an object restore just created (checked by the caller).
+    fn remember(&mut self, key: (u64, u64), rel: &[u8]) -> Result<()> {
+        if !self.seen.insert(key) {
+            return Err(replaced(rel));
+        }
+        Ok(())
+    }
+
     fn mkdir(&mut self, rel: &[u8]) -> Result<()> {
         let (parent, name) = split_parent(rel);
         let pfd = self.dir(parent)?;
-        match rustix::fs::mkdirat(&*pfd, name, Mode::from_raw_mode(0o700)) {
-            Ok(()) => {
-                self.created.insert(rel.to_vec());
+        let made = match rustix::fs::mkdirat(&*pfd, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) => true,
+            // Without --overwrite nothing was there when the restore
+            // started: a directory now is another user's doing.
+            Err(rustix::io::Errno::EXIST) if !self.overwrite => {
+                return Err(Error::InvalidInput(format!(
+                    "{} appeared in the target during the restore; refusing to merge into it",
+                    display_path(rel)
+                )))
             }
             Err(rustix::io::Errno::EXIST) => {
                 let st = sys::lstat_at(&*pfd, name).ctx("stat", display_path(rel))?;
-                if sys::file_type(st.st_mode) != libc::S_IFDIR {
-                    if !self.overwrite {
-                        return Err(Error::InvalidInput(format!(
-                            "{} already exists in the target (use --overwrite to replace files)",
-                            display_path(rel)
-                        )));
-                    }
+                if sys::file_type(st.st_mode) == libc::S_IFDIR {
+                    false
+                } else {
                     rustix::fs::unlinkat(&*pfd, name, AtFlags::empty())
                         .ctx("remove", display_path(rel))?;
                     rustix::fs::mkdirat(&*pfd, name, Mode::from_raw_mode(0o700))
                         .ctx("create directory", display_path(rel))?;
-                    self.created.insert(rel.to_vec());
+                    true
                 }
             }
             Err(e) => return Err(Error::io("create directory", display_path(rel), e.into())),
+        };
+        if made {
+            // Pin it now: opened, checked, remembered by inode.
+            let fd = sys::open_dir_at(&*pfd, name).ctx("open directory", display_path(rel))?;
+            let key = check_ours(&fd, libc::S_IFDIR, rel)?;
+            self.remember(key, rel)?;
+            self.created.insert(rel.to_vec(), key);
+            if self.dirs.len() > 1024 {
+                self.dirs.clear();
+            }
+            self.dirs.insert(rel.to_vec(), Arc::new(fd));
         }
         self.report.dirs += 1;
         Ok(())
+    }
+
+    /// Open what restore just created at `parent/name` without following
+    /// it, check it (see [`check_ours`]) and remember it.
+    fn open_created(
+        &mut self,
+        parent: &OwnedFd,
+        name: &[u8],
+        kind: u32,
+        rel: &[u8],
+    ) -> Result<OwnedFd> {
+        let fd = rustix::fs::openat(
+            parent,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ctx("open", display_path(rel))?;
+        let key = check_ours(&fd, kind, rel)?;
+        self.remember(key, rel)?;
+        Ok(fd)
     }
 
     fn create_file(&mut self, rel: &[u8]) -> Result<(Arc<OwnedFd>, File)> {
@@ -344,18 +526,34 @@ impl Creator<'_> {
         Ok((pfd, File::from(fd)))
     }
 
-    /// Another name for a file this restore created, linked through its
-    /// own descriptor (not through the first name, which may have been
-    /// replaced since).
-    fn link(&mut self, first: &FileJob, rel: &[u8]) -> Result<()> {
+    /// Another name for a file this restore created: its first name is
+    /// opened without following and must still be that file's inode (it
+    /// may have been replaced since), then linked through that
+    /// descriptor.
+    fn link(&mut self, first: &LinkSource, rel: &[u8]) -> Result<()> {
         use std::os::fd::AsRawFd;
         let (parent, name) = split_parent(rel);
         let pfd = self.dir(parent)?;
         self.clear_slot(&pfd, name, rel)?;
-        let proc = format!("/proc/self/fd/{}", first.file.as_raw_fd());
-        // Under the lock: a failure that finishes meanwhile either sees
-        // this link in the list or is seen here.
-        let mut links = first.links.lock();
+        // Under the lock: a failure of the file either happened before
+        // (then there is nothing to link to) or sees this name in the
+        // list and removes it.
+        let mut names = first.linked.names.lock();
+        if first.linked.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let fd = rustix::fs::openat(
+            &*first.parent,
+            &first.name[..],
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ctx("open", display_path(rel))?;
+        let st = rustix::fs::fstat(&fd).ctx("stat", display_path(rel))?;
+        if (st.st_dev, st.st_ino) != first.key {
+            return Err(replaced(rel));
+        }
+        let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
         rustix::fs::linkat(
             rustix::fs::CWD,
             proc.as_str(),
@@ -364,11 +562,7 @@ impl Creator<'_> {
             AtFlags::SYMLINK_FOLLOW,
         )
         .ctx("link", display_path(rel))?;
-        if first.remaining.load(Ordering::Acquire) == 0 && first.failed.lock().is_some() {
-            let _ = rustix::fs::unlinkat(&*pfd, name, AtFlags::empty());
-        } else {
-            links.push((pfd, name.to_vec()));
-        }
+        names.push((pfd, name.to_vec()));
         Ok(())
     }
 
@@ -377,7 +571,7 @@ impl Creator<'_> {
         let pfd = self.dir(parent)?;
         self.clear_slot(&pfd, name, rel)?;
         rustix::fs::symlinkat(target, &*pfd, name).ctx("create symlink", display_path(rel))?;
-        let fd = open_created(&pfd, name, libc::S_IFLNK, rel)?;
+        let fd = self.open_created(&pfd, name, libc::S_IFLNK, rel)?;
         apply_meta_opath(&fd, meta, self.owners, true).ctx("set metadata", display_path(rel))?;
         self.report.symlinks += 1;
         Ok(())
@@ -398,7 +592,7 @@ impl Creator<'_> {
         let ft = FileType::from_raw_mode(meta.mode);
         rustix::fs::mknodat(&*pfd, name, ft, Mode::from_raw_mode(0o600), rdev)
             .ctx("create special file", display_path(rel))?;
-        let fd = open_created(&pfd, name, t, rel)?;
+        let fd = self.open_created(&pfd, name, t, rel)?;
         apply_meta_opath(&fd, meta, self.owners, false).ctx("set metadata", display_path(rel))?;
         self.report.specials += 1;
         Ok(())
@@ -440,27 +634,9 @@ pub fn restore(
             }
         }
     }
-    let created_target = if target.exists() {
-        if !target.is_dir() {
-            return Err(Error::InvalidInput(format!(
-                "{} exists and is not a directory",
-                target.display()
-            )));
-        }
-        false
-    } else {
-        std::fs::create_dir_all(target).ctx("create directory", target)?;
-        true
-    };
-    let target_fd = Arc::new(
-        rustix::fs::openat(
-            rustix::fs::CWD,
-            target,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .ctx("open", target)?,
-    );
+    crate::fs::raise_fd_limit();
+    let (target_fd, created_target) = open_target(target)?;
+    let target_fd = Arc::new(target_fd);
     // Nothing below a name that does not exist yet can exist: checking the
     // top-level names is enough to refuse before writing anything.
     if !opts.overwrite {
@@ -532,12 +708,13 @@ pub fn restore(
         let mut c = Creator {
             target: target_fd.clone(),
             dirs: HashMap::new(),
-            created: HashSet::new(),
+            created: HashMap::new(),
+            seen: HashSet::new(),
             overwrite: opts.overwrite,
             owners,
             report: &mut report,
         };
-        let mut links: HashMap<u64, Arc<FileJob>> = HashMap::new();
+        let mut links: HashMap<u64, LinkSource> = HashMap::new();
         let mut dirs_meta: Vec<(Vec<u8>, &Meta)> = Vec::new();
         let r = (|| -> Result<()> {
             for (rel, meta, node) in &plan {
@@ -556,7 +733,10 @@ pub fn restore(
                             continue;
                         }
                         let (parent, file) = c.create_file(rel)?;
+                        let st = rustix::fs::fstat(&file).ctx("stat", display_path(rel))?;
+                        c.remember((st.st_dev, st.st_ino), rel)?;
                         file.set_len(*size).ctx("truncate", display_path(rel))?;
+                        let linked = link.map(|_| Arc::new(Linked::default()));
                         let blocks = Tree::blocks_of(node).to_vec();
                         let n = blocks.len() as u64;
                         let units = n.div_ceil(UNIT_BLOCKS);
@@ -570,10 +750,18 @@ pub fn restore(
                             size: *size,
                             remaining: AtomicUsize::new(units.max(1) as usize),
                             failed: Mutex::new(None),
-                            links: Mutex::new(Vec::new()),
+                            linked: linked.clone(),
                         });
-                        if let Some(l) = link {
-                            links.insert(*l, job.clone());
+                        if let (Some(l), Some(linked)) = (link, linked) {
+                            links.insert(
+                                *l,
+                                LinkSource {
+                                    parent: job.parent.clone(),
+                                    name: job.name.clone(),
+                                    key: (st.st_dev, st.st_ino),
+                                    linked,
+                                },
+                            );
                         }
                         if units == 0 {
                             if let Some(why) = finish_if_last(&job, owners) {
@@ -605,7 +793,7 @@ pub fn restore(
         // does not disturb their times. Only directories this restore
         // created (opening them checks they still are ours).
         for (rel, meta) in dirs_meta.iter().rev() {
-            if !c.created.contains(rel) {
+            if !c.created.contains_key(rel) {
                 continue;
             }
             let fd = c.dir(rel)?;
@@ -670,11 +858,16 @@ fn finish_if_last(job: &Arc<FileJob>, owners: bool) -> Option<String> {
     if job.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
         return None;
     }
-    if let Some(why) = job.failed.lock().clone() {
+    let failed = job.failed.lock().clone();
+    if let Some(why) = failed {
         // Never leave wrong bytes behind, under any of its names.
         let _ = rustix::fs::unlinkat(&*job.parent, &job.name[..], AtFlags::empty());
-        for (dir, name) in job.links.lock().iter() {
-            let _ = rustix::fs::unlinkat(&**dir, &name[..], AtFlags::empty());
+        if let Some(l) = &job.linked {
+            let names = l.names.lock();
+            l.failed.store(true, Ordering::Release);
+            for (dir, name) in names.iter() {
+                let _ = rustix::fs::unlinkat(&**dir, &name[..], AtFlags::empty());
+            }
         }
         return Some(why);
     }
@@ -713,19 +906,25 @@ mod tests {
         std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
         // A symlink swapped in where a FIFO was made.
         std::os::unix::fs::symlink(&victim, t.path().join("swapped")).unwrap();
-        assert!(open_created(&d, b"swapped", libc::S_IFIFO, b"swapped").is_err());
+        let open_created = |name: &[u8]| -> Result<(OwnedFd, (u64, u64))> {
+            let fd = rustix::fs::openat(&d, name, OFlags::PATH | OFlags::NOFOLLOW, Mode::empty())
+                .ctx("open", "x")?;
+            let key = check_ours(&fd, libc::S_IFIFO, name)?;
+            Ok((fd, key))
+        };
+        assert!(open_created(b"swapped").is_err());
         // Another user's FIFO.
         fifo(&t.path().join("theirs"));
         std::os::unix::fs::lchown(t.path().join("theirs"), Some(65534), Some(65534)).unwrap();
-        assert!(open_created(&d, b"theirs", libc::S_IFIFO, b"theirs").is_err());
+        assert!(open_created(b"theirs").is_err());
         // A second name of an existing object (a hard link to it).
         fifo(&t.path().join("one"));
         std::fs::hard_link(t.path().join("one"), t.path().join("two")).unwrap();
-        assert!(open_created(&d, b"two", libc::S_IFIFO, b"two").is_err());
+        assert!(open_created(b"two").is_err());
         // Our own new FIFO: metadata lands on it, without setuid unless
         // owners are restored.
         fifo(&t.path().join("mine"));
-        let fd = open_created(&d, b"mine", libc::S_IFIFO, b"mine").unwrap();
+        let (fd, _) = open_created(b"mine").unwrap();
         let meta = Meta {
             mode: libc::S_IFIFO | 0o4751,
             uid: 0,

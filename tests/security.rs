@@ -613,6 +613,32 @@ fn restore_into_a_users_directory_cannot_be_redirected() {
     }
     drop(attacker);
     assert_eq!(std::fs::read(&victim).unwrap(), b"secret");
+
+    // The target itself, a symlink the user planted to a root-only place.
+    let rootonly = mkdir(&t.path().join("rootonly"), 0o700);
+    let link = t.path().join("userlink");
+    let o = user_sh(&format!(
+        "ln -s {} {}",
+        rootonly.display(),
+        target.join("r").display()
+    ));
+    assert!(o.status.success(), "{}", text(&o));
+    std::os::unix::fs::symlink(target.join("r"), &link).unwrap();
+    let o = cli(&[
+        &"restore",
+        &"1",
+        &"--to",
+        &link.join("deeper"),
+        &"--repo",
+        &repo,
+    ]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("symlink"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read_dir(&rootonly).unwrap().count(), 0);
     let swaps: u64 = std::fs::read_to_string(&count)
         .unwrap()
         .trim()
@@ -672,6 +698,77 @@ fn restore_honours_umask_and_drops_setuid_for_users() {
     let f = std::fs::metadata(home.join("out/f")).unwrap();
     assert_eq!(f.mode() & 0o7777, 0o755);
     assert_eq!(f.uid(), world().uid);
+}
+
+fn hard_links_restore_within_limits_and_damage_removes_every_name() {
+    let t = scratch();
+    let src = mkdir(&t.path().join("src"), 0o755);
+    for i in 0..600 {
+        let a = src.join(format!("a{i:03}"));
+        std::fs::write(&a, format!("file {i}")).unwrap();
+        std::fs::hard_link(&a, src.join(format!("b{i:03}"))).unwrap();
+    }
+    let big = src.join("big");
+    std::fs::write(&big, common::bytes(7, 400_000)).unwrap();
+    std::fs::hard_link(&big, src.join("big2")).unwrap();
+    std::fs::hard_link(&big, src.join("big3")).unwrap();
+    let repo = t.path().join("r");
+    cli_ok(&[
+        &"init",
+        &"--repo",
+        &repo,
+        &"--block-size",
+        &"64K",
+        &"--compression",
+        &"0",
+    ]);
+    cli_ok(&[&"snapshot", &"--source", &src, &"--repo", &repo]);
+    // Far fewer descriptors than hard-linked files.
+    let out = t.path().join("out");
+    let o = Command::new("prlimit")
+        .args(["--nofile=256:256", "--"])
+        .arg(rw())
+        .args(["restore", "latest", "--to"])
+        .arg(&out)
+        .arg("--repo")
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let a = std::fs::metadata(out.join("a123")).unwrap();
+    let b = std::fs::metadata(out.join("b123")).unwrap();
+    assert_eq!(a.ino(), b.ino());
+    assert_eq!(std::fs::read(out.join("b599")).unwrap(), b"file 599");
+    // Damage one block of the big file: it is not restored under any of
+    // its names, and the restore ends (no deadlock) with an error.
+    let one = common::bytes(7, 400_000)[100_000..100_064].to_vec();
+    let pack = std::fs::read_dir(repo.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .next()
+        .unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let at = bytes
+        .windows(one.len())
+        .position(|w| w == one.as_slice())
+        .expect("the block is stored raw");
+    bytes[at] ^= 0xff;
+    std::fs::write(&pack, bytes).unwrap();
+    let out2 = t.path().join("out2");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let args = (out2.clone(), repo.clone());
+    std::thread::spawn(move || {
+        let o = cli(&[&"restore", &"latest", &"--to", &args.0, &"--repo", &args.1]);
+        let _ = tx.send(o);
+    });
+    let o = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("a restore with a damaged hard-linked file did not finish");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    for n in ["big", "big2", "big3"] {
+        assert!(!out2.join(n).exists(), "{n} was left with wrong bytes");
+    }
+    assert_eq!(std::fs::read(out2.join("a007")).unwrap(), b"file 7");
 }
 
 // ---- 4. the control socket --------------------------------------------
@@ -1285,6 +1382,10 @@ const TESTS: &[Test] = &[
     (
         "restore_honours_umask_and_drops_setuid_for_users",
         restore_honours_umask_and_drops_setuid_for_users,
+    ),
+    (
+        "hard_links_restore_within_limits_and_damage_removes_every_name",
+        hard_links_restore_within_limits_and_damage_removes_every_name,
     ),
     (
         "control_socket_answers_only_root_and_its_owner",

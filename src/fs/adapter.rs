@@ -51,11 +51,28 @@ fn caller(req: &Request) -> Caller {
 }
 
 impl LiveAdapter {
-    /// The caller of a creation, with the umask the backing call must use.
-    fn creator(&self, req: &Request, umask: u32) -> Caller {
-        Caller {
-            umask: Some(if self.dont_mask { umask } else { 0 }),
-            ..caller(req)
+    /// The caller of a creation, with the umask the backing call must
+    /// use, and the mode to ask for. Should this thread have no umask of
+    /// its own (unshare refused), the caller's umask is applied to the
+    /// mode here instead (stricter than a default ACL would be, never
+    /// looser).
+    fn creator(&self, req: &Request, mode: u32, umask: u32) -> (Caller, u32) {
+        let c = caller(req);
+        if !self.dont_mask {
+            let c = Caller {
+                umask: Some(0),
+                ..c
+            };
+            return (c, mode);
+        }
+        if crate::fs::creds::private_fs_context() {
+            let c = Caller {
+                umask: Some(umask),
+                ..c
+            };
+            (c, mode)
+        } else {
+            (c, mode & !umask)
         }
     }
 }
@@ -199,10 +216,8 @@ impl Filesystem for LiveAdapter {
         if is_view(parent.0) {
             return reply.error(Errno::EROFS);
         }
-        match self
-            .fs
-            .mknod(self.creator(req, umask), parent.0, name, mode, rdev)
-        {
+        let (c, mode) = self.creator(req, mode, umask);
+        match self.fs.mknod(c, parent.0, name, mode, rdev) {
             Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -220,10 +235,8 @@ impl Filesystem for LiveAdapter {
         if is_view(parent.0) {
             return reply.error(Errno::EROFS);
         }
-        match self
-            .fs
-            .mkdir(self.creator(req, umask), parent.0, name, mode)
-        {
+        let (c, mode) = self.creator(req, mode, umask);
+        match self.fs.mkdir(c, parent.0, name, mode) {
             Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -261,7 +274,7 @@ impl Filesystem for LiveAdapter {
             return reply.error(Errno::EROFS);
         }
         match self.fs.symlink(
-            self.creator(req, 0),
+            self.creator(req, 0o777, 0).0,
             parent.0,
             link_name,
             target.as_os_str().as_bytes(),
@@ -666,10 +679,8 @@ impl Filesystem for LiveAdapter {
         if is_view(parent.0) {
             return reply.error(Errno::EROFS);
         }
-        match self
-            .fs
-            .create(self.creator(req, umask), parent.0, name, mode, flags)
-        {
+        let (c, mode) = self.creator(req, mode, umask);
+        match self.fs.create(c, parent.0, name, mode, flags) {
             Ok((e, fh)) => reply.created(
                 &self.ttl(),
                 &e.attr,

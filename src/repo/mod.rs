@@ -328,8 +328,12 @@ impl Repository {
         });
         let packs_dir = dir.open_dir(PACKS)?;
         let snapshots_dir = dir.open_dir(SNAPSHOTS)?;
+        // Trusted only if nobody else can write what it reads either.
+        let trusted = trusted
+            && trust::check_subdir(&packs_dir).is_ok()
+            && trust::check_subdir(&snapshots_dir).is_ok();
         let index = Index::memory(&dir.join(INDEX));
-        let report = fill_index(&index, &packs_dir, &snapshots_dir)?;
+        let report = fill_index(&index, &packs_dir, &snapshots_dir, false)?;
         let repo = Repository {
             packs: PackReader::new(packs_dir),
             snapshots_dir,
@@ -412,7 +416,9 @@ impl Repository {
             if self.index.is_pack_indexed(id)? {
                 continue;
             }
-            let scan = match scan_pack(packs_dir, id) {
+            // A pack left by a process that stopped may not be on disk
+            // yet: make it durable before anything can point into it.
+            let scan = match sync_pack(packs_dir, id).and_then(|()| scan_pack(packs_dir, id)) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!("pack {id} cannot be read and is skipped: {e}");
@@ -772,19 +778,36 @@ fn rebuild_locked(
         moved_to = Some(dir.join(&aside));
     }
     let index = Index::open(dir.ensure_dir(INDEX, 0o700)?, INDEX_CACHE_BYTES)?;
-    let mut report = fill_index(&index, packs, snapshots)?;
+    let mut report = fill_index(&index, packs, snapshots, true)?;
     report.moved_to = moved_to;
     Ok((index, report))
 }
 
-/// Index every blob of every pack and every sound snapshot record.
-/// Unreadable packs and damaged records are reported, not fatal.
-fn fill_index(index: &Index, packs: &Dir, snapshots: &Dir) -> Result<RebuildReport> {
+/// Make a pack durable before anything may point into it (its writer
+/// may have stopped before its fsync).
+fn sync_pack(packs: &Dir, id: u64) -> Result<()> {
+    let name = crate::store::pack::pack_file_name(id);
+    let f = packs
+        .open_read(&name)?
+        .ok_or_else(|| Error::Corrupt(format!("pack {id} vanished")))?;
+    crate::util::durable::fsync_file(&f, &packs.join(&name))
+}
+
+/// Index every blob of every pack and every sound snapshot record
+/// (fsyncing each pack first when `durable`: a persistent index must
+/// never point at bytes that are not on disk). Unreadable packs and
+/// damaged records are reported, not fatal.
+fn fill_index(index: &Index, packs: &Dir, snapshots: &Dir, durable: bool) -> Result<RebuildReport> {
     let mut report = RebuildReport::default();
     let ids = list_packs(packs)?;
     let mut done = Vec::new();
     for id in &ids {
-        let scan = match scan_pack(packs, *id) {
+        let synced = if durable {
+            sync_pack(packs, *id)
+        } else {
+            Ok(())
+        };
+        let scan = match synced.and_then(|()| scan_pack(packs, *id)) {
             Ok(s) => s,
             Err(e) => {
                 report.damaged.push(format!("pack {id}: {e}"));

@@ -34,6 +34,35 @@ use crate::error::{Error, Result};
 use crate::util::dirfd::Dir;
 
 const S_ISVTX: u32 = 0o1000;
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// If `fd` is on a FUSE filesystem mounted by someone other than root or
+/// `euid`, that mounter: its daemon reports owners and modes as it likes,
+/// so they prove nothing.
+fn foreign_fuse(fd: &OwnedFd, st: &rustix::fs::Stat, euid: u32) -> Option<u32> {
+    let sfs = rustix::fs::fstatfs(fd).ok()?;
+    if sfs.f_type as i64 != FUSE_SUPER_MAGIC {
+        return None;
+    }
+    let dev = format!(
+        "{}:{}",
+        rustix::fs::major(st.st_dev),
+        rustix::fs::minor(st.st_dev)
+    );
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // Unknown mounter (not found): treat as foreign.
+    let uid = info
+        .lines()
+        .find(|l| l.split(' ').nth(2) == Some(dev.as_str()))
+        .and_then(|l| {
+            l.rsplit(' ')
+                .next()?
+                .split(',')
+                .find_map(|o| o.strip_prefix("user_id=")?.parse::<u32>().ok())
+        })
+        .unwrap_or(u32::MAX);
+    (!owner_ok(uid, euid)).then_some(uid)
+}
 
 /// Why a directory on the way is not trusted.
 fn refuse(path: &Path, why: String) -> Error {
@@ -183,6 +212,15 @@ pub fn open_trusted(path: &Path, how: Open) -> Result<Dir> {
             Err(e) => return Err(Error::io("open directory", &next_path, e.into())),
         };
         let st = rustix::fs::fstat(&next).map_err(|e| Error::io("stat", &next_path, e.into()))?;
+        if let Some(uid) = foreign_fuse(&next, &st, euid) {
+            return Err(refuse(
+                &abs,
+                format!(
+                    "{} is on a FUSE filesystem mounted by uid {uid}, whose owners and modes prove nothing; {fix}",
+                    next_path.display()
+                ),
+            ));
+        }
         if writable_by_others && sticky && !owner_ok(st.st_uid, euid) {
             return Err(refuse(
                 &abs,
