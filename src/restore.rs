@@ -378,8 +378,9 @@ struct Creator<'a> {
     /// Directories this restore created (only those get metadata), with
     /// their (device, inode): a reopened one must still be that one.
     created: HashMap<Vec<u8>, (u64, u64)>,
-    /// Every object this restore created: one turning up again under
-    /// another name was swapped there.
+    /// Every directory, symlink and special file this restore created
+    /// (restore never removes those): one turning up again under another
+    /// name was swapped there.
     seen: HashSet<(u64, u64)>,
     overwrite: bool,
     owners: bool,
@@ -733,8 +734,10 @@ pub fn restore(
                             continue;
                         }
                         let (parent, file) = c.create_file(rel)?;
+                        // (Not remembered in `seen`: a regular file is used
+                        // through the descriptor that created it, and its
+                        // inode number is freed again if its data fails.)
                         let st = rustix::fs::fstat(&file).ctx("stat", display_path(rel))?;
-                        c.remember((st.st_dev, st.st_ino), rel)?;
                         file.set_len(*size).ctx("truncate", display_path(rel))?;
                         let linked = link.map(|_| Arc::new(Linked::default()));
                         let blocks = Tree::blocks_of(node).to_vec();
