@@ -41,8 +41,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::util::dirfd::Dir;
 
-/// The socket's name in the repository directory.
-pub const SOCKET: &str = "control.sock";
+pub use crate::repo::layout::SOCKET;
 /// The longest request line read.
 pub const MAX_REQUEST: u64 = 1 << 20;
 

@@ -40,11 +40,7 @@ pub type CliHook = Arc<
         + Sync,
 >;
 
-/// The marker of a running mount in the repository directory: present
-/// after an unclean stop.
-pub const MARKER: &str = "mounted";
-/// The daemon's log in the repository directory.
-pub const LOG: &str = "daemon.log";
+use crate::repo::layout::{LOG, MARKER};
 
 /// Answer a `cli` request: run the command through `hook` on this thread,
 /// acting as the client (its fsuid, fsgid, groups and umask), so that it
@@ -280,7 +276,7 @@ fn looks_like_repository(d: &Path) -> bool {
         format_version: u32,
         repo_id: String,
     }
-    let Ok(md) = std::fs::symlink_metadata(d.join(crate::repo::PACKS)) else {
+    let Ok(md) = std::fs::symlink_metadata(d.join(crate::repo::layout::PACKS)) else {
         return false;
     };
     if !md.is_dir() {
@@ -289,7 +285,7 @@ fn looks_like_repository(d: &Path) -> bool {
     let Ok(dir) = Dir::open_path(d) else {
         return false;
     };
-    match dir.read(crate::repo::CONFIG, 1 << 20) {
+    match dir.read(crate::repo::layout::CONFIG, 1 << 20) {
         Ok(Some(b)) => serde_json::from_slice::<Probe>(&b)
             .map(|p| p.format_version > 0 && !p.repo_id.is_empty())
             .unwrap_or(false),

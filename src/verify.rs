@@ -58,7 +58,11 @@ pub fn verify(repo: &Repository, read_data: bool) -> Result<VerifyReport> {
                     .or_insert_with(|| repo.pack_reader().pack_len(loc.pack));
                 match len {
                     None => Some(format!("chunk {id}: its pack {} is missing", loc.pack)),
-                    Some(l) if l < loc.offset + 88 + loc.stored_len as u64 => {
+                    Some(l)
+                        if l < loc.offset
+                            + crate::store::blob::HEADER_LEN as u64
+                            + loc.stored_len as u64 =>
+                    {
                         Some(format!("chunk {id}: its pack {} is truncated", loc.pack))
                     }
                     Some(_) if read_data => repo

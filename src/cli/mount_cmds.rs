@@ -261,7 +261,7 @@ fn repo_lock_free(repo: &std::path::Path) -> bool {
     // Never a symlink, never blocking on a FIFO.
     let lock = rustix::fs::openat(
         rustix::fs::CWD,
-        repo.join(rewindfs::repo::LOCK),
+        repo.join(rewindfs::repo::layout::LOCK),
         rustix::fs::OFlags::RDONLY
             | rustix::fs::OFlags::NOFOLLOW
             | rustix::fs::OFlags::NONBLOCK

@@ -2,26 +2,13 @@
 
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::{Error, Result};
 use crate::fs::live::FsEvent;
 use crate::journal::{FileKey, Journal};
 use crate::snapshot::{Kind, SnapshotRecord};
 use crate::util::time;
 
-/// Snapshot policy of a live mount. Durations are humantime strings
-/// (`15m`, `24h`, `2s`); `off` (or absent) disables a cadence.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct PolicyConfig {
-    pub every: Option<String>,
-    pub differential_every: Option<String>,
-    pub full_every: Option<String>,
-    pub on_close: Vec<String>,
-    pub settle: Option<String>,
-    pub snapshot_on_unmount: Option<bool>,
-}
+pub use crate::repo::config::PolicyConfig;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {

@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
 use rustix::fs::OFlags;
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
 use crate::index::Index;
@@ -35,75 +34,21 @@ use crate::store::{BlobKind, ChunkId};
 use crate::util::dirfd::Dir;
 use crate::util::time;
 
+pub mod config;
+pub mod layout;
 pub mod trust;
 mod writer;
 
+use config::read_config;
+pub use config::RepoConfig;
+use layout::{CONFIG, INDEX, INDEX_DAMAGED, INDEX_OLD, LOCK, PACKS, SNAPSHOTS};
 pub use writer::ChunkWriter;
 
-pub const FORMAT_VERSION: u32 = 1;
-pub const DEFAULT_BLOCK_SIZE: u32 = 1 << 20;
-pub const MIN_BLOCK_SIZE: u32 = 64 << 10;
-pub const MAX_BLOCK_SIZE: u32 = 8 << 20;
-pub const DEFAULT_COMPRESSION: i32 = 3;
-pub const DEFAULT_PACK_TARGET: u64 = 64 << 20;
+pub use config::{
+    DEFAULT_BLOCK_SIZE, DEFAULT_COMPRESSION, DEFAULT_PACK_TARGET, FORMAT_VERSION, MAX_BLOCK_SIZE,
+    MIN_BLOCK_SIZE,
+};
 const INDEX_CACHE_BYTES: u64 = 64 << 20;
-/// File and directory names of a repository.
-pub const CONFIG: &str = "config.json";
-pub const LOCK: &str = "lock";
-pub const PACKS: &str = "packs";
-pub const SNAPSHOTS: &str = "snapshots";
-pub const INDEX: &str = "index";
-/// The largest config.json read.
-const MAX_CONFIG_BYTES: u64 = 1 << 20;
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RepoConfig {
-    pub format_version: u32,
-    pub block_size: u32,
-    /// zstd level; 0 stores everything raw.
-    pub compression_level: i32,
-    pub pack_target_size: u64,
-    pub repo_id: String,
-    pub created: String,
-    /// Snapshot policy of live mounts (command-line flags win).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<crate::flusher::policy::PolicyConfig>,
-}
-
-impl RepoConfig {
-    pub fn new(block_size: u32, compression_level: i32) -> Result<RepoConfig> {
-        check_params(block_size, compression_level)?;
-        let now = time::now_ns();
-        let seed = format!(
-            "{now}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        );
-        Ok(RepoConfig {
-            format_version: FORMAT_VERSION,
-            block_size,
-            compression_level,
-            pack_target_size: DEFAULT_PACK_TARGET,
-            repo_id: ChunkId::of(seed.as_bytes()).to_hex()[..32].to_string(),
-            created: time::rfc3339(now),
-            policy: None,
-        })
-    }
-}
-
-fn check_params(block_size: u32, compression_level: i32) -> Result<()> {
-    if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
-        return Err(Error::InvalidInput(format!(
-            "block size {block_size} must be a power of two from 64 KiB to 8 MiB"
-        )));
-    }
-    if !(0..=19).contains(&compression_level) {
-        return Err(Error::InvalidInput(format!(
-            "compression level {compression_level} must be 0 (off) to 19"
-        )));
-    }
-    Ok(())
-}
 
 /// How a repository was opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,40 +70,6 @@ pub struct Repository {
     /// Records that could not be read or failed validation: id -> why.
     damaged: Mutex<BTreeMap<u64, String>>,
     _lock: Option<File>,
-}
-
-fn read_config(dir: &Dir) -> Result<RepoConfig> {
-    let p = dir.join(CONFIG);
-    let bytes = dir
-        .read(CONFIG, MAX_CONFIG_BYTES)?
-        .ok_or_else(|| Error::NotARepository {
-            path: dir.path().to_path_buf(),
-        })?;
-    #[derive(Deserialize)]
-    struct Version {
-        format_version: u32,
-    }
-    let v: Version = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::Corrupt(format!("{}: {e}", p.display())))?;
-    if v.format_version != FORMAT_VERSION {
-        return Err(Error::UnsupportedFormat {
-            path: dir.path().to_path_buf(),
-            found: v.format_version,
-            supported: FORMAT_VERSION,
-        });
-    }
-    let c: RepoConfig = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::Corrupt(format!("{}: {e}", p.display())))?;
-    check_params(c.block_size, c.compression_level)
-        .map_err(|e| Error::Corrupt(format!("{}: {e}", p.display())))?;
-    if c.pack_target_size < 1 << 20 || c.pack_target_size > 1 << 34 {
-        return Err(Error::Corrupt(format!(
-            "{}: pack_target_size {} is out of range (1 MiB to 16 GiB)",
-            p.display(),
-            c.pack_target_size
-        )));
-    }
-    Ok(c)
 }
 
 /// Take the repository lock, or say who holds it.
@@ -281,7 +192,7 @@ impl Repository {
             // one aside for inspection and rebuild.
             Err(Error::IndexCorrupt { detail, .. }) => {
                 let (index, report) =
-                    rebuild_locked(&dir, &packs_dir, &snapshots_dir, "index.damaged")?;
+                    rebuild_locked(&dir, &packs_dir, &snapshots_dir, INDEX_DAMAGED)?;
                 tracing::warn!(
                     "the index was damaged ({detail}); moved it to {} and rebuilt it from {} packs and {} snapshot records",
                     report.moved_to.as_deref().unwrap_or(Path::new("?")).display(),
@@ -483,7 +394,7 @@ impl Repository {
             };
             if let Some(id) = SnapshotRecord::parse_file_name(name) {
                 out.push(id);
-            } else if name.starts_with(".tmp.") && self.access == Access::ReadWrite {
+            } else if name.starts_with(layout::TMP_PREFIX) && self.access == Access::ReadWrite {
                 // An uncommitted record from a crashed run (we hold the lock).
                 let _ = self.snapshots_dir.remove_file(name);
             }
@@ -756,7 +667,7 @@ pub fn rebuild_index(root: &Path) -> Result<RebuildReport> {
     let _lock = lock(&dir)?;
     let packs = trusted_subdir(&dir, PACKS)?;
     let snapshots = trusted_subdir(&dir, SNAPSHOTS)?;
-    rebuild_locked(&dir, &packs, &snapshots, "index.old").map(|(_, r)| r)
+    rebuild_locked(&dir, &packs, &snapshots, INDEX_OLD).map(|(_, r)| r)
 }
 
 /// Rebuild with the repository lock held; the old index (if any) is

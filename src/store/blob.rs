@@ -28,6 +28,20 @@ use crate::error::{Error, Result};
 
 pub const BLOB_MAGIC: [u8; 4] = *b"RWBL";
 pub const HEADER_LEN: usize = 88;
+/// Byte ranges of the header fields (the table above, docs/format.md).
+pub mod field {
+    use std::ops::Range;
+    pub const MAGIC: Range<usize> = 0..4;
+    pub const KIND: usize = 4;
+    pub const CODEC: usize = 5;
+    pub const FLAGS: Range<usize> = 6..8;
+    pub const RAW_LEN: Range<usize> = 8..12;
+    pub const STORED_LEN: Range<usize> = 12..16;
+    pub const ID: Range<usize> = 16..48;
+    pub const STORED_SUM: Range<usize> = 48..80;
+    /// The first 8 bytes of blake3 of everything before it.
+    pub const HEADER_SUM: Range<usize> = 80..88;
+}
 /// No blob holds more than this many bytes of content (the largest block
 /// size is 8 MiB; manifest parts are cut at 4 MiB).
 pub const MAX_RAW_LEN: usize = 8 << 20;
@@ -135,15 +149,15 @@ pub struct BlobHeader {
 impl BlobHeader {
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut h = [0u8; HEADER_LEN];
-        h[0..4].copy_from_slice(&BLOB_MAGIC);
-        h[4] = self.kind as u8;
-        h[5] = self.codec as u8;
-        h[8..12].copy_from_slice(&self.raw_len.to_le_bytes());
-        h[12..16].copy_from_slice(&self.stored_len.to_le_bytes());
-        h[16..48].copy_from_slice(&self.id.0);
-        h[48..80].copy_from_slice(&self.stored_sum);
-        let sum = blake3::hash(&h[0..80]);
-        h[80..88].copy_from_slice(&sum.as_bytes()[0..8]);
+        h[field::MAGIC].copy_from_slice(&BLOB_MAGIC);
+        h[field::KIND] = self.kind as u8;
+        h[field::CODEC] = self.codec as u8;
+        h[field::RAW_LEN].copy_from_slice(&self.raw_len.to_le_bytes());
+        h[field::STORED_LEN].copy_from_slice(&self.stored_len.to_le_bytes());
+        h[field::ID].copy_from_slice(&self.id.0);
+        h[field::STORED_SUM].copy_from_slice(&self.stored_sum);
+        let sum = blake3::hash(&h[..field::HEADER_SUM.start]);
+        h[field::HEADER_SUM].copy_from_slice(&sum.as_bytes()[..field::HEADER_SUM.len()]);
         h
     }
 
@@ -151,27 +165,32 @@ impl BlobHeader {
         if h.len() < HEADER_LEN {
             return Err(Error::Corrupt("blob header truncated".into()));
         }
-        if h[0..4] != BLOB_MAGIC {
+        if h[field::MAGIC] != BLOB_MAGIC {
             return Err(Error::Corrupt("blob header has a bad magic".into()));
         }
-        let sum = blake3::hash(&h[0..80]);
-        if h[80..88] != sum.as_bytes()[0..8] {
+        let sum = blake3::hash(&h[..field::HEADER_SUM.start]);
+        if h[field::HEADER_SUM] != sum.as_bytes()[..field::HEADER_SUM.len()] {
             return Err(Error::Corrupt("blob header checksum mismatch".into()));
         }
-        let raw_len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
-        let stored_len = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
+        let u32_at = |r: std::ops::Range<usize>| {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(&h[r]);
+            u32::from_le_bytes(b)
+        };
+        let raw_len = u32_at(field::RAW_LEN);
+        let stored_len = u32_at(field::STORED_LEN);
         if raw_len as usize > MAX_RAW_LEN || stored_len as usize > MAX_RAW_LEN + 4096 {
             return Err(Error::Corrupt(format!(
                 "blob header claims {raw_len} bytes (cap {MAX_RAW_LEN})"
             )));
         }
         let mut id = [0u8; 32];
-        id.copy_from_slice(&h[16..48]);
+        id.copy_from_slice(&h[field::ID]);
         let mut stored_sum = [0u8; 32];
-        stored_sum.copy_from_slice(&h[48..80]);
+        stored_sum.copy_from_slice(&h[field::STORED_SUM]);
         Ok(BlobHeader {
-            kind: BlobKind::from_u8(h[4])?,
-            codec: Codec::from_u8(h[5])?,
+            kind: BlobKind::from_u8(h[field::KIND])?,
+            codec: Codec::from_u8(h[field::CODEC])?,
             raw_len,
             stored_len,
             id: ChunkId(id),
@@ -309,7 +328,7 @@ pub fn decode_ref(
             return Ok(out);
         }
         Codec::Zstd => {
-            zstd_decompress_into(payload, &mut out)
+            super::zstd::decompress_into(payload, &mut out)
                 .map_err(|e| Error::Corrupt(format!("chunk {expect}: zstd: {e}")))?;
         }
         Codec::Planes => {
@@ -358,37 +377,6 @@ fn check_stored(header: &BlobHeader, payload: &[u8], expect: &ChunkId, check: Ch
         )));
     }
     Ok(())
-}
-
-thread_local! {
-    /// One zstd decompression context per thread: creating one costs an
-    /// allocation of ~100 KiB, more than decoding a small plane.
-    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// Decompress a zstd frame of at most `cap` bytes with this thread's
-/// context. Errors on malformed input or output larger than `cap`.
-pub fn zstd_decompress(src: &[u8], cap: usize) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(cap);
-    zstd_decompress_into(src, &mut out)?;
-    Ok(out)
-}
-
-/// Like [`zstd_decompress`], into `out`'s spare capacity (`out` is
-/// cleared first; its capacity is the cap).
-fn zstd_decompress_into(src: &[u8], out: &mut Vec<u8>) -> std::io::Result<usize> {
-    out.clear();
-    DCTX.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.is_none() {
-            *c = Some(zstd::bulk::Decompressor::new()?);
-        }
-        match c.as_mut() {
-            Some(d) => d.decompress_to_buffer(src, out),
-            None => Err(std::io::Error::other("no zstd context")),
-        }
-    })
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 pub mod blob;
 pub mod pack;
 pub mod planes;
+pub mod zstd;
 
 pub use blob::{BlobKind, ChunkId, Codec, EncodedBlob};
 pub use pack::{PackReader, PackWriter};

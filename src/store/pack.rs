@@ -25,6 +25,9 @@ use crate::util::durable;
 pub const PACK_MAGIC: [u8; 8] = *b"RWPACK\0\0";
 pub const PACK_HEADER_LEN: u64 = 16;
 pub const PACK_VERSION: u32 = 1;
+/// Byte ranges of the pack header (docs/format.md, "Pack files").
+const HDR_MAGIC: std::ops::Range<usize> = 0..8;
+const HDR_VERSION: std::ops::Range<usize> = 8..12;
 
 /// Where a blob lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,8 +236,8 @@ impl PackWriter {
         let path = self.dir.join(&name);
         let mut file = self.dir.create_new(&name, 0o600)?;
         let mut hdr = [0u8; PACK_HEADER_LEN as usize];
-        hdr[0..8].copy_from_slice(&PACK_MAGIC);
-        hdr[8..12].copy_from_slice(&PACK_VERSION.to_le_bytes());
+        hdr[HDR_MAGIC].copy_from_slice(&PACK_MAGIC);
+        hdr[HDR_VERSION].copy_from_slice(&PACK_VERSION.to_le_bytes());
         file.write_all(&hdr).ctx("write pack", &path)?;
         self.dir_dirty = true;
         self.session.push((id, 0));
@@ -521,7 +524,10 @@ pub fn scan_pack(dir: &Dir, id: u64) -> Result<PackScan> {
     let len = f.metadata().ctx("stat pack", &path)?.len();
     let mut out = PackScan::default();
     let mut hdr = [0u8; PACK_HEADER_LEN as usize];
-    if len < PACK_HEADER_LEN || f.read_exact_at(&mut hdr, 0).is_err() || hdr[0..8] != PACK_MAGIC {
+    if len < PACK_HEADER_LEN
+        || f.read_exact_at(&mut hdr, 0).is_err()
+        || hdr[HDR_MAGIC] != PACK_MAGIC
+    {
         out.damaged.push((0, len));
         return Ok(out);
     }

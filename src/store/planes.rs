@@ -159,8 +159,8 @@ pub fn decode_into(payload: &[u8], raw_len: usize, out: &mut Vec<u8>) -> Result<
         match codec {
             0 if len == n => spans.push((false, pos)),
             1 => {
-                let plane = super::blob::zstd_decompress(bytes, n)
-                    .map_err(|e| bad(&format!("zstd: {e}")))?;
+                let plane =
+                    super::zstd::decompress(bytes, n).map_err(|e| bad(&format!("zstd: {e}")))?;
                 if plane.len() != n {
                     return Err(bad("plane has the wrong length"));
                 }

@@ -16,6 +16,10 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use crate::error::{Error, Result};
 use crate::util::{durable, fault};
 
+/// How the temporary file of [`Dir::write_atomic`] is named:
+/// `<TMP_PREFIX><name>.<pid>`.
+pub const TMP_PREFIX: &str = ".tmp.";
+
 #[derive(Debug)]
 pub struct Dir {
     fd: OwnedFd,
@@ -189,7 +193,7 @@ impl Dir {
     /// temporary file beside it, fsync, rename over, fsync this directory.
     /// After a crash either the old or the new content is present.
     pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        let tmp = format!(".tmp.{name}.{}", std::process::id());
+        let tmp = format!("{TMP_PREFIX}{name}.{}", std::process::id());
         let _ = rustix::fs::unlinkat(&self.fd, tmp.as_str(), AtFlags::empty());
         let result = (|| {
             let mut f = self.create_new(&tmp, 0o600)?;

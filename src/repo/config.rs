@@ -1,0 +1,119 @@
+//! `config.json`: the repository's settings, and the snapshot policy a
+//! repository may store for its live mounts (the flusher interprets it;
+//! the schema lives here, with the file it is stored in).
+//!
+//! Invariant: a config is accepted only if every value is in range; the
+//! format version must be one this build reads.
+
+use serde::{Deserialize, Serialize};
+
+use super::layout::CONFIG;
+use crate::error::{Error, Result};
+use crate::store::ChunkId;
+use crate::util::dirfd::Dir;
+use crate::util::time;
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const DEFAULT_BLOCK_SIZE: u32 = 1 << 20;
+pub const MIN_BLOCK_SIZE: u32 = 64 << 10;
+pub const MAX_BLOCK_SIZE: u32 = 8 << 20;
+pub const DEFAULT_COMPRESSION: i32 = 3;
+pub const DEFAULT_PACK_TARGET: u64 = 64 << 20;
+/// The largest config.json read.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Snapshot policy of a live mount. Durations are humantime strings
+/// (`15m`, `24h`, `2s`); `off` (or absent) disables a cadence.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PolicyConfig {
+    pub every: Option<String>,
+    pub differential_every: Option<String>,
+    pub full_every: Option<String>,
+    pub on_close: Vec<String>,
+    pub settle: Option<String>,
+    pub snapshot_on_unmount: Option<bool>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoConfig {
+    pub format_version: u32,
+    pub block_size: u32,
+    /// zstd level; 0 stores everything raw.
+    pub compression_level: i32,
+    pub pack_target_size: u64,
+    pub repo_id: String,
+    pub created: String,
+    /// Snapshot policy of live mounts (command-line flags win).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyConfig>,
+}
+
+impl RepoConfig {
+    pub fn new(block_size: u32, compression_level: i32) -> Result<RepoConfig> {
+        check_params(block_size, compression_level)?;
+        let now = time::now_ns();
+        let seed = format!(
+            "{now}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        );
+        Ok(RepoConfig {
+            format_version: FORMAT_VERSION,
+            block_size,
+            compression_level,
+            pack_target_size: DEFAULT_PACK_TARGET,
+            repo_id: ChunkId::of(seed.as_bytes()).to_hex()[..32].to_string(),
+            created: time::rfc3339(now),
+            policy: None,
+        })
+    }
+}
+
+fn check_params(block_size: u32, compression_level: i32) -> Result<()> {
+    if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
+        return Err(Error::InvalidInput(format!(
+            "block size {block_size} must be a power of two from 64 KiB to 8 MiB"
+        )));
+    }
+    if !(0..=19).contains(&compression_level) {
+        return Err(Error::InvalidInput(format!(
+            "compression level {compression_level} must be 0 (off) to 19"
+        )));
+    }
+    Ok(())
+}
+
+pub fn read_config(dir: &Dir) -> Result<RepoConfig> {
+    let p = dir.join(CONFIG);
+    let bytes = dir
+        .read(CONFIG, MAX_CONFIG_BYTES)?
+        .ok_or_else(|| Error::NotARepository {
+            path: dir.path().to_path_buf(),
+        })?;
+    #[derive(Deserialize)]
+    struct Version {
+        format_version: u32,
+    }
+    let v: Version = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Corrupt(format!("{}: {e}", p.display())))?;
+    if v.format_version != FORMAT_VERSION {
+        return Err(Error::UnsupportedFormat {
+            path: dir.path().to_path_buf(),
+            found: v.format_version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let c: RepoConfig = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Corrupt(format!("{}: {e}", p.display())))?;
+    check_params(c.block_size, c.compression_level)
+        .map_err(|e| Error::Corrupt(format!("{}: {e}", p.display())))?;
+    if c.pack_target_size < 1 << 20 || c.pack_target_size > 1 << 34 {
+        return Err(Error::Corrupt(format!(
+            "{}: pack_target_size {} is out of range (1 MiB to 16 GiB)",
+            p.display(),
+            c.pack_target_size
+        )));
+    }
+    Ok(c)
+}
