@@ -10,7 +10,6 @@
 //! - [`restore`]: safe restore through directory file descriptors
 //! - [`verify`]: checks of the index, references and chunk data
 
-pub mod control;
 pub mod daemon;
 pub mod error;
 pub mod flusher;
@@ -23,6 +22,5 @@ pub mod snapshot;
 pub mod store;
 pub mod util;
 pub mod verify;
-pub mod views_daemon;
 
 pub use error::{Error, Result};

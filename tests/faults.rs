@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::live::DaemonMount;
 use common::{assert_same, cli, model, mount_dirs, ok, status};
-use rewindfs::control::{self, Request};
+use rewindfs::daemon::control::{self, Request};
 
 const POINTS: [&str; 7] = [
     "pack-write",

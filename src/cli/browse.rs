@@ -1,4 +1,8 @@
 //! `ls`, `cat`.
+//!
+//! These commands may run inside the daemon for a client: they write only
+//! to their `Out` (printing elsewhere is a build error).
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 use std::io::Write;
 

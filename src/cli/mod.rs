@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use rewindfs::control::{self, Request};
+use rewindfs::daemon::control::{self, Request, Response};
 use rewindfs::fs::creds::Caller;
 use rewindfs::repo::Repository;
 
@@ -218,11 +218,10 @@ fn live_snapshot(a: &snapshot_cmds::SnapshotArgs) -> Result<i32> {
         ),
         e => anyhow::anyhow!("asking the mount daemon of {}: {e}", repo.display()),
     })?;
-    let rec: rewindfs::snapshot::SnapshotRecord = serde_json::from_value(
-        resp.snapshot
-            .ok_or_else(|| anyhow::anyhow!("the daemon did not return the snapshot"))?,
-    )?;
-    println!("{}", snapshot_cmds::describe(&rec));
+    let Response::Snapshot { record } = resp else {
+        anyhow::bail!("the daemon did not return the snapshot");
+    };
+    println!("{}", snapshot_cmds::describe(&record));
     Ok(0)
 }
 

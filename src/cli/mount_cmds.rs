@@ -7,8 +7,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use super::human_bytes;
-use rewindfs::control::{self, CallError, Request};
-use rewindfs::daemon::{self, DaemonStatus, MountRequest};
+use rewindfs::daemon::control::{self, CallError, DaemonStatus, Request, Response};
+use rewindfs::daemon::live::MountRequest;
+use rewindfs::daemon::{self};
 use rewindfs::flusher::policy::PolicyConfig;
 use rewindfs::fs::MountConfig;
 
@@ -113,7 +114,7 @@ pub fn mount(a: MountArgs) -> Result<i32> {
         },
         cli_hook: Some(super::daemon_hook()),
     };
-    daemon::mount(req)?;
+    daemon::live::mount(req)?;
     if !foreground {
         println!("mounted on {}", a.mountpoint.display());
     }
@@ -155,8 +156,8 @@ pub fn mount_snapshot(a: MountSnapshotArgs) -> Result<i32> {
         (false, _) => bail!("give SNAP and MOUNTPOINT (or --all MOUNTPOINT)"),
     };
     let foreground = a.foreground;
-    rewindfs::views_daemon::mount_snapshot(
-        rewindfs::views_daemon::SnapMountRequest {
+    rewindfs::daemon::views::mount_snapshot(
+        rewindfs::daemon::views::SnapMountRequest {
             repo: a.repo,
             snap,
             mountpoint: mp.clone(),
@@ -195,12 +196,12 @@ pub fn umount(a: UmountArgs) -> Result<i32> {
     let repo = PathBuf::from(source);
     // Ours to wait for: the daemon's exit if this is its live mount (or
     // its last snapshot mount), else just this mount going away.
-    let status = control::call(&repo, &Request::Status, Duration::from_secs(10))
-        .ok()
-        .and_then(|r| r.status);
+    let status = match control::call(&repo, &Request::Status, Duration::from_secs(10)) {
+        Ok(Response::Status { status }) => Some(status),
+        _ => None,
+    };
     let whole_daemon = status.as_ref().is_some_and(|s| {
-        s["mountpoint"].as_str() == Some(&mp.display().to_string())
-            || (s["live"] == false && s["mounts"].as_array().is_some_and(|m| m.len() <= 1))
+        s.mountpoint == mp.display().to_string() || (!s.live && s.mounts.len() <= 1)
     });
     let req = Request::Unmount {
         mountpoint: Some(mp.display().to_string()),
@@ -210,7 +211,7 @@ pub fn umount(a: UmountArgs) -> Result<i32> {
     // before it answers: what counts is that the mount went away.
     let asked = match asked {
         Err(control::CallError::Io(_)) if status.is_some() && !daemon::is_mountpoint(&mp) => {
-            Ok(Default::default())
+            Ok(Response::Ok)
         }
         other => other,
     };
@@ -299,16 +300,21 @@ pub fn status(a: StatusArgs) -> Result<i32> {
             return Err(e).with_context(|| format!("asking the daemon of {}", a.repo.display()))
         }
     };
-    let v = resp.status.unwrap_or_default();
+    let Response::Status { status: s } = resp else {
+        anyhow::bail!(
+            "the daemon of {} did not answer with its status",
+            a.repo.display()
+        );
+    };
+    let s: DaemonStatus = *s;
     if a.json {
-        let mut v = v;
+        let mut v = serde_json::to_value(&s)?;
         if let Some(o) = v.as_object_mut() {
             o.insert("mounted".into(), true.into());
         }
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
     }
-    let s: DaemonStatus = serde_json::from_value(v)?;
     println!("mountpoint:     {}", s.mountpoint);
     println!("backing:        {}", s.backing);
     println!("repository:     {}", s.repo);

@@ -1,4 +1,6 @@
-//! `restore`.
+//! `restore`. It may run inside the daemon for a client: it writes only
+//! to its `Out` (printing elsewhere is a build error).
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 use std::path::PathBuf;
 
@@ -72,10 +74,11 @@ pub fn restore(repo: &Repository, a: RestoreArgs, o: &mut Out) -> Result<i32> {
     if r.failed.is_empty() {
         Ok(0)
     } else {
-        eprintln!(
+        writeln!(
+            o.err,
             "error: {} files could not be restored (damaged data)",
             r.failed.len()
-        );
+        )?;
         Ok(1)
     }
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::control::{self, Request, Response};
-use crate::daemon::CliHook;
+use super::control::{self, DaemonStatus, Request, Response};
+use super::CliHook;
 use crate::error::{Error, IoContext, Result};
 use crate::fs::snapshot_view::{Views, SNAPDIR};
 use crate::fs::view_adapter::mount_views;
@@ -132,13 +132,13 @@ fn check_mountpoint(mp: &Path, nonempty: bool) -> Result<PathBuf> {
         )));
     }
     let mp = mp.canonicalize().ctx("resolve", mp)?;
-    if crate::daemon::is_mountpoint(&mp) {
+    if super::is_mountpoint(&mp) {
         return Err(Error::InvalidInput(format!(
             "mountpoint {} is busy: something is already mounted there",
             mp.display()
         )));
     }
-    crate::daemon::check_mountpoint_empty(&mp, nonempty)?;
+    super::check_mountpoint_empty(&mp, nonempty)?;
     Ok(mp)
 }
 
@@ -170,7 +170,7 @@ pub fn mount_snapshot(req: SnapMountRequest, cli_hook: Option<CliHook>) -> Resul
     if req.foreground {
         return serve(req, cli_hook, None);
     }
-    crate::daemon::fork_daemon(
+    super::fork_daemon(
         "the snapshot mount daemon exited before the mount was live (see REPO/daemon.log)",
         |ready| serve(req, cli_hook, Some(ready)),
     )
@@ -188,20 +188,19 @@ impl SnapDaemon {
     fn handle(
         &self,
         req: Request,
-        peer: crate::control::Peer,
+        peer: super::control::Peer,
         w: &mut dyn Write,
     ) -> Option<Response> {
         Some(match req {
-            Request::Status => Response {
-                ok: true,
-                status: Some(serde_json::json!({
-                    "pid": std::process::id(),
-                    "repo": self.repo.root().display().to_string(),
-                    "live": false,
-                    "mounts": self.mounts.mountpoints(),
-                    "chunk_cache_bytes": self.views.chunks.bytes(),
-                })),
-                ..Default::default()
+            Request::Status => Response::Status {
+                status: Box::new(DaemonStatus {
+                    pid: std::process::id(),
+                    repo: self.repo.root().display().to_string(),
+                    live: false,
+                    mounts: self.mounts.mountpoints(),
+                    chunk_cache_bytes: self.views.chunks.bytes(),
+                    ..Default::default()
+                }),
             },
             Request::Unmount { mountpoint } => {
                 match mountpoint {
@@ -215,7 +214,7 @@ impl SnapDaemon {
                 if self.mounts.is_empty() {
                     self.stop.store(true, Ordering::SeqCst);
                 }
-                Response::ok()
+                Response::Ok
             }
             Request::MountSnapshot {
                 snap,
@@ -224,11 +223,11 @@ impl SnapDaemon {
                 allow_other,
                 nonempty,
             } => match self.mounts.mount(&self.views, &snap, all, Path::new(&mountpoint), allow_other, nonempty) {
-                Ok(()) => Response::ok(),
+                Ok(()) => Response::Ok,
                 Err(e) => Response::error(e.to_string()),
             },
             Request::Cli { args, cwd, umask } => {
-                return crate::daemon::run_cli_request(
+                return super::run_cli_request(
                     self.cli_hook.as_ref(),
                     &self.repo,
                     peer,
@@ -249,7 +248,7 @@ impl SnapDaemon {
 fn serve(
     req: SnapMountRequest,
     cli_hook: Option<CliHook>,
-    ready: Option<&crate::daemon::Readiness>,
+    ready: Option<&super::Readiness>,
 ) -> Result<()> {
     let repo = Arc::new(Repository::open(&req.repo)?);
     let views = Views::new(repo.clone(), req.chunk_cache, Default::default());
@@ -277,7 +276,7 @@ fn serve(
     }
     {
         let d2 = d.clone();
-        crate::daemon::on_first_signal(move |_| {
+        super::on_first_signal(move |_| {
             d2.mounts.unmount_all();
             d2.stop.store(true, Ordering::SeqCst);
         })?;

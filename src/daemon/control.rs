@@ -11,18 +11,19 @@
 //! one JSON response per line:
 //!
 //! ```text
-//! {"cmd":"status"}   -> {"ok":true,"status":{...}}
-//! {"cmd":"unmount"}  -> {"ok":true}            (then the daemon unmounts and exits)
-//! {"cmd":"unmount","mountpoint":"/mnt/s"}  -> {"ok":true}  (one snapshot mount)
+//! {"cmd":"status"}   -> {"reply":"status","status":{...}}
+//! {"cmd":"unmount"}  -> {"reply":"ok"}         (then the daemon unmounts and exits)
+//! {"cmd":"unmount","mountpoint":"/mnt/s"}  -> {"reply":"ok"}  (one snapshot mount)
 //! {"cmd":"mount-snapshot","snap":"latest","mountpoint":"/mnt/s","all":false}
-//!                    -> {"ok":true}            (once the read-only mount is live)
+//!                    -> {"reply":"ok"}         (once the read-only mount is live)
 //! {"cmd":"snapshot","kind":"incremental","label":null}
-//!                    -> {"ok":true,"snapshot":{...record...}}   (once committed)
+//!                    -> {"reply":"snapshot","record":{...}}   (once committed)
 //! {"cmd":"cli","args":[[108,115],[108,97,116,101,115,116]],"cwd":[47],"umask":18}
 //!                    (arguments and cwd as bytes: any file name passes)
 //!                    -> frames until the exit frame (see below)
 //! ```
-//! Errors: `{"ok":false,"error":"..."}`.
+//! Errors: `{"reply":"error","message":"..."}`. Both sides use the types
+//! below ([`Request`], [`Response`], [`DaemonStatus`]), never loose JSON.
 //!
 //! A `cli` request runs a repository command (snapshots, ls, cat, restore,
 //! verify, scan snapshot) inside the daemon, which holds the repository.
@@ -39,6 +40,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::flusher::FlusherStatus;
+use crate::snapshot::SnapshotRecord;
 use crate::util::dirfd::Dir;
 
 pub use crate::repo::layout::SOCKET;
@@ -83,32 +86,57 @@ pub enum Request {
     },
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Response {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snapshot: Option<serde_json::Value>,
+/// A daemon's answer (for `cli` requests: the frames described above).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "kebab-case")]
+pub enum Response {
+    Ok,
+    Error { message: String },
+    Status { status: Box<DaemonStatus> },
+    Snapshot { record: Box<SnapshotRecord> },
 }
 
 impl Response {
-    pub fn ok() -> Response {
-        Response {
-            ok: true,
-            ..Default::default()
-        }
-    }
-
     pub fn error(msg: impl Into<String>) -> Response {
-        Response {
-            ok: false,
-            error: Some(msg.into()),
-            ..Default::default()
+        Response::Error {
+            message: msg.into(),
         }
     }
+}
+
+/// What `rewindfs status` shows for a daemon (a snapshot-mount daemon
+/// fills `pid`, `repo`, `mounts` and `chunk_cache_bytes`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub mountpoint: String,
+    pub backing: String,
+    pub repo: String,
+    pub started: String,
+    /// The previous mount did not stop cleanly.
+    pub unclean_start: bool,
+    /// The mount-time comparison with the latest snapshot.
+    pub startup_check: String,
+    pub dirty_files: u64,
+    pub dirty_blocks: u64,
+    /// Dirty blocks times the block size (an upper bound).
+    pub dirty_bytes: u64,
+    pub oldest_change: Option<String>,
+    pub journal_records: u64,
+    pub block_size: u32,
+    pub passthrough_reads: bool,
+    pub writeback_cache: bool,
+    pub snapshots: u64,
+    pub flusher: Option<FlusherStatus>,
+    /// Read-only snapshot mounts served by the daemon.
+    #[serde(default)]
+    pub mounts: Vec<String>,
+    /// This daemon serves the live mount (not only snapshot mounts).
+    #[serde(default)]
+    pub live: bool,
+    /// Bytes of verified chunks cached for snapshot reads.
+    #[serde(default)]
+    pub chunk_cache_bytes: u64,
 }
 
 /// Who is on the other end of a connection (`SO_PEERCRED`).
@@ -207,7 +235,7 @@ pub fn serve(repo: &Dir, handler: Handler) -> Result<std::thread::JoinHandle<()>
                             "refused a control connection from another user"
                         );
                         let _ = (&conn).write_all(
-                            b"{\"ok\":false,\"error\":\"permission denied: only root and the user running the daemon may use it\"}\n",
+                            b"{\"reply\":\"error\",\"message\":\"permission denied: only root and the user running the daemon may use it\"}\n",
                         );
                         continue;
                     }
@@ -391,10 +419,10 @@ pub fn call(
     let mut line = String::new();
     BufReader::new((&conn).take(64 << 20)).read_line(&mut line)?;
     let resp: Response = serde_json::from_str(line.trim()).map_err(std::io::Error::other)?;
-    if !resp.ok {
-        return Err(CallError::Failed(resp.error.unwrap_or_default()));
+    match resp {
+        Response::Error { message } => Err(CallError::Failed(message)),
+        r => Ok(r),
     }
-    Ok(resp)
 }
 
 #[cfg(test)]
@@ -432,10 +460,11 @@ mod tests {
         std::fs::create_dir_all(&p).unwrap();
         let dir = Dir::open_path(&p).unwrap();
         let h: Handler = Arc::new(|_req, peer, _w| {
-            Some(Response {
-                ok: true,
-                error: Some(format!("uid {}", peer.uid)),
-                ..Default::default()
+            Some(Response::Status {
+                status: Box::new(DaemonStatus {
+                    pid: peer.uid,
+                    ..Default::default()
+                }),
             })
         });
         serve(&dir, h).unwrap();
@@ -447,7 +476,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let r = call(&p, &Request::Status, Duration::from_secs(5)).unwrap();
         let me = rustix::process::geteuid().as_raw();
-        assert_eq!(r.error.as_deref(), Some(format!("uid {me}").as_str()));
+        assert!(matches!(r, Response::Status { status } if status.pid == me));
     }
 
     proptest::proptest! {
