@@ -98,18 +98,6 @@ impl Error {
             source,
         }
     }
-
-    /// The errno a FUSE handler answers for this error.
-    pub fn errno(&self) -> i32 {
-        match self {
-            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-            Error::NotFound { .. } | Error::UnknownSnapshot(_) => libc::ENOENT,
-            Error::InvalidInput(_) => libc::EINVAL,
-            Error::Locked { .. } => libc::EBUSY,
-            Error::Untrusted { .. } => libc::EPERM,
-            _ => libc::EIO,
-        }
-    }
 }
 
 impl From<sled::Error> for Error {
@@ -138,5 +126,72 @@ impl<T> IoContext<T> for io::Result<T> {
 impl<T> IoContext<T> for rustix::io::Result<T> {
     fn ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T> {
         self.map_err(|e| Error::io(op, path, e.into()))
+    }
+}
+
+/// The errno a FUSE handler answers for an error: the one mapping from
+/// our errors (and the system's) to the kernel, used by every handler.
+pub trait ToErrno {
+    fn to_errno(&self) -> fuser::Errno;
+}
+
+impl ToErrno for io::Error {
+    fn to_errno(&self) -> fuser::Errno {
+        fuser::Errno::from_i32(self.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+impl ToErrno for rustix::io::Errno {
+    fn to_errno(&self) -> fuser::Errno {
+        fuser::Errno::from_i32(self.raw_os_error())
+    }
+}
+
+impl ToErrno for fuser::Errno {
+    fn to_errno(&self) -> fuser::Errno {
+        *self
+    }
+}
+
+impl ToErrno for Error {
+    fn to_errno(&self) -> fuser::Errno {
+        fuser::Errno::from_i32(match self {
+            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            Error::NotFound { .. } | Error::UnknownSnapshot(_) => libc::ENOENT,
+            Error::InvalidInput(_) => libc::EINVAL,
+            Error::Locked { .. } => libc::EBUSY,
+            Error::Untrusted { .. } => libc::EPERM,
+            _ => libc::EIO,
+        })
+    }
+}
+
+/// `result.or_errno()?` in a FUSE handler: any error as its errno.
+pub trait OrErrno<T> {
+    fn or_errno(self) -> Result<T, fuser::Errno>;
+}
+
+impl<T, E: ToErrno> OrErrno<T> for Result<T, E> {
+    fn or_errno(self) -> Result<T, fuser::Errno> {
+        self.map_err(|e| e.to_errno())
+    }
+}
+
+#[cfg(test)]
+mod errno_tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_the_errno_a_user_expects() {
+        let e = Error::io("open", "/x", io::Error::from_raw_os_error(libc::EACCES));
+        assert_eq!(e.to_errno(), fuser::Errno::EACCES);
+        assert_eq!(
+            Error::UnknownSnapshot("7".into()).to_errno(),
+            fuser::Errno::ENOENT
+        );
+        assert_eq!(Error::Corrupt("x".into()).to_errno(), fuser::Errno::EIO);
+        assert_eq!(io::Error::other("no errno").to_errno(), fuser::Errno::EIO);
+        let r: Result<(), rustix::io::Errno> = Err(rustix::io::Errno::NOENT);
+        assert_eq!(r.or_errno(), Err(fuser::Errno::ENOENT));
     }
 }

@@ -5,7 +5,7 @@
 //! - [`index`]: the sled index over packs and snapshot records (rebuildable)
 //! - [`repo`]: a repository: config, lock, chunk writer, snapshot commit
 //! - [`snapshot`]: the snapshot model, manifests, chain resolution, scan capture
-//! - [`journal`]: the change journal of the live mount (dirty blocks per file)
+//! - [`track`]: change tracking of the live mount (journal, gate, cut, copy-before-write)
 //! - [`fs`]: the FUSE filesystems (live passthrough mount)
 //! - [`restore`]: safe restore through directory file descriptors
 //! - [`verify`]: checks of the index, references and chunk data
@@ -15,11 +15,12 @@ pub mod error;
 pub mod flusher;
 pub mod fs;
 pub mod index;
-pub mod journal;
+pub mod mount;
 pub mod repo;
 pub mod restore;
 pub mod snapshot;
 pub mod store;
+pub mod track;
 pub mod util;
 pub mod verify;
 

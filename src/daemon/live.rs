@@ -1,5 +1,5 @@
-//! The mount daemon: checks the setup, opens the repository and the
-//! journal, mounts, serves the control socket, persists the journal, and
+//! The mount daemon: checks the setup, opens the repository, starts the
+//! live mount (`mount::LiveMount`), serves the control socket, and
 //! on unmount (or SIGTERM/SIGINT) flushes everything and leaves a clean
 //! shutdown marker behind.
 //!
@@ -12,7 +12,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -23,15 +22,13 @@ use super::{
     run_cli_request, CliHook, Readiness,
 };
 use crate::error::{Error, IoContext, Result};
-use crate::flusher::{policy::PolicyConfig, Flusher, FlusherCtx, Policy};
+use crate::flusher::{policy::PolicyConfig, Flusher, Policy};
 use crate::fs::{self, MountConfig};
-use crate::journal::{FileKey, Journal, JournalStats};
+use crate::mount::{LiveMount, LiveMountConfig};
 use crate::repo::layout::MARKER;
 use crate::repo::{Repository, DEFAULT_BLOCK_SIZE, DEFAULT_COMPRESSION};
+use crate::track::{FileKey, Journal, JournalStats};
 use crate::util::time;
-
-/// Persist journal records this often.
-const PERSIST_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Clone)]
 pub struct MountRequest {
@@ -205,9 +202,8 @@ struct Shared {
     startup: Arc<Mutex<String>>,
     cfg: MountConfig,
     passthrough: AtomicBool,
-    stop: AtomicBool,
     unmount: Mutex<Option<fuser::SessionUnmounter>>,
-    flusher: Flusher,
+    flusher: Arc<Flusher>,
     cli_hook: Option<CliHook>,
     views: Arc<crate::fs::snapshot_view::Views>,
     /// Read-only snapshot mounts served by this daemon.
@@ -249,7 +245,6 @@ impl Shared {
     /// Ask the kernel to unmount; the session then ends. A busy mount is
     /// detached lazily (it goes away when the last user closes).
     fn request_unmount(&self) {
-        self.stop.store(true, Ordering::SeqCst);
         let mut u = self.unmount.lock();
         if let Some(u) = u.as_mut() {
             if let Err(e) = u.unmount() {
@@ -359,10 +354,6 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
     let repo = Arc::new(open_repo(&paths.repo)?);
     let stored = repo.config.policy.clone().unwrap_or_default();
     let policy = Policy::layered(&[&stored, &req.policy])?;
-    let journal = Arc::new(Journal::open(
-        repo.index().journal_tree()?,
-        repo.config.block_size,
-    )?);
     let unclean = repo.dir().stat_at(MARKER).is_ok();
     if unclean {
         tracing::warn!("the previous mount did not stop cleanly; checking the backing directory against the latest snapshot");
@@ -378,20 +369,21 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
     if !repo_str.contains(|c: char| c == ',' || c.is_whitespace()) {
         cfg.fsname = repo_str;
     }
-    let views =
-        crate::fs::snapshot_view::Views::new(repo.clone(), cfg.chunk_cache, Default::default());
-    let (mut session, livefs) = fs::mount_live(
-        &paths.backing,
-        &paths.mountpoint,
-        journal.clone(),
-        &cfg,
+    let startup = Arc::new(Mutex::new("running".to_string()));
+    let mut live = LiveMount::start(LiveMountConfig {
+        backing: paths.backing.clone(),
+        mountpoint: paths.mountpoint.clone(),
+        repo: repo.clone(),
+        mount: cfg.clone(),
+        policy: policy.clone(),
         hidden,
-        Some(views.clone()),
-    )
-    .map_err(|e| Error::io("mount on", &paths.mountpoint, e))?;
-    // Mounted (no request is served before `run`): from here until a
+        views: true,
+        startup: startup.clone(),
+        threads: crate::util::pool::threads(),
+    })?;
+    // Mounted (no request is served before `serve`): from here until a
     // clean stop, the marker says a mount is running. Any start-up
-    // failure below removes it again (and unmounts, dropping `session`).
+    // failure below removes it again (and unmounts, dropping `live`).
     let m = Marker {
         pid: std::process::id(),
         mountpoint: paths.mountpoint.display().to_string(),
@@ -408,50 +400,25 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
         armed: true,
         keep_marker: unclean,
     };
-    let startup = Arc::new(Mutex::new("running".to_string()));
-    let flusher = Flusher::start(FlusherCtx {
-        startup: startup.clone(),
-        repo: repo.clone(),
-        fs: livefs.clone(),
-        backing: paths.backing.clone(),
-        mountpoint: paths.mountpoint.clone(),
-        hidden,
-        writeback_cache: cfg.writeback_cache,
-        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-        policy: policy.clone(),
-    })?;
+    let views = live
+        .views
+        .clone()
+        .ok_or_else(|| Error::Poisoned("the live mount has no snapshot views".into()))?;
     let shared = Arc::new(Shared {
-        views: views.clone(),
+        views,
         extra: Default::default(),
-        flusher,
+        flusher: live.flusher.clone(),
         cli_hook: req.cli_hook.clone(),
         paths: paths.clone(),
         repo: repo.clone(),
-        journal: journal.clone(),
+        journal: live.tracker.journal().clone(),
         started,
         unclean,
         startup,
-        passthrough: AtomicBool::new(livefs.passthrough_enabled()),
+        passthrough: AtomicBool::new(live.fs.passthrough_enabled()),
         cfg: cfg.clone(),
-        stop: AtomicBool::new(false),
-        unmount: Mutex::new(Some(session.unmount_callable())),
+        unmount: Mutex::new(live.unmounter()),
     });
-
-    // Journal persister.
-    let persister = {
-        let s = shared.clone();
-        std::thread::Builder::new()
-            .name("journal".into())
-            .spawn(move || {
-                while !s.stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(PERSIST_EVERY);
-                    if let Err(e) = s.journal.persist() {
-                        tracing::error!("persisting the journal: {e}");
-                    }
-                }
-            })
-            .map_err(|e| Error::io("start thread", "", e))?
-    };
     // Control socket.
     {
         let s = shared.clone();
@@ -482,24 +449,22 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
         paths.mountpoint.display(),
         paths.repo.display()
     );
-    let result = session.run();
+    let result = live.serve();
     shared.extra.unmount_all();
     // Unmounted: nothing can change any more. Take the last snapshot.
-    match shared.flusher.stop(policy.snapshot_on_unmount) {
+    match live.stop(policy.snapshot_on_unmount) {
         Ok(Some(rec)) => tracing::info!("snapshot {} taken at unmount", rec.id),
         Ok(None) => {}
         Err(e) => {
             tracing::error!("the snapshot at unmount failed (its changes stay in the journal): {e}")
         }
     }
-    shared.stop.store(true, Ordering::SeqCst);
-    let _ = persister.join();
     let _ = repo.dir().remove_file(control::SOCKET);
-    journal.flush()?;
+    shared.journal.flush()?;
     repo.dir().remove_file(MARKER)?;
     repo.dir().fsync()?;
     tracing::info!("unmounted {}", paths.mountpoint.display());
-    result.map_err(|e| Error::io("serve", &paths.mountpoint, e))
+    result
 }
 
 /// Undoes a start that fails after the mount was made: removes the

@@ -15,16 +15,16 @@ use std::sync::Arc;
 use crossbeam_channel::{bounded, unbounded};
 use rustix::fs::{Mode, OFlags};
 
-use super::cow::Need;
-use super::cut::{walk_verified, BaseIndex, CutInfo, ObjKind};
 use crate::error::{Error, Result};
-use crate::fs::live::read_full;
-use crate::journal::FileKey;
 use crate::repo::ChunkWriter;
 use crate::snapshot::manifest::{display_path, Blocks, Node};
 use crate::snapshot::scan::RACY_CTIME;
 use crate::snapshot::{Stats, Tree};
 use crate::store::{BlobKind, ChunkId};
+use crate::track::cow::Need;
+use crate::track::cut::{walk_verified, BaseIndex, CutInfo, ObjKind};
+use crate::track::FileKey;
+use crate::util::bytes::read_full;
 
 /// Blocks per work unit.
 const UNIT_BLOCKS: u64 = 8;

@@ -1,11 +1,12 @@
 //! The background flusher: turns the change journal into snapshots, on a
 //! schedule and on events, at a cost that grows with the bytes changed.
 //!
-//! - `cut.rs`: the cut (freeze the journal, look at what changed, register
-//!   copy-before-write)
 //! - `capture.rs`: the tree at the cut, reading only the blocks that changed
-//! - `cow.rs`: copy-before-write of blocks a capture still needs
 //! - `policy.rs`: cadences and on-close globs
+//!
+//! The cut itself (freezing a consistent set of changes) belongs to
+//! change tracking: the flusher asks for it through `track::Freezer`, and
+//! never sees the filesystem.
 //!
 //! One thread runs the scheduler and takes snapshots one at a time;
 //! requests (from the control socket) and filesystem events reach it over
@@ -13,8 +14,6 @@
 //! is retried with exponential backoff; the mount is never taken down.
 
 pub mod capture;
-pub mod cow;
-pub mod cut;
 pub mod policy;
 
 use std::path::PathBuf;
@@ -26,12 +25,11 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::fs::live::FsEvent;
-use crate::fs::LiveFs;
-use crate::journal::FileKey;
 use crate::repo::{Repository, SnapshotDraft};
 use crate::snapshot::manifest::{Blocks, Entry, Manifest, MANIFEST_FORMAT};
 use crate::snapshot::{Kind, SnapshotRecord, Tree};
+use crate::track::cut;
+use crate::track::{FileKey, Freezer, FsEvent, Objects};
 use crate::util::time;
 pub use policy::Policy;
 
@@ -75,7 +73,10 @@ pub struct FlusherCtx {
     /// snapshot, so none misses what changed while not mounted).
     pub startup: Arc<Mutex<String>>,
     pub repo: Arc<Repository>,
-    pub fs: Arc<LiveFs>,
+    /// The cut and the frozen changes.
+    pub track: Freezer,
+    /// The live objects (what the cut reaches changed objects through).
+    pub objects: Arc<dyn Objects>,
     pub backing: PathBuf,
     pub mountpoint: PathBuf,
     pub hidden: Option<FileKey>,
@@ -101,8 +102,7 @@ struct Trees {
 impl Flusher {
     pub fn start(ctx: FlusherCtx) -> Result<Flusher> {
         let (tx, rx) = bounded::<Cmd>(1024);
-        let (ev_tx, ev_rx) = bounded::<FsEvent>(4096);
-        let _ = ctx.fs.events.set(ev_tx);
+        let ev_rx = ctx.track.subscribe(4096);
         let status = Arc::new(Mutex::new(FlusherStatus {
             state: "idle".into(),
             ..Default::default()
@@ -216,7 +216,7 @@ fn run(
                 final_snapshot,
                 reply,
             }) => {
-                let r = if final_snapshot && !ctx.fs.journal.is_empty() {
+                let r = if final_snapshot && !ctx.track.is_empty() {
                     guarded_take(
                         &ctx,
                         &mut trees,
@@ -245,13 +245,13 @@ fn run(
         let (kind, label) = match due {
             policy::Due::Cadence(k) => (k, None),
             policy::Due::Retry => (Kind::Incremental, None),
-            policy::Due::OnClose => match sched.take_on_close(&ctx.fs.journal, now) {
+            policy::Due::OnClose => match sched.take_on_close(ctx.track.journal(), now) {
                 Some(l) => (Kind::Incremental, Some(l)),
                 None => continue,
             },
         };
         retry_at = None;
-        if !sched.never_taken() && ctx.fs.journal.is_empty() && label.is_none() {
+        if !sched.never_taken() && ctx.track.is_empty() && label.is_none() {
             // Nothing changed: no snapshot, but the cadence starts over.
             sched.skipped(kind, now);
             continue;
@@ -276,8 +276,8 @@ fn run(
 }
 
 /// Compare the backing directory with the latest snapshot and mark what
-/// differs in the journal (see `journal::recover`).
-fn startup_check(ctx: &FlusherCtx) -> Result<Option<crate::journal::recover::RecoverReport>> {
+/// differs in the journal (see `track::reconcile`).
+fn startup_check(ctx: &FlusherCtx) -> Result<Option<crate::track::reconcile::ReconcileReport>> {
     let all = ctx.repo.snapshots()?;
     let Some(latest) = all.iter().max_by_key(|r| r.id) else {
         return Ok(None);
@@ -290,9 +290,7 @@ fn startup_check(ctx: &FlusherCtx) -> Result<Option<crate::journal::recover::Rec
         rustix::fs::Mode::empty(),
     )
     .map_err(|e| Error::io("open", &ctx.backing, e.into()))?;
-    let r = crate::journal::recover::mark_changes_since(root, &tree, &ctx.fs.journal, ctx.hidden)?;
-    ctx.fs.journal.flush()?;
-    Ok(Some(r))
+    Ok(Some(ctx.track.reconcile(root, &tree, ctx.hidden)?))
 }
 
 /// Syncfs the mount so the kernel sends writes it buffered (writeback
@@ -337,9 +335,9 @@ fn guarded_take(
     let r = match r {
         Ok(r) => r,
         Err(p) => {
-            ctx.fs.cow.set(None);
+            ctx.track.disarm();
             *trees = Trees::default();
-            let msg = crate::fs::guard::panic_message(&*p);
+            let msg = crate::util::panic::message(&*p);
             tracing::error!("the snapshot panicked ({msg}); checking the backing directory again so that no change is lost");
             if let Err(e) = startup_check(ctx) {
                 tracing::error!("re-checking after the panic: {e}");
@@ -391,8 +389,8 @@ fn take(
     status.lock().state = "cut".into();
     let index = cut::BaseIndex::new(&base);
     let full = kind == Kind::Full;
-    let info = cut::cut(&cut::CutRequest {
-        fs: &ctx.fs,
+    let info = ctx.track.cut(&cut::CutRequest {
+        objects: &*ctx.objects,
         backing: &ctx.backing,
         base: &index,
         full,
@@ -402,7 +400,7 @@ fn take(
     let cut_ms = info.held.as_secs_f64() * 1e3;
     status.lock().state = "capturing".into();
     let writer = repo.writer()?;
-    let root = crate::fs::open_backing_root(&ctx.backing)
+    let root = crate::util::sys::open_dir_path(&ctx.backing)
         .map_err(|e| Error::io("open", &ctx.backing, e))?;
     let root_dev = rustix::fs::fstat(&root).map(|s| s.st_dev).unwrap_or(0);
     let result = (|| -> Result<(SnapshotRecord, Tree, u64)> {
@@ -485,12 +483,10 @@ fn take(
         writer.close()?;
         Ok((rec, captured.tree, captured.bytes_read))
     })();
-    ctx.fs.cow.set(None);
-    info.cow.finish();
     match result {
         Ok((rec, tree, bytes)) => {
             // Committed: the frozen changes are in it.
-            if let Err(e) = ctx.fs.journal.drop_through(info.epoch) {
+            if let Err(e) = ctx.track.committed(&info) {
                 tracing::warn!("clearing the journal after snapshot {}: {e}", rec.id);
             }
             if rec.kind == Kind::Full {
@@ -518,10 +514,7 @@ fn take(
         Err(e) => {
             writer.abort();
             // The changes wait for the next snapshot.
-            ctx.fs.journal.restore(info.frozen);
-            for (k, fd) in info.pins {
-                ctx.fs.pin_dir(k, fd);
-            }
+            ctx.track.give_back(info);
             status.lock().state = "idle".into();
             Err(e)
         }

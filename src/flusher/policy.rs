@@ -3,9 +3,8 @@
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::fs::live::FsEvent;
-use crate::journal::{FileKey, Journal};
 use crate::snapshot::{Kind, SnapshotRecord};
+use crate::track::{FileKey, FsEvent, Journal};
 use crate::util::time;
 
 pub use crate::repo::config::PolicyConfig;

@@ -31,17 +31,6 @@ pub static PANICS: AtomicU64 = AtomicU64::new(0);
 /// A filesystem whose handlers cannot take the session down.
 pub struct Guarded<F>(pub F);
 
-/// The text of a panic payload.
-pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(no message)".to_string()
-    }
-}
-
 /// Run `f`; a panic is logged and swallowed (its reply, dropped while
 /// unwinding, has already answered EIO).
 fn guard(op: &'static str, f: impl FnOnce()) {
@@ -50,7 +39,7 @@ fn guard(op: &'static str, f: impl FnOnce()) {
         tracing::error!(
             op,
             "a FUSE handler panicked ({}); the request was answered with EIO and the mount goes on",
-            panic_message(&*p)
+            crate::util::panic::message(&*p)
         );
     }
 }
@@ -71,14 +60,14 @@ impl<F: Filesystem> Filesystem for Guarded<F> {
             Ok(r) => r,
             Err(p) => Err(std::io::Error::other(format!(
                 "init panicked: {}",
-                panic_message(&*p)
+                crate::util::panic::message(&*p)
             ))),
         }
     }
 
     fn destroy(&mut self) {
         if let Err(p) = catch_unwind(AssertUnwindSafe(|| self.0.destroy())) {
-            tracing::error!("destroy panicked: {}", panic_message(&*p));
+            tracing::error!("destroy panicked: {}", crate::util::panic::message(&*p));
         }
     }
 

@@ -21,7 +21,7 @@ use std::sync::{Arc, Weak};
 use parking_lot::{Mutex, RwLock};
 
 use super::handle::FileHandle;
-use crate::journal::FileKey;
+use crate::track::FileKey;
 
 pub const ROOT: u64 = 1;
 const FOREIGN_BASE: u64 = 1 << 63;

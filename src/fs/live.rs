@@ -27,22 +27,15 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 
 use super::creds::{as_caller, Caller};
 use super::inode::{Inode, InodeTable, ROOT};
-use crate::flusher::cow::Cow;
-use crate::journal::{FileKey, Journal};
+use crate::error::{OrErrno, ToErrno};
+use crate::track::{FileKey, FsEvent, Recorder};
+use crate::util::bytes::read_full;
 use crate::util::time;
 
 /// The name reserved at the root for the snapshot views.
-pub const SNAPSHOTS_DIR: &str = ".snapshots";
+pub use crate::snapshot::SNAPSHOTS_DIR;
 
 pub type FsResult<T> = Result<T, Errno>;
-
-fn errno(e: rustix::io::Errno) -> Errno {
-    Errno::from_i32(e.raw_os_error())
-}
-
-fn io_errno(e: std::io::Error) -> Errno {
-    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
-}
 
 /// Options of a live mount.
 #[derive(Clone, Debug)]
@@ -66,23 +59,13 @@ impl Default for LiveOptions {
     }
 }
 
-/// Events the flusher's scheduler listens to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FsEvent {
-    /// A file written through this handle was closed (path relative to the
-    /// mount root).
-    ClosedAfterWrite { key: FileKey, path: Vec<u8> },
-    /// A file was renamed to `path`.
-    RenamedTo { key: FileKey, path: Vec<u8> },
-}
-
 /// An entry reply: node id and attributes.
 pub struct Entry {
     pub attr: FileAttr,
 }
 
 /// An open file or directory.
-pub struct Handle {
+pub struct OpenFile {
     pub inode: Arc<Inode>,
     pub file: File,
     pub writable: bool,
@@ -95,9 +78,9 @@ pub struct Handle {
     dir: Option<Mutex<rustix::fs::Dir>>,
 }
 
-impl Handle {
-    fn new(inode: Arc<Inode>, file: File, writable: bool) -> Handle {
-        Handle {
+impl OpenFile {
+    fn new(inode: Arc<Inode>, file: File, writable: bool) -> OpenFile {
+        OpenFile {
             inode,
             file,
             writable,
@@ -129,24 +112,14 @@ pub enum OpenReply {
 
 pub struct LiveFs {
     pub inodes: InodeTable,
-    handles: RwLock<HashMap<u64, Arc<Handle>>>,
+    handles: RwLock<HashMap<u64, Arc<OpenFile>>>,
     next_fh: AtomicU64,
-    pub journal: Arc<Journal>,
+    /// Where every change is recorded (and copy-before-write happens).
+    track: Recorder,
     pub opts: LiveOptions,
     /// Set once the session exists; used to drop stale kernel attributes.
     pub notifier: Arc<OnceLock<fuser::Notifier>>,
     passthrough_ok: std::sync::atomic::AtomicBool,
-    /// Every change holds this shared; a snapshot cut holds it exclusive
-    /// for a moment, so the cut sits between whole operations.
-    pub gate: RwLock<()>,
-    /// Copy-before-write state of the capture in progress, if any.
-    pub cow: Arc<Cow>,
-    /// Descriptors of directories whose entries changed in the current
-    /// epoch, so the cut can look at them even if the kernel forgot them.
-    dir_pins: Mutex<HashMap<FileKey, Arc<OwnedFd>>>,
-    /// Where to send `FsEvent`s (set by the daemon when it schedules
-    /// snapshots on close).
-    pub events: OnceLock<crossbeam_channel::Sender<FsEvent>>,
     /// Absolute path of the backing directory (for event paths).
     root_path: std::path::PathBuf,
 }
@@ -239,21 +212,6 @@ fn fd_budget() -> usize {
     (limit.saturating_sub(4096) as usize).max(limit as usize / 2)
 }
 
-/// Read `len` bytes at `off` (zeros past the end of the file).
-pub fn read_full(f: &File, off: u64, len: usize) -> std::io::Result<Vec<u8>> {
-    let mut v = vec![0u8; len];
-    let mut got = 0;
-    while got < len {
-        match f.read_at(&mut v[got..], off + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(v)
-}
-
 fn writable(flags: i32) -> bool {
     matches!(flags & libc::O_ACCMODE, libc::O_WRONLY | libc::O_RDWR)
 }
@@ -261,7 +219,7 @@ fn writable(flags: i32) -> bool {
 impl LiveFs {
     /// A live filesystem over the backing directory `root` (an `O_PATH`
     /// or directory descriptor).
-    pub fn new(root: OwnedFd, journal: Arc<Journal>, opts: LiveOptions) -> std::io::Result<LiveFs> {
+    pub fn new(root: OwnedFd, track: Recorder, opts: LiveOptions) -> std::io::Result<LiveFs> {
         let st = rustix::fs::fstat(&root)?;
         if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
             return Err(std::io::Error::other("backing root is not a directory"));
@@ -272,17 +230,13 @@ impl LiveFs {
         };
         Ok(LiveFs {
             root_path,
-            events: OnceLock::new(),
             inodes: InodeTable::new(root, FileKey::of(&st), fd_budget()),
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            journal,
+            track,
             passthrough_ok: std::sync::atomic::AtomicBool::new(opts.passthrough_reads),
             opts,
             notifier: Arc::new(OnceLock::new()),
-            gate: RwLock::new(()),
-            cow: Arc::new(Cow::default()),
-            dir_pins: Mutex::new(HashMap::new()),
         })
     }
 
@@ -295,59 +249,39 @@ impl LiveFs {
     }
 
     fn emit(&self, e: impl FnOnce() -> Option<FsEvent>) {
-        if let Some(tx) = self.events.get() {
-            if let Some(ev) = e() {
-                let _ = tx.try_send(ev);
-            }
-        }
-    }
-
-    /// Keep a directory reachable until the next cut.
-    pub fn pin_dir(&self, key: FileKey, fd: Arc<OwnedFd>) {
-        self.dir_pins.lock().entry(key).or_insert(fd);
-    }
-
-    /// The pinned directories (the cut takes them with the frozen epoch).
-    pub fn take_dir_pins(&self) -> HashMap<FileKey, Arc<OwnedFd>> {
-        std::mem::take(&mut *self.dir_pins.lock())
+        self.track.emit(e);
     }
 
     /// Record a directory entry change and keep the directory reachable.
     fn entry_changed(&self, dir: &Arc<Inode>, name: &[u8]) {
-        self.journal.record_entry(&dir.key, name);
-        if let Ok(fd) = dir.fd() {
-            self.pin_dir(dir.key, fd);
-        }
+        self.track.entry(&dir.key, name, dir.fd().ok());
     }
 
     /// During a capture: keep `parent/name` reachable before it is renamed
     /// or removed.
     fn pin_before_move(&self, parent: &Arc<Inode>, name: &[u8]) {
-        let Some(c) = self.cow.get() else { return };
-        let Ok(pfd) = parent.fd() else { return };
-        if let Ok(fd) = rustix::fs::openat(
-            &*pfd,
-            name,
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
-            if let Ok(st) = rustix::fs::fstat(&fd) {
-                c.pin_moved(FileKey::of(&st), Arc::new(fd));
-            }
-        }
+        self.track.before_move(|| {
+            let pfd = parent.fd().ok()?;
+            let fd = rustix::fs::openat(
+                &*pfd,
+                name,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .ok()?;
+            let st = rustix::fs::fstat(&fd).ok()?;
+            Some((FileKey::of(&st), Arc::new(fd)))
+        });
     }
 
     /// During a capture: save the blocks `[first, last]` of a regular file
     /// that the snapshot still needs, before they change.
     fn cow_change(&self, n: &Arc<Inode>, first: u64, last: u64) -> FsResult<()> {
-        let Some(c) = self.cow.get() else {
-            return Ok(());
-        };
-        if n.kind != libc::S_IFREG {
+        if !self.track.capturing() || n.kind != libc::S_IFREG {
             return Ok(());
         }
         let file: std::cell::OnceCell<File> = std::cell::OnceCell::new();
-        let proc = n.proc_path().map_err(io_errno)?;
+        let proc = n.proc_path().or_errno()?;
         let reader = |off: u64, len: usize| -> std::io::Result<Vec<u8>> {
             if file.get().is_none() {
                 let fd = rustix::fs::openat(
@@ -365,12 +299,13 @@ impl LiveFs {
         };
         let size_now =
             || -> std::io::Result<u64> { Ok(rustix::fs::fstat(&*n.fd()?)?.st_size as u64) };
-        c.before_change(&n.key, first, last, &reader, &size_now)
-            .map_err(io_errno)
+        self.track
+            .before_change(&n.key, first, last, &reader, &size_now)
+            .or_errno()
     }
 
     fn block_of(&self, offset: u64) -> u64 {
-        offset / self.journal.block_size()
+        offset / self.track.block_size()
     }
 
     pub fn disable_passthrough(&self) {
@@ -385,18 +320,18 @@ impl LiveFs {
         self.inodes.get(nodeid).ok_or(Errno::ESTALE)
     }
 
-    fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
+    fn handle(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
         self.handles.read().get(&fh).cloned().ok_or(Errno::EBADF)
     }
 
-    fn add_handle(&self, h: Handle) -> u64 {
+    fn add_handle(&self, h: OpenFile) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.write().insert(fh, Arc::new(h));
         fh
     }
 
     fn stat_node(&self, n: &Arc<Inode>) -> FsResult<rustix::fs::Stat> {
-        rustix::fs::fstat(&*n.fd().map_err(io_errno)?).map_err(errno)
+        rustix::fs::fstat(&*n.fd().or_errno()?).or_errno()
     }
 
     pub fn attr(&self, n: &Arc<Inode>) -> FsResult<FileAttr> {
@@ -415,11 +350,9 @@ impl LiveFs {
             return Err(Errno::EPERM);
         }
         if let Some(hidden) = self.opts.hidden {
-            if let Ok(st) = rustix::fs::statat(
-                &*parent.fd().map_err(io_errno)?,
-                name,
-                AtFlags::SYMLINK_NOFOLLOW,
-            ) {
+            if let Ok(st) =
+                rustix::fs::statat(&*parent.fd().or_errno()?, name, AtFlags::SYMLINK_NOFOLLOW)
+            {
                 if FileKey::of(&st) == hidden {
                     return Err(Errno::EPERM);
                 }
@@ -450,13 +383,13 @@ impl LiveFs {
 
     fn do_lookup(&self, parent: &Arc<Inode>, name: &[u8]) -> FsResult<Entry> {
         let fd = rustix::fs::openat(
-            &*parent.fd().map_err(io_errno)?,
+            &*parent.fd().or_errno()?,
             name,
             OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(errno)?;
-        let st = rustix::fs::fstat(&fd).map_err(errno)?;
+        .or_errno()?;
+        let st = rustix::fs::fstat(&fd).or_errno()?;
         if self.is_hidden(&st) {
             return Err(Errno::ENOENT);
         }
@@ -482,7 +415,7 @@ impl LiveFs {
     pub fn getattr(&self, nodeid: u64, fh: Option<u64>) -> FsResult<FileAttr> {
         if let Some(fh) = fh {
             if let Ok(h) = self.handle(fh) {
-                let st = rustix::fs::fstat(&h.file).map_err(errno)?;
+                let st = rustix::fs::fstat(&h.file).or_errno()?;
                 return Ok(attr_of(nodeid, &st));
             }
         }
@@ -504,14 +437,13 @@ impl LiveFs {
         fh: Option<u64>,
     ) -> FsResult<FileAttr> {
         let n = self.node(nodeid)?;
-        let _gate = self.gate.read();
-        let proc = n.proc_path().map_err(io_errno)?;
+        let _change = self.track.change();
+        let proc = n.proc_path().or_errno()?;
         let is_link = n.kind == libc::S_IFLNK;
         if uid.is_some() || gid.is_some() {
             let u = uid.map(rustix::fs::Uid::from_raw);
             let g = gid.map(rustix::fs::Gid::from_raw);
-            rustix::fs::chownat(&*n.fd().map_err(io_errno)?, "", u, g, AtFlags::EMPTY_PATH)
-                .map_err(errno)?;
+            rustix::fs::chownat(&*n.fd().or_errno()?, "", u, g, AtFlags::EMPTY_PATH).or_errno()?;
         }
         if let Some(mode) = mode {
             if is_link {
@@ -523,7 +455,7 @@ impl LiveFs {
                 Mode::from_raw_mode(mode & 0o7777),
                 AtFlags::empty(),
             )
-            .map_err(errno)?;
+            .or_errno()?;
         }
         if let Some(size) = size {
             let handle = fh
@@ -534,7 +466,7 @@ impl LiveFs {
                 self.cow_change(&n, self.block_of(size), u64::MAX)?;
             }
             match handle {
-                Some(h) => rustix::fs::ftruncate(&h.file, size).map_err(errno)?,
+                Some(h) => rustix::fs::ftruncate(&h.file, size).or_errno()?,
                 None => {
                     let f = rustix::fs::openat(
                         rustix::fs::CWD,
@@ -542,11 +474,11 @@ impl LiveFs {
                         OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NONBLOCK,
                         Mode::empty(),
                     )
-                    .map_err(errno)?;
-                    rustix::fs::ftruncate(&f, size).map_err(errno)?;
+                    .or_errno()?;
+                    rustix::fs::ftruncate(&f, size).or_errno()?;
                 }
             }
-            self.journal.record_resize(&n.key, old, size);
+            self.track.resize(&n.key, old, size);
         }
         if atime.is_some() || mtime.is_some() {
             let ts = rustix::fs::Timestamps {
@@ -554,19 +486,19 @@ impl LiveFs {
                 last_modification: timespec(mtime),
             };
             rustix::fs::utimensat(rustix::fs::CWD, proc.as_str(), &ts, AtFlags::empty())
-                .map_err(errno)?;
+                .or_errno()?;
         }
         if mode.is_some() || uid.is_some() || gid.is_some() || atime.is_some() || mtime.is_some() {
-            self.journal.record_meta(&n.key);
+            self.track.meta(&n.key);
         }
         self.attr(&n)
     }
 
     pub fn readlink(&self, nodeid: u64) -> FsResult<Vec<u8>> {
         let n = self.node(nodeid)?;
-        rustix::fs::readlinkat(&*n.fd().map_err(io_errno)?, "", Vec::new())
+        rustix::fs::readlinkat(&*n.fd().or_errno()?, "", Vec::new())
             .map(|c| c.into_bytes())
-            .map_err(errno)
+            .or_errno()
     }
 
     // ---- namespace --------------------------------------------------
@@ -574,7 +506,7 @@ impl LiveFs {
     fn created(&self, parent: &Arc<Inode>, name: &[u8]) -> FsResult<Entry> {
         let e = self.do_lookup(parent, name)?;
         if let Some(n) = self.inodes.get(e.attr.ino.0) {
-            self.journal.record_created(&n.key);
+            self.track.created(&n.key);
         }
         self.entry_changed(parent, name);
         Ok(e)
@@ -590,19 +522,19 @@ impl LiveFs {
     ) -> FsResult<Entry> {
         let p = self.node(parent)?;
         let name = name_bytes(name)?;
-        let _gate = self.gate.read();
+        let _change = self.track.change();
         self.check_mutable(&p, name)?;
         {
             let _as = as_caller(c)?;
             let ft = rustix::fs::FileType::from_raw_mode(mode);
             rustix::fs::mknodat(
-                &*p.fd().map_err(io_errno)?,
+                &*p.fd().or_errno()?,
                 name,
                 ft,
                 Mode::from_raw_mode(mode & 0o7777),
                 rdev as u64,
             )
-            .map_err(errno)?;
+            .or_errno()?;
         }
         self.created(&p, name)
     }
@@ -610,16 +542,16 @@ impl LiveFs {
     pub fn mkdir(&self, c: Caller, parent: u64, name: &OsStr, mode: u32) -> FsResult<Entry> {
         let p = self.node(parent)?;
         let name = name_bytes(name)?;
-        let _gate = self.gate.read();
+        let _change = self.track.change();
         self.check_mutable(&p, name)?;
         {
             let _as = as_caller(c)?;
             rustix::fs::mkdirat(
-                &*p.fd().map_err(io_errno)?,
+                &*p.fd().or_errno()?,
                 name,
                 Mode::from_raw_mode(mode & 0o7777),
             )
-            .map_err(errno)?;
+            .or_errno()?;
         }
         self.created(&p, name)
     }
@@ -627,11 +559,11 @@ impl LiveFs {
     pub fn symlink(&self, c: Caller, parent: u64, name: &OsStr, target: &[u8]) -> FsResult<Entry> {
         let p = self.node(parent)?;
         let name = name_bytes(name)?;
-        let _gate = self.gate.read();
+        let _change = self.track.change();
         self.check_mutable(&p, name)?;
         {
             let _as = as_caller(c)?;
-            rustix::fs::symlinkat(target, &*p.fd().map_err(io_errno)?, name).map_err(errno)?;
+            rustix::fs::symlinkat(target, &*p.fd().or_errno()?, name).or_errno()?;
         }
         self.created(&p, name)
     }
@@ -639,14 +571,14 @@ impl LiveFs {
     fn remove(&self, parent: u64, name: &OsStr, flags: AtFlags) -> FsResult<()> {
         let p = self.node(parent)?;
         let name = name_bytes(name)?;
-        let _gate = self.gate.read();
+        let _change = self.track.change();
         self.check_mutable(&p, name)?;
         let victim = self.known_child(&p, name);
         self.pin_before_move(&p, name);
-        rustix::fs::unlinkat(&*p.fd().map_err(io_errno)?, name, flags).map_err(errno)?;
+        rustix::fs::unlinkat(&*p.fd().or_errno()?, name, flags).or_errno()?;
         self.entry_changed(&p, name);
         if let Some(v) = victim {
-            self.journal.record_meta(&v.key);
+            self.track.meta(&v.key);
             self.invalidate(v.nodeid);
         }
         Ok(())
@@ -672,7 +604,7 @@ impl LiveFs {
         let np = self.node(newparent)?;
         let name = name_bytes(name)?;
         let newname = name_bytes(newname)?;
-        let _gate = self.gate.read();
+        let _change = self.track.change();
         self.check_mutable(&p, name)?;
         self.check_mutable(&np, newname)?;
         let moved = self.known_child(&p, name);
@@ -681,22 +613,17 @@ impl LiveFs {
         self.pin_before_move(&np, newname);
         let rflags = rustix::fs::RenameFlags::from_bits_retain(flags);
         if rflags.is_empty() {
-            rustix::fs::renameat(
-                &*p.fd().map_err(io_errno)?,
-                name,
-                &*np.fd().map_err(io_errno)?,
-                newname,
-            )
-            .map_err(errno)?;
+            rustix::fs::renameat(&*p.fd().or_errno()?, name, &*np.fd().or_errno()?, newname)
+                .or_errno()?;
         } else {
             rustix::fs::renameat_with(
-                &*p.fd().map_err(io_errno)?,
+                &*p.fd().or_errno()?,
                 name,
-                &*np.fd().map_err(io_errno)?,
+                &*np.fd().or_errno()?,
                 newname,
                 rflags,
             )
-            .map_err(errno)?;
+            .or_errno()?;
         }
         self.entry_changed(&p, name);
         self.entry_changed(&np, newname);
@@ -712,7 +639,7 @@ impl LiveFs {
             });
         }
         for n in moved.iter().chain(replaced.iter()) {
-            self.journal.record_meta(&n.key);
+            self.track.meta(&n.key);
             self.invalidate(n.nodeid);
         }
         Ok(())
@@ -722,18 +649,18 @@ impl LiveFs {
         let n = self.node(nodeid)?;
         let np = self.node(newparent)?;
         let newname = name_bytes(newname)?;
-        let _gate = self.gate.read();
+        let _change = self.track.change();
         self.check_mutable(&np, newname)?;
         rustix::fs::linkat(
             rustix::fs::CWD,
-            n.proc_path().map_err(io_errno)?.as_str(),
-            &*np.fd().map_err(io_errno)?,
+            n.proc_path().or_errno()?.as_str(),
+            &*np.fd().or_errno()?,
             newname,
             AtFlags::SYMLINK_FOLLOW,
         )
-        .map_err(errno)?;
+        .or_errno()?;
         self.entry_changed(&np, newname);
-        self.journal.record_meta(&n.key);
+        self.track.meta(&n.key);
         self.invalidate(n.nodeid);
         self.do_lookup(&np, newname)
     }
@@ -750,7 +677,7 @@ impl LiveFs {
                 // that has passthrough opens. A writer then bypasses the
                 // daemon, so the whole file is treated as changed.
                 if write {
-                    self.journal.record_all_from(&n.key, 0);
+                    self.track.all_from(&n.key, 0);
                     tracing::info!(ino = n.key.ino, "writable open of a file open for passthrough reads: whole file marked changed");
                 }
                 m.passthrough += 1;
@@ -768,16 +695,16 @@ impl LiveFs {
     fn reopen(&self, n: &Arc<Inode>, flags: i32) -> FsResult<File> {
         let fd = rustix::fs::openat(
             rustix::fs::CWD,
-            n.proc_path().map_err(io_errno)?.as_str(),
+            n.proc_path().or_errno()?.as_str(),
             backing_open_flags(flags) | OFlags::NONBLOCK,
             Mode::empty(),
         )
-        .map_err(errno)?;
+        .or_errno()?;
         // Clear O_NONBLOCK (used only so a FIFO open cannot hang).
         let f = File::from(fd);
-        let fl = rustix::fs::fcntl_getfl(&f).map_err(errno)?;
+        let fl = rustix::fs::fcntl_getfl(&f).or_errno()?;
         if (flags & libc::O_NONBLOCK) == 0 {
-            rustix::fs::fcntl_setfl(&f, fl - OFlags::NONBLOCK).map_err(errno)?;
+            rustix::fs::fcntl_setfl(&f, fl - OFlags::NONBLOCK).or_errno()?;
         }
         Ok(f)
     }
@@ -786,7 +713,7 @@ impl LiveFs {
         let n = self.node(nodeid)?;
         let write = writable(flags);
         let truncating = write && flags & libc::O_TRUNC != 0;
-        let _gate = truncating.then(|| self.gate.read());
+        let _change = truncating.then(|| self.track.change());
         let old_size = if truncating {
             self.cow_change(&n, 0, u64::MAX)?;
             Some(self.stat_node(&n)?.st_size as u64)
@@ -796,11 +723,11 @@ impl LiveFs {
         let file = self.reopen(&n, flags)?;
         if let Some(old) = old_size {
             if old != 0 {
-                self.journal.record_resize(&n.key, old, 0);
+                self.track.resize(&n.key, old, 0);
             }
         }
         let (pt, backing) = self.open_mode(&n, write);
-        let h = Handle::new(n.clone(), file, write);
+        let h = OpenFile::new(n.clone(), file, write);
         h.passthrough.store(pt, Ordering::Relaxed);
         *h.backing.lock() = backing.clone();
         let fh = self.add_handle(h);
@@ -815,7 +742,7 @@ impl LiveFs {
     }
 
     /// The file of a handle (for registering a passthrough backing id).
-    pub fn handle_file(&self, fh: u64) -> FsResult<Arc<Handle>> {
+    pub fn handle_file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
         self.handle(fh)
     }
 
@@ -850,7 +777,7 @@ impl LiveFs {
     ) -> FsResult<(Entry, u64)> {
         let p = self.node(parent)?;
         let name = name_bytes(name)?;
-        let _gate = self.gate.read();
+        let _change = self.track.change();
         self.check_mutable(&p, name)?;
         if flags & libc::O_TRUNC != 0 {
             // O_CREAT|O_TRUNC of an existing file destroys its content.
@@ -861,18 +788,18 @@ impl LiveFs {
         let file = {
             let _as = as_caller(c)?;
             let fd = rustix::fs::openat(
-                &*p.fd().map_err(io_errno)?,
+                &*p.fd().or_errno()?,
                 name,
                 backing_open_flags(flags) | OFlags::CREATE | OFlags::NOFOLLOW,
                 Mode::from_raw_mode(mode & 0o7777),
             )
-            .map_err(errno)?;
+            .or_errno()?;
             File::from(fd)
         };
         let e = self.created(&p, name)?;
         let n = self.node(e.attr.ino.0)?;
         n.opens.lock().cached += 1;
-        let fh = self.add_handle(Handle::new(n, file, writable(flags)));
+        let fh = self.add_handle(OpenFile::new(n, file, writable(flags)));
         Ok((e, fh))
     }
 
@@ -885,7 +812,7 @@ impl LiveFs {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io_errno(e)),
+                Err(e) => return Err(e.to_errno()),
             }
         }
         buf.truncate(got);
@@ -894,7 +821,7 @@ impl LiveFs {
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let h = self.handle(fh)?;
-        let _gate = self.gate.read();
+        let _change = self.track.change();
         if !data.is_empty() {
             let last = self.block_of(offset + data.len() as u64 - 1);
             self.cow_change(&h.inode, self.block_of(offset), last)?;
@@ -909,11 +836,11 @@ impl LiveFs {
                     if done > 0 {
                         break;
                     }
-                    return Err(io_errno(e));
+                    return Err(e.to_errno());
                 }
             }
         }
-        self.journal.record_write(&h.inode.key, offset, done as u64);
+        self.track.write(&h.inode.key, offset, done as u64);
         if done > 0 {
             h.wrote.store(true, Ordering::Relaxed);
         }
@@ -945,17 +872,17 @@ impl LiveFs {
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
         let h = self.handle(fh)?;
         if datasync {
-            rustix::fs::fdatasync(&h.file).map_err(errno)
+            rustix::fs::fdatasync(&h.file).or_errno()
         } else {
-            rustix::fs::fsync(&h.file).map_err(errno)
+            rustix::fs::fsync(&h.file).or_errno()
         }
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
         let h = self.handle(fh)?;
-        let _gate = self.gate.read();
+        let _change = self.track.change();
         let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
-        let old = rustix::fs::fstat(&h.file).map_err(errno)?.st_size as u64;
+        let old = rustix::fs::fstat(&h.file).or_errno()?.st_size as u64;
         {
             use rustix::fs::FallocateFlags as F;
             if flags.intersects(F::COLLAPSE_RANGE | F::INSERT_RANGE) {
@@ -965,20 +892,20 @@ impl LiveFs {
                 self.cow_change(&h.inode, self.block_of(offset), last)?;
             }
         }
-        rustix::fs::fallocate(&h.file, flags, offset, length).map_err(errno)?;
-        let new = rustix::fs::fstat(&h.file).map_err(errno)?.st_size as u64;
+        rustix::fs::fallocate(&h.file, flags, offset, length).or_errno()?;
+        let new = rustix::fs::fstat(&h.file).or_errno()?.st_size as u64;
         use rustix::fs::FallocateFlags as F;
         let key = &h.inode.key;
         if flags.intersects(F::COLLAPSE_RANGE | F::INSERT_RANGE) {
-            self.journal.record_all_from(key, offset);
+            self.track.all_from(key, offset);
         } else if flags.intersects(F::PUNCH_HOLE | F::ZERO_RANGE) {
             let end = (offset + length).min(old.max(new));
             if end > offset {
-                self.journal.record_range(key, offset, end - offset);
+                self.track.range(key, offset, end - offset);
             }
         }
         if new != old {
-            self.journal.record_resize(key, old, new);
+            self.track.resize(key, old, new);
         }
         Ok(())
     }
@@ -992,9 +919,7 @@ impl LiveFs {
             libc::SEEK_END => rustix::fs::SeekFrom::End(offset),
             _ => return Err(Errno::EINVAL),
         };
-        rustix::fs::seek(&h.file, pos)
-            .map(|p| p as i64)
-            .map_err(errno)
+        rustix::fs::seek(&h.file, pos).map(|p| p as i64).or_errno()
     }
 
     pub fn copy_file_range(
@@ -1007,7 +932,7 @@ impl LiveFs {
     ) -> FsResult<u32> {
         let hi = self.handle(fh_in)?;
         let ho = self.handle(fh_out)?;
-        let _gate = self.gate.read();
+        let _change = self.track.change();
         if len > 0 {
             let last = self.block_of(off_out + len - 1);
             self.cow_change(&ho.inode, self.block_of(off_out), last)?;
@@ -1020,8 +945,8 @@ impl LiveFs {
             Some(&mut b),
             len.min(u32::MAX as u64) as usize,
         )
-        .map_err(errno)?;
-        self.journal.record_range(&ho.inode.key, off_out, n as u64);
+        .or_errno()?;
+        self.track.range(&ho.inode.key, off_out, n as u64);
         Ok(n as u32)
     }
 
@@ -1031,14 +956,14 @@ impl LiveFs {
         let n = self.node(nodeid)?;
         let fd = rustix::fs::openat(
             rustix::fs::CWD,
-            n.proc_path().map_err(io_errno)?.as_str(),
+            n.proc_path().or_errno()?.as_str(),
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(errno)?;
+        .or_errno()?;
         let file = File::from(fd);
-        let dir = rustix::fs::Dir::read_from(&file).map_err(errno)?;
-        let mut h = Handle::new(n, file, false);
+        let dir = rustix::fs::Dir::read_from(&file).or_errno()?;
+        let mut h = OpenFile::new(n, file, false);
         h.dir = Some(Mutex::new(dir));
         Ok(self.add_handle(h))
     }
@@ -1060,11 +985,11 @@ impl LiveFs {
         if offset == 0 {
             dir.rewind();
         } else {
-            dir.seek(offset as i64).map_err(errno)?;
+            dir.seek(offset as i64).or_errno()?;
         }
         let at_root = h.inode.nodeid == ROOT;
         while let Some(e) = dir.read() {
-            let e = e.map_err(errno)?;
+            let e = e.or_errno()?;
             let name = e.file_name().to_bytes();
             if at_root && name == SNAPSHOTS_DIR.as_bytes() {
                 continue;
@@ -1103,8 +1028,7 @@ impl LiveFs {
             let (st, id) = if name == b"." {
                 (self.stat_node(&h.inode)?, h.inode.nodeid)
             } else {
-                let st =
-                    rustix::fs::statat(&h.file, "..", AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
+                let st = rustix::fs::statat(&h.file, "..", AtFlags::SYMLINK_NOFOLLOW).or_errno()?;
                 let id = if h.inode.nodeid == ROOT {
                     ROOT
                 } else {
@@ -1121,12 +1045,12 @@ impl LiveFs {
 
     pub fn fsyncdir(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
-        rustix::fs::fsync(&h.file).map_err(errno)
+        rustix::fs::fsync(&h.file).or_errno()
     }
 
     pub fn statfs(&self) -> FsResult<rustix::fs::StatVfs> {
         let root = self.inodes.root();
-        rustix::fs::fstatvfs(&*root.fd().map_err(io_errno)?).map_err(errno)
+        rustix::fs::fstatvfs(&*root.fd().or_errno()?).or_errno()
     }
 
     // ---- xattrs -----------------------------------------------------
@@ -1137,16 +1061,16 @@ impl LiveFs {
             // user.* attributes are not permitted on symlinks.
             return Err(Errno::EPERM);
         }
-        let p = n.proc_path().map_err(io_errno)?;
+        let p = n.proc_path().or_errno()?;
         Ok((n, p))
     }
 
     pub fn setxattr(&self, nodeid: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
         let (n, p) = self.xattr_target(nodeid)?;
-        let _gate = self.gate.read();
+        let _change = self.track.change();
         let f = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
-        rustix::fs::setxattr(p.as_str(), name, value, f).map_err(errno)?;
-        self.journal.record_meta(&n.key);
+        rustix::fs::setxattr(p.as_str(), name, value, f).or_errno()?;
+        self.track.meta(&n.key);
         Ok(())
     }
 
@@ -1156,13 +1080,13 @@ impl LiveFs {
         if n.kind == libc::S_IFLNK {
             return Err(Errno::NO_XATTR);
         }
-        let p = n.proc_path().map_err(io_errno)?;
+        let p = n.proc_path().or_errno()?;
         let mut buf = vec![0u8; size as usize];
         if size == 0 {
-            let len = rustix::fs::getxattr_query(p.as_str(), name).map_err(errno)?;
+            let len = rustix::fs::getxattr_query(p.as_str(), name).or_errno()?;
             return Ok(vec![0u8; len]);
         }
-        let len = rustix::fs::getxattr(p.as_str(), name, &mut buf[..]).map_err(errno)?;
+        let len = rustix::fs::getxattr(p.as_str(), name, &mut buf[..]).or_errno()?;
         buf.truncate(len);
         Ok(buf)
     }
@@ -1172,22 +1096,22 @@ impl LiveFs {
         if n.kind == libc::S_IFLNK {
             return Ok(Vec::new());
         }
-        let p = n.proc_path().map_err(io_errno)?;
+        let p = n.proc_path().or_errno()?;
         if size == 0 {
-            let len = rustix::fs::listxattr_query(p.as_str()).map_err(errno)?;
+            let len = rustix::fs::listxattr_query(p.as_str()).or_errno()?;
             return Ok(vec![0u8; len]);
         }
         let mut buf = vec![0u8; size as usize];
-        let len = rustix::fs::listxattr(p.as_str(), &mut buf[..]).map_err(errno)?;
+        let len = rustix::fs::listxattr(p.as_str(), &mut buf[..]).or_errno()?;
         buf.truncate(len);
         Ok(buf)
     }
 
     pub fn removexattr(&self, nodeid: u64, name: &OsStr) -> FsResult<()> {
         let (n, p) = self.xattr_target(nodeid)?;
-        let _gate = self.gate.read();
-        rustix::fs::removexattr(p.as_str(), name).map_err(errno)?;
-        self.journal.record_meta(&n.key);
+        let _change = self.track.change();
+        rustix::fs::removexattr(p.as_str(), name).or_errno()?;
+        self.track.meta(&n.key);
         Ok(())
     }
 
@@ -1196,10 +1120,22 @@ impl LiveFs {
         let access = rustix::fs::Access::from_bits_retain(mask as u32);
         rustix::fs::accessat(
             rustix::fs::CWD,
-            n.proc_path().map_err(io_errno)?.as_str(),
+            n.proc_path().or_errno()?.as_str(),
             access,
             AtFlags::empty(),
         )
-        .map_err(errno)
+        .or_errno()
+    }
+}
+
+/// The cut reaches changed objects through the inode table.
+impl crate::track::Objects for LiveFs {
+    fn root(&self) -> std::io::Result<(FileKey, Arc<OwnedFd>)> {
+        let r = self.inodes.root();
+        Ok((r.key, r.fd()?))
+    }
+
+    fn find(&self, key: &FileKey) -> Option<Arc<OwnedFd>> {
+        self.inodes.find(key)?.fd().ok()
     }
 }

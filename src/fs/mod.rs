@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
-use crate::journal::Journal;
+use crate::track::{FileKey, Recorder};
 pub use adapter::LiveAdapter;
 pub use live::{LiveFs, LiveOptions};
 
@@ -100,33 +100,22 @@ pub fn raise_fd_limit() -> u64 {
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
-/// Open the backing directory as an `O_PATH` descriptor.
-pub fn open_backing_root(backing: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
-    use rustix::fs::{Mode, OFlags};
-    Ok(rustix::fs::openat(
-        rustix::fs::CWD,
-        backing,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?)
-}
-
 /// Mount a live filesystem of `backing` on `mountpoint`. The session is
 /// returned unstarted: run it (`Session::run`) or spawn it.
 pub fn mount_live(
     backing: &Path,
     mountpoint: &Path,
-    journal: Arc<Journal>,
+    track: Recorder,
     cfg: &MountConfig,
-    hidden: Option<crate::journal::FileKey>,
+    hidden: Option<FileKey>,
     views: Option<Arc<snapshot_view::Views>>,
 ) -> std::io::Result<(Session<guard::Guarded<LiveAdapter>>, Arc<LiveFs>)> {
     let limit = raise_fd_limit();
     tracing::debug!("open file limit: {limit}");
-    let root = open_backing_root(backing)?;
+    let root = crate::util::sys::open_dir_path(backing)?;
     let fs = Arc::new(LiveFs::new(
         root,
-        journal,
+        track,
         LiveOptions {
             passthrough_reads: cfg.passthrough_reads,
             ttl: cfg.ttl,

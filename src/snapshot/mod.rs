@@ -10,3 +10,7 @@ pub mod tree;
 pub use manifest::{Blocks, Entry, Manifest, Meta, Node};
 pub use model::{Kind, SnapshotRecord, Stats};
 pub use tree::Tree;
+
+/// The name under which a live mount shows its snapshots at its root. It
+/// is never captured, and nothing of that name can be made there.
+pub const SNAPSHOTS_DIR: &str = ".snapshots";

@@ -1,5 +1,8 @@
 //! Byte-buffer helpers.
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
 /// Make `buf` exactly `len` bytes long for a caller that will overwrite
 /// all of them: shrinking keeps the old bytes (no zeroing pass, which cost
 /// ~5% of a snapshot read when buffers are recycled), growing zero-fills
@@ -10,6 +13,21 @@ pub fn set_len_keeping(buf: &mut Vec<u8>, len: usize) {
     } else {
         buf.resize(len, 0);
     }
+}
+
+/// Read `len` bytes at `off` (zeros past the end of the file).
+pub fn read_full(f: &File, off: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut v = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match f.read_at(&mut v[got..], off + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(v)
 }
 
 #[cfg(test)]

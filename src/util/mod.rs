@@ -4,6 +4,8 @@ pub mod bytes;
 pub mod dirfd;
 pub mod durable;
 pub mod fault;
+pub mod panic;
+pub mod pool;
 pub mod sys;
 pub mod time;
 pub mod walk;

@@ -37,6 +37,17 @@ pub fn meta_of(st: &rustix::fs::Stat) -> Meta {
     }
 }
 
+/// Open a directory by path as an `O_PATH` descriptor (the start of a
+/// descriptor-based walk).
+pub fn open_dir_path(dir: &std::path::Path) -> std::io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        rustix::fs::CWD,
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
 pub const S_IFMT: u32 = libc::S_IFMT;
 
 pub fn file_type(mode: u32) -> u32 {

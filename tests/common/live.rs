@@ -5,8 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rewindfs::fs::{mount_live, LiveFs, MountConfig};
-use rewindfs::journal::Journal;
+use rewindfs::flusher::Policy;
+use rewindfs::fs::{LiveFs, MountConfig};
+use rewindfs::mount::{LiveMount, LiveMountConfig};
+use rewindfs::repo::Repository;
+use rewindfs::track::Journal;
 
 pub const BS: u32 = 64 << 10;
 
@@ -28,14 +31,56 @@ fn which(bin: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// No automatic snapshots: tests take them on request.
+fn manual_policy() -> Policy {
+    Policy {
+        every: None,
+        differential_every: None,
+        full_every: None,
+        on_close: Vec::new(),
+        settle: std::time::Duration::from_secs(1),
+        snapshot_on_unmount: false,
+    }
+}
+
+/// Start a live mount the way the daemon does (`LiveMount::start`), with
+/// its repository in `tmp/repo`, and serve it on background threads.
+fn start_mount(
+    tmp: &Path,
+    block_size: u32,
+    cfg: MountConfig,
+    views: bool,
+) -> (LiveMount, PathBuf, PathBuf) {
+    let backing = tmp.join("backing");
+    let mnt = tmp.join("mnt");
+    let repo_dir = tmp.join("repo");
+    Repository::init(&repo_dir, block_size, 3).unwrap();
+    let repo = Arc::new(Repository::open(&repo_dir).unwrap());
+    let mut live = LiveMount::start(LiveMountConfig {
+        backing: backing.canonicalize().unwrap(),
+        mountpoint: mnt.clone(),
+        repo,
+        mount: cfg,
+        policy: manual_policy(),
+        hidden: None,
+        views,
+        startup: Default::default(),
+        threads: 2,
+    })
+    .unwrap_or_else(|e| panic!("mounting FUSE on {} failed: {e}", mnt.display()));
+    live.spawn().expect("start the FUSE session");
+    (live, backing, mnt)
+}
+
+/// A live mount without snapshot views, for filesystem and tracking
+/// tests (the flusher runs, with no cadence).
 pub struct TestMount {
-    pub tmp: tempfile::TempDir,
     pub backing: PathBuf,
     pub mnt: PathBuf,
     pub journal: Arc<Journal>,
     pub fs: Arc<LiveFs>,
-    _db: sled::Db,
-    session: Option<fuser::BackgroundSession>,
+    live: Option<LiveMount>,
+    pub tmp: tempfile::TempDir,
 }
 
 impl TestMount {
@@ -46,23 +91,16 @@ impl TestMount {
     pub fn with(cfg: MountConfig) -> TestMount {
         require_fuse();
         let tmp = tempfile::tempdir().expect("tempdir");
-        let backing = tmp.path().join("backing");
-        let mnt = tmp.path().join("mnt");
-        std::fs::create_dir(&backing).unwrap();
-        std::fs::create_dir(&mnt).unwrap();
-        let db = sled::open(tmp.path().join("journal")).unwrap();
-        let journal = Arc::new(Journal::open(db.open_tree("journal").unwrap(), BS).unwrap());
-        let (session, fs) = mount_live(&backing, &mnt, journal.clone(), &cfg, None, None)
-            .unwrap_or_else(|e| panic!("mounting FUSE on {} failed: {e}", mnt.display()));
-        let session = session.spawn().expect("start the FUSE session");
+        std::fs::create_dir(tmp.path().join("backing")).unwrap();
+        std::fs::create_dir(tmp.path().join("mnt")).unwrap();
+        let (live, backing, mnt) = start_mount(tmp.path(), BS, cfg, false);
         TestMount {
-            tmp,
             backing,
             mnt,
-            journal,
-            fs,
-            _db: db,
-            session: Some(session),
+            journal: live.tracker.journal().clone(),
+            fs: live.fs.clone(),
+            live: Some(live),
+            tmp,
         }
     }
 
@@ -85,10 +123,10 @@ impl TestMount {
     }
 }
 
-pub fn key_of(p: &Path) -> rewindfs::journal::FileKey {
+pub fn key_of(p: &Path) -> rewindfs::track::FileKey {
     use std::os::unix::fs::MetadataExt;
     let md = std::fs::symlink_metadata(p).unwrap();
-    rewindfs::journal::FileKey {
+    rewindfs::track::FileKey {
         dev: md.dev(),
         ino: md.ino(),
     }
@@ -96,11 +134,8 @@ pub fn key_of(p: &Path) -> rewindfs::journal::FileKey {
 
 impl Drop for TestMount {
     fn drop(&mut self) {
-        if let Some(s) = self.session.take() {
-            if s.umount_and_join().is_err() {
-                let _ = rustix::mount::unmount(&self.mnt, rustix::mount::UnmountFlags::DETACH);
-            }
-        }
+        // Unmounts (also when the test panicked).
+        drop(self.live.take());
     }
 }
 
@@ -164,16 +199,17 @@ impl Drop for DaemonMount {
     }
 }
 
-/// A live mount with a repository and a flusher in this process, for
-/// snapshot tests (no automatic cadence: snapshots are taken on request).
+/// A live mount with a repository, views and a flusher in this process,
+/// for snapshot tests (no automatic cadence: snapshots are taken on
+/// request).
 pub struct FlushedMount {
-    pub repo: Arc<rewindfs::repo::Repository>,
-    pub flusher: Option<rewindfs::flusher::Flusher>,
+    pub repo: Arc<Repository>,
+    pub flusher: Option<Arc<rewindfs::flusher::Flusher>>,
     pub fs: Arc<LiveFs>,
     pub backing: PathBuf,
     pub mnt: PathBuf,
+    live: Option<LiveMount>,
     pub tmp: tempfile::TempDir,
-    session: Option<fuser::BackgroundSession>,
 }
 
 impl FlushedMount {
@@ -185,48 +221,18 @@ impl FlushedMount {
     pub fn with(block_size: u32, cfg: MountConfig, prepare: impl FnOnce(&Path)) -> FlushedMount {
         require_fuse();
         let tmp = tempfile::tempdir().expect("tempdir");
-        let backing = tmp.path().join("backing");
-        let mnt = tmp.path().join("mnt");
-        let repo_dir = tmp.path().join("repo");
-        std::fs::create_dir(&backing).unwrap();
-        std::fs::create_dir(&mnt).unwrap();
-        prepare(&backing);
-        rewindfs::repo::Repository::init(&repo_dir, block_size, 3).unwrap();
-        let repo = Arc::new(rewindfs::repo::Repository::open(&repo_dir).unwrap());
-        let journal =
-            Arc::new(Journal::open(repo.index().journal_tree().unwrap(), block_size).unwrap());
-        let views =
-            rewindfs::fs::snapshot_view::Views::new(repo.clone(), 64 << 20, Default::default());
-        let (session, fs) = mount_live(&backing, &mnt, journal, &cfg, None, Some(views))
-            .unwrap_or_else(|e| panic!("mounting FUSE on {} failed: {e}", mnt.display()));
-        let session = session.spawn().expect("start the FUSE session");
-        let flusher = rewindfs::flusher::Flusher::start(rewindfs::flusher::FlusherCtx {
-            startup: Default::default(),
-            repo: repo.clone(),
-            fs: fs.clone(),
-            backing: backing.canonicalize().unwrap(),
-            mountpoint: mnt.clone(),
-            hidden: None,
-            writeback_cache: cfg.writeback_cache,
-            threads: 2,
-            policy: rewindfs::flusher::Policy {
-                every: None,
-                differential_every: None,
-                full_every: None,
-                on_close: Vec::new(),
-                settle: std::time::Duration::from_secs(1),
-                snapshot_on_unmount: false,
-            },
-        })
-        .unwrap();
+        std::fs::create_dir(tmp.path().join("backing")).unwrap();
+        std::fs::create_dir(tmp.path().join("mnt")).unwrap();
+        prepare(&tmp.path().join("backing"));
+        let (live, backing, mnt) = start_mount(tmp.path(), block_size, cfg, true);
         FlushedMount {
-            repo,
-            flusher: Some(flusher),
-            fs,
+            repo: live.repo.clone(),
+            flusher: Some(live.flusher.clone()),
+            fs: live.fs.clone(),
             backing,
             mnt,
+            live: Some(live),
             tmp,
-            session: Some(session),
         }
     }
 
@@ -237,7 +243,6 @@ impl FlushedMount {
             .snapshot(Some(kind), None)
             .expect("snapshot")
     }
-
     /// The content of every regular file of a snapshot.
     pub fn files_of(&self, id: u64) -> std::collections::BTreeMap<String, Vec<u8>> {
         let rec = self
@@ -265,13 +270,7 @@ impl FlushedMount {
 
 impl Drop for FlushedMount {
     fn drop(&mut self) {
-        if let Some(s) = self.session.take() {
-            if s.umount_and_join().is_err() {
-                let _ = rustix::mount::unmount(&self.mnt, rustix::mount::UnmountFlags::DETACH);
-            }
-        }
-        if let Some(f) = self.flusher.take() {
-            let _ = f.stop(false);
-        }
+        // Unmounts and stops the flusher (also when the test panicked).
+        drop(self.live.take());
     }
 }

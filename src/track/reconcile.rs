@@ -1,4 +1,4 @@
-//! The mount-time check: find what changed in the backing directory while
+//! Mount-time reconciliation: find what changed in the backing directory while
 //! it was not mounted (or what an unclean stop may have lost from the
 //! journal) by comparing it with the latest snapshot, and mark it dirty.
 //!
@@ -19,7 +19,7 @@ use crate::util::sys;
 use crate::util::walk::walk;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RecoverReport {
+pub struct ReconcileReport {
     pub entries_checked: u64,
     pub files_marked: u64,
     pub dirs_marked: u64,
@@ -32,8 +32,8 @@ pub fn mark_changes_since(
     tree: &Tree,
     journal: &Journal,
     skip: Option<FileKey>,
-) -> Result<RecoverReport> {
-    let mut r = RecoverReport::default();
+) -> Result<ReconcileReport> {
+    let mut r = ReconcileReport::default();
     let root_st = rustix::fs::fstat(&root).map_err(|e| crate::Error::io("stat", "/", e.into()))?;
     let root_key = FileKey::of(&root_st);
     // The root itself: its entries changed if its times did.

@@ -29,8 +29,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub mod recover;
-
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};

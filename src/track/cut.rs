@@ -1,6 +1,6 @@
 //! The cut: the instant a snapshot describes.
 //!
-//! With the filesystem's gate held exclusively (no change is in flight,
+//! With the gate held exclusively (no change is in flight,
 //! none starts), the cut freezes the journal's epoch, looks at the entries
 //! of directories whose entries changed (by name, through descriptors kept
 //! for them), stats every changed object, and registers copy-before-write
@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use rustix::fs::{Mode, OFlags};
 
 use super::cow::{CowSet, Need};
+use super::journal::{FileDirty, FileKey};
+use super::{Objects, State};
 use crate::error::{Error, Result};
-use crate::fs::LiveFs;
-use crate::journal::{FileDirty, FileKey};
 use crate::snapshot::manifest::{Meta, Node};
-use crate::snapshot::Tree;
+use crate::snapshot::{Tree, SNAPSHOTS_DIR};
 use crate::util::{sys, time};
 
 /// An object as it was at the cut.
@@ -224,7 +224,8 @@ pub fn need_of(fd: &FileDirty, base_size: Option<u64>, cut_size: u64, block_size
 }
 
 pub struct CutRequest<'a> {
-    pub fs: &'a LiveFs,
+    /// The live objects (descriptors of changed objects no path reaches).
+    pub objects: &'a dyn Objects,
     pub backing: &'a Path,
     pub base: &'a BaseIndex<'a>,
     /// Full snapshots need every block of every file.
@@ -234,41 +235,41 @@ pub struct CutRequest<'a> {
     pub hidden: Option<FileKey>,
 }
 
-/// Take the cut.
-pub fn cut(req: &CutRequest<'_>) -> Result<CutInfo> {
-    let fs = req.fs;
-    let bs = fs.journal.block_size();
-    let gate = fs.gate.write();
+/// Take the cut (through [`super::Freezer::cut`]).
+pub(super) fn cut(track: &State, req: &CutRequest<'_>) -> Result<CutInfo> {
+    let bs = track.journal.block_size();
+    let gate = track.gate.freeze();
     let t0 = Instant::now();
     let time_ns = time::now_ns();
     let result = (|| -> Result<CutInfo> {
-        let (epoch, frozen) = fs.journal.take_epoch()?;
-        let pins = fs.take_dir_pins();
-        let root = fs.inodes.root();
+        let (epoch, frozen) = track.journal.take_epoch()?;
+        let pins = track.pins.take();
+        let (root_key, root_fd) = req
+            .objects
+            .root()
+            .map_err(|e| Error::io("open", "backing root", e))?;
         let mut states: HashMap<FileKey, ObjState> = HashMap::new();
         let mut edges: Vec<Edge> = Vec::new();
 
         // An O_PATH descriptor for a changed object, however we can get it.
         let find_fd = |key: &FileKey| -> Option<Arc<OwnedFd>> {
-            if *key == root.key {
-                return root.fd().ok();
+            if *key == root_key {
+                return Some(root_fd.clone());
             }
             if let Some(p) = pins.get(key) {
                 return Some(p.clone());
             }
-            if let Some(n) = fs.inodes.find(key) {
-                if let Ok(fd) = n.fd() {
-                    return Some(fd);
-                }
+            if let Some(fd) = req.objects.find(key) {
+                return Some(fd);
             }
             let path = req.base.by_ino.get(&key.ino)?.first()?;
-            open_verified(&*root.fd().ok()?, req.base.tree, path).map(Arc::new)
+            open_verified(&root_fd, req.base.tree, path).map(Arc::new)
         };
 
         // Directories whose entries changed: look at those entries. With
         // no base (the repository's first snapshot) that is everything.
         let everything = FileDirty {
-            file: crate::journal::FileRecord {
+            file: super::journal::FileRecord {
                 entries: true,
                 all_names: true,
                 ..Default::default()
@@ -279,17 +280,17 @@ pub fn cut(req: &CutRequest<'_>) -> Result<CutInfo> {
             .iter()
             .filter(|(k, d)| {
                 (d.file.entries || !d.names.is_empty())
-                    && !(req.base.tree.entries.is_empty() && **k == root.key)
+                    && !(req.base.tree.entries.is_empty() && **k == root_key)
             })
             .collect();
         if req.base.tree.entries.is_empty() {
-            dirs.push((&root.key, &everything));
+            dirs.push((&root_key, &everything));
         }
         dirs.sort_by_key(|(k, _)| **k);
         let mut listed: Vec<(Vec<u8>, Arc<OwnedFd>)> = Vec::new();
         for (key, d) in dirs {
             let Some(dfd) = find_fd(key) else { continue };
-            let Some(dpath) = (if *key == root.key {
+            let Some(dpath) = (if *key == root_key {
                 Some(Vec::new())
             } else {
                 path_of(&dfd, req.backing)
@@ -318,9 +319,6 @@ pub fn cut(req: &CutRequest<'_>) -> Result<CutInfo> {
         // journal knows the new entries but not the directory. Add its
         // topmost unknown ancestor as a new directory (listed in full
         // below), so the snapshot never holds an entry without its parent.
-        let root_fd = root
-            .fd()
-            .map_err(|e| Error::io("open", "backing root", e))?;
         add_missing_parents(&root_fd, req, &mut edges, &mut states, &mut listed)?;
         // New directories: everything below them is new.
         while let Some((dpath, dfd)) = listed.pop() {
@@ -337,7 +335,7 @@ pub fn cut(req: &CutRequest<'_>) -> Result<CutInfo> {
             }
         }
         // The root, and every other changed object: its state now.
-        states.insert(root.key, state_of(&root_fd, Some(root.key))?);
+        states.insert(root_key, state_of(&root_fd, Some(root_key))?);
         for key in frozen.keys() {
             if states.contains_key(key) {
                 continue;
@@ -369,7 +367,7 @@ pub fn cut(req: &CutRequest<'_>) -> Result<CutInfo> {
             cow.register(*key, need.clone(), size);
             needs.insert(*key, (need, size));
         }
-        fs.cow.set(Some(cow.clone()));
+        track.cow.set(Some(cow.clone()));
         edges.sort_by(|a, b| {
             let da = a.path.iter().filter(|c| **c == b'/').count();
             let db = b.path.iter().filter(|c| **c == b'/').count();
@@ -516,7 +514,7 @@ fn edge_at(
     listed: &mut Vec<(Vec<u8>, Arc<OwnedFd>)>,
 ) -> Result<()> {
     let path = join(dpath, name);
-    if dpath.is_empty() && name == crate::fs::live::SNAPSHOTS_DIR.as_bytes() {
+    if dpath.is_empty() && name == SNAPSHOTS_DIR.as_bytes() {
         return Ok(());
     }
     let child = match open_path_at(dfd, name) {
@@ -550,7 +548,7 @@ mod tests {
         for b in blocks {
             d.blocks.insert(
                 *b,
-                crate::journal::BlockTimes {
+                crate::track::journal::BlockTimes {
                     first_ns: 1,
                     last_ns: 1,
                 },

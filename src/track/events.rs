@@ -1,0 +1,43 @@
+//! Change events: what the snapshot scheduler listens to (a file written
+//! and closed, a file renamed into place), for on-close snapshots.
+//! Events are best effort: a full channel drops them, and nothing but
+//! the schedule depends on them (the journal records every change).
+
+use std::sync::OnceLock;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use super::FileKey;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FsEvent {
+    /// A file written through this handle was closed (path relative to the
+    /// mount root).
+    ClosedAfterWrite { key: FileKey, path: Vec<u8> },
+    /// A file was renamed to `path`.
+    RenamedTo { key: FileKey, path: Vec<u8> },
+}
+
+#[derive(Default)]
+pub struct Events {
+    tx: OnceLock<Sender<FsEvent>>,
+}
+
+impl Events {
+    /// Send an event if someone listens (`event` is only built then).
+    pub fn emit(&self, event: impl FnOnce() -> Option<FsEvent>) {
+        if let Some(tx) = self.tx.get() {
+            if let Some(ev) = event() {
+                let _ = tx.try_send(ev);
+            }
+        }
+    }
+
+    /// Listen (the first subscriber gets the events; a later one gets a
+    /// channel that stays empty).
+    pub fn subscribe(&self, capacity: usize) -> Receiver<FsEvent> {
+        let (tx, rx) = bounded(capacity);
+        let _ = self.tx.set(tx);
+        rx
+    }
+}
