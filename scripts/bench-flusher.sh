@@ -15,8 +15,13 @@ FILES=${FILES:-100000}
 ROUNDS=${ROUNDS:-50}
 DIRTY=${DIRTY:-100}
 BIG_MIB=${BIG_MIB:-1024}
-cargo build --release --quiet
-rw=$root/target/release/rewindfs
+# REWINDFS_BIN: measure that build instead (scripts/bench-ab.sh).
+if [ -n "${REWINDFS_BIN:-}" ]; then
+  rw=$(readlink -f "$REWINDFS_BIN")
+else
+  cargo build --release --quiet
+  rw=$root/target/release/rewindfs
+fi
 rm -rf "$WORK"; mkdir -p "$WORK/b" "$WORK/m" "$(dirname "$OUT")"
 python3 - "$WORK/b" "$FILES" <<'PY'
 import os, sys

@@ -20,8 +20,13 @@ SIZE_MIB=${SIZE_MIB:-1024}
 FILES=${FILES:-10000}
 RANDW=${RANDW:-20000}
 command -v bindfs >/dev/null || apt-get install -y -qq bindfs >/dev/null
-cargo build --release --quiet
-rw=$root/target/release/rewindfs
+# REWINDFS_BIN: measure that build instead (scripts/bench-ab.sh).
+if [ -n "${REWINDFS_BIN:-}" ]; then
+  rw=$(readlink -f "$REWINDFS_BIN")
+else
+  cargo build --release --quiet
+  rw=$root/target/release/rewindfs
+fi
 mkdir -p "$WORK" "$(dirname "$OUT")"
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 secs() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N); python3 -c "print(f'{$t1-$t0:.3f}')"; }

@@ -24,8 +24,13 @@ command -v borg >/dev/null || need_apt+=(borgbackup)
 if [ ${#need_apt[@]} -gt 0 ]; then apt-get install -y -qq "${need_apt[@]}" >/dev/null; fi
 python3 -c 'import numpy' 2>/dev/null || pip install -q numpy
 
-cargo build --release --quiet
-rw=$root/target/release/rewindfs
+# REWINDFS_BIN: measure that build instead (scripts/bench-ab.sh).
+if [ -n "${REWINDFS_BIN:-}" ]; then
+  rw=$(readlink -f "$REWINDFS_BIN")
+else
+  cargo build --release --quiet
+  rw=$root/target/release/rewindfs
+fi
 
 mkdir -p "$WORK" "$(dirname "$OUT")"
 src=$WORK/src

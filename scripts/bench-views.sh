@@ -22,8 +22,13 @@ command -v restic >/dev/null || need+=(restic)
 command -v borg >/dev/null || need+=(borgbackup)
 [ ${#need[@]} -eq 0 ] || apt-get install -y -qq "${need[@]}" >/dev/null
 python3 -c 'import numpy, safetensors' 2>/dev/null || pip install -q numpy safetensors
-cargo build --release --quiet
-rw=$root/target/release/rewindfs
+# REWINDFS_BIN: measure that build instead (scripts/bench-ab.sh).
+if [ -n "${REWINDFS_BIN:-}" ]; then
+  rw=$(readlink -f "$REWINDFS_BIN")
+else
+  cargo build --release --quiet
+  rw=$root/target/release/rewindfs
+fi
 # numpy (imported by the helper) would otherwise start BLAS threads that
 # spin on the 2 cores the daemon needs.
 export OPENBLAS_NUM_THREADS=1

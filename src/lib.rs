@@ -1,19 +1,29 @@
 //! rewindfs: a continuous-backup filesystem for AI data.
 //!
-//! Module map (see docs/architecture.md):
-//! - [`store`]: blobs and pack files (the truth on disk)
+//! Module map, top to bottom (an import only ever points down; see
+//! docs/architecture.md):
+//! - [`daemon`]: the processes that hold a repository (live mount, snapshot
+//!   mounts) and the typed control protocol the CLI speaks with them
+//! - [`mount`]: `LiveMount::start`, the one assembly of a live mount
+//! - [`fuse`]: the kernel edge: thin adapters, the live/views router, panic guard
+//! - [`flusher`]: when to snapshot, and taking one (cut, capture, commit)
+//! - [`restore`], [`verify`]: restoring and checking snapshots
+//! - [`fs`]: the live passthrough filesystem
+//! - [`views`]: snapshots as read-only folders, the chunk cache
+//! - [`capture`]: the one capture engine (scan and live)
+//! - [`track`]: change tracking (journal, gate, pins, copy-before-write, cut)
+//! - [`repo`]: a repository: layout, config, trust, chunk writer, commit
+//! - [`snapshot`]: the snapshot model, manifests, trees, the unchanged rule
 //! - [`index`]: the sled index over packs and snapshot records (rebuildable)
-//! - [`repo`]: a repository: config, lock, chunk writer, snapshot commit
-//! - [`snapshot`]: the snapshot model, manifests, chain resolution, scan capture
-//! - [`track`]: change tracking of the live mount (journal, gate, cut, copy-before-write)
-//! - [`fs`]: the FUSE filesystems (live passthrough mount)
-//! - [`restore`]: safe restore through directory file descriptors
-//! - [`verify`]: checks of the index, references and chunk data
+//! - [`store`]: blobs and pack files (the truth on disk)
+//! - [`util`], [`error`]: helpers; the typed error and its errno mapping
 
+pub mod capture;
 pub mod daemon;
 pub mod error;
 pub mod flusher;
 pub mod fs;
+pub mod fuse;
 pub mod index;
 pub mod mount;
 pub mod repo;
@@ -23,5 +33,6 @@ pub mod store;
 pub mod track;
 pub mod util;
 pub mod verify;
+pub mod views;
 
 pub use error::{Error, Result};

@@ -1,3 +1,5 @@
+//! The `rewindfs` command: logging set-up, the CLI (`cli/`), exit codes.
+
 mod cli;
 
 use clap::Parser;

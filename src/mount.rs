@@ -16,13 +16,14 @@ use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::flusher::{Flusher, FlusherCtx, Policy};
-use crate::fs::guard::Guarded;
-use crate::fs::snapshot_view::{ViewOptions, Views};
-use crate::fs::{LiveAdapter, LiveFs, MountConfig};
+use crate::fs::LiveFs;
+use crate::fuse::guard::Guarded;
+use crate::fuse::{LiveAdapter, MountConfig};
 use crate::repo::Repository;
 use crate::snapshot::SnapshotRecord;
 use crate::track::persister::Persister;
 use crate::track::{FileKey, Journal, Tracker};
+use crate::views::{ViewOptions, Views};
 
 /// What a live mount is made of.
 pub struct LiveMountConfig {
@@ -73,7 +74,7 @@ impl LiveMount {
                 ViewOptions::default(),
             )
         });
-        let (session, fs) = crate::fs::mount_live(
+        let (session, fs) = crate::fuse::mount_live(
             &cfg.backing,
             &cfg.mountpoint,
             tracker.recorder(),

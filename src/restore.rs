@@ -33,7 +33,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crossbeam_channel::{bounded, unbounded};
 use parking_lot::Mutex;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 
@@ -42,9 +41,7 @@ use crate::repo::Repository;
 use crate::snapshot::manifest::{display_path, Meta, Node};
 use crate::snapshot::Tree;
 use crate::store::ChunkId;
-use crate::util::sys;
-
-const UNIT_BLOCKS: u64 = 8;
+use crate::util::{pool, sys};
 
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
@@ -635,7 +632,7 @@ pub fn restore(
             }
         }
     }
-    crate::fs::raise_fd_limit();
+    crate::util::sys::raise_fd_limit();
     let (target_fd, created_target) = open_target(target)?;
     let target_fd = Arc::new(target_fd);
     // Nothing below a name that does not exist yet can exist: checking the
@@ -667,11 +664,7 @@ pub fn restore(
     }
 
     let owners = opts.owners;
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        opts.threads
-    };
+    let threads = pool::threads_or_default(opts.threads);
     let total: u64 = plan
         .iter()
         .map(|(_, _, n)| {
@@ -686,26 +679,8 @@ pub fn restore(
     let bs = tree.block_size as u64;
     let mut report = RestoreReport::default();
     let written = AtomicU64::new(0);
-    let (unit_tx, unit_rx) = bounded::<Unit>(threads * 4);
-    let (fail_tx, fail_rx) = unbounded::<String>();
 
-    let result = std::thread::scope(|s| -> Result<()> {
-        for _ in 0..threads {
-            let unit_rx = unit_rx.clone();
-            let fail_tx = fail_tx.clone();
-            let (pb, written) = (&pb, &written);
-            s.spawn(move || {
-                for u in unit_rx.iter() {
-                    let n = write_unit(repo, &u, bs);
-                    written.fetch_add(n, Ordering::Relaxed);
-                    pb.inc(n);
-                    if let Some(why) = finish_if_last(&u.job, owners) {
-                        let _ = fail_tx.send(why);
-                    }
-                }
-            });
-        }
-        drop(fail_tx);
+    let result = (|| -> Result<()> {
         let mut c = Creator {
             target: target_fd.clone(),
             dirs: HashMap::new(),
@@ -717,80 +692,89 @@ pub fn restore(
         };
         let mut links: HashMap<u64, LinkSource> = HashMap::new();
         let mut dirs_meta: Vec<(Vec<u8>, &Meta)> = Vec::new();
-        let r = (|| -> Result<()> {
-            for (rel, meta, node) in &plan {
-                match node {
-                    Node::Dir => {
-                        c.mkdir(rel)?;
-                        dirs_meta.push((rel.clone(), meta));
-                    }
-                    Node::Symlink { target } => c.symlink(rel, target, meta)?,
-                    Node::Special { rdev } => c.special(rel, meta, *rdev)?,
-                    Node::File { size, link, .. } => {
-                        c.report.files += 1;
-                        c.report.bytes += size;
-                        if let Some(first) = link.and_then(|l| links.get(&l)) {
-                            c.link(first, rel)?;
-                            continue;
+        // Read, verify and write units on the workers; the last unit of a
+        // file sets its metadata (or removes it if a block failed).
+        let work = |_: &mut (), u: Unit| -> Option<String> {
+            let n = write_unit(repo, &u, bs);
+            written.fetch_add(n, Ordering::Relaxed);
+            pb.inc(n);
+            finish_if_last(&u.job, owners)
+        };
+        let (r, failures) = pool::run(
+            threads,
+            || (),
+            work,
+            |feed| -> Result<()> {
+                for (rel, meta, node) in &plan {
+                    match node {
+                        Node::Dir => {
+                            c.mkdir(rel)?;
+                            dirs_meta.push((rel.clone(), meta));
                         }
-                        let (parent, file) = c.create_file(rel)?;
-                        // (Not remembered in `seen`: a regular file is used
-                        // through the descriptor that created it, and its
-                        // inode number is freed again if its data fails.)
-                        let st = rustix::fs::fstat(&file).ctx("stat", display_path(rel))?;
-                        file.set_len(*size).ctx("truncate", display_path(rel))?;
-                        let linked = link.map(|_| Arc::new(Linked::default()));
-                        let blocks = Tree::blocks_of(node).to_vec();
-                        let n = blocks.len() as u64;
-                        let units = n.div_ceil(UNIT_BLOCKS);
-                        let job = Arc::new(FileJob {
-                            file,
-                            parent,
-                            name: split_parent(rel).1.to_vec(),
-                            display: display_path(rel),
-                            meta: (*meta).clone(),
-                            blocks,
-                            size: *size,
-                            remaining: AtomicUsize::new(units.max(1) as usize),
-                            failed: Mutex::new(None),
-                            linked: linked.clone(),
-                        });
-                        if let (Some(l), Some(linked)) = (link, linked) {
-                            links.insert(
-                                *l,
-                                LinkSource {
-                                    parent: job.parent.clone(),
-                                    name: job.name.clone(),
-                                    key: (st.st_dev, st.st_ino),
-                                    linked,
-                                },
-                            );
-                        }
-                        if units == 0 {
-                            if let Some(why) = finish_if_last(&job, owners) {
-                                return Err(Error::InvalidInput(why));
+                        Node::Symlink { target } => c.symlink(rel, target, meta)?,
+                        Node::Special { rdev } => c.special(rel, meta, *rdev)?,
+                        Node::File { size, link, .. } => {
+                            c.report.files += 1;
+                            c.report.bytes += size;
+                            if let Some(first) = link.and_then(|l| links.get(&l)) {
+                                c.link(first, rel)?;
+                                continue;
                             }
-                        }
-                        for u in 0..units {
-                            let first = u * UNIT_BLOCKS;
-                            let unit = Unit {
-                                job: job.clone(),
-                                first,
-                                count: UNIT_BLOCKS.min(n - first),
-                            };
-                            if unit_tx.send(unit).is_err() {
-                                return Err(Error::Poisoned("restore workers stopped".into()));
+                            let (parent, file) = c.create_file(rel)?;
+                            // (Not remembered in `seen`: a regular file is used
+                            // through the descriptor that created it, and its
+                            // inode number is freed again if its data fails.)
+                            let st = rustix::fs::fstat(&file).ctx("stat", display_path(rel))?;
+                            file.set_len(*size).ctx("truncate", display_path(rel))?;
+                            let linked = link.map(|_| Arc::new(Linked::default()));
+                            let blocks = Tree::blocks_of(node).to_vec();
+                            let n = blocks.len() as u64;
+                            let units = n.div_ceil(pool::UNIT_BLOCKS);
+                            let job = Arc::new(FileJob {
+                                file,
+                                parent,
+                                name: split_parent(rel).1.to_vec(),
+                                display: display_path(rel),
+                                meta: (*meta).clone(),
+                                blocks,
+                                size: *size,
+                                remaining: AtomicUsize::new(units.max(1) as usize),
+                                failed: Mutex::new(None),
+                                linked: linked.clone(),
+                            });
+                            if let (Some(l), Some(linked)) = (link, linked) {
+                                links.insert(
+                                    *l,
+                                    LinkSource {
+                                        parent: job.parent.clone(),
+                                        name: job.name.clone(),
+                                        key: (st.st_dev, st.st_ino),
+                                        linked,
+                                    },
+                                );
+                            }
+                            if units == 0 {
+                                if let Some(why) = finish_if_last(&job, owners) {
+                                    return Err(Error::InvalidInput(why));
+                                }
+                            }
+                            for (first, count) in pool::units(n) {
+                                let unit = Unit {
+                                    job: job.clone(),
+                                    first,
+                                    count,
+                                };
+                                if !feed.send(unit) {
+                                    return Err(Error::Poisoned("restore workers stopped".into()));
+                                }
                             }
                         }
                     }
                 }
-            }
-            Ok(())
-        })();
-        drop(unit_tx);
-        for why in fail_rx.iter() {
-            c.report.failed.push(why);
-        }
+                Ok(())
+            },
+        );
+        c.report.failed.extend(failures.into_iter().flatten());
         r?;
         // Directory metadata last, deepest first, so creating children
         // does not disturb their times. Only directories this restore
@@ -806,7 +790,7 @@ pub fn restore(
             apply_meta_fd(&*target_fd, meta, owners).ctx("set metadata", target)?;
         }
         Ok(())
-    });
+    })();
     pb.finish_and_clear();
     result?;
     report.failed.sort();

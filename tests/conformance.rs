@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::live::{require_fuse, TestMount};
-use rewindfs::fs::MountConfig;
+use rewindfs::fuse::MountConfig;
 
 fn tool(name: &str) -> PathBuf {
     let candidates = std::env::var_os("PATH")

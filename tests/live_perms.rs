@@ -9,7 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
 use common::live::TestMount;
-use rewindfs::fs::MountConfig;
+use rewindfs::fuse::MountConfig;
 
 fn as_user(uid: u32, gid: u32, groups: &str, script: &str) -> std::process::Output {
     Command::new("setpriv")

@@ -10,9 +10,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
+use rewindfs::capture::scan::{snapshot_dir, ScanOptions};
 use rewindfs::repo::Repository;
 use rewindfs::restore::{restore, RestoreOptions};
-use rewindfs::snapshot::scan::{snapshot_dir, ScanOptions};
 use rewindfs::snapshot::Kind;
 
 use common::{assert_same, bytes, model, Model};

@@ -314,7 +314,7 @@ fn assert_raised_readahead(mp: &Path) {
     );
     // SAFETY: geteuid has no preconditions.
     let want = if unsafe { libc::geteuid() } == 0 {
-        rewindfs::fs::readahead::READAHEAD_KIB
+        rewindfs::fuse::readahead::READAHEAD_KIB
     } else {
         128
     };

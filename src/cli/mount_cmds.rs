@@ -11,7 +11,7 @@ use rewindfs::daemon::control::{self, CallError, DaemonStatus, Request, Response
 use rewindfs::daemon::live::MountRequest;
 use rewindfs::daemon::{self};
 use rewindfs::flusher::policy::PolicyConfig;
-use rewindfs::fs::MountConfig;
+use rewindfs::fuse::MountConfig;
 
 #[derive(Args)]
 pub struct MountArgs {

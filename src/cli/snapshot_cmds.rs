@@ -11,8 +11,8 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{human_bytes, Out, RepoArg};
+use rewindfs::capture::scan::{snapshot_dir, ScanOptions};
 use rewindfs::repo::Repository;
-use rewindfs::snapshot::scan::{snapshot_dir, ScanOptions};
 use rewindfs::snapshot::Kind;
 
 #[derive(Args)]

@@ -23,7 +23,7 @@ use super::{
 };
 use crate::error::{Error, IoContext, Result};
 use crate::flusher::{policy::PolicyConfig, Flusher, Policy};
-use crate::fs::{self, MountConfig};
+use crate::fuse::{self, MountConfig};
 use crate::mount::{LiveMount, LiveMountConfig};
 use crate::repo::layout::MARKER;
 use crate::repo::{Repository, DEFAULT_BLOCK_SIZE, DEFAULT_COMPRESSION};
@@ -205,7 +205,7 @@ struct Shared {
     unmount: Mutex<Option<fuser::SessionUnmounter>>,
     flusher: Arc<Flusher>,
     cli_hook: Option<CliHook>,
-    views: Arc<crate::fs::snapshot_view::Views>,
+    views: Arc<crate::views::Views>,
     /// Read-only snapshot mounts served by this daemon.
     extra: super::views::ExtraMounts,
 }
@@ -442,7 +442,7 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
     // readahead thread waits for INIT: started only now, so that a failed
     // start never leaves it holding the mount busy.)
     marker.armed = false;
-    fs::readahead::raise_after_init(paths.mountpoint.clone(), fs::readahead::READAHEAD_KIB);
+    fuse::readahead::raise_after_init(paths.mountpoint.clone(), fuse::readahead::READAHEAD_KIB);
     tracing::info!(
         "mounted {} on {} (repository {})",
         paths.backing.display(),

@@ -17,11 +17,11 @@ use parking_lot::Mutex;
 use super::control::{self, DaemonStatus, Request, Response};
 use super::CliHook;
 use crate::error::{Error, IoContext, Result};
-use crate::fs::snapshot_view::{Views, SNAPDIR};
-use crate::fs::view_adapter::mount_views;
+use crate::fuse::mount_views;
 use crate::repo::Repository;
 use crate::snapshot::select::select;
 use crate::util::time;
+use crate::views::{Views, SNAPDIR};
 
 /// What to mount.
 #[derive(Clone, Debug)]
@@ -62,7 +62,7 @@ impl ExtraMounts {
         } else {
             let list = views.repo.snapshots()?;
             let rec = select(&list, snap, time::now_ns())?;
-            crate::fs::snapshot_view::VIEW_BASE + (rec.id << 32)
+            crate::views::VIEW_BASE + (rec.id << 32)
         };
         let repo_root = views.repo.root();
         let fsname = repo_root
@@ -78,7 +78,7 @@ impl ExtraMounts {
         let session = mount_views(views.clone(), root, &mp, &fsname, allow_other)
             .map_err(|e| Error::io("mount on", &mp, e))?;
         let bg = session.spawn().map_err(|e| Error::io("serve", &mp, e))?;
-        crate::fs::readahead::raise_after_init(mp.clone(), crate::fs::readahead::READAHEAD_KIB);
+        crate::fuse::readahead::raise_after_init(mp.clone(), crate::fuse::readahead::READAHEAD_KIB);
         self.mounts.lock().insert(mp, bg);
         Ok(())
     }

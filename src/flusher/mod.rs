@@ -1,7 +1,8 @@
 //! The background flusher: turns the change journal into snapshots, on a
 //! schedule and on events, at a cost that grows with the bytes changed.
 //!
-//! - `capture.rs`: the tree at the cut, reading only the blocks that changed
+//! - `capture::live` (the capture engine): the tree at the cut, reading
+//!   only the blocks that changed
 //! - `policy.rs`: cadences and on-close globs
 //!
 //! The cut itself (freezing a consistent set of changes) belongs to
@@ -13,7 +14,6 @@
 //! a channel. A failed snapshot gives its changes back to the journal and
 //! is retried with exponential backoff; the mount is never taken down.
 
-pub mod capture;
 pub mod policy;
 
 use std::path::PathBuf;
@@ -24,9 +24,9 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::capture;
 use crate::error::{Error, Result};
 use crate::repo::{Repository, SnapshotDraft};
-use crate::snapshot::manifest::{Blocks, Entry, Manifest, MANIFEST_FORMAT};
 use crate::snapshot::{Kind, SnapshotRecord, Tree};
 use crate::track::cut;
 use crate::track::{FileKey, Freezer, FsEvent, Objects};
@@ -184,7 +184,7 @@ fn run(
     let mut backoff = Duration::ZERO;
     let mut retry_at: Option<Instant> = None;
     loop {
-        let now = Instant::now();
+        let now = sched.now();
         let due = sched.next_due(now, retry_at);
         {
             let mut s = status.lock();
@@ -207,11 +207,11 @@ fn run(
             Some(Cmd::Snapshot { kind, label, reply }) => {
                 let r = guarded_take(&ctx, &mut trees, &status, kind, label, false);
                 if let Ok(rec) = &r {
-                    sched.taken(rec, Instant::now());
+                    sched.taken(rec, sched.now());
                 }
                 let _ = reply.send(r);
             }
-            Some(Cmd::Event(e)) => sched.event(&e, Instant::now()),
+            Some(Cmd::Event(e)) => sched.event(&e, sched.now()),
             Some(Cmd::Stop {
                 final_snapshot,
                 reply,
@@ -235,37 +235,19 @@ fn run(
             None => {}
         }
         // Scheduled work.
-        let now = Instant::now();
-        let Some((at, due)) = sched.next(now, retry_at) else {
+        let Some((kind, label)) = sched.poll(&mut retry_at, ctx.track.journal()) else {
             continue;
         };
-        if at > now {
-            continue;
-        }
-        let (kind, label) = match due {
-            policy::Due::Cadence(k) => (k, None),
-            policy::Due::Retry => (Kind::Incremental, None),
-            policy::Due::OnClose => match sched.take_on_close(ctx.track.journal(), now) {
-                Some(l) => (Kind::Incremental, Some(l)),
-                None => continue,
-            },
-        };
-        retry_at = None;
-        if !sched.never_taken() && ctx.track.is_empty() && label.is_none() {
-            // Nothing changed: no snapshot, but the cadence starts over.
-            sched.skipped(kind, now);
-            continue;
-        }
         match guarded_take(&ctx, &mut trees, &status, Some(kind), label.clone(), false) {
             Ok(rec) => {
-                sched.taken(&rec, Instant::now());
+                sched.taken(&rec, sched.now());
                 backoff = Duration::ZERO;
             }
             Err(e) => {
                 backoff = (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(300));
-                retry_at = Some(Instant::now() + backoff);
+                retry_at = Some(sched.now() + backoff);
                 if let Some(l) = label {
-                    sched.restore_on_close(l, Instant::now());
+                    sched.restore_on_close(l, sched.now());
                 }
                 tracing::error!("snapshot failed (retrying in {backoff:?}): {e}");
                 // (`guarded_take` has recorded the error.)
@@ -366,19 +348,11 @@ fn take(
     let repo = &ctx.repo;
     let all = repo.snapshots()?;
     let latest = all.iter().max_by_key(|r| r.id).cloned();
-    let mut kind = match (&latest, kind) {
-        (None, _) => Kind::Full,
-        (_, Some(k)) => k,
-        (_, None) => Kind::Incremental,
-    };
-    if kind != Kind::Full {
-        if let Some(why) =
-            crate::snapshot::scan::block_size_break(&all, kind, repo.config.block_size)
-        {
-            tracing::warn!("{why}: taking a full snapshot");
-            kind = Kind::Full;
-        }
-    }
+    let kind = capture::base::effective_kind(
+        &all,
+        kind.unwrap_or(Kind::Incremental),
+        repo.config.block_size,
+    );
     let base = match &latest {
         Some(r) => tree_of(repo, r.id, &mut trees.latest)?,
         None => Tree::default(),
@@ -404,7 +378,7 @@ fn take(
         .map_err(|e| Error::io("open", &ctx.backing, e))?;
     let root_dev = rustix::fs::fstat(&root).map(|s| s.st_dev).unwrap_or(0);
     let result = (|| -> Result<(SnapshotRecord, Tree, u64)> {
-        let captured = capture::capture(&capture::CaptureRequest {
+        let captured = capture::live::capture(&capture::live::CaptureRequest {
             root: &root,
             root_dev,
             base: &index,
@@ -413,60 +387,38 @@ fn take(
             writer: &writer,
             block_size: repo.config.block_size as u64,
             threads: ctx.threads,
-            racy_after: (!unmounting).then(|| info.time_ns - 1_000_000_000),
+            racy_after: (!unmounting)
+                .then(|| info.time_ns - crate::snapshot::unchanged::RACY_MARGIN_NS),
         })?;
         status.lock().state = "committing".into();
-        let (parent, full_id, removed, entries, changed) = match (kind, &latest) {
-            (Kind::Full, _) | (_, None) => {
-                let entries: Vec<Entry> = captured
-                    .tree
-                    .entries
-                    .iter()
-                    .map(|(p, (m, n))| Entry {
-                        path: p.clone(),
-                        meta: m.clone(),
-                        node: n.clone(),
-                    })
-                    .collect();
-                let blocks = entries
-                    .iter()
-                    .map(|e| match &e.node {
-                        crate::snapshot::Node::File {
-                            blocks: Blocks::Full(b),
-                            ..
-                        } => b.len() as u64,
-                        _ => 0,
-                    })
-                    .sum();
-                (None, None, Vec::new(), entries, blocks)
+        // The manifest is relative to the base of its kind (the latest
+        // snapshot, the latest full, or none).
+        let base_rec = capture::base::base_for(kind, &all);
+        if kind != Kind::Full && base_rec.is_none() {
+            return Err(Error::Corrupt(format!(
+                "no snapshot for a {} snapshot to be based on",
+                kind.as_str()
+            )));
+        }
+        let full_tree;
+        let base_tree = match base_rec {
+            None => None,
+            Some(r) if Some(r.id) == latest.as_ref().map(|l| l.id) => Some(&base),
+            Some(r) => {
+                full_tree = tree_of(repo, r.id, &mut trees.full)?;
+                Some(&full_tree)
             }
-            (Kind::Incremental, Some(l)) => {
-                let (r, e, b) = captured.tree.diff_from(&base);
-                (Some(l.id), Some(l.full), r, e, b)
-            }
-            (Kind::Differential, Some(_)) => {
-                let last_full = all
-                    .iter()
-                    .filter(|r| r.kind == Kind::Full)
-                    .max_by_key(|r| r.id)
-                    .ok_or_else(|| {
-                        Error::Corrupt("no full snapshot to be differential to".into())
-                    })?;
-                let ft = tree_of(repo, last_full.id, &mut trees.full)?;
-                let (r, e, b) = captured.tree.diff_from(&ft);
-                (Some(last_full.id), Some(last_full.id), r, e, b)
-            }
+        };
+        let (manifest, changed) = capture::manifest::build(&captured.tree, base_tree);
+        let (parent, full_id) = match (kind, base_rec) {
+            (Kind::Incremental, Some(b)) => (Some(b.id), Some(b.full)),
+            (Kind::Differential, Some(b)) => (Some(b.id), Some(b.id)),
+            _ => (None, None),
         };
         let mut stats = captured.stats.clone();
         stats.changed_blocks = changed;
-        stats.changed_entries = entries.len() as u64;
-        stats.removed_entries = removed.len() as u64;
-        let manifest = Manifest {
-            format: MANIFEST_FORMAT,
-            block_size: repo.config.block_size,
-            removed,
-            entries,
-        };
+        stats.changed_entries = manifest.entries.len() as u64;
+        stats.removed_entries = manifest.removed.len() as u64;
         let rec = repo.commit_snapshot(
             &writer,
             &manifest,

@@ -1,4 +1,7 @@
 //! When to take snapshots: cadences per kind, and on-close globs.
+//!
+//! The schedule reads time only through a [`Clock`], so tests drive it
+//! with a fake one instead of sleeping.
 
 use std::time::{Duration, Instant};
 
@@ -89,6 +92,26 @@ impl Policy {
     }
 }
 
+/// Where the schedule reads the time: a monotonic instant for cadences,
+/// and wall-clock nanoseconds to compare with snapshot and journal times.
+pub trait Clock: Send {
+    fn now(&self) -> Instant;
+    fn now_ns(&self) -> i64;
+}
+
+/// The system's clocks.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn now_ns(&self) -> i64 {
+        time::now_ns()
+    }
+}
+
 /// Why a snapshot is due.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Due {
@@ -105,6 +128,7 @@ struct Pending {
 
 pub struct Schedule {
     policy: Policy,
+    clock: Box<dyn Clock>,
     globs: Option<globset::GlobSet>,
     never: bool,
     last_any: Option<Instant>,
@@ -123,6 +147,10 @@ fn rank(k: Kind) -> u8 {
 
 impl Schedule {
     pub fn new(policy: &Policy) -> Schedule {
+        Self::with_clock(policy, Box::new(SystemClock))
+    }
+
+    pub fn with_clock(policy: &Policy, clock: Box<dyn Clock>) -> Schedule {
         let globs = (!policy.on_close.is_empty()).then(|| {
             let mut b = globset::GlobSetBuilder::new();
             for g in &policy.on_close {
@@ -134,6 +162,7 @@ impl Schedule {
         });
         Schedule {
             policy: policy.clone(),
+            clock,
             globs: globs.flatten(),
             never: true,
             last_any: None,
@@ -145,8 +174,8 @@ impl Schedule {
 
     /// Learn the times of the repository's snapshots.
     pub fn load(&mut self, all: &[SnapshotRecord]) {
-        let now = Instant::now();
-        let now_ns = time::now_ns();
+        let now = self.clock.now();
+        let now_ns = self.clock.now_ns();
         let at = |r: &SnapshotRecord| {
             let ago = Duration::from_nanos((now_ns - r.time_ns).max(0) as u64);
             now.checked_sub(ago).unwrap_or(now)
@@ -165,6 +194,39 @@ impl Schedule {
 
     pub fn never_taken(&self) -> bool {
         self.never
+    }
+
+    /// The schedule's time now.
+    pub fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    /// The snapshot to take now, if any: its kind and label. A cadence
+    /// that comes due with nothing changed takes none (and starts over);
+    /// an on-close snapshot waits until its files were quiet for the
+    /// settle time. A due retry is consumed.
+    pub fn poll(
+        &mut self,
+        retry_at: &mut Option<Instant>,
+        journal: &Journal,
+    ) -> Option<(Kind, Option<String>)> {
+        let now = self.clock.now();
+        let (at, due) = self.next(now, *retry_at)?;
+        if at > now {
+            return None;
+        }
+        let (kind, label) = match due {
+            Due::Cadence(k) => (k, None),
+            Due::Retry => (Kind::Incremental, None),
+            Due::OnClose => (Kind::Incremental, Some(self.take_on_close(journal, now)?)),
+        };
+        *retry_at = None;
+        if !self.never && journal.is_empty() && label.is_none() {
+            // Nothing changed: no snapshot, but the cadence starts over.
+            self.skipped(kind, now);
+            return None;
+        }
+        Some((kind, label))
     }
 
     /// The next thing due, and when.
@@ -253,7 +315,7 @@ impl Schedule {
     pub fn take_on_close(&mut self, journal: &Journal, now: Instant) -> Option<String> {
         let p = self.pending.as_mut()?;
         let dirty = journal.dirty();
-        let now_ns = time::now_ns();
+        let now_ns = self.clock.now_ns();
         let settle_ns = self.policy.settle.as_nanos() as i64;
         let last_write = p
             .keys
@@ -382,6 +444,206 @@ mod tests {
             s.next(t0, None),
             Some((t0 + Duration::from_secs(2), Due::OnClose))
         );
+    }
+
+    /// A clock the test moves by hand (wall time starts at the real
+    /// time, so journal records made now are "now" for it too).
+    #[derive(Clone)]
+    struct FakeClock {
+        start: Instant,
+        start_ns: i64,
+        offset: std::sync::Arc<parking_lot::Mutex<Duration>>,
+    }
+
+    impl FakeClock {
+        fn new() -> FakeClock {
+            FakeClock {
+                start: Instant::now(),
+                start_ns: time::now_ns(),
+                offset: Default::default(),
+            }
+        }
+
+        fn advance(&self, d: Duration) {
+            *self.offset.lock() += d;
+        }
+    }
+
+    impl Clock for FakeClock {
+        fn now(&self) -> Instant {
+            self.start + *self.offset.lock()
+        }
+
+        fn now_ns(&self) -> i64 {
+            self.start_ns + self.offset.lock().as_nanos() as i64
+        }
+    }
+
+    fn journal() -> (sled::Db, Journal) {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let j = Journal::open(db.open_tree("journal").unwrap(), 64 << 10).unwrap();
+        (db, j)
+    }
+
+    fn record(kind: Kind, time_ns: i64) -> SnapshotRecord {
+        SnapshotRecord {
+            format: 1,
+            id: 1,
+            kind,
+            parent: None,
+            full: 1,
+            time: time::rfc3339(time_ns),
+            time_ns,
+            label: None,
+            name: "s1".into(),
+            source: "/data".into(),
+            block_size: 64 << 10,
+            manifest: Vec::new(),
+            manifest_len: 0,
+            stats: Default::default(),
+        }
+    }
+
+    /// Step the fake clock by `step` until `until`, polling like the
+    /// flusher's loop; returns what was due, with the offset it was due at.
+    fn run_for(
+        s: &mut Schedule,
+        clock: &FakeClock,
+        j: &Journal,
+        until: Duration,
+        step: Duration,
+    ) -> Vec<(Duration, Kind, Option<String>)> {
+        let t0 = clock.now();
+        let mut retry = None;
+        let mut out = Vec::new();
+        while clock.now() - t0 < until {
+            clock.advance(step);
+            if let Some((k, l)) = s.poll(&mut retry, j) {
+                let now = clock.now();
+                out.push((now - t0, k, l));
+                s.last_any = Some(now);
+                if k == Kind::Full {
+                    s.last_full = Some(now);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn idle_cadences_take_nothing_and_a_change_is_taken_at_the_next_one() {
+        let clock = FakeClock::new();
+        let p = Policy {
+            every: Some(Duration::from_secs(1)),
+            full_every: None,
+            ..Policy::default()
+        };
+        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
+        // A repository without snapshots gets a full one at once.
+        let (_db, j) = journal();
+        let mut retry = None;
+        assert_eq!(s.poll(&mut retry, &j), Some((Kind::Full, None)));
+        s.load(&[record(Kind::Full, clock.now_ns())]);
+        // An hour of idle cadences: nothing.
+        let ms = Duration::from_millis;
+        assert!(run_for(&mut s, &clock, &j, Duration::from_secs(3600), ms(250)).is_empty());
+        // A change: taken at the next cadence (within one period).
+        j.record_write(&FileKey { dev: 1, ino: 2 }, 0, 10);
+        let got = run_for(&mut s, &clock, &j, Duration::from_secs(5), ms(100));
+        assert_eq!(
+            got.len(),
+            5,
+            "one per cadence while the journal holds changes"
+        );
+        assert!(got[0].0 <= Duration::from_secs(1), "{got:?}");
+        assert_eq!(got[0].1, Kind::Incremental);
+    }
+
+    #[test]
+    fn on_close_waits_for_the_settle_time_and_ignores_other_files() {
+        let clock = FakeClock::new();
+        let p = Policy {
+            every: None,
+            full_every: None,
+            on_close: vec!["*.safetensors".into()],
+            settle: Duration::from_millis(500),
+            ..Policy::default()
+        };
+        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
+        s.load(&[record(Kind::Full, clock.now_ns())]);
+        let (_db, j) = journal();
+        let key = FileKey { dev: 1, ino: 7 };
+        // A temporary file written and closed: no snapshot.
+        j.record_write(&key, 0, 300_000);
+        s.event(
+            &FsEvent::ClosedAfterWrite {
+                key,
+                path: b"ckpt/.tmp-save".to_vec(),
+            },
+            clock.now(),
+        );
+        let ms = Duration::from_millis;
+        assert!(run_for(&mut s, &clock, &j, Duration::from_secs(60), ms(100)).is_empty());
+        // Renamed into a checkpoint name: one snapshot, once quiet for
+        // the settle time, labelled with the checkpoint.
+        s.event(
+            &FsEvent::RenamedTo {
+                key,
+                path: b"ckpt/model-2.safetensors".to_vec(),
+            },
+            clock.now(),
+        );
+        let got = run_for(&mut s, &clock, &j, Duration::from_secs(60), ms(100));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].0 >= ms(500) && got[0].0 <= ms(600), "{got:?}");
+        assert_eq!(got[0].2.as_deref(), Some("ckpt/model-2.safetensors"));
+    }
+
+    #[test]
+    fn on_close_waits_while_the_file_is_still_written() {
+        // The fake clock runs 10 s behind the wall clock, so a journal
+        // record made now is a write 10 s after the close event.
+        let clock = FakeClock::new();
+        let behind = Duration::from_secs(10);
+        let clock = FakeClock {
+            start_ns: clock.start_ns - behind.as_nanos() as i64,
+            ..clock
+        };
+        let p = Policy {
+            every: None,
+            full_every: None,
+            on_close: vec!["*.pt".into()],
+            settle: Duration::from_secs(2),
+            ..Policy::default()
+        };
+        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
+        s.load(&[record(Kind::Full, clock.now_ns())]);
+        let (_db, j) = journal();
+        let key = FileKey { dev: 1, ino: 9 };
+        s.event(
+            &FsEvent::ClosedAfterWrite {
+                key,
+                path: b"step.pt".to_vec(),
+            },
+            s.now(),
+        );
+        j.record_write(&key, 0, 10);
+        let got = run_for(
+            &mut s,
+            &clock,
+            &j,
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+        );
+        assert_eq!(got.len(), 1, "{got:?}");
+        // Due 2 s after the event, postponed until 2 s after the write.
+        let (at, kind, label) = &got[0];
+        assert!(
+            *at >= behind + Duration::from_secs(2) && *at <= behind + Duration::from_millis(2600),
+            "fired at {at:?}"
+        );
+        assert_eq!(*kind, Kind::Incremental);
+        assert_eq!(label.as_deref(), Some("step.pt"));
     }
 
     proptest::proptest! {

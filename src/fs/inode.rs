@@ -20,7 +20,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
 
-use super::handle::FileHandle;
+use super::kernel_handle::KernelHandle;
 use crate::track::FileKey;
 
 pub const ROOT: u64 = 1;
@@ -45,7 +45,7 @@ pub struct Inode {
     lookups: AtomicU64,
     pub opens: Mutex<OpenModes>,
     /// The kernel's handle of the object, when the filesystem has them.
-    handle: Option<FileHandle>,
+    handle: Option<KernelHandle>,
     /// The cached `O_PATH` descriptor (shared with pins and with
     /// operations in progress, which keep it open while they use it).
     fd: Mutex<Option<Arc<OwnedFd>>>,
@@ -166,7 +166,7 @@ impl InodeTable {
         );
         // Handles are usable if we can make one and open it again.
         let handles = match &mount_fd {
-            Ok(m) => FileHandle::of(&root_fd)
+            Ok(m) => KernelHandle::of(&root_fd)
                 .and_then(|h| h.open(m, libc::O_PATH))
                 .is_ok(),
             Err(_) => false,
@@ -245,7 +245,7 @@ impl InodeTable {
             }
         }
         let handle = if self.handles {
-            FileHandle::of(&fd).ok()
+            KernelHandle::of(&fd).ok()
         } else {
             None
         };

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use fuser::{Errno, FileAttr, FileType, TimeOrNow};
+use fuser::{Errno, FileAttr, TimeOrNow};
 use parking_lot::{Mutex, RwLock};
 use rustix::fs::{AtFlags, Mode, OFlags};
 
@@ -30,6 +30,7 @@ use super::inode::{Inode, InodeTable, ROOT};
 use crate::error::{OrErrno, ToErrno};
 use crate::track::{FileKey, FsEvent, Recorder};
 use crate::util::bytes::read_full;
+use crate::util::sys::fuse_file_type;
 use crate::util::time;
 
 /// The name reserved at the root for the snapshot views.
@@ -128,18 +129,6 @@ pub fn to_system_time(sec: i64, nsec: u64) -> SystemTime {
     time::parts_to_system_time(sec, nsec.min(999_999_999) as u32)
 }
 
-pub fn file_type(mode: u32) -> FileType {
-    match mode & libc::S_IFMT {
-        libc::S_IFDIR => FileType::Directory,
-        libc::S_IFLNK => FileType::Symlink,
-        libc::S_IFIFO => FileType::NamedPipe,
-        libc::S_IFCHR => FileType::CharDevice,
-        libc::S_IFBLK => FileType::BlockDevice,
-        libc::S_IFSOCK => FileType::Socket,
-        _ => FileType::RegularFile,
-    }
-}
-
 pub fn attr_of(nodeid: u64, st: &rustix::fs::Stat) -> FileAttr {
     FileAttr {
         ino: fuser::INodeNo(nodeid),
@@ -149,7 +138,7 @@ pub fn attr_of(nodeid: u64, st: &rustix::fs::Stat) -> FileAttr {
         mtime: to_system_time(st.st_mtime, st.st_mtime_nsec),
         ctime: to_system_time(st.st_ctime, st.st_ctime_nsec),
         crtime: SystemTime::UNIX_EPOCH,
-        kind: file_type(st.st_mode),
+        kind: fuse_file_type(st.st_mode),
         perm: (st.st_mode & 0o7777) as u16,
         nlink: st.st_nlink as u32,
         uid: st.st_uid,

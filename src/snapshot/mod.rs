@@ -1,11 +1,12 @@
 //! Snapshots: the model (full, incremental, differential), manifests, chain
-//! resolution into trees, selection by id/name/time, and scan-mode capture.
+//! resolution into trees, selection by id/name/time, and the rule that
+//! says an entry is unchanged since a snapshot (`unchanged.rs`).
 
 pub mod manifest;
 pub mod model;
-pub mod scan;
 pub mod select;
 pub mod tree;
+pub mod unchanged;
 
 pub use manifest::{Blocks, Entry, Manifest, Meta, Node};
 pub use model::{Kind, SnapshotRecord, Stats};

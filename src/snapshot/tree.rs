@@ -215,17 +215,11 @@ impl Tree {
                         link,
                     },
                 ) => {
-                    let old_list = Tree::blocks_of(old_node);
-                    let changes: Vec<(u64, ChunkId)> = list
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, id)| old_list.get(*i) != Some(id))
-                        .map(|(i, id)| (i as u64, *id))
-                        .collect();
-                    blocks += changes.len() as u64;
+                    let (b, n) = patch(list, Some(Tree::blocks_of(old_node)));
+                    blocks += n;
                     Node::File {
                         size: *size,
-                        blocks: Blocks::Patch(changes),
+                        blocks: b,
                         link: *link,
                     }
                 }
@@ -255,6 +249,34 @@ impl Tree {
         }
         (n, bytes)
     }
+}
+
+/// A file's block list against the same path's in the base (`None`: not
+/// a file there): a patch of the blocks that differ, or the full list;
+/// and how many blocks that records.
+pub fn patch(ids: &[ChunkId], base: Option<&[ChunkId]>) -> (Blocks, u64) {
+    match base {
+        Some(old) => {
+            let changes: Vec<(u64, ChunkId)> = ids
+                .iter()
+                .enumerate()
+                .filter(|(i, id)| old.get(*i) != Some(id))
+                .map(|(i, id)| (i as u64, *id))
+                .collect();
+            let n = changes.len() as u64;
+            (Blocks::Patch(changes), n)
+        }
+        None => (Blocks::Full(ids.to_vec()), ids.len() as u64),
+    }
+}
+
+/// Inode number -> every path of it in `tree` (hard links share one).
+pub fn ino_index(tree: &Tree) -> std::collections::HashMap<u64, Vec<Vec<u8>>> {
+    let mut m: std::collections::HashMap<u64, Vec<Vec<u8>>> = std::collections::HashMap::new();
+    for (p, (meta, _)) in &tree.entries {
+        m.entry(meta.ino).or_default().push(p.clone());
+    }
+    m
 }
 
 #[cfg(test)]

@@ -74,11 +74,10 @@ pub struct BaseIndex<'t> {
 
 impl<'t> BaseIndex<'t> {
     pub fn new(tree: &'t Tree) -> BaseIndex<'t> {
-        let mut by_ino: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
-        for (p, (m, _)) in &tree.entries {
-            by_ino.entry(m.ino).or_default().push(p.clone());
+        BaseIndex {
+            tree,
+            by_ino: crate::snapshot::tree::ino_index(tree),
         }
-        BaseIndex { tree, by_ino }
     }
 
     /// The tree's entry for an inode (the first path), if any.
@@ -104,7 +103,7 @@ pub fn state_of(fd: &OwnedFd, key_hint: Option<FileKey>) -> Result<ObjState> {
             });
         }
     }
-    let mut meta = sys::meta_of(&st);
+    let mut meta = crate::snapshot::manifest::meta_of(&st);
     let t = sys::file_type(st.st_mode);
     let kind = match t {
         libc::S_IFDIR => ObjKind::Dir,

@@ -3,7 +3,8 @@
 //! journal) by comparing it with the latest snapshot, and mark it dirty.
 //!
 //! A file is unchanged when its size, mtime, ctime and inode equal those
-//! recorded in the latest snapshot; anything else (including a file
+//! recorded in the latest snapshot (`snapshot::unchanged`, the rule
+//! captures use too); anything else (including a file
 //! written through the mount whose journal records were lost in a crash,
 //! whose ctime is then newer than recorded) is marked entirely dirty.
 //! New entries are marked created, and directories whose entries differ
@@ -14,7 +15,9 @@ use std::os::fd::OwnedFd;
 
 use super::{FileKey, Journal};
 use crate::error::Result;
-use crate::snapshot::{Node, Tree};
+use crate::snapshot::manifest::mtime_of;
+use crate::snapshot::unchanged::unchanged_by_stat;
+use crate::snapshot::Tree;
 use crate::util::sys;
 use crate::util::walk::walk;
 
@@ -38,7 +41,7 @@ pub fn mark_changes_since(
     let root_key = FileKey::of(&root_st);
     // The root itself: its entries changed if its times did.
     if let Some((m, _)) = tree.get(b"") {
-        if m.mtime != sys::mtime(&root_st) || m.ctime_ns != sys::ctime_ns(&root_st) {
+        if m.mtime != mtime_of(&root_st) || m.ctime_ns != sys::ctime_ns(&root_st) {
             journal.record_all_entries(&root_key);
             r.dirs_marked += 1;
         }
@@ -73,17 +76,9 @@ pub fn mark_changes_since(
                 }
                 r.files_marked += 1;
             }
-            Some((m, node)) => {
+            Some(base @ (m, _)) => {
                 let same_kind = sys::file_type(m.mode) == sys::file_type(st.st_mode);
-                let same = same_kind
-                    && m.ino == st.st_ino
-                    && m.ctime_ns == sys::ctime_ns(st)
-                    && m.mtime == sys::mtime(st)
-                    && match node {
-                        Node::File { size, .. } => *size == st.st_size as u64,
-                        _ => true,
-                    };
-                if !same {
+                if !unchanged_by_stat(base, st) {
                     if !same_kind || m.ino != st.st_ino {
                         // Replaced by another object: the entry changed.
                         if let Some(pk) = dir_key_of.get(&parent) {

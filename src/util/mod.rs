@@ -2,6 +2,7 @@
 
 pub mod bytes;
 pub mod dirfd;
+pub mod display;
 pub mod durable;
 pub mod fault;
 pub mod panic;

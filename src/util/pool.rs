@@ -1,54 +1,81 @@
-//! The one worker pool of capture and restore: how many threads, and how
-//! many blocks make one unit of work.
+//! The one worker pool of capture (scan and live) and restore: how many
+//! threads, how many blocks make one unit of work, and the loop that runs
+//! units on the workers while the caller feeds them.
 //!
 //! Work is cut into units of [`UNIT_BLOCKS`] blocks so that one large
 //! file keeps every worker busy and small files do not each cost a
-//! channel round trip per block; results come back in any order and are
-//! put in place by their index.
+//! channel round trip per block. The feed runs on the calling thread (it
+//! may walk a tree and borrow anything); at most `4 × threads` units wait
+//! at a time, so memory stays bounded; results come back in completion
+//! order, each naming what it belongs to.
 
-use crossbeam_channel::{bounded, unbounded};
+use crossbeam_channel::{bounded, unbounded, Sender};
 
-/// Blocks per unit of work (8 × 1 MiB by default: large enough to
+/// Blocks per unit of work (large enough to keep reads sequential and
 /// amortize a channel send, small enough to spread one file over cores).
 pub const UNIT_BLOCKS: u64 = 8;
 
-/// Worker threads for capture and restore: one per core.
+/// Worker threads: one per core.
 pub fn threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
-/// Run `work` over every item `feed` produces on `threads` workers, and
-/// hand each result to `done` on the calling thread, in completion order.
-/// `feed` runs on its own thread and may block (walking a tree); the
-/// first error from `work` or `done` stops the feeding and is returned
-/// once the workers have drained.
-pub fn run<T, R, E>(
+/// `requested` threads, or one per core for 0.
+pub fn threads_or_default(requested: usize) -> usize {
+    if requested == 0 {
+        threads()
+    } else {
+        requested
+    }
+}
+
+/// The units of `n` blocks: `(first, count)` pairs of at most
+/// [`UNIT_BLOCKS`].
+pub fn units(n: u64) -> impl Iterator<Item = (u64, u64)> {
+    (0..n.div_ceil(UNIT_BLOCKS)).map(move |u| {
+        let first = u * UNIT_BLOCKS;
+        (first, UNIT_BLOCKS.min(n - first))
+    })
+}
+
+/// Hands units to the workers.
+pub struct Feeder<'a, T> {
+    tx: &'a Sender<T>,
+}
+
+impl<T> Feeder<'_, T> {
+    /// Queue a unit (waits while the queue is full). False if the
+    /// workers are gone (they only stop when a worker panicked).
+    pub fn send(&self, unit: T) -> bool {
+        self.tx.send(unit).is_ok()
+    }
+}
+
+/// Run `threads` workers, each with its own state from `init` (a reusable
+/// buffer, say), applying `work` to every unit `feed` sends; `feed` runs
+/// on the calling thread. Returns what `feed` returned and every result.
+pub fn run<T, R, W, Out>(
     threads: usize,
-    feed: impl FnOnce(&dyn Fn(T) -> bool) -> Result<(), E> + Send,
-    work: impl Fn(T) -> Result<R, E> + Sync,
-    mut done: impl FnMut(R) -> Result<(), E>,
-) -> Result<(), E>
+    init: impl Fn() -> W + Sync,
+    work: impl Fn(&mut W, T) -> R + Sync,
+    feed: impl FnOnce(&Feeder<'_, T>) -> Out,
+) -> (Out, Vec<R>)
 where
     T: Send,
     R: Send,
-    E: Send,
 {
     let threads = threads.max(1);
     let (tx, rx) = bounded::<T>(threads * 4);
-    let (rtx, rrx) = unbounded::<Result<R, E>>();
-    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (rtx, rrx) = unbounded::<R>();
     std::thread::scope(|s| {
         for _ in 0..threads {
             let rx = rx.clone();
             let rtx = rtx.clone();
-            let work = &work;
-            let stop = &stop;
+            let (init, work) = (&init, &work);
             s.spawn(move || {
-                for item in rx {
-                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        continue;
-                    }
-                    if rtx.send(work(item)).is_err() {
+                let mut state = init();
+                for unit in rx {
+                    if rtx.send(work(&mut state, unit)).is_err() {
                         return;
                     }
                 }
@@ -56,34 +83,12 @@ where
         }
         drop(rx);
         drop(rtx);
-        let stop_ref = &stop;
-        let feeder = s.spawn(move || {
-            let send = |item: T| -> bool {
-                !stop_ref.load(std::sync::atomic::Ordering::Relaxed) && tx.send(item).is_ok()
-            };
-            feed(&send)
-        });
-        let mut first_err: Option<E> = None;
-        for r in rrx {
-            if first_err.is_some() {
-                continue;
-            }
-            match r.and_then(&mut done) {
-                Ok(()) => {}
-                Err(e) => {
-                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                    first_err = Some(e);
-                }
-            }
-        }
-        let fed = match feeder.join() {
-            Ok(r) => r,
-            Err(p) => std::panic::resume_unwind(p),
-        };
-        match first_err {
-            Some(e) => Err(e),
-            None => fed,
-        }
+        let out = feed(&Feeder { tx: &tx });
+        drop(tx);
+        // The workers end once the queue is drained; collecting runs
+        // until the last one has sent its last result.
+        let results: Vec<R> = rrx.iter().collect();
+        (out, results)
     })
 }
 
@@ -92,60 +97,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_item_is_worked_once_and_results_come_back() {
-        let mut got = Vec::new();
-        let r: Result<(), String> = run(
+    fn every_unit_is_worked_once_with_per_worker_state() {
+        let (fed, mut got) = run(
             3,
-            |send| {
-                for i in 0..100u64 {
-                    if !send(i) {
-                        break;
-                    }
-                }
-                Ok(())
+            Vec::<u64>::new,
+            |seen: &mut Vec<u64>, i: u64| {
+                seen.push(i);
+                i * 2
             },
-            |i| Ok(i * 2),
-            |r| {
-                got.push(r);
-                Ok(())
+            |f| {
+                let mut n = 0;
+                for i in 0..1000u64 {
+                    assert!(f.send(i));
+                    n += 1;
+                }
+                n
             },
         );
-        r.unwrap();
+        assert_eq!(fed, 1000);
         got.sort();
-        assert_eq!(got, (0..100).map(|i| i * 2).collect::<Vec<_>>());
+        assert_eq!(got, (0..1000).map(|i| i * 2).collect::<Vec<_>>());
     }
 
     #[test]
-    fn the_first_error_stops_the_feed_and_is_returned() {
-        let fed = std::sync::atomic::AtomicU64::new(0);
-        let r: Result<(), String> = run(
-            2,
-            |send| {
-                for i in 0..1_000_000u64 {
-                    fed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if !send(i) {
-                        break;
-                    }
-                }
-                Ok(())
-            },
-            |i| {
-                if i == 10 {
-                    Err(format!("bad {i}"))
-                } else {
-                    Ok(i)
-                }
-            },
-            |_| Ok(()),
+    fn units_cover_every_block_once() {
+        assert_eq!(units(0).count(), 0);
+        assert_eq!(units(3).collect::<Vec<_>>(), vec![(0, 3)]);
+        let u: Vec<_> = units(2 * UNIT_BLOCKS + 1).collect();
+        assert_eq!(
+            u,
+            vec![
+                (0, UNIT_BLOCKS),
+                (UNIT_BLOCKS, UNIT_BLOCKS),
+                (2 * UNIT_BLOCKS, 1)
+            ]
         );
-        assert_eq!(r, Err("bad 10".to_string()));
-        assert!(fed.load(std::sync::atomic::Ordering::Relaxed) < 1_000_000);
     }
 
     #[test]
-    fn a_feed_error_is_returned() {
-        let r: Result<(), String> =
-            run(2, |_| Err("walk failed".into()), |i: u64| Ok(i), |_| Ok(()));
-        assert_eq!(r, Err("walk failed".to_string()));
+    fn zero_threads_means_one_per_core() {
+        assert_eq!(threads_or_default(0), threads());
+        assert_eq!(threads_or_default(3), 3);
     }
 }

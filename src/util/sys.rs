@@ -5,36 +5,13 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
-use crate::snapshot::manifest::{Meta, Time};
-
-fn stat_ns(sec: i64, nsec: u64) -> i64 {
+pub fn stat_ns(sec: i64, nsec: u64) -> i64 {
     sec.saturating_mul(1_000_000_000)
         .saturating_add(nsec as i64)
 }
 
-/// The mtime of a stat, at full range and precision.
-pub fn mtime(st: &rustix::fs::Stat) -> Time {
-    Time {
-        sec: st.st_mtime,
-        nsec: (st.st_mtime_nsec as u32).min(999_999_999),
-    }
-}
-
 pub fn ctime_ns(st: &rustix::fs::Stat) -> i64 {
     stat_ns(st.st_ctime, st.st_ctime_nsec)
-}
-
-/// The metadata kept in manifests, from a `stat` (xattrs filled separately).
-pub fn meta_of(st: &rustix::fs::Stat) -> Meta {
-    Meta {
-        mode: st.st_mode,
-        uid: st.st_uid,
-        gid: st.st_gid,
-        mtime: mtime(st),
-        ctime_ns: ctime_ns(st),
-        ino: st.st_ino,
-        xattrs: Vec::new(),
-    }
 }
 
 /// Open a directory by path as an `O_PATH` descriptor (the start of a
@@ -48,10 +25,53 @@ pub fn open_dir_path(dir: &std::path::Path) -> std::io::Result<OwnedFd> {
     )?)
 }
 
+/// Every object the live mount's kernel knows holds a descriptor (and
+/// restore holds many): raise the open-file
+/// limit as far as allowed (as root up to `fs.nr_open`), so large datasets
+/// do not run out. Returns the limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let cur = getrlimit(Resource::Nofile);
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let want = Rlimit {
+        current: Some(nr_open),
+        maximum: Some(nr_open),
+    };
+    if setrlimit(Resource::Nofile, want).is_err() {
+        // Not root: the soft limit up to the hard one.
+        let hard = cur.maximum;
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: hard,
+                maximum: hard,
+            },
+        );
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
 pub const S_IFMT: u32 = libc::S_IFMT;
 
 pub fn file_type(mode: u32) -> u32 {
     mode & S_IFMT
+}
+
+/// The FUSE file type of a mode.
+pub fn fuse_file_type(mode: u32) -> fuser::FileType {
+    use fuser::FileType;
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
 }
 
 /// Extended attributes of an open file, sorted by name. Filesystems that do

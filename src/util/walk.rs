@@ -5,7 +5,7 @@
 use std::os::fd::OwnedFd;
 
 use crate::error::{Error, IoContext, Result};
-use crate::snapshot::manifest::display_path;
+use crate::util::display::display_path;
 use crate::util::sys;
 
 /// One entry met by [`walk`].

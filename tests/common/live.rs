@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rewindfs::flusher::Policy;
-use rewindfs::fs::{LiveFs, MountConfig};
+use rewindfs::fs::LiveFs;
+use rewindfs::fuse::MountConfig;
 use rewindfs::mount::{LiveMount, LiveMountConfig};
 use rewindfs::repo::Repository;
 use rewindfs::track::Journal;

@@ -2,32 +2,29 @@
 //! tree as it was at the cut, reading only the blocks that changed (all of
 //! them for a full snapshot) through copy-before-write.
 //!
-//! Work is spread over a pool of threads (read -> hash -> compress ->
-//! `ChunkWriter`, whose pack writer runs on its own thread), connected
-//! with crossbeam channels.
+//! Blocks are stored by the shared engine (`blocks.rs`), read through
+//! copy-before-write: a block changed since the cut comes from what the
+//! writer saved before changing it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crossbeam_channel::{bounded, unbounded};
 use rustix::fs::{Mode, OFlags};
 
+use super::blocks::{self, Source};
 use crate::error::{Error, Result};
 use crate::repo::ChunkWriter;
 use crate::snapshot::manifest::{display_path, Blocks, Node};
-use crate::snapshot::scan::RACY_CTIME;
+use crate::snapshot::tree::ino_index;
+use crate::snapshot::unchanged::RACY_CTIME;
 use crate::snapshot::{Stats, Tree};
-use crate::store::{BlobKind, ChunkId};
-use crate::track::cow::Need;
+use crate::store::ChunkId;
+use crate::track::cow::{CowSet, Need};
 use crate::track::cut::{walk_verified, BaseIndex, CutInfo, ObjKind};
 use crate::track::FileKey;
 use crate::util::bytes::read_full;
-
-/// Blocks per work unit.
-const UNIT_BLOCKS: u64 = 8;
 
 pub struct Captured {
     pub tree: Tree,
@@ -126,14 +123,6 @@ fn tree_at_cut(req: &CaptureRequest<'_>) -> Tree {
     n
 }
 
-fn ino_index(t: &Tree) -> HashMap<u64, Vec<Vec<u8>>> {
-    let mut m: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
-    for (p, (meta, _)) in &t.entries {
-        m.entry(meta.ino).or_default().push(p.clone());
-    }
-    m
-}
-
 /// Open a file of the cut tree for reading: through its path, checked
 /// inode by inode, or through the descriptor kept for the deepest
 /// ancestor (or the file itself) that moved since the cut.
@@ -189,16 +178,28 @@ fn open_for_read(req: &CaptureRequest<'_>, n: &Tree, path: &[u8], key: &FileKey)
     None
 }
 
-struct Job {
+/// A file read for the snapshot, through copy-before-write.
+struct LiveFile<'c> {
     key: FileKey,
     file: File,
     size: u64,
+    cow: &'c CowSet,
 }
 
-struct Unit {
-    job: Arc<Job>,
-    idx: usize,
-    blocks: Vec<u64>,
+impl Source for LiveFile<'_> {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read(&self, b: u64, off: u64, buf: &mut Vec<u8>) -> Result<()> {
+        let len = buf.len();
+        let data = self
+            .cow
+            .read_block(&self.key, b, || read_full(&self.file, off, len))
+            .map_err(|e| Error::io("read for snapshot", format!("inode {}", self.key.ino), e))?;
+        *buf = data;
+        Ok(())
+    }
 }
 
 /// Build the tree at the cut and store every block it needs.
@@ -236,102 +237,48 @@ pub fn capture(req: &CaptureRequest<'_>) -> Result<Captured> {
         }
     }
 
-    let threads = req.threads.max(1);
-    let (unit_tx, unit_rx) = bounded::<Unit>(threads * 4);
-    let (done_tx, done_rx) = unbounded::<Result<(usize, Vec<(u64, ChunkId)>)>>();
-    let bytes_read = AtomicU64::new(0);
-    let cow = &req.cut.cow;
-    let writer = req.writer;
+    let cow = &*req.cut.cow;
     let mut results: Vec<Vec<(u64, ChunkId)>> = vec![Vec::new(); reads.len()];
-    let r = std::thread::scope(|s| -> Result<()> {
-        for _ in 0..threads {
-            let unit_rx = unit_rx.clone();
-            let done_tx = done_tx.clone();
-            let bytes_read = &bytes_read;
-            s.spawn(move || {
-                for u in unit_rx.iter() {
-                    let mut out = Vec::with_capacity(u.blocks.len());
-                    let mut err = None;
-                    for b in &u.blocks {
-                        let off = b * bs;
-                        let len = (u.job.size.saturating_sub(off)).min(bs) as usize;
-                        let data =
-                            cow.read_block(&u.job.key, *b, || read_full(&u.job.file, off, len));
-                        match data {
-                            Ok(d) => {
-                                bytes_read.fetch_add(d.len() as u64, Ordering::Relaxed);
-                                let id = ChunkId::of(&d);
-                                if let Err(e) = writer.store(BlobKind::Chunk, id, &d) {
-                                    err = Some(e);
-                                    break;
-                                }
-                                out.push((*b, id));
-                            }
-                            Err(e) => {
-                                err = Some(Error::io(
-                                    "read for snapshot",
-                                    format!("inode {}", u.job.key.ino),
-                                    e,
-                                ));
-                                break;
-                            }
-                        }
-                    }
-                    let msg = match err {
-                        Some(e) => Err(e),
-                        None => Ok((u.idx, out)),
-                    };
-                    if done_tx.send(msg).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(done_tx);
-        let mut first_err = None;
+    let (fed, stored) = blocks::store(req.writer, req.threads, bs, |feed| -> Result<()> {
         for (idx, (key, path, size, blocks)) in reads.iter().enumerate() {
             if blocks.is_empty() {
                 continue;
             }
             let Some(file) = open_for_read(req, &n, path, key) else {
-                first_err.get_or_insert(Error::Corrupt(format!(
+                return Err(Error::Corrupt(format!(
                     "{} (inode {}) could not be reached to read it for the snapshot",
                     display_path(path),
                     key.ino
                 )));
-                break;
             };
-            let job = Arc::new(Job {
+            let source = Arc::new(LiveFile {
                 key: *key,
                 file,
                 size: *size,
+                cow,
             });
-            for chunk in blocks.chunks(UNIT_BLOCKS as usize) {
-                let u = Unit {
-                    job: job.clone(),
-                    idx,
-                    blocks: chunk.to_vec(),
-                };
-                if unit_tx.send(u).is_err() {
-                    break;
-                }
+            if !blocks::feed_blocks(feed, &source, idx, blocks) {
+                return Err(Error::Poisoned("capture workers stopped".into()));
             }
         }
-        drop(unit_tx);
-        for r in done_rx.iter() {
-            match r {
-                Ok((idx, v)) => results[idx].extend(v),
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        Ok(())
     });
-    r?;
+    let mut bytes_read = 0;
+    let mut first_err = fed.err();
+    for r in stored {
+        match r {
+            Ok(s) => {
+                bytes_read += s.bytes;
+                results[s.tag].extend(s.ids);
+            }
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
 
     // Complete the block lists of every path of each file read.
     let mut changed_blocks = 0;
@@ -359,7 +306,7 @@ pub fn capture(req: &CaptureRequest<'_>) -> Result<Captured> {
         }
         changed_blocks += got.len() as u64;
     }
-    // Racily clean entries (see snapshot::scan::RACY_CTIME).
+    // Racily clean entries (see snapshot::unchanged).
     if let Some(after) = req.racy_after {
         for (m, _) in n.entries.values_mut() {
             if m.ctime_ns >= after {
@@ -386,7 +333,7 @@ pub fn capture(req: &CaptureRequest<'_>) -> Result<Captured> {
     Ok(Captured {
         tree: n,
         stats,
-        bytes_read: bytes_read.load(Ordering::Relaxed),
+        bytes_read,
     })
 }
 

@@ -14,32 +14,20 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crossbeam_channel::{bounded, unbounded};
-
-use super::manifest::{display_path, Blocks, Entry, Manifest, Meta, Node, MANIFEST_FORMAT};
-use super::model::{Kind, SnapshotRecord, Stats};
-use super::tree::Tree;
+use super::base::{base_for, effective_kind};
+use super::blocks::{self, Source};
 use crate::error::{Error, IoContext, Result};
 use crate::repo::{ChunkWriter, Repository, SnapshotDraft};
-use crate::store::{BlobKind, ChunkId};
+use crate::snapshot::manifest::{
+    display_path, meta_of, mtime_of, Entry, Manifest, Meta, Node, MANIFEST_FORMAT,
+};
+use crate::snapshot::tree::patch;
+use crate::snapshot::unchanged::{recorded_ctime, unchanged_by_stat};
+use crate::snapshot::{Kind, SnapshotRecord, Stats, Tree};
+use crate::store::ChunkId;
 use crate::util::sys::{self, file_type};
-use crate::util::time;
 use crate::util::walk::walk;
-
-/// A file whose ctime is this close to (or after) the start of a capture
-/// may change again within the same timestamp tick without its (size,
-/// mtime, ctime) changing. Such "racily clean" entries are recorded with
-/// [`RACY_CTIME`] so that the next scan re-reads them instead of trusting
-/// their stat. One second covers coarse kernel clocks and NFS.
-const RACY_MARGIN_NS: i64 = 1_000_000_000;
-
-/// The `ctime_ns` recorded for a racily clean file: never equal to a
-/// real ctime, so the next scan always re-reads the file.
-pub const RACY_CTIME: i64 = -1;
-
-/// Blocks per work unit: large enough to keep reads sequential, small
-/// enough to spread one big file over every worker.
-const UNIT_BLOCKS: u64 = 8;
+use crate::util::{pool, time};
 
 #[derive(Clone, Debug)]
 pub struct ScanOptions {
@@ -67,60 +55,50 @@ struct FileJob {
     unstable: AtomicBool,
 }
 
-struct Unit {
-    job: usize,
-    file: Arc<FileJob>,
-    first: u64,
-    count: u64,
-}
+impl Source for FileJob {
+    fn size(&self) -> u64 {
+        self.size
+    }
 
-struct UnitDone {
-    job: usize,
-    first: u64,
-    ids: Vec<ChunkId>,
-    /// Set by the unit that finished its file: did it change while read?
-    finished_unstable: Option<bool>,
-}
+    fn read(&self, _b: u64, off: u64, buf: &mut Vec<u8>) -> Result<()> {
+        let len = buf.len();
+        let mut got = 0;
+        while got < len {
+            match self.file.read_at(&mut buf[got..], off + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("read", display_path(&self.path), e)),
+            }
+        }
+        if got < len {
+            // The file shrank while we read it.
+            buf[got..].fill(0);
+            self.unstable.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
 
-/// Pick the base a capture of `kind` is compared with: the latest snapshot
-/// (incremental) or the latest full (differential).
-pub fn base_for(kind: Kind, all: &[SnapshotRecord]) -> Option<&SnapshotRecord> {
-    match kind {
-        Kind::Full => None,
-        Kind::Incremental => all.iter().max_by_key(|r| r.id),
-        Kind::Differential => all
-            .iter()
-            .filter(|r| r.kind == Kind::Full)
-            .max_by_key(|r| r.id),
+    /// After the file's last unit: did it change while it was read?
+    fn after_unit(&self) -> Option<bool> {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return None;
+        }
+        let changed = match rustix::fs::fstat(&self.file) {
+            Ok(st) => st.st_size as u64 != self.size || mtime_of(&st) != self.mtime,
+            Err(_) => true,
+        };
+        Some(changed || self.unstable.load(Ordering::Relaxed))
     }
 }
 
-/// Why a snapshot of `kind` cannot be based on the existing chain with
-/// the repository's `block_size` (someone changed `block_size` in
-/// config.json): a chain's manifests must share one block size. `None`
-/// when it can.
-pub fn block_size_break(all: &[SnapshotRecord], kind: Kind, block_size: u32) -> Option<String> {
-    let base = base_for(kind, all)?;
-    (base.block_size != block_size).then(|| {
-        format!(
-            "the repository's block size is {block_size} but snapshot {} was taken with {}",
-            base.id, base.block_size
-        )
-    })
-}
+type Feeder<'f> = pool::Feeder<'f, blocks::Unit<FileJob>>;
 
 /// Take a snapshot of `source` by scanning it.
 pub fn snapshot_dir(repo: &Repository, source: &Path, opts: &ScanOptions) -> Result<ScanResult> {
     let time_ns = time::now_ns();
     let all = repo.snapshots()?;
-    let kind = if all.is_empty() {
-        Kind::Full
-    } else if let Some(why) = block_size_break(&all, opts.kind, repo.config.block_size) {
-        tracing::warn!("{why}: taking a full snapshot");
-        Kind::Full
-    } else {
-        opts.kind
-    };
+    let kind = effective_kind(&all, opts.kind, repo.config.block_size);
     let base_rec = base_for(kind, &all).cloned();
     let base = match &base_rec {
         Some(r) => Some(repo.resolve(r)?),
@@ -176,54 +154,25 @@ fn capture(
     time_ns: i64,
 ) -> Result<(SnapshotRecord, Vec<String>)> {
     let kind = base.kind;
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        opts.threads
-    };
+    let threads = pool::threads_or_default(opts.threads);
     let bs = repo.config.block_size as u64;
     let repo_id = repo.dir().stat().ok().map(|st| (st.st_dev, st.st_ino));
-    let (unit_tx, unit_rx) = bounded::<Unit>(threads * 4);
-    let (done_tx, done_rx) = unbounded::<Result<UnitDone>>();
-    let walk = std::thread::scope(|s| -> Result<Walk> {
-        for _ in 0..threads {
-            let unit_rx = unit_rx.clone();
-            let done_tx = done_tx.clone();
-            s.spawn(move || {
-                let mut buf = vec![0u8; bs as usize];
-                for unit in unit_rx.iter() {
-                    let r = process_unit(&unit, bs, &mut buf, writer);
-                    if done_tx.send(r).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(done_tx);
-        let mut w = Walk::new(
-            base.tree.as_ref(),
-            kind,
-            repo_id,
-            bs,
-            time_ns - RACY_MARGIN_NS,
-        );
-        let walked = w.walk(root_fd, &unit_tx);
-        drop(unit_tx);
-        // Collect every unit, even after an error, so workers finish.
-        let mut first_err = walked.err();
-        for r in done_rx.iter() {
-            match r {
-                Ok(d) => w.accept(d),
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
+    let mut w = Walk::new(base.tree.as_ref(), kind, repo_id, bs, time_ns);
+    let (walked, stored) = blocks::store(writer, threads, bs, |feed| w.walk(root_fd, feed));
+    // Every unit is collected, even after an error.
+    let mut first_err = walked.err();
+    for r in stored {
+        match r {
+            Ok(d) => w.accept(d),
+            Err(e) => {
+                first_err.get_or_insert(e);
             }
         }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(w),
-        }
-    })?;
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let walk = w;
 
     let (manifest, mut stats, warnings) =
         walk.finish(base.tree.as_ref(), kind, repo.config.block_size)?;
@@ -250,52 +199,6 @@ fn capture(
     Ok((record, warnings))
 }
 
-fn process_unit(
-    unit: &Unit,
-    bs: u64,
-    buf: &mut [u8],
-    writer: &ChunkWriter<'_>,
-) -> Result<UnitDone> {
-    let job = &unit.file;
-    let mut ids = Vec::with_capacity(unit.count as usize);
-    for b in unit.first..unit.first + unit.count {
-        let off = b * bs;
-        let len = (job.size - off).min(bs) as usize;
-        let data = &mut buf[..len];
-        let mut got = 0;
-        while got < len {
-            match job.file.read_at(&mut data[got..], off + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io("read", display_path(&job.path), e)),
-            }
-        }
-        if got < len {
-            // The file shrank while we read it.
-            data[got..].fill(0);
-            job.unstable.store(true, Ordering::Relaxed);
-        }
-        let id = ChunkId::of(data);
-        writer.store(BlobKind::Chunk, id, data)?;
-        ids.push(id);
-    }
-    let mut finished_unstable = None;
-    if job.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-        let changed = match rustix::fs::fstat(&job.file) {
-            Ok(st) => st.st_size as u64 != job.size || sys::mtime(&st) != job.mtime,
-            Err(_) => true,
-        };
-        finished_unstable = Some(changed || job.unstable.load(Ordering::Relaxed));
-    }
-    Ok(UnitDone {
-        job: unit.job,
-        first: unit.first,
-        ids,
-        finished_unstable,
-    })
-}
-
 /// A regular file of the new manifest whose blocks are being read.
 struct PendingFile {
     path: Vec<u8>,
@@ -311,8 +214,8 @@ struct Walk<'b> {
     kind: Kind,
     repo_id: Option<(u64, u64)>,
     bs: u64,
-    /// Files with a ctime at or after this are recorded as racy.
-    racy_after: i64,
+    /// When the capture started (racily clean entries are near it).
+    started_ns: i64,
     seen: HashSet<Vec<u8>>,
     entries: Vec<Entry>,
     jobs: Vec<PendingFile>,
@@ -330,14 +233,14 @@ impl<'b> Walk<'b> {
         kind: Kind,
         repo_id: Option<(u64, u64)>,
         bs: u64,
-        racy_after: i64,
+        started_ns: i64,
     ) -> Self {
         Walk {
             base,
             kind,
             repo_id,
             bs,
-            racy_after,
+            started_ns,
             seen: HashSet::new(),
             entries: Vec::new(),
             jobs: Vec::new(),
@@ -352,16 +255,16 @@ impl<'b> Walk<'b> {
         self.base.and_then(|t| t.get(path))
     }
 
-    fn walk(&mut self, root: OwnedFd, units: &crossbeam_channel::Sender<Unit>) -> Result<()> {
+    fn walk(&mut self, root: OwnedFd, units: &Feeder<'_>) -> Result<()> {
         let st = rustix::fs::fstat(&root).ctx("stat", "source")?;
-        let mut meta = sys::meta_of(&st);
+        let mut meta = meta_of(&st);
         meta.xattrs = sys::read_xattrs(&root).ctx("read xattrs", "/")?;
         self.add_simple(Vec::new(), meta, Node::Dir);
         self.stats.dirs += 1;
         walk(root, |e| {
             let path = e.path.to_vec();
             let st = e.stat;
-            let mut meta = sys::meta_of(st);
+            let mut meta = meta_of(st);
             match file_type(st.st_mode) {
                 libc::S_IFDIR => {
                     if self.repo_id == Some((st.st_dev, st.st_ino)) {
@@ -419,21 +322,17 @@ impl<'b> Walk<'b> {
         name: &[u8],
         path: Vec<u8>,
         st: &rustix::fs::Stat,
-        units: &crossbeam_channel::Sender<Unit>,
+        units: &Feeder<'_>,
     ) -> Result<()> {
         let size = st.st_size as u64;
         self.seen.insert(path.clone());
         self.stats.files += 1;
         self.stats.logical_bytes += size;
-        let meta = sys::meta_of(st);
+        let meta = meta_of(st);
         let link = (st.st_nlink > 1).then_some(st.st_ino);
         if self.kind != Kind::Full {
-            if let Some((bm, Node::File { size: bsize, .. })) = self.base_entry(&path) {
-                if bm.ino == meta.ino
-                    && bm.ctime_ns == meta.ctime_ns
-                    && bm.mtime == meta.mtime
-                    && *bsize == size
-                {
+            if let Some(b @ (_, Node::File { .. })) = self.base_entry(&path) {
+                if unchanged_by_stat(b, st) {
                     return Ok(());
                 }
             }
@@ -467,14 +366,12 @@ impl<'b> Walk<'b> {
         }
         self.stats.logical_bytes = self.stats.logical_bytes - size + st.st_size as u64;
         let size = st.st_size as u64;
-        let mut meta = sys::meta_of(&st);
+        let mut meta = meta_of(&st);
         meta.xattrs = sys::read_xattrs(&fd).ctx("read xattrs", display_path(&path))?;
-        if meta.ctime_ns >= self.racy_after {
-            meta.ctime_ns = RACY_CTIME;
-        }
+        meta.ctime_ns = recorded_ctime(meta.ctime_ns, self.started_ns);
         let job = self.jobs.len();
         let nblocks = size.div_ceil(self.bs);
-        let nunits = nblocks.div_ceil(UNIT_BLOCKS);
+        let nunits = pool::units(nblocks).count();
         self.jobs.push(PendingFile {
             path: path.clone(),
             meta: meta.clone(),
@@ -494,29 +391,22 @@ impl<'b> Walk<'b> {
             size,
             mtime: meta.mtime,
             path,
-            remaining: AtomicUsize::new(nunits as usize),
+            remaining: AtomicUsize::new(nunits),
             unstable: AtomicBool::new(false),
         });
-        for u in 0..nunits {
-            let first = u * UNIT_BLOCKS;
-            let unit = Unit {
-                job,
-                file: fj.clone(),
-                first,
-                count: UNIT_BLOCKS.min(nblocks - first),
-            };
-            if units.send(unit).is_err() {
-                return Err(Error::Poisoned("capture workers stopped".into()));
-            }
+        let all: Vec<u64> = (0..nblocks).collect();
+        if !blocks::feed_blocks(units, &fj, job, &all) {
+            return Err(Error::Poisoned("capture workers stopped".into()));
         }
         Ok(())
     }
 
-    fn accept(&mut self, d: UnitDone) {
-        let job = &mut self.jobs[d.job];
-        let first = d.first as usize;
-        job.ids[first..first + d.ids.len()].copy_from_slice(&d.ids);
-        if d.finished_unstable == Some(true) {
+    fn accept(&mut self, d: blocks::Stored) {
+        let job = &mut self.jobs[d.tag];
+        for (b, id) in d.ids {
+            job.ids[b as usize] = id;
+        }
+        if d.after == Some(true) {
             job.unstable = true;
         }
     }
@@ -549,27 +439,10 @@ impl<'b> Walk<'b> {
                 Some((_, n @ Node::File { .. })) if kind != Kind::Full => Some(Tree::blocks_of(n)),
                 _ => None,
             };
-            let blocks = match base_blocks {
-                Some(old) => {
-                    let changes: Vec<(u64, ChunkId)> = j
-                        .ids
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, id)| old.get(*i) != Some(id))
-                        .map(|(i, id)| (i as u64, *id))
-                        .collect();
-                    if counted {
-                        self.stats.changed_blocks += changes.len() as u64;
-                    }
-                    Blocks::Patch(changes)
-                }
-                None => {
-                    if counted {
-                        self.stats.changed_blocks += j.ids.len() as u64;
-                    }
-                    Blocks::Full(j.ids.clone())
-                }
-            };
+            let (blocks, changed) = patch(&j.ids, base_blocks);
+            if counted {
+                self.stats.changed_blocks += changed;
+            }
             entries.push(Entry {
                 path,
                 meta,

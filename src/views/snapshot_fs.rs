@@ -45,7 +45,8 @@ pub const SNAPDIR: u64 = VIEW_BASE;
 pub const LATEST: u64 = VIEW_BASE + 1;
 const AT: u64 = VIEW_BASE + 2;
 const VIEW_END: u64 = 1 << 63;
-/// Handles of view files are tagged so the live adapter can route them.
+/// Handles of view files are tagged so the live mount's router can tell
+/// them from live handles.
 pub const FH_TAG: u64 = 1 << 63;
 
 pub fn is_view(nodeid: u64) -> bool {
@@ -250,11 +251,6 @@ impl Views {
         Ok(v)
     }
 
-    /// Forget the cached list (after a new snapshot).
-    pub fn refresh(&self) {
-        *self.list.lock() = None;
-    }
-
     pub fn tree(&self, id: u64) -> VResult<Arc<ViewTree>> {
         if let Some(t) = self.trees.lock().iter().find(|t| t.record.id == id) {
             return Ok(t.clone());
@@ -318,7 +314,7 @@ impl Views {
             VKind::File { size, .. } => (FileType::RegularFile, *size, 0),
             VKind::Symlink(tg) => (FileType::Symlink, tg.len() as u64, 0),
             VKind::Special(r) => {
-                let kind = super::live::file_type(m.mode);
+                let kind = crate::util::sys::fuse_file_type(m.mode);
                 // A device node names no device here (see the module doc).
                 let rdev = match kind {
                     FileType::CharDevice | FileType::BlockDevice => 0,
@@ -468,7 +464,9 @@ impl Views {
                         VKind::Dir(_) => FileType::Directory,
                         VKind::File { .. } => FileType::RegularFile,
                         VKind::Symlink(_) => FileType::Symlink,
-                        VKind::Special(_) => super::live::file_type(t.nodes[*c as usize].meta.mode),
+                        VKind::Special(_) => {
+                            crate::util::sys::fuse_file_type(t.nodes[*c as usize].meta.mode)
+                        }
                     };
                     out.push((node_of(id, *c), kind, name.clone()));
                 }

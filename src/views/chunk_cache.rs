@@ -191,8 +191,8 @@ impl ChunkCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::scan::{snapshot_dir, ScanOptions};
     use crate::snapshot::manifest::Node;
-    use crate::snapshot::scan::{snapshot_dir, ScanOptions};
     use crate::snapshot::{Kind, Tree};
 
     /// Blocks of three kinds (raw noise, zstd text, byte-plane floats) and

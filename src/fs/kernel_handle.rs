@@ -1,4 +1,5 @@
-//! Kernel file handles (`name_to_handle_at`/`open_by_handle_at`): a few
+//! Kernel handles of backing objects (`name_to_handle_at`/
+//! `open_by_handle_at`; not FUSE's numeric file handles `fh`): a few
 //! bytes that name a backing object for as long as it exists, so the live
 //! mount can close the descriptor of an object the kernel still knows and
 //! reopen it later, instead of holding one descriptor per object.
@@ -10,7 +11,7 @@ const MAX_HANDLE_SZ: usize = 128;
 
 /// An opaque handle: the `struct file_handle` header and its bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FileHandle {
+pub struct KernelHandle {
     /// u32 words, so the buffer is aligned for `struct file_handle`.
     words: Vec<u32>,
 }
@@ -20,10 +21,10 @@ fn buffer() -> Vec<u32> {
     vec![0u32; (header + MAX_HANDLE_SZ).div_ceil(4)]
 }
 
-impl FileHandle {
+impl KernelHandle {
     /// The handle of the object `fd` refers to (an `O_PATH` descriptor is
     /// fine). Fails with EOPNOTSUPP on filesystems that cannot export.
-    pub fn of(fd: &OwnedFd) -> std::io::Result<FileHandle> {
+    pub fn of(fd: &OwnedFd) -> std::io::Result<KernelHandle> {
         let mut words = buffer();
         let fh = words.as_mut_ptr().cast::<libc::file_handle>();
         let mut mount_id: libc::c_int = 0;
@@ -44,7 +45,7 @@ impl FileHandle {
         if r != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(FileHandle { words })
+        Ok(KernelHandle { words })
     }
 
     /// Open the object again (`flags` as for openat; `O_PATH` works).
@@ -82,7 +83,7 @@ mod tests {
         std::fs::write(&p, b"x").unwrap();
         let fd: OwnedFd = std::fs::File::open(&p).unwrap().into();
         let root: OwnedFd = std::fs::File::open(dir.path()).unwrap().into();
-        let h = match FileHandle::of(&fd) {
+        let h = match KernelHandle::of(&fd) {
             Ok(h) => h,
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return,
             Err(e) => panic!("{e}"),

@@ -1,0 +1,29 @@
+//! Capture: turning files into a snapshot's tree and stored chunks. One
+//! engine serves both ways of taking a snapshot:
+//!
+//! - `scan.rs`: scan capture (`rewindfs snapshot SOURCE`): walk a
+//!   directory, skip what the base says is unchanged by stat, read the rest
+//! - `live.rs`: the live mount's capture: the tree at a cut (from the
+//!   base and the cut's changes), reading only changed blocks, through
+//!   copy-before-write
+//!
+//! and both use the same parts:
+//!
+//! - `blocks.rs`: read → hash → compress → store, units of blocks on the
+//!   one worker pool (`util::pool`)
+//! - `base.rs`: which snapshot a capture of a kind is compared with
+//! - `manifest.rs`: the manifest of a tree against its base (removed
+//!   paths, changed entries, files as patches of changed blocks)
+//! - the "unchanged by stat" rule and racily clean entries
+//!   (`snapshot::unchanged`), and the inode index (`Tree::ino_index`)
+//!
+//! Invariants: a chunk is stored (and its pack durable by commit) before
+//! any manifest names it; a capture never reads a block changed after its
+//! cut (live: copy-before-write) and says so when a scanned file changed
+//! while read; a file's block list always matches its size.
+
+pub mod base;
+pub mod blocks;
+pub mod live;
+pub mod manifest;
+pub mod scan;
