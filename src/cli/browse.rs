@@ -9,7 +9,7 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::{Out, RepoArg};
+use super::common::{Out, RepoArg};
 use rewindfs::repo::Repository;
 use rewindfs::snapshot::manifest::{display_path, escape, normalize_user_path, Meta, Node};
 use rewindfs::snapshot::{select::select, SnapshotRecord, Tree};

@@ -1,6 +1,7 @@
 //! The command line: one file per command group, clap derive.
 
 mod browse;
+mod common;
 mod mount_cmds;
 mod repo_cmds;
 mod restore_cmd;
@@ -12,23 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
+
+pub use common::{Out, RepoArg};
 
 use rewindfs::daemon::control::{self, Request, Response};
 use rewindfs::fs::creds::Caller;
 use rewindfs::repo::Repository;
-
-/// Where a command writes: the terminal, or frames back to a client of
-/// the daemon.
-pub struct Out<'a> {
-    pub out: &'a mut dyn Write,
-    pub err: &'a mut dyn Write,
-    /// Output goes to a terminal (progress bars allowed).
-    pub terminal: bool,
-    /// Who the command runs for: root may restore owners, setuid bits
-    /// and device files (from a trusted repository).
-    pub caller_is_root: bool,
-}
 
 #[derive(Parser)]
 #[command(
@@ -43,13 +34,6 @@ Set the repository with --repo or the REWINDFS_REPO environment variable."
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Args, Clone)]
-pub struct RepoArg {
-    /// Repository directory.
-    #[arg(long, env = "REWINDFS_REPO", value_name = "DIR")]
-    pub repo: PathBuf,
 }
 
 /// What a command does to the repository.
@@ -294,54 +278,17 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             repo_cmds::rebuild(a)
         }
-        Command::Mount(a) => mount_cmds::mount(a),
-        Command::MountSnapshot(a) => mount_cmds::mount_snapshot(a),
+        Command::Mount(a) => mount_cmds::mount(a, daemon_hook()),
+        Command::MountSnapshot(a) => mount_cmds::mount_snapshot(a, daemon_hook()),
         Command::Umount(a) => mount_cmds::umount(a),
         Command::Status(a) => mount_cmds::status(a),
-    }
-}
-
-/// Parse sizes like `256M`, `4G` (up to u64).
-pub fn parse_size_u64(s: &str) -> std::result::Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        u => return Err(format!("bad size unit {u:?} in {s:?} (use K, M or G)")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} is too large"))
-}
-
-/// Parse sizes like `1M`, `64KiB`, `1048576`.
-pub fn parse_size(s: &str) -> std::result::Result<u32, String> {
-    let v = parse_size_u64(s)?;
-    u32::try_from(v).map_err(|_| format!("size {s:?} is too large"))
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::{human_bytes, parse_size, parse_size_u64};
 
     #[test]
     fn sizes() {

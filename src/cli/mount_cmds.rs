@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::human_bytes;
+use super::common::human_bytes;
 use rewindfs::daemon::control::{self, CallError, DaemonStatus, Request, Response};
 use rewindfs::daemon::live::MountRequest;
 use rewindfs::daemon::{self};
@@ -58,7 +58,7 @@ pub struct MountArgs {
     #[arg(long, default_value = "hidden", value_parser = ["hidden", "visible"])]
     snapdir: String,
     /// Memory for verified chunks of snapshot reads.
-    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = super::parse_size_u64)]
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = super::common::parse_size_u64)]
     chunk_cache: u64,
     /// Take an incremental snapshot this often when something changed
     /// (e.g. 15m; `off` to disable). Default 15m, or the repository's policy.
@@ -85,7 +85,7 @@ pub struct MountArgs {
     snapshot_on_unmount: Option<bool>,
 }
 
-pub fn mount(a: MountArgs) -> Result<i32> {
+pub fn mount(a: MountArgs, hook: rewindfs::daemon::CliHook) -> Result<i32> {
     let foreground = a.foreground;
     let req = MountRequest {
         backing: a.backing,
@@ -112,7 +112,7 @@ pub fn mount(a: MountArgs) -> Result<i32> {
             settle: a.settle,
             snapshot_on_unmount: a.snapshot_on_unmount,
         },
-        cli_hook: Some(super::daemon_hook()),
+        cli_hook: Some(hook),
     };
     daemon::live::mount(req)?;
     if !foreground {
@@ -141,14 +141,14 @@ pub struct MountSnapshotArgs {
     #[arg(long)]
     foreground: bool,
     /// Memory for verified chunks (when this command starts the daemon).
-    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = super::parse_size_u64)]
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = super::common::parse_size_u64)]
     chunk_cache: u64,
     /// Mount even if MOUNTPOINT has entries (they are hidden while mounted).
     #[arg(long)]
     nonempty: bool,
 }
 
-pub fn mount_snapshot(a: MountSnapshotArgs) -> Result<i32> {
+pub fn mount_snapshot(a: MountSnapshotArgs, hook: rewindfs::daemon::CliHook) -> Result<i32> {
     let (snap, mp) = match (a.all, a.args.as_slice()) {
         (true, [mp]) => ("latest".to_string(), PathBuf::from(mp)),
         (false, [snap, mp]) => (snap.clone(), PathBuf::from(mp)),
@@ -167,7 +167,7 @@ pub fn mount_snapshot(a: MountSnapshotArgs) -> Result<i32> {
             chunk_cache: a.chunk_cache,
             nonempty: a.nonempty,
         },
-        Some(super::daemon_hook()),
+        Some(hook),
     )?;
     if !foreground {
         println!("mounted read-only on {}", mp.display());

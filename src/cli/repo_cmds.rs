@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::{parse_size, Out, RepoArg};
+use super::common::{parse_size, Out, RepoArg};
 use rewindfs::repo::{self, Repository, DEFAULT_COMPRESSION};
 
 #[derive(Args)]
@@ -34,7 +34,7 @@ pub fn init(a: InitArgs) -> Result<i32> {
     println!(
         "created repository {} (block size {}, zstd level {})",
         a.repo.display(),
-        super::human_bytes(c.block_size as u64),
+        super::common::human_bytes(c.block_size as u64),
         c.compression_level
     );
     Ok(0)

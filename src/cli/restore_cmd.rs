@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::{browse::load, human_bytes, Out, RepoArg};
+use super::browse::load;
+use super::common::{human_bytes, Out, RepoArg};
 use rewindfs::repo::Repository;
 use rewindfs::restore::{restore as run_restore, RestoreOptions};
 use rewindfs::snapshot::manifest::normalize_user_path;

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
 
-use super::{human_bytes, Out, RepoArg};
+use super::common::{human_bytes, Out, RepoArg};
 use rewindfs::capture::scan::{snapshot_dir, ScanOptions};
 use rewindfs::repo::Repository;
 use rewindfs::snapshot::Kind;

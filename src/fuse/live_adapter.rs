@@ -14,8 +14,8 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use super::kernel::MAX_IO;
 use super::router::{Opened, Router};
-use super::MAX_IO;
 use crate::fs::creds::Caller;
 use crate::fs::live::OpenReply;
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use fuser::{Errno, FileAttr, FileType, INodeNo};
 
-use super::Statfs;
+use super::kernel::Statfs;
 use crate::fs::live::{FsResult, LiveFs, OpenReply, SNAPSHOTS_DIR};
 use crate::util::sys::fuse_file_type;
 use crate::views::{is_view, Mapped, ReadData, RootMap, Views, FH_TAG, SNAPDIR};

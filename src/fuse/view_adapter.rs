@@ -14,7 +14,7 @@ use fuser::{
 };
 
 use super::guard::Guarded;
-use super::{Statfs, MAX_IO};
+use super::kernel::{Statfs, MAX_IO};
 use crate::views::{Mapped, RootMap, Views};
 
 /// A standalone read-only mount of one snapshot or of all of them.

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::track::FileKey;
+use super::journal::FileKey;
 use crate::util::dirfd::Dir;
 
 /// Saved blocks kept in memory before spilling to disk.

@@ -15,13 +15,23 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::{Mode, OFlags};
 
-use super::cow::{CowSet, Need};
-use super::journal::{FileDirty, FileKey};
-use super::{Objects, State};
+use super::cow::{Cow, CowSet, Need};
+use super::gate::Gate;
+use super::journal::{FileDirty, FileKey, Journal};
+use super::pins::DirPins;
 use crate::error::{Error, Result};
 use crate::snapshot::manifest::{Meta, Node};
 use crate::snapshot::{Tree, SNAPSHOTS_DIR};
 use crate::util::{sys, time};
+
+/// How the cut reaches the live objects the filesystem knows (so that it
+/// can look at a changed object even when no path leads to it any more).
+pub trait Objects: Send + Sync {
+    /// The backing root: its key and an `O_PATH` descriptor.
+    fn root(&self) -> std::io::Result<(FileKey, Arc<OwnedFd>)>;
+    /// An `O_PATH` descriptor of a backing object the filesystem holds.
+    fn find(&self, key: &FileKey) -> Option<Arc<OwnedFd>>;
+}
 
 /// An object as it was at the cut.
 #[derive(Clone, Debug)]
@@ -235,14 +245,20 @@ pub struct CutRequest<'a> {
 }
 
 /// Take the cut (through [`super::Freezer::cut`]).
-pub(super) fn cut(track: &State, req: &CutRequest<'_>) -> Result<CutInfo> {
-    let bs = track.journal.block_size();
-    let gate = track.gate.freeze();
+pub(super) fn cut(
+    journal: &Journal,
+    gate: &Gate,
+    dir_pins: &DirPins,
+    cow_slot: &Cow,
+    req: &CutRequest<'_>,
+) -> Result<CutInfo> {
+    let bs = journal.block_size();
+    let gate = gate.freeze();
     let t0 = Instant::now();
     let time_ns = time::now_ns();
     let result = (|| -> Result<CutInfo> {
-        let (epoch, frozen) = track.journal.take_epoch()?;
-        let pins = track.pins.take();
+        let (epoch, frozen) = journal.take_epoch()?;
+        let pins = dir_pins.take();
         let (root_key, root_fd) = req
             .objects
             .root()
@@ -366,7 +382,7 @@ pub(super) fn cut(track: &State, req: &CutRequest<'_>) -> Result<CutInfo> {
             cow.register(*key, need.clone(), size);
             needs.insert(*key, (need, size));
         }
-        track.cow.set(Some(cow.clone()));
+        cow_slot.set(Some(cow.clone()));
         edges.sort_by(|a, b| {
             let da = a.path.iter().filter(|c| **c == b'/').count();
             let db = b.path.iter().filter(|c| **c == b'/').count();

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use super::FileKey;
+use super::journal::FileKey;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FsEvent {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Journal;
+use super::journal::Journal;
 use crate::error::{Error, Result};
 
 /// Persist journal records this often.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::FileKey;
+use super::journal::FileKey;
 
 #[derive(Default)]
 pub struct DirPins {

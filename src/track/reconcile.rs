@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 
-use super::{FileKey, Journal};
+use super::journal::{FileKey, Journal};
 use crate::error::Result;
 use crate::snapshot::manifest::mtime_of;
 use crate::snapshot::unchanged::unchanged_by_stat;

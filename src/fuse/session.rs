@@ -1,0 +1,120 @@
+//! Mounting: the options of a live mount and the FUSE session of one
+//! (`nosuid,nodev` unless asked, `default_permissions` always, the
+//! caller's access rule), over the live filesystem and the router.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{Config, MountOption, Session, SessionACL};
+
+use super::guard::Guarded;
+use super::live_adapter::LiveAdapter;
+use super::router::Router;
+use crate::fs::{LiveFs, LiveOptions};
+use crate::track::{FileKey, Recorder};
+use crate::views::Views;
+
+/// How to mount a live filesystem.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    /// Let other users use the mount (`allow_other`; the kernel then checks
+    /// permissions: `default_permissions` is always on).
+    pub allow_other: bool,
+    pub writeback_cache: bool,
+    pub passthrough_reads: bool,
+    /// FUSE worker threads.
+    pub threads: usize,
+    pub ttl: Duration,
+    /// Shown as the mount's source in /proc/mounts.
+    pub fsname: String,
+    /// List `.snapshots` in the root directory.
+    pub snapdir_visible: bool,
+    /// Bytes of verified chunks kept for snapshot reads.
+    pub chunk_cache: u64,
+    /// Honour setuid/setgid bits and file capabilities of programs in
+    /// the mount (off: `nosuid`). Snapshot views never honour them.
+    pub suid: bool,
+    /// Honour device nodes in the mount (off: `nodev`).
+    pub dev: bool,
+    /// Mount over a mountpoint that has entries.
+    pub nonempty: bool,
+}
+
+impl Default for MountConfig {
+    fn default() -> Self {
+        MountConfig {
+            allow_other: false,
+            writeback_cache: false,
+            passthrough_reads: false,
+            threads: 4,
+            ttl: Duration::from_secs(1),
+            fsname: "rewindfs".into(),
+            snapdir_visible: false,
+            chunk_cache: 256 << 20,
+            suid: false,
+            dev: false,
+            nonempty: false,
+        }
+    }
+}
+
+/// Mount a live filesystem of `backing` on `mountpoint`. The session is
+/// returned unstarted: run it (`Session::run`) or spawn it.
+pub fn mount_live(
+    backing: &Path,
+    mountpoint: &Path,
+    track: Recorder,
+    cfg: &MountConfig,
+    hidden: Option<FileKey>,
+    views: Option<Arc<Views>>,
+) -> std::io::Result<(Session<Guarded<LiveAdapter>>, Arc<LiveFs>)> {
+    let limit = crate::util::sys::raise_fd_limit();
+    tracing::debug!("open file limit: {limit}");
+    let root = crate::util::sys::open_dir_path(backing)?;
+    let fs = Arc::new(LiveFs::new(
+        root,
+        track,
+        LiveOptions {
+            passthrough_reads: cfg.passthrough_reads,
+            ttl: cfg.ttl,
+            hidden,
+        },
+    )?);
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(cfg.fsname.clone()),
+        MountOption::Subtype("rewindfs".into()),
+        MountOption::DefaultPermissions,
+        if cfg.suid {
+            MountOption::Suid
+        } else {
+            MountOption::NoSuid
+        },
+        if cfg.dev {
+            MountOption::Dev
+        } else {
+            MountOption::NoDev
+        },
+    ];
+    config.acl = if cfg.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(cfg.threads.max(1));
+    config.clone_fd = true;
+    let adapter = LiveAdapter {
+        router: Router {
+            fs: fs.clone(),
+            views,
+            snapdir_visible: cfg.snapdir_visible,
+        },
+        writeback_cache: cfg.writeback_cache,
+        dont_mask: false,
+    };
+    let notifier = fs.notifier.clone();
+    let session = Session::new(Guarded(adapter), mountpoint, &config)?;
+    let _ = notifier.set(session.notifier());
+    Ok((session, fs))
+}

@@ -1,0 +1,222 @@
+//! The tracking state of one live mount and the two interfaces over it:
+//! [`Recorder`] for the filesystem (record, save before changing, pin,
+//! emit) and [`Freezer`] for the flusher (cut, commit or give back,
+//! subscribe, reconcile). Each side gets only its half.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use super::cut::{self, CutInfo, CutRequest};
+use super::events::{Events, FsEvent};
+use super::journal::{FileKey, Journal};
+use super::{cow, gate, pins, reconcile};
+use crate::error::Result;
+
+/// The tracking state of one live mount.
+struct State {
+    journal: Arc<Journal>,
+    gate: gate::Gate,
+    pins: pins::DirPins,
+    cow: cow::Cow,
+    events: Events,
+}
+
+/// The tracking state of one live mount; hands out the two interfaces.
+#[derive(Clone)]
+pub struct Tracker {
+    state: Arc<State>,
+}
+
+impl Tracker {
+    pub fn new(journal: Arc<Journal>) -> Tracker {
+        Tracker {
+            state: Arc::new(State {
+                journal,
+                gate: gate::Gate::default(),
+                pins: pins::DirPins::default(),
+                cow: cow::Cow::default(),
+                events: Events::default(),
+            }),
+        }
+    }
+
+    /// The filesystem's side.
+    pub fn recorder(&self) -> Recorder {
+        Recorder {
+            state: self.state.clone(),
+        }
+    }
+
+    /// The flusher's side.
+    pub fn freezer(&self) -> Freezer {
+        Freezer {
+            state: self.state.clone(),
+        }
+    }
+
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.state.journal
+    }
+}
+
+/// What the filesystem may do: record changes as they happen.
+#[derive(Clone)]
+pub struct Recorder {
+    state: Arc<State>,
+}
+
+impl Recorder {
+    /// Enter a change: held for the whole operation (a cut waits for it,
+    /// and no cut starts while it is held).
+    pub fn change(&self) -> gate::Change<'_> {
+        self.state.gate.change()
+    }
+
+    pub fn block_size(&self) -> u64 {
+        self.state.journal.block_size()
+    }
+
+    /// `len` bytes written at `offset`.
+    pub fn write(&self, key: &FileKey, offset: u64, len: u64) {
+        self.state.journal.record_write(key, offset, len);
+    }
+
+    /// A range changed by something other than a write (copy, fallocate).
+    pub fn range(&self, key: &FileKey, offset: u64, len: u64) {
+        self.state.journal.record_range(key, offset, len);
+    }
+
+    /// The size changed from `old` to `new`.
+    pub fn resize(&self, key: &FileKey, old: u64, new: u64) {
+        self.state.journal.record_resize(key, old, new);
+    }
+
+    /// Every block from `offset` on changed.
+    pub fn all_from(&self, key: &FileKey, offset: u64) {
+        self.state.journal.record_all_from(key, offset);
+    }
+
+    /// Metadata (mode, owner, times, xattrs, links) changed.
+    pub fn meta(&self, key: &FileKey) {
+        self.state.journal.record_meta(key);
+    }
+
+    /// The object is new.
+    pub fn created(&self, key: &FileKey) {
+        self.state.journal.record_created(key);
+    }
+
+    /// The entry `name` of directory `dir` was created, removed or
+    /// renamed; `dir_fd` keeps the directory reachable until the next cut.
+    pub fn entry(&self, dir: &FileKey, name: &[u8], dir_fd: Option<Arc<OwnedFd>>) {
+        self.state.journal.record_entry(dir, name);
+        if let Some(fd) = dir_fd {
+            self.state.pins.pin(*dir, fd);
+        }
+    }
+
+    /// Is a capture running (copy-before-write armed)?
+    pub fn capturing(&self) -> bool {
+        self.state.cow.get().is_some()
+    }
+
+    /// Blocks `[first, last]` of a regular file are about to change: save
+    /// those the running capture still needs. `reader` reads the current
+    /// content, `size_now` gives the current size.
+    pub fn before_change(
+        &self,
+        key: &FileKey,
+        first: u64,
+        last: u64,
+        reader: &dyn Fn(u64, usize) -> std::io::Result<Vec<u8>>,
+        size_now: &dyn Fn() -> std::io::Result<u64>,
+    ) -> std::io::Result<()> {
+        match self.state.cow.get() {
+            Some(c) => c.before_change(key, first, last, reader, size_now),
+            None => Ok(()),
+        }
+    }
+
+    /// An object is about to be renamed or removed: while a capture runs,
+    /// keep it reachable for the capture.
+    pub fn before_move(&self, object: impl FnOnce() -> Option<(FileKey, Arc<OwnedFd>)>) {
+        if let Some(c) = self.state.cow.get() {
+            if let Some((key, fd)) = object() {
+                c.pin_moved(key, fd);
+            }
+        }
+    }
+
+    /// Send an event to the scheduler, if one listens (the event is built
+    /// only then).
+    pub fn emit(&self, event: impl FnOnce() -> Option<FsEvent>) {
+        self.state.events.emit(event);
+    }
+}
+
+/// What the flusher may do: freeze a consistent set of changes, read it,
+/// and commit or give it back.
+#[derive(Clone)]
+pub struct Freezer {
+    state: Arc<State>,
+}
+
+impl Freezer {
+    /// Take the cut (see [`super::cut`]).
+    pub fn cut(&self, req: &CutRequest<'_>) -> Result<CutInfo> {
+        let s = &self.state;
+        cut::cut(&s.journal, &s.gate, &s.pins, &s.cow, req)
+    }
+
+    /// The snapshot of `info` is committed: its changes are in it.
+    pub fn committed(&self, info: &CutInfo) -> Result<()> {
+        self.capture_over(info);
+        self.state.journal.drop_through(info.epoch)
+    }
+
+    /// The snapshot of `info` failed: its changes wait for the next one.
+    pub fn give_back(&self, info: CutInfo) {
+        self.capture_over(&info);
+        self.state.journal.restore(info.frozen);
+        for (k, fd) in info.pins {
+            self.state.pins.pin(k, fd);
+        }
+    }
+
+    fn capture_over(&self, info: &CutInfo) {
+        self.state.cow.set(None);
+        info.cow.finish();
+    }
+
+    /// Disarm copy-before-write (after a capture panicked).
+    pub fn disarm(&self) {
+        self.state.cow.set(None);
+    }
+
+    /// Nothing changed since the last committed cut.
+    pub fn is_empty(&self) -> bool {
+        self.state.journal.is_empty()
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.state.journal
+    }
+
+    /// Receive the filesystem's change events (one listener).
+    pub fn subscribe(&self, capacity: usize) -> crossbeam_channel::Receiver<FsEvent> {
+        self.state.events.subscribe(capacity)
+    }
+
+    /// Mark what differs between the backing directory `root` and `tree`
+    /// (see [`reconcile`]), and persist it.
+    pub fn reconcile(
+        &self,
+        root: OwnedFd,
+        tree: &crate::snapshot::Tree,
+        skip: Option<FileKey>,
+    ) -> Result<reconcile::ReconcileReport> {
+        let r = reconcile::mark_changes_since(root, tree, &self.state.journal, skip)?;
+        self.state.journal.flush()?;
+        Ok(r)
+    }
+}
