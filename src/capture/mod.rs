@@ -12,8 +12,8 @@
 //! - `blocks.rs`: read → hash → compress → store, units of blocks on the
 //!   one worker pool (`util::pool`)
 //! - `base.rs`: which snapshot a capture of a kind is compared with
-//! - `manifest.rs`: the manifest of a tree against its base (removed
-//!   paths, changed entries, files as patches of changed blocks)
+//! - `manifest.rs`: the one manifest builder (removed paths, changed
+//!   entries, files as patches of changed blocks)
 //! - the "unchanged by stat" rule and racily clean entries
 //!   (`snapshot::unchanged`), and the inode index (`Tree::ino_index`)
 //!

@@ -16,12 +16,12 @@ use std::sync::Arc;
 
 use super::base::{base_for, effective_kind};
 use super::blocks::{self, Source};
+use super::manifest::Builder;
 use crate::error::{Error, IoContext, Result};
 use crate::repo::{ChunkWriter, Repository, SnapshotDraft};
 use crate::snapshot::manifest::{
-    display_path, meta_of, mtime_of, Entry, Manifest, Meta, Node, MANIFEST_FORMAT,
+    display_path, meta_of, mtime_of, Blocks, Entry, Manifest, Meta, Node,
 };
-use crate::snapshot::tree::patch;
 use crate::snapshot::unchanged::{recorded_ctime, unchanged_by_stat};
 use crate::snapshot::{Kind, SnapshotRecord, Stats, Tree};
 use crate::store::ChunkId;
@@ -431,42 +431,23 @@ impl<'b> Walk<'b> {
         }
         let owners = files.len();
         files.append(&mut self.followers);
+        let mut m = Builder::new(if kind == Kind::Full { None } else { base });
+        for e in entries.drain(..) {
+            m.changed(e.path, e.meta, e.node, true);
+        }
         for (n, (path, meta, job)) in files.into_iter().enumerate() {
             // Hard links share their first path's blocks: count them once.
-            let counted = n < owners;
             let j = &self.jobs[job];
-            let base_blocks = match base.and_then(|t| t.get(&path)) {
-                Some((_, n @ Node::File { .. })) if kind != Kind::Full => Some(Tree::blocks_of(n)),
-                _ => None,
+            let node = Node::File {
+                size: j.size,
+                blocks: Blocks::Full(j.ids.clone()),
+                link: j.link,
             };
-            let (blocks, changed) = patch(&j.ids, base_blocks);
-            if counted {
-                self.stats.changed_blocks += changed;
-            }
-            entries.push(Entry {
-                path,
-                meta,
-                node: Node::File {
-                    size: j.size,
-                    blocks,
-                    link: j.link,
-                },
-            });
+            m.changed(path, meta, node, n < owners);
         }
-        entries.sort_by(|a, b| a.path.cmp(&b.path));
-        let removed = match (base, kind != Kind::Full) {
-            (Some(t), true) => t.topmost_absent(|p| self.seen.contains(p)),
-            _ => Vec::new(),
-        };
-        Ok((
-            Manifest {
-                format: MANIFEST_FORMAT,
-                block_size,
-                removed,
-                entries,
-            },
-            self.stats,
-            self.warnings,
-        ))
+        m.removed_unless(|p| self.seen.contains(p));
+        let (manifest, changed) = m.finish(block_size);
+        self.stats.changed_blocks += changed;
+        Ok((manifest, self.stats, self.warnings))
     }
 }

@@ -193,50 +193,6 @@ impl Tree {
         removed
     }
 
-    /// The manifest parts that turn `base` into `self`: removed paths (top
-    /// most only) and new or changed entries (files as a `Patch` against
-    /// the same path in `base` when it was a file there). Also returns the
-    /// number of blocks patched or listed.
-    pub fn diff_from(&self, base: &Tree) -> (Vec<Vec<u8>>, Vec<Entry>, u64) {
-        let removed = base.topmost_absent(|p| self.entries.contains_key(p));
-        let mut entries = Vec::new();
-        let mut blocks = 0;
-        for (p, (meta, node)) in &self.entries {
-            let old = base.entries.get(p);
-            if old == Some(&(meta.clone(), node.clone())) {
-                continue;
-            }
-            let node = match (old, node) {
-                (
-                    Some((_, old_node @ Node::File { .. })),
-                    Node::File {
-                        size,
-                        blocks: Blocks::Full(list),
-                        link,
-                    },
-                ) => {
-                    let (b, n) = patch(list, Some(Tree::blocks_of(old_node)));
-                    blocks += n;
-                    Node::File {
-                        size: *size,
-                        blocks: b,
-                        link: *link,
-                    }
-                }
-                (_, n) => {
-                    blocks += Tree::blocks_of(n).len() as u64;
-                    n.clone()
-                }
-            };
-            entries.push(Entry {
-                path: p.clone(),
-                meta: meta.clone(),
-                node,
-            });
-        }
-        (removed, entries, blocks)
-    }
-
     /// Number of regular files and their total size.
     pub fn file_totals(&self) -> (u64, u64) {
         let mut n = 0;
@@ -248,25 +204,6 @@ impl Tree {
             }
         }
         (n, bytes)
-    }
-}
-
-/// A file's block list against the same path's in the base (`None`: not
-/// a file there): a patch of the blocks that differ, or the full list;
-/// and how many blocks that records.
-pub fn patch(ids: &[ChunkId], base: Option<&[ChunkId]>) -> (Blocks, u64) {
-    match base {
-        Some(old) => {
-            let changes: Vec<(u64, ChunkId)> = ids
-                .iter()
-                .enumerate()
-                .filter(|(i, id)| old.get(*i) != Some(id))
-                .map(|(i, id)| (i as u64, *id))
-                .collect();
-            let n = changes.len() as u64;
-            (Blocks::Patch(changes), n)
-        }
-        None => (Blocks::Full(ids.to_vec()), ids.len() as u64),
     }
 }
 
@@ -383,63 +320,6 @@ mod tests {
             entries: vec![file("e", 8, Blocks::Patch(vec![(0, id(1))]))],
         };
         assert!(t.clone().apply(&bad).is_err());
-    }
-
-    #[test]
-    fn diff_then_apply_gives_the_new_tree() {
-        let mut a = Tree::default();
-        a.apply(&Manifest {
-            format: MANIFEST_FORMAT,
-            block_size: 4,
-            removed: vec![],
-            entries: vec![
-                dir(""),
-                dir("d"),
-                file("d/a", 10, Blocks::Full(vec![id(1), id(2), id(3)])),
-                dir("d/sub"),
-                file("d/sub/x", 1, Blocks::Full(vec![id(4)])),
-                file("e", 4, Blocks::Full(vec![id(9)])),
-            ],
-        })
-        .unwrap();
-        let mut b = a.clone();
-        b.entries.remove(b"d/sub/x".as_slice());
-        b.entries.remove(b"d/sub".as_slice());
-        b.entries.insert(
-            b"d/a".to_vec(),
-            (
-                meta(0o100644),
-                Node::File {
-                    size: 13,
-                    blocks: Blocks::Full(vec![id(1), id(7), id(3), id(8)]),
-                    link: None,
-                },
-            ),
-        );
-        b.entries.insert(
-            b"n".to_vec(),
-            (
-                meta(0o100644),
-                Node::File {
-                    size: 1,
-                    blocks: Blocks::Full(vec![id(5)]),
-                    link: None,
-                },
-            ),
-        );
-        let (removed, entries, blocks) = b.diff_from(&a);
-        assert_eq!(removed, vec![b"d/sub".to_vec()]);
-        assert_eq!(entries.len(), 2);
-        assert_eq!(blocks, 3);
-        let mut c = a.clone();
-        c.apply(&Manifest {
-            format: MANIFEST_FORMAT,
-            block_size: 4,
-            removed,
-            entries,
-        })
-        .unwrap();
-        assert_eq!(c, b);
     }
 
     #[test]
