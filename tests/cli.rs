@@ -390,3 +390,88 @@ fn full_repository_disk_fails_cleanly_and_keeps_earlier_snapshots() {
     ok(&repo, &["restore", "1", "--to", out.to_str().unwrap()]);
     assert_same(&first, &model(&out), "snapshot 1 after a full disk");
 }
+
+#[test]
+fn diff_lists_what_changed_between_two_snapshots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let repo = tmp.path().join("repo");
+    dataset(&src);
+    ok(&repo, &["init"]);
+    let s = src.to_str().unwrap();
+    ok(&repo, &["snapshot", "--source", s]);
+    // One block of a checkpoint rewritten, a directory renamed, a symlink
+    // removed, a file added, a mode changed.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(src.join("ckpt/a.bin"))
+            .unwrap();
+        f.seek(SeekFrom::Start(1 << 20)).unwrap();
+        f.write_all(&bytes(9, 1 << 20)).unwrap();
+    }
+    fs::rename(src.join("txt"), src.join("text")).unwrap();
+    fs::remove_file(src.join("link")).unwrap();
+    fs::write(src.join("ckpt/c.bin"), bytes(3, 5000)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(src.join("ckpt/b.bin"), fs::Permissions::from_mode(0o600)).unwrap();
+    ok(&repo, &["snapshot", "--source", s]);
+
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&repo, &["diff", "1", "2", "--json"])).unwrap();
+    let changes = v["changes"].as_array().unwrap();
+    let find = |kind: &str, key: &str, path: &str| {
+        changes
+            .iter()
+            .find(|c| c["change"] == kind && c[key] == path)
+            .unwrap_or_else(|| panic!("no {kind} of {path} in {v:#}"))
+    };
+    let m = find("modified", "path", "ckpt/a.bin");
+    assert_eq!(m["changed_blocks"], 1, "{m}");
+    assert_eq!(m["changed_bytes"], 1 << 20);
+    assert_eq!(find("renamed", "to", "text")["from"], "txt");
+    assert_eq!(find("removed", "path", "link")["kind"], "symlink");
+    assert_eq!(find("added", "path", "ckpt/c.bin")["size"], 5000);
+    assert_eq!(
+        find("metadata", "path", "ckpt/b.bin")["fields"],
+        serde_json::json!(["mode"])
+    );
+    // The renamed directory's unchanged files are not listed again.
+    assert!(
+        !changes.iter().any(|c| c.to_string().contains("txt/")),
+        "{v:#}"
+    );
+    let sum = &v["summary"];
+    assert_eq!(
+        (
+            &sum["added"],
+            &sum["removed"],
+            &sum["modified"],
+            &sum["metadata_only"],
+            &sum["renamed"]
+        ),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!(1),
+            &serde_json::json!(1),
+            &serde_json::json!(1),
+            &serde_json::json!(1)
+        ),
+        "{v:#}"
+    );
+    // Limited to a directory, and as text.
+    let text = ok(&repo, &["diff", "1", "latest", "/ckpt"]);
+    assert!(text.contains("M  ckpt/a.bin"), "{text}");
+    assert!(!text.contains("text"), "{text}");
+    let all = ok(&repo, &["diff", "1", "2"]);
+    assert!(all.contains("R  txt -> text"), "{all}");
+    // A path in neither snapshot is an error.
+    let o = cli(&repo, &["diff", "1", "2", "/nope"]);
+    assert!(!o.status.success());
+    assert!(
+        first_line(&o).contains("neither snapshot"),
+        "{}",
+        first_line(&o)
+    );
+}

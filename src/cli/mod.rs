@@ -2,6 +2,7 @@
 
 mod browse;
 mod common;
+mod diff_cmd;
 mod mount_cmds;
 mod repo_cmds;
 mod restore_cmd;
@@ -145,6 +146,7 @@ pub fn run_in_daemon(args: &[Vec<u8>], cwd: &Path, repo: &Repository, o: &mut Ou
         Command::Snapshots(a) => snapshot_cmds::list(repo, a, o),
         Command::Ls(a) => browse::ls(repo, a, o),
         Command::Cat(a) => browse::cat(repo, a, o),
+        Command::Diff(a) => diff_cmd::run(repo, a, o),
         Command::Restore(mut a) => {
             a.to = abs(a.to);
             restore_cmd::restore(repo, a, o)
@@ -221,6 +223,9 @@ pub enum Command {
     Ls(browse::LsArgs),
     /// Write a file of a snapshot to standard output.
     Cat(browse::CatArgs),
+    /// What changed between two snapshots (added, removed, modified,
+    /// metadata only, type changed, renamed), from their manifests alone.
+    Diff(diff_cmd::DiffArgs),
     /// Restore a snapshot, a directory or a file into a directory.
     Restore(restore_cmd::RestoreArgs),
     /// Check the repository: index, snapshot references, and optionally all data.
@@ -260,6 +265,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Cat(a) => {
             let r = a.repo().clone();
             with_repo(&r, Use::Read, |repo, o| browse::cat(repo, a, o))
+        }
+        Command::Diff(a) => {
+            let r = a.repo().clone();
+            with_repo(&r, Use::Read, |repo, o| diff_cmd::run(repo, a, o))
         }
         Command::Restore(a) => {
             let r = a.repo().clone();

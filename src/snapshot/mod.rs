@@ -2,6 +2,7 @@
 //! resolution into trees, selection by id/name/time, and the rule that
 //! says an entry is unchanged since a snapshot (`unchanged.rs`).
 
+pub mod diff;
 pub mod manifest;
 pub mod model;
 pub mod select;
