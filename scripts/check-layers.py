@@ -14,6 +14,7 @@ LAYERS = [
     ["mount"],
     ["fuse"],
     ["flusher", "restore", "verify"],
+    ["retention"],
     ["fs", "views"],
     ["capture"],
     ["track"],

@@ -8,6 +8,7 @@
 //! - [`fuse`]: the kernel edge: thin adapters, the live/views router, panic guard
 //! - [`flusher`]: when to snapshot, and taking one (cut, capture, commit)
 //! - [`restore`], [`verify`]: restoring and checking snapshots
+//! - [`retention`]: which snapshots a keep policy keeps
 //! - [`fs`]: the live passthrough filesystem
 //! - [`views`]: snapshots as read-only folders, the chunk cache
 //! - [`capture`]: the one capture engine (scan and live)
@@ -28,6 +29,7 @@ pub mod index;
 pub mod mount;
 pub mod repo;
 pub mod restore;
+pub mod retention;
 pub mod snapshot;
 pub mod store;
 pub mod track;

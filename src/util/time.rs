@@ -95,6 +95,62 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// The calendar buckets of an instant in some time zone: what retention
+/// rules group snapshots by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Civil {
+    pub year: i64,
+    pub month: u32,
+    pub day: u32,
+    pub hour: u32,
+    /// ISO 8601 week-numbering year and week (weeks start on Monday;
+    /// week 1 holds the year's first Thursday).
+    pub iso_year: i64,
+    pub iso_week: u32,
+}
+
+/// The calendar buckets of `ns` at a UTC offset of `offset_sec`.
+pub fn civil_at(ns: i64, offset_sec: i64) -> Civil {
+    let sec = ns.div_euclid(1_000_000_000).saturating_add(offset_sec);
+    let days = sec.div_euclid(86_400);
+    let hour = (sec.rem_euclid(86_400) / 3600) as u32;
+    let (year, month, day) = civil_from_days(days);
+    // Monday = 0 (1970-01-01 was a Thursday).
+    let weekday = (days + 3).rem_euclid(7);
+    let thursday = days - weekday + 3;
+    let (iso_year, _, _) = civil_from_days(thursday);
+    let iso_week = ((thursday - days_from_civil(iso_year, 1, 1)) / 7 + 1) as u32;
+    Civil {
+        year,
+        month,
+        day,
+        hour,
+        iso_year,
+        iso_week,
+    }
+}
+
+/// The local time zone's UTC offset at `ns` (daylight saving included),
+/// from the C library (`TZ`, /etc/localtime); 0 if it cannot tell.
+pub fn local_offset(ns: i64) -> i64 {
+    let t: libc::time_t = ns.div_euclid(1_000_000_000) as libc::time_t;
+    // SAFETY: `tm` is plain data the call fills in; both pointers are
+    // valid for the call, and localtime_r is the thread-safe variant.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: see above.
+    let r = unsafe { libc::localtime_r(&t, &mut tm) };
+    if r.is_null() {
+        0
+    } else {
+        tm.tm_gmtoff
+    }
+}
+
+/// The calendar buckets of `ns` in the local time zone.
+pub fn civil_local(ns: i64) -> Civil {
+    civil_at(ns, local_offset(ns))
+}
+
 /// `YYYY-MM-DDTHH:MM:SS` of a second count (UTC), any `i64`.
 fn format_seconds(sec: i64) -> String {
     let days = sec.div_euclid(86_400);
@@ -277,6 +333,33 @@ pub fn parse_rfc3339(s: &str) -> std::result::Result<(i64, u32), &'static str> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn calendar_buckets_and_iso_weeks() {
+        let at = |y: i64, m: u32, d: u32, h: i64| {
+            (days_from_civil(y, m, d) * 86_400 + h * 3600) * 1_000_000_000
+        };
+        let c = civil_at(at(2026, 11, 30, 23), 0);
+        assert_eq!((c.year, c.month, c.day, c.hour), (2026, 11, 30, 23));
+        assert_eq!((c.iso_year, c.iso_week), (2026, 49));
+        // One hour east of UTC it is already December 1st.
+        let e = civil_at(at(2026, 11, 30, 23), 3600);
+        assert_eq!((e.month, e.day, e.hour), (12, 1, 0));
+        // ISO weeks across year ends: 2021-01-03 is in 2020-W53,
+        // 2024-12-30 in 2025-W01, 2026-01-01 (a Thursday) in 2026-W01.
+        let w = |y, m, d| {
+            let c = civil_at(at(y, m, d, 12), 0);
+            (c.iso_year, c.iso_week)
+        };
+        assert_eq!(w(2021, 1, 3), (2020, 53));
+        assert_eq!(w(2021, 1, 4), (2021, 1));
+        assert_eq!(w(2024, 12, 30), (2025, 1));
+        assert_eq!(w(2026, 1, 1), (2026, 1));
+        assert_eq!(w(1970, 1, 1), (1970, 1));
+        // Before 1970 too.
+        assert_eq!(w(1969, 12, 28), (1969, 52));
+    }
+
     use super::*;
 
     #[test]

@@ -1,0 +1,14 @@
+//! Retention: which snapshots a policy keeps. (Removing the others
+//! without breaking the chains that depend on them, and giving their space
+//! back, build on this.)
+//!
+//! - `keep.rs`: restic's `--keep-*` rules over snapshot times, by calendar
+//!   buckets in the local time zone, with the reasons each kept snapshot
+//!   stays
+//!
+//! Invariants: a policy that keeps nothing is refused, never applied; a
+//! snapshot is kept if any rule keeps it; the decision depends only on
+//! the snapshots' times and labels (and the time zone), never on the
+//! clock, so a dry run shows exactly what a real run does.
+
+pub mod keep;
