@@ -1,5 +1,7 @@
 //! Verification: the index, every snapshot's references, and (optionally)
-//! every chunk's data.
+//! every chunk's data, or the data of a random sample of the packs
+//! (`--sample`: a different sample every run, so that repeated quick
+//! checks cover the whole repository over time).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -9,10 +11,25 @@ use crate::snapshot::manifest::{display_path, Node};
 use crate::snapshot::Tree;
 use crate::store::ChunkId;
 
+/// How much chunk data to read.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DataCheck {
+    /// References only (index entries, pack lengths).
+    None,
+    /// Every referenced chunk.
+    All,
+    /// Every referenced chunk in a random PERCENT of the packs.
+    Sample(f64),
+}
+
 #[derive(Debug, Default)]
 pub struct VerifyReport {
     pub snapshots: u64,
     pub chunks_checked: u64,
+    /// Chunks whose data was read and verified.
+    pub chunks_read: u64,
+    /// With a sample: packs sampled, of how many.
+    pub packs_sampled: Option<(u64, u64)>,
     /// Problems not tied to one snapshot.
     pub problems: Vec<String>,
     /// Damaged snapshots: id -> damaged file paths (or other reasons).
@@ -29,7 +46,54 @@ impl VerifyReport {
 /// the index and inside its pack; with `read_data`, every chunk is read
 /// and its hashes verified.
 pub fn verify(repo: &Repository, read_data: bool) -> Result<VerifyReport> {
+    verify_with(
+        repo,
+        if read_data {
+            DataCheck::All
+        } else {
+            DataCheck::None
+        },
+    )
+}
+
+/// The packs a sample of `percent` reads: that share of all packs (at
+/// least one), chosen at random with a key that differs every run.
+fn sample_packs(repo: &Repository, percent: f64) -> Result<(HashSet<u64>, u64)> {
+    use std::hash::BuildHasher;
+    let mut packs: Vec<u64> = repo
+        .index()
+        .chunks()?
+        .into_iter()
+        .map(|(_, loc)| loc.pack)
+        .collect::<HashSet<u64>>()
+        .into_iter()
+        .collect();
+    let total = packs.len() as u64;
+    let key = std::collections::hash_map::RandomState::new();
+    packs.sort_by_key(|p| key.hash_one(p));
+    let want = ((total as f64 * percent.clamp(0.0, 100.0) / 100.0).ceil() as usize)
+        .max(usize::from(total > 0));
+    packs.truncate(want);
+    Ok((packs.into_iter().collect(), total))
+}
+
+/// [`verify`] with a choice of how much data to read.
+pub fn verify_with(repo: &Repository, data: DataCheck) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
+    let sampled = match data {
+        DataCheck::Sample(p) => {
+            let (set, total) = sample_packs(repo, p)?;
+            report.packs_sampled = Some((set.len() as u64, total));
+            Some(set)
+        }
+        _ => None,
+    };
+    let read = |pack: u64| match data {
+        DataCheck::None => false,
+        DataCheck::All => true,
+        DataCheck::Sample(_) => sampled.as_ref().is_some_and(|s| s.contains(&pack)),
+    };
+    let mut chunks_read = 0u64;
     let all = repo.snapshots()?;
     // Records that cannot be read (or changed on disk) are damaged
     // snapshots too.
@@ -65,11 +129,13 @@ pub fn verify(repo: &Repository, read_data: bool) -> Result<VerifyReport> {
                     {
                         Some(format!("chunk {id}: its pack {} is truncated", loc.pack))
                     }
-                    Some(_) if read_data => repo
-                        .pack_reader()
-                        .scrub(&loc, id)
-                        .err()
-                        .map(|e| e.to_string()),
+                    Some(_) if read(loc.pack) => {
+                        chunks_read += 1;
+                        repo.pack_reader()
+                            .scrub(&loc, id)
+                            .err()
+                            .map(|e| e.to_string())
+                    }
                     Some(_) => None,
                 }
             }
@@ -111,5 +177,6 @@ pub fn verify(repo: &Repository, read_data: bool) -> Result<VerifyReport> {
         }
     }
     report.chunks_checked = checked.len() as u64;
+    report.chunks_read = chunks_read;
     Ok(report)
 }

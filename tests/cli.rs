@@ -475,3 +475,67 @@ fn diff_lists_what_changed_between_two_snapshots() {
         first_line(&o)
     );
 }
+
+#[test]
+fn verify_sample_reads_a_different_share_of_the_packs_each_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo_dir = tmp.path().join("repo");
+    let src = tmp.path().join("src");
+    dataset(&src);
+    ok(&repo_dir, &["init"]);
+    // Small packs, so that the data spreads over several.
+    let cfg_path = repo_dir.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["pack_target_size"] = serde_json::json!(1 << 20);
+    fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    ok(&repo_dir, &["snapshot", "--source", src.to_str().unwrap()]);
+    let packs = fs::read_dir(repo_dir.join("packs")).unwrap().count();
+    assert!(packs >= 4, "{packs} packs");
+    // Damage one chunk.
+    let (pack, offset) = {
+        let repo = Repository::open(&repo_dir).unwrap();
+        let rec = repo.snapshots().unwrap().pop().unwrap();
+        let tree = repo.resolve(&rec).unwrap();
+        let (_, node) = tree
+            .get(&normalize_user_path("ckpt/b.bin").unwrap())
+            .unwrap();
+        let id = Tree::blocks_of(node)[0];
+        let loc = repo.index().get_chunk(&id).unwrap().unwrap();
+        (
+            repo.pack_reader().pack_path(loc.pack),
+            loc.offset + 88 + 100,
+        )
+    };
+    let mut data = fs::read(&pack).unwrap();
+    data[offset as usize] ^= 0x40;
+    fs::write(&pack, data).unwrap();
+
+    // The whole sample is the whole repository.
+    let o = cli(&repo_dir, &["verify", "--read-data", "--sample", "100"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("ckpt/b.bin"));
+    // One pack a run: the damaged one is found in some runs, not in others.
+    let (mut found, mut missed) = (0, 0);
+    for _ in 0..60 {
+        let o = cli(&repo_dir, &["verify", "--read-data", "--sample", "1"]);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        if o.status.success() {
+            assert!(
+                out.contains(&format!("in 1 of {packs} packs (1% sample)")),
+                "{out}"
+            );
+            missed += 1;
+        } else {
+            assert!(out.contains("ckpt/b.bin"), "{out}");
+            found += 1;
+        }
+    }
+    assert!(found > 0 && missed > 0, "found {found}, missed {missed}");
+    // Bad input.
+    assert!(!cli(&repo_dir, &["verify", "--sample", "5"])
+        .status
+        .success());
+    let o = cli(&repo_dir, &["verify", "--read-data", "--sample", "0"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("above 0"));
+}
