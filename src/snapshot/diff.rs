@@ -260,8 +260,13 @@ pub fn diff(a: &Tree, b: &Tree, prefix: &[u8]) -> Vec<Change> {
     let mut new: Vec<&Vec<u8>> = Vec::new();
     let mut out: BTreeMap<Vec<u8>, Change> = BTreeMap::new();
     for (p, (ma, na)) in a.entries.range(prefix.to_vec()..) {
-        if !under(p, prefix) {
+        // Paths below `prefix` are among those that start with its bytes
+        // (contiguous in the ordered map), but so is `prefix-x`.
+        if !p.starts_with(prefix) {
             break;
+        }
+        if !under(p, prefix) {
+            continue;
         }
         match b.entries.get(p) {
             None => gone.push(p),
@@ -273,8 +278,13 @@ pub fn diff(a: &Tree, b: &Tree, prefix: &[u8]) -> Vec<Change> {
         }
     }
     for (p, _) in b.entries.range(prefix.to_vec()..) {
-        if !under(p, prefix) {
+        // Paths below `prefix` are among those that start with its bytes
+        // (contiguous in the ordered map), but so is `prefix-x`.
+        if !p.starts_with(prefix) {
             break;
+        }
+        if !under(p, prefix) {
+            continue;
         }
         if !a.entries.contains_key(p) {
             new.push(p);
@@ -581,6 +591,17 @@ mod tests {
         let b = tree(e);
         let c = diff(&a, &b, b"old");
         assert_eq!(c.len(), 1, "{c:#?}");
+        // A sibling whose name extends the directory's (`old-x` sorts
+        // between `old` and `old/...`) neither hides nor joins it.
+        let mut e = base();
+        e.push(file("old-x", 20, 10, 1, &[30]));
+        let a2 = tree(e.clone());
+        e.push(file("old/edit", 8, 11, 4, &[8]));
+        e.push(file("old-x", 20, 11, 1, &[31]));
+        let b2 = tree(e);
+        let c = diff(&a2, &b2, b"old");
+        assert_eq!(c.len(), 1, "{c:#?}");
+        assert!(matches!(&c[0], Change::Modified { path, .. } if path == "old/edit"));
         assert!(matches!(&c[0], Change::Modified { path, .. } if path == "old/edit"));
         assert!(diff(&a, &a, b"").is_empty());
     }
