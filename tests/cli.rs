@@ -539,3 +539,48 @@ fn verify_sample_reads_a_different_share_of_the_packs_each_run() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("above 0"));
 }
+
+#[test]
+fn stats_show_what_each_snapshot_costs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let repo = tmp.path().join("repo");
+    dataset(&src);
+    ok(&repo, &["init"]);
+    let s = src.to_str().unwrap();
+    ok(&repo, &["snapshot", "--source", s]);
+    // Block 1 of a.bin (random, so stored as is) replaced: each snapshot
+    // then holds exactly one 1 MiB chunk the other does not.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(src.join("ckpt/a.bin"))
+            .unwrap();
+        f.seek(SeekFrom::Start(1 << 20)).unwrap();
+        f.write_all(&bytes(7, 1 << 20)).unwrap();
+    }
+    ok(&repo, &["snapshot", "--source", s]);
+    let v: serde_json::Value = serde_json::from_str(&ok(&repo, &["stats", "--json"])).unwrap();
+    let snaps = v["snapshots"].as_array().unwrap();
+    assert_eq!(snaps.len(), 2, "{v:#}");
+    for (s, chain) in snaps.iter().zip([1, 2]) {
+        assert_eq!(s["unique_bytes"], 1 << 20, "{v:#}");
+        assert_eq!(s["chain_len"], chain, "{v:#}");
+        assert_eq!(s["files"], 22, "{v:#}");
+    }
+    assert_eq!(v["snapshots_by_kind"]["full"], 1);
+    assert_eq!(v["snapshots_by_kind"]["incremental"], 1);
+    assert_eq!(v["unreferenced_chunks"], 0);
+    // Two snapshots of nearly the same data: about 2x deduplication.
+    let dedup = v["dedup_ratio"].as_f64().unwrap();
+    assert!(dedup > 1.6 && dedup < 2.0, "{dedup}");
+    assert!(v["pack_bytes"].as_u64().unwrap() >= v["stored_bytes"].as_u64().unwrap());
+    // One snapshot, and the text form.
+    let one: serde_json::Value =
+        serde_json::from_str(&ok(&repo, &["stats", "1", "--json"])).unwrap();
+    assert_eq!(one["snapshots"].as_array().unwrap().len(), 1);
+    let text = ok(&repo, &["stats"]);
+    assert!(text.contains("deduplication"), "{text}");
+    assert!(text.contains("longest chain 2"), "{text}");
+}

@@ -7,6 +7,7 @@ mod mount_cmds;
 mod repo_cmds;
 mod restore_cmd;
 mod snapshot_cmds;
+mod stats_cmd;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -147,6 +148,7 @@ pub fn run_in_daemon(args: &[Vec<u8>], cwd: &Path, repo: &Repository, o: &mut Ou
         Command::Ls(a) => browse::ls(repo, a, o),
         Command::Cat(a) => browse::cat(repo, a, o),
         Command::Diff(a) => diff_cmd::run(repo, a, o),
+        Command::Stats(a) => stats_cmd::run(repo, a, o),
         Command::Restore(mut a) => {
             a.to = abs(a.to);
             restore_cmd::restore(repo, a, o)
@@ -226,6 +228,9 @@ pub enum Command {
     /// What changed between two snapshots (added, removed, modified,
     /// metadata only, type changed, renamed), from their manifests alone.
     Diff(diff_cmd::DiffArgs),
+    /// Where the space goes: logical, stored and unique bytes per snapshot,
+    /// deduplication and compression, chunks, packs, chain lengths.
+    Stats(stats_cmd::StatsArgs),
     /// Restore a snapshot, a directory or a file into a directory.
     Restore(restore_cmd::RestoreArgs),
     /// Check the repository: index, snapshot references, and optionally all data.
@@ -269,6 +274,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Diff(a) => {
             let r = a.repo().clone();
             with_repo(&r, Use::Read, |repo, o| diff_cmd::run(repo, a, o))
+        }
+        Command::Stats(a) => {
+            let r = a.repo().clone();
+            with_repo(&r, Use::Read, |repo, o| stats_cmd::run(repo, a, o))
         }
         Command::Restore(a) => {
             let r = a.repo().clone();

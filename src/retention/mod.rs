@@ -2,6 +2,8 @@
 //! without breaking the chains that depend on them, and giving their space
 //! back, build on this.)
 //!
+//! - `space.rs`: where the space goes (logical, stored and unique bytes per
+//!   snapshot; deduplication and compression; chains)
 //! - `keep.rs`: restic's `--keep-*` rules over snapshot times, by calendar
 //!   buckets in the local time zone, with the reasons each kept snapshot
 //!   stays
@@ -12,3 +14,4 @@
 //! clock, so a dry run shows exactly what a real run does.
 
 pub mod keep;
+pub mod space;
