@@ -25,6 +25,31 @@ fn dataset(root: &Path) {
     std::os::unix::fs::symlink("ckpt/a.bin", root.join("link")).unwrap();
 }
 
+/// Overwrite block `block` (1 MiB blocks) of `path` with random bytes.
+fn rewrite_block(path: &Path, block: u64, seed: u64) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(block << 20)).unwrap();
+    f.write_all(&bytes(seed, 1 << 20)).unwrap();
+}
+
+/// Flip one byte inside the stored chunk of block `block` of `path` in
+/// the latest snapshot (`at` bytes into its payload).
+fn damage_chunk(repo_dir: &Path, path: &str, block: usize, at: u64) {
+    let (pack, offset) = {
+        let repo = Repository::open(repo_dir).unwrap();
+        let rec = repo.snapshots().unwrap().pop().unwrap();
+        let tree = repo.resolve(&rec).unwrap();
+        let (_, node) = tree.get(&normalize_user_path(path).unwrap()).unwrap();
+        let id = Tree::blocks_of(node)[block];
+        let loc = repo.index().get_chunk(&id).unwrap().unwrap();
+        (repo.pack_reader().pack_path(loc.pack), loc.offset + 88 + at)
+    };
+    let mut data = fs::read(&pack).unwrap();
+    data[offset as usize] ^= 0x40;
+    fs::write(&pack, data).unwrap();
+}
+
 fn first_line(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr)
         .lines()
@@ -165,24 +190,8 @@ fn corrupted_chunk_is_reported_and_only_its_file_fails() {
     dataset(&src);
     ok(&repo_dir, &["init"]);
     ok(&repo_dir, &["snapshot", "--source", src.to_str().unwrap()]);
-    // Find where block 1 of ckpt/a.bin is stored and flip one byte of it.
-    let (pack, offset) = {
-        let repo = Repository::open(&repo_dir).unwrap();
-        let rec = repo.snapshots().unwrap().pop().unwrap();
-        let tree = repo.resolve(&rec).unwrap();
-        let (_, node) = tree
-            .get(&normalize_user_path("ckpt/a.bin").unwrap())
-            .unwrap();
-        let id = Tree::blocks_of(node)[1];
-        let loc = repo.index().get_chunk(&id).unwrap().unwrap();
-        (
-            repo.pack_reader().pack_path(loc.pack),
-            loc.offset + 88 + 1000,
-        )
-    };
-    let mut data = fs::read(&pack).unwrap();
-    data[offset as usize] ^= 0x40;
-    fs::write(&pack, data).unwrap();
+    // Flip one byte of block 1 of ckpt/a.bin where it is stored.
+    damage_chunk(&repo_dir, "ckpt/a.bin", 1, 1000);
 
     let o = cli(&repo_dir, &["verify", "--read-data"]);
     assert!(!o.status.success());
@@ -402,15 +411,7 @@ fn diff_lists_what_changed_between_two_snapshots() {
     ok(&repo, &["snapshot", "--source", s]);
     // One block of a checkpoint rewritten, a directory renamed, a symlink
     // removed, a file added, a mode changed.
-    {
-        use std::io::{Seek, SeekFrom, Write};
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .open(src.join("ckpt/a.bin"))
-            .unwrap();
-        f.seek(SeekFrom::Start(1 << 20)).unwrap();
-        f.write_all(&bytes(9, 1 << 20)).unwrap();
-    }
+    rewrite_block(&src.join("ckpt/a.bin"), 1, 9);
     fs::rename(src.join("txt"), src.join("text")).unwrap();
     fs::remove_file(src.join("link")).unwrap();
     fs::write(src.join("ckpt/c.bin"), bytes(3, 5000)).unwrap();
@@ -491,24 +492,7 @@ fn verify_sample_reads_a_different_share_of_the_packs_each_run() {
     ok(&repo_dir, &["snapshot", "--source", src.to_str().unwrap()]);
     let packs = fs::read_dir(repo_dir.join("packs")).unwrap().count();
     assert!(packs >= 4, "{packs} packs");
-    // Damage one chunk.
-    let (pack, offset) = {
-        let repo = Repository::open(&repo_dir).unwrap();
-        let rec = repo.snapshots().unwrap().pop().unwrap();
-        let tree = repo.resolve(&rec).unwrap();
-        let (_, node) = tree
-            .get(&normalize_user_path("ckpt/b.bin").unwrap())
-            .unwrap();
-        let id = Tree::blocks_of(node)[0];
-        let loc = repo.index().get_chunk(&id).unwrap().unwrap();
-        (
-            repo.pack_reader().pack_path(loc.pack),
-            loc.offset + 88 + 100,
-        )
-    };
-    let mut data = fs::read(&pack).unwrap();
-    data[offset as usize] ^= 0x40;
-    fs::write(&pack, data).unwrap();
+    damage_chunk(&repo_dir, "ckpt/b.bin", 0, 100);
 
     // The whole sample is the whole repository.
     let o = cli(&repo_dir, &["verify", "--read-data", "--sample", "100"]);
@@ -551,15 +535,7 @@ fn stats_show_what_each_snapshot_costs() {
     ok(&repo, &["snapshot", "--source", s]);
     // Block 1 of a.bin (random, so stored as is) replaced: each snapshot
     // then holds exactly one 1 MiB chunk the other does not.
-    {
-        use std::io::{Seek, SeekFrom, Write};
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .open(src.join("ckpt/a.bin"))
-            .unwrap();
-        f.seek(SeekFrom::Start(1 << 20)).unwrap();
-        f.write_all(&bytes(7, 1 << 20)).unwrap();
-    }
+    rewrite_block(&src.join("ckpt/a.bin"), 1, 7);
     ok(&repo, &["snapshot", "--source", s]);
     let v: serde_json::Value = serde_json::from_str(&ok(&repo, &["stats", "--json"])).unwrap();
     let snaps = v["snapshots"].as_array().unwrap();

@@ -64,7 +64,7 @@ impl<'b> Builder<'b> {
     pub fn changed_in(&mut self, tree: &Tree) {
         for (p, (meta, node)) in &tree.entries {
             let old = self.base.and_then(|t| t.entries.get(p));
-            if old == Some(&(meta.clone(), node.clone())) {
+            if old.is_some_and(|(m, n)| m == meta && n == node) {
                 continue;
             }
             self.changed(p.clone(), meta.clone(), node.clone(), true);
@@ -117,42 +117,7 @@ pub fn build(tree: &Tree, base: Option<&Tree>) -> (Manifest, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn meta(mode: u32) -> Meta {
-        Meta {
-            mode,
-            uid: 0,
-            gid: 0,
-            mtime: Default::default(),
-            ctime_ns: 0,
-            ino: 0,
-            xattrs: vec![],
-        }
-    }
-
-    fn id(n: u8) -> ChunkId {
-        ChunkId([n; 32])
-    }
-
-    fn file(path: &str, size: u64, blocks: Blocks) -> Entry {
-        Entry {
-            path: path.as_bytes().to_vec(),
-            meta: meta(0o100644),
-            node: Node::File {
-                size,
-                blocks,
-                link: None,
-            },
-        }
-    }
-
-    fn dir(path: &str) -> Entry {
-        Entry {
-            path: path.as_bytes().to_vec(),
-            meta: meta(0o40755),
-            node: Node::Dir,
-        }
-    }
+    use crate::snapshot::tree::tests::{dir, file, id, meta};
 
     #[test]
     fn diff_then_apply_gives_the_new_tree() {

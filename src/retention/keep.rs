@@ -91,7 +91,7 @@ pub fn decide(
     type Bucket = fn(&Civil) -> (i64, u32, u32, u32);
     let rules: [(&str, u32, Bucket); 5] = [
         ("hourly", policy.hourly, |c| {
-            (c.year, c.month, c.day, c.hour + 1)
+            (c.year, c.month, c.day, c.hour)
         }),
         ("daily", policy.daily, |c| (c.year, c.month, c.day, 0)),
         ("weekly", policy.weekly, |c| (c.iso_year, c.iso_week, 0, 0)),

@@ -216,12 +216,13 @@ pub fn ino_index(tree: &Tree) -> std::collections::HashMap<u64, Vec<Vec<u8>>> {
     m
 }
 
+/// Tree-building helpers for tests here and in the manifest builder.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::snapshot::manifest::MANIFEST_FORMAT;
 
-    fn meta(mode: u32) -> Meta {
+    pub(crate) fn meta(mode: u32) -> Meta {
         Meta {
             mode,
             uid: 0,
@@ -233,11 +234,11 @@ mod tests {
         }
     }
 
-    fn id(n: u8) -> ChunkId {
+    pub(crate) fn id(n: u8) -> ChunkId {
         ChunkId([n; 32])
     }
 
-    fn file(path: &str, size: u64, blocks: Blocks) -> Entry {
+    pub(crate) fn file(path: &str, size: u64, blocks: Blocks) -> Entry {
         Entry {
             path: path.as_bytes().to_vec(),
             meta: meta(0o100644),
@@ -249,7 +250,7 @@ mod tests {
         }
     }
 
-    fn dir(path: &str) -> Entry {
+    pub(crate) fn dir(path: &str) -> Entry {
         Entry {
             path: path.as_bytes().to_vec(),
             meta: meta(0o40755),

@@ -541,7 +541,19 @@ mod tests {
     use super::*;
 
     fn journal(dir: &std::path::Path) -> (sled::Db, Journal) {
-        let db = sled::open(dir).unwrap();
+        // sled's flusher thread can hold the database's lock for a moment
+        // after the previous handle was dropped: wait for it (bounded).
+        let mut tries = 0;
+        let db = loop {
+            match sled::open(dir) {
+                Ok(db) => break db,
+                Err(e) if tries < 100 && e.to_string().contains("could not acquire lock") => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("open sled: {e}"),
+            }
+        };
         let j = Journal::open(db.open_tree("journal").unwrap(), 4096).unwrap();
         (db, j)
     }
