@@ -97,6 +97,8 @@ type Feeder<'f> = pool::Feeder<'f, blocks::Unit<FileJob>>;
 /// Take a snapshot of `source` by scanning it.
 pub fn snapshot_dir(repo: &Repository, source: &Path, opts: &ScanOptions) -> Result<ScanResult> {
     let time_ns = time::now_ns();
+    // From choosing the base to committing: forget and gc wait for us.
+    let _capture = repo.capture_guard();
     let all = repo.snapshots()?;
     let kind = effective_kind(&all, opts.kind, repo.config.block_size);
     let base_rec = base_for(kind, &all).cloned();

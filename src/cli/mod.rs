@@ -3,6 +3,7 @@
 mod browse;
 mod common;
 mod diff_cmd;
+mod lifecycle_cmds;
 mod mount_cmds;
 mod repo_cmds;
 mod restore_cmd;
@@ -149,6 +150,8 @@ pub fn run_in_daemon(args: &[Vec<u8>], cwd: &Path, repo: &Repository, o: &mut Ou
         Command::Cat(a) => browse::cat(repo, a, o),
         Command::Diff(a) => diff_cmd::run(repo, a, o),
         Command::Stats(a) => stats_cmd::run(repo, a, o),
+        Command::Forget(a) => lifecycle_cmds::forget_cmd(repo, a, o),
+        Command::Gc(a) => lifecycle_cmds::gc_cmd(repo, a, o),
         Command::Restore(mut a) => {
             a.to = abs(a.to);
             restore_cmd::restore(repo, a, o)
@@ -231,6 +234,12 @@ pub enum Command {
     /// Where the space goes: logical, stored and unique bytes per snapshot,
     /// deduplication and compression, chunks, packs, chain lengths.
     Stats(stats_cmd::StatsArgs),
+    /// Remove snapshots, by name or by keep rules (--keep-daily 7 ...),
+    /// rewriting the chains that depend on them (synthetic fulls from
+    /// manifests). The space comes back with `gc` (or --prune).
+    Forget(lifecycle_cmds::ForgetArgs),
+    /// Delete chunks no snapshot references and repack mostly-empty packs.
+    Gc(lifecycle_cmds::GcArgs),
     /// Restore a snapshot, a directory or a file into a directory.
     Restore(restore_cmd::RestoreArgs),
     /// Check the repository: index, snapshot references, and optionally all data.
@@ -278,6 +287,16 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Stats(a) => {
             let r = a.repo().clone();
             with_repo(&r, Use::Read, |repo, o| stats_cmd::run(repo, a, o))
+        }
+        Command::Forget(a) => {
+            let r = a.repo().clone();
+            with_repo(&r, Use::Write, |repo, o| {
+                lifecycle_cmds::forget_cmd(repo, a, o)
+            })
+        }
+        Command::Gc(a) => {
+            let r = a.repo().clone();
+            with_repo(&r, Use::Write, |repo, o| lifecycle_cmds::gc_cmd(repo, a, o))
         }
         Command::Restore(a) => {
             let r = a.repo().clone();

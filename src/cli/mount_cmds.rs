@@ -83,6 +83,11 @@ pub struct MountArgs {
     /// Snapshot pending changes when unmounting (default true).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     snapshot_on_unmount: Option<bool>,
+    /// Retention the daemon applies after each snapshot (forget, then gc
+    /// in the background), as `rewindfs forget --keep-*`. Default: the
+    /// repository's policy (config.json), or nothing is removed.
+    #[command(flatten, next_help_heading = "Retention")]
+    keep: super::lifecycle_cmds::KeepArgs,
 }
 
 pub fn mount(a: MountArgs, hook: rewindfs::daemon::CliHook) -> Result<i32> {
@@ -104,13 +109,18 @@ pub fn mount(a: MountArgs, hook: rewindfs::daemon::CliHook) -> Result<i32> {
             nonempty: a.nonempty,
             ..MountConfig::default()
         },
-        policy: PolicyConfig {
-            every: a.every,
-            differential_every: a.differential_every,
-            full_every: a.full_every,
-            on_close: a.on_close,
-            settle: a.settle,
-            snapshot_on_unmount: a.snapshot_on_unmount,
+        policy: {
+            let mut p = PolicyConfig {
+                every: a.every,
+                differential_every: a.differential_every,
+                full_every: a.full_every,
+                on_close: a.on_close,
+                settle: a.settle,
+                snapshot_on_unmount: a.snapshot_on_unmount,
+                ..PolicyConfig::default()
+            };
+            a.keep.to_config(&mut p);
+            p
         },
         cli_hook: Some(hook),
     };

@@ -46,7 +46,7 @@ pub fn describe(rec: &rewindfs::snapshot::SnapshotRecord) -> String {
     format!(
         "snapshot {} ({}, {}): {} files, {} logical, {} changed blocks, {} added",
         rec.id,
-        rec.kind.as_str(),
+        rec.kind_label(),
         rec.name,
         rec.stats.files,
         human_bytes(rec.stats.logical_bytes),
@@ -109,7 +109,14 @@ struct JsonSnapshot<'a> {
     logical_bytes: u64,
     stored_bytes: u64,
     changed_blocks: u64,
+    /// Stored bytes only this snapshot references (what forgetting it
+    /// alone frees once gc runs).
+    unique_bytes: Option<u64>,
     source: &'a str,
+    /// A full snapshot `forget` built from manifests.
+    synthetic: bool,
+    /// What it was before `forget` rewrote it.
+    rewritten: &'a Option<rewindfs::snapshot::model::Rewritten>,
 }
 
 impl ListArgs {
@@ -120,6 +127,16 @@ impl ListArgs {
 
 pub fn list(repo: &Repository, a: ListArgs, o: &mut Out) -> Result<i32> {
     let all = repo.snapshots()?;
+    // Unique sizes need every snapshot's tree; a damaged one leaves the
+    // column unknown rather than failing the list.
+    let unique: std::collections::HashMap<u64, u64> = match rewindfs::retention::space::space(repo)
+    {
+        Ok(s) => s.snapshots.iter().map(|x| (x.id, x.unique_bytes)).collect(),
+        Err(e) => {
+            tracing::warn!("unique sizes unknown: {e}");
+            Default::default()
+        }
+    };
     if a.json {
         let v: Vec<JsonSnapshot> = all
             .iter()
@@ -134,7 +151,10 @@ pub fn list(repo: &Repository, a: ListArgs, o: &mut Out) -> Result<i32> {
                 logical_bytes: r.stats.logical_bytes,
                 stored_bytes: r.stats.stored_bytes,
                 changed_blocks: r.stats.changed_blocks,
+                unique_bytes: unique.get(&r.id).copied(),
                 source: &r.source,
+                synthetic: r.kind_label().contains("synthetic"),
+                rewritten: &r.rewritten,
             })
             .collect();
         writeln!(o.out, "{}", serde_json::to_string_pretty(&v)?)?;
@@ -146,20 +166,23 @@ pub fn list(repo: &Repository, a: ListArgs, o: &mut Out) -> Result<i32> {
     }
     writeln!(
         o.out,
-        "{:>5}  {:<12}  {:>6}  {:<20}  {:>8}  {:>10}  {:>10}  LABEL",
-        "ID", "KIND", "PARENT", "TIME", "FILES", "LOGICAL", "ADDED"
+        "{:>5}  {:<16}  {:>6}  {:<20}  {:>8}  {:>10}  {:>10}  {:>10}  LABEL",
+        "ID", "KIND", "PARENT", "TIME", "FILES", "LOGICAL", "ADDED", "UNIQUE"
     )?;
     for r in &all {
         writeln!(
             o.out,
-            "{:>5}  {:<12}  {:>6}  {:<20}  {:>8}  {:>10}  {:>10}  {}",
+            "{:>5}  {:<16}  {:>6}  {:<20}  {:>8}  {:>10}  {:>10}  {:>10}  {}",
             r.id,
-            r.kind.as_str(),
+            r.kind_label(),
             r.parent.map_or("-".to_string(), |p| p.to_string()),
             r.time,
             r.stats.files,
             human_bytes(r.stats.logical_bytes),
             human_bytes(r.stats.stored_bytes),
+            unique
+                .get(&r.id)
+                .map_or("?".to_string(), |u| human_bytes(*u)),
             r.label.as_deref().unwrap_or("")
         )?;
     }

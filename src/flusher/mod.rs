@@ -52,6 +52,9 @@ pub struct FlusherStatus {
     pub snapshots_taken: u64,
     /// On-close snapshot waiting for its files to settle (label).
     pub pending_on_close: Option<String>,
+    /// The retention policy's last automatic run (when one is set).
+    #[serde(default)]
+    pub retention: Option<crate::retention::auto::RetentionStatus>,
 }
 
 enum Cmd {
@@ -183,6 +186,24 @@ fn run(
     }
     let mut backoff = Duration::ZERO;
     let mut retry_at: Option<Instant> = None;
+    // Retention runs beside us, nudged after each snapshot.
+    let retainer = if ctx.policy.keep.is_empty() {
+        None
+    } else {
+        match crate::retention::auto::Retainer::start(ctx.repo.clone(), ctx.policy.keep.clone()) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::error!("retention is not applied: {e}");
+                None
+            }
+        }
+    };
+    let nudge = |status: &Mutex<FlusherStatus>| {
+        if let Some(r) = &retainer {
+            r.nudge();
+            status.lock().retention = Some(r.status.lock().clone());
+        }
+    };
     loop {
         let now = sched.now();
         let due = sched.next_due(now, retry_at);
@@ -208,6 +229,7 @@ fn run(
                 let r = guarded_take(&ctx, &mut trees, &status, kind, label, false);
                 if let Ok(rec) = &r {
                     sched.taken(rec, sched.now());
+                    nudge(&status);
                 }
                 let _ = reply.send(r);
             }
@@ -232,7 +254,11 @@ fn run(
                 let _ = reply.send(r);
                 return;
             }
-            None => {}
+            None => {
+                if let Some(r) = &retainer {
+                    status.lock().retention = Some(r.status.lock().clone());
+                }
+            }
         }
         // Scheduled work.
         let Some((kind, label)) = sched.poll(&mut retry_at, ctx.track.journal()) else {
@@ -241,6 +267,7 @@ fn run(
         match guarded_take(&ctx, &mut trees, &status, Some(kind), label.clone(), false) {
             Ok(rec) => {
                 sched.taken(&rec, sched.now());
+                nudge(&status);
                 backoff = Duration::ZERO;
             }
             Err(e) => {
@@ -346,6 +373,8 @@ fn take(
 ) -> Result<SnapshotRecord> {
     let t0 = Instant::now();
     let repo = &ctx.repo;
+    // From choosing the base to committing: forget and gc wait for us.
+    let _capture = repo.capture_guard();
     let all = repo.snapshots()?;
     let latest = all.iter().max_by_key(|r| r.id).cloned();
     let kind = capture::base::effective_kind(

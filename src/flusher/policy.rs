@@ -11,6 +11,7 @@ use crate::track::{FileKey, FsEvent, Journal};
 use crate::util::time;
 
 pub use crate::repo::config::PolicyConfig;
+use crate::retention::keep::KeepPolicy;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
@@ -20,6 +21,8 @@ pub struct Policy {
     pub on_close: Vec<String>,
     pub settle: Duration,
     pub snapshot_on_unmount: bool,
+    /// Retention applied after each snapshot (empty: none).
+    pub keep: KeepPolicy,
 }
 
 impl Default for Policy {
@@ -31,6 +34,7 @@ impl Default for Policy {
             on_close: Vec::new(),
             settle: Duration::from_secs(2),
             snapshot_on_unmount: true,
+            keep: KeepPolicy::default(),
         }
     }
 }
@@ -83,6 +87,29 @@ impl Policy {
             if let Some(v) = l.snapshot_on_unmount {
                 p.snapshot_on_unmount = v;
             }
+            let k = &mut p.keep;
+            for (field, v) in [
+                (&mut k.last, l.keep_last),
+                (&mut k.hourly, l.keep_hourly),
+                (&mut k.daily, l.keep_daily),
+                (&mut k.weekly, l.keep_weekly),
+                (&mut k.monthly, l.keep_monthly),
+                (&mut k.yearly, l.keep_yearly),
+            ] {
+                if let Some(v) = v {
+                    *field = v;
+                }
+            }
+            if let Some(v) = &l.keep_within {
+                k.within = parse_cadence(v)?;
+            }
+            if !l.keep_label.is_empty() {
+                k.labels = l.keep_label.clone();
+            }
+        }
+        for g in &p.keep.labels {
+            globset::Glob::new(g)
+                .map_err(|e| Error::InvalidInput(format!("bad --keep-label glob {g:?}: {e}")))?;
         }
         for g in &p.on_close {
             globset::Glob::new(g)
@@ -501,6 +528,7 @@ mod tests {
             manifest: Vec::new(),
             manifest_len: 0,
             stats: Default::default(),
+            rewritten: None,
         }
     }
 
@@ -665,6 +693,7 @@ mod tests {
                 on_close: vec![glob],
                 settle: Some("1s".into()),
                 snapshot_on_unmount: None,
+                ..PolicyConfig::default()
             };
             if let Ok(p) = Policy::layered(&[&cfg]) {
                 let mut s = Schedule::new(&p);

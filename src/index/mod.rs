@@ -165,6 +165,45 @@ impl Index {
         }
     }
 
+    /// Point `id` at `to` if it still points at `from` (gc moved the
+    /// blob). Returns whether it did.
+    pub fn move_chunk(&self, id: &ChunkId, from: &Location, to: &Location) -> Result<bool> {
+        self.swap_chunk(id, from, Some(to))
+    }
+
+    /// Remove `id` if it still points at `at` (gc deletes the blob; a
+    /// capture that stored a fresh copy meanwhile keeps its entry).
+    pub fn remove_chunk_if(&self, id: &ChunkId, at: &Location) -> Result<bool> {
+        self.swap_chunk(id, at, None)
+    }
+
+    fn swap_chunk(&self, id: &ChunkId, from: &Location, to: Option<&Location>) -> Result<bool> {
+        crate::util::fault::inject("index-insert")?;
+        match &self.backend {
+            Backend::Sled { chunks, .. } => {
+                let r = chunks
+                    .compare_and_swap(
+                        id.0,
+                        Some(&from.encode()[..]),
+                        to.map(|t| t.encode().to_vec()),
+                    )
+                    .map_err(|e| self.map(e))?;
+                Ok(r.is_ok())
+            }
+            Backend::Memory { chunks, .. } => {
+                let mut c = chunks.write();
+                if c.get(id) != Some(from) {
+                    return Ok(false);
+                }
+                match to {
+                    Some(t) => c.insert(*id, *t),
+                    None => c.remove(id),
+                };
+                Ok(true)
+            }
+        }
+    }
+
     /// The tree holding the live mount's change journal.
     pub fn journal_tree(&self) -> Result<sled::Tree> {
         match &self.backend {
@@ -212,6 +251,20 @@ impl Index {
                 }
             }
             Backend::Memory { packs, .. } => packs.write().extend(ids.iter().copied()),
+        }
+        Ok(())
+    }
+
+    /// Forget that a pack was indexed (gc is about to remove it: if the
+    /// removal does not happen, the next open scans it again).
+    pub fn unmark_pack(&self, id: u64) -> Result<()> {
+        match &self.backend {
+            Backend::Sled { packs, .. } => {
+                packs.remove(id.to_be_bytes()).map_err(|e| self.map(e))?;
+            }
+            Backend::Memory { packs, .. } => {
+                packs.write().remove(&id);
+            }
         }
         Ok(())
     }

@@ -33,6 +33,25 @@ pub struct PolicyConfig {
     pub on_close: Vec<String>,
     pub settle: Option<String>,
     pub snapshot_on_unmount: Option<bool>,
+    /// Retention applied by the daemon after each snapshot (restic's
+    /// `--keep-*` rules; absent: nothing is removed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_hourly: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_daily: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_weekly: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_monthly: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_yearly: Option<u32>,
+    /// A humantime duration (`7d`, `36h`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_within: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keep_label: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,12 +16,13 @@
 //! refuses one another user could write or replace. Nothing here follows
 //! a path that someone else can change.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use rustix::fs::OFlags;
 
 use crate::error::{Error, IoContext, Result};
@@ -29,7 +30,7 @@ use crate::index::Index;
 use crate::snapshot::manifest::{Manifest, MANIFEST_PART_LEN};
 use crate::snapshot::model::MAX_RECORD_BYTES;
 use crate::snapshot::{Kind, SnapshotRecord, Stats, Tree};
-use crate::store::pack::{list_packs, scan_pack, PackReader, PackWriter};
+use crate::store::pack::{list_packs, scan_pack, PackIds, PackReader, PackWriter};
 use crate::store::{BlobKind, ChunkId};
 use crate::util::dirfd::Dir;
 use crate::util::time;
@@ -69,8 +70,26 @@ pub struct Repository {
     access: Access,
     /// Records that could not be read or failed validation: id -> why.
     damaged: Mutex<BTreeMap<u64, String>>,
+    /// Every pack writer of this process takes its ids here.
+    pack_ids: PackIds,
+    /// Held shared by a capture from choosing its base to committing its
+    /// record (or giving up); `forget` and gc's barrier take it
+    /// exclusively, so they never see a capture half-way.
+    captures: RwLock<()>,
+    /// One `forget` or gc at a time.
+    lifecycle: Mutex<()>,
+    /// Chunks gc is about to delete: no writer deduplicates against them
+    /// (a capture that needs one stores a fresh copy).
+    condemned: RwLock<HashSet<ChunkId>>,
+    /// Sources of chunks that readers still use although no snapshot may
+    /// reference them any more (files of forgotten snapshots open in a
+    /// view): gc keeps them.
+    pins: Mutex<Vec<PinSource>>,
     _lock: Option<File>,
 }
+
+/// Lists chunks a reader still needs (see [`Repository::add_pins`]).
+pub type PinSource = Arc<dyn Fn() -> Vec<ChunkId> + Send + Sync>;
 
 /// Take the repository lock, or say who holds it.
 fn lock(dir: &Dir) -> Result<File> {
@@ -203,6 +222,7 @@ impl Repository {
             }
             Err(e) => return Err(e),
         };
+        let pack_ids = PackIds::after_existing(&packs_dir)?;
         let repo = Repository {
             packs: PackReader::new(packs_dir),
             snapshots_dir,
@@ -211,6 +231,11 @@ impl Repository {
             index,
             access: Access::ReadWrite,
             damaged: Mutex::new(BTreeMap::new()),
+            pack_ids,
+            captures: RwLock::new(()),
+            lifecycle: Mutex::new(()),
+            condemned: RwLock::new(HashSet::new()),
+            pins: Mutex::new(Vec::new()),
             _lock: Some(_lock),
         };
         repo.reconcile()?;
@@ -245,6 +270,7 @@ impl Repository {
             && trust::check_subdir(&snapshots_dir).is_ok();
         let index = Index::memory(&dir.join(INDEX));
         let report = fill_index(&index, &packs_dir, &snapshots_dir, false)?;
+        let pack_ids = PackIds::after_existing(&packs_dir)?;
         let repo = Repository {
             packs: PackReader::new(packs_dir),
             snapshots_dir,
@@ -253,6 +279,11 @@ impl Repository {
             index,
             access: Access::ReadOnly { trusted },
             damaged: Mutex::new(report.damaged_records),
+            pack_ids,
+            captures: RwLock::new(()),
+            lifecycle: Mutex::new(()),
+            condemned: RwLock::new(HashSet::new()),
+            pins: Mutex::new(Vec::new()),
             _lock: lock,
         };
         Ok(repo)
@@ -464,7 +495,16 @@ impl Repository {
             .index
             .get_chunk(id)?
             .ok_or_else(|| Error::MissingChunk(id.to_hex()))?;
-        self.packs.read_into(&loc, id, spare)
+        match self.packs.read_into(&loc, id, spare) {
+            Ok(v) => Ok(v),
+            // gc moved the chunk (repack) between the lookup and the
+            // open: look it up again, once.
+            Err(e) if self.packs.pack_len(loc.pack).is_none() => match self.index.get_chunk(id)? {
+                Some(now) if now != loc => self.packs.read_into(&now, id, Vec::new()),
+                _ => Err(e),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// The manifest of a snapshot. Its length was checked against its
@@ -560,9 +600,110 @@ impl Repository {
         self.writable()?;
         ChunkWriter::new(
             &self.index,
-            PackWriter::new(self.packs.dir().try_clone()?, self.config.pack_target_size)?,
+            &self.condemned,
+            self.pack_writer()?,
             self.config.compression_level,
         )
+    }
+
+    /// A pack writer taking its ids from the repository's allocator.
+    pub fn pack_writer(&self) -> Result<PackWriter> {
+        self.writable()?;
+        Ok(PackWriter::with_ids(
+            self.packs.dir().try_clone()?,
+            self.config.pack_target_size,
+            self.pack_ids.clone(),
+        ))
+    }
+
+    /// The id the next new pack will get (packs below it existed, or were
+    /// being written, when this was asked).
+    pub fn next_pack_id(&self) -> u64 {
+        self.pack_ids.peek()
+    }
+
+    /// Held by a capture from choosing its base until its record is
+    /// committed or it gave up (see the field).
+    pub fn capture_guard(&self) -> RwLockReadGuard<'_, ()> {
+        self.captures.read()
+    }
+
+    /// Wait until no capture runs, and keep new ones from starting while
+    /// the guard lives.
+    pub fn exclude_captures(&self) -> RwLockWriteGuard<'_, ()> {
+        self.captures.write()
+    }
+
+    /// One `forget` or gc at a time.
+    pub fn lifecycle_guard(&self) -> MutexGuard<'_, ()> {
+        self.lifecycle.lock()
+    }
+
+    /// From now on no writer deduplicates against these chunks.
+    pub fn condemn(&self, ids: HashSet<ChunkId>) {
+        *self.condemned.write() = ids;
+    }
+
+    /// Take chunks out of the condemned set (referenced again).
+    pub fn pardon(&self, ids: &[ChunkId]) {
+        let mut c = self.condemned.write();
+        for id in ids {
+            c.remove(id);
+        }
+    }
+
+    /// Whether `id` is condemned.
+    pub fn is_condemned(&self, id: &ChunkId) -> bool {
+        self.condemned.read().contains(id)
+    }
+
+    /// gc is done: nothing is condemned.
+    pub fn clear_condemned(&self) {
+        self.condemned.write().clear();
+    }
+
+    /// Register a source of chunks readers still use (gc keeps them).
+    pub fn add_pins(&self, source: PinSource) {
+        self.pins.lock().push(source);
+    }
+
+    /// Every chunk a registered reader still uses.
+    pub fn pinned(&self) -> Vec<ChunkId> {
+        let sources: Vec<PinSource> = self.pins.lock().clone();
+        sources.iter().flat_map(|s| s()).collect()
+    }
+
+    /// Write a rewritten record (same id) in place of the old one:
+    /// durable before this returns. The chunks and manifest parts it names
+    /// must already be durable and indexed.
+    pub fn replace_record(&self, rec: &SnapshotRecord) -> Result<()> {
+        self.writable()?;
+        rec.validate()?;
+        let json = rec.to_json()?;
+        crate::util::fault::inject("record-rewrite")?;
+        self.snapshots_dir
+            .write_atomic(&SnapshotRecord::file_name(rec.id), &json)?;
+        self.index.put_snapshot(rec.id, &json)?;
+        Ok(())
+    }
+
+    /// Remove a snapshot's record (durable before this returns). The
+    /// caller makes sure no remaining record depends on it.
+    pub fn remove_record(&self, id: u64) -> Result<()> {
+        self.writable()?;
+        crate::util::fault::inject("record-remove")?;
+        match self
+            .snapshots_dir
+            .remove_file(&SnapshotRecord::file_name(id))
+        {
+            Ok(()) => {}
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.snapshots_dir.fsync()?;
+        self.index.remove_snapshot(id)?;
+        self.damaged.lock().remove(&id);
+        Ok(())
     }
 
     /// Store the manifest, make everything durable, then write the record:
@@ -626,6 +767,7 @@ impl Repository {
             manifest: parts,
             manifest_len: bytes.len() as u64,
             stats,
+            rewritten: None,
         };
         rec.validate()?;
         let json = rec.to_json()?;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Sender};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
 use crate::index::Index;
@@ -40,6 +40,8 @@ enum Msg {
 
 pub struct ChunkWriter<'r> {
     index: &'r Index,
+    /// Chunks gc is about to delete: stored again rather than reused.
+    condemned: &'r RwLock<HashSet<ChunkId>>,
     level: i32,
     tx: Option<Sender<Msg>>,
     thread: Option<JoinHandle<()>>,
@@ -82,7 +84,12 @@ fn pack_thread(mut packs: PackWriter, rx: crossbeam_channel::Receiver<Msg>) {
 }
 
 impl<'r> ChunkWriter<'r> {
-    pub fn new(index: &'r Index, packs: PackWriter, level: i32) -> Result<ChunkWriter<'r>> {
+    pub fn new(
+        index: &'r Index,
+        condemned: &'r RwLock<HashSet<ChunkId>>,
+        packs: PackWriter,
+        level: i32,
+    ) -> Result<ChunkWriter<'r>> {
         let (tx, rx) = bounded(QUEUE);
         let thread = std::thread::Builder::new()
             .name("pack-writer".into())
@@ -90,6 +97,7 @@ impl<'r> ChunkWriter<'r> {
             .map_err(|e| Error::Poisoned(format!("cannot start the pack writer: {e}")))?;
         Ok(ChunkWriter {
             index,
+            condemned,
             level,
             tx: Some(tx),
             thread: Some(thread),
@@ -116,7 +124,10 @@ impl<'r> ChunkWriter<'r> {
     /// Store `data` (whose blake3 is `id`) unless it is already stored or
     /// in flight. Returns whether it was new. Safe from many threads.
     pub fn store(&self, kind: BlobKind, id: ChunkId, data: &[u8]) -> Result<bool> {
-        if self.index.contains_chunk(&id)? || !self.in_flight.lock().insert(id) {
+        // A condemned chunk (gc is deleting it) counts as absent: this
+        // capture stores its own copy, which the index then points to.
+        let reusable = self.index.contains_chunk(&id)? && !self.condemned.read().contains(&id);
+        if reusable || !self.in_flight.lock().insert(id) {
             return Ok(false);
         }
         let level = match kind {

@@ -13,5 +13,8 @@
 //! the snapshots' times and labels (and the time zone), never on the
 //! clock, so a dry run shows exactly what a real run does.
 
+pub mod auto;
+pub mod forget;
+pub mod gc;
 pub mod keep;
 pub mod space;

@@ -82,7 +82,7 @@ pub fn space(repo: &Repository) -> Result<RepoSpace> {
         let tree = repo.resolve(rec)?;
         let mut s = SnapshotSpace {
             id: rec.id,
-            kind: rec.kind.as_str().to_string(),
+            kind: rec.kind_label(),
             chain_len: chain_len(rec, &by_id),
             ..Default::default()
         };

@@ -99,9 +99,35 @@ pub struct SnapshotRecord {
     /// Length of the encoded manifest.
     pub manifest_len: u64,
     pub stats: Stats,
+    /// Set when `forget` rewrote this record because a snapshot it
+    /// depended on was removed: what it was before. A `full` snapshot
+    /// with this set is a synthetic full (built from manifests, no data
+    /// read again). Absent in records never rewritten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewritten: Option<Rewritten>,
+}
+
+/// What a rewritten record was before `forget` rewrote it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rewritten {
+    /// RFC 3339 UTC time of the rewrite.
+    pub at: String,
+    /// Its kind as captured.
+    pub was: Kind,
+    /// Its parent as captured.
+    pub was_parent: Option<u64>,
 }
 
 impl SnapshotRecord {
+    /// The kind for people: `full (synthetic)` for a full snapshot built
+    /// by `forget` from the manifests of an incremental or differential.
+    pub fn kind_label(&self) -> String {
+        match (&self.rewritten, self.kind) {
+            (Some(r), Kind::Full) if r.was != Kind::Full => "full (synthetic)".into(),
+            (_, k) => k.as_str().into(),
+        }
+    }
+
     pub fn manifest_ids(&self) -> Result<Vec<ChunkId>> {
         self.manifest.iter().map(|h| ChunkId::from_hex(h)).collect()
     }
@@ -231,6 +257,7 @@ mod tests {
             manifest: vec![ChunkId::of(b"m").to_hex()],
             manifest_len: 1234,
             stats: Stats::default(),
+            rewritten: None,
         }
     }
 

@@ -73,6 +73,7 @@ mod tests {
             manifest: vec![],
             manifest_len: 0,
             stats: Stats::default(),
+            rewritten: None,
         }
     }
 

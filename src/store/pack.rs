@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -106,11 +107,35 @@ pub fn list_packs(dir: &Dir) -> Result<Vec<u64>> {
     Ok(ids)
 }
 
+/// Hands out pack ids: every writer of a process (captures, gc's repack)
+/// takes its ids here, so two never pick the same one. It starts after the
+/// highest pack on disk; gc never removes the highest pack's file (it
+/// empties it), so an id is never given to two packs, even across runs.
+#[derive(Clone, Debug)]
+pub struct PackIds(Arc<AtomicU64>);
+
+impl PackIds {
+    /// Ids after the highest pack in `dir`.
+    pub fn after_existing(dir: &Dir) -> Result<PackIds> {
+        let next = list_packs(dir)?.last().map_or(1, |m| m + 1);
+        Ok(PackIds(Arc::new(AtomicU64::new(next))))
+    }
+
+    fn take(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The id the next pack will get.
+    pub fn peek(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Appends blobs to pack files, rotating at a target size.
 pub struct PackWriter {
     dir: Dir,
     target_size: u64,
-    next_id: u64,
+    ids: PackIds,
     current: Option<OpenPack>,
     /// Packs created since the last directory fsync.
     dir_dirty: bool,
@@ -156,17 +181,23 @@ impl PackWriter {
     /// A writer that creates new packs in `dir`, starting after the
     /// highest id present.
     pub fn new(dir: Dir, target_size: u64) -> Result<PackWriter> {
-        let next_id = list_packs(&dir)?.last().map_or(1, |m| m + 1);
-        Ok(PackWriter {
+        let ids = PackIds::after_existing(&dir)?;
+        Ok(PackWriter::with_ids(dir, target_size, ids))
+    }
+
+    /// A writer taking its pack ids from `ids` (shared with the other
+    /// writers of the repository).
+    pub fn with_ids(dir: Dir, target_size: u64, ids: PackIds) -> PackWriter {
+        PackWriter {
             dir,
             target_size,
-            next_id,
+            ids,
             current: None,
             dir_dirty: false,
             finished: Vec::new(),
             session: Vec::new(),
             poisoned: None,
-        })
+        }
     }
 
     fn check(&self) -> Result<()> {
@@ -230,8 +261,7 @@ impl PackWriter {
     }
 
     fn open_new(&mut self) -> Result<()> {
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.ids.take();
         let name = pack_file_name(id);
         let path = self.dir.join(&name);
         let mut file = self.dir.create_new(&name, 0o600)?;
@@ -395,6 +425,38 @@ impl PackReader {
         }
         files.insert(id, f.clone());
         Ok(f)
+    }
+
+    /// Forget the open file of a pack (gc is about to remove it).
+    pub fn evict(&self, id: u64) {
+        self.files.lock().remove(&id);
+    }
+
+    /// The blob at `loc` as stored (header and payload, not decoded),
+    /// after checking its header and the checksum of its stored bytes:
+    /// what gc copies into a new pack. Damage is an error, never copied.
+    pub fn read_stored(&self, loc: &Location, id: &ChunkId) -> Result<EncodedBlob> {
+        let f = self.file(loc.pack)?;
+        let mut buf = vec![0u8; HEADER_LEN + loc.stored_len as usize];
+        f.read_exact_at(&mut buf, loc.offset)
+            .map_err(|e| Error::io("read pack", self.pack_path(loc.pack), e))?;
+        let header = BlobHeader::decode(&buf[..HEADER_LEN])?;
+        if header.id != *id || header.stored_len != loc.stored_len {
+            return Err(Error::Corrupt(format!(
+                "chunk {id}: the blob at offset {} of pack {} is another one",
+                loc.offset,
+                pack_file_name(loc.pack)
+            )));
+        }
+        let payload = buf.split_off(HEADER_LEN);
+        if ChunkId::of(&payload).0 != header.stored_sum {
+            return Err(Error::Corrupt(format!(
+                "chunk {id}: its stored bytes in pack {} at offset {} are damaged",
+                pack_file_name(loc.pack),
+                loc.offset
+            )));
+        }
+        Ok(EncodedBlob { header, payload })
     }
 
     /// Read, verify and decode the blob `id` at `loc` (content hash).
@@ -649,7 +711,7 @@ mod tests {
         w.close().unwrap();
         assert_eq!(list_packs(&dir).unwrap(), vec![1, 2, 3, 4]);
         let w2 = PackWriter::new(dir, 1000).unwrap();
-        assert_eq!(w2.next_id, 5);
+        assert_eq!(w2.ids.peek(), 5);
     }
 
     #[test]

@@ -225,7 +225,7 @@ fn ts(ns: i64) -> SystemTime {
 impl Views {
     pub fn new(repo: Arc<Repository>, cache_bytes: u64, opts: ViewOptions) -> Arc<Views> {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Arc::new(Views {
+        let views = Arc::new(Views {
             chunks: ChunkCache::new(repo.clone(), cache_bytes, threads),
             repo,
             opts,
@@ -235,7 +235,38 @@ impl Views {
             next_fh: AtomicU64::new(1),
             uid: rustix::process::geteuid().as_raw(),
             gid: rustix::process::getegid().as_raw(),
-        })
+        });
+        // gc keeps what open files still read, even of a snapshot that
+        // was forgotten after they were opened.
+        let weak = Arc::downgrade(&views);
+        views.repo.add_pins(Arc::new(move || {
+            weak.upgrade().map(|v| v.open_chunks()).unwrap_or_default()
+        }));
+        views
+    }
+
+    /// The chunks of the files open in these views.
+    pub fn open_chunks(&self) -> Vec<ChunkId> {
+        let handles = self.handles.read();
+        let mut out = Vec::new();
+        for f in handles.values() {
+            if let Some(VNode {
+                kind: VKind::File { blocks, .. },
+                ..
+            }) = f.tree.nodes.get(f.idx as usize)
+            {
+                out.extend(blocks.iter().copied());
+            }
+        }
+        out
+    }
+
+    /// Whether snapshot `id` still exists (it may have been forgotten
+    /// while a file of it was open).
+    fn listed(&self, id: u64) -> bool {
+        self.snapshots()
+            .map(|l| l.iter().any(|r| r.id == id))
+            .unwrap_or(true)
     }
 
     /// The snapshot list (refreshed at most every 200 ms).
@@ -252,8 +283,19 @@ impl Views {
     }
 
     pub fn tree(&self, id: u64) -> VResult<Arc<ViewTree>> {
-        if let Some(t) = self.trees.lock().iter().find(|t| t.record.id == id) {
-            return Ok(t.clone());
+        let cached = self
+            .trees
+            .lock()
+            .iter()
+            .find(|t| t.record.id == id)
+            .cloned();
+        if let Some(t) = cached {
+            if self.listed(id) {
+                return Ok(t);
+            }
+            // Forgotten: new lookups and opens no longer find it.
+            self.trees.lock().retain(|t| t.record.id != id);
+            return Err(Errno::ENOENT);
         }
         let all = self.snapshots()?;
         let rec = all
@@ -545,6 +587,12 @@ impl Views {
         for b in first..=last {
             let id = blocks.get(b as usize).ok_or(Errno::EIO)?;
             let data = self.chunks.get(id).map_err(|e| {
+                if !self.listed(f.tree.record.id) {
+                    // Its snapshot was forgotten and gc took its data
+                    // (the file was opened after gc kept what open
+                    // files read): the handle is stale.
+                    return Errno::ESTALE;
+                }
                 tracing::error!(
                     snapshot = f.tree.record.id,
                     path = %display_path(&n.path),

@@ -41,6 +41,7 @@ fn manual_policy() -> Policy {
         on_close: Vec::new(),
         settle: std::time::Duration::from_secs(1),
         snapshot_on_unmount: false,
+        keep: Default::default(),
     }
 }
 

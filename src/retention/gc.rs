@@ -1,0 +1,343 @@
+//! Garbage collection: delete the chunks no snapshot references and
+//! repack the packs that are mostly garbage.
+//!
+//! The protocol (the same code runs offline and inside the daemon, where
+//! captures run beside it):
+//! 1. **Mark**: every chunk and manifest part the snapshot records name
+//!    (their manifests, not their resolved trees: a resolved tree only
+//!    names what its chain's manifests name), plus the chunks readers
+//!    still use (files of forgotten snapshots open in a view). A damaged
+//!    record or an unreadable manifest stops gc: it cannot know what they
+//!    reference.
+//! 2. **Condemn**: every indexed chunk not marked is published as
+//!    condemned. From then on no writer deduplicates against it: a capture
+//!    that needs one stores a fresh copy, which the index then points to.
+//! 3. **Barrier**: wait until every capture that started before the
+//!    condemnation has committed or given up (captures hold the
+//!    repository's capture lock shared), mark the records committed
+//!    since step 1, and pardon any condemned chunk they (or a reader)
+//!    reference. After this no record and no running capture can name a
+//!    condemned chunk's old copy.
+//! 4. **Repack**: live blobs of packs whose live fraction is under the
+//!    threshold are copied, as stored (checked, not decoded), into new
+//!    packs; the new packs are fsynced before the index points at them.
+//! 5. **Delete**: index entries of condemned chunks that still point at
+//!    their old copies are removed, the removed and repacked packs lose
+//!    their `indexed` mark, the index is flushed, and only then are the
+//!    pack files unlinked. (The highest-numbered pack is emptied to its
+//!    header instead, so pack ids are never reused.)
+//!
+//! kill -9 at any line: before step 5's flush nothing a record needs has
+//! moved; after it, a pack that was not unlinked yet is scanned again on
+//! the next open (it lost its mark), its blobs re-enter the index only
+//! where the index has no entry, and the next gc removes them again.
+//! Packs created after gc started are never touched.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::repo::Repository;
+use crate::snapshot::{Blocks, Node, SnapshotRecord};
+use crate::store::blob::HEADER_LEN;
+use crate::store::pack::{list_packs, pack_file_name, Location, PACK_HEADER_LEN};
+use crate::store::ChunkId;
+
+/// Repack a pack whose live bytes are under this share of its size.
+pub const DEFAULT_REPACK_BELOW: f64 = 0.5;
+
+#[derive(Clone, Debug)]
+pub struct GcOptions {
+    /// 0.0 ..= 1.0: packs with a smaller live fraction are repacked
+    /// (0: only packs with nothing live are removed).
+    pub repack_below: f64,
+    /// Say what would be freed; change nothing.
+    pub dry_run: bool,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            repack_below: DEFAULT_REPACK_BELOW,
+            dry_run: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub snapshots: u64,
+    /// Chunks (and manifest parts) some snapshot or reader references.
+    pub referenced_chunks: u64,
+    /// Chunks removed from the index (unreferenced).
+    pub deleted_chunks: u64,
+    /// Condemned chunks referenced again before the deletion (by a
+    /// snapshot committed meanwhile, or a reader): kept.
+    pub rescued_chunks: u64,
+    pub packs_before: u64,
+    /// Packs removed because nothing in them was live.
+    pub packs_deleted: u64,
+    /// Packs whose live blobs were copied into new packs, then removed.
+    pub packs_repacked: u64,
+    pub packs_written: u64,
+    /// Packs gc could not repack (a blob in them is damaged): kept as
+    /// they are; `verify --read-data` names the damage.
+    pub packs_skipped: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub bytes_freed: u64,
+    /// Bytes copied by repacking.
+    pub bytes_copied: u64,
+    pub seconds: f64,
+}
+
+/// The chunks and manifest parts `records` name.
+fn mark(repo: &Repository, records: &[SnapshotRecord], out: &mut HashSet<ChunkId>) -> Result<()> {
+    for r in records {
+        out.extend(r.manifest_ids()?);
+        let m = repo.load_manifest(r).map_err(|e| {
+            Error::Corrupt(format!(
+                "gc stopped: the manifest of snapshot {} cannot be read ({e}), so what it references is unknown; nothing was deleted",
+                r.id
+            ))
+        })?;
+        for e in &m.entries {
+            match &e.node {
+                Node::File {
+                    blocks: Blocks::Full(ids),
+                    ..
+                } => out.extend(ids.iter().copied()),
+                Node::File {
+                    blocks: Blocks::Patch(p),
+                    ..
+                } => out.extend(p.iter().map(|(_, id)| *id)),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Bytes a blob occupies in its pack.
+fn blob_bytes(l: &Location) -> u64 {
+    HEADER_LEN as u64 + u64::from(l.stored_len)
+}
+
+/// Run gc on `repo` (see the module doc).
+pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
+    let t0 = Instant::now();
+    let _one = repo.lifecycle_guard();
+    let r = run(repo, opts);
+    // Whatever happened, nothing stays condemned: a chunk whose entry
+    // survived may be deduplicated against again.
+    repo.clear_condemned();
+    let mut report = r?;
+    report.seconds = t0.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn run(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
+    let mut report = GcReport {
+        dry_run: opts.dry_run,
+        ..GcReport::default()
+    };
+    if !(0.0..=1.0).contains(&opts.repack_below) {
+        return Err(Error::InvalidInput(
+            "the repack threshold must be between 0 and 100 percent".into(),
+        ));
+    }
+    // Packs from here on are new: gc leaves them alone.
+    let limit = repo.next_pack_id();
+
+    // 1. Mark.
+    let records = repo.snapshots()?;
+    let damaged = repo.check_record_files()?;
+    if let Some((id, why)) = damaged.iter().next() {
+        return Err(Error::Corrupt(format!(
+            "gc stopped: the record of snapshot {id} is damaged ({why}); what it references is unknown, so nothing was deleted (forget it with `rewindfs forget {id}` or restore the record file)"
+        )));
+    }
+    let marked: HashMap<u64, Vec<String>> =
+        records.iter().map(|r| (r.id, r.manifest.clone())).collect();
+    let mut live = HashSet::new();
+    mark(repo, &records, &mut live)?;
+    live.extend(repo.pinned());
+
+    // 2. Condemn.
+    let mut condemned: HashSet<ChunkId> = repo
+        .index()
+        .chunks()?
+        .into_iter()
+        .filter(|(id, l)| l.pack < limit && !live.contains(id))
+        .map(|(id, _)| id)
+        .collect();
+    if !opts.dry_run {
+        repo.condemn(condemned.clone());
+        crate::util::fault::inject("gc-condemned")?;
+
+        // 3. Barrier.
+        let _no_capture = repo.exclude_captures();
+        let now = repo.snapshots()?;
+        let fresh: Vec<SnapshotRecord> = now
+            .into_iter()
+            .filter(|r| marked.get(&r.id) != Some(&r.manifest))
+            .collect();
+        mark(repo, &fresh, &mut live)?;
+        live.extend(repo.pinned());
+        let rescued: Vec<ChunkId> = condemned.intersection(&live).copied().collect();
+        for id in &rescued {
+            condemned.remove(id);
+        }
+        repo.pardon(&rescued);
+        report.rescued_chunks = rescued.len() as u64;
+        report.snapshots = fresh.len() as u64 + records.len() as u64;
+    } else {
+        report.snapshots = records.len() as u64;
+    }
+    report.referenced_chunks = live.len() as u64;
+
+    // Which packs go, which are repacked.
+    let entries = repo.index().chunks()?;
+    let mut by_pack: BTreeMap<u64, Vec<(ChunkId, Location)>> = BTreeMap::new();
+    for (id, l) in &entries {
+        by_pack.entry(l.pack).or_default().push((*id, *l));
+    }
+    let reader = repo.pack_reader();
+    let all_packs = list_packs(reader.dir())?;
+    let highest = all_packs.last().copied();
+    let mut delete = Vec::new();
+    let mut repack = Vec::new();
+    for &p in &all_packs {
+        let size = reader.pack_len(p).unwrap_or(0);
+        report.packs_before += 1;
+        report.bytes_before += size;
+        if p >= limit || !repo.index().is_pack_indexed(p)? {
+            continue;
+        }
+        let in_pack = by_pack.get(&p).map(Vec::as_slice).unwrap_or(&[]);
+        let live_bytes: u64 = in_pack
+            .iter()
+            .filter(|(id, _)| !condemned.contains(id))
+            .map(|(_, l)| blob_bytes(l))
+            .sum();
+        if live_bytes == 0 {
+            if size > PACK_HEADER_LEN || !in_pack.is_empty() {
+                delete.push(p);
+            }
+        } else if (live_bytes as f64) < opts.repack_below * size as f64 {
+            repack.push(p);
+        }
+    }
+    let dead_entries: Vec<(ChunkId, Location)> = entries
+        .iter()
+        .filter(|(id, l)| l.pack < limit && condemned.contains(id))
+        .copied()
+        .collect();
+    report.deleted_chunks = dead_entries.len() as u64;
+    if opts.dry_run {
+        let mut freed = 0;
+        for p in delete.iter().chain(repack.iter()) {
+            let size = reader.pack_len(*p).unwrap_or(0);
+            let live: u64 = by_pack.get(p).map_or(0, |v| {
+                v.iter()
+                    .filter(|(id, _)| !condemned.contains(id))
+                    .map(|(_, l)| blob_bytes(l))
+                    .sum()
+            });
+            freed += size.saturating_sub(live);
+        }
+        report.packs_deleted = delete.len() as u64;
+        report.packs_repacked = repack.len() as u64;
+        report.bytes_freed = freed;
+        report.bytes_after = report.bytes_before.saturating_sub(freed);
+        return Ok(report);
+    }
+
+    // 4. Repack.
+    let mut moved = Vec::new();
+    let mut repacked = Vec::new();
+    if !repack.is_empty() {
+        let mut writer = repo.pack_writer()?;
+        for &p in &repack {
+            let mut ok = true;
+            let mut copies = Vec::new();
+            for (id, l) in by_pack.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
+                if condemned.contains(id) {
+                    continue;
+                }
+                let blob = match reader.read_stored(l, id) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(
+                            pack = p,
+                            "not repacking {}: {e}",
+                            reader.pack_path(p).display()
+                        );
+                        ok = false;
+                        break;
+                    }
+                };
+                let to = writer.append(&blob)?;
+                report.bytes_copied += blob.encoded_len();
+                copies.push((*id, *l, to));
+            }
+            if ok {
+                moved.extend(copies);
+                repacked.push(p);
+            } else {
+                report.packs_skipped += 1;
+            }
+        }
+        let written = writer.close()?;
+        report.packs_written = written.len() as u64;
+        crate::util::fault::inject("gc-repacked")?;
+        for (id, from, to) in &moved {
+            repo.index().move_chunk(id, from, to)?;
+        }
+        repo.index().flush()?;
+        repo.index().mark_packs_indexed(&written)?;
+        repo.index().flush()?;
+    }
+
+    // 5. Delete: index first, files after.
+    for (id, l) in &dead_entries {
+        repo.index().remove_chunk_if(id, l)?;
+    }
+    let gone: Vec<u64> = delete.iter().chain(repacked.iter()).copied().collect();
+    for &p in &gone {
+        repo.index().unmark_pack(p)?;
+    }
+    repo.index().flush()?;
+    crate::util::fault::inject("gc-unindexed")?;
+    for &p in &gone {
+        reader.evict(p);
+        let name = pack_file_name(p);
+        let r = if Some(p) == highest {
+            // Kept, empty, so that its id is never given again.
+            reader
+                .dir()
+                .open_file(&name, rustix::fs::OFlags::WRONLY, 0)
+                .and_then(|f| {
+                    f.set_len(PACK_HEADER_LEN)
+                        .and_then(|()| f.sync_all())
+                        .map_err(|e| Error::io("truncate", reader.pack_path(p), e))
+                })
+        } else {
+            reader.dir().remove_file(&name)
+        };
+        r?;
+        crate::util::fault::inject("gc-unlink")?;
+    }
+    reader.dir().fsync()?;
+    report.packs_deleted = delete.len() as u64;
+    report.packs_repacked = repacked.len() as u64;
+    report.bytes_after = list_packs(reader.dir())?
+        .iter()
+        .map(|p| reader.pack_len(*p).unwrap_or(0))
+        .sum();
+    report.bytes_freed = report.bytes_before.saturating_sub(report.bytes_after);
+    Ok(report)
+}
