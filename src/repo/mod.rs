@@ -387,11 +387,12 @@ impl Repository {
         let on_disk = self.list_record_files()?;
         let indexed: HashMap<u64, Vec<u8>> = self.index.snapshots()?.into_iter().collect();
         let mut damaged = self.damaged.lock();
+        // Every record is read: the files are the truth, and `forget`
+        // rewrites records in place (a crash can leave the index with the
+        // old copy of a rewritten one).
         for id in &on_disk {
-            if indexed.contains_key(id) {
-                continue;
-            }
             match read_record(&self.snapshots_dir, *id) {
+                Ok((_, bytes)) if indexed.get(id) == Some(&bytes) => {}
                 Ok((_, bytes)) => {
                     self.index.put_snapshot(*id, &bytes)?;
                     changed = true;

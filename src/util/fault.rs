@@ -4,7 +4,9 @@
 //! `return(crash)` (abort the process, like kill -9, at that point).
 //!
 //! Points: `pack-write`, `pack-fsync`, `dir-fsync`, `rename`,
-//! `index-insert`, `index-flush`, `manifest-commit`.
+//! `index-insert`, `index-flush`, `manifest-commit`; forget:
+//! `record-rewrite`, `record-remove`; gc: `gc-condemned`, `gc-repacked`,
+//! `gc-unindexed`, `gc-unlink`.
 
 use crate::error::Result;
 
