@@ -37,7 +37,7 @@ fn change(src: &Path, rng: &mut impl Rng, round: u64) {
     }
     let n = rng.gen_range(0..50);
     fs::write(src.join(format!("small/{n}")), bytes(rng.gen(), 4000)).unwrap();
-    if round % 3 == 0 {
+    if round.is_multiple_of(3) {
         fs::write(
             src.join(format!("ckpt{round}.bin")),
             bytes(rng.gen(), 2 << 20),
@@ -88,7 +88,7 @@ fn kill_9_during_forget_and_gc_loses_no_kept_snapshot() {
     let mut span_ms = 50u64;
     let mut kills = 0;
     for round in 0..40u64 {
-        if round % 2 == 0 {
+        if round.is_multiple_of(2) {
             change(&src, &mut rng, 100 + round);
             let kind = ["full", "incremental", "incremental", "differential"][rng.gen_range(0..4)];
             snap(&mut expected, kind);
