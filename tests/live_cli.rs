@@ -227,3 +227,69 @@ fn offline_changes_and_unclean_stops_are_found_at_mount_time() {
     assert_eq!(status(&repo)["unclean_start"], true);
     m.umount();
 }
+
+/// A keep policy given to `mount` is applied by the daemon after each
+/// snapshot: what it no longer keeps is forgotten (the chains rewritten)
+/// and gc gives the space back, while the mount keeps working.
+#[test]
+fn the_daemon_applies_the_keep_policy_after_each_snapshot() {
+    let (tmp, backing, mnt, repo) = common::mount_dirs();
+    let _ = &tmp;
+    let r = repo.to_str().unwrap();
+    ok(&repo, &["init", "--block-size", "64K"]);
+    let live = DaemonMount::start(
+        &backing,
+        &mnt,
+        &[
+            "--repo",
+            r,
+            "--every",
+            "off",
+            "--full-every",
+            "off",
+            "--keep-last",
+            "2",
+        ],
+    );
+    for i in 0..5u64 {
+        fs::write(mnt.join("ckpt.bin"), common::bytes(i, 1 << 20)).unwrap();
+        ok(&repo, &["snapshot"]);
+    }
+    let count = || {
+        let list: serde_json::Value =
+            serde_json::from_str(&ok(&repo, &["snapshots", "--json"])).unwrap();
+        list.as_array().unwrap().len()
+    };
+    wait_for("retention to keep 2 snapshots", || count() == 2);
+    wait_for("gc to free the forgotten checkpoints", || {
+        let st: serde_json::Value = serde_json::from_str(&ok(&repo, &["stats", "--json"])).unwrap();
+        st["unreferenced_chunks"] == 0 && st["pack_bytes"].as_u64().unwrap() < 3 << 20
+    });
+    let st = status(&repo);
+    assert!(
+        st.to_string().contains("\"forgotten\""),
+        "status shows retention: {st}"
+    );
+    // The oldest one left is now a synthetic full, and both restore.
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&repo, &["snapshots", "--json"])).unwrap();
+    let first = &list.as_array().unwrap()[0];
+    assert_eq!(first["kind"], "full");
+    for (n, s) in list.as_array().unwrap().iter().enumerate() {
+        let out = tmp.path().join(format!("r{n}"));
+        ok(
+            &repo,
+            &[
+                "restore",
+                &s["id"].to_string(),
+                "--to",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(
+            fs::read(out.join("ckpt.bin")).unwrap(),
+            common::bytes(3 + n as u64, 1 << 20)
+        );
+    }
+    live.umount();
+}

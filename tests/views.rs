@@ -328,3 +328,69 @@ fn assert_raised_readahead(mp: &Path) {
     }
     panic!("{path}: read_ahead_kb is {got}, expected {want}");
 }
+
+/// A file of a snapshot open in `.snapshots` while the snapshot is
+/// forgotten and gc runs (through the daemon) keeps reading its own bytes
+/// until it is closed; then gc gives the space back, and the forgotten
+/// snapshot is no longer found.
+#[test]
+fn a_view_holding_a_forgotten_snapshot_open_across_gc() {
+    let (tmp, backing, mnt, repo) = mount_dirs();
+    let _ = &tmp;
+    let r = repo.to_str().unwrap();
+    ok(&repo, &["init", "--block-size", "64K"]);
+    let live = DaemonMount::start(
+        &backing,
+        &mnt,
+        &["--repo", r, "--every", "off", "--full-every", "off"],
+    );
+    let old = bytes(41, 3 << 20);
+    fs::write(mnt.join("ckpt.bin"), &old).unwrap();
+    ok(&repo, &["snapshot", "--label", "old"]);
+    fs::write(mnt.join("ckpt.bin"), bytes(42, 3 << 20)).unwrap();
+    ok(&repo, &["snapshot"]);
+    fs::write(mnt.join("other"), b"x").unwrap();
+    ok(&repo, &["snapshot"]);
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&repo, &["snapshots", "--json"])).unwrap();
+    let first = &list.as_array().unwrap()[0];
+    let path = mnt
+        .join(".snapshots")
+        .join(first["name"].as_str().unwrap())
+        .join("ckpt.bin");
+    let f = fs::File::open(&path).unwrap();
+    let mut head = vec![0u8; 4096];
+    f.read_exact_at(&mut head, 0).unwrap();
+    assert_eq!(head, old[..4096]);
+
+    let id = first["id"].as_u64().unwrap().to_string();
+    ok(&repo, &["forget", &id]);
+    let gc1: serde_json::Value =
+        serde_json::from_str(&ok(&repo, &["gc", "--repack-below", "100", "--json"])).unwrap();
+    // The open file keeps reading exactly its bytes (its chunks stayed).
+    let mut all = vec![0u8; old.len()];
+    f.read_exact_at(&mut all, 0).unwrap();
+    assert!(all == old, "an open file of a forgotten snapshot changed");
+    drop(f);
+
+    // Closed: the next gc frees what only it used.
+    let gc2: serde_json::Value =
+        serde_json::from_str(&ok(&repo, &["gc", "--repack-below", "100", "--json"])).unwrap();
+    let freed = gc2["bytes_freed"].as_u64().unwrap();
+    assert!(
+        freed >= 3 << 20,
+        "gc freed {freed} bytes after the reader closed (first gc: {gc1})"
+    );
+    // The forgotten snapshot cannot be opened again (never wrong bytes).
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    match fs::read(&path) {
+        Err(e) => assert!(
+            matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESTALE)),
+            "{e}"
+        ),
+        Ok(b) => panic!("read {} bytes of a forgotten snapshot", b.len()),
+    }
+    let v = ok(&repo, &["verify", "--read-data"]);
+    assert!(v.starts_with("ok:"), "{v}");
+    live.umount();
+}

@@ -382,6 +382,19 @@ pub fn status(a: StatusArgs) -> Result<i32> {
         if let Some(e) = &f.last_error {
             println!("last error:     {e}");
         }
+        if let Some(r) = &f.retention {
+            println!(
+                "retention:      {}: {} snapshots forgotten, {} rewritten, {} freed{}",
+                r.last_run.as_deref().unwrap_or("not run yet"),
+                r.forgotten,
+                r.rewritten,
+                human_bytes(r.bytes_freed),
+                r.last_error
+                    .as_ref()
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
+            );
+        }
     }
     Ok(0)
 }
