@@ -131,6 +131,7 @@ fn scan(repo: &Repository, src: &Path, kind: Kind) -> u64 {
             kind,
             label: None,
             threads: 2,
+            recorded_time_ns: None,
         },
     )
     .unwrap()

@@ -265,6 +265,7 @@ fn run_case(initial: Vec<(usize, u32, u64)>, rounds: Vec<(Vec<Op>, Kind)>) {
             kind: Kind::Incremental,
             label: None,
             threads: 2,
+            recorded_time_ns: None,
         },
     )
     .unwrap();
@@ -281,6 +282,7 @@ fn run_case(initial: Vec<(usize, u32, u64)>, rounds: Vec<(Vec<Op>, Kind)>) {
                 kind: *kind,
                 label: None,
                 threads: 2,
+                recorded_time_ns: None,
             },
         )
         .unwrap();

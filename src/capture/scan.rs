@@ -35,6 +35,10 @@ pub struct ScanOptions {
     pub label: Option<String>,
     /// Worker threads (0: one per core).
     pub threads: usize,
+    /// The time the record states, instead of the capture's start
+    /// (imports and simulations; the capture itself still compares file
+    /// times with the real clock).
+    pub recorded_time_ns: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -191,7 +195,7 @@ fn capture(
             kind,
             parent,
             full,
-            time_ns,
+            time_ns: opts.recorded_time_ns.unwrap_or(time_ns),
             label: opts.label.clone(),
             source: source.display().to_string(),
             stats,

@@ -33,6 +33,11 @@ pub struct SnapshotArgs {
     /// Worker threads (default: one per core).
     #[arg(long, default_value_t = 0, hide = true)]
     threads: usize,
+    /// With --source: record TIME (RFC 3339, e.g. 2026-11-23T10:00:00Z)
+    /// as the snapshot's time instead of now (importing old data,
+    /// simulations). The capture itself happens now.
+    #[arg(long, value_name = "TIME", requires = "source")]
+    time: Option<String>,
 }
 
 impl SnapshotArgs {
@@ -70,6 +75,19 @@ pub fn snapshot(repo: &Repository, a: SnapshotArgs, o: &mut Out) -> Result<i32> 
             kind,
             label: a.label,
             threads: a.threads,
+            recorded_time_ns: match &a.time {
+                None => None,
+                Some(t) => {
+                    let (sec, nsec) = rewindfs::util::time::parse_rfc3339(t).map_err(|e| {
+                        anyhow::anyhow!("bad --time {t:?}: {e} (use e.g. 2026-11-23T10:00:00Z)")
+                    })?;
+                    Some(
+                        sec.checked_mul(1_000_000_000)
+                            .and_then(|s| s.checked_add(i64::from(nsec)))
+                            .ok_or_else(|| anyhow::anyhow!("--time {t:?} is out of range"))?,
+                    )
+                }
+            },
         },
     )
     .with_context(|| format!("taking a snapshot of {}", source.display()))?;

@@ -235,6 +235,7 @@ mod tests {
             kind: Kind::Full,
             label: None,
             threads: 1,
+            recorded_time_ns: None,
         };
         let rec = snapshot_dir(&repo, &src, &opts).unwrap().record;
         let tree = repo.resolve(&rec).unwrap();
