@@ -79,6 +79,9 @@ fn sample_packs(repo: &Repository, percent: f64) -> Result<(HashSet<u64>, u64)> 
 
 /// [`verify`] with a choice of how much data to read.
 pub fn verify_with(repo: &Repository, data: DataCheck) -> Result<VerifyReport> {
+    // Not while gc moves or removes packs (in the daemon, retention may
+    // run at any time): that would look like damage.
+    let _no_gc = repo.lifecycle_guard();
     let mut report = VerifyReport::default();
     let sampled = match data {
         DataCheck::Sample(p) => {

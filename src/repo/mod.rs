@@ -419,6 +419,12 @@ impl Repository {
     /// parse). Leftover temporary files of a crashed commit are removed
     /// when we hold the lock.
     fn list_record_files(&self) -> Result<Vec<u64>> {
+        self.record_file_ids(self.access == Access::ReadWrite)
+    }
+
+    /// Ids of the record files; `clean`: remove leftover temporary files
+    /// (only on open: later, one may belong to a commit in progress).
+    fn record_file_ids(&self, clean: bool) -> Result<Vec<u64>> {
         let mut out = Vec::new();
         for name in self.snapshots_dir.names()? {
             let Ok(name) = std::str::from_utf8(&name) else {
@@ -426,13 +432,45 @@ impl Repository {
             };
             if let Some(id) = SnapshotRecord::parse_file_name(name) {
                 out.push(id);
-            } else if name.starts_with(layout::TMP_PREFIX) && self.access == Access::ReadWrite {
+            } else if name.starts_with(layout::TMP_PREFIX) && clean {
                 // An uncommitted record from a crashed run (we hold the lock).
                 let _ = self.snapshots_dir.remove_file(name);
             }
         }
         out.sort_unstable();
         Ok(out)
+    }
+
+    /// Index every sound record file the index lacks (a commit whose
+    /// index insert failed after its record became durable): `forget` and
+    /// gc must see every snapshot that exists.
+    pub fn sync_records(&self) -> Result<()> {
+        self.writable()?;
+        let indexed: HashSet<u64> = self
+            .index
+            .snapshots()?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let mut changed = false;
+        for id in self.record_file_ids(false)? {
+            if indexed.contains(&id) {
+                continue;
+            }
+            match read_record(&self.snapshots_dir, id) {
+                Ok((_, bytes)) => {
+                    self.index.put_snapshot(id, &bytes)?;
+                    changed = true;
+                }
+                Err(e) => {
+                    self.damaged.lock().insert(id, e.to_string());
+                }
+            }
+        }
+        if changed {
+            self.index.flush()?;
+        }
+        Ok(())
     }
 
     /// All snapshots whose records are sound, in id order.
@@ -465,7 +503,7 @@ impl Repository {
     pub fn check_record_files(&self) -> Result<BTreeMap<u64, String>> {
         let indexed: HashMap<u64, Vec<u8>> = self.index.snapshots()?.into_iter().collect();
         let mut out = self.damaged_records();
-        for id in self.list_record_files()? {
+        for id in self.record_file_ids(false)? {
             match read_record(&self.snapshots_dir, id) {
                 Err(e) => {
                     out.insert(id, e.to_string());
@@ -499,12 +537,12 @@ impl Repository {
         match self.packs.read_into(&loc, id, spare) {
             Ok(v) => Ok(v),
             // gc moved the chunk (repack) between the lookup and the
-            // open: look it up again, once.
-            Err(e) if self.packs.pack_len(loc.pack).is_none() => match self.index.get_chunk(id)? {
+            // read (its old pack removed, or emptied if it was the
+            // highest): look it up again, once.
+            Err(e) => match self.index.get_chunk(id)? {
                 Some(now) if now != loc => self.packs.read_into(&now, id, Vec::new()),
                 _ => Err(e),
             },
-            Err(e) => Err(e),
         }
     }
 
@@ -735,7 +773,7 @@ impl Repository {
         }
         writer.commit()?;
         let id = self
-            .list_record_files()?
+            .record_file_ids(false)?
             .into_iter()
             .chain(self.index.snapshots()?.into_iter().map(|(id, _)| id))
             .chain(self.damaged.lock().keys().copied())

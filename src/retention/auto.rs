@@ -1,8 +1,10 @@
 //! Retention applied by the daemon: after each snapshot, a background
 //! thread forgets what the policy no longer keeps and, when that removed
-//! something, runs gc. Writers never wait for it; the flusher waits only
-//! while `forget` rewrites records (it takes the capture lock) and during
-//! gc's barrier, never during marking, repacking or deleting.
+//! something, runs gc. Writers never wait for it. The flusher's next
+//! snapshot waits while `forget` runs (it holds the capture lock from
+//! planning to the last record: resolving the trees it rewrites and
+//! storing their manifests, typically well under a second) and during
+//! gc's barrier, never while gc marks, repacks or deletes.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;

@@ -214,6 +214,9 @@ pub enum Target<'p> {
 pub fn forget(repo: &Repository, target: Target<'_>, dry_run: bool) -> Result<ForgetReport> {
     let _one = repo.lifecycle_guard();
     let _no_capture = repo.exclude_captures();
+    if !dry_run {
+        repo.sync_records()?;
+    }
     let all = repo.snapshots()?;
     let damaged = repo.damaged_records();
     let (mut remove, decisions) = match target {

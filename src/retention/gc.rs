@@ -130,11 +130,17 @@ fn blob_bytes(l: &Location) -> u64 {
 pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
     let t0 = Instant::now();
     let _one = repo.lifecycle_guard();
-    let r = run(repo, opts);
-    // Whatever happened, nothing stays condemned: a chunk whose entry
-    // survived may be deduplicated against again.
-    repo.clear_condemned();
-    let mut report = r?;
+    repo.sync_records()?;
+    // Whatever happens (an error, a panic), nothing stays condemned: a
+    // chunk whose entry survived may be deduplicated against again.
+    struct Pardon<'r>(&'r Repository);
+    impl Drop for Pardon<'_> {
+        fn drop(&mut self) {
+            self.0.clear_condemned();
+        }
+    }
+    let _pardon = Pardon(repo);
+    let mut report = run(repo, opts)?;
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -164,12 +170,21 @@ fn run(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
         records.iter().map(|r| (r.id, r.manifest.clone())).collect();
     let mut live = HashSet::new();
     mark(repo, &records, &mut live)?;
+    let indexed = repo.index().chunks()?;
+    {
+        // Every chunk a record names must be indexed: if the index lost
+        // one, a pack holding its last copy could look dead.
+        let ids: HashSet<ChunkId> = indexed.iter().map(|(id, _)| *id).collect();
+        if let Some(missing) = live.iter().find(|id| !ids.contains(id)) {
+            return Err(Error::Corrupt(format!(
+                "gc stopped: chunk {missing}, which a snapshot references, is not in the index; nothing was deleted (run `rewindfs verify`, then `rewindfs rebuild-index` if the packs hold it)"
+            )));
+        }
+    }
     live.extend(repo.pinned());
 
     // 2. Condemn.
-    let mut condemned: HashSet<ChunkId> = repo
-        .index()
-        .chunks()?
+    let mut condemned: HashSet<ChunkId> = indexed
         .into_iter()
         .filter(|(id, l)| l.pack < limit && !live.contains(id))
         .map(|(id, _)| id)
@@ -181,6 +196,7 @@ fn run(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
         // 3. Barrier.
         let _no_capture = repo.exclude_captures();
         let now = repo.snapshots()?;
+        report.snapshots = now.len() as u64;
         let fresh: Vec<SnapshotRecord> = now
             .into_iter()
             .filter(|r| marked.get(&r.id) != Some(&r.manifest))
@@ -193,7 +209,6 @@ fn run(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
         }
         repo.pardon(&rescued);
         report.rescued_chunks = rescued.len() as u64;
-        report.snapshots = fresh.len() as u64 + records.len() as u64;
     } else {
         report.snapshots = records.len() as u64;
     }

@@ -109,8 +109,11 @@ pub fn list_packs(dir: &Dir) -> Result<Vec<u64>> {
 
 /// Hands out pack ids: every writer of a process (captures, gc's repack)
 /// takes its ids here, so two never pick the same one. It starts after the
-/// highest pack on disk; gc never removes the highest pack's file (it
-/// empties it), so an id is never given to two packs, even across runs.
+/// highest pack on disk (gc empties the highest pack rather than removing
+/// it). An id can come back in a later run when the highest pack was
+/// removed (a failed capture gives back a pack holding nothing
+/// committed): harmless, as nothing in the index names a removed pack and
+/// every blob is checked against its id.
 #[derive(Clone, Debug)]
 pub struct PackIds(Arc<AtomicU64>);
 

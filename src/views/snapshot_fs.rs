@@ -298,15 +298,29 @@ impl Views {
             return Err(Errno::ENOENT);
         }
         let all = self.snapshots()?;
-        let rec = all
+        let mut rec = all
             .iter()
             .find(|r| r.id == id)
             .ok_or(Errno::ENOENT)?
             .clone();
-        let tree = self.repo.resolve(&rec).map_err(|e| {
-            tracing::error!(snapshot = id, "cannot read the snapshot's tree: {e}");
-            Errno::EIO
-        })?;
+        let tree = match self.repo.resolve(&rec) {
+            Ok(t) => t,
+            Err(_) => {
+                // The cached list may hold a record `forget` has just
+                // rewritten (its old manifest gone): once more, fresh.
+                *self.list.lock() = None;
+                rec = self
+                    .snapshots()?
+                    .iter()
+                    .find(|r| r.id == id)
+                    .ok_or(Errno::ENOENT)?
+                    .clone();
+                self.repo.resolve(&rec).map_err(|e| {
+                    tracing::error!(snapshot = id, "cannot read the snapshot's tree: {e}");
+                    Errno::EIO
+                })?
+            }
+        };
         let vt = Arc::new(ViewTree::build(rec, &tree));
         let mut trees = self.trees.lock();
         trees.push_back(vt.clone());
