@@ -7,14 +7,14 @@
 
 use std::io::Write;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
-use super::browse::load;
 use super::common::{human_bytes, Out, RepoArg};
 use rewindfs::repo::Repository;
 use rewindfs::snapshot::diff::{diff, Change, Summary};
 use rewindfs::snapshot::manifest::{display_path, normalize_user_path};
+use rewindfs::snapshot::select::select;
 
 #[derive(Args)]
 pub struct DiffArgs {
@@ -118,8 +118,13 @@ fn line(c: &Change) -> String {
 }
 
 pub fn run(repo: &Repository, a: DiffArgs, o: &mut Out) -> Result<i32> {
-    let (ra, ta) = load(repo, &a.a)?;
-    let (rb, tb) = load(repo, &a.b)?;
+    let all = repo.snapshots()?;
+    let now = rewindfs::util::time::now_ns();
+    let ra = select(&all, &a.a, now)?.clone();
+    let rb = select(&all, &a.b, now)?.clone();
+    let (ta, tb) = repo
+        .resolve_pair(&ra, &rb)
+        .with_context(|| format!("reading snapshots {} and {}", ra.id, rb.id))?;
     let p = normalize_user_path(&a.path)?;
     if ta.get(&p).is_none() && tb.get(&p).is_none() {
         anyhow::bail!(

@@ -634,6 +634,40 @@ impl Repository {
         Ok(tree)
     }
 
+    /// The trees of two snapshots, reading the part of their chains they
+    /// share once (`diff A B` of a snapshot and its descendant decodes
+    /// the full manifest once, not twice).
+    pub fn resolve_pair(&self, a: &SnapshotRecord, b: &SnapshotRecord) -> Result<(Tree, Tree)> {
+        let all = self.snapshots()?;
+        let ca = self.chain(a, &all)?;
+        let cb = self.chain(b, &all)?;
+        let common = ca
+            .iter()
+            .zip(cb.iter())
+            .take_while(|(x, y)| x.id == y.id && x.manifest == y.manifest)
+            .count();
+        let mut shared = Tree::default();
+        for r in &ca[..common] {
+            shared.apply(&self.load_manifest(r)?)?;
+        }
+        let finish = |mut t: Tree, rest: &[SnapshotRecord]| -> Result<Tree> {
+            for r in rest {
+                t.apply(&self.load_manifest(r)?)?;
+            }
+            Ok(t)
+        };
+        // The longer remainder gets the clone; the other takes `shared`.
+        if ca.len() - common <= cb.len() - common {
+            let tb = finish(shared.clone(), &cb[common..])?;
+            let ta = finish(shared, &ca[common..])?;
+            Ok((ta, tb))
+        } else {
+            let ta = finish(shared.clone(), &ca[common..])?;
+            let tb = finish(shared, &cb[common..])?;
+            Ok((ta, tb))
+        }
+    }
+
     /// A writer for one capture (it runs its own pack-writing thread).
     pub fn writer(&self) -> Result<ChunkWriter<'_>> {
         self.writable()?;
