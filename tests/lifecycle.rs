@@ -203,6 +203,13 @@ fn check(
         );
         fs::remove_dir_all(&out).unwrap();
     }
+    // Two snapshots resolved together (sharing their chains' common part)
+    // give the same trees as each resolved alone.
+    for (a, b) in all.iter().zip(all.iter().rev()) {
+        let (ta, tb) = repo.resolve_pair(a, b).unwrap();
+        assert_eq!(ta, repo.resolve(a).unwrap(), "{} with {}", a.id, b.id);
+        assert_eq!(tb, repo.resolve(b).unwrap(), "{} with {}", b.id, a.id);
+    }
     if !after_gc {
         return;
     }

@@ -35,7 +35,8 @@ enum Backend {
     Sled {
         /// Holds the index directory open: sled reaches it as
         /// `/proc/self/fd/N`, never by a path another process could change.
-        _dir: Dir,
+        /// (An `Option` only so that `Drop` can hand it on.)
+        _dir: Option<Dir>,
         db: sled::Db,
         chunks: sled::Tree,
         packs: sled::Tree,
@@ -82,7 +83,7 @@ impl Index {
         Ok(Index {
             path,
             backend: Backend::Sled {
-                _dir: dir,
+                _dir: Some(dir),
                 db,
                 chunks,
                 packs,
@@ -402,9 +403,22 @@ impl Drop for Index {
     /// Files sled created while open got the process umask: bring them to
     /// 0600 too (best effort; the directory is 0700 anyway).
     fn drop(&mut self) {
-        if let Backend::Sled { _dir, db, .. } = &self.backend {
+        if let Backend::Sled { _dir, db, .. } = &mut self.backend {
             let _ = db.flush();
-            restrict_permissions(_dir, 0);
+            if let Some(dir) = _dir.take() {
+                restrict_permissions(&dir, 0);
+                // sled's flusher thread outlives the `Db` by up to its
+                // flush period and reaches files by the path
+                // `/proc/self/fd/N/...`: closing N now could let it act
+                // on whatever directory the process opens next as N.
+                // Keep N open a little longer.
+                let _ = std::thread::Builder::new()
+                    .name("index-close".into())
+                    .spawn(move || {
+                        std::thread::sleep(std::time::Duration::from_secs(2));
+                        drop(dir);
+                    });
+            }
         }
     }
 }
