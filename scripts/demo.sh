@@ -3,7 +3,8 @@
 # (a checkpoint saved the usual way, in-place edits, a deletion), let
 # rewindfs snapshot it (on close, on request, at unmount), browse old
 # versions (rewindfs ls/cat, the .snapshots folders, a snapshot mount),
-# restore one, verify. Without FUSE it shows scan mode instead.
+# restore one, diff, stats, forget + gc, verify. Without FUSE it shows
+# scan mode instead.
 # Everything happens under a temporary directory (or $DEMO_DIR) and is
 # removed at the end unless KEEP=1.
 set -euo pipefail
@@ -107,6 +108,13 @@ else
   run restore 1 checkpoints/step-1.bin --to "$work/old"
 fi
 
+run snapshots
+echo "== what changed since the first snapshot, and where the space goes"
+run diff 1 latest
+run stats
+echo "== retention: keep the 2 newest; the chains built on the others are rewritten"
+run forget --keep-last 2 --dry-run
+run forget --keep-last 2 --prune
 run snapshots
 echo "== restore the latest snapshot and compare with the dataset"
 run restore latest --to "$work/restored"

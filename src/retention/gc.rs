@@ -242,8 +242,14 @@ fn run(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
             if size > PACK_HEADER_LEN || !in_pack.is_empty() {
                 delete.push(p);
             }
-        } else if (live_bytes as f64) < opts.repack_below * size as f64 {
-            repack.push(p);
+        } else {
+            // The share of the pack's blob bytes that is live (its
+            // header is neither): a pack with nothing dead is never
+            // rewritten, whatever the threshold.
+            let blobs = size.saturating_sub(PACK_HEADER_LEN);
+            if live_bytes < blobs && (live_bytes as f64) < opts.repack_below * blobs as f64 {
+                repack.push(p);
+            }
         }
     }
     let dead_entries: Vec<(ChunkId, Location)> = entries
