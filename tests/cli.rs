@@ -560,3 +560,71 @@ fn stats_show_what_each_snapshot_costs() {
     assert!(text.contains("deduplication"), "{text}");
     assert!(text.contains("longest chain 2"), "{text}");
 }
+
+/// forget and gc: refusals are one clear line with a non-zero exit and
+/// change nothing; --dry-run changes nothing; a real run says what it did;
+/// --json is one object.
+#[test]
+fn forget_and_gc_refuse_clearly_and_dry_runs_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let src = tmp.path().join("src");
+    dataset(&src);
+    ok(&repo, &["init", "--block-size", "64K"]);
+    for i in 0..4u64 {
+        rewrite_block(&src.join("ckpt/a.bin"), 0, 100 + i);
+        ok(&repo, &["snapshot", "--source", src.to_str().unwrap()]);
+    }
+    let before = ok(&repo, &["snapshots", "--json"]);
+    for (args, says) in [
+        (&["forget"][..], "say what to forget"),
+        (&["forget", "4"][..], "is the newest"),
+        (&["forget", "9"][..], "no snapshot matches"),
+        (&["forget", "1", "--keep-last", "2"][..], "not both"),
+        (
+            &["forget", "--keep-label", "[x"][..],
+            "bad --keep-label glob",
+        ),
+        (&["forget", "--keep-within", "soon"][..], "bad duration"),
+        (
+            &["gc", "--repack-below", "150"][..],
+            "percentage from 0 to 100",
+        ),
+    ] {
+        let o = cli(&repo, args);
+        assert!(!o.status.success(), "{args:?} should fail");
+        assert!(
+            first_line(&o).contains(says),
+            "{args:?}: {}",
+            first_line(&o)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&o.stderr).lines().count(),
+            1,
+            "{args:?}: one line"
+        );
+    }
+    let dry = ok(&repo, &["forget", "--keep-last", "2", "--dry-run"]);
+    assert!(dry.contains("would forget 2 snapshot(s)"), "{dry}");
+    assert!(
+        dry.contains("last snapshot"),
+        "why each kept one stays: {dry}"
+    );
+    let gc_dry: serde_json::Value =
+        serde_json::from_str(&ok(&repo, &["gc", "--dry-run", "--json"])).unwrap();
+    assert_eq!(gc_dry["dry_run"], true);
+    assert_eq!(
+        ok(&repo, &["snapshots", "--json"]),
+        before,
+        "dry runs change nothing"
+    );
+
+    let done: serde_json::Value =
+        serde_json::from_str(&ok(&repo, &["forget", "1", "2", "--prune", "--json"])).unwrap();
+    assert_eq!(done["forget"]["plan"]["remove"], serde_json::json!([1, 2]));
+    assert!(done["gc"]["bytes_freed"].as_u64().unwrap() > 0, "{done}");
+    let list = ok(&repo, &["snapshots"]);
+    assert!(list.contains("full (synthetic)"), "{list}");
+    assert!(list.contains("UNIQUE"), "{list}");
+    ok(&repo, &["verify", "--read-data"]);
+}
