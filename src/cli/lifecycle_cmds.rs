@@ -137,7 +137,7 @@ pub fn forget_cmd(repo: &Repository, a: ForgetArgs, o: &mut Out) -> Result<i32> 
         writeln!(o.out, "{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(0);
     }
-    print_forget(repo, &report, o)?;
+    print_forget(repo, &report, a.prune, o)?;
     if let Some(g) = gc_report {
         writeln!(
             o.out,
@@ -150,7 +150,7 @@ pub fn forget_cmd(repo: &Repository, a: ForgetArgs, o: &mut Out) -> Result<i32> 
     Ok(0)
 }
 
-fn print_forget(repo: &Repository, r: &ForgetReport, o: &mut Out) -> Result<()> {
+fn print_forget(repo: &Repository, r: &ForgetReport, pruning: bool, o: &mut Out) -> Result<()> {
     let all = repo.snapshots()?;
     let name = |id: u64| {
         all.iter()
@@ -213,9 +213,14 @@ fn print_forget(repo: &Repository, r: &ForgetReport, o: &mut Out) -> Result<()> 
         writeln!(out, "{will}rewritten {:>5}  {}: {what}", c.id, c.name)?;
     }
     let n = r.plan.remove.len() + r.plan.remove_damaged.len();
+    let hint = if pruning && !r.dry_run {
+        ""
+    } else {
+        "; run `rewindfs gc` to reclaim the space"
+    };
     writeln!(
         out,
-        "{would}forget {n} snapshot(s), {would}rewrite {}; run `rewindfs gc` to reclaim the space",
+        "{would}forget {n} snapshot(s), {would}rewrite {}{hint}",
         r.plan.changes.len()
     )?;
     Ok(())
