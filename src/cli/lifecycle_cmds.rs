@@ -21,8 +21,10 @@ use rewindfs::util::time;
 
 /// restic's keep rules. A snapshot is kept if any rule keeps it; hours,
 /// days, weeks (ISO, Monday first), months and years are those of the
-/// local time zone; empty periods cost nothing. The newest snapshot is
-/// always kept (the next one is built on it).
+/// local time zone; empty periods cost nothing, and a rule that finds
+/// fewer periods than it may keep also keeps the oldest snapshot (as
+/// restic 0.16+). The newest snapshot is always kept (the next one is
+/// built on it).
 #[derive(Args, Clone, Debug, Default)]
 pub struct KeepArgs {
     /// Keep the N newest snapshots.

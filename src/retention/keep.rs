@@ -3,7 +3,8 @@
 //! - `last N`: the N newest snapshots
 //! - `hourly/daily/weekly/monthly/yearly N`: for the N newest hours (days,
 //!   ISO weeks, months, years) that have snapshots, the newest snapshot of
-//!   each
+//!   each; when fewer than N periods have snapshots, the oldest snapshot
+//!   is kept too (restic 0.16 and later)
 //! - `within D`: every snapshot taken within D of the newest snapshot (not
 //!   of now: a repository that stopped receiving snapshots keeps them)
 //! - `label GLOB`: every snapshot whose label matches
@@ -140,6 +141,17 @@ pub fn decide(
             reasons,
         });
     }
+    // restic (0.16 and later): a calendar rule that found fewer periods
+    // than it may keep also keeps the oldest snapshot.
+    if let Some(oldest) = out.last_mut() {
+        for (i, (name, count, _)) in rules.iter().enumerate() {
+            let own = format!("{name} snapshot");
+            if *count > 0 && left[i] > 0 && !oldest.reasons.contains(&own) {
+                oldest.reasons.push(format!("oldest {name} snapshot"));
+                oldest.keep = true;
+            }
+        }
+    }
     Ok(out)
 }
 
@@ -210,7 +222,8 @@ mod tests {
             ("weekly 3", p(|k| k.weekly = 3), vec![5, 8, 9]),
             ("monthly 2", p(|k| k.monthly = 2), vec![8, 9]),
             ("monthly 3", p(|k| k.monthly = 3), vec![6, 8, 9]),
-            ("yearly 5", p(|k| k.yearly = 5), vec![8, 9]),
+            // Two years have snapshots, 5 may be kept: the oldest stays too.
+            ("yearly 5", p(|k| k.yearly = 5), vec![1, 8, 9]),
             // Within 2 days of the newest (9): nothing else.
             (
                 "within 2d",
@@ -287,14 +300,44 @@ mod tests {
             daily: 5,
             ..Default::default()
         };
-        let utc = kept(&daily, &s);
-        assert_eq!(utc, vec![1, 2]);
-        let east: Vec<u64> = decide(&daily, &s, |ns| civil_at(ns, 3600))
-            .unwrap()
-            .into_iter()
-            .filter(|d| d.keep)
-            .map(|d| d.id)
-            .collect();
-        assert_eq!(east, vec![2]);
+        let why = |offset: i64| -> Vec<(u64, Vec<String>)> {
+            decide(&daily, &s, |ns| civil_at(ns, offset))
+                .unwrap()
+                .into_iter()
+                .map(|d| (d.id, d.reasons))
+                .collect()
+        };
+        let day = || vec!["daily snapshot".to_string()];
+        // UTC: two days, one snapshot each.
+        assert_eq!(why(0), vec![(2, day()), (1, day())]);
+        // +01:00: one day, whose newest is 2; 1 stays only as the oldest
+        // (fewer days than the 5 the rule may keep).
+        assert_eq!(
+            why(3600),
+            vec![(2, day()), (1, vec!["oldest daily snapshot".to_string()])]
+        );
+    }
+
+    /// restic's example (forum "Help with forget policy"): four snapshots
+    /// of one month and `--keep-monthly 4` keep the newest and the oldest.
+    #[test]
+    fn a_rule_with_periods_to_spare_keeps_the_oldest_too() {
+        let s = snaps(&[
+            "2024-01-02T13:42:44Z",
+            "2024-01-03T01:04:38Z",
+            "2024-01-04T20:09:54Z",
+            "2024-01-04T20:20:32Z",
+        ]);
+        let monthly = KeepPolicy {
+            monthly: 4,
+            ..Default::default()
+        };
+        assert_eq!(kept(&monthly, &s), vec![1, 4]);
+        // With no period to spare, only the newest of each.
+        let one = KeepPolicy {
+            monthly: 1,
+            ..Default::default()
+        };
+        assert_eq!(kept(&one, &s), vec![4]);
     }
 }
