@@ -152,7 +152,7 @@ fn kill_9_during_forget_and_gc_loses_no_kept_snapshot() {
                 expected.remove(&id);
             }
         }
-        let out = ok(&repo, &["verify"]);
+        let out = ok(&repo, &["verify", "--read-data"]);
         assert!(out.starts_with("ok:"), "after {args:?}: {out}");
         // Restore two of them each round (all of them at the end).
         for id in now.iter().filter(|_| rng.gen_bool(0.2)).take(2) {
