@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{assert_same, bin, bytes, crash_rng, model, ok, Model};
+use common::{assert_same, bin, bytes, crash_rng, model, ok, scan_snapshot, Model};
 use rand::Rng;
 
 fn snapshot_ids(repo: &Path) -> Vec<u64> {
@@ -66,16 +66,7 @@ fn kill_9_during_forget_and_gc_loses_no_kept_snapshot() {
     ok(&repo, &["init", "--block-size", "256K"]);
     let mut expected: BTreeMap<u64, BTreeMap<String, Model>> = BTreeMap::new();
     let snap = |expected: &mut BTreeMap<u64, BTreeMap<String, Model>>, kind: &str| {
-        ok(
-            &repo,
-            &[
-                "snapshot",
-                "--source",
-                src.to_str().unwrap(),
-                "--kind",
-                kind,
-            ],
-        );
+        scan_snapshot(&repo, &src, kind);
         let id = *snapshot_ids(&repo).last().unwrap();
         expected.insert(id, model(&src));
     };

@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{assert_same, bin, bytes, crash_rng, model, ok, Model};
+use common::{assert_same, bin, bytes, crash_rng, model, ok, scan_snapshot, Model};
 use rand::Rng;
 
 #[test]
@@ -27,16 +27,7 @@ fn kill_9_during_snapshots_loses_nothing_committed() {
     }
     ok(&repo, &["init", "--block-size", "256K"]);
     let t0 = std::time::Instant::now();
-    ok(
-        &repo,
-        &[
-            "snapshot",
-            "--source",
-            src.to_str().unwrap(),
-            "--kind",
-            "full",
-        ],
-    );
+    scan_snapshot(&repo, &src, "full");
     // Kill within the time a snapshot takes, so most kills land mid-capture.
     let mut span_ms = (t0.elapsed().as_millis() as u64).max(20);
     let mut expected: BTreeMap<u64, BTreeMap<String, Model>> = BTreeMap::new();

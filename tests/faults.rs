@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::live::DaemonMount;
-use common::{assert_same, cli, model, mount_dirs, ok, status};
+use common::{assert_same, cli, model, mount_dirs, ok, scan_snapshot, status};
 use rewindfs::daemon::control::{self, Request};
 
 const POINTS: [&str; 7] = [
@@ -169,16 +169,7 @@ fn a_fault_at_any_step_of_forget_or_gc_keeps_every_kept_snapshot() {
                     "incremental",
                     "incremental",
                 ][i as usize];
-                ok(
-                    &repo,
-                    &[
-                        "snapshot",
-                        "--source",
-                        src.to_str().unwrap(),
-                        "--kind",
-                        kind,
-                    ],
-                );
+                scan_snapshot(&repo, &src, kind);
                 states.push(model(&src));
             }
             // Forget the full and an incremental (a synthetic full and a

@@ -12,7 +12,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use proptest::prelude::*;
@@ -221,13 +221,20 @@ fn check(
     }
 }
 
-fn run_case(history: Vec<(Vec<Op>, Kind)>, rounds: Vec<Round>) {
+/// A temporary directory with an empty `src` and a new repository.
+fn new_repo() -> (tempfile::TempDir, PathBuf, PathBuf, Repository) {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     let repo_dir = tmp.path().join("repo");
     fs::create_dir(&src).unwrap();
     Repository::init(&repo_dir, BS as u32, 3).unwrap();
-    let repo = Arc::new(Repository::open(&repo_dir).unwrap());
+    let repo = Repository::open(&repo_dir).unwrap();
+    (tmp, src, repo_dir, repo)
+}
+
+fn run_case(history: Vec<(Vec<Op>, Kind)>, rounds: Vec<Round>) {
+    let (tmp, src, repo_dir, repo) = new_repo();
+    let repo = Arc::new(repo);
     let mut expected: BTreeMap<u64, BTreeMap<String, Model>> = BTreeMap::new();
     for (ops, kind) in &history {
         for op in ops {
@@ -371,12 +378,7 @@ proptest! {
 /// content. The capture must store a fresh copy; gc must not delete it.
 #[test]
 fn a_capture_needing_a_condemned_chunk_stores_it_again() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    let repo_dir = tmp.path().join("repo");
-    fs::create_dir(&src).unwrap();
-    Repository::init(&repo_dir, BS as u32, 3).unwrap();
-    let repo = Repository::open(&repo_dir).unwrap();
+    let (_tmp, src, _, repo) = new_repo();
     fs::write(src.join("a"), block(1)).unwrap();
     let first = scan(&repo, &src, Kind::Full);
     fs::write(src.join("a"), block(2)).unwrap();
@@ -418,12 +420,7 @@ fn a_capture_needing_a_condemned_chunk_stores_it_again() {
 
 #[test]
 fn the_newest_snapshot_cannot_be_forgotten() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    let repo_dir = tmp.path().join("repo");
-    fs::create_dir(&src).unwrap();
-    Repository::init(&repo_dir, BS as u32, 3).unwrap();
-    let repo = Repository::open(&repo_dir).unwrap();
+    let (_tmp, src, _, repo) = new_repo();
     fs::write(src.join("a"), b"x").unwrap();
     let id = scan(&repo, &src, Kind::Full);
     let e = forget(&repo, Target::Ids([id].into_iter().collect()), false).unwrap_err();

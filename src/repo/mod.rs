@@ -81,6 +81,9 @@ pub struct Repository {
     /// Chunks gc is about to delete: no writer deduplicates against them
     /// (a capture that needs one stores a fresh copy).
     condemned: RwLock<HashSet<ChunkId>>,
+    /// Bumped whenever a snapshot record is added, rewritten or removed:
+    /// readers that keep a copy of the list know when it is stale.
+    records_gen: std::sync::atomic::AtomicU64,
     /// Sources of chunks that readers still use although no snapshot may
     /// reference them any more (files of forgotten snapshots open in a
     /// view): gc keeps them.
@@ -236,6 +239,7 @@ impl Repository {
             lifecycle: Mutex::new(()),
             condemned: RwLock::new(HashSet::new()),
             pins: Mutex::new(Vec::new()),
+            records_gen: Default::default(),
             _lock: Some(_lock),
         };
         repo.reconcile()?;
@@ -284,6 +288,7 @@ impl Repository {
             lifecycle: Mutex::new(()),
             condemned: RwLock::new(HashSet::new()),
             pins: Mutex::new(Vec::new()),
+            records_gen: Default::default(),
             _lock: lock,
         };
         Ok(repo)
@@ -469,6 +474,7 @@ impl Repository {
         }
         if changed {
             self.index.flush()?;
+            self.records_changed();
         }
         Ok(())
     }
@@ -735,6 +741,16 @@ impl Repository {
         self.condemned.write().clear();
     }
 
+    /// Changes whenever the snapshot list changes (see the field).
+    pub fn records_generation(&self) -> u64 {
+        self.records_gen.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn records_changed(&self) {
+        self.records_gen
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
     /// Register a source of chunks readers still use (gc keeps them).
     pub fn add_pins(&self, source: PinSource) {
         self.pins.lock().push(source);
@@ -757,6 +773,7 @@ impl Repository {
         self.snapshots_dir
             .write_atomic(&SnapshotRecord::file_name(rec.id), &json)?;
         self.index.put_snapshot(rec.id, &json)?;
+        self.records_changed();
         Ok(())
     }
 
@@ -776,6 +793,7 @@ impl Repository {
         self.snapshots_dir.fsync()?;
         self.index.remove_snapshot(id)?;
         self.damaged.lock().remove(&id);
+        self.records_changed();
         Ok(())
     }
 
@@ -848,6 +866,7 @@ impl Repository {
         self.snapshots_dir
             .write_atomic(&SnapshotRecord::file_name(id), &json)?;
         self.index.put_snapshot(id, &json)?;
+        self.records_changed();
         self.index.flush()?;
         Ok(rec)
     }

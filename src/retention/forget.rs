@@ -253,7 +253,7 @@ pub fn forget(repo: &Repository, target: Target<'_>, dry_run: bool) -> Result<Fo
     }
     let by_id: HashMap<u64, &SnapshotRecord> = all.iter().map(|r| (r.id, r)).collect();
     // 1. New manifests, durable and indexed before any record names them.
-    let mut trees = TreeCache::new(&by_id);
+    let mut trees = TreeCache::new(&all);
     let mut records = Vec::with_capacity(report.plan.changes.len());
     let writer = repo.writer()?;
     let built = (|| -> Result<()> {
@@ -317,20 +317,20 @@ pub fn forget(repo: &Repository, target: Target<'_>, dry_run: bool) -> Result<Fo
     Ok(report)
 }
 
-/// Resolved trees of the snapshots being rewritten, built along their
-/// captured chains (each from its parent's tree plus one manifest), with
-/// only a few kept in memory.
+/// Resolved trees of the snapshots being rewritten, each built from the
+/// nearest tree held of its captured chain (`Repository::chain`) plus the
+/// manifests after it, with only a few kept in memory.
 struct TreeCache<'a> {
-    by_id: &'a HashMap<u64, &'a SnapshotRecord>,
+    all: &'a [SnapshotRecord],
     trees: Vec<(u64, std::sync::Arc<Tree>)>,
 }
 
 const TREES_KEPT: usize = 6;
 
 impl<'a> TreeCache<'a> {
-    fn new(by_id: &'a HashMap<u64, &'a SnapshotRecord>) -> TreeCache<'a> {
+    fn new(all: &'a [SnapshotRecord]) -> TreeCache<'a> {
         TreeCache {
-            by_id,
+            all,
             trees: Vec::new(),
         }
     }
@@ -339,27 +339,24 @@ impl<'a> TreeCache<'a> {
         if let Some((_, t)) = self.trees.iter().find(|(i, _)| *i == id) {
             return Ok(t.clone());
         }
-        // The chain down to the nearest tree we hold (or the full).
-        let mut chain = Vec::new();
-        let mut cur = Some(id);
-        let mut start: Option<Tree> = None;
-        while let Some(c) = cur {
-            if let Some((_, t)) = self.trees.iter().find(|(i, _)| *i == c) {
-                start = Some((**t).clone());
-                break;
-            }
-            let r = self
-                .by_id
-                .get(&c)
-                .ok_or_else(|| Error::Corrupt(format!("snapshot {c} is missing")))?;
-            chain.push(*r);
-            if chain.len() > self.by_id.len() {
-                return Err(Error::Corrupt(format!("snapshot {id} has a parent cycle")));
-            }
-            cur = if r.kind == Kind::Full { None } else { r.parent };
-        }
-        let mut tree = start.unwrap_or_default();
-        for r in chain.iter().rev() {
+        let rec = self
+            .all
+            .iter()
+            .find(|r| r.id == id)
+            .ok_or_else(|| Error::UnknownSnapshot(id.to_string()))?;
+        let chain = repo.chain(rec, self.all)?;
+        // The deepest member of the chain whose tree is held.
+        let held = chain.iter().enumerate().rev().find_map(|(i, r)| {
+            self.trees
+                .iter()
+                .find(|(t, _)| *t == r.id)
+                .map(|(_, t)| (i + 1, t.clone()))
+        });
+        let (from, mut tree) = match held {
+            Some((i, t)) => (i, (*t).clone()),
+            None => (0, Tree::default()),
+        };
+        for r in &chain[from..] {
             tree.apply(&repo.load_manifest(r)?)?;
         }
         let t = std::sync::Arc::new(tree);

@@ -440,10 +440,15 @@ impl PackReader {
     /// what gc copies into a new pack. Damage is an error, never copied.
     pub fn read_stored(&self, loc: &Location, id: &ChunkId) -> Result<EncodedBlob> {
         let f = self.file(loc.pack)?;
-        let mut buf = vec![0u8; HEADER_LEN + loc.stored_len as usize];
-        f.read_exact_at(&mut buf, loc.offset)
-            .map_err(|e| Error::io("read pack", self.pack_path(loc.pack), e))?;
-        let header = BlobHeader::decode(&buf[..HEADER_LEN])?;
+        let read_at = |buf: &mut [u8], at: u64| {
+            f.read_exact_at(buf, at)
+                .map_err(|e| Error::io("read pack", self.pack_path(loc.pack), e))
+        };
+        // The header first: it bounds the payload (the index's length is
+        // only believed when the header says the same).
+        let mut head = [0u8; HEADER_LEN];
+        read_at(&mut head, loc.offset)?;
+        let header = BlobHeader::decode(&head)?;
         if header.id != *id || header.stored_len != loc.stored_len {
             return Err(Error::Corrupt(format!(
                 "chunk {id}: the blob at offset {} of pack {} is another one",
@@ -451,7 +456,8 @@ impl PackReader {
                 pack_file_name(loc.pack)
             )));
         }
-        let payload = buf.split_off(HEADER_LEN);
+        let mut payload = vec![0u8; header.stored_len as usize];
+        read_at(&mut payload, loc.offset + HEADER_LEN as u64)?;
         if ChunkId::of(&payload).0 != header.stored_sum {
             return Err(Error::Corrupt(format!(
                 "chunk {id}: its stored bytes in pack {} at offset {} are damaged",

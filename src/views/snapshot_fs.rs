@@ -28,7 +28,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use fuser::{Errno, FileAttr, FileType};
 use parking_lot::{Mutex, RwLock};
@@ -209,7 +209,8 @@ pub struct Views {
     pub chunks: Arc<ChunkCache>,
     pub opts: ViewOptions,
     trees: Mutex<VecDeque<Arc<ViewTree>>>,
-    list: Mutex<Option<(Instant, Arc<Vec<SnapshotRecord>>)>>,
+    /// The snapshot list as of a repository records generation.
+    list: Mutex<Option<(u64, Arc<Vec<SnapshotRecord>>)>>,
     handles: RwLock<HashMap<u64, Arc<ViewFile>>>,
     next_fh: AtomicU64,
     uid: u32,
@@ -269,20 +270,29 @@ impl Views {
             .unwrap_or(true)
     }
 
-    /// The snapshot list (refreshed at most every 200 ms).
+    /// The snapshot list, read again only when the repository's records
+    /// changed; trees of snapshots no longer listed (forgotten) are
+    /// dropped then, so new lookups and opens no longer find them (open
+    /// files keep theirs).
     fn snapshots(&self) -> VResult<Arc<Vec<SnapshotRecord>>> {
         let mut l = self.list.lock();
-        if let Some((at, v)) = l.as_ref() {
-            if at.elapsed() < Duration::from_millis(200) {
+        let generation = self.repo.records_generation();
+        if let Some((g, v)) = l.as_ref() {
+            if *g == generation {
                 return Ok(v.clone());
             }
         }
         let v = Arc::new(self.repo.snapshots().map_err(|_| Errno::EIO)?);
-        *l = Some((Instant::now(), v.clone()));
+        *l = Some((generation, v.clone()));
+        drop(l);
+        self.trees
+            .lock()
+            .retain(|t| v.iter().any(|r| r.id == t.record.id));
         Ok(v)
     }
 
     pub fn tree(&self, id: u64) -> VResult<Arc<ViewTree>> {
+        let all = self.snapshots()?;
         let cached = self
             .trees
             .lock()
@@ -290,35 +300,25 @@ impl Views {
             .find(|t| t.record.id == id)
             .cloned();
         if let Some(t) = cached {
-            if self.listed(id) {
-                return Ok(t);
-            }
-            // Forgotten: new lookups and opens no longer find it.
-            self.trees.lock().retain(|t| t.record.id != id);
-            return Err(Errno::ENOENT);
+            return Ok(t);
         }
-        let all = self.snapshots()?;
-        let mut rec = all
-            .iter()
-            .find(|r| r.id == id)
-            .ok_or(Errno::ENOENT)?
-            .clone();
-        let tree = match self.repo.resolve(&rec) {
-            Ok(t) => t,
-            Err(_) => {
-                // The cached list may hold a record `forget` has just
-                // rewritten (its old manifest gone): once more, fresh.
-                *self.list.lock() = None;
-                rec = self
-                    .snapshots()?
-                    .iter()
-                    .find(|r| r.id == id)
-                    .ok_or(Errno::ENOENT)?
-                    .clone();
-                self.repo.resolve(&rec).map_err(|e| {
+        let find = |all: &[SnapshotRecord]| all.iter().find(|r| r.id == id).cloned();
+        let rec = find(&all).ok_or(Errno::ENOENT)?;
+        let (rec, tree) = match self.repo.resolve(&rec) {
+            Ok(t) => (rec, t),
+            Err(e) => {
+                // `forget` may have rewritten the record since the list
+                // was read (its old manifest gone): once more, fresh.
+                let now = find(&self.snapshots()?).ok_or(Errno::ENOENT)?;
+                let fail = |e| {
                     tracing::error!(snapshot = id, "cannot read the snapshot's tree: {e}");
                     Errno::EIO
-                })?
+                };
+                if now == rec {
+                    return Err(fail(e));
+                }
+                let t = self.repo.resolve(&now).map_err(fail)?;
+                (now, t)
             }
         };
         let vt = Arc::new(ViewTree::build(rec, &tree));

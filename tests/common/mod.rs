@@ -34,6 +34,20 @@ pub fn ok(repo: &Path, args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// `rewindfs snapshot --source SRC --kind KIND` on `repo`, which must succeed.
+pub fn scan_snapshot(repo: &Path, src: &Path, kind: &str) -> String {
+    ok(
+        repo,
+        &[
+            "snapshot",
+            "--source",
+            src.to_str().unwrap(),
+            "--kind",
+            kind,
+        ],
+    )
+}
+
 /// What a restore must reproduce of one entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Model {
