@@ -219,6 +219,10 @@ pub fn capture(req: &CaptureRequest<'_>) -> Result<Captured> {
                         dev: req.root_dev,
                         ino: m.ino,
                     };
+                    if req.cut.held_back.contains(&key) {
+                        // Its last closed version: the base's blocks.
+                        continue;
+                    }
                     req.cut.cow.ensure(&key, *size);
                     reads.push((key, p.clone(), *size, (0..size.div_ceil(bs)).collect()));
                 }

@@ -247,7 +247,7 @@ pub enum Command {
     /// Recreate the index from the pack files and snapshot records.
     RebuildIndex(repo_cmds::RebuildArgs),
     /// Serve a data directory through FUSE, recording every change.
-    Mount(mount_cmds::MountArgs),
+    Mount(Box<mount_cmds::MountArgs>),
     /// Mount one snapshot (or all of them) read-only.
     MountSnapshot(mount_cmds::MountSnapshotArgs),
     /// Unmount a live or snapshot mount cleanly (flushing the change journal).
@@ -315,7 +315,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             repo_cmds::rebuild(a)
         }
-        Command::Mount(a) => mount_cmds::mount(a, daemon_hook()),
+        Command::Mount(a) => mount_cmds::mount(*a, daemon_hook()),
         Command::MountSnapshot(a) => mount_cmds::mount_snapshot(a, daemon_hook()),
         Command::Umount(a) => mount_cmds::umount(a),
         Command::Status(a) => mount_cmds::status(a),

@@ -45,11 +45,22 @@ pub struct MountArgs {
     /// first make the kernel send its dirty pages).
     #[arg(long)]
     writeback_cache: bool,
-    /// Serve read-only opens with kernel FUSE passthrough (Linux 6.9+, root).
-    /// A file opened for writing while such reads are open is then recorded
-    /// as entirely changed.
-    #[arg(long)]
+    /// Serve read-only opens with kernel FUSE passthrough, so reads run at
+    /// the backing filesystem's speed (on by default; needs Linux 6.9+ and
+    /// root, else reads go through the daemon and `status` says why).
+    /// A file opened for writing while such reads are open is written
+    /// through the daemon without the page cache.
+    #[arg(long, value_name = "BOOL", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     passthrough_reads: bool,
+    /// Checkpoint fast path: a file created (or truncated on open) whose
+    /// name matches GLOB is written by the kernel straight to the backing
+    /// file, tracked as wholly changed, and captured whole once closed; a
+    /// snapshot taken while it is open for writing holds its last closed
+    /// version. Repeatable; replaces the default set (*.safetensors, *.pt,
+    /// *.pth, *.ckpt, *.distcp); `none` for no default patterns. The
+    /// --on-close globs always count. Needs FUSE passthrough.
+    #[arg(long = "checkpoint", value_name = "GLOB")]
+    checkpoints: Vec<String>,
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4)]
     threads: usize,
@@ -115,6 +126,7 @@ pub fn mount(a: MountArgs, hook: rewindfs::daemon::CliHook) -> Result<i32> {
                 differential_every: a.differential_every,
                 full_every: a.full_every,
                 on_close: a.on_close,
+                checkpoints: (!a.checkpoints.is_empty()).then_some(a.checkpoints),
                 settle: a.settle,
                 snapshot_on_unmount: a.snapshot_on_unmount,
                 ..PolicyConfig::default()
@@ -350,6 +362,18 @@ pub fn status(a: StatusArgs) -> Result<i32> {
         s.oldest_change.as_deref().unwrap_or("-")
     );
     println!("journal:        {} records", s.journal_records);
+    if !s.reads.is_empty() {
+        println!("reads:          {}", s.reads);
+    }
+    if s.checkpoint_patterns.is_empty() {
+        println!("fast path:      off");
+    } else {
+        println!(
+            "fast path:      {} ({} open for writing)",
+            s.checkpoint_patterns.join(" "),
+            s.fast_path_open
+        );
+    }
     println!("snapshots:      {}", s.snapshots);
     if let Some(f) = &s.flusher {
         println!(

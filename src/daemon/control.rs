@@ -137,6 +137,16 @@ pub struct DaemonStatus {
     /// Bytes of verified chunks cached for snapshot reads.
     #[serde(default)]
     pub chunk_cache_bytes: u64,
+    /// How reads of live files are served (kernel passthrough, or through
+    /// the daemon and why).
+    #[serde(default)]
+    pub reads: String,
+    /// The checkpoint fast path's patterns (empty: off).
+    #[serde(default)]
+    pub checkpoint_patterns: Vec<String>,
+    /// Files open for writing on the checkpoint fast path now.
+    #[serde(default)]
+    pub fast_path_open: u64,
 }
 
 /// Who is on the other end of a connection (`SO_PEERCRED`).

@@ -10,7 +10,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -201,7 +200,7 @@ struct Shared {
     unclean: bool,
     startup: Arc<Mutex<String>>,
     cfg: MountConfig,
-    passthrough: AtomicBool,
+    fs: Arc<crate::fs::LiveFs>,
     unmount: Mutex<Option<fuser::SessionUnmounter>>,
     flusher: Arc<Flusher>,
     cli_hook: Option<CliHook>,
@@ -232,7 +231,15 @@ impl Shared {
             oldest_change: oldest_change_ns.map(time::rfc3339),
             journal_records: records,
             block_size: self.repo.config.block_size,
-            passthrough_reads: self.passthrough.load(Ordering::Relaxed),
+            passthrough_reads: self.fs.passthrough_enabled(),
+            reads: self.fs.read_mode(),
+            checkpoint_patterns: self
+                .cfg
+                .checkpoints
+                .as_ref()
+                .map(|p| p.patterns().to_vec())
+                .unwrap_or_default(),
+            fast_path_open: self.fs.fast_path_open(),
             writeback_cache: self.cfg.writeback_cache,
             snapshots: self.repo.snapshots().map(|s| s.len() as u64).unwrap_or(0),
             flusher: Some(self.flusher.status.lock().clone()),
@@ -365,6 +372,7 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
         None
     };
     let mut cfg = cfg;
+    cfg.checkpoints = policy.checkpoint_patterns()?;
     let repo_str = paths.repo.display().to_string();
     if !repo_str.contains(|c: char| c == ',' || c.is_whitespace()) {
         cfg.fsname = repo_str;
@@ -415,7 +423,7 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
         started,
         unclean,
         startup,
-        passthrough: AtomicBool::new(live.fs.passthrough_enabled()),
+        fs: live.fs.clone(),
         cfg: cfg.clone(),
         unmount: Mutex::new(live.unmounter()),
     });

@@ -19,6 +19,8 @@ pub struct Policy {
     pub differential_every: Option<Duration>,
     pub full_every: Option<Duration>,
     pub on_close: Vec<String>,
+    /// Checkpoint fast-path patterns besides the `on_close` globs.
+    pub checkpoints: Vec<String>,
     pub settle: Duration,
     pub snapshot_on_unmount: bool,
     /// Retention applied after each snapshot (empty: none).
@@ -32,6 +34,10 @@ impl Default for Policy {
             differential_every: None,
             full_every: Some(Duration::from_secs(24 * 3600)),
             on_close: Vec::new(),
+            checkpoints: crate::fs::fastpath::DEFAULT_PATTERNS
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
             settle: Duration::from_secs(2),
             snapshot_on_unmount: true,
             keep: KeepPolicy::default(),
@@ -81,6 +87,13 @@ impl Policy {
             if !l.on_close.is_empty() {
                 p.on_close = l.on_close.clone();
             }
+            if let Some(v) = &l.checkpoints {
+                p.checkpoints = v
+                    .iter()
+                    .filter(|g| !matches!(g.as_str(), "none" | "off"))
+                    .cloned()
+                    .collect();
+            }
             if let Some(v) = &l.settle {
                 p.settle = parse_cadence(v)?.unwrap_or(Duration::ZERO);
             }
@@ -115,7 +128,22 @@ impl Policy {
             globset::Glob::new(g)
                 .map_err(|e| Error::InvalidInput(format!("bad --on-close glob {g:?}: {e}")))?;
         }
+        p.checkpoint_patterns()?;
         Ok(p)
+    }
+}
+
+impl Policy {
+    /// The checkpoint fast path's patterns: `checkpoints` and the
+    /// `on_close` globs (`None` when there are none).
+    pub fn checkpoint_patterns(&self) -> Result<Option<crate::fs::fastpath::CheckpointPatterns>> {
+        let all: Vec<&String> = self.checkpoints.iter().chain(&self.on_close).collect();
+        if all.is_empty() {
+            return Ok(None);
+        }
+        crate::fs::fastpath::CheckpointPatterns::new(&all)
+            .map(Some)
+            .map_err(|e| Error::InvalidInput(format!("{e} (--checkpoint)")))
     }
 }
 

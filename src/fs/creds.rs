@@ -134,9 +134,61 @@ impl Drop for CallerGuard {
     }
 }
 
+/// `CAP_FSETID` (linux/capability.h).
+const CAP_FSETID: u32 = 4;
+
+/// Whether process `pid` has `CAP_FSETID` in its effective set (from
+/// `/proc/PID/status`). A process that cannot be read is taken as not
+/// having it (its privileges are then dropped, never kept).
+pub fn has_fsetid(pid: u32) -> bool {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    s.lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_FSETID) != 0)
+}
+
+/// The mode a regular file must get when it is written or truncated by
+/// a caller, as the kernel's VFS decides (`setattr_should_drop_suidgid`):
+/// setuid goes, setgid goes when the group may execute, unless the caller
+/// has `CAP_FSETID`. `None`: nothing to drop. The daemon acts as root
+/// (which keeps the bits), so with `FUSE_HANDLE_KILLPRIV_V2` it applies
+/// this itself.
+pub fn mode_without_privs(mode: u32, caller_pid: u32) -> Option<u32> {
+    let mut drop = 0;
+    if mode & libc::S_ISUID != 0 {
+        drop |= libc::S_ISUID;
+    }
+    if mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+        drop |= libc::S_ISGID;
+    }
+    if drop == 0 || has_fsetid(caller_pid) {
+        return None;
+    }
+    Some(mode & 0o7777 & !drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn privileges_dropped_as_the_vfs_does() {
+        // This test runs as some process; a pid that cannot exist has no
+        // capabilities.
+        let gone = u32::MAX - 1;
+        assert_eq!(mode_without_privs(0o4755, gone), Some(0o755));
+        assert_eq!(mode_without_privs(0o2755, gone), Some(0o755));
+        // setgid without group execute is mandatory locking: kept.
+        assert_eq!(mode_without_privs(0o2745, gone), None);
+        assert_eq!(mode_without_privs(0o6755, gone), Some(0o755));
+        assert_eq!(mode_without_privs(0o0755, gone), None);
+        let me = std::process::id();
+        let expect = if has_fsetid(me) { None } else { Some(0o755) };
+        assert_eq!(mode_without_privs(0o4755, me), expect);
+    }
 
     #[test]
     fn a_thread_umask_leaves_the_process_alone() {

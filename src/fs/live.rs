@@ -48,14 +48,18 @@ pub struct LiveOptions {
     /// A backing directory hidden from the mount (the repository when it
     /// lives inside the backing directory).
     pub hidden: Option<FileKey>,
+    /// The checkpoint fast path's patterns (`None`: off). See
+    /// [`super::fastpath`].
+    pub checkpoints: Option<super::fastpath::CheckpointPatterns>,
 }
 
 impl Default for LiveOptions {
     fn default() -> Self {
         LiveOptions {
-            passthrough_reads: false,
+            passthrough_reads: true,
             ttl: Duration::from_secs(1),
             hidden: None,
+            checkpoints: None,
         }
     }
 }
@@ -74,6 +78,10 @@ pub struct OpenFile {
     wrote: std::sync::atomic::AtomicBool,
     /// Counted as a passthrough open of its inode.
     passthrough: std::sync::atomic::AtomicBool,
+    /// A checkpoint fast-path writer (held by the tracker while open).
+    fast: std::sync::atomic::AtomicBool,
+    /// Counted as a direct-I/O open of its inode.
+    direct: bool,
     /// The kernel backing id this open uses (kept alive while open).
     backing: Mutex<Option<Arc<fuser::BackingId>>>,
     dir: Option<Mutex<rustix::fs::Dir>>,
@@ -87,6 +95,8 @@ impl OpenFile {
             writable,
             wrote: std::sync::atomic::AtomicBool::new(false),
             passthrough: std::sync::atomic::AtomicBool::new(false),
+            fast: std::sync::atomic::AtomicBool::new(false),
+            direct: false,
             backing: Mutex::new(None),
             dir: None,
         }
@@ -98,6 +108,11 @@ pub enum OpenReply {
     Plain {
         fh: u64,
         keep_cache: bool,
+    },
+    /// Served by the daemon without the page cache (a writer of a file
+    /// that has passthrough opens: block-tracked, coexisting with them).
+    Direct {
+        fh: u64,
     },
     /// Kernel passthrough with this backing id (created by the adapter
     /// through the reply, then registered with [`LiveFs::set_backing`]).
@@ -111,6 +126,13 @@ pub enum OpenReply {
     },
 }
 
+/// How an open is served (see [`LiveFs::open_mode`]).
+enum Mode2 {
+    Passthrough(Option<Arc<fuser::BackingId>>),
+    Direct,
+    Cached { keep_cache: bool },
+}
+
 pub struct LiveFs {
     pub inodes: InodeTable,
     handles: RwLock<HashMap<u64, Arc<OpenFile>>>,
@@ -121,6 +143,11 @@ pub struct LiveFs {
     /// Set once the session exists; used to drop stale kernel attributes.
     pub notifier: Arc<OnceLock<fuser::Notifier>>,
     passthrough_ok: std::sync::atomic::AtomicBool,
+    /// Why passthrough is not used, once the kernel said so.
+    passthrough_note: Mutex<Option<String>>,
+    /// The kernel leaves killing setuid/setgid on write and truncation to
+    /// the daemon (`FUSE_HANDLE_KILLPRIV_V2` negotiated).
+    killpriv: std::sync::atomic::AtomicBool,
     /// Absolute path of the backing directory (for event paths).
     root_path: std::path::PathBuf,
 }
@@ -224,6 +251,8 @@ impl LiveFs {
             next_fh: AtomicU64::new(1),
             track,
             passthrough_ok: std::sync::atomic::AtomicBool::new(opts.passthrough_reads),
+            passthrough_note: Mutex::new(None),
+            killpriv: std::sync::atomic::AtomicBool::new(false),
             opts,
             notifier: Arc::new(OnceLock::new()),
         })
@@ -297,8 +326,74 @@ impl LiveFs {
         offset / self.track.block_size()
     }
 
-    pub fn disable_passthrough(&self) {
-        self.passthrough_ok.store(false, Ordering::Relaxed);
+    pub fn disable_passthrough(&self, why: &str) {
+        if self.passthrough_ok.swap(false, Ordering::Relaxed) {
+            *self.passthrough_note.lock() = Some(why.to_string());
+        }
+    }
+
+    /// Handles open for writing on the checkpoint fast path.
+    pub fn fast_path_open(&self) -> u64 {
+        self.handles
+            .read()
+            .values()
+            .filter(|h| h.fast.load(Ordering::Relaxed))
+            .count() as u64
+    }
+
+    /// How reads are served, for `status`.
+    pub fn read_mode(&self) -> String {
+        if self.passthrough_enabled() {
+            return "kernel passthrough".into();
+        }
+        match &*self.passthrough_note.lock() {
+            Some(why) => format!("through the daemon ({why})"),
+            None => "through the daemon (passthrough off)".into(),
+        }
+    }
+
+    /// The kernel negotiated `FUSE_HANDLE_KILLPRIV_V2`: the daemon kills
+    /// setuid/setgid bits on write and truncation.
+    pub fn set_killpriv(&self, on: bool) {
+        self.killpriv.store(on, Ordering::Relaxed);
+    }
+
+    /// Drop setuid/setgid from a regular file changed by process `pid`
+    /// (truncation, fallocate, copy into it), as the VFS would: the
+    /// daemon's own calls run as root and would keep them.
+    fn kill_privs(&self, n: &Arc<Inode>, pid: u32) -> FsResult<()> {
+        if !self.killpriv.load(Ordering::Relaxed) || n.kind != libc::S_IFREG {
+            return Ok(());
+        }
+        let st = self.stat_node(n)?;
+        if let Some(mode) = super::creds::mode_without_privs(st.st_mode, pid) {
+            self.chmod_node(n, mode)?;
+        }
+        Ok(())
+    }
+
+    fn chmod_node(&self, n: &Arc<Inode>, mode: u32) -> FsResult<()> {
+        rustix::fs::chmodat(
+            rustix::fs::CWD,
+            n.proc_path().or_errno()?.as_str(),
+            Mode::from_raw_mode(mode & 0o7777),
+            AtFlags::empty(),
+        )
+        .or_errno()?;
+        self.track.meta(&n.key);
+        Ok(())
+    }
+
+    /// May a file with `mode` named `name` (path on demand) take the
+    /// checkpoint fast path? Never a setuid/setgid file (writes through
+    /// passthrough run with the daemon's credentials, which keep them).
+    fn fast_path(&self, mode: u32, name: &[u8], path: impl FnOnce() -> Option<Vec<u8>>) -> bool {
+        let Some(p) = &self.opts.checkpoints else {
+            return false;
+        };
+        self.passthrough_enabled()
+            && mode & (libc::S_ISUID | libc::S_ISGID) == 0
+            && p.matches(name, path)
     }
 
     pub fn passthrough_enabled(&self) -> bool {
@@ -424,6 +519,7 @@ impl LiveFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         fh: Option<u64>,
+        pid: u32,
     ) -> FsResult<FileAttr> {
         let n = self.node(nodeid)?;
         let _change = self.track.change();
@@ -468,6 +564,9 @@ impl LiveFs {
                 }
             }
             self.track.resize(&n.key, old, size);
+            if mode.is_none() {
+                self.kill_privs(&n, pid)?;
+            }
         }
         if atime.is_some() || mtime.is_some() {
             let ts = rustix::fs::Timestamps {
@@ -656,29 +755,66 @@ impl LiveFs {
 
     // ---- files ------------------------------------------------------
 
-    /// Decide how to serve an open of `n` and count it.
-    fn open_mode(&self, n: &Arc<Inode>, write: bool) -> (bool, Option<Arc<fuser::BackingId>>) {
+    /// Decide how to serve an open of `n` and count it: passthrough
+    /// (with the backing id its other passthrough opens use, if any),
+    /// direct I/O, or the page cache.
+    fn open_mode(&self, n: &Arc<Inode>, write: bool, fast: bool) -> Mode2 {
         let mut m = n.opens.lock();
         let existing = m.backing.as_ref().and_then(|w| w.upgrade());
+        if fast && m.cached == 0 {
+            // The checkpoint fast path: writes go to the backing file.
+            m.passthrough += 1;
+            return Mode2::Passthrough(existing);
+        }
         if m.passthrough > 0 {
             if let Some(b) = existing {
-                // The kernel requires passthrough for every open of a file
-                // that has passthrough opens. A writer then bypasses the
-                // daemon, so the whole file is treated as changed.
                 if write {
-                    self.track.all_from(&n.key, 0);
-                    tracing::info!(ino = n.key.ino, "writable open of a file open for passthrough reads: whole file marked changed");
+                    // The kernel forbids cached opens of a file that has
+                    // passthrough opens; an uncached one is allowed, and
+                    // keeps block tracking and copy-before-write.
+                    m.direct += 1;
+                    return Mode2::Direct;
                 }
                 m.passthrough += 1;
-                return (true, Some(b));
+                return Mode2::Passthrough(Some(b));
             }
         }
         if !write && m.cached == 0 && self.passthrough_enabled() && n.kind == libc::S_IFREG {
             m.passthrough += 1;
-            return (true, None);
+            return Mode2::Passthrough(None);
         }
         m.cached += 1;
-        (false, None)
+        Mode2::Cached {
+            keep_cache: !std::mem::take(&mut m.stale_cache),
+        }
+    }
+
+    /// Count a handle and answer how its open is served.
+    fn serve(&self, n: &Arc<Inode>, file: File, write: bool, fast: bool) -> OpenReply {
+        let mode = self.open_mode(n, write, fast);
+        let mut h = OpenFile::new(n.clone(), file, write);
+        match &mode {
+            Mode2::Passthrough(b) => {
+                h.passthrough.store(true, Ordering::Relaxed);
+                *h.backing.lock() = b.clone();
+                if fast {
+                    // Held while open: a cut keeps its last closed
+                    // version (the caller holds the change gate).
+                    self.track.hold(&n.key);
+                    h.fast.store(true, Ordering::Relaxed);
+                    h.wrote.store(true, Ordering::Relaxed);
+                }
+            }
+            Mode2::Direct => h.direct = true,
+            Mode2::Cached { .. } => {}
+        }
+        let fh = self.add_handle(h);
+        match mode {
+            Mode2::Passthrough(Some(backing)) => OpenReply::Passthrough { fh, backing },
+            Mode2::Passthrough(None) => OpenReply::NeedBacking { fh },
+            Mode2::Direct => OpenReply::Direct { fh },
+            Mode2::Cached { keep_cache } => OpenReply::Plain { fh, keep_cache },
+        }
     }
 
     fn reopen(&self, n: &Arc<Inode>, flags: i32) -> FsResult<File> {
@@ -698,14 +834,32 @@ impl LiveFs {
         Ok(f)
     }
 
-    pub fn open(&self, nodeid: u64, flags: i32) -> FsResult<OpenReply> {
+    pub fn open(&self, nodeid: u64, flags: i32, pid: u32) -> FsResult<OpenReply> {
         let n = self.node(nodeid)?;
         let write = writable(flags);
         let truncating = write && flags & libc::O_TRUNC != 0;
         let _change = truncating.then(|| self.track.change());
+        let mut fast = false;
         let old_size = if truncating {
+            let st = self.stat_node(&n)?;
+            // The checkpoint fast path, for a file whose every change is
+            // in a snapshot already (its last closed version is then the
+            // base's, whenever a cut falls during the rewrite).
+            fast = n.kind == libc::S_IFREG
+                && self.opts.checkpoints.is_some()
+                && !self.track.is_dirty(&n.key)
+                && {
+                    let path = self.rel_path_of(&*n.fd().or_errno()?);
+                    let name = path
+                        .as_deref()
+                        .map(|p| p.rsplit(|b| *b == b'/').next().unwrap_or(p).to_vec());
+                    match name {
+                        Some(name) => self.fast_path(st.st_mode, &name, || path),
+                        None => false,
+                    }
+                };
             self.cow_change(&n, 0, u64::MAX)?;
-            Some(self.stat_node(&n)?.st_size as u64)
+            Some(st.st_size as u64)
         } else {
             None
         };
@@ -714,20 +868,9 @@ impl LiveFs {
             if old != 0 {
                 self.track.resize(&n.key, old, 0);
             }
+            self.kill_privs(&n, pid)?;
         }
-        let (pt, backing) = self.open_mode(&n, write);
-        let h = OpenFile::new(n.clone(), file, write);
-        h.passthrough.store(pt, Ordering::Relaxed);
-        *h.backing.lock() = backing.clone();
-        let fh = self.add_handle(h);
-        Ok(match (pt, backing) {
-            (true, Some(b)) => OpenReply::Passthrough { fh, backing: b },
-            (true, None) => OpenReply::NeedBacking { fh },
-            (false, _) => OpenReply::Plain {
-                fh,
-                keep_cache: true,
-            },
-        })
+        Ok(self.serve(&n, file, write, fast))
     }
 
     /// The file of a handle (for registering a passthrough backing id).
@@ -745,10 +888,14 @@ impl LiveFs {
 
     /// Passthrough could not be set up for this open: serve it normally,
     /// and stop trying passthrough on this mount.
-    pub fn passthrough_failed(&self, fh: u64) {
-        self.disable_passthrough();
+    pub fn passthrough_failed(&self, fh: u64, why: &str) {
+        self.disable_passthrough(why);
         if let Ok(h) = self.handle(fh) {
             if h.passthrough.swap(false, Ordering::Relaxed) {
+                if h.fast.swap(false, Ordering::Relaxed) {
+                    let _change = self.track.change();
+                    self.track.unhold(&h.inode.key);
+                }
                 let mut m = h.inode.opens.lock();
                 m.passthrough = m.passthrough.saturating_sub(1);
                 m.cached += 1;
@@ -763,15 +910,17 @@ impl LiveFs {
         name: &OsStr,
         mode: u32,
         flags: i32,
-    ) -> FsResult<(Entry, u64)> {
+    ) -> FsResult<(Entry, OpenReply)> {
         let p = self.node(parent)?;
         let name = name_bytes(name)?;
         let _change = self.track.change();
         self.check_mutable(&p, name)?;
+        let mut existing = None;
         if flags & libc::O_TRUNC != 0 {
             // O_CREAT|O_TRUNC of an existing file destroys its content.
             if let Some(n) = self.known_child(&p, name) {
                 self.cow_change(&n, 0, u64::MAX)?;
+                existing = Some(n.key);
             }
         }
         let file = {
@@ -787,9 +936,27 @@ impl LiveFs {
         };
         let e = self.created(&p, name)?;
         let n = self.node(e.attr.ino.0)?;
-        n.opens.lock().cached += 1;
-        let fh = self.add_handle(OpenFile::new(n, file, writable(flags)));
-        Ok((e, fh))
+        let write = writable(flags);
+        // The checkpoint fast path: a new file, or one truncated here
+        // whose every change is in a snapshot already.
+        let fresh = match existing {
+            Some(old) if old == n.key => !self.track.is_dirty(&n.key),
+            _ => true,
+        };
+        let st_mode = rustix::fs::fstat(&file).or_errno()?.st_mode;
+        let fast = write
+            && fresh
+            && n.kind == libc::S_IFREG
+            && self.fast_path(st_mode, name, || {
+                let dir = self.rel_path_of(&*p.fd().ok()?)?;
+                Some(if dir.is_empty() {
+                    name.to_vec()
+                } else {
+                    [&dir[..], b"/", name].concat()
+                })
+            });
+        let reply = self.serve(&n, file, write, fast);
+        Ok((e, reply))
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
@@ -808,9 +975,18 @@ impl LiveFs {
         Ok(buf)
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+    /// Write through the daemon. `kill_privs`: the kernel asks the daemon
+    /// to drop setuid/setgid first (`FUSE_WRITE_KILL_SUIDGID`: the writer
+    /// lacks `CAP_FSETID`).
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], kill_privs: bool) -> FsResult<u32> {
         let h = self.handle(fh)?;
         let _change = self.track.change();
+        if kill_privs && self.killpriv.load(Ordering::Relaxed) {
+            let st = rustix::fs::fstat(&h.file).or_errno()?;
+            if let Some(mode) = super::creds::mode_without_privs(st.st_mode, u32::MAX) {
+                self.chmod_node(&h.inode, mode)?;
+            }
+        }
         if !data.is_empty() {
             let last = self.block_of(offset + data.len() as u64 - 1);
             self.cow_change(&h.inode, self.block_of(offset), last)?;
@@ -838,23 +1014,30 @@ impl LiveFs {
 
     pub fn release(&self, fh: u64) {
         let removed = self.handles.write().remove(&fh);
-        if let Some(h) = &removed {
-            if h.wrote.load(Ordering::Relaxed) {
-                self.emit(|| {
-                    Some(FsEvent::ClosedAfterWrite {
-                        key: h.inode.key,
-                        path: self.rel_path_of(&h.file)?,
-                    })
-                });
-            }
+        let Some(h) = removed else { return };
+        let fast = h.fast.load(Ordering::Relaxed);
+        if fast {
+            let _change = self.track.change();
+            self.track.unhold(&h.inode.key);
         }
-        if let Some(h) = removed {
-            let mut m = h.inode.opens.lock();
-            if h.passthrough.load(Ordering::Relaxed) {
-                m.passthrough = m.passthrough.saturating_sub(1);
-            } else if h.dir.is_none() {
-                m.cached = m.cached.saturating_sub(1);
+        if h.wrote.load(Ordering::Relaxed) {
+            self.emit(|| {
+                Some(FsEvent::ClosedAfterWrite {
+                    key: h.inode.key,
+                    path: self.rel_path_of(&h.file)?,
+                })
+            });
+        }
+        let mut m = h.inode.opens.lock();
+        if h.passthrough.load(Ordering::Relaxed) {
+            m.passthrough = m.passthrough.saturating_sub(1);
+            if fast {
+                m.stale_cache = true;
             }
+        } else if h.direct {
+            m.direct = m.direct.saturating_sub(1);
+        } else if h.dir.is_none() {
+            m.cached = m.cached.saturating_sub(1);
         }
     }
 
@@ -867,9 +1050,17 @@ impl LiveFs {
         }
     }
 
-    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+    pub fn fallocate(
+        &self,
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        pid: u32,
+    ) -> FsResult<()> {
         let h = self.handle(fh)?;
         let _change = self.track.change();
+        self.kill_privs(&h.inode, pid)?;
         let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
         let old = rustix::fs::fstat(&h.file).or_errno()?.st_size as u64;
         {
@@ -918,10 +1109,12 @@ impl LiveFs {
         fh_out: u64,
         off_out: u64,
         len: u64,
+        pid: u32,
     ) -> FsResult<u32> {
         let hi = self.handle(fh_in)?;
         let ho = self.handle(fh_out)?;
         let _change = self.track.change();
+        self.kill_privs(&ho.inode, pid)?;
         if len > 0 {
             let last = self.block_of(off_out + len - 1);
             self.cow_change(&ho.inode, self.block_of(off_out), last)?;

@@ -13,6 +13,7 @@
 //! held; a handler never panics (it answers an errno).
 
 pub mod creds;
+pub mod fastpath;
 pub mod inode;
 pub mod kernel_handle;
 pub mod live;

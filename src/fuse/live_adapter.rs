@@ -107,13 +107,21 @@ impl Filesystem for LiveAdapter {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_POSIX_ACL
-            | InitFlags::FUSE_DONT_MASK;
+            | InitFlags::FUSE_DONT_MASK
+            // O_TRUNC reaches open (the fast path needs to see it).
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            // No getxattr("security.capability") round trip before each
+            // write: the daemon drops setuid/setgid itself (fs::live).
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         if self.writeback_cache {
             want |= InitFlags::FUSE_WRITEBACK_CACHE;
         }
         let have = config.capabilities();
         let _ = config.add_capabilities(want & have);
         self.dont_mask = have.contains(InitFlags::FUSE_DONT_MASK);
+        self.router
+            .fs
+            .set_killpriv(have.contains(InitFlags::FUSE_HANDLE_KILLPRIV_V2));
         if !have.contains(InitFlags::FUSE_POSIX_ACL) {
             tracing::warn!("the kernel does not offer FUSE_POSIX_ACL: POSIX ACLs are not enforced on this mount");
         }
@@ -126,7 +134,7 @@ impl Filesystem for LiveAdapter {
                 tracing::info!(
                     "the kernel does not offer FUSE passthrough; reads go through the daemon"
                 );
-                fs.disable_passthrough();
+                fs.disable_passthrough("the kernel does not offer FUSE passthrough");
             }
         }
         Ok(())
@@ -149,7 +157,7 @@ impl Filesystem for LiveAdapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -165,10 +173,19 @@ impl Filesystem for LiveAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let r = self
-            .router
-            .live(ino.0)
-            .and_then(|fs| fs.setattr(ino.0, mode, uid, gid, size, atime, mtime, fh.map(|f| f.0)));
+        let r = self.router.live(ino.0).and_then(|fs| {
+            fs.setattr(
+                ino.0,
+                mode,
+                uid,
+                gid,
+                size,
+                atime,
+                mtime,
+                fh.map(|f| f.0),
+                req.pid(),
+            )
+        });
         match r {
             Ok(a) => reply.attr(&self.ttl(), &a),
             Err(e) => reply.error(e),
@@ -281,9 +298,9 @@ impl Filesystem for LiveAdapter {
         self.entry(r, reply)
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let fs = &self.router.fs;
-        match self.router.open(ino.0, flags.0) {
+        match self.router.open(ino.0, flags.0, req.pid()) {
             // Snapshot files never change: keep their pages across opens.
             Ok(Opened::View(fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Ok(Opened::Live(OpenReply::Plain { fh, keep_cache })) => {
@@ -294,23 +311,29 @@ impl Filesystem for LiveAdapter {
                 };
                 reply.opened(FileHandle(fh), f)
             }
+            Ok(Opened::Live(OpenReply::Direct { fh })) => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+            }
             Ok(Opened::Live(OpenReply::Passthrough { fh, backing })) => {
                 reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing)
             }
             Ok(Opened::Live(OpenReply::NeedBacking { fh })) => {
                 let id = fs
                     .handle_file(fh)
-                    .ok()
-                    .and_then(|h| reply.open_backing(&h.file).ok());
+                    .map_err(|e| std::io::Error::from_raw_os_error(e.code()))
+                    .and_then(|h| reply.open_backing(&h.file));
                 match id {
-                    Some(id) => {
+                    Ok(id) => {
                         let id = Arc::new(id);
                         let _ = fs.set_backing(fh, id.clone());
                         reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
                     }
-                    None => {
-                        fs.passthrough_failed(fh);
-                        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+                    Err(e) => {
+                        tracing::info!(
+                            "FUSE passthrough refused ({e}); reads go through the daemon"
+                        );
+                        fs.passthrough_failed(fh, &format!("the kernel refused passthrough: {e}"));
+                        reply.opened(FileHandle(fh), FopenFlags::empty())
                     }
                 }
             }
@@ -342,15 +365,16 @@ impl Filesystem for LiveAdapter {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         match self
             .router
             .live_handle(fh.0)
-            .and_then(|fs| fs.write(fh.0, offset, data))
+            .and_then(|fs| fs.write(fh.0, offset, data, kill))
         {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
@@ -527,21 +551,75 @@ impl Filesystem for LiveAdapter {
             .router
             .live(parent.0)
             .and_then(|fs| fs.create(c, parent.0, name, mode, flags));
+        let ttl = self.ttl();
+        let fs = &self.router.fs;
         match r {
-            Ok((e, fh)) => reply.created(
-                &self.ttl(),
+            Ok((e, OpenReply::Plain { fh, keep_cache })) => {
+                let f = if keep_cache {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.created(&ttl, &e.attr, Generation(0), FileHandle(fh), f)
+            }
+            Ok((e, OpenReply::Direct { fh })) => reply.created(
+                &ttl,
                 &e.attr,
                 Generation(0),
                 FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
+                FopenFlags::FOPEN_DIRECT_IO,
             ),
+            Ok((e, OpenReply::Passthrough { fh, backing })) => reply.created_passthrough(
+                &ttl,
+                &e.attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+                &backing,
+            ),
+            Ok((e, OpenReply::NeedBacking { fh })) => {
+                let id = fs
+                    .handle_file(fh)
+                    .map_err(|e| std::io::Error::from_raw_os_error(e.code()))
+                    .and_then(|h| reply.open_backing(&h.file));
+                match id {
+                    Ok(id) => {
+                        let id = Arc::new(id);
+                        let _ = fs.set_backing(fh, id.clone());
+                        reply.created_passthrough(
+                            &ttl,
+                            &e.attr,
+                            Generation(0),
+                            FileHandle(fh),
+                            FopenFlags::empty(),
+                            &id,
+                        )
+                    }
+                    Err(err) => {
+                        tracing::info!(
+                            "FUSE passthrough refused ({err}); writes go through the daemon"
+                        );
+                        fs.passthrough_failed(
+                            fh,
+                            &format!("the kernel refused passthrough: {err}"),
+                        );
+                        reply.created(
+                            &ttl,
+                            &e.attr,
+                            Generation(0),
+                            FileHandle(fh),
+                            FopenFlags::empty(),
+                        )
+                    }
+                }
+            }
             Err(e) => reply.error(e),
         }
     }
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -552,7 +630,7 @@ impl Filesystem for LiveAdapter {
         let r = self
             .router
             .live_handle(fh.0)
-            .and_then(|fs| fs.fallocate(fh.0, offset, length, mode));
+            .and_then(|fs| fs.fallocate(fh.0, offset, length, mode, req.pid()));
         reply_empty(r, reply)
     }
 
@@ -573,7 +651,7 @@ impl Filesystem for LiveAdapter {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
@@ -586,7 +664,7 @@ impl Filesystem for LiveAdapter {
     ) {
         match self
             .router
-            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len, req.pid())
         {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),

@@ -126,10 +126,10 @@ impl Router {
         }
     }
 
-    pub fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
+    pub fn open(&self, ino: u64, flags: i32, pid: u32) -> FsResult<Opened> {
         match self.view(ino) {
             Some(v) => v.open(ino, flags).map(Opened::View),
-            None => self.fs.open(ino, flags).map(Opened::Live),
+            None => self.fs.open(ino, flags, pid).map(Opened::Live),
         }
     }
 
@@ -304,6 +304,7 @@ impl Router {
         fh_out: u64,
         offset_out: u64,
         len: u64,
+        pid: u32,
     ) -> FsResult<u32> {
         let fs = self.live_handle(fh_out)?;
         if fh_in & FH_TAG != 0 {
@@ -311,7 +312,7 @@ impl Router {
             // read + write.
             return Err(Errno::EXDEV);
         }
-        fs.copy_file_range(fh_in, offset_in, fh_out, offset_out, len)
+        fs.copy_file_range(fh_in, offset_in, fh_out, offset_out, len, pid)
     }
 }
 
@@ -342,7 +343,17 @@ mod tests {
             Arc::new(Journal::open(repo.index().journal_tree().unwrap(), 64 << 10).unwrap());
         let tracker = Tracker::new(journal);
         let root = crate::util::sys::open_dir_path(&backing).unwrap();
-        let fs = Arc::new(LiveFs::new(root, tracker.recorder(), LiveOptions::default()).unwrap());
+        let fs = Arc::new(
+            LiveFs::new(
+                root,
+                tracker.recorder(),
+                LiveOptions {
+                    passthrough_reads: false,
+                    ..LiveOptions::default()
+                },
+            )
+            .unwrap(),
+        );
         let views = Views::new(repo, 1 << 20, ViewOptions::default());
         Fixture {
             _tmp: tmp,
@@ -392,11 +403,11 @@ mod tests {
         assert_eq!(r.access(SNAPDIR, libc::W_OK), Err(Errno::EROFS));
         assert_eq!(r.access(SNAPDIR, libc::R_OK), Ok(()));
         assert_eq!(
-            r.copy_file_range(FH_TAG | 1, 0, 1, 0, 10),
+            r.copy_file_range(FH_TAG | 1, 0, 1, 0, 10, 0),
             Err(Errno::EXDEV)
         );
         assert_eq!(
-            r.copy_file_range(1, 0, FH_TAG | 1, 0, 10),
+            r.copy_file_range(1, 0, FH_TAG | 1, 0, 10, 0),
             Err(Errno::EROFS)
         );
         // The views' own listing: `latest` and no snapshots yet.
@@ -405,7 +416,8 @@ mod tests {
         assert_eq!(r.opendir(SNAPDIR).unwrap() & FH_TAG, FH_TAG);
         // A live file opens, reads and releases through the live side.
         let (fa, _) = r.lookup(INodeNo::ROOT.0, OsStr::new("f")).unwrap();
-        let Opened::Live(OpenReply::Plain { fh, .. }) = r.open(fa.ino.0, libc::O_RDONLY).unwrap()
+        let Opened::Live(OpenReply::Plain { fh, .. }) =
+            r.open(fa.ino.0, libc::O_RDONLY, 0).unwrap()
         else {
             panic!("a plain live open expected");
         };

@@ -23,6 +23,8 @@ pub struct MountConfig {
     pub allow_other: bool,
     pub writeback_cache: bool,
     pub passthrough_reads: bool,
+    /// The checkpoint fast path's patterns (`None`: off).
+    pub checkpoints: Option<crate::fs::fastpath::CheckpointPatterns>,
     /// FUSE worker threads.
     pub threads: usize,
     pub ttl: Duration,
@@ -46,7 +48,8 @@ impl Default for MountConfig {
         MountConfig {
             allow_other: false,
             writeback_cache: false,
-            passthrough_reads: false,
+            passthrough_reads: true,
+            checkpoints: None,
             threads: 4,
             ttl: Duration::from_secs(1),
             fsname: "rewindfs".into(),
@@ -79,6 +82,7 @@ pub fn mount_live(
             passthrough_reads: cfg.passthrough_reads,
             ttl: cfg.ttl,
             hidden,
+            checkpoints: cfg.checkpoints.clone(),
         },
     )?);
     let mut config = Config::default();

@@ -31,6 +31,11 @@ pub struct PolicyConfig {
     pub differential_every: Option<String>,
     pub full_every: Option<String>,
     pub on_close: Vec<String>,
+    /// The checkpoint fast path's patterns, replacing the default set
+    /// (`["none"]` or empty: no default patterns; the `on_close` globs
+    /// always count).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<Vec<String>>,
     pub settle: Option<String>,
     pub snapshot_on_unmount: Option<bool>,
     /// Retention applied by the daemon after each snapshot (restic's

@@ -7,7 +7,7 @@
 //! for the blocks the snapshot will read. It walks nothing else: its cost
 //! grows with the number of changes, not with the size of the dataset.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
@@ -55,6 +55,8 @@ pub enum ObjKind {
 pub struct Edge {
     /// Path of the entry at the cut.
     pub path: Vec<u8>,
+    /// The directory holding the entry.
+    pub dir: FileKey,
     pub child: Option<ObjState>,
 }
 
@@ -73,6 +75,10 @@ pub struct CutInfo {
     pub pins: HashMap<FileKey, Arc<OwnedFd>>,
     /// How long the gate was held.
     pub held: Duration,
+    /// Files open on the checkpoint fast path at the cut: the snapshot
+    /// holds their last closed version (the base's), never their
+    /// current bytes, and their changes wait for the next cut.
+    pub held_back: HashSet<FileKey>,
 }
 
 /// What the cut needs to know about the latest snapshot.
@@ -250,6 +256,7 @@ pub(super) fn cut(
     gate: &Gate,
     dir_pins: &DirPins,
     cow_slot: &Cow,
+    held: &parking_lot::Mutex<HashMap<FileKey, u32>>,
     req: &CutRequest<'_>,
 ) -> Result<CutInfo> {
     let bs = journal.block_size();
@@ -257,7 +264,8 @@ pub(super) fn cut(
     let t0 = Instant::now();
     let time_ns = time::now_ns();
     let result = (|| -> Result<CutInfo> {
-        let (epoch, frozen) = journal.take_epoch()?;
+        let (epoch, mut frozen) = journal.take_epoch()?;
+        let held_back: HashSet<FileKey> = held.lock().keys().copied().collect();
         let pins = dir_pins.take();
         let (root_key, root_fd) = req
             .objects
@@ -302,7 +310,7 @@ pub(super) fn cut(
             dirs.push((&root_key, &everything));
         }
         dirs.sort_by_key(|(k, _)| **k);
-        let mut listed: Vec<(Vec<u8>, Arc<OwnedFd>)> = Vec::new();
+        let mut listed: Vec<(Vec<u8>, Arc<OwnedFd>, FileKey)> = Vec::new();
         for (key, d) in dirs {
             let Some(dfd) = find_fd(key) else { continue };
             let Some(dpath) = (if *key == root_key {
@@ -319,7 +327,7 @@ pub(super) fn cut(
             }
             for name in names {
                 edge_at(
-                    &dfd,
+                    (&dfd, *key),
                     &dpath,
                     &name,
                     req,
@@ -336,10 +344,10 @@ pub(super) fn cut(
         // below), so the snapshot never holds an entry without its parent.
         add_missing_parents(&root_fd, req, &mut edges, &mut states, &mut listed)?;
         // New directories: everything below them is new.
-        while let Some((dpath, dfd)) = listed.pop() {
+        while let Some((dpath, dfd, dkey)) = listed.pop() {
             for name in list_names(&dfd)? {
                 edge_at(
-                    &dfd,
+                    (&dfd, dkey),
                     &dpath,
                     &name,
                     req,
@@ -360,6 +368,18 @@ pub(super) fn cut(
                     states.insert(*key, s);
                 }
             }
+        }
+        if !held_back.is_empty() {
+            hold_back(
+                &held_back,
+                req.base,
+                &mut frozen,
+                &mut edges,
+                &mut states,
+                |dir| find_fd(dir),
+                journal,
+                dir_pins,
+            );
         }
         // Copy-before-write for the blocks the snapshot will read.
         let spill = req.spill_dir.as_ref().and_then(|d| d.try_clone().ok());
@@ -398,6 +418,7 @@ pub(super) fn cut(
             cow,
             pins,
             held: Duration::ZERO,
+            held_back,
         })
     })();
     let held = t0.elapsed();
@@ -405,6 +426,84 @@ pub(super) fn cut(
     let mut info = result?;
     info.held = held;
     Ok(info)
+}
+
+/// The state a file had in the base snapshot (its last closed version,
+/// for a file held back by the cut), if the base has it as a file.
+fn base_state(base: &BaseIndex<'_>, key: &FileKey) -> Option<ObjState> {
+    match base.entry_of(key.ino)? {
+        (_, (meta, Node::File { size, link, .. })) => Some(ObjState {
+            key: *key,
+            meta: meta.clone(),
+            kind: ObjKind::File { size: *size },
+            nlink: if link.is_some() { 2 } else { 1 },
+        }),
+        _ => None,
+    }
+}
+
+/// Files open on the checkpoint fast path at the cut: the snapshot shows
+/// their last closed version, the base's (or, for a file the base does
+/// not have, whatever the base had at that name, usually nothing); their
+/// changes and the entries naming them go back to the journal (persisted
+/// again) for the next cut, with their directories pinned.
+#[allow(clippy::too_many_arguments)]
+fn hold_back(
+    held: &HashSet<FileKey>,
+    base: &BaseIndex<'_>,
+    frozen: &mut HashMap<FileKey, FileDirty>,
+    edges: &mut Vec<Edge>,
+    states: &mut HashMap<FileKey, ObjState>,
+    find_fd: impl Fn(&FileKey) -> Option<Arc<OwnedFd>>,
+    journal: &Journal,
+    dir_pins: &DirPins,
+) {
+    let mut carry: HashMap<FileKey, FileDirty> = HashMap::new();
+    edges.retain_mut(|e| {
+        let Some(c) = &e.child else { return true };
+        if !held.contains(&c.key) {
+            return true;
+        }
+        let name = e.path.rsplit(|b| *b == b'/').next().unwrap_or(&e.path);
+        carry.entry(e.dir).or_default().names.insert(name.to_vec());
+        match base_state(base, &c.key) {
+            Some(s) => {
+                e.child = Some(s);
+                true
+            }
+            None => false,
+        }
+    });
+    for k in held {
+        match base_state(base, k) {
+            Some(s) => {
+                states.insert(*k, s);
+            }
+            None => {
+                states.remove(k);
+            }
+        }
+        let mut d = frozen.remove(k).unwrap_or_default();
+        d.file.truncated_to = Some(0);
+        carry.entry(*k).or_default().merge(&d);
+    }
+    for (dir, d) in carry.iter_mut() {
+        if d.names.is_empty() {
+            continue;
+        }
+        d.file.entries = true;
+        if let Some(fd) = find_fd(dir) {
+            dir_pins.pin(*dir, fd);
+        }
+    }
+    for d in carry.values_mut() {
+        if d.file.first_ns == 0 {
+            let t = time::now_ns();
+            d.file.first_ns = t;
+            d.file.last_ns = t;
+        }
+    }
+    journal.carry(carry);
 }
 
 /// Is `dir` a directory of the tree at the cut, as far as the base and
@@ -446,7 +545,7 @@ fn add_missing_parents(
     req: &CutRequest<'_>,
     edges: &mut Vec<Edge>,
     states: &mut HashMap<FileKey, ObjState>,
-    listed: &mut Vec<(Vec<u8>, Arc<OwnedFd>)>,
+    listed: &mut Vec<(Vec<u8>, Arc<OwnedFd>, FileKey)>,
 ) -> Result<()> {
     let parents: BTreeSet<Vec<u8>> = edges
         .iter()
@@ -492,7 +591,16 @@ fn add_missing_parents(
             dir = %crate::snapshot::manifest::display_path(&comps[..k].join(&b'/')),
             "a directory made outside the mount holds new entries: capturing it whole"
         );
-        edge_at(&fd, &above, comps[k - 1], req, edges, states, listed)?;
+        let above_key = FileKey::of(&rustix::fs::fstat(&fd).map_err(|e| io("stat", e))?);
+        edge_at(
+            (&fd, above_key),
+            &above,
+            comps[k - 1],
+            req,
+            edges,
+            states,
+            listed,
+        )?;
     }
     Ok(())
 }
@@ -520,13 +628,13 @@ fn list_names(dfd: &OwnedFd) -> Result<Vec<Vec<u8>>> {
 
 #[allow(clippy::too_many_arguments)]
 fn edge_at(
-    dfd: &OwnedFd,
+    (dfd, dkey): (&OwnedFd, FileKey),
     dpath: &[u8],
     name: &[u8],
     req: &CutRequest<'_>,
     edges: &mut Vec<Edge>,
     states: &mut HashMap<FileKey, ObjState>,
-    listed: &mut Vec<(Vec<u8>, Arc<OwnedFd>)>,
+    listed: &mut Vec<(Vec<u8>, Arc<OwnedFd>, FileKey)>,
 ) -> Result<()> {
     let path = join(dpath, name);
     if dpath.is_empty() && name == SNAPSHOTS_DIR.as_bytes() {
@@ -541,7 +649,7 @@ fn edge_at(
             if s.kind == ObjKind::Dir {
                 let known = matches!(req.base.entry_of(s.key.ino), Some((_, (_, Node::Dir))));
                 if !known {
-                    listed.push((path.clone(), Arc::new(fd)));
+                    listed.push((path.clone(), Arc::new(fd), s.key));
                 }
             }
             states.insert(s.key, s.clone());
@@ -550,7 +658,11 @@ fn edge_at(
         Err(rustix::io::Errno::NOENT) => None,
         Err(e) => return Err(io("stat", e)),
     };
-    edges.push(Edge { path, child });
+    edges.push(Edge {
+        path,
+        dir: dkey,
+        child,
+    });
     Ok(())
 }
 

@@ -456,6 +456,25 @@ impl Journal {
         }
     }
 
+    /// Changes a cut leaves for the next snapshot (files it held back):
+    /// merge them into the current epoch and persist them again, so that
+    /// dropping the cut's epoch once its snapshot commits loses nothing.
+    pub fn carry(&self, items: HashMap<FileKey, FileDirty>) {
+        for (key, d) in items {
+            self.with_file(&key, |fd, touched| {
+                fd.merge(&d);
+                touched.push(Rec::File);
+                touched.extend(d.blocks.keys().map(|b| Rec::Block(*b)));
+                touched.extend(d.names.iter().map(|n| Rec::Name(n.clone())));
+            });
+        }
+    }
+
+    /// Has the file changes not yet in a snapshot (in the current epoch)?
+    pub fn is_dirty(&self, key: &FileKey) -> bool {
+        self.shards[shard_of(key)].lock().files.contains_key(key)
+    }
+
     /// A snapshot including every change up to epoch `epoch` is committed:
     /// delete the persisted records of that epoch and older ones.
     pub fn drop_through(&self, epoch: u64) -> Result<()> {

@@ -19,6 +19,9 @@ struct State {
     pins: pins::DirPins,
     cow: cow::Cow,
     events: Events,
+    /// Files open for writing on the checkpoint fast path (their writes
+    /// bypass the daemon): key -> number of such opens.
+    held: parking_lot::Mutex<std::collections::HashMap<FileKey, u32>>,
 }
 
 /// The tracking state of one live mount; hands out the two interfaces.
@@ -36,6 +39,7 @@ impl Tracker {
                 pins: pins::DirPins::default(),
                 cow: cow::Cow::default(),
                 events: Events::default(),
+                held: Default::default(),
             }),
         }
     }
@@ -115,6 +119,35 @@ impl Recorder {
         }
     }
 
+    /// A file is opened for writing on the checkpoint fast path: its
+    /// bytes will not pass through the daemon, so it is recorded as
+    /// wholly changed, and until [`Recorder::unhold`] a cut keeps its last
+    /// closed version. Call with the change gate held.
+    pub fn hold(&self, key: &FileKey) {
+        self.state.journal.record_all_from(key, 0);
+        *self.state.held.lock().entry(*key).or_insert(0) += 1;
+    }
+
+    /// A fast-path open of the file is closed: recorded as changed again
+    /// (its last write is now), and no longer held once its last such
+    /// open is closed. Call with the change gate held.
+    pub fn unhold(&self, key: &FileKey) {
+        self.state.journal.record_all_from(key, 0);
+        let mut h = self.state.held.lock();
+        if let Some(n) = h.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                h.remove(key);
+            }
+        }
+    }
+
+    /// Has the file changes that no snapshot holds yet (not counting a
+    /// capture in progress)?
+    pub fn is_dirty(&self, key: &FileKey) -> bool {
+        self.state.journal.is_dirty(key)
+    }
+
     /// Is a capture running (copy-before-write armed)?
     pub fn capturing(&self) -> bool {
         self.state.cow.get().is_some()
@@ -165,7 +198,7 @@ impl Freezer {
     /// Take the cut (see [`super::cut`]).
     pub fn cut(&self, req: &CutRequest<'_>) -> Result<CutInfo> {
         let s = &self.state;
-        cut::cut(&s.journal, &s.gate, &s.pins, &s.cow, req)
+        cut::cut(&s.journal, &s.gate, &s.pins, &s.cow, &s.held, req)
     }
 
     /// The snapshot of `info` is committed: its changes are in it.

@@ -39,6 +39,7 @@ fn manual_policy() -> Policy {
         differential_every: None,
         full_every: None,
         on_close: Vec::new(),
+        checkpoints: Vec::new(),
         settle: std::time::Duration::from_secs(1),
         snapshot_on_unmount: false,
         keep: Default::default(),
