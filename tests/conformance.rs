@@ -110,13 +110,14 @@ fn pjdfstest_passes_on_the_mount_wherever_it_passes_on_the_backing_fs() {
 }
 
 fn fsx(file: &Path, seed: u64, ops: u64, artifacts: &Path) -> std::process::Child {
+    let fast = file.extension().is_some_and(|e| e == "pt");
     Command::new(tool("fsx"))
         .arg("-N")
         .arg(ops.to_string())
         .arg("-S")
         .arg(seed.to_string())
         .arg("-f")
-        .arg(conf("fsx.toml"))
+        .arg(conf(if fast { "fsx-fast.toml" } else { "fsx.toml" }))
         .arg("-P")
         .arg(artifacts)
         .arg(file)
@@ -128,15 +129,27 @@ fn fsx(file: &Path, seed: u64, ops: u64, artifacts: &Path) -> std::process::Chil
 
 /// fsx on the mount, then `cmp` (a second process) of the file through the
 /// mount and through the backing directory.
-fn fsx_round(cfg: MountConfig, seeds: &[u64], ops: u64) {
+fn fsx_round(cfg: MountConfig, seeds: &[u64], ops: u64, ext: &str) {
     require_fuse();
     let m = TestMount::with(cfg);
     let artifacts = m.tmp.path().join("fsx-artifacts");
     std::fs::create_dir(&artifacts).unwrap();
     let children: Vec<_> = seeds
         .iter()
-        .map(|s| (s, fsx(&m.m(&format!("fsx-{s}.dat")), *s, ops, &artifacts)))
+        .map(|s| {
+            let f = m.m(&format!("fsx-{s}.{ext}"));
+            (s, fsx(&f, *s, ops, &artifacts))
+        })
         .collect();
+    if ext == "pt" {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert_eq!(
+            m.fs.fast_path_open(),
+            seeds.len() as u64,
+            "every fsx file runs on the checkpoint fast path ({})",
+            m.fs.read_mode()
+        );
+    }
     for (seed, c) in children {
         let out = c.wait_with_output().unwrap();
         let text = format!(
@@ -149,7 +162,7 @@ fn fsx_round(cfg: MountConfig, seeds: &[u64], ops: u64) {
             "fsx seed {seed} failed:\n{}",
             text.lines().rev().take(40).collect::<Vec<_>>().join("\n")
         );
-        let name = format!("fsx-{seed}.dat");
+        let name = format!("fsx-{seed}.{ext}");
         let st = Command::new("cmp")
             .arg(m.m(&name))
             .arg(m.b(&name))
@@ -164,7 +177,28 @@ fn fsx_round(cfg: MountConfig, seeds: &[u64], ops: u64) {
 
 #[test]
 fn fsx_five_seeds_of_100k_ops() {
-    fsx_round(MountConfig::default(), &[1, 2, 3, 4, 5], 100_000);
+    fsx_round(MountConfig::default(), &[1, 2, 3, 4, 5], 100_000, "dat");
+}
+
+/// fsx on checkpoint fast-path files: every write, mmap write, truncate,
+/// hole punch and copy of the run goes through the one passthrough handle
+/// fsx keeps open (no close/reopen in fsx-fast.toml).
+#[test]
+fn fsx_five_seeds_of_100k_ops_on_fast_path_files() {
+    fsx_round(
+        MountConfig {
+            checkpoints: Some(
+                rewindfs::fs::fastpath::CheckpointPatterns::new(
+                    rewindfs::fs::fastpath::DEFAULT_PATTERNS,
+                )
+                .unwrap(),
+            ),
+            ..MountConfig::default()
+        },
+        &[21, 22, 23, 24, 25],
+        100_000,
+        "pt",
+    );
 }
 
 #[test]
@@ -176,5 +210,6 @@ fn fsx_with_writeback_cache() {
         },
         &[11],
         20_000,
+        "dat",
     );
 }

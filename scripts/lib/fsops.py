@@ -4,6 +4,9 @@
 fsops.py meta DIR N         create, stat and unlink N files
 fsops.py randwrite FILE N   N random 4 KiB pwrites into FILE (256 MiB), then fsync
 fsops.py stat DIR N         stat N existing files (created first, not timed)
+fsops.py meta4 DIR N        create (1 byte), stat, rename and unlink N files
+fsops.py checkpoint DIR MIB write DIR/tmp-ckpt.pt as torch.save/safetensors
+                            do (64 MiB writes), fsync, rename to DIR/ckpt.pt
 """
 import os
 import random
@@ -20,6 +23,39 @@ def meta(d, n):
         os.stat(p)
     for i in range(n):
         os.unlink(os.path.join(d, f"f{i}"))
+    return time.perf_counter() - t
+
+
+def meta4(d, n):
+    t = time.perf_counter()
+    for i in range(n):
+        p = os.path.join(d, f"f{i}")
+        with open(p, "wb") as f:
+            f.write(b"x")
+    for i in range(n):
+        os.stat(os.path.join(d, f"f{i}"))
+    for i in range(n):
+        os.rename(os.path.join(d, f"f{i}"), os.path.join(d, f"g{i}"))
+    for i in range(n):
+        os.unlink(os.path.join(d, f"g{i}"))
+    return time.perf_counter() - t
+
+
+def checkpoint(d, mib):
+    chunk = 64 << 20
+    # Tensor-like bytes (incompressible), made before the clock starts.
+    buf = os.urandom(chunk)
+    left = mib << 20
+    tmp, final = os.path.join(d, "tmp-ckpt.pt"), os.path.join(d, "ckpt.pt")
+    t = time.perf_counter()
+    with open(tmp, "wb") as f:
+        while left > 0:
+            n = min(left, chunk)
+            f.write(buf[:n])
+            left -= n
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, final)
     return time.perf_counter() - t
 
 
@@ -53,4 +89,5 @@ def randwrite(path, n):
 
 if __name__ == "__main__":
     what, target, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    print(f"{ {'meta': meta, 'stat': stat, 'randwrite': randwrite}[what](target, n):.3f}")
+    ops = {"meta": meta, "meta4": meta4, "stat": stat, "randwrite": randwrite, "checkpoint": checkpoint}
+    print(f"{ops[what](target, n):.3f}")

@@ -13,6 +13,18 @@ use rewindfs::daemon::{self};
 use rewindfs::flusher::policy::PolicyConfig;
 use rewindfs::fuse::MountConfig;
 
+fn parse_ttl(s: &str) -> std::result::Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("bad duration {s:?}: {e} (use e.g. 30s, 1m or 0)"))?;
+    if d > Duration::from_secs(24 * 3600) {
+        return Err(format!("{s:?} is longer than a day"));
+    }
+    Ok(d)
+}
+
 #[derive(Args)]
 pub struct MountArgs {
     /// The data directory to serve and protect.
@@ -61,6 +73,11 @@ pub struct MountArgs {
     /// --on-close globs always count. Needs FUSE passthrough.
     #[arg(long = "checkpoint", value_name = "GLOB")]
     checkpoints: Vec<String>,
+    /// How long the kernel caches names (missing ones too) and attributes.
+    /// Changes made through the mount are always seen at once; this only
+    /// bounds how late a change made directly in BACKING shows up.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_ttl)]
+    cache_ttl: Duration,
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4)]
     threads: usize,
@@ -113,6 +130,7 @@ pub fn mount(a: MountArgs, hook: rewindfs::daemon::CliHook) -> Result<i32> {
             writeback_cache: a.writeback_cache,
             passthrough_reads: a.passthrough_reads,
             threads: a.threads,
+            ttl: a.cache_ttl,
             snapdir_visible: a.snapdir == "visible",
             chunk_cache: a.chunk_cache,
             suid: a.suid,
@@ -362,6 +380,9 @@ pub fn status(a: StatusArgs) -> Result<i32> {
         s.oldest_change.as_deref().unwrap_or("-")
     );
     println!("journal:        {} records", s.journal_records);
+    if s.untracked {
+        println!("tracking:       OFF (REWINDFS_BENCH_UNTRACKED=1: a benchmark run, nothing is protected)");
+    }
     if !s.reads.is_empty() {
         println!("reads:          {}", s.reads);
     }

@@ -147,6 +147,9 @@ pub struct DaemonStatus {
     /// Files open for writing on the checkpoint fast path now.
     #[serde(default)]
     pub fast_path_open: u64,
+    /// Change recording is off (a benchmark run): nothing is protected.
+    #[serde(default)]
+    pub untracked: bool,
 }
 
 /// Who is on the other end of a connection (`SO_PEERCRED`).

@@ -201,6 +201,7 @@ struct Shared {
     startup: Arc<Mutex<String>>,
     cfg: MountConfig,
     fs: Arc<crate::fs::LiveFs>,
+    untracked: bool,
     unmount: Mutex<Option<fuser::SessionUnmounter>>,
     flusher: Arc<Flusher>,
     cli_hook: Option<CliHook>,
@@ -240,6 +241,7 @@ impl Shared {
                 .map(|p| p.patterns().to_vec())
                 .unwrap_or_default(),
             fast_path_open: self.fs.fast_path_open(),
+            untracked: self.untracked,
             writeback_cache: self.cfg.writeback_cache,
             snapshots: self.repo.snapshots().map(|s| s.len() as u64).unwrap_or(0),
             flusher: Some(self.flusher.status.lock().clone()),
@@ -424,6 +426,7 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
         unclean,
         startup,
         fs: live.fs.clone(),
+        untracked: live.tracker.untracked(),
         cfg: cfg.clone(),
         unmount: Mutex::new(live.unmounter()),
     });

@@ -33,9 +33,6 @@ pub struct OpenModes {
     pub cached: u32,
     /// Opens served by kernel passthrough.
     pub passthrough: u32,
-    /// Writable opens served by the daemon without the page cache
-    /// (`FOPEN_DIRECT_IO`: they may coexist with passthrough opens).
-    pub direct: u32,
     /// Written through passthrough since the last cached open: the next
     /// cached open must drop the kernel's pages of the file.
     pub stale_cache: bool,

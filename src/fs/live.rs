@@ -80,8 +80,9 @@ pub struct OpenFile {
     passthrough: std::sync::atomic::AtomicBool,
     /// A checkpoint fast-path writer (held by the tracker while open).
     fast: std::sync::atomic::AtomicBool,
-    /// Counted as a direct-I/O open of its inode.
-    direct: bool,
+    /// A writer through passthrough outside the fast path (see
+    /// `Recorder::bypass`).
+    bypass: bool,
     /// The kernel backing id this open uses (kept alive while open).
     backing: Mutex<Option<Arc<fuser::BackingId>>>,
     dir: Option<Mutex<rustix::fs::Dir>>,
@@ -96,7 +97,7 @@ impl OpenFile {
             wrote: std::sync::atomic::AtomicBool::new(false),
             passthrough: std::sync::atomic::AtomicBool::new(false),
             fast: std::sync::atomic::AtomicBool::new(false),
-            direct: false,
+            bypass: false,
             backing: Mutex::new(None),
             dir: None,
         }
@@ -108,11 +109,6 @@ pub enum OpenReply {
     Plain {
         fh: u64,
         keep_cache: bool,
-    },
-    /// Served by the daemon without the page cache (a writer of a file
-    /// that has passthrough opens: block-tracked, coexisting with them).
-    Direct {
-        fh: u64,
     },
     /// Kernel passthrough with this backing id (created by the adapter
     /// through the reply, then registered with [`LiveFs::set_backing`]).
@@ -126,10 +122,22 @@ pub enum OpenReply {
     },
 }
 
+/// Open files by how they are served (see [`LiveFs::open_modes`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenCounts {
+    /// Checkpoint fast-path writers.
+    pub fast: u64,
+    /// Other writers through passthrough (beside passthrough readers).
+    pub bypass: u64,
+    /// Readers through passthrough.
+    pub passthrough: u64,
+    /// Served by the daemon.
+    pub daemon: u64,
+}
+
 /// How an open is served (see [`LiveFs::open_mode`]).
 enum Mode2 {
     Passthrough(Option<Arc<fuser::BackingId>>),
-    Direct,
     Cached { keep_cache: bool },
 }
 
@@ -334,11 +342,27 @@ impl LiveFs {
 
     /// Handles open for writing on the checkpoint fast path.
     pub fn fast_path_open(&self) -> u64 {
-        self.handles
-            .read()
-            .values()
-            .filter(|h| h.fast.load(Ordering::Relaxed))
-            .count() as u64
+        self.open_modes().fast
+    }
+
+    /// How the open files are served now.
+    pub fn open_modes(&self) -> OpenCounts {
+        let mut c = OpenCounts::default();
+        for h in self.handles.read().values() {
+            if h.dir.is_some() {
+                continue;
+            }
+            if h.fast.load(Ordering::Relaxed) {
+                c.fast += 1;
+            } else if h.bypass {
+                c.bypass += 1;
+            } else if h.passthrough.load(Ordering::Relaxed) {
+                c.passthrough += 1;
+            } else {
+                c.daemon += 1;
+            }
+        }
+        c
     }
 
     /// How reads are served, for `status`.
@@ -381,6 +405,7 @@ impl LiveFs {
         )
         .or_errno()?;
         self.track.meta(&n.key);
+        self.invalidate(n.nodeid);
         Ok(())
     }
 
@@ -768,18 +793,23 @@ impl LiveFs {
         }
         if m.passthrough > 0 {
             if let Some(b) = existing {
-                if write {
-                    // The kernel forbids cached opens of a file that has
-                    // passthrough opens; an uncached one is allowed, and
-                    // keeps block tracking and copy-before-write.
-                    m.direct += 1;
-                    return Mode2::Direct;
-                }
+                // The kernel requires passthrough for every open of a file
+                // that has passthrough opens (direct I/O included). A
+                // writer then bypasses the daemon: see `serve`.
                 m.passthrough += 1;
                 return Mode2::Passthrough(Some(b));
             }
         }
-        if !write && m.cached == 0 && self.passthrough_enabled() && n.kind == libc::S_IFREG {
+        // Passthrough for reads of files with no unsnapshotted change: a
+        // file being written (a database's) is read through the daemon, so
+        // a writer that opens it later is tracked block by block (a writer
+        // joining passthrough readers would bypass the daemon).
+        if !write
+            && m.cached == 0
+            && self.passthrough_enabled()
+            && n.kind == libc::S_IFREG
+            && !self.track.is_dirty(&n.key)
+        {
             m.passthrough += 1;
             return Mode2::Passthrough(None);
         }
@@ -789,7 +819,8 @@ impl LiveFs {
         }
     }
 
-    /// Count a handle and answer how its open is served.
+    /// Count a handle and answer how its open is served. The caller holds
+    /// the change gate when `write`.
     fn serve(&self, n: &Arc<Inode>, file: File, write: bool, fast: bool) -> OpenReply {
         let mode = self.open_mode(n, write, fast);
         let mut h = OpenFile::new(n.clone(), file, write);
@@ -803,16 +834,21 @@ impl LiveFs {
                     self.track.hold(&n.key);
                     h.fast.store(true, Ordering::Relaxed);
                     h.wrote.store(true, Ordering::Relaxed);
+                } else if write {
+                    // A writer joining passthrough readers: its writes
+                    // bypass the daemon; a cut copies the file whole.
+                    self.track.bypass(&n.key);
+                    h.bypass = true;
+                    h.wrote.store(true, Ordering::Relaxed);
+                    tracing::debug!(ino = n.key.ino, "writable open of a file open for passthrough reads: written through passthrough, copied whole at each cut while open");
                 }
             }
-            Mode2::Direct => h.direct = true,
             Mode2::Cached { .. } => {}
         }
         let fh = self.add_handle(h);
         match mode {
             Mode2::Passthrough(Some(backing)) => OpenReply::Passthrough { fh, backing },
             Mode2::Passthrough(None) => OpenReply::NeedBacking { fh },
-            Mode2::Direct => OpenReply::Direct { fh },
             Mode2::Cached { keep_cache } => OpenReply::Plain { fh, keep_cache },
         }
     }
@@ -838,7 +874,9 @@ impl LiveFs {
         let n = self.node(nodeid)?;
         let write = writable(flags);
         let truncating = write && flags & libc::O_TRUNC != 0;
-        let _change = truncating.then(|| self.track.change());
+        // A writable open may truncate, or start bypassing the daemon
+        // (`serve`): both are changes a cut must not split.
+        let _change = write.then(|| self.track.change());
         let mut fast = false;
         let old_size = if truncating {
             let st = self.stat_node(&n)?;
@@ -1016,9 +1054,13 @@ impl LiveFs {
         let removed = self.handles.write().remove(&fh);
         let Some(h) = removed else { return };
         let fast = h.fast.load(Ordering::Relaxed);
-        if fast {
+        if fast || h.bypass {
             let _change = self.track.change();
-            self.track.unhold(&h.inode.key);
+            if fast {
+                self.track.unhold(&h.inode.key);
+            } else {
+                self.track.unbypass(&h.inode.key);
+            }
         }
         if h.wrote.load(Ordering::Relaxed) {
             self.emit(|| {
@@ -1031,11 +1073,9 @@ impl LiveFs {
         let mut m = h.inode.opens.lock();
         if h.passthrough.load(Ordering::Relaxed) {
             m.passthrough = m.passthrough.saturating_sub(1);
-            if fast {
+            if h.writable {
                 m.stale_cache = true;
             }
-        } else if h.direct {
-            m.direct = m.direct.saturating_sub(1);
         } else if h.dir.is_none() {
             m.cached = m.cached.saturating_sub(1);
         }

@@ -15,6 +15,12 @@ use crate::fs::{LiveFs, LiveOptions};
 use crate::track::{FileKey, Recorder};
 use crate::views::Views;
 
+/// How long the kernel may cache entries (negative ones too) and
+/// attributes of the live mount. Every change made through the mount is
+/// seen by the kernel or invalidated by the daemon, so this only bounds
+/// how late a change made directly in the backing directory shows up.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+
 /// How to mount a live filesystem.
 #[derive(Clone, Debug)]
 pub struct MountConfig {
@@ -51,7 +57,7 @@ impl Default for MountConfig {
             passthrough_reads: true,
             checkpoints: None,
             threads: 4,
-            ttl: Duration::from_secs(1),
+            ttl: DEFAULT_TTL,
             fsname: "rewindfs".into(),
             snapdir_visible: false,
             chunk_cache: 256 << 20,

@@ -100,7 +100,7 @@ impl Filesystem for ViewAdapter {
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok()
+        reply.error(fuser::Errno::ENOSYS)
     }
 
     fn release(

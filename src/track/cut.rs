@@ -81,6 +81,9 @@ pub struct CutInfo {
     pub held_back: HashSet<FileKey>,
 }
 
+/// Files open in some mode, and how many times.
+pub type OpenCount = parking_lot::Mutex<HashMap<FileKey, u32>>;
+
 /// What the cut needs to know about the latest snapshot.
 pub struct BaseIndex<'t> {
     pub tree: &'t Tree,
@@ -256,7 +259,7 @@ pub(super) fn cut(
     gate: &Gate,
     dir_pins: &DirPins,
     cow_slot: &Cow,
-    held: &parking_lot::Mutex<HashMap<FileKey, u32>>,
+    (held, bypass): (&OpenCount, &OpenCount),
     req: &CutRequest<'_>,
 ) -> Result<CutInfo> {
     let bs = journal.block_size();
@@ -266,6 +269,12 @@ pub(super) fn cut(
     let result = (|| -> Result<CutInfo> {
         let (epoch, mut frozen) = journal.take_epoch()?;
         let held_back: HashSet<FileKey> = held.lock().keys().copied().collect();
+        let bypassed: Vec<FileKey> = bypass
+            .lock()
+            .keys()
+            .filter(|k| !held_back.contains(k))
+            .copied()
+            .collect();
         let pins = dir_pins.take();
         let (root_key, root_fd) = req
             .objects
@@ -403,6 +412,26 @@ pub(super) fn cut(
             needs.insert(*key, (need, size));
         }
         cow_slot.set(Some(cow.clone()));
+        // Files written through passthrough outside the fast path: no
+        // write of theirs reaches copy-before-write, so what the snapshot
+        // reads of them is saved now, while no writer runs. Their writes
+        // after the cut are unknown to the journal: they stay wholly
+        // changed for the next cut.
+        if !bypassed.is_empty() {
+            save_bypassed(&bypassed, &cow, &needs, |k| find_fd(k))?;
+            let t = time::now_ns();
+            let carry = bypassed
+                .iter()
+                .map(|k| {
+                    let mut d = FileDirty::default();
+                    d.file.truncated_to = Some(0);
+                    d.file.first_ns = t;
+                    d.file.last_ns = t;
+                    (*k, d)
+                })
+                .collect();
+            journal.carry(carry);
+        }
         edges.sort_by(|a, b| {
             let da = a.path.iter().filter(|c| **c == b'/').count();
             let db = b.path.iter().filter(|c| **c == b'/').count();
@@ -426,6 +455,39 @@ pub(super) fn cut(
     let mut info = result?;
     info.held = held;
     Ok(info)
+}
+
+/// Save now (into copy-before-write) every block the snapshot will read
+/// of files whose writers bypass the daemon.
+fn save_bypassed(
+    keys: &[FileKey],
+    cow: &CowSet,
+    needs: &HashMap<FileKey, (Need, u64)>,
+    find_fd: impl Fn(&FileKey) -> Option<Arc<OwnedFd>>,
+) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    for key in keys {
+        if !needs.contains_key(key) {
+            continue;
+        }
+        let Some(fd) = find_fd(key) else { continue };
+        let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        let f = rustix::fs::openat(
+            rustix::fs::CWD,
+            proc.as_str(),
+            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io("open for the cut", e))?;
+        let f = std::fs::File::from(f);
+        let reader = |off: u64, len: usize| -> std::io::Result<Vec<u8>> {
+            crate::util::bytes::read_full(&f, off, len)
+        };
+        let size_now = || -> std::io::Result<u64> { Ok(f.metadata()?.len()) };
+        cow.before_change(key, 0, u64::MAX, &reader, &size_now)
+            .map_err(|e| Error::io("save for the snapshot", format!("inode {}", key.ino), e))?;
+    }
+    Ok(())
 }
 
 /// The state a file had in the base snapshot (its last closed version,

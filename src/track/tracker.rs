@@ -21,8 +21,19 @@ struct State {
     events: Events,
     /// Files open for writing on the checkpoint fast path (their writes
     /// bypass the daemon): key -> number of such opens.
-    held: parking_lot::Mutex<std::collections::HashMap<FileKey, u32>>,
+    held: cut::OpenCount,
+    /// Other files open for writing through kernel passthrough (a writer
+    /// of a file that has passthrough readers: the kernel allows no other
+    /// mode): key -> number of such opens.
+    bypass: cut::OpenCount,
+    /// Benchmarks only (`REWINDFS_BENCH_UNTRACKED=1`): nothing is
+    /// recorded and no snapshot can be cut, to measure what recording
+    /// costs.
+    untracked: bool,
 }
+
+/// The environment variable that turns recording off (benchmarks only).
+pub const UNTRACKED_ENV: &str = "REWINDFS_BENCH_UNTRACKED";
 
 /// The tracking state of one live mount; hands out the two interfaces.
 #[derive(Clone)]
@@ -40,6 +51,14 @@ impl Tracker {
                 cow: cow::Cow::default(),
                 events: Events::default(),
                 held: Default::default(),
+                bypass: Default::default(),
+                untracked: {
+                    let off = std::env::var(UNTRACKED_ENV).is_ok_and(|v| v == "1");
+                    if off {
+                        tracing::warn!("{UNTRACKED_ENV}=1: changes are NOT recorded and no snapshot can be taken (benchmarks only)");
+                    }
+                    off
+                },
             }),
         }
     }
@@ -60,6 +79,11 @@ impl Tracker {
 
     pub fn journal(&self) -> &Arc<Journal> {
         &self.state.journal
+    }
+
+    /// Recording is off (benchmarks only, see [`UNTRACKED_ENV`]).
+    pub fn untracked(&self) -> bool {
+        self.state.untracked
     }
 }
 
@@ -82,37 +106,58 @@ impl Recorder {
 
     /// `len` bytes written at `offset`.
     pub fn write(&self, key: &FileKey, offset: u64, len: u64) {
+        if self.state.untracked {
+            return;
+        }
         self.state.journal.record_write(key, offset, len);
     }
 
     /// A range changed by something other than a write (copy, fallocate).
     pub fn range(&self, key: &FileKey, offset: u64, len: u64) {
+        if self.state.untracked {
+            return;
+        }
         self.state.journal.record_range(key, offset, len);
     }
 
     /// The size changed from `old` to `new`.
     pub fn resize(&self, key: &FileKey, old: u64, new: u64) {
+        if self.state.untracked {
+            return;
+        }
         self.state.journal.record_resize(key, old, new);
     }
 
     /// Every block from `offset` on changed.
     pub fn all_from(&self, key: &FileKey, offset: u64) {
+        if self.state.untracked {
+            return;
+        }
         self.state.journal.record_all_from(key, offset);
     }
 
     /// Metadata (mode, owner, times, xattrs, links) changed.
     pub fn meta(&self, key: &FileKey) {
+        if self.state.untracked {
+            return;
+        }
         self.state.journal.record_meta(key);
     }
 
     /// The object is new.
     pub fn created(&self, key: &FileKey) {
+        if self.state.untracked {
+            return;
+        }
         self.state.journal.record_created(key);
     }
 
     /// The entry `name` of directory `dir` was created, removed or
     /// renamed; `dir_fd` keeps the directory reachable until the next cut.
     pub fn entry(&self, dir: &FileKey, name: &[u8], dir_fd: Option<Arc<OwnedFd>>) {
+        if self.state.untracked {
+            return;
+        }
         self.state.journal.record_entry(dir, name);
         if let Some(fd) = dir_fd {
             self.state.pins.pin(*dir, fd);
@@ -134,6 +179,28 @@ impl Recorder {
     pub fn unhold(&self, key: &FileKey) {
         self.state.journal.record_all_from(key, 0);
         let mut h = self.state.held.lock();
+        if let Some(n) = h.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                h.remove(key);
+            }
+        }
+    }
+
+    /// A file is opened for writing through kernel passthrough outside the
+    /// checkpoint fast path: its writes bypass the daemon, so it is
+    /// recorded as wholly changed and a cut copies it whole while writers
+    /// are held (keeping the point-in-time guarantee), until
+    /// [`Recorder::unbypass`]. Call with the change gate held.
+    pub fn bypass(&self, key: &FileKey) {
+        self.state.journal.record_all_from(key, 0);
+        *self.state.bypass.lock().entry(*key).or_insert(0) += 1;
+    }
+
+    /// A bypassing writer is closed (see [`Recorder::bypass`]).
+    pub fn unbypass(&self, key: &FileKey) {
+        self.state.journal.record_all_from(key, 0);
+        let mut h = self.state.bypass.lock();
         if let Some(n) = h.get_mut(key) {
             *n -= 1;
             if *n == 0 {
@@ -198,7 +265,19 @@ impl Freezer {
     /// Take the cut (see [`super::cut`]).
     pub fn cut(&self, req: &CutRequest<'_>) -> Result<CutInfo> {
         let s = &self.state;
-        cut::cut(&s.journal, &s.gate, &s.pins, &s.cow, &s.held, req)
+        if s.untracked {
+            return Err(crate::error::Error::InvalidInput(format!(
+                "change tracking is off ({UNTRACKED_ENV}=1, benchmarks only): no snapshot"
+            )));
+        }
+        cut::cut(
+            &s.journal,
+            &s.gate,
+            &s.pins,
+            &s.cow,
+            (&s.held, &s.bypass),
+            req,
+        )
     }
 
     /// The snapshot of `info` is committed: its changes are in it.

@@ -1,0 +1,309 @@
+//! The checkpoint fast path: files created (or truncated on open) under a
+//! checkpoint pattern are written by the kernel straight to the backing
+//! file (FUSE passthrough), captured whole once closed, and held back at
+//! their last closed version by a cut taken while they are open.
+//!
+//! These tests need a kernel with FUSE passthrough (6.9+) and root; they
+//! fail (never pass silently) if the fast path is not taken.
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::live::{DaemonMount, FlushedMount};
+use common::{bytes, mount_dirs, ok, status};
+use rewindfs::fs::fastpath::{CheckpointPatterns, DEFAULT_PATTERNS};
+use rewindfs::fuse::MountConfig;
+use rewindfs::snapshot::Kind;
+
+const BS: u32 = 64 * 1024;
+
+fn fast_cfg() -> MountConfig {
+    MountConfig {
+        checkpoints: Some(CheckpointPatterns::new(DEFAULT_PATTERNS).unwrap()),
+        ..MountConfig::default()
+    }
+}
+
+fn fast_mount() -> FlushedMount {
+    let m = FlushedMount::with(BS, fast_cfg(), |_| {});
+    assert!(
+        m.fs.passthrough_enabled(),
+        "the kernel must offer FUSE passthrough for these tests (Linux 6.9+, root): {}",
+        m.fs.read_mode()
+    );
+    m
+}
+
+fn write_chunked(f: &mut File, data: &[u8]) {
+    for c in data.chunks(1 << 20) {
+        f.write_all(c).unwrap();
+    }
+}
+
+#[test]
+fn a_checkpoint_written_on_the_fast_path_and_renamed_into_place_is_captured_whole() {
+    let m = fast_mount();
+    fs::create_dir(m.mnt.join("ckpt")).unwrap();
+    let data = bytes(7, 6 << 20 | 12345);
+    let tmp = m.mnt.join("ckpt/tmp-step-100.pt");
+    let mut f = File::create(&tmp).unwrap();
+    assert_eq!(
+        m.fs.fast_path_open(),
+        1,
+        "the new .pt file took the fast path"
+    );
+    write_chunked(&mut f, &data);
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(m.fs.fast_path_open(), 0);
+    fs::rename(&tmp, m.mnt.join("ckpt/latest.pt")).unwrap();
+    // The bytes reached the backing file without the daemon.
+    assert_eq!(fs::read(m.backing.join("ckpt/latest.pt")).unwrap(), data);
+    let s1 = m.snapshot(Kind::Incremental);
+    let files = m.files_of(s1.id);
+    assert_eq!(files.get("ckpt/latest.pt"), Some(&data), "captured whole");
+    assert!(!files.contains_key("ckpt/tmp-step-100.pt"));
+
+    // The same tensor bytes saved again under a new name cost (almost)
+    // no space: unchanged blocks deduplicate.
+    let mut f = File::create(m.mnt.join("ckpt/step-200.pt")).unwrap();
+    write_chunked(&mut f, &data);
+    drop(f);
+    let s2 = m.snapshot(Kind::Incremental);
+    assert_eq!(m.files_of(s2.id).get("ckpt/step-200.pt"), Some(&data));
+    assert!(
+        s2.stats.stored_bytes < 64 * 1024,
+        "an identical checkpoint added {} bytes",
+        s2.stats.stored_bytes
+    );
+    // And a full snapshot reads it whole, equal.
+    let s3 = m.snapshot(Kind::Full);
+    let files = m.files_of(s3.id);
+    assert_eq!(files.get("ckpt/latest.pt"), Some(&data));
+    assert_eq!(files.get("ckpt/step-200.pt"), Some(&data));
+}
+
+#[test]
+fn a_cut_during_a_checkpoint_write_records_its_last_closed_version() {
+    let m = fast_mount();
+    let v1 = bytes(1, 3 << 20 | 777);
+    let v2 = bytes(2, 5 << 20 | 3);
+    fs::write(m.mnt.join("model.safetensors"), &v1).unwrap();
+    let s1 = m.snapshot(Kind::Incremental);
+    assert_eq!(m.files_of(s1.id).get("model.safetensors"), Some(&v1));
+
+    // Rewrite it (O_TRUNC: fast path, since v1 is in a snapshot) and
+    // start a brand-new checkpoint; cut while both are half written.
+    let mut f = File::create(m.mnt.join("model.safetensors")).unwrap();
+    f.write_all(&v2[..2 << 20]).unwrap();
+    let mut g = File::create(m.mnt.join("new.ckpt")).unwrap();
+    g.write_all(&v2[..1 << 20]).unwrap();
+    assert_eq!(m.fs.fast_path_open(), 2);
+    // Other files keep the point-in-time guarantee.
+    fs::write(m.mnt.join("log.txt"), b"step 100\n").unwrap();
+    let s2 = m.snapshot(Kind::Incremental);
+    let files = m.files_of(s2.id);
+    assert_eq!(
+        files.get("model.safetensors"),
+        Some(&v1),
+        "a checkpoint open for writing is held at its last closed version"
+    );
+    assert!(
+        !files.contains_key("new.ckpt"),
+        "a checkpoint never closed is not in the snapshot"
+    );
+    assert_eq!(
+        files.get("log.txt").map(|v| &v[..]),
+        Some(&b"step 100\n"[..])
+    );
+
+    f.write_all(&v2[2 << 20..]).unwrap();
+    g.write_all(&v2[1 << 20..]).unwrap();
+    drop(f);
+    drop(g);
+    let s3 = m.snapshot(Kind::Incremental);
+    let files = m.files_of(s3.id);
+    assert_eq!(
+        files.get("model.safetensors"),
+        Some(&v2),
+        "closed: captured"
+    );
+    assert_eq!(files.get("new.ckpt"), Some(&v2));
+
+    // A full snapshot during a rewrite also holds the closed version.
+    let mut f = File::create(m.mnt.join("model.safetensors")).unwrap();
+    f.write_all(&v1[..1 << 20]).unwrap();
+    assert_eq!(m.fs.fast_path_open(), 1);
+    let s4 = m.snapshot(Kind::Full);
+    assert_eq!(m.files_of(s4.id).get("model.safetensors"), Some(&v2));
+    f.write_all(&v1[1 << 20..]).unwrap();
+    drop(f);
+
+    // Its last closed version (v1 again) is in no snapshot yet: a
+    // rewrite now goes through the daemon (block-tracked,
+    // copy-before-write) so that a cut keeps the point-in-time copy.
+    let mut f = File::create(m.mnt.join("model.safetensors")).unwrap();
+    assert_eq!(m.fs.fast_path_open(), 0, "dirty file: no fast path");
+    f.write_all(&v2[..4096]).unwrap();
+    let s5 = m.snapshot(Kind::Incremental);
+    assert_eq!(
+        m.files_of(s5.id).get("model.safetensors").map(|v| &v[..]),
+        Some(&v2[..4096])
+    );
+    drop(f);
+}
+
+#[test]
+fn files_outside_the_patterns_and_in_place_edits_keep_block_tracking() {
+    let m = fast_mount();
+    fs::write(m.mnt.join("data.db"), bytes(3, 1 << 20)).unwrap();
+    fs::write(m.mnt.join("w.pt"), bytes(4, 1 << 20)).unwrap();
+    let _ = m.snapshot(Kind::Incremental);
+    // Not a pattern: through the daemon.
+    let f = File::create(m.mnt.join("other.bin")).unwrap();
+    assert_eq!(m.fs.fast_path_open(), 0);
+    drop(f);
+    // In-place edit of a checkpoint (no O_TRUNC): through the daemon.
+    let f = OpenOptions::new()
+        .write(true)
+        .open(m.mnt.join("w.pt"))
+        .unwrap();
+    assert_eq!(m.fs.fast_path_open(), 0);
+    f.write_all_at(b"patched", 100).unwrap();
+    drop(f);
+    // A writer joining a reader that uses passthrough must use it too
+    // (the kernel's rule): its writes bypass the daemon, so the file is
+    // recorded as wholly changed and a cut copies it while writers wait.
+    let r = File::open(m.mnt.join("data.db")).unwrap();
+    let w = OpenOptions::new()
+        .write(true)
+        .open(m.mnt.join("data.db"))
+        .unwrap();
+    w.write_all_at(b"hello", 8).unwrap();
+    let mut buf = [0u8; 5];
+    r.read_exact_at(&mut buf, 8).unwrap();
+    assert_eq!(&buf, b"hello");
+    let during = m.snapshot(Kind::Incremental);
+    w.write_all_at(b"later", 8).unwrap();
+    assert_eq!(&m.files_of(during.id)["data.db"][8..13], b"hello");
+    w.write_all_at(b"hello", 8).unwrap();
+    drop(w);
+    drop(r);
+    let s = m.snapshot(Kind::Incremental);
+    let files = m.files_of(s.id);
+    assert_eq!(&files["w.pt"][100..107], b"patched");
+    assert_eq!(&files["data.db"][8..13], b"hello");
+    assert_eq!(files["data.db"].len(), 1 << 20);
+}
+
+#[test]
+fn a_crash_while_writing_a_checkpoint_loses_nothing_fsynced() {
+    let (_tmp, backing, mnt, repo) = mount_dirs();
+    ok(&repo, &["init", "--block-size", "64K"]);
+    let r = repo.to_str().unwrap();
+    let args = ["--repo", r, "--every", "off", "--full-every", "off"];
+    let m = DaemonMount::start(&backing, &mnt, &args);
+    let st = status(&repo);
+    assert_eq!(st["reads"], "kernel passthrough", "status: {st}");
+    let pid = st["pid"].as_u64().unwrap();
+    let a = bytes(11, 4 << 20);
+    let b = bytes(12, 4 << 20);
+    let mut f = File::create(mnt.join("run.ckpt")).unwrap();
+    f.write_all(&a).unwrap();
+    f.sync_all().unwrap();
+    assert_eq!(status(&repo)["fast_path_open"], 1);
+    f.write_all(&b[..1 << 20]).unwrap();
+    Command::new("kill")
+        .arg("-KILL")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    let t0 = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The writer may go on (its bytes go to the backing file) or fail;
+    // either way what was fsynced must survive.
+    let _ = f.write_all(&b[1 << 20..]);
+    drop(f);
+    m.umount();
+    let m = DaemonMount::start(&backing, &mnt, &args);
+    let out = ok(&repo, &["snapshot"]);
+    assert!(out.contains("snapshot"), "{out}");
+    let snap = Command::new(common::bin())
+        .args(["cat", "--repo", r, "latest", "run.ckpt"])
+        .output()
+        .unwrap();
+    assert!(snap.status.success());
+    assert!(snap.stdout.len() >= a.len(), "{} bytes", snap.stdout.len());
+    assert!(
+        snap.stdout[..a.len()] == a[..],
+        "the fsynced part of the checkpoint is in the snapshot"
+    );
+    assert_eq!(
+        snap.stdout,
+        fs::read(backing.join("run.ckpt")).unwrap(),
+        "the snapshot holds the file as it is on disk"
+    );
+    m.umount();
+}
+
+#[test]
+fn writers_beside_passthrough_readers_are_recorded_and_dirty_files_are_read_by_the_daemon() {
+    use rewindfs::fs::live::OpenCounts;
+    let m = fast_mount();
+    let path = m.mnt.join("table.db");
+    fs::write(&path, bytes(5, 1 << 20)).unwrap();
+    // Changes not yet in a snapshot: a reader goes through the daemon, so
+    // that a writer joining it is tracked block by block.
+    let r = File::open(&path).unwrap();
+    assert_eq!(
+        m.fs.open_modes(),
+        OpenCounts {
+            daemon: 1,
+            ..Default::default()
+        }
+    );
+    drop(r);
+    let _ = m.snapshot(Kind::Incremental);
+    // Clean: the reader uses passthrough, and a writer must join it.
+    let r = File::open(&path).unwrap();
+    assert_eq!(
+        m.fs.open_modes(),
+        OpenCounts {
+            passthrough: 1,
+            ..Default::default()
+        }
+    );
+    let w = OpenOptions::new().write(true).open(&path).unwrap();
+    assert_eq!(
+        m.fs.open_modes(),
+        OpenCounts {
+            passthrough: 1,
+            bypass: 1,
+            ..Default::default()
+        }
+    );
+    w.write_all_at(b"first", 4096).unwrap();
+    let during = m.snapshot(Kind::Incremental);
+    assert_eq!(&m.files_of(during.id)["table.db"][4096..4101], b"first");
+    // Writes after that cut never reach the daemon; the next snapshot has
+    // them all the same (the file stays wholly changed while open).
+    w.write_all_at(b"second", 65536 * 3).unwrap();
+    w.set_len(3 << 20).unwrap();
+    w.write_all_at(b"third", (3 << 20) - 5).unwrap();
+    drop(w);
+    drop(r);
+    let after = m.snapshot(Kind::Incremental);
+    assert_eq!(
+        m.files_of(after.id)["table.db"],
+        fs::read(m.backing.join("table.db")).unwrap()
+    );
+}
