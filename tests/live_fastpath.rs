@@ -40,6 +40,15 @@ fn fast_mount() -> FlushedMount {
     m
 }
 
+/// The kernel releases a closed file shortly after close(2) returns.
+fn released(m: &FlushedMount) {
+    let t0 = Instant::now();
+    while m.fs.fast_path_open() != 0 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "never released");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn write_chunked(f: &mut File, data: &[u8]) {
     for c in data.chunks(1 << 20) {
         f.write_all(c).unwrap();
@@ -61,7 +70,7 @@ fn a_checkpoint_written_on_the_fast_path_and_renamed_into_place_is_captured_whol
     write_chunked(&mut f, &data);
     f.sync_all().unwrap();
     drop(f);
-    assert_eq!(m.fs.fast_path_open(), 0);
+    released(&m);
     fs::rename(&tmp, m.mnt.join("ckpt/latest.pt")).unwrap();
     // The bytes reached the backing file without the daemon.
     assert_eq!(fs::read(m.backing.join("ckpt/latest.pt")).unwrap(), data);
@@ -261,8 +270,8 @@ fn writers_beside_passthrough_readers_are_recorded_and_dirty_files_are_read_by_t
     let m = fast_mount();
     let path = m.mnt.join("table.db");
     fs::write(&path, bytes(5, 1 << 20)).unwrap();
-    // Changes not yet in a snapshot: a reader goes through the daemon, so
-    // that a writer joining it is tracked block by block.
+    // Written a moment ago: a reader goes through the daemon, so that a
+    // writer joining it is tracked block by block.
     let r = File::open(&path).unwrap();
     assert_eq!(
         m.fs.open_modes(),

@@ -78,6 +78,64 @@ fn writes_by_non_owners_clear_setuid_and_setgid() {
     assert_eq!(mode & 0o6000, 0, "mode {mode:o} kept set-id bits");
 }
 
+/// With FUSE_HANDLE_KILLPRIV_V2 the kernel leaves dropping set-id bits
+/// to the daemon (which acts as root, so the backing filesystem would keep
+/// them): every way a user changes a file's content must drop them as on
+/// ext4, and a root writer (CAP_FSETID) keeps them.
+#[test]
+fn every_content_change_by_a_user_drops_set_id_bits_as_the_vfs_does() {
+    let m = TestMount::with(MountConfig {
+        allow_other: true,
+        checkpoints: Some(
+            rewindfs::fs::fastpath::CheckpointPatterns::new(
+                rewindfs::fs::fastpath::DEFAULT_PATTERNS,
+            )
+            .unwrap(),
+        ),
+        ..MountConfig::default()
+    });
+    fs::set_permissions(&m.mnt, fs::Permissions::from_mode(0o777)).unwrap();
+    let cases: &[(&str, u32, &str, u32)] = &[
+        // (file, mode, what the user runs on it, mode expected after)
+        ("w", 0o6777, "echo more >> F", 0o777),
+        ("t", 0o6777, "truncate -s 1 F", 0o777),
+        ("o", 0o6777, ": > F", 0o777),
+        ("f", 0o6777, "fallocate -l 65536 F", 0o777),
+        // setgid without group execute (mandatory locking) stays.
+        ("g", 0o2766, "echo more >> F", 0o2766),
+        ("gt", 0o2766, "truncate -s 0 F", 0o2766),
+        // A checkpoint name: set-id files never take the fast path.
+        ("ck.pt", 0o6777, ": > F; echo new >> F", 0o777),
+    ];
+    for (name, mode, script, want) in cases {
+        fs::write(m.m(name), b"content").unwrap();
+        fs::set_permissions(m.m(name), fs::Permissions::from_mode(*mode)).unwrap();
+        let f = m.m(name).display().to_string();
+        let o = as_user(65534, 65534, "", &script.replace('F', &f));
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let got = fs::metadata(m.b(name)).unwrap().mode() & 0o7777;
+        assert_eq!(got, *want, "{name} after `{script}`: mode {got:o}");
+        let seen = fs::metadata(m.m(name)).unwrap().mode() & 0o7777;
+        assert_eq!(seen, *want, "{name}: the mount shows mode {seen:o}");
+    }
+    // Root (CAP_FSETID) keeps them, as on ext4.
+    fs::write(m.m("root"), b"x").unwrap();
+    fs::set_permissions(m.m("root"), fs::Permissions::from_mode(0o6755)).unwrap();
+    let o = Command::new("sh")
+        .args([
+            "-c",
+            &format!("echo more >> {0}; truncate -s 1 {0}", m.m("root").display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert_eq!(fs::metadata(m.b("root")).unwrap().mode() & 0o7777, 0o6755);
+}
+
 #[test]
 fn rename_noreplace_and_exchange() {
     let m = TestMount::new();

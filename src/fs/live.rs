@@ -80,6 +80,8 @@ pub struct OpenFile {
     passthrough: std::sync::atomic::AtomicBool,
     /// A checkpoint fast-path writer (held by the tracker while open).
     fast: std::sync::atomic::AtomicBool,
+    /// Its close began (FLUSH came).
+    closing: std::sync::atomic::AtomicBool,
     /// A writer through passthrough outside the fast path (see
     /// `Recorder::bypass`).
     bypass: bool,
@@ -97,6 +99,7 @@ impl OpenFile {
             wrote: std::sync::atomic::AtomicBool::new(false),
             passthrough: std::sync::atomic::AtomicBool::new(false),
             fast: std::sync::atomic::AtomicBool::new(false),
+            closing: std::sync::atomic::AtomicBool::new(false),
             bypass: false,
             backing: Mutex::new(None),
             dir: None,
@@ -121,6 +124,10 @@ pub enum OpenReply {
         fh: u64,
     },
 }
+
+/// A file changed this recently is read through the daemon, not by
+/// passthrough (see [`LiveFs::open_mode`]).
+pub const BUSY_WINDOW: Duration = Duration::from_secs(5);
 
 /// Open files by how they are served (see [`LiveFs::open_modes`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -800,15 +807,16 @@ impl LiveFs {
                 return Mode2::Passthrough(Some(b));
             }
         }
-        // Passthrough for reads of files with no unsnapshotted change: a
-        // file being written (a database's) is read through the daemon, so
-        // a writer that opens it later is tracked block by block (a writer
-        // joining passthrough readers would bypass the daemon).
+        // Passthrough for reads, except of a file written in the last few
+        // seconds: a file being written (a database's, a log) is read
+        // through the daemon, so that a writer opening it later is
+        // tracked block by block (a writer joining passthrough readers
+        // would bypass the daemon).
         if !write
             && m.cached == 0
             && self.passthrough_enabled()
             && n.kind == libc::S_IFREG
-            && !self.track.is_dirty(&n.key)
+            && !self.track.changed_within(&n.key, BUSY_WINDOW)
         {
             m.passthrough += 1;
             return Mode2::Passthrough(None);
@@ -932,7 +940,8 @@ impl LiveFs {
             if h.passthrough.swap(false, Ordering::Relaxed) {
                 if h.fast.swap(false, Ordering::Relaxed) {
                     let _change = self.track.change();
-                    self.track.unhold(&h.inode.key);
+                    self.track
+                        .unhold(&h.inode.key, h.closing.load(Ordering::Relaxed));
                 }
                 let mut m = h.inode.opens.lock();
                 m.passthrough = m.passthrough.saturating_sub(1);
@@ -1050,6 +1059,23 @@ impl LiveFs {
         Ok(done as u32)
     }
 
+    /// Is `fh` a checkpoint fast-path writer?
+    pub fn is_fast(&self, fh: u64) -> bool {
+        self.handle(fh)
+            .is_ok_and(|h| h.fast.load(Ordering::Relaxed))
+    }
+
+    /// A descriptor of `fh` is being closed (FLUSH, sent only for fast-path
+    /// writers): its release follows, and a cut waits briefly for it, so
+    /// that a snapshot taken right after close(2) returns holds the file.
+    pub fn flush(&self, fh: u64) {
+        if let Ok(h) = self.handle(fh) {
+            if h.fast.load(Ordering::Relaxed) && !h.closing.swap(true, Ordering::Relaxed) {
+                self.track.closing(&h.inode.key);
+            }
+        }
+    }
+
     pub fn release(&self, fh: u64) {
         let removed = self.handles.write().remove(&fh);
         let Some(h) = removed else { return };
@@ -1057,7 +1083,8 @@ impl LiveFs {
         if fast || h.bypass {
             let _change = self.track.change();
             if fast {
-                self.track.unhold(&h.inode.key);
+                self.track
+                    .unhold(&h.inode.key, h.closing.load(Ordering::Relaxed));
             } else {
                 self.track.unbypass(&h.inode.key);
             }

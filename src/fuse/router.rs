@@ -140,6 +140,13 @@ impl Router {
         }
     }
 
+    /// A close(2) of a descriptor of `fh`.
+    pub fn flush(&self, fh: u64) {
+        if fh & FH_TAG == 0 {
+            self.fs.flush(fh);
+        }
+    }
+
     pub fn release(&self, fh: u64) {
         if fh & FH_TAG != 0 {
             if let Some(v) = self.view_handle(fh) {

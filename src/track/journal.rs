@@ -470,6 +470,19 @@ impl Journal {
         }
     }
 
+    /// When the file last changed, if it has changes not yet in a
+    /// snapshot (in the current epoch).
+    pub fn last_change_ns(&self, key: &FileKey) -> Option<i64> {
+        let shard = self.shards[shard_of(key)].lock();
+        let d = shard.files.get(key)?;
+        Some(
+            d.blocks
+                .values()
+                .map(|b| b.last_ns)
+                .fold(d.file.last_ns, i64::max),
+        )
+    }
+
     /// Has the file changes not yet in a snapshot (in the current epoch)?
     pub fn is_dirty(&self, key: &FileKey) -> bool {
         self.shards[shard_of(key)].lock().files.contains_key(key)

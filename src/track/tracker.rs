@@ -22,6 +22,8 @@ struct State {
     /// Files open for writing on the checkpoint fast path (their writes
     /// bypass the daemon): key -> number of such opens.
     held: cut::OpenCount,
+    /// Held files whose close has begun (their release follows at once).
+    closing: cut::OpenCount,
     /// Other files open for writing through kernel passthrough (a writer
     /// of a file that has passthrough readers: the kernel allows no other
     /// mode): key -> number of such opens.
@@ -30,6 +32,19 @@ struct State {
     /// recorded and no snapshot can be cut, to measure what recording
     /// costs.
     untracked: bool,
+}
+
+/// How long a cut waits for held files being closed to be released.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn dec(m: &cut::OpenCount, key: &FileKey) {
+    let mut h = m.lock();
+    if let Some(n) = h.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            h.remove(key);
+        }
+    }
 }
 
 /// The environment variable that turns recording off (benchmarks only).
@@ -51,6 +66,7 @@ impl Tracker {
                 cow: cow::Cow::default(),
                 events: Events::default(),
                 held: Default::default(),
+                closing: Default::default(),
                 bypass: Default::default(),
                 untracked: {
                     let off = std::env::var(UNTRACKED_ENV).is_ok_and(|v| v == "1");
@@ -176,7 +192,10 @@ impl Recorder {
     /// A fast-path open of the file is closed: recorded as changed again
     /// (its last write is now), and no longer held once its last such
     /// open is closed. Call with the change gate held.
-    pub fn unhold(&self, key: &FileKey) {
+    pub fn unhold(&self, key: &FileKey, was_closing: bool) {
+        if was_closing {
+            dec(&self.state.closing, key);
+        }
         self.state.journal.record_all_from(key, 0);
         let mut h = self.state.held.lock();
         if let Some(n) = h.get_mut(key) {
@@ -185,6 +204,11 @@ impl Recorder {
                 h.remove(key);
             }
         }
+    }
+
+    /// A held file's close has begun: its release (and unhold) follows.
+    pub fn closing(&self, key: &FileKey) {
+        *self.state.closing.lock().entry(*key).or_insert(0) += 1;
     }
 
     /// A file is opened for writing through kernel passthrough outside the
@@ -207,6 +231,15 @@ impl Recorder {
                 h.remove(key);
             }
         }
+    }
+
+    /// Did the file change within `window` (a change not yet in a
+    /// snapshot)?
+    pub fn changed_within(&self, key: &FileKey, window: std::time::Duration) -> bool {
+        self.state
+            .journal
+            .last_change_ns(key)
+            .is_some_and(|t| crate::util::time::now_ns() - t < window.as_nanos() as i64)
     }
 
     /// Has the file changes that no snapshot holds yet (not counting a
@@ -265,6 +298,13 @@ impl Freezer {
     /// Take the cut (see [`super::cut`]).
     pub fn cut(&self, req: &CutRequest<'_>) -> Result<CutInfo> {
         let s = &self.state;
+        // A checkpoint whose close(2) already returned is released by the
+        // kernel a moment later: wait for that (bounded), so a snapshot
+        // asked for right after the close holds it.
+        let t0 = std::time::Instant::now();
+        while !s.closing.lock().is_empty() && t0.elapsed() < CLOSE_WAIT {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         if s.untracked {
             return Err(crate::error::Error::InvalidInput(format!(
                 "change tracking is off ({UNTRACKED_ENV}=1, benchmarks only): no snapshot"
