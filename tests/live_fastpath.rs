@@ -316,3 +316,36 @@ fn writers_beside_passthrough_readers_are_recorded_and_dirty_files_are_read_by_t
         fs::read(m.backing.join("table.db")).unwrap()
     );
 }
+
+#[test]
+fn a_running_program_is_never_truncated() {
+    // FUSE_ATOMIC_O_TRUNC (which the fast path needs) leaves truncation on
+    // open to the daemon, even for O_RDONLY|O_TRUNC, which the kernel then
+    // refuses with ETXTBSY for a running program: the daemon must not have
+    // truncated it first.
+    let m = fast_mount();
+    let prog = m.mnt.join("prog");
+    fs::copy("/bin/sleep", &prog).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&prog, fs::Permissions::from_mode(0o755)).unwrap();
+    let size = fs::metadata(&prog).unwrap().len();
+    for wait in [0, 6] {
+        // Soon after writing it is read through the daemon, later through
+        // passthrough: both paths.
+        std::thread::sleep(Duration::from_secs(wait));
+        let mut child = Command::new(&prog).arg("10").spawn().unwrap();
+        for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC] {
+            let r = rustix::fs::open(
+                &prog,
+                rustix::fs::OFlags::from_bits_retain(flags as u32),
+                rustix::fs::Mode::empty(),
+            );
+            assert_eq!(r.err(), Some(rustix::io::Errno::TXTBSY), "flags {flags:#x}");
+        }
+        assert_eq!(fs::metadata(&prog).unwrap().len(), size);
+        let st = child.try_wait().unwrap();
+        assert!(st.is_none(), "the program still runs: {st:?}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

@@ -384,7 +384,12 @@ fn take(
     );
     let base = match &latest {
         Some(r) => tree_of(repo, r.id, &mut trees.latest)?,
-        None => Tree::default(),
+        // The first snapshot: list the tree now, while writers go on; the
+        // cut then only corrects what changed meanwhile.
+        None => {
+            status.lock().state = "listing".into();
+            cut::list_tree(&ctx.backing, ctx.hidden, repo.config.block_size)?
+        }
     };
     if ctx.writeback_cache && !unmounting {
         syncfs(&ctx.mountpoint);

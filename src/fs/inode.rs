@@ -33,6 +33,8 @@ pub struct OpenModes {
     pub cached: u32,
     /// Opens served by kernel passthrough.
     pub passthrough: u32,
+    /// Opens by exec(2) (the program is running from this file).
+    pub exec: u32,
     /// Written through passthrough since the last cached open: the next
     /// cached open must drop the kernel's pages of the file.
     pub stale_cache: bool,

@@ -80,6 +80,8 @@ pub struct OpenFile {
     passthrough: std::sync::atomic::AtomicBool,
     /// A checkpoint fast-path writer (held by the tracker while open).
     fast: std::sync::atomic::AtomicBool,
+    /// Opened by exec(2).
+    exec: std::sync::atomic::AtomicBool,
     /// Its close began (FLUSH came).
     closing: std::sync::atomic::AtomicBool,
     /// A writer through passthrough outside the fast path (see
@@ -100,9 +102,21 @@ impl OpenFile {
             passthrough: std::sync::atomic::AtomicBool::new(false),
             fast: std::sync::atomic::AtomicBool::new(false),
             closing: std::sync::atomic::AtomicBool::new(false),
+            exec: std::sync::atomic::AtomicBool::new(false),
             bypass: false,
             backing: Mutex::new(None),
             dir: None,
+        }
+    }
+}
+
+impl OpenReply {
+    /// The handle of the open.
+    pub fn fh(&self) -> u64 {
+        match self {
+            OpenReply::Plain { fh, .. }
+            | OpenReply::Passthrough { fh, .. }
+            | OpenReply::NeedBacking { fh } => *fh,
         }
     }
 }
@@ -225,7 +239,8 @@ fn timespec(t: Option<TimeOrNow>) -> rustix::fs::Timespec {
 /// O_NOCTTY have no meaning on an existing object.
 fn backing_open_flags(flags: i32) -> OFlags {
     let keep = flags
-        & !(libc::O_APPEND
+        & !(FMODE_EXEC_FLAG
+            | libc::O_APPEND
             | libc::O_DIRECT
             | libc::O_CREAT
             | libc::O_EXCL
@@ -242,6 +257,10 @@ fn fd_budget() -> usize {
         .unwrap_or(1 << 20);
     (limit.saturating_sub(4096) as usize).max(limit as usize / 2)
 }
+
+/// The open flag the kernel adds to exec(2)'s open of the program
+/// (`__FMODE_EXEC`), passed on to FUSE.
+const FMODE_EXEC_FLAG: i32 = 0x20;
 
 fn writable(flags: i32) -> bool {
     matches!(flags & libc::O_ACCMODE, libc::O_WRONLY | libc::O_RDWR)
@@ -882,6 +901,13 @@ impl LiveFs {
         let n = self.node(nodeid)?;
         let write = writable(flags);
         let truncating = write && flags & libc::O_TRUNC != 0;
+        let mut flags = flags;
+        if !write && flags & libc::O_TRUNC != 0 && n.opens.lock().exec > 0 {
+            // O_RDONLY|O_TRUNC of a running program: the kernel answers
+            // ETXTBSY after this open (FUSE_ATOMIC_O_TRUNC leaves the
+            // truncation to us), so it must not be truncated.
+            flags &= !libc::O_TRUNC;
+        }
         // A writable open may truncate, or start bypassing the daemon
         // (`serve`): both are changes a cut must not split.
         let _change = write.then(|| self.track.change());
@@ -916,7 +942,15 @@ impl LiveFs {
             }
             self.kill_privs(&n, pid)?;
         }
-        Ok(self.serve(&n, file, write, fast))
+        let reply = self.serve(&n, file, write, fast);
+        if flags & FMODE_EXEC_FLAG != 0 {
+            n.opens.lock().exec += 1;
+            if let Ok(h) = self.handle(reply.fh()) {
+                // The handle was just added; mark it for release.
+                h.exec.store(true, Ordering::Relaxed);
+            }
+        }
+        Ok(reply)
     }
 
     /// The file of a handle (for registering a passthrough backing id).
@@ -1098,6 +1132,9 @@ impl LiveFs {
             });
         }
         let mut m = h.inode.opens.lock();
+        if h.exec.load(Ordering::Relaxed) {
+            m.exec = m.exec.saturating_sub(1);
+        }
         if h.passthrough.load(Ordering::Relaxed) {
             m.passthrough = m.passthrough.saturating_sub(1);
             if h.writable {

@@ -201,6 +201,53 @@ pub fn open_verified(root: &OwnedFd, tree: &Tree, path: &[u8]) -> Option<OwnedFd
     })
 }
 
+/// The tree of the backing directory as listed now (files without their
+/// blocks), for the repository's first snapshot: listing it here, outside
+/// the gate, lets that snapshot's cut look only at what changed during
+/// the listing (the journal records it) instead of listing everything
+/// while writers wait. A listing that races with changes is corrected by
+/// the cut: every change during it is in the journal.
+pub fn list_tree(backing: &Path, hidden: Option<FileKey>, block_size: u32) -> Result<Tree> {
+    let root = sys::open_dir_path(backing).map_err(|e| Error::io("open", backing, e))?;
+    let root_path = rustix::fs::openat(&root, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| io("open", e))?;
+    let mut tree = Tree {
+        block_size,
+        entries: Default::default(),
+    };
+    let rs = state_of(&root_path, None)?;
+    tree.entries.insert(Vec::new(), (rs.meta, Node::Dir));
+    crate::util::walk::walk(root, |e| {
+        if e.path == SNAPSHOTS_DIR.as_bytes() || Some(FileKey::of(e.stat)) == hidden {
+            return Ok(false);
+        }
+        let fd = match open_path_at(e.dir, e.name) {
+            Ok(fd) => fd,
+            // Gone since the walk listed it: the journal has the removal.
+            Err(rustix::io::Errno::NOENT) => return Ok(false),
+            Err(err) => return Err(io("open", err)),
+        };
+        let s = match state_of(&fd, None) {
+            Ok(s) => s,
+            Err(_) => return Ok(false),
+        };
+        let node = match s.kind {
+            ObjKind::Dir => Node::Dir,
+            ObjKind::File { size } => Node::File {
+                size,
+                blocks: crate::snapshot::manifest::Blocks::Full(Vec::new()),
+                link: (s.nlink > 1).then_some(s.key.ino),
+            },
+            ObjKind::Symlink { target } => Node::Symlink { target },
+            ObjKind::Special { rdev } => Node::Special { rdev },
+        };
+        let descend = matches!(node, Node::Dir);
+        tree.entries.insert(e.path.to_vec(), (s.meta, node));
+        Ok(descend)
+    })?;
+    Ok(tree)
+}
+
 /// The path of a directory at the cut, from its descriptor.
 fn path_of(fd: &OwnedFd, backing: &Path) -> Option<Vec<u8>> {
     use std::os::fd::AsRawFd;
