@@ -208,9 +208,8 @@ pub fn open_verified(root: &OwnedFd, tree: &Tree, path: &[u8]) -> Option<OwnedFd
 /// while writers wait. A listing that races with changes is corrected by
 /// the cut: every change during it is in the journal.
 pub fn list_tree(backing: &Path, hidden: Option<FileKey>, block_size: u32) -> Result<Tree> {
-    let root = sys::open_dir_path(backing).map_err(|e| Error::io("open", backing, e))?;
-    let root_path = rustix::fs::openat(&root, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| io("open", e))?;
+    let root_path = sys::open_dir_path(backing).map_err(|e| Error::io("open", backing, e))?;
+    let root = sys::open_dir_at(&root_path, b".").map_err(|e| io("open directory", e))?;
     let mut tree = Tree {
         block_size,
         entries: Default::default(),
