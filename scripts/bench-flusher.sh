@@ -45,7 +45,7 @@ lat=$(python3 scripts/lib/flusher_bench.py latency "$rw" "$WORK/m" "$WORK/r" big
 {
   echo "$(nproc) cores, $(uname -r), $(date -u +%Y-%m-%d). Dataset: $FILES small files in $((FILES / 1000)) directories + a ${BIG_MIB} MiB file."
   echo
-  echo "- first snapshot (full; its cut lists the whole tree): $(python3 -c "print(f'{$t1-$t0:.1f}')") s including the mount, cut held writers ${first_cut} ms"
+  echo "- first snapshot (full; the tree is listed before its cut, outside the writer gate): $(python3 -c "print(f'{$t1-$t0:.1f}')") s including the mount, cut held writers ${first_cut} ms"
   echo "- $ROUNDS incremental snapshots, $DIRTY dirty files each: $cuts"
   echo "- 4 KiB writes: $lat"
 } | tee "$OUT"
