@@ -142,7 +142,14 @@ fn fsx_round(cfg: MountConfig, seeds: &[u64], ops: u64, ext: &str) {
         })
         .collect();
     if ext == "pt" {
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        // fsx keeps its file open for the whole run (no close/reopen in
+        // fsx-fast.toml): wait until every one is open.
+        let t0 = std::time::Instant::now();
+        while m.fs.fast_path_open() < seeds.len() as u64
+            && t0.elapsed() < std::time::Duration::from_secs(30)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         assert_eq!(
             m.fs.fast_path_open(),
             seeds.len() as u64,
