@@ -108,6 +108,34 @@ impl LiveAdapter {
         }
     }
 
+    /// Register the backing file of a passthrough open with the kernel
+    /// (`open_backing` of the reply) and remember the id for the file's
+    /// other opens. `None`: the kernel refused; the open is then served
+    /// by the daemon and passthrough is off for this mount.
+    fn register_backing(
+        &self,
+        fh: u64,
+        open_backing: impl FnOnce(&std::fs::File) -> std::io::Result<fuser::BackingId>,
+    ) -> Option<Arc<fuser::BackingId>> {
+        let fs = &self.router.fs;
+        let id = fs
+            .handle_file(fh)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.code()))
+            .and_then(|h| open_backing(&h.file));
+        match id {
+            Ok(id) => {
+                let id = Arc::new(id);
+                let _ = fs.set_backing(fh, id.clone());
+                Some(id)
+            }
+            Err(e) => {
+                tracing::info!("FUSE passthrough refused ({e}); files are served by the daemon");
+                fs.passthrough_failed(fh, &format!("the kernel refused passthrough: {e}"));
+                None
+            }
+        }
+    }
+
     /// `FOPEN_NOFLUSH` for every open but a checkpoint fast-path writer's
     /// (whose FLUSH tells the daemon it is being closed).
     fn noflush(&self, fh: u64) -> FopenFlags {
@@ -339,7 +367,6 @@ impl Filesystem for LiveAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let fs = &self.router.fs;
         match self.router.open(ino.0, flags.0, req.pid()) {
             // Snapshot files never change: keep their pages across opens.
             Ok(Opened::View(fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
@@ -355,23 +382,9 @@ impl Filesystem for LiveAdapter {
                 reply.opened_passthrough(FileHandle(fh), self.noflush(fh), &backing)
             }
             Ok(Opened::Live(OpenReply::NeedBacking { fh })) => {
-                let id = fs
-                    .handle_file(fh)
-                    .map_err(|e| std::io::Error::from_raw_os_error(e.code()))
-                    .and_then(|h| reply.open_backing(&h.file));
-                match id {
-                    Ok(id) => {
-                        let id = Arc::new(id);
-                        let _ = fs.set_backing(fh, id.clone());
-                        reply.opened_passthrough(FileHandle(fh), self.noflush(fh), &id)
-                    }
-                    Err(e) => {
-                        tracing::info!(
-                            "FUSE passthrough refused ({e}); reads go through the daemon"
-                        );
-                        fs.passthrough_failed(fh, &format!("the kernel refused passthrough: {e}"));
-                        reply.opened(FileHandle(fh), self.noflush(fh))
-                    }
+                match self.register_backing(fh, |f| reply.open_backing(f)) {
+                    Some(id) => reply.opened_passthrough(FileHandle(fh), self.noflush(fh), &id),
+                    None => reply.opened(FileHandle(fh), self.noflush(fh)),
                 }
             }
             Err(e) => reply.error(e),
@@ -593,7 +606,6 @@ impl Filesystem for LiveAdapter {
             .live(parent.0)
             .and_then(|fs| fs.create(c, parent.0, name, mode, flags));
         let ttl = self.ttl();
-        let fs = &self.router.fs;
         match r {
             Ok((e, OpenReply::Plain { fh, keep_cache })) => {
                 let f = if keep_cache {
@@ -618,39 +630,22 @@ impl Filesystem for LiveAdapter {
                 &backing,
             ),
             Ok((e, OpenReply::NeedBacking { fh })) => {
-                let id = fs
-                    .handle_file(fh)
-                    .map_err(|e| std::io::Error::from_raw_os_error(e.code()))
-                    .and_then(|h| reply.open_backing(&h.file));
-                match id {
-                    Ok(id) => {
-                        let id = Arc::new(id);
-                        let _ = fs.set_backing(fh, id.clone());
-                        reply.created_passthrough(
-                            &ttl,
-                            &e.attr,
-                            Generation(0),
-                            FileHandle(fh),
-                            self.noflush(fh),
-                            &id,
-                        )
-                    }
-                    Err(err) => {
-                        tracing::info!(
-                            "FUSE passthrough refused ({err}); writes go through the daemon"
-                        );
-                        fs.passthrough_failed(
-                            fh,
-                            &format!("the kernel refused passthrough: {err}"),
-                        );
-                        reply.created(
-                            &ttl,
-                            &e.attr,
-                            Generation(0),
-                            FileHandle(fh),
-                            self.noflush(fh),
-                        )
-                    }
+                match self.register_backing(fh, |f| reply.open_backing(f)) {
+                    Some(id) => reply.created_passthrough(
+                        &ttl,
+                        &e.attr,
+                        Generation(0),
+                        FileHandle(fh),
+                        self.noflush(fh),
+                        &id,
+                    ),
+                    None => reply.created(
+                        &ttl,
+                        &e.attr,
+                        Generation(0),
+                        FileHandle(fh),
+                        self.noflush(fh),
+                    ),
                 }
             }
             Err(e) => reply.error(e),
