@@ -2,7 +2,7 @@
 //! argument, and size parsing and printing.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 
@@ -20,9 +20,47 @@ pub struct Out<'a> {
 
 #[derive(Args, Clone)]
 pub struct RepoArg {
-    /// Repository directory.
+    /// Repository directory. Default: the repository of the mount given
+    /// with -C, or of the mount the current directory is in.
     #[arg(long, env = "REWINDFS_REPO", value_name = "DIR")]
-    pub repo: PathBuf,
+    pub repo: Option<PathBuf>,
+    /// Use the repository of the rewindfs mount at (or holding) MNT, a
+    /// live or a snapshot mount. --repo and REWINDFS_REPO win over it.
+    #[arg(short = 'C', long = "mount", value_name = "MNT")]
+    pub mount: Option<PathBuf>,
+}
+
+impl RepoArg {
+    /// The repository: --repo (or REWINDFS_REPO), else the one of the
+    /// mount named by -C or holding the current directory, confirmed by
+    /// its daemon.
+    pub fn resolve(&self) -> anyhow::Result<PathBuf> {
+        find_repo(self.repo.as_deref(), self.mount.as_deref())
+    }
+}
+
+/// See [`RepoArg::resolve`].
+pub fn find_repo(repo: Option<&Path>, mount: Option<&Path>) -> anyhow::Result<PathBuf> {
+    use rewindfs::daemon::discover::{self, FindError};
+    if let Some(r) = repo {
+        return Ok(r.to_path_buf());
+    }
+    let (from, hint) = match mount {
+        Some(m) => (m.to_path_buf(), false),
+        None => (
+            std::env::current_dir()
+                .map_err(|e| anyhow::anyhow!("cannot read the current directory: {e}"))?,
+            true,
+        ),
+    };
+    match discover::find(&from) {
+        Ok((_, repo, _)) => Ok(repo),
+        Err(FindError::NotInMount(p)) if hint => anyhow::bail!(
+            "no repository given: use --repo DIR (or REWINDFS_REPO), -C MOUNTPOINT, or run inside a rewindfs mount ({} is not in one)",
+            p.display()
+        ),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Parse sizes like `256M`, `4G` (up to u64).

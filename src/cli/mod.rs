@@ -60,17 +60,17 @@ fn with_repo(
     f: impl FnOnce(&Repository, &mut Out) -> Result<i32>,
 ) -> Result<i32> {
     use rewindfs::repo::trust;
-    let trusted = match trust::open_trusted(&repo.repo, trust::Open::Existing) {
+    let path = repo.resolve()?;
+    let repo = &path;
+    let trusted = match trust::open_trusted(repo, trust::Open::Existing) {
         Ok(_) => true,
         Err(e @ rewindfs::Error::Untrusted { .. }) if usage == Use::Write => {
             return Err(e).context("this command writes to the repository");
         }
         Err(rewindfs::Error::Untrusted { .. }) => false,
-        Err(e) => {
-            return Err(e).with_context(|| format!("opening repository {}", repo.repo.display()))
-        }
+        Err(e) => return Err(e).with_context(|| format!("opening repository {}", repo.display())),
     };
-    if trusted && control::daemon_running(&repo.repo) {
+    if trusted && control::daemon_running(repo) {
         use std::os::unix::ffi::OsStrExt;
         let mut args: Vec<Vec<u8>> = std::env::args_os()
             .skip(1)
@@ -83,20 +83,20 @@ fn with_repo(
             .any(|a| a == b"--repo" || a.starts_with(b"--repo="))
         {
             let mut a = b"--repo=".to_vec();
-            a.extend_from_slice(repo.repo.as_os_str().as_bytes());
+            a.extend_from_slice(repo.as_os_str().as_bytes());
             args.push(a);
         }
         let cwd = std::env::current_dir()
             .map(|p| p.as_os_str().as_bytes().to_vec())
             .unwrap_or_default();
         let code = control::call_cli(
-            &repo.repo,
+            repo,
             args,
             cwd,
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),
         )
-        .with_context(|| format!("asking the mount daemon of {}", repo.repo.display()))?;
+        .with_context(|| format!("asking the mount daemon of {}", repo.display()))?;
         return Ok(code);
     }
     let open = |p: &Path| -> Result<(Repository, Option<String>)> {
@@ -105,8 +105,7 @@ fn with_repo(
             Use::Read => Ok(Repository::open_for_reading(p)?),
         }
     };
-    let (r, note) =
-        open(&repo.repo).with_context(|| format!("opening repository {}", repo.repo.display()))?;
+    let (r, note) = open(repo).with_context(|| format!("opening repository {}", repo.display()))?;
     if let Some(n) = note {
         eprintln!("warning: {n}");
     }
@@ -193,7 +192,7 @@ pub fn daemon_hook() -> rewindfs::daemon::CliHook {
 
 /// `rewindfs snapshot` without `--source`: ask the live mount.
 fn live_snapshot(a: &snapshot_cmds::SnapshotArgs) -> Result<i32> {
-    let repo = &a.repo().repo;
+    let repo = &a.repo().resolve()?;
     let resp = control::call(
         repo,
         &Request::Snapshot {
@@ -307,10 +306,11 @@ pub fn run(cli: Cli) -> Result<i32> {
             with_repo(&r, Use::Read, |repo, o| repo_cmds::verify(repo, a, o))
         }
         Command::RebuildIndex(a) => {
-            if control::daemon_running(&a.repo().repo) {
+            let repo = a.repo.clone();
+            if control::daemon_running(&repo) {
                 anyhow::bail!(
                     "{} is mounted; unmount it before rebuilding its index",
-                    a.repo().repo.display()
+                    repo.display()
                 );
             }
             repo_cmds::rebuild(a)

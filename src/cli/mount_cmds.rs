@@ -317,33 +317,191 @@ fn repo_lock_free(repo: &std::path::Path) -> bool {
 
 #[derive(Args)]
 pub struct StatusArgs {
-    /// Repository of the mount.
+    /// A rewindfs mountpoint (or a path inside one): show that mount.
+    /// Without it (and without --repo): list every rewindfs mount on this
+    /// machine.
+    #[arg(value_name = "MNT")]
+    mountpoint: Option<PathBuf>,
+    /// Show the mount of this repository.
     #[arg(long, env = "REWINDFS_REPO", value_name = "DIR")]
-    repo: PathBuf,
+    repo: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
 }
 
+/// Seconds since `ns` (never negative).
+fn age_secs(ns: i64) -> u64 {
+    let now = rewindfs::util::time::now_ns();
+    u64::try_from(now.saturating_sub(ns) / 1_000_000_000).unwrap_or(0)
+}
+
+fn human_age(secs: u64) -> String {
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m", secs / 60),
+        3600..=86_399 => format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60),
+        _ => humantime::format_duration(Duration::from_secs(secs / 3600 * 3600)).to_string(),
+    }
+}
+
+/// One row of `rewindfs status` without arguments.
+#[derive(serde::Serialize)]
+struct MountRow {
+    mountpoint: String,
+    /// live or snapshot
+    kind: &'static str,
+    backing: Option<String>,
+    repo: Option<String>,
+    newest: Option<control::NewestSnapshot>,
+    newest_age_seconds: Option<u64>,
+    dirty_bytes: Option<u64>,
+    oldest_change_age_seconds: Option<u64>,
+    /// The flusher's last error, or why the daemon could not be asked.
+    error: Option<String>,
+}
+
+fn list_mounts(json: bool) -> Result<i32> {
+    use rewindfs::daemon::discover;
+    let found = discover::rewindfs_mounts();
+    // One status call per repository (a daemon serves its live mount and
+    // its snapshot mounts).
+    let mut asked: std::collections::HashMap<PathBuf, std::result::Result<DaemonStatus, String>> =
+        Default::default();
+    let mut rows = Vec::new();
+    for m in &found {
+        let mut row = MountRow {
+            mountpoint: m.mountpoint.display().to_string(),
+            kind: "snapshot",
+            backing: None,
+            repo: m.repo.as_ref().map(|r| r.display().to_string()),
+            newest: None,
+            newest_age_seconds: None,
+            dirty_bytes: None,
+            oldest_change_age_seconds: None,
+            error: None,
+        };
+        let Some(repo) = &m.repo else {
+            row.error = Some("repository not named in the mount table (use --repo)".into());
+            rows.push(row);
+            continue;
+        };
+        let st = asked
+            .entry(repo.clone())
+            .or_insert_with(|| discover::confirm(m, repo).map_err(|e| e.to_string()));
+        let st = match st {
+            Ok(s) if discover::serves(s, &m.mountpoint) => s.clone(),
+            Ok(_) => {
+                row.error = Some(format!(
+                    "the daemon of {} does not serve it",
+                    repo.display()
+                ));
+                rows.push(row);
+                continue;
+            }
+            Err(e) => {
+                row.error = Some(e.clone());
+                rows.push(row);
+                continue;
+            }
+        };
+        let live = st.live && st.mountpoint == row.mountpoint;
+        if live {
+            row.kind = "live";
+            row.backing = Some(st.backing.clone());
+            row.dirty_bytes = Some(st.dirty_bytes);
+            row.oldest_change_age_seconds = st.oldest_change_ns.map(age_secs);
+            row.error = st.flusher.as_ref().and_then(|f| f.last_error.clone());
+        }
+        row.newest_age_seconds = st.newest.as_ref().map(|n| age_secs(n.time_ns));
+        row.newest = st.newest.clone();
+        rows.push(row);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(0);
+    }
+    if rows.is_empty() {
+        println!("no rewindfs mounts");
+        return Ok(0);
+    }
+    let dash = || "-".to_string();
+    let table: Vec<[String; 8]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.mountpoint.clone(),
+                r.kind.to_string(),
+                r.backing.clone().unwrap_or_else(dash),
+                r.repo.clone().unwrap_or_else(dash),
+                r.newest
+                    .as_ref()
+                    .map(|n| format!("{} {}", n.id, n.kind))
+                    .unwrap_or_else(dash),
+                r.newest_age_seconds.map(human_age).unwrap_or_else(dash),
+                r.dirty_bytes.map(human_bytes).unwrap_or_else(dash),
+                r.error.clone().unwrap_or_else(|| "ok".into()),
+            ]
+        })
+        .collect();
+    let head = [
+        "MOUNTPOINT",
+        "KIND",
+        "BACKING",
+        "REPOSITORY",
+        "NEWEST",
+        "AGE",
+        "UNSNAPSHOTTED",
+        "STATE",
+    ];
+    let mut w = head.map(str::len);
+    for r in &table {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                l.push_str(&format!("{c:<width$}  ", width = w[i]));
+            }
+        }
+        println!("{}", l.trim_end());
+    };
+    line(&head.map(String::from));
+    for r in &table {
+        line(r);
+    }
+    Ok(0)
+}
+
 pub fn status(a: StatusArgs) -> Result<i32> {
-    let resp = match control::call(&a.repo, &Request::Status, Duration::from_secs(10)) {
+    let repo = match (&a.mountpoint, &a.repo) {
+        (None, None) => return list_mounts(a.json),
+        (Some(mp), _) => super::common::find_repo(None, Some(mp))?,
+        (None, Some(r)) => r.clone(),
+    };
+    let resp = match control::call(&repo, &Request::Status, Duration::from_secs(10)) {
         Ok(r) => r,
         Err(CallError::NotRunning) => {
             if a.json {
-                println!("{}", serde_json::json!({"mounted": false, "repo": a.repo}));
+                println!("{}", serde_json::json!({"mounted": false, "repo": repo}));
             } else {
-                println!("repository {}: not mounted", a.repo.display());
+                println!("repository {}: not mounted", repo.display());
             }
             return Ok(0);
         }
         Err(e) => {
-            return Err(e).with_context(|| format!("asking the daemon of {}", a.repo.display()))
+            return Err(e).with_context(|| format!("asking the daemon of {}", repo.display()))
         }
     };
     let Response::Status { status: s } = resp else {
         anyhow::bail!(
             "the daemon of {} did not answer with its status",
-            a.repo.display()
+            repo.display()
         );
     };
     let s: DaemonStatus = *s;
@@ -353,6 +511,13 @@ pub fn status(a: StatusArgs) -> Result<i32> {
             o.insert("mounted".into(), true.into());
         }
         println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    if !s.live {
+        println!("repository:     {}", s.repo);
+        println!("daemon:         pid {} (snapshot mounts only)", s.pid);
+        println!("mounts:         {}", s.mounts.join(" "));
+        print_newest(&s);
         return Ok(0);
     }
     println!("mountpoint:     {}", s.mountpoint);
@@ -396,6 +561,10 @@ pub fn status(a: StatusArgs) -> Result<i32> {
         );
     }
     println!("snapshots:      {}", s.snapshots);
+    print_newest(&s);
+    if !s.mounts.is_empty() {
+        println!("snapshot mounts: {}", s.mounts.join(" "));
+    }
     if let Some(f) = &s.flusher {
         println!(
             "last snapshot:  {}",
@@ -442,4 +611,21 @@ pub fn status(a: StatusArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+fn print_newest(s: &DaemonStatus) {
+    match &s.newest {
+        Some(n) => println!(
+            "newest:         {} {} {} ({} ago){}",
+            n.id,
+            n.kind,
+            n.time,
+            human_age(age_secs(n.time_ns)),
+            n.label
+                .as_ref()
+                .map(|l| format!(", label {l}"))
+                .unwrap_or_default()
+        ),
+        None => println!("newest:         none yet"),
+    }
 }

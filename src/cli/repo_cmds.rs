@@ -71,12 +71,6 @@ impl VerifyArgs {
     }
 }
 
-impl RebuildArgs {
-    pub fn repo(&self) -> &RepoArg {
-        &self.repo
-    }
-}
-
 pub fn verify(repo: &Repository, a: VerifyArgs, o: &mut Out) -> Result<i32> {
     use rewindfs::verify::DataCheck;
     let data = match (a.read_data, a.sample) {
@@ -118,14 +112,15 @@ pub fn verify(repo: &Repository, a: VerifyArgs, o: &mut Out) -> Result<i32> {
 
 #[derive(Args)]
 pub struct RebuildArgs {
-    #[command(flatten)]
-    repo: RepoArg,
+    /// Repository directory (it must not be mounted).
+    #[arg(long, env = "REWINDFS_REPO", value_name = "DIR")]
+    pub repo: std::path::PathBuf,
 }
 
 #[allow(clippy::print_stdout)] // never runs in the daemon
 pub fn rebuild(a: RebuildArgs) -> Result<i32> {
-    let r = repo::rebuild_index(&a.repo.repo)
-        .with_context(|| format!("rebuilding the index of {}", a.repo.repo.display()))?;
+    let r = repo::rebuild_index(&a.repo)
+        .with_context(|| format!("rebuilding the index of {}", a.repo.display()))?;
     if let Some(old) = &r.moved_to {
         println!("moved the old index to {}", old.display());
     }

@@ -150,6 +150,40 @@ pub struct DaemonStatus {
     /// Change recording is off (a benchmark run): nothing is protected.
     #[serde(default)]
     pub untracked: bool,
+    /// The newest snapshot in the repository.
+    #[serde(default)]
+    pub newest: Option<NewestSnapshot>,
+    /// Nanoseconds since the epoch of the oldest change not in a snapshot.
+    #[serde(default)]
+    pub oldest_change_ns: Option<i64>,
+}
+
+/// The newest snapshot of a repository, as status shows it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NewestSnapshot {
+    pub id: u64,
+    pub name: String,
+    pub kind: String,
+    /// RFC 3339 UTC.
+    pub time: String,
+    pub time_ns: i64,
+    pub label: Option<String>,
+}
+
+impl NewestSnapshot {
+    /// The newest of `list` (by cut time).
+    pub fn of(list: &[SnapshotRecord]) -> Option<NewestSnapshot> {
+        list.iter()
+            .max_by_key(|r| (r.time_ns, r.id))
+            .map(|r| NewestSnapshot {
+                id: r.id,
+                name: r.name.clone(),
+                kind: r.kind.as_str().to_string(),
+                time: r.time.clone(),
+                time_ns: r.time_ns,
+                label: r.label.clone(),
+            })
+    }
 }
 
 /// Who is on the other end of a connection (`SO_PEERCRED`).

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::control::{self, DaemonStatus, Peer, Request, Response};
+use super::control::{self, DaemonStatus, NewestSnapshot, Peer, Request, Response};
 use super::{
     check_mountpoint_empty, fork_daemon, is_mountpoint, on_first_signal, repository_at_or_above,
     run_cli_request, CliHook, Readiness,
@@ -218,6 +218,7 @@ impl Shared {
             oldest_change_ns,
             records,
         } = self.journal.stats();
+        let list = self.repo.snapshots().unwrap_or_default();
         DaemonStatus {
             pid: std::process::id(),
             mountpoint: self.paths.mountpoint.display().to_string(),
@@ -243,7 +244,9 @@ impl Shared {
             fast_path_open: self.fs.fast_path_open(),
             untracked: self.untracked,
             writeback_cache: self.cfg.writeback_cache,
-            snapshots: self.repo.snapshots().map(|s| s.len() as u64).unwrap_or(0),
+            snapshots: list.len() as u64,
+            newest: NewestSnapshot::of(&list),
+            oldest_change_ns,
             flusher: Some(self.flusher.status.lock().clone()),
             mounts: self.extra.mountpoints(),
             live: true,

@@ -9,6 +9,7 @@
 //! writes only to that client's connection.
 
 pub mod control;
+pub mod discover;
 pub mod live;
 pub mod views;
 
@@ -121,7 +122,7 @@ pub fn repository_at_or_above(dir: &Path) -> Option<PathBuf> {
     None
 }
 
-fn looks_like_repository(d: &Path) -> bool {
+pub(crate) fn looks_like_repository(d: &Path) -> bool {
     #[derive(Deserialize)]
     struct Probe {
         format_version: u32,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::control::{self, DaemonStatus, Request, Response};
+use super::control::{self, DaemonStatus, NewestSnapshot, Request, Response};
 use super::CliHook;
 use crate::error::{Error, IoContext, Result};
 use crate::fuse::mount_views;
@@ -199,6 +199,11 @@ impl SnapDaemon {
                     live: false,
                     mounts: self.mounts.mountpoints(),
                     chunk_cache_bytes: self.views.chunks.bytes(),
+                    newest: self
+                        .repo
+                        .snapshots()
+                        .ok()
+                        .and_then(|l| NewestSnapshot::of(&l)),
                     ..Default::default()
                 }),
             },
