@@ -25,6 +25,27 @@ fn parse_ttl(s: &str) -> std::result::Result<Duration, String> {
     Ok(d)
 }
 
+fn parse_period(s: &str) -> std::result::Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("bad duration {s:?}: {e} (use e.g. 10m, 1h)"))?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{s:?} is shorter than a second"));
+    }
+    Ok(d)
+}
+
+fn parse_percent(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("bad percentage {s:?}"))?;
+    if !(v > 0.0 && v <= 100.0) {
+        return Err(format!("{s:?} is not a percentage in (0, 100]"));
+    }
+    Ok(v)
+}
+
 #[derive(Args)]
 pub struct MountArgs {
     /// The data directory to serve and protect.
@@ -111,6 +132,32 @@ pub struct MountArgs {
     /// Snapshot pending changes when unmounting (default true).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     snapshot_on_unmount: Option<bool>,
+    /// Serve Prometheus metrics at /metrics and a read-only status page at
+    /// / on ADDR:PORT (e.g. 127.0.0.1:9143). Off by default. Anyone who
+    /// reaches the address reads mount paths and snapshot labels: keep it
+    /// on loopback.
+    #[arg(long, value_name = "ADDR:PORT", help_heading = "Monitoring")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Run CMD (with /bin/sh -c) after each snapshot is committed, with
+    /// the event as JSON on stdin: for Slack, email or pager wiring. Hooks
+    /// run one at a time beside the flusher, never holding it up.
+    #[arg(long, value_name = "CMD", help_heading = "Monitoring")]
+    on_snapshot: Option<String>,
+    /// Run CMD (with /bin/sh -c) when a snapshot, retention or rolling
+    /// verification fails, with the event as JSON on stdin.
+    #[arg(long, value_name = "CMD", help_heading = "Monitoring")]
+    on_error: Option<String>,
+    /// Kill a hook still running after this long.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_ttl, help_heading = "Monitoring")]
+    hook_timeout: Duration,
+    /// Rolling verification: every DUR, re-read and check --verify-sample
+    /// percent of the repository's chunks, rotating so that every chunk
+    /// is checked within DUR x 100 / PERCENT. Off by default.
+    #[arg(long, value_name = "DUR", value_parser = parse_period, help_heading = "Monitoring")]
+    verify_every: Option<Duration>,
+    /// Percent of the chunks each rolling verification checks.
+    #[arg(long, value_name = "PERCENT", default_value_t = 5.0, value_parser = parse_percent, help_heading = "Monitoring")]
+    verify_sample: f64,
     /// Retention the daemon applies after each snapshot (forget, then gc
     /// in the background), as `rewindfs forget --keep-*`. Default: the
     /// repository's policy (config.json), or nothing is removed.
@@ -153,6 +200,14 @@ pub fn mount(a: MountArgs, hook: rewindfs::daemon::CliHook) -> Result<i32> {
             p
         },
         cli_hook: Some(hook),
+        manage: rewindfs::daemon::live::Manage {
+            metrics_listen: a.metrics_listen,
+            on_snapshot: a.on_snapshot,
+            on_error: a.on_error,
+            hook_timeout: a.hook_timeout,
+            verify_every: a.verify_every,
+            verify_sample: a.verify_sample,
+        },
     };
     daemon::live::mount(req)?;
     if !foreground {

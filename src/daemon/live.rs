@@ -40,6 +40,25 @@ pub struct MountRequest {
     /// Snapshot policy from the command line (wins over the repository's).
     pub policy: PolicyConfig,
     pub cli_hook: Option<CliHook>,
+    /// Metrics, status page, hooks, rolling verification.
+    pub manage: Manage,
+}
+
+/// What the daemon does for operators beside serving the mount.
+#[derive(Clone, Debug, Default)]
+pub struct Manage {
+    /// Serve /metrics and the status page here.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Shell commands run with each committed snapshot (JSON on stdin).
+    pub on_snapshot: Option<String>,
+    /// Shell commands run with each failure (JSON on stdin).
+    pub on_error: Option<String>,
+    /// How long a hook may run before it is killed.
+    pub hook_timeout: std::time::Duration,
+    /// Rolling verification: every this long, check `verify_sample`
+    /// percent of the chunks (rotating through all of them).
+    pub verify_every: Option<std::time::Duration>,
+    pub verify_sample: f64,
 }
 
 /// Checked, absolute paths of a mount.
@@ -440,6 +459,21 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
             repo.dir(),
             Arc::new(move |req, peer, w: &mut dyn Write| s.handle(req, peer, w)),
         )?;
+    }
+    if let Some(addr) = req.manage.metrics_listen {
+        let s = shared.clone();
+        let status: Arc<dyn Fn() -> DaemonStatus + Send + Sync> = Arc::new(move || s.status());
+        let metrics = super::metrics::Metrics::start(
+            super::metrics::Sources {
+                repo: repo.clone(),
+                status: status.clone(),
+                chunks: shared.views.chunks.clone(),
+                verify: Default::default(),
+            },
+            shared.flusher.events.subscribe(256),
+        )?;
+        let bound = super::web::serve(addr, metrics, repo.clone(), status)?;
+        tracing::info!("metrics and status page on http://{bound}/");
     }
     // Signals.
     {

@@ -11,7 +11,9 @@
 pub mod control;
 pub mod discover;
 pub mod live;
+pub mod metrics;
 pub mod views;
+pub mod web;
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};

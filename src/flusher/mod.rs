@@ -14,6 +14,7 @@
 //! a channel. A failed snapshot gives its changes back to the journal and
 //! is retried with exponential backoff; the mount is never taken down.
 
+pub mod events;
 pub mod policy;
 
 use std::path::PathBuf;
@@ -31,6 +32,7 @@ use crate::snapshot::{Kind, SnapshotRecord, Tree};
 use crate::track::cut;
 use crate::track::{FileKey, Freezer, FsEvent, Objects};
 use crate::util::time;
+pub use events::{Broadcast, Event};
 pub use policy::Policy;
 
 /// What `status` shows about the flusher.
@@ -55,6 +57,12 @@ pub struct FlusherStatus {
     /// The retention policy's last automatic run (when one is set).
     #[serde(default)]
     pub retention: Option<crate::retention::auto::RetentionStatus>,
+    /// Snapshots that failed since the daemon started.
+    #[serde(default)]
+    pub errors: u64,
+    /// Bytes read from the backing directory by captures since start.
+    #[serde(default)]
+    pub bytes_read_total: u64,
 }
 
 enum Cmd {
@@ -91,6 +99,8 @@ pub struct FlusherCtx {
 pub struct Flusher {
     tx: Sender<Cmd>,
     pub status: Arc<Mutex<FlusherStatus>>,
+    /// Committed snapshots and failures, for metrics and hooks.
+    pub events: Arc<Broadcast>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -110,14 +120,19 @@ impl Flusher {
             state: "idle".into(),
             ..Default::default()
         }));
-        let st = status.clone();
+        let events = Arc::new(Broadcast::default());
+        let out = Report {
+            status: status.clone(),
+            events: events.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("flusher".into())
-            .spawn(move || run(ctx, rx, ev_rx, st))
+            .spawn(move || run(ctx, rx, ev_rx, out))
             .map_err(|e| Error::io("start flusher", "", e))?;
         Ok(Flusher {
             tx,
             status,
+            events,
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -156,12 +171,14 @@ impl Flusher {
     }
 }
 
-fn run(
-    ctx: FlusherCtx,
-    rx: Receiver<Cmd>,
-    ev_rx: Receiver<FsEvent>,
+/// Where the flusher reports: its status, and events for subscribers.
+struct Report {
     status: Arc<Mutex<FlusherStatus>>,
-) {
+    events: Arc<Broadcast>,
+}
+
+fn run(ctx: FlusherCtx, rx: Receiver<Cmd>, ev_rx: Receiver<FsEvent>, out: Report) {
+    let status = &out.status;
     let msg = match startup_check(&ctx) {
         Ok(None) => "done: no snapshot yet".to_string(),
         Ok(Some(r)) => format!(
@@ -226,10 +243,10 @@ fn run(
         };
         match cmd {
             Some(Cmd::Snapshot { kind, label, reply }) => {
-                let r = guarded_take(&ctx, &mut trees, &status, kind, label, false);
+                let r = guarded_take(&ctx, &mut trees, &out, kind, label, false, "request");
                 if let Ok(rec) = &r {
                     sched.taken(rec, sched.now());
-                    nudge(&status);
+                    nudge(status);
                 }
                 let _ = reply.send(r);
             }
@@ -242,10 +259,11 @@ fn run(
                     guarded_take(
                         &ctx,
                         &mut trees,
-                        &status,
+                        &out,
                         Some(Kind::Incremental),
                         Some("unmount".into()),
                         true,
+                        "unmount",
                     )
                     .map(Some)
                 } else {
@@ -264,10 +282,23 @@ fn run(
         let Some((kind, label)) = sched.poll(&mut retry_at, ctx.track.journal()) else {
             continue;
         };
-        match guarded_take(&ctx, &mut trees, &status, Some(kind), label.clone(), false) {
+        let trigger = if label.is_some() {
+            "on-close"
+        } else {
+            "schedule"
+        };
+        match guarded_take(
+            &ctx,
+            &mut trees,
+            &out,
+            Some(kind),
+            label.clone(),
+            false,
+            trigger,
+        ) {
             Ok(rec) => {
                 sched.taken(&rec, sched.now());
-                nudge(&status);
+                nudge(status);
                 backoff = Duration::ZERO;
             }
             Err(e) => {
@@ -333,11 +364,14 @@ fn tree_of(repo: &Repository, id: u64, cache: &mut Option<(u64, Tree)>) -> Resul
 fn guarded_take(
     ctx: &FlusherCtx,
     trees: &mut Trees,
-    status: &Mutex<FlusherStatus>,
+    out: &Report,
     kind: Option<Kind>,
     label: Option<String>,
     unmounting: bool,
+    trigger: &str,
 ) -> Result<SnapshotRecord> {
+    let status = &*out.status;
+    let t0 = Instant::now();
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         take(ctx, trees, status, kind, label, unmounting)
     }));
@@ -354,10 +388,38 @@ fn guarded_take(
             Err(Error::Poisoned(format!("the snapshot panicked: {msg}")))
         }
     };
-    if let Err(e) = &r {
-        let mut s = status.lock();
-        s.state = "idle".into();
-        s.last_error = Some(format!("{}: {e}", time::rfc3339(time::now_ns())));
+    let now = time::rfc3339(time::now_ns());
+    match &r {
+        Err(e) => {
+            {
+                let mut s = status.lock();
+                s.state = "idle".into();
+                s.last_error = Some(format!("{now}: {e}"));
+                s.errors += 1;
+            }
+            out.events.publish(Event::Error {
+                time: now,
+                during: "snapshot".into(),
+                message: e.to_string(),
+            });
+        }
+        Ok(rec) => {
+            let (cut, read) = {
+                let s = status.lock();
+                (
+                    s.last_cut_ms.unwrap_or(0.0) / 1e3,
+                    s.last_bytes_read.unwrap_or(0),
+                )
+            };
+            out.events.publish(Event::Snapshot {
+                time: now,
+                trigger: trigger.to_string(),
+                snapshot: Box::new(rec.clone()),
+                cut_seconds: cut,
+                duration_seconds: t0.elapsed().as_secs_f64(),
+                bytes_read: read,
+            });
+        }
     }
     r
 }
@@ -487,6 +549,7 @@ fn take(
             s.last_cut_ms = Some(cut_ms);
             s.last_duration_ms = Some(secs * 1e3);
             s.last_bytes_read = Some(bytes);
+            s.bytes_read_total += bytes;
             s.last_throughput = Some(bytes as f64 / secs.max(1e-9));
             s.snapshots_taken += 1;
             s.last_error = None;

@@ -31,10 +31,14 @@ pub static PANICS: AtomicU64 = AtomicU64::new(0);
 /// A filesystem whose handlers cannot take the session down.
 pub struct Guarded<F>(pub F);
 
-/// Run `f`; a panic is logged and swallowed (its reply, dropped while
-/// unwinding, has already answered EIO).
-fn guard(op: &'static str, f: impl FnOnce()) {
-    if let Err(p) = catch_unwind(AssertUnwindSafe(f)) {
+/// Run `f`, counting its time (`opstats`); a panic is logged and
+/// swallowed (its reply, dropped while unwinding, has already answered
+/// EIO).
+fn guard(op: &'static str, i: usize, f: impl FnOnce()) {
+    let t0 = std::time::Instant::now();
+    let r = catch_unwind(AssertUnwindSafe(f));
+    super::opstats::record(i, t0.elapsed());
+    if let Err(p) = r {
         PANICS.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
             op,
@@ -48,7 +52,8 @@ macro_rules! guarded {
     ($( fn $name:ident(&self $(, $arg:ident : $ty:ty)* $(,)?); )*) => {
         $(
             fn $name(&self $(, $arg: $ty)*) {
-                guard(stringify!($name), || self.0.$name($($arg),*))
+                const I: usize = super::opstats::index(stringify!($name));
+                guard(stringify!($name), I, || self.0.$name($($arg),*))
             }
         )*
     };

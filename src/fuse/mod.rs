@@ -6,6 +6,7 @@
 //! - `live_adapter.rs`: `impl fuser::Filesystem` for the live mount
 //! - `view_adapter.rs`: `impl fuser::Filesystem` for `mount-snapshot`
 //! - `guard.rs`: a panicking handler costs one request (EIO), never the mount
+//! - `opstats.rs`: per-operation counts and latency buckets (for metrics)
 //! - `readahead.rs`: raising the kernel's readahead window after INIT
 //! - `kernel.rs`: what we tell the kernel (request sizes, statfs replies)
 //! - `session.rs`: mount options and mounting (live and snapshot mounts)
@@ -15,6 +16,7 @@
 pub mod guard;
 pub mod kernel;
 pub mod live_adapter;
+pub mod opstats;
 pub mod readahead;
 pub mod router;
 pub mod session;
