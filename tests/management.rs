@@ -151,3 +151,143 @@ fn commands_find_the_repository_from_a_mountpoint_or_the_current_directory() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("not inside a rewindfs mount"));
 }
+
+fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Every JSON document hooks left in `dir` whose name starts with `prefix`.
+fn hook_events(dir: &Path, prefix: &str) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !name.starts_with(prefix) || !name.ends_with(".done") {
+            continue;
+        }
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        out.push(
+            serde_json::from_str(text.trim()).unwrap_or_else(|err| panic!("{name}: {err}: {text}")),
+        );
+    }
+    out
+}
+
+#[test]
+fn hooks_get_json_events_and_rolling_verification_covers_and_catches_damage() {
+    let (tmp, b, m, r) = mount_dirs();
+    let hooks = tmp.path().join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    // Each run writes its stdin to a file of its own, renamed when whole.
+    let hook = |kind: &str| {
+        format!(
+            "f='{d}/{kind}.'$$; cat > \"$f.tmp\" && mv \"$f.tmp\" \"$f.done\"",
+            d = hooks.display()
+        )
+    };
+    std::fs::write(b.join("weights.bin"), common::bytes(7, 512 << 10)).unwrap();
+    let _mount = DaemonMount::start(
+        &b,
+        &m,
+        &[
+            "--every",
+            "off",
+            "--repo",
+            r.to_str().unwrap(),
+            "--on-snapshot",
+            &hook("snap"),
+            "--on-error",
+            &hook("err"),
+            "--verify-every",
+            "1s",
+            "--verify-sample",
+            "50",
+        ],
+    );
+    std::fs::write(m.join("step-100.txt"), b"trained").unwrap();
+    ok_in(
+        tmp.path(),
+        &["snapshot", "-C", m.to_str().unwrap(), "--label", "step-100"],
+    );
+    let snaps = wait_for("the snapshot hook", 30, || {
+        let v = hook_events(&hooks, "snap.");
+        v.iter()
+            .any(|e| e["snapshot"]["label"] == "step-100")
+            .then_some(v)
+    });
+    let e = snaps
+        .iter()
+        .find(|e| e["snapshot"]["label"] == "step-100")
+        .unwrap();
+    assert_eq!(e["event"], "snapshot");
+    assert_eq!(e["trigger"], "request");
+    assert_eq!(e["snapshot"]["kind"], "incremental");
+    assert!(e["duration_seconds"].as_f64().unwrap() >= 0.0);
+    assert!(e["snapshot"]["id"].as_u64().unwrap() >= 2);
+
+    // Rolling verification: 50% per 1 s round, so a whole rotation within
+    // about 3 s; status shows full coverage.
+    let status = |tmp: &Path| -> serde_json::Value {
+        serde_json::from_str(&ok_in(tmp, &["status", "--json", m.to_str().unwrap()])).unwrap()
+    };
+    wait_for("a full verification rotation", 60, || {
+        let s = status(tmp.path());
+        let v = &s["verify"];
+        (v["coverage"].as_f64() == Some(1.0)
+            && v["last_rotation"].is_string()
+            && v["checked_total"].as_u64() >= Some(2))
+        .then_some(())
+    });
+    let s = status(tmp.path());
+    assert!(s["verify"]["checked_total"].as_u64().unwrap() >= 2, "{s}");
+    assert_eq!(s["verify"]["damaged_total"], 0);
+
+    // Damage a stored byte in the middle of the biggest pack: the next
+    // rotation finds it and the error hook says so.
+    let packs = r.join("packs");
+    let mut biggest: Option<(u64, std::path::PathBuf)> = None;
+    for e in walk(&packs) {
+        let len = std::fs::metadata(&e).unwrap().len();
+        if biggest.as_ref().is_none_or(|(l, _)| len > *l) {
+            biggest = Some((len, e));
+        }
+    }
+    let (len, pack) = biggest.expect("a pack file");
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[(len / 2) as usize] ^= 0x5a;
+    std::fs::write(&pack, &bytes).unwrap();
+    let errs = wait_for("the error hook after damage", 60, || {
+        let v = hook_events(&hooks, "err.");
+        v.iter().any(|e| e["during"] == "verify").then_some(v)
+    });
+    let e = errs.iter().find(|e| e["during"] == "verify").unwrap();
+    assert_eq!(e["event"], "error");
+    assert!(e["message"].as_str().unwrap().contains("blob"), "{e}");
+    let s = status(tmp.path());
+    assert!(s["verify"]["damaged_total"].as_u64().unwrap() >= 1, "{s}");
+    // Put the byte back so the unmount's snapshot and checks are clean.
+    bytes[(len / 2) as usize] ^= 0x5a;
+    std::fs::write(&pack, &bytes).unwrap();
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

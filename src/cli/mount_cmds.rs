@@ -617,6 +617,7 @@ pub fn status(a: StatusArgs) -> Result<i32> {
     }
     println!("snapshots:      {}", s.snapshots);
     print_newest(&s);
+    print_manage(&s);
     if !s.mounts.is_empty() {
         println!("snapshot mounts: {}", s.mounts.join(" "));
     }
@@ -651,6 +652,12 @@ pub fn status(a: StatusArgs) -> Result<i32> {
         if let Some(e) = &f.last_error {
             println!("last error:     {e}");
         }
+        if f.errors > 0 {
+            println!(
+                "failed:         {} snapshots since the daemon started",
+                f.errors
+            );
+        }
         if let Some(r) = &f.retention {
             println!(
                 "retention:      {}: {} snapshots forgotten, {} rewritten, {} freed{}",
@@ -666,6 +673,24 @@ pub fn status(a: StatusArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+fn print_manage(s: &DaemonStatus) {
+    if let Some(v) = &s.verify {
+        println!(
+            "verification:   {:.0}% of blobs checked within {} ({}% every {}); {} checked, {} damaged; last full rotation {}",
+            v.coverage * 100.0,
+            human_age(v.bound_seconds),
+            v.sample_percent,
+            human_age(v.every_seconds),
+            v.checked_total,
+            v.damaged_total,
+            v.last_rotation.as_deref().unwrap_or("not yet")
+        );
+    }
+    if let Some(u) = &s.metrics_url {
+        println!("metrics:        {u}metrics (status page {u})");
+    }
 }
 
 fn print_newest(s: &DaemonStatus) {

@@ -156,6 +156,26 @@ pub struct DaemonStatus {
     /// Nanoseconds since the epoch of the oldest change not in a snapshot.
     #[serde(default)]
     pub oldest_change_ns: Option<i64>,
+    /// Rolling verification, when it is on.
+    #[serde(default)]
+    pub verify: Option<VerifyStatus>,
+    /// Where metrics and the status page are served.
+    #[serde(default)]
+    pub metrics_url: Option<String>,
+}
+
+/// Rolling verification in `status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct VerifyStatus {
+    pub every_seconds: u64,
+    pub sample_percent: f64,
+    /// Every blob is checked within this many seconds.
+    pub bound_seconds: u64,
+    /// Share of blobs checked within the bound (0..=1).
+    pub coverage: f64,
+    pub checked_total: u64,
+    pub damaged_total: u64,
+    pub last_rotation: Option<String>,
 }
 
 /// The newest snapshot of a repository, as status shows it.

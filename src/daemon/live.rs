@@ -227,6 +227,10 @@ struct Shared {
     views: Arc<crate::views::Views>,
     /// Read-only snapshot mounts served by this daemon.
     extra: super::views::ExtraMounts,
+    /// Rolling verification and its coverage.
+    verify: Option<super::verifier::Rolling>,
+    coverage: Arc<Mutex<super::metrics::VerifyCoverage>>,
+    metrics_url: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -270,6 +274,19 @@ impl Shared {
             mounts: self.extra.mountpoints(),
             live: true,
             chunk_cache_bytes: self.views.chunks.bytes(),
+            verify: self.verify.map(|r| {
+                let c = self.coverage.lock().clone();
+                super::control::VerifyStatus {
+                    every_seconds: r.every.as_secs(),
+                    sample_percent: r.sample,
+                    bound_seconds: r.bound().as_secs(),
+                    coverage: c.ratio,
+                    checked_total: c.chunks_checked_total,
+                    damaged_total: c.damaged_total,
+                    last_rotation: c.last_cycle_ns.map(time::rfc3339),
+                }
+            }),
+            metrics_url: self.metrics_url.lock().clone(),
         }
     }
 
@@ -451,6 +468,15 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
         untracked: live.tracker.untracked(),
         cfg: cfg.clone(),
         unmount: Mutex::new(live.unmounter()),
+        verify: req
+            .manage
+            .verify_every
+            .map(|every| super::verifier::Rolling {
+                every,
+                sample: req.manage.verify_sample,
+            }),
+        coverage: Default::default(),
+        metrics_url: Mutex::new(None),
     });
     // Control socket.
     {
@@ -468,12 +494,29 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
                 repo: repo.clone(),
                 status: status.clone(),
                 chunks: shared.views.chunks.clone(),
-                verify: Default::default(),
+                verify: shared.coverage.clone(),
             },
             shared.flusher.events.subscribe(256),
         )?;
         let bound = super::web::serve(addr, metrics, repo.clone(), status)?;
         tracing::info!("metrics and status page on http://{bound}/");
+        *shared.metrics_url.lock() = Some(format!("http://{bound}/"));
+    }
+    let hooks = super::hooks::Hooks {
+        on_snapshot: req.manage.on_snapshot.clone(),
+        on_error: req.manage.on_error.clone(),
+        timeout: req.manage.hook_timeout,
+    };
+    if !hooks.is_empty() {
+        hooks.start(shared.flusher.events.subscribe(64))?;
+    }
+    if let Some(r) = shared.verify {
+        super::verifier::start(
+            repo.clone(),
+            r,
+            shared.coverage.clone(),
+            shared.flusher.events.clone(),
+        )?;
     }
     // Signals.
     {

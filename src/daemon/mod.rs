@@ -10,8 +10,10 @@
 
 pub mod control;
 pub mod discover;
+pub mod hooks;
 pub mod live;
 pub mod metrics;
+pub mod verifier;
 pub mod views;
 pub mod web;
 

@@ -215,12 +215,8 @@ fn run(ctx: FlusherCtx, rx: Receiver<Cmd>, ev_rx: Receiver<FsEvent>, out: Report
             }
         }
     };
-    let nudge = |status: &Mutex<FlusherStatus>| {
-        if let Some(r) = &retainer {
-            r.nudge();
-            status.lock().retention = Some(r.status.lock().clone());
-        }
-    };
+    // Retention's errors become events once each.
+    let mut retention_error: Option<String> = None;
     loop {
         let now = sched.now();
         let due = sched.next_due(now, retry_at);
@@ -246,7 +242,10 @@ fn run(ctx: FlusherCtx, rx: Receiver<Cmd>, ev_rx: Receiver<FsEvent>, out: Report
                 let r = guarded_take(&ctx, &mut trees, &out, kind, label, false, "request");
                 if let Ok(rec) = &r {
                     sched.taken(rec, sched.now());
-                    nudge(status);
+                    if let Some(r) = &retainer {
+                        r.nudge();
+                    }
+                    nudge_quiet(&retainer, &mut retention_error, &out, status);
                 }
                 let _ = reply.send(r);
             }
@@ -272,11 +271,7 @@ fn run(ctx: FlusherCtx, rx: Receiver<Cmd>, ev_rx: Receiver<FsEvent>, out: Report
                 let _ = reply.send(r);
                 return;
             }
-            None => {
-                if let Some(r) = &retainer {
-                    status.lock().retention = Some(r.status.lock().clone());
-                }
-            }
+            None => nudge_quiet(&retainer, &mut retention_error, &out, status),
         }
         // Scheduled work.
         let Some((kind, label)) = sched.poll(&mut retry_at, ctx.track.journal()) else {
@@ -298,7 +293,10 @@ fn run(ctx: FlusherCtx, rx: Receiver<Cmd>, ev_rx: Receiver<FsEvent>, out: Report
         ) {
             Ok(rec) => {
                 sched.taken(&rec, sched.now());
-                nudge(status);
+                if let Some(r) = &retainer {
+                    r.nudge();
+                }
+                nudge_quiet(&retainer, &mut retention_error, &out, status);
                 backoff = Duration::ZERO;
             }
             Err(e) => {
@@ -313,6 +311,26 @@ fn run(ctx: FlusherCtx, rx: Receiver<Cmd>, ev_rx: Receiver<FsEvent>, out: Report
             }
         }
     }
+}
+
+/// Copy retention's status, publishing a new error once.
+fn nudge_quiet(
+    retainer: &Option<crate::retention::auto::Retainer>,
+    seen: &mut Option<String>,
+    out: &Report,
+    status: &Mutex<FlusherStatus>,
+) {
+    let Some(r) = retainer else { return };
+    let rs = r.status.lock().clone();
+    if rs.last_error.is_some() && rs.last_error != *seen {
+        seen.clone_from(&rs.last_error);
+        out.events.publish(Event::Error {
+            time: time::rfc3339(time::now_ns()),
+            during: "retention".into(),
+            message: rs.last_error.clone().unwrap_or_default(),
+        });
+    }
+    status.lock().retention = Some(rs);
 }
 
 /// Compare the backing directory with the latest snapshot and mark what

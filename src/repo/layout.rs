@@ -14,6 +14,7 @@
 //!   mounted                MARKER
 //!   control.sock           SOCKET
 //!   daemon.log             LOG
+//!   verify-state.json      VERIFY_STATE (rolling verification's place)
 //!   .tmp.<name>.<pid>      TMP_PREFIX (an atomic replacement in progress)
 //! ```
 //! Copy-before-write spill files have no name (`O_TMPFILE`).
@@ -31,6 +32,8 @@ pub const MARKER: &str = "mounted";
 pub const SOCKET: &str = "control.sock";
 /// The daemon's log when it runs in the background.
 pub const LOG: &str = "daemon.log";
+/// Where rolling verification (`--verify-every`) is in its rotation.
+pub const VERIFY_STATE: &str = "verify-state.json";
 /// Temporary files of an atomic replacement (`Dir::write_atomic`).
 pub use crate::util::dirfd::TMP_PREFIX;
 /// Modes of everything a repository holds.
