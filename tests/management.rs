@@ -291,3 +291,287 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A mount serving metrics on a free loopback port; returns its base URL.
+fn metrics_url(cwd: &Path, m: &Path) -> String {
+    let s: serde_json::Value =
+        serde_json::from_str(&ok_in(cwd, &["status", "--json", m.to_str().unwrap()])).unwrap();
+    s["metrics_url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no metrics_url in {s}"))
+        .trim_end_matches('/')
+        .to_string()
+}
+
+fn require_tool(tool: &str, package: &str) -> std::path::PathBuf {
+    let found = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(tool))
+            .find(|c| c.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!("`{tool}` is needed for this test: apt-get install -y {package} (.ci/run does)")
+    })
+}
+
+/// A Prometheus server scraping one target every second; killed on drop.
+struct Prometheus {
+    child: std::process::Child,
+    api: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let bin = require_tool("prometheus", "prometheus");
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: rewindfs\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let p = Prometheus {
+            child,
+            api: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        wait_for("prometheus to be ready", 60, || {
+            http_get(&format!("{}/-/ready", p.api)).filter(|(c, _)| *c == 200)
+        });
+        p
+    }
+
+    /// The value of an instant query with one result, if it has one.
+    fn value(&self, query: &str) -> Option<f64> {
+        let q: String = query
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (code, body) = http_get(&format!("{}/api/v1/query?query={q}", self.api))?;
+        if code != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let r = v["data"]["result"].as_array()?;
+        r.first()?["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(url: &str) -> Option<(u16, String)> {
+    http("GET", url)
+}
+
+/// A plain HTTP/1.0 request without a body: (status code, body).
+fn http(method: &str, url: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut s = std::net::TcpStream::connect(host).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        s,
+        "{method} {} HTTP/1.0\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n",
+        if path.is_empty() { "/" } else { path }
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+#[test]
+fn a_real_prometheus_scrapes_dirty_bytes_counters_and_the_recovery_point_age() {
+    let (tmp, b, m, r) = mount_dirs();
+    let _mount = DaemonMount::start(
+        &b,
+        &m,
+        &[
+            "--every",
+            "off",
+            "--repo",
+            r.to_str().unwrap(),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let url = metrics_url(tmp.path(), &m);
+    let (code, text) = http_get(&format!("{url}/metrics")).expect("scrape");
+    assert_eq!(code, 200);
+    assert!(text.contains("# TYPE rewindfs_dirty_bytes gauge"), "{text}");
+    let prom = Prometheus::start(url.trim_start_matches("http://"));
+    // The first (full) snapshot is taken at mount; wait for a scrape.
+    wait_for("prometheus to scrape rewindfs", 60, || {
+        prom.value("rewindfs_snapshots_taken_total")
+            .filter(|v| *v >= 1.0)
+    });
+    let taken0 = prom.value("rewindfs_snapshots_taken_total").unwrap();
+
+    // Writes: dirty bytes rise, the recovery-point age grows.
+    std::fs::write(m.join("shard-0.bin"), common::bytes(1, 2 << 20)).unwrap();
+    wait_for("dirty bytes to rise", 60, || {
+        prom.value("rewindfs_dirty_bytes")
+            .filter(|v| *v >= (2 << 20) as f64)
+    });
+    wait_for("the recovery-point age to grow", 60, || {
+        prom.value("rewindfs_oldest_change_age_seconds")
+            .filter(|v| *v > 0.0)
+    });
+    wait_for("FUSE write counts", 60, || {
+        prom.value("rewindfs_fuse_operations_total{op=\"write\"}")
+            .filter(|v| *v > 0.0)
+    });
+
+    // A snapshot: dirty bytes fall to 0, the age resets, counters go up.
+    ok_in(tmp.path(), &["snapshot", "-C", m.to_str().unwrap()]);
+    wait_for("dirty bytes to fall after the snapshot", 60, || {
+        prom.value("rewindfs_dirty_bytes").filter(|v| *v == 0.0)
+    });
+    assert_eq!(prom.value("rewindfs_oldest_change_age_seconds"), Some(0.0));
+    let taken = prom.value("rewindfs_snapshots_taken_total").unwrap();
+    assert!(taken > taken0, "{taken} after {taken0}");
+    let incr = prom
+        .value("rewindfs_snapshots{kind=\"incremental\"}")
+        .unwrap();
+    assert!(incr >= 1.0);
+    assert!(
+        prom.value("rewindfs_last_snapshot_age_seconds{kind=\"incremental\"}")
+            .unwrap()
+            < 600.0
+    );
+    assert!(
+        prom.value("rewindfs_capture_duration_seconds_count")
+            .unwrap()
+            >= 1.0
+    );
+    assert!(
+        prom.value("rewindfs_process_resident_memory_bytes")
+            .unwrap()
+            > 0.0
+    );
+    // The listener is read-only.
+    for method in ["POST", "PUT", "DELETE"] {
+        assert_eq!(
+            http(method, &format!("{url}/metrics")).map(|r| r.0),
+            Some(405)
+        );
+    }
+    assert_eq!(http_get(&format!("{url}/nope")).map(|r| r.0), Some(404));
+}
+
+#[test]
+fn the_status_page_shows_every_snapshot_in_a_headless_browser() {
+    let chromium = require_tool("chromium", "chromium");
+    let (tmp, b, m, r) = mount_dirs();
+    std::fs::write(b.join("model.safetensors"), common::bytes(3, 64 << 10)).unwrap();
+    let _mount = DaemonMount::start(
+        &b,
+        &m,
+        &[
+            "--every",
+            "off",
+            "--repo",
+            r.to_str().unwrap(),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    for step in [100, 200, 300] {
+        std::fs::write(m.join(format!("ckpt-{step}.txt")), format!("step {step}")).unwrap();
+        ok_in(
+            tmp.path(),
+            &[
+                "snapshot",
+                "-C",
+                m.to_str().unwrap(),
+                "--label",
+                &format!("step-{step}"),
+            ],
+        );
+    }
+    let list = snapshots_json(tmp.path(), &["-C", m.to_str().unwrap()]);
+    assert!(list.len() >= 4);
+    let url = metrics_url(tmp.path(), &m);
+    let shot = tmp.path().join("page.png");
+    let browse = |extra: &[&str]| {
+        let o = Command::new(&chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--window-size=1200,900",
+                "--virtual-time-budget=5000",
+            ])
+            .args(extra)
+            .arg(format!("{url}/"))
+            .env("HOME", tmp.path())
+            .output()
+            .expect("run chromium");
+        assert!(
+            o.status.success(),
+            "chromium: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let dom = browse(&["--dump-dom"]);
+    for s in &list {
+        let id = s["id"].as_u64().unwrap();
+        assert!(
+            dom.contains(&format!("<tr data-id=\"{id}\">")),
+            "snapshot {id} not on the page:\n{dom}"
+        );
+    }
+    for step in [100, 200, 300] {
+        assert!(
+            dom.contains(&format!("step-{step}")),
+            "label step-{step} missing"
+        );
+    }
+    assert!(dom.contains("<circle"), "the size chart was not drawn");
+    assert!(dom.contains(m.canonicalize().unwrap().to_str().unwrap()));
+    browse(&[&format!("--screenshot={}", shot.display())]);
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(png.len() > 10_000, "an empty page? {} bytes", png.len());
+    if let Some(out) = std::env::var_os("REWINDFS_SCREENSHOT") {
+        std::fs::copy(&shot, out).unwrap();
+    }
+}
