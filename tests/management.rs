@@ -575,3 +575,39 @@ fn the_status_page_shows_every_snapshot_in_a_headless_browser() {
         std::fs::copy(&shot, out).unwrap();
     }
 }
+
+#[test]
+fn the_python_client_and_training_callbacks_against_a_live_mount() {
+    let (tmp, b, m, r) = mount_dirs();
+    let _mount = DaemonMount::start(&b, &m, &["--every", "off", "--repo", r.to_str().unwrap()]);
+    // Installable with pip from the checkout (no compiled parts, no
+    // dependencies).
+    let site = tmp.path().join("site");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = Command::new("python3")
+        .args(["-m", "pip", "install", "-q", "--no-deps", "--target"])
+        .arg(&site)
+        .arg(root.join("python"))
+        .output()
+        .expect("python3 is needed");
+    assert!(
+        o.status.success(),
+        "pip install ./python: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = Command::new("python3")
+        .arg(root.join("tests/python/client_test.py"))
+        .arg(&m)
+        .env("PYTHONPATH", &site)
+        .env("TRANSFORMERS_VERBOSITY", "error")
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "client_test.py failed (transformers is needed: pip install transformers):\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("python client ok"));
+}

@@ -1,0 +1,53 @@
+"""A Hugging Face ``transformers`` callback: after each checkpoint save,
+take a rewindfs snapshot labelled with the step.
+
+    from rewindfs.hf import RewindfsCallback
+    trainer = Trainer(..., callbacks=[RewindfsCallback()])
+
+``Trainer`` calls ``on_save`` after the checkpoint directory is written,
+so the snapshot holds it. Only the main process (``state.is_world_process_zero``)
+asks for the snapshot. A failed snapshot is reported with ``warnings``
+(training goes on) unless ``strict=True``.
+"""
+
+import os
+import warnings
+from typing import Optional
+
+from . import client
+
+try:  # the real base class when transformers is installed
+    from transformers import TrainerCallback as _Base
+except ImportError:  # pragma: no cover - keeps the module importable
+    _Base = object
+
+
+class RewindfsCallback(_Base):
+    def __init__(
+        self,
+        path: Optional[str] = None,
+        label: str = "step-{step}",
+        kind: Optional[str] = None,
+        strict: bool = False,
+    ):
+        """``path``: any path inside the mount (default: the trainer's
+        ``output_dir``); ``label``: formatted with ``step`` and ``epoch``."""
+        self.path = path
+        self.label = label
+        self.kind = kind
+        self.strict = strict
+        self.taken = []
+
+    def on_save(self, args, state, control, **kwargs):
+        if not getattr(state, "is_world_process_zero", True):
+            return control
+        path = self.path or getattr(args, "output_dir", None) or os.getcwd()
+        label = self.label.format(step=state.global_step, epoch=getattr(state, "epoch", None))
+        try:
+            rec = client.snapshot(path, label=label, kind=self.kind)
+            self.taken.append(rec)
+        except client.RewindfsError as e:
+            if self.strict:
+                raise
+            warnings.warn(f"rewindfs snapshot after saving step {state.global_step} failed: {e}")
+        return control

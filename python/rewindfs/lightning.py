@@ -1,0 +1,74 @@
+"""A PyTorch Lightning callback: after each checkpoint save, take a
+rewindfs snapshot labelled with the step.
+
+    from rewindfs.lightning import RewindfsLightningCallback
+    trainer = L.Trainer(..., callbacks=[RewindfsLightningCallback()])
+
+Lightning calls ``on_save_checkpoint`` while it builds the checkpoint,
+*before* the file is written, and moves checkpoint callbacks after all
+others. So the callback notes the step there and takes the snapshot at
+the next hook that runs after the write: the end of the next training
+batch, of the epoch, of validation, or of fit. The snapshot's label names
+the step that was saved; it may also hold the writes of one more batch.
+Only global rank zero asks. A failure is a warning unless ``strict=True``.
+"""
+
+import os
+import warnings
+from typing import Optional
+
+from . import client
+
+try:  # the real base class when Lightning is installed
+    from lightning.pytorch.callbacks import Callback as _Base
+except ImportError:  # pragma: no cover
+    try:
+        from pytorch_lightning.callbacks import Callback as _Base
+    except ImportError:
+        _Base = object
+
+
+class RewindfsLightningCallback(_Base):
+    def __init__(
+        self,
+        path: Optional[str] = None,
+        label: str = "step-{step}",
+        kind: Optional[str] = None,
+        strict: bool = False,
+    ):
+        """``path``: any path inside the mount (default: the trainer's
+        ``default_root_dir``)."""
+        self.path = path
+        self.label = label
+        self.kind = kind
+        self.strict = strict
+        self.pending: Optional[int] = None
+        self.taken = []
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        if getattr(trainer, "is_global_zero", True):
+            self.pending = trainer.global_step
+
+    def _flush(self, trainer):
+        if self.pending is None:
+            return
+        step, self.pending = self.pending, None
+        path = self.path or getattr(trainer, "default_root_dir", None) or os.getcwd()
+        try:
+            self.taken.append(client.snapshot(path, label=self.label.format(step=step), kind=self.kind))
+        except client.RewindfsError as e:
+            if self.strict:
+                raise
+            warnings.warn(f"rewindfs snapshot after saving step {step} failed: {e}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._flush(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._flush(trainer)
+
+    def on_validation_end(self, trainer, pl_module):
+        self._flush(trainer)
+
+    def on_fit_end(self, trainer, pl_module):
+        self._flush(trainer)
