@@ -581,13 +581,23 @@ fn the_python_client_and_training_callbacks_against_a_live_mount() {
     let (tmp, b, m, r) = mount_dirs();
     let _mount = DaemonMount::start(&b, &m, &["--every", "off", "--repo", r.to_str().unwrap()]);
     // Installable with pip from the checkout (no compiled parts, no
-    // dependencies).
+    // dependencies); from a copy, so the build leaves the checkout alone.
     let site = tmp.path().join("site");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = tmp.path().join("python-src");
+    std::fs::create_dir_all(src.join("rewindfs")).unwrap();
+    for f in ["pyproject.toml", "README.md"] {
+        std::fs::copy(root.join("python").join(f), src.join(f)).unwrap();
+    }
+    for e in std::fs::read_dir(root.join("python/rewindfs")).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "py") {
+            std::fs::copy(e.path(), src.join("rewindfs").join(e.file_name())).unwrap();
+        }
+    }
     let o = Command::new("python3")
         .args(["-m", "pip", "install", "-q", "--no-deps", "--target"])
         .arg(&site)
-        .arg(root.join("python"))
+        .arg(&src)
         .output()
         .expect("python3 is needed");
     assert!(
