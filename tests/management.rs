@@ -589,7 +589,10 @@ fn the_python_client_and_training_callbacks_against_a_live_mount() {
     for f in ["pyproject.toml", "README.md"] {
         std::fs::copy(root.join("python").join(f), src.join(f)).unwrap();
     }
-    for e in std::fs::read_dir(root.join("python/rewindfs")).unwrap().flatten() {
+    for e in std::fs::read_dir(root.join("python/rewindfs"))
+        .unwrap()
+        .flatten()
+    {
         if e.path().extension().is_some_and(|x| x == "py") {
             std::fs::copy(e.path(), src.join("rewindfs").join(e.file_name())).unwrap();
         }
@@ -620,4 +623,116 @@ fn the_python_client_and_training_callbacks_against_a_live_mount() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(String::from_utf8_lossy(&o.stdout).contains("python client ok"));
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let tool = require_tool("systemd-analyze", "systemd");
+    let tmp = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/systemd/rewindfs@.service"),
+    )
+    .unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("--foreground"));
+    // The unit names the installed binary; verify checks it exists, so
+    // point it at this build.
+    let unit = unit.replace("/usr/local/bin/rewindfs", bin().to_str().unwrap());
+    let path = tmp.path().join("rewindfs@data.service");
+    std::fs::write(&path, unit).unwrap();
+    let o = Command::new(tool)
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "systemd-analyze verify: {err}");
+    // Warnings (unknown keys, bad values) fail too.
+    let ours: Vec<&str> = err.lines().filter(|l| l.contains("rewindfs@")).collect();
+    assert!(ours.is_empty(), "systemd-analyze verify warned: {err}");
+}
+
+#[test]
+fn a_foreground_mount_tells_systemd_it_is_ready_and_stops_cleanly_on_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let (tmp, b, m, r) = mount_dirs();
+    std::fs::write(b.join("a"), b"a").unwrap();
+    let sock = tmp.path().join("notify.sock");
+    let rx = UnixDatagram::bind(&sock).unwrap();
+    rx.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    common::live::require_fuse();
+    let mut child = Command::new(bin())
+        .args(["mount", "--foreground", "--every", "off", "--repo"])
+        .arg(&r)
+        .arg(&b)
+        .arg(&m)
+        .env("NOTIFY_SOCKET", &sock)
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Unmount even if the test fails from here on.
+    let _guard = DaemonMountGuard(m.clone());
+    let mut buf = [0u8; 512];
+    let n = rx.recv(&mut buf).expect("READY=1 from the daemon");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.starts_with("READY=1"), "{msg}");
+    // Ready means live: the mount answers, its status says so.
+    assert_eq!(std::fs::read(m.join("a")).unwrap(), b"a");
+    std::fs::write(m.join("b"), b"written before the stop").unwrap();
+    let s: serde_json::Value = serde_json::from_str(&ok_in(
+        tmp.path(),
+        &["status", "--json", m.to_str().unwrap()],
+    ))
+    .unwrap();
+    assert_eq!(s["pid"].as_u64(), Some(u64::from(child.id())));
+    // systemd stops a unit with SIGTERM: a clean unmount, the last
+    // snapshot, exit 0.
+    // SAFETY: kill(2) on the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let n = rx.recv(&mut buf).expect("STOPPING=1 from the daemon");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("STOPPING=1"));
+    let st = child.wait().unwrap();
+    assert!(st.success(), "the daemon exited with {st:?}");
+    assert!(!rewindfs::daemon::is_mountpoint(&m.canonicalize().unwrap()));
+    let list: Vec<serde_json::Value> = serde_json::from_str(&ok_in(
+        tmp.path(),
+        &["snapshots", "--json", "--repo", r.to_str().unwrap()],
+    ))
+    .unwrap();
+    let last = list.last().unwrap();
+    assert_eq!(
+        last["label"], "unmount",
+        "the stop took the last snapshot: {list:?}"
+    );
+    let to = tmp.path().join("out");
+    ok_in(
+        tmp.path(),
+        &[
+            "restore",
+            "--repo",
+            r.to_str().unwrap(),
+            "latest",
+            "b",
+            "--to",
+            to.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read(to.join("b")).unwrap(),
+        b"written before the stop"
+    );
+}
+
+/// Unmounts a mountpoint on drop if it is still mounted.
+struct DaemonMountGuard(std::path::PathBuf);
+
+impl Drop for DaemonMountGuard {
+    fn drop(&mut self) {
+        let p = self.0.canonicalize().unwrap_or_else(|_| self.0.clone());
+        if rewindfs::daemon::is_mountpoint(&p) {
+            let _ = Command::new(bin()).arg("umount").arg(&p).output();
+            let _ = rustix::mount::unmount(&p, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
 }

@@ -523,12 +523,18 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
         let s = shared.clone();
         on_first_signal(move |sig| {
             tracing::info!("signal {sig}: unmounting");
+            super::notify::notify("STOPPING=1\nSTATUS=unmounting: taking the last snapshot");
             s.request_unmount();
         })?;
     }
     if let Some(r) = ready {
         r.ready(repo.dir());
     }
+    super::notify::notify(&format!(
+        "READY=1\nSTATUS=serving {} on {}",
+        paths.backing.display(),
+        paths.mountpoint.display()
+    ));
     // Running: the marker stays until the clean stop below. (The
     // readahead thread waits for INIT: started only now, so that a failed
     // start never leaves it holding the mount busy.)
@@ -541,6 +547,7 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
         paths.repo.display()
     );
     let result = live.serve();
+    super::notify::notify("STOPPING=1\nSTATUS=unmounted: taking the last snapshot");
     shared.extra.unmount_all();
     // Unmounted: nothing can change any more. Take the last snapshot.
     match live.stop(policy.snapshot_on_unmount) {

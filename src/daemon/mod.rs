@@ -13,6 +13,7 @@ pub mod discover;
 pub mod hooks;
 pub mod live;
 pub mod metrics;
+pub mod notify;
 pub mod verifier;
 pub mod views;
 pub mod web;
