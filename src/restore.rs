@@ -597,20 +597,6 @@ impl Creator<'_> {
     }
 }
 
-fn progress_bar(total: u64, enabled: bool) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if !enabled || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let pb = indicatif::ProgressBar::new(total);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    ) {
-        pb.set_style(style);
-    }
-    pb
-}
-
 /// Restore `sub` (a path in the tree, `""` for everything) of `tree` into
 /// `target`. A file restores as `target/<its name>`, a directory as
 /// `target/<its name>/...`, the whole snapshot as `target/...`.
@@ -675,7 +661,7 @@ pub fn restore(
             }
         })
         .sum();
-    let pb = progress_bar(total, opts.progress);
+    let pb = crate::util::progress::bytes("restore", Some(total), opts.progress);
     let bs = tree.block_size as u64;
     let mut report = RestoreReport::default();
     let written = AtomicU64::new(0);

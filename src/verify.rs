@@ -97,6 +97,19 @@ pub fn verify_with(repo: &Repository, data: DataCheck) -> Result<VerifyReport> {
         DataCheck::Sample(_) => sampled.as_ref().is_some_and(|s| s.contains(&pack)),
     };
     let mut chunks_read = 0u64;
+    // Progress over the bytes to read (each blob once).
+    let pb = if data == DataCheck::None {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let total: u64 = repo
+            .index()
+            .chunks()?
+            .iter()
+            .filter(|(_, l)| read(l.pack))
+            .map(|(_, l)| u64::from(l.stored_len))
+            .sum();
+        crate::util::progress::bytes("verify", Some(total), true)
+    };
     let all = repo.snapshots()?;
     // Records that cannot be read (or changed on disk) are damaged
     // snapshots too.
@@ -134,6 +147,7 @@ pub fn verify_with(repo: &Repository, data: DataCheck) -> Result<VerifyReport> {
                     }
                     Some(_) if read(loc.pack) => {
                         chunks_read += 1;
+                        pb.inc(u64::from(loc.stored_len));
                         repo.pack_reader()
                             .scrub(&loc, id)
                             .err()
@@ -180,6 +194,7 @@ pub fn verify_with(repo: &Repository, data: DataCheck) -> Result<VerifyReport> {
         }
     }
     report.chunks_checked = checked.len() as u64;
+    pb.finish_and_clear();
     report.chunks_read = chunks_read;
     Ok(report)
 }

@@ -66,6 +66,7 @@ pub fn store<S: Source, Out>(
     writer: &ChunkWriter<'_>,
     threads: usize,
     block_size: u64,
+    progress: &indicatif::ProgressBar,
     feed: impl FnOnce(&Feeder<'_, Unit<S>>) -> Out,
 ) -> (Out, Vec<Result<Stored>>) {
     let work = |buf: &mut Vec<u8>, u: Unit<S>| -> Result<Stored> {
@@ -80,6 +81,7 @@ pub fn store<S: Source, Out>(
             let id = ChunkId::of(buf);
             writer.store(BlobKind::Chunk, id, buf)?;
             bytes += buf.len() as u64;
+            progress.inc(buf.len() as u64);
             ids.push((b, id));
         }
         Ok(Stored {

@@ -243,30 +243,36 @@ pub fn capture(req: &CaptureRequest<'_>) -> Result<Captured> {
 
     let cow = &*req.cut.cow;
     let mut results: Vec<Vec<(u64, ChunkId)>> = vec![Vec::new(); reads.len()];
-    let (fed, stored) = blocks::store(req.writer, req.threads, bs, |feed| -> Result<()> {
-        for (idx, (key, path, size, blocks)) in reads.iter().enumerate() {
-            if blocks.is_empty() {
-                continue;
+    let (fed, stored) = blocks::store(
+        req.writer,
+        req.threads,
+        bs,
+        &indicatif::ProgressBar::hidden(),
+        |feed| -> Result<()> {
+            for (idx, (key, path, size, blocks)) in reads.iter().enumerate() {
+                if blocks.is_empty() {
+                    continue;
+                }
+                let Some(file) = open_for_read(req, &n, path, key) else {
+                    return Err(Error::Corrupt(format!(
+                        "{} (inode {}) could not be reached to read it for the snapshot",
+                        display_path(path),
+                        key.ino
+                    )));
+                };
+                let source = Arc::new(LiveFile {
+                    key: *key,
+                    file,
+                    size: *size,
+                    cow,
+                });
+                if !blocks::feed_blocks(feed, &source, idx, blocks) {
+                    return Err(Error::Poisoned("capture workers stopped".into()));
+                }
             }
-            let Some(file) = open_for_read(req, &n, path, key) else {
-                return Err(Error::Corrupt(format!(
-                    "{} (inode {}) could not be reached to read it for the snapshot",
-                    display_path(path),
-                    key.ino
-                )));
-            };
-            let source = Arc::new(LiveFile {
-                key: *key,
-                file,
-                size: *size,
-                cow,
-            });
-            if !blocks::feed_blocks(feed, &source, idx, blocks) {
-                return Err(Error::Poisoned("capture workers stopped".into()));
-            }
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
     let mut bytes_read = 0;
     let mut first_err = fed.err();
     for r in stored {

@@ -164,7 +164,9 @@ fn capture(
     let bs = repo.config.block_size as u64;
     let repo_id = repo.dir().stat().ok().map(|st| (st.st_dev, st.st_ino));
     let mut w = Walk::new(base.tree.as_ref(), kind, repo_id, bs, time_ns);
-    let (walked, stored) = blocks::store(writer, threads, bs, |feed| w.walk(root_fd, feed));
+    let pb = crate::util::progress::bytes("scan: read", None, true);
+    let (walked, stored) = blocks::store(writer, threads, bs, &pb, |feed| w.walk(root_fd, feed));
+    pb.finish_and_clear();
     // Every unit is collected, even after an error.
     let mut first_err = walked.err();
     for r in stored {

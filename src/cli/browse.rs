@@ -34,6 +34,43 @@ pub struct LsArgs {
     /// not UTF-8 can be given as they are).
     #[arg(default_value = "/")]
     path: std::ffi::OsString,
+    /// Print JSON (one object per entry; names that are not UTF-8 are
+    /// escaped as in the text listing).
+    #[arg(long)]
+    json: bool,
+}
+
+/// One entry of `ls --json`.
+#[derive(serde::Serialize)]
+struct LsEntry {
+    name: String,
+    kind: &'static str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
+}
+
+fn entry(name: String, meta: &Meta, node: &Node) -> LsEntry {
+    let (kind, size, target) = match node {
+        Node::File { size, .. } => ("file", *size, None),
+        Node::Dir => ("dir", 0, None),
+        Node::Symlink { target } => ("symlink", target.len() as u64, Some(escape(target))),
+        _ => ("special", 0, None),
+    };
+    LsEntry {
+        name,
+        kind,
+        mode: meta.mode,
+        uid: meta.uid,
+        gid: meta.gid,
+        size,
+        mtime: time::rfc3339_parts(meta.mtime.sec, meta.mtime.nsec),
+        target,
+    }
 }
 
 /// The mode column of `ls -l`: type, then rwx with the setuid, setgid
@@ -109,6 +146,17 @@ pub fn ls(repo: &Repository, a: LsArgs, o: &mut Out) -> Result<i32> {
         anyhow::bail!("{} does not exist in snapshot {}", display_path(&p), rec.id);
     };
     let out = &mut o.out;
+    if a.json {
+        let list: Vec<LsEntry> = if matches!(node, Node::Dir) {
+            tree.children(&p)
+                .map(|(name, (m, n))| entry(escape(name), m, n))
+                .collect()
+        } else {
+            vec![entry(display_path(&p), meta, node)]
+        };
+        writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+        return Ok(0);
+    }
     if matches!(node, Node::Dir) {
         for (name, (m, n)) in tree.children(&p) {
             writeln!(out, "{}", line(&escape(name), m, n))?;

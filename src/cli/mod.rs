@@ -110,12 +110,14 @@ fn with_repo(
         eprintln!("warning: {n}");
     }
     let stdout = std::io::stdout();
-    let stderr = std::io::stderr();
+    // stderr is not held locked: progress bars draw on it from their own
+    // threads.
+    let mut stderr = std::io::stderr();
     use std::io::IsTerminal;
     let terminal = stderr.is_terminal();
     let mut o = Out {
         out: &mut stdout.lock(),
-        err: &mut stderr.lock(),
+        err: &mut stderr,
         terminal,
         caller_is_root: rustix::process::geteuid().is_root(),
     };

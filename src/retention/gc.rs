@@ -281,6 +281,14 @@ fn run(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
     let mut moved = Vec::new();
     let mut repacked = Vec::new();
     if !repack.is_empty() {
+        let to_copy: u64 = repack
+            .iter()
+            .filter_map(|p| by_pack.get(p))
+            .flatten()
+            .filter(|(id, _)| !condemned.contains(id))
+            .map(|(_, l)| blob_bytes(l))
+            .sum();
+        let pb = crate::util::progress::bytes("gc: repacking", Some(to_copy), true);
         let mut writer = repo.pack_writer()?;
         for &p in &repack {
             let mut ok = true;
@@ -302,6 +310,7 @@ fn run(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
                     }
                 };
                 let to = writer.append(&blob)?;
+                pb.inc(blob_bytes(l));
                 report.bytes_copied += blob.encoded_len();
                 copies.push((*id, *l, to));
             }
@@ -312,6 +321,7 @@ fn run(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
                 report.packs_skipped += 1;
             }
         }
+        pb.finish_and_clear();
         let written = writer.close()?;
         report.packs_written = written.len() as u64;
         crate::util::fault::inject("gc-repacked")?;

@@ -7,6 +7,7 @@ pub mod durable;
 pub mod fault;
 pub mod panic;
 pub mod pool;
+pub mod progress;
 pub mod sys;
 pub mod time;
 pub mod walk;
