@@ -100,3 +100,16 @@ pub fn human_bytes(n: u64) -> String {
         format!("{v:.1} {}", UNITS[u])
     }
 }
+
+/// Parse a percentage in (0, 100], like `5`, `12.5` or `5%`.
+pub fn parse_percent(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("bad percentage {s:?} (use e.g. 5 or 12.5)"))?;
+    if !(v > 0.0 && v <= 100.0) {
+        return Err(format!("percentage {s:?} must be above 0 and at most 100"));
+    }
+    Ok(v)
+}

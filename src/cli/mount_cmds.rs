@@ -34,18 +34,6 @@ fn parse_period(s: &str) -> std::result::Result<Duration, String> {
     Ok(d)
 }
 
-fn parse_percent(s: &str) -> std::result::Result<f64, String> {
-    let v: f64 = s
-        .trim()
-        .trim_end_matches('%')
-        .parse()
-        .map_err(|_| format!("bad percentage {s:?}"))?;
-    if !(v > 0.0 && v <= 100.0) {
-        return Err(format!("{s:?} is not a percentage in (0, 100]"));
-    }
-    Ok(v)
-}
-
 #[derive(Args)]
 pub struct MountArgs {
     /// The data directory to serve and protect.
@@ -156,7 +144,7 @@ pub struct MountArgs {
     #[arg(long, value_name = "DUR", value_parser = parse_period, help_heading = "Monitoring")]
     verify_every: Option<Duration>,
     /// Percent of the chunks each rolling verification checks.
-    #[arg(long, value_name = "PERCENT", default_value_t = 5.0, value_parser = parse_percent, help_heading = "Monitoring")]
+    #[arg(long, value_name = "PERCENT", default_value_t = 5.0, value_parser = super::common::parse_percent, help_heading = "Monitoring")]
     verify_sample: f64,
     /// Retention the daemon applies after each snapshot (forget, then gc
     /// in the background), as `rewindfs forget --keep-*`. Default: the

@@ -49,20 +49,8 @@ pub struct VerifyArgs {
     read_data: bool,
     /// With --read-data: read only the chunks in a random PERCENT of the
     /// packs (a different sample every run), e.g. `--sample 5`.
-    #[arg(long, value_name = "PERCENT", requires = "read_data", value_parser = parse_percent)]
+    #[arg(long, value_name = "PERCENT", requires = "read_data", value_parser = super::common::parse_percent)]
     sample: Option<f64>,
-}
-
-fn parse_percent(s: &str) -> std::result::Result<f64, String> {
-    let v: f64 = s
-        .trim()
-        .trim_end_matches('%')
-        .parse()
-        .map_err(|_| format!("bad percentage {s:?} (use e.g. 5 or 12.5)"))?;
-    if !(v > 0.0 && v <= 100.0) {
-        return Err(format!("percentage {s:?} must be above 0 and at most 100"));
-    }
-    Ok(v)
 }
 
 impl VerifyArgs {
