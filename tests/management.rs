@@ -736,3 +736,36 @@ impl Drop for DaemonMountGuard {
         }
     }
 }
+
+#[test]
+fn the_shipped_alert_rules_pass_promtool() {
+    let promtool = require_tool("promtool", "prometheus");
+    let rules =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/prometheus/rewindfs-alerts.yml");
+    let o = Command::new(promtool)
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Every metric the rules use is one the daemon exports.
+    let text = std::fs::read_to_string(&rules).unwrap();
+    let page = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/daemon/metrics.rs"),
+    )
+    .unwrap();
+    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if let Some(name) = word.strip_prefix("rewindfs_") {
+            let base = name.trim_end_matches("_total");
+            assert!(
+                page.contains(&format!("\"rewindfs_{base}\"")),
+                "rewindfs_{name} is not exported"
+            );
+        }
+    }
+}

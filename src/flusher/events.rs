@@ -63,7 +63,10 @@ impl Broadcast {
         self.subs.lock().retain(|s| match s.try_send(e.clone()) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(
+                    "a subscriber (hooks or metrics) is behind: event dropped ({n} so far)"
+                );
                 true
             }
             Err(TrySendError::Disconnected(_)) => false,
