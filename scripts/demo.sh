@@ -43,7 +43,7 @@ run init
 
 if [ -e /dev/fuse ]; then
   echo "== mount: the first (full) snapshot is taken right away"
-  run mount "$data" "$mnt" --every 15m --on-close '*.bin' --settle 1s
+  run mount "$data" "$mnt" --every 15m --on-close '*.bin' --settle 1s --metrics-listen 127.0.0.1:0
   wait_snapshots 1
 
   echo "== a training job saves checkpoint 3 the usual way: temporary file, then rename"
@@ -92,7 +92,20 @@ if [ -e /dev/fuse ]; then
   echo "\$ ls $work/snap1/checkpoints"
   ls "$work/snap1/checkpoints"
   run umount "$work/snap1"
-  run status
+  echo "== no --repo needed: commands find the repository from the mount they run in, or -C MNT"
+  echo "\$ cd $mnt/checkpoints && rewindfs snapshots | tail -n 2"
+  (cd "$mnt/checkpoints" && env -u REWINDFS_REPO "$bin" snapshots | tail -n 2)
+  echo "\$ rewindfs status        (every rewindfs mount on this machine)"
+  env -u REWINDFS_REPO "$bin" status
+  run status "$mnt"
+  url=$("$bin" status --json | sed -n 's/.*"metrics_url": "http:\/\/\([^"]*\)\/".*/\1/p')
+  if [ -n "$url" ]; then
+    echo "== Prometheus metrics and a status page on http://$url/ (a few metrics:)"
+    exec 3<>"/dev/tcp/${url%:*}/${url##*:}"
+    printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
+    grep -E '^rewindfs_(snapshots\{|dirty_bytes|oldest_change_age|dedup_ratio)' <&3 || true
+    exec 3<&-
+  fi
   echo "== unmount (pending changes get a last snapshot)"
   echo "late change" >> "$mnt/shards/shard-1.txt"
   run umount "$mnt"

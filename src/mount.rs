@@ -42,6 +42,8 @@ pub struct LiveMountConfig {
     pub startup: Arc<Mutex<String>>,
     /// Capture threads.
     pub threads: usize,
+    /// The flusher's events (snapshots, failures) go here.
+    pub events: Arc<crate::flusher::Broadcast>,
 }
 
 /// A mounted live filesystem with everything that keeps it backed up.
@@ -94,6 +96,7 @@ impl LiveMount {
             writeback_cache: cfg.mount.writeback_cache,
             threads: cfg.threads,
             policy: cfg.policy,
+            events: cfg.events,
         })?);
         let persister = Persister::start(journal)?;
         Ok(LiveMount {

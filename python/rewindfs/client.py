@@ -187,7 +187,10 @@ def _selector(m: Mount, at: At) -> str:
         if at.tzinfo is None:
             at = at.astimezone()
         utc = at.astimezone(_dt.timezone.utc)
-        return "@" + utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        # A datetime stands for its whole microsecond: select up to its end,
+        # so the time of a snapshot (to the microsecond) selects it.
+        nanos = utc.microsecond * 1000 + 999
+        return "@" + utc.strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos:09d}Z"
     if isinstance(at, str):
         if "/" in at or at in (".", ".."):
             raise RewindfsError(f"bad snapshot selector {at!r}")

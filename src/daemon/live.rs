@@ -419,7 +419,18 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
         cfg.fsname = repo_str;
     }
     let startup = Arc::new(Mutex::new("running".to_string()));
+    // Subscribers of the flusher's events exist before it starts: the
+    // first snapshot's event reaches them too.
+    let events = Arc::new(crate::flusher::Broadcast::default());
+    let metrics_events = req.manage.metrics_listen.map(|_| events.subscribe(256));
+    let hooks = super::hooks::Hooks {
+        on_snapshot: req.manage.on_snapshot.clone(),
+        on_error: req.manage.on_error.clone(),
+        timeout: req.manage.hook_timeout,
+    };
+    let hook_events = (!hooks.is_empty()).then(|| events.subscribe(64));
     let mut live = LiveMount::start(LiveMountConfig {
+        events: events.clone(),
         backing: paths.backing.clone(),
         mountpoint: paths.mountpoint.clone(),
         repo: repo.clone(),
@@ -486,7 +497,7 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
             Arc::new(move |req, peer, w: &mut dyn Write| s.handle(req, peer, w)),
         )?;
     }
-    if let Some(addr) = req.manage.metrics_listen {
+    if let (Some(addr), Some(rx)) = (req.manage.metrics_listen, metrics_events) {
         let s = shared.clone();
         let status: Arc<dyn Fn() -> DaemonStatus + Send + Sync> = Arc::new(move || s.status());
         let metrics = super::metrics::Metrics::start(
@@ -496,19 +507,14 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
                 chunks: shared.views.chunks.clone(),
                 verify: shared.coverage.clone(),
             },
-            shared.flusher.events.subscribe(256),
+            rx,
         )?;
         let bound = super::web::serve(addr, metrics, repo.clone(), status)?;
         tracing::info!("metrics and status page on http://{bound}/");
         *shared.metrics_url.lock() = Some(format!("http://{bound}/"));
     }
-    let hooks = super::hooks::Hooks {
-        on_snapshot: req.manage.on_snapshot.clone(),
-        on_error: req.manage.on_error.clone(),
-        timeout: req.manage.hook_timeout,
-    };
-    if !hooks.is_empty() {
-        hooks.start(shared.flusher.events.subscribe(64))?;
+    if let Some(rx) = hook_events {
+        hooks.start(rx)?;
     }
     if let Some(r) = shared.verify {
         super::verifier::start(

@@ -94,6 +94,9 @@ pub struct FlusherCtx {
     pub writeback_cache: bool,
     pub threads: usize,
     pub policy: Policy,
+    /// Where committed snapshots and failures are published (subscribe
+    /// before starting, so no event is missed).
+    pub events: Arc<Broadcast>,
 }
 
 pub struct Flusher {
@@ -120,7 +123,7 @@ impl Flusher {
             state: "idle".into(),
             ..Default::default()
         }));
-        let events = Arc::new(Broadcast::default());
+        let events = ctx.events.clone();
         let out = Report {
             status: status.clone(),
             events: events.clone(),

@@ -60,6 +60,7 @@ fn start_mount(
     Repository::init(&repo_dir, block_size, 3).unwrap();
     let repo = Arc::new(Repository::open(&repo_dir).unwrap());
     let mut live = LiveMount::start(LiveMountConfig {
+        events: Default::default(),
         backing: backing.canonicalize().unwrap(),
         mountpoint: mnt.clone(),
         repo,

@@ -44,7 +44,9 @@ assert read(r1["id"]) == b"version one"
 assert read(r1["name"]) == b"version one"
 assert read(None) == b"version two, longer"
 assert read("latest") == b"version two, longer"
-t1 = dt.datetime.fromtimestamp(r1["time_ns"] / 1e9, tz=dt.timezone.utc)
+ns = r1["time_ns"]
+t1 = dt.datetime.fromtimestamp(ns // 10**9, tz=dt.timezone.utc) + dt.timedelta(
+    microseconds=(ns % 10**9) // 1000)
 assert read(t1) == b"version one", rewindfs.snapshot_path(model, at=t1)
 assert rewindfs.snapshot_path(model, at=r2["id"]).endswith(
     os.path.join(".snapshots", r2["name"], "ckpt", "model.bin"))
