@@ -661,8 +661,22 @@ fn a_foreground_mount_tells_systemd_it_is_ready_and_stops_cleanly_on_sigterm() {
     rx.set_read_timeout(Some(std::time::Duration::from_secs(60)))
         .unwrap();
     common::live::require_fuse();
+    let hooks = tmp.path().join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let hook = format!(
+        "f='{}/snap.'$$; cat > \"$f.tmp\" && mv \"$f.tmp\" \"$f.done\"",
+        hooks.display()
+    );
     let mut child = Command::new(bin())
-        .args(["mount", "--foreground", "--every", "off", "--repo"])
+        .args([
+            "mount",
+            "--foreground",
+            "--every",
+            "off",
+            "--on-snapshot",
+            &hook,
+            "--repo",
+        ])
         .arg(&r)
         .arg(&b)
         .arg(&m)

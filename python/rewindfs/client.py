@@ -67,15 +67,33 @@ def find_mount(path: Union[str, os.PathLike]) -> Mount:
     if best is None:
         raise RewindfsError(f"{p} is not inside a rewindfs mount")
     st = _request(best.repo, {"cmd": "status"})["status"]
-    if best.mountpoint != st.get("mountpoint") and best.mountpoint not in st.get("mounts", []):
+    live = st.get("live") and best.mountpoint == st.get("mountpoint")
+    if not live and best.mountpoint not in st.get("mounts", []):
         raise RewindfsError(
             f"the daemon of {best.repo} does not serve {best.mountpoint}"
         )
     return best
 
 
+def _owned_by_us_or_root(st: os.stat_result) -> bool:
+    return st.st_uid in (0, os.geteuid())
+
+
 def _connect(repo: str, timeout: Optional[float]) -> socket.socket:
     path = os.path.join(repo, SOCKET)
+    # As the CLI insists: the repository directory and the socket belong to
+    # root or to us (another user could put a socket of theirs there), and
+    # neither is followed through a symlink.
+    try:
+        dst = os.lstat(repo)
+        sst = os.lstat(path)
+    except FileNotFoundError:
+        raise RewindfsError(f"no rewindfs daemon holds {repo} (no {SOCKET})") from None
+    import stat as _stat
+    if not _stat.S_ISDIR(dst.st_mode) or not _owned_by_us_or_root(dst):
+        raise RewindfsError(f"{repo} is not a directory of root's or yours: not talking to it")
+    if not _stat.S_ISSOCK(sst.st_mode) or not _owned_by_us_or_root(sst):
+        raise RewindfsError(f"{path} is not a socket of root's or yours: not talking to it")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
@@ -127,9 +145,15 @@ def _cli(repo: str, args: List[str], timeout: Optional[float] = 600.0) -> str:
         f = s.makefile("rb")
         while True:
             head = f.read(5)
+            if head[:1] == b"{":
+                # An error reply instead of frames.
+                line = head + f.readline()
+                raise RewindfsError(json.loads(line).get("message", line.decode(errors="replace")))
             if len(head) < 5:
                 raise RewindfsError("the daemon closed the connection")
             tag, n = head[:1], struct.unpack(">I", head[1:])[0]
+            if n > 64 << 20:
+                raise RewindfsError("bad frame from the daemon")
             payload = f.read(n)
             if tag == b"o":
                 out += payload
@@ -139,9 +163,7 @@ def _cli(repo: str, args: List[str], timeout: Optional[float] = 600.0) -> str:
                 code = struct.unpack(">i", payload)[0]
                 break
             else:
-                # An error reply instead of frames.
-                rest = head + payload + f.readline()
-                raise RewindfsError(json.loads(rest).get("message", rest.decode()))
+                raise RewindfsError("bad frame from the daemon")
     if code != 0:
         raise RewindfsError(err.decode(errors="replace").strip() or f"exit code {code}")
     return out.decode()

@@ -76,15 +76,17 @@ fn with_repo(
             .skip(1)
             .map(|a| a.as_bytes().to_vec())
             .collect();
-        // The repository may have come from REWINDFS_REPO: the daemon's
-        // parser needs it spelled out (it uses its own repository anyway).
+        // The repository may have come from REWINDFS_REPO or from
+        // discovery: spell it out right after the subcommand (never after
+        // a `--`, where it would be a positional argument).
         if !args
             .iter()
             .any(|a| a == b"--repo" || a.starts_with(b"--repo="))
         {
             let mut a = b"--repo=".to_vec();
             a.extend_from_slice(repo.as_os_str().as_bytes());
-            args.push(a);
+            let at = 1.min(args.len());
+            args.insert(at, a);
         }
         let cwd = std::env::current_dir()
             .map(|p| p.as_os_str().as_bytes().to_vec())

@@ -136,7 +136,7 @@ pub struct MountArgs {
     #[arg(long, value_name = "CMD", help_heading = "Monitoring")]
     on_error: Option<String>,
     /// Kill a hook still running after this long.
-    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_ttl, help_heading = "Monitoring")]
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_period, help_heading = "Monitoring")]
     hook_timeout: Duration,
     /// Rolling verification: every DUR, re-read and check --verify-sample
     /// percent of the repository's chunks, rotating so that every chunk
@@ -429,9 +429,11 @@ fn list_mounts(json: bool) -> Result<i32> {
             rows.push(row);
             continue;
         };
+        // One question per repository; whether it serves this mount is
+        // decided per mount.
         let st = asked
             .entry(repo.clone())
-            .or_insert_with(|| discover::confirm(m, repo).map_err(|e| e.to_string()));
+            .or_insert_with(|| discover::ask(m, repo).map_err(|e| e.to_string()));
         let st = match st {
             Ok(s) if discover::serves(s, &m.mountpoint) => s.clone(),
             Ok(_) => {

@@ -38,7 +38,17 @@ pub struct FoundMount {
 /// Every rewindfs mount on this machine (in this mount namespace), in
 /// mount-table order.
 pub fn rewindfs_mounts() -> Vec<FoundMount> {
-    from_table(&mounts(), maybe_repository)
+    let table = mounts();
+    from_table(&table, |p| !under_fuse(p, &table) && maybe_repository(p))
+}
+
+/// Whether `p` lies inside a FUSE mount: looking into it could wait on a
+/// userspace server forever (any user can mount one and name a path in
+/// it as a fake mount's source), so it is never probed.
+fn under_fuse(p: &Path, table: &[(PathBuf, String, String)]) -> bool {
+    table
+        .iter()
+        .any(|(mp, fstype, _)| fstype.starts_with("fuse") && p.starts_with(mp))
 }
 
 /// Whether `p` is, or may be, a rewindfs repository: it looks like one,
@@ -77,10 +87,17 @@ fn from_table(
 }
 
 /// The innermost rewindfs mount holding `path` (made absolute; resolved
-/// when it can be, so a path through a symlink finds its mount).
+/// when it can be, so a path through a symlink finds its mount). Only
+/// that mount's source is probed.
 pub fn mount_containing(path: &Path) -> Option<FoundMount> {
     let abs = absolute(path);
-    innermost(&rewindfs_mounts(), &abs)
+    let table = mounts();
+    let inner = innermost(&table, &abs)?;
+    from_table(std::slice::from_ref(inner), |p| {
+        !under_fuse(p, &table) && maybe_repository(p)
+    })
+    .into_iter()
+    .next()
 }
 
 fn absolute(path: &Path) -> PathBuf {
@@ -97,12 +114,15 @@ fn absolute(path: &Path) -> PathBuf {
     }
 }
 
-fn innermost(found: &[FoundMount], abs: &Path) -> Option<FoundMount> {
-    found
+/// The innermost FUSE mount of a type we could be that holds `abs`.
+fn innermost<'t>(
+    table: &'t [(PathBuf, String, String)],
+    abs: &Path,
+) -> Option<&'t (PathBuf, String, String)> {
+    table
         .iter()
-        .filter(|m| abs.starts_with(&m.mountpoint))
-        .max_by_key(|m| m.mountpoint.components().count())
-        .cloned()
+        .filter(|(mp, t, _)| FSTYPES.contains(&t.as_str()) && abs.starts_with(mp))
+        .max_by_key(|(mp, _, _)| mp.components().count())
 }
 
 /// Why a path did not lead to a repository.
@@ -138,25 +158,7 @@ pub fn find(path: &Path) -> std::result::Result<(FoundMount, PathBuf, DaemonStat
 
 /// Ask the daemon of `repo` whether it serves `m`.
 pub fn confirm(m: &FoundMount, repo: &Path) -> std::result::Result<DaemonStatus, FindError> {
-    let status = match control::call(repo, &Request::Status, Duration::from_secs(10)) {
-        Ok(Response::Status { status }) => *status,
-        Ok(_) => {
-            return Err(FindError::NotServed {
-                mountpoint: m.mountpoint.clone(),
-                repo: repo.to_path_buf(),
-            })
-        }
-        Err(CallError::NotRunning) | Err(CallError::Stale(_)) => {
-            return Err(FindError::Stale(m.mountpoint.clone()))
-        }
-        Err(err) => {
-            return Err(FindError::Call {
-                mountpoint: m.mountpoint.clone(),
-                repo: repo.to_path_buf(),
-                err,
-            })
-        }
-    };
+    let status = ask(m, repo)?;
     if serves(&status, &m.mountpoint) {
         Ok(status)
     } else {
@@ -164,6 +166,25 @@ pub fn confirm(m: &FoundMount, repo: &Path) -> std::result::Result<DaemonStatus,
             mountpoint: m.mountpoint.clone(),
             repo: repo.to_path_buf(),
         })
+    }
+}
+
+/// The status of the daemon of `repo` (named as the source of `m`).
+pub fn ask(m: &FoundMount, repo: &Path) -> std::result::Result<DaemonStatus, FindError> {
+    match control::call(repo, &Request::Status, Duration::from_secs(10)) {
+        Ok(Response::Status { status }) => Ok(*status),
+        Ok(_) => Err(FindError::NotServed {
+            mountpoint: m.mountpoint.clone(),
+            repo: repo.to_path_buf(),
+        }),
+        Err(CallError::NotRunning) | Err(CallError::Stale(_)) => {
+            Err(FindError::Stale(m.mountpoint.clone()))
+        }
+        Err(err) => Err(FindError::Call {
+            mountpoint: m.mountpoint.clone(),
+            repo: repo.to_path_buf(),
+            err,
+        }),
     }
 }
 
@@ -207,9 +228,31 @@ mod tests {
     }
 
     #[test]
+    fn sources_inside_fuse_mounts_are_never_probed() {
+        let t = table();
+        assert!(under_fuse(Path::new("/mnt/a/x/repo"), &t));
+        assert!(under_fuse(Path::new("/mnt/other/r"), &t));
+        assert!(!under_fuse(Path::new("/var/lib/rewindfs/a"), &t));
+        let probed = std::cell::RefCell::new(Vec::new());
+        from_table(&t, |p| {
+            probed.borrow_mut().push(p.to_path_buf());
+            !under_fuse(p, &t) && repos(p)
+        });
+        assert!(probed.borrow().iter().all(|p| p.is_absolute()));
+    }
+
+    #[test]
     fn the_innermost_mount_holds_a_path() {
-        let f = from_table(&table(), repos);
-        let at = |p: &str| innermost(&f, Path::new(p)).map(|m| m.mountpoint);
+        let t = table();
+        let at = |p: &str| {
+            innermost(&t, Path::new(p))
+                .and_then(|e| {
+                    from_table(std::slice::from_ref(e), repos)
+                        .into_iter()
+                        .next()
+                })
+                .map(|m| m.mountpoint)
+        };
         assert_eq!(at("/mnt/a"), Some("/mnt/a".into()));
         assert_eq!(at("/mnt/a/x/y"), Some("/mnt/a".into()));
         assert_eq!(at("/mnt/a/inner/z"), Some("/mnt/a/inner".into()));
@@ -217,6 +260,8 @@ mod tests {
         assert_eq!(at("/mnt/ab"), None);
         assert_eq!(at("/mnt/other/f"), None);
         assert_eq!(at("/"), None);
+        // Inside a FUSE mount that is not ours: not in a rewindfs mount.
+        assert_eq!(at("/mnt/plain/x"), None);
     }
 
     #[test]

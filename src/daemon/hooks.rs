@@ -40,8 +40,10 @@ impl Hooks {
         self.on_snapshot.is_none() && self.on_error.is_none()
     }
 
-    /// Run hooks for `events` on a thread until the channel closes.
-    pub fn start(self, events: Receiver<Event>) -> Result<()> {
+    /// Run hooks for `events` on a thread until the channel closes (see
+    /// [`Broadcast::close`](crate::flusher::Broadcast::close)); join it to
+    /// let the last events' hooks run.
+    pub fn start(self, events: Receiver<Event>) -> Result<std::thread::JoinHandle<()>> {
         std::thread::Builder::new()
             .name("hooks".into())
             .spawn(move || {
@@ -58,8 +60,7 @@ impl Hooks {
                     }
                 }
             })
-            .map_err(|e| Error::io("start thread", "hooks", e))?;
-        Ok(())
+            .map_err(|e| Error::io("start thread", "hooks", e))
     }
 }
 
@@ -70,6 +71,8 @@ pub fn run(cmd: &str, kind: &str, e: &Event, timeout: Duration) -> Result<Outcom
         .arg("-c")
         .arg(cmd)
         .env("REWINDFS_EVENT", kind)
+        // systemd's socket is the daemon's, not the hook's.
+        .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::piped())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())

@@ -429,6 +429,12 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
         timeout: req.manage.hook_timeout,
     };
     let hook_events = (!hooks.is_empty()).then(|| events.subscribe(64));
+    // A taken port fails the start before anything is mounted.
+    let listener = req
+        .manage
+        .metrics_listen
+        .map(super::web::bind)
+        .transpose()?;
     let mut live = LiveMount::start(LiveMountConfig {
         events: events.clone(),
         backing: paths.backing.clone(),
@@ -497,9 +503,8 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
             Arc::new(move |req, peer, w: &mut dyn Write| s.handle(req, peer, w)),
         )?;
     }
-    if let (Some(addr), Some(rx)) = (req.manage.metrics_listen, metrics_events) {
-        let s = shared.clone();
-        let status: Arc<dyn Fn() -> DaemonStatus + Send + Sync> = Arc::new(move || s.status());
+    if let (Some(listener), Some(rx)) = (listener, metrics_events) {
+        let status = cached_status(shared.clone());
         let metrics = super::metrics::Metrics::start(
             super::metrics::Sources {
                 repo: repo.clone(),
@@ -509,13 +514,14 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
             },
             rx,
         )?;
-        let bound = super::web::serve(addr, metrics, repo.clone(), status)?;
+        let bound = super::web::serve(listener, metrics, repo.clone(), status)?;
         tracing::info!("metrics and status page on http://{bound}/");
         *shared.metrics_url.lock() = Some(format!("http://{bound}/"));
     }
-    if let Some(rx) = hook_events {
-        hooks.start(rx)?;
-    }
+    let hooks_thread = match hook_events {
+        Some(rx) => Some(hooks.start(rx)?),
+        None => None,
+    };
     if let Some(r) = shared.verify {
         super::verifier::start(
             repo.clone(),
@@ -563,12 +569,45 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
             tracing::error!("the snapshot at unmount failed (its changes stay in the journal): {e}")
         }
     }
+    // The last events (the unmount's snapshot or its failure) get their
+    // hooks run, within the hook timeout.
+    events.close();
+    if let Some(t) = hooks_thread {
+        let deadline =
+            std::time::Instant::now() + req.manage.hook_timeout + std::time::Duration::from_secs(2);
+        while !t.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        } else {
+            tracing::warn!("hooks still running at exit are left behind");
+        }
+    }
     let _ = repo.dir().remove_file(control::SOCKET);
     shared.journal.flush()?;
     repo.dir().remove_file(MARKER)?;
     repo.dir().fsync()?;
     tracing::info!("unmounted {}", paths.mountpoint.display());
     result
+}
+
+/// The daemon's status for HTTP clients, computed at most once a second
+/// (it walks the journal's dirty map under its shard locks, which writes
+/// take too: a client polling in a loop must not slow writers down).
+fn cached_status(shared: Arc<Shared>) -> Arc<dyn Fn() -> DaemonStatus + Send + Sync> {
+    let cache: Mutex<Option<(std::time::Instant, DaemonStatus)>> = Mutex::new(None);
+    Arc::new(move || {
+        let mut c = cache.lock();
+        if let Some((at, s)) = &*c {
+            if at.elapsed() < std::time::Duration::from_secs(1) {
+                return s.clone();
+            }
+        }
+        let s = shared.status();
+        *c = Some((std::time::Instant::now(), s.clone()));
+        s
+    })
 }
 
 /// Undoes a start that fails after the mount was made: removes the

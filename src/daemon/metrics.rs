@@ -59,18 +59,17 @@ impl Hist {
         }
     }
 
-    fn cumulative(&self) -> Vec<(f64, u64)> {
-        let mut acc = 0;
+    /// Per-bucket counts (not cumulative: the encoder adds them up),
+    /// the last one (+Inf) holding what is above every bound.
+    fn buckets(&self) -> Vec<(f64, u64)> {
         let mut out: Vec<(f64, u64)> = self
             .bounds
             .iter()
             .zip(&self.counts)
-            .map(|(b, c)| {
-                acc += c;
-                (*b, acc)
-            })
+            .map(|(b, c)| (*b, *c))
             .collect();
-        out.push((f64::INFINITY, self.count));
+        let finite: u64 = self.counts.iter().sum();
+        out.push((f64::INFINITY, self.count.saturating_sub(finite)));
         out
     }
 }
@@ -224,7 +223,7 @@ fn labelled_gauges(
 
 fn histogram(e: &mut DescriptorEncoder, name: &str, help: &str, h: &Hist) -> std::fmt::Result {
     let mut d = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
-    d.encode_histogram::<NoLabels>(h.sum, h.count, &h.cumulative(), None)
+    d.encode_histogram::<NoLabels>(h.sum, h.count, &h.buckets(), None)
 }
 
 impl Collector for Scrape {
@@ -409,7 +408,7 @@ impl Collector for Scrape {
             for o in &ops {
                 let set = [("op".to_string(), o.name.to_string())];
                 d.encode_family(&set.as_slice())?
-                    .encode_histogram::<NoLabels>(o.sum_seconds, o.count, &o.cumulative, None)?;
+                    .encode_histogram::<NoLabels>(o.sum_seconds, o.count, &o.buckets, None)?;
             }
         }
         counter(
@@ -445,15 +444,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histograms_are_cumulative_with_inf() {
+    fn encoded_histograms_are_cumulative_and_end_at_the_count() {
         let mut h = Hist::new(&CUT_BUCKETS);
         h.observe(0.0002);
         h.observe(0.02);
         h.observe(7.0);
-        let c = h.cumulative();
-        assert_eq!(c[0], (1e-4, 0));
-        assert_eq!(c[1], (5e-4, 1));
-        assert_eq!(c.last().unwrap(), &(f64::INFINITY, 3));
-        assert_eq!(c[c.len() - 2].1, 2);
+        #[derive(Debug)]
+        struct One(Hist);
+        impl Collector for One {
+            fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+                histogram(&mut e, "t_seconds", "test", &self.0)
+            }
+        }
+        let mut reg = Registry::default();
+        reg.register_collector(Box::new(One(h)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        let bucket = |le: &str| -> u64 {
+            let pat = format!("t_seconds_bucket{{le=\"{le}\"}} ");
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&pat))
+                .unwrap_or_else(|| panic!("{pat} in {text}"));
+            line[pat.len()..].trim().parse().unwrap()
+        };
+        assert_eq!(bucket("0.0001"), 0);
+        assert_eq!(bucket("0.0005"), 1);
+        assert_eq!(bucket("0.05"), 2);
+        assert_eq!(bucket("1.0"), 2);
+        assert_eq!(bucket("+Inf"), 3);
+        assert!(text.contains("t_seconds_count 3"), "{text}");
     }
 }

@@ -49,15 +49,17 @@ pub struct Rolling {
 }
 
 impl Rolling {
-    /// Rounds in one rotation.
+    /// Rounds in one rotation (at most a million: a smaller sample is
+    /// rounded up to that).
     pub fn rounds(&self) -> u64 {
-        (100.0 / self.sample).ceil().max(1.0) as u64
+        (100.0 / self.sample).ceil().clamp(1.0, 1e6) as u64
     }
 
-    /// The time within which every blob is checked (one rotation, plus
-    /// the round in progress).
+    /// The time within which every blob present when a rotation starts is
+    /// checked (one rotation, plus the round in progress); saturates.
     pub fn bound(&self) -> Duration {
-        self.every * (self.rounds() as u32 + 1)
+        let n = u32::try_from(self.rounds() + 1).unwrap_or(u32::MAX);
+        self.every.checked_mul(n).unwrap_or(Duration::MAX)
     }
 }
 
@@ -78,8 +80,9 @@ fn hex_of(id: &ChunkId) -> String {
 }
 
 /// One round: check the next `sample` percent of the blobs after the
-/// cursor (ending the rotation at the last id). Returns the damage found.
-pub fn round(repo: &Repository, r: Rolling, state: &mut State) -> Result<Vec<String>> {
+/// cursor (ending the rotation at the last id). Returns the damage found
+/// and the number of blobs in the repository.
+pub fn round(repo: &Repository, r: Rolling, state: &mut State) -> Result<(Vec<String>, u64)> {
     let mut ids: Vec<ChunkId> = repo
         .index()
         .chunks()?
@@ -88,7 +91,7 @@ pub fn round(repo: &Repository, r: Rolling, state: &mut State) -> Result<Vec<Str
         .collect();
     ids.sort_unstable_by_key(|id| id.0);
     let total = ids.len() as u64;
-    let want = ((total as f64 * r.sample / 100.0).ceil() as usize).max(1);
+    let want = ((total as f64 * r.sample.clamp(1e-4, 100.0) / 100.0).ceil() as usize).max(1);
     let start = match &state.cursor {
         Some(c) => ids.partition_point(|id| hex_of(id).as_str() <= c.as_str()),
         None => 0,
@@ -115,14 +118,16 @@ pub fn round(repo: &Repository, r: Rolling, state: &mut State) -> Result<Vec<Str
     } else if let Some(last) = ids.get(end.saturating_sub(1)) {
         state.cursor = Some(hex_of(last));
     }
-    Ok(damage)
+    Ok((damage, total))
 }
 
 /// The share of blobs checked recently: all of them when a rotation
 /// completed within the bound, else the current rotation's share.
 pub fn coverage(r: Rolling, s: &State, total: u64, now_ns: i64) -> f64 {
-    let bound = r.bound().as_nanos() as i64;
-    if s.last_cycle_ns.is_some_and(|t| now_ns - t <= bound) {
+    let bound = i64::try_from(r.bound().as_nanos()).unwrap_or(i64::MAX);
+    if s.last_cycle_ns
+        .is_some_and(|t| now_ns.saturating_sub(t) <= bound)
+    {
         return 1.0;
     }
     if total == 0 {
@@ -146,7 +151,7 @@ pub fn start(
         c.damaged_total = state.damaged_total;
         c.last_cycle_ns = state.last_cycle_ns;
     };
-    let total = repo.index().chunks().map(|c| c.len() as u64).unwrap_or(0);
+    let mut total = repo.index().chunks().map(|c| c.len() as u64).unwrap_or(0);
     publish(&state, &out, total);
     std::thread::Builder::new()
         .name("verifier".into())
@@ -154,7 +159,8 @@ pub fn start(
             std::thread::sleep(r.every);
             let t0 = Instant::now();
             match round(&repo, r, &mut state) {
-                Ok(damage) => {
+                Ok((damage, n)) => {
+                    total = n;
                     for d in &damage {
                         tracing::error!("rolling verification: {d}");
                         events.publish(Event::Error {
@@ -170,7 +176,6 @@ pub fn start(
             if let Err(e) = save(&repo, &state) {
                 tracing::warn!("rolling verification: saving its place: {e}");
             }
-            let total = repo.index().chunks().map(|c| c.len() as u64).unwrap_or(0);
             publish(&state, &out, total);
         })
         .map_err(|e| Error::io("start thread", "verifier", e))?;
@@ -197,5 +202,13 @@ mod tests {
         s.last_cycle_ns = Some(1_000);
         assert_eq!(coverage(r, &s, 100, 1_000 + 299 * 1_000_000_000), 1.0);
         assert_eq!(coverage(r, &s, 100, 1_000 + 301 * 1_000_000_000), 0.25);
+        // Extreme settings saturate instead of overflowing.
+        let tiny = Rolling {
+            every: Duration::from_secs(u64::MAX / 2),
+            sample: 1e-300,
+        };
+        assert_eq!(tiny.rounds(), 1_000_000);
+        assert_eq!(tiny.bound(), Duration::MAX);
+        let _ = coverage(tiny, &s, 100, i64::MAX);
     }
 }

@@ -4,14 +4,25 @@
 //! is refused, nothing reachable here changes the mount or the
 //! repository.
 //!
-//! Invariants: off unless asked for; one thread answers requests one at a
-//! time with a bounded body, so a slow or hostile client costs at most
-//! that thread; the page loads nothing from elsewhere (no CDN, works
-//! offline). Anyone who can reach the address can read mount paths,
-//! snapshot labels and sizes: keep it on loopback (docs/security.md).
+//! A deliberately small HTTP/1.0 server rather than a general one: the
+//! daemon runs as root and any local user can reach loopback, so the
+//! listener must cost a bounded amount whatever clients do. One thread
+//! accepts and answers connections one at a time; each connection gets
+//! 5 s to send its request head (at most 8 KiB) and 5 s per write, then
+//! it is closed. No request body is read, no connection is kept alive.
+//! A `Host` header that names neither a loopback name nor the bound
+//! address is refused (a web page elsewhere cannot use DNS rebinding to
+//! read the daemon's answers through a local browser).
+//!
+//! Invariants: off unless asked for; the page loads nothing from
+//! elsewhere (no CDN, works offline). Anyone who can reach the address can
+//! read mount paths, snapshot labels and sizes: keep it on loopback
+//! (docs/security.md).
 
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -21,6 +32,10 @@ use crate::error::{Error, Result};
 use crate::repo::Repository;
 
 const PAGE: &str = include_str!("status_page.html");
+/// How long a client may take to send its request, and per write.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest request head read.
+const MAX_HEAD: usize = 8 << 10;
 
 /// One snapshot as the page shows it.
 #[derive(Serialize)]
@@ -38,65 +53,140 @@ struct SnapRow {
     added_bytes: u64,
 }
 
-/// Serve on `addr` from a thread; returns the bound address.
-pub fn serve(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    repo: Arc<Repository>,
-    status: Arc<dyn Fn() -> DaemonStatus + Send + Sync>,
-) -> Result<SocketAddr> {
-    let server = tiny_http::Server::http(addr).map_err(|e| {
+/// Bind `addr` (before the mount starts, so a taken port fails the start
+/// at once).
+pub fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    let l = TcpListener::bind(addr).map_err(|e| {
         Error::InvalidInput(format!("--metrics-listen {addr}: cannot listen there: {e}"))
-    })?;
-    let bound = server.server_addr().to_ip().ok_or_else(|| {
-        Error::InvalidInput(format!("--metrics-listen {addr}: not an IP address"))
     })?;
     if !addr.ip().is_loopback() {
         tracing::warn!(
             "metrics and the status page listen on {addr}: anyone who reaches it reads mount paths and snapshot labels"
         );
     }
+    Ok(l)
+}
+
+/// Answer on `listener` from a thread; returns the bound address.
+pub fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    repo: Arc<Repository>,
+    status: Arc<dyn Fn() -> DaemonStatus + Send + Sync>,
+) -> Result<SocketAddr> {
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::io("metrics listener address", "", e))?;
     std::thread::Builder::new()
         .name("metrics-http".into())
         .spawn(move || {
-            for req in server.incoming_requests() {
-                answer(req, &metrics, &repo, &*status);
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                answer(conn, bound, &metrics, &repo, &*status);
             }
         })
         .map_err(|e| Error::io("start thread", "metrics-http", e))?;
     Ok(bound)
 }
 
-/// A response with headers (ours, constants: a bad one is skipped).
-fn respond(req: tiny_http::Request, code: u16, body: String, headers: &[(&str, &str)]) {
-    let mut resp = tiny_http::Response::from_string(body).with_status_code(code);
-    for (k, v) in headers {
-        if let Ok(h) = tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()) {
-            resp.add_header(h);
-        }
-    }
-    let _ = req.respond(resp);
+/// The request line and Host header of a request head.
+#[derive(Debug, PartialEq, Eq)]
+struct Head {
+    method: String,
+    path: String,
+    host: Option<String>,
 }
 
+fn parse_head(head: &str) -> Option<Head> {
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let method = first.next()?.to_string();
+    let target = first.next()?;
+    let path = target.split('?').next().unwrap_or("").to_string();
+    let host = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("host"))
+        .map(|(_, v)| v.trim().to_string());
+    Some(Head { method, path, host })
+}
+
+/// Whether a Host header names us: a loopback name or the bound address.
+fn host_ok(host: Option<&str>, bound: SocketAddr) -> bool {
+    let Some(h) = host else { return true }; // HTTP/1.0 without Host
+    let name = if let Some(rest) = h.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        h.rsplit_once(':').map_or(h, |(n, _)| n)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip == bound.ip())
+}
+
+/// Read the request head (bounded in size and time).
+fn read_head(conn: &mut TcpStream) -> Option<String> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        if buf.len() >= MAX_HEAD {
+            return None;
+        }
+        let n = conn.read(&mut chunk).ok()?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8(buf).ok()
+}
+
+fn respond(conn: &mut TcpStream, code: u16, ctype: &str, body: &[u8], head_only: bool) {
+    let reason = match code {
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Internal Server Error",
+    };
+    let head = format!(
+        "HTTP/1.0 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nContent-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:\r\n{}\r\n",
+        body.len(),
+        if code == 405 { "Allow: GET, HEAD\r\n" } else { "" }
+    );
+    let _ = conn.write_all(head.as_bytes());
+    if !head_only {
+        let _ = conn.write_all(body);
+    }
+    let _ = conn.flush();
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
 fn answer(
-    req: tiny_http::Request,
+    mut conn: TcpStream,
+    bound: SocketAddr,
     metrics: &Arc<Metrics>,
     repo: &Repository,
     status: &(dyn Fn() -> DaemonStatus + Send + Sync),
 ) {
-    use tiny_http::Method;
-    let head = *req.method() == Method::Head;
-    if *req.method() != Method::Get && !head {
-        respond(
-            req,
-            405,
-            "read-only: GET only\n".into(),
-            &[("Allow", "GET, HEAD")],
-        );
+    let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = conn.set_write_timeout(Some(IO_TIMEOUT));
+    let Some(head) = read_head(&mut conn).as_deref().and_then(parse_head) else {
+        respond(&mut conn, 400, TEXT, b"bad request\n", false);
+        return;
+    };
+    let head_only = head.method == "HEAD";
+    if head.method != "GET" && !head_only {
+        respond(&mut conn, 405, TEXT, b"read-only: GET only\n", false);
         return;
     }
-    let path = req.url().split('?').next().unwrap_or("").to_string();
-    let (code, ctype, body) = match path.as_str() {
+    if !host_ok(head.host.as_deref(), bound) {
+        respond(&mut conn, 403, TEXT, b"unknown Host\n", false);
+        return;
+    }
+    let (code, ctype, body) = match head.path.as_str() {
         "/metrics" => (
             200,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -106,30 +196,17 @@ fn answer(
         "/api/status" => json(&status()),
         "/api/snapshots" => match repo.snapshots() {
             Ok(list) => json(&list.iter().map(row).collect::<Vec<_>>()),
-            Err(e) => (500, "text/plain; charset=utf-8", format!("{e}\n")),
+            Err(e) => (500, TEXT, format!("{e}\n")),
         },
-        _ => (404, "text/plain; charset=utf-8", "not found\n".to_string()),
+        _ => (404, TEXT, "not found\n".to_string()),
     };
-    respond(
-        req,
-        code,
-        if head { String::new() } else { body },
-        &[
-            ("Content-Type", ctype),
-            ("Cache-Control", "no-store"),
-            ("X-Content-Type-Options", "nosniff"),
-            (
-                "Content-Security-Policy",
-                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
-            ),
-        ],
-    );
+    respond(&mut conn, code, ctype, body.as_bytes(), head_only);
 }
 
 fn json<T: Serialize>(v: &T) -> (u16, &'static str, String) {
     match serde_json::to_string(v) {
         Ok(s) => (200, "application/json", s),
-        Err(e) => (500, "text/plain; charset=utf-8", format!("{e}\n")),
+        Err(e) => (500, TEXT, format!("{e}\n")),
     }
 }
 
@@ -145,5 +222,49 @@ fn row(r: &crate::snapshot::SnapshotRecord) -> SnapRow {
         files: r.stats.files,
         logical_bytes: r.stats.logical_bytes,
         added_bytes: r.stats.stored_bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_parse_and_hosts_are_checked() {
+        let h =
+            parse_head("GET /metrics?x=1 HTTP/1.1\r\nHost: 127.0.0.1:9143\r\nAccept: */*\r\n\r\n")
+                .unwrap();
+        assert_eq!(h.method, "GET");
+        assert_eq!(h.path, "/metrics");
+        assert_eq!(h.host.as_deref(), Some("127.0.0.1:9143"));
+        assert!(parse_head("").is_none());
+        let bound: SocketAddr = "127.0.0.1:9143".parse().unwrap();
+        assert!(host_ok(None, bound));
+        assert!(host_ok(Some("localhost:9143"), bound));
+        assert!(host_ok(Some("127.0.0.1"), bound));
+        assert!(host_ok(Some("[::1]:9143"), bound));
+        assert!(!host_ok(Some("evil.example:9143"), bound));
+        assert!(!host_ok(Some("rebind.attacker.test"), bound));
+        let lan: SocketAddr = "10.0.0.5:9143".parse().unwrap();
+        assert!(host_ok(Some("10.0.0.5:9143"), lan));
+        assert!(!host_ok(Some("10.0.0.6:9143"), lan));
+    }
+
+    #[test]
+    fn a_silent_client_costs_at_most_the_timeout() {
+        // A head that never ends is cut at MAX_HEAD; one that never comes
+        // at IO_TIMEOUT (checked here with a short timeout).
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let _idle = TcpStream::connect(addr).unwrap();
+        let (mut conn, _) = l.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        assert!(read_head(&mut conn).is_none());
+        let mut big = TcpStream::connect(addr).unwrap();
+        let (mut conn, _) = l.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        big.write_all(&vec![b'a'; MAX_HEAD + 2048]).unwrap();
+        assert!(read_head(&mut conn).is_none());
     }
 }

@@ -58,6 +58,11 @@ impl Broadcast {
         rx
     }
 
+    /// Drop every subscriber's sender: their queues end once drained.
+    pub fn close(&self) {
+        self.subs.lock().clear();
+    }
+
     /// Hand `e` to every subscriber without waiting.
     pub fn publish(&self, e: Event) {
         self.subs.lock().retain(|s| match s.try_send(e.clone()) {

@@ -325,7 +325,10 @@ fn nudge_quiet(
 ) {
     let Some(r) = retainer else { return };
     let rs = r.status.lock().clone();
-    if rs.last_error.is_some() && rs.last_error != *seen {
+    if rs.last_error.is_none() {
+        // A success in between: the same error again is news again.
+        *seen = None;
+    } else if rs.last_error != *seen {
         seen.clone_from(&rs.last_error);
         out.events.publish(Event::Error {
             time: time::rfc3339(time::now_ns()),

@@ -117,9 +117,9 @@ pub struct OpSnapshot {
     pub name: &'static str,
     pub count: u64,
     pub sum_seconds: f64,
-    /// Cumulative counts per bucket upper bound (Prometheus style; the
-    /// +Inf bucket is `count`).
-    pub cumulative: Vec<(f64, u64)>,
+    /// Counts per bucket upper bound, not cumulative; the last (+Inf)
+    /// holds what is above every bound, so they add up to `count`.
+    pub buckets: Vec<(f64, u64)>,
 }
 
 /// Every operation that ran at least once.
@@ -131,24 +131,21 @@ pub fn snapshot() -> Vec<OpSnapshot> {
             if count == 0 {
                 return None;
             }
-            let mut acc = 0;
-            let mut cumulative: Vec<(f64, u64)> = BUCKETS
+            let mut buckets: Vec<(f64, u64)> = BUCKETS
                 .iter()
                 .zip(&s.buckets)
-                .map(|(up, b)| {
-                    acc += b.load(Ordering::Relaxed);
-                    (*up, acc)
-                })
+                .map(|(up, b)| (*up, b.load(Ordering::Relaxed)))
                 .collect();
-            // Counts read one by one may lag each other: keep the +Inf
-            // bucket (count) at least the largest finite one.
-            let count = count.max(acc);
-            cumulative.push((f64::INFINITY, count));
+            let finite: u64 = buckets.iter().map(|(_, n)| n).sum();
+            // Counts read one by one may lag each other: the count is at
+            // least what the buckets hold.
+            let count = count.max(finite);
+            buckets.push((f64::INFINITY, count - finite));
             Some(OpSnapshot {
                 name,
                 count,
                 sum_seconds: s.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
-                cumulative,
+                buckets,
             })
         })
         .collect()
@@ -174,11 +171,11 @@ mod tests {
         record(b, Duration::from_secs(3));
         let s = snapshot().into_iter().find(|s| s.name == "bmap").unwrap();
         assert_eq!(s.count, before + 3);
-        let at = |up: f64| s.cumulative.iter().find(|(u, _)| *u == up).unwrap().1;
-        assert!(at(10e-6) > before && at(10e-6) <= s.count);
-        assert!(at(500e-6) > at(10e-6));
-        assert_eq!(s.cumulative.last().unwrap(), &(f64::INFINITY, s.count));
-        assert!(at(1.0) < s.count, "3 s is only in +Inf");
+        let at = |up: f64| s.buckets.iter().find(|(u, _)| *u == up).unwrap().1;
+        assert!(at(10e-6) >= 1);
+        assert!(at(500e-6) >= 1);
+        assert!(at(f64::INFINITY) >= 1, "3 s is only in +Inf");
+        assert_eq!(s.buckets.iter().map(|(_, n)| n).sum::<u64>(), s.count);
         assert!(s.sum_seconds >= 3.0);
     }
 }
