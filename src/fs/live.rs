@@ -901,12 +901,13 @@ impl LiveFs {
         let n = self.node(nodeid)?;
         let write = writable(flags);
         let truncating = write && flags & libc::O_TRUNC != 0;
-        let mut flags = flags;
         if !write && flags & libc::O_TRUNC != 0 && n.opens.lock().exec > 0 {
-            // O_RDONLY|O_TRUNC of a running program: the kernel answers
-            // ETXTBSY after this open (FUSE_ATOMIC_O_TRUNC leaves the
-            // truncation to us), so it must not be truncated.
-            flags &= !libc::O_TRUNC;
+            // O_RDONLY|O_TRUNC of a running program: ETXTBSY, as on the
+            // backing filesystem. (FUSE_ATOMIC_O_TRUNC leaves the
+            // truncation to us; the kernel's own write-access check after
+            // the open does not always catch it here: pjdfstest's
+            // open::etxtbsy saw the open succeed in about 1 of 12 runs.)
+            return Err(Errno::ETXTBSY);
         }
         // A writable open may truncate, or start bypassing the daemon
         // (`serve`): both are changes a cut must not split.
