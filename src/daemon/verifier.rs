@@ -83,22 +83,13 @@ fn hex_of(id: &ChunkId) -> String {
 /// cursor (ending the rotation at the last id). Returns the damage found
 /// and the number of blobs in the repository.
 pub fn round(repo: &Repository, r: Rolling, state: &mut State) -> Result<(Vec<String>, u64)> {
-    let mut ids: Vec<ChunkId> = repo
-        .index()
-        .chunks()?
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    ids.sort_unstable_by_key(|id| id.0);
-    let total = ids.len() as u64;
+    let total = repo.index().chunk_count() as u64;
     let want = ((total as f64 * r.sample.clamp(1e-4, 100.0) / 100.0).ceil() as usize).max(1);
-    let start = match &state.cursor {
-        Some(c) => ids.partition_point(|id| hex_of(id).as_str() <= c.as_str()),
-        None => 0,
-    };
+    let after = state.cursor.as_deref().and_then(id_of_hex);
+    // Only this round's share is held in memory.
+    let batch = repo.index().chunks_after(after.as_ref(), want)?;
     let mut damage = Vec::new();
-    let end = (start + want).min(ids.len());
-    for id in &ids[start..end] {
+    for (id, _) in &batch {
         let _lifecycle = repo.lifecycle_guard();
         // Where it is now (gc may have moved or removed it).
         let Some(loc) = repo.index().get_chunk(id)? else {
@@ -111,14 +102,27 @@ pub fn round(repo: &Repository, r: Rolling, state: &mut State) -> Result<(Vec<St
         state.checked_total += 1;
     }
     state.damaged_total += damage.len() as u64;
-    if end >= ids.len() {
-        state.cursor = None;
-        state.checked_in_cycle = 0;
-        state.last_cycle_ns = Some(time::now_ns());
-    } else if let Some(last) = ids.get(end.saturating_sub(1)) {
-        state.cursor = Some(hex_of(last));
+    match batch.last() {
+        Some((last, _)) if batch.len() == want => state.cursor = Some(hex_of(last)),
+        // The end of the index: the rotation is complete.
+        _ => {
+            state.cursor = None;
+            state.checked_in_cycle = 0;
+            state.last_cycle_ns = Some(time::now_ns());
+        }
     }
     Ok((damage, total))
+}
+
+fn id_of_hex(h: &str) -> Option<ChunkId> {
+    if h.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(ChunkId(out))
 }
 
 /// The share of blobs checked recently: all of them when a rotation
@@ -151,7 +155,7 @@ pub fn start(
         c.damaged_total = state.damaged_total;
         c.last_cycle_ns = state.last_cycle_ns;
     };
-    let mut total = repo.index().chunks().map(|c| c.len() as u64).unwrap_or(0);
+    let mut total = repo.index().chunk_count() as u64;
     publish(&state, &out, total);
     std::thread::Builder::new()
         .name("verifier".into())
@@ -185,6 +189,14 @@ pub fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cursor_ids_round_trip() {
+        let id = ChunkId::of(b"some block");
+        assert_eq!(id_of_hex(&hex_of(&id)), Some(id));
+        assert_eq!(id_of_hex("zz"), None);
+        assert_eq!(id_of_hex(&"g".repeat(64)), None);
+    }
 
     #[test]
     fn rotation_bound_and_coverage() {

@@ -222,6 +222,45 @@ impl Index {
         }
     }
 
+    /// Up to `limit` indexed chunks in id order, after `after` (from the
+    /// first when None): a walk through the index in bounded memory.
+    pub fn chunks_after(
+        &self,
+        after: Option<&ChunkId>,
+        limit: usize,
+    ) -> Result<Vec<(ChunkId, Location)>> {
+        use std::ops::Bound;
+        let lower = match after {
+            Some(a) => Bound::Excluded(a.0),
+            None => Bound::Unbounded,
+        };
+        match &self.backend {
+            Backend::Sled { chunks, .. } => chunks
+                .range::<[u8; 32], _>((lower, Bound::Unbounded))
+                .take(limit)
+                .map(|r| {
+                    let (k, v) = r.map_err(|e| self.map(e))?;
+                    let id: [u8; 32] = k
+                        .as_ref()
+                        .try_into()
+                        .map_err(|_| Error::Corrupt("index key has a bad length".into()))?;
+                    Ok((ChunkId(id), Location::decode(&v)?))
+                })
+                .collect(),
+            Backend::Memory { chunks, .. } => {
+                let mut all: Vec<(ChunkId, Location)> = chunks
+                    .read()
+                    .iter()
+                    .filter(|(k, _)| after.is_none_or(|a| k.0 > a.0))
+                    .map(|(k, v)| (*k, *v))
+                    .collect();
+                all.sort_unstable_by_key(|(k, _)| k.0);
+                all.truncate(limit);
+                Ok(all)
+            }
+        }
+    }
+
     /// All indexed chunks.
     pub fn chunks(&self) -> Result<Vec<(ChunkId, Location)>> {
         match &self.backend {
@@ -473,6 +512,23 @@ mod tests {
         idx.put_snapshot(1, b"{}").unwrap();
         let ids: Vec<u64> = idx.snapshots().unwrap().into_iter().map(|x| x.0).collect();
         assert_eq!(ids, vec![1, 3]);
+        // A walk in id order, a few at a time, sees every chunk once.
+        let more: Vec<(ChunkId, Location)> =
+            (0..10u8).map(|i| (ChunkId::of(&[i; 3]), loc)).collect();
+        idx.insert_chunks(&more).unwrap();
+        let mut seen = Vec::new();
+        let mut after: Option<ChunkId> = None;
+        loop {
+            let batch = idx.chunks_after(after.as_ref(), 4).unwrap();
+            seen.extend(batch.iter().map(|(k, _)| *k));
+            match batch.last() {
+                Some((k, _)) if batch.len() == 4 => after = Some(*k),
+                _ => break,
+            }
+        }
+        let mut want: Vec<ChunkId> = idx.chunks().unwrap().into_iter().map(|(k, _)| k).collect();
+        want.sort_unstable_by_key(|k| k.0);
+        assert_eq!(seen, want);
         idx.flush().unwrap();
     }
 }
