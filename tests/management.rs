@@ -292,7 +292,24 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// A mount serving metrics on a free loopback port; returns its base URL.
+/// A mount of `b` on `m` (repository `r`) serving metrics on a free
+/// loopback port, without scheduled snapshots.
+fn metrics_mount(b: &Path, m: &Path, r: &Path) -> DaemonMount {
+    DaemonMount::start(
+        b,
+        m,
+        &[
+            "--every",
+            "off",
+            "--repo",
+            r.to_str().unwrap(),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    )
+}
+
+/// The base URL of a mount's metrics listener.
 fn metrics_url(cwd: &Path, m: &Path) -> String {
     let s: serde_json::Value =
         serde_json::from_str(&ok_in(cwd, &["status", "--json", m.to_str().unwrap()])).unwrap();
@@ -419,18 +436,7 @@ fn http(method: &str, url: &str) -> Option<(u16, String)> {
 #[test]
 fn a_real_prometheus_scrapes_dirty_bytes_counters_and_the_recovery_point_age() {
     let (tmp, b, m, r) = mount_dirs();
-    let _mount = DaemonMount::start(
-        &b,
-        &m,
-        &[
-            "--every",
-            "off",
-            "--repo",
-            r.to_str().unwrap(),
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let _mount = metrics_mount(&b, &m, &r);
     let url = metrics_url(tmp.path(), &m);
     let (code, text) = http_get(&format!("{url}/metrics")).expect("scrape");
     assert_eq!(code, 200);
@@ -500,18 +506,7 @@ fn the_status_page_shows_every_snapshot_in_a_headless_browser() {
     let chromium = require_tool("chromium", "chromium");
     let (tmp, b, m, r) = mount_dirs();
     std::fs::write(b.join("model.safetensors"), common::bytes(3, 64 << 10)).unwrap();
-    let _mount = DaemonMount::start(
-        &b,
-        &m,
-        &[
-            "--every",
-            "off",
-            "--repo",
-            r.to_str().unwrap(),
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let _mount = metrics_mount(&b, &m, &r);
     for step in [100, 200, 300] {
         std::fs::write(m.join(format!("ckpt-{step}.txt")), format!("step {step}")).unwrap();
         ok_in(

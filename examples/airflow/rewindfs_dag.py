@@ -50,6 +50,20 @@ def _rw(args: str) -> str:
     )
 
 
+def _backup_dag(dag_id: str, description: str, schedule: str) -> DAG:
+    """A scheduled backup DAG: one run at a time, no catch-up of missed runs."""
+    return DAG(
+        dag_id,
+        description=description,
+        schedule=schedule,
+        start_date=START,
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        tags=["rewindfs", "backup"],
+    )
+
+
 def _snapshot(task_id: str, kind: str) -> BashOperator:
     return BashOperator(
         task_id=task_id,
@@ -57,27 +71,17 @@ def _snapshot(task_id: str, kind: str) -> BashOperator:
     )
 
 
-with DAG(
+with _backup_dag(
     "rewindfs_hourly_incremental",
-    description="rewindfs: an incremental snapshot every hour",
-    schedule="0 * * * *",
-    start_date=START,
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=["rewindfs", "backup"],
+    "rewindfs: an incremental snapshot every hour",
+    "0 * * * *",
 ):
     _snapshot("incremental", "incremental")
 
-with DAG(
+with _backup_dag(
     "rewindfs_daily_full",
-    description="rewindfs: a full snapshot at 02:00, sampled verification, retention",
-    schedule="0 2 * * *",
-    start_date=START,
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=["rewindfs", "backup"],
+    "rewindfs: a full snapshot at 02:00, sampled verification, retention",
+    "0 2 * * *",
 ):
     full = _snapshot("full", "full")
     verify = BashOperator(
@@ -92,15 +96,10 @@ with DAG(
     )
     full >> verify >> retention
 
-with DAG(
+with _backup_dag(
     "rewindfs_daily_differential",
-    description="rewindfs: a differential snapshot at 14:00",
-    schedule="0 14 * * *",
-    start_date=START,
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=["rewindfs", "backup"],
+    "rewindfs: a differential snapshot at 14:00",
+    "0 14 * * *",
 ):
     _snapshot("differential", "differential")
 

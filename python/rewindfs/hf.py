@@ -11,10 +11,9 @@ asks for the snapshot. A failed snapshot is reported with ``warnings``
 """
 
 import os
-import warnings
 from typing import Optional
 
-from . import client
+from ._after_save import AfterSave
 
 try:  # the real base class when transformers is installed
     from transformers import TrainerCallback as _Base
@@ -32,22 +31,19 @@ class RewindfsCallback(_Base):
     ):
         """``path``: any path inside the mount (default: the trainer's
         ``output_dir``); ``label``: formatted with ``step`` and ``epoch``."""
-        self.path = path
-        self.label = label
-        self.kind = kind
-        self.strict = strict
-        self.taken = []
+        self._after = AfterSave(path, label, kind, strict)
+
+    @property
+    def taken(self):
+        """The snapshot records taken so far."""
+        return self._after.taken
 
     def on_save(self, args, state, control, **kwargs):
         if not getattr(state, "is_world_process_zero", True):
             return control
-        path = self.path or getattr(args, "output_dir", None) or os.getcwd()
-        label = self.label.format(step=state.global_step, epoch=getattr(state, "epoch", None))
-        try:
-            rec = client.snapshot(path, label=label, kind=self.kind)
-            self.taken.append(rec)
-        except client.RewindfsError as e:
-            if self.strict:
-                raise
-            warnings.warn(f"rewindfs snapshot after saving step {state.global_step} failed: {e}")
+        self._after.snapshot(
+            getattr(args, "output_dir", None) or os.getcwd(),
+            state.global_step,
+            epoch=getattr(state, "epoch", None),
+        )
         return control

@@ -14,10 +14,9 @@ Only global rank zero asks. A failure is a warning unless ``strict=True``.
 """
 
 import os
-import warnings
 from typing import Optional
 
-from . import client
+from ._after_save import AfterSave
 
 try:  # the real base class when Lightning is installed
     from lightning.pytorch.callbacks import Callback as _Base
@@ -38,12 +37,13 @@ class RewindfsLightningCallback(_Base):
     ):
         """``path``: any path inside the mount (default: the trainer's
         ``default_root_dir``)."""
-        self.path = path
-        self.label = label
-        self.kind = kind
-        self.strict = strict
+        self._after = AfterSave(path, label, kind, strict)
         self.pending: Optional[int] = None
-        self.taken = []
+
+    @property
+    def taken(self):
+        """The snapshot records taken so far."""
+        return self._after.taken
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         if getattr(trainer, "is_global_zero", True):
@@ -53,13 +53,7 @@ class RewindfsLightningCallback(_Base):
         if self.pending is None:
             return
         step, self.pending = self.pending, None
-        path = self.path or getattr(trainer, "default_root_dir", None) or os.getcwd()
-        try:
-            self.taken.append(client.snapshot(path, label=self.label.format(step=step), kind=self.kind))
-        except client.RewindfsError as e:
-            if self.strict:
-                raise
-            warnings.warn(f"rewindfs snapshot after saving step {step} failed: {e}")
+        self._after.snapshot(getattr(trainer, "default_root_dir", None) or os.getcwd(), step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._flush(trainer)

@@ -222,6 +222,19 @@ impl Index {
         }
     }
 
+    /// One entry of the sled chunk tree, decoded.
+    fn chunk_entry(
+        &self,
+        r: sled::Result<(sled::IVec, sled::IVec)>,
+    ) -> Result<(ChunkId, Location)> {
+        let (k, v) = r.map_err(|e| self.map(e))?;
+        let id: [u8; 32] = k
+            .as_ref()
+            .try_into()
+            .map_err(|_| Error::Corrupt("index key has a bad length".into()))?;
+        Ok((ChunkId(id), Location::decode(&v)?))
+    }
+
     /// Up to `limit` indexed chunks in id order, after `after` (from the
     /// first when None): a walk through the index in bounded memory.
     pub fn chunks_after(
@@ -238,14 +251,7 @@ impl Index {
             Backend::Sled { chunks, .. } => chunks
                 .range::<[u8; 32], _>((lower, Bound::Unbounded))
                 .take(limit)
-                .map(|r| {
-                    let (k, v) = r.map_err(|e| self.map(e))?;
-                    let id: [u8; 32] = k
-                        .as_ref()
-                        .try_into()
-                        .map_err(|_| Error::Corrupt("index key has a bad length".into()))?;
-                    Ok((ChunkId(id), Location::decode(&v)?))
-                })
+                .map(|r| self.chunk_entry(r))
                 .collect(),
             Backend::Memory { chunks, .. } => {
                 let mut all: Vec<(ChunkId, Location)> = chunks
@@ -264,17 +270,7 @@ impl Index {
     /// All indexed chunks.
     pub fn chunks(&self) -> Result<Vec<(ChunkId, Location)>> {
         match &self.backend {
-            Backend::Sled { chunks, .. } => chunks
-                .iter()
-                .map(|r| {
-                    let (k, v) = r.map_err(|e| self.map(e))?;
-                    let id: [u8; 32] = k
-                        .as_ref()
-                        .try_into()
-                        .map_err(|_| Error::Corrupt("index key has a bad length".into()))?;
-                    Ok((ChunkId(id), Location::decode(&v)?))
-                })
-                .collect(),
+            Backend::Sled { chunks, .. } => chunks.iter().map(|r| self.chunk_entry(r)).collect(),
             Backend::Memory { chunks, .. } => {
                 Ok(chunks.read().iter().map(|(k, v)| (*k, *v)).collect())
             }
