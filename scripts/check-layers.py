@@ -17,7 +17,7 @@ LAYERS = [
     ["retention"],
     ["fs", "views"],
     ["capture"],
-    ["track"],
+    ["track", "remote"],
     ["repo"],
     ["index", "snapshot"],
     ["store"],

@@ -82,6 +82,16 @@ pub enum Error {
     #[error("{0}")]
     InvalidInput(String),
 
+    /// The object store of a remote refused or failed a request (after
+    /// its retries).
+    #[error("remote {remote}: {op} {key}: {detail}")]
+    Remote {
+        remote: String,
+        op: &'static str,
+        key: String,
+        detail: String,
+    },
+
     /// An earlier failure (such as a failed fsync) made this writer unusable.
     #[error("writer is unusable after an earlier failure: {0}")]
     Poisoned(String),

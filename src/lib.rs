@@ -12,7 +12,8 @@
 //! - [`fs`]: the live passthrough filesystem
 //! - [`views`]: snapshots as read-only folders, the chunk cache
 //! - [`capture`]: the one capture engine (scan and live)
-//! - [`track`]: change tracking (journal, gate, pins, copy-before-write, cut)
+//! - [`track`]: change tracking (journal, gate, pins, copy-before-write, cut);
+//!   [`remote`]: replication to an object store and reading back from it
 //! - [`repo`]: a repository: layout, config, trust, chunk writer, commit
 //! - [`snapshot`]: the snapshot model, manifests, trees, the unchanged rule
 //! - [`index`]: the sled index over packs and snapshot records (rebuildable)
@@ -27,6 +28,7 @@ pub mod fs;
 pub mod fuse;
 pub mod index;
 pub mod mount;
+pub mod remote;
 pub mod repo;
 pub mod restore;
 pub mod retention;

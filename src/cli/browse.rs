@@ -28,6 +28,8 @@ pub fn load(repo: &Repository, spec: &str) -> Result<(SnapshotRecord, Tree)> {
 pub struct LsArgs {
     #[command(flatten)]
     repo: RepoArg,
+    #[command(flatten)]
+    remote: super::remote_cmds::RemoteRead,
     /// Snapshot: id, name, `latest`, or `@TIME` (RFC 3339 or relative like `@-2h`).
     snap: String,
     /// Directory (or file) inside the snapshot (any bytes: names that are
@@ -131,11 +133,19 @@ impl LsArgs {
     pub fn repo(&self) -> &RepoArg {
         &self.repo
     }
+
+    pub fn remote(&self) -> &super::remote_cmds::RemoteRead {
+        &self.remote
+    }
 }
 
 impl CatArgs {
     pub fn repo(&self) -> &RepoArg {
         &self.repo
+    }
+
+    pub fn remote(&self) -> &super::remote_cmds::RemoteRead {
+        &self.remote
     }
 }
 
@@ -171,6 +181,8 @@ pub fn ls(repo: &Repository, a: LsArgs, o: &mut Out) -> Result<i32> {
 pub struct CatArgs {
     #[command(flatten)]
     repo: RepoArg,
+    #[command(flatten)]
+    remote: super::remote_cmds::RemoteRead,
     /// Snapshot: id, name, `latest`, or `@TIME`.
     snap: String,
     /// File inside the snapshot (any bytes).

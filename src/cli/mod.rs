@@ -5,6 +5,7 @@ mod common;
 mod diff_cmd;
 mod lifecycle_cmds;
 mod mount_cmds;
+mod remote_cmds;
 mod repo_cmds;
 mod restore_cmd;
 mod snapshot_cmds;
@@ -22,6 +23,7 @@ pub use common::{Out, RepoArg};
 
 use rewindfs::daemon::control::{self, Request, Response};
 use rewindfs::fs::creds::Caller;
+use rewindfs::remote::read;
 use rewindfs::repo::Repository;
 
 #[derive(Parser)]
@@ -111,6 +113,11 @@ fn with_repo(
     if let Some(n) = note {
         eprintln!("warning: {n}");
     }
+    with_open(&r, f)
+}
+
+/// Run a command on a repository this process opened.
+fn with_open(r: &Repository, f: impl FnOnce(&Repository, &mut Out) -> Result<i32>) -> Result<i32> {
     let stdout = std::io::stdout();
     // stderr is not held locked: progress bars draw on it from their own
     // threads.
@@ -123,7 +130,7 @@ fn with_repo(
         terminal,
         caller_is_root: rustix::process::geteuid().is_root(),
     };
-    f(&r, &mut o)
+    f(r, &mut o)
 }
 
 /// Run a repository command inside the daemon (for `control`'s `cli`
@@ -160,6 +167,7 @@ pub fn run_in_daemon(args: &[Vec<u8>], cwd: &Path, repo: &Repository, o: &mut Ou
             restore_cmd::restore(repo, a, o)
         }
         Command::Verify(a) => repo_cmds::verify(repo, a, o),
+        Command::Push(a) => remote_cmds::push(repo, a, o),
         _ => Err(anyhow::anyhow!(
             "this command cannot run while the repository is mounted; unmount it first"
         )),
@@ -257,6 +265,14 @@ pub enum Command {
     Umount(mount_cmds::UmountArgs),
     /// Show the state of the live mount of a repository.
     Status(mount_cmds::StatusArgs),
+    /// Manage the object stores this repository replicates to.
+    #[command(subcommand)]
+    Remote(remote_cmds::RemoteCmd),
+    /// Replicate the snapshots a remote lacks now (a live mount does it
+    /// after each snapshot). Resumes where an interrupted push stopped.
+    Push(remote_cmds::PushArgs),
+    /// Rebuild a local repository from a remote (disaster recovery).
+    Pull(remote_cmds::PullArgs),
 }
 
 /// Run a command. Returns the process exit code for outcomes that are not
@@ -271,15 +287,25 @@ pub fn run(cli: Cli) -> Result<i32> {
                 snapshot_cmds::snapshot(repo, a, o)
             })
         }
+        Command::Snapshots(a) if a.all_hosts => snapshot_cmds::list_all_hosts(a),
         Command::Snapshots(a) => {
+            if let Some(rr) = a.remote().open(read::DEFAULT_CACHE_BYTES)? {
+                return with_open(&rr.repo, |repo, o| snapshot_cmds::list(repo, a, o));
+            }
             let r = a.repo().clone();
             with_repo(&r, Use::Read, |repo, o| snapshot_cmds::list(repo, a, o))
         }
         Command::Ls(a) => {
+            if let Some(rr) = a.remote().open(read::DEFAULT_CACHE_BYTES)? {
+                return with_open(&rr.repo, |repo, o| browse::ls(repo, a, o));
+            }
             let r = a.repo().clone();
             with_repo(&r, Use::Read, |repo, o| browse::ls(repo, a, o))
         }
         Command::Cat(a) => {
+            if let Some(rr) = a.remote().open(read::DEFAULT_CACHE_BYTES)? {
+                return with_open(&rr.repo, |repo, o| browse::cat(repo, a, o));
+            }
             let r = a.repo().clone();
             with_repo(&r, Use::Read, |repo, o| browse::cat(repo, a, o))
         }
@@ -302,6 +328,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             with_repo(&r, Use::Write, |repo, o| lifecycle_cmds::gc_cmd(repo, a, o))
         }
         Command::Restore(a) => {
+            if let Some(rr) = a.remote().open(read::DEFAULT_CACHE_BYTES)? {
+                return with_open(&rr.repo, |repo, o| restore_cmd::restore(repo, a, o));
+            }
             let r = a.repo().clone();
             with_repo(&r, Use::Read, |repo, o| restore_cmd::restore(repo, a, o))
         }
@@ -323,6 +352,12 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::MountSnapshot(a) => mount_cmds::mount_snapshot(a, daemon_hook()),
         Command::Umount(a) => mount_cmds::umount(a),
         Command::Status(a) => mount_cmds::status(a),
+        Command::Remote(c) => remote_cmds::remote(c),
+        Command::Push(a) => {
+            let r = a.repo().clone();
+            with_repo(&r, Use::Write, |repo, o| remote_cmds::push(repo, a, o))
+        }
+        Command::Pull(a) => remote_cmds::pull(a),
     }
 }
 

@@ -214,8 +214,15 @@ pub struct MountSnapshotArgs {
     #[arg(long)]
     all: bool,
     /// Repository.
-    #[arg(long, env = "REWINDFS_REPO", value_name = "DIR")]
-    repo: PathBuf,
+    #[arg(
+        long,
+        env = "REWINDFS_REPO",
+        value_name = "DIR",
+        required_unless_present = "remote"
+    )]
+    repo: Option<PathBuf>,
+    #[command(flatten)]
+    remote: super::remote_cmds::RemoteRead,
     /// Let other users read the mount.
     #[arg(long)]
     allow_other: bool,
@@ -223,7 +230,9 @@ pub struct MountSnapshotArgs {
     /// holds the repository).
     #[arg(long)]
     foreground: bool,
-    /// Memory for verified chunks (when this command starts the daemon).
+    /// Memory for verified chunks (when this command starts the daemon);
+    /// with --remote, as much again for the segments read from the
+    /// object store.
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = super::common::parse_size_u64)]
     chunk_cache: u64,
     /// Mount even if MOUNTPOINT has entries (they are hidden while mounted).
@@ -239,9 +248,11 @@ pub fn mount_snapshot(a: MountSnapshotArgs, hook: rewindfs::daemon::CliHook) -> 
         (false, _) => bail!("give SNAP and MOUNTPOINT (or --all MOUNTPOINT)"),
     };
     let foreground = a.foreground;
+    let remote = a.remote.spec()?;
     rewindfs::daemon::views::mount_snapshot(
         rewindfs::daemon::views::SnapMountRequest {
-            repo: a.repo,
+            repo: a.repo.unwrap_or_default(),
+            remote,
             snap,
             mountpoint: mp.clone(),
             all: a.all,

@@ -17,6 +17,8 @@ use rewindfs::snapshot::manifest::normalize_user_path;
 pub struct RestoreArgs {
     #[command(flatten)]
     repo: RepoArg,
+    #[command(flatten)]
+    remote: super::remote_cmds::RemoteRead,
     /// Snapshot: id, name, `latest`, or `@TIME`.
     snap: String,
     /// A file or directory inside the snapshot (default: everything). It is
@@ -37,6 +39,10 @@ pub struct RestoreArgs {
 impl RestoreArgs {
     pub fn repo(&self) -> &RepoArg {
         &self.repo
+    }
+
+    pub fn remote(&self) -> &super::remote_cmds::RemoteRead {
+        &self.remote
     }
 }
 

@@ -110,9 +110,14 @@ pub fn snapshot(repo: &Repository, a: SnapshotArgs, o: &mut Out) -> Result<i32> 
 pub struct ListArgs {
     #[command(flatten)]
     repo: RepoArg,
+    #[command(flatten)]
+    remote: super::remote_cmds::RemoteRead,
     /// Print a JSON array instead of a table.
     #[arg(long)]
     json: bool,
+    /// With --remote: the snapshots of every host under the prefix.
+    #[arg(long, requires = "remote", conflicts_with = "host")]
+    pub all_hosts: bool,
 }
 
 #[derive(Serialize)]
@@ -141,6 +146,65 @@ impl ListArgs {
     pub fn repo(&self) -> &RepoArg {
         &self.repo
     }
+
+    pub fn remote(&self) -> &super::remote_cmds::RemoteRead {
+        &self.remote
+    }
+}
+
+/// `snapshots --remote URL --all-hosts`: every host's list, one after
+/// the other (JSON: `[{host, snapshots}]`).
+pub fn list_all_hosts(a: ListArgs) -> Result<i32> {
+    use std::io::Write;
+    let Some(url) = &a.remote.remote else {
+        anyhow::bail!("--all-hosts needs --remote");
+    };
+    let base = rewindfs::remote::config::RemoteSpec {
+        url: rewindfs::remote::config::RemoteUrl::parse(url)?,
+        endpoint: a.remote.endpoint.clone(),
+        region: a.remote.region.clone(),
+        host: String::new(),
+    };
+    let hosts = rewindfs::remote::read::hosts(&base)?;
+    let mut json = Vec::new();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if hosts.is_empty() && !a.json {
+        writeln!(out, "{} holds no rewindfs repository", base.url)?;
+    }
+    for h in hosts {
+        let spec = rewindfs::remote::config::RemoteSpec {
+            host: h.clone(),
+            ..base.clone()
+        };
+        let rr = rewindfs::remote::read::open(&spec, &Default::default())?;
+        let mut buf = Vec::new();
+        let mut err = std::io::stderr();
+        let mut o = Out {
+            out: &mut buf,
+            err: &mut err,
+            terminal: false,
+            caller_is_root: false,
+        };
+        let one = ListArgs {
+            repo: a.repo.clone(),
+            remote: a.remote.clone(),
+            json: a.json,
+            all_hosts: false,
+        };
+        list(&rr.repo, one, &mut o)?;
+        if a.json {
+            let v: serde_json::Value = serde_json::from_slice(&buf)?;
+            json.push(serde_json::json!({"host": h, "remote": spec.describe(), "snapshots": v}));
+        } else {
+            writeln!(out, "== {h} ({})", spec.describe())?;
+            out.write_all(&buf)?;
+        }
+    }
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
+    }
+    Ok(0)
 }
 
 pub fn list(repo: &Repository, a: ListArgs, o: &mut Out) -> Result<i32> {

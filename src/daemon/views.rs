@@ -27,6 +27,8 @@ use crate::views::{Views, SNAPDIR};
 #[derive(Clone, Debug)]
 pub struct SnapMountRequest {
     pub repo: PathBuf,
+    /// Read the repository from this remote instead (`repo` unused).
+    pub remote: Option<crate::remote::config::RemoteSpec>,
     /// Snapshot selector (ignored with `all`).
     pub snap: String,
     pub mountpoint: PathBuf,
@@ -145,7 +147,7 @@ fn check_mountpoint(mp: &Path, nonempty: bool) -> Result<PathBuf> {
 /// `rewindfs mount-snapshot`: through the daemon holding the repository,
 /// or in a daemon of its own.
 pub fn mount_snapshot(req: SnapMountRequest, cli_hook: Option<CliHook>) -> Result<()> {
-    if control::daemon_running(&req.repo) {
+    if req.remote.is_none() && control::daemon_running(&req.repo) {
         let mp = check_mountpoint(&req.mountpoint, req.nonempty)?;
         control::call(
             &req.repo,
@@ -255,7 +257,19 @@ fn serve(
     cli_hook: Option<CliHook>,
     ready: Option<&super::Readiness>,
 ) -> Result<()> {
-    let repo = Arc::new(Repository::open(&req.repo)?);
+    // A remote is read through a private directory that lives as long as
+    // this daemon (the runtime and its threads start here, after the fork).
+    let (repo, _remote) = match &req.remote {
+        Some(spec) => {
+            let opts = crate::remote::read::ReadOptions {
+                cache_bytes: req.chunk_cache,
+                ..Default::default()
+            };
+            let rr = crate::remote::read::open(spec, &opts)?;
+            (rr.repo.clone(), Some(rr))
+        }
+        None => (Arc::new(Repository::open(&req.repo)?), None),
+    };
     let views = Views::new(repo.clone(), req.chunk_cache, Default::default());
     let d = Arc::new(SnapDaemon {
         repo: repo.clone(),

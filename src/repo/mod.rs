@@ -30,7 +30,9 @@ use crate::index::Index;
 use crate::snapshot::manifest::{Manifest, MANIFEST_PART_LEN};
 use crate::snapshot::model::MAX_RECORD_BYTES;
 use crate::snapshot::{Kind, SnapshotRecord, Stats, Tree};
-use crate::store::pack::{list_packs, scan_pack, PackIds, PackReader, PackWriter};
+use crate::store::pack::{
+    list_packs, scan_pack, Location, PackIds, PackReader, PackSource, PackWriter,
+};
 use crate::store::{BlobKind, ChunkId};
 use crate::util::dirfd::Dir;
 use crate::util::time;
@@ -292,6 +294,41 @@ impl Repository {
             _lock: lock,
         };
         Ok(repo)
+    }
+
+    /// Open a repository whose packs are elsewhere (a remote): `root`
+    /// holds its config.json and snapshot records (a private copy), the
+    /// blobs are `blobs`, read through `source`. Nothing is written; the
+    /// index lives in memory.
+    pub fn open_with_source(
+        root: &Path,
+        source: Arc<dyn PackSource>,
+        blobs: impl IntoIterator<Item = (ChunkId, Location)>,
+    ) -> Result<Repository> {
+        let dir = trust::open_trusted(root, trust::Open::Existing)?;
+        let config = read_config(&dir)?;
+        let packs_dir = dir.ensure_dir(PACKS, 0o700)?;
+        let snapshots_dir = trusted_subdir(&dir, SNAPSHOTS)?;
+        let index = Index::memory(&dir.join(INDEX));
+        let entries: Vec<(ChunkId, Location)> = blobs.into_iter().collect();
+        index.insert_chunks(&entries)?;
+        let report = fill_index(&index, &packs_dir, &snapshots_dir, false)?;
+        Ok(Repository {
+            packs: PackReader::with_source(packs_dir.try_clone()?, source),
+            pack_ids: PackIds::after_existing(&packs_dir)?,
+            snapshots_dir,
+            dir,
+            config,
+            index,
+            access: Access::ReadOnly { trusted: true },
+            damaged: Mutex::new(report.damaged_records),
+            captures: RwLock::new(()),
+            lifecycle: Mutex::new(()),
+            condemned: RwLock::new(HashSet::new()),
+            pins: Mutex::new(Vec::new()),
+            records_gen: Default::default(),
+            _lock: None,
+        })
     }
 
     /// Open for a command that only reads: read-write when possible (the

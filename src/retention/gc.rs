@@ -40,7 +40,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::repo::Repository;
-use crate::snapshot::{Blocks, Node, SnapshotRecord};
+use crate::snapshot::SnapshotRecord;
 use crate::store::blob::HEADER_LEN;
 use crate::store::pack::{list_packs, pack_file_name, Location, PACK_HEADER_LEN};
 use crate::store::ChunkId;
@@ -104,19 +104,7 @@ fn mark(repo: &Repository, records: &[SnapshotRecord], out: &mut HashSet<ChunkId
                 r.id
             ))
         })?;
-        for e in &m.entries {
-            match &e.node {
-                Node::File {
-                    blocks: Blocks::Full(ids),
-                    ..
-                } => out.extend(ids.iter().copied()),
-                Node::File {
-                    blocks: Blocks::Patch(p),
-                    ..
-                } => out.extend(p.iter().map(|(_, id)| *id)),
-                _ => {}
-            }
-        }
+        out.extend(m.block_ids());
     }
     Ok(())
 }

@@ -175,6 +175,25 @@ mod v1 {
 }
 
 impl Manifest {
+    /// Every block id the entries name (full lists and patches; ids
+    /// repeat as often as they are named).
+    pub fn block_ids(&self) -> impl Iterator<Item = ChunkId> + '_ {
+        self.entries.iter().flat_map(|e| {
+            let (full, patch): (&[ChunkId], &[(u64, ChunkId)]) = match &e.node {
+                Node::File {
+                    blocks: Blocks::Full(ids),
+                    ..
+                } => (ids, &[]),
+                Node::File {
+                    blocks: Blocks::Patch(p),
+                    ..
+                } => (&[], p),
+                _ => (&[], &[]),
+            };
+            full.iter().copied().chain(patch.iter().map(|(_, id)| *id))
+        })
+    }
+
     pub fn encode(&self) -> Result<Vec<u8>> {
         postcard::to_stdvec(self)
             .map_err(|e| Error::InvalidInput(format!("encoding manifest: {e}")))

@@ -377,10 +377,25 @@ impl PackWriter {
     }
 }
 
+/// Pack bytes that are not local files: a repository read from a remote
+/// (src/remote/read.rs). Blobs read through it are checked exactly as
+/// local ones (header, content hash): a source only moves bytes.
+pub trait PackSource: Send + Sync {
+    /// Fill `buf` with the pack's bytes from offset `at`; a pack shorter
+    /// than that is an error.
+    fn read_exact_at(&self, pack: u64, buf: &mut [u8], at: u64) -> Result<()>;
+    /// The pack's length, `None` if the source does not have it.
+    fn pack_len(&self, pack: u64) -> Option<u64>;
+    /// Where the pack is, for messages.
+    fn describe(&self, pack: u64) -> String;
+}
+
 /// Reads blobs from packs, keeping their files open.
 pub struct PackReader {
     dir: Dir,
     files: Mutex<HashMap<u64, Arc<File>>>,
+    /// Packs come from here instead of `dir` (a remote repository).
+    source: Option<Arc<dyn PackSource>>,
 }
 
 impl PackReader {
@@ -388,7 +403,39 @@ impl PackReader {
         PackReader {
             dir,
             files: Mutex::new(HashMap::new()),
+            source: None,
         }
+    }
+
+    /// A reader whose packs come from `source` (`dir` stays empty).
+    pub fn with_source(dir: Dir, source: Arc<dyn PackSource>) -> PackReader {
+        PackReader {
+            dir,
+            files: Mutex::new(HashMap::new()),
+            source: Some(source),
+        }
+    }
+
+    /// Is this reader served by a [`PackSource`] (a remote)?
+    pub fn is_remote(&self) -> bool {
+        self.source.is_some()
+    }
+
+    /// Read pack bytes from the file or the source; a pack that ends
+    /// before `at + buf.len()` is corrupt.
+    fn read_exact_at(&self, pack: u64, buf: &mut [u8], at: u64) -> Result<()> {
+        if let Some(s) = &self.source {
+            return s.read_exact_at(pack, buf, at);
+        }
+        let f = self.file(pack)?;
+        f.read_exact_at(buf, at).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => Error::Corrupt(format!(
+                "pack {} ends before byte {}",
+                pack_file_name(pack),
+                at + buf.len() as u64
+            )),
+            _ => Error::io("read pack", self.pack_path(pack), e),
+        })
     }
 
     /// The pack directory.
@@ -403,6 +450,9 @@ impl PackReader {
 
     /// The length of a pack, `None` if it is missing.
     pub fn pack_len(&self, id: u64) -> Option<u64> {
+        if let Some(s) = &self.source {
+            return s.pack_len(id);
+        }
         self.dir
             .stat_at(&pack_file_name(id))
             .ok()
@@ -439,11 +489,7 @@ impl PackReader {
     /// after checking its header and the checksum of its stored bytes:
     /// what gc copies into a new pack. Damage is an error, never copied.
     pub fn read_stored(&self, loc: &Location, id: &ChunkId) -> Result<EncodedBlob> {
-        let f = self.file(loc.pack)?;
-        let read_at = |buf: &mut [u8], at: u64| {
-            f.read_exact_at(buf, at)
-                .map_err(|e| Error::io("read pack", self.pack_path(loc.pack), e))
-        };
+        let read_at = |buf: &mut [u8], at: u64| self.read_exact_at(loc.pack, buf, at);
         // The header first: it bounds the payload (the index's length is
         // only believed when the header says the same).
         let mut head = [0u8; HEADER_LEN];
@@ -493,15 +539,13 @@ impl PackReader {
         check: Check,
         spare: Vec<u8>,
     ) -> Result<Vec<u8>> {
-        let f = self.file(loc.pack)?;
         let read_at = |buf: &mut [u8], at: u64| {
-            f.read_exact_at(buf, at).map_err(|e| match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => Error::Corrupt(format!(
-                    "chunk {id}: pack {} ends before the blob at offset {}",
-                    pack_file_name(loc.pack),
+            self.read_exact_at(loc.pack, buf, at).map_err(|e| match e {
+                Error::Corrupt(m) => Error::Corrupt(format!(
+                    "chunk {id}: {m} (the blob at offset {})",
                     loc.offset
                 )),
-                _ => Error::io("read pack", self.pack_path(loc.pack), e),
+                e => e,
             })
         };
         // Header and payload into separate buffers, so that a raw payload
@@ -593,12 +637,33 @@ pub fn scan_pack(dir: &Dir, id: u64) -> Result<PackScan> {
         )
     })?;
     let len = f.metadata().ctx("stat pack", &path)?.len();
+    scan_with(id, len, &|buf: &mut [u8], at: u64| {
+        f.read_exact_at(buf, at).ctx("read pack", &path)
+    })
+}
+
+/// [`scan_pack`] of a pack held in memory (one read for upload).
+pub fn scan_pack_bytes(bytes: &[u8], id: u64) -> PackScan {
+    let read = |buf: &mut [u8], at: u64| -> Result<()> {
+        let at = at as usize;
+        match bytes.get(at..at + buf.len()) {
+            Some(b) => {
+                buf.copy_from_slice(b);
+                Ok(())
+            }
+            None => Err(Error::Corrupt("read past the end of a pack".into())),
+        }
+    };
+    // Reads stay within `len`, so they cannot fail.
+    scan_with(id, bytes.len() as u64, &read).unwrap_or_default()
+}
+
+type ReadAt<'a> = &'a dyn Fn(&mut [u8], u64) -> Result<()>;
+
+fn scan_with(id: u64, len: u64, read_at: ReadAt<'_>) -> Result<PackScan> {
     let mut out = PackScan::default();
     let mut hdr = [0u8; PACK_HEADER_LEN as usize];
-    if len < PACK_HEADER_LEN
-        || f.read_exact_at(&mut hdr, 0).is_err()
-        || hdr[HDR_MAGIC] != PACK_MAGIC
-    {
+    if len < PACK_HEADER_LEN || read_at(&mut hdr, 0).is_err() || hdr[HDR_MAGIC] != PACK_MAGIC {
         out.damaged.push((0, len));
         return Ok(out);
     }
@@ -606,7 +671,7 @@ pub fn scan_pack(dir: &Dir, id: u64) -> Result<PackScan> {
     let mut h = [0u8; HEADER_LEN];
     let mut bad_start: Option<u64> = None;
     while off + HEADER_LEN as u64 <= len {
-        f.read_exact_at(&mut h, off).ctx("read pack", &path)?;
+        read_at(&mut h, off)?;
         match BlobHeader::decode(&h) {
             Ok(header) if off + HEADER_LEN as u64 + header.stored_len as u64 <= len => {
                 if let Some(s) = bad_start.take() {
@@ -627,7 +692,7 @@ pub fn scan_pack(dir: &Dir, id: u64) -> Result<PackScan> {
             }
             _ => {
                 bad_start.get_or_insert(off);
-                off = match find_magic(&f, off + 1, len)? {
+                off = match find_magic(read_at, off + 1, len)? {
                     Some(next) => next,
                     None => len,
                 };
@@ -643,13 +708,12 @@ pub fn scan_pack(dir: &Dir, id: u64) -> Result<PackScan> {
     Ok(out)
 }
 
-fn find_magic(f: &File, from: u64, len: u64) -> Result<Option<u64>> {
+fn find_magic(read_at: ReadAt<'_>, from: u64, len: u64) -> Result<Option<u64>> {
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = from;
     while pos < len {
         let n = ((len - pos) as usize).min(buf.len());
-        f.read_exact_at(&mut buf[..n], pos)
-            .map_err(|e| Error::io("read pack", PathBuf::new(), e))?;
+        read_at(&mut buf[..n], pos)?;
         if let Some(i) = buf[..n].windows(4).position(|w| w == blob::BLOB_MAGIC) {
             return Ok(Some(pos + i as u64));
         }
@@ -699,6 +763,14 @@ mod tests {
         let scan = scan_pack(&dir, 1).unwrap();
         assert_eq!(scan.blobs.len(), 4);
         assert_eq!(scan.damaged.len(), 2);
+        // The in-memory scan (push) finds exactly what the file scan does.
+        let bytes = std::fs::read(tmp.path().join(pack_file_name(1))).unwrap();
+        let mem = scan_pack_bytes(&bytes, 1);
+        assert_eq!(
+            mem.blobs.iter().map(|b| b.location).collect::<Vec<_>>(),
+            scan.blobs.iter().map(|b| b.location).collect::<Vec<_>>()
+        );
+        assert_eq!(mem.damaged, scan.damaged);
         let r = PackReader::new(dir.try_clone().unwrap());
         assert!(r.read(&locs[1].1, &locs[1].0).is_err());
         assert_eq!(

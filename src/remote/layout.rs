@@ -1,0 +1,62 @@
+//! Every object name of a remote repository, in one place (mirrors
+//! docs/format.md, "Remote layout"). Keys are relative to the
+//! repository's base, `PREFIX/HOST/`:
+//!
+//! ```text
+//! config.json                 the repository's config.json, as local (uploaded first)
+//! packs/<16 hex>.pack         a pack, the local file's bytes (immutable)
+//! packs/<16 hex>.idx          the pack's blob list (after its pack; see idx.rs)
+//! snapshots/<10 digits>.json  a snapshot record (after all its data)
+//! ```
+
+use crate::snapshot::model::SnapshotRecord;
+use crate::store::pack::pack_file_name;
+
+pub const CONFIG: &str = "config.json";
+pub const PACKS_DIR: &str = "packs/";
+pub const SNAPSHOTS_DIR: &str = "snapshots/";
+
+pub fn pack(id: u64) -> String {
+    format!("{PACKS_DIR}{}", pack_file_name(id))
+}
+
+pub fn idx(id: u64) -> String {
+    format!("{PACKS_DIR}{id:016x}.idx")
+}
+
+pub fn record(id: u64) -> String {
+    format!("{SNAPSHOTS_DIR}{}", SnapshotRecord::file_name(id))
+}
+
+/// The pack id of a `packs/<16 hex>.idx` key.
+pub fn parse_idx(key: &str) -> Option<u64> {
+    let hex = key.strip_prefix(PACKS_DIR)?.strip_suffix(".idx")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// The pack id of a `packs/<16 hex>.pack` key.
+pub fn parse_pack(key: &str) -> Option<u64> {
+    crate::store::pack::parse_pack_file_name(key.strip_prefix(PACKS_DIR)?)
+}
+
+/// The record id of a `snapshots/<id>.json` key.
+pub fn parse_record(key: &str) -> Option<u64> {
+    SnapshotRecord::parse_file_name(key.strip_prefix(SNAPSHOTS_DIR)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(parse_idx(&idx(0x2a)), Some(0x2a));
+        assert_eq!(parse_pack(&pack(7)), Some(7));
+        assert_eq!(parse_record(&record(12)), Some(12));
+        assert_eq!(parse_idx("packs/zz.idx"), None);
+        assert_eq!(parse_pack(&idx(7)), None);
+    }
+}
