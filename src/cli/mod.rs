@@ -335,6 +335,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             with_repo(&r, Use::Read, |repo, o| restore_cmd::restore(repo, a, o))
         }
         Command::Verify(a) => {
+            if let Some(rr) = a.remote().open(read::DEFAULT_CACHE_BYTES)? {
+                return with_open(&rr.repo, |repo, o| repo_cmds::verify(repo, a, o));
+            }
             let r = a.repo().clone();
             with_repo(&r, Use::Read, |repo, o| repo_cmds::verify(repo, a, o))
         }

@@ -44,6 +44,8 @@ pub fn init(a: InitArgs) -> Result<i32> {
 pub struct VerifyArgs {
     #[command(flatten)]
     repo: RepoArg,
+    #[command(flatten)]
+    remote: super::remote_cmds::RemoteRead,
     /// Also read every chunk and check its hashes (reads the whole repository).
     #[arg(long)]
     read_data: bool,
@@ -56,6 +58,10 @@ pub struct VerifyArgs {
 impl VerifyArgs {
     pub fn repo(&self) -> &RepoArg {
         &self.repo
+    }
+
+    pub fn remote(&self) -> &super::remote_cmds::RemoteRead {
+        &self.remote
     }
 }
 

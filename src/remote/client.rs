@@ -138,7 +138,7 @@ impl Client {
         // chain ends in the server's answer.
         let detail = match &e {
             object_store::Error::NotFound { .. } => "not found".to_string(),
-            e => e.to_string(),
+            e => explain(&e.to_string()),
         };
         Error::Remote {
             remote: self.name.clone(),
@@ -269,5 +269,44 @@ impl Client {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.err("delete", rel, e)),
         }
+    }
+}
+
+/// The server's error code, when its answer carries one (S3 XML), with
+/// what it means for a backup; else object_store's whole message.
+fn explain(msg: &str) -> String {
+    let code = msg
+        .split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map(|(c, _)| c);
+    let status = msg
+        .split_once("status code: ")
+        .map(|(_, rest)| rest.split(':').next().unwrap_or("").trim());
+    let hint = match code {
+        Some("QuotaExceeded") => ": the bucket is full (its quota is reached); free space or raise the quota, then push again (what was uploaded is kept)",
+        Some("NoSuchBucket") => ": the bucket does not exist; create it first",
+        Some("AccessDenied") | Some("InvalidAccessKeyId") | Some("SignatureDoesNotMatch") => {
+            ": check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or ~/.aws/credentials)"
+        }
+        _ => "",
+    };
+    match (code, status) {
+        (Some(c), Some(s)) => format!("the server answered {c} ({s}){hint}"),
+        (Some(c), None) => format!("the server answered {c}{hint}"),
+        _ => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn server_codes_are_named_with_a_hint() {
+        let m = "Error performing PUT http://x/b/k in 2ms - Server returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\"?><Error><Code>QuotaExceeded</Code></Error>";
+        let e = super::explain(m);
+        assert!(
+            e.starts_with("the server answered QuotaExceeded (403 Forbidden): the bucket is full"),
+            "{e}"
+        );
+        assert_eq!(super::explain("connection refused"), "connection refused");
     }
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod live;
+pub mod s3;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
