@@ -70,7 +70,9 @@ pub fn s3() -> &'static S3 {
         );
         // The watchdog stops the cluster once this process is gone.
         let me = std::process::id();
+        // setsid -f forks: the watchdog runs on, setsid itself returns.
         Command::new("setsid")
+            .arg("-f")
             .arg("sh")
             .arg("-c")
             .arg(format!(
@@ -81,7 +83,7 @@ pub fn s3() -> &'static S3 {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
+            .status()
             .expect("start the watchdog");
         S3 {
             env: parse_env(&String::from_utf8_lossy(&out.stdout)),
