@@ -434,3 +434,76 @@ fn a_server_that_dies_or_fills_up_mid_push_loses_nothing_and_the_push_resumes() 
     ]);
     common::assert_same(&last, &model(&to), "restore after the faults");
 }
+
+#[test]
+fn a_live_mount_replicates_after_each_snapshot_and_shows_the_lag() {
+    let _server = common::s3::shared();
+    let s3 = s3();
+    let bucket = s3.bucket(&bucket_name("live"));
+    let url = format!("s3://{bucket}/live");
+    let (tmp, backing, mnt, repo) = common::mount_dirs();
+    let r = repo.to_str().unwrap();
+    s3.ok(&["init", "--repo", r]);
+    s3.ok(&["remote", "add", "--repo", r, "bk", &url, "--host", "h"]);
+    let live = common::live::DaemonMount::start_with_env(
+        &backing,
+        &mnt,
+        &[
+            "--repo",
+            r,
+            "--every",
+            "off",
+            "--full-every",
+            "off",
+            "--differential-every",
+            "off",
+        ],
+        &s3.env,
+    );
+    fs::write(mnt.join("weights.bin"), bytes(7, 2 << 20)).unwrap();
+    s3.ok(&["snapshot", "--repo", r]);
+    fs::write(mnt.join("weights.bin"), bytes(8, 2 << 20)).unwrap();
+    s3.ok(&["snapshot", "--repo", r]);
+    let newest = |st: &serde_json::Value| st["newest"]["id"].as_u64();
+    let t0 = Instant::now();
+    loop {
+        let st = common::status(&repo);
+        let rem = &st["remotes"][0];
+        if rem["pending_snapshots"] == 0
+            && rem["pushing"] == false
+            && rem["newest_replicated"].as_u64() == newest(&st)
+            && newest(&st).is_some()
+        {
+            assert!(rem["uploaded_bytes"].as_u64().unwrap() >= 4 << 20, "{rem}");
+            assert!(rem["last_error"].is_null(), "{rem}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "not replicated: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let text = s3.ok(&["status", "--repo", r]);
+    assert!(
+        text.contains("remote bk:") && text.contains("up to date"),
+        "{text}"
+    );
+    // `push` through the daemon: nothing left to send.
+    let out = s3.ok(&["push", "--repo", r, "--json"]);
+    let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rep[0]["report"]["packs"], 0, "{out}");
+    live.umount();
+    let to = tmp.path().join("restored");
+    s3.ok(&[
+        "restore",
+        "--remote",
+        &url,
+        "--host",
+        "h",
+        "latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(fs::read(to.join("weights.bin")).unwrap(), bytes(8, 2 << 20));
+}

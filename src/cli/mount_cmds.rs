@@ -692,6 +692,37 @@ fn print_manage(s: &DaemonStatus) {
     if let Some(u) = &s.metrics_url {
         println!("metrics:        {u}metrics (status page {u})");
     }
+    for r in &s.remotes {
+        let state = if r.pushing {
+            "pushing".to_string()
+        } else if r.pending_snapshots == 0 && r.last_error.is_none() {
+            "up to date".to_string()
+        } else {
+            format!(
+                "{} snapshots ({}) behind{}",
+                r.pending_snapshots,
+                super::common::human_bytes(r.pending_bytes),
+                r.oldest_pending_ns
+                    .map(|t| format!(", oldest from {} ago", human_age(age_secs(t))))
+                    .unwrap_or_default()
+            )
+        };
+        println!(
+            "remote {}:{:>w$}{} -> {}; newest replicated {}; {} uploaded since start{}",
+            r.name,
+            "",
+            state,
+            r.location,
+            r.newest_replicated
+                .map_or("none".to_string(), |i| i.to_string()),
+            super::common::human_bytes(r.uploaded_bytes),
+            r.last_error
+                .as_ref()
+                .map(|e| format!("; last error: {e}"))
+                .unwrap_or_default(),
+            w = 8usize.saturating_sub(r.name.len())
+        );
+    }
 }
 
 fn print_newest(s: &DaemonStatus) {

@@ -162,6 +162,9 @@ pub struct DaemonStatus {
     /// Where metrics and the status page are served.
     #[serde(default)]
     pub metrics_url: Option<String>,
+    /// The remotes it replicates to, and how far behind each is.
+    #[serde(default)]
+    pub remotes: Vec<super::replicator::RemoteStatus>,
 }
 
 /// Rolling verification in `status`.

@@ -231,6 +231,7 @@ struct Shared {
     verify: Option<super::verifier::Rolling>,
     coverage: Arc<Mutex<super::metrics::VerifyCoverage>>,
     metrics_url: Mutex<Option<String>>,
+    replicas: super::replicator::Replicas,
 }
 
 impl Shared {
@@ -287,6 +288,7 @@ impl Shared {
                 }
             }),
             metrics_url: self.metrics_url.lock().clone(),
+            remotes: self.replicas.lock().clone(),
         }
     }
 
@@ -429,6 +431,7 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
         timeout: req.manage.hook_timeout,
     };
     let hook_events = (!hooks.is_empty()).then(|| events.subscribe(64));
+    let replica_events = events.subscribe(16);
     // A taken port fails the start before anything is mounted.
     let listener = req
         .manage
@@ -494,6 +497,7 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
             }),
         coverage: Default::default(),
         metrics_url: Mutex::new(None),
+        replicas: Default::default(),
     });
     // Control socket.
     {
@@ -530,6 +534,12 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
             shared.flusher.events.clone(),
         )?;
     }
+    super::replicator::start(
+        repo.clone(),
+        replica_events,
+        events.clone(),
+        shared.replicas.clone(),
+    )?;
     // Signals.
     {
         let s = shared.clone();

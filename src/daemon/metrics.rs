@@ -299,6 +299,47 @@ impl Collector for Scrape {
             st.oldest_change_ns.map(|t| (secs(now) - secs(t)).max(0.0)).unwrap_or(0.0),
         )?;
 
+        // Replication to remotes.
+        let by_remote =
+            |f: &dyn Fn(&super::replicator::RemoteStatus) -> f64| -> Vec<(String, f64)> {
+                st.remotes.iter().map(|r| (r.name.clone(), f(r))).collect()
+            };
+        labelled_gauges(
+            &mut e,
+            "rewindfs_remote_pending_snapshots",
+            "Snapshots not replicated to the remote yet.",
+            "remote",
+            &by_remote(&|r| r.pending_snapshots as f64),
+        )?;
+        labelled_gauges(
+            &mut e,
+            "rewindfs_remote_pending_bytes",
+            "Stored bytes added by the snapshots not replicated yet.",
+            "remote",
+            &by_remote(&|r| r.pending_bytes as f64),
+        )?;
+        labelled_gauges(
+            &mut e,
+            "rewindfs_remote_lag_seconds",
+            "Age of the oldest snapshot not replicated yet (0 when the remote has everything): the off-site recovery-point lag.",
+            "remote",
+            &by_remote(&|r| r.oldest_pending_ns.map_or(0.0, |t| (secs(now) - secs(t)).max(0.0))),
+        )?;
+        labelled_gauges(
+            &mut e,
+            "rewindfs_remote_failing",
+            "1 when the last push to the remote failed (it is retried with backoff).",
+            "remote",
+            &by_remote(&|r| if r.last_error.is_some() { 1.0 } else { 0.0 }),
+        )?;
+        labelled_gauges(
+            &mut e,
+            "rewindfs_remote_uploaded_bytes",
+            "Bytes this daemon uploaded to the remote.",
+            "remote",
+            &by_remote(&|r| r.uploaded_bytes as f64),
+        )?;
+
         // The flusher.
         let f = st.flusher.clone().unwrap_or_default();
         counter(

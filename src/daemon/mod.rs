@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod live;
 pub mod metrics;
 pub mod notify;
+pub mod replicator;
 pub mod verifier;
 pub mod views;
 pub mod web;

@@ -80,8 +80,14 @@ pub struct Pusher {
     log: Mutex<UploadLog>,
     /// Blobs the remote holds in packs the log names.
     remote_chunks: HashSet<ChunkId>,
+    /// Packs whose blob lists are in `remote_chunks`.
+    known_packs: HashSet<u64>,
     reconciled: bool,
 }
+
+/// One push at a time in a process: the daemon's replicator and a
+/// `rewindfs push` it runs for a client share the upload log.
+static PUSHING: Mutex<()> = Mutex::new(());
 
 impl Pusher {
     pub fn new(repo: &Repository, config: &RemoteConfig) -> Result<Pusher> {
@@ -96,6 +102,7 @@ impl Pusher {
             log: Mutex::new(UploadLog::open(repo.dir(), &config.name)?),
             config: config.clone(),
             remote_chunks: HashSet::new(),
+            known_packs: HashSet::new(),
             reconciled: false,
         })
     }
@@ -111,11 +118,14 @@ impl Pusher {
         repo: &Repository,
         on_bytes: &(dyn Fn(u64) + Sync),
     ) -> Result<PushReport> {
+        let _one = PUSHING.lock();
         let t0 = Instant::now();
         let mut report = PushReport::default();
         if !self.reconciled {
             report.adopted = self.reconcile(repo)?;
             self.reconciled = true;
+        } else {
+            self.refresh(repo)?;
         }
         let records: BTreeMap<u64, Vec<u8>> = repo.index().snapshots()?.into_iter().collect();
         let todo: Vec<u64> = {
@@ -407,6 +417,7 @@ impl Pusher {
                     adopted += 1;
                 }
                 self.remote_chunks.extend(i.blobs.iter().map(|(id, _)| *id));
+                self.known_packs.insert(i.pack);
             }
         }
         // Records the remote has but the log lacks: adopted when they are
@@ -433,6 +444,31 @@ impl Pusher {
         }
         log.append(&lines)?;
         Ok(adopted)
+    }
+
+    /// Take in what another pusher of this repository logged since (the
+    /// blob lists of packs it uploaded).
+    fn refresh(&mut self, repo: &Repository) -> Result<()> {
+        let fresh = UploadLog::open(repo.dir(), &self.config.name)?;
+        let new: Vec<u64> = fresh
+            .packs
+            .keys()
+            .filter(|p| !self.known_packs.contains(p))
+            .copied()
+            .collect();
+        *self.log.lock() = fresh;
+        for p in new {
+            let what = format!("{}/{}", self.client.name(), layout::idx(p));
+            if let Some(b) = self
+                .client
+                .get(&layout::idx(p), (super::idx::MAX_ENTRIES * 64) as u64)?
+            {
+                let i = PackIdx::decode(&b, p, &what)?;
+                self.remote_chunks.extend(i.blobs.iter().map(|(id, _)| *id));
+                self.known_packs.insert(p);
+            }
+        }
+        Ok(())
     }
 
     /// How far behind the remote is (from the log; no request).

@@ -151,6 +151,16 @@ pub struct DaemonMount {
 impl DaemonMount {
     /// Run `rewindfs mount BACKING MNT ARGS...` and insist it succeeds.
     pub fn start(backing: &Path, mnt: &Path, args: &[&str]) -> DaemonMount {
+        DaemonMount::start_with_env(backing, mnt, args, &[])
+    }
+
+    /// [`DaemonMount::start`] with extra environment variables.
+    pub fn start_with_env(
+        backing: &Path,
+        mnt: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> DaemonMount {
         require_fuse();
         let o = std::process::Command::new(super::bin())
             .arg("mount")
@@ -158,6 +168,7 @@ impl DaemonMount {
             .arg(mnt)
             .args(args)
             .env_remove("RUST_LOG")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .output()
             .unwrap();
         assert!(
