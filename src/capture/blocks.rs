@@ -78,7 +78,7 @@ pub fn store<S: Source, Out>(
             let len = size.saturating_sub(off).min(block_size) as usize;
             crate::util::bytes::set_len_keeping(buf, len);
             u.source.read(b, off, buf)?;
-            let id = ChunkId::of(buf);
+            let id = writer.id(buf);
             writer.store(BlobKind::Chunk, id, buf)?;
             bytes += buf.len() as u64;
             progress.inc(buf.len() as u64);

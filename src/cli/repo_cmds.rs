@@ -25,17 +25,39 @@ pub struct InitArgs {
     /// ~3% are stored raw.
     #[arg(long, value_name = "LEVEL", default_value_t = DEFAULT_COMPRESSION)]
     compression: i32,
+    /// Encrypt everything the repository stores (blocks, manifests,
+    /// snapshot records; chunk ids keyed) with XChaCha20-Poly1305. The key
+    /// is wrapped under a passphrase (REWINDFS_PASSWORD or
+    /// REWINDFS_PASSWORD_FILE; Argon2id) or a key file of at least 32
+    /// random bytes (REWINDFS_KEY_FILE), which every later command needs
+    /// too. Lose it and the data is gone: keep a copy apart.
+    #[arg(long)]
+    encrypt: bool,
 }
 
 #[allow(clippy::print_stdout)] // never runs in the daemon
 pub fn init(a: InitArgs) -> Result<i32> {
-    let c = Repository::init(&a.repo, a.block_size, a.compression)
+    let key = if a.encrypt {
+        Some(repo::keys::KeySource::from_env()?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "--encrypt needs a passphrase (REWINDFS_PASSWORD or REWINDFS_PASSWORD_FILE) or a key file (REWINDFS_KEY_FILE)"
+            )
+        })?)
+    } else {
+        None
+    };
+    let c = Repository::init_with(&a.repo, a.block_size, a.compression, key.as_ref())
         .with_context(|| format!("creating repository {}", a.repo.display()))?;
     println!(
-        "created repository {} (block size {}, zstd level {})",
+        "created repository {} (block size {}, zstd level {}{})",
         a.repo.display(),
         super::common::human_bytes(c.block_size as u64),
-        c.compression_level
+        c.compression_level,
+        if c.encryption.is_some() {
+            ", encrypted: keep the passphrase or key file safe, nothing can be read without it"
+        } else {
+            ""
+        }
     );
     Ok(0)
 }

@@ -3,7 +3,8 @@
 //! repository's base, `PREFIX/HOST/`:
 //!
 //! ```text
-//! config.json                 the repository's config.json, as local (uploaded first)
+//! keys/<16 hex>.json          an encrypted repository's wrapped keys, as local (first)
+//! config.json                 the repository's config.json, as local (after the keys)
 //! packs/<16 hex>.pack         a pack, the local file's bytes (immutable)
 //! packs/<16 hex>.idx          the pack's blob list (after its pack; see idx.rs)
 //! snapshots/<10 digits>.json  a snapshot record (after all its data)
@@ -15,6 +16,12 @@ use crate::store::pack::pack_file_name;
 pub const CONFIG: &str = "config.json";
 pub const PACKS_DIR: &str = "packs/";
 pub const SNAPSHOTS_DIR: &str = "snapshots/";
+pub const KEYS_DIR: &str = "keys/";
+
+/// A key file (`name` as in the repository's keys/ directory).
+pub fn key(name: &str) -> String {
+    format!("{KEYS_DIR}{name}")
+}
 
 pub fn pack(id: u64) -> String {
     format!("{PACKS_DIR}{}", pack_file_name(id))

@@ -63,6 +63,7 @@ pub fn pull(
         n == repo_layout::PACKS.as_bytes()
             || n == repo_layout::SNAPSHOTS.as_bytes()
             || n == config::REMOTES_DIR.as_bytes()
+            || n == crate::repo::keys::KEYS_DIR.as_bytes()
             || n.starts_with(repo_layout::TMP_PREFIX.as_bytes())
     });
     if !in_progress {
@@ -72,6 +73,12 @@ pub fn pull(
         )));
     }
     dir.chmod(0o700)?;
+    // An encrypted repository: its keys first, and the key from the
+    // environment must open them before anything is downloaded.
+    super::read::download_keys(&client, &dir)?;
+    let parsed: crate::repo::RepoConfig = serde_json::from_slice(&cfg)
+        .map_err(|e| Error::Corrupt(format!("{}/{}: {e}", client.name(), layout::CONFIG)))?;
+    let crypto = crate::repo::keys::unlock(&dir, &parsed)?;
     let packs_dir = dir.ensure_dir(repo_layout::PACKS, 0o700)?;
     let snaps_dir = dir.ensure_dir(repo_layout::SNAPSHOTS, 0o700)?;
     let mut sizes = std::collections::HashMap::new();
@@ -143,7 +150,7 @@ pub fn pull(
         let Some(b) = client.get(&key, MAX_SMALL_OBJECT)? else {
             continue;
         };
-        SnapshotRecord::from_json_as(&b, id)
+        crate::repo::keys::decode_record(crypto.as_deref(), &b, id)
             .map_err(|e| Error::Corrupt(format!("{}/{key}: {e}", client.name())))?;
         snaps_dir.write_atomic(&SnapshotRecord::file_name(id), &b)?;
         records.push((id, blake3::hash(&b).to_hex().to_string()));

@@ -33,6 +33,7 @@ use super::layout;
 use super::state::UploadLog;
 use super::throttle::Throttle;
 use crate::error::{Error, Result};
+use crate::repo::keys;
 use crate::repo::Repository;
 use crate::snapshot::model::SnapshotRecord;
 use crate::store::blob::{ChunkId, HEADER_LEN};
@@ -138,7 +139,7 @@ impl Pusher {
         };
         for id in todo {
             let bytes = &records[&id];
-            let rec = SnapshotRecord::from_json_as(bytes, id)?;
+            let rec = repo.decode_record(bytes, id)?;
             self.push_record(repo, &rec, bytes, &mut report, on_bytes)?;
         }
         report.seconds = t0.elapsed().as_secs_f64();
@@ -308,6 +309,9 @@ impl Pusher {
     /// adopted.
     fn reconcile(&mut self, repo: &Repository) -> Result<u64> {
         let ours = &repo.config.repo_id;
+        // An encrypted repository's wrapped keys go first: a remote
+        // repository is readable (with the passphrase) once it has a config.
+        self.upload_keys(repo)?;
         match self.client.get(layout::CONFIG, MAX_SMALL_OBJECT)? {
             Some(b) => {
                 let theirs = remote_repo_id(&b).ok_or_else(|| {
@@ -444,6 +448,32 @@ impl Pusher {
         }
         log.append(&lines)?;
         Ok(adopted)
+    }
+
+    /// Upload the key files the remote lacks (they never change; a new
+    /// one is a new name).
+    fn upload_keys(&self, repo: &Repository) -> Result<()> {
+        let names = keys::key_files(repo.dir())?;
+        if names.is_empty() {
+            return Ok(());
+        }
+        let have: HashSet<String> = self
+            .client
+            .list(layout::KEYS_DIR)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let dir = repo.dir().open_dir(keys::KEYS_DIR)?;
+        for n in names {
+            if have.contains(&layout::key(&n)) {
+                continue;
+            }
+            let b = dir
+                .read(&n, MAX_SMALL_OBJECT)?
+                .ok_or_else(|| Error::Corrupt(format!("key file {n} vanished")))?;
+            self.client.put(&layout::key(&n), Bytes::from(b), false)?;
+        }
+        Ok(())
     }
 
     /// Take in what another pusher of this repository logged since (the

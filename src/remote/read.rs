@@ -348,6 +348,28 @@ pub fn pick_host(spec: &RemoteSpec) -> Result<String> {
     }
 }
 
+/// Copy an encrypted repository's key files into `dir`/keys (none for an
+/// unencrypted one).
+pub fn download_keys(client: &Client, dir: &Dir) -> Result<()> {
+    let listed = client.list(layout::KEYS_DIR)?;
+    if listed.is_empty() {
+        return Ok(());
+    }
+    let keys = dir.ensure_dir(crate::repo::keys::KEYS_DIR, 0o700)?;
+    for (key, _) in listed {
+        let Some(name) = key.strip_prefix(layout::KEYS_DIR) else {
+            continue;
+        };
+        if name.contains('/') || !name.ends_with(".json") || name.starts_with('.') {
+            continue;
+        }
+        if let Some(b) = client.get(&key, 64 << 10)? {
+            keys.write_atomic(name, &b)?;
+        }
+    }
+    Ok(())
+}
+
 /// Open the repository `spec` names, read-only (see the module doc).
 pub fn open(spec: &RemoteSpec, opts: &ReadOptions) -> Result<RemoteRepo> {
     let client = Arc::new(Client::connect(spec)?);
@@ -368,6 +390,7 @@ pub fn open(spec: &RemoteSpec, opts: &ReadOptions) -> Result<RemoteRepo> {
     let dir = Dir::open_path(tmp.path())?;
     dir.chmod(0o700)?;
     let snaps = dir.ensure_dir(crate::repo::layout::SNAPSHOTS, 0o700)?;
+    download_keys(&client, &dir)?;
     let mut idx_keys = Vec::new();
     let mut sizes = HashMap::new();
     for (key, size) in client.list(layout::PACKS_DIR)? {

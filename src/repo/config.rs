@@ -14,6 +14,10 @@ use crate::util::dirfd::Dir;
 use crate::util::time;
 
 pub const FORMAT_VERSION: u32 = 1;
+/// The format of an encrypted repository (format 1 plus sealed blobs and
+/// records, keyed chunk ids and `keys/`): a rewindfs that knows only
+/// format 1 refuses it instead of misreading it.
+pub const ENCRYPTED_FORMAT_VERSION: u32 = 2;
 pub const DEFAULT_BLOCK_SIZE: u32 = 1 << 20;
 pub const MIN_BLOCK_SIZE: u32 = 64 << 10;
 pub const MAX_BLOCK_SIZE: u32 = 8 << 20;
@@ -71,6 +75,9 @@ pub struct RepoConfig {
     /// Snapshot policy of live mounts (command-line flags win).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyConfig>,
+    /// Present in an encrypted repository (format 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<super::keys::EncryptionConfig>,
 }
 
 impl RepoConfig {
@@ -90,6 +97,7 @@ impl RepoConfig {
             repo_id: ChunkId::of(seed.as_bytes()).to_hex()[..32].to_string(),
             created: time::rfc3339(now),
             policy: None,
+            encryption: None,
         })
     }
 }
@@ -121,17 +129,24 @@ pub fn read_config(dir: &Dir) -> Result<RepoConfig> {
     }
     let v: Version = serde_json::from_slice(&bytes)
         .map_err(|e| Error::Corrupt(format!("{}: {e}", p.display())))?;
-    if v.format_version != FORMAT_VERSION {
+    if v.format_version != FORMAT_VERSION && v.format_version != ENCRYPTED_FORMAT_VERSION {
         return Err(Error::UnsupportedFormat {
             path: dir.path().to_path_buf(),
             found: v.format_version,
-            supported: FORMAT_VERSION,
+            supported: ENCRYPTED_FORMAT_VERSION,
         });
     }
     let c: RepoConfig = serde_json::from_slice(&bytes)
         .map_err(|e| Error::Corrupt(format!("{}: {e}", p.display())))?;
     check_params(c.block_size, c.compression_level)
         .map_err(|e| Error::Corrupt(format!("{}: {e}", p.display())))?;
+    if (c.format_version == ENCRYPTED_FORMAT_VERSION) != c.encryption.is_some() {
+        return Err(Error::Corrupt(format!(
+            "{}: format version {} does not match its encryption setting",
+            p.display(),
+            c.format_version
+        )));
+    }
     if c.pack_target_size < 1 << 20 || c.pack_target_size > 1 << 34 {
         return Err(Error::Corrupt(format!(
             "{}: pack_target_size {} is out of range (1 MiB to 16 GiB)",

@@ -30,14 +30,16 @@ use crate::index::Index;
 use crate::snapshot::manifest::{Manifest, MANIFEST_PART_LEN};
 use crate::snapshot::model::MAX_RECORD_BYTES;
 use crate::snapshot::{Kind, SnapshotRecord, Stats, Tree};
+use crate::store::crypto::{chunk_id, Crypto};
 use crate::store::pack::{
     list_packs, scan_pack, Location, PackIds, PackReader, PackSource, PackWriter,
 };
-use crate::store::{BlobKind, ChunkId};
+use crate::store::ChunkId;
 use crate::util::dirfd::Dir;
 use crate::util::time;
 
 pub mod config;
+pub mod keys;
 pub mod layout;
 pub mod trust;
 mod writer;
@@ -69,6 +71,8 @@ pub struct Repository {
     pub config: RepoConfig,
     index: Index,
     packs: PackReader,
+    /// The keys of an encrypted repository.
+    crypto: Option<Arc<Crypto>>,
     access: Access,
     /// Records that could not be read or failed validation: id -> why.
     damaged: Mutex<BTreeMap<u64, String>>,
@@ -147,7 +151,22 @@ impl Repository {
     /// Create a repository in `root` (created with mode 0700, or an
     /// existing empty directory that passes the trust checks).
     pub fn init(root: &Path, block_size: u32, compression_level: i32) -> Result<RepoConfig> {
-        let config = RepoConfig::new(block_size, compression_level)?;
+        Repository::init_with(root, block_size, compression_level, None)
+    }
+
+    /// [`Repository::init`], encrypted with a new key wrapped under `key`
+    /// when given (format 2, see keys.rs).
+    pub fn init_with(
+        root: &Path,
+        block_size: u32,
+        compression_level: i32,
+        key: Option<&keys::KeySource>,
+    ) -> Result<RepoConfig> {
+        let mut config = RepoConfig::new(block_size, compression_level)?;
+        if key.is_some() {
+            config.format_version = config::ENCRYPTED_FORMAT_VERSION;
+            config.encryption = Some(keys::EncryptionConfig::current());
+        }
         if root.exists() && !root.is_dir() {
             return Err(Error::InvalidInput(format!(
                 "{} exists and is not a directory",
@@ -173,6 +192,9 @@ impl Repository {
         let index = Index::open(dir.ensure_dir(INDEX, 0o700)?, INDEX_CACHE_BYTES)?;
         index.flush()?;
         drop(index);
+        if let Some(k) = key {
+            keys::create(&dir, &config.repo_id, k)?;
+        }
         let bytes =
             serde_json::to_vec_pretty(&config).map_err(|e| Error::InvalidInput(e.to_string()))?;
         // The config is written last: a directory without it is not a
@@ -194,6 +216,7 @@ impl Repository {
         let dir = trust::open_trusted(root, trust::Open::Existing)?;
         let config = read_config(&dir)?;
         let _lock = lock(&dir)?;
+        let crypto = keys::unlock(&dir, &config)?;
         let packs_dir = trusted_subdir(&dir, PACKS)?;
         let snapshots_dir = trusted_subdir(&dir, SNAPSHOTS)?;
         let index = match dir.open_dir(INDEX) {
@@ -215,8 +238,13 @@ impl Repository {
             // nothing that the packs and records do not: keep the damaged
             // one aside for inspection and rebuild.
             Err(Error::IndexCorrupt { detail, .. }) => {
-                let (index, report) =
-                    rebuild_locked(&dir, &packs_dir, &snapshots_dir, INDEX_DAMAGED)?;
+                let (index, report) = rebuild_locked(
+                    &dir,
+                    &packs_dir,
+                    &snapshots_dir,
+                    INDEX_DAMAGED,
+                    crypto.as_deref(),
+                )?;
                 tracing::warn!(
                     "the index was damaged ({detail}); moved it to {} and rebuilt it from {} packs and {} snapshot records",
                     report.moved_to.as_deref().unwrap_or(Path::new("?")).display(),
@@ -229,7 +257,8 @@ impl Repository {
         };
         let pack_ids = PackIds::after_existing(&packs_dir)?;
         let repo = Repository {
-            packs: PackReader::new(packs_dir),
+            packs: PackReader::new(packs_dir).with_crypto(crypto.clone()),
+            crypto,
             snapshots_dir,
             dir,
             config,
@@ -274,11 +303,13 @@ impl Repository {
         let trusted = trusted
             && trust::check_subdir(&packs_dir).is_ok()
             && trust::check_subdir(&snapshots_dir).is_ok();
+        let crypto = keys::unlock(&dir, &config)?;
         let index = Index::memory(&dir.join(INDEX));
-        let report = fill_index(&index, &packs_dir, &snapshots_dir, false)?;
+        let report = fill_index(&index, &packs_dir, &snapshots_dir, false, crypto.as_deref())?;
         let pack_ids = PackIds::after_existing(&packs_dir)?;
         let repo = Repository {
-            packs: PackReader::new(packs_dir),
+            packs: PackReader::new(packs_dir).with_crypto(crypto.clone()),
+            crypto,
             snapshots_dir,
             dir,
             config,
@@ -309,12 +340,15 @@ impl Repository {
         let config = read_config(&dir)?;
         let packs_dir = dir.ensure_dir(PACKS, 0o700)?;
         let snapshots_dir = trusted_subdir(&dir, SNAPSHOTS)?;
+        let crypto = keys::unlock(&dir, &config)?;
         let index = Index::memory(&dir.join(INDEX));
         let entries: Vec<(ChunkId, Location)> = blobs.into_iter().collect();
         index.insert_chunks(&entries)?;
-        let report = fill_index(&index, &packs_dir, &snapshots_dir, false)?;
+        let report = fill_index(&index, &packs_dir, &snapshots_dir, false, crypto.as_deref())?;
         Ok(Repository {
-            packs: PackReader::with_source(packs_dir.try_clone()?, source),
+            packs: PackReader::with_source(packs_dir.try_clone()?, source)
+                .with_crypto(crypto.clone()),
+            crypto,
             pack_ids: PackIds::after_existing(&packs_dir)?,
             snapshots_dir,
             dir,
@@ -387,6 +421,21 @@ impl Repository {
         &self.packs
     }
 
+    /// The keys of an encrypted repository.
+    pub fn crypto(&self) -> Option<&Crypto> {
+        self.crypto.as_deref()
+    }
+
+    /// The id of `data` in this repository (keyed when it is encrypted).
+    pub fn chunk_id(&self, data: &[u8]) -> ChunkId {
+        chunk_id(self.crypto.as_deref(), data)
+    }
+
+    /// A snapshot record from its file's bytes (as the index holds them).
+    pub fn decode_record(&self, bytes: &[u8], id: u64) -> Result<SnapshotRecord> {
+        keys::decode_record(self.crypto.as_deref(), bytes, id)
+    }
+
     /// Index the blobs of packs that are not marked indexed (written by a
     /// process that stopped before marking them), and sync the snapshot
     /// list with `snapshots/`. A pack that cannot be read, or a record
@@ -433,7 +482,7 @@ impl Repository {
         // rewrites records in place (a crash can leave the index with the
         // old copy of a rewritten one).
         for id in &on_disk {
-            match read_record(&self.snapshots_dir, *id) {
+            match read_record(&self.snapshots_dir, *id, self.crypto.as_deref()) {
                 Ok((_, bytes)) if indexed.get(id) == Some(&bytes) => {}
                 Ok((_, bytes)) => {
                     self.index.put_snapshot(*id, &bytes)?;
@@ -499,7 +548,7 @@ impl Repository {
             if indexed.contains(&id) {
                 continue;
             }
-            match read_record(&self.snapshots_dir, id) {
+            match read_record(&self.snapshots_dir, id, self.crypto.as_deref()) {
                 Ok((_, bytes)) => {
                     self.index.put_snapshot(id, &bytes)?;
                     changed = true;
@@ -520,7 +569,7 @@ impl Repository {
     pub fn snapshots(&self) -> Result<Vec<SnapshotRecord>> {
         let mut out = Vec::new();
         for (id, json) in self.index.snapshots()? {
-            match SnapshotRecord::from_json_as(&json, id) {
+            match self.decode_record(&json, id) {
                 Ok(r) => out.push(r),
                 Err(e) => {
                     self.damaged
@@ -547,7 +596,7 @@ impl Repository {
         let indexed: HashMap<u64, Vec<u8>> = self.index.snapshots()?.into_iter().collect();
         let mut out = self.damaged_records();
         for id in self.record_file_ids(false)? {
-            match read_record(&self.snapshots_dir, id) {
+            match read_record(&self.snapshots_dir, id, self.crypto.as_deref()) {
                 Err(e) => {
                     out.insert(id, e.to_string());
                 }
@@ -719,6 +768,7 @@ impl Repository {
             &self.condemned,
             self.pack_writer()?,
             self.config.compression_level,
+            self.crypto.as_deref(),
         )
     }
 
@@ -805,7 +855,7 @@ impl Repository {
     pub fn replace_record(&self, rec: &SnapshotRecord) -> Result<()> {
         self.writable()?;
         rec.validate()?;
-        let json = rec.to_json()?;
+        let json = keys::encode_record(self.crypto.as_deref(), rec)?;
         crate::util::fault::inject("record-rewrite")?;
         self.snapshots_dir
             .write_atomic(&SnapshotRecord::file_name(rec.id), &json)?;
@@ -854,12 +904,7 @@ impl Repository {
             )));
         }
         let bytes = manifest.encode()?;
-        let mut parts = Vec::new();
-        for part in bytes.chunks(MANIFEST_PART_LEN) {
-            let id = ChunkId::of(part);
-            writer.store(BlobKind::Manifest, id, part)?;
-            parts.push(id.to_hex());
-        }
+        let parts = writer.store_manifest(&bytes)?;
         writer.commit()?;
         let id = self
             .record_file_ids(false)?
@@ -898,7 +943,7 @@ impl Repository {
             rewritten: None,
         };
         rec.validate()?;
-        let json = rec.to_json()?;
+        let json = keys::encode_record(self.crypto.as_deref(), &rec)?;
         crate::util::fault::inject("manifest-commit")?;
         self.snapshots_dir
             .write_atomic(&SnapshotRecord::file_name(id), &json)?;
@@ -909,12 +954,12 @@ impl Repository {
     }
 }
 
-/// Read and validate `snapshots/<id>.json`.
-fn read_record(dir: &Dir, id: u64) -> Result<(SnapshotRecord, Vec<u8>)> {
+/// Read and validate `snapshots/<id>.json` (unsealed with `crypto`).
+fn read_record(dir: &Dir, id: u64, crypto: Option<&Crypto>) -> Result<(SnapshotRecord, Vec<u8>)> {
     let bytes = dir
         .read(&SnapshotRecord::file_name(id), MAX_RECORD_BYTES)?
         .ok_or_else(|| Error::Corrupt(format!("snapshot record {id} vanished")))?;
-    let rec = SnapshotRecord::from_json_as(&bytes, id)?;
+    let rec = keys::decode_record(crypto, &bytes, id)?;
     Ok((rec, bytes))
 }
 
@@ -934,11 +979,12 @@ pub struct SnapshotDraft {
 /// moved aside (never deleted).
 pub fn rebuild_index(root: &Path) -> Result<RebuildReport> {
     let dir = trust::open_trusted(root, trust::Open::Existing)?;
-    read_config(&dir)?;
+    let config = read_config(&dir)?;
     let _lock = lock(&dir)?;
+    let crypto = keys::unlock(&dir, &config)?;
     let packs = trusted_subdir(&dir, PACKS)?;
     let snapshots = trusted_subdir(&dir, SNAPSHOTS)?;
-    rebuild_locked(&dir, &packs, &snapshots, INDEX_OLD).map(|(_, r)| r)
+    rebuild_locked(&dir, &packs, &snapshots, INDEX_OLD, crypto.as_deref()).map(|(_, r)| r)
 }
 
 /// Rebuild with the repository lock held; the old index (if any) is
@@ -948,6 +994,7 @@ fn rebuild_locked(
     packs: &Dir,
     snapshots: &Dir,
     aside_prefix: &str,
+    crypto: Option<&Crypto>,
 ) -> Result<(Index, RebuildReport)> {
     let mut moved_to = None;
     if dir.stat_at(INDEX).is_ok() {
@@ -960,7 +1007,7 @@ fn rebuild_locked(
         moved_to = Some(dir.join(&aside));
     }
     let index = Index::open(dir.ensure_dir(INDEX, 0o700)?, INDEX_CACHE_BYTES)?;
-    let mut report = fill_index(&index, packs, snapshots, true)?;
+    let mut report = fill_index(&index, packs, snapshots, true, crypto)?;
     report.moved_to = moved_to;
     Ok((index, report))
 }
@@ -979,7 +1026,13 @@ fn sync_pack(packs: &Dir, id: u64) -> Result<()> {
 /// (fsyncing each pack first when `durable`: a persistent index must
 /// never point at bytes that are not on disk). Unreadable packs and
 /// damaged records are reported, not fatal.
-fn fill_index(index: &Index, packs: &Dir, snapshots: &Dir, durable: bool) -> Result<RebuildReport> {
+fn fill_index(
+    index: &Index,
+    packs: &Dir,
+    snapshots: &Dir,
+    durable: bool,
+    crypto: Option<&Crypto>,
+) -> Result<RebuildReport> {
     let mut report = RebuildReport::default();
     let ids = list_packs(packs)?;
     let mut done = Vec::new();
@@ -1021,7 +1074,7 @@ fn fill_index(index: &Index, packs: &Dir, snapshots: &Dir, durable: bool) -> Res
         else {
             continue;
         };
-        match read_record(snapshots, id) {
+        match read_record(snapshots, id, crypto) {
             Ok((_, bytes)) => {
                 index.put_snapshot(id, &bytes)?;
                 report.snapshots += 1;

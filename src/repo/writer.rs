@@ -19,6 +19,8 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
 use crate::index::Index;
+use crate::snapshot::manifest::MANIFEST_PART_LEN;
+use crate::store::crypto::{chunk_id, Crypto};
 use crate::store::pack::{Location, PackWriter};
 use crate::store::{blob, BlobKind, ChunkId, EncodedBlob};
 
@@ -43,6 +45,8 @@ pub struct ChunkWriter<'r> {
     /// Chunks gc is about to delete: stored again rather than reused.
     condemned: &'r RwLock<HashSet<ChunkId>>,
     level: i32,
+    /// The keys of an encrypted repository (ids keyed, payloads sealed).
+    crypto: Option<&'r Crypto>,
     tx: Option<Sender<Msg>>,
     thread: Option<JoinHandle<()>>,
     /// Chunks claimed by this writer and not yet in the index.
@@ -89,6 +93,7 @@ impl<'r> ChunkWriter<'r> {
         condemned: &'r RwLock<HashSet<ChunkId>>,
         packs: PackWriter,
         level: i32,
+        crypto: Option<&'r Crypto>,
     ) -> Result<ChunkWriter<'r>> {
         let (tx, rx) = bounded(QUEUE);
         let thread = std::thread::Builder::new()
@@ -98,6 +103,7 @@ impl<'r> ChunkWriter<'r> {
         Ok(ChunkWriter {
             index,
             condemned,
+            crypto,
             level,
             tx: Some(tx),
             thread: Some(thread),
@@ -121,8 +127,26 @@ impl<'r> ChunkWriter<'r> {
             .map_err(|_| Error::Poisoned("the pack writer stopped".into()))?
     }
 
-    /// Store `data` (whose blake3 is `id`) unless it is already stored or
-    /// in flight. Returns whether it was new. Safe from many threads.
+    /// The id of `data` in this repository (keyed in an encrypted one).
+    pub fn id(&self, data: &[u8]) -> ChunkId {
+        chunk_id(self.crypto, data)
+    }
+
+    /// Store an encoded manifest as parts of at most
+    /// [`MANIFEST_PART_LEN`]; returns their ids (hex), in order.
+    pub fn store_manifest(&self, bytes: &[u8]) -> Result<Vec<String>> {
+        let mut parts = Vec::new();
+        for part in bytes.chunks(MANIFEST_PART_LEN) {
+            let id = self.id(part);
+            self.store(BlobKind::Manifest, id, part)?;
+            parts.push(id.to_hex());
+        }
+        Ok(parts)
+    }
+
+    /// Store `data` (whose id is `id`, see [`ChunkWriter::id`]) unless it
+    /// is already stored or in flight. Returns whether it was new. Safe
+    /// from many threads.
     pub fn store(&self, kind: BlobKind, id: ChunkId, data: &[u8]) -> Result<bool> {
         // A condemned chunk (gc is deleting it) counts as absent: this
         // capture stores its own copy, which the index then points to.
@@ -134,7 +158,7 @@ impl<'r> ChunkWriter<'r> {
             BlobKind::Manifest => self.level.max(3),
             BlobKind::Chunk => self.level,
         };
-        let encoded = blob::encode(kind, id, data, level)?;
+        let encoded = blob::encode(kind, id, data, level, self.crypto)?;
         self.stored_bytes
             .fetch_add(encoded.encoded_len(), Ordering::Relaxed);
         self.new_chunks.fetch_add(1, Ordering::Relaxed);

@@ -37,10 +37,8 @@ use super::keep::{self, Candidate, Decision, KeepPolicy};
 use crate::capture::manifest::build;
 use crate::error::{Error, Result};
 use crate::repo::Repository;
-use crate::snapshot::manifest::MANIFEST_PART_LEN;
 use crate::snapshot::model::Rewritten;
 use crate::snapshot::{Kind, SnapshotRecord, Tree};
-use crate::store::{BlobKind, ChunkId};
 use crate::util::time::{self, Civil};
 
 /// What happens to one kept snapshot whose chain loses a member.
@@ -276,12 +274,7 @@ pub fn forget(repo: &Repository, target: Target<'_>, dry_run: bool) -> Result<Fo
                 };
                 let (m, blocks) = build(&tree, base.as_deref());
                 let bytes = m.encode()?;
-                let mut parts = Vec::new();
-                for part in bytes.chunks(MANIFEST_PART_LEN) {
-                    let id = ChunkId::of(part);
-                    writer.store(BlobKind::Manifest, id, part)?;
-                    parts.push(id.to_hex());
-                }
+                let parts = writer.store_manifest(&bytes)?;
                 report.manifest_bytes += bytes.len() as u64;
                 rec.manifest = parts;
                 rec.manifest_len = bytes.len() as u64;

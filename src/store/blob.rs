@@ -5,7 +5,7 @@
 //!      0    4 magic "RWBL"
 //!      4    1 kind   (1 = chunk of file data, 2 = manifest part)
 //!      5    1 codec  (0 = raw, 1 = zstd, 2 = byte planes)
-//!      6    2 flags  (0; reserved)
+//!      6    2 flags  (bit 0: the payload is sealed, see crypto.rs; others 0)
 //!      8    4 raw_len    u32 LE, length of the content
 //!     12    4 stored_len u32 LE, length of the payload that follows
 //!     16   32 id         blake3 of the content (the chunk's address)
@@ -24,6 +24,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::crypto::{chunk_id, Crypto};
 use crate::error::{Error, Result};
 
 pub const BLOB_MAGIC: [u8; 4] = *b"RWBL";
@@ -144,6 +145,21 @@ pub struct BlobHeader {
     pub stored_len: u32,
     pub id: ChunkId,
     pub stored_sum: [u8; 32],
+    /// The payload is sealed (an encrypted repository).
+    pub encrypted: bool,
+}
+
+/// Header flag: the payload is `nonce || ciphertext || tag`.
+pub const FLAG_ENCRYPTED: u16 = 1;
+
+/// What a sealed payload is bound to: its kind, codec, length and id.
+fn blob_ad(kind: BlobKind, codec: Codec, raw_len: u32, id: &ChunkId) -> [u8; 38] {
+    let mut ad = [0u8; 38];
+    ad[0] = kind as u8;
+    ad[1] = codec as u8;
+    ad[2..6].copy_from_slice(&raw_len.to_le_bytes());
+    ad[6..].copy_from_slice(&id.0);
+    ad
 }
 
 impl BlobHeader {
@@ -152,6 +168,8 @@ impl BlobHeader {
         h[field::MAGIC].copy_from_slice(&BLOB_MAGIC);
         h[field::KIND] = self.kind as u8;
         h[field::CODEC] = self.codec as u8;
+        let flags = if self.encrypted { FLAG_ENCRYPTED } else { 0 };
+        h[field::FLAGS].copy_from_slice(&flags.to_le_bytes());
         h[field::RAW_LEN].copy_from_slice(&self.raw_len.to_le_bytes());
         h[field::STORED_LEN].copy_from_slice(&self.stored_len.to_le_bytes());
         h[field::ID].copy_from_slice(&self.id.0);
@@ -179,6 +197,12 @@ impl BlobHeader {
         };
         let raw_len = u32_at(field::RAW_LEN);
         let stored_len = u32_at(field::STORED_LEN);
+        let flags = u16::from_le_bytes([h[field::FLAGS.start], h[field::FLAGS.start + 1]]);
+        if flags & !FLAG_ENCRYPTED != 0 {
+            return Err(Error::Corrupt(format!(
+                "blob header has unknown flags {flags:#x}"
+            )));
+        }
         if raw_len as usize > MAX_RAW_LEN || stored_len as usize > MAX_RAW_LEN + 4096 {
             return Err(Error::Corrupt(format!(
                 "blob header claims {raw_len} bytes (cap {MAX_RAW_LEN})"
@@ -195,6 +219,7 @@ impl BlobHeader {
             stored_len,
             id: ChunkId(id),
             stored_sum,
+            encrypted: flags & FLAG_ENCRYPTED != 0,
         })
     }
 }
@@ -212,10 +237,17 @@ impl EncodedBlob {
     }
 }
 
-/// Encode `data` whose blake3 is `id`. Compresses with zstd at `level`
-/// (0 disables compression) and keeps the raw form when compression does
-/// not save at least ~3%.
-pub fn encode(kind: BlobKind, id: ChunkId, data: &[u8], level: i32) -> Result<EncodedBlob> {
+/// Encode `data` whose id is `id` (blake3, keyed with `crypto`'s key in
+/// an encrypted repository). Compresses with zstd at `level` (0 disables
+/// compression) and keeps the raw form when compression does not save
+/// at least ~3%; then seals the payload when `crypto` is given.
+pub fn encode(
+    kind: BlobKind,
+    id: ChunkId,
+    data: &[u8],
+    level: i32,
+    crypto: Option<&Crypto>,
+) -> Result<EncodedBlob> {
     if data.len() > MAX_RAW_LEN {
         return Err(Error::InvalidInput(format!(
             "blob of {} bytes exceeds the {MAX_RAW_LEN} byte cap",
@@ -243,20 +275,35 @@ pub fn encode(kind: BlobKind, id: ChunkId, data: &[u8], level: i32) -> Result<En
             payload = Some((Codec::Zstd, buf));
         }
     }
-    let (codec, payload) = payload.unwrap_or_else(|| (Codec::Raw, data.to_vec()));
-    let stored_sum = if codec == Codec::Raw {
-        id.0
-    } else {
-        *blake3::hash(&payload).as_bytes()
+    let (codec, payload) = match (payload, crypto) {
+        (Some(p), _) => p,
+        // Sealed straight from `data` (no copy first).
+        (None, Some(_)) => (Codec::Raw, Vec::new()),
+        (None, None) => (Codec::Raw, data.to_vec()),
+    };
+    let raw_len = data.len() as u32;
+    let (payload, stored_sum) = match crypto {
+        Some(c) => {
+            let inner: &[u8] = if codec == Codec::Raw { data } else { &payload };
+            let sealed = c.seal(&blob_ad(kind, codec, raw_len, &id), inner)?;
+            let sum = *blake3::hash(&sealed).as_bytes();
+            (sealed, sum)
+        }
+        None if codec == Codec::Raw => (payload, id.0),
+        None => {
+            let sum = *blake3::hash(&payload).as_bytes();
+            (payload, sum)
+        }
     };
     Ok(EncodedBlob {
         header: BlobHeader {
             kind,
             codec,
-            raw_len: data.len() as u32,
+            raw_len,
             stored_len: payload.len() as u32,
             id,
             stored_sum,
+            encrypted: crypto.is_some(),
         },
         payload,
     })
@@ -294,15 +341,71 @@ pub enum Check {
 /// payload is returned as is, without a copy.
 pub fn decode(
     header: &BlobHeader,
-    payload: Vec<u8>,
+    mut payload: Vec<u8>,
     expect: &ChunkId,
     check: Check,
+    crypto: Option<&Crypto>,
 ) -> Result<Vec<u8>> {
+    if header.encrypted {
+        check_stored(header, &payload, expect, check, crypto)?;
+        open_payload(header, &mut payload, expect, crypto)?;
+        return decode_plain(header, payload, expect, crypto);
+    }
     if header.codec == Codec::Raw {
-        check_stored(header, &payload, expect, check)?;
+        check_stored(header, &payload, expect, check, crypto)?;
         return Ok(payload);
     }
-    decode_ref(header, &payload, expect, check, Vec::new())
+    decode_ref(header, &payload, expect, check, Vec::new(), crypto)
+}
+
+/// Unseal an encrypted payload in place.
+fn open_payload(
+    header: &BlobHeader,
+    payload: &mut Vec<u8>,
+    expect: &ChunkId,
+    crypto: Option<&Crypto>,
+) -> Result<()> {
+    let c = crypto.ok_or_else(|| {
+        Error::Corrupt(format!(
+            "chunk {expect} is encrypted and this repository has no key (an unencrypted repository holds no sealed blobs)"
+        ))
+    })?;
+    let ad = blob_ad(header.kind, header.codec, header.raw_len, &header.id);
+    c.open_in_place(&ad, payload, &|| format!("chunk {expect}"))
+}
+
+/// Decode an unsealed payload and check its keyed id.
+fn decode_plain(
+    header: &BlobHeader,
+    inner: Vec<u8>,
+    expect: &ChunkId,
+    crypto: Option<&Crypto>,
+) -> Result<Vec<u8>> {
+    let out = match header.codec {
+        Codec::Raw => {
+            if inner.len() != header.raw_len as usize {
+                return Err(Error::Corrupt(format!(
+                    "chunk {expect}: {} bytes, expected {}",
+                    inner.len(),
+                    header.raw_len
+                )));
+            }
+            inner
+        }
+        _ => {
+            let plain = BlobHeader {
+                encrypted: false,
+                ..*header
+            };
+            return decode_content(&plain, &inner, expect, Vec::new(), crypto);
+        }
+    };
+    if chunk_id(crypto, &out) != *expect {
+        return Err(Error::Corrupt(format!(
+            "chunk {expect}: content hash mismatch"
+        )));
+    }
+    Ok(out)
 }
 
 /// [`decode`] from a borrowed payload into `out`'s allocation (used if it
@@ -313,8 +416,25 @@ pub fn decode_ref(
     expect: &ChunkId,
     check: Check,
     out: Vec<u8>,
+    crypto: Option<&Crypto>,
 ) -> Result<Vec<u8>> {
-    check_stored(header, payload, expect, check)?;
+    check_stored(header, payload, expect, check, crypto)?;
+    if header.encrypted {
+        let mut inner = payload.to_vec();
+        open_payload(header, &mut inner, expect, crypto)?;
+        return decode_plain(header, inner, expect, crypto);
+    }
+    decode_content(header, payload, expect, out, crypto)
+}
+
+/// Decode an unsealed payload into `out` and check its id.
+fn decode_content(
+    header: &BlobHeader,
+    payload: &[u8],
+    expect: &ChunkId,
+    out: Vec<u8>,
+    crypto: Option<&Crypto>,
+) -> Result<Vec<u8>> {
     let cap = header.raw_len as usize;
     let mut out = if out.capacity() >= cap {
         out
@@ -342,7 +462,7 @@ pub fn decode_ref(
             out.len()
         )));
     }
-    if ChunkId::of(&out) != *expect {
+    if chunk_id(crypto, &out) != *expect {
         return Err(Error::Corrupt(format!(
             "chunk {expect}: content hash mismatch after decompression"
         )));
@@ -353,7 +473,18 @@ pub fn decode_ref(
 /// The checks made before decoding: the right blob, the right length,
 /// the stored checksum when asked for, and for a raw payload (which is
 /// the content) its content hash.
-fn check_stored(header: &BlobHeader, payload: &[u8], expect: &ChunkId, check: Check) -> Result<()> {
+fn check_stored(
+    header: &BlobHeader,
+    payload: &[u8],
+    expect: &ChunkId,
+    check: Check,
+    crypto: Option<&Crypto>,
+) -> Result<()> {
+    if crypto.is_some() && !header.encrypted {
+        return Err(Error::Corrupt(format!(
+            "chunk {expect} is not encrypted, in an encrypted repository (it was not written by this repository)"
+        )));
+    }
     if header.id != *expect {
         return Err(Error::Corrupt(format!(
             "blob holds {} but {} was expected",
@@ -368,7 +499,9 @@ fn check_stored(header: &BlobHeader, payload: &[u8], expect: &ChunkId, check: Ch
         )));
     }
     let bad_sum = match header.codec {
-        Codec::Raw => payload.len() != header.raw_len as usize || ChunkId::of(payload) != *expect,
+        Codec::Raw if !header.encrypted => {
+            payload.len() != header.raw_len as usize || ChunkId::of(payload) != *expect
+        }
         _ => check == Check::Full && *blake3::hash(payload).as_bytes() != header.stored_sum,
     };
     if bad_sum {
@@ -387,12 +520,12 @@ mod tests {
     fn roundtrip_compressible_and_random() {
         let text = b"hello world ".repeat(10_000);
         let id = ChunkId::of(&text);
-        let b = encode(BlobKind::Chunk, id, &text, 3).unwrap();
+        let b = encode(BlobKind::Chunk, id, &text, 3, None).unwrap();
         assert_eq!(b.header.codec, Codec::Zstd);
         let h = BlobHeader::decode(&b.header.encode()).unwrap();
         assert_eq!(h, b.header);
         assert_eq!(
-            decode(&h, b.payload.clone(), &id, Check::Full).unwrap(),
+            decode(&h, b.payload.clone(), &id, Check::Full, None).unwrap(),
             text
         );
 
@@ -405,10 +538,10 @@ mod tests {
             *v = x as u8;
         }
         let id = ChunkId::of(&rnd);
-        let b = encode(BlobKind::Chunk, id, &rnd, 3).unwrap();
+        let b = encode(BlobKind::Chunk, id, &rnd, 3, None).unwrap();
         assert_eq!(b.header.codec, Codec::Raw);
         assert_eq!(
-            decode(&b.header, b.payload.clone(), &id, Check::Content).unwrap(),
+            decode(&b.header, b.payload.clone(), &id, Check::Content, None).unwrap(),
             rnd
         );
     }
@@ -417,16 +550,16 @@ mod tests {
     fn flipped_bytes_are_detected() {
         let text = b"abcdefgh".repeat(5000);
         let id = ChunkId::of(&text);
-        let b = encode(BlobKind::Chunk, id, &text, 3).unwrap();
+        let b = encode(BlobKind::Chunk, id, &text, 3, None).unwrap();
         let mut bad = b.payload.clone();
         bad[3] ^= 1;
-        assert!(decode(&b.header, bad.clone(), &id, Check::Full).is_err());
-        assert!(decode(&b.header, bad, &id, Check::Content).is_err());
+        assert!(decode(&b.header, bad.clone(), &id, Check::Full, None).is_err());
+        assert!(decode(&b.header, bad, &id, Check::Content, None).is_err());
         let mut hdr = b.header.encode();
         hdr[9] ^= 1;
         assert!(BlobHeader::decode(&hdr).is_err());
         let other = ChunkId::of(b"x");
-        assert!(decode(&b.header, b.payload.clone(), &other, Check::Content).is_err());
+        assert!(decode(&b.header, b.payload.clone(), &other, Check::Content, None).is_err());
     }
 
     #[test]
@@ -444,11 +577,11 @@ mod tests {
         let mut codecs = Vec::new();
         for data in [&text[..], &floats[..], &b"x"[..]] {
             let id = ChunkId::of(data);
-            let b = encode(BlobKind::Chunk, id, data, 3).unwrap();
+            let b = encode(BlobKind::Chunk, id, data, 3, None).unwrap();
             codecs.push(b.header.codec);
             // A recycled buffer: longer than the content, full of garbage.
             let used = vec![0xAB; data.len() * 2 + 10];
-            let got = decode_ref(&b.header, &b.payload, &id, Check::Content, used).unwrap();
+            let got = decode_ref(&b.header, &b.payload, &id, Check::Content, used, None).unwrap();
             assert_eq!(got, data, "codec {:?}", b.header.codec);
         }
         assert_eq!(codecs, [Codec::Zstd, Codec::Planes, Codec::Raw]);
@@ -459,5 +592,55 @@ mod tests {
         let id = ChunkId::of(b"abc");
         assert_eq!(ChunkId::from_hex(&id.to_hex()).unwrap(), id);
         assert!(ChunkId::from_hex("zz").is_err());
+    }
+
+    #[test]
+    fn sealed_blobs_round_trip_and_refuse_every_other_reading() {
+        use crate::store::crypto::{Crypto, MASTER_LEN};
+        let c = Crypto::from_master(&[7; MASTER_LEN]);
+        let other = Crypto::from_master(&[8; MASTER_LEN]);
+        let text = b"MARKER-plaintext ".repeat(4000);
+        let rnd: Vec<u8> = (0..70_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        for data in [&text[..], &rnd[..]] {
+            let id = c.id(data);
+            let b = encode(BlobKind::Chunk, id, data, 3, Some(&c)).unwrap();
+            assert!(b.header.encrypted);
+            assert!(!b.payload.windows(6).any(|w| w == b"MARKER"));
+            let h = BlobHeader::decode(&b.header.encode()).unwrap();
+            assert!(h.encrypted);
+            for check in [Check::Content, Check::Full] {
+                assert_eq!(
+                    decode(&h, b.payload.clone(), &id, check, Some(&c)).unwrap(),
+                    data
+                );
+                assert_eq!(
+                    decode_ref(&h, &b.payload, &id, check, Vec::new(), Some(&c)).unwrap(),
+                    data
+                );
+            }
+            // No key, the wrong key, a flipped byte: errors, never bytes.
+            assert!(decode(&h, b.payload.clone(), &id, Check::Content, None).is_err());
+            let e = decode(&h, b.payload.clone(), &id, Check::Content, Some(&other)).unwrap_err();
+            assert!(e.to_string().contains("authentication failed"), "{e}");
+            let mut bad = b.payload.clone();
+            bad[30] ^= 4;
+            assert!(decode(&h, bad, &id, Check::Content, Some(&c)).is_err());
+            // A header that lies about the codec fails authentication.
+            let lie = BlobHeader {
+                codec: if h.codec == Codec::Raw {
+                    Codec::Zstd
+                } else {
+                    Codec::Raw
+                },
+                ..h
+            };
+            assert!(decode(&lie, b.payload.clone(), &id, Check::Content, Some(&c)).is_err());
+        }
+        // A plaintext blob in an encrypted repository is refused.
+        let id = ChunkId::of(&text);
+        let plain = encode(BlobKind::Chunk, id, &text, 3, None).unwrap();
+        assert!(decode(&plain.header, plain.payload, &id, Check::Content, Some(&c)).is_err());
     }
 }

@@ -4,6 +4,7 @@
 //! hash, sizes and codec, so the index can be rebuilt from the packs alone.
 
 pub mod blob;
+pub mod crypto;
 pub mod pack;
 pub mod planes;
 pub mod zstd;

@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::blob::{self, BlobHeader, BlobKind, Check, ChunkId, Codec, EncodedBlob, HEADER_LEN};
+use super::crypto::Crypto;
 use crate::error::{Error, IoContext, Result};
 use crate::util::bytes::set_len_keeping;
 use crate::util::dirfd::Dir;
@@ -396,6 +397,8 @@ pub struct PackReader {
     files: Mutex<HashMap<u64, Arc<File>>>,
     /// Packs come from here instead of `dir` (a remote repository).
     source: Option<Arc<dyn PackSource>>,
+    /// The keys of an encrypted repository.
+    crypto: Option<Arc<Crypto>>,
 }
 
 impl PackReader {
@@ -404,7 +407,19 @@ impl PackReader {
             dir,
             files: Mutex::new(HashMap::new()),
             source: None,
+            crypto: None,
         }
+    }
+
+    /// Decrypt (and check keyed ids) with `crypto`: an encrypted
+    /// repository's reader.
+    pub fn with_crypto(mut self, crypto: Option<Arc<Crypto>>) -> PackReader {
+        self.crypto = crypto;
+        self
+    }
+
+    pub fn crypto(&self) -> Option<&Crypto> {
+        self.crypto.as_deref()
     }
 
     /// A reader whose packs come from `source` (`dir` stays empty).
@@ -413,6 +428,7 @@ impl PackReader {
             dir,
             files: Mutex::new(HashMap::new()),
             source: Some(source),
+            crypto: None,
         }
     }
 
@@ -436,6 +452,15 @@ impl PackReader {
             )),
             _ => Error::io("read pack", self.pack_path(pack), e),
         })
+    }
+
+    /// A pack as messages name it: its file name, or where the source
+    /// has it (a remote object).
+    fn pack_name(&self, pack: u64) -> String {
+        match &self.source {
+            Some(s) => s.describe(pack),
+            None => pack_file_name(pack),
+        }
     }
 
     /// The pack directory.
@@ -499,7 +524,7 @@ impl PackReader {
             return Err(Error::Corrupt(format!(
                 "chunk {id}: the blob at offset {} of pack {} is another one",
                 loc.offset,
-                pack_file_name(loc.pack)
+                self.pack_name(loc.pack)
             )));
         }
         let mut payload = vec![0u8; header.stored_len as usize];
@@ -507,7 +532,7 @@ impl PackReader {
         if ChunkId::of(&payload).0 != header.stored_sum {
             return Err(Error::Corrupt(format!(
                 "chunk {id}: its stored bytes in pack {} at offset {} are damaged",
-                pack_file_name(loc.pack),
+                self.pack_name(loc.pack),
                 loc.offset
             )));
         }
@@ -555,7 +580,7 @@ impl PackReader {
         let header = BlobHeader::decode(&head).map_err(|e| {
             Error::Corrupt(format!(
                 "chunk {id} in pack {} at offset {}: {e}",
-                pack_file_name(loc.pack),
+                self.pack_name(loc.pack),
                 loc.offset
             ))
         })?;
@@ -573,23 +598,25 @@ impl PackReader {
         let context = |e: Error| {
             Error::Corrupt(format!(
                 "{e} (pack {} offset {})",
-                pack_file_name(loc.pack),
+                self.pack_name(loc.pack),
                 loc.offset
             ))
         };
         // Buffers are not zeroed before a read: the read overwrites all of
         // them or fails (and the result is not used).
-        if header.codec == Codec::Raw {
+        let crypto = self.crypto.as_deref();
+        if header.codec == Codec::Raw || header.encrypted {
             let mut payload = spare;
             set_len_keeping(&mut payload, len);
             read_at(&mut payload, at)?;
-            return blob::decode(&header, payload, id, check).map_err(context);
+            return blob::decode(&header, payload, id, check, crypto).map_err(context);
         }
         // A compressed payload goes through this thread's scratch buffer.
         let mut scratch = SCRATCH.with(|c| std::mem::take(&mut *c.borrow_mut()));
         set_len_keeping(&mut scratch, len);
-        let r = read_at(&mut scratch, at)
-            .and_then(|()| blob::decode_ref(&header, &scratch, id, check, spare).map_err(context));
+        let r = read_at(&mut scratch, at).and_then(|()| {
+            blob::decode_ref(&header, &scratch, id, check, spare, crypto).map_err(context)
+        });
         if scratch.capacity() <= SCRATCH_KEEP {
             SCRATCH.with(|c| *c.borrow_mut() = scratch);
         }
@@ -739,7 +766,7 @@ mod tests {
         for i in 0..5u32 {
             let data = format!("blob number {i} ").repeat(100 + i as usize);
             let id = ChunkId::of(data.as_bytes());
-            let b = encode(BlobKind::Chunk, id, data.as_bytes(), 3).unwrap();
+            let b = encode(BlobKind::Chunk, id, data.as_bytes(), 3, None).unwrap();
             locs.push((id, w.append(&b).unwrap(), data));
         }
         let done = w.close().unwrap();
@@ -786,7 +813,7 @@ mod tests {
         let mut w = PackWriter::new(dir.try_clone().unwrap(), 1000).unwrap();
         for i in 0..4u8 {
             let data = vec![i; 900];
-            let b = encode(BlobKind::Chunk, ChunkId::of(&data), &data, 0).unwrap();
+            let b = encode(BlobKind::Chunk, ChunkId::of(&data), &data, 0, None).unwrap();
             w.append(&b).unwrap();
         }
         w.close().unwrap();
