@@ -507,3 +507,191 @@ fn a_live_mount_replicates_after_each_snapshot_and_shows_the_lag() {
     ]);
     assert_eq!(fs::read(to.join("weights.bin")).unwrap(), bytes(8, 2 << 20));
 }
+
+#[test]
+fn an_encrypted_repository_leaves_no_plaintext_and_a_flipped_byte_is_an_authentication_error() {
+    let _server = common::s3::shared();
+    let s3 = s3();
+    let bucket = s3.bucket(&bucket_name("encrypted"));
+    let url = format!("s3://{bucket}/vault");
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, src) = (tmp.path().join("repo"), tmp.path().join("src"));
+    let r = repo.to_str().unwrap();
+    let key = tmp.path().join("key");
+    fs::write(&key, bytes(99, 32)).unwrap();
+    let k = key.to_str().unwrap();
+    let with_key = |args: &[&str]| -> String {
+        let o = s3.cmd(args).env("REWINDFS_KEY_FILE", k).output().unwrap();
+        assert!(
+            o.status.success(),
+            "rewindfs {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    // Markers in contents, names, a label and the source path.
+    let marker = "ZEBRA-MARKER-7731";
+    fs::create_dir_all(src.join(format!("dir-{marker}"))).unwrap();
+    fs::write(
+        src.join(format!("dir-{marker}/notes-{marker}.txt")),
+        marker.repeat(5000),
+    )
+    .unwrap();
+    let mut tensor = bytes(3, 1 << 20);
+    tensor[1000..1000 + marker.len()].copy_from_slice(marker.as_bytes());
+    fs::write(src.join("tensor.bin"), &tensor).unwrap();
+    with_key(&["init", "--repo", r, "--encrypt", "--block-size", "64K"]);
+    let s = src.to_str().unwrap();
+    with_key(&[
+        "snapshot", "--repo", r, "--source", s, "--kind", "full", "--label", marker,
+    ]);
+    fs::write(src.join("more.txt"), marker.repeat(100)).unwrap();
+    with_key(&["snapshot", "--repo", r, "--source", s]);
+    let want = model(&src);
+    // Nothing local shows the markers (or the plain blake3 ids of the data).
+    let plain_id = blake3::hash(&tensor[..64 << 10]).to_hex().to_string();
+    let grep = |root: &Path| -> Vec<String> {
+        let mut hits = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    let b = fs::read(&p).unwrap();
+                    let text = String::from_utf8_lossy(&b);
+                    if b.windows(marker.len()).any(|w| w == marker.as_bytes())
+                        || text.contains(&plain_id)
+                    {
+                        hits.push(p.display().to_string());
+                    }
+                }
+            }
+        }
+        hits
+    };
+    for sub in ["packs", "snapshots", "keys", "config.json"] {
+        let p = repo.join(sub);
+        if p.is_dir() {
+            assert!(grep(&p).is_empty(), "plaintext in {}", p.display());
+        } else {
+            assert!(!fs::read_to_string(&p).unwrap().contains(marker));
+        }
+    }
+    // Without the key nothing opens; with the wrong one neither.
+    let o = s3.run(&["snapshots", "--repo", r]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is encrypted"),
+        "{o:?}"
+    );
+    let wrong = tmp.path().join("wrong");
+    fs::write(&wrong, bytes(100, 32)).unwrap();
+    let o = s3
+        .cmd(&["snapshots", "--repo", r])
+        .env("REWINDFS_KEY_FILE", &wrong)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("wrong passphrase or key file"),
+        "{o:?}"
+    );
+    // Replicated: no object on the server holds a marker.
+    with_key(&["remote", "add", "--repo", r, "bk", &url, "--host", "h"]);
+    with_key(&["push", "--repo", r]);
+    let keys = s3.keys(&bucket);
+    assert!(
+        keys.iter().any(|k| k.starts_with("vault/h/keys/")),
+        "{keys:?}"
+    );
+    for key in &keys {
+        let (code, body) = s3.curl("GET", &format!("{bucket}/{key}"), None);
+        assert_eq!(code, 200);
+        assert!(
+            !body.windows(marker.len()).any(|w| w == marker.as_bytes()),
+            "{key} holds plaintext"
+        );
+        assert!(
+            !String::from_utf8_lossy(&body).contains(&plain_id),
+            "{key} shows a plain chunk id"
+        );
+    }
+    // Disaster recovery with the key alone.
+    let to = tmp.path().join("restored");
+    with_key(&[
+        "restore",
+        "--remote",
+        &url,
+        "--host",
+        "h",
+        "latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    common::assert_same(&want, &model(&to), "restore of the encrypted remote");
+    // A flipped byte in a pack on the server: an authentication error
+    // naming the object, never bytes.
+    let pack = keys.iter().find(|k| k.ends_with(".pack")).unwrap().clone();
+    let (_, mut body) = s3.curl("GET", &format!("{bucket}/{pack}"), None);
+    let at = body.len() / 2;
+    body[at] ^= 0x20;
+    let f = tmp.path().join("tampered");
+    fs::write(&f, &body).unwrap();
+    assert_eq!(s3.curl("PUT", &format!("{bucket}/{pack}"), Some(&f)).0, 200);
+    let o = s3
+        .cmd(&["verify", "--remote", &url, "--host", "h", "--read-data"])
+        .env("REWINDFS_KEY_FILE", k)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{out}");
+    let object = pack.trim_start_matches("vault/h/");
+    assert!(
+        out.contains(object) && (out.contains("authentication failed") || out.contains("damaged")),
+        "{out}"
+    );
+    let to2 = tmp.path().join("restored2");
+    let o = s3
+        .cmd(&[
+            "restore",
+            "--remote",
+            &url,
+            "--host",
+            "h",
+            "latest",
+            "--to",
+            to2.to_str().unwrap(),
+        ])
+        .env("REWINDFS_KEY_FILE", k)
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "a tampered pack restored");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(object) && err.contains("authentication failed"),
+        "{err}"
+    );
+    // A flipped byte in a record: that snapshot is reported, not listed.
+    let rec = keys
+        .iter()
+        .find(|k| k.ends_with("0000000002.json"))
+        .unwrap()
+        .clone();
+    let (_, mut body) = s3.curl("GET", &format!("{bucket}/{rec}"), None);
+    let at = body.len() - 5;
+    body[at] ^= 1;
+    fs::write(&f, &body).unwrap();
+    assert_eq!(s3.curl("PUT", &format!("{bucket}/{rec}"), Some(&f)).0, 200);
+    let o = s3
+        .cmd(&["verify", "--remote", &url, "--host", "h"])
+        .env("REWINDFS_KEY_FILE", k)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains("snapshot record 2") && out.contains("authentication failed"),
+        "{out}"
+    );
+}
