@@ -695,3 +695,111 @@ fn an_encrypted_repository_leaves_no_plaintext_and_a_flipped_byte_is_an_authenti
         "{out}"
     );
 }
+
+#[test]
+fn remote_retention_is_chain_safe_and_deletes_packs_only_when_still_unreferenced_later() {
+    let _server = common::s3::shared();
+    let s3 = s3();
+    let bucket = s3.bucket(&bucket_name("retention"));
+    let url = format!("s3://{bucket}/r");
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, src) = (tmp.path().join("repo"), tmp.path().join("src"));
+    let r = repo.to_str().unwrap();
+    small_pack_repo(&repo);
+    fs::create_dir(&src).unwrap();
+    // 1 full, 2 and 3 incremental, 4 full, 5 incremental: each adds data.
+    for (i, kind) in ["full", "incremental", "incremental", "full", "incremental"]
+        .iter()
+        .enumerate()
+    {
+        fs::write(src.join(format!("f{i}.bin")), bytes(40 + i as u64, 1 << 20)).unwrap();
+        snap(&repo, &src, kind);
+    }
+    s3.ok(&["remote", "add", "--repo", r, "bk", &url, "--host", "h"]);
+    s3.ok(&["push", "--repo", r]);
+    let packs = |s3: &common::s3::S3| {
+        s3.keys(&bucket)
+            .iter()
+            .filter(|k| k.ends_with(".pack"))
+            .count()
+    };
+    let before = packs(s3);
+    // Keep the newest only: its full (4) stays for the chain.
+    let dry: serde_json::Value = serde_json::from_str(&s3.ok(&[
+        "remote",
+        "prune",
+        "--repo",
+        r,
+        "bk",
+        "--keep-last",
+        "1",
+        "--dry-run",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(dry["removed"], serde_json::json!([1, 2, 3]), "{dry}");
+    assert_eq!(dry["kept_for_chains"], serde_json::json!([4]), "{dry}");
+    assert_eq!(packs(s3), before, "a dry run deleted packs");
+    let one: serde_json::Value = serde_json::from_str(&s3.ok(&[
+        "remote",
+        "prune",
+        "--repo",
+        r,
+        "bk",
+        "--keep-last",
+        "1",
+        "--delay",
+        "0s",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(one["removed"], serde_json::json!([1, 2, 3]));
+    assert!(one["scheduled_packs"].as_u64().unwrap() > 0, "{one}");
+    assert_eq!(one["deleted_packs"], 0, "deleted without a delay: {one}");
+    let list: serde_json::Value =
+        serde_json::from_str(&s3.ok(&["snapshots", "--remote", &url, "--host", "h", "--json"]))
+            .unwrap();
+    let ids: Vec<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [4, 5]);
+    // Meanwhile a new snapshot brings back the data of snapshot 1 (its
+    // blobs sit in scheduled packs): the push must upload it again.
+    fs::write(src.join("again.bin"), bytes(40, 1 << 20)).unwrap();
+    snap(&repo, &src, "incremental");
+    let want = model(&src);
+    s3.ok(&["push", "--repo", r]);
+    let two: serde_json::Value = serde_json::from_str(&s3.ok(&[
+        "remote", "prune", "--repo", r, "bk", "--delay", "0s", "--json",
+    ]))
+    .unwrap();
+    assert!(two["deleted_packs"].as_u64().unwrap() > 0, "{two}");
+    assert!(packs(s3) < before);
+    // Everything listed is whole and restores.
+    s3.ok(&["verify", "--remote", &url, "--host", "h", "--read-data"]);
+    let to = tmp.path().join("restored");
+    s3.ok(&[
+        "restore",
+        "--remote",
+        &url,
+        "--host",
+        "h",
+        "latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    common::assert_same(&want, &model(&to), "restore after remote retention");
+    // The local repository is untouched.
+    let local = s3.ok(&["snapshots", "--repo", r, "--json"]);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&local)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        6
+    );
+}

@@ -87,6 +87,64 @@ pub enum RemoteCmd {
     List(ListArgs),
     /// Stop replicating to a remote (its objects are left in place).
     Remove(RemoveArgs),
+    /// Remove snapshots from a remote by keep rules (chain-safe: a kept
+    /// snapshot's parents stay) and delete the packs no snapshot there
+    /// needs, in two phases: a pack found unreferenced is deleted by a
+    /// later run, at least --delay after, if still unreferenced then.
+    /// Without keep rules only packs are collected. The local repository
+    /// is not changed.
+    Prune(PruneArgs),
+}
+
+#[derive(Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    repo: RepoArg,
+    name: String,
+    #[command(flatten)]
+    keep: super::lifecycle_cmds::KeepArgs,
+    /// How long a pack stays scheduled before it is deleted (readers that
+    /// listed the snapshots before have this long to finish).
+    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = humantime::parse_duration)]
+    delay: std::time::Duration,
+    /// Show what would go and why the rest stays; change nothing.
+    #[arg(long, short = 'n')]
+    dry_run: bool,
+    /// One JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn prune(a: PruneArgs) -> Result<i32> {
+    let dir = repo_dir(&a.repo)?;
+    let rc = config::load(&dir, &a.name)?;
+    let policy = a.keep.policy()?;
+    let policy = (!policy.is_empty()).then_some(policy);
+    let r =
+        rewindfs::retention::remote::forget_and_gc(&rc.spec, policy.as_ref(), a.delay, a.dry_run)
+            .with_context(|| format!("pruning {} ({})", rc.name, rc.spec.describe()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(0);
+    }
+    let verb = if a.dry_run { "would remove" } else { "removed" };
+    println!("{}: {verb} snapshots {:?}", rc.name, r.removed);
+    if !r.kept_for_chains.is_empty() {
+        println!(
+            "kept {:?}: the rules let them go, but kept snapshots build on them",
+            r.kept_for_chains
+        );
+    }
+    if !a.dry_run {
+        println!(
+            "packs: {} deleted ({}), {} newly scheduled, {} waiting for their delay",
+            r.deleted_packs,
+            human_bytes(r.deleted_bytes),
+            r.scheduled_packs,
+            r.waiting_packs
+        );
+    }
+    Ok(0)
 }
 
 #[derive(Args)]
@@ -118,6 +176,12 @@ pub struct AddArgs {
     /// Add it without checking that the bucket can be reached.
     #[arg(long)]
     no_check: bool,
+    /// Keep rules for the remote, applied after each push of a live
+    /// mount (chain-safe; packs are deleted an hour after they become
+    /// unreferenced). Without them the remote keeps every snapshot
+    /// until `rewindfs remote prune`.
+    #[command(flatten)]
+    keep: super::lifecycle_cmds::KeepArgs,
 }
 
 #[derive(Args)]
@@ -148,6 +212,7 @@ pub fn remote(cmd: RemoteCmd) -> Result<i32> {
     match cmd {
         RemoteCmd::Add(a) => add(a),
         RemoteCmd::List(a) => list(a),
+        RemoteCmd::Prune(a) => prune(a),
         RemoteCmd::Remove(a) => {
             let dir = repo_dir(&a.repo)?;
             config::remove(&dir, &a.name)?;
@@ -216,11 +281,18 @@ fn add(a: AddArgs) -> Result<i32> {
             }
         }
     }
+    let keep = a.keep.policy()?;
+    let keep = (!keep.is_empty()).then(|| {
+        let mut c = rewindfs::repo::config::PolicyConfig::default();
+        a.keep.to_config(&mut c);
+        c
+    });
     let rc = RemoteConfig {
         name: a.name.clone(),
         spec,
         concurrency: a.concurrency,
         bandwidth: a.bandwidth,
+        keep,
         added: rewindfs::util::time::rfc3339(rewindfs::util::time::now_ns()),
     };
     config::save(&dir, &rc)?;

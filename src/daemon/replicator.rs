@@ -129,6 +129,17 @@ fn round(
                     );
                 }
                 let lag = lag.unwrap_or_default();
+                if rep.records > 0 {
+                    if let Err(e) = remote_retention(&rc) {
+                        let msg = format!("retention on {} ({}): {e}", rc.name, rc.spec.describe());
+                        tracing::warn!("{msg}");
+                        events.publish(Event::Error {
+                            time: now.clone(),
+                            during: "retention".into(),
+                            message: msg,
+                        });
+                    }
+                }
                 set(out, &rc, |s| {
                     s.last_error = None;
                     s.pending_snapshots = lag.records;
@@ -166,6 +177,32 @@ fn round(
     }
     failed
 }
+
+/// The remote's keep rules, if it has any (after a push that added
+/// snapshots).
+fn remote_retention(rc: &RemoteConfig) -> Result<()> {
+    let Some(k) = &rc.keep else {
+        return Ok(());
+    };
+    let policy = crate::flusher::Policy::layered(&[k])?.keep;
+    if policy.is_empty() {
+        return Ok(());
+    }
+    let r = crate::retention::remote::forget_and_gc(&rc.spec, Some(&policy), PACK_DELAY, false)?;
+    if !r.removed.is_empty() || r.deleted_packs > 0 {
+        tracing::info!(
+            "retention on {}: removed snapshots {:?}, deleted {} packs ({} bytes)",
+            rc.name,
+            r.removed,
+            r.deleted_packs,
+            r.deleted_bytes
+        );
+    }
+    Ok(())
+}
+
+/// How long an unreferenced pack stays on a remote before deletion.
+const PACK_DELAY: Duration = Duration::from_secs(3600);
 
 fn set(out: &Replicas, rc: &RemoteConfig, f: impl FnOnce(&mut RemoteStatus)) {
     let mut v = out.lock();

@@ -148,6 +148,11 @@ pub struct RemoteConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth: Option<u64>,
     pub added: String,
+    /// Keep rules applied to the remote after each push of a live mount
+    /// (`keep_*` as in config.json's policy); none: the remote keeps
+    /// everything until `rewindfs remote prune`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<crate::repo::config::PolicyConfig>,
 }
 
 pub const DEFAULT_CONCURRENCY: usize = 4;

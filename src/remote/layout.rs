@@ -8,6 +8,8 @@
 //! packs/<16 hex>.pack         a pack, the local file's bytes (immutable)
 //! packs/<16 hex>.idx          the pack's blob list (after its pack; see idx.rs)
 //! snapshots/<10 digits>.json  a snapshot record (after all its data)
+//! lock.json                   the writer's lease (lease.rs)
+//! deletions/<ns>.json         packs remote retention will delete after a delay
 //! ```
 
 use crate::snapshot::model::SnapshotRecord;
@@ -17,6 +19,34 @@ pub const CONFIG: &str = "config.json";
 pub const PACKS_DIR: &str = "packs/";
 pub const SNAPSHOTS_DIR: &str = "snapshots/";
 pub const KEYS_DIR: &str = "keys/";
+pub const DELETIONS_DIR: &str = "deletions/";
+
+/// A deletion schedule: the packs, and when they were found unreferenced.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Deletions {
+    pub scheduled_ns: i64,
+    pub packs: Vec<u64>,
+}
+
+pub fn deletions(time_ns: i64) -> String {
+    format!("{DELETIONS_DIR}{time_ns:020}.json")
+}
+
+/// Every pack some deletion schedule names.
+pub fn doomed_packs(
+    client: &super::client::Client,
+) -> crate::error::Result<std::collections::HashSet<u64>> {
+    let mut out = std::collections::HashSet::new();
+    for (key, _) in client.list(DELETIONS_DIR)? {
+        if let Some(b) = client.get(&key, 64 << 20)? {
+            match serde_json::from_slice::<Deletions>(&b) {
+                Ok(d) => out.extend(d.packs),
+                Err(e) => tracing::warn!("{}/{key}: {e}", client.name()),
+            }
+        }
+    }
+    Ok(out)
+}
 
 /// A key file (`name` as in the repository's keys/ directory).
 pub fn key(name: &str) -> String {

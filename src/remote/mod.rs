@@ -18,6 +18,7 @@ pub mod client;
 pub mod config;
 pub mod idx;
 pub mod layout;
+pub mod lease;
 pub mod pull;
 pub mod push;
 pub mod read;

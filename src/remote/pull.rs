@@ -163,6 +163,7 @@ pub fn pull(
         spec: spec.clone(),
         concurrency: concurrency.max(1),
         bandwidth: None,
+        keep: None,
         added: crate::util::time::rfc3339(crate::util::time::now_ns()),
     };
     config::save(&dir, &rc)?;

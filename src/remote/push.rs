@@ -21,6 +21,7 @@
 //! times at most).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -30,6 +31,7 @@ use super::client::{Client, Put};
 use super::config::RemoteConfig;
 use super::idx::PackIdx;
 use super::layout;
+use super::lease;
 use super::state::UploadLog;
 use super::throttle::Throttle;
 use crate::error::{Error, Result};
@@ -75,12 +77,15 @@ pub struct Lag {
 /// Replicates one repository to one remote; keeps what it learnt of the
 /// remote between pushes (the daemon holds one for its lifetime).
 pub struct Pusher {
-    client: Client,
+    client: Arc<Client>,
     config: RemoteConfig,
     throttle: Throttle,
     log: Mutex<UploadLog>,
-    /// Blobs the remote holds in packs the log names.
-    remote_chunks: HashSet<ChunkId>,
+    /// Blobs the remote holds in packs the log names, and a pack of each.
+    remote_chunks: HashMap<ChunkId, u64>,
+    /// Packs remote retention scheduled for deletion: not deduplicated
+    /// against (a record needing one of their blobs uploads it again).
+    doomed: HashSet<u64>,
     /// Packs whose blob lists are in `remote_chunks`.
     known_packs: HashSet<u64>,
     reconciled: bool,
@@ -98,11 +103,12 @@ impl Pusher {
 
     pub fn with_client(repo: &Repository, config: &RemoteConfig, client: Client) -> Result<Pusher> {
         Ok(Pusher {
-            client,
+            client: Arc::new(client),
             throttle: Throttle::new(config.bandwidth),
             log: Mutex::new(UploadLog::open(repo.dir(), &config.name)?),
             config: config.clone(),
-            remote_chunks: HashSet::new(),
+            remote_chunks: HashMap::new(),
+            doomed: HashSet::new(),
             known_packs: HashSet::new(),
             reconciled: false,
         })
@@ -122,12 +128,23 @@ impl Pusher {
         let _one = PUSHING.lock();
         let t0 = Instant::now();
         let mut report = PushReport::default();
+        // One writer at a time on the remote (another host's push cannot
+        // share the prefix; remote retention deletes only under it).
+        let client = self.client.clone();
+        let mut lease = lease::acquire(&client, "push")?;
+        if self.reconciled && !self.still_there()? {
+            // Remote retention deleted packs since: learn the remote again.
+            self.remote_chunks.clear();
+            self.known_packs.clear();
+            self.reconciled = false;
+        }
         if !self.reconciled {
             report.adopted = self.reconcile(repo)?;
             self.reconciled = true;
         } else {
             self.refresh(repo)?;
         }
+        self.doomed = super::layout::doomed_packs(&self.client)?;
         let records: BTreeMap<u64, Vec<u8>> = repo.index().snapshots()?.into_iter().collect();
         let todo: Vec<u64> = {
             let log = self.log.lock();
@@ -141,6 +158,7 @@ impl Pusher {
             let bytes = &records[&id];
             let rec = repo.decode_record(bytes, id)?;
             self.push_record(repo, &rec, bytes, &mut report, on_bytes)?;
+            lease.refresh()?;
         }
         report.seconds = t0.elapsed().as_secs_f64();
         Ok(report)
@@ -161,7 +179,7 @@ impl Pusher {
         for attempt in 0..3 {
             let missing: Vec<ChunkId> = needed
                 .iter()
-                .filter(|id| !self.remote_chunks.contains(id))
+                .filter(|id| !self.on_remote(id))
                 .copied()
                 .collect();
             if missing.is_empty() {
@@ -191,8 +209,7 @@ impl Pusher {
                         report.packs += 1;
                         report.bytes += sent;
                         report.damaged_blobs += damaged;
-                        self.remote_chunks
-                            .extend(idx.blobs.iter().map(|(id, _)| *id));
+                        self.learn(&idx);
                     }
                     Err(e) => {
                         first_err.get_or_insert(e);
@@ -208,7 +225,7 @@ impl Pusher {
                 }
             }
         }
-        if let Some(id) = needed.iter().find(|id| !self.remote_chunks.contains(id)) {
+        if let Some(id) = needed.iter().find(|id| !self.on_remote(id)) {
             return Err(Error::Corrupt(format!(
                 "snapshot {} cannot be replicated: its chunk {id} is damaged or missing locally (run `rewindfs verify --read-data`)",
                 rec.id
@@ -420,8 +437,7 @@ impl Pusher {
                     lines.push(UploadLog::pack_line(i.pack, i.pack_len));
                     adopted += 1;
                 }
-                self.remote_chunks.extend(i.blobs.iter().map(|(id, _)| *id));
-                self.known_packs.insert(i.pack);
+                self.learn(&i);
             }
         }
         // Records the remote has but the log lacks: adopted when they are
@@ -448,6 +464,33 @@ impl Pusher {
         }
         log.append(&lines)?;
         Ok(adopted)
+    }
+
+    /// Take in a pack the remote holds.
+    fn learn(&mut self, idx: &PackIdx) {
+        for (id, _) in &idx.blobs {
+            self.remote_chunks.insert(*id, idx.pack);
+        }
+        self.known_packs.insert(idx.pack);
+        self.doomed.remove(&idx.pack);
+    }
+
+    /// Is the blob on the remote, in a pack that is not going away?
+    fn on_remote(&self, id: &ChunkId) -> bool {
+        self.remote_chunks
+            .get(id)
+            .is_some_and(|p| !self.doomed.contains(p))
+    }
+
+    /// Are all the packs this pusher knows still on the remote?
+    fn still_there(&self) -> Result<bool> {
+        let listed: HashSet<u64> = self
+            .client
+            .list(layout::PACKS_DIR)?
+            .iter()
+            .filter_map(|(k, _)| layout::parse_idx(k))
+            .collect();
+        Ok(self.known_packs.iter().all(|p| listed.contains(p)))
     }
 
     /// Upload the key files the remote lacks (they never change; a new
@@ -494,8 +537,7 @@ impl Pusher {
                 .get(&layout::idx(p), (super::idx::MAX_ENTRIES * 64) as u64)?
             {
                 let i = PackIdx::decode(&b, p, &what)?;
-                self.remote_chunks.extend(i.blobs.iter().map(|(id, _)| *id));
-                self.known_packs.insert(p);
+                self.learn(&i);
             }
         }
         Ok(())

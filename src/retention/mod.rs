@@ -17,4 +17,5 @@ pub mod auto;
 pub mod forget;
 pub mod gc;
 pub mod keep;
+pub mod remote;
 pub mod space;
