@@ -803,3 +803,57 @@ fn remote_retention_is_chain_safe_and_deletes_packs_only_when_still_unreferenced
         6
     );
 }
+
+#[test]
+fn an_unencrypted_remote_is_untrusted_data_unless_asked() {
+    use std::os::unix::fs::PermissionsExt;
+    let _server = common::s3::shared();
+    let s3 = s3();
+    let bucket = s3.bucket(&bucket_name("trust"));
+    let url = format!("s3://{bucket}/t");
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, src) = (tmp.path().join("repo"), tmp.path().join("src"));
+    let r = repo.to_str().unwrap();
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("tool"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(src.join("tool"), fs::Permissions::from_mode(0o4755)).unwrap();
+    s3.ok(&["init", "--repo", r]);
+    snap(&repo, &src, "full");
+    s3.ok(&["remote", "add", "--repo", r, "bk", &url, "--host", "h"]);
+    s3.ok(&["push", "--repo", r]);
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let plain = tmp.path().join("plain");
+    let o = s3.run(&[
+        "restore",
+        "--remote",
+        &url,
+        "latest",
+        "--to",
+        plain.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    if rustix::process::geteuid().is_root() {
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("untrusted data"),
+            "{o:?}"
+        );
+    }
+    assert_eq!(
+        mode(&plain.join("tool")),
+        0o755,
+        "setuid restored from an untrusted remote"
+    );
+    let trusted = tmp.path().join("trusted");
+    s3.ok(&[
+        "restore",
+        "--remote",
+        &url,
+        "--trust-remote",
+        "latest",
+        "--to",
+        trusted.to_str().unwrap(),
+    ]);
+    if rustix::process::geteuid().is_root() {
+        assert_eq!(mode(&trusted.join("tool")), 0o4755);
+    }
+}

@@ -35,6 +35,13 @@ pub struct RemoteRead {
     /// under the prefix, else this machine's host name).
     #[arg(long, value_name = "NAME", requires = "remote")]
     pub host: Option<String>,
+    /// With --remote: treat an unencrypted remote's content like a local
+    /// repository's (a restore by root then sets owners and creates
+    /// setuid and device files). Without it only an encrypted remote is
+    /// trusted: anyone with write access to the bucket could have
+    /// written an unencrypted one.
+    #[arg(long, requires = "remote")]
+    pub trust_remote: bool,
 }
 
 impl RemoteRead {
@@ -66,10 +73,17 @@ impl RemoteRead {
         };
         let opts = ReadOptions {
             cache_bytes,
+            trust_unencrypted: self.trust_remote,
             ..Default::default()
         };
         let r = read::open(&spec, &opts)
             .with_context(|| format!("reading the repository at {}", spec.describe()))?;
+        if !r.repo.trusted() && rustix::process::geteuid().is_root() {
+            eprintln!(
+                "note: {} is not encrypted, so its content is treated as untrusted data: a restore creates no setuid, setgid or device files and sets no owners (--trust-remote if only you can write the bucket)",
+                spec.describe()
+            );
+        }
         Ok(Some(r))
     }
 }

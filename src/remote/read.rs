@@ -299,6 +299,11 @@ pub struct RemoteRepo {
 #[derive(Clone, Debug)]
 pub struct ReadOptions {
     pub cache_bytes: u64,
+    /// Trust an unencrypted remote's content like a local repository of
+    /// ours (owners, setuid bits, device files on a root restore). An
+    /// encrypted one is trusted: authentication proves a key holder
+    /// wrote it.
+    pub trust_unencrypted: bool,
     /// Parallel GETs of the metadata, and read-ahead threads.
     pub concurrency: usize,
 }
@@ -307,6 +312,7 @@ impl Default for ReadOptions {
     fn default() -> Self {
         ReadOptions {
             cache_bytes: DEFAULT_CACHE_BYTES,
+            trust_unencrypted: false,
             concurrency: 8,
         }
     }
@@ -456,10 +462,13 @@ pub fn open(spec: &RemoteSpec, opts: &ReadOptions) -> Result<RemoteRepo> {
     dir.write_atomic(crate::repo::layout::CONFIG, &config)?;
     let packs = RemotePacks::new(client, lens, opts.cache_bytes, opts.concurrency.clamp(1, 8));
     let source: Arc<dyn PackSource> = packs.clone();
-    let repo = Repository::open_with_source(tmp.path(), source, blobs).map_err(|e| match e {
-        Error::Corrupt(m) => Error::Corrupt(format!("{}: {m}", spec.describe())),
-        e => e,
-    })?;
+    let encrypted = crate::repo::config::read_config(&dir)?.encryption.is_some();
+    let trusted = encrypted || opts.trust_unencrypted;
+    let repo =
+        Repository::open_with_source(tmp.path(), source, blobs, trusted).map_err(|e| match e {
+            Error::Corrupt(m) => Error::Corrupt(format!("{}: {m}", spec.describe())),
+            e => e,
+        })?;
     Ok(RemoteRepo {
         repo: Arc::new(repo),
         packs,

@@ -330,11 +330,13 @@ impl Repository {
     /// Open a repository whose packs are elsewhere (a remote): `root`
     /// holds its config.json and snapshot records (a private copy), the
     /// blobs are `blobs`, read through `source`. Nothing is written; the
-    /// index lives in memory.
+    /// index lives in memory. `trusted`: its content may set owners,
+    /// setuid bits and device files on restore (see docs/security.md).
     pub fn open_with_source(
         root: &Path,
         source: Arc<dyn PackSource>,
         blobs: impl IntoIterator<Item = (ChunkId, Location)>,
+        trusted: bool,
     ) -> Result<Repository> {
         let dir = trust::open_trusted(root, trust::Open::Existing)?;
         let config = read_config(&dir)?;
@@ -354,7 +356,7 @@ impl Repository {
             dir,
             config,
             index,
-            access: Access::ReadOnly { trusted: true },
+            access: Access::ReadOnly { trusted },
             damaged: Mutex::new(report.damaged_records),
             captures: RwLock::new(()),
             lifecycle: Mutex::new(()),
