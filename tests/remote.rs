@@ -208,7 +208,14 @@ fn a_history_of_every_kind_restores_from_the_remote_alone() {
     // nothing again.
     let pulled = tmp.path().join("pulled");
     let p = pulled.to_str().unwrap();
-    s3.ok(&["pull", "--remote", &url, "--repo", p]);
+    // An unencrypted remote is pulled only when trusted explicitly.
+    let o = s3.run(&["pull", "--remote", &url, "--repo", p]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--trust-remote"),
+        "{o:?}"
+    );
+    s3.ok(&["pull", "--remote", &url, "--trust-remote", "--repo", p]);
     s3.ok(&["verify", "--repo", p, "--read-data"]);
     let to = tmp.path().join("restore-pulled");
     s3.ok(&[

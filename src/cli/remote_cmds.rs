@@ -435,8 +435,15 @@ pub fn pull(a: PullArgs) -> Result<i32> {
         bail!("give the remote with --remote s3://BUCKET[/PREFIX]");
     };
     let pb = rewindfs::util::progress::bytes("pull", None, true);
-    let r = rewindfs::remote::pull::pull(&spec, &a.repo, &a.name, a.concurrency, &|n| pb.inc(n))
-        .with_context(|| format!("pulling {} into {}", spec.describe(), a.repo.display()))?;
+    let r = rewindfs::remote::pull::pull(
+        &spec,
+        &a.repo,
+        &a.name,
+        a.concurrency,
+        a.remote.trust_remote,
+        &|n| pb.inc(n),
+    )
+    .with_context(|| format!("pulling {} into {}", spec.describe(), a.repo.display()))?;
     pb.finish_and_clear();
     println!(
         "pulled {} snapshots and {} packs ({}) from {} into {} in {:.1} s{}",

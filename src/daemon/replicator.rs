@@ -61,7 +61,19 @@ pub fn start(
             let mut pushers: HashMap<String, (RemoteConfig, Pusher)> = HashMap::new();
             let mut retry: Option<Duration> = None;
             loop {
-                let failed = round(&repo, &mut pushers, &events, &out);
+                // A panic in a round (a bug) fails the round, not the
+                // replication: the next snapshot tries again.
+                let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    round(&repo, &mut pushers, &events, &out)
+                }))
+                .unwrap_or_else(|_| {
+                    tracing::error!("replication round panicked; retrying later");
+                    pushers.clear();
+                    for s in out.lock().iter_mut() {
+                        s.pushing = false;
+                    }
+                    true
+                });
                 retry = failed.then(|| retry.map_or(FIRST_RETRY, |r| (r * 2).min(MAX_RETRY)));
                 // Wait for the next snapshot (or the retry time).
                 let got = match retry {

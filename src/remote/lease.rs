@@ -11,7 +11,10 @@
 //! the TTL is long (30 min) so that skew and a suspended holder do not
 //! matter in practice.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -32,6 +35,15 @@ struct Body {
     pid: u32,
     purpose: String,
     expires_ns: i64,
+}
+
+/// Tokens of the leases this process holds: a `lock.json` with this
+/// host and pid whose token is not among them is one this process could
+/// not release (the server was down) and may be taken back.
+static HELD: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+fn held(token: &str) -> bool {
+    HELD.lock().as_ref().is_some_and(|h| h.contains(token))
 }
 
 /// A held lease; released on drop.
@@ -60,6 +72,9 @@ pub fn acquire<'c>(client: &'c Client, purpose: &str) -> Result<Lease<'c>> {
         let b = body(purpose)?;
         let bytes = serde_json::to_vec(&b).map_err(|e| Error::InvalidInput(e.to_string()))?;
         if client.put(KEY, Bytes::from(bytes), true)? == Put::Written {
+            HELD.lock()
+                .get_or_insert_with(HashSet::new)
+                .insert(b.token.clone());
             return Ok(Lease {
                 client,
                 body: b,
@@ -75,7 +90,11 @@ pub fn acquire<'c>(client: &'c Client, purpose: &str) -> Result<Lease<'c>> {
             None => {
                 client.delete(KEY)?;
             }
-            Some(h) if h.expires_ns < time::now_ns() || held_by_the_dead(&h) => {
+            Some(h)
+                if h.expires_ns < time::now_ns()
+                    || held_by_the_dead(&h)
+                    || ours_left_behind(&h) =>
+            {
                 tracing::warn!(
                     "{}: breaking the stale lease of {} pid {} ({})",
                     client.name(),
@@ -121,12 +140,40 @@ fn held_by_the_dead(h: &Body) -> bool {
     )
 }
 
+/// A lease of this very process that it no longer holds (its release
+/// failed, or a create whose answer was lost).
+fn ours_left_behind(h: &Body) -> bool {
+    h.host == local_host() && h.pid == std::process::id() && !held(&h.token)
+}
+
 impl Lease<'_> {
-    /// Push the expiry out again when a third of the TTL has passed.
+    /// Is `lock.json` still ours? (Another writer may have broken it
+    /// after it expired.) A writer checks before anything that must not
+    /// overlap with another writer (deleting packs, committing records).
+    pub fn check(&self) -> Result<()> {
+        let now: Option<Body> = self
+            .client
+            .get(KEY, 64 << 10)?
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        match now {
+            Some(b) if b.token == self.body.token => Ok(()),
+            _ => Err(Error::Remote {
+                remote: self.client.name().to_string(),
+                op: "lock",
+                key: KEY.into(),
+                detail: "the lease was lost (it expired and another writer took it); stopped"
+                    .into(),
+            }),
+        }
+    }
+
+    /// Push the expiry out again when a third of the TTL has passed,
+    /// after checking the lease is still ours.
     pub fn refresh(&mut self) -> Result<()> {
         if self.refreshed.elapsed() < TTL / 3 {
             return Ok(());
         }
+        self.check()?;
         self.body.expires_ns = time::now_ns() + TTL.as_nanos() as i64;
         let bytes =
             serde_json::to_vec(&self.body).map_err(|e| Error::InvalidInput(e.to_string()))?;
@@ -146,10 +193,14 @@ impl Drop for Lease<'_> {
             .flatten()
             .and_then(|b| serde_json::from_slice::<Body>(&b).ok())
             .is_some_and(|b| b.token == self.body.token);
-        if ours {
-            if let Err(e) = self.client.delete(KEY) {
-                tracing::warn!("{}: releasing the lease: {e}", self.client.name());
-            }
+        let released = !ours || self.client.delete(KEY).is_ok();
+        if !released {
+            tracing::warn!("{}: the lease could not be released", self.client.name());
+        }
+        // Not held any more: if it is still there, this process may take
+        // it back (ours_left_behind).
+        if let Some(h) = HELD.lock().as_mut() {
+            h.remove(&self.body.token);
         }
     }
 }

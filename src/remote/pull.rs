@@ -42,6 +42,7 @@ pub fn pull(
     root: &Path,
     name: &str,
     concurrency: usize,
+    trust_unencrypted: bool,
     on_bytes: &(dyn Fn(u64) + Sync),
 ) -> Result<PullReport> {
     config::check_name(name)?;
@@ -78,9 +79,29 @@ pub fn pull(
     super::read::download_keys(&client, &dir)?;
     let parsed: crate::repo::RepoConfig = serde_json::from_slice(&cfg)
         .map_err(|e| Error::Corrupt(format!("{}/{}: {e}", client.name(), layout::CONFIG)))?;
+    if parsed.encryption.is_none() && !trust_unencrypted {
+        return Err(Error::InvalidInput(format!(
+            "{} is not encrypted: anyone who can write the bucket could have written it, and a pulled repository is trusted like one of yours (a restore by root sets owners and creates setuid and device files); pull it with --trust-remote if only you can write the bucket, or restore from it with `restore --remote` (read as untrusted data)",
+            client.name()
+        )));
+    }
     let crypto = crate::repo::keys::unlock(&dir, &parsed)?;
     let packs_dir = dir.ensure_dir(repo_layout::PACKS, 0o700)?;
     let snaps_dir = dir.ensure_dir(repo_layout::SNAPSHOTS, 0o700)?;
+    // Records before packs: a push landing between the two listings then
+    // adds packs nobody needs, never a record whose packs are missing.
+    let mut fetched = Vec::new();
+    for (key, _) in client.list(layout::SNAPSHOTS_DIR)? {
+        let Some(id) = layout::parse_record(&key) else {
+            continue;
+        };
+        let Some(b) = client.get(&key, MAX_SMALL_OBJECT)? else {
+            continue;
+        };
+        crate::repo::keys::decode_record(crypto.as_deref(), &b, id)
+            .map_err(|e| Error::Corrupt(format!("{}/{key}: {e}", client.name())))?;
+        fetched.push((id, b));
+    }
     let mut sizes = std::collections::HashMap::new();
     let mut idxs = Vec::new();
     for (key, size) in client.list(layout::PACKS_DIR)? {
@@ -143,15 +164,7 @@ pub fn pull(
         }
     }
     let mut records = Vec::new();
-    for (key, _) in client.list(layout::SNAPSHOTS_DIR)? {
-        let Some(id) = layout::parse_record(&key) else {
-            continue;
-        };
-        let Some(b) = client.get(&key, MAX_SMALL_OBJECT)? else {
-            continue;
-        };
-        crate::repo::keys::decode_record(crypto.as_deref(), &b, id)
-            .map_err(|e| Error::Corrupt(format!("{}/{key}: {e}", client.name())))?;
+    for (id, b) in fetched {
         snaps_dir.write_atomic(&SnapshotRecord::file_name(id), &b)?;
         records.push((id, blake3::hash(&b).to_hex().to_string()));
     }
@@ -183,6 +196,10 @@ pub fn pull(
             .map(|(id, sum)| UploadLog::record_line(*id, sum)),
     );
     log.append(&lines)?;
+    // Without a snapshot policy: rules from the bucket are not taken.
+    let mut local = parsed;
+    local.policy = None;
+    let cfg = serde_json::to_vec_pretty(&local).map_err(|e| Error::InvalidInput(e.to_string()))?;
     dir.write_atomic(repo_layout::CONFIG, &cfg)?;
     drop(dir);
     // The index, from the packs and records (this also checks the config).

@@ -42,6 +42,9 @@ use crate::store::blob::{ChunkId, HEADER_LEN};
 use crate::store::pack::{pack_file_name, scan_pack_bytes};
 use crate::util::pool;
 
+/// The largest object one S3 PUT may carry.
+const MAX_PUT: u64 = 5 << 30;
+
 /// Largest `config.json` or record read back from a remote.
 const MAX_SMALL_OBJECT: u64 = 16 << 20;
 
@@ -105,7 +108,12 @@ impl Pusher {
         Ok(Pusher {
             client: Arc::new(client),
             throttle: Throttle::new(config.bandwidth),
-            log: Mutex::new(UploadLog::open(repo.dir(), &config.name)?),
+            // Opening the log may cut a torn tail: not while another
+            // pusher of this process appends.
+            log: Mutex::new({
+                let _one = PUSHING.lock();
+                UploadLog::open(repo.dir(), &config.name)?
+            }),
             config: config.clone(),
             remote_chunks: HashMap::new(),
             doomed: HashSet::new(),
@@ -148,6 +156,22 @@ impl Pusher {
         let records: BTreeMap<u64, Vec<u8>> = repo.index().snapshots()?.into_iter().collect();
         let todo: Vec<u64> = {
             let log = self.log.lock();
+            for (id, sum) in &log.records {
+                // A record the remote has, changed here since: a `forget`
+                // rewrite (the same tree) is fine; anything else means the
+                // id now names another snapshot.
+                let Some(bytes) = records.get(id) else {
+                    continue;
+                };
+                if blake3::hash(bytes).to_hex().as_str() != sum
+                    && repo.decode_record(bytes, *id)?.rewritten.is_none()
+                {
+                    return Err(Error::InvalidInput(format!(
+                        "snapshot {id} is not the one replicated to {} under that id (this repository's ids were reused, e.g. after a rollback); nothing was pushed",
+                        self.client.name()
+                    )));
+                }
+            }
             records
                 .keys()
                 .filter(|id| !log.records.contains_key(id))
@@ -157,8 +181,7 @@ impl Pusher {
         for id in todo {
             let bytes = &records[&id];
             let rec = repo.decode_record(bytes, id)?;
-            self.push_record(repo, &rec, bytes, &mut report, on_bytes)?;
-            lease.refresh()?;
+            self.push_record(repo, &rec, bytes, &mut report, on_bytes, &mut lease)?;
         }
         report.seconds = t0.elapsed().as_secs_f64();
         Ok(report)
@@ -171,6 +194,7 @@ impl Pusher {
         bytes: &[u8],
         report: &mut PushReport,
         on_bytes: &(dyn Fn(u64) + Sync),
+        lease: &mut lease::Lease<'_>,
     ) -> Result<()> {
         let manifest = repo.load_manifest(rec)?;
         let mut needed: HashSet<ChunkId> = rec.manifest_ids()?.into_iter().collect();
@@ -201,6 +225,7 @@ impl Pusher {
             }
             let mut packs: Vec<u64> = packs.into_iter().collect();
             packs.sort_unstable();
+            lease.refresh()?;
             let results = self.upload_packs(repo, packs, on_bytes);
             let mut first_err = None;
             for r in results {
@@ -231,11 +256,23 @@ impl Pusher {
                 rec.id
             )));
         }
-        self.client.put(
-            &layout::record(rec.id),
-            Bytes::copy_from_slice(bytes),
-            false,
-        )?;
+        // No other writer may have deleted what this record needs since
+        // it was uploaded: the lease is still ours.
+        lease.check()?;
+        let key = layout::record(rec.id);
+        if self.client.put(&key, Bytes::copy_from_slice(bytes), true)? == Put::AlreadyExists {
+            let theirs = self.client.get(&key, MAX_SMALL_OBJECT)?.unwrap_or_default();
+            // Ours already (an upload whose answer was lost), or the
+            // version before a local `forget` rewrote it (the same tree):
+            // kept. Anything else is another snapshot with this id.
+            if theirs[..] != bytes[..] && rec.rewritten.is_none() {
+                return Err(Error::InvalidInput(format!(
+                    "{}/{key} holds another snapshot {} than this repository's (another machine writes to this place, or this repository's ids were reused, e.g. after a rollback); nothing was overwritten",
+                    self.client.name(),
+                    rec.id
+                )));
+            }
+        }
         let sum = blake3::hash(bytes).to_hex().to_string();
         self.log
             .lock()
@@ -284,6 +321,13 @@ impl Pusher {
                 std::io::Error::from(std::io::ErrorKind::NotFound),
             )
         })?;
+        if data.len() as u64 > MAX_PUT {
+            return Err(Error::InvalidInput(format!(
+                "pack {} is {} bytes: larger than one S3 PUT (5 GiB); lower pack_target_size in config.json (new packs follow it)",
+                dir.join(&name).display(),
+                data.len()
+            )));
+        }
         let scan = scan_pack_bytes(&data, pack);
         let mut blobs = Vec::with_capacity(scan.blobs.len());
         let mut damaged = 0u64;
@@ -326,9 +370,6 @@ impl Pusher {
     /// adopted.
     fn reconcile(&mut self, repo: &Repository) -> Result<u64> {
         let ours = &repo.config.repo_id;
-        // An encrypted repository's wrapped keys go first: a remote
-        // repository is readable (with the passphrase) once it has a config.
-        self.upload_keys(repo)?;
         match self.client.get(layout::CONFIG, MAX_SMALL_OBJECT)? {
             Some(b) => {
                 let theirs = remote_repo_id(&b).ok_or_else(|| {
@@ -344,6 +385,7 @@ impl Pusher {
                         self.client.name()
                     )));
                 }
+                self.upload_keys(repo)?;
             }
             None => {
                 let mut log = self.log.lock();
@@ -364,12 +406,17 @@ impl Pusher {
                     );
                     log.append(&lines)?;
                 }
-                let cfg = repo
-                    .dir()
-                    .read(crate::repo::layout::CONFIG, MAX_SMALL_OBJECT)?
-                    .ok_or_else(|| Error::NotARepository {
-                        path: repo.root().to_path_buf(),
-                    })?;
+                // The wrapped keys of an encrypted repository first: a
+                // remote repository is readable (with the passphrase) once
+                // it has a config.
+                self.upload_keys(repo)?;
+                // The local snapshot policy stays local: it can name paths
+                // (globs), and a pulled repository must not inherit rules
+                // a bucket writer chose.
+                let mut cfg = repo.config.clone();
+                cfg.policy = None;
+                let cfg = serde_json::to_vec_pretty(&cfg)
+                    .map_err(|e| Error::InvalidInput(e.to_string()))?;
                 if self.client.put(layout::CONFIG, Bytes::from(cfg), true)? == Put::AlreadyExists {
                     return Err(Error::InvalidInput(format!(
                         "{}: another repository was registered there at the same moment",
@@ -523,21 +570,24 @@ impl Pusher {
     /// blob lists of packs it uploaded).
     fn refresh(&mut self, repo: &Repository) -> Result<()> {
         let fresh = UploadLog::open(repo.dir(), &self.config.name)?;
-        let new: Vec<u64> = fresh
+        let new: Vec<(u64, u64)> = fresh
             .packs
-            .keys()
-            .filter(|p| !self.known_packs.contains(p))
-            .copied()
+            .iter()
+            .filter(|(p, _)| !self.known_packs.contains(p))
+            .map(|(p, len)| (*p, *len))
             .collect();
         *self.log.lock() = fresh;
-        for p in new {
+        for (p, len) in new {
             let what = format!("{}/{}", self.client.name(), layout::idx(p));
             if let Some(b) = self
                 .client
                 .get(&layout::idx(p), (super::idx::MAX_ENTRIES * 64) as u64)?
             {
-                let i = PackIdx::decode(&b, p, &what)?;
-                self.learn(&i);
+                match PackIdx::decode(&b, p, &what) {
+                    Ok(i) if i.pack_len == len => self.learn(&i),
+                    Ok(_) => tracing::warn!("{what}: it does not match the logged pack; the pack is uploaded again if needed"),
+                    Err(e) => tracing::warn!("{e}; the pack is uploaded again if needed"),
+                }
             }
         }
         Ok(())

@@ -189,13 +189,37 @@ impl RemotePacks {
                 None => unreachable!("waited until set"),
             };
         }
+        // Whatever happens below (an error, a panic), the waiters are
+        // answered and the slot goes away.
+        struct Finish<'a> {
+            packs: &'a RemotePacks,
+            key: SegKey,
+            slot: Arc<Slot>,
+            result: Option<std::result::Result<Bytes, String>>,
+        }
+        impl Drop for Finish<'_> {
+            fn drop(&mut self) {
+                let r = self
+                    .result
+                    .take()
+                    .unwrap_or_else(|| Err("the fetch of this segment failed".into()));
+                *self.slot.done.lock() = Some(r);
+                self.slot.cv.notify_all();
+                self.packs.inflight.lock().remove(&self.key);
+            }
+        }
+        let mut finish = Finish {
+            packs: self,
+            key,
+            slot,
+            result: None,
+        };
         let r = self.fetch(key);
         if let Ok(b) = &r {
             self.insert(key, b.clone());
         }
-        *slot.done.lock() = Some(r.as_ref().map(Bytes::clone).map_err(|e| e.to_string()));
-        slot.cv.notify_all();
-        self.inflight.lock().remove(&key);
+        finish.result = Some(r.as_ref().map(Bytes::clone).map_err(|e| e.to_string()));
+        drop(finish);
         r
     }
 
@@ -397,6 +421,13 @@ pub fn open(spec: &RemoteSpec, opts: &ReadOptions) -> Result<RemoteRepo> {
     dir.chmod(0o700)?;
     let snaps = dir.ensure_dir(crate::repo::layout::SNAPSHOTS, 0o700)?;
     download_keys(&client, &dir)?;
+    // Records before packs: a push landing between the two listings then
+    // adds packs nobody needs, never a record whose packs are missing.
+    let records: Vec<u64> = client
+        .list(layout::SNAPSHOTS_DIR)?
+        .iter()
+        .filter_map(|(k, _)| layout::parse_record(k))
+        .collect();
     let mut idx_keys = Vec::new();
     let mut sizes = HashMap::new();
     for (key, size) in client.list(layout::PACKS_DIR)? {
@@ -406,11 +437,6 @@ pub fn open(spec: &RemoteSpec, opts: &ReadOptions) -> Result<RemoteRepo> {
             idx_keys.push(p);
         }
     }
-    let records: Vec<u64> = client
-        .list(layout::SNAPSHOTS_DIR)?
-        .iter()
-        .filter_map(|(k, _)| layout::parse_record(k))
-        .collect();
     enum Got {
         Idx(Option<PackIdx>),
         Record(u64, Option<Bytes>),
@@ -459,10 +485,22 @@ pub fn open(spec: &RemoteSpec, opts: &ReadOptions) -> Result<RemoteRepo> {
             Got::Record(_, None) => {}
         }
     }
+    // A blob in several packs (a local repack, a re-upload) is read from
+    // one chosen the same way by every reader and by remote retention:
+    // not scheduled for deletion, then the highest pack id (the index
+    // keeps the last insert).
+    let doomed = layout::doomed_packs(&client)?;
+    blobs.sort_by_key(|(_, l)| (!doomed.contains(&l.pack), l.pack));
     dir.write_atomic(crate::repo::layout::CONFIG, &config)?;
     let packs = RemotePacks::new(client, lens, opts.cache_bytes, opts.concurrency.clamp(1, 8));
     let source: Arc<dyn PackSource> = packs.clone();
     let encrypted = crate::repo::config::read_config(&dir)?.encryption.is_some();
+    if !encrypted && crate::repo::keys::KeySource::from_env()?.is_some() {
+        tracing::warn!(
+            "{} is not encrypted although a key was given: it is read as untrusted data",
+            spec.describe()
+        );
+    }
     let trusted = encrypted || opts.trust_unencrypted;
     let repo =
         Repository::open_with_source(tmp.path(), source, blobs, trusted).map_err(|e| match e {

@@ -69,9 +69,11 @@ impl UploadLog {
             fsync_file(&f, &log.path)?;
         }
         for (n, line) in complete.lines().enumerate() {
-            log.apply(line).map_err(|m| {
-                Error::Corrupt(format!("{} line {}: {m}", log.path.display(), n + 1))
-            })?;
+            // The log is a cache of what the remote holds (a push
+            // reconciles it with a listing): a bad line is skipped.
+            if let Err(m) = log.apply(line) {
+                tracing::warn!("{} line {}: {m}; ignored", log.path.display(), n + 1);
+            }
         }
         Ok(log)
     }
@@ -102,19 +104,32 @@ impl UploadLog {
         Ok(())
     }
 
-    /// Append lines and make them durable.
+    /// Append lines and make them durable; on failure nothing is kept
+    /// (a partial write is cut off again) and the state is unchanged.
     pub fn append(&mut self, lines: &[String]) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
         let mut buf = String::new();
         for l in lines {
-            self.apply(l)
-                .map_err(|m| Error::InvalidInput(format!("upload log: {m}")))?;
             buf.push_str(l);
             buf.push('\n');
         }
-        self.file
+        let len = self.file.metadata().ctx("stat", &self.path)?.len();
+        let written = self
+            .file
             .write_all(buf.as_bytes())
-            .ctx("append", &self.path)?;
-        fsync_file(&self.file, &self.path)
+            .ctx("append", &self.path)
+            .and_then(|()| fsync_file(&self.file, &self.path));
+        if let Err(e) = written {
+            let _ = self.file.set_len(len);
+            return Err(e);
+        }
+        for l in lines {
+            self.apply(l)
+                .map_err(|m| Error::InvalidInput(format!("upload log: {m}")))?;
+        }
+        Ok(())
     }
 
     pub fn pack_line(pack: u64, len: u64) -> String {
@@ -168,7 +183,9 @@ mod tests {
         assert_eq!(l.records.get(&1).map(String::as_str), Some("ff"));
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(text.ends_with("-P 0000000000000004\n"), "{text}");
-        std::fs::write(&p, "garbage line\n").unwrap();
-        assert!(UploadLog::open(&d, "b").is_err());
+        // A damaged line is skipped, the rest kept.
+        std::fs::write(&p, "garbage line\nP 0000000000000005 7\n").unwrap();
+        let l = UploadLog::open(&d, "b").unwrap();
+        assert_eq!(l.packs.into_iter().collect::<Vec<_>>(), vec![(5, 7)]);
     }
 }

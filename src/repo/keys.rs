@@ -102,6 +102,14 @@ impl KeySource {
     fn kek(&self, kdf: &Kdf) -> Result<[u8; 32]> {
         let salt = hex_decode(&kdf.salt)?;
         match (self, kdf.algorithm.as_str()) {
+            (KeySource::Passphrase(_), "argon2id")
+                if kdf.m_kib > MAX_M_KIB || kdf.t > MAX_T || kdf.p > MAX_P =>
+            {
+                Err(Error::Corrupt(format!(
+                    "key parameters out of range (m {} KiB, t {}, p {})",
+                    kdf.m_kib, kdf.t, kdf.p
+                )))
+            }
             (KeySource::Passphrase(p), "argon2id") => {
                 let params = argon2::Params::new(kdf.m_kib, kdf.t, kdf.p, Some(32))
                     .map_err(|e| Error::Corrupt(format!("key parameters: {e}")))?;
@@ -173,17 +181,24 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn hex_decode(s: &str) -> Result<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || s.len() > 4096 {
-        return Err(Error::Corrupt("bad hex in a key file".into()));
+    let bad = || Error::Corrupt("bad hex in a key file".into());
+    let b = s.as_bytes();
+    if !b.len().is_multiple_of(2) || b.len() > 4096 {
+        return Err(bad());
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&s[i..i + 2], 16)
-                .map_err(|_| Error::Corrupt("bad hex in a key file".into()))
-        })
+    let nib = |c: u8| (c as char).to_digit(16).map(|d| d as u8).ok_or_else(bad);
+    b.chunks_exact(2)
+        .map(|p| Ok(nib(p[0])? << 4 | nib(p[1])?))
         .collect()
 }
+
+/// Key files can come from a bucket: their cost parameters are bounded
+/// (a forged file must not make unlocking take all memory or hours).
+const MAX_M_KIB: u32 = 1 << 20;
+const MAX_T: u32 = 16;
+const MAX_P: u32 = 16;
+/// Key files tried at most (each passphrase attempt costs an Argon2 run).
+const MAX_KEY_FILES: usize = 16;
 
 fn wrap_ad(key_id: &str, repo_id: &str) -> Vec<u8> {
     format!("rewindfs key {key_id} of {repo_id}").into_bytes()
@@ -247,12 +262,22 @@ pub fn unlock(dir: &Dir, config: &RepoConfig) -> Result<Option<Arc<Crypto>>> {
         ))
     })?;
     let mut last = None;
-    for name in key_files(dir)? {
-        let bytes = keys
+    for name in key_files(dir)?.into_iter().take(MAX_KEY_FILES) {
+        let parsed = keys
             .read(&name, MAX_KEY_FILE)?
-            .ok_or_else(|| Error::Corrupt(format!("key {name} vanished")))?;
-        let kf: KeyFile = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Corrupt(format!("{}: {e}", keys.join(&name).display())))?;
+            .ok_or_else(|| Error::Corrupt(format!("key {name} vanished")))
+            .and_then(|bytes| {
+                serde_json::from_slice::<KeyFile>(&bytes)
+                    .map_err(|e| Error::Corrupt(format!("{}: {e}", keys.join(&name).display())))
+            });
+        let kf = match parsed {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!("{e}; skipped");
+                last = Some(e);
+                continue;
+            }
+        };
         let kek = match source.kek(&kf.kdf) {
             Ok(k) => k,
             Err(e) => {
@@ -260,7 +285,13 @@ pub fn unlock(dir: &Dir, config: &RepoConfig) -> Result<Option<Arc<Crypto>>> {
                 continue;
             }
         };
-        let sealed = hex_decode(&kf.wrapped)?;
+        let sealed = match hex_decode(&kf.wrapped) {
+            Ok(s) => s,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
         match Crypto::wrapping(&kek).open(&wrap_ad(&kf.id, &config.repo_id), &sealed, &|| {
             format!("key {}", kf.id)
         }) {
@@ -318,5 +349,33 @@ pub fn decode_record(crypto: Option<&Crypto>, bytes: &[u8], id: u64) -> Result<S
         (Some(_), None) => Err(Error::Corrupt(format!(
             "snapshot record {id} is not sealed, in an encrypted repository (it was not written by this repository)"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_is_decoded_from_bytes_and_bad_input_is_an_error() {
+        assert_eq!(hex_decode("00ff10").unwrap(), vec![0, 255, 16]);
+        for bad in ["0", "zz", "\u{20ac}x", "0g"] {
+            assert!(hex_decode(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn forged_cost_parameters_are_refused_before_any_work() {
+        let k = KeySource::Passphrase(b"long enough".to_vec());
+        let kdf = Kdf {
+            algorithm: "argon2id".into(),
+            m_kib: u32::MAX,
+            t: 3,
+            p: 4,
+            salt: "00".repeat(16),
+        };
+        assert!(k.kek(&kdf).is_err());
+        let kf = KeySource::KeyFile(vec![1; 32]);
+        assert!(kf.kek(&kdf).is_err(), "a key file for a passphrase key");
     }
 }

@@ -58,11 +58,14 @@ pub fn forget_and_gc(
     dry_run: bool,
 ) -> Result<RemoteForgetReport> {
     let client = Client::connect(spec)?;
-    let _lease = if dry_run {
+    let lease = if dry_run {
         None
     } else {
         Some(lease::acquire(&client, "forget and gc")?)
     };
+    // Before anything is deleted: the lease is still ours (no writer
+    // came in between).
+    let still_ours = || lease.as_ref().map_or(Ok(()), |l| l.check());
     let rr = read::open(spec, &read::ReadOptions::default())?;
     let repo = &rr.repo;
     let all = repo.snapshots()?;
@@ -108,6 +111,7 @@ pub fn forget_and_gc(
     if dry_run {
         return Ok(report);
     }
+    still_ours()?;
     for id in remove.iter().rev() {
         client.delete(&layout::record(*id))?;
     }
@@ -150,6 +154,7 @@ pub fn forget_and_gc(
             scheduled.extend(d.packs);
             continue;
         }
+        still_ours()?;
         for p in d.packs {
             if unreferenced.contains(&p) {
                 // The blob list first: a pack without one is never read.
@@ -175,6 +180,7 @@ pub fn forget_and_gc(
             packs: new,
         };
         let b = serde_json::to_vec(&d).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        still_ours()?;
         client.put(&layout::deletions(now), Bytes::from(b), false)?;
     }
     Ok(report)
