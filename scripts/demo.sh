@@ -3,8 +3,10 @@
 # (a checkpoint saved the usual way, in-place edits, a deletion), let
 # rewindfs snapshot it (on close, on request, at unmount), browse old
 # versions (rewindfs ls/cat, the .snapshots folders, a snapshot mount),
-# restore one, diff, stats, forget + gc, verify. Without FUSE it shows
-# scan mode instead.
+# restore one, diff, stats, forget + gc, verify; and, when Ceph's S3
+# gateway is installed (.ci/run installs it), replicate to an object store
+# on loopback and restore from it alone. Without FUSE it shows scan mode
+# instead.
 # Everything happens under a temporary directory (or $DEMO_DIR) and is
 # removed at the end unless KEEP=1.
 set -euo pipefail
@@ -18,6 +20,7 @@ work="${DEMO_DIR:-$(mktemp -d /tmp/rewindfs-demo.XXXXXX)}"
 mnt="$work/mnt"
 cleanup() {
   "$bin" umount "$mnt" >/dev/null 2>&1 || true
+  [ -d "$work/ceph" ] && scripts/ceph-dev.sh stop "$work/ceph" >/dev/null 2>&1 || true
   if [ "${KEEP:-0}" != 1 ]; then rm -rf "$work"; else echo "kept $work"; fi
 }
 trap cleanup EXIT
@@ -133,4 +136,21 @@ echo "== restore the latest snapshot and compare with the dataset"
 run restore latest --to "$work/restored"
 diff -r "$data" "$work/restored" && echo "the latest snapshot equals the dataset"
 run verify --read-data
+if command -v radosgw >/dev/null && command -v curl >/dev/null; then
+  echo "== off-machine copy: replicate to an S3 object store (a one-node Ceph on loopback)"
+  eval "$(scripts/ceph-dev.sh start "$work/ceph" 2>/dev/null)"
+  curl -sf -o /dev/null --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+    -H "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" \
+    -X PUT "$AWS_ENDPOINT_URL/demo-backups"
+  run remote add offsite s3://demo-backups/lab --host demo
+  run push
+  echo "== disaster recovery: nothing local, straight from the bucket"
+  echo "\$ rewindfs snapshots --remote s3://demo-backups/lab"
+  env -u REWINDFS_REPO "$bin" snapshots --remote s3://demo-backups/lab
+  echo "\$ rewindfs restore --remote s3://demo-backups/lab --trust-remote latest --to $work/from-remote"
+  env -u REWINDFS_REPO "$bin" restore --remote s3://demo-backups/lab --trust-remote latest --to "$work/from-remote"
+  diff -r "$data" "$work/from-remote" && echo "restored from the object store alone: equals the dataset"
+else
+  echo "== (skipped) off-machine copies: install Ceph's S3 gateway (apt-get install --no-install-recommends ceph-mon ceph-osd radosgw ceph-common) and curl to see replication to an object store"
+fi
 echo "== demo finished"

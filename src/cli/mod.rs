@@ -329,6 +329,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Restore(a) => {
             if let Some(rr) = a.remote().open(read::DEFAULT_CACHE_BYTES)? {
+                remote_cmds::note_untrusted(&rr);
                 return with_open(&rr.repo, |repo, o| restore_cmd::restore(repo, a, o));
             }
             let r = a.repo().clone();

@@ -78,13 +78,18 @@ impl RemoteRead {
         };
         let r = read::open(&spec, &opts)
             .with_context(|| format!("reading the repository at {}", spec.describe()))?;
-        if !r.repo.trusted() && rustix::process::geteuid().is_root() {
-            eprintln!(
-                "note: {} is not encrypted, so its content is treated as untrusted data: a restore creates no setuid, setgid or device files and sets no owners (--trust-remote if only you can write the bucket)",
-                spec.describe()
-            );
-        }
         Ok(Some(r))
+    }
+}
+
+/// Before a restore as root from an untrusted remote: say what it will
+/// not do.
+pub fn note_untrusted(r: &RemoteRepo) {
+    if !r.repo.trusted() && rustix::process::geteuid().is_root() {
+        eprintln!(
+            "note: {} is not encrypted, so its content is treated as untrusted data: a restore creates no setuid, setgid or device files and sets no owners (--trust-remote if only you can write the bucket)",
+            r.spec.describe()
+        );
     }
 }
 
