@@ -171,6 +171,9 @@ fn round(
                 });
                 // The lag from the log, without the server.
                 let lag = pushers.get(&rc.name).and_then(|(_, p)| p.lag(repo).ok());
+                // The next round connects again: credentials may have
+                // been renewed (a session token expired) meanwhile.
+                pushers.remove(&rc.name);
                 set(out, &rc, |s| {
                     s.last_error = Some(msg);
                     if let Some(l) = &lag {
