@@ -864,3 +864,41 @@ fn an_unencrypted_remote_is_untrusted_data_unless_asked() {
         assert_eq!(mode(&trusted.join("tool")), 0o4755);
     }
 }
+
+#[test]
+fn a_reused_snapshot_id_is_never_overwritten_on_the_remote() {
+    let _server = common::s3::shared();
+    let s3 = s3();
+    let bucket = s3.bucket(&bucket_name("ids"));
+    let url = format!("s3://{bucket}/i");
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, src) = (tmp.path().join("repo"), tmp.path().join("src"));
+    let r = repo.to_str().unwrap();
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a"), b"first").unwrap();
+    s3.ok(&["init", "--repo", r]);
+    snap(&repo, &src, "full");
+    fs::write(src.join("a"), b"second").unwrap();
+    snap(&repo, &src, "incremental");
+    s3.ok(&["remote", "add", "--repo", r, "bk", &url, "--host", "h"]);
+    s3.ok(&["push", "--repo", r]);
+    // A rollback of the repository: snapshot 2 is gone, and the next
+    // snapshot gets id 2 again with other content.
+    fs::remove_file(repo.join("snapshots/0000000002.json")).unwrap();
+    s3.ok(&["rebuild-index", "--repo", r]);
+    fs::write(src.join("a"), b"third, after the rollback").unwrap();
+    snap(&repo, &src, "incremental");
+    let o = s3.run(&["push", "--repo", r]);
+    assert!(!o.status.success(), "a different snapshot 2 was pushed over the remote's");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("ids were reused"), "{o:?}");
+    // The remote still restores its own snapshot 2.
+    let to = tmp.path().join("restored");
+    s3.ok(&["restore", "--remote", &url, "--host", "h", "2", "--to", to.to_str().unwrap()]);
+    assert_eq!(fs::read(to.join("a")).unwrap(), b"second");
+    // The same after the upload log is lost: the conditional create
+    // refuses to overwrite.
+    fs::remove_file(repo.join("remotes/bk.log")).unwrap();
+    let o = s3.run(&["push", "--repo", r]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("holds another snapshot 2"), "{o:?}");
+}

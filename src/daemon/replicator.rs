@@ -171,9 +171,14 @@ fn round(
                 });
                 // The lag from the log, without the server.
                 let lag = pushers.get(&rc.name).and_then(|(_, p)| p.lag(repo).ok());
-                // The next round connects again: credentials may have
-                // been renewed (a session token expired) meanwhile.
-                pushers.remove(&rc.name);
+                // The next round connects again (credentials may have been
+                // renewed, a session token expired), keeping what the
+                // pusher knows of the remote.
+                if let Some((_, p)) = pushers.get_mut(&rc.name) {
+                    if p.reconnect().is_err() {
+                        pushers.remove(&rc.name);
+                    }
+                }
                 set(out, &rc, |s| {
                     s.last_error = Some(msg);
                     if let Some(l) = &lag {

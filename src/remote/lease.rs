@@ -71,10 +71,18 @@ pub fn acquire<'c>(client: &'c Client, purpose: &str) -> Result<Lease<'c>> {
     loop {
         let b = body(purpose)?;
         let bytes = serde_json::to_vec(&b).map_err(|e| Error::InvalidInput(e.to_string()))?;
-        if client.put(KEY, Bytes::from(bytes), true)? == Put::Written {
-            HELD.lock()
-                .get_or_insert_with(HashSet::new)
-                .insert(b.token.clone());
+        // Held from before the PUT: another thread of this process that
+        // sees the new lease must not take it for one left behind.
+        HELD.lock()
+            .get_or_insert_with(HashSet::new)
+            .insert(b.token.clone());
+        let created = client.put(KEY, Bytes::from(bytes), true);
+        if !matches!(created, Ok(Put::Written)) {
+            if let Some(h) = HELD.lock().as_mut() {
+                h.remove(&b.token);
+            }
+        }
+        if created? == Put::Written {
             return Ok(Lease {
                 client,
                 body: b,

@@ -126,6 +126,13 @@ impl Pusher {
         &self.client
     }
 
+    /// Connect again (credentials may have been renewed), keeping what
+    /// this pusher knows of the remote (checked again at the next push).
+    pub fn reconnect(&mut self) -> Result<()> {
+        self.client = Arc::new(Client::connect(&self.config.spec)?);
+        Ok(())
+    }
+
     /// Replicate every snapshot the remote lacks. `on_bytes` is told of
     /// every uploaded byte (progress).
     pub fn push(
@@ -154,24 +161,40 @@ impl Pusher {
         }
         self.doomed = super::layout::doomed_packs(&self.client)?;
         let records: BTreeMap<u64, Vec<u8>> = repo.index().snapshots()?.into_iter().collect();
-        let todo: Vec<u64> = {
+        // Records the remote has that changed here since: a `forget`
+        // rewrite of the same snapshot is fine (remembered, so it is not
+        // fetched again); anything else means the id now names another
+        // snapshot.
+        let changed: Vec<u64> = {
             let log = self.log.lock();
-            for (id, sum) in &log.records {
-                // A record the remote has, changed here since: a `forget`
-                // rewrite (the same tree) is fine; anything else means the
-                // id now names another snapshot.
-                let Some(bytes) = records.get(id) else {
-                    continue;
-                };
-                if blake3::hash(bytes).to_hex().as_str() != sum
-                    && repo.decode_record(bytes, *id)?.rewritten.is_none()
-                {
+            log.records
+                .iter()
+                .filter(|(id, sum)| {
+                    records
+                        .get(id)
+                        .is_some_and(|b| blake3::hash(b).to_hex().as_str() != sum.as_str())
+                })
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        for id in changed {
+            let bytes = &records[&id];
+            let ours = repo.decode_record(bytes, id)?;
+            if let Some(theirs) = self.client.get(&layout::record(id), MAX_SMALL_OBJECT)? {
+                if !same_snapshot(&ours, &repo.decode_record(&theirs, id)?) {
                     return Err(Error::InvalidInput(format!(
                         "snapshot {id} is not the one replicated to {} under that id (this repository's ids were reused, e.g. after a rollback); nothing was pushed",
                         self.client.name()
                     )));
                 }
             }
+            let sum = blake3::hash(bytes).to_hex().to_string();
+            self.log
+                .lock()
+                .append(&[UploadLog::record_line(id, &sum)])?;
+        }
+        let todo: Vec<u64> = {
+            let log = self.log.lock();
             records
                 .keys()
                 .filter(|id| !log.records.contains_key(id))
@@ -225,8 +248,14 @@ impl Pusher {
             }
             let mut packs: Vec<u64> = packs.into_iter().collect();
             packs.sort_unstable();
-            lease.refresh()?;
-            let results = self.upload_packs(repo, packs, on_bytes);
+            // In batches, refreshing the lease between them: a first push
+            // can take hours, the lease lasts 30 minutes.
+            let batch = self.config.concurrency.clamp(1, 64) * 4;
+            let mut results = Vec::with_capacity(packs.len());
+            for part in packs.chunks(batch) {
+                lease.refresh()?;
+                results.extend(self.upload_packs(repo, part.to_vec(), on_bytes));
+            }
             let mut first_err = None;
             for r in results {
                 match r {
@@ -263,9 +292,14 @@ impl Pusher {
         if self.client.put(&key, Bytes::copy_from_slice(bytes), true)? == Put::AlreadyExists {
             let theirs = self.client.get(&key, MAX_SMALL_OBJECT)?.unwrap_or_default();
             // Ours already (an upload whose answer was lost), or the
-            // version before a local `forget` rewrote it (the same tree):
-            // kept. Anything else is another snapshot with this id.
-            if theirs[..] != bytes[..] && rec.rewritten.is_none() {
+            // version before a local `forget` rewrote it (the same
+            // snapshot: same time, name, source and label): kept.
+            // Anything else is another snapshot with this id.
+            let same = theirs[..] == bytes[..]
+                || repo
+                    .decode_record(&theirs, rec.id)
+                    .is_ok_and(|t| same_snapshot(rec, &t));
+            if !same {
                 return Err(Error::InvalidInput(format!(
                     "{}/{key} holds another snapshot {} than this repository's (another machine writes to this place, or this repository's ids were reused, e.g. after a rollback); nothing was overwritten",
                     self.client.name(),
@@ -314,6 +348,15 @@ impl Pusher {
     ) -> Result<(PackIdx, u64, u64)> {
         let dir = repo.pack_reader().dir();
         let name = pack_file_name(pack);
+        if let Ok(st) = dir.stat_at(&name) {
+            if st.st_size as u64 > MAX_PUT {
+                return Err(Error::InvalidInput(format!(
+                    "pack {} is {} bytes: larger than one S3 PUT (5 GiB); lower pack_target_size in config.json (new packs follow it)",
+                    dir.join(&name).display(),
+                    st.st_size
+                )));
+            }
+        }
         let data = dir.read(&name, 1 << 36)?.ok_or_else(|| {
             Error::io(
                 "read pack",
@@ -321,13 +364,6 @@ impl Pusher {
                 std::io::Error::from(std::io::ErrorKind::NotFound),
             )
         })?;
-        if data.len() as u64 > MAX_PUT {
-            return Err(Error::InvalidInput(format!(
-                "pack {} is {} bytes: larger than one S3 PUT (5 GiB); lower pack_target_size in config.json (new packs follow it)",
-                dir.join(&name).display(),
-                data.len()
-            )));
-        }
         let scan = scan_pack_bytes(&data, pack);
         let mut blobs = Vec::with_capacity(scan.blobs.len());
         let mut damaged = 0u64;
@@ -608,6 +644,16 @@ impl Pusher {
         }
         Ok(lag)
     }
+}
+
+/// Are two records the same snapshot (one may be a `forget` rewrite of
+/// the other: those keep the id, time, name, source and label)?
+fn same_snapshot(a: &SnapshotRecord, b: &SnapshotRecord) -> bool {
+    a.id == b.id
+        && a.time_ns == b.time_ns
+        && a.name == b.name
+        && a.source == b.source
+        && a.label == b.label
 }
 
 /// The `repo_id` of a config.json's bytes.

@@ -393,8 +393,12 @@ pub fn download_keys(client: &Client, dir: &Dir) -> Result<()> {
         if name.contains('/') || !name.ends_with(".json") || name.starts_with('.') {
             continue;
         }
-        if let Some(b) = client.get(&key, 64 << 10)? {
-            keys.write_atomic(name, &b)?;
+        match client.get(&key, 64 << 10) {
+            Ok(Some(b)) => keys.write_atomic(name, &b)?,
+            Ok(None) => {}
+            // One unreadable key object (damaged, oversized) does not hide
+            // the others.
+            Err(e) => tracing::warn!("{e}; skipped"),
         }
     }
     Ok(())

@@ -8,8 +8,9 @@
 //! R <record id> <blake3 hex>   the snapshot record (these bytes) is there
 //! ```
 //!
-//! A line torn by a crash (no newline) is ignored; anything else that
-//! does not parse is an error (the log is ours; damage is reported).
+//! A line torn by a crash (no newline) is cut off; any other line that
+//! does not parse is skipped with a warning (the log is a cache of what
+//! the remote holds: the first push of a process reconciles it).
 //! A lost line costs at most a repeated upload: the push reconciles the
 //! log with a listing of the remote before it starts (push.rs).
 

@@ -264,8 +264,8 @@ pub fn unlock(dir: &Dir, config: &RepoConfig) -> Result<Option<Arc<Crypto>>> {
     let mut last = None;
     for name in key_files(dir)?.into_iter().take(MAX_KEY_FILES) {
         let parsed = keys
-            .read(&name, MAX_KEY_FILE)?
-            .ok_or_else(|| Error::Corrupt(format!("key {name} vanished")))
+            .read(&name, MAX_KEY_FILE)
+            .and_then(|b| b.ok_or_else(|| Error::Corrupt(format!("key {name} vanished"))))
             .and_then(|bytes| {
                 serde_json::from_slice::<KeyFile>(&bytes)
                     .map_err(|e| Error::Corrupt(format!("{}: {e}", keys.join(&name).display())))
