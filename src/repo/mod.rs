@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::io::{Read, Seek, Write};
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -104,14 +104,31 @@ pub type PinSource = Arc<dyn Fn() -> Vec<ChunkId> + Send + Sync>;
 fn lock(dir: &Dir) -> Result<File> {
     let p = dir.join(LOCK);
     let mut f = dir.open_file(LOCK, OFlags::RDWR | OFlags::CREATE, 0o600)?;
-    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+    // A lock this very process dropped can still be held for a moment by
+    // a child it is forking (another thread starting a command): the
+    // child shares the lock until its exec closes the descriptor. Such a
+    // holder (our own pid in the file) is waited out briefly.
+    let mut waited = 0;
+    let got = loop {
+        let r = rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive);
+        match r {
+            Err(e)
+                if e == rustix::io::Errno::WOULDBLOCK
+                    && waited < 200
+                    && holder_pid(&f) == Some(std::process::id()) =>
+            {
+                waited += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => break r,
+        }
+    };
+    match got {
         Ok(()) => {}
         Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
-            let mut s = String::new();
-            let _ = (&mut f).take(64).read_to_string(&mut s);
-            let holder = match s.trim().parse::<u32>() {
-                Ok(pid) => format!(" (pid {pid})"),
-                Err(_) => String::new(),
+            let holder = match holder_pid(&f) {
+                Some(pid) => format!(" (pid {pid})"),
+                None => String::new(),
             };
             return Err(Error::Locked {
                 path: dir.path().to_path_buf(),
@@ -124,6 +141,14 @@ fn lock(dir: &Dir) -> Result<File> {
     f.rewind().ctx("write", &p)?;
     let _ = writeln!(f, "{}", std::process::id());
     Ok(f)
+}
+
+/// The pid the lock file names (its holder writes it).
+fn holder_pid(f: &File) -> Option<u32> {
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; 64];
+    let n = f.read_at(&mut b, 0).ok()?;
+    std::str::from_utf8(&b[..n]).ok()?.trim().parse().ok()
 }
 
 /// Open a subdirectory of a trusted repository and check it.
