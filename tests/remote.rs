@@ -889,16 +889,34 @@ fn a_reused_snapshot_id_is_never_overwritten_on_the_remote() {
     fs::write(src.join("a"), b"third, after the rollback").unwrap();
     snap(&repo, &src, "incremental");
     let o = s3.run(&["push", "--repo", r]);
-    assert!(!o.status.success(), "a different snapshot 2 was pushed over the remote's");
-    assert!(String::from_utf8_lossy(&o.stderr).contains("ids were reused"), "{o:?}");
+    assert!(
+        !o.status.success(),
+        "a different snapshot 2 was pushed over the remote's"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("ids were reused"),
+        "{o:?}"
+    );
     // The remote still restores its own snapshot 2.
     let to = tmp.path().join("restored");
-    s3.ok(&["restore", "--remote", &url, "--host", "h", "2", "--to", to.to_str().unwrap()]);
+    s3.ok(&[
+        "restore",
+        "--remote",
+        &url,
+        "--host",
+        "h",
+        "2",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
     assert_eq!(fs::read(to.join("a")).unwrap(), b"second");
     // The same after the upload log is lost: the conditional create
     // refuses to overwrite.
     fs::remove_file(repo.join("remotes/bk.log")).unwrap();
     let o = s3.run(&["push", "--repo", r]);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("holds another snapshot 2"), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("holds another snapshot 2"),
+        "{o:?}"
+    );
 }
