@@ -57,7 +57,7 @@ fn body(purpose: &str) -> Result<Body> {
     let mut t = [0u8; 16];
     crate::store::crypto::random(&mut t)?;
     Ok(Body {
-        token: t.iter().map(|b| format!("{b:02x}")).collect(),
+        token: crate::util::bytes::to_hex(&t),
         host: local_host(),
         pid: std::process::id(),
         purpose: purpose.to_string(),

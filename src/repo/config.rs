@@ -77,7 +77,7 @@ pub struct RepoConfig {
     pub policy: Option<PolicyConfig>,
     /// Present in an encrypted repository (format 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encryption: Option<super::keys::EncryptionConfig>,
+    pub encryption: Option<EncryptionConfig>,
 }
 
 impl RepoConfig {
@@ -155,4 +155,32 @@ pub fn read_config(dir: &Dir) -> Result<RepoConfig> {
         )));
     }
     Ok(c)
+}
+
+/// The `encryption` block of config.json.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptionConfig {
+    /// `xchacha20-poly1305`.
+    pub cipher: String,
+    /// `blake3-keyed`.
+    pub chunk_ids: String,
+}
+
+impl EncryptionConfig {
+    pub fn current() -> EncryptionConfig {
+        EncryptionConfig {
+            cipher: "xchacha20-poly1305".into(),
+            chunk_ids: "blake3-keyed".into(),
+        }
+    }
+
+    pub fn check(&self) -> Result<()> {
+        if *self != EncryptionConfig::current() {
+            return Err(Error::InvalidInput(format!(
+                "the repository uses encryption {} / {}, which this rewindfs does not know",
+                self.cipher, self.chunk_ids
+            )));
+        }
+        Ok(())
+    }
 }

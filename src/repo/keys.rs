@@ -17,44 +17,18 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::config::EncryptionConfig;
 use super::config::RepoConfig;
 use crate::error::{Error, Result};
 use crate::snapshot::model::SnapshotRecord;
 use crate::store::crypto::{random, Crypto, MASTER_LEN};
+use crate::util::bytes::to_hex as hex;
 use crate::util::dirfd::Dir;
 
 /// `REPO/keys/`.
 pub const KEYS_DIR: &str = "keys";
 const MAX_KEY_FILE: u64 = 64 << 10;
 const RECORD_MAGIC: &[u8; 8] = b"RWREC\x01\0\0";
-
-/// The `encryption` block of config.json.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EncryptionConfig {
-    /// `xchacha20-poly1305`.
-    pub cipher: String,
-    /// `blake3-keyed`.
-    pub chunk_ids: String,
-}
-
-impl EncryptionConfig {
-    pub fn current() -> EncryptionConfig {
-        EncryptionConfig {
-            cipher: "xchacha20-poly1305".into(),
-            chunk_ids: "blake3-keyed".into(),
-        }
-    }
-
-    pub fn check(&self) -> Result<()> {
-        if *self != EncryptionConfig::current() {
-            return Err(Error::InvalidInput(format!(
-                "the repository uses encryption {} / {}, which this rewindfs does not know",
-                self.cipher, self.chunk_ids
-            )));
-        }
-        Ok(())
-    }
-}
 
 /// Where the key comes from.
 pub enum KeySource {
@@ -174,10 +148,6 @@ struct KeyFile {
     kdf: Kdf,
     /// The master secret sealed under the key-encryption key (hex).
     wrapped: String,
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn hex_decode(s: &str) -> Result<Vec<u8>> {

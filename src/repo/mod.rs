@@ -30,7 +30,8 @@ use crate::index::Index;
 use crate::snapshot::manifest::{Manifest, MANIFEST_PART_LEN};
 use crate::snapshot::model::MAX_RECORD_BYTES;
 use crate::snapshot::{Kind, SnapshotRecord, Stats, Tree};
-use crate::store::crypto::{chunk_id, Crypto};
+use crate::store::blob::chunk_id;
+use crate::store::crypto::Crypto;
 use crate::store::pack::{
     list_packs, scan_pack, Location, PackIds, PackReader, PackSource, PackWriter,
 };
@@ -95,6 +96,20 @@ pub struct Repository {
     /// view): gc keeps them.
     pins: Mutex<Vec<PinSource>>,
     _lock: Option<File>,
+}
+
+/// What each way of opening a repository found (see `Repository::assemble`).
+struct Parts {
+    dir: Dir,
+    snapshots_dir: Dir,
+    config: RepoConfig,
+    index: Index,
+    packs: PackReader,
+    crypto: Option<Arc<Crypto>>,
+    pack_ids: PackIds,
+    access: Access,
+    damaged: BTreeMap<u64, String>,
+    lock: Option<File>,
 }
 
 /// Lists chunks a reader still needs (see [`Repository::add_pins`]).
@@ -281,23 +296,18 @@ impl Repository {
             Err(e) => return Err(e),
         };
         let pack_ids = PackIds::after_existing(&packs_dir)?;
-        let repo = Repository {
-            packs: PackReader::new(packs_dir).with_crypto(crypto.clone()),
+        let repo = Repository::assemble(Parts {
+            packs: PackReader::new(packs_dir),
             crypto,
             snapshots_dir,
             dir,
             config,
             index,
             access: Access::ReadWrite,
-            damaged: Mutex::new(BTreeMap::new()),
+            damaged: BTreeMap::new(),
             pack_ids,
-            captures: RwLock::new(()),
-            lifecycle: Mutex::new(()),
-            condemned: RwLock::new(HashSet::new()),
-            pins: Mutex::new(Vec::new()),
-            records_gen: Default::default(),
-            _lock: Some(_lock),
-        };
+            lock: Some(_lock),
+        });
         repo.reconcile()?;
         Ok(repo)
     }
@@ -332,23 +342,18 @@ impl Repository {
         let index = Index::memory(&dir.join(INDEX));
         let report = fill_index(&index, &packs_dir, &snapshots_dir, false, crypto.as_deref())?;
         let pack_ids = PackIds::after_existing(&packs_dir)?;
-        let repo = Repository {
-            packs: PackReader::new(packs_dir).with_crypto(crypto.clone()),
+        let repo = Repository::assemble(Parts {
+            packs: PackReader::new(packs_dir),
             crypto,
             snapshots_dir,
             dir,
             config,
             index,
             access: Access::ReadOnly { trusted },
-            damaged: Mutex::new(report.damaged_records),
+            damaged: report.damaged_records,
             pack_ids,
-            captures: RwLock::new(()),
-            lifecycle: Mutex::new(()),
-            condemned: RwLock::new(HashSet::new()),
-            pins: Mutex::new(Vec::new()),
-            records_gen: Default::default(),
-            _lock: lock,
-        };
+            lock,
+        });
         Ok(repo)
     }
 
@@ -372,9 +377,8 @@ impl Repository {
         let entries: Vec<(ChunkId, Location)> = blobs.into_iter().collect();
         index.insert_chunks(&entries)?;
         let report = fill_index(&index, &packs_dir, &snapshots_dir, false, crypto.as_deref())?;
-        Ok(Repository {
-            packs: PackReader::with_source(packs_dir.try_clone()?, source)
-                .with_crypto(crypto.clone()),
+        Ok(Repository::assemble(Parts {
+            packs: PackReader::with_source(packs_dir.try_clone()?, source),
             crypto,
             pack_ids: PackIds::after_existing(&packs_dir)?,
             snapshots_dir,
@@ -382,14 +386,31 @@ impl Repository {
             config,
             index,
             access: Access::ReadOnly { trusted },
-            damaged: Mutex::new(report.damaged_records),
+            damaged: report.damaged_records,
+            lock: None,
+        }))
+    }
+
+    /// A repository from what an `open` found; the reader gets the keys
+    /// and the in-process state starts empty.
+    fn assemble(p: Parts) -> Repository {
+        Repository {
+            packs: p.packs.with_crypto(p.crypto.clone()),
+            crypto: p.crypto,
+            snapshots_dir: p.snapshots_dir,
+            dir: p.dir,
+            config: p.config,
+            index: p.index,
+            access: p.access,
+            damaged: Mutex::new(p.damaged),
+            pack_ids: p.pack_ids,
             captures: RwLock::new(()),
             lifecycle: Mutex::new(()),
             condemned: RwLock::new(HashSet::new()),
             pins: Mutex::new(Vec::new()),
             records_gen: Default::default(),
-            _lock: None,
-        })
+            _lock: p.lock,
+        }
     }
 
     /// Open for a command that only reads: read-write when possible (the

@@ -20,7 +20,8 @@ use parking_lot::{Mutex, RwLock};
 use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::snapshot::manifest::MANIFEST_PART_LEN;
-use crate::store::crypto::{chunk_id, Crypto};
+use crate::store::blob::chunk_id;
+use crate::store::crypto::Crypto;
 use crate::store::pack::{Location, PackWriter};
 use crate::store::{blob, BlobKind, ChunkId, EncodedBlob};
 

@@ -24,7 +24,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::crypto::{chunk_id, Crypto};
+use super::crypto::Crypto;
 use crate::error::{Error, Result};
 
 pub const BLOB_MAGIC: [u8; 4] = *b"RWBL";
@@ -54,17 +54,22 @@ const MIN_SAVING_DIVISOR: usize = 32;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ChunkId(pub [u8; 32]);
 
+/// A chunk's id: blake3 keyed with `crypto`'s key in an encrypted
+/// repository, plain blake3 otherwise.
+pub fn chunk_id(crypto: Option<&Crypto>, data: &[u8]) -> ChunkId {
+    match crypto {
+        Some(c) => ChunkId(c.keyed_hash(data)),
+        None => ChunkId::of(data),
+    }
+}
+
 impl ChunkId {
     pub fn of(data: &[u8]) -> ChunkId {
         ChunkId(*blake3::hash(data).as_bytes())
     }
 
     pub fn to_hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
+        crate::util::bytes::to_hex(&self.0)
     }
 
     pub fn from_hex(s: &str) -> Result<ChunkId> {
@@ -604,7 +609,7 @@ mod tests {
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();
         for data in [&text[..], &rnd[..]] {
-            let id = c.id(data);
+            let id = chunk_id(Some(&c), data);
             let b = encode(BlobKind::Chunk, id, data, 3, Some(&c)).unwrap();
             assert!(b.header.encrypted);
             assert!(!b.payload.windows(6).any(|w| w == b"MARKER"));

@@ -13,7 +13,6 @@
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 
-use super::blob::ChunkId;
 use crate::error::{Error, Result};
 
 pub const NONCE_LEN: usize = 24;
@@ -64,9 +63,10 @@ impl Crypto {
         }
     }
 
-    /// The id of a chunk: keyed blake3 of its content.
-    pub fn id(&self, data: &[u8]) -> ChunkId {
-        ChunkId(*blake3::keyed_hash(&self.id_key, data).as_bytes())
+    /// Keyed blake3 of `data`: a chunk's id in an encrypted repository
+    /// (see `blob::chunk_id`).
+    pub fn keyed_hash(&self, data: &[u8]) -> [u8; 32] {
+        *blake3::keyed_hash(&self.id_key, data).as_bytes()
     }
 
     /// Seal `plain`: `nonce || ciphertext || tag`.
@@ -120,15 +120,6 @@ fn auth_error(what: String) -> Error {
     ))
 }
 
-/// A chunk's id: keyed with `crypto` in an encrypted repository, plain
-/// blake3 otherwise.
-pub fn chunk_id(crypto: Option<&Crypto>, data: &[u8]) -> ChunkId {
-    match crypto {
-        Some(c) => c.id(data),
-        None => ChunkId::of(data),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,10 +153,11 @@ mod tests {
 
     #[test]
     fn ids_are_keyed() {
+        use crate::store::blob::{chunk_id, ChunkId};
         let (a, b) = (keys(1), keys(2));
-        assert_ne!(a.id(b"block"), ChunkId::of(b"block"));
-        assert_ne!(a.id(b"block"), b.id(b"block"));
-        assert_eq!(a.id(b"block"), chunk_id(Some(&a), b"block"));
+        assert_ne!(chunk_id(Some(&a), b"block"), ChunkId::of(b"block"));
+        assert_ne!(a.keyed_hash(b"block"), b.keyed_hash(b"block"));
+        assert_eq!(chunk_id(Some(&a), b"block").0, a.keyed_hash(b"block"));
         assert_eq!(chunk_id(None, b"block"), ChunkId::of(b"block"));
     }
 }

@@ -7,6 +7,16 @@ use std::os::unix::fs::FileExt;
 /// all of them: shrinking keeps the old bytes (no zeroing pass, which cost
 /// ~5% of a snapshot read when buffers are recycled), growing zero-fills
 /// only the new part.
+/// Lowercase hex of `b` (chunk ids, key files, lease tokens).
+pub fn to_hex(b: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        let _ = write!(s, "{x:02x}");
+    }
+    s
+}
+
 pub fn set_len_keeping(buf: &mut Vec<u8>, len: usize) {
     if buf.len() >= len {
         buf.truncate(len);

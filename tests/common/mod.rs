@@ -25,7 +25,11 @@ pub fn cli(repo: &Path, args: &[&str]) -> Output {
 
 /// Run the CLI and insist on success; returns stdout.
 pub fn ok(repo: &Path, args: &[&str]) -> String {
-    let o = cli(repo, args);
+    succeeded(cli(repo, args), args)
+}
+
+/// Insist that the run of `rewindfs ARGS` succeeded; returns stdout.
+pub fn succeeded(o: Output, args: &[&str]) -> String {
     assert!(
         o.status.success(),
         "rewindfs {args:?} failed: {}\n{}",

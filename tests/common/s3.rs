@@ -220,14 +220,7 @@ impl S3 {
 
     /// Run and insist on success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "rewindfs {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
+        super::succeeded(self.run(args), args)
     }
 }
 
