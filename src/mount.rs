@@ -73,7 +73,10 @@ impl LiveMount {
             Views::new(
                 cfg.repo.clone(),
                 cfg.mount.chunk_cache,
-                ViewOptions::default(),
+                ViewOptions {
+                    materialize: cfg.mount.materialize.options(cfg.repo.dir()),
+                    ..ViewOptions::default()
+                },
             )
         });
         let (session, fs) = crate::fuse::mount_live(

@@ -34,6 +34,57 @@ fn parse_period(s: &str) -> std::result::Result<Duration, String> {
     Ok(d)
 }
 
+/// The materialization cache of snapshot views (mount, mount-snapshot).
+#[derive(Args)]
+pub struct MaterializeArgs {
+    /// Disk for verified copies of snapshot files that are opened again,
+    /// which the kernel then serves by passthrough at the disk's speed
+    /// (re-reads and mmap of checkpoints in .snapshots). Kept in
+    /// REPO/cache/materialized; a file is copied in the background at its
+    /// second open (at its first with --materialize-now). SIZE (e.g. 20G),
+    /// `auto` (a tenth of the repository's filesystem, at most 64 GiB) or
+    /// 0 (off). Needs root (FUSE passthrough); not for encrypted or remote
+    /// repositories.
+    #[arg(long, value_name = "SIZE", default_value = "auto", value_parser = parse_materialize_size)]
+    materialize_cache: MaterializeSize,
+    /// Copy snapshot files matching GLOB (on the path in the snapshot or
+    /// the file name, e.g. '*.safetensors') at their first open.
+    /// Repeatable.
+    #[arg(long = "materialize-now", value_name = "GLOB", value_parser = parse_glob)]
+    materialize_now: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum MaterializeSize {
+    Auto,
+    Bytes(u64),
+}
+
+fn parse_materialize_size(s: &str) -> std::result::Result<MaterializeSize, String> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        return Ok(MaterializeSize::Auto);
+    }
+    super::common::parse_size_u64(s).map(MaterializeSize::Bytes)
+}
+
+fn parse_glob(s: &str) -> std::result::Result<String, String> {
+    globset::Glob::new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("bad pattern {s:?}: {e}"))
+}
+
+impl MaterializeArgs {
+    fn config(&self) -> rewindfs::fuse::session::MaterializeConfig {
+        rewindfs::fuse::session::MaterializeConfig {
+            capacity: match self.materialize_cache {
+                MaterializeSize::Auto => None,
+                MaterializeSize::Bytes(n) => Some(n),
+            },
+            now: self.materialize_now.clone(),
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct MountArgs {
     /// The data directory to serve and protect.
@@ -97,6 +148,8 @@ pub struct MountArgs {
     /// Memory for verified chunks of snapshot reads.
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = super::common::parse_size_u64)]
     chunk_cache: u64,
+    #[command(flatten)]
+    materialize: MaterializeArgs,
     /// Take an incremental snapshot this often when something changed
     /// (e.g. 15m; `off` to disable). Default 15m, or the repository's policy.
     #[arg(long, value_name = "DUR")]
@@ -168,6 +221,7 @@ pub fn mount(a: MountArgs, hook: rewindfs::daemon::CliHook) -> Result<i32> {
             ttl: a.cache_ttl,
             snapdir_visible: a.snapdir == "visible",
             chunk_cache: a.chunk_cache,
+            materialize: a.materialize.config(),
             suid: a.suid,
             dev: a.dev,
             nonempty: a.nonempty,
@@ -235,6 +289,8 @@ pub struct MountSnapshotArgs {
     /// object store.
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = super::common::parse_size_u64)]
     chunk_cache: u64,
+    #[command(flatten)]
+    materialize: MaterializeArgs,
     /// Mount even if MOUNTPOINT has entries (they are hidden while mounted).
     #[arg(long)]
     nonempty: bool,
@@ -259,6 +315,7 @@ pub fn mount_snapshot(a: MountSnapshotArgs, hook: rewindfs::daemon::CliHook) -> 
             allow_other: a.allow_other,
             foreground,
             chunk_cache: a.chunk_cache,
+            materialize: a.materialize.config(),
             nonempty: a.nonempty,
         },
         Some(hook),
@@ -574,6 +631,7 @@ pub fn status(a: StatusArgs) -> Result<i32> {
         println!("daemon:         pid {} (snapshot mounts only)", s.pid);
         println!("mounts:         {}", s.mounts.join(" "));
         print_newest(&s);
+        print_materialized(&s);
         return Ok(0);
     }
     println!("mountpoint:     {}", s.mountpoint);
@@ -618,6 +676,7 @@ pub fn status(a: StatusArgs) -> Result<i32> {
     }
     println!("snapshots:      {}", s.snapshots);
     print_newest(&s);
+    print_materialized(&s);
     print_manage(&s);
     if !s.mounts.is_empty() {
         println!("snapshot mounts: {}", s.mounts.join(" "));
@@ -722,6 +781,24 @@ fn print_manage(s: &DaemonStatus) {
                 .unwrap_or_default(),
             w = 8usize.saturating_sub(r.name.len())
         );
+    }
+}
+
+/// The materialization cache line of `status`.
+fn print_materialized(s: &DaemonStatus) {
+    match &s.materialized {
+        Some(m) => println!(
+            "materialized:   {} files, {} of {} (opened by passthrough {} times; {} copied, {} evicted, {} rejected, {} failed)",
+            m.files,
+            human_bytes(m.bytes),
+            human_bytes(m.capacity_bytes),
+            m.passthrough_opens,
+            m.promoted,
+            m.evicted,
+            m.rejected,
+            m.failed
+        ),
+        None => println!("materialized:   off (snapshot files are served by the daemon)"),
     }
 }
 

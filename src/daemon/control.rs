@@ -137,6 +137,9 @@ pub struct DaemonStatus {
     /// Bytes of verified chunks cached for snapshot reads.
     #[serde(default)]
     pub chunk_cache_bytes: u64,
+    /// The views' materialization cache, when there is one.
+    #[serde(default)]
+    pub materialized: Option<crate::views::materialize::MaterializeStatus>,
     /// How reads of live files are served (kernel passthrough, or through
     /// the daemon and why).
     #[serde(default)]

@@ -275,6 +275,7 @@ impl Shared {
             mounts: self.extra.mountpoints(),
             live: true,
             chunk_cache_bytes: self.views.chunks.bytes(),
+            materialized: self.views.materialize.as_ref().map(|m| m.status()),
             verify: self.verify.map(|r| {
                 let c = self.coverage.lock().clone();
                 super::control::VerifyStatus {

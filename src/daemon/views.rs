@@ -37,6 +37,8 @@ pub struct SnapMountRequest {
     pub allow_other: bool,
     pub foreground: bool,
     pub chunk_cache: u64,
+    /// The views' materialization cache.
+    pub materialize: crate::fuse::session::MaterializeConfig,
     /// Mount over a mountpoint that has entries.
     pub nonempty: bool,
 }
@@ -201,6 +203,7 @@ impl SnapDaemon {
                     live: false,
                     mounts: self.mounts.mountpoints(),
                     chunk_cache_bytes: self.views.chunks.bytes(),
+                    materialized: self.views.materialize.as_ref().map(|m| m.status()),
                     newest: self
                         .repo
                         .snapshots()
@@ -270,7 +273,14 @@ fn serve(
         }
         None => (Arc::new(Repository::open(&req.repo)?), None),
     };
-    let views = Views::new(repo.clone(), req.chunk_cache, Default::default());
+    let views = Views::new(
+        repo.clone(),
+        req.chunk_cache,
+        crate::views::ViewOptions {
+            materialize: req.materialize.options(repo.dir()),
+            ..Default::default()
+        },
+    );
     let d = Arc::new(SnapDaemon {
         repo: repo.clone(),
         views: views.clone(),

@@ -27,6 +27,8 @@ pub struct LiveAdapter {
     /// a parent's default ACL replaces it exactly as on the backing
     /// filesystem.
     pub dont_mask: bool,
+    /// How opens of `.snapshots` files are answered (see `view_io.rs`).
+    pub view_io: super::view_io::ViewIo,
 }
 
 fn caller(req: &Request) -> Caller {
@@ -186,16 +188,22 @@ impl Filesystem for LiveAdapter {
             tracing::warn!("the kernel does not offer FUSE_POSIX_ACL: POSIX ACLs are not enforced on this mount");
         }
         let fs = &self.router.fs;
-        if fs.passthrough_enabled() {
+        let copies = self
+            .router
+            .views
+            .as_ref()
+            .is_some_and(|v| v.materialize.is_some());
+        if fs.passthrough_enabled() || copies {
             let ok = have.contains(InitFlags::FUSE_PASSTHROUGH)
                 && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(2).is_ok();
-            if !ok {
+            if !ok && fs.passthrough_enabled() {
                 tracing::info!(
                     "the kernel does not offer FUSE passthrough; reads go through the daemon"
                 );
                 fs.disable_passthrough("the kernel does not offer FUSE passthrough");
             }
+            self.view_io.set_enabled(ok && copies);
         }
         Ok(())
     }
@@ -369,7 +377,15 @@ impl Filesystem for LiveAdapter {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.router.open(ino.0, flags.0, req.pid()) {
             // Snapshot files never change: keep their pages across opens.
-            Ok(Opened::View(fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(Opened::View(fh)) => match self.view_io.open(
+                ino.0,
+                fh,
+                || self.router.materialized(fh),
+                |f| reply.open_backing(f),
+            ) {
+                Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b),
+                None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            },
             Ok(Opened::Live(OpenReply::Plain { fh, keep_cache })) => {
                 let f = if keep_cache {
                     FopenFlags::FOPEN_KEEP_CACHE
@@ -456,6 +472,9 @@ impl Filesystem for LiveAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if fh.0 & crate::views::FH_TAG != 0 {
+            self.view_io.release(fh.0);
+        }
         self.router.release(fh.0);
         reply.ok();
     }

@@ -5,6 +5,8 @@
 //! - `router.rs`: which side answers a request (tested without a mount)
 //! - `live_adapter.rs`: `impl fuser::Filesystem` for the live mount
 //! - `view_adapter.rs`: `impl fuser::Filesystem` for `mount-snapshot`
+//! - `view_io.rs`: snapshot-file opens answered through the daemon or by
+//!   passthrough from a materialized copy (the kernel's per-inode modes)
 //! - `guard.rs`: a panicking handler costs one request (EIO), never the mount
 //! - `opstats.rs`: per-operation counts and latency buckets (for metrics)
 //! - `readahead.rs`: raising the kernel's readahead window after INIT
@@ -21,6 +23,7 @@ pub mod readahead;
 pub mod router;
 pub mod session;
 pub mod view_adapter;
+pub mod view_io;
 
 pub use kernel::{Statfs, MAX_IO};
 pub use live_adapter::LiveAdapter;

@@ -21,6 +21,30 @@ use crate::views::Views;
 /// how late a change made directly in the backing directory shows up.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 
+/// The views' materialization cache as asked for on the command line.
+#[derive(Clone, Debug, Default)]
+pub struct MaterializeConfig {
+    /// Bytes; `None`: the default for the repository's filesystem.
+    pub capacity: Option<u64>,
+    /// Globs of files copied at their first open.
+    pub now: Vec<String>,
+}
+
+impl MaterializeConfig {
+    /// The view options for a repository in `dir`.
+    pub fn options(
+        &self,
+        dir: &crate::util::dirfd::Dir,
+    ) -> crate::views::materialize::MaterializeOptions {
+        crate::views::materialize::MaterializeOptions {
+            capacity: self.capacity.unwrap_or_else(|| {
+                crate::views::materialize::MaterializeOptions::default_capacity(dir)
+            }),
+            now: self.now.clone(),
+        }
+    }
+}
+
 /// How to mount a live filesystem.
 #[derive(Clone, Debug)]
 pub struct MountConfig {
@@ -40,6 +64,8 @@ pub struct MountConfig {
     pub snapdir_visible: bool,
     /// Bytes of verified chunks kept for snapshot reads.
     pub chunk_cache: u64,
+    /// The views' materialization cache.
+    pub materialize: MaterializeConfig,
     /// Honour setuid/setgid bits and file capabilities of programs in
     /// the mount (off: `nosuid`). Snapshot views never honour them.
     pub suid: bool,
@@ -61,6 +87,7 @@ impl Default for MountConfig {
             fsname: "rewindfs".into(),
             snapdir_visible: false,
             chunk_cache: 256 << 20,
+            materialize: MaterializeConfig::default(),
             suid: false,
             dev: false,
             nonempty: false,
@@ -122,6 +149,7 @@ pub fn mount_live(
         },
         writeback_cache: cfg.writeback_cache,
         dont_mask: false,
+        view_io: Default::default(),
     };
     let notifier = fs.notifier.clone();
     let session = Session::new(Guarded(adapter), mountpoint, &config)?;

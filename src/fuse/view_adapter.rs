@@ -15,12 +15,15 @@ use fuser::{
 
 use super::guard::Guarded;
 use super::kernel::{Statfs, MAX_IO};
+use super::view_io::ViewIo;
 use crate::views::{Mapped, RootMap, Views};
 
 /// A standalone read-only mount of one snapshot or of all of them.
 pub struct ViewAdapter {
     pub views: Arc<Views>,
     pub map: RootMap,
+    /// Cached or passthrough, per open (see `view_io.rs`).
+    pub io: ViewIo,
 }
 
 impl ViewAdapter {
@@ -42,6 +45,20 @@ impl Filesystem for ViewAdapter {
             .is_err()
         {
             tracing::warn!("the kernel does not offer FUSE_POSIX_ACL: POSIX ACLs are not enforced on this snapshot mount");
+        }
+        // Materialized copies are served by passthrough (root only).
+        if self.views.materialize.is_some() {
+            let ok = config
+                .capabilities()
+                .contains(fuser::InitFlags::FUSE_PASSTHROUGH)
+                && config
+                    .add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH)
+                    .is_ok()
+                && config.set_max_stack_depth(2).is_ok();
+            if !ok {
+                tracing::info!("the kernel does not offer FUSE passthrough: snapshot files are served by the daemon");
+            }
+            self.io.set_enabled(ok);
         }
         Ok(())
     }
@@ -68,9 +85,18 @@ impl Filesystem for ViewAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.mapped().open(ino.0, flags.0) {
-            // Snapshot files never change: keep their pages across opens.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+        let m = self.mapped();
+        match m.open(ino.0, flags.0) {
+            Ok(fh) => {
+                match self
+                    .io
+                    .open(ino.0, fh, || m.materialized(fh), |f| reply.open_backing(f))
+                {
+                    Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b),
+                    // Snapshot files never change: keep their pages across opens.
+                    None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                }
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -113,6 +139,7 @@ impl Filesystem for ViewAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.io.release(fh.0);
         self.mapped().release(fh.0);
         reply.ok()
     }
@@ -245,6 +272,7 @@ pub fn mount_views(
         Guarded(ViewAdapter {
             views,
             map: RootMap { root },
+            io: ViewIo::default(),
         }),
         mountpoint,
         &config,

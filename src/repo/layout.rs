@@ -15,6 +15,9 @@
 //!   control.sock           SOCKET
 //!   daemon.log             LOG
 //!   verify-state.json      VERIFY_STATE (rolling verification's place)
+//!   cache/                 CACHE (what can be deleted at any time)
+//!     materialized/        MATERIALIZED (views::materialize: copies of
+//!                          snapshot files served by passthrough)
 //!   .tmp.<name>.<pid>      TMP_PREFIX (an atomic replacement in progress)
 //! ```
 //! Copy-before-write spill files have no name (`O_TMPFILE`).
@@ -34,6 +37,10 @@ pub const SOCKET: &str = "control.sock";
 pub const LOG: &str = "daemon.log";
 /// Where rolling verification (`--verify-every`) is in its rotation.
 pub const VERIFY_STATE: &str = "verify-state.json";
+/// Caches: nothing in them is repository data, all can be deleted.
+pub const CACHE: &str = "cache";
+/// Verified copies of snapshot files (`views::materialize`).
+pub const MATERIALIZED: &str = "materialized";
 /// Temporary files of an atomic replacement (`Dir::write_atomic`).
 pub use crate::util::dirfd::TMP_PREFIX;
 /// Modes of everything a repository holds.

@@ -307,6 +307,22 @@ pub fn forget(repo: &Repository, target: Target<'_>, dry_run: bool) -> Result<Fo
         repo.remove_record(*id)?;
     }
     repo.index().flush()?;
+    // 4. Their materialized copies (a cache: a failure costs disk only,
+    // and the next mount's scan deletes copies of missing snapshots).
+    let gone: Vec<u64> = report
+        .plan
+        .remove
+        .iter()
+        .chain(report.plan.remove_damaged.iter())
+        .copied()
+        .collect();
+    match crate::views::materialize::forget_snapshots(repo.dir(), &gone) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("deleted {n} materialized copies of forgotten snapshots"),
+        Err(e) => {
+            tracing::warn!("cannot delete the materialized copies of forgotten snapshots: {e}")
+        }
+    }
     Ok(report)
 }
 

@@ -170,6 +170,22 @@ impl ChunkCache {
         }
     }
 
+    /// The repository the chunks come from.
+    pub fn repo(&self) -> &Arc<Repository> {
+        &self.repo
+    }
+
+    /// A verified chunk for a one-time reader (the materialization
+    /// worker): from the cache if it is there, otherwise read from the
+    /// repository without entering the cache (a whole-file copy would
+    /// push out what the readers use).
+    pub fn get_transient(&self, id: &ChunkId) -> Result<Arc<Vec<u8>>> {
+        if let Some(Slot::Ready { data, .. }) = self.inner.lock().map.get(id) {
+            return Ok(data.clone());
+        }
+        self.repo.read_blob_into(id, Vec::new()).map(Arc::new)
+    }
+
     /// Ask the prefetch workers to load `id` (dropped if they are busy).
     pub fn prefetch(&self, id: ChunkId) {
         if self.inner.lock().map.contains_key(&id) {

@@ -11,13 +11,17 @@
 //!   live mount), with the operations the adapters call
 //! - `chunk_cache.rs`: a bounded cache of verified chunks with prefetch,
 //!   a read cache over the repository
+//! - `materialize.rs`: verified local copies of files read again, which
+//!   the adapters serve by kernel passthrough
 //!
-//! Invariants: views never write to the repository; a chunk that fails
+//! Invariants: views never write to the repository (only to its
+//! `cache/materialized/`, which holds no repository data); a chunk that fails
 //! verification answers EIO, never wrong bytes; every node and handle id
 //! of a view lies in the ranges `snapshot_fs` reserves, disjoint from the
 //! live filesystem's.
 
 pub mod chunk_cache;
+pub mod materialize;
 pub mod root_map;
 pub mod snapshot_fs;
 

@@ -34,6 +34,7 @@ use fuser::{Errno, FileAttr, FileType};
 use parking_lot::{Mutex, RwLock};
 
 use super::chunk_cache::ChunkCache;
+use super::materialize::{FileRef, Key, MaterializeOptions, Materializer};
 use crate::repo::Repository;
 use crate::snapshot::manifest::{display_path, Meta, Node};
 use crate::snapshot::{select::select, SnapshotRecord, Tree};
@@ -180,6 +181,8 @@ pub struct ViewFile {
     idx: u32,
     /// End of the last read (sequential reads trigger prefetch).
     last_end: AtomicU64,
+    /// Its content key in the materialization cache (when it has one).
+    key: Option<Key>,
 }
 
 pub struct ViewOptions {
@@ -191,6 +194,8 @@ pub struct ViewOptions {
     pub readahead_blocks: usize,
     /// Snapshot trees kept loaded.
     pub trees_cached: usize,
+    /// The materialization cache (capacity 0: none).
+    pub materialize: MaterializeOptions,
 }
 
 impl Default for ViewOptions {
@@ -200,6 +205,7 @@ impl Default for ViewOptions {
             short_ttl: Duration::from_secs(1),
             readahead_blocks: 16,
             trees_cached: 8,
+            materialize: MaterializeOptions::default(),
         }
     }
 }
@@ -207,6 +213,8 @@ impl Default for ViewOptions {
 pub struct Views {
     pub repo: Arc<Repository>,
     pub chunks: Arc<ChunkCache>,
+    /// Verified copies of files read again (see `materialize.rs`).
+    pub materialize: Option<Arc<Materializer>>,
     pub opts: ViewOptions,
     trees: Mutex<VecDeque<Arc<ViewTree>>>,
     /// The snapshot list as of a repository records generation.
@@ -226,8 +234,19 @@ fn ts(ns: i64) -> SystemTime {
 impl Views {
     pub fn new(repo: Arc<Repository>, cache_bytes: u64, opts: ViewOptions) -> Arc<Views> {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let chunks = ChunkCache::new(repo.clone(), cache_bytes, threads);
+        let materialize = match Materializer::open(chunks.clone(), &opts.materialize) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(
+                    "no materialization cache (snapshot files are served by the daemon): {e}"
+                );
+                None
+            }
+        };
         let views = Arc::new(Views {
-            chunks: ChunkCache::new(repo.clone(), cache_bytes, threads),
+            chunks,
+            materialize,
             repo,
             opts,
             trees: Mutex::new(VecDeque::new()),
@@ -555,12 +574,25 @@ impl Views {
             return Err(Errno::EISDIR);
         };
         let t = self.tree(id)?;
-        match t.nodes.get(idx as usize).map(|n| &n.kind) {
-            Some(VKind::File { .. }) => {}
-            Some(VKind::Dir(_)) => return Err(Errno::EISDIR),
-            Some(_) => return Err(Errno::EACCES),
-            None => return Err(Errno::ENOENT),
-        }
+        let node = t.nodes.get(idx as usize).ok_or(Errno::ENOENT)?;
+        let file = match &node.kind {
+            VKind::File { size, blocks } => self.materialize.as_ref().and_then(|m| {
+                (*size >= super::materialize::MIN_SIZE).then(|| {
+                    let f = FileRef {
+                        key: Key::of(t.record.block_size, *size, blocks),
+                        snapshot: id,
+                        block_size: t.record.block_size,
+                        size: *size,
+                        blocks: blocks.clone(),
+                        path: node.path.clone(),
+                    };
+                    m.note_open(&f);
+                    f.key
+                })
+            }),
+            VKind::Dir(_) => return Err(Errno::EISDIR),
+            _ => return Err(Errno::EACCES),
+        };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed) | FH_TAG;
         self.handles.write().insert(
             fh,
@@ -568,9 +600,17 @@ impl Views {
                 tree: t,
                 idx,
                 last_end: AtomicU64::new(0),
+                key: file,
             }),
         );
         Ok(fh)
+    }
+
+    /// The verified local copy of the file open as `fh`, for the kernel
+    /// to serve it by passthrough; `None`: the daemon serves it.
+    pub fn materialized(&self, fh: u64) -> Option<std::fs::File> {
+        let key = self.handles.read().get(&fh)?.key?;
+        self.materialize.as_ref()?.trusted(&key)
     }
 
     pub fn release(&self, fh: u64) {
