@@ -12,41 +12,9 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{bytes, cli, ok, status};
+use common::{bytes, ok, status, SnapMount};
 
 const MIB: usize = 1 << 20;
-
-/// A `mount-snapshot` mount, unmounted when dropped (also on panic).
-struct SnapMount {
-    repo: PathBuf,
-    mp: PathBuf,
-}
-
-impl SnapMount {
-    fn start(repo: &Path, mp: &Path, args: &[&str]) -> SnapMount {
-        fs::create_dir_all(mp).unwrap();
-        let mut a = vec!["mount-snapshot"];
-        a.extend_from_slice(args);
-        a.push(mp.to_str().unwrap());
-        ok(repo, &a);
-        SnapMount {
-            repo: repo.to_path_buf(),
-            mp: mp.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for SnapMount {
-    fn drop(&mut self) {
-        let o = cli(&self.repo, &["umount", self.mp.to_str().unwrap()]);
-        if !o.status.success() {
-            let _ = std::process::Command::new("fusermount3")
-                .arg("-u")
-                .arg(&self.mp)
-                .status();
-        }
-    }
-}
 
 fn materialized(repo: &Path) -> serde_json::Value {
     status(repo)["materialized"].clone()

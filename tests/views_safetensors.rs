@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::live::DaemonMount;
-use common::{bin, mount_dirs};
+use common::{bin, mount_dirs, ok, status, SnapMount};
 
 #[test]
 fn safetensors_loads_an_old_checkpoint_from_a_snapshot() {
@@ -45,4 +45,80 @@ fn safetensors_loads_an_old_checkpoint_from_a_snapshot() {
     );
     eprintln!("{}", String::from_utf8_lossy(&o.stdout));
     m.umount();
+}
+
+/// Drop the page cache (root), so the next read comes from the disk.
+fn drop_caches() {
+    let _ = std::process::Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").expect("dropping the page cache needs root");
+}
+
+fn mmap_check(dir: &Path) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/mmap_check.py");
+    let o = Command::new("python3")
+        .arg(script)
+        .arg("check")
+        .arg(dir)
+        .env("OPENBLAS_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// safetensors' safe_open and numpy.memmap map a snapshot file: cold
+/// through the daemon, then, once the files were opened again and
+/// copied into the materialization cache, by passthrough from the
+/// copies (cold and warm), always with the saved tensors.
+#[test]
+fn safe_open_and_numpy_memmap_of_a_snapshot_cold_and_after_promotion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, repo, mnt) = (
+        tmp.path().join("src"),
+        tmp.path().join("repo"),
+        tmp.path().join("mnt"),
+    );
+    std::fs::create_dir_all(&src).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/mmap_check.py");
+    let o = Command::new("python3")
+        .arg(&script)
+        .arg("gen")
+        .arg(&src)
+        .output()
+        .expect("python3 is needed");
+    assert!(
+        o.status.success(),
+        "numpy and safetensors are needed (pip install numpy safetensors, as .ci/run does): {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    ok(&repo, &["init"]);
+    ok(&repo, &["snapshot", "--source", src.to_str().unwrap()]);
+    let _m = SnapMount::start(&repo, &mnt, &["--materialize-cache", "256M", "1"]);
+    let m = |f: &str| status(&repo)["materialized"][f].as_u64().unwrap();
+    drop_caches();
+    mmap_check(&mnt);
+    assert_eq!(m("passthrough_opens"), 0);
+    // Opened again: both files are copied.
+    mmap_check(&mnt);
+    let t = std::time::Instant::now();
+    while m("promoted") < 2 {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(60),
+            "{}",
+            status(&repo)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    drop_caches();
+    mmap_check(&mnt);
+    let after_cold = m("passthrough_opens");
+    assert!(after_cold >= 2, "{}", status(&repo));
+    mmap_check(&mnt);
+    assert!(m("passthrough_opens") >= after_cold + 2);
+    assert_eq!(m("rejected"), 0);
 }

@@ -214,3 +214,35 @@ pub fn crash_rng() -> rand::rngs::StdRng {
     eprintln!("CRASH_SEED={seed}");
     rand::rngs::StdRng::seed_from_u64(seed)
 }
+
+/// A `mount-snapshot` mount, unmounted when dropped (also on panic).
+pub struct SnapMount {
+    repo: PathBuf,
+    mp: PathBuf,
+}
+
+impl SnapMount {
+    pub fn start(repo: &Path, mp: &Path, args: &[&str]) -> SnapMount {
+        std::fs::create_dir_all(mp).unwrap();
+        let mut a = vec!["mount-snapshot"];
+        a.extend_from_slice(args);
+        a.push(mp.to_str().unwrap());
+        ok(repo, &a);
+        SnapMount {
+            repo: repo.to_path_buf(),
+            mp: mp.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for SnapMount {
+    fn drop(&mut self) {
+        let o = cli(&self.repo, &["umount", self.mp.to_str().unwrap()]);
+        if !o.status.success() {
+            let _ = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.mp)
+                .status();
+        }
+    }
+}
