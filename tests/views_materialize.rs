@@ -302,3 +302,66 @@ fn the_cache_stays_within_its_size_and_forgotten_snapshots_take_their_copies() {
     assert_eq!(v["snapshots"], serde_json::json!([2]));
     assert_eq!(read(&s2.join("f2.bin")).unwrap(), files[2].1);
 }
+
+/// `.snapshots` of a live mount: the same cache, and a copy that changes
+/// while the kernel holds it open makes new opens fail with EIO (never
+/// bytes that are not the snapshot's); once it is closed, the file is
+/// served by the daemon again.
+#[test]
+fn live_snapshots_are_served_from_copies_and_a_copy_changed_while_open_fails_new_opens() {
+    let (_tmp, backing, mnt, repo) = common::mount_dirs();
+    let r = repo.to_str().unwrap();
+    let m = common::live::DaemonMount::start(
+        &backing,
+        &mnt,
+        &[
+            "--repo",
+            r,
+            "--every",
+            "off",
+            "--full-every",
+            "off",
+            "--materialize-cache",
+            "64M",
+        ],
+    );
+    let big = bytes(5, 4 * MIB + 7);
+    fs::write(mnt.join("big.bin"), &big).unwrap();
+    ok(&repo, &["snapshot"]);
+    let p = mnt.join(".snapshots/latest/big.bin");
+    read_until_promoted(&repo, &p, &big, 1);
+    let before = count(&repo, "passthrough_opens");
+    let held = fs::File::open(&p).unwrap();
+    assert_eq!(count(&repo, "passthrough_opens"), before + 1);
+    let mut buf = vec![0u8; 4096];
+    held.read_exact_at(&mut buf, MIB as u64).unwrap();
+    assert_eq!(buf, big[MIB..MIB + 4096]);
+    // The live file is unaffected by all this.
+    assert_eq!(fs::read(mnt.join("big.bin")).unwrap(), big);
+    let (data, _) = copies(&repo);
+    let bad = fs::OpenOptions::new().write(true).open(&data[0]).unwrap();
+    bad.write_all_at(b"ZZZZ", 10).unwrap();
+    drop(bad);
+    let e = fs::File::open(&p).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    drop(held);
+    // Closed: the changed copy is dropped and the daemon serves the file.
+    let t = Instant::now();
+    loop {
+        match read(&p) {
+            Ok(v) => {
+                assert_eq!(v, big);
+                break;
+            }
+            // The RELEASE of the held descriptor may still be on its way.
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                assert!(t.elapsed() < Duration::from_secs(10), "{e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(count(&repo, "rejected") >= 2, "{}", materialized(&repo));
+    assert!(!data[0].exists());
+    m.umount();
+}

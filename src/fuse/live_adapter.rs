@@ -188,22 +188,21 @@ impl Filesystem for LiveAdapter {
             tracing::warn!("the kernel does not offer FUSE_POSIX_ACL: POSIX ACLs are not enforced on this mount");
         }
         let fs = &self.router.fs;
-        let copies = self
-            .router
-            .views
-            .as_ref()
-            .is_some_and(|v| v.materialize.is_some());
-        if fs.passthrough_enabled() || copies {
+        // Snapshot files are served by passthrough from their copies only
+        // when the mount uses passthrough at all (--passthrough-reads).
+        if fs.passthrough_enabled() {
             let ok = have.contains(InitFlags::FUSE_PASSTHROUGH)
                 && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(2).is_ok();
-            if !ok && fs.passthrough_enabled() {
+            if !ok {
                 tracing::info!(
                     "the kernel does not offer FUSE passthrough; reads go through the daemon"
                 );
                 fs.disable_passthrough("the kernel does not offer FUSE passthrough");
             }
-            self.view_io.set_enabled(ok && copies);
+            if let Some(v) = self.router.views.as_deref() {
+                self.view_io.set_enabled(v, ok);
+            }
         }
         Ok(())
     }
@@ -377,15 +376,24 @@ impl Filesystem for LiveAdapter {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.router.open(ino.0, flags.0, req.pid()) {
             // Snapshot files never change: keep their pages across opens.
-            Ok(Opened::View(fh)) => match self.view_io.open(
-                ino.0,
-                fh,
-                || self.router.materialized(fh),
-                |f| reply.open_backing(f),
-            ) {
-                Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b),
-                None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            },
+            Ok(Opened::View(fh)) => {
+                let Some(views) = self.router.views.as_deref() else {
+                    return reply.error(fuser::Errno::EIO);
+                };
+                match self
+                    .view_io
+                    .open(views, ino.0, fh, |f| reply.open_backing(f))
+                {
+                    Ok(Some(b)) => {
+                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b)
+                    }
+                    Ok(None) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                    Err(e) => {
+                        self.router.release(fh);
+                        reply.error(e)
+                    }
+                }
+            }
             Ok(Opened::Live(OpenReply::Plain { fh, keep_cache })) => {
                 let f = if keep_cache {
                     FopenFlags::FOPEN_KEEP_CACHE

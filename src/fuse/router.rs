@@ -133,11 +133,6 @@ impl Router {
         }
     }
 
-    /// The verified local copy of the snapshot file open as `fh`, if any.
-    pub fn materialized(&self, fh: u64) -> Option<std::fs::File> {
-        self.view_handle(fh)?.materialized(fh)
-    }
-
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<ReadData> {
         match self.view_handle(fh) {
             Some(v) => v.read(fh, offset, size),

@@ -58,7 +58,7 @@ impl Filesystem for ViewAdapter {
             if !ok {
                 tracing::info!("the kernel does not offer FUSE passthrough: snapshot files are served by the daemon");
             }
-            self.io.set_enabled(ok);
+            self.io.set_enabled(&self.views, ok);
         }
         Ok(())
     }
@@ -87,16 +87,18 @@ impl Filesystem for ViewAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let m = self.mapped();
         match m.open(ino.0, flags.0) {
-            Ok(fh) => {
-                match self
-                    .io
-                    .open(ino.0, fh, || m.materialized(fh), |f| reply.open_backing(f))
-                {
-                    Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b),
-                    // Snapshot files never change: keep their pages across opens.
-                    None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(fh) => match self
+                .io
+                .open(&self.views, ino.0, fh, |f| reply.open_backing(f))
+            {
+                Ok(Some(b)) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b),
+                // Snapshot files never change: keep their pages across opens.
+                Ok(None) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                Err(e) => {
+                    m.release(fh);
+                    reply.error(e)
                 }
-            }
+            },
             Err(e) => reply.error(e),
         }
     }

@@ -39,14 +39,13 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use parking_lot::Mutex;
-use rustix::fs::OFlags;
 use serde::{Deserialize, Serialize};
 
 use super::chunk_cache::ChunkCache;
@@ -65,6 +64,9 @@ const RECORD_MAX: u64 = 1 << 20;
 /// How often the last use of a copy is written to disk (its record's
 /// mtime), for the LRU order across restarts.
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
+/// Copies leave at least 1/FREE_RESERVE of the repository's filesystem
+/// free (the live mount and the snapshots need it more).
+const FREE_RESERVE: u64 = 20;
 /// Open counts kept for files not yet copied (then forgotten).
 const MAX_COUNTED: usize = 100_000;
 
@@ -91,7 +93,7 @@ impl MaterializeOptions {
 
 /// What identifies one copy on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Identity {
+pub struct Identity {
     dev: u64,
     ino: u64,
     size: u64,
@@ -217,6 +219,9 @@ pub struct Materializer {
     now: Option<GlobSet>,
     inner: Mutex<Inner>,
     jobs: Sender<Job>,
+    /// Some FUSE session can serve copies (passthrough accepted at INIT
+    /// and not refused since): without one, nothing is copied.
+    serving: AtomicBool,
     promoted: AtomicU64,
     passthrough_opens: AtomicU64,
     rejected: AtomicU64,
@@ -313,6 +318,7 @@ impl Materializer {
             now,
             inner: Mutex::new(Inner::default()),
             jobs: tx,
+            serving: AtomicBool::new(false),
             promoted: AtomicU64::new(0),
             passthrough_opens: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
@@ -346,7 +352,10 @@ impl Materializer {
         let mut g = self.inner.lock();
         let mut datas = HashSet::new();
         for n in &names {
-            if let Some(rest) = n.strip_prefix("tmp.") {
+            if let Some(rest) = n
+                .strip_prefix("tmp.")
+                .or_else(|| n.strip_prefix(crate::util::dirfd::TMP_PREFIX))
+            {
                 let pid = rest.rsplit('.').next().and_then(|p| p.parse::<i32>().ok());
                 if pid.is_none_or(|p| !pid_alive(p) || p == std::process::id() as i32) {
                     let _ = self.dir.remove_file(n);
@@ -368,9 +377,17 @@ impl Materializer {
                 Some(l) => !r.snapshots.iter().any(|s| l.contains(s)),
                 None => false,
             };
+            let same = |r: &Record| {
+                self.dir
+                    .open_read(&data_name(&key))
+                    .ok()
+                    .flatten()
+                    .and_then(|f| Identity::of(&f).ok())
+                    == Some(r.identity)
+            };
             match rec {
-                Some((r, mtime)) if datas.contains(k) && !gone(&r) => {
-                    g.bytes += r.identity.size;
+                Some((r, mtime)) if datas.contains(k) && !gone(&r) && same(&r) => {
+                    g.bytes = g.bytes.saturating_add(r.identity.size);
                     g.entries.insert(
                         key,
                         Entry {
@@ -392,10 +409,17 @@ impl Materializer {
         Ok(())
     }
 
+    /// Whether copies can be served (a session accepted passthrough);
+    /// set by the FUSE adapters.
+    pub fn set_serving(&self, on: bool) {
+        self.serving.store(on, Ordering::Relaxed);
+    }
+
     /// Count an open of `f`; schedules a copy (or the read-back of one
     /// found on disk) when it is due.
     pub fn note_open(&self, f: &FileRef) {
-        if f.size < MIN_SIZE || f.size > self.capacity / 2 {
+        if f.size < MIN_SIZE || f.size > self.capacity / 2 || !self.serving.load(Ordering::Relaxed)
+        {
             return;
         }
         let job = {
@@ -470,11 +494,18 @@ impl Materializer {
             }
             e.identity
         };
-        let f = self
-            .dir
-            .open_file(&data_name(key), OFlags::RDONLY, 0)
-            .ok()
-            .filter(|f| Identity::of(f).ok() == Some(identity));
+        // Missing, or not what was verified: dropped. Any other error
+        // (out of descriptors...): not served this time.
+        let f = match self.dir.open_read(&data_name(key)) {
+            Ok(Some(f)) => match Identity::of(&f) {
+                Ok(id) if id == identity => Some(f),
+                Ok(_) => None,
+                Err(_) => return None,
+            },
+            Ok(None) => None,
+            Err(Error::Corrupt(_)) => None,
+            Err(_) => return None,
+        };
         let mut g = self.inner.lock();
         match f {
             Some(f) => {
@@ -528,6 +559,31 @@ impl Materializer {
         }
     }
 
+    /// Whether `file`, a copy of `key` handed to the kernel earlier, is
+    /// still as verified (`identity`), for an open that joins its
+    /// passthrough opens; counts as a use of the copy.
+    pub fn still_trusted(&self, key: &Key, file: &File, identity: &Identity) -> bool {
+        let ok = Identity::of(file).ok().as_ref() == Some(identity);
+        if ok {
+            if let Some(e) = self.inner.lock().entries.get_mut(key) {
+                e.last_used = SystemTime::now();
+            }
+            self.passthrough_opens.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                copy = %self.dir.join(&data_name(key)).display(),
+                "a materialized copy in use changed after it was verified: new opens of the file fail with EIO until its open descriptors are closed"
+            );
+        }
+        ok
+    }
+
+    /// The identity of an open copy (to check it again later).
+    pub fn identity_of(file: &File) -> Option<Identity> {
+        Identity::of(file).ok()
+    }
+
     pub fn status(&self) -> MaterializeStatus {
         let g = self.inner.lock();
         MaterializeStatus {
@@ -542,14 +598,20 @@ impl Materializer {
         }
     }
 
-    /// Delete least recently used copies until `need` more bytes fit.
-    /// False when they cannot (copies being read back are kept).
+    /// Delete least recently used copies until `need` more bytes fit,
+    /// within the capacity and leaving [`FREE_RESERVE`] of the
+    /// filesystem free. False (and nothing deleted) when they cannot.
     fn make_room(&self, need: u64) -> bool {
+        let fs_room = match rustix::fs::fstatvfs(&self.dir) {
+            Ok(s) => {
+                let total = s.f_blocks.saturating_mul(s.f_frsize);
+                let avail = s.f_bavail.saturating_mul(s.f_frsize);
+                avail.saturating_sub(total / FREE_RESERVE)
+            }
+            Err(_) => return false,
+        };
         let victims: Vec<Key> = {
             let mut g = self.inner.lock();
-            if g.bytes + need <= self.capacity {
-                return true;
-            }
             let mut old: Vec<(SystemTime, Key, u64)> = g
                 .entries
                 .iter()
@@ -557,22 +619,26 @@ impl Materializer {
                 .map(|(k, e)| (e.last_used, *k, e.identity.size))
                 .collect();
             old.sort_by_key(|o| o.0);
+            let mut freed = 0u64;
             let mut out = Vec::new();
             for (_, k, size) in old {
-                if g.bytes + need <= self.capacity {
+                if g.bytes.saturating_sub(freed).saturating_add(need) <= self.capacity
+                    && need <= fs_room.saturating_add(freed)
+                {
                     break;
                 }
-                g.entries.remove(&k);
-                g.bytes = g.bytes.saturating_sub(size);
+                freed = freed.saturating_add(size);
                 out.push(k);
             }
-            if g.bytes + need > self.capacity {
-                // Not enough even so: the victims are gone already.
-                for k in &out {
-                    remove_copy(&self.dir, k);
-                }
-                self.evicted.fetch_add(out.len() as u64, Ordering::Relaxed);
+            if g.bytes.saturating_sub(freed).saturating_add(need) > self.capacity
+                || need > fs_room.saturating_add(freed)
+            {
                 return false;
+            }
+            for k in &out {
+                if let Some(e) = g.entries.remove(k) {
+                    g.bytes = g.bytes.saturating_sub(e.identity.size);
+                }
             }
             out
         };
@@ -588,8 +654,10 @@ impl Materializer {
     /// data fsynced and renamed into place before its record is written.
     fn build(&self, f: &FileRef) -> Result<()> {
         if !self.make_room(f.size) {
+            // Not a failure of the file: a later open asks again.
+            self.inner.lock().building.remove(&f.key);
             return Err(Error::InvalidInput(format!(
-                "no room for {} bytes in the materialization cache",
+                "no room for {} bytes in the materialization cache (--materialize-cache) or on its filesystem",
                 f.size
             )));
         }
@@ -631,7 +699,7 @@ impl Materializer {
         match result {
             Ok(identity) => {
                 let now = SystemTime::now();
-                g.bytes += identity.size;
+                g.bytes = g.bytes.saturating_add(identity.size);
                 g.entries.insert(
                     f.key,
                     Entry {
@@ -646,7 +714,11 @@ impl Materializer {
                 Ok(())
             }
             Err(e) => {
-                g.failed.insert(f.key);
+                // Damaged or missing data is not tried again by this
+                // process; anything else (disk full...) at a later open.
+                if matches!(e, Error::Corrupt(_) | Error::MissingChunk(_)) {
+                    g.failed.insert(f.key);
+                }
                 drop(g);
                 let _ = self.dir.remove_file(&tmp);
                 remove_copy(&self.dir, &f.key);
@@ -784,24 +856,6 @@ pub fn forget_snapshots(repo_dir: &Dir, ids: &[u64]) -> Result<usize> {
             let bytes = serde_json::to_vec(&r).map_err(|e| Error::Corrupt(e.to_string()))?;
             dir.write_atomic(&n, &bytes)?;
         }
-    }
-    Ok(removed)
-}
-
-/// Delete the whole cache (it is rebuilt on demand).
-pub fn clear(repo_dir: &Dir) -> Result<usize> {
-    let Some(dir) = existing_cache_dir(repo_dir)? else {
-        return Ok(0);
-    };
-    let mut removed = 0;
-    for n in dir.names()? {
-        let Ok(n) = String::from_utf8(n) else {
-            continue;
-        };
-        if n.ends_with(".rec") {
-            removed += 1;
-        }
-        let _ = dir.remove_file(&n);
     }
     Ok(removed)
 }

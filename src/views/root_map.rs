@@ -84,10 +84,6 @@ impl Mapped<'_> {
         self.views.read(fh, offset, size)
     }
 
-    pub fn materialized(&self, fh: u64) -> Option<std::fs::File> {
-        self.views.materialized(fh)
-    }
-
     pub fn release(&self, fh: u64) {
         self.views.release(fh)
     }

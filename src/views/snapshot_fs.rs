@@ -606,11 +606,10 @@ impl Views {
         Ok(fh)
     }
 
-    /// The verified local copy of the file open as `fh`, for the kernel
-    /// to serve it by passthrough; `None`: the daemon serves it.
-    pub fn materialized(&self, fh: u64) -> Option<std::fs::File> {
-        let key = self.handles.read().get(&fh)?.key?;
-        self.materialize.as_ref()?.trusted(&key)
+    /// The content key in the materialization cache of the file open as
+    /// `fh` (files the cache may hold).
+    pub fn materialized_key(&self, fh: u64) -> Option<Key> {
+        self.handles.read().get(&fh)?.key
     }
 
     pub fn release(&self, fh: u64) {
