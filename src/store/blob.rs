@@ -337,8 +337,29 @@ pub enum Check {
     /// wrong bytes: the decoders are bounded by `raw_len` and reject
     /// malformed input).
     Content,
+    /// [`Check::Content`], except for a sealed payload: its AEAD tag,
+    /// checked when it is opened, already proves it is the payload sealed
+    /// under this repository's key for this id, kind, codec and length,
+    /// so the keyed content hash after decoding (a check of the decoder
+    /// itself) is computed for one read in [`SEALED_SAMPLE`] only. The
+    /// read path of snapshot views and restores.
+    Sealed,
     /// Also the checksum of the stored payload, before decoding.
     Full,
+}
+
+/// A sealed blob read with [`Check::Sealed`] gets its content hash
+/// checked once in this many reads.
+pub const SEALED_SAMPLE: u64 = 16;
+
+static SEALED_READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Whether this read of a sealed payload checks the content hash too.
+fn hash_sealed(check: Check) -> bool {
+    check != Check::Sealed
+        || SEALED_READS
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .is_multiple_of(SEALED_SAMPLE)
 }
 
 /// Verify and decode a payload read from a pack. `expect` is the id the
@@ -354,7 +375,7 @@ pub fn decode(
     if header.encrypted {
         check_stored(header, &payload, expect, check, crypto)?;
         open_payload(header, &mut payload, expect, crypto)?;
-        return decode_plain(header, payload, expect, crypto);
+        return decode_plain(header, payload, expect, crypto, hash_sealed(check));
     }
     if header.codec == Codec::Raw {
         check_stored(header, &payload, expect, check, crypto)?;
@@ -379,12 +400,13 @@ fn open_payload(
     c.open_in_place(&ad, payload, &|| format!("chunk {expect}"))
 }
 
-/// Decode an unsealed payload and check its keyed id.
+/// Decode an unsealed payload and check its keyed id (when `hash`).
 fn decode_plain(
     header: &BlobHeader,
     inner: Vec<u8>,
     expect: &ChunkId,
     crypto: Option<&Crypto>,
+    hash: bool,
 ) -> Result<Vec<u8>> {
     let out = match header.codec {
         Codec::Raw => {
@@ -402,10 +424,10 @@ fn decode_plain(
                 encrypted: false,
                 ..*header
             };
-            return decode_content(&plain, &inner, expect, Vec::new(), crypto);
+            return decode_content(&plain, &inner, expect, Vec::new(), crypto, hash);
         }
     };
-    if chunk_id(crypto, &out) != *expect {
+    if hash && chunk_id(crypto, &out) != *expect {
         return Err(Error::Corrupt(format!(
             "chunk {expect}: content hash mismatch"
         )));
@@ -427,18 +449,19 @@ pub fn decode_ref(
     if header.encrypted {
         let mut inner = payload.to_vec();
         open_payload(header, &mut inner, expect, crypto)?;
-        return decode_plain(header, inner, expect, crypto);
+        return decode_plain(header, inner, expect, crypto, hash_sealed(check));
     }
-    decode_content(header, payload, expect, out, crypto)
+    decode_content(header, payload, expect, out, crypto, true)
 }
 
-/// Decode an unsealed payload into `out` and check its id.
+/// Decode an unsealed payload into `out` and check its id (when `hash`).
 fn decode_content(
     header: &BlobHeader,
     payload: &[u8],
     expect: &ChunkId,
     out: Vec<u8>,
     crypto: Option<&Crypto>,
+    hash: bool,
 ) -> Result<Vec<u8>> {
     let cap = header.raw_len as usize;
     let mut out = if out.capacity() >= cap {
@@ -467,7 +490,7 @@ fn decode_content(
             out.len()
         )));
     }
-    if chunk_id(crypto, &out) != *expect {
+    if hash && chunk_id(crypto, &out) != *expect {
         return Err(Error::Corrupt(format!(
             "chunk {expect}: content hash mismatch after decompression"
         )));
@@ -615,7 +638,7 @@ mod tests {
             assert!(!b.payload.windows(6).any(|w| w == b"MARKER"));
             let h = BlobHeader::decode(&b.header.encode()).unwrap();
             assert!(h.encrypted);
-            for check in [Check::Content, Check::Full] {
+            for check in [Check::Content, Check::Sealed, Check::Full] {
                 assert_eq!(
                     decode(&h, b.payload.clone(), &id, check, Some(&c)).unwrap(),
                     data
@@ -642,6 +665,28 @@ mod tests {
                 ..h
             };
             assert!(decode(&lie, b.payload.clone(), &id, Check::Content, Some(&c)).is_err());
+            // The read path's check skips the content hash of most sealed
+            // reads, never the tag: every read of a damaged payload, or
+            // with a header naming another id, fails.
+            for _ in 0..2 * SEALED_SAMPLE {
+                let mut bad = b.payload.clone();
+                let at = bad.len() / 2;
+                bad[at] ^= 1;
+                assert!(decode(&h, bad, &id, Check::Sealed, Some(&c)).is_err());
+                let mut bad = b.payload.clone();
+                bad[at] ^= 1;
+                assert!(decode_ref(&h, &bad, &id, Check::Sealed, Vec::new(), Some(&c)).is_err());
+                let other_id = chunk_id(Some(&c), b"another chunk");
+                let moved = BlobHeader { id: other_id, ..h };
+                assert!(decode(
+                    &moved,
+                    b.payload.clone(),
+                    &other_id,
+                    Check::Sealed,
+                    Some(&c)
+                )
+                .is_err());
+            }
         }
         // A plaintext blob in an encrypted repository is refused.
         let id = ChunkId::of(&text);

@@ -539,16 +539,17 @@ impl PackReader {
         Ok(EncodedBlob { header, payload })
     }
 
-    /// Read, verify and decode the blob `id` at `loc` (content hash).
+    /// Read, verify and decode the blob `id` at `loc` (content hash; a
+    /// sealed blob: its authentication tag, see [`Check::Sealed`]).
     pub fn read(&self, loc: &Location, id: &ChunkId) -> Result<Vec<u8>> {
-        self.read_checked(loc, id, Check::Content, Vec::new())
+        self.read_checked(loc, id, Check::Sealed, Vec::new())
     }
 
     /// Like [`PackReader::read`], decoding into `spare`'s allocation when
     /// it is large enough (readers that recycle buffers keep the
     /// allocator from spreading them over its arenas).
     pub fn read_into(&self, loc: &Location, id: &ChunkId, spare: Vec<u8>) -> Result<Vec<u8>> {
-        self.read_checked(loc, id, Check::Content, spare)
+        self.read_checked(loc, id, Check::Sealed, spare)
     }
 
     /// Read the blob `id` at `loc`, checking its stored checksum too (for
