@@ -394,3 +394,39 @@ fn a_view_holding_a_forgotten_snapshot_open_across_gc() {
     assert!(v.starts_with("ok:"), "{v}");
     live.umount();
 }
+
+/// A loader reading the files of a directory one after another: when a
+/// sequential reader nears the end of one file, the first blocks of the
+/// next file (name order) are loaded ahead.
+#[test]
+fn reading_a_file_to_its_end_prefetches_the_next_file_of_its_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, repo, mp) = (
+        tmp.path().join("src"),
+        tmp.path().join("repo"),
+        tmp.path().join("mnt"),
+    );
+    fs::create_dir_all(src.join("d")).unwrap();
+    let mib = 1 << 20;
+    fs::write(src.join("d/shard-0"), bytes(1, 2 * mib)).unwrap();
+    fs::write(src.join("d/shard-1"), bytes(2, 3 * mib)).unwrap();
+    fs::write(src.join("d/shard-2"), bytes(3, 3 * mib)).unwrap();
+    ok(&repo, &["init"]);
+    ok(&repo, &["snapshot", "--source", src.to_str().unwrap()]);
+    let _m = common::SnapMount::start(&repo, &mp, &["--materialize-cache", "0", "1"]);
+    let cached = || common::status(&repo)["chunk_cache_bytes"].as_u64().unwrap();
+    assert_eq!(fs::read(mp.join("d/shard-0")).unwrap(), bytes(1, 2 * mib));
+    // shard-0's 2 blocks, then shard-1's 3 (not shard-2's).
+    let t = std::time::Instant::now();
+    while cached() < 5 * mib as u64 {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "the next file was not prefetched: {} bytes cached",
+            cached()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(cached() < 7 * mib as u64, "{}", cached());
+    assert_eq!(fs::read(mp.join("d/shard-1")).unwrap(), bytes(2, 3 * mib));
+}

@@ -183,6 +183,9 @@ pub struct ViewFile {
     last_end: AtomicU64,
     /// Its content key in the materialization cache (when it has one).
     key: Option<Key>,
+    /// The next file of its directory was prefetched (a loader walking
+    /// shards in name order).
+    next_prefetched: std::sync::atomic::AtomicBool,
 }
 
 pub struct ViewOptions {
@@ -601,6 +604,7 @@ impl Views {
                 idx,
                 last_end: AtomicU64::new(0),
                 key: file,
+                next_prefetched: std::sync::atomic::AtomicBool::new(false),
             }),
         );
         Ok(fh)
@@ -686,10 +690,19 @@ impl Views {
         let prev = f.last_end.fetch_max(end, Ordering::Relaxed);
         let near = prev == u64::MAX || offset.abs_diff(prev) <= 8 * bs;
         if near || offset == 0 {
-            for b in
-                last + 1..(last + 1 + self.opts.readahead_blocks as u64).min(blocks.len() as u64)
-            {
+            let window = last + 1 + self.opts.readahead_blocks as u64;
+            for b in last + 1..window.min(blocks.len() as u64) {
                 self.chunks.prefetch(blocks[b as usize]);
+            }
+            // The window passes the end of the file: start on the next
+            // file of the directory (in name order), once.
+            let left = window.saturating_sub(blocks.len() as u64) as usize;
+            if left > 0 && offset > 0 && !f.next_prefetched.swap(true, Ordering::Relaxed) {
+                if let Some(next) = next_file(&f.tree, f.idx) {
+                    for id in next.iter().take(left) {
+                        self.chunks.prefetch(*id);
+                    }
+                }
             }
         }
         Ok(out)
@@ -726,6 +739,26 @@ impl Views {
     pub fn statfs(&self) -> VResult<rustix::fs::StatVfs> {
         rustix::fs::fstatvfs(self.repo.dir()).map_err(|e| Errno::from_i32(e.raw_os_error()))
     }
+}
+
+/// The blocks of the file after node `idx` in its directory (name
+/// order), skipping anything that is not a file.
+fn next_file(t: &ViewTree, idx: u32) -> Option<Arc<Vec<ChunkId>>> {
+    let n = t.nodes.get(idx as usize)?;
+    let name = match n.path.iter().rposition(|c| *c == b'/') {
+        Some(p) => &n.path[p + 1..],
+        None => &n.path[..],
+    };
+    let VKind::Dir(children) = &t.nodes.get(n.parent as usize)?.kind else {
+        return None;
+    };
+    use std::ops::Bound::{Excluded, Unbounded};
+    children
+        .range::<[u8], _>((Excluded(name), Unbounded))
+        .find_map(|(_, c)| match &t.nodes.get(*c as usize)?.kind {
+            VKind::File { blocks, .. } => Some(blocks.clone()),
+            _ => None,
+        })
 }
 
 /// Extended attributes a view shows: all but file capabilities, which
