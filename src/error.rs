@@ -34,7 +34,7 @@ pub enum Error {
     NotARepository { path: PathBuf },
 
     /// The repository was written by an incompatible format version.
-    #[error("repository {} has format version {found}, this rewindfs supports version {supported}", path.display())]
+    #[error("repository {} has format version {found}, this rewindfs supports versions 1 to {supported}", path.display())]
     UnsupportedFormat {
         path: PathBuf,
         found: u32,

@@ -122,7 +122,7 @@ fn bad_input_gets_one_clear_line_and_nonzero_exit() {
     let text = fs::read_to_string(&cfg).unwrap();
     fs::write(
         &cfg,
-        text.replace("\"format_version\": 1", "\"format_version\": 99"),
+        text.replace("\"format_version\": 3", "\"format_version\": 99"),
     )
     .unwrap();
     let o = cli(&repo, &["snapshots"]);

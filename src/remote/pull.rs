@@ -226,8 +226,8 @@ fn check_pack(data: &[u8], idx: &PackIdx, what: &str) -> Result<()> {
             let start = (loc.offset + HEADER_LEN as u64) as usize;
             b.header.id == *id
                 && b.location == *loc
-                && blake3::hash(&data[start..start + loc.stored_len as usize]).as_bytes()
-                    == &b.header.stored_sum
+                && b.header
+                    .stored_sum_matches(&data[start..start + loc.stored_len as usize])
         });
         if !ok {
             return Err(Error::Corrupt(format!(

@@ -370,7 +370,7 @@ impl Pusher {
         for b in &scan.blobs {
             let start = (b.location.offset + HEADER_LEN as u64) as usize;
             let payload = &data[start..start + b.location.stored_len as usize];
-            if blake3::hash(payload).as_bytes() == &b.header.stored_sum {
+            if b.header.stored_sum_matches(payload) {
                 blobs.push((b.header.id, b.location));
             } else {
                 damaged += 1;

@@ -18,6 +18,10 @@ pub const FORMAT_VERSION: u32 = 1;
 /// records, keyed chunk ids and `keys/`): a rewindfs that knows only
 /// format 1 refuses it instead of misreading it.
 pub const ENCRYPTED_FORMAT_VERSION: u32 = 2;
+/// A plain repository whose blobs carry fast sums (blob flag bit 1): what
+/// `init` creates without encryption. Formats 1 and 2 are still read and
+/// written as they are.
+pub const FAST_SUMS_FORMAT_VERSION: u32 = 3;
 pub const DEFAULT_BLOCK_SIZE: u32 = 1 << 20;
 pub const MIN_BLOCK_SIZE: u32 = 64 << 10;
 pub const MAX_BLOCK_SIZE: u32 = 8 << 20;
@@ -90,7 +94,7 @@ impl RepoConfig {
             std::thread::current().id()
         );
         Ok(RepoConfig {
-            format_version: FORMAT_VERSION,
+            format_version: FAST_SUMS_FORMAT_VERSION,
             block_size,
             compression_level,
             pack_target_size: DEFAULT_PACK_TARGET,
@@ -129,11 +133,17 @@ pub fn read_config(dir: &Dir) -> Result<RepoConfig> {
     }
     let v: Version = serde_json::from_slice(&bytes)
         .map_err(|e| Error::Corrupt(format!("{}: {e}", p.display())))?;
-    if v.format_version != FORMAT_VERSION && v.format_version != ENCRYPTED_FORMAT_VERSION {
+    if ![
+        FORMAT_VERSION,
+        ENCRYPTED_FORMAT_VERSION,
+        FAST_SUMS_FORMAT_VERSION,
+    ]
+    .contains(&v.format_version)
+    {
         return Err(Error::UnsupportedFormat {
             path: dir.path().to_path_buf(),
             found: v.format_version,
-            supported: ENCRYPTED_FORMAT_VERSION,
+            supported: FAST_SUMS_FORMAT_VERSION,
         });
     }
     let c: RepoConfig = serde_json::from_slice(&bytes)

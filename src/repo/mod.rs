@@ -817,6 +817,7 @@ impl Repository {
             self.pack_writer()?,
             self.config.compression_level,
             self.crypto.as_deref(),
+            self.config.format_version == config::FAST_SUMS_FORMAT_VERSION,
         )
     }
 

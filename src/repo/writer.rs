@@ -48,6 +48,8 @@ pub struct ChunkWriter<'r> {
     level: i32,
     /// The keys of an encrypted repository (ids keyed, payloads sealed).
     crypto: Option<&'r Crypto>,
+    /// Blobs carry fast sums (format 3).
+    fast_sums: bool,
     tx: Option<Sender<Msg>>,
     thread: Option<JoinHandle<()>>,
     /// Chunks claimed by this writer and not yet in the index.
@@ -95,6 +97,7 @@ impl<'r> ChunkWriter<'r> {
         packs: PackWriter,
         level: i32,
         crypto: Option<&'r Crypto>,
+        fast_sums: bool,
     ) -> Result<ChunkWriter<'r>> {
         let (tx, rx) = bounded(QUEUE);
         let thread = std::thread::Builder::new()
@@ -105,6 +108,7 @@ impl<'r> ChunkWriter<'r> {
             index,
             condemned,
             crypto,
+            fast_sums,
             level,
             tx: Some(tx),
             thread: Some(thread),
@@ -159,7 +163,7 @@ impl<'r> ChunkWriter<'r> {
             BlobKind::Manifest => self.level.max(3),
             BlobKind::Chunk => self.level,
         };
-        let encoded = blob::encode(kind, id, data, level, self.crypto)?;
+        let encoded = blob::encode_with(kind, id, data, level, self.crypto, self.fast_sums)?;
         self.stored_bytes
             .fetch_add(encoded.encoded_len(), Ordering::Relaxed);
         self.new_chunks.fetch_add(1, Ordering::Relaxed);

@@ -5,11 +5,14 @@
 //!      0    4 magic "RWBL"
 //!      4    1 kind   (1 = chunk of file data, 2 = manifest part)
 //!      5    1 codec  (0 = raw, 1 = zstd, 2 = byte planes)
-//!      6    2 flags  (bit 0: the payload is sealed, see crypto.rs; others 0)
+//!      6    2 flags  (bit 0: the payload is sealed, see crypto.rs; bit 1: fast
+//!                     sums, below; others 0)
 //!      8    4 raw_len    u32 LE, length of the content
 //!     12    4 stored_len u32 LE, length of the payload that follows
 //!     16   32 id         blake3 of the content (the chunk's address)
-//!     48   32 stored_sum blake3 of the payload as stored
+//!     48   32 stored_sum blake3 of the payload as stored; with fast sums
+//!                         (flag bit 1, plain blobs of format 3) its first 24
+//!                         bytes, then xxh3-64 of the payload (LE)
 //!     80    8 header_sum first 8 bytes of blake3(header[0..80])
 //!     88    . payload
 //! ```
@@ -152,10 +155,21 @@ pub struct BlobHeader {
     pub stored_sum: [u8; 32],
     /// The payload is sealed (an encrypted repository).
     pub encrypted: bool,
+    /// `stored_sum` holds 24 bytes of blake3 and xxh3-64 of the payload.
+    pub fast_sum: bool,
 }
 
 /// Header flag: the payload is `nonce || ciphertext || tag`.
 pub const FLAG_ENCRYPTED: u16 = 1;
+/// Header flag: `stored_sum` ends with xxh3-64 of the payload (a check
+/// the read path can afford for every blob; see [`Check::Fast`]).
+pub const FLAG_FAST_SUM: u16 = 2;
+
+/// xxh3-64 of a stored payload, as stored in the last 8 bytes of a
+/// fast-summed header.
+fn fast_sum(payload: &[u8]) -> [u8; 8] {
+    xxhash_rust::xxh3::xxh3_64(payload).to_le_bytes()
+}
 
 /// What a sealed payload is bound to: its kind, codec, length and id.
 fn blob_ad(kind: BlobKind, codec: Codec, raw_len: u32, id: &ChunkId) -> [u8; 38] {
@@ -173,7 +187,8 @@ impl BlobHeader {
         h[field::MAGIC].copy_from_slice(&BLOB_MAGIC);
         h[field::KIND] = self.kind as u8;
         h[field::CODEC] = self.codec as u8;
-        let flags = if self.encrypted { FLAG_ENCRYPTED } else { 0 };
+        let flags = if self.encrypted { FLAG_ENCRYPTED } else { 0 }
+            | if self.fast_sum { FLAG_FAST_SUM } else { 0 };
         h[field::FLAGS].copy_from_slice(&flags.to_le_bytes());
         h[field::RAW_LEN].copy_from_slice(&self.raw_len.to_le_bytes());
         h[field::STORED_LEN].copy_from_slice(&self.stored_len.to_le_bytes());
@@ -203,7 +218,8 @@ impl BlobHeader {
         let raw_len = u32_at(field::RAW_LEN);
         let stored_len = u32_at(field::STORED_LEN);
         let flags = u16::from_le_bytes([h[field::FLAGS.start], h[field::FLAGS.start + 1]]);
-        if flags & !FLAG_ENCRYPTED != 0 {
+        if flags & !(FLAG_ENCRYPTED | FLAG_FAST_SUM) != 0 || flags == FLAG_ENCRYPTED | FLAG_FAST_SUM
+        {
             return Err(Error::Corrupt(format!(
                 "blob header has unknown flags {flags:#x}"
             )));
@@ -225,7 +241,24 @@ impl BlobHeader {
             id: ChunkId(id),
             stored_sum,
             encrypted: flags & FLAG_ENCRYPTED != 0,
+            fast_sum: flags & FLAG_FAST_SUM != 0,
         })
+    }
+
+    /// Whether `payload` matches the stored checksum (blake3; with fast
+    /// sums, its first 24 bytes and xxh3-64).
+    pub fn stored_sum_matches(&self, payload: &[u8]) -> bool {
+        let b = blake3::hash(payload);
+        if self.fast_sum {
+            b.as_bytes()[..24] == self.stored_sum[..24] && self.fast_sum_matches(payload)
+        } else {
+            *b.as_bytes() == self.stored_sum
+        }
+    }
+
+    /// Whether xxh3-64 of `payload` is the one stored (fast sums only).
+    fn fast_sum_matches(&self, payload: &[u8]) -> bool {
+        self.fast_sum && fast_sum(payload) == self.stored_sum[24..]
     }
 }
 
@@ -253,6 +286,20 @@ pub fn encode(
     level: i32,
     crypto: Option<&Crypto>,
 ) -> Result<EncodedBlob> {
+    encode_with(kind, id, data, level, crypto, false)
+}
+
+/// [`encode`], with fast sums (`fast`, plain blobs only: a sealed blob
+/// has its authentication tag).
+pub fn encode_with(
+    kind: BlobKind,
+    id: ChunkId,
+    data: &[u8],
+    level: i32,
+    crypto: Option<&Crypto>,
+    fast: bool,
+) -> Result<EncodedBlob> {
+    let fast = fast && crypto.is_none();
     if data.len() > MAX_RAW_LEN {
         return Err(Error::InvalidInput(format!(
             "blob of {} bytes exceeds the {MAX_RAW_LEN} byte cap",
@@ -287,7 +334,7 @@ pub fn encode(
         (None, None) => (Codec::Raw, data.to_vec()),
     };
     let raw_len = data.len() as u32;
-    let (payload, stored_sum) = match crypto {
+    let (payload, mut stored_sum) = match crypto {
         Some(c) => {
             let inner: &[u8] = if codec == Codec::Raw { data } else { &payload };
             let sealed = c.seal(&blob_ad(kind, codec, raw_len, &id), inner)?;
@@ -300,6 +347,9 @@ pub fn encode(
             (payload, sum)
         }
     };
+    if fast {
+        stored_sum[24..].copy_from_slice(&fast_sum(&payload));
+    }
     Ok(EncodedBlob {
         header: BlobHeader {
             kind,
@@ -309,6 +359,7 @@ pub fn encode(
             id,
             stored_sum,
             encrypted: crypto.is_some(),
+            fast_sum: fast,
         },
         payload,
     })
@@ -342,24 +393,39 @@ pub enum Check {
     /// under this repository's key for this id, kind, codec and length,
     /// so the keyed content hash after decoding (a check of the decoder
     /// itself) is computed for one read in [`SEALED_SAMPLE`] only. The
-    /// read path of snapshot views and restores.
+    /// read path of remote (untrusted) packs.
     Sealed,
+    /// [`Check::Sealed`], and for a plain blob with fast sums: xxh3-64 of
+    /// the stored payload (which catches any damage on disk) instead of
+    /// blake3 of the content, which is computed for one read in
+    /// [`SEALED_SAMPLE`] (a check of the codecs themselves). The read path
+    /// of local packs: snapshot views, cat and restore.
+    Fast,
     /// Also the checksum of the stored payload, before decoding.
     Full,
 }
 
-/// A sealed blob read with [`Check::Sealed`] gets its content hash
-/// checked once in this many reads.
+/// A blob read with [`Check::Sealed`] (sealed) or [`Check::Fast`] (fast
+/// sums) gets its content hash checked once in this many reads.
 pub const SEALED_SAMPLE: u64 = 16;
 
 static SEALED_READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Whether this read of a sealed payload checks the content hash too.
 fn hash_sealed(check: Check) -> bool {
-    check != Check::Sealed
-        || SEALED_READS
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            .is_multiple_of(SEALED_SAMPLE)
+    !matches!(check, Check::Sealed | Check::Fast) || sampled()
+}
+
+/// Whether this read of a fast-summed payload checks the content hash.
+fn hash_fast(header: &BlobHeader, check: Check) -> bool {
+    !(check == Check::Fast && header.fast_sum) || sampled()
+}
+
+/// One read in [`SEALED_SAMPLE`].
+fn sampled() -> bool {
+    SEALED_READS
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .is_multiple_of(SEALED_SAMPLE)
 }
 
 /// Verify and decode a payload read from a pack. `expect` is the id the
@@ -451,7 +517,14 @@ pub fn decode_ref(
         open_payload(header, &mut inner, expect, crypto)?;
         return decode_plain(header, inner, expect, crypto, hash_sealed(check));
     }
-    decode_content(header, payload, expect, out, crypto, true)
+    decode_content(
+        header,
+        payload,
+        expect,
+        out,
+        crypto,
+        hash_fast(header, check),
+    )
 }
 
 /// Decode an unsealed payload into `out` and check its id (when `hash`).
@@ -526,11 +599,19 @@ fn check_stored(
             header.stored_len
         )));
     }
+    let fast = check == Check::Fast && header.fast_sum;
     let bad_sum = match header.codec {
+        // The payload is the content.
         Codec::Raw if !header.encrypted => {
-            payload.len() != header.raw_len as usize || ChunkId::of(payload) != *expect
+            payload.len() != header.raw_len as usize
+                || (fast && !header.fast_sum_matches(payload))
+                || (hash_fast(header, check) && ChunkId::of(payload) != *expect)
+                || (check == Check::Full && header.fast_sum && !header.fast_sum_matches(payload))
         }
-        _ => check == Check::Full && *blake3::hash(payload).as_bytes() != header.stored_sum,
+        _ => {
+            (check == Check::Full && !header.stored_sum_matches(payload))
+                || (fast && !header.fast_sum_matches(payload))
+        }
     };
     if bad_sum {
         return Err(Error::Corrupt(format!(
@@ -572,6 +653,79 @@ mod tests {
             decode(&b.header, b.payload.clone(), &id, Check::Content, None).unwrap(),
             rnd
         );
+    }
+
+    /// Format 3: every read of a fast-summed blob checks xxh3-64 of its
+    /// stored payload (and a sample also the content hash), so damage is
+    /// caught on every read, for every codec; a scrub checks both sums.
+    #[test]
+    fn fast_sums_catch_damage_on_every_read() {
+        let text = b"checkpoint step 17 ".repeat(8000);
+        let mut x: u32 = 99;
+        let floats: Vec<u8> = (0..(256 << 10) / 4)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                ((x as f32 / u32::MAX as f32 - 0.5) * 0.02).to_le_bytes()
+            })
+            .collect();
+        let mut y: u64 = 12345;
+        let noise: Vec<u8> = (0..100_000u32)
+            .map(|_| {
+                y ^= y << 13;
+                y ^= y >> 7;
+                y ^= y << 17;
+                (y >> 24) as u8
+            })
+            .collect();
+        let mut codecs = Vec::new();
+        for data in [&text[..], &floats[..], &noise[..]] {
+            let id = ChunkId::of(data);
+            let b = encode_with(BlobKind::Chunk, id, data, 3, None, true).unwrap();
+            codecs.push(b.header.codec);
+            let h = BlobHeader::decode(&b.header.encode()).unwrap();
+            assert!(h.fast_sum);
+            assert_eq!(h, b.header);
+            assert!(h.stored_sum_matches(&b.payload));
+            for check in [Check::Content, Check::Fast, Check::Full] {
+                assert_eq!(
+                    decode(&h, b.payload.clone(), &id, check, None).unwrap(),
+                    data
+                );
+                assert_eq!(
+                    decode_ref(&h, &b.payload, &id, check, Vec::new(), None).unwrap(),
+                    data
+                );
+            }
+            for at in [0, b.payload.len() / 2, b.payload.len() - 1] {
+                let mut bad = b.payload.clone();
+                bad[at] ^= 0x20;
+                assert!(!h.stored_sum_matches(&bad));
+                for _ in 0..2 * SEALED_SAMPLE {
+                    for check in [Check::Fast, Check::Full] {
+                        assert!(decode(&h, bad.clone(), &id, check, None).is_err());
+                        assert!(decode_ref(&h, &bad, &id, check, Vec::new(), None).is_err());
+                    }
+                }
+            }
+            // The same blob without fast sums (formats 1 and 2) is checked
+            // by its content hash under Check::Fast.
+            let old = encode(BlobKind::Chunk, id, data, 3, None).unwrap();
+            assert!(!old.header.fast_sum);
+            let mut bad = old.payload.clone();
+            let at = bad.len() / 2;
+            bad[at] ^= 0x20;
+            assert!(decode(&old.header, bad, &id, Check::Fast, None).is_err());
+        }
+        assert_eq!(codecs, [Codec::Zstd, Codec::Planes, Codec::Raw]);
+        // Both flags at once is not a header we write.
+        let b = encode_with(BlobKind::Chunk, ChunkId::of(&text), &text, 3, None, true).unwrap();
+        let mut raw = b.header.encode();
+        raw[field::FLAGS].copy_from_slice(&(FLAG_ENCRYPTED | FLAG_FAST_SUM).to_le_bytes());
+        let sum = blake3::hash(&raw[..field::HEADER_SUM.start]);
+        raw[field::HEADER_SUM].copy_from_slice(&sum.as_bytes()[..8]);
+        assert!(BlobHeader::decode(&raw).is_err());
     }
 
     #[test]
@@ -688,6 +842,17 @@ mod tests {
                 .is_err());
             }
         }
+        // Fast sums are for plain blobs only (a sealed one has its tag).
+        let sealed = encode_with(
+            BlobKind::Chunk,
+            chunk_id(Some(&c), &text),
+            &text,
+            3,
+            Some(&c),
+            true,
+        )
+        .unwrap();
+        assert!(!sealed.header.fast_sum && sealed.header.encrypted);
         // A plaintext blob in an encrypted repository is refused.
         let id = ChunkId::of(&text);
         let plain = encode(BlobKind::Chunk, id, &text, 3, None).unwrap();

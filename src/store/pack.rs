@@ -529,7 +529,7 @@ impl PackReader {
         }
         let mut payload = vec![0u8; header.stored_len as usize];
         read_at(&mut payload, loc.offset + HEADER_LEN as u64)?;
-        if ChunkId::of(&payload).0 != header.stored_sum {
+        if !header.stored_sum_matches(&payload) {
             return Err(Error::Corrupt(format!(
                 "chunk {id}: its stored bytes in pack {} at offset {} are damaged",
                 self.pack_name(loc.pack),
@@ -539,17 +539,27 @@ impl PackReader {
         Ok(EncodedBlob { header, payload })
     }
 
-    /// Read, verify and decode the blob `id` at `loc` (content hash; a
-    /// sealed blob: its authentication tag, see [`Check::Sealed`]).
+    /// Read, verify and decode the blob `id` at `loc` (content hash, or
+    /// a fast stored sum or an authentication tag: see [`Check::Fast`]).
     pub fn read(&self, loc: &Location, id: &ChunkId) -> Result<Vec<u8>> {
-        self.read_checked(loc, id, Check::Sealed, Vec::new())
+        self.read_checked(loc, id, self.read_check(), Vec::new())
+    }
+
+    /// What a read checks: stored fast sums for local packs, content
+    /// hashes for a remote source (its bytes are not ours until checked).
+    fn read_check(&self) -> Check {
+        if self.source.is_some() {
+            Check::Sealed
+        } else {
+            Check::Fast
+        }
     }
 
     /// Like [`PackReader::read`], decoding into `spare`'s allocation when
     /// it is large enough (readers that recycle buffers keep the
     /// allocator from spreading them over its arenas).
     pub fn read_into(&self, loc: &Location, id: &ChunkId, spare: Vec<u8>) -> Result<Vec<u8>> {
-        self.read_checked(loc, id, Check::Sealed, spare)
+        self.read_checked(loc, id, self.read_check(), spare)
     }
 
     /// Read the blob `id` at `loc`, checking its stored checksum too (for
