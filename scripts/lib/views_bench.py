@@ -37,7 +37,7 @@ def gen(d, size_mib):
             f.write(rng.bytes(64 << 20))
     with open(os.path.join(d, "bf16.bin"), "wb") as f:
         for _ in range(size_mib // 64):
-            x = (rng.standard_normal(16 << 20, dtype=np.float32) * 0.02).view(np.uint32)
+            x = (rng.standard_normal(32 << 20, dtype=np.float32) * 0.02).view(np.uint32)
             f.write((x >> 16).astype(np.uint16).tobytes())
     for i in range(8):
         weights(os.path.join(d, f"shard{i}.bin"), size_mib // 8)
