@@ -62,7 +62,7 @@ if [ "$(cat "$WORK/.dataset" 2>/dev/null)" != "v3 $SIZE_MIB" ]; then
   echo "v3 $SIZE_MIB" > "$WORK/.dataset"
 fi
 # Read twice: the host's cache then holds the file as it holds the others.
-host_warm() { for f in "$@"; do cat "$f" > /dev/null; cat "$f" > /dev/null; done; }
+host_warm() { local x; for x in "$@"; do cat "$x" > /dev/null; cat "$x" > /dev/null; done; }
 host_warm "$src"/*.bin "$src/model.safetensors"
 cleanup() {
   for m in "$WORK"/mnt-*; do
