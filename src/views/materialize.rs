@@ -794,7 +794,38 @@ impl Materializer {
     }
 }
 
+/// Make the calling thread yield to everything else: CPU (SCHED_IDLE)
+/// and disk (the idle I/O class). Copies are a background optimization;
+/// the reads that asked for them must not slow down.
+fn background_priority() {
+    // SAFETY: sched_setscheduler on the calling thread (pid 0) with a
+    // valid, zeroed sched_param (SCHED_IDLE takes priority 0).
+    let r = unsafe {
+        let param: libc::sched_param = std::mem::zeroed();
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param)
+    };
+    if r != 0 {
+        tracing::debug!("SCHED_IDLE: {}", std::io::Error::last_os_error());
+    }
+    // ioprio_set(IOPRIO_WHO_PROCESS, this thread, IOPRIO_CLASS_IDLE << 13).
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+    // SAFETY: a plain syscall with integer arguments; 0 names this thread.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            0 as libc::c_long,
+            IOPRIO_CLASS_IDLE << 13,
+        )
+    };
+    if r != 0 {
+        tracing::debug!("idle I/O class: {}", std::io::Error::last_os_error());
+    }
+}
+
 fn worker(m: Weak<Materializer>, rx: Receiver<Job>) {
+    background_priority();
     for job in rx.iter() {
         let Some(m) = m.upgrade() else { break };
         match job {
