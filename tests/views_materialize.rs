@@ -32,11 +32,20 @@ fn wait_for(repo: &Path, field: &str, want: u64) {
     while count(repo, field) < want {
         assert!(
             t.elapsed() < Duration::from_secs(60),
-            "materialized.{field} never reached {want}: {}",
-            materialized(repo)
+            "materialized.{field} never reached {want}: {}\ndaemon log:\n{}",
+            materialized(repo),
+            log_tail(repo)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The end of the daemon's log (why a copy was not made: e.g. a disk
+/// with less free space than the cache leaves).
+fn log_tail(repo: &Path) -> String {
+    let log = fs::read_to_string(repo.join("daemon.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
 /// The copies on disk: (data files, record files).
@@ -75,8 +84,9 @@ fn read_until_promoted(repo: &Path, p: &Path, expect: &[u8], want: u64) {
         assert_eq!(read(p).unwrap(), expect);
         assert!(
             t.elapsed() < Duration::from_secs(60),
-            "never copied: {}",
-            materialized(repo)
+            "never copied: {}\ndaemon log:\n{}",
+            materialized(repo),
+            log_tail(repo)
         );
         std::thread::sleep(Duration::from_millis(50));
     }

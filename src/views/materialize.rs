@@ -67,6 +67,8 @@ const TOUCH_EVERY: Duration = Duration::from_secs(60);
 /// Copies leave at least 1/FREE_RESERVE of the repository's filesystem
 /// free (the live mount and the snapshots need it more).
 const FREE_RESERVE: u64 = 20;
+/// ... but never more than this.
+const FREE_RESERVE_MAX: u64 = 8 << 30;
 /// Open counts kept for files not yet copied (then forgotten).
 const MAX_COUNTED: usize = 100_000;
 
@@ -599,14 +601,14 @@ impl Materializer {
     }
 
     /// Delete least recently used copies until `need` more bytes fit,
-    /// within the capacity and leaving [`FREE_RESERVE`] of the
-    /// filesystem free. False (and nothing deleted) when they cannot.
+    /// within the capacity and leaving 1/[`FREE_RESERVE`] of the
+    /// filesystem (at most [`FREE_RESERVE_MAX`]) free. False (and nothing deleted) when they cannot.
     fn make_room(&self, need: u64) -> bool {
         let fs_room = match rustix::fs::fstatvfs(&self.dir) {
             Ok(s) => {
                 let total = s.f_blocks.saturating_mul(s.f_frsize);
                 let avail = s.f_bavail.saturating_mul(s.f_frsize);
-                avail.saturating_sub(total / FREE_RESERVE)
+                avail.saturating_sub((total / FREE_RESERVE).min(FREE_RESERVE_MAX))
             }
             Err(_) => return false,
         };
@@ -794,33 +796,32 @@ impl Materializer {
     }
 }
 
-/// Make the calling thread yield to everything else: CPU (SCHED_IDLE)
-/// and disk (the idle I/O class). Copies are a background optimization;
-/// the reads that asked for them must not slow down.
+/// Give the calling thread the lowest normal priority: CPU (nice 19)
+/// and disk (best-effort class, level 7). Copies are a background
+/// optimization; the reads that asked for them must not slow down, yet a
+/// copy must still progress on a busy machine (SCHED_IDLE and the idle
+/// I/O class starve it there).
 fn background_priority() {
-    // SAFETY: sched_setscheduler on the calling thread (pid 0) with a
-    // valid, zeroed sched_param (SCHED_IDLE takes priority 0).
-    let r = unsafe {
-        let param: libc::sched_param = std::mem::zeroed();
-        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param)
-    };
-    if r != 0 {
-        tracing::debug!("SCHED_IDLE: {}", std::io::Error::last_os_error());
+    // SAFETY: gettid has no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority on this thread's id with a valid nice value.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) } != 0 {
+        tracing::debug!("nice 19: {}", std::io::Error::last_os_error());
     }
-    // ioprio_set(IOPRIO_WHO_PROCESS, this thread, IOPRIO_CLASS_IDLE << 13).
+    // ioprio_set(IOPRIO_WHO_PROCESS, this thread, BE class << 13 | level 7).
     const IOPRIO_WHO_PROCESS: libc::c_long = 1;
-    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+    const IOPRIO_CLASS_BE: libc::c_long = 2;
     // SAFETY: a plain syscall with integer arguments; 0 names this thread.
     let r = unsafe {
         libc::syscall(
             libc::SYS_ioprio_set,
             IOPRIO_WHO_PROCESS,
             0 as libc::c_long,
-            IOPRIO_CLASS_IDLE << 13,
+            (IOPRIO_CLASS_BE << 13) | 7,
         )
     };
     if r != 0 {
-        tracing::debug!("idle I/O class: {}", std::io::Error::last_os_error());
+        tracing::debug!("I/O priority: {}", std::io::Error::last_os_error());
     }
 }
 
