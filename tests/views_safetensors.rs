@@ -28,23 +28,33 @@ fn safetensors_loads_an_old_checkpoint_from_a_snapshot() {
         &mnt,
         &["--repo", r, "--every", "off", "--full-every", "off"],
     );
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/safetensors_roundtrip.py");
+    let out = python(
+        "safetensors_roundtrip.py",
+        &[bin().as_os_str(), mnt.as_os_str(), repo.as_os_str()],
+    );
+    eprintln!("{out}");
+    m.umount();
+}
+
+/// Run tests/python/SCRIPT with `args`; its stdout, or a failure showing
+/// both of its outputs.
+fn python(script: &str, args: &[&std::ffi::OsStr]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
     let o = Command::new("python3")
-        .arg(script)
-        .arg(bin())
-        .arg(&mnt)
-        .arg(&repo)
+        .arg(path)
+        .args(args)
+        .env("OPENBLAS_NUM_THREADS", "1")
         .output()
-        .unwrap();
+        .expect("python3 is needed");
     assert!(
         o.status.success(),
-        "{}{}",
+        "{script} failed (numpy and safetensors are needed: pip install numpy safetensors, as .ci/run does)\n{}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    eprintln!("{}", String::from_utf8_lossy(&o.stdout));
-    m.umount();
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// Drop the page cache (root), so the next read comes from the disk.
@@ -54,21 +64,7 @@ fn drop_caches() {
 }
 
 fn mmap_check(dir: &Path) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/mmap_check.py");
-    let o = Command::new("python3")
-        .arg(script)
-        .arg("check")
-        .arg(dir)
-        .env("OPENBLAS_NUM_THREADS", "1")
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    python("mmap_check.py", &["check".as_ref(), dir.as_os_str()])
 }
 
 /// safetensors' safe_open and numpy.memmap map a snapshot file: cold
@@ -84,18 +80,7 @@ fn safe_open_and_numpy_memmap_of_a_snapshot_cold_and_after_promotion() {
         tmp.path().join("mnt"),
     );
     std::fs::create_dir_all(&src).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/mmap_check.py");
-    let o = Command::new("python3")
-        .arg(&script)
-        .arg("gen")
-        .arg(&src)
-        .output()
-        .expect("python3 is needed");
-    assert!(
-        o.status.success(),
-        "numpy and safetensors are needed (pip install numpy safetensors, as .ci/run does): {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    python("mmap_check.py", &["gen".as_ref(), src.as_os_str()]);
     ok(&repo, &["init"]);
     ok(&repo, &["snapshot", "--source", src.to_str().unwrap()]);
     let _m = SnapMount::start(&repo, &mnt, &["--materialize-cache", "256M", "1"]);

@@ -139,6 +139,9 @@ impl ViewIo {
             }
             b
         } else if n.cached == 0 {
+            if let (Some(_), Some(m)) = (&fresh, m) {
+                m.served();
+            }
             fresh
         } else {
             None

@@ -17,11 +17,13 @@
 //!     88    . payload
 //! ```
 //! Reading verifies `header_sum`, caps the decompressed size at `raw_len`
-//! (itself capped at [`MAX_RAW_LEN`]), and checks that blake3 of the result
-//! is `id`: one hash per read, and never wrong bytes. `stored_sum` lets a
-//! scrub ([`Check::Full`], `rewindfs verify --read-data`) also name damage
-//! to a payload before decoding it, and a rebuild check payloads without
-//! decompressing them.
+//! (itself capped at [`MAX_RAW_LEN`]), and checks the payload: blake3 of
+//! the result against `id` ([`Check::Content`]), or on the read path
+//! ([`Check::Fast`]) xxh3 of a fast-summed payload or the tag of a sealed
+//! one, with the content hash on one read in [`SEALED_SAMPLE`]. Never
+//! wrong bytes. `stored_sum` lets a scrub ([`Check::Full`], `rewindfs
+//! verify --read-data`) also name damage to a payload before decoding it,
+//! and a rebuild check payloads without decompressing them.
 
 use std::fmt;
 
@@ -258,7 +260,7 @@ impl BlobHeader {
 
     /// Whether xxh3-64 of `payload` is the one stored (fast sums only).
     fn fast_sum_matches(&self, payload: &[u8]) -> bool {
-        self.fast_sum && fast_sum(payload) == self.stored_sum[24..]
+        fast_sum(payload) == self.stored_sum[24..]
     }
 }
 
@@ -411,21 +413,20 @@ pub const SEALED_SAMPLE: u64 = 16;
 
 static SEALED_READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Whether this read of a sealed payload checks the content hash too.
-fn hash_sealed(check: Check) -> bool {
-    !matches!(check, Check::Sealed | Check::Fast) || sampled()
-}
-
-/// Whether this read of a fast-summed payload checks the content hash.
-fn hash_fast(header: &BlobHeader, check: Check) -> bool {
-    !(check == Check::Fast && header.fast_sum) || sampled()
-}
-
-/// One read in [`SEALED_SAMPLE`].
-fn sampled() -> bool {
-    SEALED_READS
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        .is_multiple_of(SEALED_SAMPLE)
+/// Whether this read checks the content hash after decoding: always,
+/// unless the payload was already checked by something every read pays
+/// for (a sealed payload's tag under [`Check::Sealed`] or [`Check::Fast`],
+/// a fast sum under [`Check::Fast`]); then one read in [`SEALED_SAMPLE`].
+fn content_hash_due(header: &BlobHeader, check: Check) -> bool {
+    let covered = if header.encrypted {
+        matches!(check, Check::Sealed | Check::Fast)
+    } else {
+        check == Check::Fast && header.fast_sum
+    };
+    !covered
+        || SEALED_READS
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .is_multiple_of(SEALED_SAMPLE)
 }
 
 /// Verify and decode a payload read from a pack. `expect` is the id the
@@ -441,7 +442,13 @@ pub fn decode(
     if header.encrypted {
         check_stored(header, &payload, expect, check, crypto)?;
         open_payload(header, &mut payload, expect, crypto)?;
-        return decode_plain(header, payload, expect, crypto, hash_sealed(check));
+        return decode_plain(
+            header,
+            payload,
+            expect,
+            crypto,
+            content_hash_due(header, check),
+        );
     }
     if header.codec == Codec::Raw {
         check_stored(header, &payload, expect, check, crypto)?;
@@ -515,7 +522,13 @@ pub fn decode_ref(
     if header.encrypted {
         let mut inner = payload.to_vec();
         open_payload(header, &mut inner, expect, crypto)?;
-        return decode_plain(header, inner, expect, crypto, hash_sealed(check));
+        return decode_plain(
+            header,
+            inner,
+            expect,
+            crypto,
+            content_hash_due(header, check),
+        );
     }
     decode_content(
         header,
@@ -523,7 +536,7 @@ pub fn decode_ref(
         expect,
         out,
         crypto,
-        hash_fast(header, check),
+        content_hash_due(header, check),
     )
 }
 
@@ -599,20 +612,19 @@ fn check_stored(
             header.stored_len
         )));
     }
-    let fast = check == Check::Fast && header.fast_sum;
-    let bad_sum = match header.codec {
-        // The payload is the content.
-        Codec::Raw if !header.encrypted => {
-            payload.len() != header.raw_len as usize
-                || (fast && !header.fast_sum_matches(payload))
-                || (hash_fast(header, check) && ChunkId::of(payload) != *expect)
-                || (check == Check::Full && header.fast_sum && !header.fast_sum_matches(payload))
-        }
-        _ => {
-            (check == Check::Full && !header.stored_sum_matches(payload))
-                || (fast && !header.fast_sum_matches(payload))
-        }
-    };
+    // The fast sum, on every read that relies on it and in scrubs.
+    let bad_fast = header.fast_sum
+        && matches!(check, Check::Fast | Check::Full)
+        && !header.fast_sum_matches(payload);
+    let bad_sum = bad_fast
+        || match header.codec {
+            // The payload is the content.
+            Codec::Raw if !header.encrypted => {
+                payload.len() != header.raw_len as usize
+                    || (content_hash_due(header, check) && ChunkId::of(payload) != *expect)
+            }
+            _ => check == Check::Full && !header.stored_sum_matches(payload),
+        };
     if bad_sum {
         return Err(Error::Corrupt(format!(
             "chunk {expect}: stored bytes do not match their checksum"
@@ -661,15 +673,7 @@ mod tests {
     #[test]
     fn fast_sums_catch_damage_on_every_read() {
         let text = b"checkpoint step 17 ".repeat(8000);
-        let mut x: u32 = 99;
-        let floats: Vec<u8> = (0..(256 << 10) / 4)
-            .flat_map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                ((x as f32 / u32::MAX as f32 - 0.5) * 0.02).to_le_bytes()
-            })
-            .collect();
+        let floats = floats((256 << 10) / 4);
         let mut y: u64 = 12345;
         let noise: Vec<u8> = (0..100_000u32)
             .map(|_| {
@@ -744,18 +748,23 @@ mod tests {
         assert!(decode(&b.header, b.payload.clone(), &other, Check::Content, None).is_err());
     }
 
-    #[test]
-    fn decoding_into_a_used_buffer_gives_only_the_content() {
-        let text = b"tensor ".repeat(3000);
+    /// `n` small fp32 weights (little-endian bytes), reproducible.
+    fn floats(n: usize) -> Vec<u8> {
         let mut x: u32 = 99;
-        let floats: Vec<u8> = (0..65_536)
+        (0..n)
             .flat_map(|_| {
                 x ^= x << 13;
                 x ^= x >> 17;
                 x ^= x << 5;
                 ((x as f32 / u32::MAX as f32 - 0.5) * 0.02).to_le_bytes()
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn decoding_into_a_used_buffer_gives_only_the_content() {
+        let text = b"tensor ".repeat(3000);
+        let floats = floats(65_536);
         let mut codecs = Vec::new();
         for data in [&text[..], &floats[..], &b"x"[..]] {
             let id = ChunkId::of(data);

@@ -121,7 +121,6 @@ impl Identity {
 struct Record {
     version: u32,
     key: String,
-    block_size: u32,
     identity: Identity,
     /// The snapshots whose files were served from this copy.
     snapshots: BTreeSet<u64>,
@@ -417,13 +416,17 @@ impl Materializer {
         self.serving.store(on, Ordering::Relaxed);
     }
 
-    /// Count an open of `f`; schedules a copy (or the read-back of one
-    /// found on disk) when it is due.
+    /// Whether a file of `size` bytes may have a copy: large enough to
+    /// be worth one, small enough for the cache, and a session can serve
+    /// it. Opens of other files skip the cache entirely.
+    pub fn eligible(&self, size: u64) -> bool {
+        size >= MIN_SIZE && size <= self.capacity / 2 && self.serving.load(Ordering::Relaxed)
+    }
+
+    /// Count an open of `f` (an [`Materializer::eligible`] file);
+    /// schedules a copy (or the read-back of one found on disk) when it
+    /// is due.
     pub fn note_open(&self, f: &FileRef) {
-        if f.size < MIN_SIZE || f.size > self.capacity / 2 || !self.serving.load(Ordering::Relaxed)
-        {
-            return;
-        }
         let job = {
             let mut g = self.inner.lock();
             if let Some(e) = g.entries.get_mut(&f.key) {
@@ -538,7 +541,6 @@ impl Materializer {
                         rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
                     );
                 }
-                self.passthrough_opens.fetch_add(1, Ordering::Relaxed);
                 Some(f)
             }
             None => {
@@ -559,6 +561,11 @@ impl Materializer {
                 None
             }
         }
+    }
+
+    /// An open was answered by passthrough from a fresh backing of a copy.
+    pub fn served(&self) {
+        self.passthrough_opens.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether `file`, a copy of `key` handed to the kernel earlier, is
@@ -689,7 +696,6 @@ impl Materializer {
             let rec = Record {
                 version: RECORD_VERSION,
                 key: f.key.hex(),
-                block_size: f.block_size,
                 identity,
                 snapshots: [f.snapshot].into_iter().collect(),
             };

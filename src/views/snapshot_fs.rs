@@ -580,7 +580,7 @@ impl Views {
         let node = t.nodes.get(idx as usize).ok_or(Errno::ENOENT)?;
         let file = match &node.kind {
             VKind::File { size, blocks } => self.materialize.as_ref().and_then(|m| {
-                (*size >= super::materialize::MIN_SIZE).then(|| {
+                m.eligible(*size).then(|| {
                     let f = FileRef {
                         key: Key::of(t.record.block_size, *size, blocks),
                         snapshot: id,
