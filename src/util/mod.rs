@@ -1,6 +1,7 @@
 //! Small helpers shared by several modules.
 
 pub mod bytes;
+pub mod calendar;
 pub mod dirfd;
 pub mod display;
 pub mod durable;
