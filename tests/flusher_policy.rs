@@ -126,3 +126,75 @@ fn on_close_takes_one_snapshot_per_checkpoint() {
     );
     m.umount();
 }
+
+/// A scheduled full of a dataset that changed little is built from the
+/// previous snapshot's tree and the journal (only the changed block is
+/// read), restores like any full, and `status` and `snapshots` show the
+/// next run of each kind. (Cron rules, windows, DST and missed windows
+/// are tested with a fake clock in `flusher::policy`.)
+#[test]
+fn scheduled_fulls_are_synthetic_when_little_changed() {
+    let (_tmp, backing, mnt, repo) = mount_dirs();
+    let big: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    fs::write(backing.join("data"), &big).unwrap();
+    fs::write(backing.join("small"), b"small").unwrap();
+    let r = repo.to_str().unwrap();
+    let m = DaemonMount::start(
+        &backing,
+        &mnt,
+        &[
+            "--repo",
+            r,
+            "--every",
+            "off",
+            "--full-every",
+            "3s",
+            "--timezone",
+            "UTC",
+            "--window",
+            "00:00-24:00",
+        ],
+    );
+    let s = wait_for_count(&repo, 1, Duration::from_secs(10));
+    assert_eq!(s[0]["kind"], "full");
+    assert_eq!(s[0]["synthetic"], false);
+    // One block of 8 changes: the next full is synthetic.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(mnt.join("data"))
+            .unwrap();
+        f.write_all_at(&[7u8; 4096], 3 << 20).unwrap();
+    }
+    let s = wait_for_count(&repo, 2, Duration::from_secs(15));
+    assert_eq!(s[1]["kind"], "full");
+    assert_eq!(s[1]["parent"], serde_json::Value::Null);
+    assert_eq!(s[1]["synthetic"], true, "{:?}", s[1]);
+    let st = status(&repo);
+    let read = st["flusher"]["last_bytes_read"].as_u64().unwrap();
+    assert!(read <= 1 << 20, "a synthetic full read {read} bytes");
+    let sched = &st["flusher"]["schedule"];
+    assert_eq!(sched["timezone"], "UTC");
+    assert_eq!(sched["windows"], "00:00-24:00");
+    assert_eq!(sched["runs"][0]["kind"], "full");
+    assert_eq!(sched["runs"][0]["rule"], "every 3s");
+    assert!(sched["runs"][0]["at"].as_str().unwrap().ends_with("+00:00"));
+    let listing = ok(&repo, &["snapshots"]);
+    assert!(listing.contains("full (synthetic)"), "{listing}");
+    assert!(listing.contains("next full"), "{listing}");
+    // Nothing changed since a full: the next one is skipped.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(snapshots(&repo).len(), 2);
+    m.umount();
+    // It holds the whole tree by itself: forget the first one, then
+    // read and verify everything.
+    ok(&repo, &["forget", "1"]);
+    let mut want = big.clone();
+    want[3 << 20..(3 << 20) + 4096].fill(7);
+    let restored = _tmp.path().join("restored");
+    ok(&repo, &["restore", "2", "--to", restored.to_str().unwrap()]);
+    assert_eq!(fs::read(restored.join("data")).unwrap(), want);
+    assert_eq!(fs::read(restored.join("small")).unwrap(), b"small");
+    ok(&repo, &["verify", "--read-data"]);
+}

@@ -194,6 +194,7 @@ fn capture(
         writer,
         &manifest,
         SnapshotDraft {
+            synthetic: false,
             kind,
             parent,
             full,

@@ -113,3 +113,27 @@ pub fn parse_percent(s: &str) -> std::result::Result<f64, String> {
     }
     Ok(v)
 }
+
+/// The next run of each scheduled kind (`status`, `snapshots`).
+pub fn write_planned(out: &mut dyn Write, p: &rewindfs::repo::Planned) -> std::io::Result<()> {
+    let hours = if p.windows.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; fulls and differentials, gc and verification within {}",
+            p.windows
+        )
+    };
+    writeln!(out, "schedule:       times in {}{hours}", p.timezone)?;
+    for r in &p.runs {
+        let when = if r.overdue {
+            format!("due since {} (when something changes)", r.local)
+        } else if r.waits_for_window {
+            format!("{} (the window's next opening)", r.local)
+        } else {
+            r.local.clone()
+        };
+        writeln!(out, "  next {:<13} {when}   [{}]", r.kind, r.rule)?;
+    }
+    Ok(())
+}

@@ -161,6 +161,42 @@ pub struct MountArgs {
     /// a repository is always full.
     #[arg(long, value_name = "DUR")]
     full_every: Option<String>,
+    /// Take full snapshots at the times of a cron expression in local
+    /// time (minute hour day-of-month month day-of-week), e.g.
+    /// "0 2 * * SUN" for Sundays at 02:00; replaces --full-every. A time
+    /// missed while the host was down is taken at the next opportunity,
+    /// once. `off` to disable.
+    #[arg(long, value_name = "CRON", help_heading = "Schedules")]
+    full_at: Option<String>,
+    /// Take differential snapshots at the times of a cron expression
+    /// (e.g. "0 2 * * *": every night at 02:00); replaces
+    /// --differential-every.
+    #[arg(long, value_name = "CRON", help_heading = "Schedules")]
+    differential_at: Option<String>,
+    /// Take incremental snapshots (when something changed) at the times
+    /// of a cron expression (e.g. "*/15 8-20 * * MON-FRI"); replaces
+    /// --every.
+    #[arg(long, value_name = "CRON", help_heading = "Schedules")]
+    incremental_at: Option<String>,
+    /// Keep full and differential snapshots, retention's forget and gc,
+    /// and rolling verification inside this daily window of local time,
+    /// e.g. 01:00-05:00, or 22:00-04:00 across midnight (repeatable, or
+    /// comma-separated). Work due outside it waits for the next opening;
+    /// incremental snapshots are not held. The first snapshot of a new
+    /// repository never waits. `off` for none.
+    #[arg(long, value_name = "HH:MM-HH:MM", help_heading = "Schedules")]
+    window: Vec<String>,
+    /// The time zone of cron expressions and windows (an IANA name such
+    /// as Europe/Berlin). Default: TZ, else the system's zone.
+    #[arg(long, value_name = "ZONE", help_heading = "Schedules")]
+    timezone: Option<String>,
+    /// Whether a scheduled full snapshot is built from the latest
+    /// snapshot's manifests and the journal's changes instead of reading
+    /// the whole dataset again: auto (when under 25% of the dataset
+    /// changed), always or never. Fulls taken by hand always read
+    /// everything. Synthetic fulls show as "full (synthetic)".
+    #[arg(long, value_name = "WHEN", value_parser = ["auto", "always", "never"], help_heading = "Schedules")]
+    synthetic_fulls: Option<String>,
     /// When a file matching GLOB (relative to the mount root, or its name)
     /// is closed after writing, or renamed into a matching name, take a
     /// snapshot labelled with it once it has been quiet for --settle.
@@ -232,6 +268,12 @@ pub fn mount(a: MountArgs, hook: rewindfs::daemon::CliHook) -> Result<i32> {
                 every: a.every,
                 differential_every: a.differential_every,
                 full_every: a.full_every,
+                full_at: a.full_at,
+                differential_at: a.differential_at,
+                incremental_at: a.incremental_at,
+                window: a.window,
+                timezone: a.timezone,
+                synthetic_fulls: a.synthetic_fulls,
                 on_close: a.on_close,
                 checkpoints: (!a.checkpoints.is_empty()).then_some(a.checkpoints),
                 settle: a.settle,
@@ -696,6 +738,9 @@ pub fn status(a: StatusArgs) -> Result<i32> {
                 _ => " -".into(),
             }
         );
+        if !f.schedule.runs.is_empty() {
+            let _ = super::common::write_planned(&mut std::io::stdout(), &f.schedule);
+        }
         if let Some(l) = &f.pending_on_close {
             println!("on close:       waiting for {l} to settle");
         }

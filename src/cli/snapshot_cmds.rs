@@ -268,5 +268,9 @@ pub fn list(repo: &Repository, a: ListArgs, o: &mut Out) -> Result<i32> {
             r.label.as_deref().unwrap_or("")
         )?;
     }
+    if let Some(p) = repo.planned() {
+        writeln!(o.out)?;
+        super::common::write_planned(o.out, &p)?;
+    }
     Ok(0)
 }

@@ -533,6 +533,8 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
             r,
             shared.coverage.clone(),
             shared.flusher.events.clone(),
+            policy.windows.clone(),
+            policy.zone,
         )?;
     }
     super::replicator::start(

@@ -25,6 +25,7 @@ use crate::flusher::{Broadcast, Event};
 use crate::repo::layout::VERIFY_STATE;
 use crate::repo::Repository;
 use crate::store::ChunkId;
+use crate::util::calendar::{Windows, Zone};
 use crate::util::time;
 
 /// What is kept between rounds (and restarts).
@@ -134,6 +135,8 @@ pub fn start(
     r: Rolling,
     out: Arc<Mutex<VerifyCoverage>>,
     events: Arc<Broadcast>,
+    windows: Windows,
+    zone: Zone,
 ) -> Result<()> {
     let mut state = load(&repo);
     let publish = move |state: &State, out: &Mutex<VerifyCoverage>, total: u64| {
@@ -149,6 +152,11 @@ pub fn start(
         .name("verifier".into())
         .spawn(move || loop {
             std::thread::sleep(r.every);
+            // Rounds keep to the backup windows (when set).
+            windows.wait_open(zone, |d| {
+                std::thread::sleep(d);
+                false
+            });
             let t0 = Instant::now();
             match round(&repo, r, &mut state) {
                 Ok((damage, n)) => {

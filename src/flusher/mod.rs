@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::capture;
 use crate::error::{Error, Result};
-use crate::repo::{Repository, SnapshotDraft};
+use crate::repo::{NextRunStatus, Planned, Repository, SnapshotDraft};
 use crate::snapshot::{Kind, SnapshotRecord, Tree};
 use crate::track::cut;
 use crate::track::{FileKey, Freezer, FsEvent, Objects};
@@ -44,6 +44,9 @@ pub struct FlusherStatus {
     pub last_snapshot_time: Option<String>,
     pub next_scheduled: Option<String>,
     pub next_kind: Option<String>,
+    /// The next run of each scheduled kind, the zone and the windows.
+    #[serde(default)]
+    pub schedule: Planned,
     pub last_error: Option<String>,
     /// Of the last snapshot: how long the cut held writers, in ms.
     pub last_cut_ms: Option<f64>,
@@ -210,7 +213,12 @@ fn run(ctx: FlusherCtx, rx: Receiver<Cmd>, ev_rx: Receiver<FsEvent>, out: Report
     let retainer = if ctx.policy.keep.is_empty() {
         None
     } else {
-        match crate::retention::auto::Retainer::start(ctx.repo.clone(), ctx.policy.keep.clone()) {
+        match crate::retention::auto::Retainer::start(
+            ctx.repo.clone(),
+            ctx.policy.keep.clone(),
+            ctx.policy.windows.clone(),
+            ctx.policy.zone,
+        ) {
             Ok(r) => Some(r),
             Err(e) => {
                 tracing::error!("retention is not applied: {e}");
@@ -230,6 +238,11 @@ fn run(ctx: FlusherCtx, rx: Receiver<Cmd>, ev_rx: Receiver<FsEvent>, out: Report
             });
             s.next_kind = due.map(|(_, k)| k.as_str().to_string());
             s.pending_on_close = sched.pending_label();
+            let planned = planned(&sched);
+            if planned != s.schedule {
+                ctx.repo.set_planned(planned.clone());
+                s.schedule = planned;
+            }
         }
         let timeout = due
             .map(|(t, _)| t.saturating_duration_since(now))
@@ -316,6 +329,28 @@ fn run(ctx: FlusherCtx, rx: Receiver<Cmd>, ev_rx: Receiver<FsEvent>, out: Report
     }
 }
 
+/// The next run of each kind, for `status` and `snapshots`.
+fn planned(sched: &policy::Schedule) -> Planned {
+    let p = sched.policy();
+    let now_ns = time::now_ns();
+    Planned {
+        runs: sched
+            .next_runs()
+            .into_iter()
+            .map(|r| NextRunStatus {
+                kind: r.kind.as_str().into(),
+                at: p.zone.rfc3339(r.at_ns),
+                local: p.zone.format(r.at_ns),
+                rule: r.rule,
+                waits_for_window: r.waits_for_window,
+                overdue: r.at_ns < now_ns,
+            })
+            .collect(),
+        timezone: p.zone.name().into(),
+        windows: p.windows.to_string(),
+    }
+}
+
 /// Copy retention's status, publishing a new error once.
 fn nudge_quiet(
     retainer: &Option<crate::retention::auto::Retainer>,
@@ -397,7 +432,15 @@ fn guarded_take(
     let status = &*out.status;
     let t0 = Instant::now();
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        take(ctx, trees, status, kind, label, unmounting)
+        take(
+            ctx,
+            trees,
+            status,
+            kind,
+            label,
+            unmounting,
+            trigger == "schedule",
+        )
     }));
     let r = match r {
         Ok(r) => r,
@@ -456,6 +499,7 @@ fn take(
     kind: Option<Kind>,
     label: Option<String>,
     unmounting: bool,
+    scheduled: bool,
 ) -> Result<SnapshotRecord> {
     let t0 = Instant::now();
     let repo = &ctx.repo;
@@ -463,11 +507,26 @@ fn take(
     let _capture = repo.capture_guard();
     let all = repo.snapshots()?;
     let latest = all.iter().max_by_key(|r| r.id).cloned();
-    let kind = capture::base::effective_kind(
-        &all,
-        kind.unwrap_or(Kind::Incremental),
-        repo.config.block_size,
-    );
+    let asked = kind.unwrap_or(Kind::Incremental);
+    let kind = capture::base::effective_kind(&all, asked, repo.config.block_size);
+    // A scheduled full of a dataset that changed little is built from
+    // the latest snapshot's tree and the journal's changes: only what
+    // changed is read. (One asked for by hand re-reads everything.)
+    let synthetic = scheduled
+        && asked == Kind::Full
+        && latest.as_ref().is_some_and(|l| {
+            let changed = ctx
+                .track
+                .journal()
+                .stats()
+                .dirty_blocks
+                .saturating_mul(repo.config.block_size as u64);
+            l.block_size == repo.config.block_size
+                && ctx
+                    .policy
+                    .synthetic_fulls
+                    .applies(changed, l.stats.logical_bytes)
+        });
     let base = match &latest {
         Some(r) => tree_of(repo, r.id, &mut trees.latest)?,
         // The first snapshot: list the tree now, while writers go on; the
@@ -482,7 +541,8 @@ fn take(
     }
     status.lock().state = "cut".into();
     let index = cut::BaseIndex::new(&base);
-    let full = kind == Kind::Full;
+    // Whether every file is read again.
+    let full = kind == Kind::Full && !synthetic;
     let info = ctx.track.cut(&cut::CutRequest {
         objects: &*ctx.objects,
         backing: &ctx.backing,
@@ -550,6 +610,7 @@ fn take(
                 label: label.clone(),
                 source: ctx.backing.display().to_string(),
                 stats,
+                synthetic,
             },
         )?;
         writer.close()?;
@@ -580,7 +641,7 @@ fn take(
             tracing::info!(
                 "snapshot {} ({}): cut held writers {cut_ms:.2} ms, {bytes} bytes read in {secs:.2} s",
                 rec.id,
-                rec.kind.as_str()
+                rec.kind_label()
             );
             Ok(rec)
         }

@@ -1,4 +1,13 @@
-//! When to take snapshots: cadences per kind, and on-close globs.
+//! When to take snapshots: per kind an interval (`--every 15m`) or a
+//! cron expression in local time (`--full-at "0 2 * * SUN"`), daily
+//! windows that fulls and differentials keep to (`--window 01:00-05:00`),
+//! and on-close globs.
+//!
+//! Every kind is due at its rule's first time after the last snapshot of
+//! that kind (or a bigger one), so a time missed while the host was down
+//! is due at once when the daemon starts, and only once however many
+//! were missed. A due full or differential outside the windows waits
+//! for the next opening.
 //!
 //! The schedule reads time only through a [`Clock`], so tests drive it
 //! with a fake one instead of sleeping.
@@ -8,6 +17,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::snapshot::{Kind, SnapshotRecord};
 use crate::track::{FileKey, FsEvent, Journal};
+use crate::util::calendar::{CronSpec, Windows, Zone};
 use crate::util::time;
 
 pub use crate::repo::config::PolicyConfig;
@@ -18,6 +28,16 @@ pub struct Policy {
     pub every: Option<Duration>,
     pub differential_every: Option<Duration>,
     pub full_every: Option<Duration>,
+    /// Cron rules, replacing the same kind's interval.
+    pub incremental_at: Option<CronSpec>,
+    pub differential_at: Option<CronSpec>,
+    pub full_at: Option<CronSpec>,
+    /// Where fulls and differentials (and gc, rolling verification) may
+    /// run (empty: any time).
+    pub windows: Windows,
+    /// The zone cron rules and windows are read in.
+    pub zone: Zone,
+    pub synthetic_fulls: Synthetic,
     pub on_close: Vec<String>,
     /// Checkpoint fast-path patterns besides the `on_close` globs.
     pub checkpoints: Vec<String>,
@@ -33,6 +53,12 @@ impl Default for Policy {
             every: Some(Duration::from_secs(15 * 60)),
             differential_every: None,
             full_every: Some(Duration::from_secs(24 * 3600)),
+            incremental_at: None,
+            differential_at: None,
+            full_at: None,
+            windows: Windows::default(),
+            zone: Zone::system(),
+            synthetic_fulls: Synthetic::Auto,
             on_close: Vec::new(),
             checkpoints: crate::fs::fastpath::DEFAULT_PATTERNS
                 .iter()
@@ -41,6 +67,52 @@ impl Default for Policy {
             settle: Duration::from_secs(2),
             snapshot_on_unmount: true,
             keep: KeepPolicy::default(),
+        }
+    }
+}
+
+/// Whether a scheduled full snapshot re-reads the dataset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Synthetic {
+    /// Built from the latest snapshot's tree and the journal's changes
+    /// when those are under [`SYNTHETIC_BELOW`] of the dataset; a real
+    /// full (every file read again) otherwise.
+    Auto,
+    Always,
+    Never,
+}
+
+/// `auto` builds a synthetic full when the changed bytes waiting in the
+/// journal are under this fraction of the dataset's size.
+pub const SYNTHETIC_BELOW: f64 = 0.25;
+
+impl Synthetic {
+    pub fn parse(s: &str) -> Result<Synthetic> {
+        match s.trim() {
+            "auto" => Ok(Synthetic::Auto),
+            "always" | "on" | "true" => Ok(Synthetic::Always),
+            "never" | "off" | "false" => Ok(Synthetic::Never),
+            _ => Err(Error::InvalidInput(format!(
+                "bad --synthetic-fulls {s:?} (auto, always or never)"
+            ))),
+        }
+    }
+
+    /// Whether a scheduled full with `changed` bytes waiting, of a
+    /// dataset of `dataset` bytes, is built synthetically.
+    pub fn applies(&self, changed: u64, dataset: u64) -> bool {
+        match self {
+            Synthetic::Always => true,
+            Synthetic::Never => false,
+            Synthetic::Auto => (changed as f64) < SYNTHETIC_BELOW * dataset as f64,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Synthetic::Auto => "auto",
+            Synthetic::Always => "always",
+            Synthetic::Never => "never",
         }
     }
 }
@@ -74,15 +146,67 @@ impl Policy {
     /// the command line's (which wins).
     pub fn layered(layers: &[&PolicyConfig]) -> Result<Policy> {
         let mut p = Policy::default();
+        let mut zone = None;
         for l in layers {
-            if let Some(v) = &l.every {
-                p.every = parse_cadence(v)?;
+            // Per kind an interval or a cron rule: a layer's choice
+            // replaces the earlier layers' (and the default).
+            for (every, at, p_every, p_at, what) in [
+                (
+                    &l.every,
+                    &l.incremental_at,
+                    &mut p.every,
+                    &mut p.incremental_at,
+                    "--every and --incremental-at",
+                ),
+                (
+                    &l.differential_every,
+                    &l.differential_at,
+                    &mut p.differential_every,
+                    &mut p.differential_at,
+                    "--differential-every and --differential-at",
+                ),
+                (
+                    &l.full_every,
+                    &l.full_at,
+                    &mut p.full_every,
+                    &mut p.full_at,
+                    "--full-every and --full-at",
+                ),
+            ] {
+                let at = match at.as_deref().map(str::trim) {
+                    None => None,
+                    Some("off" | "none" | "never") => Some(None),
+                    Some(c) => Some(Some(CronSpec::parse(c)?)),
+                };
+                let every = every.as_deref().map(parse_cadence).transpose()?;
+                if matches!((&every, &at), (Some(Some(_)), Some(Some(_)))) {
+                    return Err(Error::InvalidInput(format!(
+                        "{what} both set one kind's schedule: give one of them"
+                    )));
+                }
+                if let Some(e) = every {
+                    *p_every = e;
+                    *p_at = None;
+                }
+                if let Some(a) = at {
+                    if a.is_some() {
+                        *p_every = None;
+                    }
+                    *p_at = a;
+                }
             }
-            if let Some(v) = &l.differential_every {
-                p.differential_every = parse_cadence(v)?;
+            if !l.window.is_empty() {
+                p.windows = if l.window.iter().all(|w| w.trim() == "off") {
+                    Windows::default()
+                } else {
+                    Windows::parse(&l.window)?
+                };
             }
-            if let Some(v) = &l.full_every {
-                p.full_every = parse_cadence(v)?;
+            if let Some(z) = &l.timezone {
+                zone = Some(Zone::parse(z)?);
+            }
+            if let Some(v) = &l.synthetic_fulls {
+                p.synthetic_fulls = Synthetic::parse(v)?;
             }
             if !l.on_close.is_empty() {
                 p.on_close = l.on_close.clone();
@@ -129,7 +253,40 @@ impl Policy {
                 .map_err(|e| Error::InvalidInput(format!("bad --on-close glob {g:?}: {e}")))?;
         }
         p.checkpoint_patterns()?;
+        if let Some(z) = zone {
+            p.zone = z;
+        }
         Ok(p)
+    }
+
+    /// The rule of `kind`, for people: `cron "0 2 * * SUN"`, `every 15m`
+    /// or `off`.
+    pub fn rule(&self, kind: Kind) -> String {
+        let (every, at) = match kind {
+            Kind::Incremental => (self.every, &self.incremental_at),
+            Kind::Differential => (self.differential_every, &self.differential_at),
+            Kind::Full => (self.full_every, &self.full_at),
+        };
+        match (at, every) {
+            (Some(c), _) => format!("cron \"{}\"", c.as_str()),
+            (None, Some(d)) => format!("every {}", humantime::format_duration(d)),
+            (None, None) => "off".into(),
+        }
+    }
+
+    fn is_scheduled(&self, kind: Kind) -> bool {
+        match kind {
+            Kind::Incremental => self.every.is_some() || self.incremental_at.is_some(),
+            Kind::Differential => {
+                self.differential_every.is_some() || self.differential_at.is_some()
+            }
+            Kind::Full => self.full_every.is_some() || self.full_at.is_some(),
+        }
+    }
+
+    /// Whether `kind` keeps to the windows.
+    pub fn windowed(&self, kind: Kind) -> bool {
+        kind != Kind::Incremental && !self.windows.is_empty()
     }
 }
 
@@ -189,7 +346,24 @@ pub struct Schedule {
     last_any: Option<Instant>,
     last_diff: Option<Instant>,
     last_full: Option<Instant>,
+    /// The kind of the latest snapshot (a full or differential due with
+    /// nothing changed is still taken when it shortens the chain).
+    latest_kind: Option<Kind>,
     pending: Option<Pending>,
+}
+
+/// The next run of one kind, for `status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NextRun {
+    pub kind: Kind,
+    /// Wall-clock nanoseconds (already past when overdue: waiting for a
+    /// change or for the snapshot in progress).
+    pub at_ns: i64,
+    /// `cron "0 2 * * SUN"`, `every 15m`.
+    pub rule: String,
+    /// Set when the rule's time fell outside the windows and the run
+    /// waits for the next opening.
+    pub waits_for_window: bool,
 }
 
 fn rank(k: Kind) -> u8 {
@@ -223,8 +397,94 @@ impl Schedule {
             last_any: None,
             last_diff: None,
             last_full: None,
+            latest_kind: None,
             pending: None,
         }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Wall-clock nanoseconds of an instant of this schedule's clock.
+    fn wall(&self, t: Instant) -> i64 {
+        let now = self.clock.now();
+        let now_ns = self.clock.now_ns();
+        if t >= now {
+            now_ns.saturating_add((t - now).as_nanos().min(i64::MAX as u128) as i64)
+        } else {
+            now_ns.saturating_sub((now - t).as_nanos().min(i64::MAX as u128) as i64)
+        }
+    }
+
+    /// The instant of wall-clock nanoseconds `ns`.
+    fn instant(&self, ns: i64) -> Instant {
+        let now = self.clock.now();
+        let now_ns = self.clock.now_ns();
+        if ns >= now_ns {
+            now.checked_add(Duration::from_nanos((ns - now_ns) as u64))
+                .unwrap_or(now + MAX_CADENCE)
+        } else {
+            now.checked_sub(Duration::from_nanos(now_ns.saturating_sub(ns) as u64))
+                .unwrap_or(now)
+        }
+    }
+
+    /// When `kind` comes due by its rule (interval or cron, after the
+    /// last snapshot of that kind or a bigger one), moved to the next
+    /// window opening when it must keep to the windows and falls outside
+    /// them. The bool says whether it was moved.
+    fn due_of(&self, kind: Kind) -> Option<(Instant, bool)> {
+        let p = &self.policy;
+        let (last, every, at) = match kind {
+            Kind::Incremental => (self.last_any, p.every, &p.incremental_at),
+            Kind::Differential => (
+                self.last_diff.max(self.last_full),
+                p.differential_every,
+                &p.differential_at,
+            ),
+            Kind::Full => (self.last_full.or(self.last_any), p.full_every, &p.full_at),
+        };
+        let last = last?;
+        let raw = match (at, every) {
+            (Some(c), _) => self.instant(c.next_after(self.wall(last), p.zone)?),
+            (None, Some(e)) => last.checked_add(e)?,
+            (None, None) => return None,
+        };
+        if !p.windowed(kind) {
+            return Some((raw, false));
+        }
+        let probe = self.wall(raw.max(self.clock.now()));
+        if p.windows.open_at(probe, p.zone) {
+            Some((raw, false))
+        } else {
+            Some((self.instant(p.windows.first_open(probe, p.zone)), true))
+        }
+    }
+
+    /// The next run of each scheduled kind (for `status`).
+    pub fn next_runs(&self) -> Vec<NextRun> {
+        let mut out = Vec::new();
+        for kind in [Kind::Full, Kind::Differential, Kind::Incremental] {
+            if !self.policy.is_scheduled(kind) {
+                continue;
+            }
+            let (at_ns, waits) = if self.never {
+                (self.clock.now_ns(), false)
+            } else {
+                match self.due_of(kind) {
+                    Some((t, w)) => (self.wall(t), w),
+                    None => continue,
+                }
+            };
+            out.push(NextRun {
+                kind,
+                at_ns,
+                rule: self.policy.rule(kind),
+                waits_for_window: waits,
+            });
+        }
+        out
     }
 
     /// Learn the times of the repository's snapshots.
@@ -235,6 +495,9 @@ impl Schedule {
             let ago = Duration::from_nanos((now_ns - r.time_ns).max(0) as u64);
             now.checked_sub(ago).unwrap_or(now)
         };
+        if let Some(l) = all.iter().max_by_key(|r| (r.time_ns, r.id)) {
+            self.latest_kind = Some(l.kind);
+        }
         for r in all {
             self.never = false;
             let t = at(r);
@@ -276,7 +539,7 @@ impl Schedule {
             Due::OnClose => (Kind::Incremental, Some(self.take_on_close(journal, now)?)),
         };
         *retry_at = None;
-        if !self.never && journal.is_empty() && label.is_none() {
+        if !self.never && journal.is_empty() && label.is_none() && !self.shortens_chain(kind) {
             // Nothing changed: no snapshot, but the cadence starts over.
             self.skipped(kind, now);
             return None;
@@ -284,27 +547,34 @@ impl Schedule {
         Some((kind, label))
     }
 
+    /// With nothing changed, would a snapshot of `kind` still shorten
+    /// restore chains (a full after anything but a full, a differential
+    /// after an incremental)?
+    fn shortens_chain(&self, kind: Kind) -> bool {
+        match kind {
+            Kind::Full => self.latest_kind.is_some_and(|k| k != Kind::Full),
+            Kind::Differential => self.latest_kind == Some(Kind::Incremental),
+            Kind::Incremental => false,
+        }
+    }
+
     /// The next thing due, and when.
     pub fn next(&self, now: Instant, retry_at: Option<Instant>) -> Option<(Instant, Due)> {
         if let Some(r) = retry_at {
             return Some((r, Due::Retry));
         }
-        if self.never && (self.policy.every.is_some() || self.policy.full_every.is_some()) {
-            // A repository without snapshots is not protected yet.
+        if self.never
+            && (self.policy.is_scheduled(Kind::Incremental) || self.policy.is_scheduled(Kind::Full))
+        {
+            // A repository without snapshots is not protected yet: its
+            // first full does not wait for a window.
             return Some((now, Due::Cadence(Kind::Full)));
         }
         let mut c: Vec<(Instant, Due)> = Vec::new();
-        if let (Some(e), Some(l)) = (self.policy.every, self.last_any) {
-            c.push((l + e, Due::Cadence(Kind::Incremental)));
-        }
-        if let (Some(e), Some(l)) = (
-            self.policy.differential_every,
-            self.last_diff.max(self.last_full),
-        ) {
-            c.push((l + e, Due::Cadence(Kind::Differential)));
-        }
-        if let (Some(e), Some(l)) = (self.policy.full_every, self.last_full.or(self.last_any)) {
-            c.push((l + e, Due::Cadence(Kind::Full)));
+        for kind in [Kind::Incremental, Kind::Differential, Kind::Full] {
+            if let Some((t, _)) = self.due_of(kind) {
+                c.push((t, Due::Cadence(kind)));
+            }
         }
         if let Some(p) = &self.pending {
             c.push((p.last_event + self.policy.settle, Due::OnClose));
@@ -400,6 +670,7 @@ impl Schedule {
 
     pub fn taken(&mut self, rec: &SnapshotRecord, now: Instant) {
         self.never = false;
+        self.latest_kind = Some(rec.kind);
         self.last_any = Some(now);
         match rec.kind {
             Kind::Full => {
@@ -519,6 +790,14 @@ mod tests {
             }
         }
 
+        /// A clock whose wall time starts at `ns`.
+        fn at(ns: i64) -> FakeClock {
+            FakeClock {
+                start_ns: ns,
+                ..FakeClock::new()
+            }
+        }
+
         fn advance(&self, d: Duration) {
             *self.offset.lock() += d;
         }
@@ -557,6 +836,7 @@ mod tests {
             manifest_len: 0,
             stats: Default::default(),
             rewritten: None,
+            synthetic: false,
         }
     }
 
@@ -700,6 +980,278 @@ mod tests {
         );
         assert_eq!(*kind, Kind::Incremental);
         assert_eq!(label.as_deref(), Some("step.pt"));
+    }
+
+    fn berlin() -> Zone {
+        Zone::parse("Europe/Berlin").unwrap()
+    }
+
+    fn local(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> i64 {
+        crate::util::calendar::local_ns(berlin(), y, mo, d, h, mi).unwrap()
+    }
+
+    fn policy(cfg: PolicyConfig) -> Policy {
+        Policy::layered(&[&PolicyConfig {
+            timezone: Some("Europe/Berlin".into()),
+            ..cfg
+        }])
+        .unwrap()
+    }
+
+    /// Run the schedule like the flusher does, stepping the fake clock
+    /// by `step` up to `until` (wall ns), with changes always waiting;
+    /// every snapshot taken is reported as (wall ns, kind).
+    fn drive(s: &mut Schedule, clock: &FakeClock, until: i64, step: Duration) -> Vec<(i64, Kind)> {
+        let (_db, j) = journal();
+        j.record_write(&FileKey { dev: 1, ino: 2 }, 0, 10);
+        let mut retry = None;
+        let mut out = Vec::new();
+        while clock.now_ns() < until {
+            clock.advance(step);
+            if let Some((k, _)) = s.poll(&mut retry, &j) {
+                let now_ns = clock.now_ns();
+                out.push((now_ns, k));
+                s.taken(&record(k, now_ns), clock.now());
+            }
+        }
+        out
+    }
+
+    fn of_kind(v: &[(i64, Kind)], k: Kind) -> Vec<i64> {
+        v.iter().filter(|x| x.1 == k).map(|x| x.0).collect()
+    }
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn cron_fulls_and_differentials_come_at_their_local_times() {
+        // Tuesday 2026-12-01 10:00 in Berlin; the repository's full is
+        // from an hour ago.
+        let clock = FakeClock::at(local(2026, 12, 1, 10, 0));
+        let p = policy(PolicyConfig {
+            every: Some("15m".into()),
+            full_at: Some("0 2 * * SUN".into()),
+            differential_at: Some("0 2 * * *".into()),
+            ..Default::default()
+        });
+        assert_eq!(p.full_every, None, "a cron rule replaces the interval");
+        assert_eq!(p.rule(Kind::Full), "cron \"0 2 * * SUN\"");
+        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
+        s.load(&[record(Kind::Full, local(2026, 12, 1, 9, 0))]);
+        let runs = s.next_runs();
+        assert_eq!(runs[0].kind, Kind::Full);
+        assert_eq!(runs[0].at_ns, local(2026, 12, 6, 2, 0));
+        assert_eq!(runs[1].at_ns, local(2026, 12, 2, 2, 0));
+        // Overdue since 09:15 (nothing changed yet): shown as such.
+        assert_eq!(runs[2].at_ns, local(2026, 12, 1, 9, 15));
+        let got = drive(&mut s, &clock, local(2026, 12, 15, 0, 0), MIN);
+        assert_eq!(
+            of_kind(&got, Kind::Full),
+            vec![local(2026, 12, 6, 2, 0), local(2026, 12, 13, 2, 0)]
+        );
+        // Daily at 02:00, except Sundays where the full one stands in.
+        let diffs = of_kind(&got, Kind::Differential);
+        assert_eq!(diffs.len(), 11, "{diffs:?}");
+        assert!(diffs
+            .iter()
+            .all(|t| (t - local(2026, 12, 2, 2, 0)) % (24 * 3600 * 1_000_000_000) == 0));
+        assert!(!diffs.contains(&local(2026, 12, 6, 2, 0)));
+        // Incrementals every 15 minutes in between.
+        let incr = of_kind(&got, Kind::Incremental);
+        assert!(incr.len() > 13 * 24 * 4 - 20, "{}", incr.len());
+    }
+
+    #[test]
+    fn a_window_across_midnight_holds_fulls_and_differentials() {
+        let clock = FakeClock::at(local(2026, 12, 1, 12, 0));
+        let p = policy(PolicyConfig {
+            every: Some("1h".into()),
+            full_every: Some("24h".into()),
+            window: vec!["22:00-04:00".into()],
+            ..Default::default()
+        });
+        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
+        // The last full was 30 h ago: overdue, but it is noon.
+        s.load(&[record(Kind::Full, local(2026, 11, 30, 6, 0))]);
+        let runs = s.next_runs();
+        assert_eq!(runs[0].at_ns, local(2026, 12, 1, 22, 0));
+        assert!(runs[0].waits_for_window);
+        let got = drive(&mut s, &clock, local(2026, 12, 4, 12, 0), MIN);
+        let fulls = of_kind(&got, Kind::Full);
+        // Held to 22:00 on the 1st; then 24 h later is 22:00 again.
+        assert_eq!(
+            fulls,
+            vec![
+                local(2026, 12, 1, 22, 0),
+                local(2026, 12, 2, 22, 0),
+                local(2026, 12, 3, 22, 0)
+            ]
+        );
+        for t in &fulls {
+            assert!(p.windows.open_at(*t, p.zone));
+        }
+        // Incrementals are not held: every hour, all day.
+        assert!(of_kind(&got, Kind::Incremental).len() >= 3 * 24 - 6);
+
+        // A full that comes due at 03:30 runs then; one due at 04:30
+        // waits until 22:00.
+        let clock = FakeClock::at(local(2026, 12, 1, 3, 0));
+        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
+        s.load(&[record(Kind::Full, local(2026, 11, 30, 3, 30))]);
+        let got = drive(&mut s, &clock, local(2026, 12, 1, 23, 0), MIN);
+        assert_eq!(of_kind(&got, Kind::Full), vec![local(2026, 12, 1, 3, 30)]);
+        let clock = FakeClock::at(local(2026, 12, 1, 3, 0));
+        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
+        s.load(&[record(Kind::Full, local(2026, 11, 30, 4, 30))]);
+        let got = drive(&mut s, &clock, local(2026, 12, 1, 23, 0), MIN);
+        assert_eq!(of_kind(&got, Kind::Full), vec![local(2026, 12, 1, 22, 0)]);
+    }
+
+    #[test]
+    fn cron_and_windows_across_daylight_saving_changes() {
+        // A nightly full at 02:30 in Berlin: on 2026-03-29 the clocks
+        // jump from 02:00 to 03:00, and it runs at 03:00 CEST.
+        let clock = FakeClock::at(local(2026, 3, 28, 12, 0));
+        let p = policy(PolicyConfig {
+            every: Some("off".into()),
+            full_at: Some("30 2 * * *".into()),
+            ..Default::default()
+        });
+        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
+        s.load(&[record(Kind::Full, local(2026, 3, 28, 2, 30))]);
+        let got = drive(&mut s, &clock, local(2026, 3, 31, 0, 0), MIN);
+        assert_eq!(
+            of_kind(&got, Kind::Full),
+            vec![local(2026, 3, 29, 3, 0), local(2026, 3, 30, 2, 30)]
+        );
+        // On 2026-10-25 02:00-03:00 happens twice: one run, not two.
+        let clock = FakeClock::at(local(2026, 10, 24, 12, 0));
+        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
+        s.load(&[record(Kind::Full, local(2026, 10, 24, 2, 30))]);
+        let got = drive(&mut s, &clock, local(2026, 10, 26, 12, 0), MIN);
+        let fulls = of_kind(&got, Kind::Full);
+        assert_eq!(
+            fulls,
+            vec![local(2026, 10, 25, 2, 30), local(2026, 10, 26, 2, 30)]
+        );
+        assert_eq!(fulls[1] - fulls[0], 25 * 3600 * 1_000_000_000);
+        // A 24 h interval is 24 real hours whatever the clocks do; the
+        // window 01:00-05:00 is local and still holds it.
+        let clock = FakeClock::at(local(2026, 3, 28, 12, 0));
+        let p = policy(PolicyConfig {
+            every: Some("off".into()),
+            full_every: Some("24h".into()),
+            window: vec!["01:00-05:00".into()],
+            ..Default::default()
+        });
+        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
+        s.load(&[record(Kind::Full, local(2026, 3, 28, 4, 30))]);
+        let got = drive(&mut s, &clock, local(2026, 3, 31, 0, 0), MIN);
+        // 24 h after 04:30 CET is 05:30 CEST: outside, so the next
+        // night's 01:00 (the next is due 24 h later, after the end).
+        assert_eq!(of_kind(&got, Kind::Full), vec![local(2026, 3, 30, 1, 0)]);
+    }
+
+    #[test]
+    fn missed_windows_run_once_at_the_next_opportunity() {
+        // A weekly full on Sunday at 02:00 inside 01:00-05:00; the host
+        // was down for three weeks and comes back on Tuesday at 10:00.
+        let p = policy(PolicyConfig {
+            every: Some("15m".into()),
+            full_at: Some("0 2 * * SUN".into()),
+            window: vec!["01:00-05:00".into()],
+            ..Default::default()
+        });
+        let clock = FakeClock::at(local(2026, 12, 1, 10, 0));
+        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
+        s.load(&[record(Kind::Full, local(2026, 11, 8, 2, 0))]);
+        // Due (three times over), but outside the window: Wednesday 01:00.
+        let runs = s.next_runs();
+        assert_eq!(runs[0].at_ns, local(2026, 12, 2, 1, 0));
+        assert!(runs[0].waits_for_window);
+        let got = drive(&mut s, &clock, local(2026, 12, 14, 0, 0), MIN);
+        assert_eq!(
+            of_kind(&got, Kind::Full),
+            vec![
+                local(2026, 12, 2, 1, 0),
+                local(2026, 12, 6, 2, 0),
+                local(2026, 12, 13, 2, 0)
+            ],
+            "the missed fulls run once, then the schedule resumes"
+        );
+        // Without a window it runs at start, once.
+        let p = policy(PolicyConfig {
+            every: Some("15m".into()),
+            full_at: Some("0 2 * * SUN".into()),
+            ..Default::default()
+        });
+        let clock = FakeClock::at(local(2026, 12, 1, 10, 0));
+        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
+        s.load(&[record(Kind::Full, local(2026, 11, 8, 2, 0))]);
+        let got = drive(&mut s, &clock, local(2026, 12, 5, 0, 0), MIN);
+        assert_eq!(of_kind(&got, Kind::Full), vec![local(2026, 12, 1, 10, 1)]);
+    }
+
+    #[test]
+    fn idle_fulls_are_taken_only_when_they_shorten_the_chain() {
+        let clock = FakeClock::at(local(2026, 12, 1, 10, 0));
+        let p = policy(PolicyConfig {
+            every: Some("off".into()),
+            full_at: Some("0 2 * * *".into()),
+            ..Default::default()
+        });
+        let (_db, j) = journal();
+        let mut retry = None;
+        // Latest is an incremental: nothing changed, the full is taken.
+        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
+        let mut incr = record(Kind::Incremental, local(2026, 12, 1, 9, 0));
+        incr.parent = Some(1);
+        s.load(&[record(Kind::Full, local(2026, 11, 30, 2, 0)), incr]);
+        clock.advance(Duration::from_secs(17 * 3600));
+        assert_eq!(s.poll(&mut retry, &j), Some((Kind::Full, None)));
+        // Latest is a full: nothing to gain, skipped (and re-armed).
+        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
+        s.load(&[record(Kind::Full, local(2026, 12, 1, 9, 0))]);
+        assert_eq!(s.poll(&mut retry, &j), None);
+        assert_eq!(s.next_runs()[0].at_ns, local(2026, 12, 3, 2, 0));
+    }
+
+    #[test]
+    fn schedule_settings_are_checked() {
+        let err = |cfg: PolicyConfig| Policy::layered(&[&cfg]).unwrap_err().to_string();
+        assert!(err(PolicyConfig {
+            full_every: Some("7d".into()),
+            full_at: Some("0 2 * * SUN".into()),
+            ..Default::default()
+        })
+        .contains("give one of them"));
+        assert!(err(PolicyConfig {
+            full_at: Some("0 2 * *".into()),
+            ..Default::default()
+        })
+        .contains("cron"));
+        assert!(err(PolicyConfig {
+            window: vec!["1am-5am".into()],
+            ..Default::default()
+        })
+        .contains("window"));
+        assert!(err(PolicyConfig {
+            timezone: Some("Nowhere/Land".into()),
+            ..Default::default()
+        })
+        .contains("time zone"));
+        // The command line's interval replaces the repository's cron.
+        let repo = PolicyConfig {
+            full_at: Some("0 2 * * SUN".into()),
+            ..Default::default()
+        };
+        let flags = PolicyConfig {
+            full_every: Some("12h".into()),
+            ..Default::default()
+        };
+        let p = Policy::layered(&[&repo, &flags]).unwrap();
+        assert_eq!(p.full_at, None);
+        assert_eq!(p.full_every, Some(Duration::from_secs(12 * 3600)));
     }
 
     proptest::proptest! {

@@ -38,6 +38,27 @@ pub struct PolicyConfig {
     pub every: Option<String>,
     pub differential_every: Option<String>,
     pub full_every: Option<String>,
+    /// Cron expressions per kind, in local time (`0 2 * * SUN`); one
+    /// given replaces the same kind's interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub differential_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental_at: Option<String>,
+    /// Daily windows (`01:00-05:00`, local time) that full and
+    /// differential snapshots, retention's gc and rolling verification
+    /// keep to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub window: Vec<String>,
+    /// The IANA time zone of the schedule (absent: the system's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// `auto`, `always` or `never`: whether a scheduled full snapshot is
+    /// built from the previous snapshot's manifests and the journal's
+    /// changes instead of re-reading the dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic_fulls: Option<String>,
     pub on_close: Vec<String>,
     /// The checkpoint fast path's patterns, replacing the default set
     /// (`["none"]` or empty: no default patterns; the `on_close` globs

@@ -95,7 +95,39 @@ pub struct Repository {
     /// reference them any more (files of forgotten snapshots open in a
     /// view): gc keeps them.
     pins: Mutex<Vec<PinSource>>,
+    /// What the daemon serving this repository plans next (set by its
+    /// flusher; `snapshots` run through the daemon shows it).
+    planned: Mutex<Option<Planned>>,
     _lock: Option<File>,
+}
+
+/// The next run of each scheduled kind, as the daemon's flusher sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Planned {
+    pub runs: Vec<NextRunStatus>,
+    /// The zone schedules are read in (IANA name).
+    pub timezone: String,
+    /// The windows fulls and differentials keep to (empty: any time).
+    pub windows: String,
+}
+
+/// One kind's next run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NextRunStatus {
+    pub kind: String,
+    /// RFC 3339 with the schedule zone's offset.
+    pub at: String,
+    /// Local time with the zone's abbreviation, for people.
+    pub local: String,
+    /// `cron "0 2 * * SUN"`, `every 15m`.
+    pub rule: String,
+    /// The rule's time fell outside the windows: this is the opening.
+    #[serde(default)]
+    pub waits_for_window: bool,
+    /// Past due: taken as soon as something changes (or the snapshot in
+    /// progress ends).
+    #[serde(default)]
+    pub overdue: bool,
 }
 
 /// What each way of opening a repository found (see `Repository::assemble`).
@@ -409,6 +441,7 @@ impl Repository {
             condemned: RwLock::new(HashSet::new()),
             pins: Mutex::new(Vec::new()),
             records_gen: Default::default(),
+            planned: Mutex::new(None),
             _lock: p.lock,
         }
     }
@@ -893,6 +926,17 @@ impl Repository {
     }
 
     /// Every chunk a registered reader still uses.
+    /// Publish what the daemon plans next.
+    pub fn set_planned(&self, p: Planned) {
+        *self.planned.lock() = Some(p);
+    }
+
+    /// What the daemon serving this repository plans next (`None` when
+    /// no flusher runs in this process).
+    pub fn planned(&self) -> Option<Planned> {
+        self.planned.lock().clone()
+    }
+
     pub fn pinned(&self) -> Vec<ChunkId> {
         let sources: Vec<PinSource> = self.pins.lock().clone();
         sources.iter().flat_map(|s| s()).collect()
@@ -990,6 +1034,7 @@ impl Repository {
             manifest_len: bytes.len() as u64,
             stats,
             rewritten: None,
+            synthetic: draft.synthetic,
         };
         rec.validate()?;
         let json = keys::encode_record(self.crypto.as_deref(), &rec)?;
@@ -1022,6 +1067,8 @@ pub struct SnapshotDraft {
     pub label: Option<String>,
     pub source: String,
     pub stats: Stats,
+    /// A full snapshot built from manifests (see `SnapshotRecord::synthetic`).
+    pub synthetic: bool,
 }
 
 /// Recreate the index from `packs/` and `snapshots/`. The old index is

@@ -18,6 +18,7 @@ use super::gc::{gc, GcOptions};
 use super::keep::KeepPolicy;
 use crate::error::{Error, Result};
 use crate::repo::Repository;
+use crate::util::calendar::{Windows, Zone};
 use crate::util::time;
 
 /// What the last automatic run did (for `status`).
@@ -38,7 +39,14 @@ pub struct Retainer {
 
 impl Retainer {
     /// Start the worker for `policy` (which must have a rule).
-    pub fn start(repo: Arc<Repository>, policy: KeepPolicy) -> Result<Retainer> {
+    /// Runs (forget, then gc) keep to `windows` in `zone` (a nudge
+    /// outside them waits for the next opening).
+    pub fn start(
+        repo: Arc<Repository>,
+        policy: KeepPolicy,
+        windows: Windows,
+        zone: Zone,
+    ) -> Result<Retainer> {
         let (tx, rx) = bounded::<()>(1);
         let status = Arc::new(Mutex::new(RetentionStatus::default()));
         let st = status.clone();
@@ -46,6 +54,15 @@ impl Retainer {
             .name("retention".into())
             .spawn(move || {
                 for () in rx.iter() {
+                    let stopping = |d| {
+                        matches!(
+                            rx.recv_timeout(d),
+                            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+                        )
+                    };
+                    if !windows.wait_open(zone, stopping) {
+                        break;
+                    }
                     let r = apply(&repo, &policy);
                     let mut s = st.lock();
                     s.last_run = Some(time::rfc3339(time::now_ns()));

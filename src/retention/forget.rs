@@ -400,6 +400,7 @@ mod tests {
             manifest_len: 0,
             stats: Stats::default(),
             rewritten: None,
+            synthetic: false,
         }
     }
 

@@ -105,6 +105,11 @@ pub struct SnapshotRecord {
     /// read again). Absent in records never rewritten.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewritten: Option<Rewritten>,
+    /// A full snapshot the flusher built on schedule from the previous
+    /// snapshot's tree and the journal's changes, without reading the
+    /// unchanged data again (`--synthetic-fulls`). Absent: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub synthetic: bool,
 }
 
 /// What a rewritten record was before `forget` rewrote it.
@@ -120,9 +125,11 @@ pub struct Rewritten {
 
 impl SnapshotRecord {
     /// The kind for people: `full (synthetic)` for a full snapshot built
-    /// by `forget` from the manifests of an incremental or differential.
+    /// from manifests (on schedule, or by `forget` from an incremental or
+    /// differential).
     pub fn kind_label(&self) -> String {
         match (&self.rewritten, self.kind) {
+            (_, Kind::Full) if self.synthetic => "full (synthetic)".into(),
             (Some(r), Kind::Full) if r.was != Kind::Full => "full (synthetic)".into(),
             (_, k) => k.as_str().into(),
         }
@@ -198,6 +205,12 @@ impl SnapshotRecord {
             (_, Some(p)) if p < self.id && self.full <= p => {}
             (_, _) => return bad("is not full and has no earlier parent".into()),
         }
+        if self.synthetic && self.kind != Kind::Full {
+            return bad(format!(
+                "is {} and says it is a synthetic full",
+                self.kind.as_str()
+            ));
+        }
         let bs = self.block_size as usize;
         if !bs.is_power_of_two() || !(4096..=crate::store::blob::MAX_RAW_LEN).contains(&bs) {
             return bad(format!("has block size {}", self.block_size));
@@ -258,6 +271,7 @@ mod tests {
             manifest_len: 1234,
             stats: Stats::default(),
             rewritten: None,
+            synthetic: false,
         }
     }
 

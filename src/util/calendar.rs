@@ -165,8 +165,9 @@ impl Window {
                 "bad time window {s:?}: use HH:MM-HH:MM in local time, e.g. 01:00-05:00"
             ))
         })?;
+        // 24:00 as a start is midnight; as an end, the end of the day.
         let start = parse_hhmm(a, s)? % (24 * 60);
-        let end = parse_hhmm(b, s)? % (24 * 60);
+        let end = parse_hhmm(b, s)?;
         if start == end {
             return Err(Error::InvalidInput(format!(
                 "time window {s:?} is empty (start and end are the same)"
@@ -246,6 +247,31 @@ impl Windows {
             .filter_map(|w| w.next_open(ns, zone))
             .min()
             .unwrap_or(ns)
+    }
+}
+
+impl Windows {
+    /// Wait until the windows are open; `pause(d)` waits up to `d` and
+    /// says whether to give up (the worker is stopping). Returns whether
+    /// the windows are open. The clock is re-read each minute at least,
+    /// so a changed system time is noticed.
+    pub fn wait_open(
+        &self,
+        zone: Zone,
+        mut pause: impl FnMut(std::time::Duration) -> bool,
+    ) -> bool {
+        loop {
+            let now = crate::util::time::now_ns();
+            let open = self.first_open(now, zone);
+            if open <= now {
+                return true;
+            }
+            let d = std::time::Duration::from_nanos((open - now) as u64)
+                .min(std::time::Duration::from_secs(60));
+            if pause(d) {
+                return false;
+            }
+        }
     }
 }
 
@@ -354,6 +380,8 @@ mod tests {
         assert_eq!(w.first_open(at(2, 5, 0), z), at(3, 1, 0));
         assert_eq!(w.first_open(at(2, 0, 30), z), at(2, 1, 0));
 
+        let all_day = Windows::parse(&["00:00-24:00".into()]).unwrap();
+        assert!(all_day.open_at(at(3, 23, 59), z) && all_day.open_at(at(3, 0, 0), z));
         let night = Windows::parse(&["22:00-04:00".into()]).unwrap();
         assert_eq!(night.to_string(), "22:00-04:00");
         assert!(night.open_at(at(2, 23, 30), z));

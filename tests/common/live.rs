@@ -43,6 +43,7 @@ fn manual_policy() -> Policy {
         settle: std::time::Duration::from_secs(1),
         snapshot_on_unmount: false,
         keep: Default::default(),
+        ..Policy::default()
     }
 }
 
