@@ -13,7 +13,7 @@ LAYERS = [
     ["daemon"],
     ["mount"],
     ["fuse"],
-    ["flusher", "restore", "verify"],
+    ["flusher", "restore", "verify", "advise"],
     ["retention"],
     ["fs", "views"],
     ["capture"],

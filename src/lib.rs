@@ -7,7 +7,8 @@
 //! - [`mount`]: `LiveMount::start`, the one assembly of a live mount
 //! - [`fuse`]: the kernel edge: thin adapters, the live/views router, panic guard
 //! - [`flusher`]: when to snapshot, and taking one (cut, capture, commit)
-//! - [`restore`], [`verify`]: restoring and checking snapshots
+//! - [`restore`], [`verify`]: restoring and checking snapshots;
+//!   [`advise`]: which schedule suits a dataset, from its history
 //! - [`retention`]: which snapshots a keep policy keeps
 //! - [`fs`]: the live passthrough filesystem
 //! - [`views`]: snapshots as read-only folders, the chunk cache
@@ -20,6 +21,7 @@
 //! - [`store`]: blobs and pack files (the truth on disk)
 //! - [`util`], [`error`]: helpers; the typed error and its errno mapping
 
+pub mod advise;
 pub mod capture;
 pub mod daemon;
 pub mod error;

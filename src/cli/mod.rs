@@ -1,5 +1,6 @@
 //! The command line: one file per command group, clap derive.
 
+mod advise_cmd;
 mod browse;
 mod common;
 mod diff_cmd;
@@ -160,6 +161,7 @@ pub fn run_in_daemon(args: &[Vec<u8>], cwd: &Path, repo: &Repository, o: &mut Ou
         Command::Cat(a) => browse::cat(repo, a, o),
         Command::Diff(a) => diff_cmd::run(repo, a, o),
         Command::Stats(a) => stats_cmd::run(repo, a, o),
+        Command::Advise(a) => advise_cmd::run(repo, a, o),
         Command::Forget(a) => lifecycle_cmds::forget_cmd(repo, a, o),
         Command::Gc(a) => lifecycle_cmds::gc_cmd(repo, a, o),
         Command::Restore(mut a) => {
@@ -245,6 +247,12 @@ pub enum Command {
     /// Where the space goes: logical, stored and unique bytes per snapshot,
     /// deduplication and compression, chunks, packs, chain lengths.
     Stats(stats_cmd::StatsArgs),
+    /// Which schedule suits this dataset: from the repository's history
+    /// (change per hour and day, manifest sizes, restore speed), the
+    /// stored and read bytes per week, worst restore chain and time, and
+    /// recovery-point age of candidate schedules; --rpo/--rto mark the
+    /// cheapest that meets them.
+    Advise(advise_cmd::AdviseArgs),
     /// Remove snapshots, by name or by keep rules (--keep-daily 7 ...),
     /// rewriting the chains that depend on them (synthetic fulls from
     /// manifests). The space comes back with `gc` (or --prune).
@@ -316,6 +324,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Stats(a) => {
             let r = a.repo().clone();
             with_repo(&r, Use::Read, |repo, o| stats_cmd::run(repo, a, o))
+        }
+        Command::Advise(a) => {
+            let r = a.repo().clone();
+            with_repo(&r, Use::Read, |repo, o| advise_cmd::run(repo, a, o))
         }
         Command::Forget(a) => {
             let r = a.repo().clone();

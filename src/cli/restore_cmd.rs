@@ -49,6 +49,7 @@ impl RestoreArgs {
 pub fn restore(repo: &Repository, a: RestoreArgs, o: &mut Out) -> Result<i32> {
     let (rec, tree) = load(repo, &a.snap)?;
     let sub = normalize_user_path(a.path.as_deref().unwrap_or("/".as_ref()))?;
+    let t0 = std::time::Instant::now();
     let r = run_restore(
         repo,
         &tree,
@@ -62,6 +63,16 @@ pub fn restore(repo: &Repository, a: RestoreArgs, o: &mut Out) -> Result<i32> {
         },
     )
     .with_context(|| format!("restoring snapshot {} to {}", rec.id, a.to.display()))?;
+    if r.failed.is_empty() {
+        // The measured speed, for `advise`.
+        rewindfs::advise::restores::record(
+            repo,
+            rec.id,
+            r.bytes,
+            r.files,
+            t0.elapsed().as_secs_f64(),
+        );
+    }
     for f in &r.failed {
         writeln!(o.err, "error: not restored: {f}")?;
     }
