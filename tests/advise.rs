@@ -1,13 +1,17 @@
 //! `rewindfs advise` on a repository with a generated history: 48 hourly
 //! snapshots of a 32 MiB dataset (8 files of 4 MiB of random bytes) in
-//! which every hour two 1 MiB blocks are rewritten. Its estimates must be
-//! the numbers a hand calculation gives for that history (within 5%):
-//! 2 MiB of new chunks per hour is 336 MiB a week whatever the schedule
-//! (chunks are deduplicated, manifests are a few hundred bytes here); a
-//! daily full reads the 32 MiB dataset 7 times a week besides the
-//! changes; worst chains and recovery points follow from the intervals;
-//! the restore time is the dataset at the speed the test's own restore
-//! recorded.
+//! which at hour h blocks 0 and 2 of file h mod 8 are rewritten (so each
+//! block is rewritten every 8 hours). Its estimates must be the numbers a
+//! hand calculation gives for that history (within 5%; manifests are a
+//! few hundred bytes here):
+//! - hourly captures store every version: 2 MiB an hour, 336 MiB a week;
+//! - daily captures store what the day left: all 8 files were rewritten
+//!   within any 24 hours, so 16 blocks, 16 MiB a day, 112 MiB a week;
+//! - 15-minute captures: the history has nothing finer than an hour, so
+//!   the hourly figure (flagged "at least");
+//! - reads: the new blocks plus 32 MiB per real full; worst chains and
+//!   recovery points follow from the intervals; the restore time is the
+//!   dataset at the speed the test's own restore recorded.
 
 mod common;
 
@@ -130,51 +134,70 @@ fn advise_matches_a_hand_calculation() {
     assert_eq!(h["longest_chain"], 48);
 
     let dataset = 32.0 * MIB;
-    let week_of_changes = 168.0 * 2.0 * MIB;
-    // (name, read per week, worst chain, recovery point in hours)
+    let hourly = 168.0 * 2.0 * MIB;
+    let daily = 7.0 * 16.0 * MIB;
+    // (name, stored per week, read per week, worst chain, recovery
+    // point in hours, basis)
     let expect = [
-        ("daily full", week_of_changes + 7.0 * dataset, 1, 24.0),
+        (
+            "daily full",
+            daily,
+            daily + 7.0 * dataset,
+            1,
+            24.0,
+            "replayed",
+        ),
         (
             "weekly full + daily differential",
-            week_of_changes + dataset,
+            daily,
+            daily + dataset,
             2,
             24.0,
+            "replayed",
         ),
         (
             "weekly full + hourly incremental",
-            week_of_changes + dataset,
+            hourly,
+            hourly + dataset,
             168,
             1.0,
+            "replayed",
         ),
         (
             "weekly full + daily differential + hourly incremental",
-            week_of_changes + dataset,
+            hourly,
+            hourly + dataset,
             25,
             1.0,
+            "replayed",
         ),
         (
             "daily synthetic full + hourly incremental",
-            week_of_changes,
+            hourly,
+            hourly,
             24,
             1.0,
+            "replayed",
         ),
         (
             "daily synthetic full + 15-min incremental (the default)",
-            week_of_changes,
+            hourly,
+            hourly,
             96,
             0.25,
+            "replayed, at least",
         ),
     ];
     let cands = v["candidates"].as_array().unwrap();
     assert_eq!(cands.len(), expect.len());
-    for (name, read, chain, rpo_h) in expect {
+    for (name, stored, read, chain, rpo_h, basis) in expect {
         let e = cands
             .iter()
             .find(|e| e["candidate"]["name"] == name)
             .unwrap_or_else(|| panic!("no candidate {name}"));
         within(
             e["stored_bytes_per_week"].as_f64().unwrap(),
-            week_of_changes,
+            stored,
             &format!("{name}: stored per week"),
         );
         within(
@@ -183,6 +206,7 @@ fn advise_matches_a_hand_calculation() {
             &format!("{name}: read per week"),
         );
         assert_eq!(e["worst_chain"], chain, "{name}");
+        assert_eq!(e["data_basis"], basis, "{name}");
         assert_eq!(
             e["recovery_point_seconds"].as_f64(),
             Some(rpo_h * 3600.0),
@@ -195,13 +219,18 @@ fn advise_matches_a_hand_calculation() {
         );
         assert_eq!(e["meets_targets"], rpo_h <= 1.0, "{name}");
     }
-    // Meeting RPO 1 h at the least cost: every candidate stores the
+    // Meeting RPO 1 h at the least cost: the hourly candidates store the
     // same within 1%; synthetic fulls read least; hourly has the
     // shorter chain.
     assert_eq!(
         v["recommended"],
         "daily synthetic full + hourly incremental"
     );
+    // Without targets: daily captures store a third; of those the
+    // weekly full reads the dataset once a week, not seven times.
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&repo, &["advise", "--json", "--timezone", "UTC"])).unwrap();
+    assert_eq!(v["recommended"], "weekly full + daily differential");
 
     // The table says the same for people.
     let table = ok(&repo, &["advise", "--rpo", "1h", "--timezone", "UTC"]);

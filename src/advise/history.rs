@@ -50,6 +50,9 @@ pub struct History {
     pub added_per_day: BTreeMap<String, u64>,
     pub added_by_hour_of_day: Vec<u64>,
     pub timezone: String,
+    /// Chunk lifetimes over the window, to replay other schedules.
+    #[serde(skip)]
+    pub lifetimes: Option<super::replay::Lifetimes>,
 }
 
 /// Stored bytes of a snapshot's manifest (its parts, as indexed).
@@ -147,6 +150,10 @@ impl History {
             longest_chain = longest_chain.max(repo.chain(r, &all).map(|c| c.len()).unwrap_or(0));
         }
         let (restore_bytes_per_second, restore_source) = restore_speed(repo, &latest, read_budget)?;
+        let replayed: Vec<SnapshotRecord> = std::iter::once(first.0.clone())
+            .chain(counted.iter().map(|(_, r)| (*r).clone()))
+            .collect();
+        let lifetimes = super::replay::Lifetimes::measure(repo, &replayed)?;
         Ok(History {
             days,
             snapshots: counted.len(),
@@ -163,6 +170,7 @@ impl History {
             added_per_day: per_day,
             added_by_hour_of_day: by_hour,
             timezone: zone.name().into(),
+            lifetimes: Some(lifetimes),
         })
     }
 

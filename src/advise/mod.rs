@@ -12,17 +12,19 @@
 //!
 //! - snapshots: fulls W/F; differentials W/D - W/F (a full stands in for
 //!   the differential due with it); incrementals W/I minus the others.
-//! - stored: the chunk data a (new bytes per hour, measured) x W, the
-//!   same for every candidate because chunks are deduplicated: every
-//!   changed block is stored once per capture that sees it (an upper
-//!   bound for schedules coarser than the history's, where a block
-//!   rewritten twice between two captures is stored once); plus
-//!   manifests: each full one the size of the latest full's, each
-//!   incremental m x I (m: incremental manifest bytes per hour of change,
-//!   measured), a differential k hours after its full min(full, m x k).
-//! - read from the dataset: c x W (c: changed bytes per hour, measured)
-//!   plus the whole dataset for each real full (a synthetic one reads
-//!   only the changes).
+//! - stored: chunk data plus manifests. Chunks are deduplicated, so the
+//!   chunk data depends only on how often the schedule captures (P, its
+//!   shortest interval): `replay.rs` replays the window's snapshots and
+//!   counts the chunks a capture every P hours would have seen (a block
+//!   rewritten three times between two captures is stored once), scaled
+//!   to a week. When the history is shorter than P: a x W (a: new bytes
+//!   per hour, measured), an upper bound. Manifests: each full one the
+//!   size of the latest full's, each incremental m x I (m: incremental
+//!   manifest bytes per hour of change, measured), a differential k hours
+//!   after its full min(full, m x k).
+//! - read from the dataset: the new blocks the captures see (replayed
+//!   the same way; else c x W, c: changed bytes per hour) plus the whole
+//!   dataset for each real full (a synthetic one reads only changes).
 //! - worst restore chain: 1 + (1 with differentials) + (incrementals
 //!   between two bigger snapshots); worst restore time: the dataset's
 //!   bytes plus that chain's manifests at the measured restore speed
@@ -31,6 +33,7 @@
 //! - recovery-point age: the shortest interval.
 
 pub mod history;
+pub mod replay;
 pub mod restores;
 
 use serde::Serialize;
@@ -125,6 +128,10 @@ pub struct Estimate {
     pub differentials_per_week: f64,
     pub incrementals_per_week: f64,
     pub data_bytes_per_week: f64,
+    /// How the chunk data was estimated: `replayed`, `replayed, at
+    /// least` (a schedule finer than the history) or `extrapolated` (the
+    /// history is shorter than the schedule's interval: an upper bound).
+    pub data_basis: String,
     pub manifest_bytes_per_week: f64,
     pub stored_bytes_per_week: f64,
     pub read_bytes_per_week: f64,
@@ -158,8 +165,19 @@ pub fn estimate(h: &History, c: &Candidate) -> Estimate {
     });
     let manifests =
         fulls * m_full + (w / f) * diff_cycle + c.incremental_hours.map_or(0.0, |i| incrs * m * i);
-    let data = h.added_per_hour * w;
-    let read = h.changed_per_hour * w
+    let finest = [Some(f), c.differential_hours, c.incremental_hours]
+        .into_iter()
+        .flatten()
+        .fold(f64::INFINITY, f64::min);
+    let replayed = h.lifetimes.as_ref().and_then(|l| l.per_week(finest));
+    let (data, changes_read, basis) = match replayed {
+        Some(r) if r.finer_than_history => {
+            (r.stored_per_week, r.read_per_week, "replayed, at least")
+        }
+        Some(r) => (r.stored_per_week, r.read_per_week, "replayed"),
+        None => (h.added_per_hour * w, h.changed_per_hour * w, "extrapolated"),
+    };
+    let read = changes_read
         + if c.synthetic_fulls {
             0.0
         } else {
@@ -191,16 +209,14 @@ pub fn estimate(h: &History, c: &Candidate) -> Estimate {
     } else {
         f64::INFINITY
     };
-    let rpo_hours = [Some(f), c.differential_hours, c.incremental_hours]
-        .into_iter()
-        .flatten()
-        .fold(f64::INFINITY, f64::min);
+    let rpo_hours = finest;
     Estimate {
         candidate: c.clone(),
         fulls_per_week: fulls,
         differentials_per_week: diffs,
         incrementals_per_week: incrs,
         data_bytes_per_week: data,
+        data_basis: basis.into(),
         manifest_bytes_per_week: manifests,
         stored_bytes_per_week: data + manifests,
         read_bytes_per_week: read,
@@ -273,6 +289,7 @@ mod tests {
             added_per_day: Default::default(),
             added_by_hour_of_day: vec![0; 24],
             timezone: "UTC".into(),
+            lifetimes: None,
         }
     }
 

@@ -191,11 +191,16 @@ pub fn run(repo: &Repository, a: AdviseArgs, o: &mut Out) -> Result<i32> {
         } else {
             "x"
         };
+        let basis = match e.data_basis.as_str() {
+            "replayed" => "",
+            "extrapolated" => "^",
+            _ => "+",
+        };
         writeln!(
             out,
             "{mark} {:<56} {:>11} {:>11} {:>6} {:>11} {:>7}",
             e.candidate.name,
-            human_bytes(e.stored_bytes_per_week as u64),
+            format!("{basis}{}", human_bytes(e.stored_bytes_per_week as u64)),
             human_bytes(e.read_bytes_per_week as u64),
             e.worst_chain,
             human_secs(e.worst_restore_seconds),
@@ -205,7 +210,7 @@ pub fn run(repo: &Repository, a: AdviseArgs, o: &mut Out) -> Result<i32> {
     writeln!(out)?;
     writeln!(
         out,
-        "*: recommended; x: misses a target. STORED: new chunks (the same for every schedule: chunks are deduplicated; an upper bound for schedules coarser than the history's) plus manifests. READ: what captures read from the dataset (real fulls read all of it). CHAIN, RESTORE: the worst case (restore at the measured speed). RPO: the oldest the latest snapshot can be."
+        "*: recommended; x: misses a target.\nSTORED: new chunks a capture at the schedule's shortest interval would have stored, replayed from this history (chunks are deduplicated: a block rewritten several times between two captures is stored once; +: at least, the schedule is finer than the history; ^: extrapolated from the change rate, the history is shorter than the interval), plus manifests.\nREAD: what captures read from the dataset (real fulls read all of it). CHAIN, RESTORE: the worst case, at the measured restore speed. RPO: the oldest the latest snapshot can be."
     )?;
     let targets = match (a.rpo, a.rto) {
         (None, None) => "no --rpo or --rto given".to_string(),
