@@ -45,8 +45,10 @@ wait_snapshots() { # wait until there are $1 snapshots
 run init
 
 if [ -e /dev/fuse ]; then
-  echo "== mount: the first (full) snapshot is taken right away"
-  run mount "$data" "$mnt" --every 15m --on-close '*.bin' --settle 1s --metrics-listen 127.0.0.1:0
+  echo "== mount: the first (full) snapshot is taken right away; then incrementals every"
+  echo "   15 minutes, a differential every night and a full on Sundays, both inside 01:00-05:00"
+  run mount "$data" "$mnt" --every 15m --differential-at "0 2 * * *" --full-at "0 2 * * SUN" \
+    --window 01:00-05:00 --on-close '*.bin' --settle 1s --metrics-listen 127.0.0.1:0
   wait_snapshots 1
 
   echo "== a training job saves checkpoint 3 the usual way: temporary file, then rename"

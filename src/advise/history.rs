@@ -84,6 +84,12 @@ impl History {
                     .into(),
             ));
         };
+        if all.len() < 2 {
+            return Err(Error::InvalidInput(
+                "the repository has one snapshot: advise needs a history of several (a day of a live mount's snapshots at least)"
+                    .into(),
+            ));
+        }
         let from = now_ns.saturating_sub((days * 24.0 * HOUR_NS) as i64);
         // Each counted snapshot with the one before it (its interval).
         let counted: Vec<(&SnapshotRecord, &SnapshotRecord)> = all
@@ -98,6 +104,12 @@ impl History {
         };
         let span_ns = (last.1.time_ns - first.0.time_ns).max(1) as f64;
         let span_hours = span_ns / HOUR_NS;
+        if span_hours < 1.0 {
+            return Err(Error::InvalidInput(format!(
+                "the history covers only {:.0} minutes: advise needs at least an hour of snapshots (a day or a week shows daily patterns)",
+                span_hours * 60.0
+            )));
+        }
         let block = f64::from(repo.config.block_size);
 
         let mut added = 0f64;
