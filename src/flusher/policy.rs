@@ -346,6 +346,17 @@ pub struct Schedule {
     last_any: Option<Instant>,
     last_diff: Option<Instant>,
     last_full: Option<Instant>,
+    /// The same times on the wall clock: cron rules and windows are
+    /// computed in wall time from these, never from an instant converted
+    /// back (two clock reads apart, a round trip can land a microsecond
+    /// early and make a time that just fired due again).
+    last_any_ns: Option<i64>,
+    last_diff_ns: Option<i64>,
+    last_full_ns: Option<i64>,
+    /// The wall time the rule that `poll` last returned was due at: the
+    /// snapshot (or skip) that follows counts as taken no earlier, so a
+    /// wall clock read a little behind cannot make that time due again.
+    fired_ns: Option<i64>,
     /// The kind of the latest snapshot (a full or differential due with
     /// nothing changed is still taken when it shortens the chain).
     latest_kind: Option<Kind>,
@@ -397,6 +408,10 @@ impl Schedule {
             last_any: None,
             last_diff: None,
             last_full: None,
+            last_any_ns: None,
+            last_diff_ns: None,
+            last_full_ns: None,
+            fired_ns: None,
             latest_kind: None,
             pending: None,
         }
@@ -433,32 +448,44 @@ impl Schedule {
     /// When `kind` comes due by its rule (interval or cron, after the
     /// last snapshot of that kind or a bigger one), moved to the next
     /// window opening when it must keep to the windows and falls outside
-    /// them. The bool says whether it was moved.
-    fn due_of(&self, kind: Kind) -> Option<(Instant, bool)> {
+    /// them: as an instant, in wall-clock ns, and whether it was moved.
+    fn due_of(&self, kind: Kind) -> Option<(Instant, i64, bool)> {
         let p = &self.policy;
-        let (last, every, at) = match kind {
-            Kind::Incremental => (self.last_any, p.every, &p.incremental_at),
+        let (last, last_ns, every, at) = match kind {
+            Kind::Incremental => (self.last_any, self.last_any_ns, p.every, &p.incremental_at),
             Kind::Differential => (
                 self.last_diff.max(self.last_full),
+                self.last_diff_ns.max(self.last_full_ns),
                 p.differential_every,
                 &p.differential_at,
             ),
-            Kind::Full => (self.last_full.or(self.last_any), p.full_every, &p.full_at),
+            Kind::Full => (
+                self.last_full.or(self.last_any),
+                self.last_full_ns.or(self.last_any_ns),
+                p.full_every,
+                &p.full_at,
+            ),
         };
-        let last = last?;
-        let raw = match (at, every) {
-            (Some(c), _) => self.instant(c.next_after(self.wall(last), p.zone)?),
-            (None, Some(e)) => last.checked_add(e)?,
+        let (raw, raw_ns) = match (at, every) {
+            (Some(c), _) => {
+                let ns = c.next_after(last_ns?, p.zone)?;
+                (self.instant(ns), ns)
+            }
+            (None, Some(e)) => {
+                let t = last?.checked_add(e)?;
+                (t, self.wall(t))
+            }
             (None, None) => return None,
         };
         if !p.windowed(kind) {
-            return Some((raw, false));
+            return Some((raw, raw_ns, false));
         }
-        let probe = self.wall(raw.max(self.clock.now()));
+        let probe = raw_ns.max(self.clock.now_ns());
         if p.windows.open_at(probe, p.zone) {
-            Some((raw, false))
+            Some((raw, raw_ns, false))
         } else {
-            Some((self.instant(p.windows.first_open(probe, p.zone)), true))
+            let open = p.windows.first_open(probe, p.zone);
+            Some((self.instant(open), open, true))
         }
     }
 
@@ -473,7 +500,7 @@ impl Schedule {
                 (self.clock.now_ns(), false)
             } else {
                 match self.due_of(kind) {
-                    Some((t, w)) => (self.wall(t), w),
+                    Some((_, ns, w)) => (ns, w),
                     None => continue,
                 }
             };
@@ -501,10 +528,18 @@ impl Schedule {
         for r in all {
             self.never = false;
             let t = at(r);
+            let ns = r.time_ns;
             self.last_any = Some(self.last_any.map_or(t, |x| x.max(t)));
+            self.last_any_ns = Some(self.last_any_ns.map_or(ns, |x| x.max(ns)));
             match r.kind {
-                Kind::Full => self.last_full = Some(self.last_full.map_or(t, |x| x.max(t))),
-                Kind::Differential => self.last_diff = Some(self.last_diff.map_or(t, |x| x.max(t))),
+                Kind::Full => {
+                    self.last_full = Some(self.last_full.map_or(t, |x| x.max(t)));
+                    self.last_full_ns = Some(self.last_full_ns.map_or(ns, |x| x.max(ns)));
+                }
+                Kind::Differential => {
+                    self.last_diff = Some(self.last_diff.map_or(t, |x| x.max(t)));
+                    self.last_diff_ns = Some(self.last_diff_ns.map_or(ns, |x| x.max(ns)));
+                }
                 Kind::Incremental => {}
             }
         }
@@ -539,6 +574,10 @@ impl Schedule {
             Due::OnClose => (Kind::Incremental, Some(self.take_on_close(journal, now)?)),
         };
         *retry_at = None;
+        self.fired_ns = match due {
+            Due::Cadence(k) => self.due_of(k).map(|(_, ns, _)| ns),
+            _ => None,
+        };
         if !self.never && journal.is_empty() && label.is_none() && !self.shortens_chain(kind) {
             // Nothing changed: no snapshot, but the cadence starts over.
             self.skipped(kind, now);
@@ -572,7 +611,7 @@ impl Schedule {
         }
         let mut c: Vec<(Instant, Due)> = Vec::new();
         for kind in [Kind::Incremental, Kind::Differential, Kind::Full] {
-            if let Some((t, _)) = self.due_of(kind) {
+            if let Some((t, _, _)) = self.due_of(kind) {
                 c.push((t, Due::Cadence(kind)));
             }
         }
@@ -671,13 +710,23 @@ impl Schedule {
     pub fn taken(&mut self, rec: &SnapshotRecord, now: Instant) {
         self.never = false;
         self.latest_kind = Some(rec.kind);
+        let now_ns = self
+            .clock
+            .now_ns()
+            .max(self.fired_ns.take().unwrap_or(i64::MIN));
         self.last_any = Some(now);
+        self.last_any_ns = Some(now_ns);
         match rec.kind {
             Kind::Full => {
                 self.last_full = Some(now);
                 self.last_diff = Some(now);
+                self.last_full_ns = Some(now_ns);
+                self.last_diff_ns = Some(now_ns);
             }
-            Kind::Differential => self.last_diff = Some(now),
+            Kind::Differential => {
+                self.last_diff = Some(now);
+                self.last_diff_ns = Some(now_ns);
+            }
             Kind::Incremental => {}
         }
     }
@@ -685,10 +734,21 @@ impl Schedule {
     /// A cadence came due with nothing changed: no snapshot, and the
     /// cadence starts over.
     pub fn skipped(&mut self, kind: Kind, now: Instant) {
+        let now_ns = self
+            .clock
+            .now_ns()
+            .max(self.fired_ns.take().unwrap_or(i64::MIN));
         self.last_any = Some(now);
+        self.last_any_ns = Some(now_ns);
         match kind {
-            Kind::Full => self.last_full = Some(now),
-            Kind::Differential => self.last_diff = Some(now),
+            Kind::Full => {
+                self.last_full = Some(now);
+                self.last_full_ns = Some(now_ns);
+            }
+            Kind::Differential => {
+                self.last_diff = Some(now);
+                self.last_diff_ns = Some(now_ns);
+            }
             Kind::Incremental => {}
         }
     }
@@ -779,6 +839,11 @@ mod tests {
         start: Instant,
         start_ns: i64,
         offset: std::sync::Arc<parking_lot::Mutex<Duration>>,
+        /// Each wall-clock read is off by this many ns, alternately
+        /// early and late (real clocks are read apart: an instant and a
+        /// wall time never match exactly).
+        jitter: i64,
+        reads: std::sync::Arc<std::sync::atomic::AtomicU64>,
     }
 
     impl FakeClock {
@@ -787,6 +852,8 @@ mod tests {
                 start: Instant::now(),
                 start_ns: time::now_ns(),
                 offset: Default::default(),
+                jitter: 0,
+                reads: Default::default(),
             }
         }
 
@@ -809,7 +876,15 @@ mod tests {
         }
 
         fn now_ns(&self) -> i64 {
-            self.start_ns + self.offset.lock().as_nanos() as i64
+            let n = self
+                .reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let j = if n.is_multiple_of(2) {
+                -self.jitter
+            } else {
+                self.jitter
+            };
+            self.start_ns + self.offset.lock().as_nanos() as i64 + j
         }
     }
 
@@ -1059,6 +1134,28 @@ mod tests {
         // Incrementals every 15 minutes in between.
         let incr = of_kind(&got, Kind::Incremental);
         assert!(incr.len() > 13 * 24 * 4 - 20, "{}", incr.len());
+    }
+
+    #[test]
+    fn a_cron_time_fires_once_when_clock_reads_disagree() {
+        // Wall-clock reads 5 us early or late, alternately; polls land
+        // exactly on the cron times.
+        let clock = FakeClock {
+            jitter: 5_000,
+            ..FakeClock::at(local(2026, 12, 1, 10, 0))
+        };
+        let p = policy(PolicyConfig {
+            every: Some("off".into()),
+            differential_at: Some("0 2 * * *".into()),
+            full_at: Some("0 3 * * SUN".into()),
+            ..Default::default()
+        });
+        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
+        s.load(&[record(Kind::Full, local(2026, 12, 1, 9, 0))]);
+        let got = drive(&mut s, &clock, local(2026, 12, 15, 0, 0), MIN);
+        assert_eq!(of_kind(&got, Kind::Differential).len(), 13, "{got:?}");
+        assert_eq!(of_kind(&got, Kind::Full).len(), 2, "{got:?}");
+        assert_eq!(got.len(), 15, "{got:?}");
     }
 
     #[test]

@@ -398,6 +398,29 @@ mod tests {
     }
 
     #[test]
+    fn waiting_for_a_window() {
+        let now = crate::util::time::now_ns();
+        let z = Zone::UTC;
+        // Open now: no wait at all.
+        assert!(Windows::default().wait_open(z, |_| panic!("waited")));
+        // A window that opens in a few hours: waits in pauses of at
+        // most a minute, and gives up when asked.
+        let in_3h = (now / 60_000_000_000 / 60 + 3) % 24;
+        let w = Windows::parse(&[format!("{in_3h:02}:00-{:02}:00", (in_3h + 1) % 24)]).unwrap();
+        assert!(!w.open_at(now, z));
+        let mut pauses = Vec::new();
+        let open = w.wait_open(z, |d| {
+            pauses.push(d);
+            pauses.len() == 3
+        });
+        assert!(!open);
+        assert_eq!(pauses.len(), 3);
+        assert!(pauses
+            .iter()
+            .all(|d| *d <= std::time::Duration::from_secs(60)));
+    }
+
+    #[test]
     fn a_window_on_the_day_clocks_spring_forward() {
         let z = berlin();
         // 02:00-03:00 local does not exist on 2026-03-29: the window
