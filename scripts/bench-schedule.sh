@@ -69,8 +69,8 @@ for mode in never always; do
   drop
   wait_count "$repo" 2
   st=$("$rw" status "$mnt" --json)
-  ms=$(echo "$st" | python3 -c 'import json,sys; f=json.load(sys.stdin)["flusher"]; print(f"{f[\"last_duration_ms\"]/1e3:.2f} {f[\"last_bytes_read\"]}")')
-  kind=$("$rw" snapshots --repo "$repo" | awk '$1 == 2 { print $2, $3 }')
+  ms=$(echo "$st" | python3 -c 'import json,sys; f=json.load(sys.stdin)["flusher"]; print("%.2f %d" % (f["last_duration_ms"] / 1e3, f["last_bytes_read"]))')
+  kind=$("$rw" snapshots --repo "$repo" | awk '$1 == 2 { k = $2; if ($3 ~ /^\(/) k = k " " $3; print k }')
   # Undo the change through the mount (the saved paths are the mount's).
   python3 scripts/lib/mutate.py "$mnt" --revert "$save" >/dev/null
   rm -rf "$save"
@@ -98,12 +98,12 @@ rows+=("| restic backup after the change | $(secs "$r0" "$r1") | - |")
 br=$WORK/borg
 rm -rf "$br"
 export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
-borg init -q -e none "$br"
-borg create -q "$br::a" "$src"
+borg init -e none "$br" >/dev/null 2>&1
+borg create "$br::a" "$src"
 python3 scripts/lib/mutate.py "$src" --fraction 0.01 --save "$save" >/dev/null
 drop
 b0=$(now)
-borg create -q "$br::b" "$src"
+borg create "$br::b" "$src"
 b1=$(now)
 python3 scripts/lib/mutate.py "$src" --revert "$save" >/dev/null
 rm -rf "$save"

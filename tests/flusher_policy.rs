@@ -186,6 +186,13 @@ fn scheduled_fulls_are_synthetic_when_little_changed() {
     // Nothing changed since a full: the next one is skipped.
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(snapshots(&repo).len(), 2);
+    // A new checkpoint larger than the dataset (written by the kernel
+    // through the checkpoint fast path: a whole-file change, no block
+    // records): the next full is a real one.
+    fs::write(mnt.join("big.safetensors"), vec![9u8; 12 << 20]).unwrap();
+    let s = wait_for_count(&repo, 3, Duration::from_secs(15));
+    assert_eq!(s[2]["kind"], "full");
+    assert_eq!(s[2]["synthetic"], false, "{:?}", s[2]);
     m.umount();
     // It holds the whole tree by itself: forget the first one, then
     // read and verify everything.

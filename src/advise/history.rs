@@ -40,6 +40,10 @@ pub struct History {
     pub full_manifest_bytes: f64,
     /// Stored manifest bytes of incremental snapshots per hour of change.
     pub incremental_manifest_per_hour: f64,
+    /// Where that figure comes from: `incrementals`, `differentials`
+    /// (their manifests per hour since their full) or `full manifest`
+    /// (its size times the share of the dataset changed per hour).
+    pub incremental_manifest_basis: String,
     /// Restore speed (bytes of files per second) and where it comes from.
     pub restore_bytes_per_second: f64,
     pub restore_source: String,
@@ -53,6 +57,43 @@ pub struct History {
     /// Chunk lifetimes over the window, to replay other schedules.
     #[serde(skip)]
     pub lifetimes: Option<super::replay::Lifetimes>,
+}
+
+/// Attribute `bytes` that changed between `from` and `to` to the local
+/// days and hours of that interval, evenly (a snapshot's changes happened
+/// at some time since the previous one, not at its own time).
+fn spread(
+    bytes: u64,
+    from: i64,
+    to: i64,
+    zone: Zone,
+    per_day: &mut BTreeMap<String, u64>,
+    by_hour: &mut [u64],
+) {
+    let hour = HOUR_NS as i64;
+    let len = to - from;
+    // Intervals longer than a month go to their end (a gap in the history).
+    if len <= 0 || len > 31 * 24 * hour {
+        let local = zone.rfc3339(to);
+        *per_day.entry(local[..10].to_string()).or_default() += bytes;
+        by_hour[local[11..13].parse::<usize>().unwrap_or(0).min(23)] += bytes;
+        return;
+    }
+    let mut t = from;
+    let mut left = bytes;
+    while t < to && left > 0 {
+        let end = (t + hour).min(to);
+        let share = if end == to {
+            left
+        } else {
+            ((bytes as f64 * (end - t) as f64 / len as f64) as u64).min(left)
+        };
+        left -= share;
+        let local = zone.rfc3339(t + (end - t) / 2);
+        *per_day.entry(local[..10].to_string()).or_default() += share;
+        by_hour[local[11..13].parse::<usize>().unwrap_or(0).min(23)] += share;
+        t = end;
+    }
 }
 
 /// Stored bytes of a snapshot's manifest (its parts, as indexed).
@@ -116,16 +157,30 @@ impl History {
         let mut incr_changed = 0f64;
         let mut incr_hours = 0f64;
         let mut incr_manifests = 0f64;
+        // Differentials: manifest bytes and hours since their full.
+        let (mut diff_manifests, mut diff_hours) = (0f64, 0f64);
+        let time_of: std::collections::HashMap<u64, i64> =
+            all.iter().map(|r| (r.id, r.time_ns)).collect();
         let mut per_day: BTreeMap<String, u64> = BTreeMap::new();
         let mut by_hour = vec![0u64; 24];
         for (prev, r) in &counted {
             let m = manifest_stored(repo, r)?;
             let data = r.stats.stored_bytes.saturating_sub(m);
             added += data as f64;
-            let local = zone.rfc3339(r.time_ns);
-            *per_day.entry(local[..10].to_string()).or_default() += data;
-            let hour: usize = local[11..13].parse().unwrap_or(0);
-            by_hour[hour.min(23)] += data;
+            spread(
+                data,
+                prev.time_ns,
+                r.time_ns,
+                zone,
+                &mut per_day,
+                &mut by_hour,
+            );
+            if r.kind == Kind::Differential {
+                if let Some(t) = time_of.get(&r.full) {
+                    diff_manifests += m as f64;
+                    diff_hours += (r.time_ns - t).max(0) as f64 / HOUR_NS;
+                }
+            }
             if r.kind == Kind::Incremental && !r.synthetic {
                 let h = (r.time_ns - prev.time_ns).max(0) as f64 / HOUR_NS;
                 incr_changed += r.stats.changed_blocks as f64 * block;
@@ -152,10 +207,17 @@ impl History {
             Some(f) => manifest_stored(repo, f)? as f64,
             None => 0.0,
         };
-        let incremental_manifest_per_hour = if incr_hours > 0.0 {
-            incr_manifests / incr_hours
+        let (incremental_manifest_per_hour, incremental_manifest_basis) = if incr_hours > 0.0 {
+            (incr_manifests / incr_hours, "incrementals")
+        } else if diff_hours > 0.0 {
+            (diff_manifests / diff_hours, "differentials")
         } else {
-            0.0
+            let share = if latest.stats.logical_bytes > 0 {
+                (changed_per_hour / latest.stats.logical_bytes as f64).min(1.0)
+            } else {
+                1.0
+            };
+            (full_manifest_bytes * share, "full manifest")
         };
         let mut longest_chain = 0;
         for r in &all {
@@ -176,6 +238,7 @@ impl History {
             changed_per_hour,
             full_manifest_bytes,
             incremental_manifest_per_hour,
+            incremental_manifest_basis: incremental_manifest_basis.into(),
             restore_bytes_per_second,
             restore_source,
             longest_chain,

@@ -136,7 +136,8 @@ pub struct Estimate {
     pub stored_bytes_per_week: f64,
     pub read_bytes_per_week: f64,
     pub worst_chain: u64,
-    pub worst_restore_seconds: f64,
+    /// `None` when no restore speed could be measured.
+    pub worst_restore_seconds: Option<f64>,
     pub recovery_point_seconds: f64,
     /// Meets the --rpo and --rto targets given.
     pub meets_targets: bool,
@@ -204,11 +205,8 @@ pub fn estimate(h: &History, c: &Candidate) -> Estimate {
         (n, bytes)
     };
     let speed = h.restore_bytes_per_second;
-    let restore = if speed > 0.0 {
-        (h.dataset_bytes as f64 + chain_manifests) / speed
-    } else {
-        f64::INFINITY
-    };
+    let restore = (speed.is_finite() && speed > 0.0)
+        .then(|| (h.dataset_bytes as f64 + chain_manifests) / speed);
     let rpo_hours = finest;
     Estimate {
         candidate: c.clone(),
@@ -249,7 +247,7 @@ pub fn advise(h: &History, rpo: Option<f64>, rto: Option<f64>) -> Vec<Estimate> 
     let mut v: Vec<Estimate> = candidates().iter().map(|c| estimate(h, c)).collect();
     for e in &mut v {
         e.meets_targets = rpo.is_none_or(|t| e.recovery_point_seconds <= t)
-            && rto.is_none_or(|t| e.worst_restore_seconds <= t);
+            && rto.is_none_or(|t| e.worst_restore_seconds.is_some_and(|s| s <= t));
     }
     let best = v
         .iter()
@@ -259,7 +257,11 @@ pub fn advise(h: &History, rpo: Option<f64>, rto: Option<f64>) -> Vec<Estimate> 
             close_cmp(a.stored_bytes_per_week, b.stored_bytes_per_week)
                 .then(close_cmp(a.read_bytes_per_week, b.read_bytes_per_week))
                 .then(a.worst_chain.cmp(&b.worst_chain))
-                .then(a.worst_restore_seconds.total_cmp(&b.worst_restore_seconds))
+                .then(
+                    a.worst_restore_seconds
+                        .unwrap_or(f64::MAX)
+                        .total_cmp(&b.worst_restore_seconds.unwrap_or(f64::MAX)),
+                )
         })
         .map(|(i, _)| i);
     if let Some(i) = best {
@@ -283,6 +285,7 @@ mod tests {
             changed_per_hour: (2u64 << 30) as f64,
             full_manifest_bytes: 4e6,
             incremental_manifest_per_hour: 1e4,
+            incremental_manifest_basis: "incrementals".into(),
             restore_bytes_per_second: 500e6,
             restore_source: "test".into(),
             longest_chain: 1,
@@ -324,7 +327,7 @@ mod tests {
         assert_eq!(i.worst_chain, 168);
         assert_eq!(i.recovery_point_seconds, 3600.0);
         let restore = (100.0 * gib + 4e6 + 167.0 * 1e4) / 500e6;
-        assert!((i.worst_restore_seconds - restore).abs() < 1e-9);
+        assert!((i.worst_restore_seconds.unwrap() - restore).abs() < 1e-9);
         // Full + differential + hourly: chain 1 + 1 + 23.
         assert_eq!(
             by("weekly full + daily differential + hourly").worst_chain,

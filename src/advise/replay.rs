@@ -57,9 +57,10 @@ fn blocks(node: &Node) -> &[ChunkId] {
 /// Collects the chunk changes of one transition.
 #[derive(Default)]
 struct Walk {
+    /// How many blocks of the current tree hold each chunk; [`BASELINE`]
+    /// marks chunks stored before the window (never counted; kept at a
+    /// count of zero when they leave the tree).
     counts: HashMap<ChunkId, u32>,
-    /// Chunks stored before the window (never counted).
-    baseline: std::collections::HashSet<ChunkId>,
     /// Chunk -> index in `chunks`.
     known: HashMap<ChunkId, usize>,
     /// Open lifetimes: chunk -> start index.
@@ -67,12 +68,19 @@ struct Walk {
     chunks: Vec<(ChunkId, ChunkLife)>,
 }
 
+const BASELINE: u32 = 1 << 31;
+
 impl Walk {
     fn remove(&mut self, c: &ChunkId, i: u32) {
         if let Some(n) = self.counts.get_mut(c) {
+            if *n & !BASELINE == 0 {
+                return;
+            }
             *n -= 1;
-            if *n == 0 {
-                self.counts.remove(c);
+            if *n & !BASELINE == 0 {
+                if *n == 0 {
+                    self.counts.remove(c);
+                }
                 if let Some(start) = self.open.remove(c) {
                     if let Some(k) = self.known.get(c) {
                         self.chunks[*k].1.lives.push((start, i.saturating_sub(1)));
@@ -85,7 +93,7 @@ impl Walk {
     fn add(&mut self, c: &ChunkId, i: u32) {
         let n = self.counts.entry(*c).or_insert(0);
         *n += 1;
-        if *n == 1 && !self.baseline.contains(c) {
+        if *n == 1 {
             self.open.insert(*c, i);
             if !self.known.contains_key(c) {
                 self.known.insert(*c, self.chunks.len());
@@ -105,8 +113,7 @@ impl Lifetimes {
         let mut w = Walk::default();
         for (_, node) in tree.entries.values() {
             for c in blocks(node) {
-                *w.counts.entry(*c).or_insert(0) += 1;
-                w.baseline.insert(*c);
+                *w.counts.entry(*c).or_insert(BASELINE) += 1;
             }
         }
         let mut prev_id = first.id;

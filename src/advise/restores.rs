@@ -33,7 +33,10 @@ pub struct RestoreSample {
 /// Remember a completed restore (best effort: a caller who may not write
 /// the repository's cache, or a full disk, loses only the figure).
 pub fn record(repo: &Repository, snapshot: u64, bytes: u64, files: u64, seconds: f64) {
-    if bytes < MIN_BYTES {
+    // Only in a repository this process may write (trusted, locked):
+    // a read-only or someone else's repository is never written.
+    if bytes < MIN_BYTES || !seconds.is_finite() || repo.access() != crate::repo::Access::ReadWrite
+    {
         return;
     }
     let line = RestoreSample {
@@ -45,11 +48,21 @@ pub fn record(repo: &Repository, snapshot: u64, bytes: u64, files: u64, seconds:
     };
     let r = (|| -> Result<()> {
         let cache = repo.dir().ensure_dir(layout::CACHE, layout::DIR_MODE)?;
+        // Non-blocking: a FIFO at the name cannot hold the open; then
+        // only a regular file is written.
         let mut f = cache.open_file(
             FILE,
-            OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::NONBLOCK,
             layout::FILE_MODE,
         )?;
+        let st = rustix::fs::fstat(&f)
+            .map_err(|e| crate::error::Error::io("stat", cache.join(FILE), e.into()))?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(crate::error::Error::InvalidInput(format!(
+                "{} is not a regular file",
+                cache.join(FILE).display()
+            )));
+        }
         let mut s = serde_json::to_string(&line).unwrap_or_default();
         s.push('\n');
         f.write_all(s.as_bytes())
@@ -79,6 +92,8 @@ pub fn load(repo: &Repository) -> Vec<RestoreSample> {
     String::from_utf8_lossy(&bytes)
         .lines()
         .filter_map(|l| serde_json::from_str::<RestoreSample>(l).ok())
-        .filter(|s| s.seconds.is_finite() && s.seconds > 0.0)
+        // A restore that took less than a millisecond says nothing of
+        // speed (and a damaged line must not make it infinite).
+        .filter(|s| s.seconds.is_finite() && s.seconds >= 1e-3)
         .collect()
 }

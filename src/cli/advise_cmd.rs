@@ -147,7 +147,13 @@ pub fn run(repo: &Repository, a: AdviseArgs, o: &mut Out) -> Result<i32> {
             (hour + 1) % 24,
             human_bytes(*v)
         )?;
-        if let Some((start, sum)) = h.quietest_window(4) {
+        let typical = h.span_hours / h.snapshots.max(1) as f64;
+        if typical >= 6.0 {
+            write!(
+                out,
+                "; snapshots {typical:.0} hours apart are too far apart to show the day's pattern"
+            )?;
+        } else if let Some((start, sum)) = h.quietest_window(4) {
             write!(
                 out,
                 "; quietest 4 hours {start:02}:00-{:02}:00 ({}): a candidate for --window",
@@ -162,9 +168,10 @@ pub fn run(repo: &Repository, a: AdviseArgs, o: &mut Out) -> Result<i32> {
     }
     writeln!(
         out,
-        "  manifests    full {}, incrementals {} per hour of change",
+        "  manifests    full {}, incrementals {} per hour of change (from the {})",
         human_bytes(h.full_manifest_bytes as u64),
-        human_bytes(h.incremental_manifest_per_hour as u64)
+        human_bytes(h.incremental_manifest_per_hour as u64),
+        h.incremental_manifest_basis
     )?;
     writeln!(
         out,
@@ -203,7 +210,7 @@ pub fn run(repo: &Repository, a: AdviseArgs, o: &mut Out) -> Result<i32> {
             format!("{basis}{}", human_bytes(e.stored_bytes_per_week as u64)),
             human_bytes(e.read_bytes_per_week as u64),
             e.worst_chain,
-            human_secs(e.worst_restore_seconds),
+            e.worst_restore_seconds.map_or("?".into(), human_secs),
             human_hours(e.recovery_point_seconds)
         )?;
     }

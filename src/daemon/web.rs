@@ -215,7 +215,7 @@ fn row(r: &crate::snapshot::SnapshotRecord) -> SnapRow {
         id: r.id,
         name: r.name.clone(),
         kind: r.kind.as_str(),
-        synthetic: r.rewritten.is_some() && r.kind == crate::snapshot::Kind::Full,
+        synthetic: r.kind_label().contains("synthetic"),
         time: r.time.clone(),
         time_ns: r.time_ns,
         label: r.label.clone(),

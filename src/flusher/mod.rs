@@ -392,6 +392,32 @@ fn startup_check(ctx: &FlusherCtx) -> Result<Option<crate::track::reconcile::Rec
     Ok(Some(ctx.track.reconcile(root, &tree, ctx.hidden)?))
 }
 
+/// About how many bytes changed since the latest snapshot: the journal's
+/// changed blocks, and for files changed as a whole (created, written by
+/// the checkpoint fast path or through passthrough, truncated, shifted)
+/// their size from the first changed offset on.
+fn changed_bytes(ctx: &FlusherCtx, block_size: u64) -> u64 {
+    let mut total = 0u64;
+    for (key, d) in ctx.track.journal().dirty() {
+        let blocks = (d.blocks.len() as u64).saturating_mul(block_size);
+        let from = if d.file.created {
+            Some(0)
+        } else {
+            d.file.truncated_to
+        };
+        let tail = match from {
+            Some(off) => ctx
+                .objects
+                .find(&key)
+                .and_then(|fd| rustix::fs::fstat(&*fd).ok())
+                .map_or(0, |st| (st.st_size.max(0) as u64).saturating_sub(off)),
+            None => 0,
+        };
+        total = total.saturating_add(blocks.saturating_add(tail));
+    }
+    total
+}
+
 /// Syncfs the mount so the kernel sends writes it buffered (writeback
 /// cache) before the cut.
 fn syncfs(mountpoint: &std::path::Path) {
@@ -515,12 +541,7 @@ fn take(
     let synthetic = scheduled
         && asked == Kind::Full
         && latest.as_ref().is_some_and(|l| {
-            let changed = ctx
-                .track
-                .journal()
-                .stats()
-                .dirty_blocks
-                .saturating_mul(repo.config.block_size as u64);
+            let changed = changed_bytes(ctx, repo.config.block_size as u64);
             l.block_size == repo.config.block_size
                 && ctx
                     .policy

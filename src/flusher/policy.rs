@@ -184,12 +184,15 @@ impl Policy {
                         "{what} both set one kind's schedule: give one of them"
                     )));
                 }
+                let sets_every = every.is_some();
                 if let Some(e) = every {
                     *p_every = e;
                     *p_at = None;
                 }
                 if let Some(a) = at {
-                    if a.is_some() {
+                    // A cron rule replaces the interval; `off` turns the
+                    // kind off (unless this layer gives an interval).
+                    if a.is_some() || !sets_every {
                         *p_every = None;
                     }
                     *p_at = a;
@@ -480,13 +483,31 @@ impl Schedule {
         if !p.windowed(kind) {
             return Some((raw, raw_ns, false));
         }
-        let probe = raw_ns.max(self.clock.now_ns());
+        let now_ns = self.clock.now_ns();
+        let probe = raw_ns.max(now_ns);
         if p.windows.open_at(probe, p.zone) {
-            Some((raw, raw_ns, false))
-        } else {
-            let open = p.windows.first_open(probe, p.zone);
-            Some((self.instant(open), open, true))
+            return Some((raw, raw_ns, false));
         }
+        if at.is_none() {
+            // An interval falling outside the windows runs early, in the
+            // window that opened last before it (if that came after the
+            // last snapshot), rather than late: late would push every
+            // later run with it until a whole day was skipped.
+            if let Some(o) = p
+                .windows
+                .last_open(raw_ns, p.zone)
+                .filter(|o| last_ns.is_some_and(|l| *o > l))
+            {
+                if o > now_ns {
+                    return Some((self.instant(o), o, true));
+                }
+                if p.windows.open_at(now_ns, p.zone) {
+                    return Some((self.clock.now(), now_ns, false));
+                }
+            }
+        }
+        let open = p.windows.first_open(probe, p.zone);
+        Some((self.instant(open), open, true))
     }
 
     /// The next run of each scheduled kind (for `status`).
@@ -1190,8 +1211,9 @@ mod tests {
         // Incrementals are not held: every hour, all day.
         assert!(of_kind(&got, Kind::Incremental).len() >= 3 * 24 - 6);
 
-        // A full that comes due at 03:30 runs then; one due at 04:30
-        // waits until 22:00.
+        // A full that comes due at 03:30 runs then; one due at 04:30,
+        // after the window closes, runs early in it (at once, 03:01)
+        // rather than waiting until 22:00.
         let clock = FakeClock::at(local(2026, 12, 1, 3, 0));
         let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
         s.load(&[record(Kind::Full, local(2026, 11, 30, 3, 30))]);
@@ -1201,7 +1223,39 @@ mod tests {
         let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
         s.load(&[record(Kind::Full, local(2026, 11, 30, 4, 30))]);
         let got = drive(&mut s, &clock, local(2026, 12, 1, 23, 0), MIN);
-        assert_eq!(of_kind(&got, Kind::Full), vec![local(2026, 12, 1, 22, 0)]);
+        assert_eq!(of_kind(&got, Kind::Full), vec![local(2026, 12, 1, 3, 1)]);
+    }
+
+    #[test]
+    fn windowed_intervals_do_not_drift_out_of_the_window() {
+        // Daily fulls inside 01:00-05:00 that take 30 minutes each: re-
+        // armed from their end they would move later every day until one
+        // fell out of the window and a day was skipped.
+        let clock = FakeClock::at(local(2026, 12, 1, 12, 0));
+        let p = policy(PolicyConfig {
+            every: Some("off".into()),
+            full_every: Some("24h".into()),
+            window: vec!["01:00-05:00".into()],
+            ..Default::default()
+        });
+        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
+        s.load(&[record(Kind::Full, local(2026, 12, 1, 4, 0))]);
+        let (_db, j) = journal();
+        j.record_write(&FileKey { dev: 1, ino: 2 }, 0, 10);
+        let mut retry = None;
+        let mut days = Vec::new();
+        while clock.now_ns() < local(2026, 12, 11, 12, 0) {
+            clock.advance(MIN);
+            if let Some((k, _)) = s.poll(&mut retry, &j) {
+                let started = clock.now_ns();
+                assert!(p.windows.open_at(started, p.zone));
+                clock.advance(30 * MIN);
+                s.taken(&record(k, started), clock.now());
+                days.push(crate::util::calendar::Zone::UTC.rfc3339(started)[..10].to_string());
+            }
+        }
+        let want: Vec<String> = (2..=11).map(|d| format!("2026-12-{d:02}")).collect();
+        assert_eq!(days, want, "one full a day, none skipped");
     }
 
     #[test]
@@ -1244,9 +1298,13 @@ mod tests {
         let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
         s.load(&[record(Kind::Full, local(2026, 3, 28, 4, 30))]);
         let got = drive(&mut s, &clock, local(2026, 3, 31, 0, 0), MIN);
-        // 24 h after 04:30 CET is 05:30 CEST: outside, so the next
-        // night's 01:00 (the next is due 24 h later, after the end).
-        assert_eq!(of_kind(&got, Kind::Full), vec![local(2026, 3, 30, 1, 0)]);
+        // 24 h after 04:30 CET is 05:30 CEST: outside, so early, when
+        // that night's window opens (01:00 CET); 24 real hours later is
+        // 02:00 CEST, inside.
+        assert_eq!(
+            of_kind(&got, Kind::Full),
+            vec![local(2026, 3, 29, 1, 0), local(2026, 3, 30, 2, 0)]
+        );
     }
 
     #[test]
@@ -1337,6 +1395,13 @@ mod tests {
             ..Default::default()
         })
         .contains("time zone"));
+        // `--full-at off` turns fulls off, default interval included.
+        let p = Policy::layered(&[&PolicyConfig {
+            full_at: Some("off".into()),
+            ..Default::default()
+        }])
+        .unwrap();
+        assert_eq!((p.full_every, p.full_at.is_none()), (None, true));
         // The command line's interval replaces the repository's cron.
         let repo = PolicyConfig {
             full_at: Some("0 2 * * SUN".into()),

@@ -32,7 +32,8 @@ impl Zone {
         })
     }
 
-    /// The system's zone: `TZ` when it names an IANA zone, else the zone
+    /// The system's zone: `TZ` when it names an IANA zone (a POSIX rule
+    /// such as `CET-1CEST,M3.5.0,M10.5.0/3` is not read), else the zone
     /// /etc/localtime links to, else UTC.
     pub fn system() -> Zone {
         if let Ok(tz) = std::env::var("TZ") {
@@ -102,6 +103,7 @@ impl CronSpec {
         let text = s.trim().to_string();
         let cron = croner::parser::CronParser::builder()
             .seconds(croner::parser::Seconds::Optional)
+            .year(croner::parser::Year::Disallowed)
             .build()
             .parse(&text)
             .map_err(|e| {
@@ -111,7 +113,10 @@ impl CronSpec {
             })?;
         let spec = CronSpec { text, cron };
         // An expression that never matches (30 February) is a mistake.
-        if spec.next_after(0, Zone::UTC).is_none() {
+        if spec
+            .next_after(crate::util::time::now_ns(), Zone::UTC)
+            .is_none()
+        {
             return Err(Error::InvalidInput(format!(
                 "cron expression {s:?} never comes due"
             )));
@@ -184,13 +189,24 @@ impl Window {
         }
     }
 
+    /// The opening minute as a daily cron job: croner knows what a
+    /// skipped or repeated local hour does to it.
+    fn opening(&self) -> Option<croner::Cron> {
+        croner::Cron::from_str(&format!("{} {} * * *", self.start % 60, self.start / 60)).ok()
+    }
+
     /// The next time after `ns` (strictly) the window opens.
     fn next_open(&self, ns: i64, zone: Zone) -> Option<i64> {
-        // The opening minute as a daily cron job: croner knows what a
-        // skipped or repeated local hour does to it.
-        let spec = format!("{} {} * * *", self.start % 60, self.start / 60);
-        let cron = croner::Cron::from_str(&spec).ok()?;
-        cron.find_next_occurrence(&zone.at(ns), false)
+        self.opening()?
+            .find_next_occurrence(&zone.at(ns), false)
+            .ok()
+            .and_then(|t| to_ns(&t))
+    }
+
+    /// The last time at or before `ns` the window opened.
+    fn prev_open(&self, ns: i64, zone: Zone) -> Option<i64> {
+        self.opening()?
+            .find_previous_occurrence(&zone.at(ns), true)
             .ok()
             .and_then(|t| to_ns(&t))
     }
@@ -235,6 +251,11 @@ impl Windows {
         }
         let m = zone.minute_of_day(ns);
         self.0.iter().any(|w| w.contains_minute(m))
+    }
+
+    /// The last opening of any window at or before `ns`.
+    pub fn last_open(&self, ns: i64, zone: Zone) -> Option<i64> {
+        self.0.iter().filter_map(|w| w.prev_open(ns, zone)).max()
     }
 
     /// The first time at or after `ns` heavy work may run.
@@ -348,7 +369,15 @@ mod tests {
 
     #[test]
     fn bad_expressions_are_clear_errors() {
-        for bad in ["", "0 2 * *", "61 2 * * *", "0 2 31 2 *", "every day"] {
+        for bad in [
+            "",
+            "0 2 * *",
+            "61 2 * * *",
+            "0 2 31 2 *",
+            "every day",
+            // A year field (croner's seventh) could name a past year.
+            "0 0 0 29 2 * 2024",
+        ] {
             let e = CronSpec::parse(bad).unwrap_err().to_string();
             assert!(e.contains("cron expression"), "{bad:?}: {e}");
         }
