@@ -82,17 +82,6 @@ fn human_secs(s: f64) -> String {
     }
 }
 
-fn human_hours(s: f64) -> String {
-    let h = s / 3600.0;
-    if h >= 24.0 && (h / 24.0).fract() == 0.0 {
-        format!("{} d", h / 24.0)
-    } else if h >= 1.0 {
-        format!("{h} h")
-    } else {
-        format!("{} min", h * 60.0)
-    }
-}
-
 pub fn run(repo: &Repository, a: AdviseArgs, o: &mut Out) -> Result<i32> {
     if !(a.days.is_finite() && a.days > 0.0 && a.days <= 3660.0) {
         anyhow::bail!("--days must be a number of days between 0 and 3660");
@@ -211,7 +200,8 @@ pub fn run(repo: &Repository, a: AdviseArgs, o: &mut Out) -> Result<i32> {
             human_bytes(e.read_bytes_per_week as u64),
             e.worst_chain,
             e.worst_restore_seconds.map_or("?".into(), human_secs),
-            human_hours(e.recovery_point_seconds)
+            humantime::format_duration(Duration::from_secs(e.recovery_point_seconds as u64))
+                .to_string()
         )?;
     }
     writeln!(out)?;

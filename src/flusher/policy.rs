@@ -1113,6 +1113,15 @@ mod tests {
         out
     }
 
+    /// `p` on a fake clock at `now`, the latest snapshot a full at
+    /// `last_full`, driven minute by minute until `until`.
+    fn run_from(p: &Policy, now: i64, last_full: i64, until: i64) -> Vec<(i64, Kind)> {
+        let clock = FakeClock::at(now);
+        let mut s = Schedule::with_clock(p, Box::new(clock.clone()));
+        s.load(&[record(Kind::Full, last_full)]);
+        drive(&mut s, &clock, until, MIN)
+    }
+
     fn of_kind(v: &[(i64, Kind)], k: Kind) -> Vec<i64> {
         v.iter().filter(|x| x.1 == k).map(|x| x.0).collect()
     }
@@ -1214,15 +1223,19 @@ mod tests {
         // A full that comes due at 03:30 runs then; one due at 04:30,
         // after the window closes, runs early in it (at once, 03:01)
         // rather than waiting until 22:00.
-        let clock = FakeClock::at(local(2026, 12, 1, 3, 0));
-        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
-        s.load(&[record(Kind::Full, local(2026, 11, 30, 3, 30))]);
-        let got = drive(&mut s, &clock, local(2026, 12, 1, 23, 0), MIN);
+        let got = run_from(
+            &p,
+            local(2026, 12, 1, 3, 0),
+            local(2026, 11, 30, 3, 30),
+            local(2026, 12, 1, 23, 0),
+        );
         assert_eq!(of_kind(&got, Kind::Full), vec![local(2026, 12, 1, 3, 30)]);
-        let clock = FakeClock::at(local(2026, 12, 1, 3, 0));
-        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
-        s.load(&[record(Kind::Full, local(2026, 11, 30, 4, 30))]);
-        let got = drive(&mut s, &clock, local(2026, 12, 1, 23, 0), MIN);
+        let got = run_from(
+            &p,
+            local(2026, 12, 1, 3, 0),
+            local(2026, 11, 30, 4, 30),
+            local(2026, 12, 1, 23, 0),
+        );
         assert_eq!(of_kind(&got, Kind::Full), vec![local(2026, 12, 1, 3, 1)]);
     }
 
@@ -1262,24 +1275,28 @@ mod tests {
     fn cron_and_windows_across_daylight_saving_changes() {
         // A nightly full at 02:30 in Berlin: on 2026-03-29 the clocks
         // jump from 02:00 to 03:00, and it runs at 03:00 CEST.
-        let clock = FakeClock::at(local(2026, 3, 28, 12, 0));
         let p = policy(PolicyConfig {
             every: Some("off".into()),
             full_at: Some("30 2 * * *".into()),
             ..Default::default()
         });
-        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
-        s.load(&[record(Kind::Full, local(2026, 3, 28, 2, 30))]);
-        let got = drive(&mut s, &clock, local(2026, 3, 31, 0, 0), MIN);
+        let got = run_from(
+            &p,
+            local(2026, 3, 28, 12, 0),
+            local(2026, 3, 28, 2, 30),
+            local(2026, 3, 31, 0, 0),
+        );
         assert_eq!(
             of_kind(&got, Kind::Full),
             vec![local(2026, 3, 29, 3, 0), local(2026, 3, 30, 2, 30)]
         );
         // On 2026-10-25 02:00-03:00 happens twice: one run, not two.
-        let clock = FakeClock::at(local(2026, 10, 24, 12, 0));
-        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
-        s.load(&[record(Kind::Full, local(2026, 10, 24, 2, 30))]);
-        let got = drive(&mut s, &clock, local(2026, 10, 26, 12, 0), MIN);
+        let got = run_from(
+            &p,
+            local(2026, 10, 24, 12, 0),
+            local(2026, 10, 24, 2, 30),
+            local(2026, 10, 26, 12, 0),
+        );
         let fulls = of_kind(&got, Kind::Full);
         assert_eq!(
             fulls,
@@ -1288,16 +1305,18 @@ mod tests {
         assert_eq!(fulls[1] - fulls[0], 25 * 3600 * 1_000_000_000);
         // A 24 h interval is 24 real hours whatever the clocks do; the
         // window 01:00-05:00 is local and still holds it.
-        let clock = FakeClock::at(local(2026, 3, 28, 12, 0));
         let p = policy(PolicyConfig {
             every: Some("off".into()),
             full_every: Some("24h".into()),
             window: vec!["01:00-05:00".into()],
             ..Default::default()
         });
-        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
-        s.load(&[record(Kind::Full, local(2026, 3, 28, 4, 30))]);
-        let got = drive(&mut s, &clock, local(2026, 3, 31, 0, 0), MIN);
+        let got = run_from(
+            &p,
+            local(2026, 3, 28, 12, 0),
+            local(2026, 3, 28, 4, 30),
+            local(2026, 3, 31, 0, 0),
+        );
         // 24 h after 04:30 CET is 05:30 CEST: outside, so early, when
         // that night's window opens (01:00 CET); 24 real hours later is
         // 02:00 CEST, inside.
@@ -1340,10 +1359,12 @@ mod tests {
             full_at: Some("0 2 * * SUN".into()),
             ..Default::default()
         });
-        let clock = FakeClock::at(local(2026, 12, 1, 10, 0));
-        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
-        s.load(&[record(Kind::Full, local(2026, 11, 8, 2, 0))]);
-        let got = drive(&mut s, &clock, local(2026, 12, 5, 0, 0), MIN);
+        let got = run_from(
+            &p,
+            local(2026, 12, 1, 10, 0),
+            local(2026, 11, 8, 2, 0),
+            local(2026, 12, 5, 0, 0),
+        );
         assert_eq!(of_kind(&got, Kind::Full), vec![local(2026, 12, 1, 10, 1)]);
     }
 
