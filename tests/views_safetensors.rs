@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::live::DaemonMount;
-use common::{bin, mount_dirs, ok, status, SnapMount};
+use common::{bin, mount_dirs, ok, python, status, SnapMount};
 
 #[test]
 fn safetensors_loads_an_old_checkpoint_from_a_snapshot() {
@@ -34,27 +34,6 @@ fn safetensors_loads_an_old_checkpoint_from_a_snapshot() {
     );
     eprintln!("{out}");
     m.umount();
-}
-
-/// Run tests/python/SCRIPT with `args`; its stdout, or a failure showing
-/// both of its outputs.
-fn python(script: &str, args: &[&std::ffi::OsStr]) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/python")
-        .join(script);
-    let o = Command::new("python3")
-        .arg(path)
-        .args(args)
-        .env("OPENBLAS_NUM_THREADS", "1")
-        .output()
-        .expect("python3 is needed");
-    assert!(
-        o.status.success(),
-        "{script} failed (numpy and safetensors are needed: pip install numpy safetensors, as .ci/run does)\n{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// Drop the page cache (root), so the next read comes from the disk.

@@ -354,9 +354,13 @@ impl Shared {
                     Err(e) => return Some(Response::error(format!("{e}"))),
                 };
                 match self.flusher.snapshot(kind, label) {
-                    Ok(rec) => Response::Snapshot {
-                        record: Box::new(rec),
-                    },
+                    Ok(rec) => {
+                        // `.snapshots/latest` names it when we answer.
+                        self.views.sync_kernel();
+                        Response::Snapshot {
+                            record: Box::new(rec),
+                        }
+                    }
                     Err(e) => Response::error(e.to_string()),
                 }
             }
@@ -375,10 +379,13 @@ impl Shared {
                 return run_cli_request(
                     self.cli_hook.as_ref(),
                     &self.repo,
+                    Some(&self.views),
                     peer,
-                    &args,
-                    &cwd,
-                    umask,
+                    super::Forwarded {
+                        args: &args,
+                        cwd: &cwd,
+                        umask,
+                    },
                     w,
                 )
             }

@@ -43,18 +43,28 @@ pub type CliHook = Arc<
         + Sync,
 >;
 
+/// A command forwarded by a client (`Request::Cli`).
+pub struct Forwarded<'a> {
+    pub args: &'a [Vec<u8>],
+    /// The client's working directory.
+    pub cwd: &'a [u8],
+    pub umask: Option<u32>,
+}
+
 /// Answer a `cli` request: run the command through `hook` on this thread,
 /// acting as the client (its fsuid, fsgid, groups and umask), so that it
 /// can do nothing the client could not do itself; stream its output.
+/// With `views`, the reply waits until `.snapshots` shows what the
+/// command changed.
 pub fn run_cli_request(
     hook: Option<&CliHook>,
     repo: &Repository,
+    views: Option<&crate::views::Views>,
     peer: Peer,
-    args: &[Vec<u8>],
-    cwd: &[u8],
-    umask: Option<u32>,
+    cmd: Forwarded<'_>,
     w: &mut dyn Write,
 ) -> Option<Response> {
+    let Forwarded { args, cwd, umask } = cmd;
     let Some(hook) = hook else {
         return Some(Response::error("this daemon does not run commands"));
     };
@@ -91,6 +101,11 @@ pub fn run_cli_request(
             &mut err,
         )
     };
+    // A command that changed the snapshot list (forget, a snapshot)
+    // returns once `.snapshots` shows the change.
+    if let Some(v) = views {
+        v.sync_kernel();
+    }
     if !err.is_empty() {
         let _ = control::write_frame(w, b'e', &err);
     }

@@ -46,7 +46,22 @@ pub struct SnapMountRequest {
 /// The snapshot mounts a process serves.
 #[derive(Default)]
 pub struct ExtraMounts {
-    mounts: Mutex<HashMap<PathBuf, fuser::BackgroundSession>>,
+    mounts: Mutex<HashMap<PathBuf, Served>>,
+}
+
+/// One snapshot mount: its session, and (for `--all`) its registration
+/// with the views' freshness (the kernel told of new snapshots).
+struct Served {
+    session: fuser::BackgroundSession,
+    fresh: Option<(Arc<Views>, u64)>,
+}
+
+impl Served {
+    fn forget_kernel(&self) {
+        if let Some((v, token)) = &self.fresh {
+            v.freshness.remove(*token);
+        }
+    }
 }
 
 impl ExtraMounts {
@@ -81,9 +96,22 @@ impl ExtraMounts {
         };
         let session = mount_views(views.clone(), root, &mp, &fsname, allow_other)
             .map_err(|e| Error::io("mount on", &mp, e))?;
-        let bg = session.spawn().map_err(|e| Error::io("serve", &mp, e))?;
+        // A mount of `.snapshots` shows the list: it is kept current.
+        let fresh = (root == SNAPDIR).then(|| {
+            let map = crate::views::RootMap { root };
+            (views.clone(), views.freshness.add(session.notifier(), map))
+        });
+        let bg = match session.spawn() {
+            Ok(bg) => bg,
+            Err(e) => {
+                if let Some((v, t)) = fresh {
+                    v.freshness.remove(t);
+                }
+                return Err(Error::io("serve", &mp, e));
+            }
+        };
         crate::fuse::readahead::raise_after_init(mp.clone(), crate::fuse::readahead::READAHEAD_KIB);
-        self.mounts.lock().insert(mp, bg);
+        self.mounts.lock().insert(mp, Served { session: bg, fresh });
         Ok(())
     }
 
@@ -92,10 +120,11 @@ impl ExtraMounts {
         let mp = mountpoint
             .canonicalize()
             .unwrap_or_else(|_| mountpoint.to_path_buf());
-        let Some(bg) = self.mounts.lock().remove(&mp) else {
+        let Some(served) = self.mounts.lock().remove(&mp) else {
             return false;
         };
-        if bg.umount_and_join().is_err() {
+        served.forget_kernel();
+        if served.session.umount_and_join().is_err() {
             let _ = rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::DETACH);
         }
         true
@@ -118,7 +147,13 @@ impl ExtraMounts {
 
     /// Drop mounts whose session ended (unmounted with plain umount).
     pub fn reap(&self) {
-        self.mounts.lock().retain(|_, bg| !bg.guard.is_finished());
+        self.mounts.lock().retain(|_, s| {
+            let done = s.session.guard.is_finished();
+            if done {
+                s.forget_kernel();
+            }
+            !done
+        });
     }
 
     pub fn is_empty(&self) -> bool {
@@ -240,10 +275,13 @@ impl SnapDaemon {
                 return super::run_cli_request(
                     self.cli_hook.as_ref(),
                     &self.repo,
+                    Some(&self.views),
                     peer,
-                    &args,
-                    &cwd,
-                    umask,
+                    super::Forwarded {
+                        args: &args,
+                        cwd: &cwd,
+                        umask,
+                    },
                     w,
                 )
             }

@@ -114,9 +114,7 @@ impl OpenReply {
     /// The handle of the open.
     pub fn fh(&self) -> u64 {
         match self {
-            OpenReply::Plain { fh, .. }
-            | OpenReply::Passthrough { fh, .. }
-            | OpenReply::NeedBacking { fh } => *fh,
+            OpenReply::Plain { fh, .. } | OpenReply::Passthrough { fh, .. } => *fh,
         }
     }
 }
@@ -127,17 +125,17 @@ pub enum OpenReply {
         fh: u64,
         keep_cache: bool,
     },
-    /// Kernel passthrough with this backing id (created by the adapter
-    /// through the reply, then registered with [`LiveFs::set_backing`]).
+    /// Kernel passthrough with this backing id (shared by every
+    /// passthrough open of the file).
     Passthrough {
         fh: u64,
         backing: Arc<fuser::BackingId>,
     },
-    /// Passthrough wanted: the adapter must register `file` as backing.
-    NeedBacking {
-        fh: u64,
-    },
 }
+
+/// Makes a kernel backing id of an open backing file (the reply's
+/// `open_backing`: an ioctl on the FUSE connection).
+pub type Backer<'a> = &'a dyn Fn(&File) -> std::io::Result<fuser::BackingId>;
 
 /// A file changed this recently is read through the daemon, not by
 /// passthrough (see [`LiveFs::open_mode`]).
@@ -158,7 +156,7 @@ pub struct OpenCounts {
 
 /// How an open is served (see [`LiveFs::open_mode`]).
 enum Mode2 {
-    Passthrough(Option<Arc<fuser::BackingId>>),
+    Passthrough(Arc<fuser::BackingId>),
     Cached { keep_cache: bool },
 }
 
@@ -809,36 +807,63 @@ impl LiveFs {
     /// Decide how to serve an open of `n` and count it: passthrough
     /// (with the backing id its other passthrough opens use, if any),
     /// direct I/O, or the page cache.
-    fn open_mode(&self, n: &Arc<Inode>, write: bool, fast: bool) -> Mode2 {
+    ///
+    /// The kernel keeps one I/O mode per inode: every passthrough open of
+    /// a file must use the same backing id, and no cached open may live
+    /// beside them. The decision and the registration of a new backing id
+    /// happen under the file's lock, so two opens arriving together agree
+    /// (registering outside it gave two backing ids to one inode, and the
+    /// kernel failed the second open with EIO). The counts here are never
+    /// below the kernel's: an open counts before the kernel accepts it,
+    /// and a RELEASE arrives after the kernel dropped the open.
+    fn open_mode(
+        &self,
+        n: &Arc<Inode>,
+        file: &File,
+        write: bool,
+        fast: bool,
+        backer: Backer<'_>,
+    ) -> Mode2 {
         let mut m = n.opens.lock();
-        let existing = m.backing.as_ref().and_then(|w| w.upgrade());
-        if fast && m.cached == 0 {
-            // The checkpoint fast path: writes go to the backing file.
+        let existing = if m.passthrough > 0 {
+            m.backing.as_ref().and_then(|w| w.upgrade())
+        } else {
+            None
+        };
+        if let Some(b) = existing {
+            // The kernel requires passthrough for every open of a file
+            // that has passthrough opens (direct I/O included). A writer
+            // then bypasses the daemon: see `serve`.
             m.passthrough += 1;
-            return Mode2::Passthrough(existing);
+            return Mode2::Passthrough(b);
         }
-        if m.passthrough > 0 {
-            if let Some(b) = existing {
-                // The kernel requires passthrough for every open of a file
-                // that has passthrough opens (direct I/O included). A
-                // writer then bypasses the daemon: see `serve`.
-                m.passthrough += 1;
-                return Mode2::Passthrough(Some(b));
-            }
-        }
-        // Passthrough for reads, except of a file written in the last few
-        // seconds: a file being written (a database's, a log) is read
-        // through the daemon, so that a writer opening it later is
+        // The checkpoint fast path: writes go to the backing file.
+        // Otherwise passthrough for reads, except of a file written in the
+        // last few seconds: a file being written (a database's, a log) is
+        // read through the daemon, so that a writer opening it later is
         // tracked block by block (a writer joining passthrough readers
         // would bypass the daemon).
-        if !write
-            && m.cached == 0
-            && self.passthrough_enabled()
-            && n.kind == libc::S_IFREG
-            && !self.track.changed_within(&n.key, BUSY_WINDOW)
-        {
-            m.passthrough += 1;
-            return Mode2::Passthrough(None);
+        let wanted = m.cached == 0
+            && (fast
+                || (!write
+                    && self.passthrough_enabled()
+                    && n.kind == libc::S_IFREG
+                    && !self.track.changed_within(&n.key, BUSY_WINDOW)));
+        if wanted {
+            match backer(file) {
+                Ok(id) => {
+                    let id = Arc::new(id);
+                    m.backing = Some(Arc::downgrade(&id));
+                    m.passthrough += 1;
+                    return Mode2::Passthrough(id);
+                }
+                Err(e) => {
+                    tracing::info!(
+                        "FUSE passthrough refused ({e}); files are served by the daemon"
+                    );
+                    self.disable_passthrough(&format!("the kernel refused passthrough: {e}"));
+                }
+            }
         }
         m.cached += 1;
         Mode2::Cached {
@@ -848,13 +873,20 @@ impl LiveFs {
 
     /// Count a handle and answer how its open is served. The caller holds
     /// the change gate when `write`.
-    fn serve(&self, n: &Arc<Inode>, file: File, write: bool, fast: bool) -> OpenReply {
-        let mode = self.open_mode(n, write, fast);
+    fn serve(
+        &self,
+        n: &Arc<Inode>,
+        file: File,
+        write: bool,
+        fast: bool,
+        backer: Backer<'_>,
+    ) -> OpenReply {
+        let mode = self.open_mode(n, &file, write, fast, backer);
         let mut h = OpenFile::new(n.clone(), file, write);
         match &mode {
             Mode2::Passthrough(b) => {
                 h.passthrough.store(true, Ordering::Relaxed);
-                *h.backing.lock() = b.clone();
+                *h.backing.lock() = Some(b.clone());
                 if fast {
                     // Held while open: a cut keeps its last closed
                     // version (the caller holds the change gate).
@@ -874,8 +906,7 @@ impl LiveFs {
         }
         let fh = self.add_handle(h);
         match mode {
-            Mode2::Passthrough(Some(backing)) => OpenReply::Passthrough { fh, backing },
-            Mode2::Passthrough(None) => OpenReply::NeedBacking { fh },
+            Mode2::Passthrough(backing) => OpenReply::Passthrough { fh, backing },
             Mode2::Cached { keep_cache } => OpenReply::Plain { fh, keep_cache },
         }
     }
@@ -897,7 +928,13 @@ impl LiveFs {
         Ok(f)
     }
 
-    pub fn open(&self, nodeid: u64, flags: i32, pid: u32) -> FsResult<OpenReply> {
+    pub fn open(
+        &self,
+        nodeid: u64,
+        flags: i32,
+        pid: u32,
+        backer: Backer<'_>,
+    ) -> FsResult<OpenReply> {
         let n = self.node(nodeid)?;
         let write = writable(flags);
         let truncating = write && flags & libc::O_TRUNC != 0;
@@ -943,7 +980,7 @@ impl LiveFs {
             }
             self.kill_privs(&n, pid)?;
         }
-        let reply = self.serve(&n, file, write, fast);
+        let reply = self.serve(&n, file, write, fast, backer);
         if flags & FMODE_EXEC_FLAG != 0 {
             n.opens.lock().exec += 1;
             if let Ok(h) = self.handle(reply.fh()) {
@@ -954,37 +991,6 @@ impl LiveFs {
         Ok(reply)
     }
 
-    /// The file of a handle (for registering a passthrough backing id).
-    pub fn handle_file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
-        self.handle(fh)
-    }
-
-    /// Record the backing id created for a passthrough open.
-    pub fn set_backing(&self, fh: u64, id: Arc<fuser::BackingId>) -> FsResult<()> {
-        let h = self.handle(fh)?;
-        h.inode.opens.lock().backing = Some(Arc::downgrade(&id));
-        *h.backing.lock() = Some(id);
-        Ok(())
-    }
-
-    /// Passthrough could not be set up for this open: serve it normally,
-    /// and stop trying passthrough on this mount.
-    pub fn passthrough_failed(&self, fh: u64, why: &str) {
-        self.disable_passthrough(why);
-        if let Ok(h) = self.handle(fh) {
-            if h.passthrough.swap(false, Ordering::Relaxed) {
-                if h.fast.swap(false, Ordering::Relaxed) {
-                    let _change = self.track.change();
-                    self.track
-                        .unhold(&h.inode.key, h.closing.load(Ordering::Relaxed));
-                }
-                let mut m = h.inode.opens.lock();
-                m.passthrough = m.passthrough.saturating_sub(1);
-                m.cached += 1;
-            }
-        }
-    }
-
     pub fn create(
         &self,
         c: Caller,
@@ -992,6 +998,7 @@ impl LiveFs {
         name: &OsStr,
         mode: u32,
         flags: i32,
+        backer: Backer<'_>,
     ) -> FsResult<(Entry, OpenReply)> {
         let p = self.node(parent)?;
         let name = name_bytes(name)?;
@@ -1037,7 +1044,7 @@ impl LiveFs {
                     [&dir[..], b"/", name].concat()
                 })
             });
-        let reply = self.serve(&n, file, write, fast);
+        let reply = self.serve(&n, file, write, fast, backer);
         Ok((e, reply))
     }
 

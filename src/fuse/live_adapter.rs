@@ -5,7 +5,6 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
 
 use fuser::{
     AccessFlags, CopyFileRangeFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
@@ -107,34 +106,6 @@ impl LiveAdapter {
             (c, mode)
         } else {
             (c, mode & !umask)
-        }
-    }
-
-    /// Register the backing file of a passthrough open with the kernel
-    /// (`open_backing` of the reply) and remember the id for the file's
-    /// other opens. `None`: the kernel refused; the open is then served
-    /// by the daemon and passthrough is off for this mount.
-    fn register_backing(
-        &self,
-        fh: u64,
-        open_backing: impl FnOnce(&std::fs::File) -> std::io::Result<fuser::BackingId>,
-    ) -> Option<Arc<fuser::BackingId>> {
-        let fs = &self.router.fs;
-        let id = fs
-            .handle_file(fh)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.code()))
-            .and_then(|h| open_backing(&h.file));
-        match id {
-            Ok(id) => {
-                let id = Arc::new(id);
-                let _ = fs.set_backing(fh, id.clone());
-                Some(id)
-            }
-            Err(e) => {
-                tracing::info!("FUSE passthrough refused ({e}); files are served by the daemon");
-                fs.passthrough_failed(fh, &format!("the kernel refused passthrough: {e}"));
-                None
-            }
         }
     }
 
@@ -374,7 +345,8 @@ impl Filesystem for LiveAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.router.open(ino.0, flags.0, req.pid()) {
+        let backer = |f: &std::fs::File| reply.open_backing(f);
+        match self.router.open(ino.0, flags.0, req.pid(), &backer) {
             // Snapshot files never change: keep their pages across opens.
             Ok(Opened::View(fh)) => {
                 let Some(views) = self.router.views.as_deref() else {
@@ -404,12 +376,6 @@ impl Filesystem for LiveAdapter {
             }
             Ok(Opened::Live(OpenReply::Passthrough { fh, backing })) => {
                 reply.opened_passthrough(FileHandle(fh), self.noflush(fh), &backing)
-            }
-            Ok(Opened::Live(OpenReply::NeedBacking { fh })) => {
-                match self.register_backing(fh, |f| reply.open_backing(f)) {
-                    Some(id) => reply.opened_passthrough(FileHandle(fh), self.noflush(fh), &id),
-                    None => reply.opened(FileHandle(fh), self.noflush(fh)),
-                }
             }
             Err(e) => reply.error(e),
         }
@@ -628,10 +594,11 @@ impl Filesystem for LiveAdapter {
         reply: ReplyCreate,
     ) {
         let (c, mode) = self.creator(req, mode, umask);
-        let r = self
-            .router
-            .live(parent.0)
-            .and_then(|fs| fs.create(c, parent.0, name, mode, flags));
+        let r = self.router.live(parent.0).and_then(|fs| {
+            fs.create(c, parent.0, name, mode, flags, &|f: &std::fs::File| {
+                reply.open_backing(f)
+            })
+        });
         let ttl = self.ttl();
         match r {
             Ok((e, OpenReply::Plain { fh, keep_cache })) => {
@@ -656,25 +623,6 @@ impl Filesystem for LiveAdapter {
                 self.noflush(fh),
                 &backing,
             ),
-            Ok((e, OpenReply::NeedBacking { fh })) => {
-                match self.register_backing(fh, |f| reply.open_backing(f)) {
-                    Some(id) => reply.created_passthrough(
-                        &ttl,
-                        &e.attr,
-                        Generation(0),
-                        FileHandle(fh),
-                        self.noflush(fh),
-                        &id,
-                    ),
-                    None => reply.created(
-                        &ttl,
-                        &e.attr,
-                        Generation(0),
-                        FileHandle(fh),
-                        self.noflush(fh),
-                    ),
-                }
-            }
             Err(e) => reply.error(e),
         }
     }

@@ -126,10 +126,16 @@ impl Router {
         }
     }
 
-    pub fn open(&self, ino: u64, flags: i32, pid: u32) -> FsResult<Opened> {
+    pub fn open(
+        &self,
+        ino: u64,
+        flags: i32,
+        pid: u32,
+        backer: crate::fs::live::Backer<'_>,
+    ) -> FsResult<Opened> {
         match self.view(ino) {
             Some(v) => v.open(ino, flags).map(Opened::View),
-            None => self.fs.open(ino, flags, pid).map(Opened::Live),
+            None => self.fs.open(ino, flags, pid, backer).map(Opened::Live),
         }
     }
 
@@ -417,14 +423,17 @@ mod tests {
             r.copy_file_range(1, 0, FH_TAG | 1, 0, 10, 0),
             Err(Errno::EROFS)
         );
-        // The views' own listing: `latest` and no snapshots yet.
+        // The views' own directory (no snapshots yet).
         let (a, _) = r.getattr(SNAPDIR, None).unwrap();
         assert_eq!(a.kind, FileType::Directory);
         assert_eq!(r.opendir(SNAPDIR).unwrap() & FH_TAG, FH_TAG);
         // A live file opens, reads and releases through the live side.
         let (fa, _) = r.lookup(INodeNo::ROOT.0, OsStr::new("f")).unwrap();
-        let Opened::Live(OpenReply::Plain { fh, .. }) =
-            r.open(fa.ino.0, libc::O_RDONLY, 0).unwrap()
+        let Opened::Live(OpenReply::Plain { fh, .. }) = r
+            .open(fa.ino.0, libc::O_RDONLY, 0, &|_| {
+                Err(std::io::Error::from_raw_os_error(libc::EPERM))
+            })
+            .unwrap()
         else {
             panic!("a plain live open expected");
         };

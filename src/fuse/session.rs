@@ -141,6 +141,7 @@ pub fn mount_live(
     };
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = true;
+    let views_fresh = views.clone();
     let adapter = LiveAdapter {
         router: Router {
             fs: fs.clone(),
@@ -154,5 +155,12 @@ pub fn mount_live(
     let notifier = fs.notifier.clone();
     let session = Session::new(Guarded(adapter), mountpoint, &config)?;
     let _ = notifier.set(session.notifier());
+    if let Some(v) = &views_fresh {
+        // `.snapshots` below the live root is kept current as the list
+        // changes (the registration lives as long as the views: the
+        // daemon's).
+        v.freshness
+            .add(session.notifier(), crate::views::RootMap::BELOW_LIVE_ROOT);
+    }
     Ok((session, fs))
 }

@@ -91,6 +91,9 @@ pub struct Repository {
     /// Bumped whenever a snapshot record is added, rewritten or removed:
     /// readers that keep a copy of the list know when it is stale.
     records_gen: std::sync::atomic::AtomicU64,
+    /// Told (without waiting, from the thread that changed them) when the
+    /// snapshot list changes: the views keep the kernel's caches current.
+    records_watchers: Mutex<Vec<RecordsWatcher>>,
     /// Sources of chunks that readers still use although no snapshot may
     /// reference them any more (files of forgotten snapshots open in a
     /// view): gc keeps them.
@@ -146,6 +149,9 @@ struct Parts {
 
 /// Lists chunks a reader still needs (see [`Repository::add_pins`]).
 pub type PinSource = Arc<dyn Fn() -> Vec<ChunkId> + Send + Sync>;
+
+/// Told that the snapshot list changed (see [`Repository::watch_records`]).
+pub type RecordsWatcher = Arc<dyn Fn() + Send + Sync>;
 
 /// Take the repository lock, or say who holds it.
 fn lock(dir: &Dir) -> Result<File> {
@@ -441,6 +447,7 @@ impl Repository {
             condemned: RwLock::new(HashSet::new()),
             pins: Mutex::new(Vec::new()),
             records_gen: Default::default(),
+            records_watchers: Mutex::new(Vec::new()),
             planned: Mutex::new(None),
             _lock: p.lock,
         }
@@ -918,6 +925,17 @@ impl Repository {
     fn records_changed(&self) {
         self.records_gen
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let watchers: Vec<RecordsWatcher> = self.records_watchers.lock().clone();
+        for w in watchers {
+            w();
+        }
+    }
+
+    /// Call `w` whenever the snapshot list changes. It runs on the
+    /// thread that changed it, which may hold the repository's locks:
+    /// it must only signal (never block, never call back in).
+    pub fn watch_records(&self, w: RecordsWatcher) {
+        self.records_watchers.lock().push(w);
     }
 
     /// Register a source of chunks readers still use (gc keeps them).

@@ -11,6 +11,8 @@
 //!   live mount), with the operations the adapters call
 //! - `chunk_cache.rs`: a bounded cache of verified chunks with prefetch,
 //!   a read cache over the repository
+//! - `freshness.rs`: the kernel's caches of `.snapshots` kept current as
+//!   snapshots come and go
 //! - `materialize.rs`: verified local copies of files read again, which
 //!   the adapters serve by kernel passthrough
 //!
@@ -21,6 +23,7 @@
 //! live filesystem's.
 
 pub mod chunk_cache;
+pub mod freshness;
 pub mod materialize;
 pub mod root_map;
 pub mod snapshot_fs;

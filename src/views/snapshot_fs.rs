@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! .snapshots/                      node SNAPDIR
-//!   latest -> <name>               node LATEST (symlink)
+//!   latest -> <name>               node AT + id of the newest (symlink)
 //!   @<time> -> <name>              node AT + id (symlink; any RFC 3339 time or @-2h)
 //!   <name>/...                     node VIEW_BASE + (id << 32) + index in the snapshot's tree
 //! ```
@@ -13,7 +13,9 @@
 //! with prefetch on sequential reads; a chunk that fails verification
 //! gives EIO (and is logged with snapshot, path and chunk), never wrong
 //! bytes. Everything is read-only (EROFS). Snapshots are immutable, so the
-//! kernel may cache their pages and attributes for long.
+//! kernel may cache their pages and attributes for long; `latest`, the
+//! `@TIME` names and `.snapshots` itself are kept current as the list
+//! changes (`freshness.rs`).
 //!
 //! Nothing in a view grants privilege, whatever the mount's options: the
 //! setuid and setgid bits are not shown, device nodes are shown with
@@ -34,6 +36,7 @@ use fuser::{Errno, FileAttr, FileType};
 use parking_lot::{Mutex, RwLock};
 
 use super::chunk_cache::ChunkCache;
+use super::freshness::{Freshness, Source};
 use super::materialize::{FileRef, Key, MaterializeOptions, Materializer};
 use crate::repo::Repository;
 use crate::snapshot::manifest::{display_path, Meta, Node};
@@ -43,7 +46,9 @@ use crate::util::time;
 
 pub const VIEW_BASE: u64 = 1 << 62;
 pub const SNAPDIR: u64 = VIEW_BASE;
-pub const LATEST: u64 = VIEW_BASE + 1;
+/// Was `latest` (kept reserved; `latest` now names the `AT` node of the
+/// newest snapshot).
+const LATEST: u64 = VIEW_BASE + 1;
 const AT: u64 = VIEW_BASE + 2;
 const VIEW_END: u64 = 1 << 63;
 /// Handles of view files are tagged so the live mount's router can tell
@@ -226,6 +231,8 @@ pub struct Views {
     next_fh: AtomicU64,
     uid: u32,
     gid: u32,
+    /// The kernels showing `.snapshots`, told when the list changes.
+    pub freshness: Freshness,
 }
 
 pub type VResult<T> = Result<T, Errno>;
@@ -258,7 +265,15 @@ impl Views {
             next_fh: AtomicU64::new(1),
             uid: rustix::process::geteuid().as_raw(),
             gid: rustix::process::getegid().as_raw(),
+            freshness: Freshness::default(),
         });
+        let weak = Arc::downgrade(&views);
+        views.repo.watch_records(Arc::new(move || {
+            if let Some(v) = weak.upgrade() {
+                v.freshness.signal();
+            }
+        }));
+        Freshness::start(&views);
         // gc keeps what open files still read, even of a snapshot that
         // was forgotten after they were opened.
         let weak = Arc::downgrade(&views);
@@ -266,6 +281,12 @@ impl Views {
             weak.upgrade().map(|v| v.open_chunks()).unwrap_or_default()
         }));
         views
+    }
+
+    /// Return once every kernel showing `.snapshots` has been told about
+    /// the snapshot list as it is now (after a command that changed it).
+    pub fn sync_kernel(&self) {
+        self.freshness.sync(self.repo.records_generation());
     }
 
     /// The chunks of the files open in these views.
@@ -440,11 +461,14 @@ impl Views {
                 ))
             }
             Id::At(id) => {
+                // Its target never changes, but the entries naming it
+                // (`latest`, `@TIME`, also listed by readdirplus with
+                // these attributes) must not be cached.
                 let all = self.snapshots()?;
                 let r = all.iter().find(|r| r.id == id).ok_or(Errno::ENOENT)?;
                 Ok((
                     self.link_attr(nodeid, r.name.len(), r.time_ns),
-                    self.opts.short_ttl,
+                    Duration::ZERO,
                 ))
             }
             Id::Entry(id, idx) => {
@@ -461,14 +485,17 @@ impl Views {
         let name = name.as_bytes();
         match decode(parent).ok_or(Errno::ENOENT)? {
             Id::SnapDir => {
-                if name == b"latest" {
-                    return self.getattr(LATEST);
-                }
                 let all = self.snapshots()?;
+                // `latest` and `@TIME` move with the list and the clock:
+                // looked up again at every use (see freshness.rs).
+                if name == b"latest" {
+                    let l = all.iter().max_by_key(|r| r.id).ok_or(Errno::ENOENT)?;
+                    return Ok((self.getattr(AT + l.id)?.0, Duration::ZERO));
+                }
                 if name.first() == Some(&b'@') {
                     let spec = String::from_utf8_lossy(name);
                     let r = select(&all, &spec, time::now_ns()).map_err(|_| Errno::ENOENT)?;
-                    return self.getattr(AT + r.id);
+                    return Ok((self.getattr(AT + r.id)?.0, Duration::ZERO));
                 }
                 let r = all
                     .iter()
@@ -522,8 +549,11 @@ impl Views {
         ];
         match decode(nodeid).ok_or(Errno::ENOENT)? {
             Id::SnapDir => {
-                out.push((LATEST, FileType::Symlink, b"latest".to_vec()));
-                for r in self.snapshots()?.iter() {
+                let all = self.snapshots()?;
+                if let Some(l) = all.iter().max_by_key(|r| r.id) {
+                    out.push((AT + l.id, FileType::Symlink, b"latest".to_vec()));
+                }
+                for r in all.iter() {
                     out.push((
                         node_of(r.id, 0),
                         FileType::Directory,
@@ -738,6 +768,29 @@ impl Views {
 
     pub fn statfs(&self) -> VResult<rustix::fs::StatVfs> {
         rustix::fs::fstatvfs(self.repo.dir()).map_err(|e| Errno::from_i32(e.raw_os_error()))
+    }
+}
+
+impl Source for Views {
+    fn generation(&self) -> u64 {
+        self.repo.records_generation()
+    }
+
+    fn names(&self) -> Option<BTreeMap<u64, String>> {
+        let l = self.snapshots().ok()?;
+        Some(l.iter().map(|r| (r.id, r.name.clone())).collect())
+    }
+
+    fn at_node(&self, id: u64) -> u64 {
+        AT + id
+    }
+
+    fn snapdir(&self) -> u64 {
+        SNAPDIR
+    }
+
+    fn freshness(&self) -> &Freshness {
+        &self.freshness
     }
 }
 

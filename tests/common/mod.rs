@@ -246,3 +246,24 @@ impl Drop for SnapMount {
         }
     }
 }
+
+/// Run tests/python/SCRIPT with `args`; its stdout, or a failure showing
+/// both of its outputs.
+pub fn python(script: &str, args: &[&std::ffi::OsStr]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
+    let o = Command::new("python3")
+        .arg(path)
+        .args(args)
+        .env("OPENBLAS_NUM_THREADS", "1")
+        .output()
+        .expect("python3 is needed");
+    assert!(
+        o.status.success(),
+        "{script} failed (numpy and safetensors are needed: pip install numpy safetensors, as .ci/run does)\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
