@@ -22,7 +22,7 @@ use super::{
 };
 use crate::error::{Error, IoContext, Result};
 use crate::flusher::{policy::PolicyConfig, Flusher, Policy};
-use crate::fuse::{self, MountConfig};
+use crate::fuse::MountConfig;
 use crate::mount::{LiveMount, LiveMountConfig};
 use crate::repo::layout::MARKER;
 use crate::repo::{Repository, DEFAULT_BLOCK_SIZE, DEFAULT_COMPRESSION};
@@ -567,11 +567,8 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
         paths.backing.display(),
         paths.mountpoint.display()
     ));
-    // Running: the marker stays until the clean stop below. (The
-    // readahead thread waits for INIT: started only now, so that a failed
-    // start never leaves it holding the mount busy.)
+    // Running: the marker stays until the clean stop below.
     marker.armed = false;
-    fuse::readahead::raise_after_init(paths.mountpoint.clone(), fuse::readahead::READAHEAD_KIB);
     tracing::info!(
         "mounted {} on {} (repository {})",
         paths.backing.display(),

@@ -168,39 +168,10 @@ pub(crate) fn looks_like_repository(d: &Path) -> bool {
 
 /// Mount points from /proc/self/mountinfo: (mount point, fs type, source).
 pub fn mounts() -> Vec<(PathBuf, String, String)> {
-    let Ok(s) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    s.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let sep = f.iter().position(|x| *x == "-")?;
-            let mp = unescape_mountinfo(f.get(4)?);
-            Some((
-                PathBuf::from(mp),
-                f.get(sep + 1)?.to_string(),
-                unescape_mountinfo(f.get(sep + 2)?),
-            ))
-        })
+    crate::util::mountinfo::mounts()
+        .into_iter()
+        .map(|m| (m.mountpoint, m.fstype, m.source))
         .collect()
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 pub fn is_mountpoint(p: &Path) -> bool {

@@ -110,7 +110,6 @@ impl ExtraMounts {
                 return Err(Error::io("serve", &mp, e));
             }
         };
-        crate::fuse::readahead::raise_after_init(mp.clone(), crate::fuse::readahead::READAHEAD_KIB);
         self.mounts.lock().insert(mp, Served { session: bg, fresh });
         Ok(())
     }

@@ -28,8 +28,10 @@ use fuser::{
 /// Panics caught in handlers since the process started (all mounts).
 pub static PANICS: AtomicU64 = AtomicU64::new(0);
 
-/// A filesystem whose handlers cannot take the session down.
-pub struct Guarded<F>(pub F);
+/// A filesystem whose handlers cannot take the session down; the second
+/// field is told of each request (the first one after INIT raises the
+/// mount's readahead).
+pub struct Guarded<F>(pub F, pub super::readahead::FirstRequest);
 
 /// Run `f`, counting its time (`opstats`); a panic is logged and
 /// swallowed (its reply, dropped while unwinding, has already answered
@@ -53,6 +55,7 @@ macro_rules! guarded {
         $(
             fn $name(&self $(, $arg: $ty)*) {
                 const I: usize = super::opstats::index(stringify!($name));
+                self.1.seen();
                 guard(stringify!($name), I, || self.0.$name($($arg),*))
             }
         )*

@@ -9,7 +9,16 @@
 //! in flight. Without the privilege the default stays and the mount works
 //! as before.
 
+//!
+//! The window is raised when the session answers its first request after
+//! INIT (the kernel sends none before it has applied INIT's reply), and
+//! the mount's device is found in /proc/self/mountinfo: the daemon never
+//! walks a path into its own mount. (It used to `statfs` and `stat` the
+//! mountpoint from a thread started at readiness; an `umount` right after
+//! `mount` returned then found the mount busy.)
+
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Four full-size (1 MiB) requests ahead: snapshot files are usually read
 /// whole (datasets, checkpoints) and each request costs a hash and a
@@ -20,41 +29,53 @@ use std::path::{Path, PathBuf};
 /// on sequential access, so random readers do not read 4 MiB each.
 pub const READAHEAD_KIB: u32 = 4096;
 
-const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+/// Raises the readahead of one FUSE mount once, at the session's first
+/// request after INIT ([`FirstRequest::seen`], called by `Guarded`).
+#[derive(Default)]
+pub struct FirstRequest {
+    mountpoint: Option<PathBuf>,
+    kib: u32,
+    done: AtomicBool,
+}
 
-/// Raise the readahead of the FUSE mount on `mountpoint` to `kib` once
-/// the kernel has finished INIT (which would otherwise lower it again).
-/// Runs on its own thread: the statfs it starts with is answered by the
-/// session only once INIT is done.
-pub fn raise_after_init(mountpoint: PathBuf, kib: u32) {
-    let spawned = std::thread::Builder::new()
-        .name("readahead".into())
-        .spawn(move || match raise(&mountpoint, kib) {
-            Ok(Some(path)) => tracing::debug!(%path, kib, "raised the mount's readahead"),
+impl FirstRequest {
+    /// Raise the readahead of the mount on `mountpoint` to `kib`.
+    pub fn raise(mountpoint: &Path, kib: u32) -> FirstRequest {
+        FirstRequest {
+            mountpoint: Some(mountpoint.to_path_buf()),
+            kib,
+            done: AtomicBool::new(false),
+        }
+    }
+
+    /// A request came (INIT is done): raise the window, the first time.
+    pub fn seen(&self) {
+        if self.done.load(Ordering::Relaxed) || self.done.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let Some(mp) = &self.mountpoint else { return };
+        match raise(mp, self.kib) {
+            Ok(Some(path)) => {
+                tracing::debug!(%path, kib = self.kib, "raised the mount's readahead")
+            }
             Ok(None) => {}
             Err(e) => tracing::info!(
-                mountpoint = %mountpoint.display(),
+                mountpoint = %mp.display(),
                 "kept the kernel's default readahead (128 KiB) for this mount: {e}"
             ),
-        });
-    if let Err(e) = spawned {
-        tracing::info!("could not start the readahead thread: {e}");
+        }
     }
 }
 
 /// Returns the sysfs file written, or None if nothing needed doing.
 fn raise(mountpoint: &Path, kib: u32) -> std::io::Result<Option<String>> {
-    let sfs = rustix::fs::statfs(mountpoint)?;
-    if sfs.f_type as i64 != FUSE_SUPER_MAGIC {
-        // Not (or no longer) our mount.
+    // The newest FUSE mount there is ours (not, or no longer: nothing).
+    let Some(m) = crate::util::mountinfo::mounts().into_iter().rfind(|m| {
+        m.mountpoint == mountpoint && (m.fstype == "fuse" || m.fstype.starts_with("fuse."))
+    }) else {
         return Ok(None);
-    }
-    let st = rustix::fs::stat(mountpoint)?;
-    let path = format!(
-        "/sys/class/bdi/{}:{}/read_ahead_kb",
-        rustix::fs::major(st.st_dev),
-        rustix::fs::minor(st.st_dev)
-    );
+    };
+    let path = format!("/sys/class/bdi/{}/read_ahead_kb", m.dev);
     let current: u32 = std::fs::read_to_string(&path)?.trim().parse().unwrap_or(0);
     if current >= kib {
         return Ok(None);

@@ -153,7 +153,8 @@ pub fn mount_live(
         view_io: Default::default(),
     };
     let notifier = fs.notifier.clone();
-    let session = Session::new(Guarded(adapter), mountpoint, &config)?;
+    let first = super::readahead::FirstRequest::raise(mountpoint, super::readahead::READAHEAD_KIB);
+    let session = Session::new(Guarded(adapter, first), mountpoint, &config)?;
     let _ = notifier.set(session.notifier());
     if let Some(v) = &views_fresh {
         // `.snapshots` below the live root is kept current as the list

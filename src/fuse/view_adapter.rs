@@ -271,11 +271,14 @@ pub fn mount_views(
     config.n_threads = Some(4);
     config.clone_fd = true;
     Session::new(
-        Guarded(ViewAdapter {
-            views,
-            map: RootMap { root },
-            io: ViewIo::default(),
-        }),
+        Guarded(
+            ViewAdapter {
+                views,
+                map: RootMap { root },
+                io: ViewIo::default(),
+            },
+            super::readahead::FirstRequest::raise(mountpoint, super::readahead::READAHEAD_KIB),
+        ),
         mountpoint,
         &config,
     )

@@ -49,14 +49,12 @@ fn foreign_fuse(fd: &OwnedFd, st: &rustix::fs::Stat, euid: u32) -> Option<u32> {
         rustix::fs::major(st.st_dev),
         rustix::fs::minor(st.st_dev)
     );
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     // Unknown mounter (not found): treat as foreign.
-    let uid = info
-        .lines()
-        .find(|l| l.split(' ').nth(2) == Some(dev.as_str()))
-        .and_then(|l| {
-            l.rsplit(' ')
-                .next()?
+    let uid = crate::util::mountinfo::mounts()
+        .into_iter()
+        .find(|m| m.dev == dev)
+        .and_then(|m| {
+            m.super_options
                 .split(',')
                 .find_map(|o| o.strip_prefix("user_id=")?.parse::<u32>().ok())
         })

@@ -6,6 +6,7 @@ pub mod dirfd;
 pub mod display;
 pub mod durable;
 pub mod fault;
+pub mod mountinfo;
 pub mod panic;
 pub mod pool;
 pub mod progress;
