@@ -17,7 +17,21 @@ fn main() {
         .init();
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
-    let cli = cli::Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match argv.first() {
+        // mount(8)'s helper for `-t fuse.rewindfs` (a symlink to us).
+        Some(argv0) if cli::mount_helper::invoked_as_helper(argv0) => {
+            match cli::mount_helper::translate(&argv) {
+                Ok(Some(args)) => cli::Cli::parse_from(args),
+                Ok(None) => std::process::exit(0),
+                Err(e) => {
+                    eprintln!("mount.fuse.rewindfs: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        _ => cli::Cli::parse(),
+    };
     let code = match cli::run(cli) {
         Ok(code) => code,
         Err(e) => {

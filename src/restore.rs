@@ -212,11 +212,13 @@ fn apply_meta_opath(fd: &OwnedFd, meta: &Meta, owners: bool, symlink: bool) -> s
         let (u, g) = owner(meta);
         rustix::fs::chownat(fd, "", u, g, AtFlags::EMPTY_PATH)?;
     }
+    // Through /proc/self/fd/N the calls act on this object itself, a
+    // symlink included (symlinks have no mode to set).
+    let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    set_xattrs(meta, |k, v| {
+        rustix::fs::setxattr(proc.as_str(), k, v, rustix::fs::XattrFlags::empty())
+    })?;
     if !symlink {
-        let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        set_xattrs(meta, |k, v| {
-            rustix::fs::setxattr(proc.as_str(), k, v, rustix::fs::XattrFlags::empty())
-        })?;
         rustix::fs::chmodat(
             rustix::fs::CWD,
             proc.as_str(),

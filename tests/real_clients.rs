@@ -189,3 +189,102 @@ fn many_processes_open_map_and_read_the_same_files_at_once() {
     eprintln!("snapshot: {}", loader(&snap, 4, 150));
     eprintln!("snapshot again: {}", loader(&snap, 4, 150));
 }
+
+fn lget(p: &Path, name: &str) -> rustix::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    let n = rustix::fs::lgetxattr(p, name, &mut buf[..])?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+fn llist(p: &Path) -> Vec<String> {
+    let mut buf = vec![0u8; 4096];
+    let n = rustix::fs::llistxattr(p, &mut buf[..]).unwrap();
+    let mut v: Vec<String> = buf[..n]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Issue 26, item 4 (xfstests generic/062): trusted.* and security.*
+/// xattrs of symlinks could not be set through the mount (EPERM) and
+/// existing ones were hidden. They pass through to the symlink itself
+/// (never its target), user.* stays refused as on ext4, and snapshots
+/// and restores keep them.
+#[test]
+fn trusted_and_security_xattrs_of_symlinks_pass_through_and_are_kept() {
+    use rustix::fs::XattrFlags;
+    let (tmp, backing, mnt, repo) = mount_dirs();
+    let r = repo.to_str().unwrap();
+    fs::write(backing.join("target"), "t").unwrap();
+    std::os::unix::fs::symlink("target", backing.join("old")).unwrap();
+    rustix::fs::lsetxattr(
+        backing.join("old"),
+        "trusted.was",
+        b"here",
+        XattrFlags::empty(),
+    )
+    .unwrap();
+    let _m = DaemonMount::start(
+        &backing,
+        &mnt,
+        &["--repo", r, "--every", "off", "--full-every", "off"],
+    );
+    // An existing one is shown.
+    assert_eq!(lget(&mnt.join("old"), "trusted.was").unwrap(), b"here");
+    assert_eq!(llist(&mnt.join("old")), ["trusted.was"]);
+    let lnk = mnt.join("lnk");
+    std::os::unix::fs::symlink("target", &lnk).unwrap();
+    rustix::fs::lsetxattr(&lnk, "trusted.name", b"\xba\xbe", XattrFlags::empty()).unwrap();
+    rustix::fs::lsetxattr(&lnk, "security.label", b"lbl", XattrFlags::empty()).unwrap();
+    rustix::fs::lsetxattr(&lnk, "trusted.gone", b"", XattrFlags::empty()).unwrap();
+    assert_eq!(
+        rustix::fs::lsetxattr(&lnk, "user.x", b"1", XattrFlags::empty()),
+        Err(rustix::io::Errno::PERM),
+        "user.* on a symlink is refused, as on ext4"
+    );
+    rustix::fs::lremovexattr(&lnk, "trusted.gone").unwrap();
+    assert_eq!(llist(&lnk), ["security.label", "trusted.name"]);
+    // On the symlink in BACKING, not on its target.
+    assert_eq!(
+        lget(&backing.join("lnk"), "trusted.name").unwrap(),
+        b"\xba\xbe"
+    );
+    assert_eq!(
+        lget(&backing.join("lnk"), "security.label").unwrap(),
+        b"lbl"
+    );
+    assert!(llist(&backing.join("target")).is_empty());
+    // Kept by a snapshot, shown in its view and restored.
+    ok(&repo, &["snapshot"]);
+    let view = mnt.join(".snapshots/latest/lnk");
+    assert_eq!(lget(&view, "security.label").unwrap(), b"lbl");
+    assert_eq!(
+        lget(&mnt.join(".snapshots/latest/old"), "trusted.was").unwrap(),
+        b"here"
+    );
+    let to = tmp.path().join("restored");
+    ok(
+        &repo,
+        &["restore", "latest", "lnk", "--to", to.to_str().unwrap()],
+    );
+    assert_eq!(lget(&to.join("lnk"), "trusted.name").unwrap(), b"\xba\xbe");
+    assert_eq!(lget(&to.join("lnk"), "security.label").unwrap(), b"lbl");
+    // A scan capture keeps them too.
+    let scan_repo = tmp.path().join("scan-repo");
+    ok(&scan_repo, &["init"]);
+    ok(
+        &scan_repo,
+        &["snapshot", "--source", backing.to_str().unwrap()],
+    );
+    let to2 = tmp.path().join("restored2");
+    ok(
+        &scan_repo,
+        &["restore", "latest", "--to", to2.to_str().unwrap()],
+    );
+    assert_eq!(lget(&to2.join("lnk"), "security.label").unwrap(), b"lbl");
+    assert_eq!(lget(&to2.join("old"), "trusted.was").unwrap(), b"here");
+}

@@ -296,6 +296,23 @@ impl<'b> Walk<'b> {
                             return Err(Error::io("readlink", display_path(&path), err.into()))
                         }
                     };
+                    // Its xattrs (security.*, trusted.*), read through a
+                    // descriptor of this very symlink.
+                    if let Ok(fd) = rustix::fs::openat(
+                        e.dir,
+                        e.name,
+                        rustix::fs::OFlags::PATH
+                            | rustix::fs::OFlags::NOFOLLOW
+                            | rustix::fs::OFlags::CLOEXEC,
+                        rustix::fs::Mode::empty(),
+                    ) {
+                        let same = rustix::fs::fstat(&fd)
+                            .is_ok_and(|s| s.st_ino == st.st_ino && s.st_dev == st.st_dev);
+                        if same {
+                            meta.xattrs = sys::read_xattrs_opath(&fd)
+                                .ctx("read xattrs", display_path(&path))?;
+                        }
+                    }
                     self.stats.symlinks += 1;
                     self.add_simple(path, meta, Node::Symlink { target });
                 }

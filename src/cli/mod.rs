@@ -6,6 +6,7 @@ mod common;
 mod diff_cmd;
 mod lifecycle_cmds;
 mod mount_cmds;
+pub mod mount_helper;
 mod remote_cmds;
 mod repo_cmds;
 mod restore_cmd;

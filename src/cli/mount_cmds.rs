@@ -98,6 +98,9 @@ pub struct MountArgs {
     /// Stay in the foreground (logs on stderr) instead of daemonizing.
     #[arg(long)]
     foreground: bool,
+    /// Print nothing on success (mount(8)'s helper runs with this).
+    #[arg(long, short = 'q')]
+    quiet: bool,
     /// Let other users use the mount (as root; the kernel checks
     /// permissions, POSIX ACLs included).
     #[arg(long)]
@@ -294,7 +297,7 @@ pub fn mount(a: MountArgs, hook: rewindfs::daemon::CliHook) -> Result<i32> {
         },
     };
     daemon::live::mount(req)?;
-    if !foreground {
+    if !foreground && !a.quiet {
         println!("mounted on {}", a.mountpoint.display());
     }
     Ok(0)
@@ -386,7 +389,7 @@ pub fn umount(a: UmountArgs) -> Result<i32> {
     if !fstype.starts_with("fuse") {
         bail!("{} is a {fstype} mount, not a rewindfs mount", mp.display());
     }
-    let repo = PathBuf::from(source);
+    let repo = daemon::discover::repo_of_source(source).unwrap_or_else(|| PathBuf::from(source));
     // Ours to wait for: the daemon's exit if this is its live mount (or
     // its last snapshot mount), else just this mount going away.
     let status = match control::call(&repo, &Request::Status, Duration::from_secs(10)) {

@@ -3,9 +3,14 @@
 //!
 //! Every rewindfs mount (live or snapshot) is a FUSE mount (type `fuse`,
 //! or `fuse.rewindfs` when mounted through fusermount) whose source is
-//! the absolute path of its repository (unless that path holds a comma or
-//! whitespace, which mount options cannot carry; such a mount needs
-//! `--repo`). A FUSE mount counts as ours when its source looks like a
+//! `rewindfs:` and the absolute path of its repository ([`mount_source`];
+//! unless that path holds a comma or whitespace, which mount options
+//! cannot carry: the source is then `rewindfs` and such a mount needs
+//! `--repo`). The prefix keeps the source from naming an existing
+//! directory: umount(8) and findmnt take a source that is a directory for
+//! a mountpoint, and suites such as xfstests unmount by source. Sources
+//! of daemons started before the prefix (the bare path) are still read.
+//! A FUSE mount counts as ours when its source looks like a
 //! rewindfs repository (or cannot be looked into). A path (a mountpoint,
 //! or anything inside a mount) leads to the innermost such mount that
 //! holds it, and so to a repository.
@@ -25,6 +30,25 @@ use super::mounts;
 /// The mount-table types of rewindfs mounts (direct mount by root;
 /// through fusermount with our subtype).
 pub const FSTYPES: [&str; 2] = ["fuse", "fuse.rewindfs"];
+
+/// The prefix of a rewindfs mount's source.
+pub const SOURCE_PREFIX: &str = "rewindfs:";
+
+/// The source a mount of `repo` shows in the mount table.
+pub fn mount_source(repo: &Path) -> String {
+    let s = repo.display().to_string();
+    if s.contains(|c: char| c == ',' || c.is_whitespace()) {
+        "rewindfs".to_string()
+    } else {
+        format!("{SOURCE_PREFIX}{s}")
+    }
+}
+
+/// The repository a mount-table source names, if it names one.
+pub fn repo_of_source(source: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(source.strip_prefix(SOURCE_PREFIX).unwrap_or(source));
+    p.is_absolute().then_some(p)
+}
 
 /// A rewindfs mount in the mount table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,8 +95,7 @@ fn from_table(
         .iter()
         .filter(|(_, fstype, _)| FSTYPES.contains(&fstype.as_str()))
         .filter_map(|(mp, fstype, source)| {
-            let repo =
-                Some(PathBuf::from(source.as_str())).filter(|r| r.is_absolute() && is_repo(r));
+            let repo = repo_of_source(source).filter(|r| is_repo(r));
             // A FUSE mount of another kind is not listed; one of ours
             // whose source could not carry the repository is.
             if repo.is_none() && !(fstype == "fuse.rewindfs" || source == "rewindfs") {
@@ -202,7 +225,11 @@ mod tests {
     fn table() -> Vec<(PathBuf, String, String)> {
         vec![
             ("/".into(), "ext4".into(), "/dev/sda1".into()),
-            ("/mnt/a".into(), "fuse".into(), "/var/lib/rewindfs/a".into()),
+            (
+                "/mnt/a".into(),
+                "fuse".into(),
+                "rewindfs:/var/lib/rewindfs/a".into(),
+            ),
             (
                 "/mnt/a/inner".into(),
                 "fuse.rewindfs".into(),
@@ -217,6 +244,21 @@ mod tests {
 
     fn repos(p: &Path) -> bool {
         p.starts_with("/var/lib/rewindfs") || p.starts_with("/srv")
+    }
+
+    #[test]
+    fn sources_name_repositories_with_a_prefix() {
+        let r = Path::new("/var/lib/rewindfs/a");
+        assert_eq!(mount_source(r), "rewindfs:/var/lib/rewindfs/a");
+        assert_eq!(repo_of_source(&mount_source(r)).as_deref(), Some(r));
+        // A daemon started before the prefix.
+        assert_eq!(
+            repo_of_source("/srv/b").as_deref(),
+            Some(Path::new("/srv/b"))
+        );
+        assert_eq!(mount_source(Path::new("/a b/r")), "rewindfs");
+        assert_eq!(repo_of_source("rewindfs"), None);
+        assert_eq!(repo_of_source("user@host:"), None);
     }
 
     #[test]

@@ -424,10 +424,7 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
     };
     let mut cfg = cfg;
     cfg.checkpoints = policy.checkpoint_patterns()?;
-    let repo_str = paths.repo.display().to_string();
-    if !repo_str.contains(|c: char| c == ',' || c.is_whitespace()) {
-        cfg.fsname = repo_str;
-    }
+    cfg.fsname = super::discover::mount_source(&paths.repo);
     let startup = Arc::new(Mutex::new("running".to_string()));
     // Subscribers of the flusher's events exist before it starts: the
     // first snapshot's event reaches them too.
@@ -576,6 +573,7 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
         paths.repo.display()
     );
     let result = live.serve();
+    repo.announce_stopping();
     super::notify::notify("STOPPING=1\nSTATUS=unmounted: taking the last snapshot");
     shared.extra.unmount_all();
     // Unmounted: nothing can change any more. Take the last snapshot.

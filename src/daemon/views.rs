@@ -84,16 +84,11 @@ impl ExtraMounts {
             crate::views::VIEW_BASE + (rec.id << 32)
         };
         let repo_root = views.repo.root();
-        let fsname = repo_root
-            .canonicalize()
-            .unwrap_or_else(|_| repo_root.to_path_buf())
-            .display()
-            .to_string();
-        let fsname = if fsname.contains(|c: char| c == ',' || c.is_whitespace()) {
-            "rewindfs".to_string()
-        } else {
-            fsname
-        };
+        let fsname = super::discover::mount_source(
+            &repo_root
+                .canonicalize()
+                .unwrap_or_else(|_| repo_root.to_path_buf()),
+        );
         let session = mount_views(views.clone(), root, &mp, &fsname, allow_other)
             .map_err(|e| Error::io("mount on", &mp, e))?;
         // A mount of `.snapshots` shows the list: it is kept current.

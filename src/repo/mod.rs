@@ -160,18 +160,37 @@ fn lock(dir: &Dir) -> Result<File> {
     // A lock this very process dropped can still be held for a moment by
     // a child it is forking (another thread starting a command): the
     // child shares the lock until its exec closes the descriptor. Such a
-    // holder (our own pid in the file) is waited out briefly.
-    let mut waited = 0;
+    // holder (our own pid in the file) is waited out briefly. A daemon
+    // whose mount is gone and that is finishing (its last snapshot, the
+    // journal) says so in the file ([`Repository::announce_stopping`]):
+    // it is waited for, so that `umount` followed at once by `mount`
+    // (fstab, systemd restarts, test suites) works.
+    let start = std::time::Instant::now();
+    let mut told = false;
     let got = loop {
         let r = rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive);
         match r {
-            Err(e)
-                if e == rustix::io::Errno::WOULDBLOCK
-                    && waited < 200
-                    && holder_pid(&f) == Some(std::process::id()) =>
-            {
-                waited += 1;
-                std::thread::sleep(std::time::Duration::from_millis(10));
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                let (pid, stopping) = holder(&f);
+                let ours = pid == Some(std::process::id());
+                let waited = start.elapsed();
+                if ours && waited < std::time::Duration::from_secs(2) {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                }
+                if stopping && waited < STOPPING_WAIT {
+                    if !told && waited > std::time::Duration::from_secs(1) {
+                        told = true;
+                        tracing::warn!(
+                            "waiting for the daemon (pid {}) that holds {} to finish its unmount",
+                            pid.unwrap_or(0),
+                            dir.path().display()
+                        );
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    continue;
+                }
+                break r;
             }
             r => break r,
         }
@@ -196,12 +215,30 @@ fn lock(dir: &Dir) -> Result<File> {
     Ok(f)
 }
 
+/// How long a new holder waits for a daemon that is finishing its
+/// unmount (its last snapshot reads only what changed since the one
+/// before).
+const STOPPING_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The word a stopping holder writes after its pid in the lock file.
+const STOPPING: &str = "stopping";
+
 /// The pid the lock file names (its holder writes it).
 fn holder_pid(f: &File) -> Option<u32> {
+    holder(f).0
+}
+
+/// The lock file's holder: its pid, and whether it is stopping.
+fn holder(f: &File) -> (Option<u32>, bool) {
     use std::os::unix::fs::FileExt;
     let mut b = [0u8; 64];
-    let n = f.read_at(&mut b, 0).ok()?;
-    std::str::from_utf8(&b[..n]).ok()?.trim().parse().ok()
+    let Ok(n) = f.read_at(&mut b, 0) else {
+        return (None, false);
+    };
+    let text = String::from_utf8_lossy(&b[..n]);
+    let mut words = text.split_whitespace();
+    let pid = words.next().and_then(|w| w.parse().ok());
+    (pid, words.next() == Some(STOPPING))
 }
 
 /// Open a subdirectory of a trusted repository and check it.
@@ -936,6 +973,17 @@ impl Repository {
     /// it must only signal (never block, never call back in).
     pub fn watch_records(&self, w: RecordsWatcher) {
         self.records_watchers.lock().push(w);
+    }
+
+    /// Say in the lock file that this process (the daemon of a mount that
+    /// is gone) is finishing: whoever wants the repository next waits for
+    /// it instead of failing.
+    pub fn announce_stopping(&self) {
+        if let Some(f) = &self._lock {
+            use std::os::unix::fs::FileExt;
+            let line = format!("{} {STOPPING}\n", std::process::id());
+            let _ = f.write_at(line.as_bytes(), 0);
+        }
     }
 
     /// Register a source of chunks readers still use (gc keeps them).

@@ -136,7 +136,9 @@ pub fn state_of(fd: &OwnedFd, key_hint: Option<FileKey>) -> Result<ObjState> {
         },
         _ => ObjKind::Special { rdev: st.st_rdev },
     };
-    if matches!(t, libc::S_IFDIR | libc::S_IFREG) {
+    if t == libc::S_IFLNK {
+        meta.xattrs = sys::read_xattrs_opath(fd).unwrap_or_default();
+    } else if matches!(t, libc::S_IFDIR | libc::S_IFREG) {
         use std::os::fd::AsRawFd;
         let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
         let flags = if t == libc::S_IFDIR {

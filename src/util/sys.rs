@@ -78,12 +78,36 @@ pub fn fuse_file_type(mode: u32) -> fuser::FileType {
 /// not support xattrs give an empty list.
 pub fn read_xattrs<Fd: AsFd>(fd: Fd) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let fd = fd.as_fd();
+    collect_xattrs(
+        |buf| rustix::fs::flistxattr(fd, buf),
+        |name, buf| rustix::fs::fgetxattr(fd, name, buf),
+    )
+}
+
+/// Extended attributes of the object an `O_PATH` descriptor names (a
+/// symlink, a FIFO, a device node: objects that cannot be opened for
+/// reading). Through `/proc/self/fd/N` the calls act on that very object,
+/// a symlink included (the magic link is not followed further).
+pub fn read_xattrs_opath(fd: &OwnedFd) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    use std::os::fd::AsRawFd;
+    let p = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    collect_xattrs(
+        |buf| rustix::fs::listxattr(p.as_str(), buf),
+        |name, buf| rustix::fs::getxattr(p.as_str(), name, buf),
+    )
+}
+
+/// List then get every xattr, growing the buffers on ERANGE.
+fn collect_xattrs(
+    list: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
+    get: impl Fn(&[u8], &mut [u8]) -> rustix::io::Result<usize>,
+) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut names = vec![0u8; 1024];
     let n = loop {
-        match rustix::fs::flistxattr(fd, &mut names[..]) {
+        match list(&mut names[..]) {
             Ok(n) => break n,
-            Err(rustix::io::Errno::RANGE) => {
-                let need = rustix::fs::flistxattr_query(fd)?;
+            Err(rustix::io::Errno::RANGE) if names.len() < 1 << 20 => {
+                let need = list(&mut [])?;
                 names.resize(need.max(names.len() * 2), 0);
             }
             Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
@@ -94,10 +118,10 @@ pub fn read_xattrs<Fd: AsFd>(fd: Fd) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>>
     for name in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
         let mut val = vec![0u8; 256];
         let len = loop {
-            match rustix::fs::fgetxattr(fd, name, &mut val[..]) {
+            match get(name, &mut val[..]) {
                 Ok(len) => break Some(len),
-                Err(rustix::io::Errno::RANGE) => {
-                    let need = rustix::fs::fgetxattr_query(fd, name)?;
+                Err(rustix::io::Errno::RANGE) if val.len() < 1 << 24 => {
+                    let need = get(name, &mut [])?;
                     val.resize(need.max(val.len() * 2), 0);
                 }
                 // Removed between list and get.
