@@ -81,9 +81,11 @@ id -u 123456-fsgqa >/dev/null 2>&1 || useradd --badname -M -s /bin/bash 123456-f
 run="$work/run-$fs"
 results=${results:-$work/results-$fs}
 cleanup() {
-  for m in "$run/test" "$run/scratch"; do
+  for m in "$run/test" "$run/scratch" "$run/data" "$run/repos"; do
     mountpoint -q "$m" 2>/dev/null && { umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; }
   done
+  # Daemons of FUSE mounts that were detached still hold their files.
+  pkill -f "mount.fuse.(rewindfs|bindfsxt) .*$run" 2>/dev/null || true
   for l in "${loops[@]:-}"; do [ -n "$l" ] && losetup -d "$l" 2>/dev/null || true; done
 }
 loops=()
@@ -95,22 +97,42 @@ mkdir -p "$run" "$results"
 chmod 0755 "$work" "$run"
 mkdir -p "$run/test" "$run/scratch"
 
+# An ext4 of its own (a sparse image on a loop device) mounted at $1: tests
+# that fill the filesystem fill it, never the machine's disk. ea_inode
+# lets xattr values reach 64 KiB, as xfstests expects of a FUSE
+# filesystem.
+loopfs() {
+  local dir=$1 size=$2 img="$run/$(basename "$1").img" l
+  truncate -s "$size" "$img"
+  l=$(losetup -f --show "$img")
+  loops+=("$l")
+  mkfs.ext4 -q -F -O ea_inode "$l"
+  mkdir -p "$dir"
+  mount "$l" "$dir"
+  chmod 0755 "$dir"
+}
+
 case "$fs" in
   rewindfs)
     [ -x "$bin" ] || { echo "xfstests: $bin is missing (cargo build first)"; exit 1; }
     ln -sf "$bin" /sbin/mount.fuse.rewindfs
-    mkdir -p "$run/test.data" "$run/scratch.data"
-    chmod 0755 "$run/test.data" "$run/scratch.data"
-    # The repositories are the devices (the mounts' source).
+    # Data on one filesystem, the repositories on another (a test that
+    # fills the data filesystem does not starve the snapshots).
+    loopfs "$run/data" 12G
+    loopfs "$run/repos" 12G
+    mkdir -p "$run/data/test" "$run/data/scratch"
+    chmod 0755 "$run/data/test" "$run/data/scratch"
+    # The repositories are the devices (the mounts' source). The policy is
+    # the default but for the cadence (snapshots at unmount, on request).
     cat >"$suite/local.config" <<EOF
 export FSTYP=fuse
 export FUSE_SUBTYP=.rewindfs
-export TEST_DEV=rewindfs:$run/test.repo
+export TEST_DEV=rewindfs:$run/repos/test
 export TEST_DIR=$run/test
-export SCRATCH_DEV=rewindfs:$run/scratch.repo
+export SCRATCH_DEV=rewindfs:$run/repos/scratch
 export SCRATCH_MNT=$run/scratch
-export TEST_FS_MOUNT_OPTS="-osource=$run/test.data,allow_other,default_permissions,every=off,full-every=off"
-export MOUNT_OPTIONS="-osource=$run/scratch.data,allow_other,default_permissions,every=off,full-every=off"
+export TEST_FS_MOUNT_OPTS="-osource=$run/data/test,allow_other,default_permissions,every=off,full-every=off"
+export MOUNT_OPTIONS="-osource=$run/data/scratch,allow_other,default_permissions,every=off,full-every=off"
 EOF
     ;;
   bindfs)
@@ -134,22 +156,23 @@ done
 exec bindfs "$src" "$mnt" -o "fsname=$dev${keep}"
 EOF
     chmod +x /sbin/mount.fuse.bindfsxt
-    mkdir -p "$run/test.data" "$run/scratch.data"
-    chmod 0755 "$run/test.data" "$run/scratch.data"
+    loopfs "$run/data" 12G
+    mkdir -p "$run/data/test" "$run/data/scratch"
+    chmod 0755 "$run/data/test" "$run/data/scratch"
     cat >"$suite/local.config" <<EOF
 export FSTYP=fuse
 export FUSE_SUBTYP=.bindfsxt
-export TEST_DEV=$run/test.dev
+export TEST_DEV=bindfs:$run/test
 export TEST_DIR=$run/test
-export SCRATCH_DEV=$run/scratch.dev
+export SCRATCH_DEV=bindfs:$run/scratch
 export SCRATCH_MNT=$run/scratch
-export TEST_FS_MOUNT_OPTS="-osource=$run/test.data,allow_other,default_permissions"
-export MOUNT_OPTIONS="-osource=$run/scratch.data,allow_other,default_permissions"
+export TEST_FS_MOUNT_OPTS="-osource=$run/data/test,allow_other,default_permissions"
+export MOUNT_OPTIONS="-osource=$run/data/scratch,allow_other,default_permissions"
 EOF
     ;;
   ext4)
     for d in test scratch; do
-      truncate -s 4G "$run/$d.img"
+      truncate -s 12G "$run/$d.img"
       l=$(losetup -f --show "$run/$d.img")
       loops+=("$l")
       mkfs.ext4 -q -F "$l"

@@ -10,10 +10,16 @@ fn main() {
     // are summarised by ours). RUST_LOG raises it.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sled=off"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+    // Repeated messages from one place are rate-limited (util/ratelimit.rs).
+    use tracing_subscriber::prelude::*;
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(rewindfs::util::ratelimit::RateLimit::default())
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
         .init();
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();

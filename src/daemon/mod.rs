@@ -205,6 +205,7 @@ impl Readiness {
             let _ = std::fs::File::from(w).write_all(b"ok\n");
         }
         detach_stdio(repo);
+        keep_log_bounded(repo);
     }
 
     /// Hand a start-up error to the parent (once; nothing after `ready`).
@@ -248,6 +249,68 @@ pub fn fork_daemon(exited: &str, child: impl FnOnce(&Readiness) -> Result<()>) -
     std::process::exit(if r.is_ok() { 0 } else { 1 });
 }
 
+/// daemon.log is rotated once it passes this size: the old one becomes
+/// daemon.log.1 (replacing the one before), so the logs of a repository
+/// take at most about twice this.
+pub const LOG_MAX_BYTES: u64 = 16 << 20;
+
+/// How often the log's size is checked.
+const LOG_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Rotate REPO/daemon.log (our stderr) when it passes [`LOG_MAX_BYTES`],
+/// on a thread of its own.
+fn keep_log_bounded(repo: &Dir) {
+    let Ok(dir) = repo.try_clone() else { return };
+    let spawned = std::thread::Builder::new()
+        .name("log-rotate".into())
+        .spawn(move || loop {
+            std::thread::sleep(LOG_CHECK);
+            let big = rustix::fs::fstat(rustix::stdio::stderr()).is_ok_and(|st| {
+                st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size as u64 > LOG_MAX_BYTES
+            });
+            if big {
+                rotate_log(&dir);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the log rotation thread (daemon.log is not bounded): {e}");
+    }
+}
+
+/// daemon.log -> daemon.log.1, and stderr to a fresh daemon.log.
+fn rotate_log(dir: &Dir) {
+    let old = format!("{LOG}.1");
+    if dir.rename(LOG, &old).is_err() {
+        return;
+    }
+    if let Some(log) = open_log(dir) {
+        let _ = rustix::stdio::dup2_stderr(log.as_fd());
+        tracing::info!("daemon.log rotated (the previous one is {old})");
+    }
+}
+
+/// REPO/daemon.log for appending (through the repository's descriptor,
+/// never a symlink, 0600, only a regular file of ours).
+fn open_log(repo: &Dir) -> Option<std::fs::File> {
+    repo.open_file(
+        LOG,
+        rustix::fs::OFlags::WRONLY
+            | rustix::fs::OFlags::APPEND
+            | rustix::fs::OFlags::CREATE
+            | rustix::fs::OFlags::NONBLOCK,
+        0o600,
+    )
+    .ok()
+    .filter(|f| {
+        // Only a regular file of ours; tighten an old log's mode.
+        let ok = rustix::fs::fstat(f).is_ok_and(|st| {
+            st.st_mode & libc::S_IFMT == libc::S_IFREG
+                && st.st_uid == rustix::process::geteuid().as_raw()
+        });
+        ok && rustix::fs::fchmod(f, rustix::fs::Mode::from_raw_mode(0o600)).is_ok()
+    })
+}
+
 /// Point stdin/stdout at /dev/null and stderr (the log) at REPO/daemon.log
 /// (opened through the repository's descriptor, never a symlink, 0600).
 pub fn detach_stdio(repo: &Dir) {
@@ -255,24 +318,7 @@ pub fn detach_stdio(repo: &Dir) {
         .read(true)
         .write(true)
         .open("/dev/null");
-    let log = repo
-        .open_file(
-            LOG,
-            rustix::fs::OFlags::WRONLY
-                | rustix::fs::OFlags::APPEND
-                | rustix::fs::OFlags::CREATE
-                | rustix::fs::OFlags::NONBLOCK,
-            0o600,
-        )
-        .ok()
-        .filter(|f| {
-            // Only a regular file of ours; tighten an old log's mode.
-            let ok = rustix::fs::fstat(f).is_ok_and(|st| {
-                st.st_mode & libc::S_IFMT == libc::S_IFREG
-                    && st.st_uid == rustix::process::geteuid().as_raw()
-            });
-            ok && rustix::fs::fchmod(f, rustix::fs::Mode::from_raw_mode(0o600)).is_ok()
-        });
+    let log = open_log(repo);
     if let Ok(null) = null {
         let _ = rustix::stdio::dup2_stdin(null.as_fd());
         let _ = rustix::stdio::dup2_stdout(null.as_fd());

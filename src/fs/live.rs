@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -136,6 +137,33 @@ pub enum OpenReply {
 /// Makes a kernel backing id of an open backing file (the reply's
 /// `open_backing`: an ioctl on the FUSE connection).
 pub type Backer<'a> = &'a dyn Fn(&File) -> std::io::Result<fuser::BackingId>;
+
+/// The ioctls passed through to the backing file (by type and number:
+/// 32-bit callers encode another size).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IoctlKind {
+    GetFlags,
+    SetFlags,
+    FsGetXattr,
+    FsSetXattr,
+}
+
+const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
+const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
+/// sizeof(struct fsxattr).
+const FSXATTR_LEN: usize = 28;
+
+impl IoctlKind {
+    fn of(cmd: u32) -> Option<IoctlKind> {
+        match cmd & 0xffff {
+            0x6601 => Some(IoctlKind::GetFlags),
+            0x6602 => Some(IoctlKind::SetFlags),
+            0x581f => Some(IoctlKind::FsGetXattr),
+            0x5820 => Some(IoctlKind::FsSetXattr),
+            _ => None,
+        }
+    }
+}
 
 /// A file changed this recently is read through the daemon, not by
 /// passthrough (see [`LiveFs::open_mode`]).
@@ -1415,6 +1443,66 @@ impl LiveFs {
         rustix::fs::removexattr(p.as_str(), name).or_errno()?;
         self.track.meta(&n.key);
         Ok(())
+    }
+
+    /// An ioctl on an open file or directory. The file-flag ioctls
+    /// (`chattr`/`lsattr`: FS_IOC_GETFLAGS/SETFLAGS, and the xfs-style
+    /// FS_IOC_FSGETXATTR/FSSETXATTR) pass through to the backing object
+    /// (the kernel has already checked that the caller owns the file, and
+    /// holds CAP_LINUX_IMMUTABLE to change the immutable or append-only
+    /// flags); any other is answered as a regular file answers an ioctl
+    /// it does not know, ENOTTY (Python's `open()` asks TCGETS of every
+    /// file it opens, for isatty).
+    pub fn ioctl(&self, fh: u64, cmd: u32, in_data: &[u8], out_size: u32) -> FsResult<Vec<u8>> {
+        let kind = IoctlKind::of(cmd).ok_or(Errno::ENOTTY)?;
+        let h = self.handle(fh)?;
+        match kind {
+            IoctlKind::GetFlags => {
+                let f = rustix::fs::ioctl_getflags(&h.file).or_errno()?;
+                let b = f.bits().to_ne_bytes();
+                Ok(b[..(out_size as usize).min(b.len())].to_vec())
+            }
+            IoctlKind::SetFlags => {
+                let raw: [u8; 4] = in_data
+                    .get(..4)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or(Errno::EINVAL)?;
+                let flags = rustix::fs::IFlags::from_bits_retain(u32::from_ne_bytes(raw));
+                let _change = self.track.change();
+                rustix::fs::ioctl_setflags(&h.file, flags).or_errno()?;
+                self.track.meta(&h.inode.key);
+                Ok(Vec::new())
+            }
+            IoctlKind::FsGetXattr => {
+                let mut buf = [0u8; FSXATTR_LEN];
+                // SAFETY: FS_IOC_FSGETXATTR writes one struct fsxattr (28
+                // bytes) into the buffer, which is that large; the
+                // descriptor is open for the call's duration.
+                let r = unsafe {
+                    libc::ioctl(h.file.as_raw_fd(), FS_IOC_FSGETXATTR as _, buf.as_mut_ptr())
+                };
+                if r < 0 {
+                    return Err(std::io::Error::last_os_error().to_errno());
+                }
+                Ok(buf[..(out_size as usize).min(FSXATTR_LEN)].to_vec())
+            }
+            IoctlKind::FsSetXattr => {
+                let mut buf = [0u8; FSXATTR_LEN];
+                let src = in_data.get(..FSXATTR_LEN).ok_or(Errno::EINVAL)?;
+                buf.copy_from_slice(src);
+                let _change = self.track.change();
+                // SAFETY: FS_IOC_FSSETXATTR reads one struct fsxattr (28
+                // bytes) from the buffer, which is that large.
+                let r = unsafe {
+                    libc::ioctl(h.file.as_raw_fd(), FS_IOC_FSSETXATTR as _, buf.as_ptr())
+                };
+                if r < 0 {
+                    return Err(std::io::Error::last_os_error().to_errno());
+                }
+                self.track.meta(&h.inode.key);
+                Ok(Vec::new())
+            }
+        }
     }
 
     pub fn access(&self, nodeid: u64, mask: i32) -> FsResult<()> {

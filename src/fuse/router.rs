@@ -303,6 +303,15 @@ impl Router {
         self.fs.access(ino, mask)
     }
 
+    /// An ioctl: the live filesystem's file-flag ioctls; ENOTTY for
+    /// snapshot files and anything else.
+    pub fn ioctl(&self, fh: u64, cmd: u32, in_data: &[u8], out_size: u32) -> FsResult<Vec<u8>> {
+        if fh & FH_TAG != 0 {
+            return Err(Errno::ENOTTY);
+        }
+        self.fs.ioctl(fh, cmd, in_data, out_size)
+    }
+
     pub fn lseek(&self, ino: u64, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {
         match self.view_handle(fh) {
             Some(v) => v.lseek(ino, offset, whence),

@@ -8,9 +8,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fuser::{
-    Config, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
-    MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr, Request, Session, SessionACL,
+    Config, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, IoctlFlags, KernelConfig,
+    LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    Session, SessionACL,
 };
 
 use super::guard::Guarded;
@@ -227,6 +228,22 @@ impl Filesystem for ViewAdapter {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
+    }
+
+    /// Snapshot files answer every ioctl as a regular file answers one
+    /// it does not know (Python's `open()` asks TCGETS of every file).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(fuser::Errno::ENOTTY)
     }
 
     fn lseek(

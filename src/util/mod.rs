@@ -10,6 +10,7 @@ pub mod mountinfo;
 pub mod panic;
 pub mod pool;
 pub mod progress;
+pub mod ratelimit;
 pub mod sys;
 pub mod time;
 pub mod walk;
