@@ -6,6 +6,9 @@ use clap::Parser;
 
 fn main() {
     use std::io::IsTerminal;
+    // A reader that went away (`| head -1`) ends us quietly, as it ends
+    // other tools; the daemons go back to ignoring SIGPIPE when they start.
+    rewindfs::util::sys::on_broken_pipe(true);
     // Quiet by default: our warnings only (sled's own corruption reports
     // are summarised by ours). RUST_LOG raises it.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -369,3 +369,92 @@ fn python_opens_leave_the_log_quiet_and_file_flags_pass_through() {
     sh(&["chattr", "+A", mnt.join("d").to_str().unwrap()]);
     assert!(flags(&backing.join("d")).contains('A'));
 }
+
+/// Run `rewindfs ARGS` with its stdout a pipe nobody reads (the read end
+/// is closed before it starts, as after `| head -1` has quit).
+fn into_closed_pipe(repo: &Path, args: &[&str]) -> std::process::Output {
+    let (r, w) = rustix::pipe::pipe().unwrap();
+    drop(r);
+    std::process::Command::new(common::bin())
+        .args(args)
+        .env("REWINDFS_REPO", repo)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::from(w))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+/// Issue 26, items 6 and 8: `rewindfs snapshots -C MNT | head -1` ended
+/// with "control socket: Broken pipe" and `rewindfs status MNT | grep -q`
+/// panicked; the tool now ends quietly by SIGPIPE like other tools (and
+/// the daemon, which ignores it, lives on). `status -C MNT` works like
+/// every other command's -C, and so does `mount-snapshot -C`.
+#[test]
+fn broken_pipes_end_quietly_and_status_takes_dash_c() {
+    use std::os::unix::process::ExitStatusExt;
+    let (tmp, backing, mnt, repo) = mount_dirs();
+    let r = repo.to_str().unwrap();
+    let _m = DaemonMount::start(
+        &backing,
+        &mnt,
+        &["--repo", r, "--every", "off", "--full-every", "off"],
+    );
+    let m = mnt.to_str().unwrap();
+    fs::write(mnt.join("f"), "x").unwrap();
+    ok(&repo, &["snapshot"]);
+    for args in [
+        vec!["snapshots", "-C", m],
+        vec!["status", m],
+        vec!["status"],
+        vec!["ls", "latest", "-C", m],
+        vec!["stats", "-C", m],
+    ] {
+        let o = into_closed_pipe(&repo, &args);
+        assert_eq!(
+            o.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {:?} {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            o.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    // The daemon served them all and is still there.
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(&repo, &["status", "-C", m, "--json"])).unwrap();
+    assert_eq!(st["mounted"], true);
+    assert_eq!(
+        st["mountpoint"].as_str(),
+        Some(mnt.canonicalize().unwrap().to_str().unwrap())
+    );
+    let o = std::process::Command::new(common::bin())
+        .args(["status", "-C", m, "--json"])
+        .env_remove("REWINDFS_REPO")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let snapmnt = tmp.path().join("snapmnt");
+    fs::create_dir(&snapmnt).unwrap();
+    let o = std::process::Command::new(common::bin())
+        .args([
+            "mount-snapshot",
+            "-C",
+            m,
+            "latest",
+            snapmnt.to_str().unwrap(),
+        ])
+        .env_remove("REWINDFS_REPO")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = std::process::Command::new(common::bin())
+        .args(["umount", snapmnt.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -312,14 +312,13 @@ pub struct MountSnapshotArgs {
     /// Mount the whole .snapshots tree (every snapshot, `latest`, `@TIME`).
     #[arg(long)]
     all: bool,
-    /// Repository.
-    #[arg(
-        long,
-        env = "REWINDFS_REPO",
-        value_name = "DIR",
-        required_unless_present = "remote"
-    )]
+    /// Repository (default: the one of the mount given with -C, or of the
+    /// mount the current directory is in).
+    #[arg(long, env = "REWINDFS_REPO", value_name = "DIR")]
     repo: Option<PathBuf>,
+    /// Use the repository of the rewindfs mount at (or holding) MNT.
+    #[arg(short = 'C', long = "mount", value_name = "MNT")]
+    mount: Option<PathBuf>,
     #[command(flatten)]
     remote: super::remote_cmds::RemoteRead,
     /// Let other users read the mount.
@@ -350,9 +349,13 @@ pub fn mount_snapshot(a: MountSnapshotArgs, hook: rewindfs::daemon::CliHook) -> 
     };
     let foreground = a.foreground;
     let remote = a.remote.spec()?;
+    let repo = match &remote {
+        Some(_) => PathBuf::new(),
+        None => super::common::find_repo(a.repo.as_deref(), a.mount.as_deref())?,
+    };
     rewindfs::daemon::views::mount_snapshot(
         rewindfs::daemon::views::SnapMountRequest {
-            repo: a.repo.unwrap_or_default(),
+            repo,
             remote,
             snap,
             mountpoint: mp.clone(),
@@ -478,6 +481,14 @@ pub struct StatusArgs {
     /// machine.
     #[arg(value_name = "MNT")]
     mountpoint: Option<PathBuf>,
+    /// The same as MNT (as every repository command takes it).
+    #[arg(
+        short = 'C',
+        long = "mount",
+        value_name = "MNT",
+        conflicts_with = "mountpoint"
+    )]
+    mount: Option<PathBuf>,
     /// Show the mount of this repository.
     #[arg(long, env = "REWINDFS_REPO", value_name = "DIR")]
     repo: Option<PathBuf>,
@@ -637,7 +648,8 @@ fn list_mounts(json: bool) -> Result<i32> {
 }
 
 pub fn status(a: StatusArgs) -> Result<i32> {
-    let repo = match (&a.mountpoint, &a.repo) {
+    let mountpoint = a.mountpoint.as_ref().or(a.mount.as_ref());
+    let repo = match (mountpoint, &a.repo) {
         (None, None) => return list_mounts(a.json),
         (Some(mp), _) => super::common::find_repo(None, Some(mp))?,
         (None, Some(r)) => r.clone(),

@@ -408,6 +408,8 @@ pub fn mount(req: MountRequest) -> Result<()> {
 }
 
 fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Result<()> {
+    // A client that goes away must not kill the daemon (EPIPE instead).
+    crate::util::sys::on_broken_pipe(false);
     let cfg = req.config.clone();
     let repo = Arc::new(open_repo(&paths.repo)?);
     let stored = repo.config.policy.clone().unwrap_or_default();

@@ -292,6 +292,8 @@ fn serve(
     cli_hook: Option<CliHook>,
     ready: Option<&super::Readiness>,
 ) -> Result<()> {
+    // A client that goes away must not kill the daemon (EPIPE instead).
+    crate::util::sys::on_broken_pipe(false);
     // A remote is read through a private directory that lives as long as
     // this daemon (the runtime and its threads start here, after the fork).
     let (repo, _remote) = match &req.remote {

@@ -167,3 +167,17 @@ pub fn lstat_at<Fd: AsFd>(dir: Fd, name: &[u8]) -> rustix::io::Result<rustix::fs
 pub fn is_safe_name(name: &[u8]) -> bool {
     !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
 }
+
+/// How this process takes a write to a pipe (or socket) whose reader is
+/// gone. The command line tool dies of SIGPIPE like other tools
+/// (`rewindfs snapshots | head -1` ends quietly); daemons ignore it and
+/// get EPIPE (a client that went away must not kill the mount).
+pub fn on_broken_pipe(die: bool) {
+    let action = if die { libc::SIG_DFL } else { libc::SIG_IGN };
+    // SAFETY: setting the disposition of SIGPIPE to the default or to
+    // ignore installs no handler code; it is async-signal-safe and
+    // affects only how a later EPIPE is delivered.
+    unsafe {
+        libc::signal(libc::SIGPIPE, action);
+    }
+}
