@@ -458,3 +458,168 @@ fn broken_pipes_end_quietly_and_status_takes_dash_c() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+fn mounted(p: &Path) -> bool {
+    let want = p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    rewindfs::util::mountinfo::mounts()
+        .iter()
+        .any(|m| m.mountpoint == want)
+}
+
+fn rewindfs_cmd(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(common::bin())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("REWINDFS_REPO")
+        .output()
+        .unwrap()
+}
+
+/// Issue 26, item 3 (a, c): the daemon kept the directory it was started
+/// from busy (xfstests mounts one filesystem from inside another), and a
+/// mount right after an unmount found the repository "in use" while the
+/// old daemon finished. Plain umount(8) works whatever the daemon's start
+/// directory was, and mount, write, delete, umount, mount again at once
+/// works cycle after cycle.
+#[test]
+fn plain_umount_and_immediate_remount_cycles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = |n: &str| {
+        let p = tmp.path().join(n);
+        fs::create_dir_all(&p).unwrap();
+        p
+    };
+    let (a, am, b, bm) = (d("a"), d("am"), d("b"), d("bm"));
+    let mount = |data: &Path, mp: &Path, repo: &str, cwd: &Path| {
+        let o = std::process::Command::new(common::bin())
+            .args([
+                OsStr::new("mount"),
+                data.as_os_str(),
+                mp.as_os_str(),
+                OsStr::new("--every"),
+                OsStr::new("off"),
+                OsStr::new("--repo"),
+                tmp.path().join(repo).as_os_str(),
+            ])
+            .current_dir(cwd)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "mount: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let umount = |mp: &Path| {
+        let o = std::process::Command::new("umount")
+            .arg(mp)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let _guard_a = common::live::UnmountOnDrop(am.clone());
+    let _guard_b = common::live::UnmountOnDrop(bm.clone());
+    mount(&a, &am, "ra", tmp.path());
+    // B's daemon is started from inside A.
+    mount(&b, &bm, "rb", &am);
+    let (ok_a, err) = umount(&am);
+    assert!(ok_a, "umount of the mount B was started from: {err}");
+    assert!(umount(&bm).0);
+    for i in 0..12 {
+        mount(&a, &am, "ra", tmp.path());
+        fs::write(am.join(format!("f{i}")), "data").unwrap();
+        fs::write(am.join("gone"), "x").unwrap();
+        fs::remove_file(am.join("gone")).unwrap();
+        let (ok, err) = umount(&am);
+        assert!(ok, "cycle {i}: {err}");
+    }
+    // Everything written is in the last snapshot (taken at unmount).
+    mount(&a, &am, "ra", tmp.path());
+    assert!(fs::read_to_string(am.join(".snapshots/latest/f11")).unwrap() == "data");
+    assert!(umount(&am).0);
+}
+
+/// Issue 26, item 3 (b): `rewindfs umount` hung up to 10 minutes while a
+/// file of the mount was open (it detached lazily and waited). Like
+/// umount(8) it now refuses a busy mount at once and says who holds it;
+/// `--lazy` detaches it, `status` shows the daemon that waits for the
+/// last open file, which then finishes.
+#[test]
+fn a_busy_unmount_is_refused_naming_holders_and_lazy_detaches() {
+    let (tmp, backing, mnt, repo) = mount_dirs();
+    let r = repo.to_str().unwrap();
+    fs::write(backing.join("weights.bin"), vec![7u8; 1 << 20]).unwrap();
+    let _m = DaemonMount::start(
+        &backing,
+        &mnt,
+        &["--repo", r, "--every", "off", "--full-every", "off"],
+    );
+    ok(&repo, &["snapshot"]);
+    let ready = tmp.path().join("ready");
+    let release = tmp.path().join("release");
+    // A process maps a file of the mount and one of .snapshots.
+    let script = format!(
+        "import mmap, os, time\nf = open({:?}, 'rb')\nm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)\ng = open({:?}, 'rb')\nopen({:?}, 'w').close()\nwhile not os.path.exists({:?}):\n    time.sleep(0.05)\n",
+        mnt.join("weights.bin"),
+        mnt.join(".snapshots/latest/weights.bin"),
+        ready,
+        release
+    );
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !ready.exists() {
+        assert!(t.elapsed().as_secs() < 30, "the holder did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let t = std::time::Instant::now();
+    let o = rewindfs_cmd(&[OsStr::new("umount"), mnt.as_os_str()]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "a busy mount was unmounted");
+    assert!(t.elapsed().as_secs() < 10, "umount took {:?}", t.elapsed());
+    assert!(
+        err.contains("is busy")
+            && err.contains(&format!("pid {}", child.id()))
+            && err.contains("weights.bin"),
+        "{err}"
+    );
+    assert!(err.contains("--lazy"), "{err}");
+    assert!(mounted(&mnt), "the mount must stay");
+    assert!(fs::read(mnt.join("weights.bin")).is_ok());
+    // Lazily: gone from the mount table at once; the daemon waits.
+    let o = rewindfs_cmd(&[OsStr::new("umount"), OsStr::new("--lazy"), mnt.as_os_str()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!mounted(&mnt));
+    let rows: serde_json::Value =
+        serde_json::from_slice(&rewindfs_cmd(&[OsStr::new("status"), OsStr::new("--json")]).stdout)
+            .unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["repo"].as_str() == Some(r))
+        .unwrap_or_else(|| panic!("status does not show the detached daemon: {rows}"));
+    assert_eq!(row["kind"], "detached", "{row}");
+    // The holder closes: the daemon takes its last snapshot and exits.
+    fs::write(&release, "").unwrap();
+    child.wait().unwrap();
+    let t = std::time::Instant::now();
+    while rewindfs::daemon::control::daemon_running(&repo) {
+        assert!(
+            t.elapsed().as_secs() < 60,
+            "the detached daemon did not finish"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let rows = String::from_utf8_lossy(
+        &rewindfs_cmd(&[OsStr::new("status"), OsStr::new("--json")]).stdout,
+    )
+    .into_owned();
+    assert!(!rows.contains(r), "{rows}");
+}

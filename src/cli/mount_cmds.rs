@@ -1,6 +1,6 @@
 //! `mount`, `umount`, `status`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -376,8 +376,14 @@ pub fn mount_snapshot(a: MountSnapshotArgs, hook: rewindfs::daemon::CliHook) -> 
 
 #[derive(Args)]
 pub struct UmountArgs {
-    /// The mountpoint of a live mount.
+    /// The mountpoint of a live or snapshot mount.
     mountpoint: PathBuf,
+    /// Detach the mount even while files of it are open (like umount -l):
+    /// it disappears at once, and the daemon takes its last snapshot and
+    /// exits when the last of them is closed (`status` shows it until
+    /// then). Without it a busy mount is refused, naming who holds it.
+    #[arg(short = 'l', long)]
+    lazy: bool,
 }
 
 pub fn umount(a: UmountArgs) -> Result<i32> {
@@ -404,6 +410,7 @@ pub fn umount(a: UmountArgs) -> Result<i32> {
     });
     let req = Request::Unmount {
         mountpoint: Some(mp.display().to_string()),
+        lazy: a.lazy,
     };
     let asked = control::call(&repo, &req, Duration::from_secs(60));
     // A daemon that exits right after unmounting may close the connection
@@ -415,6 +422,32 @@ pub fn umount(a: UmountArgs) -> Result<i32> {
         other => other,
     };
     match asked {
+        Ok(_) if a.lazy && status.is_some() => {
+            // Detached: the daemon finishes once the files are closed (at
+            // once if none was open).
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(3) {
+                if !whole_daemon || repo_lock_free(&repo) {
+                    println!("unmounted {}", mp.display());
+                    return Ok(0);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if whole_daemon {
+                println!(
+                    "detached {}; its daemon (pid {}) takes the last snapshot and exits once the files still open are closed (`rewindfs status` shows it)",
+                    mp.display(),
+                    status.as_ref().map_or(0, |s| s.pid)
+                );
+            } else {
+                println!("detached {}", mp.display());
+            }
+            Ok(0)
+        }
+        Err(control::CallError::Failed(msg)) if msg.contains(" is busy: ") => {
+            eprintln!("error: {msg}");
+            Ok(1)
+        }
         Ok(_) => {
             // Wait for the daemon to take its last snapshot, flush, and
             // let go of the repository (its lock is free once it exited).
@@ -516,7 +549,8 @@ fn human_age(secs: u64) -> String {
 #[derive(serde::Serialize)]
 struct MountRow {
     mountpoint: String,
-    /// live or snapshot
+    /// live, snapshot, or detached (a live mount unmounted lazily whose
+    /// daemon waits for its last open files)
     kind: &'static str,
     backing: Option<String>,
     repo: Option<String>,
@@ -585,6 +619,39 @@ fn list_mounts(json: bool) -> Result<i32> {
         row.newest_age_seconds = st.newest.as_ref().map(|n| age_secs(n.time_ns));
         row.newest = st.newest.clone();
         rows.push(row);
+    }
+    // Daemons whose live mount is gone from the mount table (detached)
+    // but that still run: they hold their repository until the last
+    // open file of the mount is closed.
+    for (pid, repo) in rewindfs::daemon::registry::registered() {
+        let listed = rows
+            .iter()
+            .any(|r| r.repo.as_deref() == Some(&*repo.display().to_string()) && r.kind == "live");
+        if listed {
+            continue;
+        }
+        let Ok(Response::Status { status: st }) =
+            control::call(&repo, &Request::Status, Duration::from_secs(10))
+        else {
+            continue;
+        };
+        if !st.live || st.pid != pid || daemon::is_mountpoint(Path::new(&st.mountpoint)) {
+            continue;
+        }
+        rows.push(MountRow {
+            mountpoint: st.mountpoint.clone(),
+            kind: "detached",
+            backing: Some(st.backing.clone()),
+            repo: Some(st.repo.clone()),
+            newest_age_seconds: st.newest.as_ref().map(|n| age_secs(n.time_ns)),
+            newest: st.newest.clone(),
+            dirty_bytes: Some(st.dirty_bytes),
+            oldest_change_age_seconds: st.oldest_change_ns.map(age_secs),
+            error: Some(format!(
+                "unmounted lazily: daemon pid {pid} finishes when its {} open file(s) are closed",
+                st.open_files
+            )),
+        });
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

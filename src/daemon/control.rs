@@ -57,6 +57,9 @@ pub enum Request {
     Unmount {
         #[serde(default)]
         mountpoint: Option<String>,
+        /// Detach a busy mount instead of refusing (umount -l).
+        #[serde(default)]
+        lazy: bool,
     },
     /// Serve a read-only snapshot mount.
     MountSnapshot {
@@ -131,6 +134,14 @@ pub struct DaemonStatus {
     /// Read-only snapshot mounts served by the daemon.
     #[serde(default)]
     pub mounts: Vec<String>,
+    /// The live mount was detached (a lazy unmount): it is gone from the
+    /// mount table and the daemon finishes once its last open file of it
+    /// is closed.
+    #[serde(default)]
+    pub detached: bool,
+    /// Files (and directories) of the live mount open now.
+    #[serde(default)]
+    pub open_files: u64,
     /// This daemon serves the live mount (not only snapshot mounts).
     #[serde(default)]
     pub live: bool,

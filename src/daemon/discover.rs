@@ -31,24 +31,7 @@ use super::mounts;
 /// through fusermount with our subtype).
 pub const FSTYPES: [&str; 2] = ["fuse", "fuse.rewindfs"];
 
-/// The prefix of a rewindfs mount's source.
-pub const SOURCE_PREFIX: &str = "rewindfs:";
-
-/// The source a mount of `repo` shows in the mount table.
-pub fn mount_source(repo: &Path) -> String {
-    let s = repo.display().to_string();
-    if s.contains(|c: char| c == ',' || c.is_whitespace()) {
-        "rewindfs".to_string()
-    } else {
-        format!("{SOURCE_PREFIX}{s}")
-    }
-}
-
-/// The repository a mount-table source names, if it names one.
-pub fn repo_of_source(source: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(source.strip_prefix(SOURCE_PREFIX).unwrap_or(source));
-    p.is_absolute().then_some(p)
-}
+pub use crate::util::mountinfo::{mount_source, repo_of_source, SOURCE_PREFIX};
 
 /// A rewindfs mount in the mount table.
 #[derive(Clone, Debug, PartialEq, Eq)]

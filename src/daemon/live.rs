@@ -222,6 +222,8 @@ struct Shared {
     fs: Arc<crate::fs::LiveFs>,
     untracked: bool,
     unmount: Mutex<Option<fuser::SessionUnmounter>>,
+    /// The mount was detached lazily (see `request_unmount`).
+    detached: std::sync::atomic::AtomicBool,
     flusher: Arc<Flusher>,
     cli_hook: Option<CliHook>,
     views: Arc<crate::views::Views>,
@@ -274,6 +276,11 @@ impl Shared {
             flusher: Some(self.flusher.status.lock().clone()),
             mounts: self.extra.mountpoints(),
             live: true,
+            detached: self.detached.load(std::sync::atomic::Ordering::Relaxed),
+            open_files: {
+                let c = self.fs.open_modes();
+                c.fast + c.bypass + c.passthrough + c.daemon
+            },
             chunk_cache_bytes: self.views.chunks.bytes(),
             materialized: self.views.materialize.as_ref().map(|m| m.status()),
             verify: self.verify.map(|r| {
@@ -294,18 +301,20 @@ impl Shared {
     }
 
     /// Ask the kernel to unmount; the session then ends. A busy mount is
-    /// detached lazily (it goes away when the last user closes).
-    fn request_unmount(&self) {
-        let mut u = self.unmount.lock();
-        if let Some(u) = u.as_mut() {
-            if let Err(e) = u.unmount() {
-                tracing::warn!("unmount: {e}; detaching lazily");
-                let _ = rustix::mount::unmount(
-                    &self.paths.mountpoint,
-                    rustix::mount::UnmountFlags::DETACH,
-                );
-            }
+    /// refused (the error names who holds it) unless `lazy`: it is then
+    /// detached, and the session ends when the last user closes.
+    fn request_unmount(&self, lazy: bool) -> std::result::Result<(), String> {
+        super::unmount_mount(&self.paths.mountpoint, lazy)?;
+        if lazy {
+            self.detached
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        // fuser's own unmount now finds the mount gone (and will not try
+        // again when the session ends).
+        if let Some(u) = self.unmount.lock().as_mut() {
+            let _ = u.unmount();
+        }
+        Ok(())
     }
 
     fn handle(&self, req: Request, peer: Peer, w: &mut dyn Write) -> Option<Response> {
@@ -313,21 +322,23 @@ impl Shared {
             Request::Status => Response::Status {
                 status: Box::new(self.status()),
             },
-            Request::Unmount { mountpoint } => {
+            Request::Unmount { mountpoint, lazy } => {
                 if let Some(mp) = &mountpoint {
-                    if self.extra.unmount(Path::new(mp)) {
-                        return Some(Response::Ok);
+                    match self.extra.unmount(Path::new(mp), lazy) {
+                        Ok(true) => return Some(Response::Ok),
+                        Ok(false) => {}
+                        Err(e) => return Some(Response::error(e)),
                     }
-                    let same = Path::new(mp).canonicalize().ok().as_deref()
-                        == Some(self.paths.mountpoint.as_path());
-                    if !same {
+                    if Path::new(mp) != self.paths.mountpoint {
                         return Some(Response::error(format!(
                             "{mp} is not served by this daemon"
                         )));
                     }
                 }
-                self.request_unmount();
-                Response::Ok
+                match self.request_unmount(lazy) {
+                    Ok(()) => Response::Ok,
+                    Err(e) => Response::error(e),
+                }
             }
             Request::MountSnapshot {
                 snap,
@@ -412,6 +423,12 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
     crate::util::sys::on_broken_pipe(false);
     let cfg = req.config.clone();
     let repo = Arc::new(open_repo(&paths.repo)?);
+    repo.announce_daemon();
+    // `status` finds this daemon even after its mount was detached.
+    let _registered = super::registry::register(&paths.repo);
+    // Every path is absolute (check_paths): keep no directory busy (the
+    // directory `mount` was run from could be another mount to unmount).
+    let _ = std::env::set_current_dir("/");
     let stored = repo.config.policy.clone().unwrap_or_default();
     let policy = Policy::layered(&[&stored, &req.policy])?;
     let unclean = repo.dir().stat_at(MARKER).is_ok();
@@ -495,6 +512,7 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
         untracked: live.tracker.untracked(),
         cfg: cfg.clone(),
         unmount: Mutex::new(live.unmounter()),
+        detached: Default::default(),
         verify: req
             .manage
             .verify_every
@@ -555,7 +573,10 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
         on_first_signal(move |sig| {
             tracing::info!("signal {sig}: unmounting");
             super::notify::notify("STOPPING=1\nSTATUS=unmounting: taking the last snapshot");
-            s.request_unmount();
+            // A stop must happen: a busy mount is detached.
+            if let Err(e) = s.request_unmount(true) {
+                tracing::warn!("{e}");
+            }
         })?;
     }
     if let Some(r) = ready {

@@ -10,10 +10,12 @@
 
 pub mod control;
 pub mod discover;
+pub mod holders;
 pub mod hooks;
 pub mod live;
 pub mod metrics;
 pub mod notify;
+pub mod registry;
 pub mod replicator;
 pub mod verifier;
 pub mod views;
@@ -172,6 +174,57 @@ pub fn mounts() -> Vec<(PathBuf, String, String)> {
         .into_iter()
         .map(|m| (m.mountpoint, m.fstype, m.source))
         .collect()
+}
+
+/// Unmount one of this daemon's mounts, as umount(8) would: a plain
+/// unmount fails with EBUSY while any process has a file of it open or
+/// mapped, or a directory in it as its working directory; a lazy one
+/// detaches it at once (it is gone when the last of them closes). The
+/// error of a busy mount names who holds it.
+pub fn unmount_mount(mp: &Path, lazy: bool) -> std::result::Result<(), String> {
+    use rustix::mount::UnmountFlags;
+    let flags = if lazy {
+        UnmountFlags::DETACH
+    } else {
+        UnmountFlags::empty()
+    };
+    let r = if rustix::process::geteuid().is_root() {
+        rustix::mount::unmount(mp, flags).map_err(std::io::Error::from)
+    } else {
+        // An unprivileged daemon's mount is undone by the setuid helper.
+        let mut c = std::process::Command::new("fusermount3");
+        c.arg("-u");
+        if lazy {
+            c.arg("-z");
+        }
+        match c.arg(mp).output() {
+            Ok(o) if o.status.success() => Ok(()),
+            Ok(o) if String::from_utf8_lossy(&o.stderr).contains("busy") => {
+                Err(std::io::Error::from_raw_os_error(libc::EBUSY))
+            }
+            Ok(o) => Err(std::io::Error::other(
+                String::from_utf8_lossy(&o.stderr).trim().to_string(),
+            )),
+            Err(e) => Err(e),
+        }
+    };
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            let held = holders::holders(mp);
+            let who = if held.is_empty() {
+                String::from(" (by no process this daemon can see)")
+            } else {
+                format!(" by{}", holders::describe(&held, 8))
+            };
+            Err(format!(
+                "{} is busy: it is in use{who}\nClose them, or unmount lazily with `rewindfs umount --lazy {}`: the mount disappears at once and the daemon finishes (its last snapshot) when the last of them is closed.",
+                mp.display(),
+                mp.display()
+            ))
+        }
+        Err(e) => Err(format!("cannot unmount {}: {e}", mp.display())),
+    }
 }
 
 pub fn is_mountpoint(p: &Path) -> bool {

@@ -47,6 +47,8 @@ pub struct SnapMountRequest {
 #[derive(Default)]
 pub struct ExtraMounts {
     mounts: Mutex<HashMap<PathBuf, Served>>,
+    /// Mounts detached lazily whose sessions still serve open files.
+    detached: Mutex<Vec<Served>>,
 }
 
 /// One snapshot mount: its session, and (for `--all`) its registration
@@ -109,25 +111,38 @@ impl ExtraMounts {
         Ok(())
     }
 
-    /// Unmount one of our mounts. Returns false if it is not ours.
-    pub fn unmount(&self, mountpoint: &Path) -> bool {
+    /// Unmount one of our mounts: `Ok(false)` if it is not ours; a busy
+    /// one is refused (naming who holds it) unless `lazy`, which detaches
+    /// it (its session serves the open files until they are closed).
+    pub fn unmount(&self, mountpoint: &Path, lazy: bool) -> std::result::Result<bool, String> {
         let mp = mountpoint
             .canonicalize()
             .unwrap_or_else(|_| mountpoint.to_path_buf());
+        if !self.mounts.lock().contains_key(&mp) {
+            return Ok(false);
+        }
+        super::unmount_mount(&mp, lazy)?;
         let Some(served) = self.mounts.lock().remove(&mp) else {
-            return false;
+            return Ok(true);
         };
         served.forget_kernel();
-        if served.session.umount_and_join().is_err() {
-            let _ = rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::DETACH);
+        if lazy {
+            self.detached.lock().push(served);
+        } else {
+            // Unmounted: the session ends (fuser's own unmount finds the
+            // mount gone).
+            let _ = served.session.umount_and_join();
         }
-        true
+        Ok(true)
     }
 
+    /// Unmount everything (the daemon stops): busy mounts are detached.
     pub fn unmount_all(&self) {
         let all: Vec<PathBuf> = self.mounts.lock().keys().cloned().collect();
         for mp in all {
-            self.unmount(&mp);
+            if let Err(e) = self.unmount(&mp, true) {
+                tracing::warn!("{e}");
+            }
         }
     }
 
@@ -148,10 +163,14 @@ impl ExtraMounts {
             }
             !done
         });
+        self.detached
+            .lock()
+            .retain(|s| !s.session.guard.is_finished());
     }
 
+    /// No mount is served (detached ones still serving count).
     pub fn is_empty(&self) -> bool {
-        self.mounts.lock().is_empty()
+        self.mounts.lock().is_empty() && self.detached.lock().is_empty()
     }
 }
 
@@ -241,13 +260,17 @@ impl SnapDaemon {
                     ..Default::default()
                 }),
             },
-            Request::Unmount { mountpoint } => {
+            Request::Unmount { mountpoint, lazy } => {
                 match mountpoint {
-                    Some(mp) => {
-                        if !self.mounts.unmount(Path::new(&mp)) {
-                            return Some(Response::error(format!("{mp} is not served by this daemon")));
+                    Some(mp) => match self.mounts.unmount(Path::new(&mp), lazy) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            return Some(Response::error(format!(
+                                "{mp} is not served by this daemon"
+                            )))
                         }
-                    }
+                        Err(e) => return Some(Response::error(e)),
+                    },
                     None => self.mounts.unmount_all(),
                 }
                 if self.mounts.is_empty() {
@@ -305,7 +328,17 @@ fn serve(
             let rr = crate::remote::read::open(spec, &opts)?;
             (rr.repo.clone(), Some(rr))
         }
-        None => (Arc::new(Repository::open(&req.repo)?), None),
+        None => {
+            let repo = Arc::new(Repository::open(&req.repo)?);
+            repo.announce_daemon();
+            (repo, None)
+        }
+    };
+    let _registered = match &req.remote {
+        None => {
+            super::registry::register(&req.repo.canonicalize().unwrap_or_else(|_| req.repo.clone()))
+        }
+        Some(_) => None,
     };
     let views = Views::new(
         repo.clone(),
@@ -347,6 +380,8 @@ fn serve(
     if let Some(r) = ready {
         r.ready(repo.dir());
     }
+    // Every path is resolved: keep no directory busy.
+    let _ = std::env::set_current_dir("/");
     // Until the last mount is gone (rewindfs umount, plain umount, signal).
     while !d.stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
@@ -355,6 +390,7 @@ fn serve(
             break;
         }
     }
+    repo.announce_stopping();
     d.mounts.unmount_all();
     let _ = repo.dir().remove_file(control::SOCKET);
     // Let a control connection that asked for the last unmount get its answer.

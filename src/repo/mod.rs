@@ -161,24 +161,33 @@ fn lock(dir: &Dir) -> Result<File> {
     // a child it is forking (another thread starting a command): the
     // child shares the lock until its exec closes the descriptor. Such a
     // holder (our own pid in the file) is waited out briefly. A daemon
-    // whose mount is gone and that is finishing (its last snapshot, the
-    // journal) says so in the file ([`Repository::announce_stopping`]):
-    // it is waited for, so that `umount` followed at once by `mount`
-    // (fstab, systemd restarts, test suites) works.
+    // that is finishing (its mount is gone: the last snapshot, the
+    // journal) is waited for, so that `umount` followed at once by `mount`
+    // (fstab, systemd restarts, test suites) works: it says so in the file
+    // ([`Repository::announce_stopping`]), and before it had the time to,
+    // a daemon ([`Repository::announce_daemon`]) that no mount names as
+    // its source any more is one.
     let start = std::time::Instant::now();
     let mut told = false;
+    let repo_abs = dir.path().canonicalize().ok();
     let got = loop {
         let r = rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive);
         match r {
             Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
-                let (pid, stopping) = holder(&f);
-                let ours = pid == Some(std::process::id());
+                let (pid, state) = holder(&f);
                 let waited = start.elapsed();
-                if ours && waited < std::time::Duration::from_secs(2) {
+                if pid == Some(std::process::id()) && waited < std::time::Duration::from_secs(2) {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                     continue;
                 }
-                if stopping && waited < STOPPING_WAIT {
+                let finishing = match state {
+                    HolderState::Stopping => true,
+                    HolderState::Daemon => repo_abs
+                        .as_deref()
+                        .is_some_and(|r| !crate::util::mountinfo::serves_a_mount(r)),
+                    HolderState::Other => false,
+                };
+                if finishing && waited < STOPPING_WAIT {
                     if !told && waited > std::time::Duration::from_secs(1) {
                         told = true;
                         tracing::warn!(
@@ -220,25 +229,41 @@ fn lock(dir: &Dir) -> Result<File> {
 /// before).
 const STOPPING_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// The word a stopping holder writes after its pid in the lock file.
+/// The words a holder writes after its pid in the lock file: a daemon
+/// (serving mounts), then one that is stopping.
+const DAEMON: &str = "daemon";
 const STOPPING: &str = "stopping";
+
+/// What the lock file says of its holder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HolderState {
+    /// A command (or a daemon that has not said so yet).
+    Other,
+    Daemon,
+    Stopping,
+}
 
 /// The pid the lock file names (its holder writes it).
 fn holder_pid(f: &File) -> Option<u32> {
     holder(f).0
 }
 
-/// The lock file's holder: its pid, and whether it is stopping.
-fn holder(f: &File) -> (Option<u32>, bool) {
+/// The lock file's holder: its pid and state.
+fn holder(f: &File) -> (Option<u32>, HolderState) {
     use std::os::unix::fs::FileExt;
     let mut b = [0u8; 64];
     let Ok(n) = f.read_at(&mut b, 0) else {
-        return (None, false);
+        return (None, HolderState::Other);
     };
     let text = String::from_utf8_lossy(&b[..n]);
     let mut words = text.split_whitespace();
     let pid = words.next().and_then(|w| w.parse().ok());
-    (pid, words.next() == Some(STOPPING))
+    let state = match words.next() {
+        Some(STOPPING) => HolderState::Stopping,
+        Some(DAEMON) => HolderState::Daemon,
+        _ => HolderState::Other,
+    };
+    (pid, state)
 }
 
 /// Open a subdirectory of a trusted repository and check it.
@@ -975,13 +1000,25 @@ impl Repository {
         self.records_watchers.lock().push(w);
     }
 
+    /// Say in the lock file that this process is a daemon serving mounts
+    /// of the repository: once no mount names it as its source, whoever
+    /// wants the repository waits for it to finish.
+    pub fn announce_daemon(&self) {
+        self.announce(DAEMON);
+    }
+
     /// Say in the lock file that this process (the daemon of a mount that
     /// is gone) is finishing: whoever wants the repository next waits for
     /// it instead of failing.
     pub fn announce_stopping(&self) {
+        self.announce(STOPPING);
+    }
+
+    fn announce(&self, state: &str) {
         if let Some(f) = &self._lock {
             use std::os::unix::fs::FileExt;
-            let line = format!("{} {STOPPING}\n", std::process::id());
+            // Padded: the line never gets shorter than what it replaces.
+            let line = format!("{:<24}\n", format!("{} {state}", std::process::id()));
             let _ = f.write_at(line.as_bytes(), 0);
         }
     }

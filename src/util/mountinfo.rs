@@ -2,11 +2,40 @@
 //! walking a path into any of them.
 
 use std::os::unix::ffi::OsStringExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// The prefix of a rewindfs mount's source (see `daemon::discover`).
+pub const SOURCE_PREFIX: &str = "rewindfs:";
+
+/// The source a rewindfs mount of `repo` shows in the mount table.
+pub fn mount_source(repo: &Path) -> String {
+    let s = repo.display().to_string();
+    if s.contains(|c: char| c == ',' || c.is_whitespace()) {
+        "rewindfs".to_string()
+    } else {
+        format!("{SOURCE_PREFIX}{s}")
+    }
+}
+
+/// The repository a mount-table source names, if it names one.
+pub fn repo_of_source(source: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(source.strip_prefix(SOURCE_PREFIX).unwrap_or(source));
+    p.is_absolute().then_some(p)
+}
+
+/// Whether some mount in this namespace names `repo` (absolute) as its
+/// source: a daemon of that repository is serving a mount.
+pub fn serves_a_mount(repo: &Path) -> bool {
+    mounts()
+        .iter()
+        .any(|m| repo_of_source(&m.source).as_deref() == Some(repo))
+}
 
 /// One line of mountinfo.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountEntry {
+    /// The mount's id (as `mnt_id` in /proc/PID/fdinfo).
+    pub id: u64,
     /// `MAJ:MIN` of the mounted filesystem.
     pub dev: String,
     pub mountpoint: PathBuf,
@@ -30,6 +59,7 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
             let f: Vec<&str> = l.split(' ').collect();
             let sep = f.iter().position(|x| *x == "-")?;
             Some(MountEntry {
+                id: f.first()?.parse().ok()?,
                 dev: f.get(2)?.to_string(),
                 mountpoint: PathBuf::from(std::ffi::OsString::from_vec(unescape(f.get(4)?))),
                 fstype: f.get(sep + 1)?.to_string(),
@@ -71,6 +101,7 @@ mod tests {
 ";
         let m = parse(info);
         assert_eq!(m.len(), 2);
+        assert_eq!(m[1].id, 40);
         assert_eq!(m[1].dev, "0:50");
         assert_eq!(m[1].mountpoint, PathBuf::from("/tmp/a b"));
         assert_eq!(m[1].fstype, "fuse.rewindfs");

@@ -290,3 +290,14 @@ impl Drop for FlushedMount {
         drop(self.live.take());
     }
 }
+
+/// Unmounts a path when dropped (also when the test panicked): plainly,
+/// or lazily if it is busy.
+pub struct UnmountOnDrop(pub PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::empty())
+            .or_else(|_| rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH));
+    }
+}
