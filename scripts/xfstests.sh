@@ -72,11 +72,16 @@ if [ ! -x "$suite/ltp/fsstress" ]; then
 fi
 
 # The users and group the suite expects.
+# (with home directories: tests `su` to them)
 getent group fsgqa >/dev/null || groupadd fsgqa
-id -u fsgqa >/dev/null 2>&1 || useradd -g fsgqa -M -s /bin/bash fsgqa
-id -u fsgqa2 >/dev/null 2>&1 || useradd -M -s /bin/bash fsgqa2
-id -u 123456-fsgqa >/dev/null 2>&1 || useradd --badname -M -s /bin/bash 123456-fsgqa 2>/dev/null ||
-  useradd -M -s /bin/bash 123456-fsgqa
+id -u fsgqa >/dev/null 2>&1 || useradd -g fsgqa -m -s /bin/bash fsgqa
+id -u fsgqa2 >/dev/null 2>&1 || useradd -m -s /bin/bash fsgqa2
+id -u 123456-fsgqa >/dev/null 2>&1 || useradd --badname -m -s /bin/bash 123456-fsgqa 2>/dev/null ||
+  useradd -m -s /bin/bash 123456-fsgqa
+for u in fsgqa fsgqa2 123456-fsgqa; do
+  h=$(getent passwd "$u" | cut -d: -f6)
+  [ -n "$h" ] && [ ! -d "$h" ] && mkdir -p "$h" && chown "$u" "$h"
+done
 
 run="$work/run-$fs"
 results=${results:-$work/results-$fs}
@@ -123,7 +128,8 @@ case "$fs" in
     mkdir -p "$run/data/test" "$run/data/scratch"
     chmod 0755 "$run/data/test" "$run/data/scratch"
     # The repositories are the devices (the mounts' source). The policy is
-    # the default but for the cadence (snapshots at unmount, on request).
+    # the default but for the cadence (snapshots at unmount, on request);
+    # device nodes are honoured (`allow_dev`: off by default, tests make them).
     cat >"$suite/local.config" <<EOF
 export FSTYP=fuse
 export FUSE_SUBTYP=.rewindfs
@@ -131,8 +137,8 @@ export TEST_DEV=rewindfs:$run/repos/test
 export TEST_DIR=$run/test
 export SCRATCH_DEV=rewindfs:$run/repos/scratch
 export SCRATCH_MNT=$run/scratch
-export TEST_FS_MOUNT_OPTS="-osource=$run/data/test,allow_other,default_permissions,every=off,full-every=off"
-export MOUNT_OPTIONS="-osource=$run/data/scratch,allow_other,default_permissions,every=off,full-every=off"
+export TEST_FS_MOUNT_OPTS="-osource=$run/data/test,allow_other,default_permissions,allow_dev,every=off,full-every=off"
+export MOUNT_OPTIONS="-osource=$run/data/scratch,allow_other,default_permissions,allow_dev,every=off,full-every=off"
 EOF
     ;;
   bindfs)
@@ -194,6 +200,7 @@ rm -rf "$suite/results"
 set +e
 (cd "$suite" && ./check -d "${tests[@]}") >"$results/check.log" 2>&1
 set -e
+cp "$suite/results/check.time" "$results/" 2>/dev/null || true
 # The suite's own result files are the truth: RESULT_BASE/check.log lists
 # Passed/Failures/Not run.
 base="$suite/results"

@@ -12,8 +12,10 @@
 //!   repository, written as the mount shows its source in /proc/mounts
 //!   (`rewindfs:/path/of/repo`, or the bare path): suites that unmount by
 //!   source (xfstests) find the mount by SPEC.
-//! - Mount options: `allow_other`, `suid`/`nosuid`, `dev`/`nodev`,
-//!   `nonempty`, `repo=DIR`; the generic ones mount(8) passes along
+//! - Mount options: `allow_other`, `allow_suid` and `allow_dev` (the
+//!   mount is `nosuid,nodev` unless asked; mount(8) does not pass `suid`
+//!   and `dev` on, they are its defaults), `nonempty`, `repo=DIR`; the
+//!   generic ones mount(8) passes along
 //!   (`rw`, `defaults`, `auto`, `noauto`, `user`, `nofail`, `_netdev`,
 //!   `exec`, `async`, `atime`, `relatime`, `x-*`, `comment=*`,
 //!   `default_permissions`, always on) are accepted and change nothing;
@@ -77,8 +79,8 @@ pub fn translate(argv: &[OsString]) -> Result<Option<Vec<OsString>>, String> {
             ("source", Some(v)) => source = Some(v.into()),
             ("repo", Some(v)) => flags.extend(["--repo".into(), v.into()]),
             ("allow_other", None) => flags.push("--allow-other".into()),
-            ("suid", None) => flags.push("--suid".into()),
-            ("dev", None) => flags.push("--dev".into()),
+            ("suid" | "allow_suid", None) => flags.push("--suid".into()),
+            ("dev" | "allow_dev", None) => flags.push("--dev".into()),
             ("nonempty", None) => flags.push("--nonempty".into()),
             ("ro", None) => {
                 return Err("a live rewindfs mount is read-write; `rewindfs mount-snapshot` mounts snapshots read-only".into())

@@ -83,6 +83,8 @@ pub struct OpenFile {
     fast: std::sync::atomic::AtomicBool,
     /// Opened by exec(2).
     exec: std::sync::atomic::AtomicBool,
+    /// The backing descriptor is O_APPEND (an append-only file).
+    append: bool,
     /// Its close began (FLUSH came).
     closing: std::sync::atomic::AtomicBool,
     /// A writer through passthrough outside the fast path (see
@@ -95,6 +97,7 @@ pub struct OpenFile {
 
 impl OpenFile {
     fn new(inode: Arc<Inode>, file: File, writable: bool) -> OpenFile {
+        let append = rustix::fs::fcntl_getfl(&file).is_ok_and(|fl| fl.contains(OFlags::APPEND));
         OpenFile {
             inode,
             file,
@@ -104,6 +107,7 @@ impl OpenFile {
             fast: std::sync::atomic::AtomicBool::new(false),
             closing: std::sync::atomic::AtomicBool::new(false),
             exec: std::sync::atomic::AtomicBool::new(false),
+            append,
             bypass: false,
             backing: Mutex::new(None),
             dir: None,
@@ -940,12 +944,17 @@ impl LiveFs {
     }
 
     fn reopen(&self, n: &Arc<Inode>, flags: i32) -> FsResult<File> {
-        let fd = rustix::fs::openat(
-            rustix::fs::CWD,
-            n.proc_path().or_errno()?.as_str(),
-            backing_open_flags(flags) | OFlags::NONBLOCK,
-            Mode::empty(),
-        )
+        let path = n.proc_path().or_errno()?;
+        let open = |f: OFlags| rustix::fs::openat(rustix::fs::CWD, path.as_str(), f, Mode::empty());
+        let fd = match open(backing_open_flags(flags) | OFlags::NONBLOCK) {
+            // An append-only file (chattr +a) is opened for writing only
+            // with O_APPEND; the daemon's writes then land at its end
+            // (see `write`).
+            Err(rustix::io::Errno::PERM) if writable(flags) && flags & libc::O_APPEND != 0 => {
+                open(backing_open_flags(flags) | OFlags::APPEND | OFlags::NONBLOCK)
+            }
+            r => r,
+        }
         .or_errno()?;
         // Clear O_NONBLOCK (used only so a FIFO open cannot hang).
         let f = File::from(fd);
@@ -1104,6 +1113,13 @@ impl LiveFs {
                 self.chmod_node(&h.inode, mode)?;
             }
         }
+        // An O_APPEND descriptor (append-only files) writes at the end,
+        // whatever the offset: the change is recorded where it lands.
+        let offset = if h.append {
+            rustix::fs::fstat(&h.file).or_errno()?.st_size as u64
+        } else {
+            offset
+        };
         if !data.is_empty() {
             let last = self.block_of(offset + data.len() as u64 - 1);
             self.cow_change(&h.inode, self.block_of(offset), last)?;
@@ -1471,6 +1487,8 @@ impl LiveFs {
                 let _change = self.track.change();
                 rustix::fs::ioctl_setflags(&h.file, flags).or_errno()?;
                 self.track.meta(&h.inode.key);
+                // The change time moved: the kernel's attributes are stale.
+                self.invalidate(h.inode.nodeid);
                 Ok(Vec::new())
             }
             IoctlKind::FsGetXattr => {
@@ -1500,6 +1518,7 @@ impl LiveFs {
                     return Err(std::io::Error::last_os_error().to_errno());
                 }
                 self.track.meta(&h.inode.key);
+                self.invalidate(h.inode.nodeid);
                 Ok(Vec::new())
             }
         }
