@@ -623,3 +623,59 @@ fn a_busy_unmount_is_refused_naming_holders_and_lazy_detaches() {
     .into_owned();
     assert!(!rows.contains(r), "{rows}");
 }
+
+/// Issue 26, item 7: after a framework callback (or `rewindfs snapshot`)
+/// captured a closed checkpoint, the pending on-close trigger still took
+/// a snapshot with nothing in it. It is dropped; a checkpoint written
+/// after that still gets its on-close snapshot.
+#[test]
+fn an_on_close_trigger_already_captured_takes_no_empty_snapshot() {
+    let (_tmp, backing, mnt, repo) = mount_dirs();
+    let r = repo.to_str().unwrap();
+    let _m = DaemonMount::start(
+        &backing,
+        &mnt,
+        &[
+            "--repo",
+            r,
+            "--every",
+            "off",
+            "--full-every",
+            "off",
+            "--on-close",
+            "*.pt",
+            "--settle",
+            "300ms",
+        ],
+    );
+    let count = || names(&repo).len();
+    let wait_idle = || {
+        // Longer than the settle time and the flusher's polling.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+    };
+    wait_idle();
+    let before = count();
+    for step in 0..3 {
+        fs::write(
+            mnt.join(format!("step-{step}.pt")),
+            vec![step as u8; 100_000],
+        )
+        .unwrap();
+        // The job's callback snapshots right after the save.
+        ok(
+            &repo,
+            &["snapshot", "--label", &format!("callback step {step}")],
+        );
+        wait_idle();
+    }
+    assert_eq!(count(), before + 3, "{:?}", names(&repo));
+    // Without a callback, the close is what triggers one.
+    fs::write(mnt.join("step-9.pt"), vec![9u8; 100_000]).unwrap();
+    let t = std::time::Instant::now();
+    while count() < before + 4 {
+        assert!(t.elapsed().as_secs() < 30, "no on-close snapshot");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    wait_idle();
+    assert_eq!(count(), before + 4, "{:?}", names(&repo));
+}

@@ -339,6 +339,9 @@ struct Pending {
     labels: Vec<String>,
     keys: Vec<FileKey>,
     last_event: Instant,
+    /// A file was renamed into a matching name (the name is the change,
+    /// even when its content is in a snapshot already).
+    renamed: bool,
 }
 
 pub struct Schedule {
@@ -685,7 +688,9 @@ impl Schedule {
             labels: Vec::new(),
             keys: Vec::new(),
             last_event: now,
+            renamed: false,
         });
+        pending.renamed |= matches!(e, FsEvent::RenamedTo { .. });
         if !pending.labels.contains(&p) {
             pending.labels.push(p);
         }
@@ -696,10 +701,19 @@ impl Schedule {
     }
 
     /// The on-close snapshot may be taken if its files were quiet for the
-    /// settle time: returns its label, or postpones it.
+    /// settle time: returns its label, or postpones it. A trigger whose
+    /// changes are all in a snapshot already (a framework callback or
+    /// `rewindfs snapshot` took one after the close) is dropped: it would
+    /// take an empty snapshot.
     pub fn take_on_close(&mut self, journal: &Journal, now: Instant) -> Option<String> {
         let p = self.pending.as_mut()?;
         let dirty = journal.dirty();
+        let captured =
+            dirty.is_empty() || (!p.renamed && !p.keys.iter().any(|k| dirty.contains_key(k)));
+        if captured {
+            self.pending = None;
+            return None;
+        }
         let now_ns = self.clock.now_ns();
         let settle_ns = self.policy.settle.as_nanos() as i64;
         let last_write = p
@@ -724,7 +738,11 @@ impl Schedule {
             labels: Vec::new(),
             keys: Vec::new(),
             last_event: now,
+            renamed: false,
         });
+        // Its changes are still in the journal (the capture failed): it
+        // is not dropped as captured unless they are.
+        p.renamed = true;
         p.labels.insert(0, label);
     }
 
@@ -1029,6 +1047,45 @@ mod tests {
         assert_eq!(got.len(), 1, "{got:?}");
         assert!(got[0].0 >= ms(500) && got[0].0 <= ms(600), "{got:?}");
         assert_eq!(got[0].2.as_deref(), Some("ckpt/model-2.safetensors"));
+    }
+
+    #[test]
+    fn an_on_close_trigger_whose_changes_are_in_a_snapshot_is_dropped() {
+        let clock = FakeClock::new();
+        let p = Policy {
+            every: None,
+            full_every: None,
+            on_close: vec!["*.pt".into()],
+            settle: Duration::from_millis(500),
+            ..Policy::default()
+        };
+        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
+        s.load(&[record(Kind::Full, clock.now_ns())]);
+        let (_db, j) = journal();
+        let (a, other) = (FileKey { dev: 1, ino: 7 }, FileKey { dev: 1, ino: 8 });
+        let ms = Duration::from_millis;
+        let close = |s: &mut Schedule, key| {
+            s.event(
+                &FsEvent::ClosedAfterWrite {
+                    key,
+                    path: b"ckpt/step-1.pt".to_vec(),
+                },
+                clock.now(),
+            )
+        };
+        // Written and closed, then captured by a snapshot the job asked
+        // for (the journal's epoch taken): no on-close snapshot, even
+        // while something else is still unsnapshotted.
+        j.record_write(&a, 0, 4096);
+        close(&mut s, a);
+        j.take_epoch().unwrap();
+        j.record_write(&other, 0, 10);
+        assert!(run_for(&mut s, &clock, &j, Duration::from_secs(10), ms(100)).is_empty());
+        // Written again: the trigger fires.
+        j.record_write(&a, 0, 4096);
+        close(&mut s, a);
+        let got = run_for(&mut s, &clock, &j, Duration::from_secs(10), ms(100));
+        assert_eq!(got.len(), 1, "{got:?}");
     }
 
     #[test]
