@@ -163,7 +163,8 @@ fn capture(
     let threads = pool::threads_or_default(opts.threads);
     let bs = repo.config.block_size as u64;
     let repo_id = repo.dir().stat().ok().map(|st| (st.st_dev, st.st_ino));
-    let mut w = Walk::new(base.tree.as_ref(), kind, repo_id, bs, time_ns);
+    let margin = crate::snapshot::unchanged::racy_margin_ns(&root_fd);
+    let mut w = Walk::new(base.tree.as_ref(), kind, repo_id, bs, time_ns, margin);
     let pb = crate::util::progress::bytes("scan: read", None, true);
     let (walked, stored) = blocks::store(writer, threads, bs, &pb, |feed| w.walk(root_fd, feed));
     pb.finish_and_clear();
@@ -225,6 +226,8 @@ struct Walk<'b> {
     bs: u64,
     /// When the capture started (racily clean entries are near it).
     started_ns: i64,
+    /// The source filesystem's racy margin (snapshot::unchanged).
+    racy_margin_ns: i64,
     seen: HashSet<Vec<u8>>,
     entries: Vec<Entry>,
     jobs: Vec<PendingFile>,
@@ -243,6 +246,7 @@ impl<'b> Walk<'b> {
         repo_id: Option<(u64, u64)>,
         bs: u64,
         started_ns: i64,
+        racy_margin_ns: i64,
     ) -> Self {
         Walk {
             base,
@@ -250,6 +254,7 @@ impl<'b> Walk<'b> {
             repo_id,
             bs,
             started_ns,
+            racy_margin_ns,
             seen: HashSet::new(),
             entries: Vec::new(),
             jobs: Vec::new(),
@@ -394,7 +399,7 @@ impl<'b> Walk<'b> {
         let size = st.st_size as u64;
         let mut meta = meta_of(&st);
         meta.xattrs = sys::read_xattrs(&fd).ctx("read xattrs", display_path(&path))?;
-        meta.ctime_ns = recorded_ctime(meta.ctime_ns, self.started_ns);
+        meta.ctime_ns = recorded_ctime(meta.ctime_ns, self.started_ns, self.racy_margin_ns);
         let job = self.jobs.len();
         let nblocks = size.div_ceil(self.bs);
         let nunits = pool::units(nblocks).count();

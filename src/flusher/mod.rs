@@ -589,7 +589,7 @@ fn take(
             block_size: repo.config.block_size as u64,
             threads: ctx.threads,
             racy_after: (!unmounting)
-                .then(|| info.time_ns - crate::snapshot::unchanged::RACY_MARGIN_NS),
+                .then(|| info.time_ns - crate::snapshot::unchanged::racy_margin_ns(&root)),
         })?;
         status.lock().state = "committing".into();
         // The manifest is relative to the base of its kind (the latest
