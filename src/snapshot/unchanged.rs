@@ -34,7 +34,7 @@ pub const COARSE_MARGIN_NS: i64 = 2_000_000_000;
 pub fn racy_margin_ns<Fd: std::os::fd::AsFd>(fd: Fd) -> i64 {
     // statfs f_type of filesystems stamping nanoseconds from the kernel
     // clock: ext2/3/4, xfs, btrfs, tmpfs, f2fs, zfs, bcachefs, overlayfs.
-    const FINE: [i64; 8] = [
+    const FINE: [rustix::fs::FsWord; 8] = [
         0xEF53,
         0x5846_5342,
         0x9123_683E,
@@ -45,7 +45,7 @@ pub fn racy_margin_ns<Fd: std::os::fd::AsFd>(fd: Fd) -> i64 {
         0x794C_7630,
     ];
     match rustix::fs::fstatfs(fd) {
-        Ok(s) if FINE.contains(&(s.f_type as i64)) => FINE_MARGIN_NS,
+        Ok(s) if FINE.contains(&s.f_type) => FINE_MARGIN_NS,
         _ => COARSE_MARGIN_NS,
     }
 }
