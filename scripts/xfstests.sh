@@ -85,7 +85,14 @@ done
 
 run="$work/run-$fs"
 results=${results:-$work/results-$fs}
+helper=/sbin/mount.fuse.rewindfs
+saved_helper=""
 cleanup() {
+  # The helper installed for the run goes; one that was there comes back.
+  if [ "$fs" = rewindfs ] && [ -L "$helper" ] && [ "$(readlink "$helper")" = "$bin" ]; then
+    rm -f "$helper"
+    if [ -n "$saved_helper" ]; then mv -f "$saved_helper" "$helper"; fi
+  fi
   for m in "$run/test" "$run/scratch" "$run/data" "$run/repos"; do
     mountpoint -q "$m" 2>/dev/null && { umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; }
   done
@@ -120,7 +127,11 @@ loopfs() {
 case "$fs" in
   rewindfs)
     [ -x "$bin" ] || { echo "xfstests: $bin is missing (cargo build first)"; exit 1; }
-    ln -sf "$bin" /sbin/mount.fuse.rewindfs
+    if { [ -e "$helper" ] || [ -L "$helper" ]; } && [ "$(readlink "$helper" 2>/dev/null)" != "$bin" ]; then
+      saved_helper="$work/mount.fuse.rewindfs.saved"
+      mv -f "$helper" "$saved_helper"
+    fi
+    ln -sf "$bin" "$helper"
     # Data on one filesystem, the repositories on another (a test that
     # fills the data filesystem does not starve the snapshots).
     loopfs "$run/data" 12G
