@@ -142,6 +142,9 @@ pub struct DaemonStatus {
     /// Files (and directories) of the live mount open now.
     #[serde(default)]
     pub open_files: u64,
+    /// Snapshot manifests the daemon read since it started.
+    #[serde(default)]
+    pub manifests_read: u64,
     /// This daemon serves the live mount (not only snapshot mounts).
     #[serde(default)]
     pub live: bool,

@@ -277,6 +277,7 @@ impl Shared {
             mounts: self.extra.mountpoints(),
             live: true,
             detached: self.detached.load(std::sync::atomic::Ordering::Relaxed),
+            manifests_read: crate::repo::manifests_read(),
             open_files: {
                 let c = self.fs.open_modes();
                 c.fast + c.bypass + c.passthrough + c.daemon

@@ -185,19 +185,25 @@ struct Report {
 
 fn run(ctx: FlusherCtx, rx: Receiver<Cmd>, ev_rx: Receiver<FsEvent>, out: Report) {
     let status = &out.status;
+    // The latest tree the check resolved is the next snapshot's base: a
+    // session that takes one snapshot (at unmount) reads the chain of
+    // manifests once, at mount, not again at unmount.
+    let mut trees = Trees::default();
     let msg = match startup_check(&ctx) {
         Ok(None) => "done: no snapshot yet".to_string(),
-        Ok(Some(r)) => format!(
+        Ok(Some((r, latest))) => {
+            trees.latest = Some(latest);
+            format!(
             "done: {} entries checked, {} files and {} directories changed since the latest snapshot",
             r.entries_checked, r.files_marked, r.dirs_marked
-        ),
+        )
+        }
         Err(e) => {
             tracing::error!("mount-time check: {e}");
             format!("failed: {e}")
         }
     };
     *ctx.startup.lock() = msg;
-    let mut trees = Trees::default();
     let mut sched = policy::Schedule::new(&ctx.policy);
     if let Ok(all) = ctx.repo.snapshots() {
         sched.load(&all);
@@ -376,7 +382,11 @@ fn nudge_quiet(
 
 /// Compare the backing directory with the latest snapshot and mark what
 /// differs in the journal (see `track::reconcile`).
-fn startup_check(ctx: &FlusherCtx) -> Result<Option<crate::track::reconcile::ReconcileReport>> {
+/// The mount-time check against the latest snapshot: its report, and the
+/// latest snapshot's id and tree.
+fn startup_check(
+    ctx: &FlusherCtx,
+) -> Result<Option<(crate::track::reconcile::ReconcileReport, (u64, Tree))>> {
     let all = ctx.repo.snapshots()?;
     let Some(latest) = all.iter().max_by_key(|r| r.id) else {
         return Ok(None);
@@ -389,7 +399,8 @@ fn startup_check(ctx: &FlusherCtx) -> Result<Option<crate::track::reconcile::Rec
         rustix::fs::Mode::empty(),
     )
     .map_err(|e| Error::io("open", &ctx.backing, e.into()))?;
-    Ok(Some(ctx.track.reconcile(root, &tree, ctx.hidden)?))
+    let report = ctx.track.reconcile(root, &tree, ctx.hidden)?;
+    Ok(Some((report, (latest.id, tree))))
 }
 
 /// About how many bytes changed since the latest snapshot: the journal's

@@ -150,6 +150,14 @@ struct Parts {
 /// Lists chunks a reader still needs (see [`Repository::add_pins`]).
 pub type PinSource = Arc<dyn Fn() -> Vec<ChunkId> + Send + Sync>;
 
+/// Manifests this process read (`status` shows it: what a capture or an
+/// unmount reads must not grow with the history).
+static MANIFESTS_READ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub fn manifests_read() -> u64 {
+    MANIFESTS_READ.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Told that the snapshot list changed (see [`Repository::watch_records`]).
 pub type RecordsWatcher = Arc<dyn Fn() + Send + Sync>;
 
@@ -792,6 +800,7 @@ impl Repository {
     /// parts when the record was read; memory grows with the bytes
     /// actually read, never with what a record claims.
     pub fn load_manifest(&self, rec: &SnapshotRecord) -> Result<Manifest> {
+        MANIFESTS_READ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ids = rec.manifest_ids()?;
         let cap = rec.manifest_len.min(64 << 20) as usize;
         let mut bytes = Vec::with_capacity(cap);
