@@ -154,11 +154,13 @@ EOF
     ;;
   bindfs)
     command -v bindfs >/dev/null || { echo "xfstests: bindfs is not installed (apt-get install bindfs)"; exit 1; }
-    # bindfs takes no source= option: a small helper passes it on.
+    # bindfs shows its source directory as the mount's source: that
+    # directory is the device, and umount(8) is told not to take it for a
+    # mountpoint (-c).
     cat >/sbin/mount.fuse.bindfsxt <<'EOF'
 #!/bin/sh
-# mount.fuse.bindfsxt DEV MNT -o source=DIR,opts: bindfs DIR MNT -o opts
-dev=$1; mnt=$2; shift 2; opts=""; src=""
+# mount.fuse.bindfsxt DIR MNT -o opts: bindfs DIR MNT -o opts
+src=$1; mnt=$2; shift 2; opts=""
 while [ $# -gt 0 ]; do
   case "$1" in
     -o) opts=$2; shift 2 ;;
@@ -166,25 +168,25 @@ while [ $# -gt 0 ]; do
     *) shift ;;
   esac
 done
-keep=""
-for o in $(echo "$opts" | tr ',' ' '); do
-  case "$o" in source=*) src=${o#source=} ;; rw|defaults) ;; *) keep="$keep,$o" ;; esac
-done
-exec bindfs "$src" "$mnt" -o "fsname=$dev${keep}"
+keep=$(echo "$opts" | tr ',' '\n' | grep -v -e '^rw$' -e '^defaults$' | paste -sd, -)
+exec bindfs "$src" "$mnt" ${keep:+-o "$keep"}
 EOF
     chmod +x /sbin/mount.fuse.bindfsxt
+    printf '#!/bin/sh\nexec umount -c "$@"\n' >"$work/umount-c"
+    chmod +x "$work/umount-c"
     loopfs "$run/data" 12G
     mkdir -p "$run/data/test" "$run/data/scratch"
     chmod 0755 "$run/data/test" "$run/data/scratch"
     cat >"$suite/local.config" <<EOF
 export FSTYP=fuse
 export FUSE_SUBTYP=.bindfsxt
-export TEST_DEV=bindfs:$run/test
+export TEST_DEV=$run/data/test
 export TEST_DIR=$run/test
-export SCRATCH_DEV=bindfs:$run/scratch
+export SCRATCH_DEV=$run/data/scratch
 export SCRATCH_MNT=$run/scratch
-export TEST_FS_MOUNT_OPTS="-osource=$run/data/test,allow_other,default_permissions"
-export MOUNT_OPTIONS="-osource=$run/data/scratch,allow_other,default_permissions"
+export TEST_FS_MOUNT_OPTS="-oallow_other,default_permissions"
+export MOUNT_OPTIONS="-oallow_other,default_permissions"
+export UMOUNT_PROG=$work/umount-c
 EOF
     ;;
   ext4)
