@@ -48,6 +48,10 @@ def _mounts() -> List[Mount]:
             except ValueError:
                 continue
             fstype, source = fields[sep + 1], _unescape(fields[sep + 2])
+            # The source is "rewindfs:" and the repository's path (the bare
+            # path for daemons started before 2026-12-04).
+            if source.startswith("rewindfs:"):
+                source = source[len("rewindfs:"):]
             if fstype not in ("fuse", "fuse.rewindfs") or not source.startswith("/"):
                 continue
             out.append(Mount(_unescape(fields[4]), source))
