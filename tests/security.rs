@@ -449,6 +449,113 @@ fn setuid_and_devices_grant_nothing() {
     assert!(ls.contains("-rwsr-xr-x"), "{ls}");
 }
 
+// ---- round 3 (issue 27): setuid and setgid bits against non-owners ----
+
+/// A user who may write a group-writable setuid program (or setgid file)
+/// opened it for reading (a passthrough read) and then rewrote it: the
+/// writer joined passthrough, its writes reached the backing file with
+/// the daemon's credentials, and the bits stayed (the user then ran a
+/// shell as the owner). ext4 drops them on such a write; so must the
+/// mount, whatever other opens of the file do, also when the bits came
+/// while the readers were open.
+fn setuid_bits_go_on_a_non_owners_write_beside_passthrough_readers() {
+    let w = world();
+    let t = scratch();
+    let backing = mkdir(&t.path().join("data"), 0o755);
+    let mnt = mkdir(&t.path().join("mnt"), 0o755);
+    let repo = t.path().join("r");
+    for (name, mode) in [("prog", 0o4775), ("sgid", 0o2775), ("late", 0o775)] {
+        let p = backing.join(name);
+        std::fs::write(&p, "#!/bin/sh\necho original\n").unwrap();
+        std::os::unix::fs::chown(&p, Some(0), Some(w.gid)).unwrap();
+        chmod(&p, mode);
+    }
+    let m = mount(&backing, &mnt, &repo, &["--allow-other"]);
+    let flags = t.path().join("flags");
+    mkdir(&flags, 0o777);
+    // As the user: a reader holds the file, then a writer rewrites it in
+    // place (no truncation). For `late`, root makes it setuid between
+    // the two (after the reader opened it).
+    let script = format!(
+        r#"
+attack() {{
+  exec 3< "{mnt}/$1"
+  cat <&3 >/dev/null
+  if [ "$2" = wait ]; then
+    : > "{flags}/ready"
+    while [ ! -e "{flags}/go" ]; do sleep 0.02; done
+  fi
+  printf '#!/bin/sh\necho pwned\n' | dd of="{mnt}/$1" conv=notrunc status=none || exit 1
+  exec 3<&-
+}}
+attack prog && attack sgid && attack late wait
+"#,
+        mnt = mnt.display(),
+        flags = flags.display()
+    );
+    let mut child = as_user("sh").arg("-c").arg(&script).spawn().unwrap();
+    let t0 = Instant::now();
+    while !flags.join("ready").exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the user's reader did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    chmod(&mnt.join("late"), 0o4775);
+    std::fs::write(flags.join("go"), "").unwrap();
+    assert!(child.wait().unwrap().success(), "the user's writes failed");
+    for name in ["prog", "sgid", "late"] {
+        let p = backing.join(name);
+        let mode = std::fs::metadata(&p).unwrap().mode();
+        assert!(
+            std::fs::read_to_string(&p).unwrap().contains("pwned"),
+            "{name} was not rewritten"
+        );
+        assert_eq!(
+            mode & 0o6000,
+            0,
+            "{name}: a non-owner's write kept the bits (mode {mode:o})"
+        );
+    }
+    m.umount();
+}
+
+/// generic/375, the class of CVE-2016-7097: a file's owner who is not in
+/// its group sets an ACL; the setgid bit must go (chmod drops it, and so
+/// does the kernel for setfacl). The daemon applied the ACL as root,
+/// which kept it.
+fn setgid_goes_when_an_owner_outside_the_group_sets_an_acl() {
+    let w = world();
+    let t = scratch();
+    let backing = mkdir(&t.path().join("data"), 0o755);
+    let mnt = mkdir(&t.path().join("mnt"), 0o755);
+    let repo = t.path().join("r");
+    let f = backing.join("f");
+    std::fs::write(&f, "x").unwrap();
+    // The user's file, in root's group (the user is not in it).
+    std::os::unix::fs::chown(&f, Some(w.uid), Some(0)).unwrap();
+    chmod(&f, 0o2775);
+    // The oracle: the same on the backing filesystem itself.
+    let native = backing.join("native");
+    std::fs::write(&native, "x").unwrap();
+    std::os::unix::fs::chown(&native, Some(w.uid), Some(0)).unwrap();
+    chmod(&native, 0o2775);
+    let o = user_sh(&format!("setfacl -m u:0:rwx {}", native.display()));
+    assert!(o.status.success(), "{}", text(&o));
+    let want = std::fs::metadata(&native).unwrap().mode() & 0o7777;
+    assert_eq!(want & 0o2000, 0, "ext4 itself dropped setgid");
+    let m = mount(&backing, &mnt, &repo, &["--allow-other"]);
+    let o = user_sh(&format!("setfacl -m u:0:rwx {}", mnt.join("f").display()));
+    assert!(o.status.success(), "{}", text(&o));
+    let got = std::fs::metadata(&f).unwrap().mode() & 0o7777;
+    assert_eq!(
+        got, want,
+        "mode after setfacl through the mount {got:o}, ext4 gives {want:o}"
+    );
+    m.umount();
+}
+
 // ---- 3. restore through planted symlinks ------------------------------
 
 /// Attacker role: watch DIR and swap every new entry for a symlink to
@@ -1427,6 +1534,14 @@ const TESTS: &[Test] = &[
     (
         "long_repository_paths_mount_and_failed_starts_leave_no_marker",
         long_repository_paths_mount_and_failed_starts_leave_no_marker,
+    ),
+    (
+        "setuid_bits_go_on_a_non_owners_write_beside_passthrough_readers",
+        setuid_bits_go_on_a_non_owners_write_beside_passthrough_readers,
+    ),
+    (
+        "setgid_goes_when_an_owner_outside_the_group_sets_an_acl",
+        setgid_goes_when_an_owner_outside_the_group_sets_an_acl,
     ),
 ];
 

@@ -150,18 +150,40 @@ pub fn has_fsetid(pid: u32) -> bool {
         .is_some_and(|caps| caps & (1 << CAP_FSETID) != 0)
 }
 
-/// The mode a regular file must get when it is written or truncated by
-/// a caller, as the kernel's VFS decides (`setattr_should_drop_suidgid`):
-/// setuid goes, setgid goes when the group may execute, unless the caller
-/// has `CAP_FSETID`. `None`: nothing to drop. The daemon acts as root
-/// (which keeps the bits), so with `FUSE_HANDLE_KILLPRIV_V2` it applies
-/// this itself.
-pub fn mode_without_privs(mode: u32, caller_pid: u32) -> Option<u32> {
+/// Whether process `pid` is in group `gid` (its filesystem gid or a
+/// supplementary group, from `/proc/PID/status`). A process that cannot
+/// be read is taken as not in it.
+pub fn in_group(pid: u32, gid: u32) -> bool {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let ids = |key: &str| -> Vec<u32> {
+        s.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| {
+                v.split_whitespace()
+                    .filter_map(|w| w.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Gid: real, effective, saved, filesystem.
+    ids("Gid:").get(3) == Some(&gid) || ids("Groups:").contains(&gid)
+}
+
+/// The mode a regular file must get when it is written, truncated or
+/// allocated by a caller, as the kernel's VFS decides
+/// (`setattr_should_drop_suidgid`): setuid goes; setgid goes when the
+/// group may execute, or when the caller is not in the file's group;
+/// nothing goes when the caller has `CAP_FSETID`. `None`: nothing to
+/// drop. The daemon acts as root (which keeps the bits), so with
+/// `FUSE_HANDLE_KILLPRIV_V2` it applies this itself.
+pub fn mode_without_privs(mode: u32, file_gid: u32, caller_pid: u32) -> Option<u32> {
     let mut drop = 0;
     if mode & libc::S_ISUID != 0 {
         drop |= libc::S_ISUID;
     }
-    if mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+    if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !in_group(caller_pid, file_gid)) {
         drop |= libc::S_ISGID;
     }
     if drop == 0 || has_fsetid(caller_pid) {
@@ -179,15 +201,19 @@ mod tests {
         // This test runs as some process; a pid that cannot exist has no
         // capabilities.
         let gone = u32::MAX - 1;
-        assert_eq!(mode_without_privs(0o4755, gone), Some(0o755));
-        assert_eq!(mode_without_privs(0o2755, gone), Some(0o755));
-        // setgid without group execute is mandatory locking: kept.
-        assert_eq!(mode_without_privs(0o2745, gone), None);
-        assert_eq!(mode_without_privs(0o6755, gone), Some(0o755));
-        assert_eq!(mode_without_privs(0o0755, gone), None);
+        assert_eq!(mode_without_privs(0o4755, 0, gone), Some(0o755));
+        assert_eq!(mode_without_privs(0o2755, 0, gone), Some(0o755));
+        // setgid without group execute goes for a caller outside the
+        // file's group (as the kernel does since 6.x: generic/683)...
+        assert_eq!(mode_without_privs(0o2745, 0, gone), Some(0o745));
+        // ...and stays for one in it.
         let me = std::process::id();
+        let my_gid = rustix::process::getegid().as_raw();
+        assert_eq!(mode_without_privs(0o2745, my_gid, me), None);
+        assert_eq!(mode_without_privs(0o6755, 0, gone), Some(0o755));
+        assert_eq!(mode_without_privs(0o0755, 0, gone), None);
         let expect = if has_fsetid(me) { None } else { Some(0o755) };
-        assert_eq!(mode_without_privs(0o4755, me), expect);
+        assert_eq!(mode_without_privs(0o4755, 0, me), expect);
     }
 
     #[test]

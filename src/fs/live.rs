@@ -446,7 +446,7 @@ impl LiveFs {
             return Ok(());
         }
         let st = self.stat_node(n)?;
-        if let Some(mode) = super::creds::mode_without_privs(st.st_mode, pid) {
+        if let Some(mode) = super::creds::mode_without_privs(st.st_mode, st.st_gid, pid) {
             self.chmod_node(n, mode)?;
         }
         Ok(())
@@ -848,14 +848,27 @@ impl LiveFs {
     /// kernel failed the second open with EIO). The counts here are never
     /// below the kernel's: an open counts before the kernel accepts it,
     /// and a RELEASE arrives after the kernel dropped the open.
+    ///
+    /// Files with setuid or setgid bits are never read by passthrough, so
+    /// that a writer never joins passthrough opens of one: writes through
+    /// passthrough run with the daemon's credentials, which keep the bits
+    /// (the kernel drops them only for writes through the daemon). A
+    /// writer joining passthrough opens of a file that got its bits while
+    /// they were open drops them at open, as its first write would.
     fn open_mode(
         &self,
         n: &Arc<Inode>,
         file: &File,
         write: bool,
         fast: bool,
+        pid: u32,
         backer: Backer<'_>,
-    ) -> Mode2 {
+    ) -> FsResult<Mode2> {
+        let privileged = || {
+            rustix::fs::fstat(file)
+                .map(|st| st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0)
+                .unwrap_or(true)
+        };
         let mut m = n.opens.lock();
         let existing = if m.passthrough > 0 {
             m.backing.as_ref().and_then(|w| w.upgrade())
@@ -866,8 +879,16 @@ impl LiveFs {
             // The kernel requires passthrough for every open of a file
             // that has passthrough opens (direct I/O included). A writer
             // then bypasses the daemon: see `serve`.
+            if write && !fast && self.killpriv.load(Ordering::Relaxed) {
+                let st = rustix::fs::fstat(file).or_errno()?;
+                if let Some(mode) = super::creds::mode_without_privs(st.st_mode, st.st_gid, pid) {
+                    rustix::fs::fchmod(file, Mode::from_raw_mode(mode)).or_errno()?;
+                    self.track.meta(&n.key);
+                    self.invalidate(n.nodeid);
+                }
+            }
             m.passthrough += 1;
-            return Mode2::Passthrough(b);
+            return Ok(Mode2::Passthrough(b));
         }
         // The checkpoint fast path: writes go to the backing file.
         // Otherwise passthrough for reads, except of a file written in the
@@ -880,14 +901,15 @@ impl LiveFs {
                 || (!write
                     && self.passthrough_enabled()
                     && n.kind == libc::S_IFREG
-                    && !self.track.changed_within(&n.key, BUSY_WINDOW)));
+                    && !self.track.changed_within(&n.key, BUSY_WINDOW)
+                    && !privileged()));
         if wanted {
             match backer(file) {
                 Ok(id) => {
                     let id = Arc::new(id);
                     m.backing = Some(Arc::downgrade(&id));
                     m.passthrough += 1;
-                    return Mode2::Passthrough(id);
+                    return Ok(Mode2::Passthrough(id));
                 }
                 Err(e) => {
                     tracing::info!(
@@ -898,9 +920,9 @@ impl LiveFs {
             }
         }
         m.cached += 1;
-        Mode2::Cached {
+        Ok(Mode2::Cached {
             keep_cache: !std::mem::take(&mut m.stale_cache),
-        }
+        })
     }
 
     /// Count a handle and answer how its open is served. The caller holds
@@ -911,9 +933,10 @@ impl LiveFs {
         file: File,
         write: bool,
         fast: bool,
+        pid: u32,
         backer: Backer<'_>,
-    ) -> OpenReply {
-        let mode = self.open_mode(n, &file, write, fast, backer);
+    ) -> FsResult<OpenReply> {
+        let mode = self.open_mode(n, &file, write, fast, pid, backer)?;
         let mut h = OpenFile::new(n.clone(), file, write);
         match &mode {
             Mode2::Passthrough(b) => {
@@ -937,10 +960,10 @@ impl LiveFs {
             Mode2::Cached { .. } => {}
         }
         let fh = self.add_handle(h);
-        match mode {
+        Ok(match mode {
             Mode2::Passthrough(backing) => OpenReply::Passthrough { fh, backing },
             Mode2::Cached { keep_cache } => OpenReply::Plain { fh, keep_cache },
-        }
+        })
     }
 
     fn reopen(&self, n: &Arc<Inode>, flags: i32) -> FsResult<File> {
@@ -1017,7 +1040,7 @@ impl LiveFs {
             }
             self.kill_privs(&n, pid)?;
         }
-        let reply = self.serve(&n, file, write, fast, backer);
+        let reply = self.serve(&n, file, write, fast, pid, backer)?;
         if flags & FMODE_EXEC_FLAG != 0 {
             n.opens.lock().exec += 1;
             if let Ok(h) = self.handle(reply.fh()) {
@@ -1081,7 +1104,7 @@ impl LiveFs {
                     [&dir[..], b"/", name].concat()
                 })
             });
-        let reply = self.serve(&n, file, write, fast, backer);
+        let reply = self.serve(&n, file, write, fast, c.pid, backer)?;
         Ok((e, reply))
     }
 
@@ -1104,12 +1127,22 @@ impl LiveFs {
     /// Write through the daemon. `kill_privs`: the kernel asks the daemon
     /// to drop setuid/setgid first (`FUSE_WRITE_KILL_SUIDGID`: the writer
     /// lacks `CAP_FSETID`).
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8], kill_privs: bool) -> FsResult<u32> {
+    pub fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        kill_privs: bool,
+        pid: u32,
+    ) -> FsResult<u32> {
         let h = self.handle(fh)?;
         let _change = self.track.change();
         if kill_privs && self.killpriv.load(Ordering::Relaxed) {
+            // The kernel asks when the writer lacks CAP_FSETID; whether
+            // a setgid without group execute goes depends on the writer's
+            // groups.
             let st = rustix::fs::fstat(&h.file).or_errno()?;
-            if let Some(mode) = super::creds::mode_without_privs(st.st_mode, u32::MAX) {
+            if let Some(mode) = super::creds::mode_without_privs(st.st_mode, st.st_gid, pid) {
                 self.chmod_node(&h.inode, mode)?;
             }
         }
@@ -1413,12 +1446,36 @@ impl LiveFs {
         Ok((n, p))
     }
 
-    pub fn setxattr(&self, nodeid: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
+    /// Set an xattr. An access ACL set by a caller who is neither in the
+    /// file's group nor holds CAP_FSETID clears the setgid bit, as the
+    /// kernel's `posix_acl_update_mode` does for such a caller (the daemon
+    /// applies the ACL as root, which would keep it: generic/375, the
+    /// class of CVE-2016-7097). The kernel's own way of telling us
+    /// (FUSE_SETXATTR_ACL_KILL_SGID) needs FUSE_SETXATTR_EXT, which fuser
+    /// 0.18 does not decode.
+    pub fn setxattr(
+        &self,
+        nodeid: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        pid: u32,
+    ) -> FsResult<()> {
         let (n, p) = self.xattr_target(nodeid, Some(name))?;
         let _change = self.track.change();
         let f = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
         rustix::fs::setxattr(p.as_str(), name, value, f).or_errno()?;
+        if name.as_bytes() == b"system.posix_acl_access" && !value.is_empty() {
+            let st = self.stat_node(&n)?;
+            if st.st_mode & libc::S_ISGID != 0
+                && !super::creds::in_group(pid, st.st_gid)
+                && !super::creds::has_fsetid(pid)
+            {
+                self.chmod_node(&n, st.st_mode & 0o7777 & !libc::S_ISGID)?;
+            }
+        }
         self.track.meta(&n.key);
+        self.invalidate(n.nodeid);
         Ok(())
     }
 

@@ -402,7 +402,7 @@ impl Filesystem for LiveAdapter {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -416,7 +416,7 @@ impl Filesystem for LiveAdapter {
         match self
             .router
             .live_handle(fh.0)
-            .and_then(|fs| fs.write(fh.0, offset, data, kill))
+            .and_then(|fs| fs.write(fh.0, offset, data, kill, req.pid()))
         {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
@@ -550,7 +550,7 @@ impl Filesystem for LiveAdapter {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -561,7 +561,7 @@ impl Filesystem for LiveAdapter {
         let r = self
             .router
             .live(ino.0)
-            .and_then(|fs| fs.setxattr(ino.0, name, value, flags));
+            .and_then(|fs| fs.setxattr(ino.0, name, value, flags, req.pid()));
         reply_empty(r, reply)
     }
 
