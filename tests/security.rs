@@ -556,6 +556,29 @@ fn setgid_goes_when_an_owner_outside_the_group_sets_an_acl() {
     m.umount();
 }
 
+/// `rewindfs status` (no arguments) printed paths from the mount table
+/// raw: a FUSE mount whose path holds a newline and an escape sequence
+/// forged lines and colours in root's terminal. Every cell is escaped.
+fn status_escapes_paths_from_the_mount_table() {
+    let t = scratch();
+    let backing = mkdir(&t.path().join("data"), 0o755);
+    let hostile = t.path().join("m\nFORGED ROW\x1b[31mred");
+    let mnt = mkdir(&hostile, 0o755);
+    let repo = t.path().join("r");
+    let m = mount(&backing, &mnt, &repo, &[]);
+    let out = cli_ok(&[&"status"]);
+    assert!(
+        !out.contains('\x1b'),
+        "a raw escape code in status: {out:?}"
+    );
+    assert!(
+        !out.lines().any(|l| l.starts_with("FORGED ROW")),
+        "a forged line in status: {out}"
+    );
+    assert!(out.contains("m\\nFORGED ROW\\x1b[31mred"), "{out}");
+    m.umount();
+}
+
 // ---- 3. restore through planted symlinks ------------------------------
 
 /// Attacker role: watch DIR and swap every new entry for a symlink to
@@ -1542,6 +1565,10 @@ const TESTS: &[Test] = &[
     (
         "setgid_goes_when_an_owner_outside_the_group_sets_an_acl",
         setgid_goes_when_an_owner_outside_the_group_sets_an_acl,
+    ),
+    (
+        "status_escapes_paths_from_the_mount_table",
+        status_escapes_paths_from_the_mount_table,
     ),
 ];
 

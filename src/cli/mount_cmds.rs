@@ -662,6 +662,9 @@ fn list_mounts(json: bool) -> Result<i32> {
         return Ok(0);
     }
     let dash = || "-".to_string();
+    // Paths and errors come from the mount table, where any user's FUSE
+    // mount can put control characters and newlines: every cell is
+    // escaped (JSON output escapes them itself).
     let table: Vec<[String; 8]> = rows
         .iter()
         .map(|r| {
@@ -678,6 +681,7 @@ fn list_mounts(json: bool) -> Result<i32> {
                 r.dirty_bytes.map(human_bytes).unwrap_or_else(dash),
                 r.error.clone().unwrap_or_else(|| "ok".into()),
             ]
+            .map(|c| rewindfs::util::display::escape(c.as_bytes()))
         })
         .collect();
     let head = [
