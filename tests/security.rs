@@ -579,6 +579,60 @@ fn status_escapes_paths_from_the_mount_table() {
     m.umount();
 }
 
+/// The metrics listener: one client sending a byte every few seconds held
+/// the single listener thread (the limit was per read), so a scrape
+/// waited; and an obs-fold continuation line was taken as part of the
+/// Host header. A head has one deadline, connections are answered beside
+/// each other, and obs-fold is refused.
+fn slow_clients_do_not_hold_the_metrics_listener_and_obs_fold_is_refused() {
+    let t = scratch();
+    let backing = mkdir(&t.path().join("data"), 0o755);
+    let mnt = mkdir(&t.path().join("mnt"), 0o755);
+    let repo = t.path().join("r");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let m = mount(&backing, &mnt, &repo, &["--metrics-listen", &addr]);
+    // Two slow clients, trickling a byte a second.
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.write_all(b"G").unwrap();
+        slow.push(c);
+    }
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..8 {
+            std::thread::sleep(Duration::from_secs(1));
+            for c in slow.iter_mut() {
+                let _ = c.write_all(b"E");
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let get = |req: &str| -> (String, Duration) {
+        let t0 = Instant::now();
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        (out, t0.elapsed())
+    };
+    let (out, took) = get("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    assert!(out.starts_with("HTTP/1.0 200"), "{out}");
+    assert!(
+        took < Duration::from_secs(2),
+        "a scrape waited {took:?} behind slow clients"
+    );
+    let (out, _) =
+        get("GET /api/status HTTP/1.1\r\nX-A: b\r\n Host: 127.0.0.1\r\nHost: evil.example\r\n\r\n");
+    assert!(out.starts_with("HTTP/1.0 400"), "obs-fold accepted: {out}");
+    let _ = trickle.join();
+    m.umount();
+}
+
 // ---- 3. restore through planted symlinks ------------------------------
 
 /// Attacker role: watch DIR and swap every new entry for a symlink to
@@ -1569,6 +1623,10 @@ const TESTS: &[Test] = &[
     (
         "status_escapes_paths_from_the_mount_table",
         status_escapes_paths_from_the_mount_table,
+    ),
+    (
+        "slow_clients_do_not_hold_the_metrics_listener_and_obs_fold_is_refused",
+        slow_clients_do_not_hold_the_metrics_listener_and_obs_fold_is_refused,
     ),
 ];
 

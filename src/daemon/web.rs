@@ -36,6 +36,10 @@ const PAGE: &str = include_str!("status_page.html");
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest request head read.
 const MAX_HEAD: usize = 8 << 10;
+/// The whole request head must arrive within this.
+const HEAD_DEADLINE: Duration = Duration::from_secs(5);
+/// Connections answered at once.
+const MAX_CONNECTIONS: usize = 8;
 
 /// One snapshot as the page shows it.
 #[derive(Serialize)]
@@ -77,12 +81,32 @@ pub fn serve(
     let bound = listener
         .local_addr()
         .map_err(|e| Error::io("metrics listener address", "", e))?;
+    // Each connection is answered on a thread of its own, at most
+    // MAX_CONNECTIONS at once: a slow client holds one slot for at most
+    // HEAD_DEADLINE (plus the writes' timeout), never the listener.
+    let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("metrics-http".into())
         .spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                answer(conn, bound, &metrics, &repo, &*status);
+                if busy.fetch_add(1, std::sync::atomic::Ordering::AcqRel) >= MAX_CONNECTIONS {
+                    busy.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                    // Full: closed at once (a scraper retries).
+                    drop(conn);
+                    continue;
+                }
+                let (metrics, repo, status, busy) =
+                    (metrics.clone(), repo.clone(), status.clone(), busy.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("metrics-conn".into())
+                    .spawn(move || {
+                        answer(conn, bound, &metrics, &repo, &*status);
+                        busy.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                    });
+                if spawned.is_err() {
+                    tracing::warn!("cannot start a thread for a metrics connection");
+                }
             }
         })
         .map_err(|e| Error::io("start thread", "metrics-http", e))?;
@@ -98,6 +122,17 @@ struct Head {
 }
 
 fn parse_head(head: &str) -> Option<Head> {
+    // An obs-fold continuation line (RFC 9112 5.2: a header line that
+    // starts with a space or a tab) could smuggle a Host past the check:
+    // the request is refused.
+    let body_start = head.find("\r\n\r\n").unwrap_or(head.len());
+    if head[..body_start]
+        .split("\r\n")
+        .skip(1)
+        .any(|l| l.starts_with(' ') || l.starts_with('\t'))
+    {
+        return None;
+    }
     let mut lines = head.split("\r\n");
     let mut first = lines.next()?.split(' ');
     let method = first.next()?.to_string();
@@ -124,14 +159,24 @@ fn host_ok(host: Option<&str>, bound: SocketAddr) -> bool {
             .is_ok_and(|ip| ip.is_loopback() || ip == bound.ip())
 }
 
-/// Read the request head (bounded in size and time).
+/// Read the request head, bounded in size and in time as a whole (a
+/// client sending a byte now and then gets HEAD_DEADLINE in all, not
+/// IO_TIMEOUT per byte).
 fn read_head(conn: &mut TcpStream) -> Option<String> {
+    read_head_within(conn, HEAD_DEADLINE)
+}
+
+fn read_head_within(conn: &mut TcpStream, deadline: Duration) -> Option<String> {
+    let until = std::time::Instant::now() + deadline;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
         if buf.len() >= MAX_HEAD {
             return None;
         }
+        let left = until.checked_duration_since(std::time::Instant::now())?;
+        conn.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .ok()?;
         let n = conn.read(&mut chunk).ok()?;
         if n == 0 {
             break;
@@ -251,6 +296,35 @@ mod tests {
     }
 
     #[test]
+    fn obs_fold_is_refused() {
+        assert!(parse_head("GET / HTTP/1.1\r\nX: a\r\n Host: evil\r\n\r\n").is_none());
+        assert!(parse_head("GET / HTTP/1.1\r\nHost: a\r\n\tmore\r\n\r\n").is_none());
+        assert!(parse_head("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").is_some());
+    }
+
+    #[test]
+    fn a_client_trickling_bytes_gets_one_deadline_for_its_head() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut slow = TcpStream::connect(addr).unwrap();
+        let (mut conn, _) = l.accept().unwrap();
+        let t = std::thread::spawn(move || {
+            // A byte every 100 ms, for 3 s.
+            for _ in 0..30 {
+                if slow.write_all(b"G").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let t0 = std::time::Instant::now();
+        assert!(read_head_within(&mut conn, Duration::from_millis(500)).is_none());
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        drop(conn);
+        let _ = t.join();
+    }
+
+    #[test]
     fn a_silent_client_costs_at_most_the_timeout() {
         // A head that never ends is cut at MAX_HEAD; one that never comes
         // at IO_TIMEOUT (checked here with a short timeout).
@@ -258,9 +332,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let _idle = TcpStream::connect(addr).unwrap();
         let (mut conn, _) = l.accept().unwrap();
-        conn.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        assert!(read_head(&mut conn).is_none());
+        assert!(read_head_within(&mut conn, Duration::from_millis(200)).is_none());
         let mut big = TcpStream::connect(addr).unwrap();
         let (mut conn, _) = l.accept().unwrap();
         conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
