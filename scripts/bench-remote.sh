@@ -62,6 +62,7 @@ export RESTIC_PASSWORD=bench RESTIC_CACHE_DIR=$WORK/restic-cache
 rr=(restic -r "s3:$ep/restic-b/repo" -o s3.bucket-lookup=path)
 key=$WORK/keyfile
 head -c 32 /dev/urandom > "$key"
+chmod 600 "$key"
 
 rm -rf "$WORK"/repo-* "$WORK"/out-* "$RESTIC_CACHE_DIR"
 "$rw" init --repo "$WORK/repo-plain" >/dev/null

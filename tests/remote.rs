@@ -526,6 +526,8 @@ fn an_encrypted_repository_leaves_no_plaintext_and_a_flipped_byte_is_an_authenti
     let r = repo.to_str().unwrap();
     let key = tmp.path().join("key");
     fs::write(&key, bytes(99, 32)).unwrap();
+    // Key files others can read are refused.
+    fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let k = key.to_str().unwrap();
     let with_key = |args: &[&str]| -> String {
         let o = s3.cmd(args).env("REWINDFS_KEY_FILE", k).output().unwrap();
@@ -594,6 +596,7 @@ fn an_encrypted_repository_leaves_no_plaintext_and_a_flipped_byte_is_an_authenti
     );
     let wrong = tmp.path().join("wrong");
     fs::write(&wrong, bytes(100, 32)).unwrap();
+    fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let o = s3
         .cmd(&["snapshots", "--repo", r])
         .env("REWINDFS_KEY_FILE", &wrong)

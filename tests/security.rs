@@ -633,6 +633,60 @@ fn slow_clients_do_not_hold_the_metrics_listener_and_obs_fold_is_refused() {
     m.umount();
 }
 
+/// REWINDFS_KEY_FILE=/dev/zero read gigabytes; a key file other users can
+/// read was used without a word. A key or password file must be a small
+/// regular file that only its owner (and group) can read.
+fn key_files_are_bounded_regular_and_private() {
+    let t = scratch();
+    let try_init = |key: &Path, var: &str| -> (Output, Duration) {
+        let repo = t.path().join(format!("r{}", rand_suffix()));
+        let t0 = Instant::now();
+        let o = Command::new(rw())
+            .args(["init", "--encrypt", "--repo"])
+            .arg(&repo)
+            .env(var, key)
+            .env_remove("REWINDFS_PASSWORD")
+            .output()
+            .unwrap();
+        (o, t0.elapsed())
+    };
+    let (o, took) = try_init(Path::new("/dev/zero"), "REWINDFS_KEY_FILE");
+    assert!(
+        !o.status.success() && took < Duration::from_secs(5),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("not a regular file"), "{}", text(&o));
+    let key = t.path().join("key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    chmod(&key, 0o644);
+    let (o, _) = try_init(&key, "REWINDFS_KEY_FILE");
+    assert!(!o.status.success(), "a world-readable key file was used");
+    assert!(text(&o).contains("other users"), "{}", text(&o));
+    let big = t.path().join("big");
+    std::fs::write(&big, vec![7u8; 1 << 20]).unwrap();
+    chmod(&big, 0o600);
+    let (o, _) = try_init(&big, "REWINDFS_KEY_FILE");
+    assert!(!o.status.success(), "a 1 MiB key file was read");
+    let pw = t.path().join("pw");
+    std::fs::write(&pw, "correct horse battery\n").unwrap();
+    chmod(&pw, 0o604);
+    let (o, _) = try_init(&pw, "REWINDFS_PASSWORD_FILE");
+    assert!(
+        !o.status.success(),
+        "a world-readable password file was used"
+    );
+    chmod(&key, 0o600);
+    let (o, _) = try_init(&key, "REWINDFS_KEY_FILE");
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
 // ---- 3. restore through planted symlinks ------------------------------
 
 /// Attacker role: watch DIR and swap every new entry for a symlink to
@@ -1627,6 +1681,10 @@ const TESTS: &[Test] = &[
     (
         "slow_clients_do_not_hold_the_metrics_listener_and_obs_fold_is_refused",
         slow_clients_do_not_hold_the_metrics_listener_and_obs_fold_is_refused,
+    ),
+    (
+        "key_files_are_bounded_regular_and_private",
+        key_files_are_bounded_regular_and_private,
     ),
 ];
 

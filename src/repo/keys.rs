@@ -30,6 +30,66 @@ pub const KEYS_DIR: &str = "keys";
 const MAX_KEY_FILE: u64 = 64 << 10;
 const RECORD_MAGIC: &[u8; 8] = b"RWREC\x01\0\0";
 
+/// Read a key or password file: a regular file (never a device, a FIFO
+/// or a socket: `/dev/zero` would be read for ever), at most
+/// [`MAX_KEY_FILE`] bytes, that other users can neither read nor write
+/// (refused, as ssh refuses a private key others can read); one its
+/// group can read is used with a warning.
+pub fn read_secret_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let op: &'static str = if what == "key file" {
+        "read key file"
+    } else {
+        "read password file"
+    };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| Error::io(op, path, e))?;
+    let md = f.metadata().map_err(|e| Error::io(op, path, e))?;
+    if !md.file_type().is_file() {
+        return Err(Error::InvalidInput(format!(
+            "{what} {} is not a regular file",
+            path.display()
+        )));
+    }
+    if md.len() > MAX_KEY_FILE {
+        return Err(Error::InvalidInput(format!(
+            "{what} {} is {} bytes; a {what} holds at most {MAX_KEY_FILE}",
+            path.display(),
+            md.len()
+        )));
+    }
+    if md.mode() & 0o026 != 0 || md.mode() & 0o004 != 0 {
+        return Err(Error::InvalidInput(format!(
+            "{what} {} can be read or changed by other users (mode {:o}): `chmod 600 {}`",
+            path.display(),
+            md.mode() & 0o7777,
+            path.display()
+        )));
+    }
+    if md.mode() & 0o040 != 0 {
+        tracing::warn!(
+            "{what} {} is readable by its group (mode {:o}); `chmod 600` keeps it yours alone",
+            path.display(),
+            md.mode() & 0o7777
+        );
+    }
+    let mut b = Vec::new();
+    f.take(MAX_KEY_FILE + 1)
+        .read_to_end(&mut b)
+        .map_err(|e| Error::io(op, path, e))?;
+    if b.len() as u64 > MAX_KEY_FILE {
+        return Err(Error::InvalidInput(format!(
+            "{what} {} grew past {MAX_KEY_FILE} bytes while read",
+            path.display()
+        )));
+    }
+    Ok(b)
+}
+
 /// Where the key comes from.
 pub enum KeySource {
     Passphrase(Vec<u8>),
@@ -41,7 +101,7 @@ impl KeySource {
     pub fn from_env() -> Result<Option<KeySource>> {
         let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
         if let Some(p) = var("REWINDFS_KEY_FILE") {
-            let b = std::fs::read(&p).map_err(|e| Error::io("read key file", &p, e))?;
+            let b = read_secret_file(std::path::Path::new(&p), "key file")?;
             if b.len() < 32 {
                 return Err(Error::InvalidInput(format!(
                     "key file {} holds {} bytes; a key file needs at least 32 bytes of secret (e.g. `head -c 32 /dev/urandom > FILE`)",
@@ -52,7 +112,7 @@ impl KeySource {
             return Ok(Some(KeySource::KeyFile(b)));
         }
         if let Some(p) = var("REWINDFS_PASSWORD_FILE") {
-            let b = std::fs::read(&p).map_err(|e| Error::io("read password file", &p, e))?;
+            let b = read_secret_file(std::path::Path::new(&p), "password file")?;
             let line = b.split(|c| *c == b'\n').next().unwrap_or(&[]).to_vec();
             return KeySource::passphrase(line).map(Some);
         }
