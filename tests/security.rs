@@ -687,6 +687,59 @@ fn rand_suffix() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// `--repo` through a symlink a user controls: a repository path under a
+/// user's directory is refused, but the user could make it a symlink to
+/// root's repository, which was resolved first and then trusted, so the
+/// user chose which repository root's `forget`/`gc` acted on.
+fn a_repository_path_through_a_users_symlink_is_refused() {
+    let w = world();
+    let t = scratch();
+    let src = mkdir(&t.path().join("src"), 0o755);
+    std::fs::write(src.join("f"), "x").unwrap();
+    let roots = t.path().join("roots-repo");
+    cli_ok(&[&"init", &"--repo", &roots]);
+    cli_ok(&[&"snapshot", &"--source", &src, &"--repo", &roots]);
+    let user_dir = mkdir(&t.path().join("user"), 0o755);
+    chown_user(&user_dir);
+    let o = user_sh(&format!(
+        "ln -s {} {}",
+        roots.display(),
+        user_dir.join("repo").display()
+    ));
+    assert!(o.status.success(), "{}", text(&o));
+    for args in [
+        vec!["gc"],
+        vec!["forget", "--keep-last", "1"],
+        vec!["snapshot", "--source"],
+    ] {
+        let mut a: Vec<&dyn AsRef<std::ffi::OsStr>> = args
+            .iter()
+            .map(|s| s as &dyn AsRef<std::ffi::OsStr>)
+            .collect();
+        if args[0] == "snapshot" {
+            a.push(&src);
+        }
+        let repo = user_dir.join("repo");
+        a.push(&"--repo");
+        a.push(&repo);
+        let o = cli(&a);
+        assert!(
+            !o.status.success(),
+            "{args:?} acted on root's repository through the user's symlink"
+        );
+        assert!(
+            text(&o).contains("lead elsewhere"),
+            "{args:?}: {}",
+            text(&o)
+        );
+    }
+    let _ = w;
+    // Through root's own symlink it works.
+    let link = t.path().join("root-link");
+    std::os::unix::fs::symlink(&roots, &link).unwrap();
+    cli_ok(&[&"gc", &"--repo", &link]);
+}
+
 // ---- 3. restore through planted symlinks ------------------------------
 
 /// Attacker role: watch DIR and swap every new entry for a symlink to
@@ -1685,6 +1738,10 @@ const TESTS: &[Test] = &[
     (
         "key_files_are_bounded_regular_and_private",
         key_files_are_bounded_regular_and_private,
+    ),
+    (
+        "a_repository_path_through_a_users_symlink_is_refused",
+        a_repository_path_through_a_users_symlink_is_refused,
     ),
 ];
 

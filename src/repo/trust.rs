@@ -130,10 +130,83 @@ fn resolve(path: &Path, create: bool) -> Result<PathBuf> {
     }
 }
 
+/// The directories of `path` as given (before its symlinks are resolved)
+/// pass the same rules as the resolved path's: a symlink on the way can
+/// then only have been placed by root or us. (A repository path under
+/// another user's directory was refused, but the same path made a symlink
+/// to root's repository was resolved first and accepted: that user chose
+/// which repository root's command acted on.)
+fn check_given(path: &Path, fix: &str) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| Error::io("read the current directory", "", e))?
+            .join(path)
+    };
+    // Without a symlink on the way the resolved walk checks these very
+    // directories (through descriptors, with its own messages).
+    let mut prefix = PathBuf::from("/");
+    let through_symlink = abs.components().any(|c| {
+        prefix.push(c);
+        std::fs::symlink_metadata(&prefix).is_ok_and(|m| m.file_type().is_symlink())
+    });
+    if !through_symlink {
+        return Ok(());
+    }
+    let euid = rustix::process::geteuid().as_raw();
+    let mut dir = PathBuf::from("/");
+    for c in abs.components() {
+        let name = match c {
+            Component::Normal(n) => n,
+            Component::ParentDir => {
+                dir.pop();
+                continue;
+            }
+            _ => continue,
+        };
+        let entry = dir.join(name);
+        let Ok(md) = std::fs::symlink_metadata(&entry) else {
+            // Missing from here on: the resolved walk decides.
+            return Ok(());
+        };
+        let d = std::fs::metadata(&dir).map_err(|e| Error::io("stat", &dir, e))?;
+        let others_write = d.mode() & 0o022 != 0;
+        let sticky = d.mode() & S_ISVTX != 0;
+        let ok = owner_ok(d.uid(), euid) && (!others_write || (sticky && owner_ok(md.uid(), euid)));
+        if !ok {
+            return Err(refuse(
+                path,
+                format!(
+                    "{} is in {}, which {} can change (owner {}, mode {:04o}): the path could be made to lead elsewhere; {fix}",
+                    entry.display(),
+                    dir.display(),
+                    if owner_ok(d.uid(), euid) { "another user" } else { "its owner" },
+                    describe_owner(d.uid()),
+                    d.mode() & 0o7777
+                ),
+            ));
+        }
+        dir = if md.file_type().is_symlink() {
+            entry
+                .canonicalize()
+                .map_err(|e| Error::io("resolve", &entry, e))?
+        } else {
+            entry
+        };
+    }
+    Ok(())
+}
+
 /// Check the directories from `/` to `path` and open the repository
 /// directory itself. See the module documentation for the rules.
 pub fn open_trusted(path: &Path, how: Open) -> Result<Dir> {
     let create = how == Open::CreateIfMissing;
+    check_given(
+        path,
+        "use a repository in a directory only you can write (e.g. `--repo /var/lib/rewindfs/NAME`, created by you with mode 0700)",
+    )?;
     let abs = resolve(path, create)?;
     let euid = rustix::process::geteuid().as_raw();
     let comps: Vec<&std::ffi::OsStr> = abs
@@ -314,6 +387,25 @@ mod tests {
             open_trusted(&t.path().join("nope"), Open::Existing),
             Err(Error::NotARepository { .. })
         ));
+    }
+
+    #[test]
+    fn a_symlink_in_a_directory_others_control_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let real = t.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        chmod(&real, 0o700);
+        let shared = t.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::os::unix::fs::symlink(&real, shared.join("link")).unwrap();
+        // Another user's directory (here: one anyone may write).
+        chmod(&shared, 0o777);
+        let e = open_trusted(&shared.join("link"), Open::Existing)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("could be made to lead elsewhere"), "{e}");
+        chmod(&shared, 0o755);
+        assert!(open_trusted(&shared.join("link"), Open::Existing).is_ok());
     }
 
     #[test]
