@@ -740,6 +740,90 @@ fn a_repository_path_through_a_users_symlink_is_refused() {
     cli_ok(&[&"gc", &"--repo", &link]);
 }
 
+/// A hostile or intercepting object store that always answers "truncated,
+/// more keys" with the same page grew the daemon by 600 MB in 20 s (the
+/// OOM killer would take the mount down). Listings must advance and are
+/// capped: the command fails at once with a clear error.
+fn an_endless_listing_is_refused() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>bucket</Name><Prefix>p/</Prefix>\
+<KeyCount>1</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated>\
+<NextContinuationToken>again</NextContinuationToken><Contents><Key>p/h/snapshots/0000000001.json</Key>\
+<LastModified>2026-01-01T00:00:00.000Z</LastModified><ETag>&quot;x&quot;</ETag><Size>10</Size>\
+<StorageClass>STANDARD</StorageClass></Contents></ListBucketResult>";
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                loop {
+                    // One request head (no bodies on GET).
+                    let mut any = false;
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        any = true;
+                    }
+                    if !any {
+                        return;
+                    }
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if c.write_all(head.as_bytes()).is_err()
+                        || c.write_all(body.as_bytes()).is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let t0 = Instant::now();
+    let o = Command::new(rw())
+        .args([
+            "snapshots",
+            "--remote",
+            "s3://bucket/p",
+            "--endpoint",
+            &format!("http://127.0.0.1:{port}"),
+            "--region",
+            "us-east-1",
+            "--all-hosts",
+        ])
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "y")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let took = t0.elapsed();
+    assert!(
+        !o.status.success(),
+        "an endless listing was taken: {}",
+        text(&o)
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "took {took:?}: {}",
+        text(&o)
+    );
+    assert!(text(&o).contains("does not advance"), "{}", text(&o));
+    let pages = served.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(pages < 100, "{pages} pages were read");
+}
+
 // ---- 3. restore through planted symlinks ------------------------------
 
 /// Attacker role: watch DIR and swap every new entry for a symlink to
@@ -1742,6 +1826,10 @@ const TESTS: &[Test] = &[
     (
         "a_repository_path_through_a_users_symlink_is_refused",
         a_repository_path_through_a_users_symlink_is_refused,
+    ),
+    (
+        "an_endless_listing_is_refused",
+        an_endless_listing_is_refused,
     ),
 ];
 

@@ -148,6 +148,15 @@ impl Client {
         }
     }
 
+    fn err_msg(&self, op: &'static str, rel: &str, detail: String) -> Error {
+        Error::Remote {
+            remote: self.name.clone(),
+            op,
+            key: rel.to_string(),
+            detail,
+        }
+    }
+
     /// PUT `data` at `rel`; `create`: only if nothing is there (the
     /// server decides atomically).
     pub fn put(&self, rel: &str, data: Bytes, create: bool) -> Result<Put> {
@@ -228,38 +237,76 @@ impl Client {
     }
 
     /// Every object under `rel_dir` (keys relative to the base, sizes).
+    /// The listing is read page by page and bounded (see [`Listing`]).
     pub fn list(&self, rel_dir: &str) -> Result<Vec<(String, u64)>> {
         let key = self.key(rel_dir);
-        let metas: Vec<object_store::ObjectMeta> = self
-            .rt
-            .block_on(self.store.list(Some(&key)).try_collect())
-            .map_err(|e| self.err("list", rel_dir, e))?;
-        let mut out = Vec::with_capacity(metas.len());
-        for m in metas {
+        let mut out = Vec::new();
+        self.each_listed(Some(&key), rel_dir, |m| {
             let full = m.location.to_string();
             if let Some(rel) = full.strip_prefix(&self.base) {
                 out.push((rel.to_string(), m.size));
             }
-        }
+        })?;
         out.sort();
         Ok(out)
     }
 
-    /// The "folders" directly under the base (`--all-hosts`).
+    /// The "folders" directly under the base (`--all-hosts`): the first
+    /// segment of every key, from the same bounded listing.
     pub fn list_dirs(&self) -> Result<Vec<String>> {
         let key = if self.base.is_empty() {
             None
         } else {
             Some(self.key(""))
         };
-        let r = self
-            .rt
-            .block_on(self.store.list_with_delimiter(key.as_ref()))
-            .map_err(|e| self.err("list", "", e))?;
-        Ok(r.common_prefixes
-            .iter()
-            .filter_map(|p| p.filename().map(str::to_string))
-            .collect())
+        let mut dirs = std::collections::BTreeSet::new();
+        self.each_listed(key.as_ref(), "", |m| {
+            let full = m.location.to_string();
+            let rel = full.strip_prefix(&self.base).unwrap_or(&full);
+            if let Some((first, _)) = rel.split_once('/') {
+                dirs.insert(first.to_string());
+            }
+        })?;
+        Ok(dirs.into_iter().collect())
+    }
+
+    /// Call `f` for every object listed under `prefix`, refusing a
+    /// listing that goes on for ever: an endpoint answering "truncated,
+    /// more keys" without end grew the daemon by 600 MB in 20 s. A
+    /// listing must advance (S3 lists keys in order: a key not after the
+    /// one before means a repeated page), and it is capped in keys and in
+    /// time.
+    fn each_listed(
+        &self,
+        prefix: Option<&Key>,
+        rel: &str,
+        mut f: impl FnMut(&object_store::ObjectMeta),
+    ) -> Result<()> {
+        let mut guard = Listing::new();
+        let mut stream = self.store.list(prefix);
+        let started = std::time::Instant::now();
+        loop {
+            let left = LIST_DEADLINE.saturating_sub(started.elapsed());
+            let next = self
+                .rt
+                .block_on(async { tokio::time::timeout(left, stream.try_next()).await });
+            let m = match next {
+                Err(_) => {
+                    return Err(self.err_msg(
+                        "list",
+                        rel,
+                        format!("the listing took longer than {LIST_DEADLINE:?}"),
+                    ))
+                }
+                Ok(Err(e)) => return Err(self.err("list", rel, e)),
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Ok(Some(m))) => m,
+            };
+            guard
+                .admit(m.location.as_ref())
+                .map_err(|why| self.err_msg("list", rel, why))?;
+            f(&m);
+        }
     }
 
     /// Delete an object (none there is not an error).
@@ -297,8 +344,64 @@ fn explain(msg: &str) -> String {
     }
 }
 
+/// Objects one listing may return (4 million packs of up to 128 MiB is
+/// half a petabyte).
+const MAX_LISTED: usize = 4_000_000;
+/// How long one listing may take.
+const LIST_DEADLINE: Duration = Duration::from_secs(1800);
+
+/// The bounds of one listing.
+struct Listing {
+    last: Option<String>,
+    count: usize,
+}
+
+impl Listing {
+    fn new() -> Listing {
+        Listing {
+            last: None,
+            count: 0,
+        }
+    }
+
+    /// One more key: it must come after the one before, within the cap.
+    fn admit(&mut self, key: &str) -> std::result::Result<(), String> {
+        if let Some(last) = &self.last {
+            if key <= last.as_str() {
+                return Err(format!(
+                    "the object store listed {key:?} after {last:?}: a listing that does not advance (a repeated page) is refused"
+                ));
+            }
+        }
+        self.count += 1;
+        if self.count > MAX_LISTED {
+            return Err(format!(
+                "the object store listed more than {MAX_LISTED} objects: refused"
+            ));
+        }
+        self.last = Some(key.to_string());
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn listings_must_advance_and_are_capped() {
+        let mut l = Listing::new();
+        assert!(l.admit("a/1").is_ok());
+        assert!(l.admit("a/2").is_ok());
+        assert!(l.admit("a/2").is_err(), "a repeated key");
+        let mut l = Listing::new();
+        assert!(l.admit("b").is_ok());
+        assert!(l.admit("a").is_err(), "a key before the last");
+        let mut l = Listing::new();
+        l.count = MAX_LISTED;
+        assert!(l.admit("z").is_err());
+    }
+
     #[test]
     fn server_codes_are_named_with_a_hint() {
         let m = "Error performing PUT http://x/b/k in 2ms - Server returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\"?><Error><Code>QuotaExceeded</Code></Error>";
