@@ -106,8 +106,10 @@ if [ -e /dev/fuse ]; then
   url=$("$bin" status --json | sed -n 's/.*"metrics_url": "http:\/\/\([^"]*\)\/".*/\1/p')
   if [ -n "$url" ]; then
     echo "== Prometheus metrics and a status page on http://$url/ (a few metrics:)"
+    # Only who can read the repository may read its figures: the token.
+    tok=$(cat "$REWINDFS_REPO/web-token")
     exec 3<>"/dev/tcp/${url%:*}/${url##*:}"
-    printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
+    printf 'GET /metrics HTTP/1.0\r\nAuthorization: Bearer %s\r\n\r\n' "$tok" >&3
     grep -E '^rewindfs_(snapshots\{|dirty_bytes|oldest_change_age|dedup_ratio)' <&3 || true
     exec 3<&-
   fi

@@ -320,6 +320,14 @@ fn metrics_url(cwd: &Path, m: &Path) -> String {
         .to_string()
 }
 
+/// The listener's access token (REPO/web-token).
+fn web_token(r: &Path) -> String {
+    std::fs::read_to_string(r.join("web-token"))
+        .expect("the listener's token file")
+        .trim()
+        .to_string()
+}
+
 fn require_tool(tool: &str, package: &str) -> std::path::PathBuf {
     let found = std::env::var_os("PATH").and_then(|p| {
         std::env::split_paths(&p)
@@ -339,7 +347,7 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(target: &str) -> Prometheus {
+    fn start(target: &str, token_file: &Path) -> Prometheus {
         let bin = require_tool("prometheus", "prometheus");
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -347,7 +355,8 @@ impl Prometheus {
         std::fs::write(
             &cfg,
             format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: rewindfs\n    static_configs:\n      - targets: ['{target}']\n"
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: rewindfs\n    authorization:\n      credentials_file: {}\n    static_configs:\n      - targets: ['{target}']\n",
+                token_file.display()
             ),
         )
         .unwrap();
@@ -438,10 +447,18 @@ fn a_real_prometheus_scrapes_dirty_bytes_counters_and_the_recovery_point_age() {
     let (tmp, b, m, r) = mount_dirs();
     let _mount = metrics_mount(&b, &m, &r);
     let url = metrics_url(tmp.path(), &m);
-    let (code, text) = http_get(&format!("{url}/metrics")).expect("scrape");
+    // Without the repository's token: refused (its figures are a
+    // deduplication oracle for other users).
+    assert_eq!(http_get(&format!("{url}/metrics")).map(|r| r.0), Some(401));
+    assert_eq!(
+        http_get(&format!("{url}/api/snapshots?token=nope")).map(|r| r.0),
+        Some(401)
+    );
+    let t = web_token(&r);
+    let (code, text) = http_get(&format!("{url}/metrics?token={t}")).expect("scrape");
     assert_eq!(code, 200);
     assert!(text.contains("# TYPE rewindfs_dirty_bytes gauge"), "{text}");
-    let prom = Prometheus::start(url.trim_start_matches("http://"));
+    let prom = Prometheus::start(url.trim_start_matches("http://"), &r.join("web-token"));
     // The first (full) snapshot is taken at mount; wait for a scrape.
     wait_for("prometheus to scrape rewindfs", 60, || {
         prom.value("rewindfs_snapshots_taken_total")
@@ -498,7 +515,10 @@ fn a_real_prometheus_scrapes_dirty_bytes_counters_and_the_recovery_point_age() {
             Some(405)
         );
     }
-    assert_eq!(http_get(&format!("{url}/nope")).map(|r| r.0), Some(404));
+    assert_eq!(
+        http_get(&format!("{url}/nope?token={t}")).map(|r| r.0),
+        Some(404)
+    );
 }
 
 #[test]
@@ -536,7 +556,7 @@ fn the_status_page_shows_every_snapshot_in_a_headless_browser() {
                 "--virtual-time-budget=5000",
             ])
             .args(extra)
-            .arg(format!("{url}/"))
+            .arg(format!("{url}/?token={}", web_token(&r)))
             .env("HOME", tmp.path())
             .output()
             .expect("run chromium");

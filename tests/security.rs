@@ -620,7 +620,11 @@ fn slow_clients_do_not_hold_the_metrics_listener_and_obs_fold_is_refused() {
         let _ = c.read_to_string(&mut out);
         (out, t0.elapsed())
     };
-    let (out, took) = get("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    let token = std::fs::read_to_string(repo.join("web-token")).unwrap();
+    let (out, took) = get(&format!(
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\r\n",
+        token.trim()
+    ));
     assert!(out.starts_with("HTTP/1.0 200"), "{out}");
     assert!(
         took < Duration::from_secs(2),
@@ -822,6 +826,67 @@ fn an_endless_listing_is_refused() {
     assert!(text(&o).contains("does not advance"), "{}", text(&o));
     let pages = served.load(std::sync::atomic::Ordering::Relaxed);
     assert!(pages < 100, "{pages} pages were read");
+}
+
+/// A deduplication oracle: the listener published every snapshot's added
+/// bytes (and the packs' size, which scrapes can difference) to any local
+/// user; one who can trigger snapshots and write guesses of another
+/// user's small file learned which guess was stored already. Only who can
+/// read the repository's token file (its owner) reads the figures.
+fn the_listener_answers_only_who_holds_the_repositorys_token() {
+    let t = scratch();
+    let backing = mkdir(&t.path().join("data"), 0o755);
+    let mnt = mkdir(&t.path().join("mnt"), 0o755);
+    let repo = t.path().join("r");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let m = mount(&backing, &mnt, &repo, &["--metrics-listen", &addr]);
+    let token_file = repo.join("web-token");
+    let mode = std::fs::metadata(&token_file).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the token file is readable by others");
+    // The user: no token, a guessed one, and the file it cannot read.
+    for path in ["/api/snapshots", "/metrics", "/api/status", "/"] {
+        let o = as_user("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://{addr}{path}"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "401",
+            "{path}: {}",
+            text(&o)
+        );
+        let o = as_user("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://{addr}{path}?token=0000"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "401",
+            "{path} with a guess"
+        );
+    }
+    let o = user_sh(&format!("cat {}", token_file.display()));
+    assert!(!o.status.success(), "the user read the token");
+    // The owner (root) with the token.
+    let tok = std::fs::read_to_string(&token_file).unwrap();
+    let o = Command::new("curl")
+        .args(["-s", "-H"])
+        .arg(format!("Authorization: Bearer {}", tok.trim()))
+        .arg(format!("http://{addr}/api/snapshots"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("added_bytes"),
+        "{}",
+        text(&o)
+    );
+    m.umount();
 }
 
 // ---- 3. restore through planted symlinks ------------------------------
@@ -1830,6 +1895,10 @@ const TESTS: &[Test] = &[
     (
         "an_endless_listing_is_refused",
         an_endless_listing_is_refused,
+    ),
+    (
+        "the_listener_answers_only_who_holds_the_repositorys_token",
+        the_listener_answers_only_who_holds_the_repositorys_token,
     ),
 ];
 

@@ -880,7 +880,11 @@ fn print_manage(s: &DaemonStatus) {
         );
     }
     if let Some(u) = &s.metrics_url {
-        println!("metrics:        {u}metrics (status page {u})");
+        println!(
+            "metrics:        {u}metrics (token in {}; status page {})",
+            s.metrics_token_file.as_deref().unwrap_or("?"),
+            s.status_page.as_deref().unwrap_or(u)
+        );
     }
     for r in &s.remotes {
         let state = if r.pushing {

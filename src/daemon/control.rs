@@ -179,6 +179,13 @@ pub struct DaemonStatus {
     /// Where metrics and the status page are served.
     #[serde(default)]
     pub metrics_url: Option<String>,
+    /// The status page's address with its access token.
+    #[serde(default)]
+    pub status_page: Option<String>,
+    /// The file holding the listener's access token (for Prometheus'
+    /// `credentials_file`).
+    #[serde(default)]
+    pub metrics_token_file: Option<String>,
     /// The remotes it replicates to, and how far behind each is.
     #[serde(default)]
     pub remotes: Vec<super::replicator::RemoteStatus>,

@@ -233,6 +233,9 @@ struct Shared {
     verify: Option<super::verifier::Rolling>,
     coverage: Arc<Mutex<super::metrics::VerifyCoverage>>,
     metrics_url: Mutex<Option<String>>,
+    /// The listener's access token (shown only through the control
+    /// socket, which answers root and the daemon's own user).
+    metrics_token: Mutex<Option<String>>,
     replicas: super::replicator::Replicas,
 }
 
@@ -245,6 +248,10 @@ impl Shared {
             records,
         } = self.journal.stats();
         let list = self.repo.snapshots().unwrap_or_default();
+        // Read before the struct below: its temporaries (lock guards among
+        // them) live until its end.
+        let metrics_url = self.metrics_url.lock().clone();
+        let metrics_token = self.metrics_token.lock().clone();
         DaemonStatus {
             pid: std::process::id(),
             mountpoint: self.paths.mountpoint.display().to_string(),
@@ -296,7 +303,17 @@ impl Shared {
                     last_rotation: c.last_cycle_ns.map(time::rfc3339),
                 }
             }),
-            metrics_url: self.metrics_url.lock().clone(),
+            metrics_url: metrics_url.clone(),
+            status_page: metrics_url
+                .zip(metrics_token.as_ref())
+                .map(|(u, t)| format!("{u}?token={t}")),
+            metrics_token_file: metrics_token.as_ref().map(|_| {
+                self.paths
+                    .repo
+                    .join(crate::repo::layout::WEB_TOKEN)
+                    .display()
+                    .to_string()
+            }),
             remotes: self.replicas.lock().clone(),
         }
     }
@@ -523,6 +540,7 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
             }),
         coverage: Default::default(),
         metrics_url: Mutex::new(None),
+        metrics_token: Mutex::new(None),
         replicas: Default::default(),
     });
     // Control socket.
@@ -544,9 +562,11 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
             },
             rx,
         )?;
-        let bound = super::web::serve(listener, metrics, repo.clone(), status)?;
-        tracing::info!("metrics and status page on http://{bound}/");
+        let token = super::web::token(repo.dir())?;
+        let bound = super::web::serve(listener, metrics, repo.clone(), status, token.clone())?;
+        tracing::info!("metrics and status page on http://{bound}/ (token in REPO/web-token)");
         *shared.metrics_url.lock() = Some(format!("http://{bound}/"));
+        *shared.metrics_token.lock() = Some(token);
     }
     let hooks_thread = match hook_events {
         Some(rx) => Some(hooks.start(rx)?),

@@ -14,9 +14,19 @@
 //! address is refused (a web page elsewhere cannot use DNS rebinding to
 //! read the daemon's answers through a local browser).
 //!
+//! Every request needs the repository's access token (`REPO/web-token`,
+//! 0600, made at the first start with a listener): as
+//! `Authorization: Bearer TOKEN` (Prometheus: `credentials_file`), as
+//! `?token=TOKEN` (the status page's address `status` shows; the page
+//! then keeps it in a cookie for its own requests), or that cookie. The
+//! figures here (bytes added by each snapshot, the size of the packs over
+//! time) are a deduplication oracle: a local user who can trigger
+//! snapshots and write guesses of another user's small file learns which
+//! guess was stored already. Only who can read the repository's files may
+//! read them.
+//!
 //! Invariants: off unless asked for; the page loads nothing from
-//! elsewhere (no CDN, works offline). Anyone who can reach the address can
-//! read mount paths, snapshot labels and sizes: keep it on loopback
+//! elsewhere (no CDN, works offline). Keep it on loopback
 //! (docs/security.md).
 
 use std::io::{Read, Write};
@@ -71,13 +81,32 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener> {
     Ok(l)
 }
 
+/// The listener's access token: `REPO/web-token`, made (32 random bytes,
+/// hex, 0600) when missing.
+pub fn token(repo: &crate::util::dirfd::Dir) -> Result<String> {
+    use crate::repo::layout::WEB_TOKEN;
+    if let Some(b) = repo.read(WEB_TOKEN, 256)? {
+        let t = String::from_utf8_lossy(&b).trim().to_string();
+        if t.len() >= 32 && t.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Ok(t);
+        }
+    }
+    let mut raw = [0u8; 32];
+    crate::store::crypto::random(&mut raw)?;
+    let t = crate::util::bytes::to_hex(&raw);
+    repo.write_atomic(WEB_TOKEN, format!("{t}\n").as_bytes())?;
+    Ok(t)
+}
+
 /// Answer on `listener` from a thread; returns the bound address.
 pub fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     repo: Arc<Repository>,
     status: Arc<dyn Fn() -> DaemonStatus + Send + Sync>,
+    token: String,
 ) -> Result<SocketAddr> {
+    let token: Arc<str> = token.into();
     let bound = listener
         .local_addr()
         .map_err(|e| Error::io("metrics listener address", "", e))?;
@@ -96,12 +125,17 @@ pub fn serve(
                     drop(conn);
                     continue;
                 }
-                let (metrics, repo, status, busy) =
-                    (metrics.clone(), repo.clone(), status.clone(), busy.clone());
+                let (metrics, repo, status, busy, token) = (
+                    metrics.clone(),
+                    repo.clone(),
+                    status.clone(),
+                    busy.clone(),
+                    token.clone(),
+                );
                 let spawned = std::thread::Builder::new()
                     .name("metrics-conn".into())
                     .spawn(move || {
-                        answer(conn, bound, &metrics, &repo, &*status);
+                        answer(conn, bound, &metrics, &repo, &*status, &token);
                         busy.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                     });
                 if spawned.is_err() {
@@ -113,12 +147,16 @@ pub fn serve(
     Ok(bound)
 }
 
-/// The request line and Host header of a request head.
+/// The request line and Host header of a request head, and the token it
+/// carries (query, bearer or cookie).
 #[derive(Debug, PartialEq, Eq)]
 struct Head {
     method: String,
     path: String,
     host: Option<String>,
+    token: Option<String>,
+    /// Given in the query (the page then sets its cookie).
+    token_in_query: bool,
 }
 
 fn parse_head(head: &str) -> Option<Head> {
@@ -137,12 +175,57 @@ fn parse_head(head: &str) -> Option<Head> {
     let mut first = lines.next()?.split(' ');
     let method = first.next()?.to_string();
     let target = first.next()?;
-    let path = target.split('?').next().unwrap_or("").to_string();
-    let host = lines
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let path = path.to_string();
+    let headers: Vec<(&str, &str)> = lines
         .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("host"))
-        .map(|(_, v)| v.trim().to_string());
-    Some(Head { method, path, host })
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .collect();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    };
+    let host = header("host").map(str::to_string);
+    let from_query = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .map(str::to_string);
+    let token_in_query = from_query.is_some();
+    let token = from_query
+        .or_else(|| {
+            header("authorization")
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(|t| t.trim().to_string())
+        })
+        .or_else(|| {
+            header("cookie").and_then(|c| {
+                c.split(';')
+                    .find_map(|kv| kv.trim().strip_prefix("rewindfs_token="))
+                    .map(str::to_string)
+            })
+        });
+    Some(Head {
+        method,
+        path,
+        host,
+        token,
+        token_in_query,
+    })
+}
+
+/// Compare a presented token with ours in time that does not depend on
+/// where they differ.
+fn token_ok(given: Option<&str>, ours: &str) -> bool {
+    let Some(g) = given else { return false };
+    if g.len() != ours.len() {
+        return false;
+    }
+    g.bytes()
+        .zip(ours.bytes())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
 }
 
 /// Whether a Host header names us: a loopback name or the bound address.
@@ -187,16 +270,29 @@ fn read_head_within(conn: &mut TcpStream, deadline: Duration) -> Option<String> 
 }
 
 fn respond(conn: &mut TcpStream, code: u16, ctype: &str, body: &[u8], head_only: bool) {
+    respond_with(conn, code, ctype, body, head_only, "")
+}
+
+/// `extra`: more header lines, each ending in CRLF.
+fn respond_with(
+    conn: &mut TcpStream,
+    code: u16,
+    ctype: &str,
+    body: &[u8],
+    head_only: bool,
+    extra: &str,
+) {
     let reason = match code {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         _ => "Internal Server Error",
     };
     let head = format!(
-        "HTTP/1.0 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nContent-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:\r\n{}\r\n",
+        "HTTP/1.0 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\nContent-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:\r\n{}{extra}\r\n",
         body.len(),
         if code == 405 { "Allow: GET, HEAD\r\n" } else { "" }
     );
@@ -215,6 +311,7 @@ fn answer(
     metrics: &Arc<Metrics>,
     repo: &Repository,
     status: &(dyn Fn() -> DaemonStatus + Send + Sync),
+    token: &str,
 ) {
     let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
     let _ = conn.set_write_timeout(Some(IO_TIMEOUT));
@@ -231,6 +328,23 @@ fn answer(
         respond(&mut conn, 403, TEXT, b"unknown Host\n", false);
         return;
     }
+    if !token_ok(head.token.as_deref(), token) {
+        respond_with(
+            &mut conn,
+            401,
+            TEXT,
+            b"a token is needed: the repository's web-token file (readable by its owner), as Authorization: Bearer TOKEN or ?token=TOKEN (the address `rewindfs status` shows)\n",
+            head_only,
+            "WWW-Authenticate: Bearer\r\n",
+        );
+        return;
+    }
+    // The page keeps the token in a cookie for its own requests.
+    let cookie = if head.token_in_query {
+        format!("Set-Cookie: rewindfs_token={token}; Path=/; HttpOnly; SameSite=Strict\r\n")
+    } else {
+        String::new()
+    };
     let (code, ctype, body) = match head.path.as_str() {
         "/metrics" => (
             200,
@@ -245,7 +359,7 @@ fn answer(
         },
         _ => (404, TEXT, "not found\n".to_string()),
     };
-    respond(&mut conn, code, ctype, body.as_bytes(), head_only);
+    respond_with(&mut conn, code, ctype, body.as_bytes(), head_only, &cookie);
 }
 
 fn json<T: Serialize>(v: &T) -> (u16, &'static str, String) {
@@ -282,6 +396,20 @@ mod tests {
         assert_eq!(h.method, "GET");
         assert_eq!(h.path, "/metrics");
         assert_eq!(h.host.as_deref(), Some("127.0.0.1:9143"));
+        assert_eq!(h.token, None);
+        let h = parse_head("GET /?token=ab HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(
+            (h.path.as_str(), h.token.as_deref(), h.token_in_query),
+            ("/", Some("ab"), true)
+        );
+        let h = parse_head("GET /m HTTP/1.1\r\nAuthorization: Bearer cd\r\n\r\n").unwrap();
+        assert_eq!(h.token.as_deref(), Some("cd"));
+        let h = parse_head("GET /m HTTP/1.1\r\nCookie: a=b; rewindfs_token=ef\r\n\r\n").unwrap();
+        assert_eq!((h.token.as_deref(), h.token_in_query), (Some("ef"), false));
+        assert!(token_ok(Some("ab"), "ab"));
+        assert!(!token_ok(Some("ac"), "ab"));
+        assert!(!token_ok(Some("a"), "ab"));
+        assert!(!token_ok(None, "ab"));
         assert!(parse_head("").is_none());
         let bound: SocketAddr = "127.0.0.1:9143".parse().unwrap();
         assert!(host_ok(None, bound));

@@ -39,6 +39,9 @@ pub const LOG: &str = "daemon.log";
 pub const VERIFY_STATE: &str = "verify-state.json";
 /// Caches: nothing in them is repository data, all can be deleted.
 pub const CACHE: &str = "cache";
+/// The metrics listener's access token (0600: its readers may read the
+/// repository's figures).
+pub const WEB_TOKEN: &str = "web-token";
 /// Verified copies of snapshot files (`views::materialize`).
 pub const MATERIALIZED: &str = "materialized";
 /// Temporary files of an atomic replacement (`Dir::write_atomic`).
