@@ -75,7 +75,7 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener> {
     })?;
     if !addr.ip().is_loopback() {
         tracing::warn!(
-            "metrics and the status page listen on {addr}: anyone who reaches it reads mount paths and snapshot labels"
+            "metrics and the status page listen on {addr}: their token travels unencrypted over HTTP; keep the listener on loopback or a network you trust"
         );
     }
     Ok(l)
