@@ -548,7 +548,12 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
         let s = shared.clone();
         control::serve(
             repo.dir(),
-            Arc::new(move |req, peer, w: &mut dyn Write| s.handle(req, peer, w)),
+            Arc::new(move |req, peer, w: &mut dyn Write| {
+                let r = s.handle(req, peer, w);
+                // What a command run here freed goes back to the system.
+                crate::util::sys::release_free_memory();
+                r
+            }),
         )?;
     }
     if let (Some(listener), Some(rx)) = (listener, metrics_events) {

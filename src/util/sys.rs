@@ -168,6 +168,49 @@ pub fn is_safe_name(name: &[u8]) -> bool {
     !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
 }
 
+/// Give the calling thread the lowest normal priority: CPU (nice 19)
+/// and disk (best-effort class, level 7). For background work (copies,
+/// accounting): what asked for it must not slow down, yet it must still
+/// progress on a busy machine (SCHED_IDLE and the idle I/O class starve
+/// it there).
+pub fn background_priority() {
+    // SAFETY: gettid has no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority on this thread's id with a valid nice value.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) } != 0 {
+        tracing::debug!("nice 19: {}", std::io::Error::last_os_error());
+    }
+    // ioprio_set(IOPRIO_WHO_PROCESS, this thread, BE class << 13 | level 7).
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_BE: libc::c_long = 2;
+    // SAFETY: a plain syscall with integer arguments; 0 names this thread.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            0 as libc::c_long,
+            (IOPRIO_CLASS_BE << 13) | 7,
+        )
+    };
+    if r != 0 {
+        tracing::debug!("I/O priority: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Give the heap's free memory back to the system. After a snapshot or a
+/// command run inside the daemon, glibc keeps what they freed resident
+/// (measured: 665 MiB resident, 261 MiB in use, after the first snapshot
+/// of 100,000 files and a few commands).
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free pages of the allocator's own
+    // arenas to the kernel; it takes the arenas' locks and touches no
+    // memory in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// How this process takes a write to a pipe (or socket) whose reader is
 /// gone. The command line tool dies of SIGPIPE like other tools
 /// (`rewindfs snapshots | head -1` ends quietly); daemons ignore it and

@@ -802,37 +802,8 @@ impl Materializer {
     }
 }
 
-/// Give the calling thread the lowest normal priority: CPU (nice 19)
-/// and disk (best-effort class, level 7). Copies are a background
-/// optimization; the reads that asked for them must not slow down, yet a
-/// copy must still progress on a busy machine (SCHED_IDLE and the idle
-/// I/O class starve it there).
-fn background_priority() {
-    // SAFETY: gettid has no arguments and cannot fail.
-    let tid = unsafe { libc::gettid() };
-    // SAFETY: setpriority on this thread's id with a valid nice value.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) } != 0 {
-        tracing::debug!("nice 19: {}", std::io::Error::last_os_error());
-    }
-    // ioprio_set(IOPRIO_WHO_PROCESS, this thread, BE class << 13 | level 7).
-    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
-    const IOPRIO_CLASS_BE: libc::c_long = 2;
-    // SAFETY: a plain syscall with integer arguments; 0 names this thread.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_ioprio_set,
-            IOPRIO_WHO_PROCESS,
-            0 as libc::c_long,
-            (IOPRIO_CLASS_BE << 13) | 7,
-        )
-    };
-    if r != 0 {
-        tracing::debug!("I/O priority: {}", std::io::Error::last_os_error());
-    }
-}
-
 fn worker(m: Weak<Materializer>, rx: Receiver<Job>) {
-    background_priority();
+    crate::util::sys::background_priority();
     for job in rx.iter() {
         let Some(m) = m.upgrade() else { break };
         match job {
