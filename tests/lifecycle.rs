@@ -144,11 +144,17 @@ fn scan(repo: &Repository, src: &Path, kind: Kind) -> u64 {
 fn refs(repo: &Repository, id: u64) -> HashSet<ChunkId> {
     let all = repo.snapshots().unwrap();
     let rec = all.iter().find(|r| r.id == id).unwrap();
-    let mut out: HashSet<ChunkId> = rec.manifest_ids().unwrap().into_iter().collect();
+    // What gc marks for it: manifest parts, directory objects (format 3)
+    // and the chunks they name ...
+    let mut out: HashSet<ChunkId> = HashSet::new();
+    repo.references(rec, &mut HashSet::new(), &mut out).unwrap();
+    // ... which must hold every block of its resolved tree.
     let tree = repo.resolve(rec).unwrap();
-    for (_, node) in tree.entries.values() {
+    for (p, (_, node)) in &tree.entries {
         if let Node::File { .. } = node {
-            out.extend(Tree::blocks_of(node).iter().copied());
+            for id in Tree::blocks_of(node) {
+                assert!(out.contains(id), "a block of {p:?} is not marked");
+            }
         }
     }
     out

@@ -119,9 +119,44 @@ impl Lifetimes {
         let mut prev_id = first.id;
         for (i, r) in recs.iter().enumerate().skip(1) {
             let i = i as u32;
-            if r.kind == Kind::Incremental && r.parent == Some(prev_id) {
+            let stored = repo.load_stored(r)?;
+            let prev = &recs[i as usize - 1];
+            if let (crate::snapshot::Stored::Tree(_), true) = (&stored, prev.id == prev_id) {
+                // Both stored as trees: only the directories that differ
+                // are read, and only their entries can differ.
+                let (pa, pb) = repo.changed_pair(prev, r)?;
+                let mut touched: Vec<&Vec<u8>> =
+                    pa.entries.keys().chain(pb.entries.keys()).collect();
+                touched.sort();
+                touched.dedup();
+                let old: Vec<ChunkId> = touched
+                    .iter()
+                    .filter_map(|p| tree.get(p))
+                    .flat_map(|(_, n)| blocks(n).to_vec())
+                    .collect();
+                for p in pa.entries.keys() {
+                    if !pb.entries.contains_key(p) {
+                        tree.entries.remove(p);
+                    }
+                }
+                for (p, v) in &pb.entries {
+                    tree.entries.insert(p.clone(), v.clone());
+                }
+                for c in &old {
+                    w.remove(c, i);
+                }
+                let new: Vec<ChunkId> = touched
+                    .iter()
+                    .filter_map(|p| tree.get(p))
+                    .flat_map(|(_, n)| blocks(n).to_vec())
+                    .collect();
+                for c in &new {
+                    w.add(c, i);
+                }
+            } else if let (crate::snapshot::Stored::Changes(m), Kind::Incremental, true) =
+                (stored, r.kind, r.parent == Some(prev_id))
+            {
                 // Apply the changes in place; only touched paths differ.
-                let m = repo.load_manifest(r)?;
                 let mut touched: Vec<Vec<u8>> = Vec::new();
                 for p in &m.removed {
                     touched.push(p.clone());

@@ -191,9 +191,13 @@ fn capture(
         None => (None, None),
         Some(b) => (Some(b.id), Some(b.full)),
     };
+    // The new tree: the base with the changes applied.
+    let mut tree = base.tree.unwrap_or_default();
+    tree.apply(&manifest)?;
+    drop(manifest);
     let record = repo.commit_snapshot(
         writer,
-        &manifest,
+        &tree,
         SnapshotDraft {
             synthetic: false,
             kind,

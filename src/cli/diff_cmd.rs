@@ -122,11 +122,16 @@ pub fn run(repo: &Repository, a: DiffArgs, o: &mut Out) -> Result<i32> {
     let now = rewindfs::util::time::now_ns();
     let ra = select(&all, &a.a, now)?.clone();
     let rb = select(&all, &a.b, now)?.clone();
+    // Only what can differ is read (for snapshots stored as trees, the
+    // directories whose objects differ).
     let (ta, tb) = repo
-        .resolve_pair(&ra, &rb)
+        .changed_pair(&ra, &rb)
         .with_context(|| format!("reading snapshots {} and {}", ra.id, rb.id))?;
     let p = normalize_user_path(&a.path)?;
-    if ta.get(&p).is_none() && tb.get(&p).is_none() {
+    let exists = |t: &rewindfs::snapshot::Tree, r| -> Result<bool> {
+        Ok(t.get(&p).is_some() || repo.lookup(r, &p)?.is_some())
+    };
+    if !exists(&ta, &ra)? && !exists(&tb, &rb)? {
         anyhow::bail!(
             "{} exists in neither snapshot {} nor snapshot {}",
             display_path(&p),

@@ -209,16 +209,17 @@ pub fn list_all_hosts(a: ListArgs) -> Result<i32> {
 
 pub fn list(repo: &Repository, a: ListArgs, o: &mut Out) -> Result<i32> {
     let all = repo.snapshots()?;
-    // Unique sizes need every snapshot's tree; a damaged one leaves the
-    // column unknown rather than failing the list.
-    let unique: std::collections::HashMap<u64, u64> = match rewindfs::retention::space::space(repo)
-    {
-        Ok(s) => s.snapshots.iter().map(|x| (x.id, x.unique_bytes)).collect(),
-        Err(e) => {
-            tracing::warn!("unique sizes unknown: {e}");
-            Default::default()
-        }
-    };
+    // Unique sizes come from their cache when it matches this list, else
+    // from a replay of the snapshots; a damaged one leaves the column
+    // unknown rather than failing the list.
+    let unique: std::collections::HashMap<u64, u64> =
+        match rewindfs::retention::space::unique_bytes(repo) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("unique sizes unknown: {e}");
+                Default::default()
+            }
+        };
     if a.json {
         let v: Vec<JsonSnapshot> = all
             .iter()

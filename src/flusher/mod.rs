@@ -114,8 +114,9 @@ pub struct Flusher {
 /// latest full one's (the base of differentials).
 #[derive(Default)]
 struct Trees {
-    latest: Option<(u64, Tree)>,
-    full: Option<(u64, Tree)>,
+    /// Shared: after a full snapshot both name the same tree.
+    latest: Option<(u64, Arc<Tree>)>,
+    full: Option<(u64, Arc<Tree>)>,
 }
 
 impl Flusher {
@@ -192,7 +193,7 @@ fn run(ctx: FlusherCtx, rx: Receiver<Cmd>, ev_rx: Receiver<FsEvent>, out: Report
     let msg = match startup_check(&ctx) {
         Ok(None) => "done: no snapshot yet".to_string(),
         Ok(Some((r, latest))) => {
-            trees.latest = Some(latest);
+            trees.latest = Some((latest.0, Arc::new(latest.1)));
             format!(
             "done: {} entries checked, {} files and {} directories changed since the latest snapshot",
             r.entries_checked, r.files_marked, r.dirs_marked
@@ -437,7 +438,7 @@ fn syncfs(mountpoint: &std::path::Path) {
     }
 }
 
-fn tree_of(repo: &Repository, id: u64, cache: &mut Option<(u64, Tree)>) -> Result<Tree> {
+fn tree_of(repo: &Repository, id: u64, cache: &mut Option<(u64, Arc<Tree>)>) -> Result<Arc<Tree>> {
     if let Some((cid, t)) = cache {
         if *cid == id {
             return Ok(t.clone());
@@ -448,7 +449,7 @@ fn tree_of(repo: &Repository, id: u64, cache: &mut Option<(u64, Tree)>) -> Resul
         .iter()
         .find(|r| r.id == id)
         .ok_or_else(|| Error::UnknownSnapshot(id.to_string()))?;
-    let t = repo.resolve(rec)?;
+    let t = Arc::new(repo.resolve(rec)?);
     *cache = Some((id, t.clone()));
     Ok(t)
 }
@@ -479,6 +480,9 @@ fn guarded_take(
             trigger == "schedule",
         )
     }));
+    // What the capture freed (trees, lists, buffers) goes back to the
+    // system: the daemon's resident memory follows what it holds.
+    crate::util::sys::release_free_memory();
     let r = match r {
         Ok(r) => r,
         Err(p) => {
@@ -565,7 +569,11 @@ fn take(
         // cut then only corrects what changed meanwhile.
         None => {
             status.lock().state = "listing".into();
-            cut::list_tree(&ctx.backing, ctx.hidden, repo.config.block_size)?
+            Arc::new(cut::list_tree(
+                &ctx.backing,
+                ctx.hidden,
+                repo.config.block_size,
+            )?)
         }
     };
     if ctx.writeback_cache && !unmounting {
@@ -615,10 +623,10 @@ fn take(
         let full_tree;
         let base_tree = match base_rec {
             None => None,
-            Some(r) if Some(r.id) == latest.as_ref().map(|l| l.id) => Some(&base),
+            Some(r) if Some(r.id) == latest.as_ref().map(|l| l.id) => Some(&*base),
             Some(r) => {
                 full_tree = tree_of(repo, r.id, &mut trees.full)?;
-                Some(&full_tree)
+                Some(&*full_tree)
             }
         };
         let (manifest, changed) = capture::manifest::build(&captured.tree, base_tree);
@@ -631,9 +639,10 @@ fn take(
         stats.changed_blocks = changed;
         stats.changed_entries = manifest.entries.len() as u64;
         stats.removed_entries = manifest.removed.len() as u64;
+        drop(manifest);
         let rec = repo.commit_snapshot(
             &writer,
-            &manifest,
+            &captured.tree,
             SnapshotDraft {
                 kind,
                 parent,
@@ -654,6 +663,7 @@ fn take(
             if let Err(e) = ctx.track.committed(&info) {
                 tracing::warn!("clearing the journal after snapshot {}: {e}", rec.id);
             }
+            let tree = Arc::new(tree);
             if rec.kind == Kind::Full {
                 trees.full = Some((rec.id, tree.clone()));
             }

@@ -219,10 +219,8 @@ impl Pusher {
         on_bytes: &(dyn Fn(u64) + Sync),
         lease: &mut lease::Lease<'_>,
     ) -> Result<()> {
-        let manifest = repo.load_manifest(rec)?;
-        let mut needed: HashSet<ChunkId> = rec.manifest_ids()?.into_iter().collect();
-        needed.extend(manifest.block_ids());
-        drop(manifest);
+        let mut needed: HashSet<ChunkId> = HashSet::new();
+        repo.references(rec, &mut HashSet::new(), &mut needed)?;
         for attempt in 0..3 {
             let missing: Vec<ChunkId> = needed
                 .iter()

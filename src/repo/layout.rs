@@ -18,6 +18,7 @@
 //!   cache/                 CACHE (what can be deleted at any time)
 //!     materialized/        MATERIALIZED (views::materialize: copies of
 //!                          snapshot files served by passthrough)
+//!     unique.json          retention::space::UNIQUE_CACHE (unique sizes)
 //!   .tmp.<name>.<pid>      TMP_PREFIX (an atomic replacement in progress)
 //! ```
 //! Copy-before-write spill files have no name (`O_TMPFILE`).

@@ -27,7 +27,7 @@ use rustix::fs::OFlags;
 
 use crate::error::{Error, IoContext, Result};
 use crate::index::Index;
-use crate::snapshot::manifest::{Manifest, MANIFEST_PART_LEN};
+use crate::snapshot::manifest::{Manifest, Meta, Node, Stored, MANIFEST_PART_LEN};
 use crate::snapshot::model::MAX_RECORD_BYTES;
 use crate::snapshot::{Kind, SnapshotRecord, Stats, Tree};
 use crate::store::blob::chunk_id;
@@ -156,6 +156,44 @@ static MANIFESTS_READ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU
 
 pub fn manifests_read() -> u64 {
     MANIFESTS_READ.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Directory objects (format 3 manifests) this process read.
+static DIR_OBJECTS_READ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Directory objects are read from the repository's packs.
+impl crate::snapshot::dirs::Objects for Repository {
+    fn put(&self, _bytes: &[u8]) -> Result<ChunkId> {
+        Err(Error::InvalidInput(
+            "directory objects are stored through a writer".into(),
+        ))
+    }
+
+    fn get(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        DIR_OBJECTS_READ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.read_blob(id)
+    }
+}
+
+/// Directory objects stored through a capture's writer (deduplicated:
+/// an object already stored is not written again), read from the
+/// repository.
+pub struct TreeStore<'w> {
+    repo: &'w Repository,
+    writer: &'w ChunkWriter<'w>,
+}
+
+impl crate::snapshot::dirs::Objects for TreeStore<'_> {
+    fn put(&self, bytes: &[u8]) -> Result<ChunkId> {
+        let id = self.writer.id(bytes);
+        self.writer
+            .store(crate::store::BlobKind::Manifest, id, bytes)?;
+        Ok(id)
+    }
+
+    fn get(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        crate::snapshot::dirs::Objects::get(self.repo, id)
+    }
 }
 
 /// Told that the snapshot list changed (see [`Repository::watch_records`]).
@@ -561,6 +599,11 @@ impl Repository {
         self.access != Access::ReadOnly { trusted: false }
     }
 
+    /// Whether this process may write the repository (caches included).
+    pub fn is_writable(&self) -> bool {
+        self.access == Access::ReadWrite
+    }
+
     fn writable(&self) -> Result<()> {
         match self.access {
             Access::ReadWrite => Ok(()),
@@ -796,10 +839,10 @@ impl Repository {
         }
     }
 
-    /// The manifest of a snapshot. Its length was checked against its
-    /// parts when the record was read; memory grows with the bytes
+    /// The encoded manifest of a snapshot. Its length was checked against
+    /// its parts when the record was read; memory grows with the bytes
     /// actually read, never with what a record claims.
-    pub fn load_manifest(&self, rec: &SnapshotRecord) -> Result<Manifest> {
+    fn manifest_bytes(&self, rec: &SnapshotRecord) -> Result<Vec<u8>> {
         MANIFESTS_READ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ids = rec.manifest_ids()?;
         let cap = rec.manifest_len.min(64 << 20) as usize;
@@ -826,14 +869,99 @@ impl Repository {
                 rec.manifest_len
             )));
         }
-        let m = Manifest::decode(&bytes)?;
-        if m.block_size != rec.block_size {
+        Ok(bytes)
+    }
+
+    /// The manifest of a snapshot, of any format.
+    pub fn load_stored(&self, rec: &SnapshotRecord) -> Result<Stored> {
+        let m = Stored::decode(&self.manifest_bytes(rec)?)
+            .map_err(|e| Error::Corrupt(format!("manifest of snapshot {}: {e}", rec.id)))?;
+        if m.block_size() != rec.block_size {
             return Err(Error::Corrupt(format!(
                 "manifest of snapshot {} has block size {}, its record says {}",
-                rec.id, m.block_size, rec.block_size
+                rec.id,
+                m.block_size(),
+                rec.block_size
             )));
         }
         Ok(m)
+    }
+
+    /// The manifest of a snapshot of format 1 or 2 (changes or a full
+    /// list); a tree root (format 3) is refused: see [`Self::load_stored`].
+    pub fn load_manifest(&self, rec: &SnapshotRecord) -> Result<Manifest> {
+        match self.load_stored(rec)? {
+            Stored::Changes(m) => Ok(m),
+            Stored::Tree(_) => Err(Error::Corrupt(format!(
+                "snapshot {} has a tree manifest where a list was expected",
+                rec.id
+            ))),
+        }
+    }
+
+    /// Add to `out` every blob `rec` references: its manifest parts, the
+    /// chunks its manifest names and, for a tree (format 3), the parts of
+    /// its directory objects and the chunks of their files. Directory
+    /// objects in `seen` are skipped (their references were added before:
+    /// marking many snapshots that share most of their tree reads each
+    /// shared directory once).
+    pub fn references(
+        &self,
+        rec: &SnapshotRecord,
+        seen: &mut HashSet<crate::snapshot::dirs::DirRef>,
+        out: &mut HashSet<ChunkId>,
+    ) -> Result<()> {
+        out.extend(rec.manifest_ids()?);
+        match self.load_stored(rec)? {
+            Stored::Changes(m) => out.extend(m.block_ids()),
+            Stored::Tree(root) => {
+                let mut err = None;
+                crate::snapshot::dirs::walk_new(self, &root, seen, &mut |r, d| {
+                    out.extend(r.parts.iter().copied());
+                    for e in &d.entries {
+                        if let crate::snapshot::dirs::DNode::File {
+                            size,
+                            blocks,
+                            segments,
+                            ..
+                        } = &e.node
+                        {
+                            out.extend(blocks.iter().copied());
+                            out.extend(segments.iter().copied());
+                            if !segments.is_empty() {
+                                match crate::snapshot::dirs::file_blocks(
+                                    self,
+                                    *size,
+                                    Vec::new(),
+                                    segments,
+                                    root.block_size,
+                                ) {
+                                    Ok(ids) => out.extend(ids),
+                                    Err(e) => {
+                                        err.get_or_insert(e);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                })?;
+                if let Some(e) = err {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Directory objects this process read (what `.snapshots` lookups,
+    /// diffs and captures read must follow the change, not the tree).
+    pub fn dir_objects_read() -> u64 {
+        DIR_OBJECTS_READ.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A writer's view of the repository as a store of directory objects.
+    pub fn tree_store<'w>(&'w self, writer: &'w ChunkWriter<'w>) -> TreeStore<'w> {
+        TreeStore { repo: self, writer }
     }
 
     /// The chain a snapshot needs, oldest (the full) first.
@@ -874,15 +1002,89 @@ impl Repository {
         Ok(chain)
     }
 
-    /// The tree a snapshot captured: its chain's manifests applied in order.
+    /// The tree a snapshot captured: read from its directory objects
+    /// (format 3), or its chain's manifests applied in order (the nearest
+    /// member stored as a tree, or the full, then the changes after it).
     pub fn resolve(&self, rec: &SnapshotRecord) -> Result<Tree> {
         let all = self.snapshots()?;
-        let mut tree = Tree::default();
-        for r in self.chain(rec, &all)? {
-            let m = self.load_manifest(&r)?;
-            tree.apply(&m)?;
+        self.resolve_in(rec, &all, &|_| None)
+    }
+
+    /// [`Self::resolve`] among `all`, starting from a tree `held` gives for
+    /// a member of the chain when it has one.
+    pub fn resolve_in(
+        &self,
+        rec: &SnapshotRecord,
+        all: &[SnapshotRecord],
+        held: &dyn Fn(u64) -> Option<Arc<Tree>>,
+    ) -> Result<Tree> {
+        if let Some(t) = held(rec.id) {
+            return Ok((*t).clone());
         }
-        Ok(tree)
+        let first = self.load_stored(rec)?;
+        let first = match first {
+            Stored::Tree(root) => return self.read_tree(&root),
+            Stored::Changes(m) if rec.kind == Kind::Full => {
+                let mut t = Tree::default();
+                t.apply(&m)?;
+                return Ok(t);
+            }
+            Stored::Changes(m) => m,
+        };
+        let chain = self.chain(rec, all)?;
+        // Newest first: the changes to apply, until a start is found.
+        let mut pending = vec![first];
+        let mut start = Tree::default();
+        for r in chain.iter().rev().skip(1) {
+            if let Some(t) = held(r.id) {
+                start = (*t).clone();
+                break;
+            }
+            match self.load_stored(r)? {
+                Stored::Tree(root) => {
+                    start = self.read_tree(&root)?;
+                    break;
+                }
+                Stored::Changes(m) => {
+                    let full = r.kind == Kind::Full;
+                    pending.push(m);
+                    if full {
+                        break;
+                    }
+                }
+            }
+        }
+        for m in pending.iter().rev() {
+            start.apply(m)?;
+        }
+        Ok(start)
+    }
+
+    /// The whole tree below a format 3 root.
+    pub fn read_tree(&self, root: &crate::snapshot::dirs::Root) -> Result<Tree> {
+        crate::snapshot::dirs::read_tree(self, root)
+    }
+
+    /// The entries of two snapshots that can differ: for snapshots stored
+    /// as trees, only the directories whose objects differ are read (a
+    /// diff of the two results is the diff of the whole trees); older
+    /// formats are resolved whole ([`Self::resolve_pair`]).
+    pub fn changed_pair(&self, a: &SnapshotRecord, b: &SnapshotRecord) -> Result<(Tree, Tree)> {
+        if let (Stored::Tree(ra), Stored::Tree(rb)) = (self.load_stored(a)?, self.load_stored(b)?) {
+            return crate::snapshot::dirs::differing(self, &ra, &rb);
+        }
+        self.resolve_pair(a, b)
+    }
+
+    /// The entry at `path` of a snapshot, reading only the directories on
+    /// the way when it is stored as a tree.
+    pub fn lookup(&self, rec: &SnapshotRecord, path: &[u8]) -> Result<Option<(Meta, Node)>> {
+        match self.load_stored(rec)? {
+            Stored::Tree(root) => {
+                Ok(crate::snapshot::dirs::lookup(self, &root, path)?.map(|(m, n, _)| (m, n)))
+            }
+            Stored::Changes(_) => Ok(self.resolve(rec)?.get(path).cloned()),
+        }
     }
 
     /// The trees of two snapshots, reading the part of their chains they
@@ -890,33 +1092,15 @@ impl Repository {
     /// the full manifest once, not twice).
     pub fn resolve_pair(&self, a: &SnapshotRecord, b: &SnapshotRecord) -> Result<(Tree, Tree)> {
         let all = self.snapshots()?;
-        let ca = self.chain(a, &all)?;
-        let cb = self.chain(b, &all)?;
-        let common = ca
-            .iter()
-            .zip(cb.iter())
-            .take_while(|(x, y)| x.id == y.id && x.manifest == y.manifest)
-            .count();
-        let mut shared = Tree::default();
-        for r in &ca[..common] {
-            shared.apply(&self.load_manifest(r)?)?;
-        }
-        let finish = |mut t: Tree, rest: &[SnapshotRecord]| -> Result<Tree> {
-            for r in rest {
-                t.apply(&self.load_manifest(r)?)?;
-            }
-            Ok(t)
-        };
-        // The longer remainder gets the clone; the other takes `shared`.
-        if ca.len() - common <= cb.len() - common {
-            let tb = finish(shared.clone(), &cb[common..])?;
-            let ta = finish(shared, &ca[common..])?;
-            Ok((ta, tb))
+        let ta = self.resolve_in(a, &all, &|_| None)?;
+        let tb = if a.id == b.id {
+            ta.clone()
         } else {
-            let ta = finish(shared.clone(), &ca[common..])?;
-            let tb = finish(shared, &cb[common..])?;
-            Ok((ta, tb))
-        }
+            let shared = Arc::new(ta.clone());
+            let aid = a.id;
+            self.resolve_in(b, &all, &move |id| (id == aid).then(|| shared.clone()))?
+        };
+        Ok((ta, tb))
     }
 
     /// A writer for one capture (it runs its own pack-writing thread).
@@ -1094,7 +1278,7 @@ impl Repository {
     pub fn commit_snapshot(
         &self,
         writer: &ChunkWriter<'_>,
-        manifest: &Manifest,
+        tree: &Tree,
         draft: SnapshotDraft,
     ) -> Result<SnapshotRecord> {
         self.writable()?;
@@ -1108,7 +1292,14 @@ impl Repository {
                 crate::snapshot::model::MAX_LABEL
             )));
         }
-        let bytes = manifest.encode()?;
+        // The tree as directory objects (only those not stored yet are
+        // written), then its root as the manifest.
+        let mut root = crate::snapshot::dirs::write_tree(&self.tree_store(writer), tree)?;
+        if root.block_size == 0 {
+            // A tree with no file (nothing set its block size).
+            root.block_size = self.config.block_size;
+        }
+        let bytes = root.encode()?;
         let parts = writer.store_manifest(&bytes)?;
         writer.commit()?;
         let id = self
@@ -1141,7 +1332,7 @@ impl Repository {
             label: draft.label,
             name: time::snapshot_name(draft.time_ns, id),
             source,
-            block_size: manifest.block_size,
+            block_size: root.block_size,
             manifest: parts,
             manifest_len: bytes.len() as u64,
             stats,

@@ -267,20 +267,41 @@ pub fn forget(repo: &Repository, target: Target<'_>, dry_run: bool) -> Result<Fo
                 was_parent: old.parent,
             }));
             if ch.new_manifest {
-                let tree = trees.get(repo, ch.id)?;
-                let base = match ch.parent {
-                    Some(p) => Some(trees.get(repo, p)?),
-                    None => None,
-                };
-                let (m, blocks) = build(&tree, base.as_deref());
-                let bytes = m.encode()?;
-                let parts = writer.store_manifest(&bytes)?;
-                report.manifest_bytes += bytes.len() as u64;
-                rec.manifest = parts;
-                rec.manifest_len = bytes.len() as u64;
-                rec.stats.changed_blocks = blocks;
-                rec.stats.changed_entries = m.entries.len() as u64;
-                rec.stats.removed_entries = m.removed.len() as u64;
+                let parent = ch.parent.map(|p| by_id[&p]);
+                if let crate::snapshot::Stored::Tree(_) = repo.load_stored(old)? {
+                    // Stored as a whole tree already: the manifest stays;
+                    // only the change counts are now against the new
+                    // parent (from the directories that differ).
+                    let (tree, base) = match parent {
+                        Some(p) => {
+                            let (b, t) = repo.changed_pair(p, old)?;
+                            (t, Some(b))
+                        }
+                        None => (trees.get(repo, ch.id)?.as_ref().clone(), None),
+                    };
+                    let (m, blocks) = build(&tree, base.as_ref());
+                    rec.stats.changed_blocks = blocks;
+                    rec.stats.changed_entries = m.entries.len() as u64;
+                    rec.stats.removed_entries = m.removed.len() as u64;
+                } else {
+                    // An older format: stored again as a tree of its own
+                    // (format 3), so it no longer depends on the chain.
+                    let tree = trees.get(repo, ch.id)?;
+                    let base = match ch.parent {
+                        Some(p) => Some(trees.get(repo, p)?),
+                        None => None,
+                    };
+                    let (m, blocks) = build(&tree, base.as_deref());
+                    let root = crate::snapshot::dirs::write_tree(&repo.tree_store(&writer), &tree)?;
+                    let bytes = root.encode()?;
+                    let parts = writer.store_manifest(&bytes)?;
+                    report.manifest_bytes += bytes.len() as u64;
+                    rec.manifest = parts;
+                    rec.manifest_len = bytes.len() as u64;
+                    rec.stats.changed_blocks = blocks;
+                    rec.stats.changed_entries = m.entries.len() as u64;
+                    rec.stats.removed_entries = m.removed.len() as u64;
+                }
             }
             records.push(rec);
         }
@@ -353,21 +374,10 @@ impl<'a> TreeCache<'a> {
             .iter()
             .find(|r| r.id == id)
             .ok_or_else(|| Error::UnknownSnapshot(id.to_string()))?;
-        let chain = repo.chain(rec, self.all)?;
-        // The deepest member of the chain whose tree is held.
-        let held = chain.iter().enumerate().rev().find_map(|(i, r)| {
-            self.trees
-                .iter()
-                .find(|(t, _)| *t == r.id)
-                .map(|(_, t)| (i + 1, t.clone()))
-        });
-        let (from, mut tree) = match held {
-            Some((i, t)) => (i, (*t).clone()),
-            None => (0, Tree::default()),
-        };
-        for r in &chain[from..] {
-            tree.apply(&repo.load_manifest(r)?)?;
-        }
+        let trees = &self.trees;
+        let tree = repo.resolve_in(rec, self.all, &|id| {
+            trees.iter().find(|(t, _)| *t == id).map(|(_, t)| t.clone())
+        })?;
         let t = std::sync::Arc::new(tree);
         if self.trees.len() >= TREES_KEPT {
             self.trees.remove(0);

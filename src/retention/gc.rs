@@ -94,17 +94,21 @@ pub struct GcReport {
     pub seconds: f64,
 }
 
-/// The chunks and manifest parts `records` name.
-fn mark(repo: &Repository, records: &[SnapshotRecord], out: &mut HashSet<ChunkId>) -> Result<()> {
+/// The chunks, manifest parts and directory objects `records` name
+/// (directory objects in `seen` were marked before, with what they name).
+fn mark(
+    repo: &Repository,
+    records: &[SnapshotRecord],
+    seen: &mut HashSet<crate::snapshot::dirs::DirRef>,
+    out: &mut HashSet<ChunkId>,
+) -> Result<()> {
     for r in records {
-        out.extend(r.manifest_ids()?);
-        let m = repo.load_manifest(r).map_err(|e| {
+        repo.references(r, seen, out).map_err(|e| {
             Error::Corrupt(format!(
                 "gc stopped: the manifest of snapshot {} cannot be read ({e}), so what it references is unknown; nothing was deleted",
                 r.id
             ))
         })?;
-        out.extend(m.block_ids());
     }
     Ok(())
 }
@@ -157,7 +161,8 @@ fn run(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
     let marked: HashMap<u64, Vec<String>> =
         records.iter().map(|r| (r.id, r.manifest.clone())).collect();
     let mut live = HashSet::new();
-    mark(repo, &records, &mut live)?;
+    let mut seen = HashSet::new();
+    mark(repo, &records, &mut seen, &mut live)?;
     let indexed = repo.index().chunks()?;
     {
         // Every chunk a record names must be indexed: if the index lost
@@ -189,7 +194,7 @@ fn run(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
             .into_iter()
             .filter(|r| marked.get(&r.id) != Some(&r.manifest))
             .collect();
-        mark(repo, &fresh, &mut live)?;
+        mark(repo, &fresh, &mut seen, &mut live)?;
         live.extend(repo.pinned());
         let rescued: Vec<ChunkId> = condemned.intersection(&live).copied().collect();
         for id in &rescued {

@@ -122,9 +122,9 @@ pub fn forget_and_gc(
         .cloned()
         .collect();
     let mut referenced: HashSet<crate::store::ChunkId> = HashSet::new();
+    let mut seen = HashSet::new();
     for r in &kept {
-        referenced.extend(r.manifest_ids()?);
-        referenced.extend(repo.load_manifest(r)?.block_ids());
+        repo.references(r, &mut seen, &mut referenced)?;
     }
     let mut pack_blobs: HashMap<u64, Vec<crate::store::ChunkId>> = HashMap::new();
     for (id, loc) in repo.index().chunks()? {

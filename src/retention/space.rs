@@ -69,59 +69,115 @@ fn chain_len(rec: &SnapshotRecord, by_id: &HashMap<u64, &SnapshotRecord>) -> u64
     n
 }
 
-/// Account for every snapshot of `repo`.
+/// Where one chunk is referenced, over the snapshots in id order.
+#[derive(Default)]
+struct Life {
+    /// Occurrences in the tree of the snapshot being replayed.
+    here: u32,
+    /// Index of the snapshot since which it is present (while `here > 0`).
+    since: u32,
+    /// Snapshots it was present in, counted when it left.
+    count: u32,
+    /// The first snapshot (index) it was present in.
+    first: u32,
+}
+
+/// Account for every snapshot of `repo`, replaying the snapshots in id
+/// order: the first tree is read whole, then each snapshot only where it
+/// differs from the one before (for snapshots stored as trees, the
+/// directories whose objects differ), so the cost follows the change, not
+/// the files times the snapshots. A chunk's unique owner is the one
+/// snapshot it was present in.
 pub fn space(repo: &Repository) -> Result<RepoSpace> {
-    let all = repo.snapshots()?;
+    let mut all = repo.snapshots()?;
+    all.sort_by_key(|r| r.id);
     let by_id: HashMap<u64, &SnapshotRecord> = all.iter().map(|r| (r.id, r)).collect();
     let index: HashMap<ChunkId, crate::store::pack::Location> =
         repo.index().chunks()?.into_iter().collect();
-    let mut refs: HashMap<ChunkId, u32> = HashMap::new();
-    let mut per: Vec<(SnapshotSpace, HashSet<ChunkId>)> = Vec::new();
+    let stored = |id: &ChunkId| index.get(id).map_or(0, |l| u64::from(l.stored_len));
+    let mut lives: HashMap<ChunkId, Life> = HashMap::new();
     let mut out = RepoSpace::default();
-    for rec in &all {
-        let tree = repo.resolve(rec)?;
-        let mut s = SnapshotSpace {
+    let mut per: Vec<SnapshotSpace> = Vec::with_capacity(all.len());
+    // The replayed snapshot's totals.
+    let (mut files, mut logical, mut chunks, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    for (i, rec) in all.iter().enumerate() {
+        let i = i as u32;
+        let (old, new) = if i == 0 {
+            (Tree::default(), repo.resolve(rec)?)
+        } else {
+            repo.changed_pair(&all[i as usize - 1], rec)?
+        };
+        for (_, node) in old.entries.values() {
+            if let Node::File { size, .. } = node {
+                files -= 1;
+                logical -= size;
+                for id in Tree::blocks_of(node) {
+                    let l = lives.entry(*id).or_default();
+                    l.here = l.here.saturating_sub(1);
+                    if l.here == 0 {
+                        l.count += i - l.since;
+                        chunks -= 1;
+                        bytes -= stored(id);
+                    }
+                }
+            }
+        }
+        for (_, node) in new.entries.values() {
+            if let Node::File { size, .. } = node {
+                files += 1;
+                logical += size;
+                for id in Tree::blocks_of(node) {
+                    let l = lives.entry(*id).or_default();
+                    if l.here == 0 {
+                        if l.count == 0 {
+                            l.first = i;
+                        }
+                        l.since = i;
+                        chunks += 1;
+                        bytes += stored(id);
+                    }
+                    l.here += 1;
+                }
+            }
+        }
+        let s = SnapshotSpace {
             id: rec.id,
             kind: rec.kind_label(),
             chain_len: chain_len(rec, &by_id),
-            ..Default::default()
+            files,
+            logical_bytes: logical,
+            chunks,
+            stored_bytes: bytes,
+            unique_bytes: 0,
         };
-        let mut set = HashSet::new();
-        for (_, node) in tree.entries.values() {
-            if let Node::File { size, .. } = node {
-                s.files += 1;
-                s.logical_bytes += size;
-                set.extend(Tree::blocks_of(node).iter().copied());
-            }
-        }
-        for id in &set {
-            *refs.entry(*id).or_default() += 1;
-            if let Some(l) = index.get(id) {
-                s.stored_bytes += u64::from(l.stored_len);
-            }
-        }
-        s.chunks = set.len() as u64;
         *out.snapshots_by_kind.entry(s.kind.clone()).or_default() += 1;
         out.logical_bytes += s.logical_bytes;
         out.longest_chain = out.longest_chain.max(s.chain_len);
-        per.push((s, set));
+        per.push(s);
     }
-    for (s, set) in &mut per {
-        s.unique_bytes = set
-            .iter()
-            .filter(|id| refs.get(*id) == Some(&1))
-            .filter_map(|id| index.get(id))
-            .map(|l| u64::from(l.stored_len))
-            .sum();
+    let n = all.len() as u32;
+    for (id, l) in &lives {
+        let count = l.count + if l.here > 0 { n - l.since } else { 0 };
+        if count == 1 {
+            per[l.first as usize].unique_bytes += stored(id);
+        }
     }
-    out.snapshots = per.into_iter().map(|(s, _)| s).collect();
+    let refs: HashSet<&ChunkId> = lives
+        .iter()
+        .filter(|(_, l)| l.count > 0 || l.here > 0)
+        .map(|(id, _)| id)
+        .collect();
+    out.snapshots = per;
+    if repo.is_writable() {
+        store_unique(repo, &all, &out);
+    }
     let mut packs = HashSet::new();
     for (id, l) in &index {
         packs.insert(l.pack);
         if l.kind != crate::store::BlobKind::Chunk {
             continue;
         }
-        if refs.contains_key(id) {
+        if refs.contains(id) {
             out.chunks += 1;
             out.raw_bytes += u64::from(l.raw_len);
             out.stored_bytes += u64::from(l.stored_len);
@@ -139,4 +195,66 @@ pub fn space(repo: &Repository) -> Result<RepoSpace> {
     out.dedup_ratio = ratio(out.logical_bytes, out.raw_bytes);
     out.compression_ratio = ratio(out.raw_bytes, out.stored_bytes);
     Ok(out)
+}
+
+/// The cache of unique sizes (`cache/unique.json`): valid for the exact
+/// snapshot list (ids and manifests) it was computed for.
+pub const UNIQUE_CACHE: &str = "unique.json";
+
+#[derive(Serialize, serde::Deserialize)]
+struct UniqueCache {
+    key: String,
+    unique: Vec<(u64, u64)>,
+}
+
+/// What the unique sizes depend on: every record's id and manifest.
+fn records_key(all: &[SnapshotRecord]) -> String {
+    let mut h = blake3::Hasher::new();
+    for r in all {
+        h.update(&r.id.to_le_bytes());
+        for p in &r.manifest {
+            h.update(p.as_bytes());
+        }
+        h.update(b";");
+    }
+    h.finalize().to_hex().to_string()
+}
+
+fn cache_dir(repo: &Repository) -> Result<crate::util::dirfd::Dir> {
+    repo.dir()
+        .ensure_dir(crate::repo::layout::CACHE, crate::repo::layout::DIR_MODE)
+}
+
+fn store_unique(repo: &Repository, all: &[SnapshotRecord], s: &RepoSpace) {
+    let c = UniqueCache {
+        key: records_key(all),
+        unique: s.snapshots.iter().map(|x| (x.id, x.unique_bytes)).collect(),
+    };
+    let r = serde_json::to_vec(&c)
+        .map_err(|e| crate::error::Error::InvalidInput(e.to_string()))
+        .and_then(|b| cache_dir(repo)?.write_atomic(UNIQUE_CACHE, &b));
+    if let Err(e) = r {
+        tracing::debug!("cannot cache unique sizes: {e}");
+    }
+}
+
+/// Each snapshot's unique size (see [`SnapshotSpace::unique_bytes`]):
+/// from the cache when it was computed for this very snapshot list (what
+/// `snapshots` shows without reading any tree), else computed by
+/// [`space`] (which caches it). Read-only repositories compute it each
+/// time.
+pub fn unique_bytes(repo: &Repository) -> Result<HashMap<u64, u64>> {
+    let all = repo.snapshots()?;
+    let key = records_key(&all);
+    let cached = repo
+        .dir()
+        .open_dir(crate::repo::layout::CACHE)
+        .ok()
+        .and_then(|d| d.read(UNIQUE_CACHE, 16 << 20).ok().flatten())
+        .and_then(|b| serde_json::from_slice::<UniqueCache>(&b).ok());
+    if let Some(c) = cached.filter(|c| c.key == key) {
+        return Ok(c.unique.into_iter().collect());
+    }
+    let s = space(repo)?;
+    Ok(s.snapshots.iter().map(|x| (x.id, x.unique_bytes)).collect())
 }

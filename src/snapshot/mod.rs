@@ -3,13 +3,14 @@
 //! says an entry is unchanged since a snapshot (`unchanged.rs`).
 
 pub mod diff;
+pub mod dirs;
 pub mod manifest;
 pub mod model;
 pub mod select;
 pub mod tree;
 pub mod unchanged;
 
-pub use manifest::{Blocks, Entry, Manifest, Meta, Node};
+pub use manifest::{Blocks, Entry, Manifest, Meta, Node, Stored};
 pub use model::{Kind, SnapshotRecord, Stats};
 pub use tree::Tree;
 

@@ -1,0 +1,784 @@
+//! Directory objects: how manifest format 3 stores a snapshot's tree.
+//!
+//! Every directory of a snapshot is one content-addressed object (its
+//! entries sorted by name, each with its metadata; a file entry carries
+//! its whole block list, a directory entry the reference of its own
+//! object). A snapshot's manifest is then a small [`Root`]: the root
+//! directory's metadata and reference. A directory that did not change
+//! between two snapshots encodes to the same bytes, so it has the same id
+//! and is stored once: a capture stores only the directories that changed
+//! and their ancestors, any snapshot's tree is read without replaying a
+//! chain, and two trees are compared by skipping equal references.
+//!
+//! Objects are stored like manifest parts (blobs of kind `Manifest`, cut
+//! into parts of at most [`MANIFEST_PART_LEN`]); a [`DirRef`] names the
+//! parts of one directory and its encoded length.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::manifest::{Blocks, Meta, Node, MANIFEST_PART_LEN};
+use super::tree::Tree;
+use crate::error::{Error, Result};
+use crate::store::ChunkId;
+
+/// The manifest format whose manifest is a [`Root`].
+pub const TREE_MANIFEST_FORMAT: u32 = 3;
+/// The encoding of a [`DirObject`].
+pub const DIR_FORMAT: u32 = 1;
+/// The deepest tree read (a stored tree cannot loop, content addresses
+/// forbid it; this bounds what a damaged repository can make a reader do).
+pub const MAX_DEPTH: usize = 2048;
+/// The longest directory object read (a directory of a few million
+/// entries; memory follows the bytes actually read).
+pub const MAX_DIR_BYTES: u64 = 1 << 32;
+
+/// A stored directory object: its parts, in order, and encoded length.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DirRef {
+    pub parts: Vec<ChunkId>,
+    pub len: u64,
+}
+
+/// Manifest format 3: the snapshot's root directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Root {
+    pub format: u32,
+    pub block_size: u32,
+    /// The root directory's own metadata (absent when the tree had none).
+    pub meta: Option<Meta>,
+    pub dir: DirRef,
+}
+
+/// What a directory entry is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DNode {
+    Dir(DirRef),
+    /// A file: its block ids inline, or, for a file of more than
+    /// [`SEGMENT_IDS`] blocks, the ids of segments each holding up to
+    /// that many block ids (a block changed in a large file rewrites one
+    /// segment, not the whole list).
+    File {
+        size: u64,
+        blocks: Vec<ChunkId>,
+        segments: Vec<ChunkId>,
+        link: Option<u64>,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
+    Special {
+        rdev: u64,
+    },
+}
+
+/// Block ids per segment of a large file's block list.
+pub const SEGMENT_IDS: usize = 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub meta: Meta,
+    pub node: DNode,
+}
+
+/// One directory: its entries, sorted by name, names unique.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirObject {
+    pub format: u32,
+    pub entries: Vec<DirEntry>,
+}
+
+impl DirObject {
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        postcard::to_stdvec(self)
+            .map_err(|e| Error::InvalidInput(format!("encoding a directory object: {e}")))
+    }
+
+    /// Decode and check: known format, names safe, sorted and unique,
+    /// block lists that fit their sizes.
+    pub fn decode(bytes: &[u8], block_size: u32) -> Result<DirObject> {
+        let d: DirObject = postcard::from_bytes(bytes)
+            .map_err(|e| Error::Corrupt(format!("directory object does not decode: {e}")))?;
+        if d.format != DIR_FORMAT {
+            return Err(Error::Corrupt(format!(
+                "directory object format {} is not supported (expected {DIR_FORMAT})",
+                d.format
+            )));
+        }
+        let bs = u64::from(block_size.max(1));
+        let mut prev: Option<&[u8]> = None;
+        for e in &d.entries {
+            if e.name.is_empty()
+                || e.name == b"."
+                || e.name == b".."
+                || e.name.contains(&b'/')
+                || e.name.contains(&0)
+            {
+                return Err(Error::Corrupt(format!(
+                    "unsafe name {:?} in a directory object",
+                    String::from_utf8_lossy(&e.name)
+                )));
+            }
+            if prev.is_some_and(|p| p >= e.name.as_slice()) {
+                return Err(Error::Corrupt(
+                    "directory object entries are not sorted and unique".into(),
+                ));
+            }
+            prev = Some(&e.name);
+            if let DNode::File {
+                size,
+                blocks,
+                segments,
+                ..
+            } = &e.node
+            {
+                let n = size.div_ceil(bs);
+                let fits = if segments.is_empty() {
+                    n == blocks.len() as u64 && blocks.len() <= SEGMENT_IDS
+                } else {
+                    blocks.is_empty()
+                        && n > SEGMENT_IDS as u64
+                        && n.div_ceil(SEGMENT_IDS as u64) == segments.len() as u64
+                };
+                if !fits {
+                    return Err(Error::Corrupt(format!(
+                        "file {:?} of {size} bytes has {} blocks in {} segments",
+                        String::from_utf8_lossy(&e.name),
+                        blocks.len(),
+                        segments.len()
+                    )));
+                }
+            }
+        }
+        Ok(d)
+    }
+}
+
+impl Root {
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        postcard::to_stdvec(self)
+            .map_err(|e| Error::InvalidInput(format!("encoding a manifest root: {e}")))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Root> {
+        let r: Root = postcard::from_bytes(bytes)
+            .map_err(|e| Error::Corrupt(format!("manifest root does not decode: {e}")))?;
+        if r.format != TREE_MANIFEST_FORMAT {
+            return Err(Error::Corrupt(format!(
+                "manifest format {} is not a tree root",
+                r.format
+            )));
+        }
+        Ok(r)
+    }
+}
+
+/// Where directory objects are stored and read.
+pub trait Objects {
+    /// Store one part (at most [`MANIFEST_PART_LEN`] bytes) unless it is
+    /// there; returns its id.
+    fn put(&self, bytes: &[u8]) -> Result<ChunkId>;
+    /// Read one part back, checked against its id.
+    fn get(&self, id: &ChunkId) -> Result<Vec<u8>>;
+}
+
+/// Store an encoded object as parts.
+pub fn put_object(store: &dyn Objects, bytes: &[u8]) -> Result<DirRef> {
+    let mut parts = Vec::with_capacity(bytes.len().div_ceil(MANIFEST_PART_LEN).max(1));
+    if bytes.is_empty() {
+        parts.push(store.put(bytes)?);
+    }
+    for p in bytes.chunks(MANIFEST_PART_LEN) {
+        parts.push(store.put(p)?);
+    }
+    Ok(DirRef {
+        parts,
+        len: bytes.len() as u64,
+    })
+}
+
+/// Read a directory object (memory follows the bytes read, never the
+/// length the reference claims).
+pub fn load_dir(store: &dyn Objects, r: &DirRef, block_size: u32) -> Result<DirObject> {
+    if r.len > MAX_DIR_BYTES
+        || r.parts.len() as u64 > r.len.div_ceil(MANIFEST_PART_LEN as u64).max(1)
+    {
+        return Err(Error::Corrupt(format!(
+            "directory object of {} bytes in {} parts",
+            r.len,
+            r.parts.len()
+        )));
+    }
+    let mut bytes = Vec::new();
+    for id in &r.parts {
+        let p = store.get(id)?;
+        if p.len() > MANIFEST_PART_LEN || (bytes.len() + p.len()) as u64 > r.len {
+            return Err(Error::Corrupt(
+                "directory object is longer than its reference says".into(),
+            ));
+        }
+        bytes.extend_from_slice(&p);
+    }
+    if bytes.len() as u64 != r.len {
+        return Err(Error::Corrupt(format!(
+            "directory object is {} bytes, its reference says {}",
+            bytes.len(),
+            r.len
+        )));
+    }
+    DirObject::decode(&bytes, block_size)
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.is_empty() {
+        name.to_vec()
+    } else {
+        let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
+        p.extend_from_slice(dir);
+        p.push(b'/');
+        p.extend_from_slice(name);
+        p
+    }
+}
+
+fn parent_and_name(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[], path),
+    }
+}
+
+/// Store `tree` as directory objects (only those not stored already are
+/// written, by the store's deduplication) and return its root.
+pub fn write_tree(store: &dyn Objects, tree: &Tree) -> Result<Root> {
+    // Each directory's children, by one pass over the tree.
+    let mut children: HashMap<&[u8], Vec<&[u8]>> = HashMap::new();
+    for path in tree.entries.keys() {
+        if path.is_empty() {
+            continue;
+        }
+        let (parent, _) = parent_and_name(path);
+        children.entry(parent).or_default().push(path.as_slice());
+    }
+    let dir = write_dir(store, tree, &children, b"", 0)?;
+    Ok(Root {
+        format: TREE_MANIFEST_FORMAT,
+        block_size: tree.block_size,
+        meta: tree.get(b"").map(|(m, _)| m.clone()),
+        dir,
+    })
+}
+
+fn write_dir(
+    store: &dyn Objects,
+    tree: &Tree,
+    children: &HashMap<&[u8], Vec<&[u8]>>,
+    path: &[u8],
+    depth: usize,
+) -> Result<DirRef> {
+    if depth > MAX_DEPTH {
+        return Err(Error::InvalidInput(format!(
+            "the tree is deeper than {MAX_DEPTH} directories"
+        )));
+    }
+    let mut entries = Vec::new();
+    if let Some(kids) = children.get(path) {
+        entries.reserve(kids.len());
+        for child in kids {
+            let Some((meta, node)) = tree.get(child) else {
+                continue;
+            };
+            let (_, name) = parent_and_name(child);
+            let node = match node {
+                Node::Dir => DNode::Dir(write_dir(store, tree, children, child, depth + 1)?),
+                Node::File { size, blocks, link } => {
+                    let list = match blocks {
+                        Blocks::Full(b) => b,
+                        Blocks::Patch(_) => {
+                            return Err(Error::InvalidInput("a resolved tree holds a patch".into()))
+                        }
+                    };
+                    let (blocks, segments) = if list.len() > SEGMENT_IDS {
+                        let mut segs = Vec::with_capacity(list.len().div_ceil(SEGMENT_IDS));
+                        for seg in list.chunks(SEGMENT_IDS) {
+                            let bytes: Vec<u8> = seg.iter().flat_map(|id| id.0).collect();
+                            segs.push(store.put(&bytes)?);
+                        }
+                        (Vec::new(), segs)
+                    } else {
+                        (list.clone(), Vec::new())
+                    };
+                    DNode::File {
+                        size: *size,
+                        blocks,
+                        segments,
+                        link: *link,
+                    }
+                }
+                Node::Symlink { target } => DNode::Symlink {
+                    target: target.clone(),
+                },
+                Node::Special { rdev } => DNode::Special { rdev: *rdev },
+            };
+            entries.push(DirEntry {
+                name: name.to_vec(),
+                meta: meta.clone(),
+                node,
+            });
+        }
+    }
+    // Path order is not name order ("a-b" < "a/c" but the names "a" and
+    // "a-b" compare the other way round for their subtrees): sort.
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    let obj = DirObject {
+        format: DIR_FORMAT,
+        entries,
+    };
+    put_object(store, &obj.encode()?)
+}
+
+fn file_node(size: u64, blocks: Vec<ChunkId>, link: Option<u64>) -> Node {
+    Node::File {
+        size,
+        blocks: Blocks::Full(blocks),
+        link,
+    }
+}
+
+/// The block ids of a file entry: inline, or read from its segments
+/// (each checked to hold exactly the ids the file's size needs).
+pub fn file_blocks(
+    store: &dyn Objects,
+    size: u64,
+    blocks: Vec<ChunkId>,
+    segments: &[ChunkId],
+    block_size: u32,
+) -> Result<Vec<ChunkId>> {
+    if segments.is_empty() {
+        return Ok(blocks);
+    }
+    let n = size.div_ceil(u64::from(block_size.max(1)));
+    let mut out = Vec::with_capacity((segments.len() * SEGMENT_IDS).min(n as usize));
+    for (i, seg) in segments.iter().enumerate() {
+        let bytes = store.get(seg)?;
+        let want = (n - (i * SEGMENT_IDS) as u64).min(SEGMENT_IDS as u64) as usize;
+        if bytes.len() != want * 32 {
+            return Err(Error::Corrupt(format!(
+                "a block list segment holds {} bytes, {} expected",
+                bytes.len(),
+                want * 32
+            )));
+        }
+        for id in bytes.chunks_exact(32) {
+            let mut a = [0u8; 32];
+            a.copy_from_slice(id);
+            out.push(ChunkId(a));
+        }
+    }
+    Ok(out)
+}
+
+fn insert_entry(
+    store: &dyn Objects,
+    block_size: u32,
+    out: &mut Tree,
+    path: Vec<u8>,
+    e: DirEntry,
+) -> Result<Option<DirRef>> {
+    let (node, sub) = match e.node {
+        DNode::Dir(r) => (Node::Dir, Some(r)),
+        DNode::File {
+            size,
+            blocks,
+            segments,
+            link,
+        } => (
+            file_node(
+                size,
+                file_blocks(store, size, blocks, &segments, block_size)?,
+                link,
+            ),
+            None,
+        ),
+        DNode::Symlink { target } => (Node::Symlink { target }, None),
+        DNode::Special { rdev } => (Node::Special { rdev }, None),
+    };
+    out.entries.insert(path, (e.meta, node));
+    Ok(sub)
+}
+
+/// The whole tree under `root`.
+pub fn read_tree(store: &dyn Objects, root: &Root) -> Result<Tree> {
+    let mut out = Tree {
+        block_size: root.block_size,
+        entries: BTreeMap::new(),
+    };
+    if let Some(m) = &root.meta {
+        out.entries.insert(Vec::new(), (m.clone(), Node::Dir));
+    }
+    let mut stack = vec![(Vec::new(), root.dir.clone(), 0usize)];
+    while let Some((path, r, depth)) = stack.pop() {
+        if depth > MAX_DEPTH {
+            return Err(Error::Corrupt(format!(
+                "the tree is deeper than {MAX_DEPTH} directories"
+            )));
+        }
+        let d = load_dir(store, &r, root.block_size)?;
+        for e in d.entries {
+            let p = join(&path, &e.name);
+            if let Some(sub) = insert_entry(store, root.block_size, &mut out, p.clone(), e)? {
+                stack.push((p, sub, depth + 1));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The parts of two trees that differ: every entry of `a` under a
+/// directory whose object differs from `b`'s at the same path (and the
+/// same for `b`), with the directories leading to them. Subtrees whose
+/// references are equal are skipped without being read, so the cost
+/// follows the change, not the trees. Comparing the two results (e.g.
+/// with `snapshot::diff`) gives exactly the differences of the whole
+/// trees.
+pub fn differing(store: &dyn Objects, a: &Root, b: &Root) -> Result<(Tree, Tree)> {
+    let mut ta = Tree {
+        block_size: a.block_size,
+        entries: BTreeMap::new(),
+    };
+    let mut tb = Tree {
+        block_size: b.block_size,
+        entries: BTreeMap::new(),
+    };
+    if let Some(m) = &a.meta {
+        ta.entries.insert(Vec::new(), (m.clone(), Node::Dir));
+    }
+    if let Some(m) = &b.meta {
+        tb.entries.insert(Vec::new(), (m.clone(), Node::Dir));
+    }
+    // (path, its object in a, in b, depth)
+    type Pending = (Vec<u8>, Option<DirRef>, Option<DirRef>, usize);
+    let mut stack: Vec<Pending> = vec![(Vec::new(), Some(a.dir.clone()), Some(b.dir.clone()), 0)];
+    while let Some((path, ra, rb, depth)) = stack.pop() {
+        if depth > MAX_DEPTH {
+            return Err(Error::Corrupt(format!(
+                "the tree is deeper than {MAX_DEPTH} directories"
+            )));
+        }
+        if ra == rb {
+            continue;
+        }
+        let da = match &ra {
+            Some(r) => load_dir(store, r, a.block_size)?.entries,
+            None => Vec::new(),
+        };
+        let db = match &rb {
+            Some(r) => load_dir(store, r, b.block_size)?.entries,
+            None => Vec::new(),
+        };
+        // Children of differing directories: both sides, with their
+        // subdirectories compared in turn.
+        let mut subs: BTreeMap<Vec<u8>, (Option<DirRef>, Option<DirRef>)> = BTreeMap::new();
+        for e in da {
+            let p = join(&path, &e.name);
+            if let Some(sub) = insert_entry(store, a.block_size, &mut ta, p.clone(), e)? {
+                subs.entry(p).or_default().0 = Some(sub);
+            }
+        }
+        for e in db {
+            let p = join(&path, &e.name);
+            if let Some(sub) = insert_entry(store, b.block_size, &mut tb, p.clone(), e)? {
+                subs.entry(p).or_default().1 = Some(sub);
+            }
+        }
+        for (p, (x, y)) in subs {
+            if x != y {
+                stack.push((p, x, y, depth + 1));
+            } else if x.is_some() {
+                // Equal subtrees: nothing below differs. Their entries at
+                // this level stay (so neither side sees them as removed).
+            }
+        }
+    }
+    // Entries equal on both sides at the levels read are harmless for a
+    // diff; drop nothing else (a subtree present on one side only was read
+    // whole above).
+    Ok((ta, tb))
+}
+
+/// Every directory object reachable from `root` that `seen` does not hold
+/// yet (added to it), with the chunk ids their files name: what a
+/// snapshot references beyond what was already marked. `visit` sees each
+/// new object once.
+pub fn walk_new(
+    store: &dyn Objects,
+    root: &Root,
+    seen: &mut HashSet<DirRef>,
+    visit: &mut dyn FnMut(&DirRef, &DirObject),
+) -> Result<()> {
+    let mut stack = vec![(root.dir.clone(), 0usize)];
+    while let Some((r, depth)) = stack.pop() {
+        if depth > MAX_DEPTH {
+            return Err(Error::Corrupt(format!(
+                "the tree is deeper than {MAX_DEPTH} directories"
+            )));
+        }
+        if seen.contains(&r) {
+            continue;
+        }
+        let d = load_dir(store, &r, root.block_size)?;
+        for e in &d.entries {
+            if let DNode::Dir(sub) = &e.node {
+                if !seen.contains(sub) {
+                    stack.push((sub.clone(), depth + 1));
+                }
+            }
+        }
+        visit(&r, &d);
+        seen.insert(r);
+    }
+    Ok(())
+}
+
+/// The entry at `path` below `root`, reading only the directories on the
+/// way (`None`: no such entry). The root itself is `path` `""`.
+pub fn lookup(
+    store: &dyn Objects,
+    root: &Root,
+    path: &[u8],
+) -> Result<Option<(Meta, Node, Option<DirRef>)>> {
+    if path.is_empty() {
+        return Ok(root
+            .meta
+            .clone()
+            .map(|m| (m, Node::Dir, Some(root.dir.clone()))));
+    }
+    let mut dir = root.dir.clone();
+    let mut comps = path.split(|b| *b == b'/').peekable();
+    while let Some(name) = comps.next() {
+        let d = load_dir(store, &dir, root.block_size)?;
+        let Ok(i) = d.entries.binary_search_by(|e| e.name.as_slice().cmp(name)) else {
+            return Ok(None);
+        };
+        let e = d
+            .entries
+            .into_iter()
+            .nth(i)
+            .expect("index from binary_search");
+        let last = comps.peek().is_none();
+        match (e.node, last) {
+            (DNode::Dir(r), true) => return Ok(Some((e.meta, Node::Dir, Some(r)))),
+            (DNode::Dir(r), false) => dir = r,
+            (n, true) => {
+                let node = match n {
+                    DNode::File {
+                        size,
+                        blocks,
+                        segments,
+                        link,
+                    } => file_node(
+                        size,
+                        file_blocks(store, size, blocks, &segments, root.block_size)?,
+                        link,
+                    ),
+                    DNode::Symlink { target } => Node::Symlink { target },
+                    DNode::Special { rdev } => Node::Special { rdev },
+                    DNode::Dir(_) => unreachable!(),
+                };
+                return Ok(Some((e.meta, node, None)));
+            }
+            (_, false) => return Ok(None),
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::manifest::Time;
+    use parking_lot::Mutex;
+
+    #[derive(Default)]
+    struct Mem {
+        objs: Mutex<HashMap<ChunkId, Vec<u8>>>,
+        reads: Mutex<u64>,
+        puts: Mutex<u64>,
+    }
+
+    impl Objects for Mem {
+        fn put(&self, bytes: &[u8]) -> Result<ChunkId> {
+            let id = ChunkId::of(bytes);
+            if self.objs.lock().insert(id, bytes.to_vec()).is_none() {
+                *self.puts.lock() += 1;
+            }
+            Ok(id)
+        }
+        fn get(&self, id: &ChunkId) -> Result<Vec<u8>> {
+            *self.reads.lock() += 1;
+            self.objs
+                .lock()
+                .get(id)
+                .cloned()
+                .ok_or_else(|| Error::MissingChunk(id.to_hex()))
+        }
+    }
+
+    fn meta(mode: u32, t: i64) -> Meta {
+        Meta {
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime: Time { sec: t, nsec: 0 },
+            ctime_ns: t,
+            ino: t as u64,
+            xattrs: vec![],
+        }
+    }
+
+    fn big_tree(dirs: usize, per: usize) -> Tree {
+        let mut t = Tree {
+            block_size: 4096,
+            entries: BTreeMap::new(),
+        };
+        t.entries.insert(vec![], (meta(0o40755, 1), Node::Dir));
+        for d in 0..dirs {
+            let dp = format!("d{d:03}").into_bytes();
+            t.entries.insert(dp.clone(), (meta(0o40755, 2), Node::Dir));
+            for f in 0..per {
+                let mut p = dp.clone();
+                p.extend_from_slice(format!("/f{f:03}").as_bytes());
+                let id = ChunkId::of(&p);
+                t.entries
+                    .insert(p, (meta(0o100644, 3), file_node(4096, vec![id], None)));
+            }
+        }
+        // Names whose path order differs from name order.
+        t.entries
+            .insert(b"a".to_vec(), (meta(0o40755, 4), Node::Dir));
+        t.entries.insert(
+            b"a/x".to_vec(),
+            (meta(0o100644, 5), file_node(0, vec![], None)),
+        );
+        t.entries.insert(
+            b"a-b".to_vec(),
+            (
+                meta(0o120777, 6),
+                Node::Symlink {
+                    target: b"a".to_vec(),
+                },
+            ),
+        );
+        t
+    }
+
+    #[test]
+    fn round_trip_and_sharing() {
+        let s = Mem::default();
+        let t = big_tree(20, 50);
+        let r = write_tree(&s, &t).unwrap();
+        assert_eq!(read_tree(&s, &r).unwrap(), t);
+        // One file changed: only its directory and the root are new.
+        let mut t2 = t.clone();
+        let id = ChunkId::of(b"new");
+        t2.entries.insert(
+            b"d007/f010".to_vec(),
+            (meta(0o100644, 9), file_node(10, vec![id], None)),
+        );
+        let before = *s.puts.lock();
+        let r2 = write_tree(&s, &t2).unwrap();
+        assert_eq!(*s.puts.lock() - before, 2);
+        assert_eq!(read_tree(&s, &r2).unwrap(), t2);
+        // Comparing them reads the two roots and the two changed dirs.
+        *s.reads.lock() = 0;
+        let (a, b) = differing(&s, &r, &r2).unwrap();
+        assert_eq!(*s.reads.lock(), 4);
+        let d = crate::snapshot::diff::diff(&a, &b, b"");
+        let full = crate::snapshot::diff::diff(&t, &t2, b"");
+        assert_eq!(format!("{d:?}"), format!("{full:?}"));
+        // Lookups read the directories on the way only.
+        *s.reads.lock() = 0;
+        let (_, n, _) = lookup(&s, &r2, b"d007/f010").unwrap().unwrap();
+        assert!(matches!(n, Node::File { size: 10, .. }));
+        assert_eq!(*s.reads.lock(), 2);
+        assert!(lookup(&s, &r2, b"d007/nope").unwrap().is_none());
+        assert!(lookup(&s, &r2, b"a-b/x").unwrap().is_none());
+        // Marking: the second tree adds only what the first did not have.
+        let mut seen = HashSet::new();
+        let mut n = 0;
+        walk_new(&s, &r, &mut seen, &mut |_, _| n += 1).unwrap();
+        assert_eq!(n, 22);
+        n = 0;
+        walk_new(&s, &r2, &mut seen, &mut |_, _| n += 1).unwrap();
+        assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn large_files_keep_their_lists_in_segments() {
+        let s = Mem::default();
+        let mut t = big_tree(1, 1);
+        let ids: Vec<ChunkId> = (0..3000u32)
+            .map(|i| ChunkId::of(&i.to_le_bytes()))
+            .collect();
+        t.entries.insert(
+            b"big".to_vec(),
+            (
+                meta(0o100644, 7),
+                file_node(3000 * 4096 - 5, ids.clone(), None),
+            ),
+        );
+        let r = write_tree(&s, &t).unwrap();
+        assert_eq!(read_tree(&s, &r).unwrap(), t);
+        // One block changed: one segment, the root directory (and nothing
+        // else) are new.
+        let mut t2 = t.clone();
+        let mut ids2 = ids;
+        ids2[2500] = ChunkId::of(b"changed");
+        t2.entries.insert(
+            b"big".to_vec(),
+            (meta(0o100644, 7), file_node(3000 * 4096 - 5, ids2, None)),
+        );
+        let before = *s.puts.lock();
+        let r2 = write_tree(&s, &t2).unwrap();
+        assert_eq!(*s.puts.lock() - before, 2);
+        assert_eq!(read_tree(&s, &r2).unwrap(), t2);
+        let (_, n, _) = lookup(&s, &r2, b"big").unwrap().unwrap();
+        assert_eq!(Tree::blocks_of(&n)[2500], ChunkId::of(b"changed"));
+    }
+
+    #[test]
+    fn damaged_objects_are_refused() {
+        let s = Mem::default();
+        let bad = |entries: Vec<DirEntry>| {
+            let o = DirObject {
+                format: DIR_FORMAT,
+                entries,
+            };
+            DirObject::decode(&o.encode().unwrap(), 4096)
+        };
+        let e = |name: &[u8], node: DNode| DirEntry {
+            name: name.to_vec(),
+            meta: meta(0o100644, 1),
+            node,
+        };
+        let f = |size| DNode::File {
+            size,
+            blocks: vec![],
+            segments: vec![],
+            link: None,
+        };
+        assert!(bad(vec![e(b"..", f(0))]).is_err());
+        assert!(bad(vec![e(b"a/b", f(0))]).is_err());
+        assert!(bad(vec![e(b"b", f(0)), e(b"a", f(0))]).is_err());
+        assert!(bad(vec![e(b"a", f(0)), e(b"a", f(0))]).is_err());
+        assert!(bad(vec![e(b"a", f(1 << 40))]).is_err());
+        assert!(bad(vec![e(b"a", f(0))]).is_ok());
+        // A reference claiming more than its parts hold.
+        let r = put_object(&s, b"xyz").unwrap();
+        let lie = DirRef { len: 99, ..r };
+        assert!(load_dir(&s, &lie, 4096).is_err());
+        assert!(DirObject::decode(&[0xff; 8], 4096).is_err());
+    }
+}
