@@ -26,9 +26,11 @@
 #                          incrementals: median stored_bytes (everything the
 #                          snapshot appended to packs: data chunks with their
 #                          88-byte blob headers + manifest parts), median
-#                          manifest bytes stored = stored_bytes - data chunks
-#                          x (4096 + 88) (exact: 4 KiB random blocks are
-#                          stored raw; n/a if a record shows otherwise) and
+#                          manifest bytes stored = stored_bytes - changed
+#                          blocks x (4096 + 88) (exact: 4 KiB random blocks
+#                          are stored raw, one new chunk each; with manifest
+#                          format 3 this includes the directory objects; n/a
+#                          if a record shows otherwise) and
 #                          median manifest_len (the manifest before zstd)
 #   repo growth / incr.    du -sb REPO before and after the small
 #                          incrementals, divided by SNAPS (packs, index,
@@ -192,10 +194,12 @@ stored, man, mlen, exact = [], [], [], True
 for i in range(lo, hi + 1):
     r = json.load(open(os.path.join(d, f"{i:010d}.json")))
     s = r["stats"]
-    data_chunks = s["new_chunks"] - len(r["manifest"])
+    # Each changed 4 KiB random block is one new chunk stored raw (4096
+    # bytes + its 88-byte header); the rest of stored_bytes is the
+    # manifest (and, since manifest format 3, the directory objects).
+    data_chunks = s["changed_blocks"]
     m = s["stored_bytes"] - data_chunks * (4096 + 88)
-    # Raw 4 KiB blocks: data_chunks == changed_blocks and a positive rest.
-    if data_chunks != s["changed_blocks"] or not 0 < m <= s["stored_bytes"]:
+    if data_chunks > s["new_chunks"] or not 0 < m <= s["stored_bytes"]:
         exact = False
     stored.append(s["stored_bytes"]); man.append(m); mlen.append(r["manifest_len"])
 print(statistics.median(stored), statistics.median(man) if exact else "n/a", statistics.median(mlen))
@@ -212,9 +216,9 @@ PY
   read -r sb mb < <(python3 - "$repo/snapshots/$(printf %010d "$last").json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])); s = r["stats"]
-data_chunks = s["new_chunks"] - len(r["manifest"])
+data_chunks = s["changed_blocks"]
 m = s["stored_bytes"] - data_chunks * (4096 + 88)
-ok = data_chunks == s["changed_blocks"] and 0 < m <= s["stored_bytes"]
+ok = data_chunks <= s["new_chunks"] and 0 < m <= s["stored_bytes"]
 print(s["stored_bytes"], m if ok else "n/a")
 PY
 )

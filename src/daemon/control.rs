@@ -189,6 +189,61 @@ pub struct DaemonStatus {
     /// The remotes it replicates to, and how far behind each is.
     #[serde(default)]
     pub remotes: Vec<super::replicator::RemoteStatus>,
+    /// Where the daemon's memory goes.
+    #[serde(default)]
+    pub memory: Option<MemoryStatus>,
+}
+
+/// The daemon's memory by component (`status --json`). Bytes of trees
+/// are estimates from what they hold (keys, entries, block lists);
+/// the heap figures are the allocator's own.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct MemoryStatus {
+    /// Resident now and at its peak (VmRSS, VmHWM).
+    pub rss_bytes: u64,
+    pub peak_rss_bytes: u64,
+    /// Heap in use, and free but still held by the allocator.
+    pub heap_in_use_bytes: u64,
+    pub heap_free_bytes: u64,
+    /// The flusher's snapshot trees (bases of the next captures).
+    pub flusher_tree_entries: u64,
+    pub flusher_tree_bytes: u64,
+    /// Snapshot trees loaded for `.snapshots` and snapshot mounts (at
+    /// most --view-trees of them... see ViewOptions::trees_cached).
+    pub view_trees: u64,
+    pub view_nodes: u64,
+    pub view_bytes: u64,
+    /// Verified chunks cached for snapshot reads.
+    pub chunk_cache_bytes: u64,
+    /// The index's page cache limit (sled).
+    pub index_cache_limit_bytes: u64,
+}
+
+impl MemoryStatus {
+    /// VmRSS, VmHWM and the allocator's figures of this process.
+    pub fn process() -> MemoryStatus {
+        let mut m = MemoryStatus::default();
+        if let Ok(s) = std::fs::read_to_string("/proc/self/status") {
+            for line in s.lines() {
+                let kib = |l: &str| -> u64 {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0)
+                        * 1024
+                };
+                if line.starts_with("VmRSS:") {
+                    m.rss_bytes = kib(line);
+                } else if line.starts_with("VmHWM:") {
+                    m.peak_rss_bytes = kib(line);
+                }
+            }
+        }
+        let (used, free) = crate::util::sys::heap_usage();
+        m.heap_in_use_bytes = used;
+        m.heap_free_bytes = free;
+        m
+    }
 }
 
 /// Rolling verification in `status`.

@@ -252,6 +252,19 @@ impl Shared {
         // them) live until its end.
         let metrics_url = self.metrics_url.lock().clone();
         let metrics_token = self.metrics_token.lock().clone();
+        let flusher = self.flusher.status.lock().clone();
+        let memory = {
+            let mut m = super::control::MemoryStatus::process();
+            m.flusher_tree_entries = flusher.tree_entries;
+            m.flusher_tree_bytes = flusher.tree_bytes;
+            let (t, n, b) = self.views.trees_memory();
+            m.view_trees = t;
+            m.view_nodes = n;
+            m.view_bytes = b;
+            m.chunk_cache_bytes = self.views.chunks.bytes();
+            m.index_cache_limit_bytes = crate::repo::INDEX_CACHE_BYTES;
+            m
+        };
         DaemonStatus {
             pid: std::process::id(),
             mountpoint: self.paths.mountpoint.display().to_string(),
@@ -280,7 +293,7 @@ impl Shared {
             snapshots: list.len() as u64,
             newest: NewestSnapshot::of(&list),
             oldest_change_ns,
-            flusher: Some(self.flusher.status.lock().clone()),
+            flusher: Some(flusher),
             mounts: self.extra.mountpoints(),
             live: true,
             detached: self.detached.load(std::sync::atomic::Ordering::Relaxed),
@@ -315,6 +328,7 @@ impl Shared {
                     .to_string()
             }),
             remotes: self.replicas.lock().clone(),
+            memory: Some(memory),
         }
     }
 

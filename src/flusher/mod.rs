@@ -66,6 +66,13 @@ pub struct FlusherStatus {
     /// Bytes read from the backing directory by captures since start.
     #[serde(default)]
     pub bytes_read_total: u64,
+    /// Entries of the snapshot trees the flusher keeps (the latest, and
+    /// the latest full when it is another: the bases of the next
+    /// captures), and about the heap bytes they take.
+    #[serde(default)]
+    pub tree_entries: u64,
+    #[serde(default)]
+    pub tree_bytes: u64,
 }
 
 enum Cmd {
@@ -194,6 +201,7 @@ fn run(ctx: FlusherCtx, rx: Receiver<Cmd>, ev_rx: Receiver<FsEvent>, out: Report
         Ok(None) => "done: no snapshot yet".to_string(),
         Ok(Some((r, latest))) => {
             trees.latest = Some((latest.0, Arc::new(latest.1)));
+            note_trees(&trees, status);
             format!(
             "done: {} entries checked, {} files and {} directories changed since the latest snapshot",
             r.entries_checked, r.files_marked, r.dirs_marked
@@ -438,6 +446,25 @@ fn syncfs(mountpoint: &std::path::Path) {
     }
 }
 
+/// Record in the status what the kept trees hold.
+fn note_trees(trees: &Trees, status: &Mutex<FlusherStatus>) {
+    let latest = trees.latest.as_ref().map(|(_, t)| t);
+    let full = trees.full.as_ref().map(|(_, t)| t);
+    let same = matches!((latest, full), (Some(a), Some(b)) if Arc::ptr_eq(a, b));
+    let mut entries = 0;
+    let mut bytes = 0;
+    for t in [latest, if same { None } else { full }]
+        .into_iter()
+        .flatten()
+    {
+        entries += t.entries.len() as u64;
+        bytes += t.heap_bytes();
+    }
+    let mut s = status.lock();
+    s.tree_entries = entries;
+    s.tree_bytes = bytes;
+}
+
 fn tree_of(repo: &Repository, id: u64, cache: &mut Option<(u64, Arc<Tree>)>) -> Result<Arc<Tree>> {
     if let Some((cid, t)) = cache {
         if *cid == id {
@@ -668,6 +695,7 @@ fn take(
                 trees.full = Some((rec.id, tree.clone()));
             }
             trees.latest = Some((rec.id, tree));
+            note_trees(trees, status);
             let secs = t0.elapsed().as_secs_f64();
             let mut s = status.lock();
             s.state = "idle".into();

@@ -54,7 +54,8 @@ pub use config::{
     DEFAULT_BLOCK_SIZE, DEFAULT_COMPRESSION, DEFAULT_PACK_TARGET, FORMAT_VERSION, MAX_BLOCK_SIZE,
     MIN_BLOCK_SIZE,
 };
-const INDEX_CACHE_BYTES: u64 = 64 << 20;
+/// The index's page cache (sled's `cache_capacity`).
+pub const INDEX_CACHE_BYTES: u64 = 64 << 20;
 
 /// How a repository was opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -27,6 +27,36 @@ fn child_prefix(path: &[u8]) -> Vec<u8> {
 }
 
 impl Tree {
+    /// About the heap bytes this tree holds: keys, entries, extended
+    /// attributes, block lists and symlink targets, plus the map's own
+    /// per-entry overhead (a B-tree node holds up to 11 entries).
+    pub fn heap_bytes(&self) -> u64 {
+        let per = std::mem::size_of::<(Vec<u8>, (Meta, Node))>() as u64 * 12 / 11;
+        self.entries
+            .iter()
+            .map(|(k, (m, n))| {
+                let x: usize = m
+                    .xattrs
+                    .iter()
+                    .map(|(a, b)| a.capacity() + b.capacity() + 48)
+                    .sum();
+                let body = match n {
+                    Node::File {
+                        blocks: Blocks::Full(b),
+                        ..
+                    } => b.capacity() * 32,
+                    Node::File {
+                        blocks: Blocks::Patch(p),
+                        ..
+                    } => p.capacity() * 40,
+                    Node::Symlink { target } => target.capacity(),
+                    _ => 0,
+                };
+                per + (k.capacity() + m.xattrs.capacity() * 48 + x + body) as u64
+            })
+            .sum()
+    }
+
     pub fn get(&self, path: &[u8]) -> Option<&(Meta, Node)> {
         self.entries.get(path)
     }

@@ -211,6 +211,22 @@ pub fn release_free_memory() {
     }
 }
 
+/// The heap's bytes in use and free (held by the allocator), as glibc
+/// counts them; (0, 0) elsewhere.
+pub fn heap_usage() -> (u64, u64) {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's counters (under
+        // its locks) and returns them by value.
+        let m = unsafe { libc::mallinfo2() };
+        (m.uordblks as u64, m.fordblks as u64)
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        (0, 0)
+    }
+}
+
 /// How this process takes a write to a pipe (or socket) whose reader is
 /// gone. The command line tool dies of SIGPIPE like other tools
 /// (`rewindfs snapshots | head -1` ends quietly); daemons ignore it and

@@ -305,6 +305,27 @@ impl Views {
         out
     }
 
+    /// The snapshot trees loaded for the views: how many, their nodes,
+    /// and about the heap bytes they take.
+    pub fn trees_memory(&self) -> (u64, u64, u64) {
+        let trees = self.trees.lock();
+        let mut nodes = 0u64;
+        let mut bytes = 0u64;
+        for t in trees.iter() {
+            nodes += t.nodes.len() as u64;
+            for n in &t.nodes {
+                bytes += (std::mem::size_of::<VNode>() + n.path.capacity()) as u64;
+                bytes += match &n.kind {
+                    VKind::Dir(c) => c.keys().map(|k| k.capacity() as u64 + 40).sum(),
+                    VKind::File { blocks, .. } => blocks.capacity() as u64 * 32 + 16,
+                    VKind::Symlink(t) => t.capacity() as u64,
+                    VKind::Special(_) => 0,
+                };
+            }
+        }
+        (trees.len() as u64, nodes, bytes)
+    }
+
     /// Whether snapshot `id` still exists (it may have been forgotten
     /// while a file of it was open).
     fn listed(&self, id: u64) -> bool {
