@@ -198,6 +198,7 @@ fn capture(
     let record = repo.commit_snapshot(
         writer,
         &tree,
+        None,
         SnapshotDraft {
             synthetic: false,
             kind,

@@ -202,7 +202,8 @@ pub struct MemoryStatus {
     /// Resident now and at its peak (VmRSS, VmHWM).
     pub rss_bytes: u64,
     pub peak_rss_bytes: u64,
-    /// Heap in use, and free but still held by the allocator.
+    /// Heap in use, and free but still held by the allocator (read at
+    /// most every 10 s).
     pub heap_in_use_bytes: u64,
     pub heap_free_bytes: u64,
     /// The flusher's snapshot trees (bases of the next captures).
@@ -239,7 +240,20 @@ impl MemoryStatus {
                 }
             }
         }
-        let (used, free) = crate::util::sys::heap_usage();
+        // mallinfo2 walks the allocator's free lists: at most every 10 s.
+        static HEAP: parking_lot::Mutex<Option<(std::time::Instant, (u64, u64))>> =
+            parking_lot::Mutex::new(None);
+        let (used, free) = {
+            let mut h = HEAP.lock();
+            match *h {
+                Some((at, v)) if at.elapsed() < std::time::Duration::from_secs(10) => v,
+                _ => {
+                    let v = crate::util::sys::heap_usage();
+                    *h = Some((std::time::Instant::now(), v));
+                    v
+                }
+            }
+        };
         m.heap_in_use_bytes = used;
         m.heap_free_bytes = free;
         m

@@ -124,6 +124,10 @@ struct Trees {
     /// Shared: after a full snapshot both name the same tree.
     latest: Option<(u64, Arc<Tree>)>,
     full: Option<(u64, Arc<Tree>)>,
+    /// The directory references of the snapshot it names, as written:
+    /// an incremental on it re-encodes only the directories on its
+    /// changed paths. Dropped whenever a commit fails.
+    memo: Option<(u64, crate::snapshot::dirs::DirMemo)>,
 }
 
 impl Flusher {
@@ -666,10 +670,26 @@ fn take(
         stats.changed_blocks = changed;
         stats.changed_entries = manifest.entries.len() as u64;
         stats.removed_entries = manifest.removed.len() as u64;
+        // An incremental on the snapshot whose directories were written
+        // last: only the directories on its changed paths are encoded.
+        let dirty = (kind == Kind::Incremental
+            && base_rec.map(|b| b.id) == latest.as_ref().map(|l| l.id)
+            && trees.memo.as_ref().map(|(id, _)| *id) == latest.as_ref().map(|l| l.id))
+        .then(|| {
+            crate::snapshot::dirs::dirty_dirs(
+                manifest
+                    .entries
+                    .iter()
+                    .map(|e| e.path.as_slice())
+                    .chain(manifest.removed.iter().map(|p| p.as_slice())),
+            )
+        });
         drop(manifest);
+        let mut memo = trees.memo.take().map(|(_, m)| m).unwrap_or_default();
         let rec = repo.commit_snapshot(
             &writer,
             &captured.tree,
+            Some((&mut memo, dirty.as_ref())),
             SnapshotDraft {
                 kind,
                 parent,
@@ -682,6 +702,7 @@ fn take(
             },
         )?;
         writer.close()?;
+        trees.memo = Some((rec.id, memo));
         Ok((rec, captured.tree, captured.bytes_read))
     })();
     match result {

@@ -1280,6 +1280,10 @@ impl Repository {
         &self,
         writer: &ChunkWriter<'_>,
         tree: &Tree,
+        memo: Option<(
+            &mut crate::snapshot::dirs::DirMemo,
+            Option<&HashSet<Vec<u8>>>,
+        )>,
         draft: SnapshotDraft,
     ) -> Result<SnapshotRecord> {
         self.writable()?;
@@ -1295,7 +1299,25 @@ impl Repository {
         }
         // The tree as directory objects (only those not stored yet are
         // written), then its root as the manifest.
-        let mut root = crate::snapshot::dirs::write_tree(&self.tree_store(writer), tree)?;
+        let mut root = match memo {
+            Some((memo, dirty)) => {
+                let root = crate::snapshot::dirs::write_tree_with(
+                    &self.tree_store(writer),
+                    tree,
+                    memo,
+                    dirty,
+                )?;
+                // Test builds check the shortcut against a whole write
+                // (which stores nothing new when they agree).
+                #[cfg(debug_assertions)]
+                if dirty.is_some() {
+                    let whole = crate::snapshot::dirs::write_tree(&self.tree_store(writer), tree)?;
+                    assert_eq!(root, whole, "a directory memo gave another tree");
+                }
+                root
+            }
+            None => crate::snapshot::dirs::write_tree(&self.tree_store(writer), tree)?,
+        };
         if root.block_size == 0 {
             // A tree with no file (nothing set its block size).
             root.block_size = self.config.block_size;

@@ -250,19 +250,65 @@ fn parent_and_name(path: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
+/// The references of a tree's directories as last written, by path: the
+/// next tree is written re-encoding only the directories on changed
+/// paths (see [`write_tree_with`]).
+#[derive(Clone, Debug, Default)]
+pub struct DirMemo {
+    refs: HashMap<Vec<u8>, DirRef>,
+}
+
+impl DirMemo {
+    pub fn len(&self) -> usize {
+        self.refs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.refs.is_empty()
+    }
+}
+
+/// The directories a set of changed paths makes dirty: each path itself
+/// (a directory that is new or replaced) and every directory above it.
+pub fn dirty_dirs<'p>(changed: impl IntoIterator<Item = &'p [u8]>) -> HashSet<Vec<u8>> {
+    let mut out = HashSet::new();
+    for p in changed {
+        let mut cur = p;
+        loop {
+            if !out.insert(cur.to_vec()) {
+                break; // its ancestors are in already
+            }
+            if cur.is_empty() {
+                break;
+            }
+            cur = parent_and_name(cur).0;
+        }
+    }
+    out
+}
+
 /// Store `tree` as directory objects (only those not stored already are
 /// written, by the store's deduplication) and return its root.
 pub fn write_tree(store: &dyn Objects, tree: &Tree) -> Result<Root> {
-    // Each directory's children, by one pass over the tree.
-    let mut children: HashMap<&[u8], Vec<&[u8]>> = HashMap::new();
-    for path in tree.entries.keys() {
-        if path.is_empty() {
-            continue;
-        }
-        let (parent, _) = parent_and_name(path);
-        children.entry(parent).or_default().push(path.as_slice());
+    write_tree_with(store, tree, &mut DirMemo::default(), None)
+}
+
+/// [`write_tree`], taking the references of the directories outside
+/// `dirty` from `memo` (they must be those of a tree that differs from
+/// `tree` only at paths `dirty` holds, with their ancestors: see
+/// [`dirty_dirs`]) instead of encoding them again, and leaving in `memo`
+/// the references of `tree`. `dirty` = `None`: the memo is not trusted,
+/// every directory is encoded (and the memo filled).
+pub fn write_tree_with(
+    store: &dyn Objects,
+    tree: &Tree,
+    memo: &mut DirMemo,
+    dirty: Option<&HashSet<Vec<u8>>>,
+) -> Result<Root> {
+    if dirty.is_none() {
+        memo.refs.clear();
     }
-    let dir = write_dir(store, tree, &children, b"", 0)?;
+    let dir = write_dir(store, tree, memo, dirty, b"", 0)?;
     Ok(Root {
         format: TREE_MANIFEST_FORMAT,
         block_size: tree.block_size,
@@ -271,10 +317,53 @@ pub fn write_tree(store: &dyn Objects, tree: &Tree) -> Result<Root> {
     })
 }
 
+/// The direct children of `dir` in `tree` (full paths), jumping over
+/// each child's subtree: O(children x log(entries)).
+fn children_of<'t>(tree: &'t Tree, dir: &[u8]) -> Vec<&'t Vec<u8>> {
+    use std::ops::Bound;
+    let mut prefix = dir.to_vec();
+    if !prefix.is_empty() {
+        prefix.push(b'/');
+    }
+    let mut out = Vec::new();
+    let mut from: Bound<Vec<u8>> = Bound::Included(prefix.clone());
+    while let Some((k, _)) = tree
+        .entries
+        .range::<Vec<u8>, _>((from.clone(), Bound::Unbounded))
+        .next()
+    {
+        if !k.starts_with(&prefix) {
+            break;
+        }
+        if k.len() == prefix.len() {
+            // The root's own entry ("" under the prefix "").
+            from = Bound::Excluded(k.clone());
+            continue;
+        }
+        let rest = &k[prefix.len()..];
+        match rest.iter().position(|b| *b == b'/') {
+            None => {
+                out.push(k);
+                from = Bound::Excluded(k.clone());
+            }
+            Some(i) => {
+                // Inside the subtree of child rest[..i]: past all of it
+                // ('0' is the byte after '/').
+                let mut skip = prefix.clone();
+                skip.extend_from_slice(&rest[..i]);
+                skip.push(b'0');
+                from = Bound::Included(skip);
+            }
+        }
+    }
+    out
+}
+
 fn write_dir(
     store: &dyn Objects,
     tree: &Tree,
-    children: &HashMap<&[u8], Vec<&[u8]>>,
+    memo: &mut DirMemo,
+    dirty: Option<&HashSet<Vec<u8>>>,
     path: &[u8],
     depth: usize,
 ) -> Result<DirRef> {
@@ -283,16 +372,23 @@ fn write_dir(
             "the tree is deeper than {MAX_DEPTH} directories"
         )));
     }
-    let mut entries = Vec::new();
-    if let Some(kids) = children.get(path) {
-        entries.reserve(kids.len());
+    if let Some(d) = dirty {
+        if !d.contains(path) {
+            if let Some(r) = memo.refs.get(path) {
+                return Ok(r.clone());
+            }
+        }
+    }
+    let kids = children_of(tree, path);
+    let mut entries = Vec::with_capacity(kids.len());
+    {
         for child in kids {
             let Some((meta, node)) = tree.get(child) else {
                 continue;
             };
             let (_, name) = parent_and_name(child);
             let node = match node {
-                Node::Dir => DNode::Dir(write_dir(store, tree, children, child, depth + 1)?),
+                Node::Dir => DNode::Dir(write_dir(store, tree, memo, dirty, child, depth + 1)?),
                 Node::File { size, blocks, link } => {
                     let list = match blocks {
                         Blocks::Full(b) => b,
@@ -336,7 +432,9 @@ fn write_dir(
         format: DIR_FORMAT,
         entries,
     };
-    put_object(store, &obj.encode()?)
+    let r = put_object(store, &obj.encode()?)?;
+    memo.refs.insert(path.to_vec(), r.clone());
+    Ok(r)
 }
 
 fn file_node(size: u64, blocks: Vec<ChunkId>, link: Option<u64>) -> Node {
@@ -746,6 +844,56 @@ mod tests {
         assert_eq!(read_tree(&s, &r2).unwrap(), t2);
         let (_, n, _) = lookup(&s, &r2, b"big").unwrap().unwrap();
         assert_eq!(Tree::blocks_of(&n)[2500], ChunkId::of(b"changed"));
+    }
+
+    #[test]
+    fn a_memo_writes_only_the_dirty_directories() {
+        let s = Mem::default();
+        let t = big_tree(30, 20);
+        let mut memo = DirMemo::default();
+        let r = write_tree_with(&s, &t, &mut memo, None).unwrap();
+        assert_eq!(r, write_tree(&s, &t).unwrap());
+        assert_eq!(memo.len(), 32); // root, d000..d029, a
+                                    // A file changed, one added in a new directory, a directory gone.
+        let mut t2 = t.clone();
+        t2.entries.insert(
+            b"d003/f001".to_vec(),
+            (
+                meta(0o100644, 9),
+                file_node(1, vec![ChunkId::of(b"x")], None),
+            ),
+        );
+        t2.entries
+            .insert(b"new".to_vec(), (meta(0o40755, 9), Node::Dir));
+        t2.entries.insert(
+            b"new/f".to_vec(),
+            (meta(0o100644, 9), file_node(0, vec![], None)),
+        );
+        let gone: Vec<Vec<u8>> = t2.descendants(b"d009").map(|(k, _)| k.clone()).collect();
+        for k in gone {
+            t2.entries.remove(&k);
+        }
+        t2.entries.remove(b"d009".as_slice());
+        let changed: Vec<&[u8]> = vec![b"d003/f001", b"new", b"new/f", b"d009"];
+        let dirty = dirty_dirs(changed);
+        *s.reads.lock() = 0;
+        let before = *s.puts.lock();
+        let r2 = write_tree_with(&s, &t2, &mut memo, Some(&dirty)).unwrap();
+        // The root, d003 and new: nothing else encoded or stored.
+        assert_eq!(*s.puts.lock() - before, 3);
+        assert_eq!(
+            r2,
+            write_tree(&s, &t2).unwrap(),
+            "same root as a whole write"
+        );
+        assert_eq!(read_tree(&s, &r2).unwrap(), t2);
+        // Children are found by jumping over subtrees, in any byte order.
+        let kids: Vec<&[u8]> = children_of(&t2, b"")
+            .into_iter()
+            .map(|k| k.as_slice())
+            .collect();
+        assert!(kids.contains(&b"a".as_slice()) && kids.contains(&b"a-b".as_slice()));
+        assert_eq!(kids.len(), 30 - 1 + 3);
     }
 
     #[test]

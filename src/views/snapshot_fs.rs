@@ -108,6 +108,8 @@ struct VNode {
 pub struct ViewTree {
     pub record: SnapshotRecord,
     nodes: Vec<VNode>,
+    /// About the heap bytes it holds (computed once, at build).
+    bytes: u64,
 }
 
 impl ViewTree {
@@ -176,7 +178,23 @@ impl ViewTree {
                 n.nlink += 1;
             }
         }
-        ViewTree { record, nodes }
+        let bytes = nodes
+            .iter()
+            .map(|n| {
+                (std::mem::size_of::<VNode>() + n.path.capacity()) as u64
+                    + match &n.kind {
+                        VKind::Dir(c) => c.keys().map(|k| k.capacity() as u64 + 40).sum(),
+                        VKind::File { blocks, .. } => blocks.capacity() as u64 * 32 + 16,
+                        VKind::Symlink(t) => t.capacity() as u64,
+                        VKind::Special(_) => 0,
+                    }
+            })
+            .sum();
+        ViewTree {
+            record,
+            nodes,
+            bytes,
+        }
     }
 }
 
@@ -309,20 +327,8 @@ impl Views {
     /// and about the heap bytes they take.
     pub fn trees_memory(&self) -> (u64, u64, u64) {
         let trees = self.trees.lock();
-        let mut nodes = 0u64;
-        let mut bytes = 0u64;
-        for t in trees.iter() {
-            nodes += t.nodes.len() as u64;
-            for n in &t.nodes {
-                bytes += (std::mem::size_of::<VNode>() + n.path.capacity()) as u64;
-                bytes += match &n.kind {
-                    VKind::Dir(c) => c.keys().map(|k| k.capacity() as u64 + 40).sum(),
-                    VKind::File { blocks, .. } => blocks.capacity() as u64 * 32 + 16,
-                    VKind::Symlink(t) => t.capacity() as u64,
-                    VKind::Special(_) => 0,
-                };
-            }
-        }
+        let nodes = trees.iter().map(|t| t.nodes.len() as u64).sum();
+        let bytes = trees.iter().map(|t| t.bytes).sum();
         (trees.len() as u64, nodes, bytes)
     }
 
