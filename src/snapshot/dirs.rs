@@ -39,6 +39,12 @@ pub const MAX_DIR_BYTES: u64 = 1 << 32;
 pub struct DirRef {
     pub parts: Vec<ChunkId>,
     pub len: u64,
+    /// Entries below the directory, at every depth (for node numbers
+    /// that need no other directory: a preorder position), and the sum
+    /// of the sizes of the files below it (each name of a hard link
+    /// counted). Checked against the tree whenever a whole tree is read.
+    pub entries: u64,
+    pub bytes: u64,
 }
 
 /// Manifest format 3: the snapshot's root directory.
@@ -196,6 +202,8 @@ pub fn put_object(store: &dyn Objects, bytes: &[u8]) -> Result<DirRef> {
     Ok(DirRef {
         parts,
         len: bytes.len() as u64,
+        entries: 0,
+        bytes: 0,
     })
 }
 
@@ -432,7 +440,23 @@ fn write_dir(
         format: DIR_FORMAT,
         entries,
     };
-    let r = put_object(store, &obj.encode()?)?;
+    let (mut entries, mut bytes) = (0u64, 0u64);
+    for e in &obj.entries {
+        entries += 1;
+        match &e.node {
+            DNode::Dir(r) => {
+                entries += r.entries;
+                bytes += r.bytes;
+            }
+            DNode::File { size, .. } => bytes += size,
+            _ => {}
+        }
+    }
+    let r = DirRef {
+        entries,
+        bytes,
+        ..put_object(store, &obj.encode()?)?
+    };
     memo.refs.insert(path.to_vec(), r.clone());
     Ok(r)
 }
@@ -517,6 +541,7 @@ pub fn read_tree(store: &dyn Objects, root: &Root) -> Result<Tree> {
         out.entries.insert(Vec::new(), (m.clone(), Node::Dir));
     }
     let mut stack = vec![(Vec::new(), root.dir.clone(), 0usize)];
+    let (mut entries, mut bytes) = (0u64, 0u64);
     while let Some((path, r, depth)) = stack.pop() {
         if depth > MAX_DEPTH {
             return Err(Error::Corrupt(format!(
@@ -525,11 +550,21 @@ pub fn read_tree(store: &dyn Objects, root: &Root) -> Result<Tree> {
         }
         let d = load_dir(store, &r, root.block_size)?;
         for e in d.entries {
+            entries += 1;
+            if let DNode::File { size, .. } = &e.node {
+                bytes += size;
+            }
             let p = join(&path, &e.name);
             if let Some(sub) = insert_entry(store, root.block_size, &mut out, p.clone(), e)? {
                 stack.push((p, sub, depth + 1));
             }
         }
+    }
+    if (entries, bytes) != (root.dir.entries, root.dir.bytes) {
+        return Err(Error::Corrupt(format!(
+            "the tree holds {entries} entries of {bytes} bytes, its root says {} of {}",
+            root.dir.entries, root.dir.bytes
+        )));
     }
     Ok(out)
 }
@@ -778,6 +813,12 @@ mod tests {
         let t = big_tree(20, 50);
         let r = write_tree(&s, &t).unwrap();
         assert_eq!(read_tree(&s, &r).unwrap(), t);
+        // The root knows the tree's size without reading it.
+        assert_eq!(r.dir.entries, t.entries.len() as u64 - 1);
+        assert_eq!(r.dir.bytes, t.file_totals().1);
+        let mut lie = r.clone();
+        lie.dir.entries += 1;
+        assert!(read_tree(&s, &lie).is_err());
         // One file changed: only its directory and the root are new.
         let mut t2 = t.clone();
         let id = ChunkId::of(b"new");
