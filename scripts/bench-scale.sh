@@ -39,7 +39,9 @@
 #                          `rewindfs snapshot -C MNT` (at chain depth
 #                          SNAPS + 1), its cut pause and its stored/manifest
 #                          bytes as above
-#   daemon memory          VmRSS (steady) and VmHWM (peak) of the daemon
+#   daemon memory          VmRSS (steady: after 3 s idle, as the daemon
+#                          returns freed memory 2 s after its last request)
+#                          and VmHWM (peak) of the daemon
 #                          (pid from `status --json`) after the first
 #                          snapshot, after all the snapshots, and at the end
 #   repository size        du -sb REPO after the snapshots and after gc
@@ -175,6 +177,7 @@ for n in $SIZES; do
   put first_capture_s "$(echo "$st" | jq_ 'd["flusher"]["last_duration_ms"] / 1000')"
   put first_cut_ms "$(echo "$st" | jq_ 'd["flusher"]["last_cut_ms"]')"
   pid=$(echo "$st" | jq_ 'd["pid"]')
+  sleep 3  # idle: the daemon returns freed memory 2 s after its last request
   put rss_first_mib "$(awk -v k="$(proc "$pid" VmRSS)" 'BEGIN { print k / 1024 }')"
   put hwm_first_mib "$(awk -v k="$(proc "$pid" VmHWM)" 'BEGIN { print k / 1024 }')"
 
@@ -224,6 +227,7 @@ PY
 )
   put incr100_stored_b "$sb"; put incr100_manifest_b "$mb"
   sleep 1
+  sleep 3  # idle: the daemon returns freed memory 2 s after its last request
   put rss_steady_mib "$(awk -v k="$(proc "$pid" VmRSS)" 'BEGIN { print k / 1024 }')"
   put hwm_snaps_mib "$(awk -v k="$(proc "$pid" VmHWM)" 'BEGIN { print k / 1024 }')"
   put repo_mib "$(du -sb "$repo" | awk '{ print $1 / 1048576 }')"
@@ -265,6 +269,7 @@ PY
   fi
   t=$(cold3 "$rw" verify -C "$mnt"); put verify_ms "$(ms "$t")"
   put repo_gc_mib "$(du -sb "$repo" | awk '{ print $1 / 1048576 }')"
+  sleep 3  # idle: the daemon returns freed memory 2 s after its last request
   put rss_end_mib "$(awk -v k="$(proc "$pid" VmRSS)" 'BEGIN { print k / 1024 }')"
   put hwm_end_mib "$(awk -v k="$(proc "$pid" VmHWM)" 'BEGIN { print k / 1024 }')"
   "$rw" umount "$mnt" >/dev/null

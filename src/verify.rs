@@ -160,9 +160,32 @@ pub fn verify_with(repo: &Repository, data: DataCheck) -> Result<VerifyReport> {
         checked.insert(*id, r.clone());
         r
     };
+    // Directory objects already checked (format 3): a directory shared by
+    // many snapshots is checked once, with what is damaged below it.
+    let mut dirs: HashMap<crate::snapshot::dirs::DirRef, Damage> = HashMap::new();
     for rec in &all {
         report.snapshots += 1;
         if bad_records.contains_key(&rec.id) {
+            continue;
+        }
+        if let Ok(crate::snapshot::Stored::Tree(root)) = repo.load_stored(rec) {
+            let mut bad: Vec<String> = rec
+                .manifest_ids()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|id| check(id).map(|why| format!("its manifest: {why}")))
+                .collect();
+            let found = dir_damage(repo, &root.dir, root.block_size, &mut dirs, &mut check, 0);
+            bad.extend(found.iter().map(|(p, why)| {
+                if p.is_empty() {
+                    why.clone()
+                } else {
+                    format!("{}: {why}", display_path(p))
+                }
+            }));
+            if !bad.is_empty() {
+                report.damaged.insert(rec.id, bad);
+            }
             continue;
         }
         let mut bad: Vec<String> = Vec::new();
@@ -197,4 +220,82 @@ pub fn verify_with(repo: &Repository, data: DataCheck) -> Result<VerifyReport> {
     pb.finish_and_clear();
     report.chunks_read = chunks_read;
     Ok(report)
+}
+
+/// What is damaged below one directory object: (path relative to it,
+/// why); empty when nothing is.
+type Damage = std::sync::Arc<Vec<(Vec<u8>, String)>>;
+
+/// Check a directory object (its parts, its files' blocks and segments,
+/// its subdirectories), each distinct object once (`memo`).
+fn dir_damage(
+    repo: &Repository,
+    r: &crate::snapshot::dirs::DirRef,
+    block_size: u32,
+    memo: &mut HashMap<crate::snapshot::dirs::DirRef, Damage>,
+    check: &mut dyn FnMut(&ChunkId) -> Option<String>,
+    depth: usize,
+) -> Damage {
+    use crate::snapshot::dirs::{self, DNode};
+    if let Some(d) = memo.get(r) {
+        return d.clone();
+    }
+    let mut out: Vec<(Vec<u8>, String)> = Vec::new();
+    for id in &r.parts {
+        if let Some(why) = check(id) {
+            out.push((Vec::new(), format!("directory object: {why}")));
+        }
+    }
+    if out.is_empty() {
+        match dirs::load_dir(repo, r, block_size) {
+            Err(e) => out.push((Vec::new(), format!("directory object: {e}"))),
+            Ok(_) if depth > dirs::MAX_DEPTH => {
+                out.push((Vec::new(), "the tree is too deep".to_string()))
+            }
+            Ok(d) => {
+                for e in d.entries {
+                    match e.node {
+                        DNode::Dir(sub) => {
+                            let below = dir_damage(repo, &sub, block_size, memo, check, depth + 1);
+                            for (p, why) in below.iter() {
+                                let mut q = e.name.clone();
+                                if !p.is_empty() {
+                                    q.push(b'/');
+                                    q.extend_from_slice(p);
+                                }
+                                out.push((q, why.clone()));
+                            }
+                        }
+                        DNode::File {
+                            size,
+                            blocks,
+                            segments,
+                            ..
+                        } => {
+                            let mut why = segments.iter().find_map(&mut *check);
+                            if why.is_none() {
+                                match dirs::file_blocks(repo, size, blocks, &segments, block_size) {
+                                    Err(err) => why = Some(err.to_string()),
+                                    Ok(ids) => {
+                                        let mut seen = HashSet::new();
+                                        why = ids
+                                            .iter()
+                                            .filter(|id| seen.insert(**id))
+                                            .find_map(&mut *check);
+                                    }
+                                }
+                            }
+                            if let Some(why) = why {
+                                out.push((e.name.clone(), why));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let d: Damage = std::sync::Arc::new(out);
+    memo.insert(r.clone(), d.clone());
+    d
 }

@@ -716,6 +716,22 @@ fn a_foreground_mount_tells_systemd_it_is_ready_and_stops_cleanly_on_sigterm() {
     assert!(msg.starts_with("READY=1"), "{msg}");
     // Ready means live: the mount answers, its status says so.
     assert_eq!(std::fs::read(m.join("a")).unwrap(), b"a");
+    // The first snapshot (taken at mount) is committed before the write
+    // below, so that the write is the stop's to capture (on a loaded
+    // machine the first snapshot could otherwise take it).
+    let t0 = std::time::Instant::now();
+    loop {
+        let s: serde_json::Value = serde_json::from_str(&ok_in(
+            tmp.path(),
+            &["status", "--json", m.to_str().unwrap()],
+        ))
+        .unwrap();
+        if s["flusher"]["last_snapshot"].as_u64().is_some() {
+            break;
+        }
+        assert!(t0.elapsed().as_secs() < 60, "no first snapshot: {s}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     std::fs::write(m.join("b"), b"written before the stop").unwrap();
     let s: serde_json::Value = serde_json::from_str(&ok_in(
         tmp.path(),

@@ -2,7 +2,8 @@
 //! timed): in a tree of 100,000 files, snapshots that change 3 files
 //! store a bounded number of new directory objects; comparing adjacent
 //! snapshots, looking up a path and listing the snapshots' unique sizes
-//! (once cached) read a bounded number of them.
+//! (once cached) read a bounded number of them; verify reads each shared
+//! directory once.
 //!
 //! One test in this file: the counters are per process.
 
@@ -117,6 +118,14 @@ fn small_changes_in_a_large_tree_cost_little() {
     for s in &space.snapshots {
         assert_eq!(first[&s.id], s.unique_bytes);
     }
+    // verify checks each distinct directory object once (1,011 in the
+    // full's tree, at most 7 new per incremental), not once per snapshot
+    // (6 x 1,011), and finds nothing wrong.
+    let before = Repository::dir_objects_read();
+    let report = rewindfs::verify::verify(&repo, false).unwrap();
+    let read = Repository::dir_objects_read() - before;
+    assert!(report.ok(), "{:?}", report.damaged);
+    assert!(read <= 1011 + 5 * 7, "verify read {read} directory objects");
     assert!(first[&recs[0].id] > 0);
     assert_eq!(first[&recs[2].id], 0);
     assert!(first[&recs[5].id] > 0);
