@@ -159,6 +159,21 @@ fn root_sh(script: &str) {
     assert!(o.status.success(), "{script}: {}", text(&o));
 }
 
+/// A live mount of `t/data` on `t/mnt` (repository `t/r`) whose metrics
+/// listener is on a free loopback port: (repo, address, mount).
+fn mount_with_listener(t: &tempfile::TempDir) -> (PathBuf, String, DaemonMount) {
+    let backing = mkdir(&t.path().join("data"), 0o755);
+    let mnt = mkdir(&t.path().join("mnt"), 0o755);
+    let repo = t.path().join("r");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let m = mount(&backing, &mnt, &repo, &["--metrics-listen", &addr]);
+    (repo, addr, m)
+}
+
 fn mount(backing: &Path, mnt: &Path, repo: &Path, extra: &[&str]) -> DaemonMount {
     let mut args = vec!["--repo", repo.to_str().unwrap(), "--every", "off"];
     args.extend_from_slice(extra);
@@ -586,15 +601,7 @@ fn status_escapes_paths_from_the_mount_table() {
 /// each other, and obs-fold is refused.
 fn slow_clients_do_not_hold_the_metrics_listener_and_obs_fold_is_refused() {
     let t = scratch();
-    let backing = mkdir(&t.path().join("data"), 0o755);
-    let mnt = mkdir(&t.path().join("mnt"), 0o755);
-    let repo = t.path().join("r");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let addr = format!("127.0.0.1:{port}");
-    let m = mount(&backing, &mnt, &repo, &["--metrics-listen", &addr]);
+    let (repo, addr, m) = mount_with_listener(&t);
     // Two slow clients, trickling a byte a second.
     let mut slow = Vec::new();
     for _ in 0..2 {
@@ -835,15 +842,7 @@ fn an_endless_listing_is_refused() {
 /// read the repository's token file (its owner) reads the figures.
 fn the_listener_answers_only_who_holds_the_repositorys_token() {
     let t = scratch();
-    let backing = mkdir(&t.path().join("data"), 0o755);
-    let mnt = mkdir(&t.path().join("mnt"), 0o755);
-    let repo = t.path().join("r");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let addr = format!("127.0.0.1:{port}");
-    let m = mount(&backing, &mnt, &repo, &["--metrics-listen", &addr]);
+    let (repo, addr, m) = mount_with_listener(&t);
     let token_file = repo.join("web-token");
     let mode = std::fs::metadata(&token_file).unwrap().mode() & 0o777;
     assert_eq!(mode, 0o600, "the token file is readable by others");

@@ -120,39 +120,26 @@ impl Lifetimes {
         for (i, r) in recs.iter().enumerate().skip(1) {
             let i = i as u32;
             let stored = repo.load_stored(r)?;
-            let prev = &recs[i as usize - 1];
-            if let (crate::snapshot::Stored::Tree(_), true) = (&stored, prev.id == prev_id) {
-                // Both stored as trees: only the directories that differ
-                // are read, and only their entries can differ.
-                let (pa, pb) = repo.changed_pair(prev, r)?;
-                let mut touched: Vec<&Vec<u8>> =
-                    pa.entries.keys().chain(pb.entries.keys()).collect();
-                touched.sort();
-                touched.dedup();
-                let old: Vec<ChunkId> = touched
-                    .iter()
-                    .filter_map(|p| tree.get(p))
-                    .flat_map(|(_, n)| blocks(n).to_vec())
+            if let crate::snapshot::Stored::Tree(_) = &stored {
+                // Stored as a tree: only the directories that differ from
+                // the previous snapshot are read, and only their entries
+                // can differ.
+                let (pa, pb) = repo.changed_pair(&recs[i as usize - 1], r)?;
+                let touched: Vec<Vec<u8>> = pa
+                    .entries
+                    .keys()
+                    .chain(pb.entries.keys())
+                    .cloned()
                     .collect();
-                for p in pa.entries.keys() {
-                    if !pb.entries.contains_key(p) {
-                        tree.entries.remove(p);
+                replace(&mut tree, touched, &mut w, i, |t| {
+                    for p in pa.entries.keys() {
+                        if !pb.entries.contains_key(p) {
+                            t.entries.remove(p);
+                        }
                     }
-                }
-                for (p, v) in &pb.entries {
-                    tree.entries.insert(p.clone(), v.clone());
-                }
-                for c in &old {
-                    w.remove(c, i);
-                }
-                let new: Vec<ChunkId> = touched
-                    .iter()
-                    .filter_map(|p| tree.get(p))
-                    .flat_map(|(_, n)| blocks(n).to_vec())
-                    .collect();
-                for c in &new {
-                    w.add(c, i);
-                }
+                    t.entries.extend(pb.entries);
+                    Ok(())
+                })?;
             } else if let (crate::snapshot::Stored::Changes(m), Kind::Incremental, true) =
                 (stored, r.kind, r.parent == Some(prev_id))
             {
@@ -168,25 +155,7 @@ impl Lifetimes {
                         touched.extend(tree.descendants(&e.path).map(|(k, _)| k.clone()));
                     }
                 }
-                touched.sort();
-                touched.dedup();
-                let old: Vec<ChunkId> = touched
-                    .iter()
-                    .filter_map(|p| tree.get(p))
-                    .flat_map(|(_, n)| blocks(n).to_vec())
-                    .collect();
-                tree.apply(&m)?;
-                for c in &old {
-                    w.remove(c, i);
-                }
-                let new: Vec<ChunkId> = touched
-                    .iter()
-                    .filter_map(|p| tree.get(p))
-                    .flat_map(|(_, n)| blocks(n).to_vec())
-                    .collect();
-                for c in &new {
-                    w.add(c, i);
-                }
+                replace(&mut tree, touched, &mut w, i, |t| t.apply(&m))?;
             } else {
                 let next = repo.resolve(r)?;
                 for (p, (_, n)) in &tree.entries {
@@ -285,6 +254,36 @@ impl Lifetimes {
             finer_than_history: period_hours < typical * 0.99,
         })
     }
+}
+
+/// Change `tree` by `update`, which touches only the paths in `touched`:
+/// the chunks those paths held leave at snapshot `i`, the ones they hold
+/// after arrive.
+fn replace(
+    tree: &mut Tree,
+    mut touched: Vec<Vec<u8>>,
+    w: &mut Walk,
+    i: u32,
+    update: impl FnOnce(&mut Tree) -> Result<()>,
+) -> Result<()> {
+    touched.sort();
+    touched.dedup();
+    let chunks = |t: &Tree| -> Vec<ChunkId> {
+        touched
+            .iter()
+            .filter_map(|p| t.get(p))
+            .flat_map(|(_, n)| blocks(n).to_vec())
+            .collect()
+    };
+    let old = chunks(tree);
+    update(tree)?;
+    for c in &old {
+        w.remove(c, i);
+    }
+    for c in &chunks(tree) {
+        w.add(c, i);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -221,6 +221,19 @@ pub struct MemoryStatus {
 }
 
 impl MemoryStatus {
+    /// [`Self::process`] with what `views` hold (loaded trees, chunk
+    /// cache) and the index's cache limit.
+    pub fn with_views(views: &crate::views::Views) -> MemoryStatus {
+        let mut m = MemoryStatus::process();
+        let (t, n, b) = views.trees_memory();
+        m.view_trees = t;
+        m.view_nodes = n;
+        m.view_bytes = b;
+        m.chunk_cache_bytes = views.chunks.bytes();
+        m.index_cache_limit_bytes = crate::repo::INDEX_CACHE_BYTES;
+        m
+    }
+
     /// VmRSS, VmHWM and the allocator's figures of this process.
     pub fn process() -> MemoryStatus {
         let mut m = MemoryStatus::default();

@@ -253,17 +253,10 @@ impl Shared {
         let metrics_url = self.metrics_url.lock().clone();
         let metrics_token = self.metrics_token.lock().clone();
         let flusher = self.flusher.status.lock().clone();
-        let memory = {
-            let mut m = super::control::MemoryStatus::process();
-            m.flusher_tree_entries = flusher.tree_entries;
-            m.flusher_tree_bytes = flusher.tree_bytes;
-            let (t, n, b) = self.views.trees_memory();
-            m.view_trees = t;
-            m.view_nodes = n;
-            m.view_bytes = b;
-            m.chunk_cache_bytes = self.views.chunks.bytes();
-            m.index_cache_limit_bytes = crate::repo::INDEX_CACHE_BYTES;
-            m
+        let memory = super::control::MemoryStatus {
+            flusher_tree_entries: flusher.tree_entries,
+            flusher_tree_bytes: flusher.tree_bytes,
+            ..super::control::MemoryStatus::with_views(&self.views)
         };
         DaemonStatus {
             pid: std::process::id(),

@@ -252,16 +252,7 @@ impl SnapDaemon {
                     mounts: self.mounts.mountpoints(),
                     chunk_cache_bytes: self.views.chunks.bytes(),
                     materialized: self.views.materialize.as_ref().map(|m| m.status()),
-                    memory: Some({
-                        let mut m = super::control::MemoryStatus::process();
-                        let (t, n, b) = self.views.trees_memory();
-                        m.view_trees = t;
-                        m.view_nodes = n;
-                        m.view_bytes = b;
-                        m.chunk_cache_bytes = self.views.chunks.bytes();
-                        m.index_cache_limit_bytes = crate::repo::INDEX_CACHE_BYTES;
-                        m
-                    }),
+                    memory: Some(super::control::MemoryStatus::with_views(&self.views)),
                     newest: self
                         .repo
                         .snapshots()

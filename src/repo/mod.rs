@@ -27,7 +27,8 @@ use rustix::fs::OFlags;
 
 use crate::error::{Error, IoContext, Result};
 use crate::index::Index;
-use crate::snapshot::manifest::{Manifest, Meta, Node, Stored, MANIFEST_PART_LEN};
+use crate::snapshot::dirs::Stored;
+use crate::snapshot::manifest::{Manifest, Meta, Node, MANIFEST_PART_LEN};
 use crate::snapshot::model::MAX_RECORD_BYTES;
 use crate::snapshot::{Kind, SnapshotRecord, Stats, Tree};
 use crate::store::blob::chunk_id;

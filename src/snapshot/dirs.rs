@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::manifest::{Blocks, Meta, Node, MANIFEST_PART_LEN};
+use super::manifest::{Blocks, Manifest, Meta, Node, MANIFEST_PART_LEN};
 use super::tree::Tree;
 use crate::error::{Error, Result};
 use crate::store::ChunkId;
@@ -178,6 +178,38 @@ impl Root {
             )));
         }
         Ok(r)
+    }
+}
+
+/// A stored manifest of any supported format: the changes of format 1
+/// and 2 (a full tree, or changes to its base), or the root of a tree of
+/// directory objects (format 3, `snapshot::dirs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stored {
+    Changes(Manifest),
+    Tree(Root),
+}
+
+impl Stored {
+    pub fn decode(bytes: &[u8]) -> Result<Stored> {
+        let (format, _) = postcard::take_from_bytes::<u32>(bytes)
+            .map_err(|e| Error::Corrupt(format!("manifest does not decode: {e}")))?;
+        match format {
+            TREE_MANIFEST_FORMAT => Ok(Stored::Tree(Root::decode(bytes)?)),
+            super::manifest::MANIFEST_FORMAT_V1 | super::manifest::MANIFEST_FORMAT => {
+                Ok(Stored::Changes(Manifest::decode(bytes)?))
+            }
+            f => Err(Error::Corrupt(format!(
+                "manifest format {f} is not supported (this rewindfs reads 1 to {TREE_MANIFEST_FORMAT})"
+            ))),
+        }
+    }
+
+    pub fn block_size(&self) -> u32 {
+        match self {
+            Stored::Changes(m) => m.block_size,
+            Stored::Tree(r) => r.block_size,
+        }
     }
 }
 

@@ -174,34 +174,6 @@ mod v1 {
     }
 }
 
-/// A stored manifest of any supported format: the changes of format 1
-/// and 2 (a full tree, or changes to its base), or the root of a tree of
-/// directory objects (format 3, `snapshot::dirs`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Stored {
-    Changes(Manifest),
-    Tree(super::dirs::Root),
-}
-
-impl Stored {
-    pub fn decode(bytes: &[u8]) -> Result<Stored> {
-        let (format, _) = postcard::take_from_bytes::<u32>(bytes)
-            .map_err(|e| Error::Corrupt(format!("manifest does not decode: {e}")))?;
-        if format == super::dirs::TREE_MANIFEST_FORMAT {
-            Ok(Stored::Tree(super::dirs::Root::decode(bytes)?))
-        } else {
-            Ok(Stored::Changes(Manifest::decode(bytes)?))
-        }
-    }
-
-    pub fn block_size(&self) -> u32 {
-        match self {
-            Stored::Changes(m) => m.block_size,
-            Stored::Tree(r) => r.block_size,
-        }
-    }
-}
-
 impl Manifest {
     /// Every block id the entries name (full lists and patches; ids
     /// repeat as often as they are named).
@@ -240,8 +212,7 @@ impl Manifest {
                 .into(),
             f => {
                 return Err(Error::Corrupt(format!(
-                    "manifest format {f} is not supported (expected {MANIFEST_FORMAT} or {})",
-                    super::dirs::TREE_MANIFEST_FORMAT
+                    "manifest format {f} is not supported (expected {MANIFEST_FORMAT})"
                 )))
             }
         };

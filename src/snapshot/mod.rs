@@ -10,7 +10,8 @@ pub mod select;
 pub mod tree;
 pub mod unchanged;
 
-pub use manifest::{Blocks, Entry, Manifest, Meta, Node, Stored};
+pub use dirs::Stored;
+pub use manifest::{Blocks, Entry, Manifest, Meta, Node};
 pub use model::{Kind, SnapshotRecord, Stats};
 pub use tree::Tree;
 
