@@ -75,6 +75,7 @@ impl LiveMount {
                 cfg.mount.chunk_cache,
                 ViewOptions {
                     materialize: cfg.mount.materialize.options(cfg.repo.dir()),
+                    entries_cached: cfg.mount.view_entries,
                     ..ViewOptions::default()
                 },
             )

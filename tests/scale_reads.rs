@@ -2,13 +2,16 @@
 //! timed): in a tree of 100,000 files, snapshots that change 3 files
 //! store a bounded number of new directory objects; comparing adjacent
 //! snapshots, looking up a path and listing the snapshots' unique sizes
-//! (once cached) read a bounded number of them; verify reads each shared
-//! directory once.
+//! (once cached) read a bounded number of them; a first `ls -l` of a
+//! directory in `.snapshots` (old or new snapshot) reads the directories
+//! on its way; verify reads each shared directory once.
 //!
 //! One test in this file: the counters are per process.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::path::Path;
+use std::sync::Arc;
 
 use rewindfs::capture::scan::{snapshot_dir, ScanOptions};
 use rewindfs::repo::Repository;
@@ -55,7 +58,7 @@ fn small_changes_in_a_large_tree_cost_little() {
     settle();
     let repo_dir = tmp.path().join("repo");
     Repository::init(&repo_dir, 64 << 10, 3).unwrap();
-    let repo = Repository::open(&repo_dir).unwrap();
+    let repo = Arc::new(Repository::open(&repo_dir).unwrap());
     let full = scan(&repo, &src, Kind::Full);
     assert_eq!(full.stats.files, FILES as u64);
     let mut recs = vec![full];
@@ -104,6 +107,37 @@ fn small_changes_in_a_large_tree_cost_little() {
     let hit = repo.lookup(b, path(12_345).as_bytes()).unwrap();
     assert!(hit.is_some());
     assert_eq!(Repository::dir_objects_read() - before, 3);
+    // `.snapshots`: opening a snapshot and listing one directory with
+    // attributes (what a first `ls -l` asks) reads the directories on the
+    // way to it, in the newest snapshot and in the oldest one alike; the
+    // node numbers stay the same once the directories are dropped.
+    let views = rewindfs::views::Views::new(repo.clone(), 1 << 20, Default::default());
+    let mut first_listing = Vec::new();
+    for rec in [b, &recs[0]] {
+        let before = Repository::dir_objects_read();
+        let (root, _) = views
+            .lookup(rewindfs::views::SNAPDIR, OsStr::new(&rec.name))
+            .unwrap();
+        let comps = ["t01", "d0123"];
+        let mut node = root.ino.0;
+        for c in comps {
+            node = views.lookup(node, OsStr::new(c)).unwrap().0.ino.0;
+        }
+        let listing = views.readdir(node, root.ino.0).unwrap();
+        assert_eq!(listing.len(), 2 + PER_DIR);
+        for (n, _, name) in &listing[2..] {
+            let (attr, _) = views.getattr(*n).unwrap();
+            assert_eq!(attr.ino.0, *n, "{}", String::from_utf8_lossy(name));
+        }
+        let read = Repository::dir_objects_read() - before;
+        assert!(
+            read <= 3,
+            "first ls -l in snapshot {} read {read} directory objects",
+            rec.id
+        );
+        first_listing.push(listing);
+    }
+    assert_eq!(first_listing[0].len(), first_listing[1].len());
     // Unique sizes: computed once for this list, then read from the cache.
     let first = rewindfs::retention::space::unique_bytes(&repo).unwrap();
     let before = Repository::dir_objects_read();

@@ -151,6 +151,10 @@ pub struct MountArgs {
     /// Memory for verified chunks of snapshot reads.
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = super::common::parse_size_u64)]
     chunk_cache: u64,
+    /// Entries of snapshot directories kept in memory per open snapshot
+    /// (each about 200 bytes; directories are read again when needed).
+    #[arg(long, value_name = "N", default_value_t = rewindfs::views::view_tree::DEFAULT_ENTRIES_CACHED)]
+    view_entries: usize,
     #[command(flatten)]
     materialize: MaterializeArgs,
     /// Take an incremental snapshot this often when something changed
@@ -260,6 +264,7 @@ pub fn mount(a: MountArgs, hook: rewindfs::daemon::CliHook) -> Result<i32> {
             ttl: a.cache_ttl,
             snapdir_visible: a.snapdir == "visible",
             chunk_cache: a.chunk_cache,
+            view_entries: a.view_entries,
             materialize: a.materialize.config(),
             suid: a.suid,
             dev: a.dev,
@@ -333,6 +338,10 @@ pub struct MountSnapshotArgs {
     /// object store.
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = super::common::parse_size_u64)]
     chunk_cache: u64,
+    /// Entries of snapshot directories kept in memory per open snapshot
+    /// (each about 200 bytes; directories are read again when needed).
+    #[arg(long, value_name = "N", default_value_t = rewindfs::views::view_tree::DEFAULT_ENTRIES_CACHED)]
+    view_entries: usize,
     #[command(flatten)]
     materialize: MaterializeArgs,
     /// Mount even if MOUNTPOINT has entries (they are hidden while mounted).
@@ -363,6 +372,7 @@ pub fn mount_snapshot(a: MountSnapshotArgs, hook: rewindfs::daemon::CliHook) -> 
             allow_other: a.allow_other,
             foreground,
             chunk_cache: a.chunk_cache,
+            view_entries: a.view_entries,
             materialize: a.materialize.config(),
             nonempty: a.nonempty,
         },

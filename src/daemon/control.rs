@@ -209,8 +209,9 @@ pub struct MemoryStatus {
     /// The flusher's snapshot trees (bases of the next captures).
     pub flusher_tree_entries: u64,
     pub flusher_tree_bytes: u64,
-    /// Snapshot trees loaded for `.snapshots` and snapshot mounts (at
-    /// most --view-trees of them... see ViewOptions::trees_cached).
+    /// Snapshots open for `.snapshots` and snapshot mounts (at most 8),
+    /// the entries of their directories read and kept (at most
+    /// --view-entries per snapshot), and about the bytes they take.
     pub view_trees: u64,
     pub view_nodes: u64,
     pub view_bytes: u64,

@@ -37,6 +37,8 @@ pub struct SnapMountRequest {
     pub allow_other: bool,
     pub foreground: bool,
     pub chunk_cache: u64,
+    /// Entries of snapshot directories kept per open snapshot.
+    pub view_entries: usize,
     /// The views' materialization cache.
     pub materialize: crate::fuse::session::MaterializeConfig,
     /// Mount over a mountpoint that has entries.
@@ -346,6 +348,7 @@ fn serve(
         req.chunk_cache,
         crate::views::ViewOptions {
             materialize: req.materialize.options(repo.dir()),
+            entries_cached: req.view_entries,
             ..Default::default()
         },
     );

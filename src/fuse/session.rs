@@ -64,6 +64,8 @@ pub struct MountConfig {
     pub snapdir_visible: bool,
     /// Bytes of verified chunks kept for snapshot reads.
     pub chunk_cache: u64,
+    /// Entries of snapshot directories kept per open snapshot.
+    pub view_entries: usize,
     /// The views' materialization cache.
     pub materialize: MaterializeConfig,
     /// Honour setuid/setgid bits and file capabilities of programs in
@@ -87,6 +89,7 @@ impl Default for MountConfig {
             fsname: "rewindfs".into(),
             snapdir_visible: false,
             chunk_cache: 256 << 20,
+            view_entries: crate::views::view_tree::DEFAULT_ENTRIES_CACHED,
             materialize: MaterializeConfig::default(),
             suid: false,
             dev: false,

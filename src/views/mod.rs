@@ -4,8 +4,11 @@
 //! adapters in `fuse/` match and reply.
 //!
 //! - `snapshot_fs.rs`: the snapshot filesystem ([`Views`]): node ids
-//!   computed from snapshot ids and tree indexes, lookups, attributes
+//!   computed from snapshot ids and tree positions, lookups, attributes
 //!   (never granting privilege), reads through the chunk cache
+//! - `view_tree.rs`: one snapshot's tree, its directories read when
+//!   first used and a bounded number of entries kept; node numbers are
+//!   preorder positions, stable however often a directory is read again
 //! - `root_map.rs`: a view as seen from a mount whose root is one of its
 //!   nodes (a standalone mount of one snapshot, or `.snapshots` in the
 //!   live mount), with the operations the adapters call
@@ -27,6 +30,7 @@ pub mod freshness;
 pub mod materialize;
 pub mod root_map;
 pub mod snapshot_fs;
+pub mod view_tree;
 
 pub use root_map::{Mapped, RootMap};
 pub use snapshot_fs::{is_view, ReadData, ViewOptions, Views, FH_TAG, SNAPDIR, VIEW_BASE};

@@ -5,11 +5,12 @@
 //! .snapshots/                      node SNAPDIR
 //!   latest -> <name>               node AT + id of the newest (symlink)
 //!   @<time> -> <name>              node AT + id (symlink; any RFC 3339 time or @-2h)
-//!   <name>/...                     node VIEW_BASE + (id << 32) + index in the snapshot's tree
+//!   <name>/...                     node VIEW_BASE + (id << 32) + preorder position in the snapshot's tree
 //! ```
-//! Node ids are computed, not stored: a snapshot's tree is loaded (chain
-//! resolved once) on first use and cached; hard links of a snapshot share
-//! one node. File reads go through a bounded cache of verified chunks,
+//! Node ids are computed, not stored: a snapshot's directories are read
+//! when first used, a bounded number kept (`view_tree.rs`: positions from
+//! the entry counts of format 3 directory references); hard links of a
+//! snapshot share one node. File reads go through a bounded cache of verified chunks,
 //! with prefetch on sequential reads; a chunk that fails verification
 //! gives EIO (and is logged with snapshot, path and chunk), never wrong
 //! bytes. Everything is read-only (EROFS). Snapshots are immutable, so the
@@ -38,9 +39,11 @@ use parking_lot::{Mutex, RwLock};
 use super::chunk_cache::ChunkCache;
 use super::freshness::{Freshness, Source};
 use super::materialize::{FileRef, Key, MaterializeOptions, Materializer};
+use super::view_tree::{VKind, VNode, ViewTree};
 use crate::repo::Repository;
-use crate::snapshot::manifest::{display_path, Meta, Node};
-use crate::snapshot::{select::select, SnapshotRecord, Tree};
+use crate::snapshot::dirs::DNode;
+use crate::snapshot::manifest::display_path;
+use crate::snapshot::{select::select, SnapshotRecord};
 use crate::store::ChunkId;
 use crate::util::time;
 
@@ -85,123 +88,13 @@ fn decode(nodeid: u64) -> Option<Id> {
     })
 }
 
-enum VKind {
-    Dir(BTreeMap<Vec<u8>, u32>),
-    File {
-        size: u64,
-        blocks: Arc<Vec<ChunkId>>,
-    },
-    Symlink(Vec<u8>),
-    Special(u64),
-}
-
-struct VNode {
-    path: Vec<u8>,
-    /// Index of the parent directory (0 for the root itself).
-    parent: u32,
-    meta: Meta,
-    kind: VKind,
-    nlink: u32,
-}
-
-/// A snapshot's tree, indexed for lookups.
-pub struct ViewTree {
-    pub record: SnapshotRecord,
-    nodes: Vec<VNode>,
-    /// About the heap bytes it holds (computed once, at build).
-    bytes: u64,
-}
-
-impl ViewTree {
-    fn build(record: SnapshotRecord, tree: &Tree) -> ViewTree {
-        let mut nodes: Vec<VNode> = Vec::with_capacity(tree.entries.len());
-        let mut index_of: HashMap<&[u8], u32> = HashMap::new();
-        let mut link_first: HashMap<u64, u32> = HashMap::new();
-        for (path, (meta, node)) in &tree.entries {
-            let kind = match node {
-                Node::Dir => VKind::Dir(BTreeMap::new()),
-                Node::File { size, .. } => VKind::File {
-                    size: *size,
-                    blocks: Arc::new(Tree::blocks_of(node).to_vec()),
-                },
-                Node::Symlink { target } => VKind::Symlink(target.clone()),
-                Node::Special { rdev } => VKind::Special(*rdev),
-            };
-            // A hard link is the first node of its group.
-            let link = match node {
-                Node::File { link: Some(l), .. } => Some(*l),
-                _ => None,
-            };
-            let idx = match link.and_then(|l| link_first.get(&l).copied()) {
-                Some(first) => {
-                    nodes[first as usize].nlink += 1;
-                    first
-                }
-                None => {
-                    let i = nodes.len() as u32;
-                    let parent = match path.iter().rposition(|c| *c == b'/') {
-                        Some(p) => index_of.get(&path[..p]).copied().unwrap_or(0),
-                        None => 0,
-                    };
-                    nodes.push(VNode {
-                        parent,
-                        path: path.clone(),
-                        meta: meta.clone(),
-                        kind,
-                        nlink: 1,
-                    });
-                    if let Some(l) = link {
-                        link_first.insert(l, i);
-                    }
-                    i
-                }
-            };
-            index_of.insert(path.as_slice(), idx);
-            if !path.is_empty() {
-                let (parent, name) = match path.iter().rposition(|c| *c == b'/') {
-                    Some(p) => (&path[..p], &path[p + 1..]),
-                    None => (&path[..0], &path[..]),
-                };
-                if let Some(&pi) = index_of.get(parent) {
-                    let is_dir = matches!(node, Node::Dir);
-                    if let VKind::Dir(children) = &mut nodes[pi as usize].kind {
-                        children.insert(name.to_vec(), idx);
-                    }
-                    if is_dir {
-                        nodes[pi as usize].nlink += 1;
-                    }
-                }
-            }
-        }
-        for n in &mut nodes {
-            if matches!(n.kind, VKind::Dir(_)) {
-                n.nlink += 1;
-            }
-        }
-        let bytes = nodes
-            .iter()
-            .map(|n| {
-                (std::mem::size_of::<VNode>() + n.path.capacity()) as u64
-                    + match &n.kind {
-                        VKind::Dir(c) => c.keys().map(|k| k.capacity() as u64 + 40).sum(),
-                        VKind::File { blocks, .. } => blocks.capacity() as u64 * 32 + 16,
-                        VKind::Symlink(t) => t.capacity() as u64,
-                        VKind::Special(_) => 0,
-                    }
-            })
-            .sum();
-        ViewTree {
-            record,
-            nodes,
-            bytes,
-        }
-    }
-}
-
 /// An open file of a snapshot.
 pub struct ViewFile {
     tree: Arc<ViewTree>,
     idx: u32,
+    size: u64,
+    blocks: Arc<Vec<ChunkId>>,
+    path: Vec<u8>,
     /// End of the last read (sequential reads trigger prefetch).
     last_end: AtomicU64,
     /// Its content key in the materialization cache (when it has one).
@@ -218,8 +111,10 @@ pub struct ViewOptions {
     pub short_ttl: Duration,
     /// Blocks to prefetch ahead of a sequential reader.
     pub readahead_blocks: usize,
-    /// Snapshot trees kept loaded.
+    /// Snapshot trees kept open.
     pub trees_cached: usize,
+    /// Entries of loaded directories kept per open snapshot tree.
+    pub entries_cached: usize,
     /// The materialization cache (capacity 0: none).
     pub materialize: MaterializeOptions,
 }
@@ -231,6 +126,7 @@ impl Default for ViewOptions {
             short_ttl: Duration::from_secs(1),
             readahead_blocks: 16,
             trees_cached: 8,
+            entries_cached: super::view_tree::DEFAULT_ENTRIES_CACHED,
             materialize: MaterializeOptions::default(),
         }
     }
@@ -312,23 +208,21 @@ impl Views {
         let handles = self.handles.read();
         let mut out = Vec::new();
         for f in handles.values() {
-            if let Some(VNode {
-                kind: VKind::File { blocks, .. },
-                ..
-            }) = f.tree.nodes.get(f.idx as usize)
-            {
-                out.extend(blocks.iter().copied());
-            }
+            out.extend(f.blocks.iter().copied());
         }
         out
     }
 
-    /// The snapshot trees loaded for the views: how many, their nodes,
-    /// and about the heap bytes they take.
+    /// The snapshot trees open for the views: how many, the entries of
+    /// their loaded directories, and about the heap bytes they take.
     pub fn trees_memory(&self) -> (u64, u64, u64) {
         let trees = self.trees.lock();
-        let nodes = trees.iter().map(|t| t.nodes.len() as u64).sum();
-        let bytes = trees.iter().map(|t| t.bytes).sum();
+        let (mut nodes, mut bytes) = (0, 0);
+        for t in trees.iter() {
+            let (n, b) = t.memory();
+            nodes += n;
+            bytes += b;
+        }
         (trees.len() as u64, nodes, bytes)
     }
 
@@ -374,8 +268,9 @@ impl Views {
         }
         let find = |all: &[SnapshotRecord]| all.iter().find(|r| r.id == id).cloned();
         let rec = find(&all).ok_or(Errno::ENOENT)?;
-        let (rec, tree) = match self.repo.resolve(&rec) {
-            Ok(t) => (rec, t),
+        let open = |rec: SnapshotRecord| ViewTree::open(&self.repo, rec, self.opts.entries_cached);
+        let vt = match open(rec.clone()) {
+            Ok(t) => t,
             Err(e) => {
                 // `forget` may have rewritten the record since the list
                 // was read (its old manifest gone): once more, fresh.
@@ -387,17 +282,33 @@ impl Views {
                 if now == rec {
                     return Err(fail(e));
                 }
-                let t = self.repo.resolve(&now).map_err(fail)?;
-                (now, t)
+                open(now).map_err(fail)?
             }
         };
-        let vt = Arc::new(ViewTree::build(rec, &tree));
+        let vt = Arc::new(vt);
         let mut trees = self.trees.lock();
         trees.push_back(vt.clone());
         while trees.len() > self.opts.trees_cached.max(1) {
             trees.pop_front();
         }
         Ok(vt)
+    }
+
+    /// Node `idx` of tree `t` (ENOENT: none; EIO: its directories
+    /// cannot be read).
+    fn node(&self, t: &ViewTree, idx: u32) -> VResult<VNode> {
+        t.node(idx)
+            .map_err(|e| self.failed(t, e))?
+            .ok_or(Errno::ENOENT)
+    }
+
+    /// A directory of a snapshot that cannot be read: logged, EIO.
+    fn failed(&self, t: &ViewTree, e: crate::error::Error) -> Errno {
+        tracing::error!(
+            snapshot = t.record.id,
+            "cannot read the snapshot's directories: {e}"
+        );
+        Errno::EIO
     }
 
     fn dir_attr(&self, nodeid: u64, time_ns: i64, nlink: u32) -> FileAttr {
@@ -431,8 +342,7 @@ impl Views {
         }
     }
 
-    fn entry_attr(&self, t: &ViewTree, idx: u32) -> FileAttr {
-        let n = &t.nodes[idx as usize];
+    fn entry_attr(&self, t: &ViewTree, n: &VNode) -> FileAttr {
         let m = &n.meta;
         let mtime = time::parts_to_system_time(m.mtime.sec, m.mtime.nsec);
         let (kind, size, rdev) = match &n.kind {
@@ -450,7 +360,7 @@ impl Views {
             }
         };
         FileAttr {
-            ino: fuser::INodeNo(node_of(t.record.id, idx)),
+            ino: fuser::INodeNo(node_of(t.record.id, n.idx)),
             size,
             blocks: size.div_ceil(512),
             atime: mtime,
@@ -500,10 +410,8 @@ impl Views {
             }
             Id::Entry(id, idx) => {
                 let t = self.tree(id)?;
-                if idx as usize >= t.nodes.len() {
-                    return Err(Errno::ENOENT);
-                }
-                Ok((self.entry_attr(&t, idx), self.opts.ttl))
+                let n = self.node(&t, idx)?;
+                Ok((self.entry_attr(&t, &n), self.opts.ttl))
             }
         }
     }
@@ -529,16 +437,17 @@ impl Views {
                     .find(|r| r.name.as_bytes() == name)
                     .ok_or(Errno::ENOENT)?;
                 let t = self.tree(r.id)?;
-                Ok((self.entry_attr(&t, 0), self.opts.ttl))
+                let n = self.node(&t, 0)?;
+                Ok((self.entry_attr(&t, &n), self.opts.ttl))
             }
             Id::Entry(id, idx) => {
                 let t = self.tree(id)?;
-                let n = t.nodes.get(idx as usize).ok_or(Errno::ENOENT)?;
-                let VKind::Dir(children) = &n.kind else {
-                    return Err(Errno::ENOTDIR);
-                };
-                let c = *children.get(name).ok_or(Errno::ENOENT)?;
-                Ok((self.entry_attr(&t, c), self.opts.ttl))
+                let n = t
+                    .child(idx, name)
+                    .map_err(|e| self.failed(&t, e))?
+                    .ok_or(Errno::ENOTDIR)?
+                    .ok_or(Errno::ENOENT)?;
+                Ok((self.entry_attr(&t, &n), self.opts.ttl))
             }
             _ => Err(Errno::ENOTDIR),
         }
@@ -558,8 +467,8 @@ impl Views {
             }
             Id::Entry(id, idx) => {
                 let t = self.tree(id)?;
-                match &t.nodes.get(idx as usize).ok_or(Errno::ENOENT)?.kind {
-                    VKind::Symlink(tg) => Ok(tg.clone()),
+                match self.node(&t, idx)?.kind {
+                    VKind::Symlink(tg) => Ok(tg),
                     _ => Err(Errno::EINVAL),
                 }
             }
@@ -590,20 +499,20 @@ impl Views {
             }
             Id::Entry(id, idx) => {
                 let t = self.tree(id)?;
-                let VKind::Dir(children) = &t.nodes.get(idx as usize).ok_or(Errno::ENOENT)?.kind
-                else {
-                    return Err(Errno::ENOTDIR);
-                };
-                for (name, c) in children {
-                    let kind = match &t.nodes[*c as usize].kind {
-                        VKind::Dir(_) => FileType::Directory,
-                        VKind::File { .. } => FileType::RegularFile,
-                        VKind::Symlink(_) => FileType::Symlink,
-                        VKind::Special(_) => {
-                            crate::util::sys::fuse_file_type(t.nodes[*c as usize].meta.mode)
-                        }
+                let d = t
+                    .dir(idx)
+                    .map_err(|e| self.failed(&t, e))?
+                    .ok_or(Errno::ENOTDIR)?;
+                out.reserve(d.children.len());
+                for c in &d.children {
+                    let kind = match &c.node {
+                        DNode::Dir(_) => FileType::Directory,
+                        DNode::File { .. } => FileType::RegularFile,
+                        DNode::Symlink { .. } => FileType::Symlink,
+                        DNode::Special { .. } => crate::util::sys::fuse_file_type(c.meta.mode),
                     };
-                    out.push((node_of(id, *c), kind, name.clone()));
+                    let (node, _) = t.shown(c).map_err(|e| self.failed(&t, e))?;
+                    out.push((node_of(id, node), kind, c.name.clone()));
                 }
             }
             _ => return Err(Errno::ENOTDIR),
@@ -616,10 +525,10 @@ impl Views {
         match decode(nodeid) {
             Some(Id::Entry(id, idx)) => {
                 let Ok(t) = self.tree(id) else { return SNAPDIR };
-                match t.nodes.get(idx as usize) {
-                    Some(_) if idx == 0 => SNAPDIR,
-                    Some(n) => node_of(id, n.parent),
-                    None => SNAPDIR,
+                match t.node(idx) {
+                    Ok(Some(_)) if idx == 0 => SNAPDIR,
+                    Ok(Some(n)) => node_of(id, n.parent),
+                    _ => SNAPDIR,
                 }
             }
             _ => SNAPDIR,
@@ -634,31 +543,45 @@ impl Views {
             return Err(Errno::EISDIR);
         };
         let t = self.tree(id)?;
-        let node = t.nodes.get(idx as usize).ok_or(Errno::ENOENT)?;
-        let file = match &node.kind {
-            VKind::File { size, blocks } => self.materialize.as_ref().and_then(|m| {
-                m.eligible(*size).then(|| {
-                    let f = FileRef {
-                        key: Key::of(t.record.block_size, *size, blocks),
-                        snapshot: id,
-                        block_size: t.record.block_size,
-                        size: *size,
-                        blocks: blocks.clone(),
-                        path: node.path.clone(),
-                    };
-                    m.note_open(&f);
-                    f.key
-                })
-            }),
+        let node = self.node(&t, idx)?;
+        let (size, blocks) = match &node.kind {
+            VKind::File {
+                size,
+                blocks,
+                segments,
+            } => (
+                *size,
+                Arc::new(
+                    t.blocks(*size, blocks, segments)
+                        .map_err(|e| self.failed(&t, e))?,
+                ),
+            ),
             VKind::Dir(_) => return Err(Errno::EISDIR),
             _ => return Err(Errno::EACCES),
         };
+        let file = self.materialize.as_ref().and_then(|m| {
+            m.eligible(size).then(|| {
+                let f = FileRef {
+                    key: Key::of(t.record.block_size, size, &blocks),
+                    snapshot: id,
+                    block_size: t.record.block_size,
+                    size,
+                    blocks: blocks.clone(),
+                    path: node.path.clone(),
+                };
+                m.note_open(&f);
+                f.key
+            })
+        });
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed) | FH_TAG;
         self.handles.write().insert(
             fh,
             Arc::new(ViewFile {
                 tree: t,
-                idx,
+                idx: node.idx,
+                size,
+                blocks,
+                path: node.path,
                 last_end: AtomicU64::new(0),
                 key: file,
                 next_prefetched: std::sync::atomic::AtomicBool::new(false),
@@ -679,14 +602,7 @@ impl Views {
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> VResult<ReadData> {
         let f = self.handles.read().get(&fh).cloned().ok_or(Errno::EBADF)?;
-        let n = &f.tree.nodes[f.idx as usize];
-        let VKind::File {
-            size: fsize,
-            blocks,
-        } = &n.kind
-        else {
-            return Err(Errno::EISDIR);
-        };
+        let (fsize, blocks) = (&f.size, &f.blocks);
         if offset >= *fsize {
             return Ok(ReadData::Owned(Vec::new()));
         }
@@ -709,7 +625,7 @@ impl Views {
                 }
                 tracing::error!(
                     snapshot = f.tree.record.id,
-                    path = %display_path(&n.path),
+                    path = %display_path(&f.path),
                     chunk = %id,
                     "snapshot read failed: {e}"
                 );
@@ -755,7 +671,7 @@ impl Views {
             // file of the directory (in name order), once.
             let left = window.saturating_sub(blocks.len() as u64) as usize;
             if left > 0 && offset > 0 && !f.next_prefetched.swap(true, Ordering::Relaxed) {
-                if let Some(next) = next_file(&f.tree, f.idx) {
+                if let Some(next) = f.tree.next_file(f.idx) {
                     for id in next.iter().take(left) {
                         self.chunks.prefetch(*id);
                     }
@@ -770,7 +686,7 @@ impl Views {
             return Err(Errno::NO_XATTR);
         };
         let t = self.tree(id)?;
-        let n = t.nodes.get(idx as usize).ok_or(Errno::ENOENT)?;
+        let n = self.node(&t, idx)?;
         n.meta
             .xattrs
             .iter()
@@ -784,7 +700,7 @@ impl Views {
             return Ok(Vec::new());
         };
         let t = self.tree(id)?;
-        let n = t.nodes.get(idx as usize).ok_or(Errno::ENOENT)?;
+        let n = self.node(&t, idx)?;
         let mut out = Vec::new();
         for (k, _) in n.meta.xattrs.iter().filter(|(k, _)| shown_xattr(k)) {
             out.extend_from_slice(k);
@@ -819,26 +735,6 @@ impl Source for Views {
     fn freshness(&self) -> &Freshness {
         &self.freshness
     }
-}
-
-/// The blocks of the file after node `idx` in its directory (name
-/// order), skipping anything that is not a file.
-fn next_file(t: &ViewTree, idx: u32) -> Option<Arc<Vec<ChunkId>>> {
-    let n = t.nodes.get(idx as usize)?;
-    let name = match n.path.iter().rposition(|c| *c == b'/') {
-        Some(p) => &n.path[p + 1..],
-        None => &n.path[..],
-    };
-    let VKind::Dir(children) = &t.nodes.get(n.parent as usize)?.kind else {
-        return None;
-    };
-    use std::ops::Bound::{Excluded, Unbounded};
-    children
-        .range::<[u8], _>((Excluded(name), Unbounded))
-        .find_map(|(_, c)| match &t.nodes.get(*c as usize)?.kind {
-            VKind::File { blocks, .. } => Some(blocks.clone()),
-            _ => None,
-        })
 }
 
 /// Extended attributes a view shows: all but file capabilities, which
