@@ -13,21 +13,20 @@ use std::sync::Arc;
 
 use rustix::fs::{Mode, OFlags};
 
+use super::base_tree::{BaseTree, Edits, Entry};
 use super::blocks::{self, Source};
 use crate::error::{Error, Result};
 use crate::repo::ChunkWriter;
 use crate::snapshot::manifest::{display_path, Blocks, Node};
-use crate::snapshot::tree::ino_index;
 use crate::snapshot::unchanged::RACY_CTIME;
 use crate::snapshot::{Stats, Tree};
 use crate::store::ChunkId;
 use crate::track::cow::{CowSet, Need};
-use crate::track::cut::{walk_verified, BaseIndex, CutInfo, ObjKind};
+use crate::track::cut::{walk_verified, CutInfo, ObjKind};
 use crate::track::FileKey;
 use crate::util::bytes::read_full;
 
 pub struct Captured {
-    pub tree: Tree,
     pub stats: Stats,
     /// Bytes read from backing files (or saved by copy-before-write).
     pub bytes_read: u64,
@@ -36,7 +35,6 @@ pub struct Captured {
 pub struct CaptureRequest<'a> {
     pub root: &'a OwnedFd,
     pub root_dev: u64,
-    pub base: &'a BaseIndex<'a>,
     pub cut: &'a CutInfo,
     pub full: bool,
     pub writer: &'a ChunkWriter<'a>,
@@ -47,80 +45,94 @@ pub struct CaptureRequest<'a> {
     pub racy_after: Option<i64>,
 }
 
-fn rebase(p: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
-    let rest = &p[from.len()..];
-    [to, rest].concat()
+/// What an edge takes from the base, read before anything changes.
+enum Taken {
+    Nothing,
+    /// A directory known to the base: its entries, by path below it.
+    Subtree(Vec<(Vec<u8>, Entry)>),
+    /// A file known to the base: its blocks.
+    Blocks(Vec<ChunkId>),
 }
 
-fn remove_subtree(t: &mut Tree, p: &[u8]) {
-    let doomed: Vec<Vec<u8>> = t.descendants(p).map(|(k, _)| k.clone()).collect();
-    for k in doomed {
-        t.entries.remove(&k);
-    }
-    t.entries.remove(p);
+/// The base's entry for an inode (its first path), if any.
+fn base_entry(n: &BaseTree, ino: u64) -> Option<(&Vec<u8>, &Entry)> {
+    let p = n.paths_of(ino).first()?;
+    n.tree().entries.get_key_value(p)
 }
 
-/// The tree at the cut, with file block lists still to be completed.
-fn tree_at_cut(req: &CaptureRequest<'_>) -> Tree {
-    let base = req.base;
-    let mut n = base.tree.clone();
-    n.block_size = req.block_size as u32;
+/// Turn the base into the tree at the cut, in place (file block lists
+/// still to be completed).
+fn tree_at_cut(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) {
+    let taken: Vec<Taken> = req
+        .cut
+        .edges
+        .iter()
+        .map(|e| match &e.child {
+            Some(c) => match (&c.kind, base_entry(n, c.key.ino)) {
+                (ObjKind::Dir, Some((q, (_, Node::Dir)))) => Taken::Subtree(
+                    n.tree()
+                        .descendants(q)
+                        .map(|(p, v)| (p[q.len()..].to_vec(), v.clone()))
+                        .collect(),
+                ),
+                (ObjKind::File { .. }, Some((_, (_, node @ Node::File { .. })))) => {
+                    Taken::Blocks(Tree::blocks_of(node).to_vec())
+                }
+                _ => Taken::Nothing,
+            },
+            None => Taken::Nothing,
+        })
+        .collect();
+    n.set_block_size(req.block_size as u32);
     let root_key = FileKey {
         dev: req.root_dev,
         ino: rustix::fs::fstat(req.root).map(|s| s.st_ino).unwrap_or(0),
     };
     if let Some(s) = req.cut.states.get(&root_key) {
-        n.entries.insert(Vec::new(), (s.meta.clone(), Node::Dir));
+        n.put(edits, b"", Some((s.meta.clone(), Node::Dir)));
     }
-    for e in &req.cut.edges {
-        remove_subtree(&mut n, &e.path);
+    for (e, taken) in req.cut.edges.iter().zip(taken) {
+        n.remove_below(edits, &e.path);
+        n.put(edits, &e.path, None);
         let Some(c) = &e.child else { continue };
         let node = match &c.kind {
             ObjKind::Dir => {
-                if let Some((q, (_, Node::Dir))) = base.entry_of(c.key.ino) {
-                    for (p, v) in base.tree.descendants(q) {
-                        n.entries.insert(rebase(p, q, &e.path), v.clone());
+                if let Taken::Subtree(list) = taken {
+                    for (rest, v) in list {
+                        n.put(edits, &[e.path.as_slice(), &rest].concat(), Some(v));
                     }
                 }
                 Node::Dir
             }
-            ObjKind::File { size } => {
-                let blocks = match base.entry_of(c.key.ino) {
-                    Some((_, (_, node @ Node::File { .. }))) => Tree::blocks_of(node).to_vec(),
+            ObjKind::File { size } => Node::File {
+                size: *size,
+                blocks: Blocks::Full(match taken {
+                    Taken::Blocks(b) => b,
                     _ => Vec::new(),
-                };
-                Node::File {
-                    size: *size,
-                    blocks: Blocks::Full(blocks),
-                    link: (c.nlink > 1).then_some(c.key.ino),
-                }
-            }
+                }),
+                link: (c.nlink > 1).then_some(c.key.ino),
+            },
             ObjKind::Symlink { target } => Node::Symlink {
                 target: target.clone(),
             },
             ObjKind::Special { rdev } => Node::Special { rdev: *rdev },
         };
-        n.entries.insert(e.path.clone(), (c.meta.clone(), node));
+        n.put(edits, &e.path, Some((c.meta.clone(), node)));
     }
     // Changed objects at every path they have (hard links included).
-    let by_ino = ino_index(&n);
     for (key, s) in &req.cut.states {
-        let Some(paths) = by_ino.get(&key.ino) else {
-            continue;
-        };
-        for p in paths {
-            if let Some((meta, node)) = n.entries.get_mut(p) {
-                *meta = s.meta.clone();
-                if let (Node::File { size, link, .. }, ObjKind::File { size: cut }) =
-                    (node, &s.kind)
-                {
-                    *size = *cut;
-                    *link = (s.nlink > 1).then_some(key.ino);
-                }
+        for p in n.paths_of(key.ino).to_vec() {
+            let Some((_, node)) = n.get(&p) else { continue };
+            let mut node = node.clone();
+            if let (Node::File { size, link, .. }, ObjKind::File { size: cut }) =
+                (&mut node, &s.kind)
+            {
+                *size = *cut;
+                *link = (s.nlink > 1).then_some(key.ino);
             }
+            n.put(edits, &p, Some((s.meta.clone(), node)));
         }
     }
-    n
 }
 
 /// Open a file of the cut tree for reading: through its path, checked
@@ -202,17 +214,18 @@ impl Source for LiveFile<'_> {
     }
 }
 
-/// Build the tree at the cut and store every block it needs.
-pub fn capture(req: &CaptureRequest<'_>) -> Result<Captured> {
+/// Turn the base (`n`, the latest snapshot's tree, or the listing for a
+/// first snapshot) into the tree at the cut, in place, recording in
+/// `edits` what each changed path held, and store every block it needs.
+pub fn capture(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) -> Result<Captured> {
     let bs = req.block_size;
-    let mut n = tree_at_cut(req);
-    let by_ino = ino_index(&n);
+    tree_at_cut(req, n, edits);
 
     // What to read: (key, path, size, needed blocks).
     let mut reads: Vec<(FileKey, Vec<u8>, u64, Vec<u64>)> = Vec::new();
     if req.full {
         let mut seen = BTreeSet::new();
-        for (p, (m, node)) in &n.entries {
+        for (p, (m, node)) in &n.tree().entries {
             if let Node::File { size, .. } = node {
                 if seen.insert(m.ino) {
                     let key = FileKey {
@@ -230,7 +243,7 @@ pub fn capture(req: &CaptureRequest<'_>) -> Result<Captured> {
         }
     } else {
         for (key, (need, size)) in &req.cut.needs {
-            let Some(p) = by_ino.get(&key.ino).and_then(|v| v.first()) else {
+            let Some(p) = n.paths_of(key.ino).first() else {
                 continue;
             };
             let blocks: Vec<u64> = match need {
@@ -243,6 +256,7 @@ pub fn capture(req: &CaptureRequest<'_>) -> Result<Captured> {
 
     let cow = &*req.cut.cow;
     let mut results: Vec<Vec<(u64, ChunkId)>> = vec![Vec::new(); reads.len()];
+    let tree = n.tree();
     let (fed, stored) = blocks::store(
         req.writer,
         req.threads,
@@ -253,7 +267,7 @@ pub fn capture(req: &CaptureRequest<'_>) -> Result<Captured> {
                 if blocks.is_empty() {
                     continue;
                 }
-                let Some(file) = open_for_read(req, &n, path, key) else {
+                let Some(file) = open_for_read(req, tree, path, key) else {
                     return Err(Error::Corrupt(format!(
                         "{} (inode {}) could not be reached to read it for the snapshot",
                         display_path(path),
@@ -294,73 +308,107 @@ pub fn capture(req: &CaptureRequest<'_>) -> Result<Captured> {
     let mut changed_blocks = 0;
     for ((key, _, size, _), got) in reads.iter().zip(results) {
         let nblocks = size.div_ceil(bs) as usize;
-        let Some(paths) = by_ino.get(&key.ino) else {
-            continue;
-        };
-        for p in paths {
-            if let Some((
-                _,
+        for p in n.paths_of(key.ino).to_vec() {
+            let Some((
+                meta,
                 Node::File {
+                    size: fsize,
                     blocks: Blocks::Full(list),
-                    ..
+                    link,
                 },
-            )) = n.entries.get_mut(p)
-            {
-                // Exactly as long as the file needs (resize alone rounds
-                // a small list up to 4 ids: 96 bytes lost per small file).
-                if list.capacity() < nblocks {
-                    list.reserve_exact(nblocks - list.len());
-                }
-                list.resize(nblocks, ChunkId([0; 32]));
-                for (b, id) in &got {
-                    if (*b as usize) < nblocks {
-                        list[*b as usize] = *id;
-                    }
+            )) = n.get(&p)
+            else {
+                continue;
+            };
+            // Exactly as long as the file needs (resize alone rounds a
+            // small list up to 4 ids: 96 bytes lost per small file).
+            let mut list = {
+                let mut v = Vec::with_capacity(nblocks);
+                v.extend(list.iter().take(nblocks).copied());
+                v
+            };
+            list.resize(nblocks, ChunkId([0; 32]));
+            for (b, id) in &got {
+                if (*b as usize) < nblocks {
+                    list[*b as usize] = *id;
                 }
             }
+            let e = (
+                meta.clone(),
+                Node::File {
+                    size: *fsize,
+                    blocks: Blocks::Full(list),
+                    link: *link,
+                },
+            );
+            n.put(edits, &p, Some(e));
         }
         changed_blocks += got.len() as u64;
     }
-    // Racily clean entries (see snapshot::unchanged).
-    if let Some(after) = req.racy_after {
-        for (m, _) in n.entries.values_mut() {
-            if m.ctime_ns >= after {
-                m.ctime_ns = RACY_CTIME;
-            }
-        }
-    }
-    let mut stats = Stats {
+    mark_racy(req, n, edits);
+    let c = n.counts();
+    let stats = Stats {
         changed_blocks,
+        dirs: c.dirs,
+        files: c.files,
+        symlinks: c.symlinks,
+        logical_bytes: c.logical_bytes,
         ..Default::default()
     };
-    for (_, node) in n.entries.values() {
-        match node {
-            Node::Dir => stats.dirs += 1,
-            Node::File { size, .. } => {
-                stats.files += 1;
-                stats.logical_bytes += size;
-            }
-            Node::Symlink { .. } => stats.symlinks += 1,
-            Node::Special { .. } => {}
-        }
-    }
-    check_complete(&n)?;
-    Ok(Captured {
-        tree: n,
-        stats,
-        bytes_read,
-    })
+    check_complete(n, edits)?;
+    Ok(Captured { stats, bytes_read })
 }
 
-/// Every file's block list matches its size.
-fn check_complete(t: &Tree) -> Result<()> {
-    let bs = t.block_size as u64;
-    for (p, (_, node)) in &t.entries {
-        if let Node::File {
-            size,
-            blocks: Blocks::Full(b),
-            ..
-        } = node
+/// Racily clean entries (see snapshot::unchanged): every entry changed
+/// at or after the racy limit. Entries the capture did not change were
+/// looked at by an earlier capture with a lower limit (the base says so:
+/// `racy_limit`), so only the changed ones are looked at, unless the
+/// base is new to this process or the clock went back.
+fn mark_racy(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) {
+    let Some(after) = req.racy_after else {
+        n.racy_limit = None;
+        return;
+    };
+    let all = n.racy_limit.is_none_or(|l| l > after);
+    let due: Vec<Vec<u8>> = if all {
+        n.tree()
+            .entries
+            .iter()
+            .filter(|(_, (m, _))| m.ctime_ns >= after)
+            .map(|(p, _)| p.clone())
+            .collect()
+    } else {
+        edits
+            .old
+            .keys()
+            .filter(|p| n.get(p).is_some_and(|(m, _)| m.ctime_ns >= after))
+            .cloned()
+            .collect()
+    };
+    for p in due {
+        if let Some((m, node)) = n.get(&p) {
+            let mut m = m.clone();
+            m.ctime_ns = RACY_CTIME;
+            let e = (m, node.clone());
+            n.put(edits, &p, Some(e));
+        }
+    }
+    n.racy_limit = Some(after);
+}
+
+/// Every changed file's block list matches its size (the others were
+/// complete in the base).
+fn check_complete(n: &BaseTree, edits: &Edits) -> Result<()> {
+    let bs = n.tree().block_size as u64;
+    for p in edits.old.keys() {
+        if let Some((
+            _,
+            Node::File {
+                size,
+                blocks: Blocks::Full(b),
+                ..
+            },
+        )) = n.get(p)
         {
             if b.len() as u64 != size.div_ceil(bs) || b.iter().any(|id| id.0 == [0; 32]) {
                 return Err(Error::Corrupt(format!(

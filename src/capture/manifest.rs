@@ -37,6 +37,18 @@ impl<'b> Builder<'b> {
     /// link's second name shares its first name's blocks: not counted).
     pub fn changed(&mut self, path: Vec<u8>, meta: Meta, node: Node, count: bool) {
         let old = self.base.and_then(|t| t.get(&path));
+        self.changed_from(old, path, meta, node, count);
+    }
+
+    /// [`Self::changed`] with the base's entry at `path` given.
+    fn changed_from(
+        &mut self,
+        old: Option<&(Meta, Node)>,
+        path: Vec<u8>,
+        meta: Meta,
+        node: Node,
+        count: bool,
+    ) {
         let (node, n) = match (old, node) {
             (
                 Some((_, old_node @ Node::File { .. })),
@@ -103,6 +115,34 @@ fn patch(ids: &[ChunkId], old: &[ChunkId]) -> (Blocks, u64) {
         .collect();
     let n = changes.len() as u64;
     (Blocks::Patch(changes), n)
+}
+
+/// The manifest of `tree` against the base it was made from in place
+/// (`capture::base_tree`): `edits` holds what each changed path of that
+/// base held. The same manifest as [`build`] with the base, reading only
+/// the changed paths.
+pub fn from_edits(tree: &Tree, edits: &super::base_tree::Edits) -> (Manifest, u64) {
+    let mut b = Builder::new(None);
+    let mut last_removed: Option<&[u8]> = None;
+    for (p, old) in &edits.old {
+        match (old, tree.entries.get(p)) {
+            (Some(o), Some(n)) if o == n => {}
+            (old, Some((meta, node))) => {
+                b.changed_from(old.as_ref(), p.clone(), meta.clone(), node.clone(), true)
+            }
+            (Some(_), None) => {
+                // Topmost only: a removed directory stands for its entries.
+                let below = last_removed
+                    .is_some_and(|r| p.len() > r.len() && p.starts_with(r) && p[r.len()] == b'/');
+                if !below {
+                    b.removed.push(p.clone());
+                    last_removed = Some(p);
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    b.finish(tree.block_size)
 }
 
 /// The manifest of `tree` (every block list full) against `base`, and the

@@ -12,10 +12,12 @@
 //! - `blocks.rs`: read → hash → compress → store, units of blocks on the
 //!   one worker pool (`util::pool`)
 //! - `base.rs`: which snapshot a capture of a kind is compared with
+//! - `base_tree.rs`: the live capture's base, changed in place with its
+//!   inode index and counts (what changed is recorded, not searched for)
 //! - `manifest.rs`: the one manifest builder (removed paths, changed
 //!   entries, files as patches of changed blocks)
 //! - the "unchanged by stat" rule and racily clean entries
-//!   (`snapshot::unchanged`), and the inode index (`Tree::ino_index`)
+//!   (`snapshot::unchanged`), and the inode index (`tree::ino_index`)
 //!
 //! Invariants: a chunk is stored (and its pack durable by commit) before
 //! any manifest names it; a capture never reads a block changed after its
@@ -23,6 +25,7 @@
 //! while read; a file's block list always matches its size.
 
 pub mod base;
+pub mod base_tree;
 pub mod blocks;
 pub mod live;
 pub mod manifest;

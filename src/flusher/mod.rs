@@ -26,6 +26,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::capture;
+use crate::capture::base_tree::{BaseTree, Edits};
 use crate::error::{Error, Result};
 use crate::repo::{NextRunStatus, Planned, Repository, SnapshotDraft};
 use crate::snapshot::{Kind, SnapshotRecord, Tree};
@@ -117,12 +118,12 @@ pub struct Flusher {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-/// Cached trees: the latest snapshot's (the base of the next one) and the
-/// latest full one's (the base of differentials).
+/// Cached trees: the latest snapshot's (the base of the next capture,
+/// changed in place by it) and, once a differential needed it, the
+/// latest full one's.
 #[derive(Default)]
 struct Trees {
-    /// Shared: after a full snapshot both name the same tree.
-    latest: Option<(u64, Arc<Tree>)>,
+    latest: Option<BaseTree>,
     full: Option<(u64, Arc<Tree>)>,
     /// The directory references of the snapshot it names, as written:
     /// an incremental on it re-encodes only the directories on its
@@ -204,7 +205,7 @@ fn run(ctx: FlusherCtx, rx: Receiver<Cmd>, ev_rx: Receiver<FsEvent>, out: Report
     let msg = match startup_check(&ctx) {
         Ok(None) => "done: no snapshot yet".to_string(),
         Ok(Some((r, latest))) => {
-            trees.latest = Some((latest.0, Arc::new(latest.1)));
+            trees.latest = Some(BaseTree::new(latest.0, latest.1));
             note_trees(&trees, status);
             format!(
             "done: {} entries checked, {} files and {} directories changed since the latest snapshot",
@@ -452,15 +453,14 @@ fn syncfs(mountpoint: &std::path::Path) {
 
 /// Record in the status what the kept trees hold.
 fn note_trees(trees: &Trees, status: &Mutex<FlusherStatus>) {
-    let latest = trees.latest.as_ref().map(|(_, t)| t);
-    let full = trees.full.as_ref().map(|(_, t)| t);
-    let same = matches!((latest, full), (Some(a), Some(b)) if Arc::ptr_eq(a, b));
     let mut entries = 0;
     let mut bytes = 0;
-    for t in [latest, if same { None } else { full }]
-        .into_iter()
-        .flatten()
-    {
+    if let Some(b) = &trees.latest {
+        let c = b.counts();
+        entries += c.entries;
+        bytes += c.heap_bytes;
+    }
+    if let Some((_, t)) = &trees.full {
         entries += t.entries.len() as u64;
         bytes += t.heap_bytes();
     }
@@ -594,53 +594,89 @@ fn take(
                     .synthetic_fulls
                     .applies(changed, l.stats.logical_bytes)
         });
-    let base = match &latest {
-        Some(r) => tree_of(repo, r.id, &mut trees.latest)?,
+    // The base: the latest snapshot's tree as the last capture left it
+    // (this one changes it in place), or read; for the repository's first
+    // snapshot, the listing.
+    let cached = trees.latest.take();
+    let mut base = match &latest {
+        Some(r) => match cached {
+            Some(b) if b.id == r.id => b,
+            _ => BaseTree::new(r.id, repo.resolve(r)?),
+        },
         // The first snapshot: list the tree now, while writers go on; the
         // cut then only corrects what changed meanwhile.
         None => {
             status.lock().state = "listing".into();
-            Arc::new(cut::list_tree(
-                &ctx.backing,
-                ctx.hidden,
-                repo.config.block_size,
-            )?)
+            BaseTree::new(
+                0,
+                cut::list_tree(&ctx.backing, ctx.hidden, repo.config.block_size)?,
+            )
         }
     };
     if ctx.writeback_cache && !unmounting {
         syncfs(&ctx.mountpoint);
     }
     status.lock().state = "cut".into();
-    let index = cut::BaseIndex::new(&base);
     // Whether every file is read again.
     let full = kind == Kind::Full && !synthetic;
-    let info = ctx.track.cut(&cut::CutRequest {
+    let cut = ctx.track.cut(&cut::CutRequest {
         objects: &*ctx.objects,
         backing: &ctx.backing,
-        base: &index,
+        base: &base.index(),
         full,
         spill_dir: repo.dir().try_clone().ok(),
         hidden: ctx.hidden,
-    })?;
+    });
+    let info = match cut {
+        Ok(info) => info,
+        Err(e) => {
+            // Unchanged: still the next capture's base.
+            if latest.is_some() {
+                trees.latest = Some(base);
+            }
+            return Err(e);
+        }
+    };
     let cut_ms = info.held.as_secs_f64() * 1e3;
     status.lock().state = "capturing".into();
-    let writer = repo.writer()?;
-    let root = crate::util::sys::open_dir_path(&ctx.backing)
-        .map_err(|e| Error::io("open", &ctx.backing, e))?;
+    let opened = repo.writer().and_then(|w| {
+        crate::util::sys::open_dir_path(&ctx.backing)
+            .map(|root| (w, root))
+            .map_err(|e| Error::io("open", &ctx.backing, e))
+    });
+    let (writer, root) = match opened {
+        Ok(x) => x,
+        Err(e) => {
+            if latest.is_some() {
+                trees.latest = Some(base);
+            }
+            ctx.track.give_back(info);
+            return Err(e);
+        }
+    };
     let root_dev = rustix::fs::fstat(&root).map(|s| s.st_dev).unwrap_or(0);
-    let result = (|| -> Result<(SnapshotRecord, Tree, u64)> {
-        let captured = capture::live::capture(&capture::live::CaptureRequest {
-            root: &root,
-            root_dev,
-            base: &index,
-            cut: &info,
-            full,
-            writer: &writer,
-            block_size: repo.config.block_size as u64,
-            threads: ctx.threads,
-            racy_after: (!unmounting)
-                .then(|| info.time_ns - crate::snapshot::unchanged::racy_margin_ns(&root)),
-        })?;
+    let mut edits = Edits::default();
+    let racy_before = base.racy_limit;
+    // Test builds check the manifest made from the edits against one
+    // made by comparing the whole trees.
+    #[cfg(debug_assertions)]
+    let before = base.tree().clone();
+    let result = (|| -> Result<(SnapshotRecord, u64)> {
+        let captured = capture::live::capture(
+            &capture::live::CaptureRequest {
+                root: &root,
+                root_dev,
+                cut: &info,
+                full,
+                writer: &writer,
+                block_size: repo.config.block_size as u64,
+                threads: ctx.threads,
+                racy_after: (!unmounting)
+                    .then(|| info.time_ns - crate::snapshot::unchanged::racy_margin_ns(&root)),
+            },
+            &mut base,
+            &mut edits,
+        )?;
         status.lock().state = "committing".into();
         // The manifest is relative to the base of its kind (the latest
         // snapshot, the latest full, or none).
@@ -651,16 +687,23 @@ fn take(
                 kind.as_str()
             )));
         }
-        let full_tree;
-        let base_tree = match base_rec {
-            None => None,
-            Some(r) if Some(r.id) == latest.as_ref().map(|l| l.id) => Some(&*base),
+        let (manifest, changed) = match base_rec {
+            None => capture::manifest::build(base.tree(), None),
+            Some(r) if Some(r.id) == latest.as_ref().map(|l| l.id) => {
+                let m = capture::manifest::from_edits(base.tree(), &edits);
+                #[cfg(debug_assertions)]
+                assert_eq!(
+                    m,
+                    capture::manifest::build(base.tree(), Some(&before)),
+                    "the manifest from the edits differs from the trees' comparison"
+                );
+                m
+            }
             Some(r) => {
-                full_tree = tree_of(repo, r.id, &mut trees.full)?;
-                Some(&*full_tree)
+                let full_tree = tree_of(repo, r.id, &mut trees.full)?;
+                capture::manifest::build(base.tree(), Some(&*full_tree))
             }
         };
-        let (manifest, changed) = capture::manifest::build(&captured.tree, base_tree);
         let (parent, full_id) = match (kind, base_rec) {
             (Kind::Incremental, Some(b)) => (Some(b.id), Some(b.full)),
             (Kind::Differential, Some(b)) => (Some(b.id), Some(b.id)),
@@ -688,7 +731,7 @@ fn take(
         let mut memo = trees.memo.take().map(|(_, m)| m).unwrap_or_default();
         let rec = repo.commit_snapshot(
             &writer,
-            &captured.tree,
+            base.tree(),
             Some((&mut memo, dirty.as_ref())),
             SnapshotDraft {
                 kind,
@@ -703,19 +746,17 @@ fn take(
         )?;
         writer.close()?;
         trees.memo = Some((rec.id, memo));
-        Ok((rec, captured.tree, captured.bytes_read))
+        Ok((rec, captured.bytes_read))
     })();
     match result {
-        Ok((rec, tree, bytes)) => {
+        Ok((rec, bytes)) => {
             // Committed: the frozen changes are in it.
             if let Err(e) = ctx.track.committed(&info) {
                 tracing::warn!("clearing the journal after snapshot {}: {e}", rec.id);
             }
-            let tree = Arc::new(tree);
-            if rec.kind == Kind::Full {
-                trees.full = Some((rec.id, tree.clone()));
-            }
-            trees.latest = Some((rec.id, tree));
+            drop(edits);
+            base.id = rec.id;
+            trees.latest = Some(base);
             note_trees(trees, status);
             let secs = t0.elapsed().as_secs_f64();
             let mut s = status.lock();
@@ -738,6 +779,12 @@ fn take(
         }
         Err(e) => {
             writer.abort();
+            // The base as it was, for the next attempt.
+            base.undo(edits);
+            base.racy_limit = racy_before;
+            if latest.is_some() {
+                trees.latest = Some(base);
+            }
             // The changes wait for the next snapshot.
             ctx.track.give_back(info);
             status.lock().state = "idle".into();

@@ -31,29 +31,9 @@ impl Tree {
     /// attributes, block lists and symlink targets, plus the map's own
     /// per-entry overhead (a B-tree node holds up to 11 entries).
     pub fn heap_bytes(&self) -> u64 {
-        let per = std::mem::size_of::<(Vec<u8>, (Meta, Node))>() as u64 * 12 / 11;
         self.entries
             .iter()
-            .map(|(k, (m, n))| {
-                let x: usize = m
-                    .xattrs
-                    .iter()
-                    .map(|(a, b)| a.capacity() + b.capacity() + 48)
-                    .sum();
-                let body = match n {
-                    Node::File {
-                        blocks: Blocks::Full(b),
-                        ..
-                    } => b.capacity() * 32,
-                    Node::File {
-                        blocks: Blocks::Patch(p),
-                        ..
-                    } => p.capacity() * 40,
-                    Node::Symlink { target } => target.capacity(),
-                    _ => 0,
-                };
-                per + (k.capacity() + m.xattrs.capacity() * 48 + x + body) as u64
-            })
+            .map(|(k, e)| entry_heap_bytes(k, e))
             .sum()
     }
 
@@ -235,6 +215,26 @@ impl Tree {
         }
         (n, bytes)
     }
+}
+
+/// About the heap bytes one entry of a tree holds (see
+/// [`Tree::heap_bytes`]).
+pub fn entry_heap_bytes(path: &[u8], (m, n): &(Meta, Node)) -> u64 {
+    let per = std::mem::size_of::<(Vec<u8>, (Meta, Node))>() as u64 * 12 / 11;
+    let x: usize = m.xattrs.iter().map(|(a, b)| a.len() + b.len() + 48).sum();
+    let body = match n {
+        Node::File {
+            blocks: Blocks::Full(b),
+            ..
+        } => b.len() * 32,
+        Node::File {
+            blocks: Blocks::Patch(p),
+            ..
+        } => p.len() * 40,
+        Node::Symlink { target } => target.len(),
+        _ => 0,
+    };
+    per + (path.len() + m.xattrs.len() * 48 + x + body) as u64
 }
 
 /// Inode number -> every path of it in `tree` (hard links share one).

@@ -87,15 +87,23 @@ pub type OpenCount = parking_lot::Mutex<HashMap<FileKey, u32>>;
 /// What the cut needs to know about the latest snapshot.
 pub struct BaseIndex<'t> {
     pub tree: &'t Tree,
-    /// Inode number -> paths in the tree.
-    pub by_ino: HashMap<u64, Vec<Vec<u8>>>,
+    /// Inode number -> paths in the tree (in order).
+    pub by_ino: std::borrow::Cow<'t, HashMap<u64, Vec<Vec<u8>>>>,
 }
 
 impl<'t> BaseIndex<'t> {
     pub fn new(tree: &'t Tree) -> BaseIndex<'t> {
         BaseIndex {
             tree,
-            by_ino: crate::snapshot::tree::ino_index(tree),
+            by_ino: std::borrow::Cow::Owned(crate::snapshot::tree::ino_index(tree)),
+        }
+    }
+
+    /// With an index kept beside the tree (`capture::base_tree`).
+    pub fn borrowed(tree: &'t Tree, by_ino: &'t HashMap<u64, Vec<Vec<u8>>>) -> BaseIndex<'t> {
+        BaseIndex {
+            tree,
+            by_ino: std::borrow::Cow::Borrowed(by_ino),
         }
     }
 
