@@ -15,11 +15,18 @@ use rewindfs::snapshot::manifest::{display_path, escape, normalize_user_path, Me
 use rewindfs::snapshot::{select::select, SnapshotRecord, Tree};
 use rewindfs::util::time;
 
-pub fn load(repo: &Repository, spec: &str) -> Result<(SnapshotRecord, Tree)> {
+/// Snapshot `spec` and what it holds on the way to `path` and below it
+/// (`levels` deep; `None`: all), without reading the rest of its tree.
+pub fn load(
+    repo: &Repository,
+    spec: &str,
+    path: &[u8],
+    levels: Option<usize>,
+) -> Result<(SnapshotRecord, Tree)> {
     let all = repo.snapshots()?;
     let rec = select(&all, spec, time::now_ns())?.clone();
     let tree = repo
-        .resolve(&rec)
+        .subtree(&rec, path, levels)
         .with_context(|| format!("reading snapshot {}", rec.id))?;
     Ok((rec, tree))
 }
@@ -150,8 +157,8 @@ impl CatArgs {
 }
 
 pub fn ls(repo: &Repository, a: LsArgs, o: &mut Out) -> Result<i32> {
-    let (rec, tree) = load(repo, &a.snap)?;
     let p = normalize_user_path(&a.path)?;
+    let (rec, tree) = load(repo, &a.snap, &p, Some(1))?;
     let Some((meta, node)) = tree.get(&p) else {
         anyhow::bail!("{} does not exist in snapshot {}", display_path(&p), rec.id);
     };
@@ -190,8 +197,8 @@ pub struct CatArgs {
 }
 
 pub fn cat(repo: &Repository, a: CatArgs, o: &mut Out) -> Result<i32> {
-    let (rec, tree) = load(repo, &a.snap)?;
     let p = normalize_user_path(&a.path)?;
+    let (rec, tree) = load(repo, &a.snap, &p, Some(1))?;
     let node = match tree.get(&p) {
         Some((_, n @ Node::File { .. })) => n,
         Some(_) => anyhow::bail!(

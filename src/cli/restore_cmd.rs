@@ -47,8 +47,8 @@ impl RestoreArgs {
 }
 
 pub fn restore(repo: &Repository, a: RestoreArgs, o: &mut Out) -> Result<i32> {
-    let (rec, tree) = load(repo, &a.snap)?;
     let sub = normalize_user_path(a.path.as_deref().unwrap_or("/".as_ref()))?;
+    let (rec, tree) = load(repo, &a.snap, &sub, None)?;
     let t0 = std::time::Instant::now();
     let r = run_restore(
         repo,

@@ -1062,6 +1062,21 @@ impl Repository {
         Ok(start)
     }
 
+    /// What a snapshot holds on the way to `path` and below it, down to
+    /// `levels` levels (`None`: all): for a tree (format 3) only those
+    /// directories are read; earlier formats are resolved whole.
+    pub fn subtree(
+        &self,
+        rec: &SnapshotRecord,
+        path: &[u8],
+        levels: Option<usize>,
+    ) -> Result<Tree> {
+        match self.load_stored(rec)? {
+            Stored::Tree(root) => crate::snapshot::dirs::read_subtree(self, &root, path, levels),
+            Stored::Changes(_) => self.resolve(rec),
+        }
+    }
+
     /// The whole tree below a format 3 root.
     pub fn read_tree(&self, root: &crate::snapshot::dirs::Root) -> Result<Tree> {
         crate::snapshot::dirs::read_tree(self, root)

@@ -565,14 +565,48 @@ fn insert_entry(
 
 /// The whole tree under `root`.
 pub fn read_tree(store: &dyn Objects, root: &Root) -> Result<Tree> {
+    read_subtree(store, root, b"", None)
+}
+
+/// The entries on the way to `path`, `path` itself and, for a directory,
+/// what is below it down to `levels` levels (`None`: all, checked
+/// against its reference's counts): what `ls`, `cat` or a restore of
+/// `path` needs, read without the rest of the tree. A `path` the tree
+/// does not have is simply not in the result.
+pub fn read_subtree(
+    store: &dyn Objects,
+    root: &Root,
+    path: &[u8],
+    levels: Option<usize>,
+) -> Result<Tree> {
+    let bs = root.block_size;
     let mut out = Tree {
-        block_size: root.block_size,
+        block_size: bs,
         entries: BTreeMap::new(),
     };
     if let Some(m) = &root.meta {
         out.entries.insert(Vec::new(), (m.clone(), Node::Dir));
     }
-    let mut stack = vec![(Vec::new(), root.dir.clone(), 0usize)];
+    let mut dir = root.dir.clone();
+    let mut at = Vec::new();
+    if !path.is_empty() {
+        let comps: Vec<&[u8]> = path.split(|b| *b == b'/').collect();
+        for name in comps {
+            let d = load_dir(store, &dir, bs)?;
+            let Ok(k) = d.entries.binary_search_by(|e| e.name.as_slice().cmp(name)) else {
+                return Ok(out);
+            };
+            let Some(e) = d.entries.into_iter().nth(k) else {
+                return Ok(out);
+            };
+            at = join(&at, name);
+            match insert_entry(store, bs, &mut out, at.clone(), e)? {
+                Some(r) => dir = r,
+                None => return Ok(out),
+            }
+        }
+    }
+    let mut stack = vec![(at, dir.clone(), 0usize)];
     let (mut entries, mut bytes) = (0u64, 0u64);
     while let Some((path, r, depth)) = stack.pop() {
         if depth > MAX_DEPTH {
@@ -580,22 +614,24 @@ pub fn read_tree(store: &dyn Objects, root: &Root) -> Result<Tree> {
                 "the tree is deeper than {MAX_DEPTH} directories"
             )));
         }
-        let d = load_dir(store, &r, root.block_size)?;
+        let d = load_dir(store, &r, bs)?;
         for e in d.entries {
             entries += 1;
             if let DNode::File { size, .. } = &e.node {
                 bytes += size;
             }
             let p = join(&path, &e.name);
-            if let Some(sub) = insert_entry(store, root.block_size, &mut out, p.clone(), e)? {
-                stack.push((p, sub, depth + 1));
+            if let Some(sub) = insert_entry(store, bs, &mut out, p.clone(), e)? {
+                if levels.is_none_or(|l| depth + 1 < l) {
+                    stack.push((p, sub, depth + 1));
+                }
             }
         }
     }
-    if (entries, bytes) != (root.dir.entries, root.dir.bytes) {
+    if levels.is_none() && (entries, bytes) != (dir.entries, dir.bytes) {
         return Err(Error::Corrupt(format!(
-            "the tree holds {entries} entries of {bytes} bytes, its root says {} of {}",
-            root.dir.entries, root.dir.bytes
+            "the tree holds {entries} entries of {bytes} bytes, its reference says {} of {}",
+            dir.entries, dir.bytes
         )));
     }
     Ok(out)
@@ -884,6 +920,48 @@ mod tests {
         n = 0;
         walk_new(&s, &r2, &mut seen, &mut |_, _| n += 1).unwrap();
         assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn a_subtree_is_read_without_the_rest() {
+        let s = Mem::default();
+        let t = big_tree(20, 50);
+        let r = write_tree(&s, &t).unwrap();
+        let restrict = |sub: &[u8], levels: Option<usize>| -> Tree {
+            let mut out = t.clone();
+            out.entries.retain(|p, _| {
+                let on_way = p.is_empty()
+                    || (sub.starts_with(p) && (sub.len() == p.len() || sub[p.len()] == b'/'));
+                let below = p.len() > sub.len()
+                    && p.starts_with(sub)
+                    && (sub.is_empty() || p[sub.len()] == b'/');
+                let deep = || {
+                    p[sub.len()..].iter().filter(|c| **c == b'/').count()
+                        + usize::from(sub.is_empty())
+                };
+                on_way || (below && levels.is_none_or(|l| deep() <= l))
+            });
+            out
+        };
+        for (sub, levels) in [
+            (&b"d007"[..], None),
+            (b"d007", Some(1)),
+            (b"d007/f010", None),
+            (b"", Some(1)),
+            (b"", None),
+        ] {
+            *s.reads.lock() = 0;
+            let got = read_subtree(&s, &r, sub, levels).unwrap();
+            assert_eq!(got, restrict(sub, levels), "{sub:?} {levels:?}");
+            if !sub.is_empty() {
+                assert_eq!(*s.reads.lock(), 2, "{sub:?} reads the root and d007");
+            }
+        }
+        // A path the tree does not have: nothing below the root.
+        assert!(read_subtree(&s, &r, b"nope/x", None)
+            .unwrap()
+            .get(b"nope/x")
+            .is_none());
     }
 
     #[test]
