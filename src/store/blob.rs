@@ -323,9 +323,8 @@ pub fn encode_with(
         // Compress into a buffer no larger than the useful size: zstd
         // gives up (Err) as soon as the output would not fit, which is
         // exactly the "does not save ~3%" case.
-        let mut buf = vec![0u8; limit];
-        if let Ok(n) = zstd::bulk::compress_to_buffer(data, &mut buf[..], level) {
-            buf.truncate(n);
+        let mut buf = Vec::with_capacity(limit);
+        if super::zstd::compress_into(data, &mut buf, level).is_ok() {
             payload = Some((Codec::Zstd, buf));
         }
     }
@@ -379,8 +378,8 @@ fn worth_compressing(data: &[u8]) -> bool {
     }
     let start = (data.len() / 2) & !4095;
     let sample = &data[start..start + PROBE_LEN];
-    let mut out = vec![0u8; PROBE_LEN - PROBE_LEN / MIN_SAVING_DIVISOR];
-    zstd::bulk::compress_to_buffer(sample, &mut out[..], 1).is_ok()
+    let mut out = Vec::with_capacity(PROBE_LEN - PROBE_LEN / MIN_SAVING_DIVISOR);
+    super::zstd::compress_into(sample, &mut out, 1).is_ok()
 }
 
 /// How much [`decode`] checks.

@@ -42,9 +42,8 @@ fn compress_if_worth(data: &[u8], level: i32) -> Option<Vec<u8>> {
         return None;
     }
     let limit = data.len() - data.len() / MIN_SAVING_DIVISOR;
-    let mut out = vec![0u8; limit];
-    let n = zstd::bulk::compress_to_buffer(data, &mut out[..], level).ok()?;
-    out.truncate(n);
+    let mut out = Vec::with_capacity(limit);
+    super::zstd::compress_into(data, &mut out, level).ok()?;
     Some(out)
 }
 
