@@ -25,6 +25,7 @@ use crate::track::cow::{CowSet, Need};
 use crate::track::cut::{walk_verified, CutInfo, ObjKind};
 use crate::track::FileKey;
 use crate::util::bytes::read_full;
+use crate::util::pool;
 
 pub struct Captured {
     pub stats: Stats,
@@ -135,32 +136,43 @@ fn tree_at_cut(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) {
     }
 }
 
-/// Open a file of the cut tree for reading: through its path, checked
-/// inode by inode, or through the descriptor kept for the deepest
-/// ancestor (or the file itself) that moved since the cut.
-fn open_for_read(req: &CaptureRequest<'_>, n: &Tree, path: &[u8], key: &FileKey) -> Option<File> {
-    let comps: Vec<&[u8]> = path.split(|b| *b == b'/').collect();
-    let reopen = |fd: &OwnedFd| -> Option<File> {
-        use std::os::fd::AsRawFd;
-        let p = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        rustix::fs::openat(
-            rustix::fs::CWD,
-            p.as_str(),
-            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .ok()
-        .map(File::from)
-        .filter(|f| {
-            rustix::fs::fstat(f)
-                .map(|s| s.st_ino == key.ino)
-                .unwrap_or(false)
-        })
+/// Reopen an `O_PATH` descriptor for reading, if it is inode `ino`.
+fn reopen(fd: &OwnedFd, ino: u64) -> Option<File> {
+    use std::os::fd::AsRawFd;
+    let p = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    rustix::fs::openat(
+        rustix::fs::CWD,
+        p.as_str(),
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()
+    .map(File::from)
+    .filter(|f| {
+        rustix::fs::fstat(f)
+            .map(|s| s.st_ino == ino)
+            .unwrap_or(false)
+    })
+}
+
+/// Reach `path` of the cut tree: through its path, checked inode by
+/// inode, from the deepest ancestor that moved since the cut (through the
+/// descriptor kept for it) or from the root; `take` gets each descriptor
+/// reached, until it accepts one.
+fn reach<T>(
+    req: &CaptureRequest<'_>,
+    n: &Tree,
+    path: &[u8],
+    mut take: impl FnMut(OwnedFd) -> Option<T>,
+) -> Option<T> {
+    let comps: Vec<&[u8]> = if path.is_empty() {
+        Vec::new()
+    } else {
+        path.split(|b| *b == b'/').collect()
     };
-    if let Some(fd) = req.cut.cow.moved(key) {
-        if let Some(f) = reopen(&fd) {
-            return Some(f);
-        }
+    if comps.is_empty() {
+        let fd = rustix::fs::openat(req.root, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty());
+        return take(fd.ok()?);
     }
     for i in (0..comps.len()).rev() {
         let prefix = comps[..i].join(&b'/');
@@ -182,12 +194,64 @@ fn open_for_read(req: &CaptureRequest<'_>, n: &Tree, path: &[u8], key: &FileKey)
         let rest = &comps[i..];
         let expect = |j: usize| n.get(&comps[..=i + j].join(&b'/')).map(|(m, _)| m.ino);
         if let Some(fd) = walk_verified(&start, rest, expect) {
-            if let Some(f) = reopen(&fd) {
-                return Some(f);
+            if let Some(t) = take(fd) {
+                return Some(t);
             }
         }
     }
     None
+}
+
+/// Open a file of the cut tree for reading: through the descriptor kept
+/// for it if it moved since the cut, else as [`reach`] finds it.
+fn open_for_read(req: &CaptureRequest<'_>, n: &Tree, path: &[u8], key: &FileKey) -> Option<File> {
+    if let Some(fd) = req.cut.cow.moved(key) {
+        if let Some(f) = reopen(&fd, key.ino) {
+            return Some(f);
+        }
+    }
+    reach(req, n, path, |fd| reopen(&fd, key.ino))
+}
+
+/// The directory reached for the previous file read (files are read in
+/// path order: most follow a sibling).
+type LastDir = Option<(Vec<u8>, OwnedFd)>;
+
+/// [`open_for_read`], reaching the file's directory once for all its
+/// files: the file is then opened by name there and checked to be the
+/// inode the cut saw (a rename after the cut cannot substitute another
+/// file; a directory moved since keeps its descriptor's identity).
+fn open_in_dir(
+    req: &CaptureRequest<'_>,
+    n: &Tree,
+    path: &[u8],
+    key: &FileKey,
+    last: &mut LastDir,
+) -> Option<File> {
+    let (parent, name) = match path.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&path[..0], path),
+    };
+    let moved = req.cut.cow.moved(key).is_some();
+    if !moved {
+        if !matches!(last, Some((p, _)) if p == parent) {
+            *last = reach(req, n, parent, Some).map(|fd| (parent.to_vec(), fd));
+        }
+        if let Some((_, dir)) = last {
+            let f = rustix::fs::openat(
+                &*dir,
+                name,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .ok()
+            .and_then(|fd| reopen(&fd, key.ino));
+            if f.is_some() {
+                return f;
+            }
+        }
+    }
+    open_for_read(req, n, path, key)
 }
 
 /// A file read for the snapshot, through copy-before-write.
@@ -263,17 +327,30 @@ pub fn capture(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
         bs,
         &indicatif::ProgressBar::hidden(),
         |feed| -> Result<()> {
+            let mut last: LastDir = None;
             for (idx, (key, path, size, blocks)) in reads.iter().enumerate() {
                 if blocks.is_empty() {
                     continue;
                 }
-                let Some(file) = open_for_read(req, tree, path, key) else {
+                let Some(file) = open_in_dir(req, tree, path, key, &mut last) else {
                     return Err(Error::Corrupt(format!(
                         "{} (inode {}) could not be reached to read it for the snapshot",
                         display_path(path),
                         key.ino
                     )));
                 };
+                // Start reading the first unit now: the queue holds
+                // several files ahead of the workers, so a tree of small
+                // cold files is read with that many requests in flight
+                // instead of one per worker.
+                let first = blocks[0] * bs;
+                let ahead = (pool::UNIT_BLOCKS * bs).min(size.saturating_sub(first));
+                let _ = rustix::fs::fadvise(
+                    &file,
+                    first,
+                    std::num::NonZeroU64::new(ahead),
+                    rustix::fs::Advice::WillNeed,
+                );
                 let source = Arc::new(LiveFile {
                     key: *key,
                     file,

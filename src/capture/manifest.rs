@@ -145,6 +145,17 @@ pub fn from_edits(tree: &Tree, edits: &super::base_tree::Edits) -> (Manifest, u6
     b.finish(tree.block_size)
 }
 
+/// What the full manifest of `tree` ([`build`] with no base) records:
+/// its entries and blocks, counted without building it.
+pub fn counts_of_full(tree: &Tree) -> (u64, u64) {
+    let blocks = tree
+        .entries
+        .values()
+        .map(|(_, n)| Tree::blocks_of(n).len() as u64)
+        .sum();
+    (tree.entries.len() as u64, blocks)
+}
+
 /// The manifest of `tree` (every block list full) against `base`, and the
 /// number of blocks it records.
 pub fn build(tree: &Tree, base: Option<&Tree>) -> (Manifest, u64) {

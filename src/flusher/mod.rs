@@ -687,21 +687,42 @@ fn take(
                 kind.as_str()
             )));
         }
+        // What the manifest of its kind records: for a full, every entry
+        // (only counted: the tree itself is what is stored).
         let (manifest, changed) = match base_rec {
-            None => capture::manifest::build(base.tree(), None),
-            Some(r) if Some(r.id) == latest.as_ref().map(|l| l.id) => {
-                let m = capture::manifest::from_edits(base.tree(), &edits);
+            None => {
+                let (entries, blocks) = capture::manifest::counts_of_full(base.tree());
                 #[cfg(debug_assertions)]
-                assert_eq!(
-                    m,
-                    capture::manifest::build(base.tree(), Some(&before)),
-                    "the manifest from the edits differs from the trees' comparison"
-                );
-                m
+                {
+                    let (m, c) = capture::manifest::build(base.tree(), None);
+                    assert_eq!((entries, blocks), (m.entries.len() as u64, c));
+                }
+                (
+                    crate::snapshot::manifest::Manifest {
+                        format: crate::snapshot::manifest::MANIFEST_FORMAT,
+                        block_size: base.tree().block_size,
+                        removed: Vec::new(),
+                        entries: Vec::new(),
+                    },
+                    (entries, blocks),
+                )
             }
             Some(r) => {
-                let full_tree = tree_of(repo, r.id, &mut trees.full)?;
-                capture::manifest::build(base.tree(), Some(&*full_tree))
+                let (m, blocks) = if Some(r.id) == latest.as_ref().map(|l| l.id) {
+                    let m = capture::manifest::from_edits(base.tree(), &edits);
+                    #[cfg(debug_assertions)]
+                    assert_eq!(
+                        m,
+                        capture::manifest::build(base.tree(), Some(&before)),
+                        "the manifest from the edits differs from the trees' comparison"
+                    );
+                    m
+                } else {
+                    let full_tree = tree_of(repo, r.id, &mut trees.full)?;
+                    capture::manifest::build(base.tree(), Some(&*full_tree))
+                };
+                let n = m.entries.len() as u64;
+                (m, (n, blocks))
             }
         };
         let (parent, full_id) = match (kind, base_rec) {
@@ -710,8 +731,8 @@ fn take(
             _ => (None, None),
         };
         let mut stats = captured.stats.clone();
-        stats.changed_blocks = changed;
-        stats.changed_entries = manifest.entries.len() as u64;
+        stats.changed_entries = changed.0;
+        stats.changed_blocks = changed.1;
         stats.removed_entries = manifest.removed.len() as u64;
         // An incremental on the snapshot whose directories were written
         // last: only the directories on its changed paths are encoded.

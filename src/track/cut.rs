@@ -144,24 +144,10 @@ pub fn state_of(fd: &OwnedFd, key_hint: Option<FileKey>) -> Result<ObjState> {
         },
         _ => ObjKind::Special { rdev: st.st_rdev },
     };
-    if t == libc::S_IFLNK {
+    if matches!(t, libc::S_IFLNK | libc::S_IFDIR | libc::S_IFREG) {
+        // Through the descriptor's /proc link: no open (a listing of many
+        // files pays one call per file for its attributes, not three).
         meta.xattrs = sys::read_xattrs_opath(fd).unwrap_or_default();
-    } else if matches!(t, libc::S_IFDIR | libc::S_IFREG) {
-        use std::os::fd::AsRawFd;
-        let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        let flags = if t == libc::S_IFDIR {
-            OFlags::RDONLY | OFlags::DIRECTORY
-        } else {
-            OFlags::RDONLY | OFlags::NONBLOCK
-        };
-        if let Ok(f) = rustix::fs::openat(
-            rustix::fs::CWD,
-            proc.as_str(),
-            flags | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
-            meta.xattrs = sys::read_xattrs(&f).unwrap_or_default();
-        }
     }
     Ok(ObjState {
         key,
@@ -226,32 +212,37 @@ pub fn list_tree(backing: &Path, hidden: Option<FileKey>, block_size: u32) -> Re
     };
     let rs = state_of(&root_path, None)?;
     tree.entries.insert(Vec::new(), (rs.meta, Node::Dir));
+    // From the walk's own stat, the attributes read by name: two calls
+    // per entry (a listing of a cold tree goes at the pace of `find`).
     crate::util::walk::walk(root, |e| {
-        if e.path == SNAPSHOTS_DIR.as_bytes() || Some(FileKey::of(e.stat)) == hidden {
+        let st = e.stat;
+        if e.path == SNAPSHOTS_DIR.as_bytes() || Some(FileKey::of(st)) == hidden {
             return Ok(false);
         }
-        let fd = match open_path_at(e.dir, e.name) {
-            Ok(fd) => fd,
-            // Gone since the walk listed it: the journal has the removal.
-            Err(rustix::io::Errno::NOENT) => return Ok(false),
-            Err(err) => return Err(io("open", err)),
-        };
-        let s = match state_of(&fd, None) {
-            Ok(s) => s,
-            Err(_) => return Ok(false),
-        };
-        let node = match s.kind {
-            ObjKind::Dir => Node::Dir,
-            ObjKind::File { size } => Node::File {
-                size,
+        let mut meta = crate::snapshot::manifest::meta_of(st);
+        let t = sys::file_type(st.st_mode);
+        let node = match t {
+            libc::S_IFDIR => Node::Dir,
+            libc::S_IFREG => Node::File {
+                size: st.st_size as u64,
                 blocks: crate::snapshot::manifest::Blocks::Full(Vec::new()),
-                link: (s.nlink > 1).then_some(s.key.ino),
+                link: (st.st_nlink > 1).then_some(st.st_ino),
             },
-            ObjKind::Symlink { target } => Node::Symlink { target },
-            ObjKind::Special { rdev } => Node::Special { rdev },
+            libc::S_IFLNK => match rustix::fs::readlinkat(e.dir, e.name, Vec::new()) {
+                Ok(target) => Node::Symlink {
+                    target: target.into_bytes(),
+                },
+                // Gone or replaced since the walk listed it: the journal
+                // has the change.
+                Err(_) => return Ok(false),
+            },
+            _ => Node::Special { rdev: st.st_rdev },
         };
+        if matches!(t, libc::S_IFLNK | libc::S_IFDIR | libc::S_IFREG) {
+            meta.xattrs = sys::read_xattrs_at(e.dir, e.name).unwrap_or_default();
+        }
         let descend = matches!(node, Node::Dir);
-        tree.entries.insert(e.path.to_vec(), (s.meta, node));
+        tree.entries.insert(e.path.to_vec(), (meta, node));
         Ok(descend)
     })?;
     Ok(tree)

@@ -97,6 +97,21 @@ pub fn read_xattrs_opath(fd: &OwnedFd) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)
     )
 }
 
+/// Extended attributes of entry `name` of directory `dir`, not following
+/// a symlink (through the directory's `/proc/self/fd` link: no descriptor
+/// opened for the entry).
+pub fn read_xattrs_at(dir: &OwnedFd, name: &[u8]) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    p.extend_from_slice(name);
+    let p = std::ffi::OsStr::from_bytes(&p);
+    collect_xattrs(
+        |buf| rustix::fs::llistxattr(p, buf),
+        |n, buf| rustix::fs::lgetxattr(p, n, buf),
+    )
+}
+
 /// List then get every xattr, growing the buffers on ERANGE.
 fn collect_xattrs(
     list: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
