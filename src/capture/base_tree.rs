@@ -27,12 +27,33 @@ pub type Entry = (Meta, Node);
 
 /// The first value each changed path held (`None`: it was absent), in
 /// path order.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Edits {
     pub old: BTreeMap<Vec<u8>, Option<Entry>>,
+    /// False: nothing is recorded (a full capture, which changes every
+    /// file: keeping the old entries would hold the tree twice; it cannot
+    /// be undone, its base is dropped if it fails).
+    pub recording: bool,
+}
+
+impl Default for Edits {
+    fn default() -> Self {
+        Edits {
+            old: BTreeMap::new(),
+            recording: true,
+        }
+    }
 }
 
 impl Edits {
+    /// Edits that record nothing (see [`Edits::recording`]).
+    pub fn unrecorded() -> Edits {
+        Edits {
+            old: BTreeMap::new(),
+            recording: false,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.old.is_empty()
     }
@@ -147,7 +168,9 @@ impl BaseTree {
             self.index_add(path, e.0.ino);
             self.tree.entries.insert(path.to_vec(), e);
         }
-        edits.old.entry(path.to_vec()).or_insert(old);
+        if edits.recording {
+            edits.old.entry(path.to_vec()).or_insert(old);
+        }
     }
 
     /// Remove everything below `path` (not `path` itself).
@@ -182,7 +205,7 @@ impl BaseTree {
 
     /// Put back what `edits` recorded: the tree as it was before them.
     pub fn undo(&mut self, edits: Edits) {
-        let mut scratch = Edits::default();
+        let mut scratch = Edits::unrecorded();
         for (p, old) in edits.old {
             self.put(&mut scratch, &p, old);
         }

@@ -174,6 +174,18 @@ fn reach<T>(
         let fd = rustix::fs::openat(req.root, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty());
         return take(fd.ok()?);
     }
+    // Itself moved since the cut: through the descriptor kept for it.
+    if let Some((m, _)) = n.get(path) {
+        let kept = req.cut.cow.moved(&FileKey {
+            dev: req.root_dev,
+            ino: m.ino,
+        });
+        if let Some(fd) = kept.and_then(|fd| fd.try_clone().ok()) {
+            if let Some(t) = take(fd) {
+                return Some(t);
+            }
+        }
+    }
     for i in (0..comps.len()).rev() {
         let prefix = comps[..i].join(&b'/');
         let start: Arc<OwnedFd> = if i == 0 {
@@ -316,6 +328,9 @@ pub fn capture(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
             };
             reads.push((*key, p.clone(), *size, blocks));
         }
+        // Path order: files of one directory one after the other (they
+        // are opened through their directory, reached once).
+        reads.sort_by(|a, b| a.1.cmp(&b.1));
     }
 
     let cow = &*req.cut.cow;
@@ -446,7 +461,7 @@ fn mark_racy(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) {
         n.racy_limit = None;
         return;
     };
-    let all = n.racy_limit.is_none_or(|l| l > after);
+    let all = !edits.recording || n.racy_limit.is_none_or(|l| l > after);
     let due: Vec<Vec<u8>> = if all {
         n.tree()
             .entries
@@ -474,18 +489,28 @@ fn mark_racy(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) {
 }
 
 /// Every changed file's block list matches its size (the others were
-/// complete in the base).
+/// complete in the base; every file when the changes were not recorded).
 fn check_complete(n: &BaseTree, edits: &Edits) -> Result<()> {
     let bs = n.tree().block_size as u64;
-    for p in edits.old.keys() {
-        if let Some((
+    let entries: Box<dyn Iterator<Item = (&Vec<u8>, &Entry)>> = if edits.recording {
+        Box::new(
+            edits
+                .old
+                .keys()
+                .filter_map(|p| n.tree().entries.get_key_value(p)),
+        )
+    } else {
+        Box::new(n.tree().entries.iter())
+    };
+    for (p, e) in entries {
+        if let (
             _,
             Node::File {
                 size,
                 blocks: Blocks::Full(b),
                 ..
             },
-        )) = n.get(p)
+        ) = e
         {
             if b.len() as u64 != size.div_ceil(bs) || b.iter().any(|id| id.0 == [0; 32]) {
                 return Err(Error::Corrupt(format!(

@@ -655,7 +655,12 @@ fn take(
         }
     };
     let root_dev = rustix::fs::fstat(&root).map(|s| s.st_dev).unwrap_or(0);
-    let mut edits = Edits::default();
+    // A full capture changes every file: its old entries are not kept.
+    let mut edits = if full {
+        Edits::unrecorded()
+    } else {
+        Edits::default()
+    };
     let racy_before = base.racy_limit;
     // Test builds check the manifest made from the edits against one
     // made by comparing the whole trees.
@@ -778,6 +783,10 @@ fn take(
             drop(edits);
             base.id = rec.id;
             trees.latest = Some(base);
+            if rec.kind == Kind::Full {
+                // A differential's base from now on: read when needed.
+                trees.full = None;
+            }
             note_trees(trees, status);
             let secs = t0.elapsed().as_secs_f64();
             let mut s = status.lock();
@@ -800,10 +809,11 @@ fn take(
         }
         Err(e) => {
             writer.abort();
-            // The base as it was, for the next attempt.
-            base.undo(edits);
-            base.racy_limit = racy_before;
-            if latest.is_some() {
+            // The base as it was, for the next attempt (a full capture
+            // recorded nothing to undo: its base is read again).
+            if latest.is_some() && edits.recording {
+                base.undo(edits);
+                base.racy_limit = racy_before;
                 trees.latest = Some(base);
             }
             // The changes wait for the next snapshot.

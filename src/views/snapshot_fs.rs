@@ -442,11 +442,13 @@ impl Views {
             }
             Id::Entry(id, idx) => {
                 let t = self.tree(id)?;
-                let n = t
-                    .child(idx, name)
-                    .map_err(|e| self.failed(&t, e))?
-                    .ok_or(Errno::ENOTDIR)?
-                    .ok_or(Errno::ENOENT)?;
+                let found = t.child(idx, name).map_err(|e| self.failed(&t, e))?;
+                let Some(found) = found else {
+                    // Not a directory, or no such node.
+                    self.node(&t, idx)?;
+                    return Err(Errno::ENOTDIR);
+                };
+                let n = found.ok_or(Errno::ENOENT)?;
                 Ok((self.entry_attr(&t, &n), self.opts.ttl))
             }
             _ => Err(Errno::ENOTDIR),

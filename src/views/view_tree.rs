@@ -35,6 +35,9 @@ use crate::store::ChunkId;
 /// Entries of loaded directories kept per snapshot tree by default.
 pub const DEFAULT_ENTRIES_CACHED: usize = 1 << 16;
 
+/// Directory uses (ticks) recent enough never to be dropped.
+const MAX_RECENT: u64 = 16;
+
 /// A directory's entries with their node numbers.
 pub struct VDir {
     pub idx: u32,
@@ -168,8 +171,9 @@ pub struct ViewTree {
     source: Source,
     cache: Mutex<DirCache>,
     budget: usize,
-    /// Hard link groups: link id -> (first node, names), once needed.
-    links: Mutex<Option<Arc<LinkGroups>>>,
+    /// Hard link groups: link id -> (first node, names), once needed (or
+    /// why they could not be found).
+    links: Mutex<Option<std::result::Result<Arc<LinkGroups>, String>>>,
 }
 
 fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
@@ -284,11 +288,16 @@ impl ViewTree {
             c.bytes += dir_bytes(&d);
         }
         if c.entries > self.budget {
-            // Drop the least recently used until half the budget is left.
+            // Drop the least recently used until half the budget is left,
+            // never those used by the last few lookups (the directories
+            // on the way to what is being looked up: a directory larger
+            // than the budget must not make its ancestors be read again
+            // at every lookup).
+            let recent = tick.saturating_sub(4 * MAX_RECENT);
             let mut by_age: Vec<(u64, u32)> = c
                 .dirs
                 .iter()
-                .filter(|(i, _)| **i != 0 && **i != idx)
+                .filter(|(i, (_, t))| **i != 0 && **i != idx && *t < recent)
                 .map(|(i, (_, t))| (*t, *i))
                 .collect();
             by_age.sort_unstable();
@@ -465,9 +474,16 @@ impl ViewTree {
     fn links(&self) -> Result<Arc<LinkGroups>> {
         let mut slot = self.links.lock();
         if let Some(l) = &*slot {
-            return Ok(l.clone());
+            return l.clone().map_err(Error::Corrupt);
         }
+        let found = self.walk_links();
+        *slot = Some(found.as_ref().map(|l| l.clone()).map_err(|e| e.to_string()));
+        found
+    }
+
+    fn walk_links(&self) -> Result<Arc<LinkGroups>> {
         let mut groups = LinkGroups::new();
+        let mut seen = 0u64;
         let objects = self.source.objects();
         let mut stack = vec![(0u64, self.root.dir.clone(), 0usize)];
         while let Some((idx, r, depth)) = stack.pop() {
@@ -478,6 +494,13 @@ impl ViewTree {
                 )));
             }
             let obj = dirs::load_dir(objects, &r, self.root.block_size)?;
+            seen += obj.entries.len() as u64;
+            if seen > self.root.dir.entries {
+                return Err(Error::Corrupt(format!(
+                    "snapshot {} holds more entries than its root says",
+                    self.record.id
+                )));
+            }
             let mut pos = idx + 1;
             for e in obj.entries {
                 match e.node {
@@ -497,9 +520,7 @@ impl ViewTree {
                 }
             }
         }
-        let l = Arc::new(groups);
-        *slot = Some(l.clone());
-        Ok(l)
+        Ok(Arc::new(groups))
     }
 }
 
