@@ -53,10 +53,6 @@ impl Edits {
             recording: false,
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.old.is_empty()
-    }
 }
 
 /// Entry counts of a tree.
@@ -215,18 +211,13 @@ impl BaseTree {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::manifest::{Blocks, Time};
+    use crate::snapshot::manifest::Blocks;
     use crate::snapshot::tree::ino_index;
 
     fn meta(ino: u64) -> Meta {
         Meta {
-            mode: libc::S_IFREG | 0o644,
-            uid: 0,
-            gid: 0,
-            mtime: Time { sec: 1, nsec: 0 },
-            ctime_ns: 1,
             ino,
-            xattrs: Vec::new(),
+            ..crate::snapshot::tree::tests::meta(libc::S_IFREG | 0o644)
         }
     }
 

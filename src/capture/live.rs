@@ -155,10 +155,10 @@ fn reopen(fd: &OwnedFd, ino: u64) -> Option<File> {
     })
 }
 
-/// Reach `path` of the cut tree: through its path, checked inode by
-/// inode, from the deepest ancestor that moved since the cut (through the
-/// descriptor kept for it) or from the root; `take` gets each descriptor
-/// reached, until it accepts one.
+/// Reach `path` of the cut tree through its path, checked inode by
+/// inode, starting from the descriptor kept for it or for its deepest
+/// ancestor that moved since the cut, else from the root; `take` gets
+/// each descriptor reached, until it accepts one.
 fn reach<T>(
     req: &CaptureRequest<'_>,
     n: &Tree,
@@ -170,35 +170,21 @@ fn reach<T>(
     } else {
         path.split(|b| *b == b'/').collect()
     };
-    if comps.is_empty() {
-        let fd = rustix::fs::openat(req.root, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty());
-        return take(fd.ok()?);
-    }
-    // Itself moved since the cut: through the descriptor kept for it.
-    if let Some((m, _)) = n.get(path) {
-        let kept = req.cut.cow.moved(&FileKey {
-            dev: req.root_dev,
-            ino: m.ino,
-        });
-        if let Some(fd) = kept.and_then(|fd| fd.try_clone().ok()) {
-            if let Some(t) = take(fd) {
-                return Some(t);
-            }
-        }
-    }
-    for i in (0..comps.len()).rev() {
-        let prefix = comps[..i].join(&b'/');
+    // From the path itself (moved), its deepest moved ancestor, ..., the root.
+    for i in (0..=comps.len()).rev() {
         let start: Arc<OwnedFd> = if i == 0 {
             Arc::new(
                 rustix::fs::openat(req.root, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
                     .ok()?,
             )
         } else {
-            let (m, _) = n.get(&prefix)?;
-            match req.cut.cow.moved(&FileKey {
-                dev: req.root_dev,
-                ino: m.ino,
-            }) {
+            let kept = n.get(&comps[..i].join(&b'/')).and_then(|(m, _)| {
+                req.cut.cow.moved(&FileKey {
+                    dev: req.root_dev,
+                    ino: m.ino,
+                })
+            });
+            match kept {
                 Some(fd) => fd,
                 None => continue,
             }

@@ -346,7 +346,7 @@ impl Views {
         let m = &n.meta;
         let mtime = time::parts_to_system_time(m.mtime.sec, m.mtime.nsec);
         let (kind, size, rdev) = match &n.kind {
-            VKind::Dir(_) => (FileType::Directory, 4096, 0),
+            VKind::Dir => (FileType::Directory, 4096, 0),
             VKind::File { size, .. } => (FileType::RegularFile, *size, 0),
             VKind::Symlink(tg) => (FileType::Symlink, tg.len() as u64, 0),
             VKind::Special(r) => {
@@ -547,18 +547,15 @@ impl Views {
         let t = self.tree(id)?;
         let node = self.node(&t, idx)?;
         let (size, blocks) = match &node.kind {
-            VKind::File {
-                size,
-                blocks,
-                segments,
-            } => (
+            VKind::File { size } => (
                 *size,
                 Arc::new(
-                    t.blocks(*size, blocks, segments)
-                        .map_err(|e| self.failed(&t, e))?,
+                    t.file_blocks(node.idx)
+                        .map_err(|e| self.failed(&t, e))?
+                        .ok_or(Errno::ENOENT)?,
                 ),
             ),
-            VKind::Dir(_) => return Err(Errno::EISDIR),
+            VKind::Dir => return Err(Errno::EISDIR),
             _ => return Err(Errno::EACCES),
         };
         let file = self.materialize.as_ref().and_then(|m| {

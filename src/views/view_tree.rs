@@ -35,8 +35,8 @@ use crate::store::ChunkId;
 /// Entries of loaded directories kept per snapshot tree by default.
 pub const DEFAULT_ENTRIES_CACHED: usize = 1 << 16;
 
-/// Directory uses (ticks) recent enough never to be dropped.
-const MAX_RECENT: u64 = 16;
+/// Directories used within this many cache accesses are never dropped.
+const RECENT_TICKS: u64 = 64;
 
 /// A directory's entries with their node numbers.
 pub struct VDir {
@@ -57,14 +57,10 @@ pub struct Child {
 }
 
 /// What a node is.
+/// (A file's block ids are read at open: [`ViewTree::file_blocks`].)
 pub enum VKind {
-    Dir(DirRef),
-    File {
-        size: u64,
-        /// Inline block ids, or the segments holding them.
-        blocks: Vec<ChunkId>,
-        segments: Vec<ChunkId>,
-    },
+    Dir,
+    File { size: u64 },
     Symlink(Vec<u8>),
     Special(u64),
 }
@@ -293,7 +289,7 @@ impl ViewTree {
             // on the way to what is being looked up: a directory larger
             // than the budget must not make its ancestors be read again
             // at every lookup).
-            let recent = tick.saturating_sub(4 * MAX_RECENT);
+            let recent = tick.saturating_sub(RECENT_TICKS);
             let mut by_age: Vec<(u64, u32)> = c
                 .dirs
                 .iter()
@@ -360,7 +356,7 @@ impl ViewTree {
                     ino: 0,
                     xattrs: Vec::new(),
                 }),
-                kind: VKind::Dir(self.root.dir.clone()),
+                kind: VKind::Dir,
                 nlink: 1,
             }));
         }
@@ -374,17 +370,8 @@ impl ViewTree {
         let c = &dir.children[i];
         let (idx, nlink) = self.shown(c)?;
         let kind = match &c.node {
-            DNode::Dir(r) => VKind::Dir(r.clone()),
-            DNode::File {
-                size,
-                blocks,
-                segments,
-                ..
-            } => VKind::File {
-                size: *size,
-                blocks: blocks.clone(),
-                segments: segments.clone(),
-            },
+            DNode::Dir(_) => VKind::Dir,
+            DNode::File { size, .. } => VKind::File { size: *size },
             DNode::Symlink { target } => VKind::Symlink(target.clone()),
             DNode::Special { rdev } => VKind::Special(*rdev),
         };
@@ -439,35 +426,41 @@ impl ViewTree {
         }
     }
 
-    /// A file's block ids (read from its segments for a large file).
-    pub fn blocks(
-        &self,
-        size: u64,
-        blocks: &[ChunkId],
-        segments: &[ChunkId],
-    ) -> Result<Vec<ChunkId>> {
-        dirs::file_blocks(
-            self.source.objects(),
-            size,
-            blocks.to_vec(),
-            segments,
-            self.root.block_size,
-        )
+    /// A file child's block ids (read from its segments for a large
+    /// file); `None` for anything else.
+    fn blocks_of(&self, c: &Child) -> Option<Result<Vec<ChunkId>>> {
+        match &c.node {
+            DNode::File {
+                size,
+                blocks,
+                segments,
+                ..
+            } => Some(dirs::file_blocks(
+                self.source.objects(),
+                *size,
+                blocks.clone(),
+                segments,
+                self.root.block_size,
+            )),
+            _ => None,
+        }
+    }
+
+    /// The block ids of file node `idx` (`None`: no such file).
+    pub fn file_blocks(&self, idx: u32) -> Result<Option<Vec<ChunkId>>> {
+        match self.locate(idx)? {
+            Some((dir, i)) => self.blocks_of(&dir.children[i]).transpose(),
+            None => Ok(None),
+        }
     }
 
     /// The blocks of the file after node `idx` in its directory (name
     /// order), skipping anything that is not a file.
     pub fn next_file(&self, idx: u32) -> Option<Vec<ChunkId>> {
         let (dir, i) = self.locate(idx).ok()??;
-        dir.children[i + 1..].iter().find_map(|c| match &c.node {
-            DNode::File {
-                size,
-                blocks,
-                segments,
-                ..
-            } => self.blocks(*size, blocks, segments).ok(),
-            _ => None,
-        })
+        dir.children[i + 1..]
+            .iter()
+            .find_map(|c| self.blocks_of(c)?.ok())
     }
 
     /// The hard link groups, found by one walk of the whole tree.
@@ -527,18 +520,13 @@ impl ViewTree {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::manifest::{Blocks, Node, Time};
+    use crate::snapshot::manifest::{Blocks, Node};
     use crate::snapshot::Tree;
 
     fn meta(mode: u32, ino: u64) -> Meta {
         Meta {
-            mode,
-            uid: 0,
-            gid: 0,
-            mtime: Time { sec: 1, nsec: 0 },
-            ctime_ns: 1,
             ino,
-            xattrs: Vec::new(),
+            ..crate::snapshot::tree::tests::meta(mode)
         }
     }
 
