@@ -162,11 +162,47 @@ fn run(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
         records.iter().map(|r| (r.id, r.manifest.clone())).collect();
     let mut live = HashSet::new();
     let mut seen = HashSet::new();
-    mark(repo, &records, &mut seen, &mut live)?;
-    let indexed = repo.index().chunks()?;
-    {
-        // Every chunk a record names must be indexed: if the index lost
-        // one, a pack holding its last copy could look dead.
+    // The index is listed while the records are marked (one core reads
+    // directory objects, the other the index: at 10^6 chunks 1.35 s and
+    // 0.86 s cold). The listing may be older than a capture that stores
+    // a fresh copy of a condemned chunk: it then still names the old
+    // copy, which is what gc removes (removals and moves are
+    // conditional on the location listed).
+    let t = Instant::now();
+    let (marked_ok, indexed) = std::thread::scope(|s| {
+        let lister = s.spawn(|| repo.index().chunks());
+        let m = mark(repo, &records, &mut seen, &mut live);
+        let l = lister
+            .join()
+            .unwrap_or_else(|_| Err(Error::Poisoned("gc: the index listing panicked".into())));
+        (m, l)
+    });
+    marked_ok?;
+    let indexed = indexed?;
+    tracing::debug!(
+        "gc: marked {} chunks in {} directory objects, listed {} index entries in {:?}",
+        live.len(),
+        seen.len(),
+        indexed.len(),
+        t.elapsed()
+    );
+    let t = Instant::now();
+
+    // 2. Condemn every indexed chunk not marked (in packs from before
+    // gc started). Every chunk a record names must be indexed: if the
+    // index lost one, a pack holding its last copy could look dead. The
+    // index names each chunk once, so that holds when as many indexed
+    // chunks are marked as were marked.
+    let mut marked_indexed = 0usize;
+    let mut condemned: HashSet<ChunkId> = HashSet::new();
+    for (id, l) in &indexed {
+        if live.contains(id) {
+            marked_indexed += 1;
+        } else if l.pack < limit {
+            condemned.insert(*id);
+        }
+    }
+    if marked_indexed != live.len() {
         let ids: HashSet<ChunkId> = indexed.iter().map(|(id, _)| *id).collect();
         if let Some(missing) = live.iter().find(|id| !ids.contains(id)) {
             return Err(Error::Corrupt(format!(
@@ -174,14 +210,10 @@ fn run(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
             )));
         }
     }
-    live.extend(repo.pinned());
-
-    // 2. Condemn.
-    let mut condemned: HashSet<ChunkId> = indexed
-        .into_iter()
-        .filter(|(id, l)| l.pack < limit && !live.contains(id))
-        .map(|(id, _)| id)
-        .collect();
+    for id in repo.pinned() {
+        condemned.remove(&id);
+        live.insert(id);
+    }
     if !opts.dry_run {
         repo.condemn(condemned.clone());
         crate::util::fault::inject("gc-condemned")?;
@@ -206,12 +238,16 @@ fn run(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
         report.snapshots = records.len() as u64;
     }
     report.referenced_chunks = live.len() as u64;
+    tracing::debug!("gc: condemned and barrier in {:?}", t.elapsed());
+    let t = Instant::now();
 
-    // Which packs go, which are repacked.
-    let entries = repo.index().chunks()?;
+    // Which packs go, which are repacked (from the listing above).
+    let entries = indexed;
     let mut by_pack: BTreeMap<u64, Vec<(ChunkId, Location)>> = BTreeMap::new();
     for (id, l) in &entries {
-        by_pack.entry(l.pack).or_default().push((*id, *l));
+        if l.pack < limit {
+            by_pack.entry(l.pack).or_default().push((*id, *l));
+        }
     }
     let reader = repo.pack_reader();
     let all_packs = list_packs(reader.dir())?;
@@ -270,6 +306,8 @@ fn run(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
         return Ok(report);
     }
 
+    tracing::debug!("gc: planned in {:?}", t.elapsed());
+    let t = Instant::now();
     // 4. Repack.
     let mut moved = Vec::new();
     let mut repacked = Vec::new();
@@ -326,10 +364,15 @@ fn run(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
         repo.index().flush()?;
     }
 
+    tracing::debug!("gc: repacked in {:?}", t.elapsed());
+    let t = Instant::now();
     // 5. Delete: index first, files after.
+    // (An entry that moved to a fresh copy since the listing stays.)
+    let mut removed = 0;
     for (id, l) in &dead_entries {
-        repo.index().remove_chunk_if(id, l)?;
+        removed += u64::from(repo.index().remove_chunk_if(id, l)?);
     }
+    report.deleted_chunks = removed;
     let gone: Vec<u64> = delete.iter().chain(repacked.iter()).copied().collect();
     for &p in &gone {
         repo.index().unmark_pack(p)?;
@@ -363,5 +406,6 @@ fn run(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
         .map(|p| reader.pack_len(*p).unwrap_or(0))
         .sum();
     report.bytes_freed = report.bytes_before.saturating_sub(report.bytes_after);
+    tracing::debug!("gc: deleted in {:?}", t.elapsed());
     Ok(report)
 }
