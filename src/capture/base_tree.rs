@@ -154,6 +154,26 @@ impl BaseTree {
     /// Set (`Some`) or remove (`None`) the entry at `path`, recording
     /// what it held first.
     pub fn put(&mut self, edits: &mut Edits, path: &[u8], v: Option<Entry>) {
+        // A path that stays: its value replaced in place (a full capture
+        // puts every file again: new keys and index paths for all of
+        // them were 130 MB of churn at 10^6 files).
+        let v = match (v, self.tree.entries.get_mut(path)) {
+            (Some(e), Some(slot)) => {
+                self.counts.add(path, slot, -1);
+                self.counts.add(path, &e, 1);
+                let old = std::mem::replace(slot, e);
+                let new_ino = slot.0.ino;
+                if old.0.ino != new_ino {
+                    self.index_remove(path, old.0.ino);
+                    self.index_add(path, new_ino);
+                }
+                if edits.recording {
+                    edits.old.entry(path.to_vec()).or_insert(Some(old));
+                }
+                return;
+            }
+            (v, _) => v,
+        };
         let old = self.tree.entries.remove(path);
         if let Some(o) = &old {
             self.counts.add(path, o, -1);
