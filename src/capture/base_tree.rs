@@ -14,13 +14,34 @@
 //!   heap bytes held) up to date.
 //!
 //! Its cost follows the entries changed, not the tree.
+//!
+//! Between captures the tree need not stay in memory: once committed, its
+//! directories are stored objects (named, by path, in the flusher's
+//! [`DirMemo`]), so [`BaseTree::unload`] keeps only the root and each
+//! directory is read again when a capture first needs it
+//! ([`BaseTree::load`] and the `ensure_*` calls). The invariant: the
+//! entries held are the children of the *loaded* directories (and the
+//! root); a loaded directory's parent is loaded; a directory the
+//! capture created or emptied counts as loaded (nothing below it comes
+//! from the store). The counts and the inode index always describe the
+//! whole tree.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::snapshot::manifest::{Meta, Node};
+use crate::error::{Error, Result};
+use crate::snapshot::dirs::{DirMemo, Objects};
+use crate::snapshot::manifest::{display_path, Meta, Node};
 use crate::snapshot::tree::entry_heap_bytes;
 use crate::snapshot::Tree;
-use crate::track::cut::BaseIndex;
+use crate::track::cut::{BaseIndex, BaseLookup};
+
+/// Where the directories of a partly loaded base are read from: the
+/// repository, and the references of the base's directories.
+#[derive(Clone, Copy)]
+pub struct Loader<'a> {
+    pub store: &'a dyn Objects,
+    pub memo: &'a DirMemo,
+}
 
 /// An entry of a tree: its metadata and node.
 pub type Entry = (Meta, Node);
@@ -99,7 +120,11 @@ pub struct BaseTree {
     /// The snapshot it is the tree of (0: none yet, a listing).
     pub id: u64,
     tree: Tree,
+    /// The directories whose entries `tree` holds (`None`: all of them).
+    loaded: Option<HashSet<Vec<u8>>>,
     by_ino: HashMap<u64, Vec<Vec<u8>>>,
+    /// About the heap bytes `by_ino` holds.
+    index_bytes: u64,
     counts: Counts,
     /// Every entry changed at or after this time is marked racily clean
     /// (`None`: unknown, e.g. a tree read from the repository or left by
@@ -116,17 +141,153 @@ impl BaseTree {
             by_ino.entry(e.0.ino).or_default().push(p.clone());
             counts.add(p, e, 1);
         }
+        let index_bytes = by_ino
+            .values()
+            .map(|v| INDEX_KEY_BYTES + v.iter().map(|p| index_path_bytes(p)).sum::<u64>())
+            .sum();
         BaseTree {
             id,
             tree,
+            loaded: None,
             by_ino,
+            index_bytes,
             counts,
             racy_limit: None,
         }
     }
 
+    /// The entries held: the whole tree when [`BaseTree::is_partial`] is
+    /// false, else the loaded directories' (see the module doc).
     pub fn tree(&self) -> &Tree {
         &self.tree
+    }
+
+    /// Whether only some directories are held.
+    pub fn is_partial(&self) -> bool {
+        self.loaded.is_some()
+    }
+
+    /// Entries held in memory.
+    pub fn held_entries(&self) -> usize {
+        self.tree.entries.len()
+    }
+
+    /// The inode index (it covers the whole tree, loaded or not): its
+    /// inodes and about the heap bytes it takes.
+    pub fn index_memory(&self) -> (u64, u64) {
+        (self.by_ino.len() as u64, self.index_bytes)
+    }
+
+    /// Keep only the root's entry: the directories are read again from
+    /// the store when needed (the caller keeps the [`DirMemo`] of the
+    /// snapshot `self.id` for that).
+    pub fn unload(&mut self) {
+        let root = self.tree.entries.remove(b"".as_slice());
+        self.tree.entries.clear();
+        if let Some(r) = root {
+            self.tree.entries.insert(Vec::new(), r);
+        }
+        self.loaded = Some(HashSet::new());
+    }
+
+    fn is_loaded(&self, dir: &[u8]) -> bool {
+        self.loaded.as_ref().is_none_or(|l| l.contains(dir))
+    }
+
+    fn mark_loaded(&mut self, dir: &[u8]) {
+        if let Some(l) = &mut self.loaded {
+            l.insert(dir.to_vec());
+        }
+    }
+
+    /// Hold the entries of directory `dir` (and of its ancestors). A path
+    /// that is no directory of the base holds nothing: it counts as
+    /// loaded.
+    pub fn load(&mut self, ld: &Loader<'_>, dir: &[u8]) -> Result<()> {
+        if self.is_loaded(dir) {
+            return Ok(());
+        }
+        // The ancestors first, top down (each read once).
+        let mut chain = vec![dir];
+        let mut cur = dir;
+        while !cur.is_empty() {
+            cur = parent_of(cur);
+            if self.is_loaded(cur) {
+                break;
+            }
+            chain.push(cur);
+        }
+        for d in chain.into_iter().rev() {
+            if matches!(self.tree.entries.get(d), Some((_, Node::Dir))) {
+                let r = ld.memo.get(d).ok_or_else(|| {
+                    Error::Corrupt(format!(
+                        "the capture's base (snapshot {}) has no directory object for {}",
+                        self.id,
+                        display_path(d)
+                    ))
+                })?;
+                crate::snapshot::dirs::load_children(ld.store, r, d, &mut self.tree)?;
+            }
+            self.mark_loaded(d);
+        }
+        Ok(())
+    }
+
+    /// Hold the parent directory of `path` (so its entry, if any).
+    pub fn ensure_parent(&mut self, ld: &Loader<'_>, path: &[u8]) -> Result<()> {
+        if path.is_empty() {
+            return Ok(());
+        }
+        self.load(ld, parent_of(path))
+    }
+
+    /// Read now the directories a cut will look at for these changed
+    /// inodes (the directories of their paths, and their own entries
+    /// when they are directories), while writers go on: the cut then
+    /// reads nothing while it holds them, unless something changed in
+    /// between. A read that fails is left for the cut to meet.
+    pub fn preload(&mut self, ld: &Loader<'_>, inos: impl IntoIterator<Item = u64>) {
+        if self.loaded.is_none() {
+            return;
+        }
+        for ino in inos {
+            for p in self.paths_of(ino).to_vec() {
+                if self.ensure_parent(ld, &p).is_ok()
+                    && matches!(self.get(&p), Some((_, Node::Dir)))
+                {
+                    let _ = self.load(ld, &p);
+                }
+            }
+        }
+    }
+
+    /// Hold everything at and below `path`.
+    pub fn load_subtree(&mut self, ld: &Loader<'_>, path: &[u8]) -> Result<()> {
+        if self.loaded.is_none() {
+            return Ok(());
+        }
+        self.ensure_parent(ld, path)?;
+        let mut stack = vec![path.to_vec()];
+        while let Some(d) = stack.pop() {
+            self.load(ld, &d)?;
+            stack.extend(
+                self.tree
+                    .children(&d)
+                    .filter(|(_, (_, n))| matches!(n, Node::Dir))
+                    .map(|(name, _)| join(&d, name)),
+            );
+        }
+        Ok(())
+    }
+
+    /// Hold the whole tree.
+    pub fn load_all(&mut self, ld: &Loader<'_>) -> Result<()> {
+        if self.loaded.is_none() {
+            return Ok(());
+        }
+        self.load_subtree(ld, b"")?;
+        self.loaded = None;
+        Ok(())
     }
 
     pub fn counts(&self) -> Counts {
@@ -174,10 +335,18 @@ impl BaseTree {
             }
             (v, _) => v,
         };
+        debug_assert!(
+            path.is_empty() || self.is_loaded(parent_of(path)),
+            "put into a directory not loaded"
+        );
         let old = self.tree.entries.remove(path);
         if let Some(o) = &old {
             self.counts.add(path, o, -1);
             self.index_remove(path, o.0.ino);
+        }
+        if matches!(&v, Some((_, Node::Dir))) && !matches!(&old, Some((_, Node::Dir))) {
+            // A directory new at this path: nothing below it is stored.
+            self.mark_loaded(path);
         }
         if let Some(e) = v {
             self.counts.add(path, &e, 1);
@@ -189,8 +358,10 @@ impl BaseTree {
         }
     }
 
-    /// Remove everything below `path` (not `path` itself).
+    /// Remove everything below `path` (not `path` itself), which must
+    /// be loaded ([`BaseTree::load_subtree`]).
     pub fn remove_below(&mut self, edits: &mut Edits, path: &[u8]) {
+        debug_assert!(self.is_loaded(path), "remove below a directory not loaded");
         let doomed: Vec<Vec<u8>> = self
             .tree
             .descendants(path)
@@ -202,9 +373,16 @@ impl BaseTree {
     }
 
     fn index_add(&mut self, path: &[u8], ino: u64) {
-        let v = self.by_ino.entry(ino).or_default();
+        let v = match self.by_ino.entry(ino) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                self.index_bytes += INDEX_KEY_BYTES;
+                v.insert(Vec::new())
+            }
+        };
         if let Err(i) = v.binary_search_by(|p| p.as_slice().cmp(path)) {
             v.insert(i, path.to_vec());
+            self.index_bytes += index_path_bytes(path);
         }
     }
 
@@ -212,9 +390,11 @@ impl BaseTree {
         if let Some(v) = self.by_ino.get_mut(&ino) {
             if let Ok(i) = v.binary_search_by(|p| p.as_slice().cmp(path)) {
                 v.remove(i);
+                self.index_bytes = self.index_bytes.saturating_sub(index_path_bytes(path));
             }
             if v.is_empty() {
                 self.by_ino.remove(&ino);
+                self.index_bytes = self.index_bytes.saturating_sub(INDEX_KEY_BYTES);
             }
         }
     }
@@ -225,6 +405,106 @@ impl BaseTree {
         for (p, old) in edits.old {
             self.put(&mut scratch, &p, old);
         }
+    }
+}
+
+/// A base as the cut's [`BaseLookup`], reading directories on demand. A
+/// read that fails answers "absent" and is kept: the caller must abandon
+/// the cut when [`LazyLookup::take_error`] has one.
+pub struct LazyLookup<'b, 'l> {
+    base: std::cell::RefCell<&'b mut BaseTree>,
+    loader: Loader<'l>,
+    error: std::cell::RefCell<Option<Error>>,
+}
+
+impl<'b, 'l> LazyLookup<'b, 'l> {
+    pub fn new(base: &'b mut BaseTree, loader: Loader<'l>) -> Self {
+        LazyLookup {
+            base: std::cell::RefCell::new(base),
+            loader,
+            error: std::cell::RefCell::new(None),
+        }
+    }
+
+    /// The first failed read, if any.
+    pub fn take_error(&self) -> Option<Error> {
+        self.error.borrow_mut().take()
+    }
+
+    /// `f` on the entry at `path`, its parent loaded.
+    fn at<R>(&self, path: &[u8], f: impl FnOnce(Option<&Entry>) -> R) -> R {
+        let mut b = self.base.borrow_mut();
+        if let Err(e) = b.ensure_parent(&self.loader, path) {
+            self.error.borrow_mut().get_or_insert(e);
+            return f(None);
+        }
+        f(b.get(path))
+    }
+}
+
+impl BaseLookup for LazyLookup<'_, '_> {
+    fn is_empty(&self) -> bool {
+        let b = self.base.borrow();
+        !b.is_partial() && b.tree.entries.is_empty()
+    }
+
+    fn first_path(&self, ino: u64) -> Option<Vec<u8>> {
+        self.base.borrow().paths_of(ino).first().cloned()
+    }
+
+    fn ino_at(&self, path: &[u8]) -> Option<u64> {
+        self.at(path, |e| e.map(|(m, _)| m.ino))
+    }
+
+    fn is_dir(&self, path: &[u8]) -> bool {
+        self.at(path, |e| matches!(e, Some((_, Node::Dir))))
+    }
+
+    fn child_names(&self, dir: &[u8]) -> Vec<Vec<u8>> {
+        let mut b = self.base.borrow_mut();
+        if let Err(e) = b.load(&self.loader, dir) {
+            self.error.borrow_mut().get_or_insert(e);
+            return Vec::new();
+        }
+        b.tree.children(dir).map(|(n, _)| n.to_vec()).collect()
+    }
+
+    fn file_of(&self, ino: u64) -> Option<(Meta, u64, bool)> {
+        let p = self.first_path(ino)?;
+        self.at(&p, |e| match e? {
+            (meta, Node::File { size, link, .. }) => Some((meta.clone(), *size, link.is_some())),
+            _ => None,
+        })
+    }
+
+    fn ino_is_dir(&self, ino: u64) -> bool {
+        match self.first_path(ino) {
+            Some(p) => self.is_dir(&p),
+            None => false,
+        }
+    }
+}
+
+/// The inode index's bytes per inode (map slot, list header and its
+/// allocation) and per path (its allocation, rounded as malloc does).
+const INDEX_KEY_BYTES: u64 = 80;
+
+fn index_path_bytes(p: &[u8]) -> u64 {
+    (p.len() as u64 + 8).div_ceil(16) * 16 + 24
+}
+
+fn parent_of(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|b| *b == b'/') {
+        Some(i) => &path[..i],
+        None => &[],
+    }
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.is_empty() {
+        name.to_vec()
+    } else {
+        [dir, b"/", name].concat()
     }
 }
 
@@ -259,6 +539,89 @@ mod tests {
     }
 
     #[test]
+    fn a_partial_base_reads_directories_as_it_needs_them() {
+        use crate::snapshot::dirs::{tests::Mem, write_tree, write_tree_with, DirMemo};
+        let store = Mem::default();
+        // Files of one 4 KiB block (what a stored tree checks).
+        let file = |size: u64, ino: u64| {
+            let (m, _) = file(size, ino);
+            (
+                m,
+                Node::File {
+                    size,
+                    blocks: Blocks::Full(vec![crate::store::ChunkId([ino as u8; 32])]),
+                    link: None,
+                },
+            )
+        };
+        let mut t = Tree {
+            block_size: 4096,
+            ..Tree::default()
+        };
+        for (p, e) in [
+            ("", dir(1)),
+            ("a", dir(2)),
+            ("a/x", file(10, 3)),
+            ("a/y", file(20, 4)),
+            ("b", dir(5)),
+            ("b/s", dir(6)),
+            ("b/s/z", file(5, 7)),
+            ("c", file(1, 8)),
+        ] {
+            t.entries.insert(p.as_bytes().to_vec(), e);
+        }
+        let mut memo = DirMemo::default();
+        write_tree_with(&store, &t, &mut memo, None).unwrap();
+        let mut whole = BaseTree::new(7, t.clone());
+        let mut part = BaseTree::new(7, t.clone());
+        part.unload();
+        assert_eq!(part.held_entries(), 1);
+        let ld = Loader {
+            store: &store,
+            memo: &memo,
+        };
+        // Reaching a/x reads the root and a, not b.
+        part.ensure_parent(&ld, b"a/x").unwrap();
+        assert_eq!(part.get(b"a/x"), t.get(b"a/x"));
+        assert_eq!(part.get(b"c"), t.get(b"c"));
+        assert!(part.get(b"b/s/z").is_none());
+        // The same changes on both: a file changed, b removed whole, a
+        // new directory with a file, c's metadata changed.
+        let mut e1 = Edits::default();
+        let mut e2 = Edits::default();
+        for (b, e) in [(&mut whole, &mut e1), (&mut part, &mut e2)] {
+            b.put(e, b"a/x", Some(file(11, 3)));
+            b.load_subtree(&ld, b"b").unwrap();
+            b.remove_below(e, b"b");
+            b.put(e, b"b", None);
+            b.put(e, b"d", Some(dir(20)));
+            b.ensure_parent(&ld, b"d/q").unwrap();
+            b.put(e, b"d/q", Some(file(1, 21)));
+            b.put(e, b"c", Some(file(2, 8)));
+        }
+        assert_eq!(e1.old, e2.old);
+        assert_eq!(part.counts(), whole.counts());
+        assert_eq!(part.paths_of(21), whole.paths_of(21));
+        // Written with the memo from the partial tree, the same root.
+        let dirty = crate::snapshot::dirs::dirty_dirs(e2.old.keys().map(|p| p.as_slice()));
+        for d in &dirty {
+            part.load(&ld, d).unwrap();
+        }
+        let mut memo2 = memo.clone();
+        let r = write_tree_with(&store, part.tree(), &mut memo2, Some(&dirty)).unwrap();
+        assert_eq!(r, write_tree(&store, whole.tree()).unwrap());
+        // Undo on the partial tree gives back what it held.
+        part.undo(e2);
+        for (p, e) in &part.tree().entries {
+            assert_eq!(t.get(p), Some(e));
+        }
+        // Everything, read on demand, is the whole tree.
+        part.load_all(&ld).unwrap();
+        assert!(!part.is_partial());
+        assert_eq!(part.tree(), &t);
+    }
+
+    #[test]
     fn index_counts_and_undo_follow_in_place_changes() {
         let mut t = Tree::default();
         for (p, e) in [
@@ -275,6 +638,7 @@ mod tests {
         let fresh = |b: &BaseTree| {
             let again = BaseTree::new(0, b.tree().clone());
             assert_eq!(b.counts(), again.counts());
+            assert_eq!(b.index_memory(), again.index_memory());
             assert_eq!(b.by_ino, ino_index(b.tree()));
         };
         fresh(&b);

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use rustix::fs::{Mode, OFlags};
 
-use super::base_tree::{BaseTree, Edits, Entry};
+use super::base_tree::{BaseTree, Edits, Entry, Loader};
 use super::blocks::{self, Source};
 use crate::error::{Error, Result};
 use crate::repo::ChunkWriter;
@@ -44,6 +44,8 @@ pub struct CaptureRequest<'a> {
     /// Entries changed at or after this time are recorded racily clean
     /// (ctime -1); `None` when nothing can change any more (unmount).
     pub racy_after: Option<i64>,
+    /// Where the directories of a partly loaded base are read from.
+    pub loader: Loader<'a>,
 }
 
 /// What an edge takes from the base, read before anything changes.
@@ -55,35 +57,44 @@ enum Taken {
     Blocks(Vec<ChunkId>),
 }
 
-/// The base's entry for an inode (its first path), if any.
-fn base_entry(n: &BaseTree, ino: u64) -> Option<(&Vec<u8>, &Entry)> {
-    let p = n.paths_of(ino).first()?;
-    n.tree().entries.get_key_value(p)
-}
-
 /// Turn the base into the tree at the cut, in place (file block lists
 /// still to be completed).
-fn tree_at_cut(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) {
-    let taken: Vec<Taken> = req
-        .cut
-        .edges
-        .iter()
-        .map(|e| match &e.child {
-            Some(c) => match (&c.kind, base_entry(n, c.key.ino)) {
-                (ObjKind::Dir, Some((q, (_, Node::Dir)))) => Taken::Subtree(
+fn tree_at_cut(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) -> Result<()> {
+    let ld = &req.loader;
+    // What each edge takes from the base, read before anything changes
+    // (a moved directory's whole subtree is loaded for it).
+    let mut taken: Vec<Taken> = Vec::with_capacity(req.cut.edges.len());
+    for e in &req.cut.edges {
+        let from = match &e.child {
+            Some(c) => n.paths_of(c.key.ino).first().cloned(),
+            None => None,
+        };
+        if let Some(q) = &from {
+            n.ensure_parent(ld, q)?;
+            if matches!(n.get(q), Some((_, Node::Dir))) {
+                n.load_subtree(ld, q)?;
+            }
+        }
+        let t = match (
+            &e.child,
+            from.as_ref().and_then(|q| n.get(q).map(|v| (q, v))),
+        ) {
+            (Some(c), Some((q, v))) => match (&c.kind, v) {
+                (ObjKind::Dir, (_, Node::Dir)) => Taken::Subtree(
                     n.tree()
                         .descendants(q)
                         .map(|(p, v)| (p[q.len()..].to_vec(), v.clone()))
                         .collect(),
                 ),
-                (ObjKind::File { .. }, Some((_, (_, node @ Node::File { .. })))) => {
+                (ObjKind::File { .. }, (_, node @ Node::File { .. })) => {
                     Taken::Blocks(Tree::blocks_of(node).to_vec())
                 }
                 _ => Taken::Nothing,
             },
-            None => Taken::Nothing,
-        })
-        .collect();
+            _ => Taken::Nothing,
+        };
+        taken.push(t);
+    }
     n.set_block_size(req.block_size as u32);
     let root_key = FileKey {
         dev: req.root_dev,
@@ -93,6 +104,7 @@ fn tree_at_cut(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) {
         n.put(edits, b"", Some((s.meta.clone(), Node::Dir)));
     }
     for (e, taken) in req.cut.edges.iter().zip(taken) {
+        n.load_subtree(ld, &e.path)?;
         n.remove_below(edits, &e.path);
         n.put(edits, &e.path, None);
         let Some(c) = &e.child else { continue };
@@ -123,6 +135,7 @@ fn tree_at_cut(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) {
     // Changed objects at every path they have (hard links included).
     for (key, s) in &req.cut.states {
         for p in n.paths_of(key.ino).to_vec() {
+            n.ensure_parent(ld, &p)?;
             let Some((_, node)) = n.get(&p) else { continue };
             let mut node = node.clone();
             if let (Node::File { size, link, .. }, ObjKind::File { size: cut }) =
@@ -134,6 +147,7 @@ fn tree_at_cut(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) {
             n.put(edits, &p, Some((s.meta.clone(), node)));
         }
     }
+    Ok(())
 }
 
 /// Reopen an `O_PATH` descriptor for reading, if it is inode `ino`.
@@ -215,6 +229,10 @@ fn open_for_read(req: &CaptureRequest<'_>, n: &Tree, path: &[u8], key: &FileKey)
 /// path order: most follow a sibling).
 type LastDir = Option<(Vec<u8>, OwnedFd)>;
 
+/// A file to read: its key, path, size and the blocks needed (`None`:
+/// every block below the size).
+type Read<'t> = (FileKey, &'t [u8], u64, Option<Vec<u64>>);
+
 /// [`open_for_read`], reaching the file's directory once for all its
 /// files: the file is then opened by name there and checked to be the
 /// inode the cut saw (a rename after the cut cannot substitute another
@@ -281,12 +299,22 @@ impl Source for LiveFile<'_> {
 /// `edits` what each changed path held, and store every block it needs.
 pub fn capture(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) -> Result<Captured> {
     let bs = req.block_size;
-    tree_at_cut(req, n, edits);
+    if req.full {
+        // Every file is read: the whole tree.
+        n.load_all(&req.loader)?;
+    }
+    tree_at_cut(req, n, edits)?;
+    // The directories of the files read (their entries are completed).
+    for key in req.cut.needs.keys() {
+        for p in n.paths_of(key.ino).to_vec() {
+            n.ensure_parent(&req.loader, &p)?;
+        }
+    }
 
     // What to read: (key, path, size, needed blocks: `None` for every
     // block below the size). The paths are the tree's own (a full capture
     // of 10^6 files copied 150 MB of paths and block numbers here).
-    let mut reads: Vec<(FileKey, &[u8], u64, Option<Vec<u64>>)> = Vec::new();
+    let mut reads: Vec<Read<'_>> = Vec::new();
     let tree = n.tree();
     if req.full {
         // Hard links: one read per inode (an entry without a link group
@@ -406,6 +434,7 @@ pub fn capture(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
     for ((key, size), got) in reads.iter().zip(results) {
         let nblocks = size.div_ceil(bs) as usize;
         for p in n.paths_of(key.ino).to_vec() {
+            n.ensure_parent(&req.loader, &p)?;
             let Some((
                 meta,
                 Node::File {
@@ -442,7 +471,7 @@ pub fn capture(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
         }
         changed_blocks += got.len() as u64;
     }
-    mark_racy(req, n, edits);
+    mark_racy(req, n, edits)?;
     let c = n.counts();
     let stats = Stats {
         changed_blocks,
@@ -461,12 +490,15 @@ pub fn capture(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
 /// looked at by an earlier capture with a lower limit (the base says so:
 /// `racy_limit`), so only the changed ones are looked at, unless the
 /// base is new to this process or the clock went back.
-fn mark_racy(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) {
+fn mark_racy(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) -> Result<()> {
     let Some(after) = req.racy_after else {
         n.racy_limit = None;
-        return;
+        return Ok(());
     };
     let all = !edits.recording || n.racy_limit.is_none_or(|l| l > after);
+    if all {
+        n.load_all(&req.loader)?;
+    }
     let due: Vec<Vec<u8>> = if all {
         n.tree()
             .entries
@@ -491,6 +523,7 @@ fn mark_racy(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) {
         }
     }
     n.racy_limit = Some(after);
+    Ok(())
 }
 
 /// Every changed file's block list matches its size (the others were

@@ -206,9 +206,17 @@ pub struct MemoryStatus {
     /// most every 10 s).
     pub heap_in_use_bytes: u64,
     pub heap_free_bytes: u64,
-    /// The flusher's snapshot trees (bases of the next captures).
+    /// The flusher's snapshot trees (bases of the next captures): the
+    /// entries held in memory (a large latest tree is dropped after each
+    /// snapshot and its directories read again as captures need them).
     pub flusher_tree_entries: u64,
     pub flusher_tree_bytes: u64,
+    /// The inode index of the latest tree (over the whole tree: it still
+    /// grows with the files, ~130 bytes each).
+    #[serde(default)]
+    pub flusher_index_entries: u64,
+    #[serde(default)]
+    pub flusher_index_bytes: u64,
     /// Snapshots open for `.snapshots` and snapshot mounts (at most 8),
     /// the entries of their directories read and kept (at most
     /// --view-entries per snapshot), and about the bytes they take.

@@ -256,6 +256,8 @@ impl Shared {
         let memory = super::control::MemoryStatus {
             flusher_tree_entries: flusher.tree_entries,
             flusher_tree_bytes: flusher.tree_bytes,
+            flusher_index_entries: flusher.index_entries,
+            flusher_index_bytes: flusher.index_bytes,
             ..super::control::MemoryStatus::with_views(&self.views)
         };
         DaemonStatus {

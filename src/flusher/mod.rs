@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::capture;
-use crate::capture::base_tree::{BaseTree, Edits};
+use crate::capture::base_tree::{BaseTree, Edits, LazyLookup, Loader};
 use crate::error::{Error, Result};
 use crate::repo::{NextRunStatus, Planned, Repository, SnapshotDraft};
 use crate::snapshot::{Kind, SnapshotRecord, Tree};
@@ -74,6 +74,12 @@ pub struct FlusherStatus {
     pub tree_entries: u64,
     #[serde(default)]
     pub tree_bytes: u64,
+    /// The latest tree's inode index (over the whole tree, held or not):
+    /// inodes, and about the heap bytes it takes.
+    #[serde(default)]
+    pub index_entries: u64,
+    #[serde(default)]
+    pub index_bytes: u64,
 }
 
 enum Cmd {
@@ -117,6 +123,12 @@ pub struct Flusher {
     pub events: Arc<Broadcast>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
+
+/// Entries of the latest snapshot's tree kept in memory after a commit;
+/// past that the tree is dropped and its directories are read again as
+/// captures need them. Test builds drop it after every commit, so every
+/// test exercises the reading on demand.
+const BASE_HELD_ENTRIES: usize = if cfg!(debug_assertions) { 0 } else { 65_536 };
 
 /// Cached trees: the latest snapshot's (the base of the next capture,
 /// changed in place by it) and, once a differential needed it, the
@@ -455,10 +467,11 @@ fn syncfs(mountpoint: &std::path::Path) {
 fn note_trees(trees: &Trees, status: &Mutex<FlusherStatus>) {
     let mut entries = 0;
     let mut bytes = 0;
+    let (mut index_entries, mut index_bytes) = (0, 0);
     if let Some(b) = &trees.latest {
-        let c = b.counts();
-        entries += c.entries;
-        bytes += c.heap_bytes;
+        entries += b.held_entries() as u64;
+        bytes += b.tree().heap_bytes();
+        (index_entries, index_bytes) = b.index_memory();
     }
     if let Some((_, t)) = &trees.full {
         entries += t.entries.len() as u64;
@@ -467,6 +480,8 @@ fn note_trees(trees: &Trees, status: &Mutex<FlusherStatus>) {
     let mut s = status.lock();
     s.tree_entries = entries;
     s.tree_bytes = bytes;
+    s.index_entries = index_entries;
+    s.index_bytes = index_bytes;
 }
 
 fn tree_of(repo: &Repository, id: u64, cache: &mut Option<(u64, Arc<Tree>)>) -> Result<Arc<Tree>> {
@@ -598,9 +613,13 @@ fn take(
     // (this one changes it in place), or read; for the repository's first
     // snapshot, the listing.
     let cached = trees.latest.take();
+    // The directory references of the cached base (a partly loaded base
+    // reads its directories through them; without them it is read again).
+    let memo = trees.memo.take();
+    let memo_for = |id: u64| memo.as_ref().filter(|(m, _)| *m == id).map(|(_, m)| m);
     let mut base = match &latest {
         Some(r) => match cached {
-            Some(b) if b.id == r.id => b,
+            Some(b) if b.id == r.id && (!b.is_partial() || memo_for(r.id).is_some()) => b,
             _ => BaseTree::new(r.id, repo.resolve(r)?),
         },
         // The first snapshot: list the tree now, while writers go on; the
@@ -613,30 +632,62 @@ fn take(
             )
         }
     };
+    let no_memo = crate::snapshot::dirs::DirMemo::default();
+    let loader = Loader {
+        store: &**repo,
+        memo: memo_for(base.id).unwrap_or(&no_memo),
+    };
+    // Only an incremental on the latest snapshot, with its directory
+    // references, re-encodes just the directories on changed paths;
+    // anything else needs the whole tree.
+    let partial_ok = kind == Kind::Incremental && memo_for(base.id).is_some();
+    if !partial_ok {
+        // (On failure the base is read again next time.)
+        base.load_all(&loader)?;
+    }
     if ctx.writeback_cache && !unmounting {
         syncfs(&ctx.mountpoint);
     }
+    base.preload(
+        &loader,
+        ctx.track.journal().dirty_keys().into_iter().map(|k| k.ino),
+    );
     status.lock().state = "cut".into();
     // Whether every file is read again.
     let full = kind == Kind::Full && !synthetic;
-    let cut = ctx.track.cut(&cut::CutRequest {
-        objects: &*ctx.objects,
-        backing: &ctx.backing,
-        base: &base.index(),
-        full,
-        spill_dir: repo.dir().try_clone().ok(),
-        hidden: ctx.hidden,
-    });
+    let (cut, lookup_err) = {
+        let lookup = LazyLookup::new(&mut base, loader);
+        let cut = ctx.track.cut(&cut::CutRequest {
+            objects: &*ctx.objects,
+            backing: &ctx.backing,
+            base: &lookup,
+            full,
+            spill_dir: repo.dir().try_clone().ok(),
+            hidden: ctx.hidden,
+        });
+        (cut, lookup.take_error())
+    };
     let info = match cut {
         Ok(info) => info,
         Err(e) => {
             // Unchanged: still the next capture's base.
             if latest.is_some() {
                 trees.latest = Some(base);
+                trees.memo = memo;
             }
             return Err(e);
         }
     };
+    if let Some(e) = lookup_err {
+        // The cut went on without a directory of the base it could not
+        // read: its changes go back to the journal for the next one.
+        ctx.track.give_back(info);
+        if latest.is_some() {
+            trees.latest = Some(base);
+            trees.memo = memo;
+        }
+        return Err(e);
+    }
     let cut_ms = info.held.as_secs_f64() * 1e3;
     status.lock().state = "capturing".into();
     let opened = repo.writer().and_then(|w| {
@@ -649,6 +700,7 @@ fn take(
         Err(e) => {
             if latest.is_some() {
                 trees.latest = Some(base);
+                trees.memo = memo;
             }
             ctx.track.give_back(info);
             return Err(e);
@@ -662,11 +714,15 @@ fn take(
         Edits::default()
     };
     let racy_before = base.racy_limit;
-    // Test builds check the manifest made from the edits against one
-    // made by comparing the whole trees.
-    #[cfg(debug_assertions)]
-    let before = base.tree().clone();
+    let mut memo = memo;
     let result = (|| -> Result<(SnapshotRecord, u64)> {
+        let ld = Loader {
+            store: &**repo,
+            memo: memo
+                .as_ref()
+                .filter(|(m, _)| *m == base.id)
+                .map_or(&no_memo, |(_, m)| m),
+        };
         let captured = capture::live::capture(
             &capture::live::CaptureRequest {
                 root: &root,
@@ -678,6 +734,7 @@ fn take(
                 threads: ctx.threads,
                 racy_after: (!unmounting)
                     .then(|| info.time_ns - crate::snapshot::unchanged::racy_margin_ns(&root)),
+                loader: ld,
             },
             &mut base,
             &mut edits,
@@ -714,14 +771,7 @@ fn take(
             }
             Some(r) => {
                 let (m, blocks) = if Some(r.id) == latest.as_ref().map(|l| l.id) {
-                    let m = capture::manifest::from_edits(base.tree(), &edits);
-                    #[cfg(debug_assertions)]
-                    assert_eq!(
-                        m,
-                        capture::manifest::build(base.tree(), Some(&before)),
-                        "the manifest from the edits differs from the trees' comparison"
-                    );
-                    m
+                    capture::manifest::from_edits(base.tree(), &edits)
                 } else {
                     let full_tree = tree_of(repo, r.id, &mut trees.full)?;
                     capture::manifest::build(base.tree(), Some(&*full_tree))
@@ -741,24 +791,40 @@ fn take(
         stats.removed_entries = manifest.removed.len() as u64;
         // An incremental on the snapshot whose directories were written
         // last: only the directories on its changed paths are encoded.
+        let latest_id = latest.as_ref().map(|l| l.id);
         let dirty = (kind == Kind::Incremental
-            && base_rec.map(|b| b.id) == latest.as_ref().map(|l| l.id)
-            && trees.memo.as_ref().map(|(id, _)| *id) == latest.as_ref().map(|l| l.id))
-        .then(|| {
-            crate::snapshot::dirs::dirty_dirs(
-                manifest
-                    .entries
-                    .iter()
-                    .map(|e| e.path.as_slice())
-                    .chain(manifest.removed.iter().map(|p| p.as_slice())),
-            )
-        });
+            && base_rec.map(|b| b.id) == latest_id
+            && memo.as_ref().map(|(id, _)| *id) == latest_id)
+            .then(|| {
+                crate::snapshot::dirs::dirty_dirs(
+                    manifest
+                        .entries
+                        .iter()
+                        .map(|e| e.path.as_slice())
+                        .chain(manifest.removed.iter().map(|p| p.as_slice())),
+                )
+            });
+        // Every directory re-encoded must be held whole (a directory
+        // whose own entry changed may not have been read).
+        if let Some(d) = &dirty {
+            for p in d {
+                base.load(&ld, p)?;
+            }
+        } else if base.is_partial() {
+            return Err(Error::Corrupt(
+                "a partly loaded base without its directory references".into(),
+            ));
+        }
+        // Test builds check the manifest made from the edits against the
+        // whole trees read back from the repository, below.
+        #[cfg(debug_assertions)]
+        let manifest_check = (base_rec.map(|b| b.id) == latest_id).then(|| manifest.clone());
         drop(manifest);
-        let mut memo = trees.memo.take().map(|(_, m)| m).unwrap_or_default();
+        let mut m = memo.take().map(|(_, m)| m).unwrap_or_default();
         let rec = repo.commit_snapshot(
             &writer,
             base.tree(),
-            Some((&mut memo, dirty.as_ref())),
+            Some((&mut m, dirty.as_ref())),
             SnapshotDraft {
                 kind,
                 parent,
@@ -770,8 +836,30 @@ fn take(
                 synthetic,
             },
         )?;
+        #[cfg(debug_assertions)]
+        crate::repo::uncounted(|| -> Result<()> {
+            let written = repo.resolve(&rec)?;
+            for (p, e) in &base.tree().entries {
+                assert_eq!(
+                    written.get(p),
+                    Some(e),
+                    "the snapshot written differs from the capture's tree at {}",
+                    crate::snapshot::manifest::display_path(p)
+                );
+            }
+            assert_eq!(written.entries.len() as u64, base.counts().entries);
+            if let (Some(m), Some(l)) = (manifest_check, &latest) {
+                let prev = repo.resolve(l)?;
+                assert_eq!(
+                    m,
+                    capture::manifest::build(&written, Some(&prev)).0,
+                    "the manifest from the edits differs from the trees' comparison"
+                );
+            }
+            Ok(())
+        })?;
         writer.close()?;
-        trees.memo = Some((rec.id, memo));
+        trees.memo = Some((rec.id, m));
         Ok((rec, captured.bytes_read))
     })();
     match result {
@@ -782,6 +870,11 @@ fn take(
             }
             drop(edits);
             base.id = rec.id;
+            if base.held_entries() > BASE_HELD_ENTRIES {
+                // Read again, directory by directory, as the next
+                // captures need them.
+                base.unload();
+            }
             trees.latest = Some(base);
             if rec.kind == Kind::Full {
                 // A differential's base from now on: read when needed.
@@ -815,6 +908,7 @@ fn take(
                 base.undo(edits);
                 base.racy_limit = racy_before;
                 trees.latest = Some(base);
+                trees.memo = memo;
             }
             // The changes wait for the next snapshot.
             ctx.track.give_back(info);

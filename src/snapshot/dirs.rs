@@ -306,6 +306,27 @@ impl DirMemo {
     pub fn is_empty(&self) -> bool {
         self.refs.is_empty()
     }
+
+    /// The reference of the directory at `path` as last written.
+    pub fn get(&self, path: &[u8]) -> Option<&DirRef> {
+        self.refs.get(path)
+    }
+}
+
+/// Read the directory object `r` (the directory at `dir`) and add its
+/// entries to `out` (file block lists complete), keeping any entry `out`
+/// already has. Returns the number of entries read.
+pub fn load_children(store: &dyn Objects, r: &DirRef, dir: &[u8], out: &mut Tree) -> Result<usize> {
+    let d = load_dir(store, r, out.block_size)?;
+    let n = d.entries.len();
+    for e in d.entries {
+        let p = join(dir, &e.name);
+        if out.entries.contains_key(&p) {
+            continue;
+        }
+        insert_entry(store, out.block_size, out, p, e)?;
+    }
+    Ok(n)
 }
 
 /// The directories a set of changed paths makes dirty: each path itself
@@ -797,13 +818,13 @@ pub fn lookup(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::snapshot::manifest::Time;
     use parking_lot::Mutex;
 
     #[derive(Default)]
-    struct Mem {
+    pub(crate) struct Mem {
         objs: Mutex<HashMap<ChunkId, Vec<u8>>>,
         reads: Mutex<u64>,
         puts: Mutex<u64>,

@@ -84,7 +84,27 @@ pub struct CutInfo {
 /// Files open in some mode, and how many times.
 pub type OpenCount = parking_lot::Mutex<HashMap<FileKey, u32>>;
 
-/// What the cut needs to know about the latest snapshot.
+/// What the cut asks of the latest snapshot's tree (its base). Answers
+/// are owned: an implementation may read directories on demand.
+pub trait BaseLookup {
+    /// No base at all: the cut lists everything.
+    fn is_empty(&self) -> bool;
+    /// The first path of inode `ino`.
+    fn first_path(&self, ino: u64) -> Option<Vec<u8>>;
+    /// The inode number of the entry at `path`.
+    fn ino_at(&self, path: &[u8]) -> Option<u64>;
+    /// Whether `path` is a directory.
+    fn is_dir(&self, path: &[u8]) -> bool;
+    /// The names in directory `dir`.
+    fn child_names(&self, dir: &[u8]) -> Vec<Vec<u8>>;
+    /// Inode `ino` at its first path, if it is a file there: its
+    /// metadata, size, and whether it is in a hard-link group.
+    fn file_of(&self, ino: u64) -> Option<(Meta, u64, bool)>;
+    /// Whether inode `ino` is a directory at its first path.
+    fn ino_is_dir(&self, ino: u64) -> bool;
+}
+
+/// A whole tree with its inode index, as a [`BaseLookup`].
 pub struct BaseIndex<'t> {
     pub tree: &'t Tree,
     /// Inode number -> paths in the tree (in order).
@@ -108,9 +128,44 @@ impl<'t> BaseIndex<'t> {
     }
 
     /// The tree's entry for an inode (the first path), if any.
-    pub fn entry_of(&self, ino: u64) -> Option<(&'t Vec<u8>, &'t (Meta, Node))> {
+    pub fn entry_of(&self, ino: u64) -> Option<(&Vec<u8>, &'t (Meta, Node))> {
         let p = self.by_ino.get(&ino)?.first()?;
         self.tree.entries.get_key_value(p)
+    }
+}
+
+impl BaseLookup for BaseIndex<'_> {
+    fn is_empty(&self) -> bool {
+        self.tree.entries.is_empty()
+    }
+
+    fn first_path(&self, ino: u64) -> Option<Vec<u8>> {
+        self.by_ino.get(&ino)?.first().cloned()
+    }
+
+    fn ino_at(&self, path: &[u8]) -> Option<u64> {
+        self.tree.get(path).map(|(m, _)| m.ino)
+    }
+
+    fn is_dir(&self, path: &[u8]) -> bool {
+        matches!(self.tree.get(path), Some((_, Node::Dir)))
+    }
+
+    fn child_names(&self, dir: &[u8]) -> Vec<Vec<u8>> {
+        self.tree.children(dir).map(|(n, _)| n.to_vec()).collect()
+    }
+
+    fn file_of(&self, ino: u64) -> Option<(Meta, u64, bool)> {
+        match self.entry_of(ino)? {
+            (_, (meta, Node::File { size, link, .. })) => {
+                Some((meta.clone(), *size, link.is_some()))
+            }
+            _ => None,
+        }
+    }
+
+    fn ino_is_dir(&self, ino: u64) -> bool {
+        matches!(self.entry_of(ino), Some((_, (_, Node::Dir))))
     }
 }
 
@@ -187,14 +242,12 @@ pub fn walk_verified(
 }
 
 /// Open `path` below `root`, each component checked against `tree`.
-pub fn open_verified(root: &OwnedFd, tree: &Tree, path: &[u8]) -> Option<OwnedFd> {
+pub fn open_verified(root: &OwnedFd, base: &dyn BaseLookup, path: &[u8]) -> Option<OwnedFd> {
     if path.is_empty() {
         return walk_verified(root, &[], |_| None);
     }
     let comps: Vec<&[u8]> = path.split(|b| *b == b'/').collect();
-    walk_verified(root, &comps, |i| {
-        tree.get(&comps[..=i].join(&b'/')).map(|(m, _)| m.ino)
-    })
+    walk_verified(root, &comps, |i| base.ino_at(&comps[..=i].join(&b'/')))
 }
 
 /// The tree of the backing directory as listed now (files without their
@@ -292,7 +345,7 @@ pub struct CutRequest<'a> {
     /// The live objects (descriptors of changed objects no path reaches).
     pub objects: &'a dyn Objects,
     pub backing: &'a Path,
-    pub base: &'a BaseIndex<'a>,
+    pub base: &'a dyn BaseLookup,
     /// Full snapshots need every block of every file.
     pub full: bool,
     pub spill_dir: Option<crate::util::dirfd::Dir>,
@@ -341,8 +394,8 @@ pub(super) fn cut(
             if let Some(fd) = req.objects.find(key) {
                 return Some(fd);
             }
-            let path = req.base.by_ino.get(&key.ino)?.first()?;
-            open_verified(&root_fd, req.base.tree, path).map(Arc::new)
+            let path = req.base.first_path(key.ino)?;
+            open_verified(&root_fd, req.base, &path).map(Arc::new)
         };
 
         // Directories whose entries changed: look at those entries. With
@@ -358,11 +411,10 @@ pub(super) fn cut(
         let mut dirs: Vec<(&FileKey, &FileDirty)> = frozen
             .iter()
             .filter(|(k, d)| {
-                (d.file.entries || !d.names.is_empty())
-                    && !(req.base.tree.entries.is_empty() && **k == root_key)
+                (d.file.entries || !d.names.is_empty()) && !(req.base.is_empty() && **k == root_key)
             })
             .collect();
-        if req.base.tree.entries.is_empty() {
+        if req.base.is_empty() {
             dirs.push((&root_key, &everything));
         }
         dirs.sort_by_key(|(k, _)| **k);
@@ -379,7 +431,7 @@ pub(super) fn cut(
             let mut names: BTreeSet<Vec<u8>> = d.names.clone();
             if d.file.all_names {
                 names.extend(list_names(&dfd)?);
-                names.extend(req.base.tree.children(&dpath).map(|(n, _)| n.to_vec()));
+                names.extend(req.base.child_names(&dpath));
             }
             for name in names {
                 edge_at(
@@ -449,10 +501,7 @@ pub(super) fn cut(
                 Need::All
             } else {
                 let d = frozen.get(key).cloned().unwrap_or_default();
-                let base = req.base.entry_of(key.ino).and_then(|(_, (_, n))| match n {
-                    Node::File { size, .. } => Some(*size),
-                    _ => None,
-                });
+                let base = req.base.file_of(key.ino).map(|(_, size, _)| size);
                 need_of(&d, base, size, bs)
             };
             cow.register(*key, need.clone(), size);
@@ -539,16 +588,14 @@ fn save_bypassed(
 
 /// The state a file had in the base snapshot (its last closed version,
 /// for a file held back by the cut), if the base has it as a file.
-fn base_state(base: &BaseIndex<'_>, key: &FileKey) -> Option<ObjState> {
-    match base.entry_of(key.ino)? {
-        (_, (meta, Node::File { size, link, .. })) => Some(ObjState {
-            key: *key,
-            meta: meta.clone(),
-            kind: ObjKind::File { size: *size },
-            nlink: if link.is_some() { 2 } else { 1 },
-        }),
-        _ => None,
-    }
+fn base_state(base: &dyn BaseLookup, key: &FileKey) -> Option<ObjState> {
+    let (meta, size, linked) = base.file_of(key.ino)?;
+    Some(ObjState {
+        key: *key,
+        meta,
+        kind: ObjKind::File { size },
+        nlink: if linked { 2 } else { 1 },
+    })
 }
 
 /// Files open on the checkpoint fast path at the cut: the snapshot shows
@@ -559,7 +606,7 @@ fn base_state(base: &BaseIndex<'_>, key: &FileKey) -> Option<ObjState> {
 #[allow(clippy::too_many_arguments)]
 fn hold_back(
     held: &HashSet<FileKey>,
-    base: &BaseIndex<'_>,
+    base: &dyn BaseLookup,
     frozen: &mut HashMap<FileKey, FileDirty>,
     edges: &mut Vec<Edge>,
     states: &mut HashMap<FileKey, ObjState>,
@@ -617,7 +664,7 @@ fn hold_back(
 
 /// Is `dir` a directory of the tree at the cut, as far as the base and
 /// the edges found so far tell?
-fn dir_present(dir: &[u8], base: &Tree, edges: &[Edge]) -> bool {
+fn dir_present(dir: &[u8], base: &dyn BaseLookup, edges: &[Edge]) -> bool {
     if dir.is_empty() {
         return true;
     }
@@ -636,7 +683,7 @@ fn dir_present(dir: &[u8], base: &Tree, edges: &[Edge]) -> bool {
             // Not an edge: the base decides for the directory itself; an
             // ancestor without an edge is as in the base (present, since
             // the directory is below it).
-            p != dir || matches!(base.get(p), Some((_, Node::Dir)))
+            p != dir || base.is_dir(p)
         });
         if !here {
             return false;
@@ -667,14 +714,14 @@ fn add_missing_parents(
         })
         .collect();
     for parent in parents {
-        if dir_present(&parent, req.base.tree, edges) {
+        if dir_present(&parent, req.base, edges) {
             continue;
         }
         // The topmost missing ancestor (its own parent is present).
         let comps: Vec<&[u8]> = parent.split(|c| *c == b'/').collect();
         let Some(k) = (1..=comps.len()).find(|&k| {
             let p = comps[..k].join(&b'/');
-            !dir_present(&p, req.base.tree, edges)
+            !dir_present(&p, req.base, edges)
         }) else {
             continue;
         };
@@ -756,7 +803,7 @@ fn edge_at(
                 return Ok(());
             }
             if s.kind == ObjKind::Dir {
-                let known = matches!(req.base.entry_of(s.key.ino), Some((_, (_, Node::Dir))));
+                let known = req.base.ino_is_dir(s.key.ino);
                 if !known {
                     listed.push((path.clone(), Arc::new(fd), s.key));
                 }

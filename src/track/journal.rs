@@ -510,6 +510,16 @@ impl Journal {
         self.shards.iter().all(|s| s.lock().files.is_empty())
     }
 
+    /// The objects with changes in the current epoch (cheaper than
+    /// [`Journal::dirty`]: their states are not copied).
+    pub fn dirty_keys(&self) -> Vec<FileKey> {
+        let mut out = Vec::new();
+        for s in &self.shards {
+            out.extend(s.lock().files.keys().copied());
+        }
+        out
+    }
+
     /// A copy of every dirty file's state.
     pub fn dirty(&self) -> BTreeMap<FileKey, FileDirty> {
         let mut out = BTreeMap::new();
