@@ -26,14 +26,16 @@
 //! from the store). The counts and the inode index always describe the
 //! whole tree.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use crate::error::{Error, Result};
 use crate::snapshot::dirs::{DirMemo, Objects};
 use crate::snapshot::manifest::{display_path, Meta, Node};
 use crate::snapshot::tree::entry_heap_bytes;
 use crate::snapshot::Tree;
-use crate::track::cut::{BaseIndex, BaseLookup};
+use crate::track::cut::BaseLookup;
+
+use super::ino_index::InoIndex;
 
 /// Where the directories of a partly loaded base are read from: the
 /// repository, and the references of the base's directories.
@@ -122,9 +124,7 @@ pub struct BaseTree {
     tree: Tree,
     /// The directories whose entries `tree` holds (`None`: all of them).
     loaded: Option<HashSet<Vec<u8>>>,
-    by_ino: HashMap<u64, Vec<Vec<u8>>>,
-    /// About the heap bytes `by_ino` holds.
-    index_bytes: u64,
+    index: InoIndex,
     counts: Counts,
     /// Every entry changed at or after this time is marked racily clean
     /// (`None`: unknown, e.g. a tree read from the repository or left by
@@ -134,23 +134,16 @@ pub struct BaseTree {
 
 impl BaseTree {
     pub fn new(id: u64, tree: Tree) -> BaseTree {
-        let mut by_ino: HashMap<u64, Vec<Vec<u8>>> = HashMap::with_capacity(tree.entries.len());
         let mut counts = Counts::default();
         for (p, e) in &tree.entries {
-            // Path order: each list comes out sorted.
-            by_ino.entry(e.0.ino).or_default().push(p.clone());
             counts.add(p, e, 1);
         }
-        let index_bytes = by_ino
-            .values()
-            .map(|v| INDEX_KEY_BYTES + v.iter().map(|p| index_path_bytes(p)).sum::<u64>())
-            .sum();
+        let index = InoIndex::build(&tree);
         BaseTree {
             id,
             tree,
             loaded: None,
-            by_ino,
-            index_bytes,
+            index,
             counts,
             racy_limit: None,
         }
@@ -175,7 +168,7 @@ impl BaseTree {
     /// The inode index (it covers the whole tree, loaded or not): its
     /// inodes and about the heap bytes it takes.
     pub fn index_memory(&self) -> (u64, u64) {
-        (self.by_ino.len() as u64, self.index_bytes)
+        self.index.memory()
     }
 
     /// Keep only the root's entry: the directories are read again from
@@ -251,7 +244,7 @@ impl BaseTree {
             return;
         }
         for ino in inos {
-            for p in self.paths_of(ino).to_vec() {
+            for p in self.paths_of(ino) {
                 if self.ensure_parent(ld, &p).is_ok()
                     && matches!(self.get(&p), Some((_, Node::Dir)))
                 {
@@ -298,14 +291,14 @@ impl BaseTree {
         self.tree.block_size = bs;
     }
 
-    /// What the cut needs to know about this tree.
-    pub fn index(&self) -> BaseIndex<'_> {
-        BaseIndex::borrowed(&self.tree, &self.by_ino)
+    /// Every path of inode `ino`, in order.
+    pub fn paths_of(&self, ino: u64) -> Vec<Vec<u8>> {
+        self.index.paths(ino)
     }
 
-    /// Every path of inode `ino`, in order.
-    pub fn paths_of(&self, ino: u64) -> &[Vec<u8>] {
-        self.by_ino.get(&ino).map_or(&[], |v| v.as_slice())
+    /// The first path of inode `ino`.
+    pub fn first_path(&self, ino: u64) -> Option<Vec<u8>> {
+        self.index.first(ino)
     }
 
     pub fn get(&self, path: &[u8]) -> Option<&Entry> {
@@ -373,30 +366,11 @@ impl BaseTree {
     }
 
     fn index_add(&mut self, path: &[u8], ino: u64) {
-        let v = match self.by_ino.entry(ino) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                self.index_bytes += INDEX_KEY_BYTES;
-                v.insert(Vec::new())
-            }
-        };
-        if let Err(i) = v.binary_search_by(|p| p.as_slice().cmp(path)) {
-            v.insert(i, path.to_vec());
-            self.index_bytes += index_path_bytes(path);
-        }
+        self.index.add(ino, path);
     }
 
     fn index_remove(&mut self, path: &[u8], ino: u64) {
-        if let Some(v) = self.by_ino.get_mut(&ino) {
-            if let Ok(i) = v.binary_search_by(|p| p.as_slice().cmp(path)) {
-                v.remove(i);
-                self.index_bytes = self.index_bytes.saturating_sub(index_path_bytes(path));
-            }
-            if v.is_empty() {
-                self.by_ino.remove(&ino);
-                self.index_bytes = self.index_bytes.saturating_sub(INDEX_KEY_BYTES);
-            }
-        }
+        self.index.remove(ino, path);
     }
 
     /// Put back what `edits` recorded: the tree as it was before them.
@@ -449,7 +423,7 @@ impl BaseLookup for LazyLookup<'_, '_> {
     }
 
     fn first_path(&self, ino: u64) -> Option<Vec<u8>> {
-        self.base.borrow().paths_of(ino).first().cloned()
+        self.base.borrow().first_path(ino)
     }
 
     fn ino_at(&self, path: &[u8]) -> Option<u64> {
@@ -483,14 +457,6 @@ impl BaseLookup for LazyLookup<'_, '_> {
             None => false,
         }
     }
-}
-
-/// The inode index's bytes per inode (map slot, list header and its
-/// allocation) and per path (its allocation, rounded as malloc does).
-const INDEX_KEY_BYTES: u64 = 80;
-
-fn index_path_bytes(p: &[u8]) -> u64 {
-    (p.len() as u64 + 8).div_ceil(16) * 16 + 24
 }
 
 fn parent_of(path: &[u8]) -> &[u8] {
@@ -638,8 +604,10 @@ mod tests {
         let fresh = |b: &BaseTree| {
             let again = BaseTree::new(0, b.tree().clone());
             assert_eq!(b.counts(), again.counts());
-            assert_eq!(b.index_memory(), again.index_memory());
-            assert_eq!(b.by_ino, ino_index(b.tree()));
+            assert_eq!(b.index_memory().0, again.index_memory().0);
+            for (ino, v) in ino_index(b.tree()) {
+                assert_eq!(b.paths_of(ino), v);
+            }
         };
         fresh(&b);
         let mut edits = Edits::default();
@@ -648,13 +616,13 @@ mod tests {
         b.put(&mut edits, b"c", Some(file(7, 3)));
         b.put(&mut edits, b"b", Some(file(6, 9)));
         fresh(&b);
-        assert_eq!(b.paths_of(3), &[b"c".to_vec()]);
+        assert_eq!(b.paths_of(3), vec![b"c".to_vec()]);
         assert_eq!(b.counts().files, 2);
         assert_eq!(edits.old.len(), 5);
         assert_eq!(edits.old[&b"c".to_vec()], None);
         b.undo(edits);
         assert_eq!(b.tree(), &orig);
         fresh(&b);
-        assert_eq!(b.paths_of(3), &[b"a/x".to_vec(), b"b".to_vec()]);
+        assert_eq!(b.paths_of(3), vec![b"a/x".to_vec(), b"b".to_vec()]);
     }
 }

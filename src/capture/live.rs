@@ -66,7 +66,7 @@ fn tree_at_cut(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
     let mut taken: Vec<Taken> = Vec::with_capacity(req.cut.edges.len());
     for e in &req.cut.edges {
         let from = match &e.child {
-            Some(c) => n.paths_of(c.key.ino).first().cloned(),
+            Some(c) => n.first_path(c.key.ino),
             None => None,
         };
         if let Some(q) = &from {
@@ -134,7 +134,7 @@ fn tree_at_cut(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
     }
     // Changed objects at every path they have (hard links included).
     for (key, s) in &req.cut.states {
-        for p in n.paths_of(key.ino).to_vec() {
+        for p in n.paths_of(key.ino) {
             n.ensure_parent(ld, &p)?;
             let Some((_, node)) = n.get(&p) else { continue };
             let mut node = node.clone();
@@ -306,7 +306,7 @@ pub fn capture(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
     tree_at_cut(req, n, edits)?;
     // The directories of the files read (their entries are completed).
     for key in req.cut.needs.keys() {
-        for p in n.paths_of(key.ino).to_vec() {
+        for p in n.paths_of(key.ino) {
             n.ensure_parent(&req.loader, &p)?;
         }
     }
@@ -337,7 +337,11 @@ pub fn capture(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
         }
     } else {
         for (key, (need, size)) in &req.cut.needs {
-            let Some(p) = n.paths_of(key.ino).first() else {
+            // The path as the tree's own key (the index answers copies).
+            let Some((p, _)) = n
+                .first_path(key.ino)
+                .and_then(|p| tree.entries.get_key_value(&p))
+            else {
                 continue;
             };
             let blocks = match need {
@@ -433,7 +437,7 @@ pub fn capture(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
     let mut changed_blocks = 0;
     for ((key, size), got) in reads.iter().zip(results) {
         let nblocks = size.div_ceil(bs) as usize;
-        for p in n.paths_of(key.ino).to_vec() {
+        for p in n.paths_of(key.ino) {
             n.ensure_parent(&req.loader, &p)?;
             let Some((
                 meta,

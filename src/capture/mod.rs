@@ -13,7 +13,9 @@
 //!   one worker pool (`util::pool`)
 //! - `base.rs`: which snapshot a capture of a kind is compared with
 //! - `base_tree.rs`: the live capture's base, changed in place with its
-//!   inode index and counts (what changed is recorded, not searched for)
+//!   inode index and counts (what changed is recorded, not searched for),
+//!   its directories read on demand when the tree is large
+//! - `ino_index.rs`: that base's inode index, compact (one sorted array)
 //! - `manifest.rs`: the one manifest builder (removed paths, changed
 //!   entries, files as patches of changed blocks)
 //! - the "unchanged by stat" rule and racily clean entries
@@ -27,6 +29,7 @@
 pub mod base;
 pub mod base_tree;
 pub mod blocks;
+pub mod ino_index;
 pub mod live;
 pub mod manifest;
 pub mod scan;

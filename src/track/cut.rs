@@ -119,14 +119,6 @@ impl<'t> BaseIndex<'t> {
         }
     }
 
-    /// With an index kept beside the tree (`capture::base_tree`).
-    pub fn borrowed(tree: &'t Tree, by_ino: &'t HashMap<u64, Vec<Vec<u8>>>) -> BaseIndex<'t> {
-        BaseIndex {
-            tree,
-            by_ino: std::borrow::Cow::Borrowed(by_ino),
-        }
-    }
-
     /// The tree's entry for an inode (the first path), if any.
     pub fn entry_of(&self, ino: u64) -> Option<(&Vec<u8>, &'t (Meta, Node))> {
         let p = self.by_ino.get(&ino)?.first()?;
