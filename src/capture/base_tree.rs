@@ -211,7 +211,8 @@ impl BaseTree {
             chain.push(cur);
         }
         for d in chain.into_iter().rev() {
-            if matches!(self.tree.entries.get(d), Some((_, Node::Dir))) {
+            // (The root is a directory even in a tree without its entry.)
+            if d.is_empty() || matches!(self.tree.entries.get(d), Some((_, Node::Dir))) {
                 let r = ld.memo.get(d).ok_or_else(|| {
                     Error::Corrupt(format!(
                         "the capture's base (snapshot {}) has no directory object for {}",
