@@ -145,6 +145,11 @@ pub struct DaemonStatus {
     /// Snapshot manifests the daemon read since it started.
     #[serde(default)]
     pub manifests_read: u64,
+    /// Directory objects (of format 3 trees) the daemon read since it
+    /// started: what a capture, a lookup or a listing reads must follow
+    /// the directories it touches, not the tree.
+    #[serde(default)]
+    pub dir_objects_read: u64,
     /// This daemon serves the live mount (not only snapshot mounts).
     #[serde(default)]
     pub live: bool,

@@ -293,6 +293,7 @@ impl Shared {
             live: true,
             detached: self.detached.load(std::sync::atomic::Ordering::Relaxed),
             manifests_read: crate::repo::manifests_read(),
+            dir_objects_read: crate::repo::Repository::dir_objects_read(),
             open_files: {
                 let c = self.fs.open_modes();
                 c.fast + c.bypass + c.passthrough + c.daemon
