@@ -29,7 +29,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::error::{Error, Result};
-use crate::snapshot::dirs::{DirMemo, Objects};
+use crate::snapshot::dirs::{join, parent_and_name, DirMemo, Objects};
 use crate::snapshot::manifest::{display_path, Meta, Node};
 use crate::snapshot::tree::entry_heap_bytes;
 use crate::snapshot::Tree;
@@ -317,7 +317,12 @@ impl BaseTree {
                 self.counts.add(path, slot, -1);
                 self.counts.add(path, &e, 1);
                 let old = std::mem::replace(slot, e);
-                let new_ino = slot.0.ino;
+                let (new_ino, new_dir) = (slot.0.ino, matches!(slot.1, Node::Dir));
+                if new_dir && !matches!(old.1, Node::Dir) {
+                    // A directory new at this path: nothing below it is
+                    // stored.
+                    self.mark_loaded(path);
+                }
                 if old.0.ino != new_ino {
                     self.index_remove(path, old.0.ino);
                     self.index_add(path, new_ino);
@@ -461,18 +466,7 @@ impl BaseLookup for LazyLookup<'_, '_> {
 }
 
 fn parent_of(path: &[u8]) -> &[u8] {
-    match path.iter().rposition(|b| *b == b'/') {
-        Some(i) => &path[..i],
-        None => &[],
-    }
-}
-
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    if dir.is_empty() {
-        name.to_vec()
-    } else {
-        [dir, b"/", name].concat()
-    }
+    parent_and_name(path).0
 }
 
 #[cfg(test)]
@@ -553,7 +547,7 @@ mod tests {
         assert_eq!(part.get(b"c"), t.get(b"c"));
         assert!(part.get(b"b/s/z").is_none());
         // The same changes on both: a file changed, b removed whole, a
-        // new directory with a file, c's metadata changed.
+        // new directory with a file, c changed, then made a directory.
         let mut e1 = Edits::default();
         let mut e2 = Edits::default();
         for (b, e) in [(&mut whole, &mut e1), (&mut part, &mut e2)] {
@@ -565,6 +559,10 @@ mod tests {
             b.ensure_parent(&ld, b"d/q").unwrap();
             b.put(e, b"d/q", Some(file(1, 21)));
             b.put(e, b"c", Some(file(2, 8)));
+            // A file replaced in place by a directory: nothing below it
+            // is read from the store.
+            b.put(e, b"c", Some(dir(30)));
+            b.put(e, b"c/n", Some(file(1, 31)));
         }
         assert_eq!(e1.old, e2.old);
         assert_eq!(part.counts(), whole.counts());

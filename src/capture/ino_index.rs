@@ -2,8 +2,8 @@
 //! tree (several for hard links), over the whole tree.
 //!
 //! Kept as one sorted array of `(inode, path)` with the paths in one
-//! byte arena (about 16 bytes per entry plus the path: 36 bytes per file
-//! for the paths of the benchmark's trees, against ~136 for a map of
+//! byte arena (24 bytes per entry plus the path: about 44 bytes per
+//! file for the paths of the benchmark's trees, against ~136 for a map of
 //! path lists, and two allocations in all instead of two per file, so
 //! the tree it sits beside can be dropped and its memory given back),
 //! plus a small map of the inodes changed since the array was built.
@@ -16,13 +16,17 @@ use crate::snapshot::Tree;
 #[derive(Debug, Default)]
 pub struct InoIndex {
     /// Sorted by (inode, path): (inode, offset and length in `arena`).
-    sorted: Vec<(u64, u32, u32)>,
+    sorted: Vec<(u64, u64, u32)>,
     arena: Vec<u8>,
     /// Inodes changed since `sorted` was built: their whole path list
     /// (empty: the inode has no path any more).
     changed: HashMap<u64, Vec<Vec<u8>>>,
     /// Paths in all.
     len: u64,
+}
+
+fn slice<'a>(arena: &'a [u8], e: &(u64, u64, u32)) -> &'a [u8] {
+    &arena[e.1 as usize..e.1 as usize + e.2 as usize]
 }
 
 /// Below this many changed inodes the array is not rebuilt.
@@ -41,13 +45,11 @@ impl InoIndex {
         let mut sorted = Vec::with_capacity(n);
         let mut arena = Vec::new();
         for (ino, p) in pairs {
-            // Paths longer than the arena can address cannot occur (PATH
-            // lengths are bounded far below 4 GiB), but stay correct.
-            let (Ok(off), Ok(len)) = (u32::try_from(arena.len()), u32::try_from(p.len())) else {
-                continue;
-            };
-            arena.extend_from_slice(p);
-            sorted.push((ino, off, len));
+            // (A path is far shorter than 4 GiB: a tree is at most
+            // MAX_DEPTH directories deep.)
+            let len = u32::try_from(p.len()).unwrap_or(u32::MAX);
+            sorted.push((ino, arena.len() as u64, len));
+            arena.extend_from_slice(&p[..len as usize]);
         }
         let mut ix = InoIndex {
             len: sorted.len() as u64,
@@ -56,10 +58,8 @@ impl InoIndex {
             changed: HashMap::new(),
         };
         let arena = std::mem::take(&mut ix.arena);
-        ix.sorted.sort_unstable_by(|a, b| {
-            (a.0, &arena[a.1 as usize..(a.1 + a.2) as usize])
-                .cmp(&(b.0, &arena[b.1 as usize..(b.1 + b.2) as usize]))
-        });
+        ix.sorted
+            .sort_unstable_by(|a, b| (a.0, slice(&arena, a)).cmp(&(b.0, slice(&arena, b))));
         ix.arena = arena;
         ix.sorted.shrink_to_fit();
         ix.arena.shrink_to_fit();
@@ -71,7 +71,7 @@ impl InoIndex {
         self.sorted[start..]
             .iter()
             .take_while(move |e| e.0 == ino)
-            .map(|e| &self.arena[e.1 as usize..(e.1 + e.2) as usize])
+            .map(|e| slice(&self.arena, e))
     }
 
     /// Every path of inode `ino`, in order.
@@ -126,7 +126,7 @@ impl InoIndex {
         let kept = old_sorted
             .iter()
             .filter(|e| !changed.contains_key(&e.0))
-            .map(|e| (e.0, &old_arena[e.1 as usize..(e.1 + e.2) as usize]));
+            .map(|e| (e.0, slice(&old_arena, e)));
         let new = changed
             .iter()
             .flat_map(|(ino, v)| v.iter().map(move |p| (*ino, p.as_slice())));
@@ -142,7 +142,7 @@ impl InoIndex {
             .sum();
         (
             self.len,
-            (self.sorted.capacity() * 16 + self.arena.capacity()) as u64 + changed,
+            (self.sorted.capacity() * 24 + self.arena.capacity()) as u64 + changed,
         )
     }
 }

@@ -437,8 +437,8 @@ pub fn capture(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
     let mut changed_blocks = 0;
     for ((key, size), got) in reads.iter().zip(results) {
         let nblocks = size.div_ceil(bs) as usize;
+        // (Their directories were read before the reads began.)
         for p in n.paths_of(key.ino) {
-            n.ensure_parent(&req.loader, &p)?;
             let Some((
                 meta,
                 Node::File {

@@ -19,7 +19,7 @@
 //! - `manifest.rs`: the one manifest builder (removed paths, changed
 //!   entries, files as patches of changed blocks)
 //! - the "unchanged by stat" rule and racily clean entries
-//!   (`snapshot::unchanged`), and the inode index (`tree::ino_index`)
+//!   (`snapshot::unchanged`)
 //!
 //! Invariants: a chunk is stored (and its pack durable by commit) before
 //! any manifest names it; a capture never reads a block changed after its

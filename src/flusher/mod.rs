@@ -29,6 +29,7 @@ use crate::capture;
 use crate::capture::base_tree::{BaseTree, Edits, LazyLookup, Loader};
 use crate::error::{Error, Result};
 use crate::repo::{NextRunStatus, Planned, Repository, SnapshotDraft};
+use crate::snapshot::dirs::DirMemo;
 use crate::snapshot::{Kind, SnapshotRecord, Tree};
 use crate::track::cut;
 use crate::track::{FileKey, Freezer, FsEvent, Objects};
@@ -140,7 +141,7 @@ struct Trees {
     /// The directory references of the snapshot it names, as written:
     /// an incremental on it re-encodes only the directories on its
     /// changed paths. Dropped whenever a commit fails.
-    memo: Option<(u64, crate::snapshot::dirs::DirMemo)>,
+    memo: Option<(u64, DirMemo)>,
 }
 
 impl Flusher {
@@ -484,6 +485,11 @@ fn note_trees(trees: &Trees, status: &Mutex<FlusherStatus>) {
     s.index_bytes = index_bytes;
 }
 
+/// `memo` if it holds the directory references of snapshot `id`.
+fn memo_of(memo: &Option<(u64, DirMemo)>, id: u64) -> Option<&DirMemo> {
+    memo.as_ref().filter(|(m, _)| *m == id).map(|(_, m)| m)
+}
+
 fn tree_of(repo: &Repository, id: u64, cache: &mut Option<(u64, Arc<Tree>)>) -> Result<Arc<Tree>> {
     if let Some((cid, t)) = cache {
         if *cid == id {
@@ -616,10 +622,9 @@ fn take(
     // The directory references of the cached base (a partly loaded base
     // reads its directories through them; without them it is read again).
     let memo = trees.memo.take();
-    let memo_for = |id: u64| memo.as_ref().filter(|(m, _)| *m == id).map(|(_, m)| m);
     let mut base = match &latest {
         Some(r) => match cached {
-            Some(b) if b.id == r.id && (!b.is_partial() || memo_for(r.id).is_some()) => b,
+            Some(b) if b.id == r.id && (!b.is_partial() || memo_of(&memo, r.id).is_some()) => b,
             _ => BaseTree::new(r.id, repo.resolve(r)?),
         },
         // The first snapshot: list the tree now, while writers go on; the
@@ -632,15 +637,15 @@ fn take(
             )
         }
     };
-    let no_memo = crate::snapshot::dirs::DirMemo::default();
+    let no_memo = DirMemo::default();
     let loader = Loader {
         store: &**repo,
-        memo: memo_for(base.id).unwrap_or(&no_memo),
+        memo: memo_of(&memo, base.id).unwrap_or(&no_memo),
     };
     // Only an incremental on the latest snapshot, with its directory
     // references, re-encodes just the directories on changed paths;
     // anything else needs the whole tree.
-    let partial_ok = kind == Kind::Incremental && memo_for(base.id).is_some();
+    let partial_ok = kind == Kind::Incremental && memo_of(&memo, base.id).is_some();
     if !partial_ok {
         // (On failure the base is read again next time.)
         base.load_all(&loader)?;
@@ -718,10 +723,7 @@ fn take(
     let result = (|| -> Result<(SnapshotRecord, u64)> {
         let ld = Loader {
             store: &**repo,
-            memo: memo
-                .as_ref()
-                .filter(|(m, _)| *m == base.id)
-                .map_or(&no_memo, |(_, m)| m),
+            memo: memo_of(&memo, base.id).unwrap_or(&no_memo),
         };
         let captured = capture::live::capture(
             &capture::live::CaptureRequest {

@@ -271,7 +271,8 @@ pub fn load_dir(store: &dyn Objects, r: &DirRef, block_size: u32) -> Result<DirO
     DirObject::decode(&bytes, block_size)
 }
 
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+/// `dir/name` (`name` alone in the root).
+pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     if dir.is_empty() {
         name.to_vec()
     } else {
@@ -283,7 +284,8 @@ fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     }
 }
 
-fn parent_and_name(path: &[u8]) -> (&[u8], &[u8]) {
+/// A path's directory (`""`: the root) and last name.
+pub fn parent_and_name(path: &[u8]) -> (&[u8], &[u8]) {
     match path.iter().rposition(|b| *b == b'/') {
         Some(i) => (&path[..i], &path[i + 1..]),
         None => (&[], path),

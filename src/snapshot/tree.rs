@@ -237,7 +237,9 @@ pub fn entry_heap_bytes(path: &[u8], (m, n): &(Meta, Node)) -> u64 {
     per + (path.len() + m.xattrs.len() * 48 + x + body) as u64
 }
 
-/// Inode number -> every path of it in `tree` (hard links share one).
+/// Inode number -> every path of it in `tree` (hard links share one):
+/// what tests check `capture::ino_index` against.
+#[cfg(test)]
 pub fn ino_index(tree: &Tree) -> std::collections::HashMap<u64, Vec<Vec<u8>>> {
     let mut m: std::collections::HashMap<u64, Vec<Vec<u8>>> = std::collections::HashMap::new();
     for (p, (meta, _)) in &tree.entries {

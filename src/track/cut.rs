@@ -20,6 +20,7 @@ use super::gate::Gate;
 use super::journal::{FileDirty, FileKey, Journal};
 use super::pins::DirPins;
 use crate::error::{Error, Result};
+use crate::snapshot::dirs::join;
 use crate::snapshot::manifest::{Meta, Node};
 use crate::snapshot::{Tree, SNAPSHOTS_DIR};
 use crate::util::{sys, time};
@@ -102,63 +103,6 @@ pub trait BaseLookup {
     fn file_of(&self, ino: u64) -> Option<(Meta, u64, bool)>;
     /// Whether inode `ino` is a directory at its first path.
     fn ino_is_dir(&self, ino: u64) -> bool;
-}
-
-/// A whole tree with its inode index, as a [`BaseLookup`].
-pub struct BaseIndex<'t> {
-    pub tree: &'t Tree,
-    /// Inode number -> paths in the tree (in order).
-    pub by_ino: std::borrow::Cow<'t, HashMap<u64, Vec<Vec<u8>>>>,
-}
-
-impl<'t> BaseIndex<'t> {
-    pub fn new(tree: &'t Tree) -> BaseIndex<'t> {
-        BaseIndex {
-            tree,
-            by_ino: std::borrow::Cow::Owned(crate::snapshot::tree::ino_index(tree)),
-        }
-    }
-
-    /// The tree's entry for an inode (the first path), if any.
-    pub fn entry_of(&self, ino: u64) -> Option<(&Vec<u8>, &'t (Meta, Node))> {
-        let p = self.by_ino.get(&ino)?.first()?;
-        self.tree.entries.get_key_value(p)
-    }
-}
-
-impl BaseLookup for BaseIndex<'_> {
-    fn is_empty(&self) -> bool {
-        self.tree.entries.is_empty()
-    }
-
-    fn first_path(&self, ino: u64) -> Option<Vec<u8>> {
-        self.by_ino.get(&ino)?.first().cloned()
-    }
-
-    fn ino_at(&self, path: &[u8]) -> Option<u64> {
-        self.tree.get(path).map(|(m, _)| m.ino)
-    }
-
-    fn is_dir(&self, path: &[u8]) -> bool {
-        matches!(self.tree.get(path), Some((_, Node::Dir)))
-    }
-
-    fn child_names(&self, dir: &[u8]) -> Vec<Vec<u8>> {
-        self.tree.children(dir).map(|(n, _)| n.to_vec()).collect()
-    }
-
-    fn file_of(&self, ino: u64) -> Option<(Meta, u64, bool)> {
-        match self.entry_of(ino)? {
-            (_, (meta, Node::File { size, link, .. })) => {
-                Some((meta.clone(), *size, link.is_some()))
-            }
-            _ => None,
-        }
-    }
-
-    fn ino_is_dir(&self, ino: u64) -> bool {
-        matches!(self.entry_of(ino), Some((_, (_, Node::Dir))))
-    }
 }
 
 fn io(op: &'static str, e: rustix::io::Errno) -> Error {
@@ -303,14 +247,6 @@ fn path_of(fd: &OwnedFd, backing: &Path) -> Option<Vec<u8>> {
     }
     let rel = link.strip_prefix(backing).ok()?;
     Some(rel.as_os_str().as_bytes().to_vec())
-}
-
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    if dir.is_empty() {
-        name.to_vec()
-    } else {
-        [dir, b"/", name].concat()
-    }
 }
 
 /// Which blocks of a changed file the snapshot must read: the written

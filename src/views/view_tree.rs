@@ -27,7 +27,9 @@ use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::repo::Repository;
-use crate::snapshot::dirs::{self, DNode, DirObject, DirRef, Objects, Root, Stored, MAX_DEPTH};
+use crate::snapshot::dirs::{
+    self, join, DNode, DirObject, DirRef, Objects, Root, Stored, MAX_DEPTH,
+};
 use crate::snapshot::manifest::Meta;
 use crate::snapshot::SnapshotRecord;
 use crate::store::ChunkId;
@@ -170,14 +172,6 @@ pub struct ViewTree {
     /// Hard link groups: link id -> (first node, names), once needed (or
     /// why they could not be found).
     links: Mutex<Option<std::result::Result<Arc<LinkGroups>, String>>>,
-}
-
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    if dir.is_empty() {
-        name.to_vec()
-    } else {
-        [dir, b"/", name].concat()
-    }
 }
 
 fn too_large(rec: &SnapshotRecord) -> Error {
