@@ -870,6 +870,35 @@ fn take(
             if let Err(e) = ctx.track.committed(&info) {
                 tracing::warn!("clearing the journal after snapshot {}: {e}", rec.id);
             }
+            // What this snapshot changed in the references, from the
+            // capture's record of the entries it replaced (a full records
+            // none: the ledger then reads what differs).
+            let delta = match &latest {
+                Some(l) if edits.recording => Some(crate::retention::ledger::from_changes(
+                    l,
+                    &rec,
+                    edits.old.iter().map(|(p, old)| {
+                        (
+                            old.as_ref().map(|e| &e.1),
+                            base.tree().entries.get(p).map(|e| &e.1),
+                        )
+                    }),
+                )),
+                _ => None,
+            };
+            // Test builds check it against the trees' comparison.
+            #[cfg(debug_assertions)]
+            if let (Some(d), Some(l)) = (&delta, &latest) {
+                let want = crate::repo::uncounted(|| {
+                    crate::retention::ledger::compute(repo, Some(l), &rec)
+                });
+                if let Ok(w) = want {
+                    assert_eq!(
+                        d, &w,
+                        "the ledger delta from the edits differs from the trees'"
+                    );
+                }
+            }
             drop(edits);
             base.id = rec.id;
             if base.held_entries() > BASE_HELD_ENTRIES {
@@ -900,6 +929,9 @@ fn take(
                 rec.id,
                 rec.kind_label()
             );
+            drop(s);
+            // For the space accounting (`snapshots`, `stats`, metrics).
+            crate::retention::ledger::note_commit(repo, latest.as_ref(), &rec, delta);
             Ok(rec)
         }
         Err(e) => {

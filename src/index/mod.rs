@@ -282,6 +282,20 @@ impl Index {
         }
     }
 
+    /// Every indexed chunk in id order, one at a time (an index this
+    /// process keeps in memory is sorted first).
+    pub fn chunk_iter(&self) -> Box<dyn Iterator<Item = Result<(ChunkId, Location)>> + '_> {
+        match &self.backend {
+            Backend::Sled { chunks, .. } => Box::new(chunks.iter().map(|r| self.chunk_entry(r))),
+            Backend::Memory { chunks, .. } => {
+                let mut all: Vec<(ChunkId, Location)> =
+                    chunks.read().iter().map(|(k, v)| (*k, *v)).collect();
+                all.sort_unstable_by_key(|(k, _)| k.0);
+                Box::new(all.into_iter().map(Ok))
+            }
+        }
+    }
+
     /// All indexed chunks.
     pub fn chunks(&self) -> Result<Vec<(ChunkId, Location)>> {
         match &self.backend {

@@ -19,6 +19,8 @@
 //!     materialized/        MATERIALIZED (views::materialize: copies of
 //!                          snapshot files served by passthrough)
 //!     unique.json          retention::space::UNIQUE_CACHE (unique sizes)
+//!     ledger/<16 hex>.delta retention::ledger::LEDGER_DIR (the reference
+//!                          ledger: each snapshot's change in references)
 //!   .tmp.<name>.<pid>      TMP_PREFIX (an atomic replacement in progress)
 //! ```
 //! Copy-before-write spill files have no name (`O_TMPFILE`).

@@ -4,6 +4,9 @@
 //!
 //! - `space.rs`: where the space goes (logical, stored and unique bytes per
 //!   snapshot; deduplication and compression; chains)
+//! - `ledger.rs`: the reference ledger, per snapshot the change in the
+//!   chunks it references against the one before (what `space.rs` reads
+//!   instead of the trees)
 //! - `keep.rs`: restic's `--keep-*` rules over snapshot times, by calendar
 //!   buckets in the local time zone, with the reasons each kept snapshot
 //!   stays
@@ -17,5 +20,6 @@ pub mod auto;
 pub mod forget;
 pub mod gc;
 pub mod keep;
+pub mod ledger;
 pub mod remote;
 pub mod space;

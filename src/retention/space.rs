@@ -3,17 +3,19 @@
 //! chunks no other snapshot references: about what forgetting it alone
 //! would free once gc runs); for the repository the stored and logical
 //! totals, deduplication and compression ratios, chunk and pack counts,
-//! and chain lengths. From the index and the snapshots' trees; no chunk
-//! data is read.
+//! and chain lengths. From the index and the reference ledger (what each
+//! snapshot changed); no chunk data is read, and no tree but those of
+//! snapshots the ledger does not cover yet.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
+use super::ledger;
 use crate::error::Result;
 use crate::repo::Repository;
-use crate::snapshot::{Node, SnapshotRecord, Tree};
-use crate::store::ChunkId;
+use crate::snapshot::SnapshotRecord;
+use crate::store::pack::Location;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct SnapshotSpace {
@@ -69,122 +71,104 @@ fn chain_len(rec: &SnapshotRecord, by_id: &HashMap<u64, &SnapshotRecord>) -> u64
     n
 }
 
-/// Where one chunk is referenced, over the snapshots in id order.
-#[derive(Default)]
-struct Life {
-    /// Occurrences in the tree of the snapshot being replayed.
-    here: u32,
-    /// Index of the snapshot since which it is present (while `here > 0`).
-    since: u32,
-    /// Snapshots it was present in, counted when it left.
-    count: u32,
-    /// The first snapshot (index) it was present in.
-    first: u32,
-}
-
-/// Account for every snapshot of `repo`, replaying the snapshots in id
-/// order: the first tree is read whole, then each snapshot only where it
-/// differs from the one before (for snapshots stored as trees, the
-/// directories whose objects differ), so the cost follows the change, not
-/// the files times the snapshots. A chunk's unique owner is the one
-/// snapshot it was present in.
+/// Account for every snapshot of `repo` from the reference ledger
+/// ([`super::ledger`]): its deltas merged by chunk id, joined with the
+/// index walked in the same order. No tree is read (but for the deltas
+/// the ledger lacks, computed from the directories that changed), and
+/// memory follows the number of snapshots, not the chunks. A chunk's
+/// unique owner is the one snapshot it is present in.
 pub fn space(repo: &Repository) -> Result<RepoSpace> {
     let mut all = repo.snapshots()?;
     all.sort_by_key(|r| r.id);
     let by_id: HashMap<u64, &SnapshotRecord> = all.iter().map(|r| (r.id, r)).collect();
-    let index: HashMap<ChunkId, crate::store::pack::Location> =
-        repo.index().chunks()?.into_iter().collect();
-    let stored = |id: &ChunkId| index.get(id).map_or(0, |l| u64::from(l.stored_len));
-    let mut lives: HashMap<ChunkId, Life> = HashMap::new();
+    let n = all.len();
     let mut out = RepoSpace::default();
-    let mut per: Vec<SnapshotSpace> = Vec::with_capacity(all.len());
-    // The replayed snapshot's totals.
-    let (mut files, mut logical, mut chunks, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    // Per snapshot: changes of its chunk count and stored bytes where a
+    // chunk's presence starts and ends.
+    let mut chunks_d = vec![0i64; n + 1];
+    let mut stored_d = vec![0i64; n + 1];
+    let mut unique = vec![0u64; n];
+    let mut packs: HashSet<u64> = HashSet::new();
+    let mut index = repo.index().chunk_iter().peekable();
+    let unreferenced = |out: &mut RepoSpace, packs: &mut HashSet<u64>, l: &Location| {
+        packs.insert(l.pack);
+        if l.kind == crate::store::BlobKind::Chunk {
+            out.unreferenced_chunks += 1;
+            out.unreferenced_bytes += u64::from(l.stored_len);
+        }
+    };
+    let history = ledger::for_each_chunk(repo, &all, &mut |id, p| {
+        // Index entries before this chunk: no snapshot references them.
+        let mut loc = None;
+        loop {
+            let step = match index.peek() {
+                None => break,
+                Some(Err(_)) => None,
+                Some(Ok((k, l))) => Some((k.0.cmp(&id.0), *l)),
+            };
+            match step {
+                None => {
+                    if let Some(Err(e)) = index.next() {
+                        return Err(e);
+                    }
+                }
+                Some((std::cmp::Ordering::Less, l)) => {
+                    unreferenced(&mut out, &mut packs, &l);
+                    index.next();
+                }
+                Some((std::cmp::Ordering::Equal, l)) => {
+                    loc = Some(l);
+                    index.next();
+                    break;
+                }
+                Some((std::cmp::Ordering::Greater, _)) => break,
+            }
+        }
+        let s = loc.map_or(0, |l| u64::from(l.stored_len));
+        for &(a, b) in &p.runs {
+            chunks_d[a] += 1;
+            chunks_d[b] -= 1;
+            stored_d[a] += s as i64;
+            stored_d[b] -= s as i64;
+        }
+        if p.count() == 1 {
+            unique[p.runs[0].0] += s;
+        }
+        if let Some(l) = loc {
+            packs.insert(l.pack);
+            if l.kind == crate::store::BlobKind::Chunk {
+                out.chunks += 1;
+                out.raw_bytes += u64::from(l.raw_len);
+                out.stored_bytes += u64::from(l.stored_len);
+            }
+        }
+        Ok(())
+    })?;
+    for e in index {
+        let (_, l) = e?;
+        unreferenced(&mut out, &mut packs, &l);
+    }
+    let (mut chunks, mut bytes) = (0i64, 0i64);
     for (i, rec) in all.iter().enumerate() {
-        let i = i as u32;
-        let (old, new) = if i == 0 {
-            (Tree::default(), repo.resolve(rec)?)
-        } else {
-            repo.changed_pair(&all[i as usize - 1], rec)?
-        };
-        for (_, node) in old.entries.values() {
-            if let Node::File { size, .. } = node {
-                files -= 1;
-                logical -= size;
-                for id in Tree::blocks_of(node) {
-                    let l = lives.entry(*id).or_default();
-                    l.here = l.here.saturating_sub(1);
-                    if l.here == 0 {
-                        l.count += i - l.since;
-                        chunks -= 1;
-                        bytes -= stored(id);
-                    }
-                }
-            }
-        }
-        for (_, node) in new.entries.values() {
-            if let Node::File { size, .. } = node {
-                files += 1;
-                logical += size;
-                for id in Tree::blocks_of(node) {
-                    let l = lives.entry(*id).or_default();
-                    if l.here == 0 {
-                        if l.count == 0 {
-                            l.first = i;
-                        }
-                        l.since = i;
-                        chunks += 1;
-                        bytes += stored(id);
-                    }
-                    l.here += 1;
-                }
-            }
-        }
+        chunks += chunks_d[i];
+        bytes += stored_d[i];
         let s = SnapshotSpace {
             id: rec.id,
             kind: rec.kind_label(),
             chain_len: chain_len(rec, &by_id),
-            files,
-            logical_bytes: logical,
-            chunks,
-            stored_bytes: bytes,
-            unique_bytes: 0,
+            files: history.files[i],
+            logical_bytes: history.logical[i],
+            chunks: chunks.max(0) as u64,
+            stored_bytes: bytes.max(0) as u64,
+            unique_bytes: unique[i],
         };
         *out.snapshots_by_kind.entry(s.kind.clone()).or_default() += 1;
         out.logical_bytes += s.logical_bytes;
         out.longest_chain = out.longest_chain.max(s.chain_len);
-        per.push(s);
+        out.snapshots.push(s);
     }
-    let n = all.len() as u32;
-    for (id, l) in &lives {
-        let count = l.count + if l.here > 0 { n - l.since } else { 0 };
-        if count == 1 {
-            per[l.first as usize].unique_bytes += stored(id);
-        }
-    }
-    let refs: HashSet<&ChunkId> = lives
-        .iter()
-        .filter(|(_, l)| l.count > 0 || l.here > 0)
-        .map(|(id, _)| id)
-        .collect();
-    out.snapshots = per;
     if repo.is_writable() {
-        store_unique(repo, &all, &out);
-    }
-    let mut packs = HashSet::new();
-    for (id, l) in &index {
-        packs.insert(l.pack);
-        if l.kind != crate::store::BlobKind::Chunk {
-            continue;
-        }
-        if refs.contains(id) {
-            out.chunks += 1;
-            out.raw_bytes += u64::from(l.raw_len);
-            out.stored_bytes += u64::from(l.stored_len);
-        } else {
-            out.unreferenced_chunks += 1;
-            out.unreferenced_bytes += u64::from(l.stored_len);
-        }
+        store_unique(repo, &all, &out.snapshots);
     }
     out.packs = packs.len() as u64;
     out.pack_bytes = packs
@@ -225,10 +209,10 @@ fn cache_dir(repo: &Repository) -> Result<crate::util::dirfd::Dir> {
         .ensure_dir(crate::repo::layout::CACHE, crate::repo::layout::DIR_MODE)
 }
 
-fn store_unique(repo: &Repository, all: &[SnapshotRecord], s: &RepoSpace) {
+fn store_unique(repo: &Repository, all: &[SnapshotRecord], s: &[SnapshotSpace]) {
     let c = UniqueCache {
         key: records_key(all),
-        unique: s.snapshots.iter().map(|x| (x.id, x.unique_bytes)).collect(),
+        unique: s.iter().map(|x| (x.id, x.unique_bytes)).collect(),
     };
     let r = serde_json::to_vec(&c)
         .map_err(|e| crate::error::Error::InvalidInput(e.to_string()))
@@ -255,6 +239,29 @@ pub fn unique_bytes(repo: &Repository) -> Result<HashMap<u64, u64>> {
     if let Some(c) = cached.filter(|c| c.key == key) {
         return Ok(c.unique.into_iter().collect());
     }
-    let s = space(repo)?;
-    Ok(s.snapshots.iter().map(|x| (x.id, x.unique_bytes)).collect())
+    // From the ledger, looking up only the chunks a single snapshot holds.
+    let mut sorted = all.clone();
+    sorted.sort_by_key(|r| r.id);
+    let mut unique = vec![0u64; sorted.len()];
+    ledger::for_each_chunk(repo, &sorted, &mut |id, p| {
+        if p.count() == 1 {
+            if let Some(l) = repo.index().get_chunk(id)? {
+                unique[p.runs[0].0] += u64::from(l.stored_len);
+            }
+        }
+        Ok(())
+    })?;
+    let per: Vec<SnapshotSpace> = sorted
+        .iter()
+        .zip(&unique)
+        .map(|(r, u)| SnapshotSpace {
+            id: r.id,
+            unique_bytes: *u,
+            ..Default::default()
+        })
+        .collect();
+    if repo.is_writable() {
+        store_unique(repo, &all, &per);
+    }
+    Ok(per.iter().map(|x| (x.id, x.unique_bytes)).collect())
 }

@@ -766,6 +766,51 @@ pub fn walk_new(
     Ok(())
 }
 
+/// Every file entry below `root` (each name of a hard link once), with
+/// its size and block ids, reading one directory at a time: what a walk
+/// of a whole tree costs without holding it. The totals are checked
+/// against the root's reference as [`read_tree`] checks them.
+pub fn walk_files(
+    store: &dyn Objects,
+    root: &Root,
+    visit: &mut dyn FnMut(u64, &[ChunkId]),
+) -> Result<()> {
+    let bs = root.block_size;
+    let mut stack = vec![(root.dir.clone(), 0usize)];
+    let (mut entries, mut bytes) = (0u64, 0u64);
+    while let Some((r, depth)) = stack.pop() {
+        if depth > MAX_DEPTH {
+            return Err(Error::Corrupt(format!(
+                "the tree is deeper than {MAX_DEPTH} directories"
+            )));
+        }
+        for e in load_dir(store, &r, bs)?.entries {
+            entries += 1;
+            match e.node {
+                DNode::Dir(sub) => stack.push((sub, depth + 1)),
+                DNode::File {
+                    size,
+                    blocks,
+                    segments,
+                    ..
+                } => {
+                    bytes += size;
+                    let ids = file_blocks(store, size, blocks, &segments, bs)?;
+                    visit(size, &ids);
+                }
+                DNode::Symlink { .. } | DNode::Special { .. } => {}
+            }
+        }
+    }
+    if (entries, bytes) != (root.dir.entries, root.dir.bytes) {
+        return Err(Error::Corrupt(format!(
+            "the tree holds {entries} entries of {bytes} bytes, its reference says {} of {}",
+            root.dir.entries, root.dir.bytes
+        )));
+    }
+    Ok(())
+}
+
 /// The entry at `path` below `root`, reading only the directories on the
 /// way (`None`: no such entry). The root itself is `path` `""`.
 pub fn lookup(
