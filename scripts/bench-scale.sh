@@ -50,7 +50,9 @@
 #                          snapshot through MNT/.snapshots/NAME/dXXX/dXXXXX;
 #                          nothing of either snapshot was opened through the
 #                          mount, nor read by another command, before
-#   snapshots              `rewindfs snapshots -C MNT`
+#   snapshots              `rewindfs snapshots -C MNT`: the first call right
+#                          after the 100-file incremental (unique sizes not
+#                          cached), then the median of ROUNDS
 #   diff                   `rewindfs diff` of the two newest snapshots
 #                          (adjacent: 100 files changed) and of the oldest and
 #                          newest (distant)
@@ -226,6 +228,9 @@ print(s["stored_bytes"], m if ok else "n/a")
 PY
 )
   put incr100_stored_b "$sb"; put incr100_manifest_b "$mb"
+  # The first listing after a new snapshot: its unique sizes are not
+  # cached yet (computed from the reference ledger).
+  t=$(cold "$rw" snapshots -C "$mnt"); put snapshots_first_ms "$(ms "$t")"
   sleep 1
   sleep 3  # idle: the daemon returns freed memory 2 s after its last request
   put rss_steady_mib "$(awk -v k="$(proc "$pid" VmRSS)" 'BEGIN { print k / 1024 }')"
@@ -306,6 +311,7 @@ rows = [
     ("incr100_manifest_b", "incremental of 100 files, manifest bytes stored", "n"),
     ("ls_old_ms", "first `ls -l` of 100 entries, oldest snapshot (ms)", "ms"),
     ("ls_new_ms", "first `ls -l` of 100 entries, newest snapshot (ms)", "ms"),
+    ("snapshots_first_ms", "`snapshots`, first call after a new snapshot (ms)", "ms"),
     ("snapshots_ms", f"`snapshots` ({int(snaps) + 2} snapshots) (ms)", "ms"),
     ("diff_adj_ms", "`diff` adjacent snapshots (100 files changed) (ms)", "ms"),
     ("diff_far_ms", "`diff` oldest vs newest (ms)", "ms"),

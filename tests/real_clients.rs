@@ -834,3 +834,145 @@ fn an_incremental_reads_only_the_directories_it_changes() {
     }
     m.umount();
 }
+
+/// Issue 28: a mount over a repository whose latest snapshot is a tree
+/// of directory objects checks the backing directory against it one
+/// directory at a time: the flusher is left holding the root, not the
+/// tree, and reads each directory object once. Everything changed while
+/// unmounted (a file rewritten, added, removed; a nested subtree
+/// removed; a directory replaced by a file and a file by a directory; a
+/// new hard link; a new directory) is in the next snapshot, which
+/// restores to exactly the backing directory. (A directory created where
+/// a file was, with a removed directory's inode number, used to be taken
+/// for that directory moved: its own entries were lost.)
+#[test]
+fn a_remount_checks_the_latest_snapshot_one_directory_at_a_time() {
+    let (tmp, backing, mnt, repo) = mount_dirs();
+    let r = repo.to_str().unwrap();
+    for d in 0..30 {
+        let dir = backing.join(format!("d{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..20 {
+            fs::write(dir.join(format!("f{f:02}")), format!("{d}/{f}")).unwrap();
+        }
+    }
+    fs::create_dir_all(backing.join("deep/a/b/c")).unwrap();
+    fs::write(backing.join("deep/a/b/c/leaf"), b"leaf").unwrap();
+    fs::write(backing.join("deep/a/top"), b"top").unwrap();
+    fs::create_dir_all(backing.join("was_dir/sub")).unwrap();
+    fs::write(backing.join("was_dir/sub/x"), b"x").unwrap();
+    fs::write(backing.join("was_file"), b"file").unwrap();
+    fs::hard_link(backing.join("d00/f00"), backing.join("d01/link")).unwrap();
+    std::os::unix::fs::symlink("d00/f01", backing.join("sym")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let args = ["--repo", r, "--every", "off", "--full-every", "off"];
+    let m = DaemonMount::start(&backing, &mnt, &args);
+    ok(&repo, &["snapshot", "--kind", "full"]);
+    m.umount();
+    // Behind the mount's back.
+    fs::write(backing.join("d03/f05"), b"rewritten outside").unwrap();
+    fs::write(backing.join("d04/new"), b"new file").unwrap();
+    fs::remove_file(backing.join("d05/f06")).unwrap();
+    fs::remove_dir_all(backing.join("deep/a")).unwrap();
+    fs::remove_dir_all(backing.join("was_dir")).unwrap();
+    fs::write(backing.join("was_dir"), b"now a file").unwrap();
+    fs::remove_file(backing.join("was_file")).unwrap();
+    fs::create_dir_all(backing.join("was_file/inner")).unwrap();
+    fs::write(backing.join("was_file/inner/y"), b"y").unwrap();
+    fs::hard_link(backing.join("d02/f02"), backing.join("d06/link2")).unwrap();
+    fs::create_dir_all(backing.join("fresh")).unwrap();
+    fs::write(backing.join("fresh/z"), b"z").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let m = DaemonMount::start(&backing, &mnt, &args);
+    let changed = startup_changed(&repo);
+    assert!(changed >= 6, "{changed} files flagged at remount");
+    let st = common::status(&repo);
+    let held = st["flusher"]["tree_entries"].as_u64().unwrap();
+    assert!(
+        held <= 1,
+        "the mount-time check left {held} entries of the tree in memory"
+    );
+    // 30 + deep, deep/a, deep/a/b, deep/a/b/c, was_dir, was_dir/sub and
+    // the root: 37 directories, each read once.
+    let read = st["dir_objects_read"].as_u64().unwrap();
+    assert!(
+        read <= 37,
+        "the mount-time check read {read} directory objects"
+    );
+    ok(&repo, &["snapshot", "--kind", "incremental"]);
+    let out = tmp.path().join("restored");
+    ok(&repo, &["restore", "latest", "--to", out.to_str().unwrap()]);
+    common::assert_same(
+        &common::model(&backing),
+        &common::model(&out),
+        "the snapshot after a remount",
+    );
+    m.umount();
+}
+
+/// File systems give a removed object's inode number to the next one
+/// created: a directory (or file) removed and another created through
+/// the mount between two snapshots may share a number, and the base
+/// knows that number as the old object's. The capture must take nothing
+/// of the old object for the new one (its entries, a sparse file's
+/// holes): objects the journal saw created come whole from the backing
+/// directory. (Found at remount, where nothing else corrected it: see
+/// the test above; this one keeps the live path honest.) Several rounds,
+/// each checked by a restore; the test asserts that numbers really were
+/// reused.
+#[test]
+fn objects_that_reuse_a_removed_ones_inode_number_are_captured_whole() {
+    use std::os::unix::fs::MetadataExt;
+    let (tmp, backing, mnt, repo) = mount_dirs();
+    let r = repo.to_str().unwrap();
+    let args = ["--repo", r, "--every", "off", "--full-every", "off"];
+    let m = DaemonMount::start(&backing, &mnt, &args);
+    for d in 0..20 {
+        let dir = mnt.join(format!("old{d:02}"));
+        fs::create_dir(&dir).unwrap();
+        for f in 0..5 {
+            fs::write(dir.join(format!("f{f}")), common::bytes(d * 10 + f, 70_000)).unwrap();
+        }
+    }
+    ok(&repo, &["snapshot", "--kind", "full"]);
+    let mut reused = 0;
+    for round in 0..4u64 {
+        let mut gone = std::collections::HashSet::new();
+        for d in 0..5 {
+            let dir = mnt.join(format!("old{:02}", round * 5 + d));
+            for e in fs::read_dir(&dir).unwrap() {
+                gone.insert(e.unwrap().metadata().unwrap().ino());
+            }
+            gone.insert(fs::metadata(&dir).unwrap().ino());
+            fs::remove_dir_all(&dir).unwrap();
+        }
+        for d in 0..5 {
+            let dir = mnt.join(format!("new{round}-{d}"));
+            fs::create_dir(&dir).unwrap();
+            fs::write(dir.join("a"), format!("new {round} {d}")).unwrap();
+            // Sparse: only its last block written.
+            let f = fs::File::create(dir.join("sparse")).unwrap();
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(b"tail", 3 * 65536 + 10).unwrap();
+            drop(f);
+            for p in [dir.clone(), dir.join("a"), dir.join("sparse")] {
+                if gone.contains(&fs::metadata(&p).unwrap().ino()) {
+                    reused += 1;
+                }
+            }
+        }
+        ok(&repo, &["snapshot", "--kind", "incremental"]);
+        let out = tmp.path().join(format!("restored{round}"));
+        ok(&repo, &["restore", "latest", "--to", out.to_str().unwrap()]);
+        common::assert_same(
+            &common::model(&backing),
+            &common::model(&out),
+            &format!("round {round}"),
+        );
+    }
+    assert!(
+        reused > 0,
+        "no inode number was reused: the test proves nothing here"
+    );
+    m.umount();
+}

@@ -29,11 +29,12 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::error::{Error, Result};
-use crate::snapshot::dirs::{join, parent_and_name, DirMemo, Objects};
-use crate::snapshot::manifest::{display_path, Meta, Node};
+use crate::snapshot::dirs::{join, load_dir, parent_and_name, DNode, DirMemo, Objects, Root};
+use crate::snapshot::manifest::{display_path, Blocks, Meta, Node};
 use crate::snapshot::tree::entry_heap_bytes;
 use crate::snapshot::Tree;
 use crate::track::cut::BaseLookup;
+use crate::track::reconcile::{DirEntries, SnapshotDirs};
 
 use super::ino_index::InoIndex;
 
@@ -385,6 +386,126 @@ impl BaseTree {
         for (p, old) in edits.old {
             self.put(&mut scratch, &p, old);
         }
+    }
+}
+
+/// The latest snapshot read one directory at a time for the mount-time
+/// check ([`SnapshotDirs`]). As it goes it records every directory's
+/// reference (the [`DirMemo`] captures read a partly loaded base
+/// through), the inode index and the counts of the whole tree, so that
+/// the check leaves a base holding its root instead of the tree.
+/// Directories the backing directory no longer has are read too
+/// ([`SnapshotDirs::not_walked`]): the index covers every entry.
+pub struct StoredBase<'s> {
+    store: &'s dyn Objects,
+    root: Root,
+    memo: DirMemo,
+    index: InoIndex,
+    counts: Counts,
+    /// Directories whose entries were counted (each once).
+    counted: HashSet<Vec<u8>>,
+}
+
+impl<'s> StoredBase<'s> {
+    pub fn new(store: &'s dyn Objects, root: Root) -> StoredBase<'s> {
+        let mut memo = DirMemo::default();
+        memo.insert(Vec::new(), root.dir.clone());
+        let mut s = StoredBase {
+            store,
+            memo,
+            index: InoIndex::builder(),
+            counts: Counts::default(),
+            counted: HashSet::new(),
+            root,
+        };
+        if let Some(m) = &s.root.meta {
+            let e = (m.clone(), Node::Dir);
+            s.index.push(m.ino, b"");
+            s.counts.add(b"", &e, 1);
+        }
+        s
+    }
+
+    /// The entries of directory `dir` (file block lists as far as they
+    /// are inline: segments are not read), counted the first time.
+    fn read(&mut self, dir: &[u8]) -> Result<DirEntries> {
+        let Some(r) = self.memo.get(dir).cloned() else {
+            return Ok(Vec::new());
+        };
+        let d = load_dir(self.store, &r, self.root.block_size)?;
+        let count = self.counted.insert(dir.to_vec());
+        let mut out = Vec::with_capacity(d.entries.len());
+        for e in d.entries {
+            let path = join(dir, &e.name);
+            let node = match e.node {
+                DNode::Dir(sub) => {
+                    self.memo.insert(path.clone(), sub);
+                    Node::Dir
+                }
+                DNode::File {
+                    size, blocks, link, ..
+                } => Node::File {
+                    size,
+                    blocks: Blocks::Full(blocks),
+                    link,
+                },
+                DNode::Symlink { target } => Node::Symlink { target },
+                DNode::Special { rdev } => Node::Special { rdev },
+            };
+            let entry = (e.meta, node);
+            if count {
+                self.index.push(entry.0.ino, &path);
+                self.counts.add(&path, &entry, 1);
+            }
+            out.push((e.name, entry));
+        }
+        Ok(out)
+    }
+
+    /// The base the check leaves (snapshot `id`, its root held) and the
+    /// references of its directories.
+    pub fn finish(self, id: u64) -> (BaseTree, DirMemo) {
+        let mut tree = Tree {
+            block_size: self.root.block_size,
+            entries: BTreeMap::new(),
+        };
+        if let Some(m) = self.root.meta {
+            tree.entries.insert(Vec::new(), (m, Node::Dir));
+        }
+        let base = BaseTree {
+            id,
+            tree,
+            loaded: Some(HashSet::new()),
+            index: self.index.finish(),
+            counts: self.counts,
+            racy_limit: None,
+        };
+        (base, self.memo)
+    }
+}
+
+impl SnapshotDirs for StoredBase<'_> {
+    fn root(&mut self) -> Option<(Meta, Node)> {
+        self.root.meta.clone().map(|m| (m, Node::Dir))
+    }
+
+    fn children(&mut self, dir: &[u8]) -> Result<DirEntries> {
+        self.read(dir)
+    }
+
+    fn not_walked(&mut self, dir: &[u8]) -> Result<()> {
+        let mut stack = vec![dir.to_vec()];
+        while let Some(d) = stack.pop() {
+            if self.counted.contains(&d) {
+                continue;
+            }
+            for (name, (_, n)) in self.read(&d)? {
+                if matches!(n, Node::Dir) {
+                    stack.push(join(&d, &name));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -42,21 +42,35 @@ impl InoIndex {
     }
 
     fn from_pairs<'p>(n: usize, pairs: impl Iterator<Item = (u64, &'p [u8])>) -> InoIndex {
-        let mut sorted = Vec::with_capacity(n);
-        let mut arena = Vec::new();
-        for (ino, p) in pairs {
-            // (A path is far shorter than 4 GiB: a tree is at most
-            // MAX_DEPTH directories deep.)
-            let len = u32::try_from(p.len()).unwrap_or(u32::MAX);
-            sorted.push((ino, arena.len() as u64, len));
-            arena.extend_from_slice(&p[..len as usize]);
-        }
         let mut ix = InoIndex {
-            len: sorted.len() as u64,
-            sorted,
-            arena,
-            changed: HashMap::new(),
+            sorted: Vec::with_capacity(n),
+            ..Default::default()
         };
+        for (ino, p) in pairs {
+            ix.push(ino, p);
+        }
+        ix.finish()
+    }
+
+    /// An index built entry by entry ([`InoIndex::push`], then
+    /// [`InoIndex::finish`]): for a tree read one directory at a time.
+    pub fn builder() -> InoIndex {
+        InoIndex::default()
+    }
+
+    /// Add a path while building (before [`InoIndex::finish`]).
+    pub fn push(&mut self, ino: u64, p: &[u8]) {
+        // (A path is far shorter than 4 GiB: a tree is at most
+        // MAX_DEPTH directories deep.)
+        let len = u32::try_from(p.len()).unwrap_or(u32::MAX);
+        self.sorted.push((ino, self.arena.len() as u64, len));
+        self.arena.extend_from_slice(&p[..len as usize]);
+    }
+
+    /// Sort what was pushed.
+    pub fn finish(self) -> InoIndex {
+        let mut ix = self;
+        ix.len = ix.sorted.len() as u64;
         let arena = std::mem::take(&mut ix.arena);
         ix.sorted
             .sort_unstable_by(|a, b| (a.0, slice(&arena, a)).cmp(&(b.0, slice(&arena, b))));

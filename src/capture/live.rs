@@ -66,8 +66,8 @@ fn tree_at_cut(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
     let mut taken: Vec<Taken> = Vec::with_capacity(req.cut.edges.len());
     for e in &req.cut.edges {
         let from = match &e.child {
-            Some(c) => n.first_path(c.key.ino),
-            None => None,
+            Some(c) if !e.new => n.first_path(c.key.ino),
+            _ => None,
         };
         if let Some(q) = &from {
             n.ensure_parent(ld, q)?;

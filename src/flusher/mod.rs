@@ -26,12 +26,13 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::capture;
-use crate::capture::base_tree::{BaseTree, Edits, LazyLookup, Loader};
+use crate::capture::base_tree::{BaseTree, Edits, LazyLookup, Loader, StoredBase};
 use crate::error::{Error, Result};
 use crate::repo::{NextRunStatus, Planned, Repository, SnapshotDraft};
 use crate::snapshot::dirs::DirMemo;
 use crate::snapshot::{Kind, SnapshotRecord, Tree};
 use crate::track::cut;
+use crate::track::reconcile::ReconcileReport;
 use crate::track::{FileKey, Freezer, FsEvent, Objects};
 use crate::util::time;
 pub use events::{Broadcast, Event};
@@ -211,14 +212,16 @@ struct Report {
 
 fn run(ctx: FlusherCtx, rx: Receiver<Cmd>, ev_rx: Receiver<FsEvent>, out: Report) {
     let status = &out.status;
-    // The latest tree the check resolved is the next snapshot's base: a
-    // session that takes one snapshot (at unmount) reads the chain of
-    // manifests once, at mount, not again at unmount.
+    // What the check read of the latest snapshot is the next snapshot's
+    // base: its root and directory references (or, for an older format,
+    // the tree it resolved, so that a session taking one snapshot reads
+    // the chain of manifests once).
     let mut trees = Trees::default();
     let msg = match startup_check(&ctx) {
         Ok(None) => "done: no snapshot yet".to_string(),
-        Ok(Some((r, latest))) => {
-            trees.latest = Some(BaseTree::new(latest.0, latest.1));
+        Ok(Some((r, base, memo))) => {
+            trees.memo = memo.map(|m| (base.id, m));
+            trees.latest = Some(base);
             note_trees(&trees, status);
             format!(
             "done: {} entries checked, {} files and {} directories changed since the latest snapshot",
@@ -407,18 +410,18 @@ fn nudge_quiet(
     status.lock().retention = Some(rs);
 }
 
-/// Compare the backing directory with the latest snapshot and mark what
-/// differs in the journal (see `track::reconcile`).
-/// The mount-time check against the latest snapshot: its report, and the
-/// latest snapshot's id and tree.
-fn startup_check(
-    ctx: &FlusherCtx,
-) -> Result<Option<(crate::track::reconcile::ReconcileReport, (u64, Tree))>> {
+/// The mount-time check: compare the backing directory with the latest
+/// snapshot and mark what differs in the journal (see
+/// `track::reconcile`). Returns its report and the next capture's base:
+/// for a snapshot stored as a tree, read one directory at a time, the
+/// base holds only its root, with the references of every directory
+/// (memory follows the largest directory, and the next capture reads
+/// what it touches); an older format is resolved whole.
+fn startup_check(ctx: &FlusherCtx) -> Result<Option<(ReconcileReport, BaseTree, Option<DirMemo>)>> {
     let all = ctx.repo.snapshots()?;
     let Some(latest) = all.iter().max_by_key(|r| r.id) else {
         return Ok(None);
     };
-    let tree = ctx.repo.resolve(latest)?;
     let root = rustix::fs::openat(
         rustix::fs::CWD,
         &ctx.backing,
@@ -426,8 +429,19 @@ fn startup_check(
         rustix::fs::Mode::empty(),
     )
     .map_err(|e| Error::io("open", &ctx.backing, e.into()))?;
-    let report = ctx.track.reconcile(root, &tree, ctx.hidden)?;
-    Ok(Some((report, (latest.id, tree))))
+    match ctx.repo.load_stored(latest)? {
+        crate::snapshot::dirs::Stored::Tree(r) => {
+            let mut stored = StoredBase::new(&*ctx.repo, r);
+            let report = ctx.track.reconcile(root, &mut stored, ctx.hidden)?;
+            let (base, memo) = stored.finish(latest.id);
+            Ok(Some((report, base, Some(memo))))
+        }
+        crate::snapshot::dirs::Stored::Changes(_) => {
+            let tree = ctx.repo.resolve(latest)?;
+            let report = ctx.track.reconcile(root, &mut &tree, ctx.hidden)?;
+            Ok(Some((report, BaseTree::new(latest.id, tree), None)))
+        }
+    }
 }
 
 /// About how many bytes changed since the latest snapshot: the journal's

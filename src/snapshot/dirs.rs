@@ -313,6 +313,12 @@ impl DirMemo {
     pub fn get(&self, path: &[u8]) -> Option<&DirRef> {
         self.refs.get(path)
     }
+
+    /// Record the reference of the directory at `path` (of a stored
+    /// tree being read).
+    pub fn insert(&mut self, path: Vec<u8>, r: DirRef) {
+        self.refs.insert(path, r);
+    }
 }
 
 /// Read the directory object `r` (the directory at `dir`) and add its

@@ -59,6 +59,10 @@ pub struct Edge {
     /// The directory holding the entry.
     pub dir: FileKey,
     pub child: Option<ObjState>,
+    /// The journal says the object was created since the base: nothing
+    /// of it comes from the base, even if the base knows its inode
+    /// number (file systems reuse the numbers of removed objects).
+    pub new: bool,
 }
 
 pub struct CutInfo {
@@ -255,7 +259,9 @@ fn path_of(fd: &OwnedFd, backing: &Path) -> Option<Vec<u8>> {
 /// size the file was truncated to. A file the base does not have is read
 /// entirely.
 pub fn need_of(fd: &FileDirty, base_size: Option<u64>, cut_size: u64, block_size: u64) -> Need {
-    let Some(base_size) = base_size else {
+    // A file created since the base is read whole, even when the base
+    // knows its inode number (a removed file's, reused).
+    let Some(base_size) = base_size.filter(|_| !fd.file.created) else {
         return Need::All;
     };
     let n = cut_size.div_ceil(block_size);
@@ -347,6 +353,11 @@ pub(super) fn cut(
         }
         dirs.sort_by_key(|(k, _)| **k);
         let mut listed: Vec<(Vec<u8>, Arc<OwnedFd>, FileKey)> = Vec::new();
+        let created: HashSet<FileKey> = frozen
+            .iter()
+            .filter(|(_, d)| d.file.created)
+            .map(|(k, _)| *k)
+            .collect();
         for (key, d) in dirs {
             let Some(dfd) = find_fd(key) else { continue };
             let Some(dpath) = (if *key == root_key {
@@ -370,6 +381,7 @@ pub(super) fn cut(
                     &mut edges,
                     &mut states,
                     &mut listed,
+                    &created,
                 )?;
             }
         }
@@ -378,7 +390,14 @@ pub(super) fn cut(
         // journal knows the new entries but not the directory. Add its
         // topmost unknown ancestor as a new directory (listed in full
         // below), so the snapshot never holds an entry without its parent.
-        add_missing_parents(&root_fd, req, &mut edges, &mut states, &mut listed)?;
+        add_missing_parents(
+            &root_fd,
+            req,
+            &mut edges,
+            &mut states,
+            &mut listed,
+            &created,
+        )?;
         // New directories: everything below them is new.
         while let Some((dpath, dfd, dkey)) = listed.pop() {
             for name in list_names(&dfd)? {
@@ -390,6 +409,7 @@ pub(super) fn cut(
                     &mut edges,
                     &mut states,
                     &mut listed,
+                    &created,
                 )?;
             }
         }
@@ -630,6 +650,7 @@ fn add_missing_parents(
     edges: &mut Vec<Edge>,
     states: &mut HashMap<FileKey, ObjState>,
     listed: &mut Vec<(Vec<u8>, Arc<OwnedFd>, FileKey)>,
+    created: &HashSet<FileKey>,
 ) -> Result<()> {
     let parents: BTreeSet<Vec<u8>> = edges
         .iter()
@@ -684,6 +705,7 @@ fn add_missing_parents(
             edges,
             states,
             listed,
+            created,
         )?;
     }
     Ok(())
@@ -719,6 +741,7 @@ fn edge_at(
     edges: &mut Vec<Edge>,
     states: &mut HashMap<FileKey, ObjState>,
     listed: &mut Vec<(Vec<u8>, Arc<OwnedFd>, FileKey)>,
+    created: &HashSet<FileKey>,
 ) -> Result<()> {
     let path = join(dpath, name);
     if dpath.is_empty() && name == SNAPSHOTS_DIR.as_bytes() {
@@ -731,7 +754,9 @@ fn edge_at(
                 return Ok(());
             }
             if s.kind == ObjKind::Dir {
-                let known = req.base.ino_is_dir(s.key.ino);
+                // A directory the base holds (moved here, or unchanged),
+                // unless it is a new one that got a removed one's number.
+                let known = req.base.ino_is_dir(s.key.ino) && !created.contains(&s.key);
                 if !known {
                     listed.push((path.clone(), Arc::new(fd), s.key));
                 }
@@ -742,10 +767,12 @@ fn edge_at(
         Err(rustix::io::Errno::NOENT) => None,
         Err(e) => return Err(io("stat", e)),
     };
+    let new = child.as_ref().is_some_and(|c| created.contains(&c.key));
     edges.push(Edge {
         path,
         dir: dkey,
         child,
+        new,
     });
     Ok(())
 }

@@ -364,10 +364,10 @@ impl Freezer {
     pub fn reconcile(
         &self,
         root: OwnedFd,
-        tree: &crate::snapshot::Tree,
+        snap: &mut dyn reconcile::SnapshotDirs,
         skip: Option<FileKey>,
     ) -> Result<reconcile::ReconcileReport> {
-        let r = reconcile::mark_changes_since(root, tree, &self.state.journal, skip)?;
+        let r = reconcile::mark_changes_since(root, snap, &self.state.journal, skip)?;
         self.state.journal.flush()?;
         Ok(r)
     }

@@ -23,7 +23,18 @@ pub struct WalkEntry<'a> {
 /// Walk everything below `root`, calling `visit` for each entry in name
 /// order within each directory. For a directory, `visit` returns whether
 /// to descend into it.
-pub fn walk(root: OwnedFd, mut visit: impl FnMut(&WalkEntry<'_>) -> Result<bool>) -> Result<()> {
+pub fn walk(root: OwnedFd, visit: impl FnMut(&WalkEntry<'_>) -> Result<bool>) -> Result<()> {
+    walk_dirs(root, visit, |_, _| Ok(()))
+}
+
+/// [`walk`], calling `done` with each directory's path (`""` for the
+/// root) and descriptor once all its entries were visited, before any
+/// other directory's entries: a directory is seen whole, one at a time.
+pub fn walk_dirs(
+    root: OwnedFd,
+    mut visit: impl FnMut(&WalkEntry<'_>) -> Result<bool>,
+    mut done: impl FnMut(&[u8], &OwnedFd) -> Result<()>,
+) -> Result<()> {
     let mut stack: Vec<(OwnedFd, Vec<u8>)> = vec![(root, Vec::new())];
     while let Some((dfd, dpath)) = stack.pop() {
         let mut names = Vec::new();
@@ -70,6 +81,7 @@ pub fn walk(root: OwnedFd, mut visit: impl FnMut(&WalkEntry<'_>) -> Result<bool>
                 subdirs.push((fd, path));
             }
         }
+        done(&dpath, &dfd)?;
         // Reverse so the stack pops subdirectories in name order.
         stack.extend(subdirs.into_iter().rev());
     }
