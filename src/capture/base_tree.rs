@@ -404,6 +404,8 @@ pub struct StoredBase<'s> {
     counts: Counts,
     /// Directories whose entries were counted (each once).
     counted: HashSet<Vec<u8>>,
+    /// The latest change time recorded for any entry.
+    max_ctime: i64,
 }
 
 impl<'s> StoredBase<'s> {
@@ -416,9 +418,11 @@ impl<'s> StoredBase<'s> {
             index: InoIndex::builder(),
             counts: Counts::default(),
             counted: HashSet::new(),
+            max_ctime: i64::MIN,
             root,
         };
         if let Some(m) = &s.root.meta {
+            s.max_ctime = m.ctime_ns;
             let e = (m.clone(), Node::Dir);
             s.index.push(m.ino, b"");
             s.counts.add(b"", &e, 1);
@@ -454,6 +458,7 @@ impl<'s> StoredBase<'s> {
             };
             let entry = (e.meta, node);
             if count {
+                self.max_ctime = self.max_ctime.max(entry.0.ctime_ns);
                 self.index.push(entry.0.ino, &path);
                 self.counts.add(&path, &entry, 1);
             }
@@ -478,7 +483,11 @@ impl<'s> StoredBase<'s> {
             loaded: Some(HashSet::new()),
             index: self.index.finish(),
             counts: self.counts,
-            racy_limit: None,
+            // Every entry changed at or after this time (none) is marked
+            // racily clean: a capture need not look at every entry for
+            // racy ones unless the clock went back past a recorded
+            // change (then it does, see capture::live::mark_racy).
+            racy_limit: Some(self.max_ctime.saturating_add(1)),
         };
         (base, self.memo)
     }

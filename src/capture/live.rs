@@ -51,6 +51,12 @@ pub struct CaptureRequest<'a> {
 /// What an edge takes from the base, read before anything changes.
 enum Taken {
     Nothing,
+    /// The directory the base holds at the same path: everything below
+    /// it stays where it is (what changed there has edges of its own),
+    /// so it is neither read nor moved. (A directory listed whole, e.g.
+    /// the root after the mount-time check, has an edge for each of its
+    /// entries: taking each subdirectory's subtree read the whole tree.)
+    InPlace,
     /// A directory known to the base: its entries, by path below it.
     Subtree(Vec<(Vec<u8>, Entry)>),
     /// A file known to the base: its blocks.
@@ -71,7 +77,13 @@ fn tree_at_cut(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
         };
         if let Some(q) = &from {
             n.ensure_parent(ld, q)?;
-            if matches!(n.get(q), Some((_, Node::Dir))) {
+            let base_dir = matches!(n.get(q), Some((_, Node::Dir)));
+            let child_dir = matches!(&e.child, Some(c) if c.kind == ObjKind::Dir);
+            if base_dir && child_dir && *q == e.path {
+                taken.push(Taken::InPlace);
+                continue;
+            }
+            if base_dir {
                 n.load_subtree(ld, q)?;
             }
         }
@@ -104,6 +116,10 @@ fn tree_at_cut(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
         n.put(edits, b"", Some((s.meta.clone(), Node::Dir)));
     }
     for (e, taken) in req.cut.edges.iter().zip(taken) {
+        if let (Taken::InPlace, Some(c)) = (&taken, &e.child) {
+            n.put(edits, &e.path, Some((c.meta.clone(), Node::Dir)));
+            continue;
+        }
         n.load_subtree(ld, &e.path)?;
         n.remove_below(edits, &e.path);
         n.put(edits, &e.path, None);
