@@ -63,6 +63,11 @@
 #                          the oldest incrementals (100, or half of those
 #                          left when there are fewer than 200), then gc
 #   verify                 `rewindfs verify` (references, not data), after gc
+#   remount                page cache dropped, `rewindfs mount` again until
+#                          status says the mount-time check is done; the
+#                          daemon's RSS and peak; then FEW files rewritten
+#                          through MNT and the time of `rewindfs snapshot`,
+#                          RSS and peak after it
 # Every timed command runs with the page cache dropped first (the daemon's
 # own caches stay, as they would on a live mount). Those that change
 # nothing (snapshots, diff, stats, restore, verify) give the median of
@@ -278,6 +283,32 @@ PY
   put rss_end_mib "$(awk -v k="$(proc "$pid" VmRSS)" 'BEGIN { print k / 1024 }')"
   put hwm_end_mib "$(awk -v k="$(proc "$pid" VmHWM)" 'BEGIN { print k / 1024 }')"
   "$rw" umount "$mnt" >/dev/null
+
+  # Remount, page cache dropped: the mount-time check compares BACKING
+  # with the latest snapshot; then one incremental of FEW files.
+  drop
+  a=$(now)
+  "$rw" mount "$data" "$mnt" --repo "$repo" --every off --full-every off \
+    --snapshot-on-unmount false >/dev/null
+  until status_json | jq_ 'd["startup_check"]' | grep -q '^done'; do
+    status_json | jq_ 'd["startup_check"]' | grep -q '^failed' && { echo "mount-time check failed" >&2; exit 1; }
+    sleep 0.2
+  done
+  b=$(now)
+  put remount_check_s "$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f", b - a }')"
+  pid=$(status_json | jq_ 'd["pid"]')
+  sleep 3
+  put rss_remount_mib "$(awk -v k="$(proc "$pid" VmRSS)" 'BEGIN { print k / 1024 }')"
+  put hwm_remount_mib "$(awk -v k="$(proc "$pid" VmHWM)" 'BEGIN { print k / 1024 }')"
+  for i in $(seq 1 "$FEW"); do
+    f=$(dirpath $(( (i * 7919) % n )))/$(printf 'f%07d' $(( (i * 7919) % n )))
+    head -c 4096 /dev/urandom > "$mnt/$f"
+  done
+  t=$(secs "$rw" snapshot -C "$mnt"); put remount_incr_ms "$(ms "$t")"
+  sleep 3
+  put rss_remount_incr_mib "$(awk -v k="$(proc "$pid" VmRSS)" 'BEGIN { print k / 1024 }')"
+  put hwm_remount_incr_mib "$(awk -v k="$(proc "$pid" VmHWM)" 'BEGIN { print k / 1024 }')"
+  "$rw" umount "$mnt" >/dev/null
   rm -rf "$repo" "$WORK/restore-$n"
 done
 
@@ -328,6 +359,12 @@ rows = [
     ("rss_steady_mib", "daemon steady RSS after all snapshots (MiB)", "mib"),
     ("hwm_snaps_mib", "daemon peak (VmHWM) after all snapshots (MiB)", "mib"),
     ("hwm_end_mib", "daemon peak (VmHWM) at the end, after diff/stats/forget/gc/verify (MiB)", "mib"),
+    ("remount_check_s", "remount, cold: mount to the end of the mount-time check (s)", "s"),
+    ("rss_remount_mib", "daemon RSS after the mount-time check (MiB)", "mib"),
+    ("hwm_remount_mib", "daemon peak (VmHWM) after the mount-time check (MiB)", "mib"),
+    ("remount_incr_ms", f"first incremental after the remount, {few} files (ms)", "ms"),
+    ("rss_remount_incr_mib", "daemon RSS after it (MiB)", "mib"),
+    ("hwm_remount_incr_mib", "daemon peak (VmHWM) after it (MiB)", "mib"),
     ("rss_end_mib", "daemon RSS at the end (MiB)", "mib"),
     ("repo_mib", "repository size after the snapshots (MiB)", "mib"),
     ("repo_gc_mib", "repository size after forget + gc (MiB)", "mib"),

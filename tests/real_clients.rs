@@ -987,3 +987,43 @@ fn objects_that_reuse_a_removed_ones_inode_number_are_captured_whole() {
     );
     m.umount();
 }
+
+/// Appending to a log with `open(O_CREAT|O_APPEND)` (Python's "a"):
+/// the file is not new, so the next snapshot reads the appended block,
+/// not the whole file (objects created since the base are read whole,
+/// see above, so an open must not count as a creation: the daemon marks
+/// a create as one only when the name was not there, for the case where
+/// the kernel sends a create for a file made behind the mount).
+#[test]
+fn appending_with_o_creat_reads_only_what_changed() {
+    use std::io::Write;
+    let (_tmp, backing, mnt, repo) = mount_dirs();
+    let r = repo.to_str().unwrap();
+    fs::write(backing.join("train.log"), common::bytes(7, 8 << 20)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let args = ["--repo", r, "--every", "off", "--full-every", "off"];
+    let m = DaemonMount::start(&backing, &mnt, &args);
+    ok(&repo, &["snapshot", "--kind", "full"]);
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(mnt.join("train.log"))
+        .unwrap();
+    f.write_all(b"step 1 loss 0.5\n").unwrap();
+    drop(f);
+    ok(&repo, &["snapshot", "--kind", "incremental"]);
+    let read = common::status(&repo)["flusher"]["last_bytes_read"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        read < 2 << 20,
+        "an append to an 8 MiB file read {read} bytes"
+    );
+    let mut want = common::bytes(7, 8 << 20);
+    want.extend_from_slice(b"step 1 loss 0.5\n");
+    assert_eq!(
+        fs::read(mnt.join(".snapshots/latest/train.log")).unwrap(),
+        want
+    );
+    m.umount();
+}

@@ -673,9 +673,19 @@ impl LiveFs {
     // ---- namespace --------------------------------------------------
 
     fn created(&self, parent: &Arc<Inode>, name: &[u8]) -> FsResult<Entry> {
+        self.created_or_opened(parent, name, true)
+    }
+
+    /// After a create: the entry, with the object marked created in the
+    /// journal only if it is `new` (an open with `O_CREAT` of a file the
+    /// kernel had no entry for in its cache also arrives as a create:
+    /// that file keeps what the snapshots know of it).
+    fn created_or_opened(&self, parent: &Arc<Inode>, name: &[u8], new: bool) -> FsResult<Entry> {
         let e = self.do_lookup(parent, name)?;
-        if let Some(n) = self.inodes.get(e.attr.ino.0) {
-            self.track.created(&n.key);
+        if new {
+            if let Some(n) = self.inodes.get(e.attr.ino.0) {
+                self.track.created(&n.key);
+            }
         }
         self.entry_changed(parent, name);
         Ok(e)
@@ -1072,6 +1082,11 @@ impl LiveFs {
                 existing = Some(n.key);
             }
         }
+        // Whether the file is there already (then it is opened, not
+        // created: the kernel sends a create for an O_CREAT open of a name
+        // not in its cache).
+        let existed = flags & libc::O_EXCL == 0
+            && rustix::fs::statat(&*p.fd().or_errno()?, name, AtFlags::SYMLINK_NOFOLLOW).is_ok();
         let file = {
             let _as = as_caller(c)?;
             let fd = rustix::fs::openat(
@@ -1083,7 +1098,7 @@ impl LiveFs {
             .or_errno()?;
             File::from(fd)
         };
-        let e = self.created(&p, name)?;
+        let e = self.created_or_opened(&p, name, !existed)?;
         let n = self.node(e.attr.ino.0)?;
         let write = writable(flags);
         // The checkpoint fast path: a new file, or one truncated here
