@@ -64,6 +64,7 @@ impl LiveMount {
     /// The session is mounted but serves nothing until [`LiveMount::serve`]
     /// or [`LiveMount::spawn`]; dropping the `LiveMount` unmounts.
     pub fn start(cfg: LiveMountConfig) -> Result<LiveMount> {
+        crate::util::sys::tune_allocator();
         let journal = Arc::new(Journal::open(
             cfg.repo.index().journal_tree()?,
             cfg.repo.config.block_size,
