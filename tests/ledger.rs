@@ -273,4 +273,13 @@ fn the_ledger_accounts_exactly_as_whole_trees_do() {
     fs::remove_dir_all(&ledger).unwrap();
     fs::remove_file(repo_dir.join("cache").join("unique.json")).unwrap();
     check(&repo, "with the ledger deleted");
+    // A delta that passes its checksum but is wrong (a count that goes
+    // below zero): the ledger is computed again.
+    let last = names.last().unwrap();
+    let mut d = rewindfs::retention::ledger::Delta::decode(&fs::read(last).unwrap()).unwrap();
+    d.entries.retain(|(id, _)| id.0 != [0xff; 32]);
+    d.entries.push((ChunkId([0xff; 32]), -3));
+    fs::write(last, d.encode()).unwrap();
+    fs::remove_file(repo_dir.join("cache").join("unique.json")).unwrap();
+    check(&repo, "with a wrong delta");
 }

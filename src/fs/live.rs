@@ -1082,23 +1082,37 @@ impl LiveFs {
                 existing = Some(n.key);
             }
         }
-        // Whether the file is there already (then it is opened, not
-        // created: the kernel sends a create for an O_CREAT open of a name
-        // not in its cache).
-        let existed = flags & libc::O_EXCL == 0
-            && rustix::fs::statat(&*p.fd().or_errno()?, name, AtFlags::SYMLINK_NOFOLLOW).is_ok();
-        let file = {
+        // A create may name a file that is there already (the kernel sends
+        // one for an O_CREAT open of a name its lookup did not find, e.g.
+        // a file made behind the mount): then it is opened, not created.
+        // Exclusive first, so that a new file costs one call.
+        let (file, new) = {
             let _as = as_caller(c)?;
-            let fd = rustix::fs::openat(
-                &*p.fd().or_errno()?,
-                name,
-                backing_open_flags(flags) | OFlags::CREATE | OFlags::NOFOLLOW,
-                Mode::from_raw_mode(mode & 0o7777),
-            )
-            .or_errno()?;
-            File::from(fd)
+            let dir = p.fd().or_errno()?;
+            let open = |extra: OFlags| {
+                rustix::fs::openat(
+                    &*dir,
+                    name,
+                    backing_open_flags(flags) | extra | OFlags::NOFOLLOW,
+                    Mode::from_raw_mode(mode & 0o7777),
+                )
+            };
+            let r = if flags & libc::O_EXCL != 0 {
+                open(OFlags::CREATE).map(|fd| (fd, true))
+            } else {
+                match open(OFlags::CREATE | OFlags::EXCL) {
+                    Err(rustix::io::Errno::EXIST) => match open(OFlags::empty()) {
+                        // Removed in between: create it after all.
+                        Err(rustix::io::Errno::NOENT) => open(OFlags::CREATE).map(|fd| (fd, true)),
+                        r => r.map(|fd| (fd, false)),
+                    },
+                    r => r.map(|fd| (fd, true)),
+                }
+            };
+            let (fd, new) = r.or_errno()?;
+            (File::from(fd), new)
         };
-        let e = self.created_or_opened(&p, name, !existed)?;
+        let e = self.created_or_opened(&p, name, new)?;
         let n = self.node(e.attr.ino.0)?;
         let write = writable(flags);
         // The checkpoint fast path: a new file, or one truncated here

@@ -78,6 +78,10 @@ fn chain_len(rec: &SnapshotRecord, by_id: &HashMap<u64, &SnapshotRecord>) -> u64
 /// memory follows the number of snapshots, not the chunks. A chunk's
 /// unique owner is the one snapshot it is present in.
 pub fn space(repo: &Repository) -> Result<RepoSpace> {
+    ledger::rebuilding_once(repo, || space_once(repo))
+}
+
+fn space_once(repo: &Repository) -> Result<RepoSpace> {
     let mut all = repo.snapshots()?;
     all.sort_by_key(|r| r.id);
     let by_id: HashMap<u64, &SnapshotRecord> = all.iter().map(|r| (r.id, r)).collect();
@@ -242,14 +246,17 @@ pub fn unique_bytes(repo: &Repository) -> Result<HashMap<u64, u64>> {
     // From the ledger, looking up only the chunks a single snapshot holds.
     let mut sorted = all.clone();
     sorted.sort_by_key(|r| r.id);
-    let mut unique = vec![0u64; sorted.len()];
-    ledger::for_each_chunk(repo, &sorted, &mut |id, p| {
-        if p.count() == 1 {
-            if let Some(l) = repo.index().get_chunk(id)? {
-                unique[p.runs[0].0] += u64::from(l.stored_len);
+    let unique = ledger::rebuilding_once(repo, || {
+        let mut unique = vec![0u64; sorted.len()];
+        ledger::for_each_chunk(repo, &sorted, &mut |id, p| {
+            if p.count() == 1 {
+                if let Some(l) = repo.index().get_chunk(id)? {
+                    unique[p.runs[0].0] += u64::from(l.stored_len);
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })?;
+        Ok(unique)
     })?;
     let per: Vec<SnapshotSpace> = sorted
         .iter()
