@@ -96,6 +96,8 @@ struct Round {
     race: Option<Vec<Op>>,
     /// Repack threshold in percent.
     repack: u8,
+    /// A full gc (else incremental when gc's candidates are trusted).
+    full: bool,
 }
 
 fn round() -> impl Strategy<Value = Round> {
@@ -103,11 +105,13 @@ fn round() -> impl Strategy<Value = Round> {
         forget_op(),
         prop::option::of(prop::collection::vec(op(), 1..4)),
         prop_oneof![Just(0u8), Just(50), Just(100)],
+        any::<bool>(),
     )
-        .prop_map(|(forget, race, repack)| Round {
+        .prop_map(|(forget, race, repack, full)| Round {
             forget,
             race,
             repack,
+            full,
         })
 }
 
@@ -321,6 +325,7 @@ fn run_case(history: Vec<(Vec<Op>, Kind)>, rounds: Vec<Round>) {
         let opts = GcOptions {
             repack_below: f64::from(round.repack) / 100.0,
             dry_run: false,
+            full: round.full,
         };
         match &round.race {
             None => {
@@ -403,6 +408,7 @@ fn a_capture_needing_a_condemned_chunk_stores_it_again() {
         &GcOptions {
             repack_below: 1.0,
             dry_run: false,
+            full: true,
         },
     )
     .unwrap();

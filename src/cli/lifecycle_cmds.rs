@@ -236,9 +236,18 @@ pub struct GcArgs {
     /// packs with nothing live; 100 repacks every pack holding garbage).
     #[arg(long, value_name = "PERCENT", default_value_t = 50.0)]
     repack_below: f64,
-    /// Say what would be freed; change nothing.
+    /// Say what would be freed; change nothing (a dry run marks
+    /// everything).
     #[arg(long, short = 'n')]
     dry_run: bool,
+    /// Mark every snapshot's references. Without it, gc looks only at
+    /// what the forgets since the last gc released, when that is known
+    /// (it is not after a crash, a failed capture, an index rebuild or a
+    /// rewritten record: gc then marks everything by itself). A full gc
+    /// also reclaims what nothing else tracks, such as the chunks of a
+    /// capture killed half-way before the repository was next opened.
+    #[arg(long)]
+    full: bool,
     /// One JSON object.
     #[arg(long)]
     json: bool,
@@ -259,6 +268,7 @@ pub fn gc_cmd(repo: &Repository, a: GcArgs, o: &mut Out) -> Result<i32> {
         &GcOptions {
             repack_below: a.repack_below / 100.0,
             dry_run: a.dry_run,
+            full: a.full,
         },
     )?;
     if a.json {
@@ -266,11 +276,19 @@ pub fn gc_cmd(repo: &Repository, a: GcArgs, o: &mut Out) -> Result<i32> {
         return Ok(0);
     }
     let would = if r.dry_run { "would " } else { "" };
-    writeln!(
-        o.out,
-        "{} snapshots reference {} chunks; {would}delete {} unreferenced chunks",
-        r.snapshots, r.referenced_chunks, r.deleted_chunks
-    )?;
+    if r.mode == "incremental" {
+        writeln!(
+            o.out,
+            "incremental: of {} objects the forgets since the last gc released, {} are still referenced by the {} snapshots; {would}delete {} (`gc --full` marks everything)",
+            r.candidates, r.referenced_chunks, r.snapshots, r.deleted_chunks
+        )?;
+    } else {
+        writeln!(
+            o.out,
+            "{} snapshots reference {} chunks; {would}delete {} unreferenced chunks",
+            r.snapshots, r.referenced_chunks, r.deleted_chunks
+        )?;
+    }
     writeln!(
         o.out,
         "packs: {} before, {would}remove {}, {would}repack {} ({} copied into {} new)",

@@ -734,6 +734,9 @@ fn take(
     };
     let racy_before = base.racy_limit;
     let mut memo = memo;
+    // The directory objects' parts the write replaced and wrote (see
+    // `DirMemo::note_changes`), for the ledger's structure.
+    let mut noted: Option<Vec<(crate::store::ChunkId, i64)>> = None;
     let result = (|| -> Result<(SnapshotRecord, u64)> {
         let ld = Loader {
             store: &**repo,
@@ -837,6 +840,9 @@ fn take(
         let manifest_check = (base_rec.map(|b| b.id) == latest_id).then(|| manifest.clone());
         drop(manifest);
         let mut m = memo.take().map(|(_, m)| m).unwrap_or_default();
+        if dirty.is_some() {
+            m.note_changes();
+        }
         let rec = repo.commit_snapshot(
             &writer,
             base.tree(),
@@ -875,6 +881,7 @@ fn take(
             Ok(())
         })?;
         writer.close()?;
+        noted = m.take_noted();
         trees.memo = Some((rec.id, m));
         Ok((rec, captured.bytes_read))
     })();
@@ -887,17 +894,29 @@ fn take(
             // What this snapshot changed in the references, from the
             // capture's record of the entries it replaced (a full records
             // none: the ledger then reads what differs).
-            let delta = match &latest {
-                Some(l) if edits.recording => Some(crate::retention::ledger::from_changes(
-                    l,
-                    &rec,
-                    edits.old.iter().map(|(p, old)| {
-                        (
-                            old.as_ref().map(|e| &e.1),
-                            base.tree().entries.get(p).map(|e| &e.1),
-                        )
-                    }),
-                )),
+            // The other objects it references (directory objects,
+            // segments, manifest) are compared by reading the
+            // directories that differ.
+            let delta = match (&latest, noted.take()) {
+                (Some(l), Some(dirs)) if edits.recording => {
+                    let changes = || {
+                        edits.old.iter().map(|(p, old)| {
+                            (
+                                old.as_ref().map(|e| &e.1),
+                                base.tree().entries.get(p).map(|e| &e.1),
+                            )
+                        })
+                    };
+                    let id = |b: &[u8]| writer.id(b);
+                    crate::retention::ledger::structure_from_changes(l, &rec, dirs, changes(), &id)
+                        .map(|structure| {
+                            crate::retention::ledger::from_changes(l, &rec, changes(), structure)
+                        })
+                        .map_err(|e| {
+                            tracing::debug!("ledger: structure of snapshot {}: {e}", rec.id)
+                        })
+                        .ok()
+                }
                 _ => None,
             };
             // Test builds check it against the trees' comparison.

@@ -40,6 +40,7 @@ use crate::store::ChunkId;
 use crate::util::dirfd::Dir;
 use crate::util::time;
 
+pub mod candidates;
 pub mod config;
 pub mod keys;
 pub mod layout;
@@ -103,6 +104,8 @@ pub struct Repository {
     /// What the daemon serving this repository plans next (set by its
     /// flusher; `snapshots` run through the daemon shows it).
     planned: Mutex<Option<Planned>>,
+    /// gc's session marker (see [`candidates`]): dropped before the lock.
+    gc_session: Option<candidates::Session>,
     _lock: Option<File>,
 }
 
@@ -444,6 +447,7 @@ impl Repository {
                 })
             }
         };
+        let mut rebuilt = false;
         let index = match index {
             Ok(i) => i,
             // sled 0.34 can refuse to open after a kill. The index holds
@@ -463,12 +467,13 @@ impl Repository {
                     report.packs,
                     report.snapshots
                 );
+                rebuilt = true;
                 index
             }
             Err(e) => return Err(e),
         };
         let pack_ids = PackIds::after_existing(&packs_dir)?;
-        let repo = Repository::assemble(Parts {
+        let mut repo = Repository::assemble(Parts {
             packs: PackReader::new(packs_dir),
             crypto,
             snapshots_dir,
@@ -480,6 +485,7 @@ impl Repository {
             pack_ids,
             lock: Some(_lock),
         });
+        repo.gc_session = candidates::Session::begin(&repo, rebuilt);
         repo.reconcile()?;
         Ok(repo)
     }
@@ -583,6 +589,7 @@ impl Repository {
             records_gen: Default::default(),
             records_watchers: Mutex::new(Vec::new()),
             planned: Mutex::new(None),
+            gc_session: None,
             _lock: p.lock,
         }
     }
@@ -1155,6 +1162,7 @@ impl Repository {
             self.crypto.as_deref(),
             self.config.format_version == config::FAST_SUMS_FORMAT_VERSION,
         )
+        .map(|w| w.for_repo(self))
     }
 
     /// A pack writer taking its ids from the repository's allocator.
@@ -1457,6 +1465,7 @@ fn rebuild_locked(
     aside_prefix: &str,
     crypto: Option<&Crypto>,
 ) -> Result<(Index, RebuildReport)> {
+    candidates::drop_at(dir);
     let mut moved_to = None;
     if dir.stat_at(INDEX).is_ok() {
         let aside = format!(

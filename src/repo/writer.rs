@@ -56,6 +56,8 @@ pub struct ChunkWriter<'r> {
     in_flight: Arc<Mutex<HashSet<ChunkId>>>,
     stored_bytes: AtomicU64,
     new_chunks: AtomicU64,
+    /// The repository it writes to (for what an abort leaves behind).
+    repo: Option<&'r super::Repository>,
 }
 
 fn pack_thread(mut packs: PackWriter, rx: crossbeam_channel::Receiver<Msg>) {
@@ -115,6 +117,7 @@ impl<'r> ChunkWriter<'r> {
             in_flight: Arc::new(Mutex::new(HashSet::new())),
             stored_bytes: AtomicU64::new(0),
             new_chunks: AtomicU64::new(0),
+            repo: None,
         })
     }
 
@@ -190,6 +193,12 @@ impl<'r> ChunkWriter<'r> {
         Ok(())
     }
 
+    /// Tie the writer to its repository (an abort then tells gc).
+    pub(super) fn for_repo(mut self, r: &'r super::Repository) -> Self {
+        self.repo = Some(r);
+        self
+    }
+
     /// Make everything stored so far durable (packs fsynced, then indexed).
     pub fn commit(&self) -> Result<()> {
         let synced = self.roundtrip(Msg::Sync)?;
@@ -206,6 +215,13 @@ impl<'r> ChunkWriter<'r> {
     /// After a failed capture: give back the space of what was written
     /// since the last commit (see [`PackWriter::abort`]).
     pub fn abort(&self) {
+        if self.stored_bytes() > 0 {
+            // What it committed part-way is named by no record: gc must
+            // mark everything to find it.
+            if let Some(r) = self.repo {
+                r.drop_gc_candidates("a capture gave up after storing");
+            }
+        }
         let (rtx, rrx) = bounded(1);
         if self.send(Msg::Abort(rtx)).is_ok() {
             let _ = rrx.recv();

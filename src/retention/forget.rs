@@ -317,6 +317,12 @@ pub fn forget(repo: &Repository, target: Target<'_>, dry_run: bool) -> Result<Fo
         repo.replace_record(rec)?;
     }
     repo.index().flush()?;
+    // Every snapshot's reference delta exists before any goes (see
+    // below).
+    if let Err(e) = super::ledger::before_forget(repo) {
+        tracing::warn!("the reference ledger before forget: {e}");
+        repo.drop_gc_candidates("the reference ledger could not be prepared for forget");
+    }
     // 3. Removed records, newest first.
     for id in report
         .plan
@@ -328,6 +334,27 @@ pub fn forget(repo: &Repository, target: Target<'_>, dry_run: bool) -> Result<Fo
         repo.remove_record(*id)?;
     }
     repo.index().flush()?;
+    // What they referenced alone goes on gc's candidates (the ledger's
+    // deltas merged now; the old manifest of a record stored again is
+    // not tracked: the next gc marks everything).
+    if records.iter().any(|r| {
+        by_id
+            .get(&r.id)
+            .is_some_and(|old| old.manifest != r.manifest)
+    }) {
+        repo.drop_gc_candidates("forget stored snapshots of an older format again");
+    }
+    let forgotten: std::collections::HashSet<u64> = report
+        .plan
+        .remove
+        .iter()
+        .chain(report.plan.remove_damaged.iter())
+        .copied()
+        .collect();
+    if let Err(e) = super::ledger::forgotten(repo, &forgotten) {
+        tracing::warn!("the reference ledger after forget: {e}");
+        repo.drop_gc_candidates("the reference ledger could not be settled after forget");
+    }
     // 4. Their materialized copies (a cache: a failure costs disk only,
     // and the next mount's scan deletes copies of missing snapshots).
     let gone: Vec<u64> = report

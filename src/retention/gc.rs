@@ -31,7 +31,9 @@
 //! moved; after it, a pack that was not unlinked yet is scanned again on
 //! the next open (it lost its mark), its blobs re-enter the index only
 //! where the index has no entry, and the next gc removes them again.
-//! Packs created after gc started are never touched.
+//! Packs created after gc started, or not yet marked indexed when it
+//! listed the index (a capture that began before it still writing), are
+//! never touched.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
@@ -55,6 +57,9 @@ pub struct GcOptions {
     pub repack_below: f64,
     /// Say what would be freed; change nothing.
     pub dry_run: bool,
+    /// Mark everything, even when the candidates of the forgets since
+    /// the last gc are known (see the module doc).
+    pub full: bool,
 }
 
 impl Default for GcOptions {
@@ -62,6 +67,7 @@ impl Default for GcOptions {
         GcOptions {
             repack_below: DEFAULT_REPACK_BELOW,
             dry_run: false,
+            full: false,
         }
     }
 }
@@ -69,8 +75,15 @@ impl Default for GcOptions {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct GcReport {
     pub dry_run: bool,
+    /// "full" (every snapshot marked) or "incremental" (only what the
+    /// forgets since the last gc released was looked at).
+    pub mode: &'static str,
+    /// Incremental: the objects looked at.
+    pub candidates: u64,
     pub snapshots: u64,
-    /// Chunks (and manifest parts) some snapshot or reader references.
+    /// Chunks (and manifest parts) some snapshot or reader references
+    /// (a full gc; an incremental one counts the candidates still
+    /// referenced).
     pub referenced_chunks: u64,
     /// Chunks removed from the index (unreferenced).
     pub deleted_chunks: u64,
@@ -121,6 +134,11 @@ fn blob_bytes(l: &Location) -> u64 {
 /// Run gc on `repo` (see the module doc).
 pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
     let t0 = Instant::now();
+    if !(0.0..=1.0).contains(&opts.repack_below) {
+        return Err(Error::InvalidInput(
+            "the repack threshold must be between 0 and 100 percent".into(),
+        ));
+    }
     let _one = repo.lifecycle_guard();
     repo.sync_records()?;
     // Whatever happens (an error, a panic), nothing stays condemned: a
@@ -132,25 +150,31 @@ pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
         }
     }
     let _pardon = Pardon(repo);
-    let mut report = run(repo, opts)?;
+    let incremental = if opts.full || opts.dry_run {
+        None
+    } else {
+        run_incremental(repo, opts)?
+    };
+    let mut report = match incremental {
+        Some(r) => r,
+        None => {
+            if !opts.dry_run {
+                // What forgets release from now on is looked at next time.
+                repo.reset_gc_candidates()?;
+            }
+            let r = run_full(repo, opts);
+            if r.is_err() && !opts.dry_run {
+                repo.drop_gc_candidates("a full gc failed");
+            }
+            r?
+        }
+    };
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
 }
 
-fn run(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
-    let mut report = GcReport {
-        dry_run: opts.dry_run,
-        ..GcReport::default()
-    };
-    if !(0.0..=1.0).contains(&opts.repack_below) {
-        return Err(Error::InvalidInput(
-            "the repack threshold must be between 0 and 100 percent".into(),
-        ));
-    }
-    // Packs from here on are new: gc leaves them alone.
-    let limit = repo.next_pack_id();
-
-    // 1. Mark.
+/// The records to mark, refusing to go on past a damaged one.
+fn sound_records(repo: &Repository) -> Result<Vec<SnapshotRecord>> {
     let records = repo.snapshots()?;
     let damaged = repo.check_record_files()?;
     if let Some((id, why)) = damaged.iter().next() {
@@ -158,10 +182,179 @@ fn run(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
             "gc stopped: the record of snapshot {id} is damaged ({why}); what it references is unknown, so nothing was deleted (forget it with `rewindfs forget {id}` or restore the record file)"
         )));
     }
+    Ok(records)
+}
+
+/// gc of what the forgets since the last gc released: each candidate
+/// (see `repo::candidates`) that no delta of the reference ledger names
+/// any more is condemned, and only the packs holding condemned chunks
+/// are looked at. `None`: the candidates are not trusted, or a snapshot
+/// is of an older format (its ledger does not cover its structure): a
+/// full gc is needed.
+fn run_incremental(repo: &Repository, opts: &GcOptions) -> Result<Option<GcReport>> {
+    let Some(cands) = repo.take_gc_candidates() else {
+        return Ok(None);
+    };
+    match incremental(repo, opts, &cands) {
+        Ok(Some((report, keep))) => {
+            repo.finish_gc_candidates(&keep);
+            Ok(Some(report))
+        }
+        // The full gc that follows starts a new list.
+        Ok(None) => Ok(None),
+        // What was taken stays taken: the next gc looks at it again.
+        Err(e) => Err(e),
+    }
+}
+
+fn incremental(
+    repo: &Repository,
+    opts: &GcOptions,
+    cands: &[ChunkId],
+) -> Result<Option<(GcReport, Vec<ChunkId>)>> {
+    let mut report = GcReport {
+        mode: "incremental",
+        candidates: cands.len() as u64,
+        ..GcReport::default()
+    };
+    let limit = repo.next_pack_id();
+    let records = sound_records(repo)?;
+    let marked: HashMap<u64, Vec<String>> =
+        records.iter().map(|r| (r.id, r.manifest.clone())).collect();
+    let t = Instant::now();
+    let (found, complete) = super::ledger::rebuilding_once(repo, || {
+        super::ledger::referenced_among(repo, &records, cands)
+    })?;
+    if !complete {
+        tracing::debug!("gc: a snapshot's ledger does not cover its structure: marking everything");
+        return Ok(None);
+    }
+    let pinned: HashSet<ChunkId> = repo.pinned().into_iter().collect();
+    // Candidates decided later: used by a reader, or stored again since.
+    let mut keep = Vec::new();
+    let mut condemned: HashSet<ChunkId> = HashSet::new();
+    let mut dead: Vec<(ChunkId, Location)> = Vec::new();
+    for c in cands {
+        if found.contains(c) {
+            continue;
+        }
+        if pinned.contains(c) {
+            keep.push(*c);
+            continue;
+        }
+        match repo.index().get_chunk(c)? {
+            None => {}
+            Some(l) if l.pack >= limit => keep.push(*c),
+            Some(l) => {
+                condemned.insert(*c);
+                dead.push((*c, l));
+            }
+        }
+    }
+    report.referenced_chunks = found.len() as u64;
+    tracing::debug!(
+        "gc: {} candidates, {} still referenced, {} condemned in {:?}",
+        cands.len(),
+        found.len(),
+        condemned.len(),
+        t.elapsed()
+    );
+    repo.condemn(condemned.clone());
+    crate::util::fault::inject("gc-condemned")?;
+    {
+        // Barrier: what was committed since is asked too.
+        let _no_capture = repo.exclude_captures();
+        let now = repo.snapshots()?;
+        report.snapshots = now.len() as u64;
+        let fresh = now.iter().any(|r| marked.get(&r.id) != Some(&r.manifest));
+        let mut rescued: Vec<ChunkId> = Vec::new();
+        if fresh && !condemned.is_empty() {
+            let mut ids: Vec<ChunkId> = condemned.iter().copied().collect();
+            ids.sort_unstable_by_key(|id| id.0);
+            let (again, complete) = super::ledger::referenced_among(repo, &now, &ids)?;
+            if !complete {
+                repo.pardon(&ids);
+                return Ok(None);
+            }
+            rescued.extend(again);
+        }
+        for id in repo.pinned() {
+            if condemned.contains(&id) {
+                rescued.push(id);
+                keep.push(id);
+            }
+        }
+        for id in &rescued {
+            condemned.remove(id);
+        }
+        repo.pardon(&rescued);
+        report.rescued_chunks = rescued.len() as u64;
+    }
+    dead.retain(|(id, _)| condemned.contains(id));
+    // Only the packs holding condemned chunks: what is live in them is
+    // read from their headers and the index.
+    let reader = repo.pack_reader();
+    let affected: std::collections::BTreeSet<u64> = dead.iter().map(|(_, l)| l.pack).collect();
+    let mut by_pack: BTreeMap<u64, Vec<(ChunkId, Location)>> = BTreeMap::new();
+    let mut consider = std::collections::BTreeSet::new();
+    for &p in &affected {
+        if !repo.index().is_pack_indexed(p)? {
+            continue;
+        }
+        let scan = crate::store::pack::scan_pack(reader.dir(), p)?;
+        if !scan.damaged.is_empty() {
+            report.packs_skipped += 1;
+            continue;
+        }
+        let list = by_pack.entry(p).or_default();
+        for b in scan.blobs {
+            if let Some(l) = repo.index().get_chunk(&b.header.id)? {
+                if l.pack == p && l.offset == b.location.offset {
+                    list.push((b.header.id, l));
+                }
+            }
+        }
+        consider.insert(p);
+    }
+    sweep(
+        repo,
+        opts,
+        &mut report,
+        limit,
+        &consider,
+        by_pack,
+        &condemned,
+        dead,
+    )?;
+    Ok(Some((report, keep)))
+}
+
+fn run_full(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
+    let mut report = GcReport {
+        dry_run: opts.dry_run,
+        mode: "full",
+        ..GcReport::default()
+    };
+    // Packs from here on are new: gc leaves them alone.
+    let limit = repo.next_pack_id();
+
+    // 1. Mark.
+    let records = sound_records(repo)?;
     let marked: HashMap<u64, Vec<String>> =
         records.iter().map(|r| (r.id, r.manifest.clone())).collect();
     let mut live = HashSet::new();
     let mut seen = HashSet::new();
+    // Only packs already marked indexed are swept: their entries were
+    // inserted before the mark, so the listing below holds them. (A
+    // capture that began before gc may still be writing a pack whose id
+    // is below `limit`: it is marked indexed when committed, perhaps
+    // after the listing, and then looked empty.)
+    let mut eligible = std::collections::BTreeSet::new();
+    for p in list_packs(repo.pack_reader().dir())? {
+        if p < limit && repo.index().is_pack_indexed(p)? {
+            eligible.insert(p);
+        }
+    }
     // The index is listed while the records are marked (one core reads
     // directory objects, the other the index: at 10^6 chunks 1.35 s and
     // 0.86 s cold). The listing may be older than a capture that stores
@@ -239,7 +432,6 @@ fn run(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
     }
     report.referenced_chunks = live.len() as u64;
     tracing::debug!("gc: condemned and barrier in {:?}", t.elapsed());
-    let t = Instant::now();
 
     // Which packs go, which are repacked (from the listing above).
     let entries = indexed;
@@ -249,6 +441,38 @@ fn run(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
             by_pack.entry(l.pack).or_default().push((*id, *l));
         }
     }
+    let dead_entries: Vec<(ChunkId, Location)> = entries
+        .iter()
+        .filter(|(id, l)| l.pack < limit && condemned.contains(id))
+        .copied()
+        .collect();
+    sweep(
+        repo,
+        opts,
+        &mut report,
+        limit,
+        &eligible,
+        by_pack,
+        &condemned,
+        dead_entries,
+    )?;
+    Ok(report)
+}
+
+/// Steps 4 and 5 over the packs of `consider` (below `limit`), with `by_pack` each pack's indexed blobs and
+/// `dead_entries` the index entries of the condemned chunks.
+#[allow(clippy::too_many_arguments)]
+fn sweep(
+    repo: &Repository,
+    opts: &GcOptions,
+    report: &mut GcReport,
+    limit: u64,
+    consider: &std::collections::BTreeSet<u64>,
+    by_pack: BTreeMap<u64, Vec<(ChunkId, Location)>>,
+    condemned: &HashSet<ChunkId>,
+    dead_entries: Vec<(ChunkId, Location)>,
+) -> Result<()> {
+    let t = Instant::now();
     let reader = repo.pack_reader();
     let all_packs = list_packs(reader.dir())?;
     let highest = all_packs.last().copied();
@@ -258,7 +482,7 @@ fn run(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
         let size = reader.pack_len(p).unwrap_or(0);
         report.packs_before += 1;
         report.bytes_before += size;
-        if p >= limit || !repo.index().is_pack_indexed(p)? {
+        if p >= limit || !consider.contains(&p) || !repo.index().is_pack_indexed(p)? {
             continue;
         }
         let in_pack = by_pack.get(&p).map(Vec::as_slice).unwrap_or(&[]);
@@ -281,11 +505,6 @@ fn run(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
             }
         }
     }
-    let dead_entries: Vec<(ChunkId, Location)> = entries
-        .iter()
-        .filter(|(id, l)| l.pack < limit && condemned.contains(id))
-        .copied()
-        .collect();
     report.deleted_chunks = dead_entries.len() as u64;
     if opts.dry_run {
         let mut freed = 0;
@@ -303,7 +522,7 @@ fn run(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
         report.packs_repacked = repack.len() as u64;
         report.bytes_freed = freed;
         report.bytes_after = report.bytes_before.saturating_sub(freed);
-        return Ok(report);
+        return Ok(());
     }
 
     tracing::debug!("gc: planned in {:?}", t.elapsed());
@@ -407,5 +626,5 @@ fn run(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
         .sum();
     report.bytes_freed = report.bytes_before.saturating_sub(report.bytes_after);
     tracing::debug!("gc: deleted in {:?}", t.elapsed());
-    Ok(report)
+    Ok(())
 }

@@ -36,11 +36,11 @@ use crate::util::dirfd::Dir;
 /// The ledger's directory, under the repository's `cache/`.
 pub const LEDGER_DIR: &str = "ledger";
 /// The encoding of a delta file (docs/format.md, "Reference ledger").
-pub const LEDGER_FORMAT: u32 = 1;
+pub const LEDGER_FORMAT: u32 = 2;
 const MAGIC: &[u8; 8] = b"RWLEDGR\n";
 /// magic, format, snapshot id, key, has-prev, prev id, prev key, files,
-/// logical, entry count.
-const HEADER_LEN: usize = 8 + 4 + 8 + 32 + 1 + 8 + 32 + 8 + 8 + 8;
+/// logical, entry count, structure entry count, complete flag.
+const HEADER_LEN: usize = 8 + 4 + 8 + 32 + 1 + 8 + 32 + 8 + 8 + 8 + 8 + 1;
 /// Chunk id and the change in its reference count (i64 LE).
 const ENTRY_LEN: usize = 32 + 8;
 /// The blake3 of everything before it.
@@ -78,6 +78,13 @@ pub struct Delta {
     pub logical: i64,
     /// Sorted by chunk id, unique, no zero.
     pub entries: Vec<(ChunkId, i64)>,
+    /// The same for the other objects the snapshot references (format
+    /// 2): its manifest's parts, its directory objects' parts and its
+    /// files' segments, one per path.
+    pub structure: Vec<(ChunkId, i64)>,
+    /// `structure` is the whole change (both snapshots are stored as
+    /// trees): gc may decide from the ledger what a forget released.
+    pub complete: bool,
 }
 
 /// The header of a delta file.
@@ -89,6 +96,8 @@ struct Header {
     files: i64,
     logical: i64,
     count: u64,
+    scount: u64,
+    complete: bool,
 }
 
 fn file_name(id: u64) -> String {
@@ -109,12 +118,16 @@ impl Delta {
             files: self.files,
             logical: self.logical,
             count: self.entries.len() as u64,
+            scount: self.structure.len() as u64,
+            complete: self.complete,
         }
     }
 
     pub fn encode(&self) -> Vec<u8> {
         let h = self.header();
-        let mut b = Vec::with_capacity(HEADER_LEN + self.entries.len() * ENTRY_LEN + TRAILER_LEN);
+        let mut b = Vec::with_capacity(
+            HEADER_LEN + (self.entries.len() + self.structure.len()) * ENTRY_LEN + TRAILER_LEN,
+        );
         b.extend_from_slice(MAGIC);
         b.extend_from_slice(&LEDGER_FORMAT.to_le_bytes());
         b.extend_from_slice(&h.snap.to_le_bytes());
@@ -126,7 +139,9 @@ impl Delta {
         b.extend_from_slice(&h.files.to_le_bytes());
         b.extend_from_slice(&h.logical.to_le_bytes());
         b.extend_from_slice(&h.count.to_le_bytes());
-        for (id, n) in &self.entries {
+        b.extend_from_slice(&h.scount.to_le_bytes());
+        b.push(u8::from(h.complete));
+        for (id, n) in self.entries.iter().chain(&self.structure) {
             b.extend_from_slice(&id.0);
             b.extend_from_slice(&n.to_le_bytes());
         }
@@ -145,21 +160,25 @@ impl Delta {
             return Err(bad("its checksum does not match"));
         }
         let h = decode_header(body)?;
-        if body.len() as u64 != HEADER_LEN as u64 + h.count * ENTRY_LEN as u64 {
+        if Some(body.len() as u64) != h.body_len() {
             return Err(bad("its length does not match its entry count"));
         }
-        let mut entries = Vec::with_capacity(h.count as usize);
-        for e in body[HEADER_LEN..].chunks_exact(ENTRY_LEN) {
-            entries.push(entry(e));
-        }
-        check_entries(&entries)?;
+        let all: Vec<(ChunkId, i64)> = body[HEADER_LEN..]
+            .chunks_exact(ENTRY_LEN)
+            .map(entry)
+            .collect();
+        let (entries, structure) = all.split_at(h.count as usize);
+        check_entries(entries)?;
+        check_entries(structure)?;
         Ok(Delta {
             snap: h.snap,
             key: h.key,
             prev: h.prev,
             files: h.files,
             logical: h.logical,
-            entries,
+            entries: entries.to_vec(),
+            structure: structure.to_vec(),
+            complete: h.complete,
         })
     }
 }
@@ -175,6 +194,7 @@ pub fn rebuilding_once<T>(repo: &Repository, mut f: impl FnMut() -> Result<T>) -
     match f() {
         Err(Error::Corrupt(m)) if m.starts_with(BAD) && repo.is_writable() => {
             tracing::warn!("{m}: computing the reference ledger again");
+            repo.drop_gc_candidates("the reference ledger is computed again");
             if let Some(dir) = ledger_dir(repo) {
                 if let Ok(names) = dir.names() {
                     for n in names {
@@ -240,7 +260,22 @@ fn decode_header(b: &[u8]) -> Result<Header> {
         files: u64_at(b, 93) as i64,
         logical: u64_at(b, 101) as i64,
         count: u64_at(b, 109),
+        scount: u64_at(b, 117),
+        complete: match b[125] {
+            0 => false,
+            1 => true,
+            _ => return Err(bad("bad completeness flag")),
+        },
     })
+}
+
+impl Header {
+    /// The length of the file without its trailer (`None`: absurd counts).
+    fn body_len(&self) -> Option<u64> {
+        let n = self.count.checked_add(self.scount)?;
+        n.checked_mul(ENTRY_LEN as u64)?
+            .checked_add(HEADER_LEN as u64)
+    }
 }
 
 /// Sort block occurrences by id and add up each id's changes.
@@ -274,10 +309,20 @@ fn add_tree(
     }
 }
 
+/// The manifest parts of `rec` with `sign`.
+fn manifest_structure(
+    rec: &SnapshotRecord,
+    sign: i64,
+    socc: &mut Vec<(ChunkId, i64)>,
+) -> Result<()> {
+    socc.extend(rec.manifest_ids()?.into_iter().map(|id| (id, sign)));
+    Ok(())
+}
+
 /// `rec`'s delta against `prev`, from the trees: for snapshots stored as
 /// trees only the directories whose objects differ are read (the first
 /// snapshot is walked one directory at a time); older formats are
-/// resolved.
+/// resolved (and their structure is left incomplete).
 pub fn compute(
     repo: &Repository,
     prev: Option<&SnapshotRecord>,
@@ -285,19 +330,37 @@ pub fn compute(
 ) -> Result<Delta> {
     let (mut files, mut logical) = (0i64, 0i64);
     let mut occ: Vec<(ChunkId, i64)> = Vec::new();
+    let mut socc: Vec<(ChunkId, i64)> = Vec::new();
+    let mut complete = false;
+    manifest_structure(rec, 1, &mut socc)?;
     match prev {
         Some(p) => {
-            let (old, new) = repo.changed_pair(p, rec)?;
+            manifest_structure(p, -1, &mut socc)?;
+            let (old, new) = match (repo.load_stored(p)?, repo.load_stored(rec)?) {
+                (Stored::Tree(ra), Stored::Tree(rb)) => {
+                    complete = true;
+                    crate::snapshot::dirs::differing_with(repo, &ra, &rb, &mut |id, n| {
+                        socc.push((id, n))
+                    })?
+                }
+                _ => repo.resolve_pair(p, rec)?,
+            };
             add_tree(&old, -1, &mut files, &mut logical, &mut occ);
             add_tree(&new, 1, &mut files, &mut logical, &mut occ);
         }
         None => match repo.load_stored(rec)? {
             Stored::Tree(root) => {
-                crate::snapshot::dirs::walk_files(repo, &root, &mut |size, ids| {
-                    files += 1;
-                    logical += size as i64;
-                    occ.extend(ids.iter().map(|id| (*id, 1)));
-                })?;
+                complete = true;
+                crate::snapshot::dirs::walk_files_with(
+                    repo,
+                    &root,
+                    &mut |size, ids| {
+                        files += 1;
+                        logical += size as i64;
+                        occ.extend(ids.iter().map(|id| (*id, 1)));
+                    },
+                    &mut |id, n| socc.push((id, n)),
+                )?;
             }
             Stored::Changes(_) => {
                 let t = repo.resolve(rec)?;
@@ -312,16 +375,46 @@ pub fn compute(
         files,
         logical,
         entries: fold_occurrences(occ),
+        structure: fold_occurrences(socc),
+        complete,
     })
+}
+
+/// The structure change of a capture from what it knows without reading
+/// anything: the manifests of both records, the directory objects' parts
+/// its write replaced and wrote (`dirs`, from `DirMemo::note_changes`),
+/// and per changed path the segments of the file before and after (`id`
+/// gives a segment's id from its bytes, as the store does).
+pub fn structure_from_changes<'a>(
+    prev: &SnapshotRecord,
+    rec: &SnapshotRecord,
+    dirs: Vec<(ChunkId, i64)>,
+    changes: impl Iterator<Item = (Option<&'a Node>, Option<&'a Node>)>,
+    id: &dyn Fn(&[u8]) -> ChunkId,
+) -> Result<(Vec<(ChunkId, i64)>, bool)> {
+    let mut socc = dirs;
+    manifest_structure(rec, 1, &mut socc)?;
+    manifest_structure(prev, -1, &mut socc)?;
+    for (old, new) in changes {
+        for (node, sign) in [(old, -1i64), (new, 1)] {
+            if let Some(node @ Node::File { .. }) = node {
+                let segs = crate::snapshot::dirs::segment_ids(Tree::blocks_of(node), id);
+                socc.extend(segs.into_iter().map(|s| (s, sign)));
+            }
+        }
+    }
+    Ok((fold_occurrences(socc), true))
 }
 
 /// `rec`'s delta against `prev` from the capture's own record of what it
 /// changed: per changed path its node before (in `prev`) and after (in
-/// `rec`), `None` where there was none. Nothing is read.
+/// `rec`), `None` where there was none; `structure` from
+/// [`structure_from_changes`].
 pub fn from_changes<'a>(
     prev: &SnapshotRecord,
     rec: &SnapshotRecord,
     changes: impl Iterator<Item = (Option<&'a Node>, Option<&'a Node>)>,
+    structure: (Vec<(ChunkId, i64)>, bool),
 ) -> Delta {
     let (mut files, mut logical) = (0i64, 0i64);
     let mut occ: Vec<(ChunkId, i64)> = Vec::new();
@@ -341,45 +434,59 @@ pub fn from_changes<'a>(
         files,
         logical,
         entries: fold_occurrences(occ),
+        structure: structure.0,
+        complete: structure.1,
     }
+}
+
+/// Two sorted lists of changes added up; ids that cancel out go to
+/// `cancelled`.
+fn merge_lists(
+    a: &[(ChunkId, i64)],
+    b: &[(ChunkId, i64)],
+    cancelled: &mut Vec<ChunkId>,
+) -> Vec<(ChunkId, i64)> {
+    let mut out = Vec::with_capacity(a.len().max(b.len()));
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        let (id, n) = if j >= b.len() || (i < a.len() && a[i].0 .0 < b[j].0 .0) {
+            i += 1;
+            a[i - 1]
+        } else if i >= a.len() || b[j].0 .0 < a[i].0 .0 {
+            j += 1;
+            b[j - 1]
+        } else {
+            i += 1;
+            j += 1;
+            (a[i - 1].0, a[i - 1].1 + b[j - 1].1)
+        };
+        if n != 0 {
+            out.push((id, n));
+        } else {
+            cancelled.push(id);
+        }
+    }
+    out
 }
 
 /// `a` (from P to S) followed by `b` (from S to N): the delta from P to N.
 pub fn merge(a: &Delta, b: &Delta) -> Delta {
-    let mut entries = Vec::with_capacity(a.entries.len().max(b.entries.len()));
-    let (mut i, mut j) = (0, 0);
-    while i < a.entries.len() || j < b.entries.len() {
-        let take_a =
-            j >= b.entries.len() || (i < a.entries.len() && a.entries[i].0 .0 <= b.entries[j].0 .0);
-        let take_b =
-            i >= a.entries.len() || (j < b.entries.len() && b.entries[j].0 .0 <= a.entries[i].0 .0);
-        let (id, n) = match (take_a, take_b) {
-            (true, true) => {
-                let r = (a.entries[i].0, a.entries[i].1 + b.entries[j].1);
-                i += 1;
-                j += 1;
-                r
-            }
-            (true, false) => {
-                i += 1;
-                a.entries[i - 1]
-            }
-            _ => {
-                j += 1;
-                b.entries[j - 1]
-            }
-        };
-        if n != 0 {
-            entries.push((id, n));
-        }
-    }
+    merge_noting(a, b, &mut Vec::new())
+}
+
+/// [`merge`], giving the ids that no longer appear (referenced by S and
+/// neither P nor N, or the other way round): what forgetting S may have
+/// released.
+pub fn merge_noting(a: &Delta, b: &Delta, cancelled: &mut Vec<ChunkId>) -> Delta {
     Delta {
         snap: b.snap,
         key: b.key,
         prev: a.prev,
         files: a.files + b.files,
         logical: a.logical + b.logical,
-        entries,
+        entries: merge_lists(&a.entries, &b.entries, cancelled),
+        structure: merge_lists(&a.structure, &b.structure, cancelled),
+        complete: a.complete && b.complete,
     }
 }
 
@@ -432,7 +539,7 @@ fn check_file(dir: &Dir, name: &str) -> Option<Header> {
     let mut head = [0u8; HEADER_LEN];
     r.read_exact(&mut head).ok()?;
     let h = decode_header(&head).ok()?;
-    if len != (HEADER_LEN + TRAILER_LEN) as u64 + h.count.checked_mul(ENTRY_LEN as u64)? {
+    if Some(len) != h.body_len()?.checked_add(TRAILER_LEN as u64) {
         return None;
     }
     let mut hasher = blake3::Hasher::new();
@@ -465,6 +572,7 @@ fn heal(
     mut d: Delta,
     want: Option<(u64, Key)>,
     live: &HashSet<u64>,
+    cancelled: &mut Vec<ChunkId>,
 ) -> Option<(Delta, Vec<u64>)> {
     let mut through = Vec::new();
     while d.prev != want {
@@ -476,7 +584,7 @@ fn heal(
         if ds.key != ks || ds.snap != s {
             return None;
         }
-        d = merge(&ds, &d);
+        d = merge_noting(&ds, &d, cancelled);
         through.push(s);
     }
     Some((d, through))
@@ -486,33 +594,69 @@ fn heal(
 /// when it fits, merged over forgotten snapshots, else computed from the
 /// trees (and stored when the repository is writable). Deltas of
 /// snapshots that no longer exist are removed once nothing needs them.
+/// What the forgotten snapshots referenced alone goes on gc's candidates
+/// (see `repo::candidates`); when that cannot be told (a delta lost or
+/// not fitting), the candidates are dropped.
 fn prepare(repo: &Repository, all: &[SnapshotRecord]) -> Result<Vec<Source>> {
+    prepare_forgetting(repo, all, &HashSet::new())
+}
+
+/// [`prepare`], also settling the deltas of `forgotten` (snapshots just
+/// forgotten, whatever their ids: the newest one too).
+fn prepare_forgetting(
+    repo: &Repository,
+    all: &[SnapshotRecord],
+    forgotten: &HashSet<u64>,
+) -> Result<Vec<Source>> {
     let dir = ledger_dir(repo);
     let writable = repo.is_writable() && dir.is_some();
     let keys: Vec<Key> = all.iter().map(key_of).collect();
     let live: HashSet<u64> = all.iter().map(|r| r.id).collect();
+    let mut merged: HashSet<u64> = HashSet::new();
     let mut out = Vec::with_capacity(all.len());
     for (i, rec) in all.iter().enumerate() {
         let want = (i > 0).then(|| (all[i - 1].id, keys[i - 1]));
         let name = file_name(rec.id);
+        let mut had_file = false;
         if let Some(d) = &dir {
+            had_file = d.stat_at(&name).is_ok();
             if let Some(h) = check_file(d, &name) {
                 if h.snap == rec.id && h.key == keys[i] {
                     if h.prev == want {
                         out.push(Source::File(name, h));
                         continue;
                     }
-                    let healed = read_delta(d, rec.id).and_then(|x| heal(d, x, want, &live));
+                    let mut cancelled = Vec::new();
+                    let healed =
+                        read_delta(d, rec.id).and_then(|x| heal(d, x, want, &live, &mut cancelled));
                     if let Some((m, through)) = healed {
                         tracing::debug!(
                             "ledger: snapshot {}'s delta merged over forgotten {through:?}",
                             rec.id
                         );
+                        if writable {
+                            // Before the merged delta replaces the
+                            // forgotten ones: a kill in between merges
+                            // (and notes) again.
+                            repo.note_gc_candidates(&cancelled);
+                        }
+                        merged.extend(through);
                         out.push(store(d, writable, m)?);
                         continue;
                     }
                 }
             }
+        }
+        if writable && had_file {
+            // Its delta did not fit (a rewritten record, a damaged file,
+            // a chain through a forgotten snapshot whose delta is gone):
+            // what a forgotten snapshot before it released is unknown. (A
+            // record that never had a delta was in no forget: `forget`
+            // makes sure of every delta first.)
+            repo.drop_gc_candidates(&format!(
+                "snapshot {}'s reference delta is computed from the trees",
+                rec.id
+            ));
         }
         let prev = i.checked_sub(1).map(|j| &all[j]);
         let delta = compute(repo, prev, rec)?;
@@ -523,7 +667,7 @@ fn prepare(repo: &Repository, all: &[SnapshotRecord]) -> Result<Vec<Source>> {
     }
     if writable {
         if let Some(d) = &dir {
-            remove_orphans(d, &live);
+            remove_orphans(repo, d, &live, &merged, forgotten);
         }
     }
     Ok(out)
@@ -545,19 +689,57 @@ fn store(dir: &Dir, writable: bool, d: Delta) -> Result<Source> {
 }
 
 /// Remove the deltas of snapshots that no longer exist (below the newest
-/// one: a snapshot committed after `live` was read keeps its delta).
-fn remove_orphans(dir: &Dir, live: &HashSet<u64>) {
-    let Some(max) = live.iter().max().copied() else {
-        return;
-    };
+/// one, or known to be forgotten: a snapshot committed after `live` was
+/// read keeps its delta). One that was not merged into a successor's
+/// gives gc all its ids as candidates first.
+fn remove_orphans(
+    repo: &Repository,
+    dir: &Dir,
+    live: &HashSet<u64>,
+    merged: &HashSet<u64>,
+    forgotten: &HashSet<u64>,
+) {
+    let max = live.iter().max().copied().unwrap_or(0);
     let Ok(names) = dir.names() else { return };
     for n in names {
         if let Some(id) = id_of_name(&n) {
-            if id < max && !live.contains(&id) {
-                let _ = dir.remove_file(&file_name(id));
+            if live.contains(&id) || (id >= max && !forgotten.contains(&id)) {
+                continue;
             }
+            if !merged.contains(&id) {
+                match read_delta(dir, id) {
+                    Some(d) => {
+                        let ids: Vec<ChunkId> = d
+                            .entries
+                            .iter()
+                            .chain(&d.structure)
+                            .map(|(c, _)| *c)
+                            .collect();
+                        repo.note_gc_candidates(&ids);
+                    }
+                    None => repo.drop_gc_candidates(&format!(
+                        "the reference delta of forgotten snapshot {id} cannot be read"
+                    )),
+                }
+            }
+            let _ = dir.remove_file(&file_name(id));
         }
     }
+}
+
+/// Before `forget` removes records: make sure every snapshot has its
+/// delta, so that what the forgotten ones referenced can be told after.
+pub fn before_forget(repo: &Repository) -> Result<()> {
+    let all = repo.snapshots()?;
+    prepare(repo, &all).map(|_| ())
+}
+
+/// After `forget` removed the records of `forgotten`: settle the ledger
+/// now (merge their deltas into their successors', give gc what they
+/// alone referenced).
+pub fn forgotten(repo: &Repository, forgotten: &HashSet<u64>) -> Result<()> {
+    let all = repo.snapshots()?;
+    prepare_forgetting(repo, &all, forgotten).map(|_| ())
 }
 
 /// Record the delta of a snapshot just committed after `prev`: `known`
@@ -748,6 +930,95 @@ pub fn for_each_chunk(
     Ok(History { files, logical })
 }
 
+/// Which of `ids` (sorted, unique) a snapshot of `all` references: those
+/// that appear in a delta (a reference count starts at zero and never
+/// goes below it, so an id a delta changes is referenced before or
+/// after that change). With whether every delta's structure is complete:
+/// if not, the answer covers file blocks only and gc must mark instead.
+pub fn referenced_among(
+    repo: &Repository,
+    all: &[SnapshotRecord],
+    ids: &[ChunkId],
+) -> Result<(HashSet<ChunkId>, bool)> {
+    let sources = prepare(repo, all)?;
+    let dir = ledger_dir(repo);
+    let mut found = HashSet::new();
+    let mut complete = true;
+    for s in sources {
+        let left: Vec<ChunkId> = ids
+            .iter()
+            .filter(|c| !found.contains(*c))
+            .copied()
+            .collect();
+        match s {
+            Source::Mem(d) => {
+                complete &= d.complete;
+                find_in(&d, &left, &mut found);
+            }
+            Source::File(name, h) => {
+                complete &= h.complete;
+                if left.is_empty() {
+                    continue;
+                }
+                let dir = dir
+                    .as_ref()
+                    .ok_or_else(|| bad("the ledger directory went away"))?;
+                if h.count + h.scount <= SMALL_ENTRIES {
+                    let d = read_delta(dir, h.snap)
+                        .filter(|d| d.header() == h)
+                        .ok_or_else(|| bad(&format!("{name} changed while read")))?;
+                    find_in(&d, &left, &mut found);
+                } else {
+                    let f = dir
+                        .open_read(&name)?
+                        .ok_or_else(|| bad(&format!("{name} went away")))?;
+                    let mut head = [0u8; HEADER_LEN];
+                    std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0)
+                        .map_err(|e| Error::io("read", name.clone(), e))?;
+                    if decode_header(&head)? != h {
+                        return Err(bad(&format!("{name} changed while read")));
+                    }
+                    let structure_at = HEADER_LEN as u64 + h.count * ENTRY_LEN as u64;
+                    for (at, n) in [(HEADER_LEN as u64, h.count), (structure_at, h.scount)] {
+                        for c in &left {
+                            if !found.contains(c) && search_file(&f, at, n, c)? {
+                                found.insert(*c);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok((found, complete))
+}
+
+fn find_in(d: &Delta, ids: &[ChunkId], found: &mut HashSet<ChunkId>) {
+    for c in ids {
+        let hit = |l: &[(ChunkId, i64)]| l.binary_search_by(|e| e.0 .0.cmp(&c.0)).is_ok();
+        if hit(&d.entries) || hit(&d.structure) {
+            found.insert(*c);
+        }
+    }
+}
+
+/// Binary search for `c` among the `n` sorted entries at `at` in `f`.
+fn search_file(f: &std::fs::File, at: u64, n: u64, c: &ChunkId) -> Result<bool> {
+    let (mut lo, mut hi) = (0u64, n);
+    let mut e = [0u8; ENTRY_LEN];
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        std::os::unix::fs::FileExt::read_exact_at(f, &mut e, at + mid * ENTRY_LEN as u64)
+            .map_err(|x| Error::io("read", "reference ledger", x))?;
+        match e[..32].cmp(&c.0[..]) {
+            std::cmp::Ordering::Equal => return Ok(true),
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+        }
+    }
+    Ok(false)
+}
+
 /// The ledger's files, for `status`-like reports and tests: how many
 /// deltas and entries it holds.
 pub fn size(repo: &Repository) -> (u64, u64) {
@@ -785,6 +1056,8 @@ mod tests {
             files: e.len() as i64,
             logical: 10,
             entries: e.iter().map(|(i, n)| (id(*i), *n)).collect(),
+            structure: vec![(id(200), 1), (id(201 + snap as u8), -1)],
+            complete: snap.is_multiple_of(2),
         }
     }
 
@@ -804,8 +1077,10 @@ mod tests {
     #[test]
     fn merging_adds_and_drops_zeros() {
         let a = delta(2, Some(1), &[(1, 1), (3, -2), (4, 1)]);
-        let b = delta(3, Some(2), &[(2, 1), (3, 2), (4, 1)]);
-        let m = merge(&a, &b);
+        let mut b = delta(3, Some(2), &[(2, 1), (3, 2), (4, 1)]);
+        b.structure = vec![(id(200), -1), (id(250), 1)];
+        let mut cancelled = Vec::new();
+        let m = merge_noting(&a, &b, &mut cancelled);
         assert_eq!(m.snap, 3);
         assert_eq!(m.prev, a.prev);
         assert_eq!(m.key, b.key);
@@ -814,6 +1089,9 @@ mod tests {
             vec![(id(1), 1), (id(2), 1), (id(4), 2)],
             "3 cancels out"
         );
+        assert_eq!(m.structure, vec![(id(203), -1), (id(250), 1)]);
+        assert_eq!(cancelled, vec![id(3), id(200)]);
+        assert!(!m.complete, "complete only if both are");
         assert_eq!(m.files, a.files + b.files);
     }
 

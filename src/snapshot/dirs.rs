@@ -298,6 +298,9 @@ pub fn parent_and_name(path: &[u8]) -> (&[u8], &[u8]) {
 #[derive(Clone, Debug, Default)]
 pub struct DirMemo {
     refs: HashMap<Vec<u8>, DirRef>,
+    /// While noting (see [`DirMemo::note_changes`]): the parts of the
+    /// directory objects a write replaced (-1) and wrote (+1).
+    noted: Option<Vec<(ChunkId, i64)>>,
 }
 
 impl DirMemo {
@@ -319,6 +322,61 @@ impl DirMemo {
     pub fn insert(&mut self, path: Vec<u8>, r: DirRef) {
         self.refs.insert(path, r);
     }
+
+    /// From now on, note how the next writes with dirty directories
+    /// change the directory objects' parts the tree references (per
+    /// path): what the reference ledger's structure needs besides the
+    /// manifest and the files' segments, without reading an object.
+    pub fn note_changes(&mut self) {
+        self.noted = Some(Vec::new());
+    }
+
+    /// What was noted since [`DirMemo::note_changes`] (then stops).
+    pub fn take_noted(&mut self) -> Option<Vec<(ChunkId, i64)>> {
+        self.noted.take()
+    }
+
+    /// Directories at `dirty` paths that the new tree no longer has:
+    /// forget their references and those below them, noting their parts
+    /// as gone.
+    fn drop_removed(&mut self, tree: &Tree, dirty: &HashSet<Vec<u8>>) {
+        for p in dirty {
+            if p.is_empty() || matches!(tree.get(p), Some((_, Node::Dir))) {
+                continue;
+            }
+            let mut prefix = p.clone();
+            prefix.push(b'/');
+            let gone: Vec<Vec<u8>> = self
+                .refs
+                .keys()
+                .filter(|k| *k == p || k.starts_with(&prefix))
+                .cloned()
+                .collect();
+            for k in gone {
+                if let Some(r) = self.refs.remove(&k) {
+                    if let Some(n) = self.noted.as_mut() {
+                        n.extend(r.parts.iter().map(|id| (*id, -1)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The ids of the segments a file of `blocks` is stored with (none for
+/// a file of at most [`SEGMENT_IDS`] blocks), `id` giving a segment's id
+/// from its bytes as the store does.
+pub fn segment_ids(blocks: &[ChunkId], id: &dyn Fn(&[u8]) -> ChunkId) -> Vec<ChunkId> {
+    if blocks.len() <= SEGMENT_IDS {
+        return Vec::new();
+    }
+    blocks
+        .chunks(SEGMENT_IDS)
+        .map(|seg| {
+            let bytes: Vec<u8> = seg.iter().flat_map(|id| id.0).collect();
+            id(&bytes)
+        })
+        .collect()
 }
 
 /// Read the directory object `r` (the directory at `dir`) and add its
@@ -376,8 +434,13 @@ pub fn write_tree_with(
 ) -> Result<Root> {
     if dirty.is_none() {
         memo.refs.clear();
+        // What was replaced is not known: nothing to note.
+        memo.noted = None;
     }
     let dir = write_dir(store, tree, memo, dirty, b"", 0)?;
+    if let Some(d) = dirty {
+        memo.drop_removed(tree, d);
+    }
     Ok(Root {
         format: TREE_MANIFEST_FORMAT,
         block_size: tree.block_size,
@@ -518,6 +581,12 @@ fn write_dir(
         bytes,
         ..put_object(store, &obj.encode()?)?
     };
+    if let Some(n) = memo.noted.as_mut() {
+        if let Some(old) = memo.refs.get(path) {
+            n.extend(old.parts.iter().map(|id| (*id, -1)));
+        }
+        n.extend(r.parts.iter().map(|id| (*id, 1)));
+    }
     memo.refs.insert(path.to_vec(), r.clone());
     Ok(r)
 }
@@ -674,6 +743,41 @@ pub fn read_subtree(
 /// with `snapshot::diff`) gives exactly the differences of the whole
 /// trees.
 pub fn differing(store: &dyn Objects, a: &Root, b: &Root) -> Result<(Tree, Tree)> {
+    differing_with(store, a, b, &mut |_, _| {})
+}
+
+/// The objects a directory object names besides its subdirectories: its
+/// own parts and its files' segments, each with `sign` (what a snapshot
+/// references beyond file blocks, per directory; see
+/// `retention::ledger`).
+pub fn object_structure(
+    r: &DirRef,
+    entries: &[DirEntry],
+    sign: i64,
+    out: &mut dyn FnMut(ChunkId, i64),
+) {
+    for p in &r.parts {
+        out(*p, sign);
+    }
+    for e in entries {
+        if let DNode::File { segments, .. } = &e.node {
+            for s in segments {
+                out(*s, sign);
+            }
+        }
+    }
+}
+
+/// [`differing`], also giving `structure` what the differing directory
+/// objects name (see [`object_structure`]): minus for `a`'s, plus for
+/// `b`'s. Summed, that is how the objects `b`'s tree references (with
+/// multiplicity, one per path) differ from `a`'s.
+pub fn differing_with(
+    store: &dyn Objects,
+    a: &Root,
+    b: &Root,
+    structure: &mut dyn FnMut(ChunkId, i64),
+) -> Result<(Tree, Tree)> {
     let mut ta = Tree {
         block_size: a.block_size,
         entries: BTreeMap::new(),
@@ -701,11 +805,19 @@ pub fn differing(store: &dyn Objects, a: &Root, b: &Root) -> Result<(Tree, Tree)
             continue;
         }
         let da = match &ra {
-            Some(r) => load_dir(store, r, a.block_size)?.entries,
+            Some(r) => {
+                let d = load_dir(store, r, a.block_size)?.entries;
+                object_structure(r, &d, -1, structure);
+                d
+            }
             None => Vec::new(),
         };
         let db = match &rb {
-            Some(r) => load_dir(store, r, b.block_size)?.entries,
+            Some(r) => {
+                let d = load_dir(store, r, b.block_size)?.entries;
+                object_structure(r, &d, 1, structure);
+                d
+            }
             None => Vec::new(),
         };
         // Children of differing directories: both sides, with their
@@ -781,6 +893,17 @@ pub fn walk_files(
     root: &Root,
     visit: &mut dyn FnMut(u64, &[ChunkId]),
 ) -> Result<()> {
+    walk_files_with(store, root, visit, &mut |_, _| {})
+}
+
+/// [`walk_files`], also giving `structure` what each directory object
+/// names besides file blocks (see [`object_structure`]), with sign +1.
+pub fn walk_files_with(
+    store: &dyn Objects,
+    root: &Root,
+    visit: &mut dyn FnMut(u64, &[ChunkId]),
+    structure: &mut dyn FnMut(ChunkId, i64),
+) -> Result<()> {
     let bs = root.block_size;
     let mut stack = vec![(root.dir.clone(), 0usize)];
     let (mut entries, mut bytes) = (0u64, 0u64);
@@ -790,7 +913,9 @@ pub fn walk_files(
                 "the tree is deeper than {MAX_DEPTH} directories"
             )));
         }
-        for e in load_dir(store, &r, bs)?.entries {
+        let d = load_dir(store, &r, bs)?;
+        object_structure(&r, &d.entries, 1, structure);
+        for e in d.entries {
             entries += 1;
             match e.node {
                 DNode::Dir(sub) => stack.push((sub, depth + 1)),
