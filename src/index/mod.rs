@@ -334,6 +334,42 @@ impl Index {
         Ok(())
     }
 
+    /// Bytes of pack `id` known to be garbage (blobs the index no longer
+    /// points at), as gc last counted them: a hint for which packs to
+    /// look at, never a reason to delete (0 when unknown).
+    pub fn pack_garbage(&self, id: u64) -> Result<u64> {
+        match &self.backend {
+            Backend::Sled { packs, .. } => {
+                let v = packs.get(id.to_be_bytes()).map_err(|e| self.map(e))?;
+                Ok(v.and_then(|v| {
+                    v.get(7..15).map(|b| {
+                        let mut a = [0u8; 8];
+                        a.copy_from_slice(b);
+                        u64::from_le_bytes(a)
+                    })
+                })
+                .unwrap_or(0))
+            }
+            Backend::Memory { .. } => Ok(0),
+        }
+    }
+
+    /// Set the garbage count of an indexed pack (see
+    /// [`Index::pack_garbage`]); nothing for a pack not indexed.
+    pub fn set_pack_garbage(&self, id: u64, bytes: u64) -> Result<()> {
+        if let Backend::Sled { packs, .. } = &self.backend {
+            if packs
+                .contains_key(id.to_be_bytes())
+                .map_err(|e| self.map(e))?
+            {
+                let mut v = b"indexed".to_vec();
+                v.extend_from_slice(&bytes.to_le_bytes());
+                packs.insert(id.to_be_bytes(), v).map_err(|e| self.map(e))?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn is_pack_indexed(&self, id: u64) -> Result<bool> {
         match &self.backend {
             Backend::Sled { packs, .. } => packs

@@ -297,8 +297,27 @@ fn incremental(
     let affected: std::collections::BTreeSet<u64> = dead.iter().map(|(_, l)| l.pack).collect();
     let mut by_pack: BTreeMap<u64, Vec<(ChunkId, Location)>> = BTreeMap::new();
     let mut consider = std::collections::BTreeSet::new();
+    // Packs that stay whatever else is dead in them (by the garbage gc
+    // counted before, plus what it deletes now) are not read: only
+    // their garbage count grows.
+    let mut grown = Vec::new();
     for &p in &affected {
         if !repo.index().is_pack_indexed(p)? {
+            continue;
+        }
+        let blobs = reader
+            .pack_len(p)
+            .unwrap_or(0)
+            .saturating_sub(PACK_HEADER_LEN);
+        let now: u64 = dead
+            .iter()
+            .filter(|(_, l)| l.pack == p)
+            .map(|(_, l)| blob_bytes(l))
+            .sum();
+        let known = repo.index().pack_garbage(p)?.saturating_add(now);
+        let live = blobs.saturating_sub(known);
+        if live > 0 && (live as f64) >= opts.repack_below * blobs as f64 {
+            grown.push((p, known.min(blobs)));
             continue;
         }
         let scan = crate::store::pack::scan_pack(reader.dir(), p)?;
@@ -326,6 +345,9 @@ fn incremental(
         &condemned,
         dead,
     )?;
+    for (p, garbage) in grown {
+        repo.index().set_pack_garbage(p, garbage)?;
+    }
     Ok(Some((report, keep)))
 }
 
@@ -502,6 +524,10 @@ fn sweep(
             let blobs = size.saturating_sub(PACK_HEADER_LEN);
             if live_bytes < blobs && (live_bytes as f64) < opts.repack_below * blobs as f64 {
                 repack.push(p);
+            } else if !opts.dry_run {
+                // Kept: what is dead in it, for the next incremental gc.
+                repo.index()
+                    .set_pack_garbage(p, blobs.saturating_sub(live_bytes))?;
             }
         }
     }
