@@ -21,6 +21,8 @@
 //!     unique.json          retention::space::UNIQUE_CACHE (unique sizes)
 //!     ledger/<16 hex>.delta retention::ledger::LEDGER_DIR (the reference
 //!                          ledger: each snapshot's change in references)
+//!     gc/                  repo::candidates::GC_DIR (gc's candidate list,
+//!                          the session marker)
 //!   .tmp.<name>.<pid>      TMP_PREFIX (an atomic replacement in progress)
 //! ```
 //! Copy-before-write spill files have no name (`O_TMPFILE`).
