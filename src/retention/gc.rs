@@ -34,6 +34,17 @@
 //! Packs created after gc started, or not yet marked indexed when it
 //! listed the index (a capture that began before it still writing), are
 //! never touched.
+//!
+//! That is a **full** gc. After forgets, gc is **incremental** when it
+//! can be: step 1 looks only at gc's candidates (`repo::candidates`: the
+//! ids the forgets' ledger merges cancelled out) and condemns those that
+//! no delta of the reference ledger names (an id is referenced by some
+//! snapshot exactly when a delta names it); steps 2-3 are the same (the
+//! records committed meanwhile are asked through their deltas); steps 4-5
+//! run over the packs that hold condemned chunks only, read through their
+//! blob headers against the index. No tree is read. When the list is not
+//! trusted, or a delta does not cover its snapshot's structure (an older
+//! format), gc is full, and a full gc starts a new list.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
