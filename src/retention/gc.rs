@@ -436,8 +436,13 @@ fn run_full(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
             )));
         }
     }
+    // Chunks only readers hold: kept now, looked at again by the next gc
+    // (incremental or not) through the candidate list.
+    let mut held: Vec<ChunkId> = Vec::new();
     for id in repo.pinned() {
-        condemned.remove(&id);
+        if condemned.remove(&id) {
+            held.push(id);
+        }
         live.insert(id);
     }
     if !opts.dry_run {
@@ -453,7 +458,9 @@ fn run_full(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
             .filter(|r| marked.get(&r.id) != Some(&r.manifest))
             .collect();
         mark(repo, &fresh, &mut seen, &mut live)?;
-        live.extend(repo.pinned());
+        let pinned: HashSet<ChunkId> = repo.pinned().into_iter().collect();
+        held.extend(condemned.intersection(&pinned).copied());
+        live.extend(pinned);
         let rescued: Vec<ChunkId> = condemned.intersection(&live).copied().collect();
         for id in &rescued {
             condemned.remove(id);
@@ -489,6 +496,9 @@ fn run_full(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
         &condemned,
         dead_entries,
     )?;
+    if !opts.dry_run {
+        repo.note_gc_candidates(&held);
+    }
     Ok(report)
 }
 
