@@ -268,21 +268,37 @@ pub fn forget(repo: &Repository, target: Target<'_>, dry_run: bool) -> Result<Fo
             }));
             if ch.new_manifest {
                 let parent = ch.parent.map(|p| by_id[&p]);
-                if let crate::snapshot::Stored::Tree(_) = repo.load_stored(old)? {
+                if let crate::snapshot::Stored::Tree(root) = repo.load_stored(old)? {
                     // Stored as a whole tree already: the manifest stays;
                     // only the change counts are now against the new
                     // parent (from the directories that differ).
-                    let (tree, base) = match parent {
+                    match parent {
                         Some(p) => {
                             let (b, t) = repo.changed_pair(p, old)?;
-                            (t, Some(b))
+                            let (m, blocks) = build(&t, Some(&b));
+                            rec.stats.changed_blocks = blocks;
+                            rec.stats.changed_entries = m.entries.len() as u64;
+                            rec.stats.removed_entries = m.removed.len() as u64;
                         }
-                        None => (trees.get(repo, ch.id)?.as_ref().clone(), None),
-                    };
-                    let (m, blocks) = build(&tree, base.as_ref());
-                    rec.stats.changed_blocks = blocks;
-                    rec.stats.changed_entries = m.entries.len() as u64;
-                    rec.stats.removed_entries = m.removed.len() as u64;
+                        None => {
+                            // A full now: everything, counted one
+                            // directory at a time (not the tree in memory).
+                            let mut blocks = 0u64;
+                            crate::snapshot::dirs::walk_files(repo, &root, &mut |_, ids| {
+                                blocks += ids.len() as u64
+                            })?;
+                            let entries = root.dir.entries + u64::from(root.meta.is_some());
+                            #[cfg(debug_assertions)]
+                            assert_eq!(
+                                (entries, blocks),
+                                crate::capture::manifest::counts_of_full(&*trees.get(repo, ch.id)?),
+                                "a synthetic full's counts from its directories"
+                            );
+                            rec.stats.changed_blocks = blocks;
+                            rec.stats.changed_entries = entries;
+                            rec.stats.removed_entries = 0;
+                        }
+                    }
                 } else {
                     // An older format: stored again as a tree of its own
                     // (format 3), so it no longer depends on the chain.
