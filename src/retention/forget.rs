@@ -360,6 +360,10 @@ pub fn forget(repo: &Repository, target: Target<'_>, dry_run: bool) -> Result<Fo
     }) {
         repo.drop_gc_candidates("forget stored snapshots of an older format again");
     }
+    if !report.plan.remove_damaged.is_empty() {
+        // What a damaged record referenced cannot be told.
+        repo.drop_gc_candidates("forget removed damaged snapshot records");
+    }
     let forgotten: std::collections::HashSet<u64> = report
         .plan
         .remove
