@@ -6,11 +6,12 @@
 //! full gc marks). When that list cannot be trusted (an unclean stop, a
 //! capture that gave up, a damaged list), gc marks everything by itself.
 
+mod common;
+
 use std::collections::HashSet;
 use std::fs;
 use std::path::Path;
 
-use rewindfs::capture::scan::{snapshot_dir, ScanOptions};
 use rewindfs::repo::candidates::{CANDIDATES, GC_DIR, SESSION};
 use rewindfs::repo::layout::CACHE;
 use rewindfs::repo::Repository;
@@ -22,19 +23,7 @@ use rewindfs::store::ChunkId;
 const BS: usize = 64 << 10;
 
 fn scan(repo: &Repository, src: &Path, kind: Kind) -> u64 {
-    snapshot_dir(
-        repo,
-        src,
-        &ScanOptions {
-            kind,
-            label: None,
-            threads: 0,
-            recorded_time_ns: None,
-        },
-    )
-    .unwrap()
-    .record
-    .id
+    common::scan_record(repo, src, kind, 0).id
 }
 
 /// Every object the snapshots reference, marked from their trees.

@@ -7,11 +7,12 @@
 //! new snapshot's unique sizes are found without reading any tree but
 //! the directories it changed.
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::path::Path;
 
-use rewindfs::capture::scan::{snapshot_dir, ScanOptions};
 use rewindfs::repo::Repository;
 use rewindfs::retention::space::{space, unique_bytes};
 use rewindfs::snapshot::{Kind, Node, Tree};
@@ -108,19 +109,7 @@ fn check(repo: &Repository, when: &str) {
 }
 
 fn scan(repo: &Repository, src: &Path, kind: Kind) -> u64 {
-    snapshot_dir(
-        repo,
-        src,
-        &ScanOptions {
-            kind,
-            label: None,
-            threads: 0,
-            recorded_time_ns: None,
-        },
-    )
-    .unwrap()
-    .record
-    .id
+    common::scan_record(repo, src, kind, 0).id
 }
 
 /// Content `v` of `blocks` blocks: the same `v` gives the same chunks.

@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use rewindfs::capture::scan::{snapshot_dir, ScanOptions};
 use rewindfs::repo::Repository;
 use rewindfs::restore::{restore, RestoreOptions};
 use rewindfs::retention::forget::{forget, Target};
@@ -129,19 +128,7 @@ fn apply(src: &Path, op: &Op) {
 }
 
 fn scan(repo: &Repository, src: &Path, kind: Kind) -> u64 {
-    snapshot_dir(
-        repo,
-        src,
-        &ScanOptions {
-            kind,
-            label: None,
-            threads: 2,
-            recorded_time_ns: None,
-        },
-    )
-    .unwrap()
-    .record
-    .id
+    common::scan_record(repo, src, kind, 2).id
 }
 
 /// What a snapshot references: its manifest parts and its tree's blocks.

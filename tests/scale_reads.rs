@@ -8,12 +8,13 @@
 //!
 //! One test in this file: the counters are per process.
 
+mod common;
+
 use std::ffi::OsStr;
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
-use rewindfs::capture::scan::{snapshot_dir, ScanOptions};
 use rewindfs::repo::Repository;
 use rewindfs::snapshot::{diff::diff, Kind, SnapshotRecord};
 
@@ -26,18 +27,7 @@ fn path(i: usize) -> String {
 }
 
 fn scan(repo: &Repository, src: &Path, kind: Kind) -> SnapshotRecord {
-    snapshot_dir(
-        repo,
-        src,
-        &ScanOptions {
-            kind,
-            label: None,
-            threads: 0,
-            recorded_time_ns: None,
-        },
-    )
-    .unwrap()
-    .record
+    common::scan_record(repo, src, kind, 0)
 }
 
 #[test]

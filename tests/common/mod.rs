@@ -40,6 +40,28 @@ pub fn succeeded(o: Output, args: &[&str]) -> String {
 }
 
 /// `rewindfs snapshot --source SRC --kind KIND` on `repo`, which must succeed.
+/// A scan snapshot of `src` taken in this process (no daemon, no CLI):
+/// its record.
+pub fn scan_record(
+    repo: &rewindfs::repo::Repository,
+    src: &Path,
+    kind: rewindfs::snapshot::Kind,
+    threads: usize,
+) -> rewindfs::snapshot::SnapshotRecord {
+    rewindfs::capture::scan::snapshot_dir(
+        repo,
+        src,
+        &rewindfs::capture::scan::ScanOptions {
+            kind,
+            label: None,
+            threads,
+            recorded_time_ns: None,
+        },
+    )
+    .unwrap()
+    .record
+}
+
 pub fn scan_snapshot(repo: &Path, src: &Path, kind: &str) -> String {
     ok(
         repo,
