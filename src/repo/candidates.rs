@@ -41,6 +41,9 @@ pub const SESSION: &str = "session";
 pub const CANDIDATES_FORMAT: u32 = 1;
 const MAGIC: &[u8; 8] = b"RWGCCAN\n";
 const HEAD_LEN: usize = 12;
+/// A longer list is not read (not trusted: the next gc marks everything):
+/// 32 million ids.
+const MAX_LIST_BYTES: u64 = 1 << 30;
 
 /// Appends, takes and drops of the list, one at a time in this process
 /// (the repository lock keeps other processes out).
@@ -73,7 +76,7 @@ fn record(ids: &[ChunkId]) -> Vec<u8> {
 
 /// The ids of a list file; `None` when it is absent or does not parse.
 fn read_list(dir: &Dir, name: &str) -> Option<Vec<ChunkId>> {
-    let b = dir.read(name, u64::MAX >> 1).ok()??;
+    let b = dir.read(name, MAX_LIST_BYTES).ok()??;
     if b.len() < HEAD_LEN || b[..HEAD_LEN] != head()[..] {
         return None;
     }

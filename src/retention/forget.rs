@@ -364,19 +364,6 @@ pub fn forget(repo: &Repository, target: Target<'_>, dry_run: bool) -> Result<Fo
         // What a damaged record referenced cannot be told.
         repo.drop_gc_candidates("forget removed damaged snapshot records");
     }
-    let forgotten: std::collections::HashSet<u64> = report
-        .plan
-        .remove
-        .iter()
-        .chain(report.plan.remove_damaged.iter())
-        .copied()
-        .collect();
-    if let Err(e) = super::ledger::forgotten(repo, &forgotten) {
-        tracing::warn!("the reference ledger after forget: {e}");
-        repo.drop_gc_candidates("the reference ledger could not be settled after forget");
-    }
-    // 4. Their materialized copies (a cache: a failure costs disk only,
-    // and the next mount's scan deletes copies of missing snapshots).
     let gone: Vec<u64> = report
         .plan
         .remove
@@ -384,6 +371,12 @@ pub fn forget(repo: &Repository, target: Target<'_>, dry_run: bool) -> Result<Fo
         .chain(report.plan.remove_damaged.iter())
         .copied()
         .collect();
+    if let Err(e) = super::ledger::forgotten(repo, &gone.iter().copied().collect()) {
+        tracing::warn!("the reference ledger after forget: {e}");
+        repo.drop_gc_candidates("the reference ledger could not be settled after forget");
+    }
+    // 4. Their materialized copies (a cache: a failure costs disk only,
+    // and the next mount's scan deletes copies of missing snapshots).
     match crate::views::materialize::forget_snapshots(repo.dir(), &gone) {
         Ok(0) => {}
         Ok(n) => tracing::info!("deleted {n} materialized copies of forgotten snapshots"),

@@ -312,6 +312,10 @@ fn incremental(
     // counted before, plus what it deletes now) are not read: only
     // their garbage count grows.
     let mut grown = Vec::new();
+    let mut dead_in: HashMap<u64, u64> = HashMap::new();
+    for (_, l) in &dead {
+        *dead_in.entry(l.pack).or_default() += blob_bytes(l);
+    }
     for &p in &affected {
         if !repo.index().is_pack_indexed(p)? {
             continue;
@@ -320,11 +324,7 @@ fn incremental(
             .pack_len(p)
             .unwrap_or(0)
             .saturating_sub(PACK_HEADER_LEN);
-        let now: u64 = dead
-            .iter()
-            .filter(|(_, l)| l.pack == p)
-            .map(|(_, l)| blob_bytes(l))
-            .sum();
+        let now = dead_in.get(&p).copied().unwrap_or(0);
         let known = repo.index().pack_garbage(p)?.saturating_add(now);
         let live = blobs.saturating_sub(known);
         if live > 0 && (live as f64) >= opts.repack_below * blobs as f64 {

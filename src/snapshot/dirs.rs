@@ -340,23 +340,44 @@ impl DirMemo {
     /// forget their references and those below them, noting their parts
     /// as gone.
     fn drop_removed(&mut self, tree: &Tree, dirty: &HashSet<Vec<u8>>) {
-        for p in dirty {
-            if p.is_empty() || matches!(tree.get(p), Some((_, Node::Dir))) {
-                continue;
+        // Directories the memo holds that are gone (a dirty path that is
+        // not a directory in the memo was a file: nothing below it).
+        let removed: HashSet<&[u8]> = dirty
+            .iter()
+            .filter(|p| {
+                !p.is_empty()
+                    && self.refs.contains_key(*p)
+                    && !matches!(tree.get(p), Some((_, Node::Dir)))
+            })
+            .map(|p| p.as_slice())
+            .collect();
+        if removed.is_empty() {
+            return;
+        }
+        // One pass over the memo: a directory goes if it or a directory
+        // above it was removed.
+        let under_removed = |k: &[u8]| {
+            let mut cur = k;
+            loop {
+                if removed.contains(cur) {
+                    return true;
+                }
+                if cur.is_empty() {
+                    return false;
+                }
+                cur = parent_and_name(cur).0;
             }
-            let mut prefix = p.clone();
-            prefix.push(b'/');
-            let gone: Vec<Vec<u8>> = self
-                .refs
-                .keys()
-                .filter(|k| *k == p || k.starts_with(&prefix))
-                .cloned()
-                .collect();
-            for k in gone {
-                if let Some(r) = self.refs.remove(&k) {
-                    if let Some(n) = self.noted.as_mut() {
-                        n.extend(r.parts.iter().map(|id| (*id, -1)));
-                    }
+        };
+        let gone: Vec<Vec<u8>> = self
+            .refs
+            .keys()
+            .filter(|k| under_removed(k))
+            .cloned()
+            .collect();
+        for k in gone {
+            if let Some(r) = self.refs.remove(&k) {
+                if let Some(n) = self.noted.as_mut() {
+                    n.extend(r.parts.iter().map(|id| (*id, -1)));
                 }
             }
         }
