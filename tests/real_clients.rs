@@ -831,6 +831,15 @@ fn an_incremental_reads_only_the_directories_it_changes() {
             during >= 1,
             "round {round}: the base was not read on demand"
         );
+        // The inode index of the 20,211 paths is in its file (test builds
+        // put any non-empty one there); the heap holds only the changes
+        // since it was last written.
+        let mem = &common::status(&repo)["memory"];
+        assert_eq!(mem["flusher_index_entries"].as_u64(), Some(20_211));
+        let file = mem["flusher_index_file_bytes"].as_u64().unwrap();
+        assert!(file >= 20_211 * 20, "index file of {file} bytes");
+        let heap = mem["flusher_index_bytes"].as_u64().unwrap();
+        assert!(heap < 4096, "the index keeps {heap} bytes in the heap");
     }
     m.umount();
 }

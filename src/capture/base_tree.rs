@@ -172,6 +172,18 @@ impl BaseTree {
         self.index.memory()
     }
 
+    /// Keep the inode index in an unnamed file in `dir` once it is
+    /// large, and let go of the pages of it read since the last call
+    /// (see [`InoIndex::spill`]).
+    pub fn spill_index(&mut self, dir: &std::sync::Arc<crate::util::dirfd::Dir>) {
+        self.index.spill(dir);
+    }
+
+    /// The bytes of the inode index's file (0: it is in memory).
+    pub fn index_file_bytes(&self) -> u64 {
+        self.index.file_bytes()
+    }
+
     /// Keep only the root's entry: the directories are read again from
     /// the store when needed (the caller keeps the [`DirMemo`] of the
     /// snapshot `self.id` for that).

@@ -216,12 +216,16 @@ pub struct MemoryStatus {
     /// snapshot and its directories read again as captures need them).
     pub flusher_tree_entries: u64,
     pub flusher_tree_bytes: u64,
-    /// The inode index of the latest tree (over the whole tree: it still
-    /// grows with the files, ~130 bytes each).
+    /// The inode index of the latest tree (over the whole tree): its
+    /// paths, the heap bytes it takes (past 65,536 paths only the changes
+    /// since it was last rebuilt: the array is in a file), and the bytes
+    /// of that file (disk, read through the page cache; not resident).
     #[serde(default)]
     pub flusher_index_entries: u64,
     #[serde(default)]
     pub flusher_index_bytes: u64,
+    #[serde(default)]
+    pub flusher_index_file_bytes: u64,
     /// Snapshots open for `.snapshots` and snapshot mounts (at most 8),
     /// the entries of their directories read and kept (at most
     /// --view-entries per snapshot), and about the bytes they take.

@@ -258,6 +258,7 @@ impl Shared {
             flusher_tree_bytes: flusher.tree_bytes,
             flusher_index_entries: flusher.index_entries,
             flusher_index_bytes: flusher.index_bytes,
+            flusher_index_file_bytes: flusher.index_file_bytes,
             ..super::control::MemoryStatus::with_views(&self.views)
         };
         DaemonStatus {

@@ -82,6 +82,10 @@ pub struct FlusherStatus {
     pub index_entries: u64,
     #[serde(default)]
     pub index_bytes: u64,
+    /// The bytes of the file the index is kept in once large (not
+    /// memory: the kernel's page cache holds what is read of it).
+    #[serde(default)]
+    pub index_file_bytes: u64,
 }
 
 enum Cmd {
@@ -143,6 +147,9 @@ struct Trees {
     /// an incremental on it re-encodes only the directories on its
     /// changed paths. Dropped whenever a commit fails.
     memo: Option<(u64, DirMemo)>,
+    /// Where the latest tree's inode index is kept once large (the
+    /// repository directory, opened once).
+    spill: Option<Arc<crate::util::dirfd::Dir>>,
 }
 
 impl Flusher {
@@ -222,6 +229,7 @@ fn run(ctx: FlusherCtx, rx: Receiver<Cmd>, ev_rx: Receiver<FsEvent>, out: Report
         Ok(Some((r, base, memo))) => {
             trees.memo = memo.map(|m| (base.id, m));
             trees.latest = Some(base);
+            index_to_disk(&ctx.repo, &mut trees);
             note_trees(&trees, status);
             format!(
             "done: {} entries checked, {} files and {} directories changed since the latest snapshot",
@@ -478,15 +486,31 @@ fn syncfs(mountpoint: &std::path::Path) {
     }
 }
 
+/// Keep the latest tree's inode index in a file once it is large, and
+/// let go of the pages of it the last capture read (see
+/// capture::ino_index): the daemon's memory does not grow with the files.
+fn index_to_disk(repo: &Repository, trees: &mut Trees) {
+    let Some(b) = trees.latest.as_mut() else {
+        return;
+    };
+    if trees.spill.is_none() {
+        trees.spill = repo.dir().try_clone().ok().map(Arc::new);
+    }
+    if let Some(d) = &trees.spill {
+        b.spill_index(d);
+    }
+}
+
 /// Record in the status what the kept trees hold.
 fn note_trees(trees: &Trees, status: &Mutex<FlusherStatus>) {
     let mut entries = 0;
     let mut bytes = 0;
-    let (mut index_entries, mut index_bytes) = (0, 0);
+    let (mut index_entries, mut index_bytes, mut index_file_bytes) = (0, 0, 0);
     if let Some(b) = &trees.latest {
         entries += b.held_entries() as u64;
         bytes += b.tree().heap_bytes();
         (index_entries, index_bytes) = b.index_memory();
+        index_file_bytes = b.index_file_bytes();
     }
     if let Some((_, t)) = &trees.full {
         entries += t.entries.len() as u64;
@@ -497,6 +521,7 @@ fn note_trees(trees: &Trees, status: &Mutex<FlusherStatus>) {
     s.tree_bytes = bytes;
     s.index_entries = index_entries;
     s.index_bytes = index_bytes;
+    s.index_file_bytes = index_file_bytes;
 }
 
 /// `memo` if it holds the directory references of snapshot `id`.
@@ -944,6 +969,7 @@ fn take(
                 // A differential's base from now on: read when needed.
                 trees.full = None;
             }
+            index_to_disk(repo, trees);
             note_trees(trees, status);
             let secs = t0.elapsed().as_secs_f64();
             let mut s = status.lock();
