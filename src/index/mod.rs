@@ -112,6 +112,7 @@ impl Index {
     }
 
     pub fn get_chunk(&self, id: &ChunkId) -> Result<Option<Location>> {
+        collect_garbage(1);
         match &self.backend {
             Backend::Sled { chunks, .. } => match chunks.get(id.0).map_err(|e| self.map(e))? {
                 Some(v) => Ok(Some(Location::decode(&v)?)),
@@ -122,6 +123,7 @@ impl Index {
     }
 
     pub fn contains_chunk(&self, id: &ChunkId) -> Result<bool> {
+        collect_garbage(1);
         match &self.backend {
             Backend::Sled { chunks, .. } => chunks.contains_key(id.0).map_err(|e| self.map(e)),
             Backend::Memory { chunks, .. } => Ok(chunks.read().contains_key(id)),
@@ -148,6 +150,7 @@ impl Index {
                         batch.insert(&id.0[..], &loc.encode()[..]);
                     }
                     chunks.apply_batch(batch).map_err(|e| self.map(e))?;
+                    collect_garbage(part.len() as u64);
                 }
                 Ok(())
             }
@@ -436,6 +439,32 @@ impl Index {
             db.flush().map_err(|e| self.map(e))?;
         }
         Ok(())
+    }
+}
+
+/// Index operations between two collections of sled's garbage.
+const GARBAGE_EVERY: u64 = 4096;
+/// Collection steps per collection (each frees up to 8 bags of 64).
+const GARBAGE_STEPS: u32 = 64;
+
+/// Drive the collection of sled's garbage every [`GARBAGE_EVERY`]
+/// operations (`ops` more now). sled frees the nodes it replaces (an
+/// insert copies a leaf, an eviction drops one) through crossbeam-epoch's
+/// deferred garbage, which is freed only as threads pin and flush the
+/// global epoch; a burst of inserts outruns that and leaves it queued.
+/// Measured, 10^6 chunk ids inserted in sorted batches of 1,000: 241 MiB
+/// in use at the end with a 64 MiB cache, 922 with 32, 1,637 with 16;
+/// with this, 205, 122 and 81 (docs/benchmarks.md). The collector is the
+/// process's one, so the counter is too.
+fn collect_garbage(ops: u64) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static OPS: AtomicU64 = AtomicU64::new(0);
+    let before = OPS.fetch_add(ops, Ordering::Relaxed);
+    if before / GARBAGE_EVERY == (before + ops) / GARBAGE_EVERY {
+        return;
+    }
+    for _ in 0..GARBAGE_STEPS {
+        crossbeam_epoch::pin().flush();
     }
 }
 
