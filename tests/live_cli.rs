@@ -54,6 +54,7 @@ fn nonsensical_setups_are_refused() {
         mount_err(&backing, &mnt, &["--repo", inside.to_str().unwrap()])
             .contains("inside the mountpoint")
     );
+    assert!(mount_err(&backing, &mnt, &["--index-cache", "100K"]).contains("at least 1M"));
     // Nothing was created in the backing directory by the refusals.
     assert_eq!(fs::read_dir(&backing).unwrap().count(), 1);
 }
@@ -78,7 +79,17 @@ fn mount_status_umount_and_a_locked_repository() {
         "--snapshot-on-unmount",
         "false",
     ];
-    let m = DaemonMount::start(&backing, &mnt, &quiet);
+    let args: Vec<&str> = quiet
+        .iter()
+        .copied()
+        .chain(["--index-cache", "8M"])
+        .collect();
+    let m = DaemonMount::start(&backing, &mnt, &args);
+    // The index's cache is the one asked for.
+    assert_eq!(
+        status(&repo)["memory"]["index_cache_limit_bytes"].as_u64(),
+        Some(8 << 20)
+    );
     // The repository is created inside the backing dir and hidden.
     assert!(repo.join("config.json").exists());
     let names: Vec<String> = fs::read_dir(&mnt)

@@ -155,6 +155,11 @@ pub struct MountArgs {
     /// (each about 200 bytes; directories are read again when needed).
     #[arg(long, value_name = "N", default_value_t = rewindfs::views::view_tree::DEFAULT_ENTRIES_CACHED)]
     view_entries: usize,
+    /// Page cache of the chunk index (sled). sled keeps about three times
+    /// this in memory once full; a smaller cache costs lookups (a capture
+    /// asks the index once per block it reads).
+    #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = super::common::parse_size_u64)]
+    index_cache: u64,
     #[command(flatten)]
     materialize: MaterializeArgs,
     /// Take an incremental snapshot this often when something changed
@@ -251,6 +256,12 @@ pub struct MountArgs {
 
 pub fn mount(a: MountArgs, hook: rewindfs::daemon::CliHook) -> Result<i32> {
     let foreground = a.foreground;
+    if a.index_cache < 1 << 20 {
+        bail!(
+            "--index-cache must be at least 1M (got {} bytes)",
+            a.index_cache
+        );
+    }
     let req = MountRequest {
         backing: a.backing,
         mountpoint: a.mountpoint.clone(),
@@ -265,6 +276,7 @@ pub fn mount(a: MountArgs, hook: rewindfs::daemon::CliHook) -> Result<i32> {
             snapdir_visible: a.snapdir == "visible",
             chunk_cache: a.chunk_cache,
             view_entries: a.view_entries,
+            index_cache: a.index_cache,
             materialize: a.materialize.config(),
             suid: a.suid,
             dev: a.dev,

@@ -248,7 +248,7 @@ impl MemoryStatus {
         m.view_nodes = n;
         m.view_bytes = b;
         m.chunk_cache_bytes = views.chunks.bytes();
-        m.index_cache_limit_bytes = crate::repo::INDEX_CACHE_BYTES;
+        m.index_cache_limit_bytes = crate::repo::index_cache_bytes();
         m
     }
 

@@ -451,6 +451,7 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
     // A client that goes away must not kill the daemon (EPIPE instead).
     crate::util::sys::on_broken_pipe(false);
     let cfg = req.config.clone();
+    crate::repo::set_index_cache(cfg.index_cache);
     let repo = Arc::new(open_repo(&paths.repo)?);
     repo.announce_daemon();
     // `status` finds this daemon even after its mount was detached.

@@ -66,6 +66,8 @@ pub struct MountConfig {
     pub chunk_cache: u64,
     /// Entries of snapshot directories kept per open snapshot.
     pub view_entries: usize,
+    /// The index's page cache (sled's cache capacity).
+    pub index_cache: u64,
     /// The views' materialization cache.
     pub materialize: MaterializeConfig,
     /// Honour setuid/setgid bits and file capabilities of programs in
@@ -90,6 +92,7 @@ impl Default for MountConfig {
             snapdir_visible: false,
             chunk_cache: 256 << 20,
             view_entries: crate::views::view_tree::DEFAULT_ENTRIES_CACHED,
+            index_cache: crate::repo::INDEX_CACHE_BYTES,
             materialize: MaterializeConfig::default(),
             suid: false,
             dev: false,

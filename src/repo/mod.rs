@@ -56,8 +56,26 @@ pub use config::{
     DEFAULT_BLOCK_SIZE, DEFAULT_COMPRESSION, DEFAULT_PACK_TARGET, FORMAT_VERSION, MAX_BLOCK_SIZE,
     MIN_BLOCK_SIZE,
 };
-/// The index's page cache (sled's `cache_capacity`).
-pub const INDEX_CACHE_BYTES: u64 = 64 << 20;
+/// The index's page cache (sled's `cache_capacity`) by default. sled
+/// holds about three times this in live nodes once the cache is full
+/// (measured: ~190 MiB in use for 64 MiB, ~110 for 32, ~75 for 16, after
+/// 10^6 chunk ids; a random lookup 4.5, 7.2 and 8.0 us;
+/// docs/benchmarks.md).
+pub const INDEX_CACHE_BYTES: u64 = 32 << 20;
+
+static INDEX_CACHE: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(INDEX_CACHE_BYTES);
+
+/// Set the index's page cache for the repositories this process opens
+/// from now on (the live daemon's `--index-cache`).
+pub fn set_index_cache(bytes: u64) {
+    INDEX_CACHE.store(bytes, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The index's page cache of the repositories this process opens.
+pub fn index_cache_bytes() -> u64 {
+    INDEX_CACHE.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// How a repository was opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -404,7 +422,7 @@ impl Repository {
         let _lock = lock(&dir)?;
         dir.ensure_dir(PACKS, 0o700)?;
         dir.ensure_dir(SNAPSHOTS, 0o700)?;
-        let index = Index::open(dir.ensure_dir(INDEX, 0o700)?, INDEX_CACHE_BYTES)?;
+        let index = Index::open(dir.ensure_dir(INDEX, 0o700)?, index_cache_bytes())?;
         index.flush()?;
         drop(index);
         if let Some(k) = key {
@@ -437,7 +455,7 @@ impl Repository {
         let index = match dir.open_dir(INDEX) {
             Ok(d) => {
                 trust::check_subdir(&d)?;
-                Index::open(d, INDEX_CACHE_BYTES)
+                Index::open(d, index_cache_bytes())
             }
             Err(_) => {
                 // A missing index is rebuilt from the packs.
@@ -1476,7 +1494,7 @@ fn rebuild_locked(
         dir.fsync()?;
         moved_to = Some(dir.join(&aside));
     }
-    let index = Index::open(dir.ensure_dir(INDEX, 0o700)?, INDEX_CACHE_BYTES)?;
+    let index = Index::open(dir.ensure_dir(INDEX, 0o700)?, index_cache_bytes())?;
     let mut report = fill_index(&index, packs, snapshots, true, crypto)?;
     report.moved_to = moved_to;
     Ok((index, report))
