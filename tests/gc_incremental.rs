@@ -117,9 +117,12 @@ fn gc_after_a_forget_reads_no_tree_and_deletes_exactly_what_it_released() {
         }
         ids.push(scan(&repo, &src, Kind::Incremental));
     }
-    // A first gc marks everything (no list yet) and starts the list.
+    // A new repository starts with an empty, trusted list: its first gc
+    // is incremental and finds nothing to do.
+    assert!(repo.gc_candidates_trusted());
     let r = run_gc(&repo, false);
-    assert_eq!(r.mode, "full", "{r:?}");
+    assert_eq!(r.mode, "incremental", "{r:?}");
+    assert_eq!(r.candidates, 0, "{r:?}");
     assert_eq!(indexed(&repo), referenced(&repo));
     let total = indexed(&repo).len() as u64;
     assert!(repo.gc_candidates_trusted());
@@ -183,6 +186,11 @@ fn gc_marks_everything_when_the_list_cannot_be_trusted() {
         };
         ids.push(scan(&repo, &src, kind));
     }
+    // A repository made before the list existed has none: its first gc
+    // marks everything, and starts the list.
+    let list = repo_dir.join(CACHE).join(GC_DIR).join(CANDIDATES);
+    fs::remove_file(&list).unwrap();
+    assert!(!repo.gc_candidates_trusted());
     assert_eq!(run_gc(&repo, false).mode, "full");
     forget_ids(&repo, &[ids[0]]);
     assert_eq!(run_gc(&repo, false).mode, "incremental");
@@ -202,7 +210,6 @@ fn gc_marks_everything_when_the_list_cannot_be_trusted() {
 
     // A damaged list.
     forget_ids(&repo, &[ids[2]]);
-    let list = gc_dir.join(CANDIDATES);
     let mut b = fs::read(&list).unwrap();
     let n = b.len();
     b[n - 5] ^= 1;

@@ -107,6 +107,19 @@ fn drop_list(dir: &Dir) {
     }
 }
 
+/// Start a trusted, empty list in a new repository at `root` (nothing in
+/// it can be garbage yet: its first gc after a forget is incremental).
+/// Best effort: without it the first gc marks everything.
+pub(crate) fn start_at(root: &Dir) {
+    let r = root
+        .ensure_dir(CACHE, DIR_MODE)
+        .and_then(|c| c.ensure_dir(GC_DIR, DIR_MODE))
+        .and_then(|d| d.write_atomic(CANDIDATES, &head()));
+    if let Err(e) = r {
+        tracing::debug!("no gc candidate list at init ({e}): the first gc marks everything");
+    }
+}
+
 /// Drop the list of the repository at `root` (the index is being
 /// rebuilt: blobs no record names enter it again).
 pub(crate) fn drop_at(root: &Dir) {

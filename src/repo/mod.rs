@@ -425,6 +425,7 @@ impl Repository {
         let index = Index::open(dir.ensure_dir(INDEX, 0o700)?, index_cache_bytes())?;
         index.flush()?;
         drop(index);
+        candidates::start_at(&dir);
         if let Some(k) = key {
             keys::create(&dir, &config.repo_id, k)?;
         }
