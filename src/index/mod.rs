@@ -452,10 +452,11 @@ const GARBAGE_STEPS: u32 = 64;
 /// insert copies a leaf, an eviction drops one) through crossbeam-epoch's
 /// deferred garbage, which is freed only as threads pin and flush the
 /// global epoch; a burst of inserts outruns that and leaves it queued.
-/// Measured, 10^6 chunk ids inserted in sorted batches of 1,000: 241 MiB
-/// in use at the end with a 64 MiB cache, 922 with 32, 1,637 with 16;
-/// with this, 205, 122 and 81 (docs/benchmarks.md). The collector is the
-/// process's one, so the counter is too.
+/// Measured (`cargo bench --bench index_memory`: 10^6 chunk ids inserted
+/// as captures publish them), the process's peak with a 64/32/16 MiB
+/// cache: 427/1,151/1,939 MiB with plain sled, 249/163/122 with this
+/// (docs/benchmarks.md). The collector is the process's one, so the
+/// counter is too.
 fn collect_garbage(ops: u64) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static OPS: AtomicU64 = AtomicU64::new(0);
