@@ -112,7 +112,9 @@ impl Index {
     }
 
     pub fn get_chunk(&self, id: &ChunkId) -> Result<Option<Location>> {
-        collect_garbage(1);
+        // (No collection here: this is the snapshot read path, and the
+        // bursts of garbage come from captures, which insert and ask
+        // `contains_chunk`.)
         match &self.backend {
             Backend::Sled { chunks, .. } => match chunks.get(id.0).map_err(|e| self.map(e))? {
                 Some(v) => Ok(Some(Location::decode(&v)?)),
@@ -442,19 +444,20 @@ impl Index {
     }
 }
 
-/// Index operations between two collections of sled's garbage.
+/// Capture operations on the index (inserts, `contains_chunk`) between
+/// two collections of sled's garbage.
 const GARBAGE_EVERY: u64 = 4096;
 /// Collection steps per collection (each frees up to 8 bags of 64).
 const GARBAGE_STEPS: u32 = 64;
 
-/// Drive the collection of sled's garbage every [`GARBAGE_EVERY`]
+/// Drive the collection of sled's garbage every [`GARBAGE_EVERY`] capture
 /// operations (`ops` more now). sled frees the nodes it replaces (an
 /// insert copies a leaf, an eviction drops one) through crossbeam-epoch's
 /// deferred garbage, which is freed only as threads pin and flush the
 /// global epoch; a burst of inserts outruns that and leaves it queued.
 /// Measured (`cargo bench --bench index_memory`: 10^6 chunk ids inserted
 /// as captures publish them), the process's peak with a 64/32/16 MiB
-/// cache: 427/1,151/1,939 MiB with plain sled, 249/163/122 with this
+/// cache: 388/1,145/1,964 MiB with plain sled, 249/163/124 with this
 /// (docs/benchmarks.md). The collector is the process's one, so the
 /// counter is too.
 fn collect_garbage(ops: u64) {

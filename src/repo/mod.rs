@@ -59,8 +59,8 @@ pub use config::{
 /// The index's page cache (sled's `cache_capacity`) by default. sled
 /// holds about three times this in live nodes once the cache is full
 /// (measured with `cargo bench --bench index_memory`, 10^6 chunk ids:
-/// 205 MiB in use for 64 MiB, 118 for 32, 81 for 16; a random lookup
-/// 6.8, 12.5 and 11.8 us; docs/benchmarks.md).
+/// 205 MiB in use for 64 MiB, 119 for 32, 80 for 16; a random lookup
+/// 5.4, 8.6 and 10.3 us; docs/benchmarks.md).
 pub const INDEX_CACHE_BYTES: u64 = 32 << 20;
 
 static INDEX_CACHE: std::sync::atomic::AtomicU64 =
