@@ -69,6 +69,23 @@ pub fn store<S: Source, Out>(
     progress: &indicatif::ProgressBar,
     feed: impl FnOnce(&Feeder<'_, Unit<S>>) -> Out,
 ) -> (Out, Vec<Result<Stored>>) {
+    let mut results = Vec::new();
+    let (out, _) = store_into(writer, threads, block_size, progress, feed, |r| {
+        results.push(r)
+    });
+    (out, results)
+}
+
+/// [`store`], handing each unit's result to `sink` as it is stored
+/// (see [`pool::run_into`]) instead of collecting them.
+pub fn store_into<S: Source, Out, K: FnMut(Result<Stored>) + Send>(
+    writer: &ChunkWriter<'_>,
+    threads: usize,
+    block_size: u64,
+    progress: &indicatif::ProgressBar,
+    feed: impl FnOnce(&Feeder<'_, Unit<S>>) -> Out,
+    sink: K,
+) -> (Out, K) {
     let work = |buf: &mut Vec<u8>, u: Unit<S>| -> Result<Stored> {
         let size = u.source.size();
         let mut ids = Vec::with_capacity(u.blocks.len());
@@ -91,10 +108,11 @@ pub fn store<S: Source, Out>(
             after: u.source.after_unit(),
         })
     };
-    pool::run(
+    pool::run_into(
         threads,
         || Vec::with_capacity(block_size as usize),
         work,
         feed,
+        sink,
     )
 }

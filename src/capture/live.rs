@@ -6,7 +6,7 @@
 //! copy-before-write: a block changed since the cut comes from what the
 //! writer saved before changing it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -249,6 +249,10 @@ type LastDir = Option<(Vec<u8>, OwnedFd)>;
 /// every block below the size).
 type Read<'t> = (FileKey, &'t [u8], u64, Option<Vec<u64>>);
 
+/// Files a capture opens and announces to the kernel ahead of the one it
+/// hands to the workers (each holds a descriptor until it is read).
+const READ_AHEAD_FILES: usize = 64;
+
 /// [`open_for_read`], reaching the file's directory once for all its
 /// files: the file is then opened by name there and checked to be the
 /// inode the cut saw (a rename after the cut cannot substitute another
@@ -284,6 +288,33 @@ fn open_in_dir(
         }
     }
     open_for_read(req, n, path, key)
+}
+
+/// A file opened for reading: its index in the reads, the file, the
+/// blocks to read (`None`: every block below its size).
+type Opened<'c, 'b> = (usize, Arc<LiveFile<'c>>, Option<&'b [u64]>);
+
+/// Hand the blocks of one opened file to the workers (`None`: every
+/// block below its size).
+fn send_file<'c>(
+    feed: &pool::Feeder<'_, blocks::Unit<LiveFile<'c>>>,
+    every: &mut Vec<u64>,
+    bs: u64,
+    (idx, source, blocks): Opened<'c, '_>,
+) -> Result<()> {
+    let blocks: &[u64] = match blocks {
+        Some(b) => b,
+        None => {
+            every.clear();
+            every.extend(0..source.size.div_ceil(bs));
+            every
+        }
+    };
+    if blocks::feed_blocks(feed, &source, idx, blocks) {
+        Ok(())
+    } else {
+        Err(Error::Poisoned("capture workers stopped".into()))
+    }
 }
 
 /// A file read for the snapshot, through copy-before-write.
@@ -330,7 +361,11 @@ pub fn capture(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
     // What to read: (key, path, size, needed blocks: `None` for every
     // block below the size). The paths are the tree's own (a full capture
     // of 10^6 files copied 150 MB of paths and block numbers here).
-    let mut reads: Vec<Read<'_>> = Vec::new();
+    let mut reads: Vec<Read<'_>> = Vec::with_capacity(if req.full {
+        n.counts().files as usize
+    } else {
+        req.cut.needs.len()
+    });
     let tree = n.tree();
     if req.full {
         // Hard links: one read per inode (an entry without a link group
@@ -372,8 +407,11 @@ pub fn capture(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
     }
 
     let cow = &*req.cut.cow;
+    // Each file's stored blocks, filed as they come back.
     let mut results: Vec<Vec<(u64, ChunkId)>> = vec![Vec::new(); reads.len()];
-    let (fed, stored) = blocks::store(
+    let mut bytes_read = 0;
+    let mut store_err = None;
+    let (fed, _) = blocks::store_into(
         req.writer,
         req.threads,
         bs,
@@ -381,18 +419,16 @@ pub fn capture(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
         |feed| -> Result<()> {
             let mut last: LastDir = None;
             let mut every: Vec<u64> = Vec::new();
+            // Files opened and announced (fadvise) ahead of the one fed:
+            // a tree of small cold files is read with that many requests
+            // in flight, not the few units the workers' queue holds.
+            let mut ahead: VecDeque<Opened<'_, '_>> = VecDeque::with_capacity(READ_AHEAD_FILES + 1);
             for (idx, (key, path, size, blocks)) in reads.iter().enumerate() {
-                let blocks: &[u64] = match blocks {
-                    Some(b) => b,
-                    None => {
-                        every.clear();
-                        every.extend(0..size.div_ceil(bs));
-                        &every
-                    }
-                };
-                if blocks.is_empty() {
+                let blocks = blocks.as_deref();
+                let Some(first) = blocks.map_or((*size > 0).then_some(0), |b| b.first().copied())
+                else {
                     continue;
-                }
+                };
                 if req.full {
                     // From now until its last block is read, a write
                     // through the mount saves what it changes (before
@@ -406,16 +442,13 @@ pub fn capture(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
                         key.ino
                     )));
                 };
-                // Start reading the first unit now: the queue holds
-                // several files ahead of the workers, so a tree of small
-                // cold files is read with that many requests in flight
-                // instead of one per worker.
-                let first = blocks[0] * bs;
-                let ahead = (pool::UNIT_BLOCKS * bs).min(size.saturating_sub(first));
+                // Start reading its first unit now.
+                let first = first * bs;
+                let len = (pool::UNIT_BLOCKS * bs).min(size.saturating_sub(first));
                 let _ = rustix::fs::fadvise(
                     &file,
                     first,
-                    std::num::NonZeroU64::new(ahead),
+                    std::num::NonZeroU64::new(len),
                     rustix::fs::Advice::WillNeed,
                 );
                 let source = Arc::new(LiveFile {
@@ -424,30 +457,42 @@ pub fn capture(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
                     size: *size,
                     cow,
                 });
-                if !blocks::feed_blocks(feed, &source, idx, blocks) {
-                    return Err(Error::Poisoned("capture workers stopped".into()));
+                ahead.push_back((idx, source, blocks));
+                if ahead.len() > READ_AHEAD_FILES {
+                    if let Some(next) = ahead.pop_front() {
+                        send_file(feed, &mut every, bs, next)?;
+                    }
                 }
+            }
+            while let Some(next) = ahead.pop_front() {
+                send_file(feed, &mut every, bs, next)?;
             }
             Ok(())
         },
-    );
-    let reads: Vec<(FileKey, u64)> = reads.iter().map(|(k, _, s, _)| (*k, *s)).collect();
-    let mut bytes_read = 0;
-    let mut first_err = fed.err();
-    for r in stored {
-        match r {
+        |r: Result<blocks::Stored>| match r {
             Ok(s) => {
                 bytes_read += s.bytes;
-                results[s.tag].extend(s.ids);
+                let slot = &mut results[s.tag];
+                if slot.is_empty() {
+                    // A list of its own, exactly as long (allocated on
+                    // this thread: the workers' arenas keep only what
+                    // they free soon, and the index's nodes).
+                    let mut v = Vec::with_capacity(s.ids.len());
+                    v.extend(s.ids);
+                    *slot = v;
+                } else {
+                    slot.extend(s.ids);
+                }
             }
             Err(e) => {
-                first_err.get_or_insert(e);
+                store_err.get_or_insert(e);
             }
-        }
-    }
-    if let Some(e) = first_err {
+        },
+    );
+    if let Some(e) = fed.err().or(store_err) {
         return Err(e);
     }
+    let reads: Vec<(FileKey, u64)> = reads.into_iter().map(|(k, _, s, _)| (k, s)).collect();
 
     // Complete the block lists of every path of each file read.
     let mut changed_blocks = 0;
