@@ -98,11 +98,30 @@ pub fn read_xattrs_opath(fd: &OwnedFd) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)
 }
 
 /// Extended attributes of entry `name` of directory `dir`, not following
-/// a symlink (through the directory's `/proc/self/fd` link: no descriptor
-/// opened for the entry).
+/// a symlink, with no descriptor opened for the entry: by directory
+/// descriptor and name (`listxattrat`/`getxattrat`, Linux 6.13), or on
+/// older kernels through the directory's `/proc/self/fd` link (a path
+/// walk through procfs per entry: a fifth of a first snapshot's listing
+/// time at 10^6 files).
 pub fn read_xattrs_at(dir: &OwnedFd, name: &[u8]) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     use std::os::fd::AsRawFd;
     use std::os::unix::ffi::OsStrExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static NO_XATTRAT: AtomicBool = AtomicBool::new(false);
+    if !NO_XATTRAT.load(Ordering::Relaxed) {
+        let c = std::ffi::CString::new(name)
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        let fd = dir.as_raw_fd();
+        match collect_xattrs(
+            |buf| xattrat::list(fd, &c, buf),
+            |n, buf| xattrat::get(fd, &c, n, buf),
+        ) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                NO_XATTRAT.store(true, Ordering::Relaxed);
+            }
+            r => return r,
+        }
+    }
     let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
     p.extend_from_slice(name);
     let p = std::ffi::OsStr::from_bytes(&p);
@@ -112,25 +131,105 @@ pub fn read_xattrs_at(dir: &OwnedFd, name: &[u8]) -> std::io::Result<Vec<(Vec<u8
     )
 }
 
+/// `listxattrat(2)` and `getxattrat(2)` (Linux 6.13; new system calls
+/// have one number on every architecture since 5.1), never following a
+/// symlink at the name.
+mod xattrat {
+    use std::ffi::CStr;
+    use std::os::fd::RawFd;
+
+    const SYS_GETXATTRAT: libc::c_long = 464;
+    const SYS_LISTXATTRAT: libc::c_long = 465;
+
+    /// `struct xattr_args` of the kernel's uapi.
+    #[repr(C)]
+    struct XattrArgs {
+        value: u64,
+        size: u32,
+        flags: u32,
+    }
+
+    fn answer(r: libc::c_long) -> rustix::io::Result<usize> {
+        if r < 0 {
+            let e = std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO);
+            Err(rustix::io::Errno::from_raw_os_error(e))
+        } else {
+            Ok(r as usize)
+        }
+    }
+
+    pub fn list(dir: RawFd, name: &CStr, buf: &mut [u8]) -> rustix::io::Result<usize> {
+        // SAFETY: the kernel reads the NUL-terminated `name` and writes at
+        // most `buf.len()` bytes into `buf`, both live for the call.
+        answer(unsafe {
+            libc::syscall(
+                SYS_LISTXATTRAT,
+                dir,
+                name.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        })
+    }
+
+    pub fn get(dir: RawFd, name: &CStr, attr: &[u8], buf: &mut [u8]) -> rustix::io::Result<usize> {
+        let attr = std::ffi::CString::new(attr).map_err(|_| rustix::io::Errno::INVAL)?;
+        let args = XattrArgs {
+            value: buf.as_mut_ptr() as u64,
+            size: u32::try_from(buf.len()).unwrap_or(u32::MAX),
+            flags: 0,
+        };
+        // SAFETY: the kernel reads `name`, `attr` (NUL-terminated) and
+        // `args` (its size passed), and writes at most `args.size` bytes
+        // at `args.value`, which is `buf`; all live for the call.
+        answer(unsafe {
+            libc::syscall(
+                SYS_GETXATTRAT,
+                dir,
+                name.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                attr.as_ptr(),
+                &args as *const XattrArgs,
+                std::mem::size_of::<XattrArgs>(),
+            )
+        })
+    }
+}
+
 /// List then get every xattr, growing the buffers on ERANGE.
 fn collect_xattrs(
     list: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
     get: impl Fn(&[u8], &mut [u8]) -> rustix::io::Result<usize>,
 ) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut names = vec![0u8; 1024];
+    // Most entries have none: no allocation for them.
+    let mut small = [0u8; 256];
+    let mut names: Vec<u8> = Vec::new();
     let n = loop {
-        match list(&mut names[..]) {
+        let buf: &mut [u8] = if names.is_empty() {
+            &mut small
+        } else {
+            &mut names
+        };
+        match list(buf) {
             Ok(n) => break n,
             Err(rustix::io::Errno::RANGE) if names.len() < 1 << 20 => {
                 let need = list(&mut [])?;
-                names.resize(need.max(names.len() * 2), 0);
+                names.resize(need.max(names.len() * 2).max(small.len() * 2), 0);
             }
             Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         }
     };
+    let names = if names.is_empty() {
+        &small[..n]
+    } else {
+        &names[..n]
+    };
     let mut out = Vec::new();
-    for name in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
+    for name in names.split(|b| *b == 0).filter(|s| !s.is_empty()) {
         let mut val = vec![0u8; 256];
         let len = loop {
             match get(name, &mut val[..]) {
@@ -306,5 +405,59 @@ pub fn on_broken_pipe(die: bool) {
     // affects only how a later EPIPE is delivered.
     unsafe {
         libc::signal(libc::SIGPIPE, action);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Through the `*xattrat` calls or the `/proc` path: the same
+    /// attributes, long lists and values included, and a symlink's own
+    /// (none) rather than its target's.
+    #[test]
+    fn xattrs_are_read_by_directory_and_name_without_following() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("f");
+        std::fs::write(&f, b"x").unwrap();
+        std::os::unix::fs::symlink("f", tmp.path().join("link")).unwrap();
+        let mut want = Vec::new();
+        for i in 0..30 {
+            // 30 names of ~20 bytes (past the first 256-byte buffer) and
+            // one value of 1,000 bytes (past the first value buffer;
+            // ext4 holds 4 KiB of attributes in all).
+            let name = format!("user.attribute-{i:04}");
+            let value = if i == 7 {
+                vec![7u8; 1000]
+            } else {
+                vec![i as u8; 3]
+            };
+            if rustix::fs::setxattr(&f, name.as_str(), &value, rustix::fs::XattrFlags::empty())
+                .is_err()
+            {
+                panic!("the temporary directory's file system must support user xattrs");
+            }
+            want.push((name.into_bytes(), value));
+        }
+        want.sort();
+        let dir = open_dir_path(tmp.path()).unwrap();
+        assert_eq!(read_xattrs_at(&dir, b"f").unwrap(), want);
+        assert_eq!(read_xattrs_at(&dir, b"link").unwrap(), Vec::new());
+        assert!(read_xattrs_at(&dir, b"missing").is_err());
+        // The system calls themselves, where the kernel has them.
+        let c = std::ffi::CString::new("f").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&dir);
+        match xattrat::list(fd, &c, &mut []) {
+            Err(rustix::io::Errno::NOSYS) => eprintln!("no listxattrat here: /proc only"),
+            r => assert!(r.unwrap() > 0),
+        }
+        // The fallback reads the same.
+        let p = format!("/proc/self/fd/{}/f", std::os::fd::AsRawFd::as_raw_fd(&dir));
+        let via_proc = collect_xattrs(
+            |buf| rustix::fs::llistxattr(p.as_str(), buf),
+            |n, buf| rustix::fs::lgetxattr(p.as_str(), n, buf),
+        )
+        .unwrap();
+        assert_eq!(via_proc, want);
     }
 }
