@@ -169,6 +169,13 @@ fn tree_at_cut(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
 /// Reopen an `O_PATH` descriptor for reading, if it is inode `ino`.
 fn reopen(fd: &OwnedFd, ino: u64) -> Option<File> {
     use std::os::fd::AsRawFd;
+    // What the descriptor holds is checked before it is opened: a device
+    // node put in the file's place is never opened (the descriptor pins
+    // the inode, so the check and the open see the same one).
+    let st = rustix::fs::fstat(fd).ok()?;
+    if st.st_ino != ino || crate::util::sys::file_type(st.st_mode) != libc::S_IFREG {
+        return None;
+    }
     let p = format!("/proc/self/fd/{}", fd.as_raw_fd());
     rustix::fs::openat(
         rustix::fs::CWD,
@@ -625,4 +632,45 @@ fn check_complete(n: &BaseTree, edits: &Edits) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o_path(p: &std::path::Path) -> OwnedFd {
+        rustix::fs::openat(
+            rustix::fs::CWD,
+            p,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap()
+    }
+
+    /// Only the regular file of the expected inode is opened for a
+    /// capture's read: not another inode, not a FIFO in its place.
+    #[test]
+    fn reopen_opens_only_the_expected_regular_file() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("f");
+        std::fs::write(&f, b"data").unwrap();
+        let fifo = tmp.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let f_ino = std::fs::metadata(&f).unwrap().ino();
+        let fifo_ino = std::fs::symlink_metadata(&fifo).unwrap().ino();
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut reopen(&o_path(&f), f_ino).unwrap(), &mut got).unwrap();
+        assert_eq!(got, "data");
+        assert!(reopen(&o_path(&f), f_ino + 1).is_none());
+        assert!(reopen(&o_path(&fifo), fifo_ino).is_none());
+    }
 }
