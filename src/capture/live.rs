@@ -170,8 +170,9 @@ fn tree_at_cut(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
 fn reopen(fd: &OwnedFd, ino: u64) -> Option<File> {
     use std::os::fd::AsRawFd;
     // What the descriptor holds is checked before it is opened: a device
-    // node put in the file's place is never opened (the descriptor pins
-    // the inode, so the check and the open see the same one).
+    // node put in the file's place is never opened. The descriptor pins
+    // the inode and `/proc/self/fd/N` opens that very inode, so the check
+    // holds for what is opened (no second check after the open).
     let st = rustix::fs::fstat(fd).ok()?;
     if st.st_ino != ino || crate::util::sys::file_type(st.st_mode) != libc::S_IFREG {
         return None;
@@ -185,11 +186,6 @@ fn reopen(fd: &OwnedFd, ino: u64) -> Option<File> {
     )
     .ok()
     .map(File::from)
-    .filter(|f| {
-        rustix::fs::fstat(f)
-            .map(|s| s.st_ino == ino)
-            .unwrap_or(false)
-    })
 }
 
 /// Reach `path` of the cut tree through its path, checked inode by

@@ -143,7 +143,19 @@ pub fn walk_parallel<A: Send>(
                     cv.wait(&mut s);
                 }
             };
-            let r = list_dir(&dfd, &dpath, &mut |e| visit(&mut acc, e));
+            // A panic is an error like the others: the thread still
+            // leaves `busy`, so the other threads do not wait for it
+            // forever.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                list_dir(&dfd, &dpath, &mut |e| visit(&mut acc, e))
+            }))
+            .unwrap_or_else(|p| {
+                Err(Error::Poisoned(format!(
+                    "the listing of {} panicked: {}",
+                    display_path(&dpath),
+                    crate::util::panic::message(&*p)
+                )))
+            });
             drop(dfd);
             let mut s = shared.lock();
             s.busy -= 1;
@@ -219,6 +231,28 @@ mod tests {
         for threads in [1, 2, 5] {
             assert_eq!(listed(r, threads), want, "{threads} threads");
         }
+    }
+
+    /// A panic in one thread ends the walk with an error instead of
+    /// leaving the others waiting for it.
+    #[test]
+    fn a_panic_while_listing_is_an_error_not_a_hang() {
+        let tmp = tempfile::tempdir().unwrap();
+        for a in 0..20 {
+            std::fs::create_dir_all(tmp.path().join(format!("d{a}/e"))).unwrap();
+        }
+        let r = walk_parallel(
+            open(tmp.path()),
+            2,
+            || (),
+            |_, e| {
+                if e.path == b"d3/e" {
+                    panic!("visit failed");
+                }
+                Ok(true)
+            },
+        );
+        assert!(matches!(r, Err(Error::Poisoned(m)) if m.contains("visit failed")));
     }
 
     #[test]
