@@ -21,8 +21,12 @@ use rand::{Rng, SeedableRng};
 use rewindfs::snapshot::Kind;
 
 const BS: u32 = 64 << 10;
-const FILES: usize = 6;
-const FILE_LEN: usize = 4 << 20;
+
+/// Where file `f` of the oracle lives (a few directories: the first
+/// snapshot's walk completes them one at a time).
+fn name(f: usize) -> String {
+    format!("d{}/f{f}", f % 4)
+}
 
 /// (generation, file, offset, length); offsets and lengths are multiples of 8.
 type Log = Vec<(u64, usize, usize, usize)>;
@@ -49,35 +53,55 @@ fn max_gen(files: &BTreeMap<String, Vec<u8>>) -> u64 {
 
 #[test]
 fn every_snapshot_is_a_prefix_of_the_write_log() {
+    oracle(false, 6, 4 << 20);
+}
+
+/// The repository's first snapshot, taken while the writers run: its walk
+/// stores the tree before the cut, and the cut corrects what the writers
+/// changed meanwhile. It too is the state after a prefix of the log.
+#[test]
+fn the_first_snapshot_taken_during_writes_is_a_prefix_of_the_write_log() {
+    oracle(true, 96, 1 << 20);
+}
+
+/// Writers stamp generations into `files` files of `file_len` bytes while
+/// snapshots of random kinds are taken; the first one before the writers
+/// start, or (`first_during_writes`) while they run.
+fn oracle(first_during_writes: bool, n_files: usize, file_len: usize) {
     let seed: u64 = rand::random();
     eprintln!("seed {seed}");
     let m = FlushedMount::with(BS, Default::default(), |b| {
-        for f in 0..FILES {
-            std::fs::write(b.join(format!("f{f}")), vec![0u8; FILE_LEN]).unwrap();
+        for f in 0..n_files {
+            let p = b.join(name(f));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, vec![0u8; file_len]).unwrap();
         }
     });
-    let first = m.snapshot(Kind::Full);
     let log: Mutex<(u64, Log)> = Mutex::new((0, Vec::new()));
     let stop = AtomicBool::new(false);
-    let mut taken = vec![first.id];
-    let mut kinds = vec![Kind::Full];
+    let mut taken = Vec::new();
+    let mut kinds = Vec::new();
+    if !first_during_writes {
+        taken.push(m.snapshot(Kind::Full).id);
+        kinds.push(Kind::Full);
+    }
     std::thread::scope(|s| {
         for t in 0..4u64 {
             let (m, log, stop) = (&m, &log, &stop);
             s.spawn(move || {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ t);
-                let files: Vec<_> = (0..FILES)
+                let files: Vec<_> = (0..n_files)
                     .map(|f| {
                         OpenOptions::new()
                             .write(true)
-                            .open(m.mnt.join(format!("f{f}")))
+                            .open(m.mnt.join(name(f)))
                             .unwrap()
                     })
                     .collect();
                 while !stop.load(Ordering::Relaxed) {
-                    let f = rng.gen_range(0..FILES);
+                    let f = rng.gen_range(0..n_files);
                     let len = rng.gen_range(1..(3 * BS as usize / 8)) * 8;
-                    let off = rng.gen_range(0..(FILE_LEN - len) / 8) * 8;
+                    let off = rng.gen_range(0..(file_len - len) / 8) * 8;
                     // The global order: one write at a time, logged with it.
                     let mut l = log.lock();
                     l.0 += 1;
@@ -88,6 +112,18 @@ fn every_snapshot_is_a_prefix_of_the_write_log() {
             });
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        if first_during_writes {
+            // Let the writers start, then take the first snapshot.
+            while log.lock().0 < 50 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let before = log.lock().0;
+            taken.push(m.snapshot(Kind::Full).id);
+            kinds.push(Kind::Full);
+            let during = log.lock().0 - before;
+            eprintln!("{during} writes during the first snapshot");
+            assert!(during > 0, "no write happened during the first snapshot");
+        }
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(6) {
             std::thread::sleep(Duration::from_millis(rng.gen_range(100..400)));
@@ -117,7 +153,7 @@ fn every_snapshot_is_a_prefix_of_the_write_log() {
         })
         .collect();
     snaps.sort_by_key(|s| (s.0, s.1));
-    let mut state: Vec<Vec<u8>> = vec![vec![0u8; FILE_LEN]; FILES];
+    let mut state: Vec<Vec<u8>> = vec![vec![0u8; file_len]; n_files];
     let mut applied = 0usize;
     let mut saved_blocks = 0;
     let mut torn = 0;
@@ -130,7 +166,7 @@ fn every_snapshot_is_a_prefix_of_the_write_log() {
             applied += 1;
         }
         if let Some(&(gen, f, off, len)) = log.get(applied).filter(|w| w.0 == *g) {
-            let got = &files[&format!("f{f}")];
+            let got = &files[&name(f)];
             let before = state[f][off..off + len].to_vec();
             let mut part = false;
             for (i, w) in got[off..off + len].chunks_exact(8).enumerate() {
@@ -152,8 +188,8 @@ fn every_snapshot_is_a_prefix_of_the_write_log() {
                 applied += 1;
             }
         }
-        for f in 0..FILES {
-            let got = &files[&format!("f{f}")];
+        for f in 0..n_files {
+            let got = &files[&name(f)];
             if *got != state[f] {
                 let first = got
                     .iter()

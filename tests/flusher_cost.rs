@@ -86,3 +86,68 @@ fn one_changed_block_costs_one_block() {
     );
     assert_eq!(block(b"d042/s017.txt", 0), b"sample 42 17\n");
 }
+
+/// The repository's first snapshot stores the tree one directory at a
+/// time: at 10^5 files the walk holds a few directories' entries, never
+/// the tree (counted, not timed), and what it stored is the tree.
+#[test]
+fn the_first_snapshot_holds_a_few_directories_not_the_tree() {
+    const TOP: usize = 20;
+    const MID: usize = 10;
+    const FILES: usize = 500;
+    let m = FlushedMount::with(64 << 10, Default::default(), |b| {
+        for a in 0..TOP {
+            for c in 0..MID {
+                let dir = b.join(format!("a{a:02}/b{c:02}"));
+                fs::create_dir_all(&dir).unwrap();
+                for i in 0..FILES {
+                    fs::write(dir.join(format!("f{i:03}")), format!("{a} {c} {i}\n")).unwrap();
+                }
+            }
+        }
+        // One file past a segment's worth of blocks (1,024), and a link.
+        fs::write(b.join("big.bin"), vec![9u8; (1100 << 16) + 5]).unwrap();
+        fs::hard_link(b.join("a00/b00/f000"), b.join("link")).unwrap();
+    });
+    let full = m.snapshot(Kind::Full);
+    let files = TOP * MID * FILES + 2;
+    assert_eq!(full.stats.files as usize, files);
+    assert_eq!(full.stats.dirs as usize, 1 + TOP + TOP * MID);
+    let st = m.flusher.as_ref().unwrap().status.lock().clone();
+    let peak = st
+        .first_walk_peak_entries
+        .expect("the first snapshot's walk ran") as usize;
+    eprintln!("first snapshot: at most {peak} entries held, of {files} files");
+    // The root and one directory per level, plus the leaf directories
+    // whose files are still being read (64 files ahead: at most two).
+    assert!(
+        peak <= TOP + 2 * MID + 3 * FILES + 3,
+        "the walk held {peak} entries at once"
+    );
+    // What it stored is the tree, file by file.
+    let tree = m.repo.resolve(&full).unwrap();
+    let mut seen = 0;
+    for a in 0..TOP {
+        for c in 0..MID {
+            for i in (0..FILES).step_by(97) {
+                let p = format!("a{a:02}/b{c:02}/f{i:03}");
+                let (_, node) = tree.get(p.as_bytes()).unwrap();
+                let ids = rewindfs::snapshot::Tree::blocks_of(node);
+                assert_eq!(ids.len(), 1);
+                assert_eq!(
+                    m.repo.read_blob(&ids[0]).unwrap(),
+                    format!("{a} {c} {i}\n").into_bytes()
+                );
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen > 1000);
+    let (_, big) = tree.get(b"big.bin").unwrap();
+    let ids = rewindfs::snapshot::Tree::blocks_of(big);
+    assert_eq!(ids.len(), 1101);
+    assert_eq!(m.repo.read_blob(&ids[0]).unwrap(), vec![9u8; 1 << 16]);
+    assert_eq!(m.repo.read_blob(&ids[1100]).unwrap(), vec![9u8; 5]);
+    let v = rewindfs::verify::verify(&m.repo, true).unwrap();
+    assert!(v.ok(), "{v:?}");
+}

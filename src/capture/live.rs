@@ -167,7 +167,7 @@ fn tree_at_cut(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
 }
 
 /// Reopen an `O_PATH` descriptor for reading, if it is inode `ino`.
-fn reopen(fd: &OwnedFd, ino: u64) -> Option<File> {
+pub(super) fn reopen(fd: &OwnedFd, ino: u64) -> Option<File> {
     use std::os::fd::AsRawFd;
     // What the descriptor holds is checked before it is opened: a device
     // node put in the file's place is never opened. The descriptor pins

@@ -6,6 +6,9 @@
 //! - `live.rs`: the live mount's capture: the tree at a cut (from the
 //!   base and the cut's changes), reading only changed blocks, through
 //!   copy-before-write
+//! - `stream.rs`: the live mount's first snapshot: the backing directory
+//!   stored one directory at a time before the cut, as the base the cut
+//!   then corrects (memory follows the walk, not the tree)
 //!
 //! and both use the same parts:
 //!
@@ -33,3 +36,4 @@ pub mod ino_index;
 pub mod live;
 pub mod manifest;
 pub mod scan;
+pub mod stream;

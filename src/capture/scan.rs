@@ -9,7 +9,6 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -65,19 +64,10 @@ impl Source for FileJob {
     }
 
     fn read(&self, _b: u64, off: u64, buf: &mut Vec<u8>) -> Result<()> {
-        let len = buf.len();
-        let mut got = 0;
-        while got < len {
-            match self.file.read_at(&mut buf[got..], off + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io("read", display_path(&self.path), e)),
-            }
-        }
-        if got < len {
-            // The file shrank while we read it.
-            buf[got..].fill(0);
+        let got = crate::util::bytes::read_at_full(&self.file, off, buf)
+            .map_err(|e| Error::io("read", display_path(&self.path), e))?;
+        if got < buf.len() {
+            // The file shrank while we read it (the rest is zeros).
             self.unstable.store(true, Ordering::Relaxed);
         }
         Ok(())

@@ -28,11 +28,11 @@ use serde::{Deserialize, Serialize};
 use crate::capture;
 use crate::capture::base_tree::{BaseTree, Edits, LazyLookup, Loader, StoredBase};
 use crate::error::{Error, Result};
-use crate::repo::{NextRunStatus, Planned, Repository, SnapshotDraft};
+use crate::repo::{ChunkWriter, NextRunStatus, Planned, Repository, SnapshotDraft};
 use crate::snapshot::dirs::DirMemo;
 use crate::snapshot::{Kind, SnapshotRecord, Tree};
 use crate::track::cut;
-use crate::track::reconcile::ReconcileReport;
+use crate::track::reconcile::{ReconcileReport, SnapshotDirs};
 use crate::track::{FileKey, Freezer, FsEvent, Objects};
 use crate::util::time;
 pub use events::{Broadcast, Event};
@@ -63,6 +63,11 @@ pub struct FlusherStatus {
     /// The retention policy's last automatic run (when one is set).
     #[serde(default)]
     pub retention: Option<crate::retention::auto::RetentionStatus>,
+    /// The repository's first snapshot, stored one directory at a time
+    /// before its cut: the most directory entries its walk held at once
+    /// (memory follows this, not the number of files).
+    #[serde(default)]
+    pub first_walk_peak_entries: Option<u64>,
     /// Snapshots that failed since the daemon started.
     #[serde(default)]
     pub errors: u64,
@@ -524,6 +529,57 @@ fn note_trees(trees: &Trees, status: &Mutex<FlusherStatus>) {
     s.index_file_bytes = index_file_bytes;
 }
 
+/// The repository's first snapshot, before its cut: store the backing
+/// directory one directory at a time (`capture::stream`), committed so
+/// that its directories can be read back as the cut's base. The writer
+/// goes on for the capture after the cut.
+fn stream_first(
+    ctx: &FlusherCtx,
+    unmounting: bool,
+) -> Result<(capture::stream::Streamed, ChunkWriter<'_>)> {
+    let repo = &ctx.repo;
+    let writer = repo.writer()?;
+    let root = match crate::util::sys::open_dir_path(&ctx.backing) {
+        Ok(r) => r,
+        Err(e) => {
+            writer.abort();
+            return Err(Error::io("open", &ctx.backing, e));
+        }
+    };
+    let store = repo.tree_store(&writer);
+    let held = |k: &FileKey| ctx.track.is_held(k);
+    let recheck =
+        |d: &FileKey, name: &[u8], fd: Arc<std::os::fd::OwnedFd>| ctx.track.recheck(d, name, fd);
+    let r = capture::stream::store_first(&capture::stream::StreamRequest {
+        root: &root,
+        hidden: ctx.hidden,
+        writer: &writer,
+        objects: &store,
+        block_size: repo.config.block_size,
+        threads: ctx.threads,
+        racy_after: (!unmounting)
+            .then(|| time::now_ns() - crate::snapshot::unchanged::racy_margin_ns(&root)),
+        held: &held,
+        recheck: &recheck,
+    })
+    .and_then(|s| writer.commit().map(|()| s));
+    match r {
+        Ok(s) => {
+            tracing::debug!(
+                "first snapshot: walk stored {} bytes read, at most {} entries held, {} left to the cut",
+                s.bytes_read,
+                s.peak_entries,
+                s.rechecked
+            );
+            Ok((s, writer))
+        }
+        Err(e) => {
+            writer.abort();
+            Err(e)
+        }
+    }
+}
+
 /// `memo` if it holds the directory references of snapshot `id`.
 fn memo_of(memo: &Option<(u64, DirMemo)>, id: u64) -> Option<&DirMemo> {
     memo.as_ref().filter(|(m, _)| *m == id).map(|(_, m)| m)
@@ -660,20 +716,33 @@ fn take(
     let cached = trees.latest.take();
     // The directory references of the cached base (a partly loaded base
     // reads its directories through them; without them it is read again).
-    let memo = trees.memo.take();
+    let mut memo = trees.memo.take();
+    // The repository's first snapshot: what the walk stored, and the
+    // writer that stored it (the capture after the cut goes on with it).
+    let mut streamed: Option<(capture::stream::Streamed, ChunkWriter<'_>)> = None;
     let mut base = match &latest {
         Some(r) => match cached {
             Some(b) if b.id == r.id && (!b.is_partial() || memo_of(&memo, r.id).is_some()) => b,
             _ => BaseTree::new(r.id, repo.resolve(r)?),
         },
-        // The first snapshot: list the tree now, while writers go on; the
-        // cut then only corrects what changed meanwhile.
+        // The first snapshot: store the tree now, one directory at a
+        // time, while writers go on; the cut then corrects what changed
+        // meanwhile, as it does for an incremental.
         None => {
-            status.lock().state = "listing".into();
-            BaseTree::new(
-                0,
-                cut::list_tree(&ctx.backing, ctx.hidden, repo.config.block_size)?,
-            )
+            status.lock().state = "storing".into();
+            let (s, writer) = stream_first(ctx, unmounting)?;
+            let mut sb = StoredBase::new(&**repo, s.root.clone());
+            let (b, m) = match sb.not_walked(b"") {
+                Ok(()) => sb.finish(0),
+                Err(e) => {
+                    writer.abort();
+                    return Err(e);
+                }
+            };
+            memo = Some((0, m));
+            status.lock().first_walk_peak_entries = Some(s.peak_entries as u64);
+            streamed = Some((s, writer));
+            b
         }
     };
     let no_memo = DirMemo::default();
@@ -681,10 +750,12 @@ fn take(
         store: &**repo,
         memo: memo_of(&memo, base.id).unwrap_or(&no_memo),
     };
-    // Only an incremental on the latest snapshot, with its directory
-    // references, re-encodes just the directories on changed paths;
-    // anything else needs the whole tree.
-    let partial_ok = kind == Kind::Incremental && memo_of(&memo, base.id).is_some();
+    // Only an incremental on the latest snapshot (or the first one, on
+    // what its walk stored), with its directory references, re-encodes
+    // just the directories on changed paths; anything else needs the
+    // whole tree.
+    let partial_ok =
+        (kind == Kind::Incremental || streamed.is_some()) && memo_of(&memo, base.id).is_some();
     if !partial_ok {
         // (On failure the base is read again next time.)
         base.load_all(&loader)?;
@@ -697,8 +768,9 @@ fn take(
         ctx.track.journal().dirty_keys().into_iter().map(|k| k.ino),
     );
     status.lock().state = "cut".into();
-    // Whether every file is read again.
-    let full = kind == Kind::Full && !synthetic;
+    // Whether every file is read again (a first snapshot's walk read
+    // them: the cut reads what changed since).
+    let full = kind == Kind::Full && !synthetic && streamed.is_none();
     let (cut, lookup_err) = {
         let lookup = LazyLookup::new(&mut base, loader);
         let cut = ctx.track.cut(&cut::CutRequest {
@@ -719,6 +791,9 @@ fn take(
                 trees.latest = Some(base);
                 trees.memo = memo;
             }
+            if let Some((_, w)) = streamed {
+                w.abort();
+            }
             return Err(e);
         }
     };
@@ -730,14 +805,27 @@ fn take(
             trees.latest = Some(base);
             trees.memo = memo;
         }
+        if let Some((_, w)) = streamed {
+            w.abort();
+        }
         return Err(e);
     }
     let cut_ms = info.held.as_secs_f64() * 1e3;
     status.lock().state = "capturing".into();
-    let opened = repo.writer().and_then(|w| {
-        crate::util::sys::open_dir_path(&ctx.backing)
-            .map(|root| (w, root))
-            .map_err(|e| Error::io("open", &ctx.backing, e))
+    let (streamed, stream_writer) = match streamed {
+        Some((s, w)) => (Some(s), Some(w)),
+        None => (None, None),
+    };
+    let opened = match stream_writer {
+        Some(w) => Ok(w),
+        None => repo.writer(),
+    }
+    .and_then(|w| match crate::util::sys::open_dir_path(&ctx.backing) {
+        Ok(root) => Ok((w, root)),
+        Err(e) => {
+            w.abort();
+            Err(Error::io("open", &ctx.backing, e))
+        }
     });
     let (writer, root) = match opened {
         Ok(x) => x,
@@ -758,7 +846,6 @@ fn take(
         Edits::default()
     };
     let racy_before = base.racy_limit;
-    let mut memo = memo;
     // The directory objects' parts the write replaced and wrote (see
     // `DirMemo::note_changes`), for the ledger's structure.
     let mut noted: Option<Vec<(crate::store::ChunkId, i64)>> = None;
@@ -795,8 +882,22 @@ fn take(
         }
         // What the manifest of its kind records: for a full, every entry
         // (only counted: the tree itself is what is stored).
-        let (manifest, changed) = match base_rec {
-            None => {
+        let (manifest, changed) = match (base_rec, &streamed) {
+            // A first snapshot on what its walk stored: the changes since
+            // (they name the directories to write again), and the counts
+            // of the whole tree.
+            (None, Some(s)) => {
+                let (m, _) = capture::manifest::from_edits(base.tree(), &edits);
+                let mut blocks = s.blocks as i64;
+                for (p, old) in &edits.old {
+                    let n = |e: Option<&capture::base_tree::Entry>| {
+                        e.map_or(0, |(_, n)| crate::snapshot::Tree::blocks_of(n).len() as i64)
+                    };
+                    blocks += n(base.tree().entries.get(p)) - n(old.as_ref());
+                }
+                (m, (base.counts().entries, blocks.max(0) as u64))
+            }
+            (None, None) => {
                 let (entries, blocks) = capture::manifest::counts_of_full(base.tree());
                 #[cfg(debug_assertions)]
                 {
@@ -813,7 +914,7 @@ fn take(
                     (entries, blocks),
                 )
             }
-            Some(r) => {
+            (Some(r), _) => {
                 let (m, blocks) = if Some(r.id) == latest.as_ref().map(|l| l.id) {
                     capture::manifest::from_edits(base.tree(), &edits)
                 } else {
@@ -832,13 +933,19 @@ fn take(
         let mut stats = captured.stats.clone();
         stats.changed_entries = changed.0;
         stats.changed_blocks = changed.1;
-        stats.removed_entries = manifest.removed.len() as u64;
+        // (A full removes nothing: it has no base.)
+        stats.removed_entries = if base_rec.is_some() {
+            manifest.removed.len() as u64
+        } else {
+            0
+        };
         // An incremental on the snapshot whose directories were written
         // last: only the directories on its changed paths are encoded.
         let latest_id = latest.as_ref().map(|l| l.id);
-        let dirty = (kind == Kind::Incremental
-            && base_rec.map(|b| b.id) == latest_id
-            && memo.as_ref().map(|(id, _)| *id) == latest_id)
+        let dirty = (streamed.is_some()
+            || (kind == Kind::Incremental
+                && base_rec.map(|b| b.id) == latest_id
+                && memo.as_ref().map(|(id, _)| *id) == latest_id))
             .then(|| {
                 crate::snapshot::dirs::dirty_dirs(
                     manifest
@@ -908,7 +1015,10 @@ fn take(
         writer.close()?;
         noted = m.take_noted();
         trees.memo = Some((rec.id, m));
-        Ok((rec, captured.bytes_read))
+        Ok((
+            rec,
+            captured.bytes_read + streamed.as_ref().map_or(0, |s| s.bytes_read),
+        ))
     })();
     match result {
         Ok((rec, bytes)) => {

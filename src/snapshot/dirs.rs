@@ -549,22 +549,7 @@ fn write_dir(
                             return Err(Error::InvalidInput("a resolved tree holds a patch".into()))
                         }
                     };
-                    let (blocks, segments) = if list.len() > SEGMENT_IDS {
-                        let mut segs = Vec::with_capacity(list.len().div_ceil(SEGMENT_IDS));
-                        for seg in list.chunks(SEGMENT_IDS) {
-                            let bytes: Vec<u8> = seg.iter().flat_map(|id| id.0).collect();
-                            segs.push(store.put(&bytes)?);
-                        }
-                        (Vec::new(), segs)
-                    } else {
-                        (list.clone(), Vec::new())
-                    };
-                    DNode::File {
-                        size: *size,
-                        blocks,
-                        segments,
-                        link: *link,
-                    }
+                    file_dnode(store, *size, list, *link)?
                 }
                 Node::Symlink { target } => DNode::Symlink {
                     target: target.clone(),
@@ -581,6 +566,46 @@ fn write_dir(
     // Path order is not name order ("a-b" < "a/c" but the names "a" and
     // "a-b" compare the other way round for their subtrees): sort.
     entries.sort_by(|a, b| a.name.cmp(&b.name));
+    let r = put_dir(store, entries)?;
+    if let Some(n) = memo.noted.as_mut() {
+        if let Some(old) = memo.refs.get(path) {
+            n.extend(old.parts.iter().map(|id| (*id, -1)));
+        }
+        n.extend(r.parts.iter().map(|id| (*id, 1)));
+    }
+    memo.refs.insert(path.to_vec(), r.clone());
+    Ok(r)
+}
+
+/// A file's entry node: its block ids inline, or, past [`SEGMENT_IDS`],
+/// stored as segments.
+pub fn file_dnode(
+    store: &dyn Objects,
+    size: u64,
+    list: &[ChunkId],
+    link: Option<u64>,
+) -> Result<DNode> {
+    let (blocks, segments) = if list.len() > SEGMENT_IDS {
+        let mut segs = Vec::with_capacity(list.len().div_ceil(SEGMENT_IDS));
+        for seg in list.chunks(SEGMENT_IDS) {
+            let bytes: Vec<u8> = seg.iter().flat_map(|id| id.0).collect();
+            segs.push(store.put(&bytes)?);
+        }
+        (Vec::new(), segs)
+    } else {
+        (list.to_vec(), Vec::new())
+    };
+    Ok(DNode::File {
+        size,
+        blocks,
+        segments,
+        link,
+    })
+}
+
+/// Store one directory (`entries` sorted by name, names unique) and
+/// return its reference, with the entries and bytes below it.
+pub fn put_dir(store: &dyn Objects, entries: Vec<DirEntry>) -> Result<DirRef> {
     let obj = DirObject {
         format: DIR_FORMAT,
         entries,
@@ -597,19 +622,11 @@ fn write_dir(
             _ => {}
         }
     }
-    let r = DirRef {
+    Ok(DirRef {
         entries,
         bytes,
         ..put_object(store, &obj.encode()?)?
-    };
-    if let Some(n) = memo.noted.as_mut() {
-        if let Some(old) = memo.refs.get(path) {
-            n.extend(old.parts.iter().map(|id| (*id, -1)));
-        }
-        n.extend(r.parts.iter().map(|id| (*id, 1)));
-    }
-    memo.refs.insert(path.to_vec(), r.clone());
-    Ok(r)
+    })
 }
 
 fn file_node(size: u64, blocks: Vec<ChunkId>, link: Option<u64>) -> Node {

@@ -22,7 +22,7 @@ use super::pins::DirPins;
 use crate::error::{Error, Result};
 use crate::snapshot::dirs::join;
 use crate::snapshot::manifest::{Meta, Node};
-use crate::snapshot::{Tree, SNAPSHOTS_DIR};
+use crate::snapshot::SNAPSHOTS_DIR;
 use crate::util::{sys, time};
 
 /// How the cut reaches the live objects the filesystem knows (so that it
@@ -190,77 +190,11 @@ pub fn open_verified(root: &OwnedFd, base: &dyn BaseLookup, path: &[u8]) -> Opti
     walk_verified(root, &comps, |i| base.ino_at(&comps[..=i].join(&b'/')))
 }
 
-/// The tree of the backing directory as listed now (files without their
-/// blocks), for the repository's first snapshot: listing it here, outside
-/// the gate, lets that snapshot's cut look only at what changed during
-/// the listing (the journal records it) instead of listing everything
-/// while writers wait. A listing that races with changes is corrected by
-/// the cut: every change during it is in the journal.
-pub fn list_tree(backing: &Path, hidden: Option<FileKey>, block_size: u32) -> Result<Tree> {
-    let root_path = sys::open_dir_path(backing).map_err(|e| Error::io("open", backing, e))?;
-    let root = sys::open_dir_at(&root_path, b".").map_err(|e| io("open directory", e))?;
-    let mut tree = Tree {
-        block_size,
-        entries: Default::default(),
-    };
-    let rs = state_of(&root_path, None)?;
-    tree.entries.insert(Vec::new(), (rs.meta, Node::Dir));
-    // From the walk's own stat, the attributes read by name: two calls
-    // per entry. Loading a cold tree's inodes is CPU work in the kernel as
-    // much as waiting for the disk: one thread per core lists directories
-    // (10^6 files, cold: 12.7 -> 9.1 s, `find` 9.0 s; 8 threads 8.2 s).
-    // Entries come back in batches that this thread puts in the tree as
-    // they come: the tree's nodes are allocated by one thread (a map per
-    // listing thread, merged after, held the tree twice at the merge: the
-    // freed maps' memory stayed in those threads' arenas).
-    type Batch = Vec<(Vec<u8>, (Meta, Node))>;
-    const BATCH: usize = 1024;
-    let (tx, rx) = crossbeam_channel::bounded::<Batch>(8);
-    let listed = std::thread::scope(|sc| {
-        let walker = sc.spawn(move || {
-            let tx = tx;
-            let r = crate::util::walk::walk_parallel(
-                root,
-                crate::util::pool::threads(),
-                || Batch::with_capacity(BATCH),
-                |out, e| {
-                    let Some(entry) = listed_entry(e, hidden)? else {
-                        return Ok(false);
-                    };
-                    let descend = matches!(entry.1, Node::Dir);
-                    out.push((e.path.to_vec(), entry));
-                    if out.len() >= BATCH {
-                        let full = std::mem::replace(out, Batch::with_capacity(BATCH));
-                        if tx.send(full).is_err() {
-                            return Err(Error::Poisoned("the listing's receiver stopped".into()));
-                        }
-                    }
-                    Ok(descend)
-                },
-            );
-            r.map(|rest| {
-                for b in rest {
-                    if !b.is_empty() && tx.send(b).is_err() {
-                        break;
-                    }
-                }
-            })
-        });
-        for batch in rx.iter() {
-            tree.entries.extend(batch);
-        }
-        walker
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    });
-    listed?;
-    Ok(tree)
-}
-
-/// One entry of the first snapshot's listing, `None` for what is not
-/// listed (the snapshots directory, the repository, a symlink gone
-/// since the walk read its directory: the journal has that change).
-fn listed_entry(
+/// One entry met by the first snapshot's walk (`capture::stream`),
+/// `None` for what is not captured (the snapshots directory, the
+/// repository, a symlink gone since its directory was read: the journal
+/// has that change).
+pub(crate) fn listed_entry(
     e: &crate::util::walk::WalkEntry<'_>,
     hidden: Option<FileKey>,
 ) -> Result<Option<(Meta, Node)>> {

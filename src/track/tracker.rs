@@ -354,6 +354,20 @@ impl Freezer {
         &self.state.journal
     }
 
+    /// Whether a file is open on the checkpoint fast path now (its bytes
+    /// may be half written: a capture outside the cut must not keep them).
+    pub fn is_held(&self, key: &FileKey) -> bool {
+        self.state.held.lock().contains_key(key)
+    }
+
+    /// Have the next cut look at entry `name` of directory `dir` (a
+    /// capture outside the cut left it out); `dir_fd` keeps the
+    /// directory reachable until then.
+    pub fn recheck(&self, dir: &FileKey, name: &[u8], dir_fd: Arc<OwnedFd>) {
+        self.state.journal.record_entry(dir, name);
+        self.state.pins.pin(*dir, dir_fd);
+    }
+
     /// Receive the filesystem's change events (one listener).
     pub fn subscribe(&self, capacity: usize) -> crossbeam_channel::Receiver<FsEvent> {
         self.state.events.subscribe(capacity)

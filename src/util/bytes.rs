@@ -40,6 +40,23 @@ pub fn read_full(f: &File, off: u64, len: usize) -> std::io::Result<Vec<u8>> {
     Ok(v)
 }
 
+/// Fill `buf` from `f` at `off`, as far as the file goes; the rest of
+/// `buf` is zeroed. Returns the bytes read (short: the file shrank).
+pub fn read_at_full(f: &File, off: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+    let len = buf.len();
+    let mut got = 0;
+    while got < len {
+        match f.read_at(&mut buf[got..], off + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf[got..].fill(0);
+    Ok(got)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
