@@ -9,7 +9,7 @@
 //! at a time, so memory stays bounded; results come back in completion
 //! order, each naming what it belongs to.
 
-use crossbeam_channel::{bounded, unbounded, Sender};
+use crossbeam_channel::{bounded, Sender};
 
 /// Blocks per unit of work (large enough to keep reads sequential and
 /// amortize a channel send, small enough to spread one file over cores).
@@ -73,6 +73,7 @@ where
 /// of its own, while `feed` goes on) instead of collecting them all:
 /// memory follows the units in flight, not every unit of the run (a
 /// first snapshot of 10^6 files kept 10^6 results until its last read).
+/// At most `threads * 16` results wait for the sink.
 /// Returns what `feed` returned and the sink.
 pub fn run_into<T, R, W, Out, S>(
     threads: usize,
@@ -88,7 +89,9 @@ where
 {
     let threads = threads.max(1);
     let (tx, rx) = bounded::<T>(threads * 4);
-    let (rtx, rrx) = unbounded::<R>();
+    // Bounded too: a sink that falls behind (starved of CPU) holds the
+    // workers back, and they the feeder, instead of results piling up.
+    let (rtx, rrx) = bounded::<R>(threads * 16);
     std::thread::scope(|s| {
         for _ in 0..threads {
             let rx = rx.clone();
