@@ -123,9 +123,9 @@ pub fn run(repo: &Repository, a: DiffArgs, o: &mut Out) -> Result<i32> {
     let ra = select(&all, &a.a, now)?.clone();
     let rb = select(&all, &a.b, now)?.clone();
     // Only what can differ is read (for snapshots stored as trees, the
-    // directories whose objects differ).
+    // directories whose objects differ), and only what differs is kept.
     let (ta, tb) = repo
-        .changed_pair(&ra, &rb)
+        .changes_pair(&ra, &rb)
         .with_context(|| format!("reading snapshots {} and {}", ra.id, rb.id))?;
     let p = normalize_user_path(&a.path)?;
     let exists = |t: &rewindfs::snapshot::Tree, r| -> Result<bool> {

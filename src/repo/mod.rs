@@ -1143,6 +1143,16 @@ impl Repository {
         self.resolve_pair(a, b)
     }
 
+    /// [`Self::changed_pair`] for a diff: for snapshots stored as trees,
+    /// entries equal on both sides are left out too (memory follows the
+    /// changes, not the directories they touch).
+    pub fn changes_pair(&self, a: &SnapshotRecord, b: &SnapshotRecord) -> Result<(Tree, Tree)> {
+        if let (Stored::Tree(ra), Stored::Tree(rb)) = (self.load_stored(a)?, self.load_stored(b)?) {
+            return crate::snapshot::dirs::differing_changes(self, &ra, &rb);
+        }
+        self.resolve_pair(a, b)
+    }
+
     /// The entry at `path` of a snapshot, reading only the directories on
     /// the way when it is stored as a tree.
     pub fn lookup(&self, rec: &SnapshotRecord, path: &[u8]) -> Result<Option<(Meta, Node)>> {

@@ -274,8 +274,20 @@ pub fn forget(repo: &Repository, target: Target<'_>, dry_run: bool) -> Result<Fo
                     // parent (from the directories that differ).
                     match parent {
                         Some(p) => {
-                            let (b, t) = repo.changed_pair(p, old)?;
+                            // (Entries equal on both sides change no
+                            // count: only what differs is held.)
+                            let (b, t) = repo.changes_pair(p, old)?;
                             let (m, blocks) = build(&t, Some(&b));
+                            #[cfg(debug_assertions)]
+                            {
+                                let (b2, t2) = repo.changed_pair(p, old)?;
+                                let (m2, blocks2) = build(&t2, Some(&b2));
+                                assert_eq!(
+                                    (m.entries.len(), m.removed.len(), blocks),
+                                    (m2.entries.len(), m2.removed.len(), blocks2),
+                                    "the counts from the differing entries alone"
+                                );
+                            }
                             rec.stats.changed_blocks = blocks;
                             rec.stats.changed_entries = m.entries.len() as u64;
                             rec.stats.removed_entries = m.removed.len() as u64;
