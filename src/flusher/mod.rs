@@ -41,7 +41,8 @@ pub use policy::Policy;
 /// What `status` shows about the flusher.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct FlusherStatus {
-    /// idle, cut, capturing, committing, backoff
+    /// idle, storing (the first snapshot before its cut), cut, capturing,
+    /// committing, backoff
     pub state: String,
     pub last_snapshot: Option<u64>,
     pub last_snapshot_time: Option<String>,
