@@ -1539,6 +1539,13 @@ fn snapshot_failures_show_in_status() {
     let repo = t.path().join("r");
     let mnt = mkdir(&t.path().join("mnt"), 0o755);
     let m = mount(&backing, &mnt, &repo, &[]);
+    // The mount's first snapshot first, so that the write below is the
+    // next snapshot's to store (the first one could otherwise take it).
+    let t0 = std::time::Instant::now();
+    while common::status(&repo)["flusher"]["last_snapshot"].is_null() {
+        assert!(t0.elapsed().as_secs() < 60, "no first snapshot");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     std::fs::write(mnt.join("f"), common::bytes(1, 200_000)).unwrap();
     // Packs cannot be written (even by root): the snapshot fails.
     let packs = repo.join("packs");
