@@ -1003,6 +1003,15 @@ fn take(
                 );
             }
             assert_eq!(written.entries.len() as u64, base.counts().entries);
+            if streamed.is_some() {
+                // The first snapshot's counts, from the walk and the
+                // edits after it, are the whole tree's.
+                assert_eq!(
+                    (rec.stats.changed_entries, rec.stats.changed_blocks),
+                    capture::manifest::counts_of_full(&written),
+                    "the first snapshot's counts"
+                );
+            }
             if let (Some(m), Some(l)) = (manifest_check, &latest) {
                 let prev = repo.resolve(l)?;
                 assert_eq!(
