@@ -28,15 +28,7 @@ pub fn set_len_keeping(buf: &mut Vec<u8>, len: usize) {
 /// Read `len` bytes at `off` (zeros past the end of the file).
 pub fn read_full(f: &File, off: u64, len: usize) -> std::io::Result<Vec<u8>> {
     let mut v = vec![0u8; len];
-    let mut got = 0;
-    while got < len {
-        match f.read_at(&mut v[got..], off + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    read_at_full(f, off, &mut v)?;
     Ok(v)
 }
 
