@@ -5,7 +5,8 @@
 //! snapshot; after forgetting snapshots (the ledger merges the deltas
 //! over them), after gc, and with ledger files damaged or deleted. And a
 //! new snapshot's unique sizes are found without reading any tree but
-//! the directories it changed.
+//! the directories it changed, by updating those of the list before it
+//! for the chunks whose counts rose (revived contents included).
 
 mod common;
 
@@ -79,8 +80,10 @@ fn naive(repo: &Repository) -> Naive {
 }
 
 fn from_ledger(repo: &Repository) -> Naive {
-    let s = space(repo).unwrap();
+    // The unique sizes first: from the cache of the list before, updated
+    // for the snapshots appended since, when there is one.
     let unique = unique_bytes(repo).unwrap();
+    let s = space(repo).unwrap();
     Naive {
         per: s
             .snapshots
@@ -196,7 +199,13 @@ fn the_ledger_accounts_exactly_as_whole_trees_do() {
             _ => Kind::Incremental,
         };
         ids.push(scan(&repo, &src, kind));
+        let before = rewindfs::retention::space::appended_updates();
         check(&repo, &format!("after round {round} ({kind:?})"));
+        assert_eq!(
+            rewindfs::retention::space::appended_updates(),
+            before + 1,
+            "round {round}: the unique sizes were updated for the new snapshot, not merged whole"
+        );
     }
     // A new snapshot's unique sizes: only its delta is computed, reading
     // exactly the directories that differ from the snapshot before it

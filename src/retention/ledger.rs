@@ -841,6 +841,43 @@ impl Presence {
     pub fn count(&self) -> usize {
         self.runs.iter().map(|(a, b)| b - a).sum()
     }
+
+    /// The one snapshot among the first `n` that references it, if
+    /// exactly one does.
+    pub fn only_among(&self, n: usize) -> Option<usize> {
+        let mut one = None;
+        for &(a, b) in &self.runs {
+            match b.min(n) - a.min(n) {
+                0 => {}
+                1 if one.is_none() => one = Some(a),
+                _ => return None,
+            }
+        }
+        one
+    }
+}
+
+/// A chunk's presence over `n` snapshots from its changes (snapshot
+/// index and change, in index order), into `p`.
+fn runs_of(changes: &[(usize, i64)], n: usize, p: &mut Presence) -> Result<()> {
+    p.runs.clear();
+    let (mut count, mut since) = (0i64, 0usize);
+    for &(j, c) in changes {
+        let before = count;
+        count += c;
+        if count < 0 {
+            return Err(bad("a chunk's reference count goes below zero"));
+        }
+        if before == 0 && count > 0 {
+            since = j;
+        } else if before > 0 && count == 0 {
+            p.runs.push((since, j));
+        }
+    }
+    if count > 0 {
+        p.runs.push((since, n));
+    }
+    Ok(())
 }
 
 /// The history the ledger describes: per snapshot (sorted by id) the
@@ -906,23 +943,7 @@ pub fn for_each_chunk(
             }
         }
         changes.sort_unstable_by_key(|(j, _)| *j);
-        presence.runs.clear();
-        let (mut count, mut since) = (0i64, 0usize);
-        for &(j, c) in &changes {
-            let before = count;
-            count += c;
-            if count < 0 {
-                return Err(bad("a chunk's reference count goes below zero"));
-            }
-            if before == 0 && count > 0 {
-                since = j;
-            } else if before > 0 && count == 0 {
-                presence.runs.push((since, j));
-            }
-        }
-        if count > 0 {
-            presence.runs.push((since, n));
-        }
+        runs_of(&changes, n, &mut presence)?;
         if !presence.runs.is_empty() {
             visit(&ChunkId(id), &presence)?;
         }
@@ -944,66 +965,154 @@ pub fn referenced_among(
     let dir = ledger_dir(repo);
     let mut found = HashSet::new();
     let mut complete = true;
-    for s in sources {
+    for s in &sources {
+        complete &= match s {
+            Source::Mem(d) => d.complete,
+            Source::File(_, h) => h.complete,
+        };
         let left: Vec<ChunkId> = ids
             .iter()
             .filter(|c| !found.contains(*c))
             .copied()
             .collect();
-        match s {
-            Source::Mem(d) => {
-                complete &= d.complete;
-                find_in(&d, &left, &mut found);
-            }
-            Source::File(name, h) => {
-                complete &= h.complete;
-                if left.is_empty() {
-                    continue;
-                }
-                let dir = dir
-                    .as_ref()
-                    .ok_or_else(|| bad("the ledger directory went away"))?;
-                if h.count + h.scount <= SMALL_ENTRIES {
-                    let d = read_delta(dir, h.snap)
-                        .filter(|d| d.header() == h)
-                        .ok_or_else(|| bad(&format!("{name} changed while read")))?;
-                    find_in(&d, &left, &mut found);
-                } else {
-                    let f = dir
-                        .open_read(&name)?
-                        .ok_or_else(|| bad(&format!("{name} went away")))?;
-                    let mut head = [0u8; HEADER_LEN];
-                    std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0)
-                        .map_err(|e| Error::io("read", name.clone(), e))?;
-                    if decode_header(&head)? != h {
-                        return Err(bad(&format!("{name} changed while read")));
-                    }
-                    let structure_at = HEADER_LEN as u64 + h.count * ENTRY_LEN as u64;
-                    for (at, n) in [(HEADER_LEN as u64, h.count), (structure_at, h.scount)] {
-                        for c in &left {
-                            if !found.contains(c) && search_file(&f, at, n, c)? {
-                                found.insert(*c);
-                            }
-                        }
-                    }
-                }
-            }
+        if left.is_empty() {
+            continue;
         }
+        look_up(dir.as_ref(), s, &left, true, &mut |k, _| {
+            found.insert(left[k]);
+        })?;
     }
     Ok((found, complete))
 }
 
-fn find_in(d: &Delta, ids: &[ChunkId], found: &mut HashSet<ChunkId>) {
-    for c in ids {
-        let hit = |l: &[(ChunkId, i64)]| l.binary_search_by(|e| e.0 .0.cmp(&c.0)).is_ok();
-        if hit(&d.entries) || hit(&d.structure) {
-            found.insert(*c);
-        }
+/// Every chunk whose reference count rises in the delta of one of
+/// `all[from..]` (sorted by id), with its presence over `all`, in id
+/// order; `None` when those deltas hold more than `max` entries (then a
+/// full merge costs no more). This is every chunk whose uniqueness can
+/// change when `all[from + 1..]` are appended to `all[..=from]`: a chunk
+/// that gains a new snapshot was absent just before it (so it rises in
+/// that snapshot's delta) or present in `all[from]`, where it was unique
+/// only if it was absent before `all[from]` too (so it rose in its
+/// delta). The deltas of `all[from..]` are read whole; the ids are
+/// looked up in every other (files of a large delta by binary search).
+pub fn rising_since(
+    repo: &Repository,
+    all: &[SnapshotRecord],
+    from: usize,
+    max: u64,
+) -> Result<Option<Vec<(ChunkId, Presence)>>> {
+    let sources = prepare(repo, all)?;
+    let dir = ledger_dir(repo);
+    let tail = sources.get(from..).unwrap_or_default();
+    let size: u64 = tail
+        .iter()
+        .map(|s| match s {
+            Source::Mem(d) => d.entries.len() as u64,
+            Source::File(_, h) => h.count,
+        })
+        .sum();
+    if size > max {
+        return Ok(None);
     }
+    let mut ids = Vec::new();
+    for s in tail {
+        let owned;
+        let d = match s {
+            Source::Mem(d) => d,
+            Source::File(name, h) => {
+                let dir = dir
+                    .as_ref()
+                    .ok_or_else(|| bad("the ledger directory went away"))?;
+                owned = read_delta(dir, h.snap)
+                    .filter(|d| d.header() == *h)
+                    .ok_or_else(|| bad(&format!("{name} changed while read")))?;
+                &owned
+            }
+        };
+        ids.extend(d.entries.iter().filter(|(_, c)| *c > 0).map(|(id, _)| *id));
+    }
+    ids.sort_unstable_by_key(|c| c.0);
+    ids.dedup();
+    let mut changes: Vec<Vec<(usize, i64)>> = vec![Vec::new(); ids.len()];
+    for (i, s) in sources.iter().enumerate() {
+        look_up(dir.as_ref(), s, &ids, false, &mut |k, c| changes[k].push((i, c)))?;
+    }
+    let mut out = Vec::with_capacity(ids.len());
+    for (id, ch) in ids.into_iter().zip(changes) {
+        let mut p = Presence::default();
+        runs_of(&ch, all.len(), &mut p)?;
+        out.push((id, p));
+    }
+    Ok(Some(out))
 }
 
-/// Binary search for `c` among the `n` sorted entries at `at` in `f`.
-fn search_file(f: &std::fs::File, at: u64, n: u64, c: &ChunkId) -> Result<bool> {
+/// Look `ids` (sorted, unique) up in one delta's entries (and its
+/// structure when `structure`): `hit(k, change)` for each `ids[k]` found
+/// (once per list it is in). A small delta is read whole, a large one
+/// searched in its file.
+fn look_up(
+    dir: Option<&Dir>,
+    s: &Source,
+    ids: &[ChunkId],
+    structure: bool,
+    hit: &mut dyn FnMut(usize, i64),
+) -> Result<()> {
+    let in_lists = |d: &Delta, hit: &mut dyn FnMut(usize, i64)| {
+        let lists: &[&[(ChunkId, i64)]] = if structure {
+            &[&d.entries, &d.structure]
+        } else {
+            &[&d.entries]
+        };
+        for l in lists {
+            for (k, c) in ids.iter().enumerate() {
+                if let Ok(at) = l.binary_search_by(|e| e.0 .0.cmp(&c.0)) {
+                    hit(k, l[at].1);
+                }
+            }
+        }
+    };
+    let (name, h) = match s {
+        Source::Mem(d) => {
+            in_lists(d, hit);
+            return Ok(());
+        }
+        Source::File(name, h) => (name, h),
+    };
+    let dir = dir.ok_or_else(|| bad("the ledger directory went away"))?;
+    if h.count + h.scount <= SMALL_ENTRIES {
+        let d = read_delta(dir, h.snap)
+            .filter(|d| d.header() == *h)
+            .ok_or_else(|| bad(&format!("{name} changed while read")))?;
+        in_lists(&d, hit);
+        return Ok(());
+    }
+    let f = dir
+        .open_read(name)?
+        .ok_or_else(|| bad(&format!("{name} went away")))?;
+    let mut head = [0u8; HEADER_LEN];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0)
+        .map_err(|e| Error::io("read", name.clone(), e))?;
+    if decode_header(&head)? != *h {
+        return Err(bad(&format!("{name} changed while read")));
+    }
+    let structure_at = HEADER_LEN as u64 + h.count * ENTRY_LEN as u64;
+    let mut lists = vec![(HEADER_LEN as u64, h.count)];
+    if structure {
+        lists.push((structure_at, h.scount));
+    }
+    for (at, n) in lists {
+        for (k, c) in ids.iter().enumerate() {
+            if let Some(change) = search_file(&f, at, n, c)? {
+                hit(k, change);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Binary search for `c` among the `n` sorted entries at `at` in `f`:
+/// its change, if there.
+fn search_file(f: &std::fs::File, at: u64, n: u64, c: &ChunkId) -> Result<Option<i64>> {
     let (mut lo, mut hi) = (0u64, n);
     let mut e = [0u8; ENTRY_LEN];
     while lo < hi {
@@ -1011,12 +1120,12 @@ fn search_file(f: &std::fs::File, at: u64, n: u64, c: &ChunkId) -> Result<bool> 
         std::os::unix::fs::FileExt::read_exact_at(f, &mut e, at + mid * ENTRY_LEN as u64)
             .map_err(|x| Error::io("read", "reference ledger", x))?;
         match e[..32].cmp(&c.0[..]) {
-            std::cmp::Ordering::Equal => return Ok(true),
+            std::cmp::Ordering::Equal => return Ok(Some(entry(&e).1)),
             std::cmp::Ordering::Less => lo = mid + 1,
             std::cmp::Ordering::Greater => hi = mid,
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 /// The ledger's files, for `status`-like reports and tests: how many

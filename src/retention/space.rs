@@ -172,7 +172,8 @@ fn space_once(repo: &Repository) -> Result<RepoSpace> {
         out.snapshots.push(s);
     }
     if repo.is_writable() {
-        store_unique(repo, &all, &out.snapshots);
+        let unique: Vec<u64> = out.snapshots.iter().map(|x| x.unique_bytes).collect();
+        store_unique(repo, &all, &unique);
     }
     out.packs = packs.len() as u64;
     out.pack_bytes = packs
@@ -186,19 +187,27 @@ fn space_once(repo: &Repository) -> Result<RepoSpace> {
 }
 
 /// The cache of unique sizes (`cache/unique.json`): valid for the exact
-/// snapshot list (ids and manifests) it was computed for.
+/// snapshot list (ids and manifests) it was computed for, and the start
+/// of the sizes of any list that only appends newer snapshots to it.
 pub const UNIQUE_CACHE: &str = "unique.json";
+
+/// At most this many entries in the deltas of the snapshots appended
+/// since the cache (and the one before them) are looked up one by one;
+/// past it, the whole ledger is merged.
+const APPEND_LOOKUPS: u64 = 1 << 16;
 
 #[derive(Serialize, serde::Deserialize)]
 struct UniqueCache {
+    /// [`records_key`] of the list, sorted by id.
     key: String,
+    /// Per snapshot, sorted by id: id and unique size.
     unique: Vec<(u64, u64)>,
 }
 
 /// What the unique sizes depend on: every record's id and manifest.
-fn records_key(all: &[SnapshotRecord]) -> String {
+fn records_key(sorted: &[SnapshotRecord]) -> String {
     let mut h = blake3::Hasher::new();
-    for r in all {
+    for r in sorted {
         h.update(&r.id.to_le_bytes());
         for p in &r.manifest {
             h.update(p.as_bytes());
@@ -213,10 +222,10 @@ fn cache_dir(repo: &Repository) -> Result<crate::util::dirfd::Dir> {
         .ensure_dir(crate::repo::layout::CACHE, crate::repo::layout::DIR_MODE)
 }
 
-fn store_unique(repo: &Repository, all: &[SnapshotRecord], s: &[SnapshotSpace]) {
+fn store_unique(repo: &Repository, sorted: &[SnapshotRecord], unique: &[u64]) {
     let c = UniqueCache {
-        key: records_key(all),
-        unique: s.iter().map(|x| (x.id, x.unique_bytes)).collect(),
+        key: records_key(sorted),
+        unique: sorted.iter().map(|r| r.id).zip(unique.iter().copied()).collect(),
     };
     let r = serde_json::to_vec(&c)
         .map_err(|e| crate::error::Error::InvalidInput(e.to_string()))
@@ -226,49 +235,111 @@ fn store_unique(repo: &Repository, all: &[SnapshotRecord], s: &[SnapshotSpace]) 
     }
 }
 
-/// Each snapshot's unique size (see [`SnapshotSpace::unique_bytes`]):
-/// from the cache when it was computed for this very snapshot list (what
-/// `snapshots` shows without reading any tree), else computed by
-/// [`space`] (which caches it). Read-only repositories compute it each
-/// time.
+fn read_unique_cache(repo: &Repository) -> Option<UniqueCache> {
+    let d = repo.dir().open_dir(crate::repo::layout::CACHE).ok()?;
+    let b = d.read(UNIQUE_CACHE, 64 << 20).ok()??;
+    serde_json::from_slice(&b).ok()
+}
+
+static APPENDED_UPDATES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many times this process found unique sizes by updating the cache
+/// of an earlier list for the snapshots appended since (tests).
+pub fn appended_updates() -> u64 {
+    APPENDED_UPDATES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Each snapshot's unique size (see [`SnapshotSpace::unique_bytes`]),
+/// as `snapshots` shows it, without resolving any tree: from the cache
+/// when it was computed for this very snapshot list; updated from it when
+/// the list only appended newer snapshots (the usual case: a capture
+/// committed since), looking up only the chunks whose count rose in the
+/// new deltas; else from a merge of the whole ledger. The result is
+/// cached; read-only repositories compute it each time.
 pub fn unique_bytes(repo: &Repository) -> Result<HashMap<u64, u64>> {
-    let all = repo.snapshots()?;
-    let key = records_key(&all);
-    let cached = repo
-        .dir()
-        .open_dir(crate::repo::layout::CACHE)
-        .ok()
-        .and_then(|d| d.read(UNIQUE_CACHE, 16 << 20).ok().flatten())
-        .and_then(|b| serde_json::from_slice::<UniqueCache>(&b).ok());
-    if let Some(c) = cached.filter(|c| c.key == key) {
-        return Ok(c.unique.into_iter().collect());
-    }
-    // From the ledger, looking up only the chunks a single snapshot holds.
-    let mut sorted = all.clone();
+    let mut sorted = repo.snapshots()?;
     sorted.sort_by_key(|r| r.id);
-    let unique = ledger::rebuilding_once(repo, || {
-        let mut unique = vec![0u64; sorted.len()];
-        ledger::for_each_chunk(repo, &sorted, &mut |id, p| {
-            if p.count() == 1 {
-                if let Some(l) = repo.index().get_chunk(id)? {
-                    unique[p.runs[0].0] += u64::from(l.stored_len);
-                }
-            }
-            Ok(())
-        })?;
-        Ok(unique)
-    })?;
-    let per: Vec<SnapshotSpace> = sorted
-        .iter()
-        .zip(&unique)
-        .map(|(r, u)| SnapshotSpace {
-            id: r.id,
-            unique_bytes: *u,
-            ..Default::default()
-        })
-        .collect();
-    if repo.is_writable() {
-        store_unique(repo, &all, &per);
+    let cached = read_unique_cache(repo);
+    if let Some(c) = &cached {
+        if c.key == records_key(&sorted) && c.unique.len() == sorted.len() {
+            return Ok(c.unique.iter().copied().collect());
+        }
     }
-    Ok(per.iter().map(|x| (x.id, x.unique_bytes)).collect())
+    let appended = match &cached {
+        Some(c) => ledger::rebuilding_once(repo, || unique_appended(repo, &sorted, c))?,
+        None => None,
+    };
+    let unique = match appended {
+        Some(u) => {
+            APPENDED_UPDATES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            u
+        }
+        None => ledger::rebuilding_once(repo, || {
+            // The whole ledger, looking up only the chunks a single
+            // snapshot holds.
+            let mut unique = vec![0u64; sorted.len()];
+            ledger::for_each_chunk(repo, &sorted, &mut |id, p| {
+                if p.count() == 1 {
+                    if let Some(l) = repo.index().get_chunk(id)? {
+                        unique[p.runs[0].0] += u64::from(l.stored_len);
+                    }
+                }
+                Ok(())
+            })?;
+            Ok(unique)
+        })?,
+    };
+    if repo.is_writable() {
+        store_unique(repo, &sorted, &unique);
+    }
+    Ok(sorted.iter().map(|r| r.id).zip(unique).collect())
+}
+
+/// The unique sizes of `sorted` from the cache `c` of a list it appends
+/// snapshots to (`None` when it does not, or when too much changed):
+/// only the chunks whose count rose in the deltas of the last cached
+/// snapshot and of the appended ones can change owner
+/// ([`ledger::rising_since`]); each moves its stored size from the one
+/// snapshot it was unique to among the cached ones (if any) to the one
+/// it is unique to now (if any).
+fn unique_appended(
+    repo: &Repository,
+    sorted: &[SnapshotRecord],
+    c: &UniqueCache,
+) -> Result<Option<Vec<u64>>> {
+    let n = c.unique.len();
+    if n == 0
+        || n >= sorted.len()
+        || c.unique.iter().zip(sorted).any(|((id, _), r)| *id != r.id)
+        || records_key(&sorted[..n]) != c.key
+    {
+        return Ok(None);
+    }
+    let Some(rising) = ledger::rising_since(repo, sorted, n - 1, APPEND_LOOKUPS)? else {
+        return Ok(None);
+    };
+    let mut unique: Vec<i128> = c.unique.iter().map(|(_, u)| i128::from(*u)).collect();
+    unique.resize(sorted.len(), 0);
+    for (id, p) in &rising {
+        let before = p.only_among(n);
+        let now = p.only_among(sorted.len());
+        if before == now {
+            continue;
+        }
+        let Some(l) = repo.index().get_chunk(id)? else {
+            continue; // not stored: counted nowhere, before or now
+        };
+        let s = i128::from(l.stored_len);
+        if let Some(k) = before {
+            unique[k] -= s;
+        }
+        if let Some(k) = now {
+            unique[k] += s;
+        }
+    }
+    if unique.iter().any(|u| *u < 0) {
+        // The cache did not match the ledger: merge it whole.
+        return Ok(None);
+    }
+    Ok(Some(unique.into_iter().map(|u| u as u64).collect()))
 }
