@@ -50,9 +50,12 @@
 #                          snapshot through MNT/.snapshots/NAME/dXXX/dXXXXX;
 #                          nothing of either snapshot was opened through the
 #                          mount, nor read by another command, before
-#   snapshots              `rewindfs snapshots -C MNT`: the first call right
-#                          after the 100-file incremental (unique sizes not
-#                          cached), then the median of ROUNDS
+#   snapshots              `rewindfs snapshots -C MNT`: the first call ever,
+#                          before the 100-file incremental (no unique size
+#                          cached: the whole reference ledger is merged);
+#                          the first call right after that incremental (the
+#                          cached sizes updated for it); then the median of
+#                          ROUNDS
 #   diff                   `rewindfs diff` of the two newest snapshots
 #                          (adjacent: 100 files changed) and of the oldest and
 #                          newest (distant)
@@ -83,14 +86,15 @@
 #   SIZES="10000 20000" SNAPS=20 scripts/bench-scale.sh      # quick
 #
 # Env: SIZES, SNAPS (1000), FEW (files rewritten per small snapshot, 10),
-# ROUNDS (3),
+# ROUNDS (3), MOUNT_ARGS (more flags for both mounts, e.g. "--index-cache
+# 2M" to see the daemon's memory outside the index's configured cache),
 # BENCH_DIR (/var/tmp/rewindfs-bench-scale; datasets are kept there as
 # data-N), OUT, REWINDFS_BIN (measure that build; default: cargo build
 # --release). Needs root (drops the page cache, mounts) and fuse3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-cmdline="$(for v in SIZES SNAPS FEW ROUNDS BENCH_DIR OUT REWINDFS_BIN; do
+cmdline="$(for v in SIZES SNAPS FEW ROUNDS MOUNT_ARGS BENCH_DIR OUT REWINDFS_BIN; do
   [ -n "${!v:-}" ] && printf '%s="%s" ' "$v" "${!v}"; done)scripts/bench-scale.sh"
 WORK=${BENCH_DIR:-/var/tmp/rewindfs-bench-scale}
 OUT=${OUT:-$root/target/bench/scale.md}
@@ -98,6 +102,7 @@ SIZES=${SIZES:-10000 100000 1000000}
 SNAPS=${SNAPS:-1000}
 FEW=${FEW:-10}
 ROUNDS=${ROUNDS:-3}
+read -r -a mount_args <<< "${MOUNT_ARGS:-}"
 [ "$(id -u)" = 0 ] || { echo "bench-scale.sh needs root (drop_caches, mounts)" >&2; exit 1; }
 for n in $SIZES; do
   if [ "$n" -lt 1000 ] || [ $((n % 100)) -ne 0 ]; then
@@ -172,7 +177,7 @@ for n in $SIZES; do
   drop
   a=$(now)
   "$rw" mount "$data" "$mnt" --repo "$repo" --every off --full-every off \
-    --snapshot-on-unmount false >/dev/null
+    --snapshot-on-unmount false ${mount_args[@]+"${mount_args[@]}"} >/dev/null
   "$rw" snapshot -C "$mnt" >/dev/null
   b=$(now)
   first=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.6f", b - a }')
@@ -217,6 +222,10 @@ PY
 )
   put small_stored_b "$sb"; put small_manifest_b "$mb"; put small_manifest_len "$ml"
 
+  # The first listing ever: no unique size is cached yet (the whole
+  # reference ledger is merged, then cached).
+  t=$(cold "$rw" snapshots -C "$mnt"); put snapshots_nocache_ms "$(ms "$t")"
+
   # An incremental of 100 files changed through the mount.
   $gen touch "$mnt" "$n" 100 999
   t=$(secs "$rw" snapshot -C "$mnt"); put incr100_ms "$(ms "$t")"
@@ -233,8 +242,8 @@ print(s["stored_bytes"], m if ok else "n/a")
 PY
 )
   put incr100_stored_b "$sb"; put incr100_manifest_b "$mb"
-  # The first listing after a new snapshot: its unique sizes are not
-  # cached yet (computed from the reference ledger).
+  # The first listing after a new snapshot: the cached unique sizes are
+  # updated for it (the chunks whose counts rose in its delta).
   t=$(cold "$rw" snapshots -C "$mnt"); put snapshots_first_ms "$(ms "$t")"
   sleep 1
   sleep 3  # idle: the daemon returns freed memory 2 s after its last request
@@ -282,6 +291,11 @@ PY
   sleep 3  # idle: the daemon returns freed memory 2 s after its last request
   put rss_end_mib "$(awk -v k="$(proc "$pid" VmRSS)" 'BEGIN { print k / 1024 }')"
   put hwm_end_mib "$(awk -v k="$(proc "$pid" VmHWM)" 'BEGIN { print k / 1024 }')"
+  # The daemon's own account of that memory (status --json "memory").
+  mem_json=$("$rw" status -C "$mnt" --json)
+  for f in heap_in_use_bytes heap_free_bytes view_bytes chunk_cache_bytes flusher_tree_bytes flusher_index_bytes index_cache_limit_bytes; do
+    put "end_${f%_bytes}_mib" "$(echo "$mem_json" | jq_ "(d.get('memory') or {}).get('$f', 0) / 1048576")"
+  done
   "$rw" umount "$mnt" >/dev/null
 
   # Remount, page cache dropped: the mount-time check compares BACKING
@@ -289,7 +303,7 @@ PY
   drop
   a=$(now)
   "$rw" mount "$data" "$mnt" --repo "$repo" --every off --full-every off \
-    --snapshot-on-unmount false >/dev/null
+    --snapshot-on-unmount false ${mount_args[@]+"${mount_args[@]}"} >/dev/null
   until status_json | jq_ 'd["startup_check"]' | grep -q '^done'; do
     status_json | jq_ 'd["startup_check"]' | grep -q '^failed' && { echo "mount-time check failed" >&2; exit 1; }
     sleep 0.2
@@ -342,6 +356,7 @@ rows = [
     ("incr100_manifest_b", "incremental of 100 files, manifest bytes stored", "n"),
     ("ls_old_ms", "first `ls -l` of 100 entries, oldest snapshot (ms)", "ms"),
     ("ls_new_ms", "first `ls -l` of 100 entries, newest snapshot (ms)", "ms"),
+    ("snapshots_nocache_ms", "`snapshots`, first call ever (nothing cached) (ms)", "ms"),
     ("snapshots_first_ms", "`snapshots`, first call after a new snapshot (ms)", "ms"),
     ("snapshots_ms", f"`snapshots` ({int(snaps) + 2} snapshots) (ms)", "ms"),
     ("diff_adj_ms", "`diff` adjacent snapshots (100 files changed) (ms)", "ms"),
@@ -360,6 +375,13 @@ rows = [
     ("hwm_snaps_mib", "daemon peak (VmHWM) after all snapshots (MiB)", "mib"),
     ("hwm_end_mib", "daemon peak (VmHWM) at the end, after diff/stats/forget/gc/verify (MiB)", "mib"),
     ("rss_end_mib", "daemon RSS at the end (MiB)", "mib"),
+    ("end_heap_in_use_mib", "of which heap in use, by the allocator's count (MiB)", "mib"),
+    ("end_heap_free_mib", "heap free but held by the allocator (MiB)", "mib"),
+    ("end_view_mib", "snapshot trees loaded for views, estimate (MiB)", "mib"),
+    ("end_chunk_cache_mib", "chunk cache of the views (MiB)", "mib"),
+    ("end_flusher_tree_mib", "flusher's trees, estimate (MiB)", "mib"),
+    ("end_flusher_index_mib", "flusher's inode index in memory (MiB)", "mib"),
+    ("end_index_cache_limit_mib", "index page cache limit, `--index-cache` (MiB)", "mib"),
     ("remount_check_s", "remount, cold: mount to the end of the mount-time check (s)", "s"),
     ("rss_remount_mib", "daemon RSS after the mount-time check (MiB)", "mib"),
     ("hwm_remount_mib", "daemon peak (VmHWM) after the mount-time check (MiB)", "mib"),

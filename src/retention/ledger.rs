@@ -529,9 +529,38 @@ fn ledger_dir(repo: &Repository) -> Option<Dir> {
 /// Check a delta file by reading it through (its checksum, its length),
 /// without holding its entries: its header, or `None` when it is absent
 /// or damaged.
-fn check_file(dir: &Dir, name: &str) -> Option<Header> {
+/// A delta file as this process last verified it: device, inode, size,
+/// mtime and ctime (ns).
+type FileIdentity = (u64, u64, u64, i64, i64);
+
+/// Large deltas (past [`SMALL_ENTRIES`]) whose checksum this process
+/// verified, by file identity: a daemon reads the first snapshot's delta
+/// (40 MB at 10^6 files) at every listing, and hashing it each time
+/// would cost more than the rest. Files are replaced whole (written
+/// aside and renamed), so a changed delta is a new file; its header is
+/// still read and compared each time.
+static VERIFIED: parking_lot::Mutex<Vec<(FileIdentity, Header)>> =
+    parking_lot::Mutex::new(Vec::new());
+
+fn identity(m: &std::fs::Metadata) -> FileIdentity {
+    use std::os::unix::fs::MetadataExt;
+    (
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+    )
+}
+
+/// The header of a delta file whose checksum holds. With `memo`, a large
+/// delta this process verified before and that is still the same file
+/// is not hashed again (what the space accounting reads); gc and forget,
+/// which decide what to delete from the ledger, always hash.
+fn check_file(dir: &Dir, name: &str, memo: bool) -> Option<Header> {
     let f = dir.open_read(name).ok()??;
-    let len = f.metadata().ok()?.len();
+    let meta = f.metadata().ok()?;
+    let len = meta.len();
     if len < (HEADER_LEN + TRAILER_LEN) as u64 {
         return None;
     }
@@ -541,6 +570,11 @@ fn check_file(dir: &Dir, name: &str) -> Option<Header> {
     let h = decode_header(&head).ok()?;
     if Some(len) != h.body_len()?.checked_add(TRAILER_LEN as u64) {
         return None;
+    }
+    let id = identity(&meta);
+    let large = h.count + h.scount > SMALL_ENTRIES;
+    if memo && large && VERIFIED.lock().iter().any(|(i, vh)| *i == id && *vh == h) {
+        return Some(h);
     }
     let mut hasher = blake3::Hasher::new();
     hasher.update(&head);
@@ -555,7 +589,18 @@ fn check_file(dir: &Dir, name: &str) -> Option<Header> {
     }
     let mut sum = [0u8; TRAILER_LEN];
     r.read_exact(&mut sum).ok()?;
-    (hasher.finalize().as_bytes() == &sum).then_some(h)
+    if hasher.finalize().as_bytes() != &sum {
+        return None;
+    }
+    if large {
+        let mut v = VERIFIED.lock();
+        v.retain(|(i, _)| (i.0, i.1) != (id.0, id.1));
+        if v.len() >= 64 {
+            v.remove(0);
+        }
+        v.push((id, h.clone()));
+    }
+    Some(h)
 }
 
 fn read_delta(dir: &Dir, id: u64) -> Option<Delta> {
@@ -598,7 +643,13 @@ fn heal(
 /// (see `repo::candidates`); when that cannot be told (a delta lost or
 /// not fitting), the candidates are dropped.
 fn prepare(repo: &Repository, all: &[SnapshotRecord]) -> Result<Vec<Source>> {
-    prepare_forgetting(repo, all, &HashSet::new())
+    prepare_forgetting(repo, all, &HashSet::new(), false)
+}
+
+/// [`prepare`] for the space accounting: large deltas verified before by
+/// this process are not hashed again (see [`check_file`]).
+fn prepare_to_count(repo: &Repository, all: &[SnapshotRecord]) -> Result<Vec<Source>> {
+    prepare_forgetting(repo, all, &HashSet::new(), true)
 }
 
 /// [`prepare`], also settling the deltas of `forgotten` (snapshots just
@@ -607,6 +658,7 @@ fn prepare_forgetting(
     repo: &Repository,
     all: &[SnapshotRecord],
     forgotten: &HashSet<u64>,
+    memo: bool,
 ) -> Result<Vec<Source>> {
     let dir = ledger_dir(repo);
     let writable = repo.is_writable() && dir.is_some();
@@ -620,7 +672,7 @@ fn prepare_forgetting(
         let mut had_file = false;
         if let Some(d) = &dir {
             had_file = d.stat_at(&name).is_ok();
-            if let Some(h) = check_file(d, &name) {
+            if let Some(h) = check_file(d, &name, memo) {
                 if h.snap == rec.id && h.key == keys[i] {
                     if h.prev == want {
                         out.push(Source::File(name, h));
@@ -739,7 +791,7 @@ pub fn before_forget(repo: &Repository) -> Result<()> {
 /// alone referenced).
 pub fn forgotten(repo: &Repository, forgotten: &HashSet<u64>) -> Result<()> {
     let all = repo.snapshots()?;
-    prepare_forgetting(repo, &all, forgotten).map(|_| ())
+    prepare_forgetting(repo, &all, forgotten, false).map(|_| ())
 }
 
 /// Record the delta of a snapshot just committed after `prev`: `known`
@@ -896,7 +948,7 @@ pub fn for_each_chunk(
     all: &[SnapshotRecord],
     visit: &mut dyn FnMut(&ChunkId, &Presence) -> Result<()>,
 ) -> Result<History> {
-    let sources = prepare(repo, all)?;
+    let sources = prepare_to_count(repo, all)?;
     let dir = ledger_dir(repo);
     let n = all.len();
     let (mut files, mut logical) = (Vec::with_capacity(n), Vec::with_capacity(n));
@@ -1001,7 +1053,7 @@ pub fn rising_since(
     from: usize,
     max: u64,
 ) -> Result<Option<Vec<(ChunkId, Presence)>>> {
-    let sources = prepare(repo, all)?;
+    let sources = prepare_to_count(repo, all)?;
     let dir = ledger_dir(repo);
     let tail = sources.get(from..).unwrap_or_default();
     let size: u64 = tail
@@ -1035,7 +1087,9 @@ pub fn rising_since(
     ids.dedup();
     let mut changes: Vec<Vec<(usize, i64)>> = vec![Vec::new(); ids.len()];
     for (i, s) in sources.iter().enumerate() {
-        look_up(dir.as_ref(), s, &ids, false, &mut |k, c| changes[k].push((i, c)))?;
+        look_up(dir.as_ref(), s, &ids, false, &mut |k, c| {
+            changes[k].push((i, c))
+        })?;
     }
     let mut out = Vec::with_capacity(ids.len());
     for (id, ch) in ids.into_iter().zip(changes) {
@@ -1140,7 +1194,7 @@ pub fn size(repo: &Repository) -> (u64, u64) {
     let (mut files, mut entries) = (0, 0);
     for n in names {
         if let Some(id) = id_of_name(&n) {
-            if let Some(h) = check_file(&dir, &file_name(id)) {
+            if let Some(h) = check_file(&dir, &file_name(id), true) {
                 files += 1;
                 entries += h.count;
             }
@@ -1202,6 +1256,41 @@ mod tests {
         assert_eq!(cancelled, vec![id(3), id(200)]);
         assert!(!m.complete, "complete only if both are");
         assert_eq!(m.files, a.files + b.files);
+    }
+
+    #[test]
+    fn a_large_delta_is_hashed_once_unless_replaced_or_deciding() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = Dir::open_path(t.path()).unwrap();
+        let mut d = delta(9, Some(8), &[]);
+        d.entries = (0..SMALL_ENTRIES + 10)
+            .map(|i| {
+                let mut c = [0u8; 32];
+                c[..8].copy_from_slice(&i.to_be_bytes());
+                (ChunkId(c), 1)
+            })
+            .collect();
+        let name = file_name(9);
+        dir.write_atomic(&name, &d.encode()).unwrap();
+        assert_eq!(check_file(&dir, &name, true), Some(d.header()));
+        assert_eq!(check_file(&dir, &name, true), Some(d.header()));
+        // The same header over a damaged body, as a new file: hashed
+        // again (a new inode), found damaged, memo or not.
+        let mut bad = d.encode();
+        bad[HEADER_LEN + 5 * ENTRY_LEN] ^= 1;
+        dir.write_atomic(&name, &bad).unwrap();
+        assert_eq!(check_file(&dir, &name, true), None);
+        assert_eq!(check_file(&dir, &name, false), None);
+        // Damage in place that keeps the file's identity (a disk that
+        // rots): gc and forget, which never use the memo, still see it.
+        dir.write_atomic(&name, &d.encode()).unwrap();
+        assert_eq!(check_file(&dir, &name, true), Some(d.header()));
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(t.path().join(&name))
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0xee], (HEADER_LEN + 7) as u64).unwrap();
+        assert_eq!(check_file(&dir, &name, false), None);
     }
 
     #[test]

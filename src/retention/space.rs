@@ -225,7 +225,11 @@ fn cache_dir(repo: &Repository) -> Result<crate::util::dirfd::Dir> {
 fn store_unique(repo: &Repository, sorted: &[SnapshotRecord], unique: &[u64]) {
     let c = UniqueCache {
         key: records_key(sorted),
-        unique: sorted.iter().map(|r| r.id).zip(unique.iter().copied()).collect(),
+        unique: sorted
+            .iter()
+            .map(|r| r.id)
+            .zip(unique.iter().copied())
+            .collect(),
     };
     let r = serde_json::to_vec(&c)
         .map_err(|e| crate::error::Error::InvalidInput(e.to_string()))
