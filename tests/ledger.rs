@@ -109,6 +109,14 @@ fn check(repo: &Repository, when: &str) {
     let want = naive(repo);
     let got = from_ledger(repo);
     assert_eq!(got, want, "{when}");
+    // Every figure (totals, packs, ratios), brought up to date or not,
+    // equals the one computed whole.
+    let kept = space(repo).unwrap();
+    assert_eq!(
+        kept,
+        rewindfs::retention::space::space_whole(repo).unwrap(),
+        "{when}"
+    );
 }
 
 fn scan(repo: &Repository, src: &Path, kind: Kind) -> u64 {
@@ -200,11 +208,16 @@ fn the_ledger_accounts_exactly_as_whole_trees_do() {
         };
         ids.push(scan(&repo, &src, kind));
         let before = rewindfs::retention::space::appended_updates();
+        let updates = rewindfs::retention::space::space_updates();
         check(&repo, &format!("after round {round} ({kind:?})"));
         assert_eq!(
             rewindfs::retention::space::appended_updates(),
             before + 1,
             "round {round}: the unique sizes were updated for the new snapshot, not merged whole"
+        );
+        assert!(
+            rewindfs::retention::space::space_updates() >= updates + 2,
+            "round {round}: the space figures were brought up to date, not computed whole"
         );
     }
     // A new snapshot's unique sizes: only its delta is computed, reading

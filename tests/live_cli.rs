@@ -304,3 +304,67 @@ fn the_daemon_applies_the_keep_policy_after_each_snapshot() {
     }
     live.umount();
 }
+
+#[test]
+fn the_daemon_keeps_the_unique_sizes_up_to_date_after_each_snapshot() {
+    let (tmp, backing, mnt, repo) = common::mount_dirs();
+    let _ = &tmp;
+    let r = repo.to_str().unwrap();
+    ok(&repo, &["init", "--block-size", "64K"]);
+    let _live = DaemonMount::start(
+        &backing,
+        &mnt,
+        &["--repo", r, "--every", "off", "--full-every", "off"],
+    );
+    for i in 0..3u64 {
+        fs::write(
+            mnt.join(format!("f{i}.bin")),
+            common::bytes(10 + i, 256 << 10),
+        )
+        .unwrap();
+        ok(&repo, &["snapshot"]);
+    }
+    // No listing asked for them: the daemon caches every snapshot's
+    // unique size by itself after each commit.
+    let records = || {
+        fs::read_dir(repo.join("snapshots"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".json")
+            })
+            .count()
+    };
+    let cached = || -> Vec<(u64, u64)> {
+        fs::read(repo.join("cache").join("unique.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| serde_json::from_value(v["unique"].clone()).ok())
+            .unwrap_or_default()
+    };
+    wait_for("the unique sizes of every snapshot cached", || {
+        cached().len() == records()
+    });
+    let cache = cached();
+    assert!(cache.len() >= 3, "{cache:?}");
+    // The listing shows exactly those, and the newest snapshot alone
+    // holds its new file.
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&repo, &["snapshots", "--json"])).unwrap();
+    let shown: Vec<(u64, u64)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_u64().unwrap(),
+                s["unique_bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(shown, cache);
+    assert!(cache.last().unwrap().1 >= 256 << 10, "{cache:?}");
+}

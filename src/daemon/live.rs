@@ -486,6 +486,7 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
     };
     let hook_events = (!hooks.is_empty()).then(|| events.subscribe(64));
     let replica_events = events.subscribe(16);
+    let size_events = events.subscribe(256);
     // A taken port fails the start before anything is mounted.
     let listener = req
         .manage
@@ -599,6 +600,7 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
             policy.zone,
         )?;
     }
+    super::sizes::start(repo.clone(), size_events)?;
     super::replicator::start(
         repo.clone(),
         replica_events,

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod notify;
 pub mod registry;
 pub mod replicator;
+pub mod sizes;
 pub mod verifier;
 pub mod views;
 pub mod web;

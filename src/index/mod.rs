@@ -32,6 +32,52 @@ pub struct Index {
     /// For messages.
     path: PathBuf,
     backend: Backend,
+    /// What this instance changed in `chunks` (see [`Tally`]).
+    tally: parking_lot::Mutex<Tally>,
+}
+
+/// What one open index changed in its chunk locations since it was
+/// opened: the file chunks it added (ids that were absent) with their
+/// raw and stored bytes, the packs anything was added to, and how many
+/// other changes it made (a location moved, replaced or removed). Lets
+/// the space accounting bring figures computed earlier up to date when
+/// only captures wrote since (`retention::space`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Which open index this is (unique in the process).
+    pub instance: u64,
+    pub other_changes: u64,
+    pub chunks: u64,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    pub packs: std::collections::BTreeSet<u64>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Tally {
+            instance: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            ..Tally::default()
+        }
+    }
+
+    /// `loc` was inserted for an id; `prev` is what it replaced (`Some(None)`:
+    /// an entry that did not decode).
+    fn inserted(&mut self, loc: &Location, prev: Option<Option<Location>>) {
+        match prev {
+            None => {
+                self.packs.insert(loc.pack);
+                if loc.kind == crate::store::BlobKind::Chunk {
+                    self.chunks += 1;
+                    self.raw_bytes += u64::from(loc.raw_len);
+                    self.stored_bytes += u64::from(loc.stored_len);
+                }
+            }
+            Some(Some(p)) if p == *loc => {}
+            Some(_) => self.other_changes += 1,
+        }
+    }
 }
 
 enum Backend {
@@ -85,6 +131,7 @@ impl Index {
         }
         Ok(Index {
             path,
+            tally: parking_lot::Mutex::new(Tally::new()),
             backend: Backend::Sled {
                 _dir: Some(dir),
                 db,
@@ -99,6 +146,7 @@ impl Index {
     pub fn memory(path: &Path) -> Index {
         Index {
             path: path.to_path_buf(),
+            tally: parking_lot::Mutex::new(Tally::new()),
             backend: Backend::Memory {
                 chunks: RwLock::new(HashMap::new()),
                 packs: RwLock::new(HashSet::new()),
@@ -144,14 +192,19 @@ impl Index {
                 // heap for 100,000 chunks). Each entry names a durable
                 // blob, so a crash between batches loses nothing: a pack
                 // not yet marked indexed is read again at open.
+                // One insert at a time (sled applies a batch the same way,
+                // under a lock that stops every reader): each tells what
+                // it replaced, for the tally.
                 let mut sorted: Vec<&(ChunkId, Location)> = entries.iter().collect();
                 sorted.sort_unstable_by_key(|e| e.0);
                 for part in sorted.chunks(INSERT_BATCH) {
-                    let mut batch = sled::Batch::default();
                     for (id, loc) in part {
-                        batch.insert(&id.0[..], &loc.encode()[..]);
+                        let prev = chunks
+                            .insert(&id.0[..], &loc.encode()[..])
+                            .map_err(|e| self.map(e))?;
+                        let prev = prev.map(|p| Location::decode(&p).ok());
+                        self.tally.lock().inserted(loc, prev);
                     }
-                    chunks.apply_batch(batch).map_err(|e| self.map(e))?;
                     collect_garbage(part.len() as u64);
                 }
                 Ok(())
@@ -159,7 +212,8 @@ impl Index {
             Backend::Memory { chunks, .. } => {
                 let mut c = chunks.write();
                 for (id, loc) in entries {
-                    c.insert(*id, *loc);
+                    let prev = c.insert(*id, *loc);
+                    self.tally.lock().inserted(loc, prev.map(Some));
                 }
                 Ok(())
             }
@@ -173,6 +227,9 @@ impl Index {
                 let r = chunks
                     .compare_and_swap(id.0, None as Option<&[u8]>, Some(&loc.encode()[..]))
                     .map_err(|e| self.map(e))?;
+                if r.is_ok() {
+                    self.tally.lock().inserted(loc, None);
+                }
                 Ok(r.is_ok())
             }
             Backend::Memory { chunks, .. } => {
@@ -181,6 +238,7 @@ impl Index {
                     return Ok(false);
                 }
                 c.insert(*id, *loc);
+                self.tally.lock().inserted(loc, None);
                 Ok(true)
             }
         }
@@ -200,6 +258,24 @@ impl Index {
 
     fn swap_chunk(&self, id: &ChunkId, from: &Location, to: Option<&Location>) -> Result<bool> {
         crate::util::fault::inject("index-insert")?;
+        let r = self.swap_chunk_inner(id, from, to);
+        if matches!(r, Ok(true)) {
+            self.tally.lock().other_changes += 1;
+        }
+        r
+    }
+
+    /// What this open index changed in its chunk locations so far.
+    pub fn tally(&self) -> Tally {
+        self.tally.lock().clone()
+    }
+
+    fn swap_chunk_inner(
+        &self,
+        id: &ChunkId,
+        from: &Location,
+        to: Option<&Location>,
+    ) -> Result<bool> {
         match &self.backend {
             Backend::Sled { chunks, .. } => {
                 let r = chunks

@@ -1227,6 +1227,11 @@ impl Repository {
         self.lifecycle.lock()
     }
 
+    /// [`Self::lifecycle_guard`] if no `forget` or gc holds it now.
+    pub fn try_lifecycle_guard(&self) -> Option<MutexGuard<'_, ()>> {
+        self.lifecycle.try_lock()
+    }
+
     /// From now on no writer deduplicates against these chunks.
     pub fn condemn(&self, ids: HashSet<ChunkId>) {
         *self.condemned.write() = ids;

@@ -894,6 +894,16 @@ impl Presence {
         self.runs.iter().map(|(a, b)| b - a).sum()
     }
 
+    /// Whether snapshot `i` references it.
+    pub fn at(&self, i: usize) -> bool {
+        self.runs.iter().any(|&(a, b)| a <= i && i < b)
+    }
+
+    /// How many of the first `n` snapshots reference it.
+    pub fn count_among(&self, n: usize) -> usize {
+        self.runs.iter().map(|&(a, b)| b.min(n) - a.min(n)).sum()
+    }
+
     /// The one snapshot among the first `n` that references it, if
     /// exactly one does.
     pub fn only_among(&self, n: usize) -> Option<usize> {
@@ -951,18 +961,7 @@ pub fn for_each_chunk(
     let sources = prepare_to_count(repo, all)?;
     let dir = ledger_dir(repo);
     let n = all.len();
-    let (mut files, mut logical) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut f, mut l) = (0i64, 0i64);
-    for s in &sources {
-        let (df, dl) = s.files_logical();
-        f += df;
-        l += dl;
-        if f < 0 || l < 0 {
-            return Err(bad("a snapshot's file count or size goes below zero"));
-        }
-        files.push(f as u64);
-        logical.push(l as u64);
-    }
+    let history = history_of(&sources)?;
     let mut streams = Vec::with_capacity(n);
     for s in sources {
         streams.push(Entries::open(dir.as_ref(), s)?);
@@ -999,6 +998,25 @@ pub fn for_each_chunk(
         if !presence.runs.is_empty() {
             visit(&ChunkId(id), &presence)?;
         }
+    }
+    Ok(history)
+}
+
+/// Per snapshot, its file count and logical size: the deltas' changes
+/// added up.
+fn history_of(sources: &[Source]) -> Result<History> {
+    let n = sources.len();
+    let (mut files, mut logical) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut f, mut l) = (0i64, 0i64);
+    for s in sources {
+        let (df, dl) = s.files_logical();
+        f += df;
+        l += dl;
+        if f < 0 || l < 0 {
+            return Err(bad("a snapshot's file count or size goes below zero"));
+        }
+        files.push(f as u64);
+        logical.push(l as u64);
     }
     Ok(History { files, logical })
 }
@@ -1037,22 +1055,28 @@ pub fn referenced_among(
     Ok((found, complete))
 }
 
-/// Every chunk whose reference count rises in the delta of one of
+/// What [`changed_since`] finds: the chunks and their presence, and the
+/// history of the whole list.
+pub type Changed = (Vec<(ChunkId, Presence)>, History);
+
+/// Every chunk whose reference count changes in the delta of one of
 /// `all[from..]` (sorted by id), with its presence over `all`, in id
-/// order; `None` when those deltas hold more than `max` entries (then a
-/// full merge costs no more). This is every chunk whose uniqueness can
-/// change when `all[from + 1..]` are appended to `all[..=from]`: a chunk
-/// that gains a new snapshot was absent just before it (so it rises in
-/// that snapshot's delta) or present in `all[from]`, where it was unique
-/// only if it was absent before `all[from]` too (so it rose in its
-/// delta). The deltas of `all[from..]` are read whole; the ids are
-/// looked up in every other (files of a large delta by binary search).
-pub fn rising_since(
+/// order, and the history; `None` when those deltas hold more than `max`
+/// entries (then a full merge costs no more). This is every chunk whose
+/// figures can change when `all[from + 1..]` are appended to
+/// `all[..=from]`: a chunk present in an appended snapshot and not in the
+/// one before it changes in that snapshot's delta, and one that was
+/// unique to `all[from]` was absent before it, so it changed in its
+/// delta; a chunk no appended delta names has the same count in every
+/// appended snapshot as in `all[from]`. The deltas of `all[from..]` are
+/// read whole; the ids are looked up in every other (files of a large
+/// delta by binary search).
+pub fn changed_since(
     repo: &Repository,
     all: &[SnapshotRecord],
     from: usize,
     max: u64,
-) -> Result<Option<Vec<(ChunkId, Presence)>>> {
+) -> Result<Option<Changed>> {
     let sources = prepare_to_count(repo, all)?;
     let dir = ledger_dir(repo);
     let tail = sources.get(from..).unwrap_or_default();
@@ -1081,7 +1105,7 @@ pub fn rising_since(
                 &owned
             }
         };
-        ids.extend(d.entries.iter().filter(|(_, c)| *c > 0).map(|(id, _)| *id));
+        ids.extend(d.entries.iter().map(|(id, _)| *id));
     }
     ids.sort_unstable_by_key(|c| c.0);
     ids.dedup();
@@ -1097,7 +1121,7 @@ pub fn rising_since(
         runs_of(&ch, all.len(), &mut p)?;
         out.push((id, p));
     }
-    Ok(Some(out))
+    Ok(Some((out, history_of(&sources)?)))
 }
 
 /// Look `ids` (sorted, unique) up in one delta's entries (and its

@@ -5,9 +5,13 @@
 //! totals, deduplication and compression ratios, chunk and pack counts,
 //! and chain lengths. From the index and the reference ledger (what each
 //! snapshot changed); no chunk data is read, and no tree but those of
-//! snapshots the ledger does not cover yet.
+//! snapshots the ledger does not cover yet. Computed whole once (a merge
+//! of the ledger joined with the index: O(chunks)), then brought up to
+//! date from what changed while only captures write (O(change) lookups
+//! per snapshot in the ledger): the figures a process computed are kept
+//! in memory per open index, the unique sizes in `cache/unique.json`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
@@ -17,7 +21,7 @@ use crate::repo::Repository;
 use crate::snapshot::SnapshotRecord;
 use crate::store::pack::Location;
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct SnapshotSpace {
     pub id: u64,
     pub kind: String,
@@ -32,7 +36,7 @@ pub struct SnapshotSpace {
     pub unique_bytes: u64,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct RepoSpace {
     pub snapshots: Vec<SnapshotSpace>,
     pub snapshots_by_kind: BTreeMap<String, u64>,
@@ -77,13 +81,220 @@ fn chain_len(rec: &SnapshotRecord, by_id: &HashMap<u64, &SnapshotRecord>) -> u64
 /// the ledger lacks, computed from the directories that changed), and
 /// memory follows the number of snapshots, not the chunks. A chunk's
 /// unique owner is the one snapshot it is present in.
+///
+/// A process keeps the last figures it computed per open index
+/// ([`SpaceMemo`]); when since then only captures wrote to the index and
+/// the snapshot list only gained newer snapshots, the figures are brought
+/// up to date from what changed ([`space_appended`]) instead of merging
+/// the whole ledger with the whole index again.
 pub fn space(repo: &Repository) -> Result<RepoSpace> {
-    ledger::rebuilding_once(repo, || space_once(repo))
+    // A ledger computed again (it did not add up) is not built on.
+    let mut first = true;
+    ledger::rebuilding_once(repo, || {
+        let trust_memo = std::mem::take(&mut first);
+        let mut all = repo.snapshots()?;
+        all.sort_by_key(|r| r.id);
+        let tally = repo.index().tally();
+        let memo = MEMO
+            .lock()
+            .iter()
+            .find(|m| trust_memo && m.tally.instance == tally.instance)
+            .cloned();
+        let appended = match &memo {
+            Some(m) => space_appended(repo, &all, m, &tally)?,
+            None => None,
+        };
+        let (space, packs) = match appended {
+            Some(x) => {
+                SPACE_UPDATES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                x
+            }
+            None => space_once(repo, &all)?,
+        };
+        // Kept only if nothing was added to the index meanwhile (what the
+        // figures would then count is not known).
+        if repo.index().tally() == tally {
+            let m = SpaceMemo {
+                key: records_key(&all),
+                ids: all.iter().map(|r| r.id).collect(),
+                tally,
+                space: space.clone(),
+                packs,
+            };
+            let mut memos = MEMO.lock();
+            memos.retain(|x| x.tally.instance != m.tally.instance);
+            if memos.len() >= 4 {
+                memos.remove(0);
+            }
+            memos.push(m);
+        }
+        Ok(space)
+    })
 }
 
-fn space_once(repo: &Repository) -> Result<RepoSpace> {
-    let mut all = repo.snapshots()?;
-    all.sort_by_key(|r| r.id);
+/// [`space`] computed whole, whatever this process computed before
+/// (tests compare the two).
+pub fn space_whole(repo: &Repository) -> Result<RepoSpace> {
+    ledger::rebuilding_once(repo, || {
+        let mut all = repo.snapshots()?;
+        all.sort_by_key(|r| r.id);
+        Ok(space_once(repo, &all)?.0)
+    })
+}
+
+/// The figures [`space`] computed last for one open index.
+#[derive(Clone)]
+struct SpaceMemo {
+    /// [`records_key`] of the snapshot list, and its ids (sorted).
+    key: String,
+    ids: Vec<u64>,
+    /// The index's tally when they were computed.
+    tally: crate::index::Tally,
+    space: RepoSpace,
+    /// The packs any index entry was in.
+    packs: BTreeSet<u64>,
+}
+
+static MEMO: parking_lot::Mutex<Vec<SpaceMemo>> = parking_lot::Mutex::new(Vec::new());
+
+/// The figures of `sorted` from `m`, computed for a list it appends newer
+/// snapshots to (or the same list) while the index only gained entries
+/// (`None` otherwise, or when too much changed). Only the chunks a delta
+/// of the last memo'd snapshot or of an appended one names can change
+/// (see [`ledger::changed_since`]): per appended snapshot, its chunk
+/// count and stored size follow from their presence before and at it;
+/// unique sizes move as in [`unique_appended`]; a chunk referenced by no
+/// memo'd snapshot and by an appended one moves from the unreferenced to
+/// the referenced totals; entries the index gained since are
+/// unreferenced until a snapshot names them.
+fn space_appended(
+    repo: &Repository,
+    sorted: &[SnapshotRecord],
+    m: &SpaceMemo,
+    tally: &crate::index::Tally,
+) -> Result<Option<(RepoSpace, BTreeSet<u64>)>> {
+    let n = m.ids.len();
+    let len = sorted.len();
+    if tally.other_changes != m.tally.other_changes
+        || tally.chunks < m.tally.chunks
+        || n == 0
+        || n > len
+        || m.ids.iter().zip(sorted).any(|(id, r)| *id != r.id)
+        || records_key(&sorted[..n]) != m.key
+    {
+        return Ok(None);
+    }
+    let mut out = m.space.clone();
+    let mut packs = m.packs.clone();
+    // (The tally's packs are those added to since the index was opened.)
+    packs.extend(tally.packs.difference(&m.tally.packs).copied());
+    let mut unref_chunks =
+        i128::from(out.unreferenced_chunks) + i128::from(tally.chunks - m.tally.chunks);
+    let mut unref_bytes = i128::from(out.unreferenced_bytes) + i128::from(tally.stored_bytes)
+        - i128::from(m.tally.stored_bytes);
+    if n < len {
+        let Some((changed, history)) = ledger::changed_since(repo, sorted, n - 1, APPEND_LOOKUPS)?
+        else {
+            return Ok(None);
+        };
+        let by_id: HashMap<u64, &SnapshotRecord> = sorted.iter().map(|r| (r.id, r)).collect();
+        let mut chunks_d = vec![0i128; len];
+        let mut stored_d = vec![0i128; len];
+        let mut unique: Vec<i128> = out
+            .snapshots
+            .iter()
+            .map(|x| i128::from(x.unique_bytes))
+            .collect();
+        unique.resize(len, 0);
+        for (id, p) in &changed {
+            let loc = repo.index().get_chunk(id)?;
+            let s = loc.map_or(0, |l| i128::from(l.stored_len));
+            for j in n..len {
+                let d = i128::from(p.at(j)) - i128::from(p.at(j - 1));
+                chunks_d[j] += d;
+                stored_d[j] += d * s;
+            }
+            let (before, now) = (p.only_among(n), p.only_among(len));
+            if before != now {
+                if let Some(k) = before {
+                    unique[k] -= s;
+                }
+                if let Some(k) = now {
+                    unique[k] += s;
+                }
+            }
+            if p.count_among(n) == 0 && p.count() > 0 {
+                if let Some(l) = loc {
+                    packs.insert(l.pack);
+                    if l.kind == crate::store::BlobKind::Chunk {
+                        out.chunks += 1;
+                        out.raw_bytes += u64::from(l.raw_len);
+                        out.stored_bytes += u64::from(l.stored_len);
+                        unref_chunks -= 1;
+                        unref_bytes -= i128::from(l.stored_len);
+                    }
+                }
+            }
+        }
+        let (mut chunks, mut bytes) = match out.snapshots.last() {
+            Some(x) => (i128::from(x.chunks), i128::from(x.stored_bytes)),
+            None => return Ok(None),
+        };
+        for j in n..len {
+            chunks += chunks_d[j];
+            bytes += stored_d[j];
+            let rec = &sorted[j];
+            out.snapshots.push(SnapshotSpace {
+                id: rec.id,
+                kind: rec.kind_label(),
+                chain_len: chain_len(rec, &by_id),
+                files: history.files[j],
+                logical_bytes: history.logical[j],
+                chunks: u64::try_from(chunks).unwrap_or(0),
+                stored_bytes: u64::try_from(bytes).unwrap_or(0),
+                unique_bytes: 0,
+            });
+            *out.snapshots_by_kind.entry(rec.kind_label()).or_default() += 1;
+            out.logical_bytes += history.logical[j];
+            out.longest_chain = out.longest_chain.max(out.snapshots[j].chain_len);
+        }
+        for (x, u) in out.snapshots.iter_mut().zip(&unique) {
+            match u64::try_from(*u) {
+                Ok(u) => x.unique_bytes = u,
+                Err(_) => return Ok(None), // the memo did not match the ledger
+            }
+        }
+    }
+    let (Ok(uc), Ok(ub)) = (u64::try_from(unref_chunks), u64::try_from(unref_bytes)) else {
+        return Ok(None);
+    };
+    out.unreferenced_chunks = uc;
+    out.unreferenced_bytes = ub;
+    finish_totals(repo, &mut out, &packs);
+    Ok(Some((out, packs)))
+}
+
+/// Pack figures and ratios from the rest.
+fn finish_totals(repo: &Repository, out: &mut RepoSpace, packs: &BTreeSet<u64>) {
+    out.packs = packs.len() as u64;
+    out.pack_bytes = packs
+        .iter()
+        .filter_map(|p| repo.pack_reader().pack_len(*p))
+        .sum();
+    let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+    out.dedup_ratio = ratio(out.logical_bytes, out.raw_bytes);
+    out.compression_ratio = ratio(out.raw_bytes, out.stored_bytes);
+}
+
+/// How many times this process brought the space figures up to date
+/// from what changed instead of computing them whole (tests).
+pub fn space_updates() -> u64 {
+    SPACE_UPDATES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static SPACE_UPDATES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn space_once(repo: &Repository, all: &[SnapshotRecord]) -> Result<(RepoSpace, BTreeSet<u64>)> {
     let by_id: HashMap<u64, &SnapshotRecord> = all.iter().map(|r| (r.id, r)).collect();
     let n = all.len();
     let mut out = RepoSpace::default();
@@ -92,16 +303,16 @@ fn space_once(repo: &Repository) -> Result<RepoSpace> {
     let mut chunks_d = vec![0i64; n + 1];
     let mut stored_d = vec![0i64; n + 1];
     let mut unique = vec![0u64; n];
-    let mut packs: HashSet<u64> = HashSet::new();
+    let mut packs: BTreeSet<u64> = BTreeSet::new();
     let mut index = repo.index().chunk_iter().peekable();
-    let unreferenced = |out: &mut RepoSpace, packs: &mut HashSet<u64>, l: &Location| {
+    let unreferenced = |out: &mut RepoSpace, packs: &mut BTreeSet<u64>, l: &Location| {
         packs.insert(l.pack);
         if l.kind == crate::store::BlobKind::Chunk {
             out.unreferenced_chunks += 1;
             out.unreferenced_bytes += u64::from(l.stored_len);
         }
     };
-    let history = ledger::for_each_chunk(repo, &all, &mut |id, p| {
+    let history = ledger::for_each_chunk(repo, all, &mut |id, p| {
         // Index entries before this chunk: no snapshot references them.
         let mut loc = None;
         loop {
@@ -173,17 +384,10 @@ fn space_once(repo: &Repository) -> Result<RepoSpace> {
     }
     if repo.is_writable() {
         let unique: Vec<u64> = out.snapshots.iter().map(|x| x.unique_bytes).collect();
-        store_unique(repo, &all, &unique);
+        store_unique(repo, all, &unique);
     }
-    out.packs = packs.len() as u64;
-    out.pack_bytes = packs
-        .iter()
-        .filter_map(|p| repo.pack_reader().pack_len(*p))
-        .sum();
-    let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
-    out.dedup_ratio = ratio(out.logical_bytes, out.raw_bytes);
-    out.compression_ratio = ratio(out.raw_bytes, out.stored_bytes);
-    Ok(out)
+    finish_totals(repo, &mut out, &packs);
+    Ok((out, packs))
 }
 
 /// The cache of unique sizes (`cache/unique.json`): valid for the exact
@@ -257,7 +461,7 @@ pub fn appended_updates() -> u64 {
 /// as `snapshots` shows it, without resolving any tree: from the cache
 /// when it was computed for this very snapshot list; updated from it when
 /// the list only appended newer snapshots (the usual case: a capture
-/// committed since), looking up only the chunks whose count rose in the
+/// committed since), looking up only the chunks whose count changed in the
 /// new deltas; else from a merge of the whole ledger. The result is
 /// cached; read-only repositories compute it each time.
 pub fn unique_bytes(repo: &Repository) -> Result<HashMap<u64, u64>> {
@@ -270,7 +474,13 @@ pub fn unique_bytes(repo: &Repository) -> Result<HashMap<u64, u64>> {
         }
     }
     let appended = match &cached {
-        Some(c) => ledger::rebuilding_once(repo, || unique_appended(repo, &sorted, c))?,
+        Some(c) => {
+            let mut first = true;
+            ledger::rebuilding_once(repo, || match std::mem::take(&mut first) {
+                true => unique_appended(repo, &sorted, c),
+                false => Ok(None), // the ledger was computed again
+            })?
+        }
         None => None,
     };
     let unique = match appended {
@@ -301,9 +511,9 @@ pub fn unique_bytes(repo: &Repository) -> Result<HashMap<u64, u64>> {
 
 /// The unique sizes of `sorted` from the cache `c` of a list it appends
 /// snapshots to (`None` when it does not, or when too much changed):
-/// only the chunks whose count rose in the deltas of the last cached
+/// only the chunks whose count changed in the deltas of the last cached
 /// snapshot and of the appended ones can change owner
-/// ([`ledger::rising_since`]); each moves its stored size from the one
+/// ([`ledger::changed_since`]); each moves its stored size from the one
 /// snapshot it was unique to among the cached ones (if any) to the one
 /// it is unique to now (if any).
 fn unique_appended(
@@ -319,7 +529,7 @@ fn unique_appended(
     {
         return Ok(None);
     }
-    let Some(rising) = ledger::rising_since(repo, sorted, n - 1, APPEND_LOOKUPS)? else {
+    let Some((rising, _)) = ledger::changed_since(repo, sorted, n - 1, APPEND_LOOKUPS)? else {
         return Ok(None);
     };
     let mut unique: Vec<i128> = c.unique.iter().map(|(_, u)| i128::from(*u)).collect();
