@@ -258,3 +258,63 @@ fn advise_matches_a_hand_calculation() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// The lifetimes advise reads from the reference ledger are the ones a
+/// replay of the trees gives, over the whole history and over windows of
+/// it, with files removed, contents that come back and duplicates.
+#[test]
+fn lifetimes_from_the_ledger_equal_a_replay_of_the_trees() {
+    use rewindfs::advise::replay::{ChunkLife, Lifetimes};
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo_dir, data) = (tmp.path().join("repo"), tmp.path().join("data"));
+    ok(&repo_dir, &["init", "--block-size", "64K"]);
+    fs::create_dir_all(&data).unwrap();
+    let r = repo_dir.to_str().unwrap().to_string();
+    let d = data.to_str().unwrap().to_string();
+    for step in 0..12u64 {
+        // Four files drawn from five contents (they come back), one of
+        // them a copy, one removed now and then.
+        for f in 0..4u64 {
+            let path = data.join(format!("f{f}"));
+            if (step + f) % 5 == 4 {
+                let _ = fs::remove_file(&path);
+            } else {
+                fs::write(&path, bytes((step * 3 + f) % 5, 192 << 10)).unwrap();
+            }
+        }
+        fs::copy(data.join("f0"), data.join("copy")).ok();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        ok(&repo_dir, &["snapshot", "--repo", &r, "--source", &d]);
+    }
+    let repo = rewindfs::repo::Repository::open(&repo_dir).unwrap();
+    let mut all = repo.snapshots().unwrap();
+    all.sort_by_key(|r| r.id);
+    // The replay closes a life where every path holding the chunk is
+    // rewritten and opens it again at once ((1, 1), (2, 2) for (1, 2)):
+    // the same snapshots, which is all a schedule's replay asks of them.
+    let sorted = |l: Lifetimes| {
+        let mut c: Vec<ChunkLife> = l.chunks;
+        for x in &mut c {
+            let mut merged: Vec<(u32, u32)> = Vec::new();
+            for &(a, b) in &x.lives {
+                match merged.last_mut() {
+                    Some(last) if last.1 + 1 == a => last.1 = b,
+                    _ => merged.push((a, b)),
+                }
+            }
+            x.lives = merged;
+        }
+        c.sort_by(|a, b| (&a.lives, a.stored, a.raw).cmp(&(&b.lives, b.stored, b.raw)));
+        (l.times, c)
+    };
+    for (a, b) in [(0, all.len()), (3, 9), (5, all.len()), (0, 2)] {
+        let recs = &all[a..b];
+        let ledger = sorted(Lifetimes::measure(&repo, recs).unwrap());
+        let replay = sorted(Lifetimes::replay(&repo, recs).unwrap());
+        assert!(
+            !replay.1.is_empty() || b - a < 3,
+            "window {a}..{b} has changes"
+        );
+        assert_eq!(ledger, replay, "window {a}..{b}");
+    }
+}

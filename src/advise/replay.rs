@@ -104,8 +104,72 @@ impl Walk {
 }
 
 impl Lifetimes {
-    /// Replay `recs` (in time order; the first is the baseline).
+    /// The lifetimes over `recs` (in time order; the first is the
+    /// baseline): from the reference ledger when `recs` are consecutive
+    /// snapshots in id order (the usual case), else by replaying their
+    /// trees.
     pub fn measure(repo: &Repository, recs: &[SnapshotRecord]) -> Result<Lifetimes> {
+        if recs.is_empty() {
+            return Ok(Lifetimes::default());
+        }
+        if let Some(l) = Self::from_ledger(repo, recs)? {
+            return Ok(l);
+        }
+        Self::replay(repo, recs)
+    }
+
+    /// The lifetimes from the reference ledger, where every chunk's
+    /// presence over the snapshots is its lifetimes (no tree is read, and
+    /// memory follows the chunks first seen after the baseline, not the
+    /// files). `None` when `recs` are not consecutive snapshots in id
+    /// order (a clock that went back).
+    fn from_ledger(repo: &Repository, recs: &[SnapshotRecord]) -> Result<Option<Lifetimes>> {
+        let mut all = repo.snapshots()?;
+        all.sort_by_key(|r| r.id);
+        let Some(lo) = all.iter().position(|r| r.id == recs[0].id) else {
+            return Ok(None);
+        };
+        let hi = lo + recs.len() - 1;
+        if hi >= all.len() || all[lo..=hi].iter().zip(recs).any(|(a, b)| a.id != b.id) {
+            return Ok(None);
+        }
+        let mut chunks: Vec<(ChunkId, ChunkLife)> = Vec::new();
+        crate::retention::ledger::rebuilding_once(repo, || {
+            chunks.clear();
+            crate::retention::ledger::for_each_chunk(repo, &all, &mut |id, p| {
+                // Chunks of the baseline were stored before the window.
+                if p.at(lo) {
+                    return Ok(());
+                }
+                let lives: Vec<(u32, u32)> = p
+                    .runs
+                    .iter()
+                    .map(|&(a, b)| (a.max(lo + 1), b.min(hi + 1)))
+                    .filter(|(a, b)| a < b)
+                    .map(|(a, b)| ((a - lo) as u32, (b - 1 - lo) as u32))
+                    .collect();
+                if !lives.is_empty() {
+                    chunks.push((
+                        *id,
+                        ChunkLife {
+                            lives,
+                            ..Default::default()
+                        },
+                    ));
+                }
+                Ok(())
+            })
+            .map(|_| ())
+        })?;
+        Ok(Some(Lifetimes {
+            times: recs.iter().map(|r| r.time_ns).collect(),
+            chunks: sized(repo, chunks)?,
+        }))
+    }
+
+    /// The lifetimes by replaying the trees of `recs` in order (what
+    /// [`Self::measure`] falls back to; tests compare the two).
+    pub fn replay(repo: &Repository, recs: &[SnapshotRecord]) -> Result<Lifetimes> {
         let Some(first) = recs.first() else {
             return Ok(Lifetimes::default());
         };
@@ -184,31 +248,9 @@ impl Lifetimes {
                 w.chunks[*k].1.lives.push((start, last));
             }
         }
-        // Sizes from the index; a chunk gc has removed since counts at
-        // the block size and the average compression of the others.
-        let block = u64::from(repo.config.block_size);
-        let mut missing = Vec::new();
-        let (mut st, mut rw) = (0u64, 0u64);
-        for (k, (c, life)) in w.chunks.iter_mut().enumerate() {
-            match repo.index().get_chunk(c)? {
-                Some(loc) => {
-                    life.stored = u64::from(loc.stored_len);
-                    life.raw = u64::from(loc.raw_len);
-                    st += life.stored;
-                    rw += life.raw;
-                }
-                None => missing.push(k),
-            }
-        }
-        let ratio = if rw > 0 { st as f64 / rw as f64 } else { 1.0 };
-        for k in missing {
-            let life = &mut w.chunks[k].1;
-            life.raw = block;
-            life.stored = (block as f64 * ratio) as u64;
-        }
         Ok(Lifetimes {
             times: recs.iter().map(|r| r.time_ns).collect(),
-            chunks: w.chunks.into_iter().map(|(_, l)| l).collect(),
+            chunks: sized(repo, w.chunks)?,
         })
     }
 
@@ -254,6 +296,32 @@ impl Lifetimes {
             finer_than_history: period_hours < typical * 0.99,
         })
     }
+}
+
+/// Sizes from the index; a chunk gc has removed since counts at the
+/// block size and the average compression of the others.
+fn sized(repo: &Repository, mut chunks: Vec<(ChunkId, ChunkLife)>) -> Result<Vec<ChunkLife>> {
+    let block = u64::from(repo.config.block_size);
+    let mut missing = Vec::new();
+    let (mut st, mut rw) = (0u64, 0u64);
+    for (k, (c, life)) in chunks.iter_mut().enumerate() {
+        match repo.index().get_chunk(c)? {
+            Some(loc) => {
+                life.stored = u64::from(loc.stored_len);
+                life.raw = u64::from(loc.raw_len);
+                st += life.stored;
+                rw += life.raw;
+            }
+            None => missing.push(k),
+        }
+    }
+    let ratio = if rw > 0 { st as f64 / rw as f64 } else { 1.0 };
+    for k in missing {
+        let life = &mut chunks[k].1;
+        life.raw = block;
+        life.stored = (block as f64 * ratio) as u64;
+    }
+    Ok(chunks.into_iter().map(|(_, l)| l).collect())
 }
 
 /// Change `tree` by `update`, which touches only the paths in `touched`:

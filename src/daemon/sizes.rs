@@ -18,6 +18,8 @@ pub fn start(repo: Arc<Repository>, events: Receiver<Event>) -> crate::error::Re
     std::thread::Builder::new()
         .name("sizes".into())
         .spawn(move || {
+            // Captures and requests come first.
+            crate::util::sys::background_priority();
             while let Ok(ev) = events.recv() {
                 if !matches!(ev, Event::Snapshot { .. }) {
                     continue;

@@ -23,7 +23,7 @@
 //! the directory loses nothing.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::io::{BufReader, Read};
 
 use crate::error::{Error, Result};
@@ -533,14 +533,17 @@ fn ledger_dir(repo: &Repository) -> Option<Dir> {
 /// mtime and ctime (ns).
 type FileIdentity = (u64, u64, u64, i64, i64);
 
-/// Large deltas (past [`SMALL_ENTRIES`]) whose checksum this process
-/// verified, by file identity: a daemon reads the first snapshot's delta
-/// (40 MB at 10^6 files) at every listing, and hashing it each time
-/// would cost more than the rest. Files are replaced whole (written
-/// aside and renamed), so a changed delta is a new file; its header is
-/// still read and compared each time.
-static VERIFIED: parking_lot::Mutex<Vec<(FileIdentity, Header)>> =
-    parking_lot::Mutex::new(Vec::new());
+/// Deltas whose checksum this process verified, by device and inode:
+/// the rest of their identity and their header. A daemon reads every
+/// delta at every listing and after every snapshot (the first
+/// snapshot's is 40 MB at 10^6 files), and hashing them each time would
+/// cost more than the rest. Files are replaced whole (written aside and
+/// renamed), so a changed delta is a new file; its header is still read
+/// and compared each time. At most [`VERIFIED_MAX`] files (then it
+/// starts again).
+static VERIFIED: parking_lot::Mutex<Option<Verified>> = parking_lot::Mutex::new(None);
+type Verified = HashMap<(u64, u64), (FileIdentity, Header)>;
+const VERIFIED_MAX: usize = 1 << 16;
 
 fn identity(m: &std::fs::Metadata) -> FileIdentity {
     use std::os::unix::fs::MetadataExt;
@@ -553,9 +556,9 @@ fn identity(m: &std::fs::Metadata) -> FileIdentity {
     )
 }
 
-/// The header of a delta file whose checksum holds. With `memo`, a large
-/// delta this process verified before and that is still the same file
-/// is not hashed again (what the space accounting reads); gc and forget,
+/// The header of a delta file whose checksum holds. With `memo`, a delta
+/// this process verified before and that is still the same file is not
+/// hashed again (what the space accounting reads); gc and forget,
 /// which decide what to delete from the ledger, always hash.
 fn check_file(dir: &Dir, name: &str, memo: bool) -> Option<Header> {
     let f = dir.open_read(name).ok()??;
@@ -572,9 +575,11 @@ fn check_file(dir: &Dir, name: &str, memo: bool) -> Option<Header> {
         return None;
     }
     let id = identity(&meta);
-    let large = h.count + h.scount > SMALL_ENTRIES;
-    if memo && large && VERIFIED.lock().iter().any(|(i, vh)| *i == id && *vh == h) {
-        return Some(h);
+    if memo {
+        let v = VERIFIED.lock();
+        if v.as_ref().and_then(|v| v.get(&(id.0, id.1))) == Some(&(id, h.clone())) {
+            return Some(h);
+        }
     }
     let mut hasher = blake3::Hasher::new();
     hasher.update(&head);
@@ -592,14 +597,12 @@ fn check_file(dir: &Dir, name: &str, memo: bool) -> Option<Header> {
     if hasher.finalize().as_bytes() != &sum {
         return None;
     }
-    if large {
-        let mut v = VERIFIED.lock();
-        v.retain(|(i, _)| (i.0, i.1) != (id.0, id.1));
-        if v.len() >= 64 {
-            v.remove(0);
-        }
-        v.push((id, h.clone()));
+    let mut v = VERIFIED.lock();
+    let v = v.get_or_insert_with(HashMap::new);
+    if v.len() >= VERIFIED_MAX {
+        v.clear();
     }
+    v.insert((id.0, id.1), (id, h.clone()));
     Some(h)
 }
 
@@ -1283,7 +1286,7 @@ mod tests {
     }
 
     #[test]
-    fn a_large_delta_is_hashed_once_unless_replaced_or_deciding() {
+    fn a_delta_is_hashed_once_unless_replaced_or_deciding() {
         let t = tempfile::tempdir().unwrap();
         let dir = Dir::open_path(t.path()).unwrap();
         let mut d = delta(9, Some(8), &[]);
