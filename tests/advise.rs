@@ -99,6 +99,20 @@ fn advise_matches_a_hand_calculation() {
     ok(&repo, &["init", "--repo", repo.to_str().unwrap()]);
     generate(&repo, &data);
 
+    // No restore recorded yet: advise reads the latest snapshot's blocks
+    // (its directories one at a time, up to its read budget) to measure.
+    let v: serde_json::Value = serde_json::from_str(&ok(
+        &repo,
+        &["advise", "--json", "--rpo", "1h", "--timezone", "UTC"],
+    ))
+    .unwrap();
+    let source = v["history"]["restore_source"].as_str().unwrap();
+    assert!(
+        source.starts_with("no restore recorded: measured now by reading and checking 32 MiB"),
+        "{source}"
+    );
+    assert!(v["history"]["restore_bytes_per_second"].as_f64().unwrap() > 0.0);
+
     // A restore records its speed for advise.
     let out = tmp.path().join("restored");
     ok(&repo, &["restore", "latest", "--to", out.to_str().unwrap()]);

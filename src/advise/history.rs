@@ -262,6 +262,68 @@ impl History {
     }
 }
 
+/// Block ids of `latest`, up to `budget` bytes of blocks: its directories
+/// read one at a time, depth first, until the budget is met (a tree
+/// stored in directory objects); an older format is resolved whole.
+fn sample_blocks(
+    repo: &Repository,
+    latest: &SnapshotRecord,
+    budget: u64,
+) -> Result<Vec<crate::store::ChunkId>> {
+    use crate::snapshot::dirs::{self, DNode};
+    let block = u64::from(latest.block_size.max(1));
+    let mut ids = Vec::new();
+    let mut want = 0u64;
+    match repo.load_stored(latest)? {
+        crate::snapshot::Stored::Tree(root) => {
+            let mut stack = vec![root.dir];
+            while let Some(r) = stack.pop() {
+                let d = dirs::load_dir(repo, &r, latest.block_size)?;
+                for e in d.entries.into_iter().rev() {
+                    match e.node {
+                        DNode::Dir(sub) => stack.push(sub),
+                        DNode::File {
+                            size,
+                            blocks,
+                            segments,
+                            ..
+                        } => {
+                            let all = dirs::file_blocks(
+                                repo,
+                                size,
+                                blocks,
+                                &segments,
+                                latest.block_size,
+                            )?;
+                            for id in all {
+                                if want >= budget {
+                                    return Ok(ids);
+                                }
+                                ids.push(id);
+                                want += block;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        crate::snapshot::Stored::Changes(_) => {
+            let tree = repo.resolve(latest)?;
+            'files: for (_, node) in tree.entries.values() {
+                for id in crate::snapshot::Tree::blocks_of(node) {
+                    if want >= budget {
+                        break 'files;
+                    }
+                    ids.push(*id);
+                    want += block;
+                }
+            }
+        }
+    }
+    Ok(ids)
+}
+
 /// The restore speed: the median of the restores recorded in this
 /// repository (whole files written), else measured now by reading and
 /// checking up to `budget` bytes of the latest snapshot's blocks (no
@@ -285,18 +347,7 @@ fn restore_speed(repo: &Repository, latest: &SnapshotRecord, budget: u64) -> Res
             format!("median of {n} restores recorded in this repository"),
         ));
     }
-    let tree = repo.resolve(latest)?;
-    let mut ids = Vec::new();
-    let mut want = 0u64;
-    'files: for (_, node) in tree.entries.values() {
-        for id in crate::snapshot::Tree::blocks_of(node) {
-            if want >= budget {
-                break 'files;
-            }
-            ids.push(*id);
-            want += u64::from(latest.block_size);
-        }
-    }
+    let ids = sample_blocks(repo, latest, budget)?;
     let t0 = Instant::now();
     let mut bytes = 0u64;
     let mut spare = Vec::new();
