@@ -278,19 +278,24 @@ impl Header {
     }
 }
 
-/// Sort block occurrences by id and add up each id's changes.
+/// Sort block occurrences by id and add up each id's changes, in place (a
+/// first snapshot's occurrences are one per block: a second list beside
+/// them doubled the ledger's part of its peak).
 fn fold_occurrences(mut occ: Vec<(ChunkId, i64)>) -> Vec<(ChunkId, i64)> {
     occ.sort_unstable_by_key(|a| a.0 .0);
-    let mut out: Vec<(ChunkId, i64)> = Vec::new();
-    for (id, n) in occ {
-        match out.last_mut() {
-            Some((last, m)) if *last == id => *m += n,
-            _ => out.push((id, n)),
+    let mut w = 0usize;
+    for r in 0..occ.len() {
+        if w > 0 && occ[w - 1].0 == occ[r].0 {
+            occ[w - 1].1 += occ[r].1;
+        } else {
+            occ[w] = occ[r];
+            w += 1;
         }
     }
-    out.retain(|(_, n)| *n != 0);
-    out.shrink_to_fit();
-    out
+    occ.truncate(w);
+    occ.retain(|(_, n)| *n != 0);
+    occ.shrink_to_fit();
+    occ
 }
 
 fn add_tree(
