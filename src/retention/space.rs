@@ -214,22 +214,10 @@ fn space_appended(
                 chunks_d[j] += d;
                 stored_d[j] += d * s;
             }
-            let (before, now) = (p.only_among(n), p.only_among(len));
-            if before != now {
-                if let Some(k) = before {
-                    unique[k] -= s;
-                }
-                if let Some(k) = now {
-                    unique[k] += s;
-                }
-            }
+            move_unique(&mut unique, p, n, s);
             if p.count_among(n) == 0 && p.count() > 0 {
                 if let Some(l) = loc {
-                    packs.insert(l.pack);
-                    if l.kind == crate::store::BlobKind::Chunk {
-                        out.chunks += 1;
-                        out.raw_bytes += u64::from(l.raw_len);
-                        out.stored_bytes += u64::from(l.stored_len);
+                    if count_referenced(&mut out, &mut packs, &l) {
                         unref_chunks -= 1;
                         unref_bytes -= i128::from(l.stored_len);
                     }
@@ -272,6 +260,34 @@ fn space_appended(
     out.unreferenced_bytes = ub;
     finish_totals(repo, &mut out, &packs);
     Ok(Some((out, packs)))
+}
+
+/// Move a chunk's stored size `s` from the one snapshot among the first
+/// `n` it was unique to (if any) to the one it is unique to among all
+/// `unique.len()` (if any).
+fn move_unique(unique: &mut [i128], p: &ledger::Presence, n: usize, s: i128) {
+    let (before, now) = (p.only_among(n), p.only_among(unique.len()));
+    if before != now {
+        if let Some(k) = before {
+            unique[k] -= s;
+        }
+        if let Some(k) = now {
+            unique[k] += s;
+        }
+    }
+}
+
+/// Count `l`, the location of a chunk some snapshot references, in the
+/// repository's totals (each chunk once); whether it is a file chunk.
+fn count_referenced(out: &mut RepoSpace, packs: &mut BTreeSet<u64>, l: &Location) -> bool {
+    packs.insert(l.pack);
+    if l.kind != crate::store::BlobKind::Chunk {
+        return false;
+    }
+    out.chunks += 1;
+    out.raw_bytes += u64::from(l.raw_len);
+    out.stored_bytes += u64::from(l.stored_len);
+    true
 }
 
 /// Pack figures and ratios from the rest.
@@ -350,12 +366,7 @@ fn space_once(repo: &Repository, all: &[SnapshotRecord]) -> Result<(RepoSpace, B
             unique[p.runs[0].0] += s;
         }
         if let Some(l) = loc {
-            packs.insert(l.pack);
-            if l.kind == crate::store::BlobKind::Chunk {
-                out.chunks += 1;
-                out.raw_bytes += u64::from(l.raw_len);
-                out.stored_bytes += u64::from(l.stored_len);
-            }
+            count_referenced(&mut out, &mut packs, &l);
         }
         Ok(())
     })?;
@@ -535,21 +546,13 @@ fn unique_appended(
     let mut unique: Vec<i128> = c.unique.iter().map(|(_, u)| i128::from(*u)).collect();
     unique.resize(sorted.len(), 0);
     for (id, p) in &rising {
-        let before = p.only_among(n);
-        let now = p.only_among(sorted.len());
-        if before == now {
+        if p.only_among(n) == p.only_among(sorted.len()) {
             continue;
         }
         let Some(l) = repo.index().get_chunk(id)? else {
             continue; // not stored: counted nowhere, before or now
         };
-        let s = i128::from(l.stored_len);
-        if let Some(k) = before {
-            unique[k] -= s;
-        }
-        if let Some(k) = now {
-            unique[k] += s;
-        }
+        move_unique(&mut unique, p, n, i128::from(l.stored_len));
     }
     if unique.iter().any(|u| *u < 0) {
         // The cache did not match the ledger: merge it whole.
