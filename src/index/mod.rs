@@ -38,7 +38,7 @@ pub struct Index {
 
 /// What one open index changed in its chunk locations since it was
 /// opened: the file chunks it added (ids that were absent) with their
-/// raw and stored bytes, the packs anything was added to, and how many
+/// stored bytes, the packs anything was added to, and how many
 /// other changes it made (a location moved, replaced or removed). Lets
 /// the space accounting bring figures computed earlier up to date when
 /// only captures wrote since (`retention::space`).
@@ -48,7 +48,6 @@ pub struct Tally {
     pub instance: u64,
     pub other_changes: u64,
     pub chunks: u64,
-    pub raw_bytes: u64,
     pub stored_bytes: u64,
     pub packs: std::collections::BTreeSet<u64>,
 }
@@ -70,7 +69,6 @@ impl Tally {
                 self.packs.insert(loc.pack);
                 if loc.kind == crate::store::BlobKind::Chunk {
                     self.chunks += 1;
-                    self.raw_bytes += u64::from(loc.raw_len);
                     self.stored_bytes += u64::from(loc.stored_len);
                 }
             }

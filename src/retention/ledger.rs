@@ -531,9 +531,6 @@ fn ledger_dir(repo: &Repository) -> Option<Dir> {
     }
 }
 
-/// Check a delta file by reading it through (its checksum, its length),
-/// without holding its entries: its header, or `None` when it is absent
-/// or damaged.
 /// A delta file as this process last verified it: device, inode, size,
 /// mtime and ctime (ns).
 type FileIdentity = (u64, u64, u64, i64, i64);
@@ -561,10 +558,12 @@ fn identity(m: &std::fs::Metadata) -> FileIdentity {
     )
 }
 
-/// The header of a delta file whose checksum holds. With `memo`, a delta
-/// this process verified before and that is still the same file is not
-/// hashed again (what the space accounting reads); gc and forget,
-/// which decide what to delete from the ledger, always hash.
+/// Check a delta file by reading it through (its checksum, its length),
+/// without holding its entries: its header, or `None` when it is absent
+/// or damaged. With `memo`, a delta this process verified before and
+/// that is still the same file is not hashed again (what the space
+/// accounting reads); gc and forget, which decide what to delete from
+/// the ledger, always hash.
 fn check_file(dir: &Dir, name: &str, memo: bool) -> Option<Header> {
     let f = dir.open_read(name).ok()??;
     let meta = f.metadata().ok()?;
@@ -654,8 +653,8 @@ fn prepare(repo: &Repository, all: &[SnapshotRecord]) -> Result<Vec<Source>> {
     prepare_forgetting(repo, all, &HashSet::new(), false)
 }
 
-/// [`prepare`] for the space accounting: large deltas verified before by
-/// this process are not hashed again (see [`check_file`]).
+/// [`prepare`] for the space accounting: deltas this process verified
+/// before are not hashed again (see [`check_file`]).
 fn prepare_to_count(repo: &Repository, all: &[SnapshotRecord]) -> Result<Vec<Source>> {
     prepare_forgetting(repo, all, &HashSet::new(), true)
 }

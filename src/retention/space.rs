@@ -540,12 +540,12 @@ fn unique_appended(
     {
         return Ok(None);
     }
-    let Some((rising, _)) = ledger::changed_since(repo, sorted, n - 1, APPEND_LOOKUPS)? else {
+    let Some((changed, _)) = ledger::changed_since(repo, sorted, n - 1, APPEND_LOOKUPS)? else {
         return Ok(None);
     };
     let mut unique: Vec<i128> = c.unique.iter().map(|(_, u)| i128::from(*u)).collect();
     unique.resize(sorted.len(), 0);
-    for (id, p) in &rising {
+    for (id, p) in &changed {
         if p.only_among(n) == p.only_among(sorted.len()) {
             continue;
         }
