@@ -40,6 +40,7 @@ use crate::store::ChunkId;
 use crate::util::dirfd::Dir;
 use crate::util::time;
 
+mod appended;
 pub mod candidates;
 pub mod config;
 pub mod keys;

@@ -22,13 +22,15 @@ use crate::index::Index;
 use crate::snapshot::manifest::MANIFEST_PART_LEN;
 use crate::store::blob::chunk_id;
 use crate::store::crypto::Crypto;
-use crate::store::pack::{Location, PackWriter};
+use crate::store::pack::PackWriter;
+
+use super::appended::Appended;
 use crate::store::{blob, BlobKind, ChunkId, EncodedBlob};
 
 /// Blobs queued for the pack thread (each up to a block).
 const QUEUE: usize = 8;
 
-type Synced = Result<(Vec<u64>, Vec<(ChunkId, Location)>)>;
+type Synced = Result<(Vec<u64>, Appended)>;
 
 enum Msg {
     Blob(EncodedBlob),
@@ -61,25 +63,24 @@ pub struct ChunkWriter<'r> {
 }
 
 fn pack_thread(mut packs: PackWriter, rx: crossbeam_channel::Receiver<Msg>) {
-    let mut appended: Vec<(ChunkId, Location)> = Vec::new();
+    // A first snapshot's list spills beside the packs (`appended.rs`).
+    let mut appended = Appended::new(packs.dir().try_clone().ok());
     for msg in rx.iter() {
         match msg {
             Msg::Blob(b) => {
                 // An error poisons the PackWriter; the next Sync reports it.
                 if let Ok(loc) = packs.append(&b) {
-                    appended.push((b.header.id, loc));
+                    appended.push(b.header.id, loc);
                 }
             }
             Msg::Sync(reply) => {
-                let r = packs
-                    .sync()
-                    .map(|done| (done, std::mem::take(&mut appended)));
+                let r = packs.sync().map(|done| (done, take(&mut appended, &packs)));
                 let _ = reply.send(r);
             }
             Msg::Close(reply) => {
                 let r = packs
                     .close()
-                    .map(|done| (done, std::mem::take(&mut appended)));
+                    .map(|done| (done, take(&mut appended, &packs)));
                 let _ = reply.send(r);
             }
             Msg::Committed => packs.mark_committed(),
@@ -90,6 +91,11 @@ fn pack_thread(mut packs: PackWriter, rx: crossbeam_channel::Receiver<Msg>) {
             }
         }
     }
+}
+
+/// The list so far, and a new one in its place.
+fn take(appended: &mut Appended, packs: &PackWriter) -> Appended {
+    std::mem::replace(appended, Appended::new(packs.dir().try_clone().ok()))
 }
 
 impl<'r> ChunkWriter<'r> {
@@ -174,21 +180,37 @@ impl<'r> ChunkWriter<'r> {
         Ok(true)
     }
 
-    fn publish(&self, (finished, appended): (Vec<u64>, Vec<(ChunkId, Location)>)) -> Result<()> {
+    fn publish(&self, (finished, mut appended): (Vec<u64>, Appended)) -> Result<()> {
         // From here on the index may point into what was synced, even if
         // the insert or the flush below fails: an abort must keep it.
         self.send(Msg::Committed)?;
-        self.index.insert_chunks(&appended)?;
-        self.index.flush()?;
-        {
+        if !appended.is_empty() {
+            tracing::debug!(
+                "commit: indexing {} chunks{}",
+                appended.len(),
+                if appended.spilled() {
+                    " (listed in a file)"
+                } else {
+                    ""
+                }
+            );
+        }
+        // In id order, one bucket at a time when the list spilled. An id
+        // leaves the in-flight set once the index has it: a store() that
+        // then misses it in both stores a second copy, which costs space
+        // (gc's repack reclaims it), never a chunk.
+        appended.drain(|batch| {
+            self.index.insert_chunks(batch)?;
             let mut f = self.in_flight.lock();
-            for (id, _) in &appended {
+            for (id, _) in batch {
                 f.remove(id);
             }
-            // A first snapshot's set held an id per chunk (69 MB at 10^6):
-            // give it back before what follows the commit.
-            f.shrink_to_fit();
-        }
+            Ok(())
+        })?;
+        self.index.flush()?;
+        // A first snapshot's set held an id per chunk (69 MB at 10^6):
+        // give it back before what follows the commit.
+        self.in_flight.lock().shrink_to_fit();
         if !finished.is_empty() {
             self.index.mark_packs_indexed(&finished)?;
             self.index.flush()?;

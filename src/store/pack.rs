@@ -216,6 +216,11 @@ impl PackWriter {
 
     /// A writer taking its pack ids from `ids` (shared with the other
     /// writers of the repository).
+    /// The packs' directory.
+    pub fn dir(&self) -> &Dir {
+        &self.dir
+    }
+
     pub fn with_ids(dir: Dir, target_size: u64, ids: PackIds) -> PackWriter {
         PackWriter {
             dir,
