@@ -28,6 +28,9 @@
 #                (READ_AFTER=N: again N seconds after it was written)
 #   dbench       2 clients, DBENCH_SECS s, MB/s (higher is better)
 #   RSS          daemon resident memory after the run (MiB)
+#   epoch        (EPOCH=1, the default; EPOCH=0 skips it) DataLoader-style
+#                epochs over small files and shards: scripts/bench-epoch.sh,
+#                its table appended to $OUT
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -187,3 +190,8 @@ text = "\n".join(lines)
 print(text)
 open(out, "w").write(text + "\n")
 PY
+
+if [ "${EPOCH:-1}" = 1 ]; then
+  OUT=$WORK/epoch.md REWINDFS_BIN=$rw ROUNDS=$ROUNDS BENCH_DIR=$WORK/epoch scripts/bench-epoch.sh
+  { echo; echo "DataLoader-style epochs (scripts/bench-epoch.sh):"; echo; cat "$WORK/epoch.md"; } >> "$OUT"
+fi
