@@ -158,7 +158,7 @@ for st in ("small", "shards"):
                 units = xs[0][1] / 1000 if st == "small" else xs[0][2] / 2**30
                 c = med([x[3] for x in xs]) / units
                 dc = med([x[4] for x in xs]) / units
-                cpu.append(f"{c:.2f}" if t == "native" else f"{c:.2f} / {dc:.2f}")
+                cpu.append(f"{c:.3f}" if t == "native" else f"{c:.3f} / {dc:.3f}")
             unit = "s per 1,000 files" if st == "small" else "s per GiB"
             lines.append(f"| {st} | {w} | {temp} | " + " | ".join(cells) + f" | {unit}: " + "; ".join(cpu) + " |")
 text = "\n".join(lines)

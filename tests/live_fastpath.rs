@@ -318,6 +318,66 @@ fn writers_beside_passthrough_readers_are_recorded_and_dirty_files_are_read_by_t
 }
 
 #[test]
+fn requests_on_a_passthrough_reader_that_opened_no_file_in_the_daemon_are_answered() {
+    // A read-only open served by passthrough registers the inode's O_PATH
+    // descriptor with the kernel (on kernels that take one) and opens no
+    // file in the daemon; the requests that need one open it on demand.
+    use rewindfs::fs::live::OpenCounts;
+    let m = fast_mount();
+    let path = m.mnt.join("data.bin");
+    let content = bytes(7, 300_000);
+    fs::write(&path, &content).unwrap();
+    let _ = m.snapshot(Kind::Incremental);
+    let r = File::open(&path).unwrap();
+    assert_eq!(
+        m.fs.open_modes(),
+        OpenCounts {
+            passthrough: 1,
+            ..Default::default()
+        }
+    );
+    let mut buf = vec![0; content.len()];
+    r.read_exact_at(&mut buf, 0).unwrap();
+    assert!(buf == content, "passthrough reads the file");
+    // fsync, an ioctl, seeking for data and copy_file_range come to the
+    // daemon with this handle.
+    r.sync_all().unwrap();
+    r.sync_data().unwrap();
+    rustix::fs::ioctl_getflags(&r).unwrap();
+    assert_eq!(
+        rustix::fs::seek(&r, rustix::fs::SeekFrom::Data(1000)).unwrap(),
+        1000
+    );
+    assert_eq!(r.metadata().unwrap().len(), content.len() as u64);
+    let out = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(m.mnt.join("copy.bin"))
+        .unwrap();
+    let (mut from, mut to) = (0u64, 0u64);
+    while (from as usize) < content.len() {
+        let left = content.len() - from as usize;
+        let n =
+            rustix::fs::copy_file_range(&r, Some(&mut from), &out, Some(&mut to), left).unwrap();
+        assert!(n > 0);
+    }
+    drop(out);
+    assert!(fs::read(m.mnt.join("copy.bin")).unwrap() == content);
+    // Another reader joins with the same backing; both close cleanly.
+    let r2 = File::open(&path).unwrap();
+    let mut head = [0u8; 16];
+    r2.read_exact_at(&mut head, 0).unwrap();
+    assert_eq!(head[..], content[..16]);
+    drop(r);
+    drop(r2);
+    assert_eq!(m.fs.open_modes(), OpenCounts::default());
+    // And the snapshot has both files.
+    let s = m.snapshot(Kind::Incremental);
+    assert!(m.files_of(s.id)["copy.bin"] == content);
+}
+
+#[test]
 fn a_running_program_is_never_truncated() {
     // FUSE_ATOMIC_O_TRUNC (which the fast path needs) leaves truncation on
     // open to the daemon, even for O_RDONLY|O_TRUNC: for a running program

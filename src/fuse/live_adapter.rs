@@ -347,7 +347,7 @@ impl Filesystem for LiveAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let backer = |f: &std::fs::File| reply.open_backing(f);
+        let backer = |f: std::os::fd::BorrowedFd<'_>| reply.open_backing(f);
         match self.router.open(ino.0, flags.0, req.pid(), &backer) {
             // Snapshot files never change: keep their pages across opens.
             Ok(Opened::View(fh)) => {
@@ -614,9 +614,14 @@ impl Filesystem for LiveAdapter {
     ) {
         let (c, mode) = self.creator(req, mode, umask);
         let r = self.router.live(parent.0).and_then(|fs| {
-            fs.create(c, parent.0, name, mode, flags, &|f: &std::fs::File| {
-                reply.open_backing(f)
-            })
+            fs.create(
+                c,
+                parent.0,
+                name,
+                mode,
+                flags,
+                &|f: std::os::fd::BorrowedFd<'_>| reply.open_backing(f),
+            )
         });
         let ttl = self.ttl();
         match r {
