@@ -289,10 +289,7 @@ fn timespec(t: Option<TimeOrNow>) -> rustix::fs::Timespec {
     }
 }
 
-/// Open flags passed through to the backing file. O_APPEND is dropped
-/// (the kernel sends the offsets; a backing O_APPEND would ignore them),
-/// O_DIRECT is dropped (request buffers are not aligned), O_CREAT/O_EXCL/
-/// O_NOCTTY have no meaning on an existing object.
+/// `LiveFs::path_backing`: not asked yet, accepted, refused.
 const PATH_BACKING_UNKNOWN: u8 = 0;
 const PATH_BACKING_YES: u8 = 1;
 const PATH_BACKING_NO: u8 = 2;
@@ -322,6 +319,10 @@ fn reopen(n: &Arc<Inode>, flags: i32) -> FsResult<File> {
     Ok(f)
 }
 
+/// Open flags passed through to the backing file. O_APPEND is dropped
+/// (the kernel sends the offsets; a backing O_APPEND would ignore them),
+/// O_DIRECT is dropped (request buffers are not aligned), O_CREAT/O_EXCL/
+/// O_NOCTTY have no meaning on an existing object.
 fn backing_open_flags(flags: i32) -> OFlags {
     let keep = flags
         & !(FMODE_EXEC_FLAG
