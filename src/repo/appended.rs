@@ -104,7 +104,9 @@ impl Spill {
     /// Every entry still in a buffer, decoded (to move back to memory).
     fn take_buffers(&mut self, out: &mut Vec<(ChunkId, Location)>) -> Result<()> {
         for buf in &mut self.bufs {
+            let before = out.len();
             decode_into(buf, out)?;
+            self.len -= out.len() - before;
             *buf = Vec::new();
         }
         Ok(())
@@ -336,6 +338,35 @@ mod tests {
         }
         assert!(!a.spilled());
         check(&mut a, 5000);
+    }
+
+    #[test]
+    fn a_failed_write_to_the_file_keeps_every_entry_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("list");
+        std::fs::write(&path, b"").unwrap();
+        let mut a = Appended::with_threshold(None, 10);
+        for i in 0..10 {
+            let (id, loc) = entry(i);
+            a.push(id, loc);
+        }
+        // A spill whose file takes no write (opened read-only): the first
+        // full bucket fails to go out, and the list goes back to memory.
+        let mut s = Spill::new(std::fs::File::open(&path).unwrap());
+        for (id, loc) in &a.mem {
+            s.push(id, loc).unwrap();
+        }
+        a.mem.clear();
+        a.spill = Some(s);
+        // (A bucket's block is 128 entries: 60,000 fill every bucket.)
+        let n = 60_000;
+        for i in 10..n {
+            let (id, loc) = entry(i);
+            a.push(id, loc);
+        }
+        assert!(a.spill_failed);
+        assert_eq!(a.len(), n as usize);
+        check(&mut a, n);
     }
 
     #[test]
