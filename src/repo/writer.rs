@@ -23,9 +23,9 @@ use crate::snapshot::manifest::MANIFEST_PART_LEN;
 use crate::store::blob::chunk_id;
 use crate::store::crypto::Crypto;
 use crate::store::pack::PackWriter;
+use crate::store::{blob, BlobKind, ChunkId, EncodedBlob};
 
 use super::appended::Appended;
-use crate::store::{blob, BlobKind, ChunkId, EncodedBlob};
 
 /// Blobs queued for the pack thread (each up to a block).
 const QUEUE: usize = 8;

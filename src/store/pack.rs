@@ -214,13 +214,13 @@ impl PackWriter {
         Ok(PackWriter::with_ids(dir, target_size, ids))
     }
 
-    /// A writer taking its pack ids from `ids` (shared with the other
-    /// writers of the repository).
     /// The packs' directory.
     pub fn dir(&self) -> &Dir {
         &self.dir
     }
 
+    /// A writer taking its pack ids from `ids` (shared with the other
+    /// writers of the repository).
     pub fn with_ids(dir: Dir, target_size: u64, ids: PackIds) -> PackWriter {
         PackWriter {
             dir,
