@@ -25,8 +25,9 @@
 //!                          the session marker)
 //!   .tmp.<name>.<pid>      TMP_PREFIX (an atomic replacement in progress)
 //! ```
-//! Copy-before-write spill files and the live daemon's inode index file
-//! have no name (`O_TMPFILE`).
+//! Copy-before-write spill files, the live daemon's inode index file and
+//! a capture's list of appended chunks (in `packs/`) have no name
+//! (`O_TMPFILE`).
 
 pub const CONFIG: &str = "config.json";
 pub const LOCK: &str = "lock";
