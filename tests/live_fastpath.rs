@@ -371,6 +371,12 @@ fn requests_on_a_passthrough_reader_that_opened_no_file_in_the_daemon_are_answer
     assert_eq!(head[..], content[..16]);
     drop(r);
     drop(r2);
+    // RELEASE reaches the daemon after close(2) returned (the kernel
+    // sends it in the background): wait for both.
+    let t0 = Instant::now();
+    while m.fs.open_modes() != OpenCounts::default() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(m.fs.open_modes(), OpenCounts::default());
     // And the snapshot has both files.
     let s = m.snapshot(Kind::Incremental);
