@@ -26,19 +26,32 @@ def meta(d, n):
     return time.perf_counter() - t
 
 
-def meta4(d, n):
+def meta4_phases(d, n):
+    """meta4's four phases, each timed: [create, stat, rename, unlink]."""
+    out = []
     t = time.perf_counter()
     for i in range(n):
         p = os.path.join(d, f"f{i}")
         with open(p, "wb") as f:
             f.write(b"x")
+    out.append(time.perf_counter() - t)
+    t = time.perf_counter()
     for i in range(n):
         os.stat(os.path.join(d, f"f{i}"))
+    out.append(time.perf_counter() - t)
+    t = time.perf_counter()
     for i in range(n):
         os.rename(os.path.join(d, f"f{i}"), os.path.join(d, f"g{i}"))
+    out.append(time.perf_counter() - t)
+    t = time.perf_counter()
     for i in range(n):
         os.unlink(os.path.join(d, f"g{i}"))
-    return time.perf_counter() - t
+    out.append(time.perf_counter() - t)
+    return out
+
+
+def meta4(d, n):
+    return sum(meta4_phases(d, n))
 
 
 def checkpoint(d, mib):
@@ -89,5 +102,9 @@ def randwrite(path, n):
 
 if __name__ == "__main__":
     what, target, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if what == "meta4-phases":
+        ph = meta4_phases(target, n)
+        print(" ".join(f"{x:.3f}" for x in ph), f"{sum(ph):.3f}")
+        sys.exit(0)
     ops = {"meta": meta, "meta4": meta4, "stat": stat, "randwrite": randwrite, "checkpoint": checkpoint}
     print(f"{ops[what](target, n):.3f}")

@@ -261,6 +261,14 @@ mod tests {
         (id, loc)
     }
 
+    /// Push the entries of `range`.
+    fn fill(a: &mut Appended, range: std::ops::Range<u64>) {
+        for i in range {
+            let (id, loc) = entry(i);
+            a.push(id, loc);
+        }
+    }
+
     fn drained(a: &mut Appended) -> (Vec<(ChunkId, Location)>, usize) {
         let mut out = Vec::new();
         let mut batches = 0;
@@ -287,16 +295,10 @@ mod tests {
     fn small_lists_stay_in_memory_and_come_back_sorted() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = Appended::with_threshold(Some(Dir::open_path(dir.path()).unwrap()), 1000);
-        for i in 0..999 {
-            let (id, loc) = entry(i);
-            a.push(id, loc);
-        }
+        fill(&mut a, 0..999);
         assert!(!a.spilled());
         let mut copy = Appended::with_threshold(None, 1000);
-        for i in 0..999 {
-            let (id, loc) = entry(i);
-            copy.push(id, loc);
-        }
+        fill(&mut copy, 0..999);
         let (_, batches) = drained(&mut copy);
         assert_eq!(batches, 1);
         check(&mut a, 999);
@@ -307,10 +309,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut a = Appended::with_threshold(Some(Dir::open_path(dir.path()).unwrap()), 500);
         let n = 50_000;
-        for i in 0..n {
-            let (id, loc) = entry(i);
-            a.push(id, loc);
-        }
+        fill(&mut a, 0..n);
         assert!(a.spilled());
         assert_eq!(a.len(), n as usize);
         // Memory holds nothing but the buckets' partial blocks.
@@ -322,20 +321,14 @@ mod tests {
             "in id order overall"
         );
         // And the same list again, checked entry by entry.
-        for i in 0..n {
-            let (id, loc) = entry(i);
-            a.push(id, loc);
-        }
+        fill(&mut a, 0..n);
         check(&mut a, n);
     }
 
     #[test]
     fn without_a_place_to_spill_it_stays_in_memory() {
         let mut a = Appended::with_threshold(None, 10);
-        for i in 0..5000 {
-            let (id, loc) = entry(i);
-            a.push(id, loc);
-        }
+        fill(&mut a, 0..5000);
         assert!(!a.spilled());
         check(&mut a, 5000);
     }
@@ -346,10 +339,7 @@ mod tests {
         let path = dir.path().join("list");
         std::fs::write(&path, b"").unwrap();
         let mut a = Appended::with_threshold(None, 10);
-        for i in 0..10 {
-            let (id, loc) = entry(i);
-            a.push(id, loc);
-        }
+        fill(&mut a, 0..10);
         // A spill whose file takes no write (opened read-only): the first
         // full bucket fails to go out, and the list goes back to memory.
         let mut s = Spill::new(std::fs::File::open(&path).unwrap());
@@ -360,10 +350,7 @@ mod tests {
         a.spill = Some(s);
         // (A bucket's block is 128 entries: 60,000 fill every bucket.)
         let n = 60_000;
-        for i in 10..n {
-            let (id, loc) = entry(i);
-            a.push(id, loc);
-        }
+        fill(&mut a, 10..n);
         assert!(a.spill_failed);
         assert_eq!(a.len(), n as usize);
         check(&mut a, n);
@@ -373,10 +360,7 @@ mod tests {
     fn clear_forgets_everything() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = Appended::with_threshold(Some(Dir::open_path(dir.path()).unwrap()), 10);
-        for i in 0..5000 {
-            let (id, loc) = entry(i);
-            a.push(id, loc);
-        }
+        fill(&mut a, 0..5000);
         a.clear();
         assert!(a.is_empty());
         let (out, _) = drained(&mut a);
@@ -389,10 +373,7 @@ mod tests {
     fn an_error_from_the_consumer_stops_the_drain() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = Appended::with_threshold(Some(Dir::open_path(dir.path()).unwrap()), 10);
-        for i in 0..5000 {
-            let (id, loc) = entry(i);
-            a.push(id, loc);
-        }
+        fill(&mut a, 0..5000);
         let mut calls = 0;
         let r = a.drain(|_| {
             calls += 1;
