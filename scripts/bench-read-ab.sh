@@ -2,8 +2,9 @@
 # A/B of the snapshot read path: two builds, each with a repository it
 # made itself (so each uses its own format) of the same files, read cold
 # through a fresh snapshot mount (no materialized copies) and restored,
-# alternating A B B A per round. Prints seconds and the daemon's CPU
-# seconds per GiB.
+# alternating A B B A per round, with a cold native read of the same
+# files at the start of each round. Prints seconds, the share of native
+# read speed, and the daemon's CPU seconds per GiB.
 #
 #   scripts/bench-read-ab.sh OLD_BIN NEW_BIN [FILES...]
 #
@@ -28,6 +29,8 @@ for v in A B; do
 done
 gib=$(du -b "$W/src" | awk '{print $1 / 2^30}')
 declare -A T C R
+N=""
+native() { drop; local out; out=$($vb read "$W"/src/*); N+="${out% *} "; }
 one() {
   local v=$1 bin=${!1} repo=$W/repo-$1
   drop
@@ -45,11 +48,13 @@ one() {
   t0=$(date +%s.%N); "$bin" restore --repo "$repo" --to "$W/out" 1 >/dev/null 2>&1; t1=$(date +%s.%N)
   R[$v]+="$(python3 -c "print($t1 - $t0)") "
 }
-for _ in $(seq 1 "$ROUNDS"); do one A; one B; one B; one A; done
+for _ in $(seq 1 "$ROUNDS"); do native; one A; one B; one B; one A; done
 med() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" $1; }
 echo "files: ${files[*]} ($gib GiB); $ROUNDS rounds of A B B A; medians"
-echo "| build | cold read through a snapshot mount (s) | daemon CPU s/GiB | restore (s) |"
-echo "| --- | --- | --- | --- |"
-echo "| A $A | $(med "${T[A]}") | $(med "${C[A]}") | $(med "${R[A]}") |"
-echo "| B $B | $(med "${T[B]}") | $(med "${C[B]}") | $(med "${R[B]}") |"
+share() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$(med "$N")" "$(med "$1")"; }
+echo "native cold read: $(med "$N") s"
+echo "| build | cold read through a snapshot mount (s) | share of native | daemon CPU s/GiB | restore (s) |"
+echo "| --- | --- | --- | --- | --- |"
+echo "| A $A | $(med "${T[A]}") | $(share "${T[A]}") | $(med "${C[A]}") | $(med "${R[A]}") |"
+echo "| B $B | $(med "${T[B]}") | $(share "${T[B]}") | $(med "${C[B]}") | $(med "${R[B]}") |"
 rm -rf "$W"

@@ -5,6 +5,7 @@
 
 pub mod blob;
 pub mod crypto;
+pub mod direct;
 pub mod pack;
 pub mod planes;
 pub mod zstd;

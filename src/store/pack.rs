@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -423,9 +423,20 @@ pub trait PackSource: Send + Sync {
 }
 
 /// Reads blobs from packs, keeping their files open.
+///
+/// Blob reads ([`PackReader::read`], [`PackReader::read_into`]) of local
+/// packs are direct (`O_DIRECT`, see [`super::direct`]): header and
+/// payload in one read that bypasses the page cache. The first refusal
+/// of direct I/O (`EINVAL`: the repository's filesystem has none) turns
+/// them to buffered reads for the reader's lifetime. Other reads (gc's
+/// copies, scans) stay buffered.
 pub struct PackReader {
     dir: Dir,
     files: Mutex<HashMap<u64, Arc<File>>>,
+    /// The same packs opened with `O_DIRECT`.
+    direct: Mutex<HashMap<u64, Arc<File>>>,
+    /// Direct reads are on until the filesystem refuses one.
+    direct_ok: AtomicBool,
     /// Packs come from here instead of `dir` (a remote repository).
     source: Option<Arc<dyn PackSource>>,
     /// The keys of an encrypted repository.
@@ -437,6 +448,8 @@ impl PackReader {
         PackReader {
             dir,
             files: Mutex::new(HashMap::new()),
+            direct: Mutex::new(HashMap::new()),
+            direct_ok: AtomicBool::new(true),
             source: None,
             crypto: None,
         }
@@ -458,6 +471,8 @@ impl PackReader {
         PackReader {
             dir,
             files: Mutex::new(HashMap::new()),
+            direct: Mutex::new(HashMap::new()),
+            direct_ok: AtomicBool::new(false),
             source: Some(source),
             crypto: None,
         }
@@ -539,6 +554,86 @@ impl PackReader {
     /// Forget the open file of a pack (gc is about to remove it).
     pub fn evict(&self, id: u64) {
         self.files.lock().remove(&id);
+        self.direct.lock().remove(&id);
+    }
+
+    /// Are blob reads direct (until the filesystem refuses one)?
+    pub fn reads_direct(&self) -> bool {
+        self.direct_ok.load(Ordering::Relaxed)
+    }
+
+    /// Read blob reads through the page cache from now on.
+    #[cfg(test)]
+    pub(crate) fn use_buffered_reads(&self) {
+        self.direct_ok.store(false, Ordering::Relaxed);
+    }
+
+    /// Turn direct reads off after the filesystem refused one.
+    fn refuse_direct(&self, what: &str, e: &dyn std::fmt::Display) {
+        if self.direct_ok.swap(false, Ordering::Relaxed) {
+            tracing::debug!(dir = %self.dir.path().display(), "pack reads go through the page cache: {what}: {e}");
+        }
+    }
+
+    /// The pack opened for direct reads; `None` when it cannot be (the
+    /// buffered path then reads it, or names what is wrong with it).
+    fn direct_file(&self, id: u64) -> Option<Arc<File>> {
+        if let Some(f) = self.direct.lock().get(&id) {
+            return Some(f.clone());
+        }
+        let f = match self.dir.open_read_direct(&pack_file_name(id)) {
+            Ok(Some(f)) => Arc::new(f),
+            Ok(None) => return None,
+            Err(e) => {
+                if matches!(&e, Error::Io { source, .. } if source.raw_os_error() == Some(libc::EINVAL))
+                {
+                    self.refuse_direct("open", &e);
+                }
+                return None;
+            }
+        };
+        let mut files = self.direct.lock();
+        if files.len() > 256 {
+            files.clear();
+        }
+        files.insert(id, f.clone());
+        Some(f)
+    }
+
+    /// Run `f` on the blob at `loc`: its header and stored bytes
+    /// (`loc.stored_len` after the header) in one direct read. `None`
+    /// when the blob cannot be read directly (not a local pack, direct
+    /// I/O refused): the caller reads it buffered.
+    fn with_direct_blob<T>(
+        &self,
+        loc: &Location,
+        f: impl FnOnce(&[u8]) -> Result<T>,
+    ) -> Option<Result<T>> {
+        if !self.direct_ok.load(Ordering::Relaxed) {
+            return None;
+        }
+        let file = self.direct_file(loc.pack)?;
+        let len = HEADER_LEN + loc.stored_len as usize;
+        let mut buf = DIRECT_BUF.with(|c| std::mem::take(&mut *c.borrow_mut()));
+        let r = match super::direct::read_at(&file, &mut buf, loc.offset, len) {
+            Ok(range) => Some(f(&buf[range])),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Some(Err(Error::Corrupt(format!(
+                    "pack {} ends before byte {}",
+                    pack_file_name(loc.pack),
+                    loc.offset + len as u64
+                ))))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                self.refuse_direct("read", &e);
+                None
+            }
+            Err(e) => Some(Err(Error::io("read pack", self.pack_path(loc.pack), e))),
+        };
+        if buf.capacity() <= SCRATCH_KEEP + super::direct::ALIGN * 2 {
+            DIRECT_BUF.with(|c| *c.borrow_mut() = buf);
+        }
+        r
     }
 
     /// The blob at `loc` as stored (header and payload, not decoded),
@@ -606,63 +701,113 @@ impl PackReader {
         check: Check,
         spare: Vec<u8>,
     ) -> Result<Vec<u8>> {
+        // One direct read of header and payload when the pack allows it.
+        let mut spare = Some(spare);
+        if let Some(r) = self.with_direct_blob(loc, |bytes| {
+            let (head, payload) = bytes.split_at(HEADER_LEN);
+            let header = self.parse_header(loc, id, head)?;
+            let spare = fit_spare(spare.take().unwrap_or_default(), &header);
+            self.decode_payload(loc, id, &header, payload, check, spare)
+        }) {
+            return r.map_err(|e| self.name_blob(loc, id, e));
+        }
+        let spare = spare.unwrap_or_default();
         let read_at = |buf: &mut [u8], at: u64| {
-            self.read_exact_at(loc.pack, buf, at).map_err(|e| match e {
-                Error::Corrupt(m) => Error::Corrupt(format!(
-                    "chunk {id}: {m} (the blob at offset {})",
-                    loc.offset
-                )),
-                e => e,
-            })
+            self.read_exact_at(loc.pack, buf, at)
+                .map_err(|e| self.name_blob(loc, id, e))
         };
         // Header and payload into separate buffers, so that a raw payload
         // is handed back without a copy.
         let mut head = [0u8; HEADER_LEN];
         read_at(&mut head, loc.offset)?;
-        let header = BlobHeader::decode(&head).map_err(|e| {
+        let header = self.parse_header(loc, id, &head)?;
+        let len = loc.stored_len as usize;
+        let spare = fit_spare(spare, &header);
+        let at = loc.offset + HEADER_LEN as u64;
+        // Buffers are not zeroed before a read: the read overwrites all of
+        // them or fails (and the result is not used).
+        if header.codec == Codec::Raw || header.encrypted {
+            let mut payload = spare;
+            set_len_keeping(&mut payload, len);
+            read_at(&mut payload, at)?;
+            return blob::decode(&header, payload, id, check, self.crypto.as_deref())
+                .map_err(|e| self.locate(loc, e));
+        }
+        // A compressed payload goes through this thread's scratch buffer.
+        let mut scratch = SCRATCH.with(|c| std::mem::take(&mut *c.borrow_mut()));
+        set_len_keeping(&mut scratch, len);
+        let r = read_at(&mut scratch, at)
+            .and_then(|()| self.decode_payload(loc, id, &header, &scratch, check, spare));
+        if scratch.capacity() <= SCRATCH_KEEP {
+            SCRATCH.with(|c| *c.borrow_mut() = scratch);
+        }
+        r
+    }
+
+    /// A blob's header, damage named with the chunk and where it is.
+    fn parse_header(&self, loc: &Location, id: &ChunkId, head: &[u8]) -> Result<BlobHeader> {
+        BlobHeader::decode(head).map_err(|e| {
             Error::Corrupt(format!(
                 "chunk {id} in pack {} at offset {}: {e}",
                 self.pack_name(loc.pack),
                 loc.offset
             ))
-        })?;
-        let len = loc.stored_len as usize;
-        // `spare` holds the result: a raw payload is read straight into
-        // it, a compressed one is decoded into it. One much larger than
-        // the content is not used (it would hold memory for nothing).
-        let need = header.raw_len as usize;
-        let spare = if spare.capacity() >= need && spare.capacity() <= 2 * need.max(4096) {
-            spare
-        } else {
-            Vec::new()
-        };
-        let at = loc.offset + HEADER_LEN as u64;
-        let context = |e: Error| {
-            Error::Corrupt(format!(
-                "{e} (pack {} offset {})",
-                self.pack_name(loc.pack),
-                loc.offset
-            ))
-        };
-        // Buffers are not zeroed before a read: the read overwrites all of
-        // them or fails (and the result is not used).
+        })
+    }
+
+    /// Decode (and check) a stored payload into `spare`'s allocation.
+    fn decode_payload(
+        &self,
+        loc: &Location,
+        id: &ChunkId,
+        header: &BlobHeader,
+        payload: &[u8],
+        check: Check,
+        spare: Vec<u8>,
+    ) -> Result<Vec<u8>> {
         let crypto = self.crypto.as_deref();
-        if header.codec == Codec::Raw || header.encrypted {
-            let mut payload = spare;
-            set_len_keeping(&mut payload, len);
-            read_at(&mut payload, at)?;
-            return blob::decode(&header, payload, id, check, crypto).map_err(context);
+        let r = if header.codec == Codec::Raw || header.encrypted {
+            // Raw content is the payload itself; an encrypted payload is
+            // opened in place.
+            let mut owned = spare;
+            owned.clear();
+            owned.extend_from_slice(payload);
+            blob::decode(header, owned, id, check, crypto)
+        } else {
+            blob::decode_ref(header, payload, id, check, spare, crypto)
+        };
+        r.map_err(|e| self.locate(loc, e))
+    }
+
+    /// A decoding error, with the pack and offset of the blob.
+    fn locate(&self, loc: &Location, e: Error) -> Error {
+        Error::Corrupt(format!(
+            "{e} (pack {} offset {})",
+            self.pack_name(loc.pack),
+            loc.offset
+        ))
+    }
+
+    /// A short pack, named with the chunk that was read from it.
+    fn name_blob(&self, loc: &Location, id: &ChunkId, e: Error) -> Error {
+        match e {
+            Error::Corrupt(m) if m.starts_with("pack ") => Error::Corrupt(format!(
+                "chunk {id}: {m} (the blob at offset {})",
+                loc.offset
+            )),
+            e => e,
         }
-        // A compressed payload goes through this thread's scratch buffer.
-        let mut scratch = SCRATCH.with(|c| std::mem::take(&mut *c.borrow_mut()));
-        set_len_keeping(&mut scratch, len);
-        let r = read_at(&mut scratch, at).and_then(|()| {
-            blob::decode_ref(&header, &scratch, id, check, spare, crypto).map_err(context)
-        });
-        if scratch.capacity() <= SCRATCH_KEEP {
-            SCRATCH.with(|c| *c.borrow_mut() = scratch);
-        }
-        r
+    }
+}
+
+/// `spare` when it suits a blob of `header`'s size: large enough, and not
+/// much larger than the content (it would hold memory for nothing).
+fn fit_spare(spare: Vec<u8>, header: &BlobHeader) -> Vec<u8> {
+    let need = header.raw_len as usize;
+    if spare.capacity() >= need && spare.capacity() <= 2 * need.max(4096) {
+        spare
+    } else {
+        Vec::new()
     }
 }
 
@@ -670,6 +815,9 @@ thread_local! {
     /// Per-thread buffer for compressed payloads on their way to the
     /// decoder.
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per-thread buffer of direct reads (aligned inside, see
+    /// [`super::direct`]).
+    static DIRECT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Scratch buffers larger than this are not kept (a rare 8 MiB block
@@ -846,6 +994,89 @@ mod tests {
             r.read(&locs[2].1, &locs[2].0).unwrap(),
             locs[2].2.as_bytes()
         );
+    }
+
+    /// Direct reads give exactly what buffered reads give, for every
+    /// codec and at any offset, and name a short or damaged pack the same
+    /// way. The pack lives beside the sources (a disk filesystem: /tmp may
+    /// be a tmpfs, which refuses O_DIRECT and would test only the fallback).
+    #[test]
+    fn direct_reads_match_buffered_reads() {
+        let tmp = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let dir = Dir::open_path(tmp.path()).unwrap();
+        let mut w = PackWriter::new(dir.try_clone().unwrap(), 64 << 20).unwrap();
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        let floats: Vec<u8> = noise(1 << 18)
+            .chunks(4)
+            .flat_map(|c| (f32::from(c[0]) / 7_000.0 - 0.018).to_le_bytes())
+            .collect();
+        let datas = [
+            b"tiny".to_vec(),
+            noise(5_000),                        // raw
+            "text ".repeat(30_000).into_bytes(), // zstd
+            floats,                              // planes
+            vec![7u8; 4096],
+            noise(1 << 20),
+        ];
+        let mut blobs = Vec::new();
+        for d in &datas {
+            let id = ChunkId::of(d);
+            let b = encode(BlobKind::Chunk, id, d, 3, None).unwrap();
+            blobs.push((id, w.append(&b).unwrap(), b.header.codec));
+        }
+        w.close().unwrap();
+        let mut codecs: Vec<_> = blobs.iter().map(|b| b.2).collect();
+        codecs.dedup();
+        for c in [Codec::Raw, Codec::Zstd, Codec::Planes] {
+            assert!(codecs.contains(&c), "codecs covered: {codecs:?}");
+        }
+        let direct = PackReader::new(dir.try_clone().unwrap());
+        let buffered = PackReader::new(dir.try_clone().unwrap());
+        buffered.use_buffered_reads();
+        for ((id, loc, _), d) in blobs.iter().zip(&datas) {
+            assert_eq!(&direct.read(loc, id).unwrap(), d);
+            assert_eq!(&buffered.read(loc, id).unwrap(), d);
+            let spare = Vec::with_capacity(d.len());
+            assert_eq!(&direct.read_into(loc, id, spare).unwrap(), d);
+        }
+        assert!(
+            direct.reads_direct(),
+            "this filesystem refused O_DIRECT: the test ran only buffered reads"
+        );
+
+        // Damage inside a payload: both readers refuse the blob.
+        let path = tmp.path().join(pack_file_name(1));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let (id, loc, _) = blobs[1];
+        bytes[loc.offset as usize + HEADER_LEN + 1000] ^= 1;
+        // And cut the last blob short.
+        let (last_id, last, _) = blobs[5];
+        bytes.truncate(last.offset as usize + HEADER_LEN + 100);
+        std::fs::write(&path, &bytes).unwrap();
+        let direct = PackReader::new(dir.try_clone().unwrap());
+        let buffered = PackReader::new(dir.try_clone().unwrap());
+        buffered.use_buffered_reads();
+        for r in [&direct, &buffered] {
+            assert!(r.read(&loc, &id).is_err());
+            let e = match r.read(&last, &last_id) {
+                Ok(_) => panic!("a blob cut short was read"),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains("ends before byte"), "{e}");
+            assert!(e.contains(&last_id.to_string()), "{e}");
+            let (id0, loc0, _) = blobs[3];
+            assert_eq!(r.read(&loc0, &id0).unwrap(), datas[3]);
+        }
     }
 
     #[test]

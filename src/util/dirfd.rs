@@ -123,10 +123,22 @@ impl Dir {
     /// exist. Anything else at the name (a FIFO, which would block the
     /// open, a device, a directory) is an error.
     pub fn open_read(&self, name: &str) -> Result<Option<File>> {
+        self.open_read_with(name, OFlags::empty())
+    }
+
+    /// Like [`Dir::open_read`], with `O_DIRECT`: reads bypass the page
+    /// cache and need aligned offsets, lengths and buffers
+    /// (`store::direct`). A filesystem without direct I/O refuses the
+    /// open with `EINVAL`.
+    pub fn open_read_direct(&self, name: &str) -> Result<Option<File>> {
+        self.open_read_with(name, OFlags::DIRECT)
+    }
+
+    fn open_read_with(&self, name: &str, extra: OFlags) -> Result<Option<File>> {
         let fd = match rustix::fs::openat(
             &self.fd,
             name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | extra,
             Mode::empty(),
         ) {
             Ok(fd) => fd,
