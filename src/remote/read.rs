@@ -9,7 +9,7 @@
 //! a pack is read in order (restore, a training job loading a
 //! checkpoint). Everything read is checked exactly as local reads are.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -59,6 +59,8 @@ pub struct RemotePacks {
     inflight: Mutex<HashMap<SegKey, Arc<Slot>>>,
     /// The last segment read of each pack (order detection).
     last: Mutex<HashMap<u64, u64>>,
+    /// Segments waiting in the read-ahead queue.
+    queued: Mutex<HashSet<SegKey>>,
     ahead: Option<Sender<SegKey>>,
     fetched_bytes: AtomicU64,
     requests: AtomicU64,
@@ -93,6 +95,7 @@ impl RemotePacks {
                         .spawn(move || {
                             for key in rx {
                                 let Some(p) = me.upgrade() else { return };
+                                p.queued.lock().remove(&key);
                                 if let Err(e) = p.segment(key) {
                                     tracing::debug!("read-ahead of {key:?}: {e}");
                                 }
@@ -109,6 +112,7 @@ impl RemotePacks {
                 cache: Mutex::new(Cache::default()),
                 inflight: Mutex::new(HashMap::new()),
                 last: Mutex::new(HashMap::new()),
+                queued: Mutex::new(HashSet::new()),
                 ahead,
                 fetched_bytes: AtomicU64::new(0),
                 requests: AtomicU64::new(0),
@@ -259,14 +263,26 @@ impl RemotePacks {
         }
         let segs = len.div_ceil(SEGMENT);
         for s in seg + 1..(seg + 1 + READ_AHEAD).min(segs) {
-            let key = (pack, s);
-            if self.cache.lock().map.contains_key(&key) || self.inflight.lock().contains_key(&key) {
-                continue;
-            }
-            if tx.try_send(key).is_err() {
+            if !self.queue_ahead(tx, (pack, s)) {
                 break;
             }
         }
+    }
+
+    /// Queue a segment for the read-ahead threads unless it is cached,
+    /// being fetched or queued already. `false` when the queue is full.
+    fn queue_ahead(&self, tx: &Sender<SegKey>, key: SegKey) -> bool {
+        if self.cache.lock().map.contains_key(&key) || self.inflight.lock().contains_key(&key) {
+            return true;
+        }
+        if !self.queued.lock().insert(key) {
+            return true;
+        }
+        if tx.try_send(key).is_err() {
+            self.queued.lock().remove(&key);
+            return false;
+        }
+        true
     }
 }
 
@@ -308,6 +324,23 @@ impl PackSource for RemotePacks {
 
     fn describe(&self, pack: u64) -> String {
         format!("{}/{}", self.client.name(), layout::pack(pack))
+    }
+
+    /// Queue the segments of the range for the read-ahead threads (those
+    /// not cached or on their way). A full queue drops the rest: the
+    /// reader then fetches them itself.
+    fn prefetch(&self, pack: u64, at: u64, len: u64) {
+        let Some(tx) = &self.ahead else { return };
+        let Ok(plen) = self.len_of(pack) else { return };
+        let end = (at + len).min(plen);
+        if end <= at {
+            return;
+        }
+        for seg in at / SEGMENT..=(end - 1) / SEGMENT {
+            if !self.queue_ahead(tx, (pack, seg)) {
+                break;
+            }
+        }
     }
 }
 

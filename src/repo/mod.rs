@@ -873,6 +873,18 @@ impl Repository {
         self.read_blob_into(id, Vec::new())
     }
 
+    /// The blob `id` will be read soon: when packs come from a remote,
+    /// start fetching it (restore calls this as it plans, ahead of its
+    /// workers). Does nothing for local packs, or an unknown id.
+    pub fn prefetch_blob(&self, id: &ChunkId) {
+        if !self.packs.is_remote() {
+            return;
+        }
+        if let Ok(Some(loc)) = self.index.get_chunk(id) {
+            self.packs.prefetch(&loc);
+        }
+    }
+
     /// [`Repository::read_blob`] into `spare`'s allocation when it is
     /// large enough.
     pub fn read_blob_into(&self, id: &ChunkId, spare: Vec<u8>) -> Result<Vec<u8>> {

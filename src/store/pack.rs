@@ -420,6 +420,9 @@ pub trait PackSource: Send + Sync {
     fn pack_len(&self, pack: u64) -> Option<u64>;
     /// Where the pack is, for messages.
     fn describe(&self, pack: u64) -> String;
+    /// Bytes `at .. at + len` of `pack` will be read soon: start getting
+    /// them. A hint: it never fails and may be ignored.
+    fn prefetch(&self, _pack: u64, _at: u64, _len: u64) {}
 }
 
 /// Reads blobs from packs, keeping their files open.
@@ -555,6 +558,18 @@ impl PackReader {
     pub fn evict(&self, id: u64) {
         self.files.lock().remove(&id);
         self.direct.lock().remove(&id);
+    }
+
+    /// The blob at `loc` will be read soon: a remote source starts
+    /// fetching it (local packs need no hint: their reads are direct).
+    pub fn prefetch(&self, loc: &Location) {
+        if let Some(s) = &self.source {
+            s.prefetch(
+                loc.pack,
+                loc.offset,
+                HEADER_LEN as u64 + loc.stored_len as u64,
+            );
+        }
     }
 
     /// Are blob reads direct (until the filesystem refuses one)?
