@@ -6,6 +6,7 @@
 # written to $OUT, default target/bench/live.md).
 #
 #   scripts/bench-live.sh                          # full run (~25 min)
+#   TARGETS="native rewindfs rewindfs-writeback" ...  # adds --writeback-cache
 #   ROUNDS=1 CKPT_MIB=512 SEQ_MIB=256 FILES=2000 RANDW=2000 DBENCH_SECS=5 scripts/bench-live.sh  # quick
 #
 # Needs root (drops the page cache, mounts); installs bindfs, mergerfs and
@@ -97,6 +98,9 @@ start_target() {
     native) dir=$b ;;
     rewindfs)
       "$rw" mount "$b" "$mnt" --repo "$fsdir/r" --every off --full-every off >/dev/null
+      dir=$mnt; daemon_pid=$("$rw" status --repo "$fsdir/r" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])') ;;
+    rewindfs-writeback)
+      "$rw" mount "$b" "$mnt" --repo "$fsdir/r" --every off --full-every off --writeback-cache >/dev/null
       dir=$mnt; daemon_pid=$("$rw" status --repo "$fsdir/r" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])') ;;
     rewindfs-untracked)
       REWINDFS_BENCH_UNTRACKED=1 "$rw" mount "$b" "$mnt" --repo "$fsdir/r" --every off --full-every off --snapshot-on-unmount false >/dev/null
