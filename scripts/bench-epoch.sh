@@ -10,6 +10,13 @@
 #   ROUNDS=1 SMALL=5000 SHARDS=2 scripts/bench-epoch.sh   # quick
 #   PASSTHROUGH_HP=/path/to/libfuse/build/example/passthrough_hp \
 #     TARGETS="native rewindfs hp hp-uring" scripts/bench-epoch.sh
+#   TARGETS="native view snapshot" scripts/bench-epoch.sh   # dataset versions (bench-views.sh)
+#   REMOTE=s3://BUCKET/PREFIX TARGETS="native remote" ...   # from S3 (bench-remote.sh)
+#
+# Targets: native (BACKING itself), rewindfs (the live mount), bindfs,
+# view (MOUNT/.snapshots/latest of the live mount), snapshot (the same
+# version through `mount-snapshot`, no materialized copies), remote
+# (`mount-snapshot --remote`, after a push to REMOTE), hp / hp-uring.
 #
 # hp and hp-uring are libfuse's own example daemon (passthrough_hp, libfuse
 # 3.18+, with FUSE passthrough), over /dev/fuse reads and writes and over
@@ -48,7 +55,7 @@ b=$WORK/backing; mnt=$WORK/m; repo=$WORK/repo
 mkdir -p "$WORK" "$mnt" "$(dirname "$OUT")"
 stamp=$b/.generated-$SMALL-$SHARDS-$SHARD_MIB
 if [ ! -e "$stamp" ]; then
-  rm -rf "$b"; mkdir -p "$b"
+  rm -rf "$b" "$repo.snap" "$repo.remote"; mkdir -p "$b"
   $ep gen-small "$b/small" "$SMALL"
   $ep gen-shards "$b/shards" "$SHARDS" "$SHARD_MIB"
   touch "$stamp"
@@ -76,6 +83,42 @@ start() { # target -> sets $dir and $pid
       pid=$("$rw" status -C "$mnt" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
       dir=$mnt ;;
     bindfs) bindfs "$b" "$mnt"; pid=$(pgrep -n -x bindfs); dir=$mnt ;;
+    view)
+      # A dataset version read from the live mount's .snapshots (the
+      # daemon that serves the live tree serves the view).
+      rm -rf "$repo"
+      # shellcheck disable=SC2086
+      "$rw" mount "$b" "$mnt" --repo "$repo" --every off --full-every off --snapshot-on-unmount false $MOUNT_ARGS >/dev/null
+      "$rw" snapshot -C "$mnt" >/dev/null
+      pid=$("$rw" status -C "$mnt" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+      dir=$mnt/.snapshots/latest ;;
+    snapshot)
+      # The same version as a standalone read-only mount (mount-snapshot),
+      # with its first reads through the daemon (no materialized copies:
+      # an epoch reads each file once).
+      if [ ! -e "$repo.snap/config" ]; then
+        rm -rf "$repo.snap"
+        "$rw" init --repo "$repo.snap" >/dev/null
+        "$rw" snapshot --repo "$repo.snap" --source "$b" >/dev/null 2>&1
+      fi
+      "$rw" mount-snapshot --repo "$repo.snap" --materialize-cache 0 latest "$mnt" >/dev/null
+      pid=$("$rw" status --repo "$repo.snap" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+      dir=$mnt ;;
+    remote)
+      # The version read straight from an S3 remote (mount-snapshot
+      # --remote): REMOTE=s3://BUCKET/PREFIX and the AWS_* variables of
+      # the server (scripts/bench-remote.sh sets them); pushed once.
+      [ -n "${REMOTE:-}" ] || { echo "target remote needs REMOTE=s3://BUCKET/PREFIX" >&2; exit 2; }
+      if [ ! -e "$repo.remote/config" ]; then
+        rm -rf "$repo.remote"
+        "$rw" init --repo "$repo.remote" >/dev/null
+        "$rw" snapshot --repo "$repo.remote" --source "$b" >/dev/null 2>&1
+        "$rw" remote add --repo "$repo.remote" epoch "$REMOTE" --host epoch >/dev/null
+        "$rw" push --repo "$repo.remote" >/dev/null
+      fi
+      "$rw" mount-snapshot --remote "$REMOTE" --host epoch latest "$mnt" >/dev/null 2>&1
+      pid=$(pgrep -n -f "rewindfs.*mount-snapshot.*--remote" || true)
+      dir=$mnt ;;
     hp|hp-uring)
       [ -x "${PASSTHROUGH_HP:-}" ] || { echo "target $1 needs PASSTHROUGH_HP (libfuse's example/passthrough_hp)" >&2; exit 2; }
       local o=()
@@ -93,7 +136,7 @@ start() { # target -> sets $dir and $pid
 stop() {
   case $1 in
     native) ;;
-    rewindfs) "$rw" umount "$mnt" >/dev/null ;;
+    rewindfs|view|snapshot|remote) "$rw" umount "$mnt" >/dev/null ;;
     *) fusermount3 -u "$mnt" ;;
   esac
 }

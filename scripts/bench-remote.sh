@@ -11,6 +11,9 @@
 #   scripts/bench-remote.sh                 # ~2 GiB dataset
 #   CKPT_MIB=256 scripts/bench-remote.sh    # quick
 #
+# Then (EPOCH=1, the default) DataLoader-style epochs read straight from
+# the remote: scripts/bench-epoch.sh with TARGETS="native remote".
+#
 # Needs root (drops the page cache, mounts), restic, fuse3, curl, Ceph
 # (installed when missing), python3 with numpy.
 set -euo pipefail
@@ -153,3 +156,14 @@ text = "\n".join(out) + "\n"
 open(sys.argv[1], "w").write(text)
 print(text)
 PY
+
+# DataLoader-style epochs straight from the remote (mount-snapshot
+# --remote) against native, on bench-epoch.sh's own dataset (EPOCH=0
+# skips it; EPOCH_SMALL files of 4-16 KiB and 2 shards of 256 MiB).
+if [ "${EPOCH:-1}" = 1 ]; then
+  bucket rw-epoch
+  OUT=$WORK/epoch.md REWINDFS_BIN=$rw BENCH_DIR=$WORK/epoch SMALL=${EPOCH_SMALL:-5000} SHARDS=2 \
+    REMOTE=s3://rw-epoch/bench TARGETS="native remote" scripts/bench-epoch.sh
+  { echo; echo "DataLoader-style epochs from the remote (scripts/bench-epoch.sh):"; echo; cat "$WORK/epoch.md"; } >> "$OUT"
+  cat "$WORK/epoch.md"
+fi

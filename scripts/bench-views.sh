@@ -28,6 +28,11 @@
 #   scripts/bench-views.sh                 # 1 GiB files
 #   SIZE_MIB=256 scripts/bench-views.sh    # quick
 #
+# Then (EPOCH=1, the default; EPOCH=0 skips it) DataLoader-style epochs
+# over a dataset version: scripts/bench-epoch.sh with TARGETS="native
+# view snapshot" (the live mount's .snapshots/latest, mount-snapshot),
+# its table appended to $OUT.
+#
 # Needs root (drops the page cache, mounts, passthrough), restic,
 # borgbackup, fuse3, python3 with numpy and safetensors (installed when
 # missing).
@@ -227,3 +232,11 @@ cpg() { python3 -c "print(f'{$(med "$1") / $2:.2f}')"; }
   echo "| first byte, 20-deep incremental chain, cold mount (s) | $ttfb |"
   echo "| view daemon RSS after the reads (MiB) | $rss |"
 } | tee "$OUT"
+
+# DataLoader-style epochs over a dataset version: the live mount's
+# .snapshots/latest and a mount-snapshot of the same version, against
+# native (EPOCH=0 skips it).
+if [ "${EPOCH:-1}" = 1 ]; then
+  OUT=$WORK/epoch.md REWINDFS_BIN=$rw BENCH_DIR=$WORK/epoch TARGETS="native view snapshot" scripts/bench-epoch.sh
+  { echo; echo "DataLoader-style epochs over a snapshot (scripts/bench-epoch.sh):"; echo; cat "$WORK/epoch.md"; } >> "$OUT"
+fi
