@@ -430,3 +430,35 @@ fn reading_a_file_to_its_end_prefetches_the_next_file_of_its_directory() {
     assert!(cached() < 7 * mib as u64, "{}", cached());
     assert_eq!(fs::read(mp.join("d/shard-1")).unwrap(), bytes(2, 3 * mib));
 }
+
+/// `latest` is kept by the kernel between changes of the list (a short
+/// TTL instead of a lookup at every use), so each change must reach the
+/// kernel at once: read through `latest`, snapshot, and read through it
+/// again well within the TTL.
+#[test]
+fn latest_moves_at_once_although_the_kernel_keeps_it() {
+    let (_tmp, backing, mnt, repo) = mount_dirs();
+    let r = repo.to_str().unwrap();
+    let live = DaemonMount::start(
+        &backing,
+        &mnt,
+        &["--repo", r, "--every", "off", "--full-every", "off"],
+    );
+    let latest = mnt.join(".snapshots/latest");
+    let mut before = PathBuf::new();
+    // Each round follows the previous one's reads through `latest` by
+    // a write and a snapshot only, well within its TTL on an idle machine
+    // (on a loaded one the TTL may run out first, which only weakens the
+    // check).
+    for round in 0..5u8 {
+        let want = vec![b'a' + round; 10 + round as usize];
+        fs::write(mnt.join("f"), &want).unwrap();
+        ok(&repo, &["snapshot"]);
+        assert_eq!(fs::read(latest.join("f")).unwrap(), want, "round {round}");
+        let target = fs::read_link(&latest).unwrap();
+        assert_ne!(target, before, "round {round}: `latest` did not move");
+        assert_eq!(fs::read(latest.join("f")).unwrap(), want, "round {round}");
+        before = target;
+    }
+    live.umount();
+}

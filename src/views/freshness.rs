@@ -5,10 +5,14 @@
 //! Contents of a snapshot never change, so they are cached for long; what
 //! changes is the list of snapshots. The rules:
 //!
-//! - `latest` and every `@TIME` name are looked up again at every use
-//!   (entry TTL 0): their meaning moves with the list and with the clock
-//!   (`@-2h`). Each names a node of its own per snapshot (`AT + id`), a
-//!   symlink whose target never changes, so the kernel may keep targets.
+//! - Every `@TIME` name is looked up again at every use (entry TTL 0):
+//!   its meaning moves with the clock (`@-2h`). `latest` moves only with
+//!   the list: the kernel keeps it for the views' short TTL (1 s), and
+//!   the invalidation below drops it as soon as the list changes (a data
+//!   loader opening thousands of files under `latest` then pays no lookup
+//!   of it per file). Each names a node of its own per snapshot (`AT +
+//!   id`), a symlink whose target never changes, so the kernel may keep
+//!   targets.
 //! - When the list changes (a snapshot committed, rewritten or forgotten),
 //!   a thread of the views tells every kernel showing `.snapshots`: the
 //!   directory's attributes, `latest`, and the names of snapshots that are

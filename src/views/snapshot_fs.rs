@@ -421,11 +421,13 @@ impl Views {
         match decode(parent).ok_or(Errno::ENOENT)? {
             Id::SnapDir => {
                 let all = self.snapshots()?;
-                // `latest` and `@TIME` move with the list and the clock:
-                // looked up again at every use (see freshness.rs).
+                // `latest` moves with the list: the kernel keeps it for
+                // the short TTL, and every change of the list invalidates
+                // it at once (freshness.rs). `@TIME` moves with the clock
+                // too: looked up again at every use.
                 if name == b"latest" {
                     let l = all.iter().max_by_key(|r| r.id).ok_or(Errno::ENOENT)?;
-                    return Ok((self.getattr(AT + l.id)?.0, Duration::ZERO));
+                    return Ok((self.getattr(AT + l.id)?.0, self.opts.short_ttl));
                 }
                 if name.first() == Some(&b'@') {
                     let spec = String::from_utf8_lossy(name);
