@@ -622,6 +622,7 @@ impl PackReader {
     fn with_direct_blob<T>(
         &self,
         loc: &Location,
+        id: &ChunkId,
         f: impl FnOnce(&[u8]) -> Result<T>,
     ) -> Option<Result<T>> {
         if !self.direct_ok.load(Ordering::Relaxed) {
@@ -632,13 +633,15 @@ impl PackReader {
         let mut buf = DIRECT_BUF.with(|c| std::mem::take(&mut *c.borrow_mut()));
         let r = match super::direct::read_at(&file, &mut buf, loc.offset, len) {
             Ok(range) => Some(f(&buf[range])),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                Some(Err(Error::Corrupt(format!(
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Some(Err(self.name_blob(
+                loc,
+                id,
+                Error::Corrupt(format!(
                     "pack {} ends before byte {}",
                     pack_file_name(loc.pack),
                     loc.offset + len as u64
-                ))))
-            }
+                )),
+            ))),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 self.refuse_direct("read", &e);
                 None
@@ -718,13 +721,13 @@ impl PackReader {
     ) -> Result<Vec<u8>> {
         // One direct read of header and payload when the pack allows it.
         let mut spare = Some(spare);
-        if let Some(r) = self.with_direct_blob(loc, |bytes| {
+        if let Some(r) = self.with_direct_blob(loc, id, |bytes| {
             let (head, payload) = bytes.split_at(HEADER_LEN);
             let header = self.parse_header(loc, id, head)?;
             let spare = fit_spare(spare.take().unwrap_or_default(), &header);
             self.decode_payload(loc, id, &header, payload, check, spare)
         }) {
-            return r.map_err(|e| self.name_blob(loc, id, e));
+            return r;
         }
         let spare = spare.unwrap_or_default();
         let read_at = |buf: &mut [u8], at: u64| {
@@ -803,10 +806,11 @@ impl PackReader {
         ))
     }
 
-    /// A short pack, named with the chunk that was read from it.
+    /// A read that found the pack damaged (short), named with the chunk
+    /// that was read from it.
     fn name_blob(&self, loc: &Location, id: &ChunkId, e: Error) -> Error {
         match e {
-            Error::Corrupt(m) if m.starts_with("pack ") => Error::Corrupt(format!(
+            Error::Corrupt(m) => Error::Corrupt(format!(
                 "chunk {id}: {m} (the blob at offset {})",
                 loc.offset
             )),
