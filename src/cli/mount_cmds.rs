@@ -215,9 +215,25 @@ pub struct MountArgs {
     /// Repeatable.
     #[arg(long, value_name = "GLOB")]
     on_close: Vec<String>,
-    /// How long on-close files must be quiet before their snapshot (default 2s).
+    /// How long on-close files must be quiet before their snapshot (default
+    /// 2s; 250ms once a checkpoint is complete: a DCP folder's .metadata or
+    /// a Trainer checkpoint-N/trainer_state.json closed, a file renamed
+    /// into place).
     #[arg(long, value_name = "DUR")]
     settle: Option<String>,
+    /// The longest an on-close snapshot waits for its files to be quiet
+    /// (default 10s): a job that saves faster than --settle still gets a
+    /// snapshot per burst. `off` to wait for quiet however long it takes.
+    #[arg(long, value_name = "DUR")]
+    settle_max: Option<String>,
+    /// Whether closing a checkpoint takes a snapshot, as an --on-close glob
+    /// does (default true): a file matching the --checkpoint patterns, a
+    /// DCP folder once its .metadata is written, a Trainer checkpoint-N/
+    /// folder once its trainer_state.json is. A checkpoint deleted or
+    /// replaced through the mount before any snapshot holds it is kept
+    /// aside and captured first (see docs/semantics.md).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    checkpoint_snapshots: Option<bool>,
     /// Snapshot pending changes when unmounting (default true).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     snapshot_on_unmount: Option<bool>,
@@ -297,6 +313,8 @@ pub fn mount(a: MountArgs, hook: rewindfs::daemon::CliHook) -> Result<i32> {
                 on_close: a.on_close,
                 checkpoints: (!a.checkpoints.is_empty()).then_some(a.checkpoints),
                 settle: a.settle,
+                settle_max: a.settle_max,
+                checkpoint_snapshots: a.checkpoint_snapshots,
                 snapshot_on_unmount: a.snapshot_on_unmount,
                 ..PolicyConfig::default()
             };

@@ -473,6 +473,7 @@ fn run(paths: MountPaths, req: &MountRequest, ready: Option<&Readiness>) -> Resu
     };
     let mut cfg = cfg;
     cfg.checkpoints = policy.checkpoint_patterns()?;
+    cfg.all_close_events = !policy.on_close.is_empty();
     cfg.fsname = super::discover::mount_source(&paths.repo);
     let startup = Arc::new(Mutex::new("running".to_string()));
     // Subscribers of the flusher's events exist before it starts: the

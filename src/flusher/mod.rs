@@ -165,8 +165,10 @@ impl Flusher {
         // policy is fixed for the flusher's life). Without globs nobody
         // listens: the live filesystem then neither computes their paths
         // (a readlink per closed file) nor wakes this thread for each (8%
-        // of the daemon's CPU in a metadata benchmark, perf).
-        let ev_rx = if ctx.policy.on_close.is_empty() {
+        // of the daemon's CPU in a metadata benchmark, perf). With only
+        // the checkpoint patterns, the filesystem sends the closes of
+        // checkpoints alone (`LiveOptions::close_events`).
+        let ev_rx = if !ctx.policy.listens() {
             crossbeam_channel::never()
         } else {
             ctx.track.subscribe(4096)

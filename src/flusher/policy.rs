@@ -20,6 +20,7 @@ use crate::track::{FileKey, FsEvent, Journal};
 use crate::util::calendar::{CronSpec, Windows, Zone};
 use crate::util::time;
 
+use crate::fs::fastpath::is_marker;
 pub use crate::repo::config::PolicyConfig;
 use crate::retention::keep::KeepPolicy;
 
@@ -41,7 +42,15 @@ pub struct Policy {
     pub on_close: Vec<String>,
     /// Checkpoint fast-path patterns besides the `on_close` globs.
     pub checkpoints: Vec<String>,
+    /// Whether a closed checkpoint (a file matching `checkpoints`, or a
+    /// completed checkpoint folder: see [`is_marker`]) takes a snapshot,
+    /// as an `on_close` glob does.
+    pub checkpoint_snapshots: bool,
     pub settle: Duration,
+    /// The longest an on-close snapshot waits for its files to be quiet:
+    /// a job saving faster than the settle time still gets one snapshot
+    /// per burst.
+    pub settle_max: Duration,
     pub snapshot_on_unmount: bool,
     /// Retention applied after each snapshot (empty: none).
     pub keep: KeepPolicy,
@@ -64,12 +73,22 @@ impl Default for Policy {
                 .iter()
                 .map(|p| p.to_string())
                 .collect(),
+            checkpoint_snapshots: true,
             settle: Duration::from_secs(2),
+            settle_max: DEFAULT_SETTLE_MAX,
             snapshot_on_unmount: true,
             keep: KeepPolicy::default(),
         }
     }
 }
+
+/// The default longest wait of an on-close snapshot.
+pub const DEFAULT_SETTLE_MAX: Duration = Duration::from_secs(10);
+
+/// The wait after a checkpoint is complete (its folder's last file, or a
+/// file renamed into place) for the files a framework writes right after
+/// it.
+pub const SETTLE_COMPLETE: Duration = Duration::from_millis(250);
 
 /// Whether a scheduled full snapshot re-reads the dataset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,6 +243,12 @@ impl Policy {
             if let Some(v) = &l.settle {
                 p.settle = parse_cadence(v)?.unwrap_or(Duration::ZERO);
             }
+            if let Some(v) = &l.settle_max {
+                p.settle_max = parse_cadence(v)?.unwrap_or(MAX_CADENCE);
+            }
+            if let Some(v) = l.checkpoint_snapshots {
+                p.checkpoint_snapshots = v;
+            }
             if let Some(v) = l.snapshot_on_unmount {
                 p.snapshot_on_unmount = v;
             }
@@ -256,6 +281,13 @@ impl Policy {
                 .map_err(|e| Error::InvalidInput(format!("bad --on-close glob {g:?}: {e}")))?;
         }
         p.checkpoint_patterns()?;
+        if p.settle_max < p.settle {
+            return Err(Error::InvalidInput(format!(
+                "--settle-max ({}) is shorter than --settle ({}): give a longer one, or off",
+                humantime::format_duration(p.settle_max),
+                humantime::format_duration(p.settle)
+            )));
+        }
         if let Some(z) = zone {
             p.zone = z;
         }
@@ -307,6 +339,24 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// The globs whose closed files take a snapshot: the `on_close` globs
+    /// and, with `checkpoint_snapshots`, the checkpoint patterns.
+    pub fn snapshot_globs(&self) -> Vec<&String> {
+        let mut v: Vec<&String> = self.on_close.iter().collect();
+        if self.checkpoint_snapshots {
+            v.extend(&self.checkpoints);
+        }
+        v
+    }
+
+    /// Whether any close or rename can take a snapshot (the flusher then
+    /// listens to the filesystem's events).
+    pub fn listens(&self) -> bool {
+        !self.snapshot_globs().is_empty()
+    }
+}
+
 /// Where the schedule reads the time: a monotonic instant for cadences,
 /// and wall-clock nanoseconds to compare with snapshot and journal times.
 pub trait Clock: Send {
@@ -338,7 +388,13 @@ pub enum Due {
 struct Pending {
     labels: Vec<String>,
     keys: Vec<FileKey>,
+    /// The first event of this burst (the snapshot waits at most
+    /// `settle_max` from it).
+    first_event: Instant,
     last_event: Instant,
+    /// A checkpoint was completed (a marker closed, a file renamed into
+    /// place): only [`SETTLE_COMPLETE`] more is waited for.
+    complete: bool,
     /// A file was renamed into a matching name (the name is the change,
     /// even when its content is in a snapshot already).
     renamed: bool,
@@ -348,6 +404,8 @@ pub struct Schedule {
     policy: Policy,
     clock: Box<dyn Clock>,
     globs: Option<globset::GlobSet>,
+    /// Markers of completed checkpoint folders count ([`is_marker`]).
+    markers: bool,
     never: bool,
     last_any: Option<Instant>,
     last_diff: Option<Instant>,
@@ -397,9 +455,10 @@ impl Schedule {
     }
 
     pub fn with_clock(policy: &Policy, clock: Box<dyn Clock>) -> Schedule {
-        let globs = (!policy.on_close.is_empty()).then(|| {
+        let triggers = policy.snapshot_globs();
+        let globs = (!triggers.is_empty()).then(|| {
             let mut b = globset::GlobSetBuilder::new();
-            for g in &policy.on_close {
+            for g in &triggers {
                 if let Ok(g) = globset::Glob::new(g) {
                     b.add(g);
                 }
@@ -410,6 +469,7 @@ impl Schedule {
             policy: policy.clone(),
             clock,
             globs: globs.flatten(),
+            markers: policy.checkpoint_snapshots && !policy.checkpoints.is_empty(),
             never: true,
             last_any: None,
             last_diff: None,
@@ -640,7 +700,7 @@ impl Schedule {
             }
         }
         if let Some(p) = &self.pending {
-            c.push((p.last_event + self.policy.settle, Due::OnClose));
+            c.push((self.on_close_due(p), Due::OnClose));
         }
         // Among what is already due, the biggest kind wins.
         let due_now: Vec<&(Instant, Due)> = c.iter().filter(|(t, _)| *t <= now).collect();
@@ -667,7 +727,27 @@ impl Schedule {
     }
 
     pub fn pending_label(&self) -> Option<String> {
-        self.pending.as_ref().map(|p| p.labels.join(", "))
+        self.pending.as_ref().map(|p| label_of(&p.labels))
+    }
+
+    /// How long the files of `p` must be quiet.
+    fn settle_of(&self, p: &Pending) -> Duration {
+        if p.complete {
+            self.policy.settle.min(SETTLE_COMPLETE)
+        } else {
+            self.policy.settle
+        }
+    }
+
+    /// When the on-close snapshot of `p` is due: once its files were
+    /// quiet for the settle time, and at the latest `settle_max` after
+    /// its first event.
+    fn on_close_due(&self, p: &Pending) -> Instant {
+        let quiet = p.last_event + self.settle_of(p);
+        match p.first_event.checked_add(self.policy.settle_max) {
+            Some(max) => quiet.min(max),
+            None => quiet,
+        }
     }
 
     /// A filesystem event: a matching file closed after writing, or renamed
@@ -681,16 +761,21 @@ impl Schedule {
         };
         let p = String::from_utf8_lossy(path).into_owned();
         let base = p.rsplit('/').next().unwrap_or(&p).to_string();
-        if !(globs.is_match(&p) || globs.is_match(&base)) {
+        let marker = self.markers && is_marker(path);
+        if !(marker || globs.is_match(&p) || globs.is_match(&base)) {
             return;
         }
         let pending = self.pending.get_or_insert(Pending {
             labels: Vec::new(),
             keys: Vec::new(),
+            first_event: now,
             last_event: now,
+            complete: false,
             renamed: false,
         });
-        pending.renamed |= matches!(e, FsEvent::RenamedTo { .. });
+        let renamed = matches!(e, FsEvent::RenamedTo { .. });
+        pending.renamed |= renamed;
+        pending.complete |= marker || renamed;
         if !pending.labels.contains(&p) {
             pending.labels.push(p);
         }
@@ -715,7 +800,19 @@ impl Schedule {
             return None;
         }
         let now_ns = self.clock.now_ns();
-        let settle_ns = self.policy.settle.as_nanos() as i64;
+        let settle_ns = if p.complete {
+            self.policy.settle.min(SETTLE_COMPLETE)
+        } else {
+            self.policy.settle
+        }
+        .as_nanos() as i64;
+        // Waited the longest: taken now, whatever is still written (a
+        // checkpoint open on the fast path is held back by the cut; its
+        // last closed version is what the snapshot holds).
+        let overdue = p
+            .first_event
+            .checked_add(self.policy.settle_max)
+            .is_some_and(|max| now >= max);
         let last_write = p
             .keys
             .iter()
@@ -723,13 +820,13 @@ impl Schedule {
             .flat_map(|d| d.blocks.values().map(|b| b.last_ns).chain([d.file.last_ns]))
             .max()
             .unwrap_or(0);
-        if now_ns - last_write < settle_ns {
+        if !overdue && now_ns - last_write < settle_ns {
             // Still being written: wait for it to settle.
             let ago = Duration::from_nanos((now_ns - last_write).max(0) as u64);
             p.last_event = now.checked_sub(ago).unwrap_or(now);
             return None;
         }
-        self.pending.take().map(|p| p.labels.join(", "))
+        self.pending.take().map(|p| label_of(&p.labels))
     }
 
     /// An on-close snapshot failed: wait again.
@@ -737,7 +834,9 @@ impl Schedule {
         let p = self.pending.get_or_insert(Pending {
             labels: Vec::new(),
             keys: Vec::new(),
+            first_event: now,
             last_event: now,
+            complete: false,
             renamed: false,
         });
         // Its changes are still in the journal (the capture failed): it
@@ -791,6 +890,40 @@ impl Schedule {
             Kind::Incremental => {}
         }
     }
+}
+
+/// Labels longer than this many names end with "and N more".
+const LABEL_NAMES: usize = 8;
+
+/// The label of an on-close snapshot: the paths of the files closed, a
+/// folder named once (`run/checkpoint-500/`) when several of its files
+/// were, or when it is a completed checkpoint folder.
+pub fn label_of(paths: &[String]) -> String {
+    let parent = |p: &str| p.rfind('/').map(|i| p[..i].to_string());
+    let mut names: Vec<String> = Vec::new();
+    for p in paths {
+        let folder = parent(p).filter(|d| {
+            is_marker(p.as_bytes())
+                || paths
+                    .iter()
+                    .filter(|q| parent(q).as_deref() == Some(d.as_str()))
+                    .count()
+                    > 1
+        });
+        let name = match folder {
+            Some(d) => format!("{d}/"),
+            None => p.clone(),
+        };
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    if names.len() > LABEL_NAMES {
+        let more = names.len() - (LABEL_NAMES - 1);
+        names.truncate(LABEL_NAMES - 1);
+        names.push(format!("and {more} more"));
+    }
+    names.join(", ")
 }
 
 #[cfg(test)]
@@ -865,6 +998,21 @@ mod tests {
             t0,
         );
         assert_eq!(s.pending_label().as_deref(), Some("ckpt/model.safetensors"));
+        // A file renamed into place is complete: due after
+        // SETTLE_COMPLETE, not the whole settle time.
+        assert_eq!(s.next(t0, None), Some((t0 + SETTLE_COMPLETE, Due::OnClose)));
+        // A close alone waits the settle time.
+        let mut s = Schedule::new(&p);
+        s.never = false;
+        s.last_any = Some(t0);
+        s.last_full = Some(t0);
+        s.event(
+            &FsEvent::ClosedAfterWrite {
+                key: k,
+                path: b"ckpt/model.safetensors".to_vec(),
+            },
+            t0,
+        );
         assert_eq!(
             s.next(t0, None),
             Some((t0 + Duration::from_secs(2), Due::OnClose))
@@ -1034,8 +1182,9 @@ mod tests {
         );
         let ms = Duration::from_millis;
         assert!(run_for(&mut s, &clock, &j, Duration::from_secs(60), ms(100)).is_empty());
-        // Renamed into a checkpoint name: one snapshot, once quiet for
-        // the settle time, labelled with the checkpoint.
+        // Renamed into a checkpoint name (complete): one snapshot, once
+        // quiet for SETTLE_COMPLETE (under the settle time), labelled
+        // with the checkpoint.
         s.event(
             &FsEvent::RenamedTo {
                 key,
@@ -1045,7 +1194,7 @@ mod tests {
         );
         let got = run_for(&mut s, &clock, &j, Duration::from_secs(60), ms(100));
         assert_eq!(got.len(), 1, "{got:?}");
-        assert!(got[0].0 >= ms(500) && got[0].0 <= ms(600), "{got:?}");
+        assert!(got[0].0 >= ms(250) && got[0].0 <= ms(350), "{got:?}");
         assert_eq!(got[0].2.as_deref(), Some("ckpt/model-2.safetensors"));
     }
 
@@ -1103,6 +1252,8 @@ mod tests {
             full_every: None,
             on_close: vec!["*.pt".into()],
             settle: Duration::from_secs(2),
+            // (The longest wait is not what this test is about.)
+            settle_max: Duration::from_secs(60),
             ..Policy::default()
         };
         let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
@@ -1133,6 +1284,161 @@ mod tests {
         );
         assert_eq!(*kind, Kind::Incremental);
         assert_eq!(label.as_deref(), Some("step.pt"));
+    }
+
+    #[test]
+    fn a_job_saving_faster_than_the_settle_gets_a_snapshot_per_burst() {
+        // The fake clock runs 100 s behind the wall clock: every journal
+        // record made now is a write in its future (files always busy).
+        let clock = FakeClock::new();
+        let behind = Duration::from_secs(100);
+        let clock = FakeClock {
+            start_ns: clock.start_ns - behind.as_nanos() as i64,
+            ..clock
+        };
+        // Default flags: the checkpoint patterns take snapshots.
+        let p = Policy {
+            every: None,
+            full_every: None,
+            ..Policy::default()
+        };
+        assert!(p.on_close.is_empty() && p.listens());
+        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
+        s.load(&[record(Kind::Full, clock.now_ns())]);
+        let (_db, j) = journal();
+        let t0 = clock.now();
+        let mut fired = Vec::new();
+        let mut retry = None;
+        for step in 0..60u64 {
+            // A checkpoint every 0.5 s, well under the 2 s settle time.
+            let key = FileKey {
+                dev: 1,
+                ino: 100 + step,
+            };
+            let path = format!("run/step-{step}.safetensors").into_bytes();
+            s.event(&FsEvent::ClosedAfterWrite { key, path }, s.now());
+            j.record_write(&key, 0, 10);
+            clock.advance(Duration::from_millis(500));
+            if let Some((_, l)) = s.poll(&mut retry, &j) {
+                fired.push((clock.now() - t0, l));
+                s.taken(&record(Kind::Incremental, clock.now_ns()), clock.now());
+            }
+        }
+        // One snapshot per settle_max (10 s) of the 30 s burst.
+        assert_eq!(fired.len(), 3, "{fired:?}");
+        let mut last = Duration::ZERO;
+        for (at, label) in &fired {
+            assert!(*at - last <= Duration::from_millis(10_500), "{fired:?}");
+            last = *at;
+            // 20 files of one folder: the folder.
+            assert_eq!(label.as_deref(), Some("run/"));
+        }
+        // Without the longest wait, none at all while the job runs.
+        let p = Policy {
+            settle_max: MAX_CADENCE,
+            ..p
+        };
+        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
+        s.load(&[record(Kind::Full, clock.now_ns())]);
+        for step in 0..60u64 {
+            let key = FileKey {
+                dev: 1,
+                ino: 100 + step,
+            };
+            let path = format!("step-{step}.pt").into_bytes();
+            s.event(&FsEvent::ClosedAfterWrite { key, path }, s.now());
+            clock.advance(Duration::from_millis(500));
+            assert_eq!(s.poll(&mut retry, &j), None);
+        }
+    }
+
+    #[test]
+    fn a_completed_checkpoint_folder_is_taken_quickly_and_named_once() {
+        let clock = FakeClock::new();
+        let p = Policy {
+            every: None,
+            full_every: None,
+            ..Policy::default()
+        };
+        let mut s = Schedule::with_clock(&p, Box::new(clock.clone()));
+        s.load(&[record(Kind::Full, clock.now_ns())]);
+        let (_db, j) = journal();
+        for (ino, name) in [(1, "__0_0.distcp"), (2, "__1_0.distcp"), (3, ".metadata")] {
+            let key = FileKey { dev: 1, ino };
+            j.record_write(&key, 0, 10);
+            let path = format!("ckpt/step-3/{name}").into_bytes();
+            s.event(&FsEvent::ClosedAfterWrite { key, path }, s.now());
+        }
+        let got = run_for(
+            &mut s,
+            &clock,
+            &j,
+            Duration::from_secs(3),
+            Duration::from_millis(50),
+        );
+        assert_eq!(got.len(), 1, "{got:?}");
+        // Due 250 ms after the marker, not the 2 s settle time.
+        assert!(got[0].0 <= Duration::from_millis(400), "{got:?}");
+        assert_eq!(got[0].2.as_deref(), Some("ckpt/step-3/"));
+        // A marker outside a checkpoint's shape is no event, nor is any
+        // checkpoint with checkpoint snapshots off.
+        let off = Policy {
+            checkpoint_snapshots: false,
+            ..p.clone()
+        };
+        for (policy, path) in [
+            (&p, "out/trainer_state.json"),
+            (&off, "a.safetensors"),
+            (&off, "ckpt/.metadata"),
+        ] {
+            let mut s = Schedule::with_clock(policy, Box::new(clock.clone()));
+            s.load(&[record(Kind::Full, clock.now_ns())]);
+            let key = FileKey { dev: 1, ino: 7 };
+            s.event(
+                &FsEvent::ClosedAfterWrite {
+                    key,
+                    path: path.into(),
+                },
+                s.now(),
+            );
+            assert_eq!(s.pending_label(), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn labels_name_folders_once_and_stay_short() {
+        let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(label_of(&v(&["a.pt"])), "a.pt");
+        assert_eq!(label_of(&v(&["r/a.pt", "r/b.pt", "c.pt"])), "r/, c.pt");
+        assert_eq!(
+            label_of(&v(&["out/checkpoint-5/trainer_state.json"])),
+            "out/checkpoint-5/"
+        );
+        let many: Vec<String> = (0..20).map(|i| format!("s{i}.pt")).collect();
+        assert_eq!(
+            label_of(&many),
+            "s0.pt, s1.pt, s2.pt, s3.pt, s4.pt, s5.pt, s6.pt, and 13 more"
+        );
+    }
+
+    #[test]
+    fn settle_max_is_read_and_checked() {
+        let p = Policy::layered(&[&PolicyConfig {
+            settle_max: Some("30s".into()),
+            checkpoint_snapshots: Some(false),
+            ..Default::default()
+        }])
+        .unwrap();
+        assert_eq!(p.settle_max, Duration::from_secs(30));
+        assert!(!p.checkpoint_snapshots && !p.listens());
+        assert_eq!(Policy::default().settle_max, DEFAULT_SETTLE_MAX);
+        let e = Policy::layered(&[&PolicyConfig {
+            settle: Some("5s".into()),
+            settle_max: Some("1s".into()),
+            ..Default::default()
+        }])
+        .unwrap_err();
+        assert!(e.to_string().contains("--settle-max"), "{e}");
     }
 
     fn berlin() -> Zone {

@@ -14,6 +14,26 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 /// distributed checkpoint shards) and safetensors.
 pub const DEFAULT_PATTERNS: &[&str] = &["*.safetensors", "*.pt", "*.pth", "*.ckpt", "*.distcp"];
 
+/// Whether `path` (relative to the mount root) is the file a framework
+/// writes last into a checkpoint folder: a torch.distributed.checkpoint
+/// folder's `.metadata`, or a Hugging Face Trainer `checkpoint-N/`
+/// folder's `trainer_state.json`. Closing one completes the checkpoint.
+pub fn is_marker(path: &[u8]) -> bool {
+    let mut it = path.rsplit(|b| *b == b'/');
+    let name = it.next().unwrap_or(path);
+    match name {
+        b".metadata" => true,
+        b"trainer_state.json" => it.next().is_some_and(|d| d.starts_with(b"checkpoint-")),
+        _ => false,
+    }
+}
+
+/// Whether a file named `name` may be a checkpoint folder's marker (its
+/// folder's name decides: see [`is_marker`]).
+pub fn may_be_marker(name: &[u8]) -> bool {
+    matches!(name, b".metadata" | b"trainer_state.json")
+}
+
 /// A set of checkpoint patterns, matched like `--on-close` globs: against
 /// the path relative to the mount root, or against the file name.
 #[derive(Clone, Debug)]
@@ -93,5 +113,16 @@ mod tests {
         let none = CheckpointPatterns::new::<&str>(&[]).unwrap();
         assert!(!none.matches(b"x.pt", || None));
         assert!(CheckpointPatterns::new(&["a[b"]).is_err());
+    }
+
+    #[test]
+    fn markers_of_completed_checkpoint_folders() {
+        assert!(is_marker(b"run/step-3/.metadata"));
+        assert!(is_marker(b".metadata"));
+        assert!(is_marker(b"out/checkpoint-500/trainer_state.json"));
+        assert!(!is_marker(b"out/trainer_state.json"));
+        assert!(!is_marker(b"trainer_state.json"));
+        assert!(!is_marker(b"run/step-3/metadata"));
+        assert!(may_be_marker(b"trainer_state.json") && !may_be_marker(b"x.json"));
     }
 }

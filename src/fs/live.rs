@@ -52,6 +52,10 @@ pub struct LiveOptions {
     /// The checkpoint fast path's patterns (`None`: off). See
     /// [`super::fastpath`].
     pub checkpoints: Option<super::fastpath::CheckpointPatterns>,
+    /// Send a close event for every file written (`--on-close` globs are
+    /// set); otherwise only for checkpoints (files matching the patterns
+    /// and checkpoint folders' markers), when the flusher listens.
+    pub all_close_events: bool,
 }
 
 impl Default for LiveOptions {
@@ -61,6 +65,7 @@ impl Default for LiveOptions {
             ttl: Duration::from_secs(1),
             hidden: None,
             checkpoints: None,
+            all_close_events: false,
         }
     }
 }
@@ -88,6 +93,9 @@ pub struct OpenFile {
     passthrough: std::sync::atomic::AtomicBool,
     /// A checkpoint fast-path writer (held by the tracker while open).
     fast: std::sync::atomic::AtomicBool,
+    /// Created or truncated by a checkpoint's name (a pattern or a
+    /// folder's marker): its close is an event for on-close snapshots.
+    checkpoint: std::sync::atomic::AtomicBool,
     /// Opened by exec(2).
     exec: std::sync::atomic::AtomicBool,
     /// The backing descriptor is O_APPEND (an append-only file).
@@ -119,6 +127,7 @@ impl OpenFile {
             wrote: std::sync::atomic::AtomicBool::new(false),
             passthrough: std::sync::atomic::AtomicBool::new(false),
             fast: std::sync::atomic::AtomicBool::new(false),
+            checkpoint: std::sync::atomic::AtomicBool::new(false),
             closing: std::sync::atomic::AtomicBool::new(false),
             exec: std::sync::atomic::AtomicBool::new(false),
             append,
@@ -532,6 +541,15 @@ impl LiveFs {
         self.passthrough_enabled()
             && mode & (libc::S_ISUID | libc::S_ISGID) == 0
             && p.matches(name, path)
+    }
+
+    /// Is a file named `name` (path on demand) a checkpoint, or a
+    /// checkpoint folder's marker, whose close on-close snapshots hear of?
+    fn is_checkpoint(&self, name: &[u8], path: impl FnOnce() -> Option<Vec<u8>>) -> bool {
+        let Some(p) = &self.opts.checkpoints else {
+            return false;
+        };
+        super::fastpath::may_be_marker(name) || p.matches(name, path)
     }
 
     pub fn passthrough_enabled(&self) -> bool {
@@ -1117,24 +1135,24 @@ impl LiveFs {
         // (`serve`): both are changes a cut must not split.
         let _change = write.then(|| self.track.change());
         let mut fast = false;
+        let mut checkpoint = false;
         let old_size = if truncating {
             let st = self.stat_node(&n)?;
-            // The checkpoint fast path, for a file whose every change is
-            // in a snapshot already (its last closed version is then the
-            // base's, whenever a cut falls during the rewrite).
-            fast = n.kind == libc::S_IFREG
-                && self.opts.checkpoints.is_some()
-                && !self.track.is_dirty(&n.key)
-                && {
-                    let path = self.rel_path_of(&*n.fd().or_errno()?);
-                    let name = path
-                        .as_deref()
-                        .map(|p| p.rsplit(|b| *b == b'/').next().unwrap_or(p).to_vec());
-                    match name {
-                        Some(name) => self.fast_path(st.st_mode, &name, || path),
-                        None => false,
-                    }
-                };
+            if n.kind == libc::S_IFREG && self.opts.checkpoints.is_some() {
+                let path = self.rel_path_of(&*n.fd().or_errno()?);
+                let name = path
+                    .as_deref()
+                    .map(|p| p.rsplit(|b| *b == b'/').next().unwrap_or(p).to_vec());
+                if let Some(name) = name {
+                    checkpoint = self.is_checkpoint(&name, || path.clone());
+                    // The checkpoint fast path, for a file whose every
+                    // change is in a snapshot already (its last closed
+                    // version is then the base's, whenever a cut falls
+                    // during the rewrite).
+                    fast =
+                        !self.track.is_dirty(&n.key) && self.fast_path(st.st_mode, &name, || path);
+                }
+            }
             self.cow_change(&n, 0, u64::MAX)?;
             Some(st.st_size as u64)
         } else {
@@ -1162,6 +1180,11 @@ impl LiveFs {
             self.kill_privs(&n, pid)?;
         }
         let reply = self.serve(&n, file, flags, write, fast, pid, backer)?;
+        if checkpoint {
+            if let Ok(h) = self.handle(reply.fh()) {
+                h.checkpoint.store(true, Ordering::Relaxed);
+            }
+        }
         if flags & FMODE_EXEC_FLAG != 0 {
             n.opens.lock().exec += 1;
             if let Ok(h) = self.handle(reply.fh()) {
@@ -1233,18 +1256,23 @@ impl LiveFs {
             _ => true,
         };
         let st_mode = rustix::fs::fstat(&file).or_errno()?.st_mode;
-        let fast = write
-            && fresh
-            && n.kind == libc::S_IFREG
-            && self.fast_path(st_mode, name, || {
-                let dir = self.rel_path_of(&*p.fd().ok()?)?;
-                Some(if dir.is_empty() {
-                    name.to_vec()
-                } else {
-                    [&dir[..], b"/", name].concat()
-                })
-            });
+        let path_of = || {
+            let dir = self.rel_path_of(&*p.fd().ok()?)?;
+            Some(if dir.is_empty() {
+                name.to_vec()
+            } else {
+                [&dir[..], b"/", name].concat()
+            })
+        };
+        let checkpoint = write && n.kind == libc::S_IFREG && self.is_checkpoint(name, path_of);
+        let fast =
+            write && fresh && n.kind == libc::S_IFREG && self.fast_path(st_mode, name, path_of);
         let reply = self.serve(&n, Some(file), flags, write, fast, c.pid, backer)?;
+        if checkpoint {
+            if let Ok(h) = self.handle(reply.fh()) {
+                h.checkpoint.store(true, Ordering::Relaxed);
+            }
+        }
         Ok((e, reply))
     }
 
@@ -1348,7 +1376,9 @@ impl LiveFs {
                 self.track.unbypass(&h.inode.key);
             }
         }
-        if h.wrote.load(Ordering::Relaxed) {
+        if h.wrote.load(Ordering::Relaxed)
+            && (self.opts.all_close_events || fast || h.checkpoint.load(Ordering::Relaxed))
+        {
             self.emit(|| {
                 Some(FsEvent::ClosedAfterWrite {
                     key: h.inode.key,

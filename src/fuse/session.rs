@@ -55,6 +55,9 @@ pub struct MountConfig {
     pub passthrough_reads: bool,
     /// The checkpoint fast path's patterns (`None`: off).
     pub checkpoints: Option<crate::fs::fastpath::CheckpointPatterns>,
+    /// Every written file's close is an event (`--on-close` globs set),
+    /// not only checkpoints'.
+    pub all_close_events: bool,
     /// FUSE worker threads.
     pub threads: usize,
     pub ttl: Duration,
@@ -86,6 +89,7 @@ impl Default for MountConfig {
             writeback_cache: false,
             passthrough_reads: true,
             checkpoints: None,
+            all_close_events: false,
             threads: 4,
             ttl: DEFAULT_TTL,
             fsname: "rewindfs".into(),
@@ -122,6 +126,7 @@ pub fn mount_live(
             ttl: cfg.ttl,
             hidden,
             checkpoints: cfg.checkpoints.clone(),
+            all_close_events: cfg.all_close_events,
         },
     )?);
     let mut config = Config::default();

@@ -66,6 +66,12 @@ pub struct PolicyConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoints: Option<Vec<String>>,
     pub settle: Option<String>,
+    /// The longest an on-close snapshot waits for quiet (absent: 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settle_max: Option<String>,
+    /// Whether closing a checkpoint takes a snapshot (absent: yes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_snapshots: Option<bool>,
     pub snapshot_on_unmount: Option<bool>,
     /// Retention applied by the daemon after each snapshot (restic's
     /// `--keep-*` rules; absent: nothing is removed).
