@@ -70,6 +70,21 @@ impl LiveMount {
             cfg.repo.config.block_size,
         )?);
         let tracker = Tracker::new(journal.clone());
+        // Checkpoints deleted or replaced before a snapshot held them are
+        // kept aside (when closing one takes a snapshot).
+        if cfg.policy.listens() {
+            use std::os::unix::fs::MetadataExt;
+            let dev = std::fs::metadata(&cfg.backing)
+                .map_err(|e| Error::io("stat", &cfg.backing, e))?
+                .dev();
+            match crate::track::keep::Keeper::open(cfg.repo.dir(), dev) {
+                Ok(Some(k)) => tracker.set_keeper(k),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(
+                    "checkpoints deleted before a snapshot holds them are not kept aside: {e}"
+                ),
+            }
+        }
         let views = cfg.views.then(|| {
             Views::new(
                 cfg.repo.clone(),
@@ -102,6 +117,7 @@ impl LiveMount {
             threads: cfg.threads,
             policy: cfg.policy,
             events: cfg.events,
+            materialize: views.as_ref().and_then(|v| v.materialize.clone()),
         })?);
         let persister = Persister::start(journal)?;
         Ok(LiveMount {

@@ -236,6 +236,11 @@ fn reach<T>(
 /// Open a file of the cut tree for reading: through the descriptor kept
 /// for it if it moved since the cut, else as [`reach`] finds it.
 fn open_for_read(req: &CaptureRequest<'_>, n: &Tree, path: &[u8], key: &FileKey) -> Option<File> {
+    if let Some((fd, ino)) = req.cut.cow.kept(key) {
+        // A kept file (track::keep): only ever read through its own
+        // descriptor, never through a path.
+        return reopen(&fd, ino);
+    }
     if let Some(fd) = req.cut.cow.moved(key) {
         if let Some(f) = reopen(&fd, key.ino) {
             return Some(f);
@@ -271,7 +276,7 @@ fn open_in_dir(
         Some(i) => (&path[..i], &path[i + 1..]),
         None => (&path[..0], path),
     };
-    let moved = req.cut.cow.moved(key).is_some();
+    let moved = req.cut.cow.moved(key).is_some() || req.cut.cow.kept(key).is_some();
     if !moved {
         if !matches!(last, Some((p, _)) if p == parent) {
             *last = reach(req, n, parent, Some).map(|fd| (parent.to_vec(), fd));

@@ -870,6 +870,15 @@ pub fn status(a: StatusArgs) -> Result<i32> {
         if let Some(l) = &f.pending_on_close {
             println!("on close:       waiting for {l} to settle");
         }
+        if f.kept_total > 0 || f.kept_pending > 0 {
+            println!(
+                "kept aside:     {} checkpoint(s) deleted before a snapshot held them, {} captured; {} ({}) waiting",
+                f.kept_total,
+                f.kept_captured,
+                f.kept_pending,
+                human_bytes(f.kept_pending_bytes)
+            );
+        }
         let mut flusher = f.state.clone();
         if let (Some(c), Some(d), Some(tp)) = (f.last_cut_ms, f.last_duration_ms, f.last_throughput)
         {
@@ -963,12 +972,14 @@ fn print_manage(s: &DaemonStatus) {
 fn print_materialized(s: &DaemonStatus) {
     match &s.materialized {
         Some(m) => println!(
-            "materialized:   {} files, {} of {} (opened by passthrough {} times; {} copied, {} evicted, {} rejected, {} failed)",
+            "materialized:   {} files, {} of {} (opened by passthrough {} times; {} copied, {} kept checkpoints ({}) served from the deleted file itself, {} evicted, {} rejected, {} failed)",
             m.files,
             human_bytes(m.bytes),
             human_bytes(m.capacity_bytes),
             m.passthrough_opens,
             m.promoted,
+            m.kept_files,
+            human_bytes(m.kept_bytes),
             m.evicted,
             m.rejected,
             m.failed

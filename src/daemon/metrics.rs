@@ -354,11 +354,42 @@ impl Collector for Scrape {
             "Snapshots that failed (their changes wait for the next one).",
             f.errors,
         )?;
+        gauge(
+            &mut e,
+            "rewindfs_kept_pending_files",
+            "Checkpoints deleted or replaced before a snapshot held them, kept aside and waiting for one.",
+            f.kept_pending as f64,
+        )?;
+        gauge(
+            &mut e,
+            "rewindfs_kept_pending_bytes",
+            "Bytes of the checkpoints kept aside and waiting for a snapshot.",
+            f.kept_pending_bytes as f64,
+        )?;
+        counter(
+            &mut e,
+            "rewindfs_kept_total",
+            "Checkpoints this daemon kept aside (deleted or replaced before a snapshot held them).",
+            f.kept_total,
+        )?;
         counter(
             &mut e,
             "rewindfs_capture_read_bytes",
             "Bytes read from the backing directory by snapshot captures.",
             f.bytes_read_total,
+        )?;
+        let mat = st.materialized.clone().unwrap_or_default();
+        gauge(
+            &mut e,
+            "rewindfs_kept_served_files",
+            "Snapshot versions of deleted checkpoints served by passthrough from the deleted file itself (no second copy).",
+            mat.kept_files as f64,
+        )?;
+        gauge(
+            &mut e,
+            "rewindfs_kept_served_bytes",
+            "Bytes of those files (part of the materialization cache).",
+            mat.kept_bytes as f64,
         )?;
         let (capture, cut, space) = {
             let o = m.observed.lock();

@@ -61,6 +61,17 @@ pub struct FlusherStatus {
     pub snapshots_taken: u64,
     /// On-close snapshot waiting for its files to settle (label).
     pub pending_on_close: Option<String>,
+    /// Checkpoints deleted or replaced before a snapshot held them, kept
+    /// aside and waiting for one (`track::keep`): files and bytes.
+    #[serde(default)]
+    pub kept_pending: u64,
+    #[serde(default)]
+    pub kept_pending_bytes: u64,
+    /// Checkpoints kept aside since the daemon started, and captured.
+    #[serde(default)]
+    pub kept_total: u64,
+    #[serde(default)]
+    pub kept_captured: u64,
     /// The retention policy's last automatic run (when one is set).
     #[serde(default)]
     pub retention: Option<crate::retention::auto::RetentionStatus>,
@@ -126,6 +137,9 @@ pub struct FlusherCtx {
     /// Where committed snapshots and failures are published (subscribe
     /// before starting, so no event is missed).
     pub events: Arc<Broadcast>,
+    /// The views' materialization cache: kept checkpoints, once captured,
+    /// are served from it (see `track::keep`).
+    pub materialize: Option<Arc<crate::views::materialize::Materializer>>,
 }
 
 pub struct Flusher {
@@ -289,6 +303,8 @@ fn run(ctx: FlusherCtx, rx: Receiver<Cmd>, ev_rx: Receiver<FsEvent>, out: Report
     };
     // Retention's errors become events once each.
     let mut retention_error: Option<String> = None;
+    // When a failed kept snapshot is tried again.
+    let mut kept_retry: Option<Instant> = None;
     loop {
         let now = sched.now();
         let due = sched.next_due(now, retry_at);
@@ -299,6 +315,10 @@ fn run(ctx: FlusherCtx, rx: Receiver<Cmd>, ev_rx: Receiver<FsEvent>, out: Report
             });
             s.next_kind = due.map(|(_, k)| k.as_str().to_string());
             s.pending_on_close = sched.pending_label();
+            if let Some(k) = ctx.track.keeper() {
+                (s.kept_pending, s.kept_pending_bytes) = k.pending_totals();
+                (s.kept_total, s.kept_captured) = k.totals();
+            }
             let planned = planned(&sched);
             if planned != s.schedule {
                 ctx.repo.set_planned(planned.clone());
@@ -316,6 +336,7 @@ fn run(ctx: FlusherCtx, rx: Receiver<Cmd>, ev_rx: Receiver<FsEvent>, out: Report
         };
         match cmd {
             Some(Cmd::Snapshot { kind, label, reply }) => {
+                take_kept(&ctx, &mut trees, &out, &mut kept_retry, true);
                 let r = guarded_take(&ctx, &mut trees, &out, kind, label, false, "request");
                 if let Ok(rec) = &r {
                     sched.taken(rec, sched.now());
@@ -331,6 +352,9 @@ fn run(ctx: FlusherCtx, rx: Receiver<Cmd>, ev_rx: Receiver<FsEvent>, out: Report
                 final_snapshot,
                 reply,
             }) => {
+                if final_snapshot {
+                    take_kept(&ctx, &mut trees, &out, &mut kept_retry, true);
+                }
                 let r = if final_snapshot && !ctx.track.is_empty() {
                     guarded_take(
                         &ctx,
@@ -350,6 +374,9 @@ fn run(ctx: FlusherCtx, rx: Receiver<Cmd>, ev_rx: Receiver<FsEvent>, out: Report
             }
             None => nudge_quiet(&retainer, &mut retention_error, &out, status),
         }
+        // Checkpoints kept aside before a snapshot held them are taken
+        // first, whatever else is due.
+        take_kept(&ctx, &mut trees, &out, &mut kept_retry, false);
         // Scheduled work.
         let Some((kind, label)) = sched.poll(&mut retry_at, ctx.track.journal()) else {
             continue;
@@ -629,15 +656,7 @@ fn guarded_take(
     let status = &*out.status;
     let t0 = Instant::now();
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        take(
-            ctx,
-            trees,
-            status,
-            kind,
-            label,
-            unmounting,
-            trigger == "schedule",
-        )
+        take(ctx, trees, status, kind, label, unmounting, trigger)
     }));
     // What the capture freed (trees, lists, buffers) goes back to the
     // system: the daemon's resident memory follows what it holds.
@@ -692,6 +711,130 @@ fn guarded_take(
 }
 
 /// Take one snapshot of the live filesystem.
+/// The trigger of a kept snapshot (see `track::keep`).
+const KEPT_TRIGGER: &str = "kept";
+
+/// How long a failed kept snapshot waits before it is tried again.
+const KEPT_RETRY: Duration = Duration::from_secs(5);
+
+/// Take a kept snapshot if checkpoints kept aside wait for one (see
+/// `track::keep`) and the repository has a snapshot to add them to; a
+/// failed one is tried again after [`KEPT_RETRY`] (or at once, `now`).
+fn take_kept(
+    ctx: &FlusherCtx,
+    trees: &mut Trees,
+    out: &Report,
+    retry: &mut Option<Instant>,
+    now: bool,
+) {
+    let Some(k) = ctx.track.keeper() else {
+        return;
+    };
+    if !k.has_pending()
+        || (!now && retry.is_some_and(|r| Instant::now() < r))
+        || out.status.lock().last_snapshot.is_none()
+    {
+        return;
+    }
+    let paths: Vec<String> = k
+        .pending()
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.rec.path).into_owned())
+        .collect();
+    let label = format!("kept: {}", policy::label_of(&paths));
+    match guarded_take(
+        ctx,
+        trees,
+        out,
+        Some(Kind::Incremental),
+        Some(label),
+        false,
+        KEPT_TRIGGER,
+    ) {
+        Ok(rec) => {
+            *retry = None;
+            tracing::info!(
+                "snapshot {}: {} checkpoint(s) removed before a snapshot held them",
+                rec.id,
+                paths.len()
+            );
+        }
+        Err(e) => {
+            *retry = Some(Instant::now() + KEPT_RETRY);
+            tracing::warn!("capturing checkpoints kept aside (tried again in {KEPT_RETRY:?}): {e}");
+        }
+    }
+}
+
+/// After a kept snapshot committed: the next cut looks at each path it
+/// added again (gone from the live tree, they leave the snapshots after
+/// this one), and each kept file is handed to the materialization cache
+/// or deleted.
+fn kept_captured(ctx: &FlusherCtx, tree: &Tree, ids: &[u64], tops: &[Vec<u8>], snapshot: u64) {
+    let Some(keeper) = ctx.track.keeper() else {
+        return;
+    };
+    let Ok((root, root_fd)) = ctx.objects.root() else {
+        return;
+    };
+    for top in tops {
+        let (dir, name) = match top.iter().rposition(|b| *b == b'/') {
+            Some(i) => (&top[..i], &top[i + 1..]),
+            None => (&top[..0], &top[..]),
+        };
+        let (key, fd) = if dir.is_empty() {
+            (root, Some(root_fd.clone()))
+        } else {
+            match tree.get(dir) {
+                Some((m, crate::snapshot::manifest::Node::Dir)) => {
+                    let key = FileKey {
+                        dev: root.dev,
+                        ino: m.ino,
+                    };
+                    (key, ctx.objects.find(&key))
+                }
+                _ => continue,
+            }
+        };
+        ctx.track.recheck_entry(&key, name, fd);
+    }
+    let block_size = tree.block_size;
+    for id in ids {
+        let Some(k) = keeper.captured(*id) else {
+            continue;
+        };
+        let name = crate::track::keep::data_name(*id);
+        let adopted = match (&ctx.materialize, tree.get(&k.rec.path)) {
+            (Some(m), Some((_, node @ crate::snapshot::manifest::Node::File { size, .. })))
+                if k.immutable =>
+            {
+                let blocks = Tree::blocks_of(node).to_vec();
+                let f = crate::views::materialize::FileRef {
+                    key: crate::views::materialize::Key::of(block_size, *size, &blocks),
+                    snapshot,
+                    block_size,
+                    size: *size,
+                    blocks: Arc::new(blocks),
+                    path: k.rec.path.clone(),
+                };
+                m.adopt(keeper.dir(), &name, &f)
+            }
+            _ => false,
+        };
+        tracing::debug!(
+            path = %crate::snapshot::manifest::display_path(&k.rec.path),
+            adopted,
+            immutable = k.immutable,
+            "a kept checkpoint is in snapshot {snapshot}"
+        );
+        if adopted {
+            keeper.forget(*id);
+        } else {
+            keeper.discard(*id);
+        }
+    }
+}
+
 fn take(
     ctx: &FlusherCtx,
     trees: &mut Trees,
@@ -699,9 +842,10 @@ fn take(
     kind: Option<Kind>,
     label: Option<String>,
     unmounting: bool,
-    scheduled: bool,
+    trigger: &str,
 ) -> Result<SnapshotRecord> {
     let t0 = Instant::now();
+    let scheduled = trigger == "schedule";
     let repo = &ctx.repo;
     // From choosing the base to committing: forget and gc wait for us.
     let _capture = repo.capture_guard();
@@ -709,6 +853,19 @@ fn take(
     let latest = all.iter().max_by_key(|r| r.id).cloned();
     let asked = kind.unwrap_or(Kind::Incremental);
     let kind = capture::base::effective_kind(&all, asked, repo.config.block_size);
+    // A kept snapshot: the latest snapshot with the checkpoints kept
+    // aside added (see `track::keep`).
+    let kept = if trigger == KEPT_TRIGGER {
+        let k = ctx.track.keeper().map(|k| k.pending()).unwrap_or_default();
+        if k.is_empty() || latest.is_none() || kind != Kind::Incremental {
+            return Err(Error::InvalidInput(
+                "no kept checkpoint to capture, or no snapshot to add them to".into(),
+            ));
+        }
+        Some(k)
+    } else {
+        None
+    };
     // A scheduled full of a dataset that changed little is built from
     // the latest snapshot's tree and the journal's changes: only what
     // changed is read. (One asked for by hand re-reads everything.)
@@ -783,17 +940,29 @@ fn take(
     // Whether every file is read again (a first snapshot's walk read
     // them: the cut reads what changed since).
     let full = kind == Kind::Full && !synthetic && streamed.is_none();
-    let (cut, lookup_err) = {
+    let (cut, lookup_err, kept_tops) = {
         let lookup = LazyLookup::new(&mut base, loader);
-        let cut = ctx.track.cut(&cut::CutRequest {
-            objects: &*ctx.objects,
-            backing: &ctx.backing,
-            base: &lookup,
-            full,
-            spill_dir: repo.dir().try_clone().ok(),
-            hidden: ctx.hidden,
-        });
-        (cut, lookup.take_error())
+        let (cut, tops) = match &kept {
+            Some(k) => match ctx.objects.root() {
+                Ok((root, _)) => match ctx.track.kept_cut(k, &lookup, root.dev) {
+                    Ok((c, tops)) => (Ok(c), tops),
+                    Err(e) => (Err(e), Vec::new()),
+                },
+                Err(e) => (Err(Error::io("open", &ctx.backing, e)), Vec::new()),
+            },
+            None => (
+                ctx.track.cut(&cut::CutRequest {
+                    objects: &*ctx.objects,
+                    backing: &ctx.backing,
+                    base: &lookup,
+                    full,
+                    spill_dir: repo.dir().try_clone().ok(),
+                    hidden: ctx.hidden,
+                }),
+                Vec::new(),
+            ),
+        };
+        (cut, lookup.take_error(), tops)
     };
     let info = match cut {
         Ok(info) => info,
@@ -862,6 +1031,9 @@ fn take(
     // `DirMemo::note_changes`), for the ledger's structure.
     let mut noted: Option<Vec<(crate::store::ChunkId, i64)>> = None;
     let result = (|| -> Result<(SnapshotRecord, u64)> {
+        if info.kept.is_some() {
+            crate::util::fault::inject("keep-capture")?;
+        }
         let ld = Loader {
             store: &**repo,
             memo: memo_of(&memo, base.id).unwrap_or(&no_memo),
@@ -1046,6 +1218,9 @@ fn take(
             // Committed: the frozen changes are in it.
             if let Err(e) = ctx.track.committed(&info) {
                 tracing::warn!("clearing the journal after snapshot {}: {e}", rec.id);
+            }
+            if let Some(ids) = &info.kept {
+                kept_captured(ctx, base.tree(), ids, &kept_tops, rec.id);
             }
             // What this snapshot changed in the references, from the
             // capture's record of the entries it replaced (a full records

@@ -29,6 +29,7 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use super::creds::{as_caller, Caller};
 use super::inode::{Inode, InodeTable, ROOT};
 use crate::error::{OrErrno, ToErrno};
+use crate::track::keep::Outcome;
 use crate::track::{FileKey, FsEvent, Recorder};
 use crate::util::bytes::read_full;
 use crate::util::sys::fuse_file_type;
@@ -828,6 +829,103 @@ impl LiveFs {
         self.created(&p, name)
     }
 
+    /// A checkpoint about to be deleted or replaced at `parent/name`
+    /// whose last closed content no snapshot holds yet: move it aside
+    /// (see `track::keep`) so that the next snapshot captures it. Returns
+    /// the keep's outcome; `NotKept` when it is not such a file (or could
+    /// not be kept: the caller then removes it as usual). Never an error:
+    /// a delete does not fail because of this.
+    fn keep_aside(&self, parent: &Arc<Inode>, name: &[u8], victim: &Arc<Inode>) -> Outcome {
+        let Some(keeper) = self.track.keeper() else {
+            return Outcome::NotKept;
+        };
+        if victim.kind != libc::S_IFREG
+            || !self.track.is_dirty(&victim.key)
+            || self.track.is_held(&victim.key)
+            || self.open_for_writing(&victim.key)
+        {
+            return Outcome::NotKept;
+        }
+        let Ok(pfd) = parent.fd() else {
+            return Outcome::NotKept;
+        };
+        match rustix::fs::statat(&*pfd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st)
+                if FileKey::of(&st) == victim.key
+                    && st.st_nlink == 1
+                    && st.st_dev == keeper.dev() => {}
+            _ => return Outcome::NotKept,
+        }
+        let Some(dir) = self.rel_path_of(&*pfd) else {
+            return Outcome::NotKept;
+        };
+        let path = if dir.is_empty() {
+            name.to_vec()
+        } else {
+            [&dir[..], b"/", name].concat()
+        };
+        // A checkpoint: by its name, or as a file of a checkpoint folder
+        // (a Trainer `checkpoint-N/`, or one a checkpoint was kept from).
+        let folder = dir.rsplit(|b| *b == b'/').next().unwrap_or(&dir);
+        let checkpoint = self.is_checkpoint(name, || Some(path.clone()))
+            || (!dir.is_empty() && folder.starts_with(b"checkpoint-"))
+            || keeper.kept_from(&parent.key);
+        if !checkpoint {
+            return Outcome::NotKept;
+        }
+        let dirs = match self.dir_metas(&dir) {
+            Some(d) => d,
+            None => return Outcome::NotKept,
+        };
+        match keeper.keep(&pfd, parent.key, name, path, dirs, victim.key) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(
+                    "a checkpoint could not be kept aside before its removal ({e}): removed"
+                );
+                Outcome::NotKept
+            }
+        }
+    }
+
+    /// Is a handle open for writing on the file `key`?
+    fn open_for_writing(&self, key: &FileKey) -> bool {
+        self.handles
+            .read()
+            .values()
+            .any(|h| h.writable && h.inode.key == *key)
+    }
+
+    /// The path and metadata of every directory from the top down to
+    /// `dir` (relative to the root), as a kept file's record needs them.
+    fn dir_metas(&self, dir: &[u8]) -> Option<Vec<(Vec<u8>, crate::snapshot::manifest::Meta)>> {
+        let mut out = Vec::new();
+        if dir.is_empty() {
+            return Some(out);
+        }
+        let mut fd = self.inodes.root().fd().ok()?;
+        let mut at: Vec<u8> = Vec::new();
+        for c in dir.split(|b| *b == b'/') {
+            let next = rustix::fs::openat(
+                &*fd,
+                c,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .ok()?;
+            let st = rustix::fs::fstat(&next).ok()?;
+            let mut meta = crate::snapshot::manifest::meta_of(&st);
+            meta.xattrs = crate::util::sys::read_xattrs_opath(&next).unwrap_or_default();
+            if !at.is_empty() {
+                at.push(b'/');
+            }
+            at.extend_from_slice(c);
+            out.push((at.clone(), meta));
+            fd = Arc::new(next);
+        }
+        Some(out)
+    }
+
     fn remove(&self, parent: u64, name: &OsStr, flags: AtFlags) -> FsResult<()> {
         let p = self.node(parent)?;
         let name = name_bytes(name)?;
@@ -835,7 +933,13 @@ impl LiveFs {
         self.check_mutable(&p, name)?;
         let victim = self.known_child(&p, name);
         self.pin_before_move(&p, name);
-        rustix::fs::unlinkat(&*p.fd().or_errno()?, name, flags).or_errno()?;
+        let kept = match &victim {
+            Some(v) if flags.is_empty() => self.keep_aside(&p, name, v),
+            _ => Outcome::NotKept,
+        };
+        if kept == Outcome::NotKept {
+            rustix::fs::unlinkat(&*p.fd().or_errno()?, name, flags).or_errno()?;
+        }
         self.entry_changed(&p, name);
         if let Some(v) = victim {
             self.track.meta(&v.key);
@@ -872,9 +976,25 @@ impl LiveFs {
         self.pin_before_move(&p, name);
         self.pin_before_move(&np, newname);
         let rflags = rustix::fs::RenameFlags::from_bits_retain(flags);
+        // A checkpoint about to be replaced is kept aside first (the
+        // rename then finds the name free); put back if the rename fails.
+        let kept = match (&replaced, &moved) {
+            (Some(v), Some(m)) if rflags.is_empty() && v.key != m.key => {
+                self.keep_aside(&np, newname, v)
+            }
+            _ => Outcome::NotKept,
+        };
         if rflags.is_empty() {
-            rustix::fs::renameat(&*p.fd().or_errno()?, name, &*np.fd().or_errno()?, newname)
-                .or_errno()?;
+            let r =
+                rustix::fs::renameat(&*p.fd().or_errno()?, name, &*np.fd().or_errno()?, newname);
+            if let Err(e) = r {
+                if let (Outcome::Kept(id), Some(k)) = (kept, self.track.keeper()) {
+                    if let Err(pe) = k.put_back(id, &*np.fd().or_errno()?, newname) {
+                        tracing::error!("a kept checkpoint could not be put back after a failed rename ({pe}); it stays in the repository's keep directory");
+                    }
+                }
+                return Err(e).or_errno();
+            }
         } else {
             rustix::fs::renameat_with(
                 &*p.fd().or_errno()?,

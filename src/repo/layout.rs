@@ -15,6 +15,9 @@
 //!   control.sock           SOCKET
 //!   daemon.log             LOG
 //!   verify-state.json      VERIFY_STATE (rolling verification's place)
+//!   keep/                  KEEP (track::keep: checkpoints deleted or
+//!                          replaced through the mount before a snapshot
+//!                          held them, waiting for one: <id>.rec, <id>.data)
 //!   cache/                 CACHE (what can be deleted at any time)
 //!     materialized/        MATERIALIZED (views::materialize: copies of
 //!                          snapshot files served by passthrough)
@@ -44,6 +47,8 @@ pub const SOCKET: &str = "control.sock";
 pub const LOG: &str = "daemon.log";
 /// Where rolling verification (`--verify-every`) is in its rotation.
 pub const VERIFY_STATE: &str = "verify-state.json";
+/// Checkpoints kept aside until a snapshot holds them (`track::keep`).
+pub const KEEP: &str = "keep";
 /// Caches: nothing in them is repository data, all can be deleted.
 pub const CACHE: &str = "cache";
 /// The metrics listener's access token (0600: its readers may read the

@@ -94,6 +94,9 @@ pub struct CowSet {
     spill: Mutex<Option<(File, u64)>>,
     /// Objects renamed or removed since the cut.
     moved: Mutex<HashMap<FileKey, Arc<std::os::fd::OwnedFd>>>,
+    /// Files a kept snapshot adds (see `track::keep`): their descriptor
+    /// and real inode number (the key's may be one given in its place).
+    kept: Mutex<HashMap<FileKey, (Arc<std::os::fd::OwnedFd>, u64)>>,
     /// Blocks saved by writers (for status and tests).
     pub saved_blocks: AtomicU64,
 }
@@ -108,6 +111,7 @@ impl CowSet {
             spill_dir,
             spill: Mutex::new(None),
             moved: Mutex::new(HashMap::new()),
+            kept: Mutex::new(HashMap::new()),
             saved_blocks: AtomicU64::new(0),
         }
     }
@@ -289,6 +293,7 @@ impl CowSet {
     pub fn finish(&self) {
         *self.files.write() = Files::default();
         self.moved.lock().clear();
+        self.kept.lock().clear();
         *self.spill.lock() = None;
     }
 }
@@ -302,6 +307,15 @@ impl CowSet {
 
     pub fn moved(&self, key: &FileKey) -> Option<Arc<std::os::fd::OwnedFd>> {
         self.moved.lock().get(key).cloned()
+    }
+
+    /// A kept file the capture reads as `key` (its real inode `ino`).
+    pub fn pin_kept(&self, key: FileKey, fd: Arc<std::os::fd::OwnedFd>, ino: u64) {
+        self.kept.lock().insert(key, (fd, ino));
+    }
+
+    pub fn kept(&self, key: &FileKey) -> Option<(Arc<std::os::fd::OwnedFd>, u64)> {
+        self.kept.lock().get(key).cloned()
     }
 }
 

@@ -84,6 +84,9 @@ pub struct CutInfo {
     /// holds their last closed version (the base's), never their
     /// current bytes, and their changes wait for the next cut.
     pub held_back: HashSet<FileKey>,
+    /// A kept snapshot's cut ([`kept_cut`]): the ids of the kept files it
+    /// adds. It took nothing from the journal (its commit drops nothing).
+    pub kept: Option<Vec<u64>>,
 }
 
 /// Files open in some mode, and how many times.
@@ -476,6 +479,7 @@ pub(super) fn cut(
             pins,
             held: Duration::ZERO,
             held_back,
+            kept: None,
         })
     })();
     let held = t0.elapsed();
@@ -483,6 +487,123 @@ pub(super) fn cut(
     let mut info = result?;
     info.held = held;
     Ok(info)
+}
+
+/// Inode numbers given to what a kept snapshot adds when the real one is
+/// taken in its base (inode numbers are reused; a tree's inode index must
+/// not join two objects). Far above what file systems hand out.
+pub const KEPT_INO_BASE: u64 = 1 << 62;
+
+/// The cut of a kept snapshot: the base (the latest snapshot) with the
+/// kept files added at their paths, and the directories above them that
+/// the base lacks, as they were when each file was kept. Nothing is taken
+/// from the journal and no writer is held up: the kept files are no
+/// longer reachable through the mount. Returns the cut and, per kept
+/// file, the topmost path it added (the next cut looks at it again).
+pub fn kept_cut(
+    kept: &[super::keep::Kept],
+    base: &dyn BaseLookup,
+    dev: u64,
+    block_size: u64,
+) -> Result<(CutInfo, Vec<Vec<u8>>)> {
+    let time_ns = time::now_ns();
+    let cow = Arc::new(CowSet::new(block_size, false, None));
+    let mut edges: Vec<Edge> = Vec::new();
+    let mut needs = HashMap::new();
+    let mut added: HashSet<Vec<u8>> = HashSet::new();
+    let mut inos: HashSet<u64> = HashSet::new();
+    let mut synthetic = KEPT_INO_BASE;
+    let mut ids = Vec::new();
+    let mut tops = Vec::new();
+    let mut fresh_ino = |real: u64, inos: &mut HashSet<u64>| {
+        if real != 0 && base.first_path(real).is_none() && inos.insert(real) {
+            return real;
+        }
+        synthetic += 1;
+        synthetic
+    };
+    let root = FileKey { dev, ino: 0 };
+    for k in kept {
+        let st = match state_of(&k.fd, None) {
+            Ok(s) if matches!(s.kind, ObjKind::File { .. }) => s,
+            _ => continue,
+        };
+        let path = k.rec.path.clone();
+        if path.is_empty() || added.contains(&path) {
+            // (Two kept files of one path: the later one waits for the
+            // next kept snapshot.)
+            continue;
+        }
+        let mut top: Option<Vec<u8>> = None;
+        for (dpath, meta) in &k.rec.dirs {
+            if dpath.is_empty() || added.contains(dpath) {
+                continue;
+            }
+            if base.is_dir(dpath) {
+                continue;
+            }
+            let ino = fresh_ino(0, &mut inos);
+            let mut m = meta.clone();
+            m.ino = ino;
+            edges.push(Edge {
+                path: dpath.clone(),
+                dir: root,
+                child: Some(ObjState {
+                    key: FileKey { dev, ino },
+                    meta: m,
+                    kind: ObjKind::Dir,
+                    nlink: 2,
+                }),
+                new: true,
+            });
+            added.insert(dpath.clone());
+            top.get_or_insert_with(|| dpath.clone());
+        }
+        let ino = fresh_ino(st.key.ino, &mut inos);
+        let key = FileKey { dev, ino };
+        let mut meta = st.meta.clone();
+        meta.ino = ino;
+        let ObjKind::File { size } = st.kind else {
+            continue;
+        };
+        cow.pin_kept(key, k.fd.clone(), st.key.ino);
+        needs.insert(key, (Need::All, size));
+        edges.push(Edge {
+            path: path.clone(),
+            dir: root,
+            child: Some(ObjState {
+                key,
+                meta,
+                kind: ObjKind::File { size },
+                nlink: 1,
+            }),
+            new: true,
+        });
+        added.insert(path.clone());
+        ids.push(k.rec.id);
+        tops.push(top.unwrap_or(path));
+    }
+    edges.sort_by(|a, b| {
+        let da = a.path.iter().filter(|c| **c == b'/').count();
+        let db = b.path.iter().filter(|c| **c == b'/').count();
+        (da, &a.path).cmp(&(db, &b.path))
+    });
+    Ok((
+        CutInfo {
+            epoch: 0,
+            time_ns,
+            frozen: HashMap::new(),
+            edges,
+            states: HashMap::new(),
+            needs,
+            cow,
+            pins: HashMap::new(),
+            held: Duration::ZERO,
+            held_back: HashSet::new(),
+            kept: Some(ids),
+        },
+        tops,
+    ))
 }
 
 /// Save now (into copy-before-write) every block the snapshot will read

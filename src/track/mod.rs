@@ -37,6 +37,7 @@ pub mod cut;
 pub mod events;
 pub mod gate;
 pub mod journal;
+pub mod keep;
 pub mod persister;
 pub mod pins;
 pub mod reconcile;

@@ -28,6 +28,9 @@ struct State {
     /// of a file that has passthrough readers: the kernel allows no other
     /// mode): key -> number of such opens.
     bypass: cut::OpenCount,
+    /// Where checkpoints deleted before a snapshot held them are kept
+    /// (set once by the daemon; absent: nothing is kept).
+    keeper: std::sync::OnceLock<Arc<super::keep::Keeper>>,
     /// Benchmarks only (`REWINDFS_BENCH_UNTRACKED=1`): nothing is
     /// recorded and no snapshot can be cut, to measure what recording
     /// costs.
@@ -68,6 +71,7 @@ impl Tracker {
                 held: Default::default(),
                 closing: Default::default(),
                 bypass: Default::default(),
+                keeper: std::sync::OnceLock::new(),
                 untracked: {
                     let off = std::env::var(UNTRACKED_ENV).is_ok_and(|v| v == "1");
                     if off {
@@ -100,6 +104,12 @@ impl Tracker {
     /// Recording is off (benchmarks only, see [`UNTRACKED_ENV`]).
     pub fn untracked(&self) -> bool {
         self.state.untracked
+    }
+
+    /// Keep checkpoints deleted before a snapshot held them (see
+    /// [`super::keep`]).
+    pub fn set_keeper(&self, k: Arc<super::keep::Keeper>) {
+        let _ = self.state.keeper.set(k);
     }
 }
 
@@ -285,6 +295,16 @@ impl Recorder {
     pub fn emit(&self, event: impl FnOnce() -> Option<FsEvent>) {
         self.state.events.emit(event);
     }
+
+    /// Where checkpoints are kept aside, if anywhere.
+    pub fn keeper(&self) -> Option<&Arc<super::keep::Keeper>> {
+        self.state.keeper.get()
+    }
+
+    /// Is the file open on the checkpoint fast path now?
+    pub fn is_held(&self, key: &FileKey) -> bool {
+        self.state.held.lock().contains_key(key)
+    }
 }
 
 /// What the flusher may do: freeze a consistent set of changes, read it,
@@ -323,12 +343,19 @@ impl Freezer {
     /// The snapshot of `info` is committed: its changes are in it.
     pub fn committed(&self, info: &CutInfo) -> Result<()> {
         self.capture_over(info);
+        if info.kept.is_some() {
+            // A kept snapshot took nothing from the journal.
+            return Ok(());
+        }
         self.state.journal.drop_through(info.epoch)
     }
 
     /// The snapshot of `info` failed: its changes wait for the next one.
     pub fn give_back(&self, info: CutInfo) {
         self.capture_over(&info);
+        if info.kept.is_some() {
+            return;
+        }
         self.state.journal.restore(info.frozen);
         for (k, fd) in info.pins {
             self.state.pins.pin(k, fd);
@@ -358,6 +385,35 @@ impl Freezer {
     /// may be half written: a capture outside the cut must not keep them).
     pub fn is_held(&self, key: &FileKey) -> bool {
         self.state.held.lock().contains_key(key)
+    }
+
+    /// Where checkpoints are kept aside, if anywhere.
+    pub fn keeper(&self) -> Option<&Arc<super::keep::Keeper>> {
+        self.state.keeper.get()
+    }
+
+    /// The cut of a kept snapshot (see [`cut::kept_cut`]).
+    pub fn kept_cut(
+        &self,
+        kept: &[super::keep::Kept],
+        base: &dyn cut::BaseLookup,
+        dev: u64,
+    ) -> Result<(CutInfo, Vec<Vec<u8>>)> {
+        if self.state.untracked {
+            return Err(crate::error::Error::InvalidInput(format!(
+                "change tracking is off ({UNTRACKED_ENV}=1, benchmarks only): no snapshot"
+            )));
+        }
+        cut::kept_cut(kept, base, dev, self.state.journal.block_size())
+    }
+
+    /// Have the next cut look at entry `name` of directory `dir`, with
+    /// `dir_fd` (when there is one) keeping the directory reachable.
+    pub fn recheck_entry(&self, dir: &FileKey, name: &[u8], dir_fd: Option<Arc<OwnedFd>>) {
+        self.state.journal.record_entry(dir, name);
+        if let Some(fd) = dir_fd {
+            self.state.pins.pin(*dir, fd);
+        }
     }
 
     /// Have the next cut look at entry `name` of directory `dir` (a

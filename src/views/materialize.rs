@@ -124,6 +124,9 @@ struct Record {
     identity: Identity,
     /// The snapshots whose files were served from this copy.
     snapshots: BTreeSet<u64>,
+    /// A checkpoint kept aside (`track::keep`) and adopted, not a copy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    kept: bool,
 }
 
 /// The content key of a file.
@@ -171,6 +174,8 @@ enum State {
 
 struct Entry {
     state: State,
+    /// An adopted kept checkpoint (see [`Materializer::adopt`]).
+    kept: bool,
     identity: Identity,
     snapshots: BTreeSet<u64>,
     last_used: SystemTime,
@@ -211,6 +216,16 @@ pub struct MaterializeStatus {
     /// Copies that could not be written (e.g. a damaged chunk).
     pub failed: u64,
     pub evicted: u64,
+    /// Checkpoints kept aside (deleted or replaced before a snapshot held
+    /// them) whose snapshot versions are served from the very file that
+    /// was deleted: how many, and their bytes (part of `bytes`).
+    #[serde(default)]
+    pub kept_files: u64,
+    #[serde(default)]
+    pub kept_bytes: u64,
+    /// Kept checkpoints adopted by this daemon.
+    #[serde(default)]
+    pub adopted: u64,
 }
 
 pub struct Materializer {
@@ -227,6 +242,7 @@ pub struct Materializer {
     passthrough_opens: AtomicU64,
     rejected: AtomicU64,
     evicted: AtomicU64,
+    adopted: AtomicU64,
 }
 
 fn data_name(k: &Key) -> String {
@@ -278,11 +294,45 @@ fn pid_alive(pid: i32) -> bool {
             || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
+impl Drop for Materializer {
+    /// Adopted kept checkpoints are immutable while a daemon serves them;
+    /// made mutable again when it stops, so that the cache (and the
+    /// repository) can be deleted like any directory. (A copy found on
+    /// disk at the next start is read back in full before it is served,
+    /// and made immutable again if it is a kept one.)
+    fn drop(&mut self) {
+        let kept: Vec<Key> = self
+            .inner
+            .lock()
+            .entries
+            .iter()
+            .filter(|(_, e)| e.kept)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in kept {
+            clear_immutable(&self.dir, &data_name(&k));
+        }
+    }
+}
+
 /// Delete a copy: its record first (a copy without a record is never
-/// trusted), then its data.
+/// trusted), then its data (an adopted kept checkpoint is immutable:
+/// made mutable first).
 fn remove_copy(dir: &Dir, k: &Key) {
     let _ = dir.remove_file(&record_name(k));
+    clear_immutable(dir, &data_name(k));
     let _ = dir.remove_file(&data_name(k));
+}
+
+fn clear_immutable(dir: &Dir, name: &str) {
+    if let Ok(fd) = rustix::fs::openat(
+        dir.fd(),
+        name,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        let _ = crate::track::keep::set_immutable(&fd, false);
+    }
 }
 
 impl Materializer {
@@ -324,6 +374,7 @@ impl Materializer {
             passthrough_opens: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
+            adopted: AtomicU64::new(0),
         });
         m.scan()?;
         let weak = Arc::downgrade(&m);
@@ -393,6 +444,7 @@ impl Materializer {
                         key,
                         Entry {
                             state: State::Unverified,
+                            kept: r.kept,
                             identity: r.identity,
                             snapshots: r.snapshots,
                             last_used: mtime,
@@ -405,7 +457,9 @@ impl Materializer {
             }
         }
         for k in datas {
-            let _ = self.dir.remove_file(&format!("{k}.data"));
+            let name = format!("{k}.data");
+            clear_immutable(&self.dir, &name);
+            let _ = self.dir.remove_file(&name);
         }
         Ok(())
     }
@@ -563,6 +617,131 @@ impl Materializer {
         }
     }
 
+    /// Adopt a kept checkpoint (`track::keep`) as the copy of `f`: its
+    /// data file `name` of `from` (on this cache's filesystem) is renamed
+    /// into the cache, no byte copied, and served by passthrough from now
+    /// on. The caller vouches for its content: the snapshot `f.snapshot`
+    /// was captured from this very file, immutable since before the
+    /// capture read it (checked here again). Returns whether the file was
+    /// taken (renamed away from `from`); a file not taken is the
+    /// caller's to delete.
+    pub fn adopt(&self, from: &Dir, name: &str, f: &FileRef) -> bool {
+        if !self.eligible(f.size) {
+            tracing::debug!(
+                size = f.size,
+                serving = self.serving.load(Ordering::Relaxed),
+                "a kept checkpoint is not adopted: not eligible"
+            );
+            return false;
+        }
+        {
+            let mut g = self.inner.lock();
+            if g.entries.contains_key(&f.key) || g.building.contains(&f.key) {
+                // Already a copy of this content (or one being written).
+                return false;
+            }
+            g.building.insert(f.key);
+        }
+        let done = |this: &Self| {
+            this.inner.lock().building.remove(&f.key);
+        };
+        let checked = (|| {
+            let fd = rustix::fs::openat(
+                from.fd(),
+                name,
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::NOFOLLOW
+                    | rustix::fs::OFlags::NONBLOCK
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .ok()?;
+            let st = rustix::fs::fstat(&fd).ok()?;
+            (crate::util::sys::file_type(st.st_mode) == libc::S_IFREG
+                && st.st_size as u64 == f.size
+                && crate::track::keep::is_immutable(&fd))
+            .then_some((fd, st))
+        })();
+        let Some((fd, before)) = checked.filter(|_| self.make_room(f.size)) else {
+            tracing::debug!("a kept checkpoint is not adopted: changed, or no room");
+            done(self);
+            return false;
+        };
+        // An immutable file cannot be renamed: mutable for the rename, and
+        // immutable again before anything else. A write that slipped in
+        // meanwhile (through a descriptor opened before the file was
+        // kept) stamps a new mtime or size: then the file is not served.
+        let moved = crate::track::keep::set_immutable_open(&fd, false).and_then(|()| {
+            rustix::fs::renameat_with(
+                from.fd(),
+                name,
+                self.dir.fd(),
+                data_name(&f.key).as_str(),
+                rustix::fs::RenameFlags::NOREPLACE,
+            )
+        });
+        let again = crate::track::keep::set_immutable_open(&fd, true);
+        if let Err(e) = moved {
+            tracing::debug!("a kept checkpoint is not adopted: the rename was refused ({e})");
+            done(self);
+            return false;
+        }
+        let same = rustix::fs::fstat(&fd).is_ok_and(|st| {
+            st.st_ino == before.st_ino
+                && st.st_size == before.st_size
+                && (st.st_mtime, st.st_mtime_nsec) == (before.st_mtime, before.st_mtime_nsec)
+        });
+        drop(fd);
+        let result = (|| {
+            if again.is_err() || !same {
+                return Err(Error::Corrupt(
+                    "a kept checkpoint changed while it was adopted (or could not be made immutable again)".into(),
+                ));
+            }
+            self.dir.fsync()?;
+            let file = self
+                .dir
+                .open_read(&data_name(&f.key))?
+                .ok_or_else(|| Error::Corrupt("an adopted copy vanished".into()))?;
+            let identity = Identity::of(&file)
+                .map_err(|e| Error::io("stat", self.dir.join(&data_name(&f.key)), e.into()))?;
+            self.write_record(&Record {
+                version: RECORD_VERSION,
+                key: f.key.hex(),
+                identity,
+                snapshots: [f.snapshot].into_iter().collect(),
+                kept: true,
+            })?;
+            Ok::<_, Error>(identity)
+        })();
+        let mut g = self.inner.lock();
+        g.building.remove(&f.key);
+        match result {
+            Ok(identity) => {
+                let now = SystemTime::now();
+                g.bytes = g.bytes.saturating_add(identity.size);
+                g.entries.insert(
+                    f.key,
+                    Entry {
+                        state: State::Verified,
+                        kept: true,
+                        identity,
+                        snapshots: [f.snapshot].into_iter().collect(),
+                        last_used: now,
+                        touched: now,
+                    },
+                );
+                self.adopted.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                drop(g);
+                tracing::warn!("adopting a kept checkpoint into the materialization cache: {e}");
+                remove_copy(&self.dir, &f.key);
+            }
+        }
+        true
+    }
+
     /// An open was answered by passthrough from a fresh backing of a copy.
     pub fn served(&self) {
         self.passthrough_opens.fetch_add(1, Ordering::Relaxed);
@@ -604,6 +783,14 @@ impl Materializer {
             rejected: self.rejected.load(Ordering::Relaxed),
             failed: g.failed.len() as u64,
             evicted: self.evicted.load(Ordering::Relaxed),
+            kept_files: g.entries.values().filter(|e| e.kept).count() as u64,
+            kept_bytes: g
+                .entries
+                .values()
+                .filter(|e| e.kept)
+                .map(|e| e.identity.size)
+                .sum(),
+            adopted: self.adopted.load(Ordering::Relaxed),
         }
     }
 
@@ -698,6 +885,7 @@ impl Materializer {
                 key: f.key.hex(),
                 identity,
                 snapshots: [f.snapshot].into_iter().collect(),
+                kept: false,
             };
             self.write_record(&rec)?;
             Ok(identity)
@@ -712,6 +900,7 @@ impl Materializer {
                     f.key,
                     Entry {
                         state: State::Verified,
+                        kept: false,
                         identity,
                         snapshots: [f.snapshot].into_iter().collect(),
                         last_used: now,
