@@ -252,3 +252,86 @@ fn a_fault_at_any_step_of_forget_or_gc_keeps_every_kept_snapshot() {
         }
     }
 }
+
+/// Issue 30: kill -9 between a rotation's delete and the capture of the
+/// checkpoint it kept aside: after the restart the kept snapshot holds
+/// it, bitwise. A crash before the file was moved (its record written)
+/// leaves it where it was, and nothing half-kept is captured or served.
+#[test]
+fn a_crash_between_a_rotation_delete_and_its_capture_loses_no_version() {
+    for (point, moved) in [("keep-capture", true), ("keep-rename", false)] {
+        eprintln!("crash at {point}");
+        let (_tmp, backing, mnt, repo) = mount_dirs();
+        let r = repo.to_str().unwrap();
+        let args = ["--repo", r, "--every", "off", "--full-every", "off"];
+        let m = DaemonMount::start(&backing, &mnt, &args);
+        ok(&repo, &["snapshot", "--label", "base"]);
+        let pid = status(&repo)["pid"].as_u64().unwrap();
+        control::call(
+            &repo,
+            &Request::Failpoint {
+                name: point.into(),
+                actions: "1*return(crash)".into(),
+            },
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let data = common::bytes(5, 2 << 20);
+        fs::write(mnt.join("step-1.safetensors"), &data).unwrap();
+        // The job's rotation deletes it at once.
+        let rm = fs::remove_file(mnt.join("step-1.safetensors"));
+        let t0 = Instant::now();
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{point}: the daemon did not crash"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m.umount();
+        if moved {
+            assert!(rm.is_ok(), "{point}: {rm:?}");
+            assert!(!backing.join("step-1.safetensors").exists());
+        } else {
+            // The daemon died inside the unlink: it failed, and the file
+            // is where it was.
+            assert!(rm.is_err(), "{point}");
+            assert!(fs::read(backing.join("step-1.safetensors")).unwrap() == data);
+        }
+        let m2 = DaemonMount::start(&backing, &mnt, &args);
+        let t0 = Instant::now();
+        loop {
+            let f = &status(&repo)["flusher"];
+            if f["kept_pending"] == 0 && f["state"] == "idle" {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "{point}: {f}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let list: serde_json::Value =
+            serde_json::from_str(&ok(&repo, &["snapshots", "--json"])).unwrap();
+        let kept: Vec<&serde_json::Value> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["label"].as_str().is_some_and(|l| l.starts_with("kept: ")))
+            .collect();
+        if moved {
+            assert_eq!(kept.len(), 1, "{point}: {list}");
+            let name = kept[0]["name"].as_str().unwrap();
+            let got =
+                fs::read(mnt.join(".snapshots").join(name).join("step-1.safetensors")).unwrap();
+            assert!(got == data, "{point}: the kept version differs");
+        } else {
+            assert!(kept.is_empty(), "{point}: {list}");
+            ok(&repo, &["snapshot", "--label", "after"]);
+            let got = fs::read(mnt.join(".snapshots/latest/step-1.safetensors")).unwrap();
+            assert!(got == data, "{point}: the file differs");
+        }
+        m2.umount();
+        let left: Vec<_> = fs::read_dir(repo.join("keep")).unwrap().collect();
+        assert!(left.is_empty(), "{point}: {left:?}");
+        let v = ok(&repo, &["verify", "--read-data"]);
+        assert!(v.starts_with("ok:"), "{point}: {v}");
+    }
+}
