@@ -1,5 +1,5 @@
 """A Hugging Face ``transformers`` callback: after each checkpoint save,
-take a rewindfs snapshot labelled with the step.
+take a rewindfs snapshot labelled with the run and the step.
 
     from rewindfs.hf import RewindfsCallback
     trainer = Trainer(..., callbacks=[RewindfsCallback()])
@@ -25,12 +25,14 @@ class RewindfsCallback(_Base):
     def __init__(
         self,
         path: Optional[str] = None,
-        label: str = "step-{step}",
+        label: str = "{run} step-{step}",
         kind: Optional[str] = None,
         strict: bool = False,
     ):
         """``path``: any path inside the mount (default: the trainer's
-        ``output_dir``); ``label``: formatted with ``step`` and ``epoch``."""
+        ``output_dir``); ``label``: formatted with ``run`` (``run_name``,
+        else the name of ``output_dir``: two jobs on one mount are told
+        apart), ``step`` and ``epoch``."""
         self._after = AfterSave(path, label, kind, strict)
 
     @property
@@ -41,9 +43,12 @@ class RewindfsCallback(_Base):
     def on_save(self, args, state, control, **kwargs):
         if not getattr(state, "is_world_process_zero", True):
             return control
+        out = getattr(args, "output_dir", None) or os.getcwd()
+        run = getattr(args, "run_name", None) or out
         self._after.snapshot(
-            getattr(args, "output_dir", None) or os.getcwd(),
+            out,
             state.global_step,
             epoch=getattr(state, "epoch", None),
+            run=os.path.basename(os.path.normpath(str(run))) or str(run),
         )
         return control

@@ -1,5 +1,5 @@
 """A PyTorch Lightning callback: after each checkpoint save, take a
-rewindfs snapshot labelled with the step.
+rewindfs snapshot labelled with the run and the step.
 
     from rewindfs.lightning import RewindfsLightningCallback
     trainer = L.Trainer(..., callbacks=[RewindfsLightningCallback()])
@@ -27,16 +27,28 @@ except ImportError:  # pragma: no cover
         _Base = object
 
 
+def _run_name(trainer, root: str) -> str:
+    """The logger's name/version_N, else the name of the root directory."""
+    logger = getattr(trainer, "logger", None)
+    name = getattr(logger, "name", None) if logger is not None else None
+    if name:
+        version = getattr(logger, "version", None)
+        return f"{name}/version_{version}" if isinstance(version, int) else f"{name}/{version}" if version else str(name)
+    return os.path.basename(os.path.normpath(root)) or root
+
+
 class RewindfsLightningCallback(_Base):
     def __init__(
         self,
         path: Optional[str] = None,
-        label: str = "step-{step}",
+        label: str = "{run} step-{step}",
         kind: Optional[str] = None,
         strict: bool = False,
     ):
         """``path``: any path inside the mount (default: the trainer's
-        ``default_root_dir``)."""
+        ``default_root_dir``); ``label``: formatted with ``run`` (the
+        logger's name and version when there is a logger, else the name of
+        ``default_root_dir``) and ``step``."""
         self._after = AfterSave(path, label, kind, strict)
         self.pending: Optional[int] = None
 
@@ -53,7 +65,8 @@ class RewindfsLightningCallback(_Base):
         if self.pending is None:
             return
         step, self.pending = self.pending, None
-        self._after.snapshot(getattr(trainer, "default_root_dir", None) or os.getcwd(), step)
+        root = getattr(trainer, "default_root_dir", None) or os.getcwd()
+        self._after.snapshot(root, step, run=_run_name(trainer, root))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._flush(trainer)

@@ -79,13 +79,15 @@ state.epoch = 0.5
 control = handler.on_save(Args(), state, TrainerControl())
 assert isinstance(control, TrainerControl)
 labels = [s["label"] for s in rewindfs.snapshots(mnt)]
-assert "step-7" in labels, labels
-assert cb.taken and cb.taken[-1]["label"] == "step-7"
+# The run (the output directory's name) and the step.
+run = os.path.basename(ckpt)
+assert f"{run} step-7" in labels, labels
+assert cb.taken and cb.taken[-1]["label"] == f"{run} step-7"
 # Not on the main process: no snapshot.
 state.global_step = 8
 state.is_world_process_zero = False
 handler.on_save(Args(), state, TrainerControl())
-assert "step-8" not in [s["label"] for s in rewindfs.snapshots(mnt)]
+assert f"{run} step-8" not in [s["label"] for s in rewindfs.snapshots(mnt)]
 # Outside a mount: a warning, training goes on.
 Args.output_dir = "/"
 state.is_world_process_zero = True
@@ -108,7 +110,24 @@ n = len(rewindfs.snapshots(mnt))
 lcb.on_save_checkpoint(Trainer, None, {})
 assert len(rewindfs.snapshots(mnt)) == n, "no snapshot before the write"
 lcb.on_train_batch_end(Trainer, None, None, None, 0)
-assert rewindfs.snapshots(mnt)[-1]["label"] == "step-9"
+assert rewindfs.snapshots(mnt)[-1]["label"] == f"{run} step-9"
 lcb.on_fit_end(Trainer, None)
 assert len(rewindfs.snapshots(mnt)) == n + 1, "one snapshot per save"
+# Two jobs on one mount are told apart by the run: a run name (HF), a
+# logger's name and version (Lightning).
+class Named(Args):
+    output_dir = ckpt
+    run_name = "llama-sft"
+state.global_step = 11
+handler.on_save(Named(), state, TrainerControl())
+assert rewindfs.snapshots(mnt)[-1]["label"] == "llama-sft step-11"
+class Logger:
+    name = "lightning_logs"
+    version = 3
+class Logged(Trainer):
+    global_step = 12
+    logger = Logger()
+lcb.on_save_checkpoint(Logged, None, {})
+lcb.on_train_batch_end(Logged, None, None, None, 0)
+assert rewindfs.snapshots(mnt)[-1]["label"] == "lightning_logs/version_3 step-12"
 print("python client ok")
