@@ -44,11 +44,16 @@ export OPENBLAS_NUM_THREADS=1
 vb="python3 scripts/lib/views_bench.py"
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 mkdir -p "$WORK" "$(dirname "$OUT")"
-src=${SRC:-$WORK/src}
-if [ "$(cat "$src/.dataset" 2>/dev/null)" != "v3 $SIZE_MIB" ]; then
-  rm -rf "$src"; mkdir -p "$src"
-  $vb gen "$src" "$SIZE_MIB"
-  echo "v3 $SIZE_MIB" > "$src/.dataset"
+# SRC: a dataset made by views_bench.py gen (bench-views.sh passes its own).
+if [ -n "${SRC:-}" ]; then
+  src=$SRC
+else
+  src=$WORK/src
+  if [ "$(cat "$WORK/.dataset" 2>/dev/null)" != "v3 $SIZE_MIB" ]; then
+    rm -rf "$src"; mkdir -p "$src"
+    $vb gen "$src" "$SIZE_MIB"
+    echo "v3 $SIZE_MIB" > "$WORK/.dataset"
+  fi
 fi
 b=$WORK/backing; m=$WORK/mnt-live; repo=$WORK/repo
 cleanup() {

@@ -31,7 +31,8 @@
 # Then (EPOCH=1, the default; EPOCH=0 skips it) DataLoader-style epochs
 # over a dataset version: scripts/bench-epoch.sh with TARGETS="native
 # view snapshot" (the live mount's .snapshots/latest, mount-snapshot),
-# its table appended to $OUT.
+# its table appended to $OUT; and (KEPT=1, the default) the checkpoint
+# versions benchmark, scripts/bench-kept.sh, on the same dataset.
 #
 # Needs root (drops the page cache, mounts, passthrough), restic,
 # borgbackup, fuse3, python3 with numpy and safetensors (installed when
@@ -239,4 +240,13 @@ cpg() { python3 -c "print(f'{$(med "$1") / $2:.2f}')"; }
 if [ "${EPOCH:-1}" = 1 ]; then
   OUT=$WORK/epoch.md REWINDFS_BIN=$rw BENCH_DIR=$WORK/epoch TARGETS="native view snapshot" scripts/bench-epoch.sh
   { echo; echo "DataLoader-style epochs over a snapshot (scripts/bench-epoch.sh):"; echo; cat "$WORK/epoch.md"; } >> "$OUT"
+fi
+
+# Checkpoint versions (issue 30): first reads of the newest and of a
+# rotated-away checkpoint from a live mount's .snapshots, the kept
+# versions' extra writes, a save-heavy loop (scripts/bench-kept.sh; KEPT=0
+# skips it). Same dataset.
+if [ "${KEPT:-1}" = 1 ]; then
+  OUT=$WORK/kept.md REWINDFS_BIN=$rw BENCH_DIR=$WORK/kept SRC=$src SIZE_MIB=$SIZE_MIB ROUNDS=$ROUNDS scripts/bench-kept.sh
+  { echo; echo "Checkpoint versions on a live mount (scripts/bench-kept.sh):"; echo; cat "$WORK/kept.md"; } >> "$OUT"
 fi
