@@ -163,6 +163,14 @@ impl LiveMount {
     pub fn stop(mut self, final_snapshot: bool) -> Result<Option<SnapshotRecord>> {
         self.unmount();
         let last = self.flusher.stop(final_snapshot);
+        // Kept checkpoints served from the cache are made mutable again
+        // (see `Materializer::release`).
+        if let Some(m) = self.views.as_ref().and_then(|v| v.materialize.as_ref()) {
+            m.release();
+        }
+        if let Some(k) = self.tracker.keeper() {
+            k.release();
+        }
         if let Some(p) = self.persister.take() {
             p.stop()?;
         }

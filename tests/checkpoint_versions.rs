@@ -232,5 +232,37 @@ fn a_snapshot_reader_never_sees_a_later_write() {
         .unwrap();
     assert!(back == a);
     drop(reader);
+    drop(direct);
+    m.umount();
+    // Stopped: the served kept file is mutable again (the repository can
+    // be deleted like any directory).
+    let copies: Vec<std::path::PathBuf> = fs::read_dir(repo.join("cache/materialized"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "data"))
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let immutable = |p: &Path| {
+        let f = fs::File::open(p).unwrap();
+        rustix::fs::ioctl_getflags(&f)
+            .unwrap()
+            .contains(rustix::fs::IFlags::IMMUTABLE)
+    };
+    assert!(!immutable(&copies[0]));
+    // Mounted again: read back against its chunks (made immutable first),
+    // and served again.
+    let m = DaemonMount::start(
+        &backing,
+        &mnt,
+        &["--repo", r, "--every", "off", "--full-every", "off"],
+    );
+    assert!(fs::read(&snap).unwrap() == a);
+    wait_for("the kept copy to be immutable again", 60, || {
+        immutable(&copies[0])
+    });
+    assert!(fs::read(&snap).unwrap() == a);
+    let st = status(&repo);
+    assert_eq!(st["materialized"]["kept_files"], 1, "{st}");
+    assert_eq!(st["materialized"]["rejected"], 0, "{st}");
     m.umount();
 }

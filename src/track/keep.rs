@@ -432,6 +432,15 @@ impl Keeper {
         Some(k)
     }
 
+    /// The daemon stops: files still waiting are made mutable again (so
+    /// that the repository can be deleted like any directory); the next
+    /// start makes them immutable before they are captured.
+    pub fn release(&self) {
+        for k in self.inner.lock().pending.values() {
+            let _ = set_immutable(&k.fd, false);
+        }
+    }
+
     /// Drop the record of `id` (its data file was adopted).
     pub fn forget(&self, id: u64) {
         let _ = self.dir.remove_file(&record_name(id));

@@ -111,6 +111,10 @@ impl Tracker {
     pub fn set_keeper(&self, k: Arc<super::keep::Keeper>) {
         let _ = self.state.keeper.set(k);
     }
+
+    pub fn keeper(&self) -> Option<&Arc<super::keep::Keeper>> {
+        self.state.keeper.get()
+    }
 }
 
 /// What the filesystem may do: record changes as they happen.

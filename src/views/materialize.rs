@@ -301,17 +301,7 @@ impl Drop for Materializer {
     /// disk at the next start is read back in full before it is served,
     /// and made immutable again if it is a kept one.)
     fn drop(&mut self) {
-        let kept: Vec<Key> = self
-            .inner
-            .lock()
-            .entries
-            .iter()
-            .filter(|(_, e)| e.kept)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in kept {
-            clear_immutable(&self.dir, &data_name(&k));
-        }
+        self.release();
     }
 }
 
@@ -742,6 +732,41 @@ impl Materializer {
         true
     }
 
+    /// The daemon stops: adopted kept checkpoints are made mutable again
+    /// (so that the repository can be deleted like any directory), their
+    /// records naming their identity since. At the next start they are
+    /// made immutable again before they are read back and served.
+    pub fn release(&self) {
+        let kept: Vec<(Key, BTreeSet<u64>)> = self
+            .inner
+            .lock()
+            .entries
+            .iter()
+            .filter(|(_, e)| e.kept)
+            .map(|(k, e)| (*k, e.snapshots.clone()))
+            .collect();
+        for (k, snapshots) in kept {
+            clear_immutable(&self.dir, &data_name(&k));
+            let Ok(Some(f)) = self.dir.open_read(&data_name(&k)) else {
+                continue;
+            };
+            let Ok(identity) = Identity::of(&f) else {
+                continue;
+            };
+            let _ = self.write_record(&Record {
+                version: RECORD_VERSION,
+                key: k.hex(),
+                identity,
+                snapshots,
+                kept: true,
+            });
+            if let Some(e) = self.inner.lock().entries.get_mut(&k) {
+                e.identity = identity;
+                e.state = State::Unverified;
+            }
+        }
+    }
+
     /// An open was answered by passthrough from a fresh backing of a copy.
     pub fn served(&self) {
         self.passthrough_opens.fetch_add(1, Ordering::Relaxed);
@@ -932,11 +957,47 @@ impl Materializer {
     /// Read a copy found on disk back and compare every block with its
     /// chunk id; a copy that differs is deleted.
     fn verify(&self, f: &FileRef) -> Result<bool> {
-        let identity = match self.inner.lock().entries.get(&f.key) {
-            Some(e) => e.identity,
+        let (mut identity, kept, snapshots) = match self.inner.lock().entries.get(&f.key) {
+            Some(e) => (e.identity, e.kept, e.snapshots.clone()),
             None => return Ok(false),
         };
+        let mut usable = true;
+        if kept {
+            // An adopted kept checkpoint is immutable again before it is
+            // read back: what is checked is what is served (a descriptor
+            // opened on it before it was kept could write to it while it
+            // was mutable).
+            let again = (|| -> Option<Identity> {
+                let file = self.dir.open_read(&data_name(&f.key)).ok()??;
+                let before = Identity::of(&file).ok()?;
+                crate::track::keep::set_immutable_open(&file, true).ok()?;
+                let after = Identity::of(&file).ok()?;
+                (before == identity
+                    && (after.ino, after.size, after.mtime_ns)
+                        == (identity.ino, identity.size, identity.mtime_ns))
+                    .then_some(after)
+            })();
+            match again {
+                Some(a) => {
+                    identity = a;
+                    if let Some(e) = self.inner.lock().entries.get_mut(&f.key) {
+                        e.identity = a;
+                    }
+                    self.write_record(&Record {
+                        version: RECORD_VERSION,
+                        key: f.key.hex(),
+                        identity: a,
+                        snapshots,
+                        kept: true,
+                    })?;
+                }
+                None => usable = false,
+            }
+        }
         let ok = (|| -> Result<bool> {
+            if !usable {
+                return Ok(false);
+            }
             let Some(mut file) = self.dir.open_read(&data_name(&f.key))? else {
                 return Ok(false);
             };
