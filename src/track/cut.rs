@@ -524,10 +524,8 @@ pub fn kept_cut(
     };
     let root = FileKey { dev, ino: 0 };
     for k in kept {
-        let st = match state_of(&k.fd, None) {
-            Ok(s) if matches!(s.kind, ObjKind::File { .. }) => s,
-            _ => continue,
-        };
+        // (Keeper::pending hands only regular files of the kept inode.)
+        let st = state_of(&k.fd, None)?;
         let path = k.rec.path.clone();
         if path.is_empty() || added.contains(&path) {
             // (Two kept files of one path: the later one waits for the
@@ -588,6 +586,9 @@ pub fn kept_cut(
         let db = b.path.iter().filter(|c| **c == b'/').count();
         (da, &a.path).cmp(&(db, &b.path))
     });
+    if ids.is_empty() {
+        return Err(Error::InvalidInput("no kept checkpoint to capture".into()));
+    }
     Ok((
         CutInfo {
             epoch: 0,

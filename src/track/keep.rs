@@ -398,9 +398,25 @@ impl Keeper {
         Ok(())
     }
 
-    /// What waits for a kept snapshot, in the order kept.
+    /// What waits for a kept snapshot, in the order kept. A file that is
+    /// no longer the regular file kept (nothing but root can make it so)
+    /// is dropped here, so that it never holds the others up.
     pub fn pending(&self) -> Vec<Kept> {
-        self.inner.lock().pending.values().cloned().collect()
+        let all: Vec<Kept> = self.inner.lock().pending.values().cloned().collect();
+        let (good, bad): (Vec<Kept>, Vec<Kept>) = all.into_iter().partition(|k| {
+            rustix::fs::fstat(&*k.fd).is_ok_and(|st| {
+                st.st_ino == k.rec.ino && crate::util::sys::file_type(st.st_mode) == libc::S_IFREG
+            })
+        });
+        for k in bad {
+            tracing::warn!(
+                path = %crate::snapshot::manifest::display_path(&k.rec.path),
+                "a kept checkpoint changed type or vanished: dropped"
+            );
+            self.inner.lock().pending.remove(&k.rec.id);
+            self.discard(k.rec.id);
+        }
+        good
     }
 
     pub fn has_pending(&self) -> bool {
