@@ -94,6 +94,22 @@ kept_path() {
   done
   echo "rot/$1 is in no snapshot" >&2; return 1
 }
+# modcopy SRC DST: copy with 4 KiB in the middle inverted (a safetensors
+# file stays valid: its header is at the start).
+modcopy() {
+  python3 - "$1" "$2" <<'PY'
+import sys
+src, dst = sys.argv[1], sys.argv[2]
+with open(src, "rb") as f:
+    data = f.read()
+mid = len(data) // 2
+b = bytearray(data[mid:mid + 4096])
+for i in range(len(b)):
+    b[i] ^= 0xFF
+with open(dst, "wb") as o:
+    o.write(data[:mid]); o.write(b); o.write(data[mid + 4096:])
+PY
+}
 declare -A T C
 rec() { T[$1]+="$2 "; C[$1]+="${3:-0} "; }
 read1() { local o; o=$($vb read "$1"); echo "$o"; }
@@ -104,9 +120,11 @@ for round in $(seq 1 "$ROUNDS"); do
   # on-close snapshot.
   for n in "${!SRCF[@]}"; do cp "${src}/${SRCF[$n]}" "$m/ckpt/$n"; done
   wait_settled
-  # Rotated away before any snapshot held them.
+  # Rotated away before any snapshot held them: versions that differ
+  # from the newest by 4 KiB in the middle (a version whose content equals
+  # another's shares its materialized copy, and would not be measured).
   w0=$(wbytes); p0=$(packs)
-  for n in "${!SRCF[@]}"; do cp "${src}/${SRCF[$n]}" "$m/rot/$n" && rm "$m/rot/$n"; done
+  for n in "${!SRCF[@]}"; do modcopy "${src}/${SRCF[$n]}" "$m/rot/$n" && rm "$m/rot/$n"; done
   w1=$(wbytes); wait_settled; w2=$(wbytes); p1=$(packs)
   rec "daemon writes" "$((w2 - w0))"; rec "pack bytes" "$((p1 - p0))"
   rec "kept files" "$("$rw" status --repo "$repo" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["materialized"]["kept_files"])')"

@@ -266,3 +266,43 @@ fn a_snapshot_reader_never_sees_a_later_write() {
     assert_eq!(st["materialized"]["rejected"], 0, "{st}");
     m.umount();
 }
+
+/// A job saving under one name (Lightning's `last.ckpt`, `torch.save` of
+/// `latest.pt`: truncated and written again) faster than the settle
+/// time: each rewrite waits for a snapshot that holds the version it
+/// replaces, so every version is in some snapshot.
+#[test]
+fn a_checkpoint_rewritten_under_its_name_keeps_every_version() {
+    let (_tmp, backing, mnt, repo) = mount_dirs();
+    let r = repo.to_str().unwrap();
+    let m = DaemonMount::start(
+        &backing,
+        &mnt,
+        &["--repo", r, "--every", "off", "--full-every", "off"],
+    );
+    ok(&repo, &["snapshot", "--label", "base"]);
+    let versions: Vec<Vec<u8>> = (0..5).map(|i| bytes(10 + i, 1 << 20)).collect();
+    for v in &versions {
+        // File::create: O_TRUNC on the same name, right after the last.
+        fs::write(mnt.join("last.ckpt"), v).unwrap();
+    }
+    wait_for("the flusher to settle", 60, || settled(&repo));
+    let list = snapshots(&repo);
+    for (i, v) in versions.iter().enumerate() {
+        let found = list.iter().any(|s| {
+            let n = s["name"].as_str().unwrap();
+            fs::read(mnt.join(".snapshots").join(n).join("last.ckpt")).is_ok_and(|got| got == *v)
+        });
+        assert!(
+            found,
+            "version {i} of last.ckpt is in no snapshot: {list:?}"
+        );
+    }
+    assert!(
+        list.iter().any(|s| s["label"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("before rewrite: last.ckpt"))),
+        "{list:?}"
+    );
+    m.umount();
+}

@@ -32,6 +32,7 @@ use crate::repo::{ChunkWriter, NextRunStatus, Planned, Repository, SnapshotDraft
 use crate::snapshot::dirs::DirMemo;
 use crate::snapshot::{Kind, SnapshotRecord, Tree};
 use crate::track::cut;
+use crate::track::events::CaptureAsk;
 use crate::track::reconcile::{ReconcileReport, SnapshotDirs};
 use crate::track::{FileKey, Freezer, FsEvent, Objects};
 use crate::util::time;
@@ -112,6 +113,8 @@ enum Cmd {
         reply: Sender<Result<SnapshotRecord>>,
     },
     Event(FsEvent),
+    /// A checkpoint is about to be rewritten (see `CaptureAsk`).
+    Ask(CaptureAsk),
     Stop {
         final_snapshot: bool,
         reply: Sender<Result<Option<SnapshotRecord>>>,
@@ -187,6 +190,13 @@ impl Flusher {
         } else {
             ctx.track.subscribe(4096)
         };
+        // Rewrites of checkpoints no snapshot holds yet wait for one
+        // (only with checkpoint versions on: a keeper is set).
+        let ask_rx = if ctx.track.keeper().is_some() {
+            ctx.track.listen_asks(256)
+        } else {
+            crossbeam_channel::never()
+        };
         let status = Arc::new(Mutex::new(FlusherStatus {
             state: "idle".into(),
             ..Default::default()
@@ -198,7 +208,7 @@ impl Flusher {
         };
         let thread = std::thread::Builder::new()
             .name("flusher".into())
-            .spawn(move || run(ctx, rx, ev_rx, out))
+            .spawn(move || run(ctx, rx, ev_rx, ask_rx, out))
             .map_err(|e| Error::io("start flusher", "", e))?;
         Ok(Flusher {
             tx,
@@ -248,7 +258,13 @@ struct Report {
     events: Arc<Broadcast>,
 }
 
-fn run(ctx: FlusherCtx, rx: Receiver<Cmd>, ev_rx: Receiver<FsEvent>, out: Report) {
+fn run(
+    ctx: FlusherCtx,
+    rx: Receiver<Cmd>,
+    ev_rx: Receiver<FsEvent>,
+    ask_rx: Receiver<CaptureAsk>,
+    out: Report,
+) {
     let status = &out.status;
     // What the check read of the latest snapshot is the next snapshot's
     // base: its root and directory references (or, for an older format,
@@ -332,6 +348,7 @@ fn run(ctx: FlusherCtx, rx: Receiver<Cmd>, ev_rx: Receiver<FsEvent>, out: Report
         let cmd = crossbeam_channel::select! {
             recv(rx) -> m => m.ok(),
             recv(ev_rx) -> e => e.ok().map(Cmd::Event),
+            recv(ask_rx) -> a => a.ok().map(Cmd::Ask),
             default(timeout) => None,
         };
         match cmd {
@@ -348,6 +365,40 @@ fn run(ctx: FlusherCtx, rx: Receiver<Cmd>, ev_rx: Receiver<FsEvent>, out: Report
                 let _ = reply.send(r);
             }
             Some(Cmd::Event(e)) => sched.event(&e, sched.now()),
+            Some(Cmd::Ask(first)) => {
+                // Every checkpoint waiting to be rewritten: one snapshot.
+                let mut asks = vec![first];
+                asks.extend(ask_rx.try_iter());
+                take_kept(&ctx, &mut trees, &out, &mut kept_retry, true);
+                let journal = ctx.track.journal();
+                let (todo, done): (Vec<CaptureAsk>, Vec<CaptureAsk>) =
+                    asks.into_iter().partition(|a| journal.is_dirty(&a.key));
+                for a in done {
+                    let _ = a.reply.send(true);
+                }
+                if !todo.is_empty() {
+                    let paths: Vec<String> = todo
+                        .iter()
+                        .map(|a| String::from_utf8_lossy(&a.path).into_owned())
+                        .collect();
+                    let label = format!("before rewrite: {}", policy::label_of(&paths));
+                    let r = guarded_take(
+                        &ctx,
+                        &mut trees,
+                        &out,
+                        Some(Kind::Incremental),
+                        Some(label),
+                        false,
+                        "rewrite",
+                    );
+                    if let Ok(rec) = &r {
+                        sched.taken(rec, sched.now());
+                    }
+                    for a in todo {
+                        let _ = a.reply.send(r.is_ok());
+                    }
+                }
+            }
             Some(Cmd::Stop {
                 final_snapshot,
                 reply,

@@ -71,6 +71,10 @@ impl Default for LiveOptions {
     }
 }
 
+/// How long a rewrite of a checkpoint no snapshot holds yet waits for
+/// one (then it goes on, and that version is lost).
+pub const REWRITE_WAIT: Duration = Duration::from_secs(30);
+
 /// An entry reply: node id and attributes.
 pub struct Entry {
     pub attr: FileAttr,
@@ -888,6 +892,44 @@ impl LiveFs {
         }
     }
 
+    /// A checkpoint about to be rewritten (truncated on open) whose last
+    /// closed content no snapshot holds yet: wait (at most
+    /// [`REWRITE_WAIT`]) for a snapshot that holds it, so that no completed
+    /// checkpoint is lost to a job saving under the same name. Only with
+    /// checkpoint versions on (a keeper is set); never in a change.
+    fn capture_before_rewrite(&self, n: &Arc<Inode>) {
+        if self.track.keeper().is_none()
+            || n.kind != libc::S_IFREG
+            || !self.track.is_dirty(&n.key)
+            || self.track.is_held(&n.key)
+            || self.open_for_writing(&n.key)
+        {
+            return;
+        }
+        let Some(path) = n.fd().ok().and_then(|fd| self.rel_path_of(&*fd)) else {
+            return;
+        };
+        let name = path.rsplit(|b| *b == b'/').next().unwrap_or(&path).to_vec();
+        let folder = path
+            .rsplit(|b| *b == b'/')
+            .nth(1)
+            .filter(|_| path.contains(&b'/'))
+            .unwrap_or(b"");
+        if !(self.is_checkpoint(&name, || Some(path.clone())) || folder.starts_with(b"checkpoint-"))
+        {
+            return;
+        }
+        if !self
+            .track
+            .capture_before_rewrite(n.key, path.clone(), REWRITE_WAIT)
+        {
+            tracing::warn!(
+                path = %crate::snapshot::manifest::display_path(&path),
+                "a checkpoint is rewritten before a snapshot could hold its last version"
+            );
+        }
+    }
+
     /// Is a handle open for writing on the file `key`?
     fn open_for_writing(&self, key: &FileKey) -> bool {
         self.handles
@@ -1251,6 +1293,9 @@ impl LiveFs {
             // open::etxtbsy saw the open succeed in about 1 of 12 runs.)
             return Err(Errno::ETXTBSY);
         }
+        if truncating {
+            self.capture_before_rewrite(&n);
+        }
         // A writable open may truncate, or start bypassing the daemon
         // (`serve`): both are changes a cut must not split.
         let _change = write.then(|| self.track.change());
@@ -1326,6 +1371,11 @@ impl LiveFs {
     ) -> FsResult<(Entry, OpenReply)> {
         let p = self.node(parent)?;
         let name = name_bytes(name)?;
+        if flags & libc::O_TRUNC != 0 {
+            if let Some(n) = self.known_child(&p, name) {
+                self.capture_before_rewrite(&n);
+            }
+        }
         let _change = self.track.change();
         self.check_mutable(&p, name)?;
         let mut existing = None;

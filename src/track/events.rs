@@ -41,3 +41,40 @@ impl Events {
         rx
     }
 }
+
+/// A writer about to rewrite (truncate) a checkpoint whose last closed
+/// content no snapshot holds yet asks for a snapshot first, and waits for
+/// the answer: `true` once one holding it is committed.
+pub struct CaptureAsk {
+    pub key: FileKey,
+    /// The checkpoint's path (for the snapshot's label).
+    pub path: Vec<u8>,
+    pub reply: Sender<bool>,
+}
+
+/// Where such asks go (the flusher listens).
+#[derive(Default)]
+pub struct Asks {
+    tx: OnceLock<Sender<CaptureAsk>>,
+}
+
+impl Asks {
+    /// Ask for a snapshot holding `key` and wait at most `wait`; `false`
+    /// when nobody listens, it failed, or it took longer.
+    pub fn capture(&self, key: FileKey, path: Vec<u8>, wait: std::time::Duration) -> bool {
+        let Some(tx) = self.tx.get() else {
+            return false;
+        };
+        let (reply, rx) = bounded(1);
+        if tx.try_send(CaptureAsk { key, path, reply }).is_err() {
+            return false;
+        }
+        rx.recv_timeout(wait).unwrap_or(false)
+    }
+
+    pub fn listen(&self, capacity: usize) -> Receiver<CaptureAsk> {
+        let (tx, rx) = bounded(capacity);
+        let _ = self.tx.set(tx);
+        rx
+    }
+}

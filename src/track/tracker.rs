@@ -19,6 +19,8 @@ struct State {
     pins: pins::DirPins,
     cow: cow::Cow,
     events: Events,
+    /// Asks for a snapshot before a checkpoint is rewritten.
+    asks: super::events::Asks,
     /// Files open for writing on the checkpoint fast path (their writes
     /// bypass the daemon): key -> number of such opens.
     held: cut::OpenCount,
@@ -68,6 +70,7 @@ impl Tracker {
                 pins: pins::DirPins::default(),
                 cow: cow::Cow::default(),
                 events: Events::default(),
+                asks: Default::default(),
                 held: Default::default(),
                 closing: Default::default(),
                 bypass: Default::default(),
@@ -305,6 +308,19 @@ impl Recorder {
         self.state.keeper.get()
     }
 
+    /// Ask the flusher for a snapshot holding the file `key` (a
+    /// checkpoint about to be rewritten) and wait at most `wait` for it;
+    /// whether one was committed. Call it without being in a change (the
+    /// cut waits for changes).
+    pub fn capture_before_rewrite(
+        &self,
+        key: FileKey,
+        path: Vec<u8>,
+        wait: std::time::Duration,
+    ) -> bool {
+        self.state.asks.capture(key, path, wait)
+    }
+
     /// Is the file open on the checkpoint fast path now?
     pub fn is_held(&self, key: &FileKey) -> bool {
         self.state.held.lock().contains_key(key)
@@ -431,6 +447,15 @@ impl Freezer {
     /// Receive the filesystem's change events (one listener).
     pub fn subscribe(&self, capacity: usize) -> crossbeam_channel::Receiver<FsEvent> {
         self.state.events.subscribe(capacity)
+    }
+
+    /// Receive the asks for a snapshot before a checkpoint is rewritten
+    /// (one listener).
+    pub fn listen_asks(
+        &self,
+        capacity: usize,
+    ) -> crossbeam_channel::Receiver<super::events::CaptureAsk> {
+        self.state.asks.listen(capacity)
     }
 
     /// Mark what differs between the backing directory `root` and `tree`
