@@ -72,7 +72,7 @@ impl LiveMount {
         let tracker = Tracker::new(journal.clone());
         // Checkpoints deleted or replaced before a snapshot held them are
         // kept aside (when closing one takes a snapshot).
-        if cfg.policy.listens() && !tracker.untracked() {
+        if cfg.policy.checkpoint_snapshots && cfg.policy.listens() && !tracker.untracked() {
             use std::os::unix::fs::MetadataExt;
             let dev = std::fs::metadata(&cfg.backing)
                 .map_err(|e| Error::io("stat", &cfg.backing, e))?

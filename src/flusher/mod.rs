@@ -320,7 +320,7 @@ fn run(
     // Retention's errors become events once each.
     let mut retention_error: Option<String> = None;
     // When a failed kept snapshot is tried again.
-    let mut kept_retry: Option<Instant> = None;
+    let mut kept_retry: (Option<Instant>, Duration) = (None, Duration::ZERO);
     loop {
         let now = sched.now();
         let due = sched.next_due(now, retry_at);
@@ -775,14 +775,14 @@ fn take_kept(
     ctx: &FlusherCtx,
     trees: &mut Trees,
     out: &Report,
-    retry: &mut Option<Instant>,
+    retry: &mut (Option<Instant>, Duration),
     now: bool,
 ) {
     let Some(k) = ctx.track.keeper() else {
         return;
     };
     if !k.has_pending()
-        || (!now && retry.is_some_and(|r| Instant::now() < r))
+        || (!now && retry.0.is_some_and(|r| Instant::now() < r))
         || out.status.lock().last_snapshot.is_none()
     {
         return;
@@ -803,7 +803,7 @@ fn take_kept(
         KEPT_TRIGGER,
     ) {
         Ok(rec) => {
-            *retry = None;
+            *retry = (None, Duration::ZERO);
             tracing::info!(
                 "snapshot {}: {} checkpoint(s) removed before a snapshot held them",
                 rec.id,
@@ -811,8 +811,10 @@ fn take_kept(
             );
         }
         Err(e) => {
-            *retry = Some(Instant::now() + KEPT_RETRY);
-            tracing::warn!("capturing checkpoints kept aside (tried again in {KEPT_RETRY:?}): {e}");
+            // Backing off: 5 s, then twice as long each time, at most 5 min.
+            let backoff = (retry.1 * 2).clamp(KEPT_RETRY, Duration::from_secs(300));
+            *retry = (Some(Instant::now() + backoff), backoff);
+            tracing::warn!("capturing checkpoints kept aside (tried again in {backoff:?}): {e}");
         }
     }
 }

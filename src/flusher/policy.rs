@@ -281,6 +281,10 @@ impl Policy {
                 .map_err(|e| Error::InvalidInput(format!("bad --on-close glob {g:?}: {e}")))?;
         }
         p.checkpoint_patterns()?;
+        if !layers.iter().any(|l| l.settle_max.is_some()) {
+            // Not given: never shorter than a settle time that is.
+            p.settle_max = p.settle_max.max(p.settle);
+        }
         if p.settle_max < p.settle {
             return Err(Error::InvalidInput(format!(
                 "--settle-max ({}) is shorter than --settle ({}): give a longer one, or off",
@@ -899,22 +903,24 @@ const LABEL_NAMES: usize = 8;
 /// folder named once (`run/checkpoint-500/`) when several of its files
 /// were, or when it is a completed checkpoint folder.
 pub fn label_of(paths: &[String]) -> String {
-    let parent = |p: &str| p.rfind('/').map(|i| p[..i].to_string());
-    let mut names: Vec<String> = Vec::new();
+    fn parent(p: &str) -> Option<&str> {
+        p.rfind('/').map(|i| &p[..i])
+    }
+    let mut per_dir: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for p in paths {
-        let folder = parent(p).filter(|d| {
-            is_marker(p.as_bytes())
-                || paths
-                    .iter()
-                    .filter(|q| parent(q).as_deref() == Some(d.as_str()))
-                    .count()
-                    > 1
-        });
+        if let Some(d) = parent(p) {
+            *per_dir.entry(d).or_insert(0) += 1;
+        }
+    }
+    let mut names: Vec<String> = Vec::new();
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for p in paths {
+        let folder = parent(p).filter(|d| is_marker(p.as_bytes()) || per_dir[d] > 1);
         let name = match folder {
             Some(d) => format!("{d}/"),
             None => p.clone(),
         };
-        if !names.contains(&name) {
+        if seen.insert(name.clone()) {
             names.push(name);
         }
     }
@@ -1439,6 +1445,13 @@ mod tests {
         }])
         .unwrap_err();
         assert!(e.to_string().contains("--settle-max"), "{e}");
+        // A long settle time alone raises the longest wait with it.
+        let p = Policy::layered(&[&PolicyConfig {
+            settle: Some("30s".into()),
+            ..Default::default()
+        }])
+        .unwrap();
+        assert_eq!(p.settle_max, Duration::from_secs(30));
     }
 
     fn berlin() -> Zone {

@@ -74,6 +74,11 @@ impl Default for LiveOptions {
 /// How long a rewrite of a checkpoint no snapshot holds yet waits for
 /// one (then it goes on, and that version is lost).
 pub const REWRITE_WAIT: Duration = Duration::from_secs(30);
+/// FUSE threads that may wait for such a snapshot at once.
+const MAX_REWRITE_WAITERS: usize = 2;
+/// How long a keep or a rewrite waits for a checkpoint's writer, whose
+/// close began, to be released.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// An entry reply: node id and attributes.
 pub struct Entry {
@@ -244,6 +249,8 @@ pub struct LiveFs {
     path_backing: std::sync::atomic::AtomicU8,
     /// Why passthrough is not used, once the kernel said so.
     passthrough_note: Mutex<Option<String>>,
+    /// FUSE threads waiting for a snapshot before a checkpoint's rewrite.
+    rewrite_waiters: std::sync::atomic::AtomicUsize,
     /// The kernel leaves killing setuid/setgid on write and truncation to
     /// the daemon (`FUSE_HANDLE_KILLPRIV_V2` negotiated).
     killpriv: std::sync::atomic::AtomicBool,
@@ -387,6 +394,7 @@ impl LiveFs {
             passthrough_ok: std::sync::atomic::AtomicBool::new(opts.passthrough_reads),
             path_backing: std::sync::atomic::AtomicU8::new(PATH_BACKING_UNKNOWN),
             passthrough_note: Mutex::new(None),
+            rewrite_waiters: std::sync::atomic::AtomicUsize::new(0),
             killpriv: std::sync::atomic::AtomicBool::new(false),
             opts,
             notifier: Arc::new(OnceLock::new()),
@@ -839,14 +847,19 @@ impl LiveFs {
     /// the keep's outcome; `NotKept` when it is not such a file (or could
     /// not be kept: the caller then removes it as usual). Never an error:
     /// a delete does not fail because of this.
-    fn keep_aside(&self, parent: &Arc<Inode>, name: &[u8], victim: &Arc<Inode>) -> Outcome {
+    fn keep_aside(
+        &self,
+        parent: &Arc<Inode>,
+        name: &[u8],
+        victim: &Arc<Inode>,
+        deleting: bool,
+    ) -> Outcome {
         let Some(keeper) = self.track.keeper() else {
             return Outcome::NotKept;
         };
         if victim.kind != libc::S_IFREG
-            || !self.track.is_dirty(&victim.key)
-            || self.track.is_held(&victim.key)
-            || self.open_for_writing(&victim.key)
+            || !self.track.unsaved(&victim.key)
+            || !self.writers_gone(&victim.key)
         {
             return Outcome::NotKept;
         }
@@ -873,7 +886,7 @@ impl LiveFs {
         let folder = dir.rsplit(|b| *b == b'/').next().unwrap_or(&dir);
         let checkpoint = self.is_checkpoint(name, || Some(path.clone()))
             || (!dir.is_empty() && folder.starts_with(b"checkpoint-"))
-            || keeper.kept_from(&parent.key);
+            || (deleting && keeper.kept_from(&parent.key));
         if !checkpoint {
             return Outcome::NotKept;
         }
@@ -900,9 +913,8 @@ impl LiveFs {
     fn capture_before_rewrite(&self, n: &Arc<Inode>) {
         if self.track.keeper().is_none()
             || n.kind != libc::S_IFREG
-            || !self.track.is_dirty(&n.key)
-            || self.track.is_held(&n.key)
-            || self.open_for_writing(&n.key)
+            || !self.track.unsaved(&n.key)
+            || !self.writers_gone(&n.key)
         {
             return;
         }
@@ -919,10 +931,21 @@ impl LiveFs {
         {
             return;
         }
-        if !self
+        // At most MAX_REWRITE_WAITERS FUSE threads wait at once: the
+        // others keep serving the mount (a rewrite beyond them goes on).
+        if self.rewrite_waiters.fetch_add(1, Ordering::SeqCst) >= MAX_REWRITE_WAITERS {
+            self.rewrite_waiters.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!(
+                path = %crate::snapshot::manifest::display_path(&path),
+                "a checkpoint is rewritten before a snapshot could hold its last version (too many rewrites waiting)"
+            );
+            return;
+        }
+        let captured = self
             .track
-            .capture_before_rewrite(n.key, path.clone(), REWRITE_WAIT)
-        {
+            .capture_before_rewrite(n.key, path.clone(), REWRITE_WAIT);
+        self.rewrite_waiters.fetch_sub(1, Ordering::SeqCst);
+        if !captured {
             tracing::warn!(
                 path = %crate::snapshot::manifest::display_path(&path),
                 "a checkpoint is rewritten before a snapshot could hold its last version"
@@ -930,12 +953,34 @@ impl LiveFs {
         }
     }
 
-    /// Is a handle open for writing on the file `key`?
-    fn open_for_writing(&self, key: &FileKey) -> bool {
-        self.handles
-            .read()
-            .values()
-            .any(|h| h.writable && h.inode.key == *key)
+    /// No handle is open for writing on the file `key`: true at once, or
+    /// once the writers whose close began (a fast-path writer's FLUSH
+    /// came: its RELEASE follows close(2) a moment later) are released,
+    /// waiting at most [`CLOSE_WAIT`]; false while another writer has it
+    /// open.
+    fn writers_gone(&self, key: &FileKey) -> bool {
+        let t0 = std::time::Instant::now();
+        loop {
+            let (open, closing) = {
+                let handles = self.handles.read();
+                let mut open = false;
+                let mut closing = true;
+                for h in handles.values() {
+                    if h.writable && h.inode.key == *key {
+                        open = true;
+                        closing &= h.closing.load(Ordering::Relaxed);
+                    }
+                }
+                (open, closing)
+            };
+            if !open && !self.track.is_held(key) {
+                return true;
+            }
+            if !closing || t0.elapsed() >= CLOSE_WAIT {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// The path and metadata of every directory from the top down to
@@ -976,12 +1021,20 @@ impl LiveFs {
         let victim = self.known_child(&p, name);
         self.pin_before_move(&p, name);
         let kept = match &victim {
-            Some(v) if flags.is_empty() => self.keep_aside(&p, name, v),
+            Some(v) if flags.is_empty() => self.keep_aside(&p, name, v, true),
             _ => Outcome::NotKept,
         };
-        if kept == Outcome::NotKept {
-            rustix::fs::unlinkat(&*p.fd().or_errno()?, name, flags).or_errno()?;
+        let removed = p
+            .fd()
+            .or_errno()
+            .and_then(|fd| rustix::fs::unlinkat(&*fd, name, flags).or_errno());
+        if let (Outcome::Kept(id), Some(k)) = (kept, self.track.keeper()) {
+            match &removed {
+                Ok(()) => k.seal(id),
+                Err(_) => k.abandon(id),
+            }
         }
+        removed?;
         self.entry_changed(&p, name);
         if let Some(v) = victim {
             self.track.meta(&v.key);
@@ -1022,21 +1075,23 @@ impl LiveFs {
         // rename then finds the name free); put back if the rename fails.
         let kept = match (&replaced, &moved) {
             (Some(v), Some(m)) if rflags.is_empty() && v.key != m.key => {
-                self.keep_aside(&np, newname, v)
+                self.keep_aside(&np, newname, v, false)
             }
             _ => Outcome::NotKept,
         };
         if rflags.is_empty() {
-            let r =
-                rustix::fs::renameat(&*p.fd().or_errno()?, name, &*np.fd().or_errno()?, newname);
-            if let Err(e) = r {
-                if let (Outcome::Kept(id), Some(k)) = (kept, self.track.keeper()) {
-                    if let Err(pe) = k.put_back(id, &*np.fd().or_errno()?, newname) {
-                        tracing::error!("a kept checkpoint could not be put back after a failed rename ({pe}); it stays in the repository's keep directory");
-                    }
+            let r = p.fd().or_errno().and_then(|pfd| {
+                np.fd()
+                    .or_errno()
+                    .and_then(|npfd| rustix::fs::renameat(&*pfd, name, &*npfd, newname).or_errno())
+            });
+            if let (Outcome::Kept(id), Some(k)) = (kept, self.track.keeper()) {
+                match &r {
+                    Ok(()) => k.seal(id),
+                    Err(_) => k.abandon(id),
                 }
-                return Err(e).or_errno();
             }
+            r?;
         } else {
             rustix::fs::renameat_with(
                 &*p.fd().or_errno()?,

@@ -190,6 +190,16 @@ impl CowSet {
         })
     }
 
+    /// Whether this capture reads (or read) file `key`: registered by the
+    /// cut, read already, or any file of a full capture.
+    pub fn wants(&self, key: &FileKey) -> bool {
+        if self.all_files {
+            return true;
+        }
+        let files = self.files.read();
+        files.live.contains_key(key) || files.done.contains(key)
+    }
+
     /// A full capture is about to read a file the cut did not register:
     /// its size now is its size at the cut (any change since went through
     /// [`CowSet::before_change`], which would have registered it).

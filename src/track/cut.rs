@@ -519,8 +519,14 @@ pub fn kept_cut(
         if real != 0 && base.first_path(real).is_none() && inos.insert(real) {
             return real;
         }
-        synthetic += 1;
-        synthetic
+        // One no object of the base has (an earlier kept snapshot's own
+        // may still be there) and none given in this cut.
+        loop {
+            synthetic += 1;
+            if base.first_path(synthetic).is_none() && inos.insert(synthetic) {
+                return synthetic;
+            }
+        }
     };
     let root = FileKey { dev, ino: 0 };
     for k in kept {

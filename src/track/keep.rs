@@ -4,15 +4,17 @@
 //! deletes old checkpoints as soon as new ones are written, often before
 //! any snapshot was taken of them. A checkpoint deleted or replaced
 //! (renamed over) through the mount whose last closed content no snapshot
-//! holds yet is therefore moved, not removed:
+//! holds yet is therefore kept: hard-linked into the repository just
+//! before its name goes (so the unlink or rename stays atomic):
 //!
 //! ```text
 //! REPO/keep/              0700 (layout::KEEP)
 //!   <id>.rec              where it was: its path, the metadata of the
 //!                         directories above it (JSON; written, fsynced
 //!                         and renamed into place first)
-//!   <id>.data             the file itself: the same inode, renamed from
-//!                         BACKING (no byte copied), made immutable
+//!   <id>.data             the file itself: the same inode, linked from
+//!                         BACKING (no byte copied), made immutable once
+//!                         its name in BACKING is gone
 //! ```
 //!
 //! The repository must be on BACKING's filesystem (a rename cannot cross
@@ -27,10 +29,11 @@
 //! cache (a verified copy served by passthrough: the snapshot's version
 //! is read at native speed, with no second copy) or deleted.
 //!
-//! **Crashes.** The record is durable before the rename; a record whose
-//! data file is missing (the crash came before the rename) is dropped
-//! (the file is still at its path), a data file without a record cannot
-//! exist except as a leftover of a discard and is deleted. Pending files
+//! **Crashes.** The record is durable before the link; a record whose
+//! data file is missing, or has a second link (the crash came before the
+//! link, or before the name in BACKING was removed: the file is still at
+//! its path), is dropped with our link; a data file without a record can
+//! only be a leftover of a discard and is deleted. Pending files
 //! found when a daemon starts are captured by its first kept snapshot.
 //!
 //! **Immutability.** The file is made immutable (`FS_IMMUTABLE_FL`) as it
@@ -60,6 +63,8 @@ const RECORD_VERSION: u32 = 1;
 const RECORD_MAX: u64 = 1 << 20;
 /// Directories recently kept from (their other files are kept too).
 const RECENT_DIRS: usize = 1024;
+/// How long a directory counts as one a checkpoint was kept from.
+const RECENT_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `<id>.rec`: where a kept file was.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,14 +95,12 @@ pub struct Kept {
 /// What became of a file asked to be kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Moved aside under this id: the name is gone.
+    /// Linked into the keep directory under this id: remove the name as
+    /// asked, then [`Keeper::seal`] it (or [`Keeper::abandon`] it if the
+    /// removal failed).
     Kept(u64),
-    /// Another object was at the name when it was moved (a race with a
-    /// change made directly in BACKING): it was removed, as an unlink
-    /// would have, and nothing is kept.
-    Removed,
-    /// Nothing was done (e.g. the rename was refused): remove the name
-    /// as usual.
+    /// Nothing was done (not the file expected, a link refused...):
+    /// remove the name as usual.
     NotKept,
 }
 
@@ -105,9 +108,12 @@ pub enum Outcome {
 struct Inner {
     next: u64,
     pending: BTreeMap<u64, Kept>,
-    /// Directories files were kept from (their other files count as
-    /// parts of the same checkpoint).
-    dirs: HashSet<FileKey>,
+    /// Linked, waiting for the caller's unlink or rename (see `seal`).
+    linked: BTreeMap<u64, (KeptRecord, Arc<OwnedFd>, FileKey)>,
+    /// Directories files were kept from, and when (their other files
+    /// deleted within [`RECENT_FOR`] count as parts of the same
+    /// checkpoint).
+    dirs: std::collections::HashMap<FileKey, std::time::Instant>,
     /// Files kept by this daemon, and those captured since.
     kept_total: u64,
     captured_total: u64,
@@ -125,10 +131,6 @@ pub fn data_name(id: u64) -> String {
 
 fn record_name(id: u64) -> String {
     format!("{id}.rec")
-}
-
-fn io(op: &'static str, e: rustix::io::Errno) -> Error {
-    Error::io(op, "the keep directory", e.into())
 }
 
 /// Set or clear the immutable flag of the file an `O_PATH` descriptor
@@ -220,7 +222,11 @@ impl Keeper {
             let kept = rec.and_then(|rec| {
                 let fd = self.open_data(id).ok()?;
                 let st = rustix::fs::fstat(&fd).ok()?;
-                (st.st_ino == rec.ino && crate::util::sys::file_type(st.st_mode) == libc::S_IFREG)
+                // A second link: the crash came between the link and the
+                // caller's unlink, so the file is still at its path.
+                (st.st_ino == rec.ino
+                    && st.st_nlink == 1
+                    && crate::util::sys::file_type(st.st_mode) == libc::S_IFREG)
                     .then_some((rec, fd, st.st_size as u64))
             });
             match kept {
@@ -239,8 +245,12 @@ impl Keeper {
                     );
                 }
                 None => {
-                    // The crash came before the rename: the file is where
-                    // it was. (A data file of another inode is not ours.)
+                    // The crash came before the link, or before the
+                    // caller's unlink: the file is where it was. Only our
+                    // link goes (never made immutable: it may be a name
+                    // of a live file).
+                    let _ = self.dir.remove_file(&data_name(id));
+                    datas.remove(&id);
                     let _ = self.dir.remove_file(&record_name(id));
                 }
             }
@@ -295,12 +305,18 @@ impl Keeper {
     /// Was a file kept from directory `dir` (its other files then count
     /// as parts of the same checkpoint)?
     pub fn kept_from(&self, dir: &FileKey) -> bool {
-        self.inner.lock().dirs.contains(dir)
+        self.inner
+            .lock()
+            .dirs
+            .get(dir)
+            .is_some_and(|t| t.elapsed() < RECENT_FOR)
     }
 
     /// Keep `name` of the directory `dir` (key `dir_key`), which must be
-    /// the regular file `expect`, instead of removing it. `path` and
-    /// `dirs` say where it was (see [`KeptRecord`]).
+    /// the regular file `expect`, before the caller removes or replaces
+    /// it: a hard link in the keep directory, after the record is durable
+    /// (the caller's unlink or rename stays atomic: the name never goes
+    /// missing). `path` and `dirs` say where it was (see [`KeptRecord`]).
     pub fn keep(
         &self,
         dir: &OwnedFd,
@@ -325,77 +341,86 @@ impl Keeper {
         };
         let bytes = serde_json::to_vec(&rec)
             .map_err(|e| Error::Corrupt(format!("encoding a keep record: {e}")))?;
-        // Durable before the file moves: a kept file always has its record.
+        // Durable before the link: a kept file always has its record.
         self.dir.write_atomic(&record_name(id), &bytes)?;
         crate::util::fault::inject("keep-rename")?;
-        if let Err(e) = rustix::fs::renameat_with(
+        // (linkat without AT_SYMLINK_FOLLOW: a symlink put at the name is
+        // linked itself, never followed, and refused just below.)
+        if let Err(e) = rustix::fs::linkat(
             dir,
             name,
             self.dir.fd(),
             data_name(id).as_str(),
-            rustix::fs::RenameFlags::NOREPLACE,
+            rustix::fs::AtFlags::empty(),
         ) {
             let _ = self.dir.remove_file(&record_name(id));
-            tracing::debug!("keeping a checkpoint aside: rename refused ({e}): removed instead");
+            tracing::debug!("keeping a checkpoint aside: link refused ({e})");
             return Ok(Outcome::NotKept);
         }
-        let fd = self.open_data(id).map_err(|e| io("open", e))?;
-        let st = rustix::fs::fstat(&fd).map_err(|e| io("stat", e))?;
-        if FileKey::of(&st) != expect
-            || crate::util::sys::file_type(st.st_mode) != libc::S_IFREG
-            || st.st_nlink != 1
-        {
-            // Something else was put at the name meanwhile: it goes, as
-            // an unlink would have taken it.
+        let ours = self
+            .open_data(id)
+            .ok()
+            .and_then(|fd| rustix::fs::fstat(&fd).ok().map(|st| (fd, st)))
+            .filter(|(_, st)| {
+                FileKey::of(st) == expect
+                    && crate::util::sys::file_type(st.st_mode) == libc::S_IFREG
+            });
+        let Some((fd, _)) = ours else {
+            // Something else was put at the name meanwhile: not ours to
+            // keep (the name itself is untouched).
             let _ = self.dir.remove_file(&data_name(id));
             let _ = self.dir.remove_file(&record_name(id));
-            return Ok(Outcome::Removed);
-        }
-        let immutable = match set_immutable(&fd, true) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::debug!("a kept checkpoint could not be made immutable ({e}): it will not be served by passthrough");
-                false
-            }
+            return Ok(Outcome::NotKept);
         };
-        let size = rustix::fs::fstat(&fd)
+        self.inner
+            .lock()
+            .linked
+            .insert(id, (rec, Arc::new(fd), dir_key));
+        Ok(Outcome::Kept(id))
+    }
+
+    /// The name `id` was linked from is gone (the caller's unlink or
+    /// rename succeeded): the file waits for a kept snapshot, immutable
+    /// from now on (unless another name of it appeared meanwhile).
+    pub fn seal(&self, id: u64) {
+        let Some((rec, fd, dir_key)) = self.inner.lock().linked.remove(&id) else {
+            return;
+        };
+        let alone = rustix::fs::fstat(&*fd).is_ok_and(|s| s.st_nlink == 1);
+        let immutable = alone
+            && match set_immutable(&fd, true) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::debug!("a kept checkpoint could not be made immutable ({e}): it will not be served by passthrough");
+                    false
+                }
+            };
+        let size = rustix::fs::fstat(&*fd)
             .map(|s| s.st_size as u64)
-            .unwrap_or(st.st_size as u64);
+            .unwrap_or(0);
         let mut g = self.inner.lock();
         if g.dirs.len() >= RECENT_DIRS {
             g.dirs.clear();
         }
-        g.dirs.insert(dir_key);
+        g.dirs.insert(dir_key, std::time::Instant::now());
         g.kept_total += 1;
         g.pending.insert(
             id,
             Kept {
                 rec,
-                fd: Arc::new(fd),
+                fd,
                 size,
                 immutable,
             },
         );
-        Ok(Outcome::Kept(id))
     }
 
-    /// Put a kept file back at `dir/name` (the rename it made room for
-    /// failed): as if it had never been kept.
-    pub fn put_back(&self, id: u64, dir: &OwnedFd, name: &[u8]) -> Result<()> {
-        let kept = self.inner.lock().pending.remove(&id);
-        if let Some(k) = &kept {
-            let _ = set_immutable(&k.fd, false);
-        }
-        rustix::fs::renameat_with(
-            self.dir.fd(),
-            data_name(id).as_str(),
-            dir,
-            name,
-            rustix::fs::RenameFlags::NOREPLACE,
-        )
-        .map_err(|e| io("rename back", e))?;
+    /// The caller's unlink or rename failed: the link is removed, nothing
+    /// is kept.
+    pub fn abandon(&self, id: u64) {
+        self.inner.lock().linked.remove(&id);
+        let _ = self.dir.remove_file(&data_name(id));
         let _ = self.dir.remove_file(&record_name(id));
-        Ok(())
     }
 
     /// What waits for a kept snapshot, in the order kept. A file that is
@@ -516,7 +541,10 @@ mod tests {
         let Outcome::Kept(id) = out else {
             panic!("{out:?}")
         };
-        assert!(!backing.join("step-1.pt").exists());
+        // Linked: the name is the caller's to remove, then sealed.
+        assert!(backing.join("step-1.pt").exists());
+        std::fs::remove_file(backing.join("step-1.pt")).unwrap();
+        k.seal(id);
         assert!(k.kept_from(&dkey));
         assert_eq!(k.pending_totals(), (1, 7));
         let p = k.pending();
@@ -538,7 +566,33 @@ mod tests {
             .names()
             .unwrap()
             .is_empty());
-        // A record whose file never moved (a crash before the rename) is
+        // Linked but its name never removed (a crash between the two):
+        // dropped at the next start, and the file in BACKING is untouched
+        // (not made immutable).
+        std::fs::write(backing.join("step-2.pt"), b"v2").unwrap();
+        let expect = key_of(&bdir, "step-2.pt");
+        let out = k
+            .keep(
+                &bdir,
+                dkey,
+                b"step-2.pt",
+                b"data/step-2.pt".to_vec(),
+                Vec::new(),
+                expect,
+            )
+            .unwrap();
+        assert!(matches!(out, Outcome::Kept(_)), "{out:?}");
+        drop(k);
+        let k = Keeper::open(&repo, dev).unwrap().unwrap();
+        assert!(!k.has_pending());
+        assert!(repo
+            .open_dir(layout::KEEP)
+            .unwrap()
+            .names()
+            .unwrap()
+            .is_empty());
+        std::fs::write(backing.join("step-2.pt"), b"still writable").unwrap();
+        // A record whose file never moved (a crash before the link) is
         // dropped at the next start.
         let kd = repo.open_dir(layout::KEEP).unwrap();
         kd.write_atomic("9.rec", &serde_json::to_vec(&p[0].rec).unwrap())
@@ -549,7 +603,7 @@ mod tests {
     }
 
     #[test]
-    fn another_object_at_the_name_is_removed_not_kept() {
+    fn another_object_at_the_name_is_not_kept() {
         let t = tempfile::tempdir().unwrap();
         std::fs::create_dir(t.path().join("repo")).unwrap();
         let repo = Dir::open_path(&t.path().join("repo")).unwrap();
@@ -570,8 +624,14 @@ mod tests {
                 wrong,
             )
             .unwrap();
-        assert_eq!(out, Outcome::Removed);
-        assert!(!t.path().join("a.pt").exists() && t.path().join("b.pt").exists());
+        assert_eq!(out, Outcome::NotKept);
+        assert!(t.path().join("a.pt").exists() && t.path().join("b.pt").exists());
+        assert!(repo
+            .open_dir(layout::KEEP)
+            .unwrap()
+            .names()
+            .unwrap()
+            .is_empty());
         assert!(!k.has_pending());
         // A missing name: not kept, nothing left behind.
         let out = k

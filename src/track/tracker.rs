@@ -265,6 +265,13 @@ impl Recorder {
         self.state.journal.is_dirty(key)
     }
 
+    /// Is the file's last change in no committed snapshot yet: changed
+    /// since the last cut, or read by the capture running now (which may
+    /// still fail, or be cut short by kill -9)?
+    pub fn unsaved(&self, key: &FileKey) -> bool {
+        self.state.journal.is_dirty(key) || self.state.cow.get().is_some_and(|c| c.wants(key))
+    }
+
     /// Is a capture running (copy-before-write armed)?
     pub fn capturing(&self) -> bool {
         self.state.cow.get().is_some()
