@@ -20,7 +20,7 @@ LAYERS = [
     ["track", "remote"],
     ["repo"],
     ["index", "snapshot"],
-    ["store"],
+    ["store", "chunking"],
     ["util"],
     ["error"],
 ]

@@ -23,6 +23,7 @@
 
 pub mod advise;
 pub mod capture;
+pub mod chunking;
 pub mod daemon;
 pub mod error;
 pub mod flusher;
