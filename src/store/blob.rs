@@ -311,8 +311,8 @@ pub fn encode_with(
     let mut payload = None;
     // Tensors: split into byte planes when that beats plain zstd.
     if level > 0 && kind == BlobKind::Chunk {
-        if let Some((stride, mask)) = super::planes::plan(data) {
-            let p = super::planes::encode(data, stride, &mask, level);
+        if let Some(plan) = super::planes::plan(data) {
+            let p = super::planes::encode(data, &plan, level);
             if p.len() <= data.len() - data.len() / MIN_SAVING_DIVISOR {
                 payload = Some((Codec::Planes, p));
             }
