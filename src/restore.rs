@@ -77,7 +77,8 @@ struct FileJob {
     display: String,
     meta: Meta,
     blocks: Vec<ChunkId>,
-    size: u64,
+    /// Where each chunk lies (fixed blocks or content chunks).
+    spans: crate::snapshot::spans::Spans,
     remaining: AtomicUsize,
     failed: Mutex<Option<String>>,
     /// Held around each write: two workers writing one file at once make
@@ -687,7 +688,7 @@ pub fn restore(
         // Read, verify and write units on the workers; the last unit of a
         // file sets its metadata (or removes it if a block failed).
         let work = |_: &mut (), u: Unit| -> Option<String> {
-            let n = write_unit(repo, &u, bs);
+            let n = write_unit(repo, &u);
             written.fetch_add(n, Ordering::Relaxed);
             pb.inc(n);
             finish_if_last(&u.job, owners)
@@ -728,8 +729,9 @@ pub fn restore(
                                 name: split_parent(rel).1.to_vec(),
                                 display: display_path(rel),
                                 meta: (*meta).clone(),
+                                spans: crate::snapshot::spans::Spans::of(node, bs as u32)
+                                    .unwrap_or(crate::snapshot::spans::Spans::Ends(Vec::new())),
                                 blocks,
-                                size: *size,
                                 remaining: AtomicUsize::new(units.max(1) as usize),
                                 failed: Mutex::new(None),
                                 writing: Mutex::new(()),
@@ -797,7 +799,7 @@ pub fn restore(
 }
 
 /// Read, verify and write one unit. Returns the bytes written.
-fn write_unit(repo: &Repository, u: &Unit, bs: u64) -> u64 {
+fn write_unit(repo: &Repository, u: &Unit) -> u64 {
     let job = &u.job;
     if job.failed.lock().is_some() {
         return 0;
@@ -805,8 +807,8 @@ fn write_unit(repo: &Repository, u: &Unit, bs: u64) -> u64 {
     let mut n = 0;
     for b in u.first..u.first + u.count {
         let id = &job.blocks[b as usize];
-        let off = b * bs;
-        let want = (job.size - off).min(bs) as usize;
+        let (off, want) = job.spans.span(b as usize);
+        let want = want as usize;
         let data = match repo.read_blob(id) {
             Ok(d) => d,
             Err(e) => {

@@ -286,15 +286,19 @@ fn dir_damage(
                             size,
                             blocks,
                             segments,
+                            lens,
                             ..
                         } => {
                             let mut why = segments.iter().find_map(&mut *check);
                             if why.is_none() {
-                                match dirs::file_blocks(repo, size, blocks, &segments, block_size) {
+                                match dirs::file_blocks(
+                                    repo, size, blocks, lens, &segments, block_size,
+                                ) {
                                     Err(err) => why = Some(err.to_string()),
-                                    Ok(ids) => {
+                                    Ok(list) => {
                                         let mut seen = HashSet::new();
-                                        why = ids
+                                        why = list
+                                            .ids()
                                             .iter()
                                             .filter(|id| seen.insert(**id))
                                             .find_map(&mut *check);

@@ -428,9 +428,15 @@ fn diff_lists_what_changed_between_two_snapshots() {
             .find(|c| c["change"] == kind && c[key] == path)
             .unwrap_or_else(|| panic!("no {kind} of {path} in {v:#}"))
     };
+    // a.bin (3 MiB, read whole by the scan) is in content chunks: the
+    // rewritten MiB and at most the chunk on each side of it are new.
     let m = find("modified", "path", "ckpt/a.bin");
-    assert_eq!(m["changed_blocks"], 1, "{m}");
-    assert_eq!(m["changed_bytes"], 1 << 20);
+    let (n, b) = (
+        m["changed_blocks"].as_u64().unwrap(),
+        m["changed_bytes"].as_u64().unwrap(),
+    );
+    assert!((1..=8).contains(&n), "{m}");
+    assert!(((1 << 20)..=(3 << 20)).contains(&b), "{m}");
     assert_eq!(find("renamed", "to", "text")["from"], "txt");
     assert_eq!(find("removed", "path", "link")["kind"], "symlink");
     assert_eq!(find("added", "path", "ckpt/c.bin")["size"], 5000);
@@ -533,24 +539,28 @@ fn stats_show_what_each_snapshot_costs() {
     ok(&repo, &["init"]);
     let s = src.to_str().unwrap();
     ok(&repo, &["snapshot", "--source", s]);
-    // Block 1 of a.bin (random, so stored as is) replaced: each snapshot
-    // then holds exactly one 1 MiB chunk the other does not.
+    // Block 1 of a.bin (random, so stored as is) replaced: a.bin is in
+    // content chunks (read whole, more than a block), so each snapshot
+    // holds the chunks over that MiB that the other does not: the MiB and
+    // at most a chunk (one block) on each side.
     rewrite_block(&src.join("ckpt/a.bin"), 1, 7);
     ok(&repo, &["snapshot", "--source", s]);
     let v: serde_json::Value = serde_json::from_str(&ok(&repo, &["stats", "--json"])).unwrap();
     let snaps = v["snapshots"].as_array().unwrap();
     assert_eq!(snaps.len(), 2, "{v:#}");
     for (s, chain) in snaps.iter().zip([1, 2]) {
-        assert_eq!(s["unique_bytes"], 1 << 20, "{v:#}");
+        let u = s["unique_bytes"].as_u64().unwrap();
+        assert!(((1 << 20)..=(3 << 20)).contains(&u), "{v:#}");
         assert_eq!(s["chain_len"], chain, "{v:#}");
         assert_eq!(s["files"], 22, "{v:#}");
     }
     assert_eq!(v["snapshots_by_kind"]["full"], 1);
     assert_eq!(v["snapshots_by_kind"]["incremental"], 1);
     assert_eq!(v["unreferenced_chunks"], 0);
-    // Two snapshots of nearly the same data: about 2x deduplication.
+    // Two snapshots of nearly the same data: 1.4x to 2x deduplication
+    // (the rewritten MiB and the content chunks around it are new).
     let dedup = v["dedup_ratio"].as_f64().unwrap();
-    assert!(dedup > 1.6 && dedup < 2.0, "{dedup}");
+    assert!(dedup > 1.4 && dedup < 2.0, "{dedup}");
     assert!(v["pack_bytes"].as_u64().unwrap() >= v["stored_bytes"].as_u64().unwrap());
     // One snapshot, and the text form.
     let one: serde_json::Value =

@@ -222,9 +222,12 @@ fn a_damaged_chunk_gives_eio_on_its_range_only() {
         fs::write(b.join("b.bin"), bytes(11, 2 * BS as usize)).unwrap();
     });
     let rec = m.snapshot(Kind::Full);
-    // Flip a byte inside block 1 of a.bin, in the pack.
+    // Flip a byte inside chunk 1 of a.bin, in the pack.
     let tree = m.repo.resolve(&rec).unwrap();
     let (_, node) = tree.get(b"a.bin").unwrap();
+    // (a.bin is in content chunks: three blocks, read whole.)
+    let spans = rewindfs::snapshot::spans::Spans::of(node, BS).unwrap();
+    let ((one, _), (two, _)) = (spans.span(1), spans.span(2));
     let id = rewindfs::snapshot::Tree::blocks_of(node)[1];
     let loc = m.repo.index().get_chunk(&id).unwrap().unwrap();
     let pack = m.repo.pack_reader().pack_path(loc.pack);
@@ -236,13 +239,11 @@ fn a_damaged_chunk_gives_eio_on_its_range_only() {
     let mut buf = vec![0u8; 1000];
     a.read_exact_at(&mut buf, 0).unwrap();
     assert_eq!(buf, bytes(10, 1000));
-    let e = a.read_exact_at(&mut buf, BS as u64 + 10).unwrap_err();
+    let e = a.read_exact_at(&mut buf, one + 10).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
-    a.read_exact_at(&mut buf, 2 * BS as u64).unwrap();
-    assert_eq!(
-        buf,
-        bytes(10, 3 * BS as usize)[2 * BS as usize..2 * BS as usize + 1000]
-    );
+    a.read_exact_at(&mut buf, two).unwrap();
+    let two = two as usize;
+    assert_eq!(buf, bytes(10, 3 * BS as usize)[two..two + 1000]);
     assert_eq!(
         fs::read(s.join("b.bin")).unwrap(),
         bytes(11, 2 * BS as usize)

@@ -286,16 +286,18 @@ fn sample_blocks(
                             size,
                             blocks,
                             segments,
+                            lens,
                             ..
                         } => {
                             let all = dirs::file_blocks(
                                 repo,
                                 size,
                                 blocks,
+                                lens,
                                 &segments,
                                 latest.block_size,
                             )?;
-                            for id in all {
+                            for id in all.ids().iter().copied() {
                                 if want >= budget {
                                     return Ok(ids);
                                 }

@@ -459,10 +459,17 @@ impl<'s> StoredBase<'s> {
                     Node::Dir
                 }
                 DNode::File {
-                    size, blocks, link, ..
+                    size,
+                    blocks,
+                    link,
+                    lens,
+                    ..
                 } => Node::File {
                     size,
-                    blocks: Blocks::Full(blocks),
+                    blocks: match lens {
+                        None => Blocks::Full(blocks),
+                        Some(lens) => Blocks::Sized { ids: blocks, lens },
+                    },
                     link,
                 },
                 DNode::Symlink { target } => Node::Symlink { target },

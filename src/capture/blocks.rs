@@ -4,8 +4,10 @@
 
 use std::sync::Arc;
 
-use crate::error::Result;
+use crate::chunking::Chunker;
+use crate::error::{Error, Result};
 use crate::repo::ChunkWriter;
+use crate::snapshot::Blocks;
 use crate::store::{BlobKind, ChunkId};
 use crate::util::pool::{self, Feeder};
 
@@ -16,27 +18,50 @@ pub trait Source: Send + Sync {
     /// Fill `buf` (already `len` bytes long) with block `b`, `len` bytes
     /// at `off`.
     fn read(&self, b: u64, off: u64, buf: &mut Vec<u8>) -> Result<()>;
-    /// Called after each unit of this source; the answer is handed back
-    /// with the unit's result (scan: did the file change while read,
-    /// known once its last unit is done).
+    /// Called after each unit of blocks of this source; the answer is
+    /// handed back with the unit's result (scan: did the file change
+    /// while read, known once its last unit is done).
     fn after_unit(&self) -> Option<bool> {
+        None
+    }
+    /// Called once a whole file was read in order on the feeding thread
+    /// ([`feed_whole`]); the answer goes with its last unit.
+    fn finished(&self) -> Option<bool> {
+        None
+    }
+    /// `len` bytes at `off` for chunking hints only (never stored; may
+    /// bypass copy-before-write). `None`: no hints.
+    fn peek(&self, _off: u64, _len: usize) -> Option<Vec<u8>> {
         None
     }
 }
 
-/// Blocks of one file to store.
+/// What a unit stores.
+pub enum Work {
+    /// These blocks, read by the worker.
+    Blocks(Vec<u64>),
+    /// These pieces (offset, bytes), read and cut on the feeding thread;
+    /// `after` is handed back with the result.
+    Pieces {
+        pieces: Vec<(u64, Vec<u8>)>,
+        after: Option<bool>,
+    },
+}
+
+/// Blocks or pieces of one file to store.
 pub struct Unit<S> {
     pub source: Arc<S>,
     /// What the caller files the result under.
     pub tag: usize,
-    pub blocks: Vec<u64>,
+    pub work: Work,
 }
 
 /// What a unit stored.
 pub struct Stored {
     pub tag: usize,
-    /// Block number and chunk id, in the unit's order.
-    pub ids: Vec<(u64, ChunkId)>,
+    /// Offset, length and chunk id of each block or piece, in the unit's
+    /// order (a block's index is its offset divided by the block size).
+    pub ids: Vec<(u64, u32, ChunkId)>,
     /// Bytes read.
     pub bytes: u64,
     /// The source's answer after this unit.
@@ -55,9 +80,172 @@ pub fn feed_blocks<S>(
         feed.send(Unit {
             source: source.clone(),
             tag,
-            blocks: chunk.to_vec(),
+            work: Work::Blocks(chunk.to_vec()),
         })
     })
+}
+
+/// Pieces gathered on the feeding thread and queued in units of about
+/// `UNIT_BLOCKS` blocks.
+pub struct PieceFeed<'f, 'a, S> {
+    feed: &'f Feeder<'a, Unit<S>>,
+    source: Arc<S>,
+    tag: usize,
+    batch: Vec<(u64, Vec<u8>)>,
+    bytes: u64,
+    target: u64,
+}
+
+impl<'f, 'a, S> PieceFeed<'f, 'a, S> {
+    pub fn new(feed: &'f Feeder<'a, Unit<S>>, source: &Arc<S>, tag: usize, bs: u64) -> Self {
+        PieceFeed {
+            feed,
+            source: source.clone(),
+            tag,
+            batch: Vec::new(),
+            bytes: 0,
+            target: pool::UNIT_BLOCKS * bs,
+        }
+    }
+
+    /// Add a piece (queued once a unit's worth is gathered).
+    pub fn add(&mut self, off: u64, data: Vec<u8>) {
+        self.bytes += data.len() as u64;
+        self.batch.push((off, data));
+    }
+
+    /// Queue what is gathered if it makes a unit (or `last`). False if
+    /// the workers are gone.
+    pub fn flush(&mut self, last: bool, after: Option<bool>) -> bool {
+        if self.batch.is_empty() || (!last && self.bytes < self.target) {
+            return true;
+        }
+        self.bytes = 0;
+        self.feed.send(Unit {
+            source: self.source.clone(),
+            tag: self.tag,
+            work: Work::Pieces {
+                pieces: std::mem::take(&mut self.batch),
+                after,
+            },
+        })
+    }
+}
+
+/// Read `source` whole, in order, on this (the feeding) thread: each
+/// block once, through [`Source::read`]; cut by `chunker` (tensor starts
+/// or content, see `chunking`) and queue the pieces. The last unit
+/// carries [`Source::finished`].
+pub fn feed_whole<S: Source>(
+    feed: &Feeder<'_, Unit<S>>,
+    source: &Arc<S>,
+    tag: usize,
+    chunker: &Chunker,
+    bs: u64,
+) -> Result<()> {
+    let gone = || Error::Poisoned("capture workers stopped".into());
+    let size = source.size();
+    let peek = |off: u64, len: usize| source.peek(off, len);
+    let mut cutter = chunker.whole(size, &peek);
+    let mut out = PieceFeed::new(feed, source, tag, bs);
+    let mut buf = Vec::with_capacity(bs as usize);
+    for b in 0..size.div_ceil(bs) {
+        let off = b * bs;
+        crate::util::bytes::set_len_keeping(&mut buf, (size - off).min(bs) as usize);
+        source.read(b, off, &mut buf)?;
+        cutter.push(&buf, &mut |o, v| out.add(o, v));
+        if !out.flush(false, None) {
+            return Err(gone());
+        }
+    }
+    cutter.finish(&mut |o, v| out.add(o, v));
+    if !out.flush(true, source.finished()) {
+        return Err(gone());
+    }
+    Ok(())
+}
+
+/// A file's list being completed as its units come back: fixed blocks
+/// by index, or content pieces by offset.
+pub struct Assembly {
+    size: u64,
+    bs: u64,
+    /// Fixed blocks: by index (zero id: not stored yet).
+    grid: Option<Vec<ChunkId>>,
+    pieces: Vec<(u64, u32, ChunkId)>,
+    got: u64,
+}
+
+impl Assembly {
+    /// Every block of a `size`-byte file, or (`content`) its pieces.
+    pub fn new(size: u64, bs: u64, content: bool) -> Assembly {
+        Assembly {
+            size,
+            bs,
+            grid: (!content).then(|| vec![ChunkId([0; 32]); size.div_ceil(bs) as usize]),
+            pieces: Vec::new(),
+            got: 0,
+        }
+    }
+
+    pub fn add(&mut self, ids: &[(u64, u32, ChunkId)]) {
+        for &(off, len, id) in ids {
+            match &mut self.grid {
+                Some(g) => {
+                    if let Some(slot) = g.get_mut((off / self.bs) as usize) {
+                        *slot = id;
+                        self.got += u64::from(len);
+                    }
+                }
+                None => {
+                    self.pieces.push((off, len, id));
+                    self.got += u64::from(len);
+                }
+            }
+        }
+    }
+
+    /// Is every byte stored?
+    pub fn done(&self) -> bool {
+        self.got >= self.size
+    }
+
+    /// Chunks stored.
+    pub fn count(&self) -> usize {
+        self.grid.as_ref().map_or(self.pieces.len(), Vec::len)
+    }
+
+    /// The complete list (an error if pieces are missing or overlap).
+    pub fn finish(self) -> Result<Blocks> {
+        match self.grid {
+            Some(g) => Ok(Blocks::Full(g)),
+            None => pieces_list(self.pieces, self.size),
+        }
+    }
+}
+
+/// The content-chunk list of pieces that must tile `[0, size)`.
+pub fn pieces_list(mut pieces: Vec<(u64, u32, ChunkId)>, size: u64) -> Result<Blocks> {
+    pieces.sort_unstable_by_key(|p| p.0);
+    let mut at = 0;
+    let mut ids = Vec::with_capacity(pieces.len());
+    let mut lens = Vec::with_capacity(pieces.len());
+    for (off, len, id) in pieces {
+        if off != at {
+            return Err(Error::Corrupt(format!(
+                "capture pieces do not tile the file: {off} where {at} was expected"
+            )));
+        }
+        at += u64::from(len);
+        ids.push(id);
+        lens.push(len);
+    }
+    if at != size {
+        return Err(Error::Corrupt(format!(
+            "capture pieces cover {at} bytes of {size}"
+        )));
+    }
+    Ok(Blocks::Sized { ids, lens })
 }
 
 /// Store every unit `feed` queues, on `threads` workers (`feed` runs on
@@ -87,26 +275,46 @@ pub fn store_into<S: Source, Out, K: FnMut(Result<Stored>) + Send>(
     sink: K,
 ) -> (Out, K) {
     let work = |buf: &mut Vec<u8>, u: Unit<S>| -> Result<Stored> {
-        let size = u.source.size();
-        let mut ids = Vec::with_capacity(u.blocks.len());
         let mut bytes = 0;
-        for &b in &u.blocks {
-            let off = b * block_size;
-            let len = size.saturating_sub(off).min(block_size) as usize;
-            crate::util::bytes::set_len_keeping(buf, len);
-            u.source.read(b, off, buf)?;
-            let id = writer.id(buf);
-            writer.store(BlobKind::Chunk, id, buf)?;
-            bytes += buf.len() as u64;
-            progress.inc(buf.len() as u64);
-            ids.push((b, id));
+        let mut put = |data: &[u8], off: u64, ids: &mut Vec<(u64, u32, ChunkId)>| -> Result<()> {
+            let id = writer.id(data);
+            writer.store(BlobKind::Chunk, id, data)?;
+            bytes += data.len() as u64;
+            progress.inc(data.len() as u64);
+            ids.push((off, data.len() as u32, id));
+            Ok(())
+        };
+        match u.work {
+            Work::Blocks(list) => {
+                let size = u.source.size();
+                let mut ids = Vec::with_capacity(list.len());
+                for &b in &list {
+                    let off = b * block_size;
+                    let len = size.saturating_sub(off).min(block_size) as usize;
+                    crate::util::bytes::set_len_keeping(buf, len);
+                    u.source.read(b, off, buf)?;
+                    put(buf, off, &mut ids)?;
+                }
+                Ok(Stored {
+                    tag: u.tag,
+                    ids,
+                    bytes,
+                    after: u.source.after_unit(),
+                })
+            }
+            Work::Pieces { pieces, after } => {
+                let mut ids = Vec::with_capacity(pieces.len());
+                for (off, data) in &pieces {
+                    put(data, *off, &mut ids)?;
+                }
+                Ok(Stored {
+                    tag: u.tag,
+                    ids,
+                    bytes,
+                    after,
+                })
+            }
         }
-        Ok(Stored {
-            tag: u.tag,
-            ids,
-            bytes,
-            after: u.source.after_unit(),
-        })
     };
     pool::run_into(
         threads,

@@ -15,9 +15,13 @@ use rustix::fs::{Mode, OFlags};
 
 use super::base_tree::{BaseTree, Edits, Entry, Loader};
 use super::blocks::{self, Source};
+use super::runs;
+use crate::chunking::Chunker;
 use crate::error::{Error, Result};
 use crate::repo::ChunkWriter;
+use crate::snapshot::dirs::Objects;
 use crate::snapshot::manifest::{display_path, Blocks, Node};
+use crate::snapshot::spans::Spans;
 use crate::snapshot::unchanged::RACY_CTIME;
 use crate::snapshot::{Stats, Tree};
 use crate::store::ChunkId;
@@ -60,7 +64,7 @@ enum Taken {
     /// A directory known to the base: its entries, by path below it.
     Subtree(Vec<(Vec<u8>, Entry)>),
     /// A file known to the base: its blocks.
-    Blocks(Vec<ChunkId>),
+    Blocks(Blocks),
 }
 
 /// Turn the base into the tree at the cut, in place (file block lists
@@ -98,8 +102,8 @@ fn tree_at_cut(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
                         .map(|(p, v)| (p[q.len()..].to_vec(), v.clone()))
                         .collect(),
                 ),
-                (ObjKind::File { .. }, (_, node @ Node::File { .. })) => {
-                    Taken::Blocks(Tree::blocks_of(node).to_vec())
+                (ObjKind::File { .. }, (_, Node::File { blocks, .. })) => {
+                    Taken::Blocks(blocks.clone())
                 }
                 _ => Taken::Nothing,
             },
@@ -135,10 +139,10 @@ fn tree_at_cut(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
             }
             ObjKind::File { size } => Node::File {
                 size: *size,
-                blocks: Blocks::Full(match taken {
+                blocks: match taken {
                     Taken::Blocks(b) => b,
-                    _ => Vec::new(),
-                }),
+                    _ => Blocks::Full(Vec::new()),
+                },
                 link: (c.nlink > 1).then_some(c.key.ino),
             },
             ObjKind::Symlink { target } => Node::Symlink {
@@ -302,14 +306,53 @@ fn open_in_dir(
 /// blocks to read (`None`: every block below its size).
 type Opened<'c, 'b> = (usize, Arc<LiveFile<'c>>, Option<&'b [u64]>);
 
+/// How a file read is stored.
+enum Plan {
+    /// In fixed blocks: the blocks needed (every one: from scratch), or
+    /// changed blocks of a file in fixed blocks.
+    Grid,
+    /// Read whole and cut by content (a file of more than a block).
+    Whole,
+    /// Changed blocks of a file in content chunks: the chunks read again
+    /// (`recut`: the whole file, rewritten in place, cut by content).
+    Runs {
+        runs: Vec<runs::Run>,
+        ids: Vec<ChunkId>,
+        lens: Vec<u32>,
+        recut: bool,
+    },
+}
+
+/// What sending a file needs besides the file.
+struct SendCtx<'x> {
+    bs: u64,
+    chunker: &'x Chunker,
+    plans: &'x [Plan],
+    store: &'x dyn Objects,
+}
+
 /// Hand the blocks of one opened file to the workers (`None`: every
-/// block below its size).
+/// block below its size), or read and cut it here (see [`Plan`]).
 fn send_file<'c>(
     feed: &pool::Feeder<'_, blocks::Unit<LiveFile<'c>>>,
     every: &mut Vec<u64>,
-    bs: u64,
+    cx: &SendCtx<'_>,
     (idx, source, blocks): Opened<'c, '_>,
 ) -> Result<()> {
+    let bs = cx.bs;
+    match &cx.plans[idx] {
+        Plan::Grid => {}
+        Plan::Whole => return blocks::feed_whole(feed, &source, idx, cx.chunker, bs),
+        Plan::Runs {
+            runs,
+            ids,
+            lens,
+            recut,
+        } => {
+            let dirty = blocks.unwrap_or(&[]);
+            return send_runs(feed, cx, idx, &source, dirty, runs, ids, lens, *recut);
+        }
+    }
     let blocks: &[u64] = match blocks {
         Some(b) => b,
         None => {
@@ -325,6 +368,103 @@ fn send_file<'c>(
     }
 }
 
+/// Read the runs of a file in content chunks that changed in place:
+/// each old chunk's stored bytes with the changed blocks (`dirty`,
+/// increasing) read over them, each block read once; cut where the old
+/// chunks were cut.
+#[allow(clippy::too_many_arguments)]
+fn send_runs<'c>(
+    feed: &pool::Feeder<'_, blocks::Unit<LiveFile<'c>>>,
+    cx: &SendCtx<'_>,
+    idx: usize,
+    source: &Arc<LiveFile<'c>>,
+    dirty: &[u64],
+    runs: &[runs::Run],
+    ids: &[ChunkId],
+    lens: &[u32],
+    recut: bool,
+) -> Result<()> {
+    let bs = cx.bs;
+    let size = source.size;
+    let spans = Spans::from_lens(lens);
+    let mut out = blocks::PieceFeed::new(feed, source, idx, bs);
+    // The last block read: (index, bytes).
+    let mut cur: Option<(u64, Vec<u8>)> = None;
+    let peek = |off: u64, len: usize| source.peek(off, len);
+    for r in runs {
+        let mut cutter = if recut {
+            cx.chunker.whole(size, &peek)
+        } else {
+            cx.chunker.given(r.start, r.marks.clone())
+        };
+        let mut at = r.start;
+        let mut k = r.first;
+        while at < r.stop {
+            // The next range: an old chunk (its stored bytes), or past
+            // the old end a block's worth of zeros.
+            let (mut data, end) = if k < r.end {
+                let (o, l) = spans.span(k);
+                let end = (o + l).min(r.stop);
+                // Every byte of it rewritten (a file written again from
+                // the start): its old bytes are not needed.
+                let covered = o == at
+                    && end > o
+                    && (o / bs..=(end - 1) / bs).all(|b| dirty.binary_search(&b).is_ok());
+                let d = if covered {
+                    vec![0u8; l as usize]
+                } else {
+                    cx.store.get(&ids[k])?
+                };
+                if o != at || d.len() as u64 != l {
+                    return Err(Error::Corrupt(format!(
+                        "chunk {} of inode {} holds {} bytes, {l} expected",
+                        ids[k].to_hex(),
+                        source.key.ino,
+                        d.len()
+                    )));
+                }
+                k += 1;
+                (d, (o + l).min(r.stop))
+            } else {
+                let end = (at + bs).min(r.stop);
+                (vec![0u8; (end - at) as usize], end)
+            };
+            data.truncate((end - at) as usize);
+            // Changed blocks over it.
+            let first = dirty.partition_point(|b| (b + 1) * bs <= at);
+            for &b in dirty[first..].iter().take_while(|b| **b * bs < end) {
+                let boff = b * bs;
+                if boff >= size {
+                    break;
+                }
+                if cur.as_ref().is_none_or(|(cb, _)| *cb != b) {
+                    let mut buf = vec![0u8; (size - boff).min(bs) as usize];
+                    source.read(b, boff, &mut buf)?;
+                    cur = Some((b, buf));
+                }
+                if let Some((_, blk)) = &cur {
+                    let lo = boff.max(at);
+                    let hi = (boff + blk.len() as u64).min(end);
+                    if lo < hi {
+                        data[(lo - at) as usize..(hi - at) as usize]
+                            .copy_from_slice(&blk[(lo - boff) as usize..(hi - boff) as usize]);
+                    }
+                }
+            }
+            cutter.push(&data, &mut |o, v| out.add(o, v));
+            at = end;
+            if !out.flush(false, None) {
+                return Err(Error::Poisoned("capture workers stopped".into()));
+            }
+        }
+        cutter.finish(&mut |o, v| out.add(o, v));
+    }
+    if !out.flush(true, None) {
+        return Err(Error::Poisoned("capture workers stopped".into()));
+    }
+    Ok(())
+}
+
 /// A file read for the snapshot, through copy-before-write.
 struct LiveFile<'c> {
     key: FileKey,
@@ -336,6 +476,11 @@ struct LiveFile<'c> {
 impl Source for LiveFile<'_> {
     fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Hints only: read from the file as it is now.
+    fn peek(&self, off: u64, len: usize) -> Option<Vec<u8>> {
+        read_full(&self.file, off, len).ok()
     }
 
     fn read(&self, b: u64, off: u64, buf: &mut Vec<u8>) -> Result<()> {
@@ -414,9 +559,61 @@ pub fn capture(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
         reads.sort_by(|a, b| a.1.cmp(b.1));
     }
 
+    // How each read is stored: files in content chunks stay so.
+    let chunker = req.writer.chunker(bs);
+    let plans: Vec<Plan> = reads
+        .iter()
+        .map(|(_, path, size, need)| match (need, tree.get(path)) {
+            (None, _) if chunker.by_content(*size) => Plan::Whole,
+            (None, _) => Plan::Grid,
+            (
+                Some(dirty),
+                Some((
+                    _,
+                    Node::File {
+                        blocks: Blocks::Sized { ids, lens },
+                        ..
+                    },
+                )),
+            ) if ids.len() == lens.len() && !lens.is_empty() => {
+                // Rewritten in place for the most part (truncated and
+                // written again, say): cut again by content, so what
+                // moved is still found.
+                let recut = (dirty.len() as u64).saturating_mul(bs).saturating_mul(2) >= *size;
+                Plan::Runs {
+                    runs: if recut {
+                        vec![runs::whole_run(lens, *size)]
+                    } else {
+                        runs::dirty_runs(lens, bs, dirty, *size)
+                    },
+                    ids: ids.clone(),
+                    lens: lens.clone(),
+                    recut,
+                }
+            }
+            // A list not held whole: read it whole.
+            (
+                Some(_),
+                Some((
+                    _,
+                    Node::File {
+                        blocks: Blocks::Sized { .. },
+                        ..
+                    },
+                )),
+            ) => Plan::Whole,
+            (Some(_), _) => Plan::Grid,
+        })
+        .collect();
+    let cx = SendCtx {
+        bs,
+        chunker: &chunker,
+        plans: &plans,
+        store: req.loader.store,
+    };
     let cow = &*req.cut.cow;
     // Each file's stored blocks, filed as they come back.
-    let mut results: Vec<Vec<(u64, ChunkId)>> = vec![Vec::new(); reads.len()];
+    let mut results: Vec<Vec<(u64, u32, ChunkId)>> = vec![Vec::new(); reads.len()];
     let mut bytes_read = 0;
     let mut store_err = None;
     let (fed, _) = blocks::store_into(
@@ -468,12 +665,12 @@ pub fn capture(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
                 ahead.push_back((idx, source, blocks));
                 if ahead.len() > READ_AHEAD_FILES {
                     if let Some(next) = ahead.pop_front() {
-                        send_file(feed, &mut every, bs, next)?;
+                        send_file(feed, &mut every, &cx, next)?;
                     }
                 }
             }
             while let Some(next) = ahead.pop_front() {
-                send_file(feed, &mut every, bs, next)?;
+                send_file(feed, &mut every, &cx, next)?;
             }
             Ok(())
         },
@@ -500,49 +697,67 @@ pub fn capture(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
     if let Some(e) = fed.err().or(store_err) {
         return Err(e);
     }
-    let reads: Vec<(FileKey, u64)> = reads.into_iter().map(|(k, _, s, _)| (k, s)).collect();
+    let reads: Vec<(FileKey, u64, bool)> = reads
+        .into_iter()
+        .map(|(k, _, s, need)| (k, s, need.is_none()))
+        .collect();
 
     // Complete the block lists of every path of each file read.
     let mut changed_blocks = 0;
-    for ((key, size), got) in reads.iter().zip(results) {
-        let nblocks = size.div_ceil(bs) as usize;
+    for (((key, size, whole), got), plan) in reads.iter().zip(results).zip(&plans) {
+        let Some(first) = n.paths_of(key.ino).into_iter().next() else {
+            continue;
+        };
+        let Some((_, Node::File { blocks: base, .. })) = n.get(&first) else {
+            continue;
+        };
+        changed_blocks += got.len() as u64;
+        let list = match plan {
+            Plan::Whole => blocks::pieces_list(got, *size)?,
+            Plan::Runs {
+                runs, ids, lens, ..
+            } => {
+                let (ids, lens) = runs::splice(ids, lens, runs, got, *size)?;
+                Blocks::Sized { ids, lens }
+            }
+            Plan::Grid => {
+                let nblocks = size.div_ceil(bs) as usize;
+                // Exactly as long as the file needs (resize alone rounds a
+                // small list up to 4 ids: 96 bytes lost per small file).
+                let mut list = Vec::with_capacity(nblocks);
+                if let (false, Blocks::Full(old)) = (whole, base) {
+                    list.extend(old.iter().take(nblocks).copied());
+                }
+                list.resize(nblocks, ChunkId([0; 32]));
+                for (off, _, id) in &got {
+                    if let Some(slot) = list.get_mut((off / bs) as usize) {
+                        *slot = *id;
+                    }
+                }
+                Blocks::Full(list)
+            }
+        };
         // (Their directories were read before the reads began.)
         for p in n.paths_of(key.ino) {
             let Some((
                 meta,
                 Node::File {
-                    size: fsize,
-                    blocks: Blocks::Full(list),
-                    link,
+                    size: fsize, link, ..
                 },
             )) = n.get(&p)
             else {
                 continue;
             };
-            // Exactly as long as the file needs (resize alone rounds a
-            // small list up to 4 ids: 96 bytes lost per small file).
-            let mut list = {
-                let mut v = Vec::with_capacity(nblocks);
-                v.extend(list.iter().take(nblocks).copied());
-                v
-            };
-            list.resize(nblocks, ChunkId([0; 32]));
-            for (b, id) in &got {
-                if (*b as usize) < nblocks {
-                    list[*b as usize] = *id;
-                }
-            }
             let e = (
                 meta.clone(),
                 Node::File {
                     size: *fsize,
-                    blocks: Blocks::Full(list),
+                    blocks: list.clone(),
                     link: *link,
                 },
             );
             n.put(edits, &p, Some(e));
         }
-        changed_blocks += got.len() as u64;
     }
     mark_racy(req, n, edits)?;
     let c = n.counts();
@@ -614,16 +829,15 @@ fn check_complete(n: &BaseTree, edits: &Edits) -> Result<()> {
         Box::new(n.tree().entries.iter())
     };
     for (p, e) in entries {
-        if let (
-            _,
-            Node::File {
-                size,
-                blocks: Blocks::Full(b),
-                ..
-            },
-        ) = e
-        {
-            if b.len() as u64 != size.div_ceil(bs) || b.iter().any(|id| id.0 == [0; 32]) {
+        if let (_, Node::File { size, blocks, .. }) = e {
+            let b = blocks.ids();
+            let fits = match blocks {
+                Blocks::Sized { lens, .. } => {
+                    crate::snapshot::spans::check_lens(lens, *size, bs as u32).is_ok()
+                }
+                _ => b.len() as u64 == size.div_ceil(bs),
+            };
+            if !fits || b.iter().any(|id| id.0 == [0; 32]) {
                 return Err(Error::Corrupt(format!(
                     "capture of {} has {} blocks for {size} bytes",
                     display_path(p),

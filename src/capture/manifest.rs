@@ -51,7 +51,13 @@ impl<'b> Builder<'b> {
     ) {
         let (node, n) = match (old, node) {
             (
-                Some((_, old_node @ Node::File { .. })),
+                Some((
+                    _,
+                    old_node @ Node::File {
+                        blocks: Blocks::Full(_),
+                        ..
+                    },
+                )),
                 Node::File {
                     size,
                     blocks: Blocks::Full(list),
@@ -60,6 +66,17 @@ impl<'b> Builder<'b> {
             ) => {
                 let (blocks, n) = patch(&list, Tree::blocks_of(old_node));
                 (Node::File { size, blocks, link }, n)
+            }
+            // Content chunks (or a change between the two layouts): the
+            // whole list; the chunks the old file did not hold are new.
+            (Some((_, old_node @ Node::File { .. })), n @ Node::File { .. }) => {
+                let held: std::collections::HashSet<&ChunkId> =
+                    Tree::blocks_of(old_node).iter().collect();
+                let k = Tree::blocks_of(&n)
+                    .iter()
+                    .filter(|id| !held.contains(id))
+                    .count() as u64;
+                (n, k)
             }
             (_, n) => {
                 let k = Tree::blocks_of(&n).len() as u64;

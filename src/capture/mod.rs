@@ -35,5 +35,6 @@ pub mod blocks;
 pub mod ino_index;
 pub mod live;
 pub mod manifest;
+pub mod runs;
 pub mod scan;
 pub mod stream;

@@ -23,7 +23,6 @@ use crate::snapshot::manifest::{
 };
 use crate::snapshot::unchanged::{recorded_ctime, unchanged_by_stat};
 use crate::snapshot::{Kind, SnapshotRecord, Stats, Tree};
-use crate::store::ChunkId;
 use crate::util::sys::{self, file_type};
 use crate::util::walk::walk;
 use crate::util::{pool, time};
@@ -61,6 +60,16 @@ struct FileJob {
 impl Source for FileJob {
     fn size(&self) -> u64 {
         self.size
+    }
+
+    fn peek(&self, off: u64, len: usize) -> Option<Vec<u8>> {
+        crate::util::bytes::read_full(&self.file, off, len).ok()
+    }
+
+    /// Read whole on the feeding thread: did it change while read?
+    fn finished(&self) -> Option<bool> {
+        self.remaining.store(1, Ordering::Release);
+        self.after_unit()
     }
 
     fn read(&self, _b: u64, off: u64, buf: &mut Vec<u8>) -> Result<()> {
@@ -155,6 +164,7 @@ fn capture(
     let repo_id = repo.dir().stat().ok().map(|st| (st.st_dev, st.st_ino));
     let margin = crate::snapshot::unchanged::racy_margin_ns(&root_fd);
     let mut w = Walk::new(base.tree.as_ref(), kind, repo_id, bs, time_ns, margin);
+    w.chunker = Some(writer.chunker(bs));
     let pb = crate::util::progress::bytes("scan: read", None, true);
     let (walked, stored) = blocks::store(writer, threads, bs, &pb, |feed| w.walk(root_fd, feed));
     pb.finish_and_clear();
@@ -210,7 +220,8 @@ struct PendingFile {
     meta: Meta,
     size: u64,
     link: Option<u64>,
-    ids: Vec<ChunkId>,
+    list: Option<blocks::Assembly>,
+    blocks: Blocks,
     unstable: bool,
 }
 
@@ -228,6 +239,8 @@ struct Walk<'b> {
     jobs: Vec<PendingFile>,
     /// Hard-link groups already being read: inode -> job.
     link_jobs: HashMap<u64, usize>,
+    /// How files read whole are cut (fixed blocks without one).
+    chunker: Option<crate::chunking::Chunker>,
     /// Entries that share another job's blocks: (path, meta, job).
     followers: Vec<(Vec<u8>, Meta, usize)>,
     stats: Stats,
@@ -254,6 +267,7 @@ impl<'b> Walk<'b> {
             entries: Vec::new(),
             jobs: Vec::new(),
             link_jobs: HashMap::new(),
+            chunker: None,
             followers: Vec::new(),
             stats: Stats::default(),
             warnings: Vec::new(),
@@ -398,12 +412,15 @@ impl<'b> Walk<'b> {
         let job = self.jobs.len();
         let nblocks = size.div_ceil(self.bs);
         let nunits = pool::units(nblocks).count();
+        // A file of more than a block is cut by content (it is read whole).
+        let content = self.chunker.as_ref().is_some_and(|c| c.by_content(size));
         self.jobs.push(PendingFile {
             path: path.clone(),
             meta: meta.clone(),
             size,
             link,
-            ids: vec![ChunkId([0; 32]); nblocks as usize],
+            list: Some(blocks::Assembly::new(size, self.bs, content)),
+            blocks: Blocks::Full(Vec::new()),
             unstable: false,
         });
         if let Some(ino) = link {
@@ -420,6 +437,9 @@ impl<'b> Walk<'b> {
             remaining: AtomicUsize::new(nunits),
             unstable: AtomicBool::new(false),
         });
+        if let (true, Some(c)) = (content, &self.chunker) {
+            return blocks::feed_whole(units, &fj, job, c, self.bs);
+        }
         let all: Vec<u64> = (0..nblocks).collect();
         if !blocks::feed_blocks(units, &fj, job, &all) {
             return Err(Error::Poisoned("capture workers stopped".into()));
@@ -429,8 +449,8 @@ impl<'b> Walk<'b> {
 
     fn accept(&mut self, d: blocks::Stored) {
         let job = &mut self.jobs[d.tag];
-        for (b, id) in d.ids {
-            job.ids[b as usize] = id;
+        if let Some(l) = job.list.as_mut() {
+            l.add(&d.ids);
         }
         if d.after == Some(true) {
             job.unstable = true;
@@ -444,6 +464,11 @@ impl<'b> Walk<'b> {
         block_size: u32,
     ) -> Result<(Manifest, Stats, Vec<String>)> {
         let mut entries = std::mem::take(&mut self.entries);
+        for j in &mut self.jobs {
+            if let Some(l) = j.list.take() {
+                j.blocks = l.finish()?;
+            }
+        }
         let mut files: Vec<(Vec<u8>, Meta, usize)> = Vec::new();
         for (i, j) in self.jobs.iter().enumerate() {
             files.push((j.path.clone(), j.meta.clone(), i));
@@ -457,6 +482,10 @@ impl<'b> Walk<'b> {
         }
         let owners = files.len();
         files.append(&mut self.followers);
+        if base.is_some() {
+            self.stats.rewritten_bytes.get_or_insert(0);
+            self.stats.shared_bytes.get_or_insert(0);
+        }
         let mut m = Builder::new(if kind == Kind::Full { None } else { base });
         for e in entries.drain(..) {
             m.changed(e.path, e.meta, e.node, true);
@@ -466,9 +495,12 @@ impl<'b> Walk<'b> {
             let j = &self.jobs[job];
             let node = Node::File {
                 size: j.size,
-                blocks: Blocks::Full(j.ids.clone()),
+                blocks: j.blocks.clone(),
                 link: j.link,
             };
+            if let (true, Some((_, old))) = (n < owners, base.and_then(|t| t.get(&path))) {
+                self.stats.add_sharing(old, &node, block_size);
+            }
             m.changed(path, meta, node, n < owners);
         }
         m.removed_unless(|p| self.seen.contains(p));

@@ -38,7 +38,6 @@ use crate::repo::ChunkWriter;
 use crate::snapshot::dirs::{self, DNode, DirEntry, DirRef, Objects, Root, TREE_MANIFEST_FORMAT};
 use crate::snapshot::manifest::{display_path, Meta, Node};
 use crate::snapshot::unchanged::RACY_CTIME;
-use crate::store::ChunkId;
 use crate::track::cut::{listed_entry, state_of};
 use crate::track::FileKey;
 use crate::util::walk::{read_names, WalkEntry};
@@ -101,8 +100,7 @@ struct InFlight {
     dir: usize,
     idx: usize,
     key: FileKey,
-    ids: Vec<ChunkId>,
-    left: usize,
+    list: blocks::Assembly,
 }
 
 /// The directories and files in flight, shared by the walk (which adds
@@ -180,13 +178,8 @@ impl Assembly<'_> {
                 s.tag
             )));
         };
-        for (b, id) in s.ids {
-            if let Some(slot) = f.ids.get_mut(b as usize) {
-                *slot = id;
-                f.left = f.left.saturating_sub(1);
-            }
-        }
-        if f.left > 0 {
+        f.list.add(&s.ids);
+        if !f.list.done() {
             return Ok(());
         }
         let Some(f) = self.files.remove(&s.tag) else {
@@ -202,8 +195,9 @@ impl Assembly<'_> {
             .and_then(|d| d.entries.get_mut(f.idx))
         {
             if let DNode::File { size, link, .. } = e.node {
-                e.node = dirs::file_dnode(self.req.objects, size, &f.ids, link)?;
-                self.blocks += f.ids.len() as u64;
+                self.blocks += f.list.count() as u64;
+                let list = f.list.finish()?;
+                e.node = dirs::file_dnode(self.req.objects, size, &list, link)?;
             }
         }
         self.done(f.dir)
@@ -220,6 +214,10 @@ struct StreamFile {
 impl Source for StreamFile {
     fn size(&self) -> u64 {
         self.size
+    }
+
+    fn peek(&self, off: u64, len: usize) -> Option<Vec<u8>> {
+        crate::util::bytes::read_full(&self.file, off, len).ok()
     }
 
     fn read(&self, _b: u64, off: u64, buf: &mut Vec<u8>) -> Result<()> {
@@ -268,6 +266,7 @@ pub fn store_first(req: &StreamRequest<'_>) -> Result<Streamed> {
         error: None,
     });
     let mut bytes_read = 0u64;
+    let chunker = req.writer.chunker(bs);
     let (fed, _) = blocks::store_into(
         req.writer,
         req.threads,
@@ -279,6 +278,9 @@ pub fn store_first(req: &StreamRequest<'_>) -> Result<Streamed> {
                 VecDeque::with_capacity(READ_AHEAD_FILES + 1);
             let mut every: Vec<u64> = Vec::new();
             let mut send = |(tag, f): (usize, Arc<StreamFile>)| -> Result<()> {
+                if chunker.by_content(f.size) {
+                    return blocks::feed_whole(feed, &f, tag, &chunker, bs);
+                }
                 every.clear();
                 every.extend(0..f.size.div_ceil(bs));
                 if blocks::feed_blocks(feed, &f, tag, &every) {
@@ -364,6 +366,7 @@ pub fn store_first(req: &StreamRequest<'_>) -> Result<Streamed> {
                                 blocks: Vec::new(),
                                 segments: Vec::new(),
                                 link,
+                                lens: None,
                             }
                         }
                         Node::Symlink { target } => DNode::Symlink { target },
@@ -403,15 +406,13 @@ pub fn store_first(req: &StreamRequest<'_>) -> Result<Streamed> {
                     };
                     let tag = next_tag;
                     next_tag += 1;
-                    let n = size.div_ceil(bs) as usize;
                     asm.lock().files.insert(
                         tag,
                         InFlight {
                             dir: slot,
                             idx,
                             key: fkey,
-                            ids: vec![ChunkId([0; 32]); n],
-                            left: n,
+                            list: blocks::Assembly::new(size, bs, chunker.by_content(size)),
                         },
                     );
                     let len = (pool::UNIT_BLOCKS * bs).min(size);

@@ -47,22 +47,28 @@ pub fn run(repo: &Repository, a: StatsArgs, o: &mut Out) -> Result<i32> {
     }
     writeln!(
         out,
-        "{:>5}  {:<12}  {:>5}  {:>8}  {:>10}  {:>10}  {:>10}",
-        "ID", "KIND", "CHAIN", "FILES", "LOGICAL", "STORED", "UNIQUE"
+        "{:>5}  {:<12}  {:>5}  {:>8}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}",
+        "ID", "KIND", "CHAIN", "FILES", "LOGICAL", "STORED", "UNIQUE", "REWRITTEN", "SHARED"
     )?;
     for x in &s.snapshots {
         writeln!(
             out,
-            "{:>5}  {:<12}  {:>5}  {:>8}  {:>10}  {:>10}  {:>10}",
+            "{:>5}  {:<12}  {:>5}  {:>8}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}",
             x.id,
             x.kind,
             x.chain_len,
             x.files,
             human_bytes(x.logical_bytes),
             human_bytes(x.stored_bytes),
-            human_bytes(x.unique_bytes)
+            human_bytes(x.unique_bytes),
+            x.rewritten_bytes.map_or("-".into(), human_bytes),
+            x.shared_bytes.map_or("-".into(), human_bytes)
         )?;
     }
+    writeln!(
+        out,
+        "(REWRITTEN: files whose content changed since the snapshot before; SHARED: their bytes shared with those earlier versions)"
+    )?;
     let kinds: Vec<String> = s
         .snapshots_by_kind
         .iter()

@@ -868,6 +868,10 @@ fn kept_captured(ctx: &FlusherCtx, tree: &Tree, ids: &[u64], tops: &[Vec<u8>], s
                     block_size,
                     size: *size,
                     blocks: Arc::new(blocks),
+                    spans: Arc::new(
+                        crate::snapshot::spans::Spans::of(node, block_size)
+                            .unwrap_or(crate::snapshot::spans::Spans::Ends(Vec::new())),
+                    ),
                     path: k.rec.path.clone(),
                 };
                 m.adopt(keeper.dir(), &name, &f)
@@ -1168,6 +1172,20 @@ fn take(
             _ => (None, None),
         };
         let mut stats = captured.stats.clone();
+        // What the files changed since the latest snapshot share with
+        // their version there.
+        if edits.recording && latest.is_some() {
+            let bs = base.tree().block_size;
+            for (p, old) in &edits.old {
+                if let (Some((_, old)), Some((_, new))) = (old, base.tree().entries.get(p)) {
+                    stats.add_sharing(old, new, bs);
+                }
+            }
+            if stats.rewritten_bytes.is_none() {
+                stats.rewritten_bytes = Some(0);
+                stats.shared_bytes = Some(0);
+            }
+        }
         stats.changed_entries = changed.0;
         stats.changed_blocks = changed.1;
         // (A full removes nothing: it has no base.)

@@ -988,6 +988,7 @@ impl Repository {
                             size,
                             blocks,
                             segments,
+                            lens,
                             ..
                         } = &e.node
                         {
@@ -998,10 +999,11 @@ impl Repository {
                                     self,
                                     *size,
                                     Vec::new(),
+                                    lens.as_ref().map(|_| Vec::new()),
                                     segments,
                                     root.block_size,
                                 ) {
-                                    Ok(ids) => out.extend(ids),
+                                    Ok(list) => out.extend(list.ids().iter().copied()),
                                     Err(e) => {
                                         err.get_or_insert(e);
                                     }

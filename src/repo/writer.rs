@@ -146,6 +146,25 @@ impl<'r> ChunkWriter<'r> {
         chunk_id(self.crypto, data)
     }
 
+    /// How files read whole are cut (see `chunking`): in an encrypted
+    /// repository the gear table is keyed, so that where chunks end says
+    /// nothing about content an attacker can guess.
+    pub fn chunker(&self, block_size: u64) -> crate::chunking::Chunker {
+        let seed = self.crypto.map_or(0, |c| {
+            let k = chunk_id(Some(c), b"rewindfs 2026-12 content-defined chunking gear");
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&k.0[..8]);
+            u64::from_le_bytes(b) | 1
+        });
+        let c = crate::chunking::Chunker::new(block_size, seed);
+        // For measurements against fixed blocks (scripts/bench-dedup.sh).
+        if std::env::var_os("REWINDFS_FIXED_BLOCKS").is_some_and(|v| v == "1") {
+            c.fixed_blocks()
+        } else {
+            c
+        }
+    }
+
     /// Store an encoded manifest as parts of at most
     /// [`MANIFEST_PART_LEN`]; returns their ids (hex), in order.
     pub fn store_manifest(&self, bytes: &[u8]) -> Result<Vec<String>> {

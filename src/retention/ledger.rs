@@ -402,8 +402,8 @@ pub fn structure_from_changes<'a>(
     manifest_structure(prev, -1, &mut socc)?;
     for (old, new) in changes {
         for (node, sign) in [(old, -1i64), (new, 1)] {
-            if let Some(node @ Node::File { .. }) = node {
-                let segs = crate::snapshot::dirs::segment_ids(Tree::blocks_of(node), id);
+            if let Some(Node::File { blocks, .. }) = node {
+                let segs = crate::snapshot::dirs::segment_ids(blocks, id);
                 socc.extend(segs.into_iter().map(|s| (s, sign)));
             }
         }

@@ -34,6 +34,14 @@ pub struct SnapshotSpace {
     pub stored_bytes: u64,
     /// Stored bytes of the chunks only it references.
     pub unique_bytes: u64,
+    /// Sizes of the files whose content changed since the snapshot it was
+    /// captured against, and the bytes of those that are shared with the
+    /// same files' earlier versions (from its record; absent in older
+    /// records).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewritten_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -241,6 +249,8 @@ fn space_appended(
                 chunks: u64::try_from(chunks).unwrap_or(0),
                 stored_bytes: u64::try_from(bytes).unwrap_or(0),
                 unique_bytes: 0,
+                rewritten_bytes: rec.stats.rewritten_bytes,
+                shared_bytes: rec.stats.shared_bytes,
             });
             *out.snapshots_by_kind.entry(rec.kind_label()).or_default() += 1;
             out.logical_bytes += history.logical[j];
@@ -387,6 +397,8 @@ fn space_once(repo: &Repository, all: &[SnapshotRecord]) -> Result<(RepoSpace, B
             chunks: chunks.max(0) as u64,
             stored_bytes: bytes.max(0) as u64,
             unique_bytes: unique[i],
+            rewritten_bytes: rec.stats.rewritten_bytes,
+            shared_bytes: rec.stats.shared_bytes,
         };
         *out.snapshots_by_kind.entry(s.kind.clone()).or_default() += 1;
         out.logical_bytes += s.logical_bytes;

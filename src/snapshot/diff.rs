@@ -173,19 +173,54 @@ fn meta_changes(a: &Meta, b: &Meta, dir: bool) -> Vec<&'static str> {
 
 /// Blocks of B's file that differ from A's at the same index (blocks past
 /// A's end count as changed), and their bytes in B.
+/// (For content chunks: chunks of B's file that A's file does not hold
+/// anywhere.)
 fn changed_blocks(a: &Node, b: &Node, block_size: u64) -> (u64, u64) {
     let (old, new) = (Tree::blocks_of(a), Tree::blocks_of(b));
-    let size = size_of(b);
+    let Some(spans) = crate::snapshot::spans::Spans::of(b, block_size as u32) else {
+        return (0, 0);
+    };
+    let both_grid = spans.is_grid()
+        && crate::snapshot::spans::Spans::of(a, block_size as u32).is_none_or(|s| s.is_grid());
+    let held: std::collections::HashSet<&crate::store::ChunkId> = if both_grid {
+        Default::default()
+    } else {
+        old.iter().collect()
+    };
     let mut n = 0;
     let mut bytes = 0;
     for (i, id) in new.iter().enumerate() {
-        if old.get(i) != Some(id) {
+        let changed = if both_grid {
+            old.get(i) != Some(id)
+        } else {
+            !held.contains(id)
+        };
+        if changed {
             n += 1;
-            let off = i as u64 * block_size;
-            bytes += size.saturating_sub(off).min(block_size);
+            bytes += spans.span(i).1;
         }
     }
     (n, bytes)
+}
+
+/// A file whose content differs between `old` and `new`: its new size,
+/// and the bytes of its new chunks that the old version held anywhere
+/// (shared with that version, not stored again). `None` when either is
+/// not a file or the content is the same.
+pub fn version_sharing(old: &Node, new: &Node, block_size: u32) -> Option<(u64, u64)> {
+    if !matches!(old, Node::File { .. }) || content_equal(old, new) {
+        return None;
+    }
+    let spans = crate::snapshot::spans::Spans::of(new, block_size)?;
+    let held: std::collections::HashSet<&crate::store::ChunkId> =
+        Tree::blocks_of(old).iter().collect();
+    let shared = Tree::blocks_of(new)
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| held.contains(id))
+        .map(|(i, _)| spans.span(i).1)
+        .sum();
+    Some((spans.size(), shared))
 }
 
 fn content_equal(a: &Node, b: &Node) -> bool {

@@ -25,8 +25,12 @@ use crate::store::ChunkId;
 
 /// The manifest format whose manifest is a [`Root`].
 pub const TREE_MANIFEST_FORMAT: u32 = 3;
-/// The encoding of a [`DirObject`].
-pub const DIR_FORMAT: u32 = 1;
+/// The encoding of a [`DirObject`] holding a file in content chunks
+/// (written only then: a directory without one is written in
+/// [`DIR_FORMAT_V1`], byte for byte as before, so it keeps its id).
+pub const DIR_FORMAT: u32 = 2;
+/// The first encoding (files in fixed blocks only), still written and read.
+pub const DIR_FORMAT_V1: u32 = 1;
 /// The deepest tree read (a stored tree cannot loop, content addresses
 /// forbid it; this bounds what a damaged repository can make a reader do).
 pub const MAX_DEPTH: usize = 2048;
@@ -65,11 +69,16 @@ pub enum DNode {
     /// [`SEGMENT_IDS`] blocks, the ids of segments each holding up to
     /// that many block ids (a block changed in a large file rewrites one
     /// segment, not the whole list).
+    ///
+    /// `lens`: `None` for fixed blocks; for content chunks (format 2) each
+    /// chunk's length beside `blocks`, or empty when the list is in
+    /// segments, which then hold (length u32 LE, id) records.
     File {
         size: u64,
         blocks: Vec<ChunkId>,
         segments: Vec<ChunkId>,
         link: Option<u64>,
+        lens: Option<Vec<u32>>,
     },
     Symlink {
         target: Vec<u8>,
@@ -77,6 +86,131 @@ pub enum DNode {
     Special {
         rdev: u64,
     },
+}
+
+/// Format 1 of [`DNode`], [`DirEntry`] and [`DirObject`] (no `lens`).
+mod v1 {
+    use super::*;
+
+    #[derive(Serialize, Deserialize)]
+    pub enum DNode {
+        Dir(DirRef),
+        File {
+            size: u64,
+            blocks: Vec<ChunkId>,
+            segments: Vec<ChunkId>,
+            link: Option<u64>,
+        },
+        Symlink {
+            target: Vec<u8>,
+        },
+        Special {
+            rdev: u64,
+        },
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct DirEntry {
+        pub name: Vec<u8>,
+        pub meta: Meta,
+        pub node: DNode,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct DirObject {
+        pub format: u32,
+        pub entries: Vec<DirEntry>,
+    }
+
+    impl From<DirObject> for super::DirObject {
+        fn from(d: DirObject) -> Self {
+            super::DirObject {
+                format: d.format,
+                entries: d
+                    .entries
+                    .into_iter()
+                    .map(|e| super::DirEntry {
+                        name: e.name,
+                        meta: e.meta,
+                        node: match e.node {
+                            DNode::Dir(r) => super::DNode::Dir(r),
+                            DNode::File {
+                                size,
+                                blocks,
+                                segments,
+                                link,
+                            } => super::DNode::File {
+                                size,
+                                blocks,
+                                segments,
+                                link,
+                                lens: None,
+                            },
+                            DNode::Symlink { target } => super::DNode::Symlink { target },
+                            DNode::Special { rdev } => super::DNode::Special { rdev },
+                        },
+                    })
+                    .collect(),
+            }
+        }
+    }
+
+    /// [`DNode`] of format 1, borrowed (for encoding without a copy).
+    #[derive(Serialize)]
+    enum DNodeRef<'a> {
+        Dir(&'a DirRef),
+        File {
+            size: u64,
+            blocks: &'a [ChunkId],
+            segments: &'a [ChunkId],
+            link: Option<u64>,
+        },
+        Symlink {
+            target: &'a [u8],
+        },
+        Special {
+            rdev: u64,
+        },
+    }
+
+    #[derive(Serialize)]
+    struct EntryRef<'a> {
+        name: &'a [u8],
+        meta: &'a Meta,
+        node: DNodeRef<'a>,
+    }
+
+    /// The format 1 encoding of `d`, if none of its files is in content
+    /// chunks (the bytes format 1 always had: same ids as before).
+    pub fn encode(d: &super::DirObject) -> Option<std::result::Result<Vec<u8>, postcard::Error>> {
+        let mut entries = Vec::with_capacity(d.entries.len());
+        for e in &d.entries {
+            let node = match &e.node {
+                super::DNode::Dir(r) => DNodeRef::Dir(r),
+                super::DNode::File {
+                    size,
+                    blocks,
+                    segments,
+                    link,
+                    lens: None,
+                } => DNodeRef::File {
+                    size: *size,
+                    blocks,
+                    segments,
+                    link: *link,
+                },
+                super::DNode::File { .. } => return None,
+                super::DNode::Symlink { target } => DNodeRef::Symlink { target },
+                super::DNode::Special { rdev } => DNodeRef::Special { rdev: *rdev },
+            };
+            entries.push(EntryRef {
+                name: &e.name,
+                meta: &e.meta,
+                node,
+            });
+        }
+        Some(postcard::to_stdvec(&(DIR_FORMAT_V1, entries)))
+    }
 }
 
 /// Block ids per segment of a large file's block list.
@@ -97,22 +231,34 @@ pub struct DirObject {
 }
 
 impl DirObject {
+    /// Format 1 when no file is in content chunks, else format 2 (the
+    /// `format` field is set by the encoding).
     pub fn encode(&self) -> Result<Vec<u8>> {
-        postcard::to_stdvec(self)
-            .map_err(|e| Error::InvalidInput(format!("encoding a directory object: {e}")))
+        let bad =
+            |e: postcard::Error| Error::InvalidInput(format!("encoding a directory object: {e}"));
+        match v1::encode(self) {
+            Some(old) => old.map_err(bad),
+            None => postcard::to_stdvec(&(DIR_FORMAT, &self.entries)).map_err(bad),
+        }
     }
 
     /// Decode and check: known format, names safe, sorted and unique,
     /// block lists that fit their sizes.
     pub fn decode(bytes: &[u8], block_size: u32) -> Result<DirObject> {
-        let d: DirObject = postcard::from_bytes(bytes)
-            .map_err(|e| Error::Corrupt(format!("directory object does not decode: {e}")))?;
-        if d.format != DIR_FORMAT {
-            return Err(Error::Corrupt(format!(
-                "directory object format {} is not supported (expected {DIR_FORMAT})",
-                d.format
-            )));
-        }
+        let bad =
+            |e: postcard::Error| Error::Corrupt(format!("directory object does not decode: {e}"));
+        let (format, _) = postcard::take_from_bytes::<u32>(bytes).map_err(bad)?;
+        let d: DirObject = match format {
+            DIR_FORMAT_V1 => postcard::from_bytes::<v1::DirObject>(bytes)
+                .map_err(bad)?
+                .into(),
+            DIR_FORMAT => postcard::from_bytes(bytes).map_err(bad)?,
+            f => {
+                return Err(Error::Corrupt(format!(
+                    "directory object format {f} is not supported (this rewindfs reads {DIR_FORMAT_V1} and {DIR_FORMAT})"
+                )))
+            }
+        };
         let bs = u64::from(block_size.max(1));
         let mut prev: Option<&[u8]> = None;
         for e in &d.entries {
@@ -134,6 +280,39 @@ impl DirObject {
             }
             prev = Some(&e.name);
             if let DNode::File {
+                size,
+                blocks,
+                segments,
+                lens: Some(lens),
+                ..
+            } = &e.node
+            {
+                // Content chunks: inline ids and lengths, one each, and
+                // no more chunks than bytes; or segments and no lengths
+                // (their records are checked when read).
+                let fits = if segments.is_empty() {
+                    lens.len() == blocks.len()
+                        && blocks.len() <= SEGMENT_IDS
+                        && blocks.len() as u64 <= *size
+                        && (*size == 0) == blocks.is_empty()
+                } else {
+                    blocks.is_empty()
+                        && lens.is_empty()
+                        && (segments.len() as u64 - 1) * (SEGMENT_IDS as u64) < *size
+                };
+                if !fits {
+                    return Err(Error::Corrupt(format!(
+                        "file {:?} of {size} bytes has {} chunks, {} lengths in {} segments",
+                        String::from_utf8_lossy(&e.name),
+                        blocks.len(),
+                        lens.len(),
+                        segments.len()
+                    )));
+                }
+                if segments.is_empty() {
+                    super::spans::check_lens(lens, *size, block_size.max(1))?;
+                }
+            } else if let DNode::File {
                 size,
                 blocks,
                 segments,
@@ -387,17 +566,33 @@ impl DirMemo {
 /// The ids of the segments a file of `blocks` is stored with (none for
 /// a file of at most [`SEGMENT_IDS`] blocks), `id` giving a segment's id
 /// from its bytes as the store does.
-pub fn segment_ids(blocks: &[ChunkId], id: &dyn Fn(&[u8]) -> ChunkId) -> Vec<ChunkId> {
-    if blocks.len() <= SEGMENT_IDS {
-        return Vec::new();
+pub fn segment_ids(blocks: &Blocks, id: &dyn Fn(&[u8]) -> ChunkId) -> Vec<ChunkId> {
+    segment_bytes(blocks).iter().map(|b| id(b)).collect()
+}
+
+/// The segments a file's list is stored in: none for at most
+/// [`SEGMENT_IDS`] chunks; else [`SEGMENT_IDS`] ids each (32 bytes), or
+/// for content chunks (length u32 LE, id) records (36 bytes).
+fn segment_bytes(blocks: &Blocks) -> Vec<Vec<u8>> {
+    match blocks {
+        Blocks::Full(list) if list.len() > SEGMENT_IDS => list
+            .chunks(SEGMENT_IDS)
+            .map(|seg| seg.iter().flat_map(|id| id.0).collect())
+            .collect(),
+        Blocks::Sized { ids, lens } if ids.len() > SEGMENT_IDS => ids
+            .chunks(SEGMENT_IDS)
+            .zip(lens.chunks(SEGMENT_IDS))
+            .map(|(seg, ls)| {
+                let mut b = Vec::with_capacity(seg.len() * 36);
+                for (id, l) in seg.iter().zip(ls) {
+                    b.extend_from_slice(&l.to_le_bytes());
+                    b.extend_from_slice(&id.0);
+                }
+                b
+            })
+            .collect(),
+        _ => Vec::new(),
     }
-    blocks
-        .chunks(SEGMENT_IDS)
-        .map(|seg| {
-            let bytes: Vec<u8> = seg.iter().flat_map(|id| id.0).collect();
-            id(&bytes)
-        })
-        .collect()
 }
 
 /// Read the directory object `r` (the directory at `dir`) and add its
@@ -543,13 +738,10 @@ fn write_dir(
             let node = match node {
                 Node::Dir => DNode::Dir(write_dir(store, tree, memo, dirty, child, depth + 1)?),
                 Node::File { size, blocks, link } => {
-                    let list = match blocks {
-                        Blocks::Full(b) => b,
-                        Blocks::Patch(_) => {
-                            return Err(Error::InvalidInput("a resolved tree holds a patch".into()))
-                        }
-                    };
-                    file_dnode(store, *size, list, *link)?
+                    if let Blocks::Patch(_) = blocks {
+                        return Err(Error::InvalidInput("a resolved tree holds a patch".into()));
+                    }
+                    file_dnode(store, *size, blocks, *link)?
                 }
                 Node::Symlink { target } => DNode::Symlink {
                     target: target.clone(),
@@ -582,24 +774,29 @@ fn write_dir(
 pub fn file_dnode(
     store: &dyn Objects,
     size: u64,
-    list: &[ChunkId],
+    list: &Blocks,
     link: Option<u64>,
 ) -> Result<DNode> {
-    let (blocks, segments) = if list.len() > SEGMENT_IDS {
-        let mut segs = Vec::with_capacity(list.len().div_ceil(SEGMENT_IDS));
-        for seg in list.chunks(SEGMENT_IDS) {
-            let bytes: Vec<u8> = seg.iter().flat_map(|id| id.0).collect();
-            segs.push(store.put(&bytes)?);
+    let segs = segment_bytes(list);
+    let mut segments = Vec::with_capacity(segs.len());
+    for b in &segs {
+        segments.push(store.put(b)?);
+    }
+    let inline = segments.is_empty();
+    let (blocks, lens) = match list {
+        Blocks::Full(ids) => (if inline { ids.clone() } else { Vec::new() }, None),
+        Blocks::Sized { ids, lens } if inline => (ids.clone(), Some(lens.clone())),
+        Blocks::Sized { .. } => (Vec::new(), Some(Vec::new())),
+        Blocks::Patch(_) => {
+            return Err(Error::InvalidInput("a resolved tree holds a patch".into()))
         }
-        (Vec::new(), segs)
-    } else {
-        (list.to_vec(), Vec::new())
     };
     Ok(DNode::File {
         size,
         blocks,
         segments,
         link,
+        lens,
     })
 }
 
@@ -629,17 +826,71 @@ pub fn put_dir(store: &dyn Objects, entries: Vec<DirEntry>) -> Result<DirRef> {
     })
 }
 
-fn file_node(size: u64, blocks: Vec<ChunkId>, link: Option<u64>) -> Node {
-    Node::File {
-        size,
-        blocks: Blocks::Full(blocks),
-        link,
+fn file_node(size: u64, blocks: Blocks, link: Option<u64>) -> Node {
+    Node::File { size, blocks, link }
+}
+
+/// The chunk list of a file entry: inline, or read from its segments
+/// (each checked to hold exactly what the file's size needs).
+pub fn file_blocks(
+    store: &dyn Objects,
+    size: u64,
+    blocks: Vec<ChunkId>,
+    lens: Option<Vec<u32>>,
+    segments: &[ChunkId],
+    block_size: u32,
+) -> Result<Blocks> {
+    match lens {
+        None => Ok(Blocks::Full(grid_blocks(
+            store, size, blocks, segments, block_size,
+        )?)),
+        Some(lens) if segments.is_empty() => Ok(Blocks::Sized { ids: blocks, lens }),
+        Some(_) => sized_segments(store, size, segments, block_size),
     }
 }
 
-/// The block ids of a file entry: inline, or read from its segments
-/// (each checked to hold exactly the ids the file's size needs).
-pub fn file_blocks(
+/// A content-chunk list read from its segments: each but the last holds
+/// [`SEGMENT_IDS`] records, the last at least one; the lengths are
+/// checked against the size.
+fn sized_segments(
+    store: &dyn Objects,
+    size: u64,
+    segments: &[ChunkId],
+    block_size: u32,
+) -> Result<Blocks> {
+    let mut ids = Vec::with_capacity(segments.len() * SEGMENT_IDS);
+    let mut lens = Vec::with_capacity(segments.len() * SEGMENT_IDS);
+    for (i, seg) in segments.iter().enumerate() {
+        let bytes = store.get(seg)?;
+        let last = i + 1 == segments.len();
+        let n = bytes.len() / 36;
+        if bytes.len() % 36 != 0 || n == 0 || n > SEGMENT_IDS || (!last && n != SEGMENT_IDS) {
+            return Err(Error::Corrupt(format!(
+                "a chunk list segment holds {} bytes",
+                bytes.len()
+            )));
+        }
+        for r in bytes.chunks_exact(36) {
+            let mut l = [0u8; 4];
+            l.copy_from_slice(&r[..4]);
+            lens.push(u32::from_le_bytes(l));
+            let mut a = [0u8; 32];
+            a.copy_from_slice(&r[4..]);
+            ids.push(ChunkId(a));
+        }
+        if lens.len() as u64 > size {
+            return Err(Error::Corrupt(format!(
+                "{} chunks for a file of {size} bytes",
+                lens.len()
+            )));
+        }
+    }
+    super::spans::check_lens(&lens, size, block_size.max(1))?;
+    Ok(Blocks::Sized { ids, lens })
+}
+
+/// Fixed-block ids inline or from their segments.
+fn grid_blocks(
     store: &dyn Objects,
     size: u64,
     blocks: Vec<ChunkId>,
@@ -684,10 +935,11 @@ fn insert_entry(
             blocks,
             segments,
             link,
+            lens,
         } => (
             file_node(
                 size,
-                file_blocks(store, size, blocks, &segments, block_size)?,
+                file_blocks(store, size, blocks, lens, &segments, block_size)?,
                 link,
             ),
             None,
@@ -1015,11 +1267,12 @@ pub fn walk_files_with(
                     size,
                     blocks,
                     segments,
+                    lens,
                     ..
                 } => {
                     bytes += size;
-                    let ids = file_blocks(store, size, blocks, &segments, bs)?;
-                    visit(size, &ids);
+                    let list = file_blocks(store, size, blocks, lens, &segments, bs)?;
+                    visit(size, list.ids());
                 }
                 DNode::Symlink { .. } | DNode::Special { .. } => {}
             }
@@ -1070,9 +1323,10 @@ pub fn lookup(
                         blocks,
                         segments,
                         link,
+                        lens,
                     } => file_node(
                         size,
-                        file_blocks(store, size, blocks, &segments, root.block_size)?,
+                        file_blocks(store, size, blocks, lens, &segments, root.block_size)?,
                         link,
                     ),
                     DNode::Symlink { target } => Node::Symlink { target },
@@ -1143,8 +1397,13 @@ pub(crate) mod tests {
                 let mut p = dp.clone();
                 p.extend_from_slice(format!("/f{f:03}").as_bytes());
                 let id = ChunkId::of(&p);
-                t.entries
-                    .insert(p, (meta(0o100644, 3), file_node(4096, vec![id], None)));
+                t.entries.insert(
+                    p,
+                    (
+                        meta(0o100644, 3),
+                        file_node(4096, Blocks::Full(vec![id]), None),
+                    ),
+                );
             }
         }
         // Names whose path order differs from name order.
@@ -1152,7 +1411,7 @@ pub(crate) mod tests {
             .insert(b"a".to_vec(), (meta(0o40755, 4), Node::Dir));
         t.entries.insert(
             b"a/x".to_vec(),
-            (meta(0o100644, 5), file_node(0, vec![], None)),
+            (meta(0o100644, 5), file_node(0, Blocks::Full(vec![]), None)),
         );
         t.entries.insert(
             b"a-b".to_vec(),
@@ -1183,7 +1442,10 @@ pub(crate) mod tests {
         let id = ChunkId::of(b"new");
         t2.entries.insert(
             b"d007/f010".to_vec(),
-            (meta(0o100644, 9), file_node(10, vec![id], None)),
+            (
+                meta(0o100644, 9),
+                file_node(10, Blocks::Full(vec![id]), None),
+            ),
         );
         let before = *s.puts.lock();
         let r2 = write_tree(&s, &t2).unwrap();
@@ -1236,14 +1498,14 @@ pub(crate) mod tests {
             b"z003/f001".to_vec(),
             (
                 meta(0o100644, 3),
-                file_node(5, vec![ChunkId::of(b"x")], None),
+                file_node(5, Blocks::Full(vec![ChunkId::of(b"x")]), None),
             ),
         );
         t2.entries.get_mut(b"d005/f002".as_slice()).unwrap().0.mode = 0o100600;
         t2.entries.remove(b"d006/f007".as_slice());
         t2.entries.insert(
             b"d008/new".to_vec(),
-            (meta(0o100644, 77), file_node(0, vec![], None)),
+            (meta(0o100644, 77), file_node(0, Blocks::Full(vec![]), None)),
         );
         let (r, r2) = (write_tree(&s, &t).unwrap(), write_tree(&s, &t2).unwrap());
         let (a, b) = differing_changes(&s, &r, &r2).unwrap();
@@ -1315,7 +1577,7 @@ pub(crate) mod tests {
             b"big".to_vec(),
             (
                 meta(0o100644, 7),
-                file_node(3000 * 4096 - 5, ids.clone(), None),
+                file_node(3000 * 4096 - 5, Blocks::Full(ids.clone()), None),
             ),
         );
         let r = write_tree(&s, &t).unwrap();
@@ -1327,7 +1589,10 @@ pub(crate) mod tests {
         ids2[2500] = ChunkId::of(b"changed");
         t2.entries.insert(
             b"big".to_vec(),
-            (meta(0o100644, 7), file_node(3000 * 4096 - 5, ids2, None)),
+            (
+                meta(0o100644, 7),
+                file_node(3000 * 4096 - 5, Blocks::Full(ids2), None),
+            ),
         );
         let before = *s.puts.lock();
         let r2 = write_tree(&s, &t2).unwrap();
@@ -1335,6 +1600,92 @@ pub(crate) mod tests {
         assert_eq!(read_tree(&s, &r2).unwrap(), t2);
         let (_, n, _) = lookup(&s, &r2, b"big").unwrap().unwrap();
         assert_eq!(Tree::blocks_of(&n)[2500], ChunkId::of(b"changed"));
+    }
+
+    /// Content chunks round-trip inline and in segments; a directory
+    /// without them is written in format 1, byte for byte as before; a
+    /// chunk list that does not add up is refused.
+    #[test]
+    fn content_chunk_lists_round_trip_and_are_checked() {
+        let s = Mem::default();
+        let mut t = big_tree(1, 1);
+        let r1 = write_tree(&s, &t).unwrap();
+        let obj = load_dir(&s, &r1.dir, t.block_size).unwrap();
+        assert!(obj.encode().unwrap().starts_with(&[DIR_FORMAT_V1 as u8]));
+        // Format 1 as its own types encode it: the same bytes.
+        let old = v1::DirObject {
+            format: DIR_FORMAT_V1,
+            entries: obj
+                .entries
+                .iter()
+                .map(|e| v1::DirEntry {
+                    name: e.name.clone(),
+                    meta: e.meta.clone(),
+                    node: match &e.node {
+                        DNode::File {
+                            size,
+                            blocks,
+                            segments,
+                            link,
+                            ..
+                        } => v1::DNode::File {
+                            size: *size,
+                            blocks: blocks.clone(),
+                            segments: segments.clone(),
+                            link: *link,
+                        },
+                        DNode::Dir(r) => v1::DNode::Dir(r.clone()),
+                        DNode::Symlink { target } => v1::DNode::Symlink {
+                            target: target.clone(),
+                        },
+                        DNode::Special { rdev } => v1::DNode::Special { rdev: *rdev },
+                    },
+                })
+                .collect(),
+        };
+        assert_eq!(postcard::to_stdvec(&old).unwrap(), obj.encode().unwrap());
+        for n in [3usize, 2500] {
+            let ids: Vec<ChunkId> = (0..n as u32)
+                .map(|i| ChunkId::of(&i.to_le_bytes()))
+                .collect();
+            let lens: Vec<u32> = (0..n as u32).map(|i| 1 + i % 4000).collect();
+            let size = lens.iter().map(|l| *l as u64).sum();
+            t.entries.insert(
+                b"sized".to_vec(),
+                (
+                    meta(0o100644, 3),
+                    file_node(size, Blocks::Sized { ids, lens }, None),
+                ),
+            );
+            let r = write_tree(&s, &t).unwrap();
+            assert_eq!(read_tree(&s, &r).unwrap(), t);
+            let (_, got, _) = lookup(&s, &r, b"sized").unwrap().unwrap();
+            assert_eq!(got, t.get(b"sized").unwrap().1);
+            let root = load_dir(&s, &r.dir, t.block_size).unwrap();
+            assert!(root.encode().unwrap().starts_with(&[DIR_FORMAT as u8]));
+        }
+        let bad = |lens: Vec<u32>, size: u64| {
+            let ids = vec![ChunkId::of(b"x"); lens.len()];
+            let o = DirObject {
+                format: DIR_FORMAT,
+                entries: vec![DirEntry {
+                    name: b"f".to_vec(),
+                    meta: meta(0o100644, 1),
+                    node: DNode::File {
+                        size,
+                        blocks: ids,
+                        segments: vec![],
+                        link: None,
+                        lens: Some(lens),
+                    },
+                }],
+            };
+            DirObject::decode(&o.encode().unwrap(), 4096)
+        };
+        assert!(bad(vec![100, 200], 300).is_ok());
+        assert!(bad(vec![100, 200], 301).is_err());
+        assert!(bad(vec![0, 300], 300).is_err());
+        assert!(bad(vec![5000], 5000).is_err());
     }
 
     #[test]
@@ -1351,14 +1702,14 @@ pub(crate) mod tests {
             b"d003/f001".to_vec(),
             (
                 meta(0o100644, 9),
-                file_node(1, vec![ChunkId::of(b"x")], None),
+                file_node(1, Blocks::Full(vec![ChunkId::of(b"x")]), None),
             ),
         );
         t2.entries
             .insert(b"new".to_vec(), (meta(0o40755, 9), Node::Dir));
         t2.entries.insert(
             b"new/f".to_vec(),
-            (meta(0o100644, 9), file_node(0, vec![], None)),
+            (meta(0o100644, 9), file_node(0, Blocks::Full(vec![]), None)),
         );
         let gone: Vec<Vec<u8>> = t2.descendants(b"d009").map(|(k, _)| k.clone()).collect();
         for k in gone {
@@ -1407,6 +1758,7 @@ pub(crate) mod tests {
             blocks: vec![],
             segments: vec![],
             link: None,
+            lens: None,
         };
         assert!(bad(vec![e(b"..", f(0))]).is_err());
         assert!(bad(vec![e(b"a/b", f(0))]).is_err());

@@ -78,6 +78,20 @@ pub enum Blocks {
     /// is cut or extended to the new size, then these (index, id) pairs
     /// are set. Every index beyond the base's length must be present.
     Patch(Vec<(u64, ChunkId)>),
+    /// Chunks of their own lengths, in order: `ids[i]` holds `lens[i]`
+    /// bytes (content-defined chunks, see `chunking`). Only in trees and
+    /// directory objects of format 2, never in a format 1 or 2 manifest.
+    Sized { ids: Vec<ChunkId>, lens: Vec<u32> },
+}
+
+impl Blocks {
+    /// The chunk ids of a complete list (a patch's changed ids).
+    pub fn ids(&self) -> &[ChunkId] {
+        match self {
+            Blocks::Full(ids) | Blocks::Sized { ids, .. } => ids,
+            Blocks::Patch(_) => &[],
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,7 +195,7 @@ impl Manifest {
         self.entries.iter().flat_map(|e| {
             let (full, patch): (&[ChunkId], &[(u64, ChunkId)]) = match &e.node {
                 Node::File {
-                    blocks: Blocks::Full(ids),
+                    blocks: Blocks::Full(ids) | Blocks::Sized { ids, .. },
                     ..
                 } => (ids, &[]),
                 Node::File {
@@ -216,6 +230,20 @@ impl Manifest {
                 )))
             }
         };
+        // Content chunks live only in directory objects (format 3).
+        if m.entries.iter().any(|e| {
+            matches!(
+                e.node,
+                Node::File {
+                    blocks: Blocks::Sized { .. },
+                    ..
+                }
+            )
+        }) {
+            return Err(Error::Corrupt(format!(
+                "a manifest of format {format} holds content chunks"
+            )));
+        }
         Ok(m)
     }
 }

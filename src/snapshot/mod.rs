@@ -7,6 +7,7 @@ pub mod dirs;
 pub mod manifest;
 pub mod model;
 pub mod select;
+pub mod spans;
 pub mod tree;
 pub mod unchanged;
 

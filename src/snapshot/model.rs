@@ -73,6 +73,26 @@ pub struct Stats {
     /// Files that changed while they were read (scan mode only).
     #[serde(default)]
     pub unstable_files: u64,
+    /// Sizes of the files whose content changed since the snapshot this
+    /// one was captured against (at the same path), and how many of
+    /// those bytes are in chunks that path's earlier version already
+    /// held (shared with it, stored once). Absent in records written
+    /// before 2026-12-06, and for a full snapshot read from scratch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewritten_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_bytes: Option<u64>,
+}
+
+impl Stats {
+    /// Add what the files changed between `old` and `new` share with
+    /// their earlier versions (see [`super::diff::version_sharing`]).
+    pub fn add_sharing(&mut self, old: &super::Node, new: &super::Node, block_size: u32) {
+        if let Some((size, shared)) = super::diff::version_sharing(old, new, block_size) {
+            *self.rewritten_bytes.get_or_insert(0) += size;
+            *self.shared_bytes.get_or_insert(0) += shared;
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

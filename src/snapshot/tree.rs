@@ -1,6 +1,7 @@
 //! Resolved trees: what a snapshot contains once its chain is applied.
 //!
-//! In a [`Tree`] every file has a complete block list (`Blocks::Full`).
+//! In a [`Tree`] every file has a complete block list (`Blocks::Full`, or
+//! `Blocks::Sized` for content chunks).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -41,11 +42,12 @@ impl Tree {
         self.entries.get(path)
     }
 
-    /// Blocks of a resolved file (always `Full` in a tree).
+    /// Chunk ids of a resolved file, in order (fixed blocks or content
+    /// chunks; see [`crate::snapshot::spans::Spans`] for where each lies).
     pub fn blocks_of(node: &Node) -> &[ChunkId] {
         match node {
             Node::File {
-                blocks: Blocks::Full(b),
+                blocks: Blocks::Full(b) | Blocks::Sized { ids: b, .. },
                 ..
             } => b,
             _ => &[],
@@ -124,6 +126,17 @@ impl Tree {
                                 ..
                             },
                         )) => b.clone(),
+                        Some((
+                            _,
+                            Node::File {
+                                blocks: Blocks::Sized { .. },
+                                ..
+                            },
+                        )) => {
+                            return Err(Error::Corrupt(
+                                "a manifest patches a file stored in content chunks".into(),
+                            ))
+                        }
                         _ => Vec::new(),
                     };
                     // Every block past the base's list must be given, so a
@@ -177,6 +190,22 @@ impl Tree {
                         b.len()
                     )))
                 }
+                Node::File {
+                    size,
+                    blocks: Blocks::Sized { ids, lens },
+                    ..
+                } => {
+                    if ids.len() != lens.len() {
+                        return Err(Error::Corrupt(format!(
+                            "{:?}: {} chunks, {} lengths",
+                            String::from_utf8_lossy(path),
+                            ids.len(),
+                            lens.len()
+                        )));
+                    }
+                    crate::snapshot::spans::check_lens(lens, *size, m.block_size.max(1))?;
+                    node.clone()
+                }
                 other => other.clone(),
             };
             self.entries.insert(path.clone(), (meta.clone(), node));
@@ -227,6 +256,10 @@ pub fn entry_heap_bytes(path: &[u8], (m, n): &(Meta, Node)) -> u64 {
             blocks: Blocks::Full(b),
             ..
         } => b.len() * 32,
+        Node::File {
+            blocks: Blocks::Sized { ids, .. },
+            ..
+        } => ids.len() * 36,
         Node::File {
             blocks: Blocks::Patch(p),
             ..

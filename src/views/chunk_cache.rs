@@ -274,9 +274,11 @@ mod tests {
             }
             let name = std::str::from_utf8(path).unwrap().trim_start_matches('/');
             let data = std::fs::read(src.join(name)).unwrap();
+            let spans = crate::snapshot::spans::Spans::of(node, bs as u32).unwrap();
             for (i, id) in Tree::blocks_of(node).iter().enumerate() {
-                let end = ((i + 1) * bs).min(data.len());
-                blocks.push((*id, data[i * bs..end].to_vec()));
+                let (off, len) = spans.span(i);
+                let (off, len) = (off as usize, len as usize);
+                blocks.push((*id, data[off..off + len].to_vec()));
             }
         }
         assert!(blocks.len() > 30, "{}", blocks.len());

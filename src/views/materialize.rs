@@ -158,6 +158,8 @@ pub struct FileRef {
     pub block_size: u32,
     pub size: u64,
     pub blocks: Arc<Vec<ChunkId>>,
+    /// Where each chunk lies.
+    pub spans: Arc<crate::snapshot::spans::Spans>,
     /// Its path in the snapshot (for patterns and logs).
     pub path: Vec<u8>,
 }
@@ -1007,8 +1009,8 @@ impl Materializer {
             let crypto = self.chunks.repo().crypto();
             let mut buf = vec![0u8; f.block_size as usize];
             let mut left = f.size;
-            for id in f.blocks.iter() {
-                let n = left.min(f.block_size as u64) as usize;
+            for (i, id) in f.blocks.iter().enumerate() {
+                let n = (f.spans.span(i).1.min(left) as usize).min(buf.len());
                 file.read_exact(&mut buf[..n])
                     .map_err(|e| Error::io("read", self.dir.join(&data_name(&f.key)), e))?;
                 if crate::store::blob::chunk_id(crypto, &buf[..n]) != *id {

@@ -43,6 +43,8 @@ use super::view_tree::{VKind, VNode, ViewTree};
 use crate::repo::Repository;
 use crate::snapshot::dirs::DNode;
 use crate::snapshot::manifest::display_path;
+use crate::snapshot::spans::Spans;
+use crate::snapshot::Blocks;
 use crate::snapshot::{select::select, SnapshotRecord};
 use crate::store::ChunkId;
 use crate::util::time;
@@ -94,6 +96,8 @@ pub struct ViewFile {
     idx: u32,
     size: u64,
     blocks: Arc<Vec<ChunkId>>,
+    /// Where each chunk lies (fixed blocks or content chunks).
+    spans: Arc<Spans>,
     path: Vec<u8>,
     /// End of the last read (sequential reads trigger prefetch).
     last_end: AtomicU64,
@@ -548,18 +552,24 @@ impl Views {
         };
         let t = self.tree(id)?;
         let node = self.node(&t, idx)?;
-        let (size, blocks) = match &node.kind {
+        let (size, list) = match &node.kind {
             VKind::File { size } => (
                 *size,
-                Arc::new(
-                    t.file_blocks(node.idx)
-                        .map_err(|e| self.failed(&t, e))?
-                        .ok_or(Errno::ENOENT)?,
-                ),
+                t.file_blocks(node.idx)
+                    .map_err(|e| self.failed(&t, e))?
+                    .ok_or(Errno::ENOENT)?,
             ),
             VKind::Dir => return Err(Errno::EISDIR),
             _ => return Err(Errno::EACCES),
         };
+        let spans = Arc::new(Spans::from_blocks(&list, size, t.record.block_size));
+        let blocks = Arc::new(match list {
+            Blocks::Full(ids) | Blocks::Sized { ids, .. } => ids,
+            Blocks::Patch(_) => return Err(Errno::EIO),
+        });
+        if blocks.len() != spans.len() {
+            return Err(Errno::EIO);
+        }
         let file = self.materialize.as_ref().and_then(|m| {
             m.eligible(size).then(|| {
                 let f = FileRef {
@@ -568,6 +578,7 @@ impl Views {
                     block_size: t.record.block_size,
                     size,
                     blocks: blocks.clone(),
+                    spans: spans.clone(),
                     path: node.path.clone(),
                 };
                 m.note_open(&f);
@@ -582,6 +593,7 @@ impl Views {
                 idx: node.idx,
                 size,
                 blocks,
+                spans,
                 path: node.path,
                 last_end: AtomicU64::new(0),
                 key: file,
@@ -610,13 +622,15 @@ impl Views {
         let end = (offset + size as u64).min(*fsize);
         tracing::trace!(fh, offset, size, "view read");
         let bs = f.tree.record.block_size as u64;
-        let first = offset / bs;
-        let last = (end - 1) / bs;
-        // Within one block (the usual case: the kernel asks for aligned
+        let spans = &f.spans;
+        let first = spans.find(offset) as u64;
+        let last = spans.find(end - 1) as u64;
+        // Within one chunk (the usual case: the kernel asks for aligned
         // 1 MiB), the reply is a slice of the cached chunk, not a copy.
         let mut out = ReadData::Owned(Vec::new());
         for b in first..=last {
             let id = blocks.get(b as usize).ok_or(Errno::EIO)?;
+            let (start, _) = spans.span(b as usize);
             let data = self.chunks.get(id).map_err(|e| {
                 if !self.listed(f.tree.record.id) {
                     // Its snapshot was forgotten and gc took its data
@@ -633,12 +647,12 @@ impl Views {
                 Errno::EIO
             })?;
             let lo = if b == first {
-                (offset - b * bs) as usize
+                (offset - start) as usize
             } else {
                 0
             };
             let hi = if b == last {
-                (end - b * bs) as usize
+                (end - start) as usize
             } else {
                 data.len()
             };

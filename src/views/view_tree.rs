@@ -30,7 +30,7 @@ use crate::repo::Repository;
 use crate::snapshot::dirs::{
     self, join, DNode, DirObject, DirRef, Objects, Root, Stored, MAX_DEPTH,
 };
-use crate::snapshot::manifest::Meta;
+use crate::snapshot::manifest::{Blocks, Meta};
 use crate::snapshot::SnapshotRecord;
 use crate::store::ChunkId;
 
@@ -422,17 +422,19 @@ impl ViewTree {
 
     /// A file child's block ids (read from its segments for a large
     /// file); `None` for anything else.
-    fn blocks_of(&self, c: &Child) -> Option<Result<Vec<ChunkId>>> {
+    fn blocks_of(&self, c: &Child) -> Option<Result<Blocks>> {
         match &c.node {
             DNode::File {
                 size,
                 blocks,
                 segments,
+                lens,
                 ..
             } => Some(dirs::file_blocks(
                 self.source.objects(),
                 *size,
                 blocks.clone(),
+                lens.clone(),
                 segments,
                 self.root.block_size,
             )),
@@ -440,8 +442,8 @@ impl ViewTree {
         }
     }
 
-    /// The block ids of file node `idx` (`None`: no such file).
-    pub fn file_blocks(&self, idx: u32) -> Result<Option<Vec<ChunkId>>> {
+    /// The chunk list of file node `idx` (`None`: no such file).
+    pub fn file_blocks(&self, idx: u32) -> Result<Option<Blocks>> {
         match self.locate(idx)? {
             Some((dir, i)) => self.blocks_of(&dir.children[i]).transpose(),
             None => Ok(None),
@@ -455,6 +457,10 @@ impl ViewTree {
         dir.children[i + 1..]
             .iter()
             .find_map(|c| self.blocks_of(c)?.ok())
+            .map(|b| match b {
+                Blocks::Full(ids) | Blocks::Sized { ids, .. } => ids,
+                Blocks::Patch(_) => Vec::new(),
+            })
     }
 
     /// The hard link groups, found by one walk of the whole tree.
