@@ -387,4 +387,23 @@ fn live_mount_versions_share_unchanged_content() {
     assert!(view(name, "data.bin") == data);
     assert!(view(&s3.name, "data.bin") == now);
     assert!(view(&s2.name, "model.safetensors") == v2);
+
+    // Cut to a block boundary, nothing written: no block to read, the
+    // last chunk kept stored again shorter (once a capture that failed
+    // here, and went on failing).
+    fs::OpenOptions::new()
+        .write(true)
+        .open(m.mnt.join("data.bin"))
+        .unwrap()
+        .set_len(4 * MIB as u64)
+        .unwrap();
+    now.truncate(4 * MIB);
+    let s4 = m.snapshot(Kind::Incremental);
+    assert!(m.files_of(s4.id)["data.bin"] == now);
+    assert!(view(&s4.name, "data.bin") == now);
+    // And to nothing: a fixed-block (empty) list again.
+    fs::write(m.mnt.join("data.bin"), b"").unwrap();
+    let s5 = m.snapshot(Kind::Incremental);
+    assert!(m.files_of(s5.id)["data.bin"].is_empty());
+    assert_eq!(chunk_lens(&m.repo, &s5, "data.bin"), None);
 }

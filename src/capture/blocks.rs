@@ -117,7 +117,11 @@ impl<'f, 'a, S> PieceFeed<'f, 'a, S> {
     /// Queue what is gathered if it makes a unit (or `last`). False if
     /// the workers are gone.
     pub fn flush(&mut self, last: bool, after: Option<bool>) -> bool {
-        if self.batch.is_empty() || (!last && self.bytes < self.target) {
+        // (The last flush sends even nothing, when it has an answer to
+        // carry.)
+        if (self.batch.is_empty() && !(last && after.is_some()))
+            || (!last && self.bytes < self.target)
+        {
             return true;
         }
         self.bytes = 0;

@@ -413,7 +413,7 @@ fn send_runs<'c>(
                 let d = if covered {
                     vec![0u8; l as usize]
                 } else {
-                    cx.store.get(&ids[k])?
+                    cx.store.chunk(&ids[k])?
                 };
                 if o != at || d.len() as u64 != l {
                     return Err(Error::Corrupt(format!(
@@ -630,7 +630,12 @@ pub fn capture(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
             let mut ahead: VecDeque<Opened<'_, '_>> = VecDeque::with_capacity(READ_AHEAD_FILES + 1);
             for (idx, (key, path, size, blocks)) in reads.iter().enumerate() {
                 let blocks = blocks.as_deref();
-                let Some(first) = blocks.map_or((*size > 0).then_some(0), |b| b.first().copied())
+                // (A file in content chunks cut to a block boundary has
+                // no block to read, but its last chunk to store again.)
+                let runs = matches!(&plans[idx], Plan::Runs { runs, .. } if !runs.is_empty());
+                let Some(first) = blocks
+                    .map_or((*size > 0).then_some(0), |b| b.first().copied())
+                    .or(runs.then_some(0))
                 else {
                     continue;
                 };
@@ -711,7 +716,11 @@ pub fn capture(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
         let Some((_, Node::File { blocks: base, .. })) = n.get(&first) else {
             continue;
         };
-        changed_blocks += got.len() as u64;
+        // Content chunks count as the blocks their bytes would fill.
+        changed_blocks += match plan {
+            Plan::Grid => got.len() as u64,
+            _ => got.iter().map(|p| u64::from(p.1)).sum::<u64>().div_ceil(bs),
+        };
         let list = match plan {
             Plan::Whole => blocks::pieces_list(got, *size)?,
             Plan::Runs {
@@ -736,7 +745,8 @@ pub fn capture(req: &CaptureRequest<'_>, n: &mut BaseTree, edits: &mut Edits) ->
                 }
                 Blocks::Full(list)
             }
-        };
+        }
+        .normalized(*size, bs as u32);
         // (Their directories were read before the reads began.)
         for p in n.paths_of(key.ino) {
             let Some((

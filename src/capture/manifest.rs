@@ -69,13 +69,24 @@ impl<'b> Builder<'b> {
             }
             // Content chunks (or a change between the two layouts): the
             // whole list; the chunks the old file did not hold are new.
+            // (Content chunks count as the blocks their bytes fill.)
             (Some((_, old_node @ Node::File { .. })), n @ Node::File { .. }) => {
                 let held: std::collections::HashSet<&ChunkId> =
                     Tree::blocks_of(old_node).iter().collect();
-                let k = Tree::blocks_of(&n)
-                    .iter()
-                    .filter(|id| !held.contains(id))
-                    .count() as u64;
+                let bs = self.base.map_or(1, |t| t.block_size.max(1));
+                let k = match crate::snapshot::spans::Spans::of(&n, bs) {
+                    Some(s) if !s.is_grid() => Tree::blocks_of(&n)
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, id)| !held.contains(id))
+                        .map(|(i, _)| s.span(i).1)
+                        .sum::<u64>()
+                        .div_ceil(u64::from(bs)),
+                    _ => Tree::blocks_of(&n)
+                        .iter()
+                        .filter(|id| !held.contains(id))
+                        .count() as u64,
+                };
                 (n, k)
             }
             (_, n) => {

@@ -106,7 +106,13 @@ impl Chunker {
                 // The header's end (the first mark), then each start of a
                 // tensor of at least MIN_PIECE bytes (or the last).
                 let keep = |i: usize| i == 0 || m.get(i + 1).is_none_or(|n| n - m[i] >= MIN_PIECE);
-                let marks = (0..m.len()).filter(|i| keep(*i)).map(|i| m[i]).collect();
+                let marks: Vec<u64> = (0..m.len()).filter(|i| keep(*i)).map(|i| m[i]).collect();
+                // No more chunks than content-defined cuts would make, and
+                // a thousand tensors more (a table of many small tensors
+                // meant to multiply chunks is cut by content instead).
+                if marks.len() as u64 > size / self.min as u64 + 1024 {
+                    return self.cutter(0, Mode::Content);
+                }
                 self.cutter(0, Mode::Marks { marks, next: 0 })
             }
             None => self.cutter(0, Mode::Content),

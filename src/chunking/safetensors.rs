@@ -30,9 +30,12 @@ pub fn header_len(first: &[u8], size: u64) -> Option<u64> {
     (first.get(8) == Some(&b'{')).then_some(n)
 }
 
+/// One entry of the table: only `data_offsets` is read (everything else,
+/// and `__metadata__`'s strings, skipped without being held).
 #[derive(Deserialize)]
 struct TensorInfo {
-    data_offsets: (u64, u64),
+    #[serde(default)]
+    data_offsets: Option<(u64, u64)>,
 }
 
 /// Where the tensors of a safetensors file start (absolute offsets in a
@@ -44,14 +47,14 @@ pub fn tensor_starts(header: &[u8], size: u64) -> Option<Vec<u64>> {
     if data > size {
         return None;
     }
-    let table: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header).ok()?;
+    let table: std::collections::BTreeMap<String, TensorInfo> =
+        serde_json::from_slice(header).ok()?;
     let mut spans = Vec::with_capacity(table.len());
-    for (name, v) in table {
+    for (name, t) in table {
         if name == "__metadata__" {
             continue;
         }
-        let t: TensorInfo = serde_json::from_value(v).ok()?;
-        let (b, e) = t.data_offsets;
+        let (b, e) = t.data_offsets?;
         if b > e || e > size - data {
             return None;
         }

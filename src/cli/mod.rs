@@ -236,7 +236,9 @@ pub enum Command {
     Init(repo_cmds::InitArgs),
     /// Take a snapshot of a directory by scanning it.
     Snapshot(snapshot_cmds::SnapshotArgs),
-    /// List snapshots.
+    /// List snapshots: what each added, what only it references (UNIQUE),
+    /// and what the files it rewrote share with their earlier versions
+    /// (SHARED: shared/rewritten bytes).
     Snapshots(snapshot_cmds::ListArgs),
     /// List a directory of a snapshot.
     Ls(browse::LsArgs),
@@ -246,6 +248,7 @@ pub enum Command {
     /// metadata only, type changed, renamed), from their manifests alone.
     Diff(diff_cmd::DiffArgs),
     /// Where the space goes: logical, stored and unique bytes per snapshot,
+    /// the bytes its rewritten files share with their earlier versions,
     /// deduplication and compression, chunks, packs, chain lengths.
     Stats(stats_cmd::StatsArgs),
     /// Which schedule suits this dataset: from the repository's history

@@ -221,6 +221,10 @@ impl crate::snapshot::dirs::Objects for Repository {
         count(&DIR_OBJECTS_READ);
         self.read_blob(id)
     }
+
+    fn chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        self.read_blob(id)
+    }
 }
 
 /// Directory objects stored through a capture's writer (deduplicated:
@@ -241,6 +245,10 @@ impl crate::snapshot::dirs::Objects for TreeStore<'_> {
 
     fn get(&self, id: &ChunkId) -> Result<Vec<u8>> {
         crate::snapshot::dirs::Objects::get(self.repo, id)
+    }
+
+    fn chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        self.repo.read_blob(id)
     }
 }
 

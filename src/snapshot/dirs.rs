@@ -296,9 +296,13 @@ impl DirObject {
                         && blocks.len() as u64 <= *size
                         && (*size == 0) == blocks.is_empty()
                 } else {
+                    let most = (segments.len() as u64)
+                        .saturating_mul(SEGMENT_IDS as u64)
+                        .saturating_mul(u64::from(block_size.max(1)));
                     blocks.is_empty()
                         && lens.is_empty()
                         && (segments.len() as u64 - 1) * (SEGMENT_IDS as u64) < *size
+                        && *size <= most
                 };
                 if !fits {
                     return Err(Error::Corrupt(format!(
@@ -399,6 +403,11 @@ pub trait Objects {
     fn put(&self, bytes: &[u8]) -> Result<ChunkId>;
     /// Read one part back, checked against its id.
     fn get(&self, id: &ChunkId) -> Result<Vec<u8>>;
+    /// Read a chunk of file data (not a directory object: not counted as
+    /// one).
+    fn chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        self.get(id)
+    }
 }
 
 /// Store an encoded object as parts.
@@ -858,8 +867,10 @@ fn sized_segments(
     segments: &[ChunkId],
     block_size: u32,
 ) -> Result<Blocks> {
-    let mut ids = Vec::with_capacity(segments.len() * SEGMENT_IDS);
-    let mut lens = Vec::with_capacity(segments.len() * SEGMENT_IDS);
+    // (Grown as segments are read: a list claiming many segments costs
+    // what it holds, not what it claims.)
+    let mut ids = Vec::new();
+    let mut lens = Vec::new();
     for (i, seg) in segments.iter().enumerate() {
         let bytes = store.get(seg)?;
         let last = i + 1 == segments.len();

@@ -85,6 +85,18 @@ pub enum Blocks {
 }
 
 impl Blocks {
+    /// A list of content chunks that is also the fixed-block list (no
+    /// chunk, or one of a file of at most a block) as fixed blocks: its
+    /// directory then needs no newer format.
+    pub fn normalized(self, size: u64, block_size: u32) -> Blocks {
+        match self {
+            Blocks::Sized { ids, .. } if ids.len() <= 1 && size <= u64::from(block_size) => {
+                Blocks::Full(ids)
+            }
+            other => other,
+        }
+    }
+
     /// The chunk ids of a complete list (a patch's changed ids).
     pub fn ids(&self) -> &[ChunkId] {
         match self {

@@ -630,7 +630,7 @@ impl Views {
         let mut out = ReadData::Owned(Vec::new());
         for b in first..=last {
             let id = blocks.get(b as usize).ok_or(Errno::EIO)?;
-            let (start, _) = spans.span(b as usize);
+            let (start, want) = spans.span(b as usize);
             let data = self.chunks.get(id).map_err(|e| {
                 if !self.listed(f.tree.record.id) {
                     // Its snapshot was forgotten and gc took its data
@@ -656,7 +656,7 @@ impl Views {
             } else {
                 data.len()
             };
-            if hi > data.len() || lo > hi {
+            if hi > data.len() || lo > hi || data.len() as u64 != want {
                 return Err(Errno::EIO);
             }
             out = match out {
