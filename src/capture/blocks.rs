@@ -86,7 +86,8 @@ pub fn feed_blocks<S>(
 }
 
 /// Pieces gathered on the feeding thread and queued in units of about
-/// `UNIT_BLOCKS` blocks.
+/// two blocks (units carry their bytes: the queue of `4 x threads` units
+/// holds at most that many times two blocks).
 pub struct PieceFeed<'f, 'a, S> {
     feed: &'f Feeder<'a, Unit<S>>,
     source: Arc<S>,
@@ -104,7 +105,7 @@ impl<'f, 'a, S> PieceFeed<'f, 'a, S> {
             tag,
             batch: Vec::new(),
             bytes: 0,
-            target: pool::UNIT_BLOCKS * bs,
+            target: 2 * bs,
         }
     }
 

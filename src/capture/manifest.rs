@@ -19,6 +19,8 @@ pub struct Builder<'b> {
     entries: Vec<Entry>,
     removed: Vec<Vec<u8>>,
     blocks: u64,
+    /// The trees' block size (content chunks are counted in blocks).
+    block_size: u32,
 }
 
 impl<'b> Builder<'b> {
@@ -28,7 +30,14 @@ impl<'b> Builder<'b> {
             entries: Vec::new(),
             removed: Vec::new(),
             blocks: 0,
+            block_size: base.map_or(0, |t| t.block_size),
         }
+    }
+
+    /// The block size, when there is no base to take it from.
+    pub fn block_size(mut self, block_size: u32) -> Self {
+        self.block_size = block_size;
+        self
     }
 
     /// A new or changed entry. A file (with its full block list) is
@@ -73,7 +82,7 @@ impl<'b> Builder<'b> {
             (Some((_, old_node @ Node::File { .. })), n @ Node::File { .. }) => {
                 let held: std::collections::HashSet<&ChunkId> =
                     Tree::blocks_of(old_node).iter().collect();
-                let bs = self.base.map_or(1, |t| t.block_size.max(1));
+                let bs = self.block_size.max(1);
                 let k = match crate::snapshot::spans::Spans::of(&n, bs) {
                     Some(s) if !s.is_grid() => Tree::blocks_of(&n)
                         .iter()
@@ -150,7 +159,7 @@ fn patch(ids: &[ChunkId], old: &[ChunkId]) -> (Blocks, u64) {
 /// base held. The same manifest as [`build`] with the base, reading only
 /// the changed paths.
 pub fn from_edits(tree: &Tree, edits: &super::base_tree::Edits) -> (Manifest, u64) {
-    let mut b = Builder::new(None);
+    let mut b = Builder::new(None).block_size(tree.block_size);
     let mut last_removed: Option<&[u8]> = None;
     for (p, old) in &edits.old {
         match (old, tree.entries.get(p)) {
@@ -187,7 +196,7 @@ pub fn counts_of_full(tree: &Tree) -> (u64, u64) {
 /// The manifest of `tree` (every block list full) against `base`, and the
 /// number of blocks it records.
 pub fn build(tree: &Tree, base: Option<&Tree>) -> (Manifest, u64) {
-    let mut b = Builder::new(base);
+    let mut b = Builder::new(base).block_size(tree.block_size);
     b.removed_unless(|p| tree.entries.contains_key(p));
     b.changed_in(tree);
     b.finish(tree.block_size)

@@ -486,7 +486,8 @@ impl<'b> Walk<'b> {
             self.stats.rewritten_bytes.get_or_insert(0);
             self.stats.shared_bytes.get_or_insert(0);
         }
-        let mut m = Builder::new(if kind == Kind::Full { None } else { base });
+        let mut m =
+            Builder::new(if kind == Kind::Full { None } else { base }).block_size(block_size);
         for e in entries.drain(..) {
             m.changed(e.path, e.meta, e.node, true);
         }

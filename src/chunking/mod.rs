@@ -303,6 +303,14 @@ mod tests {
         }
     }
 
+    /// Zeros (sparse files, padding) have no cut points: full blocks.
+    #[test]
+    fn zeros_make_full_blocks() {
+        let c = Chunker::new(1 << 20, 0);
+        let p = cut_all(&c, &vec![0u8; 8 << 20]);
+        assert_eq!(p, (0..8).map(|i| (i << 20, 1 << 20)).collect::<Vec<_>>());
+    }
+
     #[test]
     fn a_keyed_gear_cuts_elsewhere() {
         let data = noise(2 << 20, 9);
