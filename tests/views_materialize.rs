@@ -189,13 +189,20 @@ fn a_damaged_pack_is_never_copied_and_reads_fail_with_eio() {
     let good = bytes(2, 3 * MIB);
     let hurt = bytes(3, 3 * MIB);
     let (tmp, _src, repo) = setup(&[("good.bin", good.clone()), ("hurt.bin", hurt.clone())]);
-    // Flip a byte in the stored payload of hurt.bin's second block.
+    // Flip a byte in the stored payload of the chunk of hurt.bin that
+    // holds its third MiB (in content chunks: far enough from the start
+    // that a read of the first page, with the kernel's read-ahead, does
+    // not reach it).
+    let damaged_at;
     {
         let r = rewindfs::repo::Repository::open(&repo).unwrap();
         let rec = r.snapshots().unwrap().remove(0);
         let tree = r.resolve(&rec).unwrap();
         let (_, node) = tree.get(b"hurt.bin").unwrap();
-        let id = rewindfs::snapshot::Tree::blocks_of(node)[1];
+        let spans = rewindfs::snapshot::spans::Spans::of(node, MIB as u32).unwrap();
+        let i = spans.find(2 * MIB as u64 + 100);
+        damaged_at = spans.span(i).0;
+        let id = rewindfs::snapshot::Tree::blocks_of(node)[i];
         let loc = r.index().get_chunk(&id).unwrap().unwrap();
         let pack = r.pack_reader().pack_path(loc.pack);
         let mut data = fs::read(&pack).unwrap();
@@ -219,7 +226,7 @@ fn a_damaged_pack_is_never_copied_and_reads_fail_with_eio() {
     let mut buf = vec![0u8; 4096];
     f.read_exact_at(&mut buf, 0).unwrap();
     assert_eq!(buf, hurt[..4096]);
-    let e = f.read_exact_at(&mut buf, MIB as u64 + 10).unwrap_err();
+    let e = f.read_exact_at(&mut buf, damaged_at + 10).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
 }
 
