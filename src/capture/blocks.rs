@@ -34,7 +34,15 @@ pub trait Source: Send + Sync {
     fn peek(&self, _off: u64, _len: usize) -> Option<Vec<u8>> {
         None
     }
+    /// The reader will soon read `len` bytes at `off` (read-ahead).
+    fn will_need(&self, _off: u64, _len: u64) {}
 }
+
+/// How far ahead of a file read whole on the feeding thread its bytes
+/// are asked for (one reader thread: without it, a cold file came in at
+/// the kernel's default read-ahead, 0.81x the speed of the workers
+/// reading blocks side by side).
+const READ_AHEAD: u64 = 32 << 20;
 
 /// What a unit stores.
 pub enum Work {
@@ -154,8 +162,15 @@ pub fn feed_whole<S: Source>(
     let mut cutter = chunker.whole(size, &peek);
     let mut out = PieceFeed::new(feed, source, tag, bs);
     let mut buf = Vec::with_capacity(bs as usize);
+    let mut asked = 0u64;
     for b in 0..size.div_ceil(bs) {
         let off = b * bs;
+        // Keep READ_AHEAD asked for, in steps of a quarter of it.
+        if asked < size && asked < off + READ_AHEAD / 4 * 3 {
+            let upto = (off + READ_AHEAD).min(size);
+            source.will_need(asked, upto - asked);
+            asked = upto;
+        }
         crate::util::bytes::set_len_keeping(&mut buf, (size - off).min(bs) as usize);
         source.read(b, off, &mut buf)?;
         cutter.push(&buf, &mut |o, v| out.add(o, v));

@@ -478,6 +478,15 @@ impl Source for LiveFile<'_> {
         self.size
     }
 
+    fn will_need(&self, off: u64, len: u64) {
+        let _ = rustix::fs::fadvise(
+            &self.file,
+            off,
+            std::num::NonZeroU64::new(len),
+            rustix::fs::Advice::WillNeed,
+        );
+    }
+
     /// Hints only: read from the file as it is now.
     fn peek(&self, off: u64, len: usize) -> Option<Vec<u8>> {
         read_full(&self.file, off, len).ok()
