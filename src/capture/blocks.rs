@@ -29,13 +29,27 @@ pub trait Source: Send + Sync {
     fn finished(&self) -> Option<bool> {
         None
     }
-    /// `len` bytes at `off` for chunking hints only (never stored; may
-    /// bypass copy-before-write). `None`: no hints.
-    fn peek(&self, _off: u64, _len: usize) -> Option<Vec<u8>> {
+    /// The open file behind the source, if any: for hints and read-ahead.
+    fn file(&self) -> Option<&std::fs::File> {
         None
     }
+    /// `len` bytes at `off` for chunking hints only (never stored; read
+    /// from the file as it is now, bypassing copy-before-write). `None`:
+    /// no hints.
+    fn peek(&self, off: u64, len: usize) -> Option<Vec<u8>> {
+        crate::util::bytes::read_full(self.file()?, off, len).ok()
+    }
     /// The reader will soon read `len` bytes at `off` (read-ahead).
-    fn will_need(&self, _off: u64, _len: u64) {}
+    fn will_need(&self, off: u64, len: u64) {
+        if let Some(f) = self.file() {
+            let _ = rustix::fs::fadvise(
+                f,
+                off,
+                std::num::NonZeroU64::new(len),
+                rustix::fs::Advice::WillNeed,
+            );
+        }
+    }
 }
 
 /// How far ahead of a file read whole on the feeding thread its bytes

@@ -478,18 +478,8 @@ impl Source for LiveFile<'_> {
         self.size
     }
 
-    fn will_need(&self, off: u64, len: u64) {
-        let _ = rustix::fs::fadvise(
-            &self.file,
-            off,
-            std::num::NonZeroU64::new(len),
-            rustix::fs::Advice::WillNeed,
-        );
-    }
-
-    /// Hints only: read from the file as it is now.
-    fn peek(&self, off: u64, len: usize) -> Option<Vec<u8>> {
-        read_full(&self.file, off, len).ok()
+    fn file(&self) -> Option<&File> {
+        Some(&self.file)
     }
 
     fn read(&self, b: u64, off: u64, buf: &mut Vec<u8>) -> Result<()> {

@@ -62,17 +62,8 @@ impl Source for FileJob {
         self.size
     }
 
-    fn will_need(&self, off: u64, len: u64) {
-        let _ = rustix::fs::fadvise(
-            &self.file,
-            off,
-            std::num::NonZeroU64::new(len),
-            rustix::fs::Advice::WillNeed,
-        );
-    }
-
-    fn peek(&self, off: u64, len: usize) -> Option<Vec<u8>> {
-        crate::util::bytes::read_full(&self.file, off, len).ok()
+    fn file(&self) -> Option<&File> {
+        Some(&self.file)
     }
 
     /// Read whole on the feeding thread: did it change while read?
